@@ -1,0 +1,1 @@
+//! Shared test support for gbo: a real LXD daemon (failing, never skipping, in CI), unique names, cleanup.
