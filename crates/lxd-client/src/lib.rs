@@ -1,1 +1,47 @@
-//! A typed async client for the LXD REST API over the unix socket and HTTPS.
+//! A typed async client for the LXD REST API, over the local unix socket or HTTPS.
+//!
+//! ```no_run
+//! # async fn demo() -> lxd_client::Result<()> {
+//! use lxd_client::{Client, ExecRequest, InstanceName};
+//! let lxd = Client::local()?;                       // LXD_SOCKET, LXD_DIR, snap, Debian paths
+//! let name = InstanceName::new("default-tables")?;  // validated before any request
+//! let out = lxd.exec(&name, &ExecRequest::new(["pg_isready"])).await?;
+//! println!("exit {}: {}", out.exit_code, out.stdout_text());
+//! # Ok(()) }
+//! ```
+//!
+//! What it gets right that other clients do not: envelopes are decoded by `type` whatever the HTTP status, so a
+//! failed `/wait` answered with HTTP 200 is an error; exec connects its websockets concurrently and finishes when
+//! the operation is done and both outputs reached EOF, with a deadline; file and image transfers stream; every
+//! request has a timeout; names and devices are validated before anything is sent; `update_instance` keeps the
+//! server's `volatile.*`/`image.*` keys and uses the ETag.
+
+mod client;
+mod devices;
+mod error;
+mod events;
+mod exec;
+mod files;
+mod images;
+mod instances;
+mod names;
+mod operation;
+mod profiles;
+mod server;
+mod snapshots;
+mod transport;
+
+pub use client::{Client, Envelope, DEFAULT_TIMEOUT};
+pub use devices::{DeviceConfig, DiskDevice, ProxyAddress, ProxyBind, ProxyDevice, ProxyProtocol};
+pub use error::{Error, Result};
+pub use events::Event;
+pub use exec::{ExecControl, ExecOutput, ExecRequest, DEFAULT_EXEC_TIMEOUT};
+pub use files::{FileContent, FileOptions, PulledFile};
+pub use images::{Image, ImageAlias, Progress};
+pub use instances::{CreateInstance, Instance, InstancePut, InstanceSource, InstanceState, StateAction, LIFECYCLE_TIMEOUT};
+pub use names::{DeviceName, InstanceName, ObjectName, SnapshotName};
+pub use operation::Operation;
+pub use profiles::{Network, Profile, Project, StoragePool, StorageVolume};
+pub use server::{Certificate, Server, ServerEnvironment};
+pub use snapshots::Snapshot;
+pub use transport::{certificate_fingerprint, discover_socket, Endpoint, Flavor, TlsIdentity};

@@ -1,0 +1,225 @@
+//! The one error type of `lxd-client`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong talking to LXD.
+///
+/// Server failures are data ([`Error::Api`], [`Error::NotFound`], [`Error::OperationFailed`], ...) and are kept
+/// apart from transport and decoding failures. Use the predicates ([`Error::is_not_found`], ...) rather than
+/// matching on messages.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No LXD unix socket was found at any of the usual places.
+    #[error(
+        "no LXD socket found (tried {}); install LXD (`apt-get install lxd` or `snap install lxd`) and start it, \
+         or point LXD_SOCKET at the socket",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    SocketNotFound {
+        /// Every path that was tried, in order.
+        tried: Vec<PathBuf>,
+    },
+    /// The socket exists but this user may not open it.
+    #[error(
+        "permission denied on the LXD socket {}: run as root, or join the `lxd` group \
+         (`sudo usermod -aG lxd $USER && newgrp lxd`)",
+        path.display()
+    )]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Connecting to the daemon failed.
+    #[error("cannot connect to LXD at {endpoint}: {source}")]
+    Connect {
+        /// The unix socket path or HTTPS address.
+        endpoint: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS setup or the TLS handshake failed (bad certificate, fingerprint mismatch, ...).
+    #[error("TLS error with {endpoint}: {message}")]
+    Tls {
+        /// The HTTPS address.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The HTTP exchange failed below the API level.
+    #[error("{method} {path}: transport error: {message}")]
+    Transport {
+        /// HTTP method.
+        method: String,
+        /// Request path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The request did not complete within its timeout.
+    #[error("{method} {path}: no answer within {after:?}")]
+    Timeout {
+        /// HTTP method.
+        method: String,
+        /// Request path.
+        path: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The object does not exist (HTTP 404).
+    #[error("{path}: not found: {message}")]
+    NotFound {
+        /// Request path.
+        path: String,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The object already exists or is in a conflicting state (HTTP 409).
+    #[error("{path}: conflict: {message}")]
+    Conflict {
+        /// Request path.
+        path: String,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The `If-Match` ETag was stale (HTTP 412): someone changed the object meanwhile.
+    #[error("{path}: changed concurrently (ETag mismatch): {message}")]
+    PreconditionFailed {
+        /// Request path.
+        path: String,
+        /// The daemon's message.
+        message: String,
+    },
+    /// Any other error answer of the API.
+    #[error("{path}: LXD error {status}: {message}")]
+    Api {
+        /// HTTP status or `error_code`.
+        status: u16,
+        /// Request path.
+        path: String,
+        /// The daemon's message.
+        message: String,
+    },
+    /// A background operation finished unsuccessfully.
+    #[error("operation {id} failed ({status_code}): {message}")]
+    OperationFailed {
+        /// Operation id.
+        id: String,
+        /// Final status code (400 failure, 401 cancelled).
+        status_code: i64,
+        /// The daemon's `err`.
+        message: String,
+    },
+    /// Waiting for an operation timed out; the operation may still be running.
+    #[error("operation {id} still running after {after:?}")]
+    OperationTimeout {
+        /// Operation id: use it to wait again or cancel.
+        id: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The daemon lacks an API extension this call needs.
+    #[error("the LXD server lacks the API extension `{name}` ({hint})")]
+    MissingExtension {
+        /// Extension name.
+        name: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// A response could not be decoded.
+    #[error("{path}: cannot decode the response: {message}")]
+    Decode {
+        /// Request path.
+        path: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// A name (instance, snapshot, device, ...) breaks LXD's rules; rejected before any request.
+    #[error("invalid {kind} name {value:?}: {rule}")]
+    InvalidName {
+        /// What kind of name.
+        kind: &'static str,
+        /// The rejected value.
+        value: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A device definition is invalid; rejected before any request.
+    #[error("invalid device {device:?}: {message}")]
+    InvalidDevice {
+        /// The device name.
+        device: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// A websocket (exec, events) failed.
+    #[error("websocket {path}: {message}")]
+    Websocket {
+        /// The websocket path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Local I/O (reading a file to push, writing a pulled file, ...).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A remote configuration (the `lxc` CLI's config.yml, certificates) could not be used.
+    #[error("remote configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// The object already exists or conflicts with the current state.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// A stale ETag.
+    pub fn is_precondition_failed(&self) -> bool {
+        matches!(self, Error::PreconditionFailed { .. })
+    }
+
+    /// A request or operation timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::OperationTimeout { .. })
+    }
+
+    /// The daemon could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::SocketNotFound { .. } | Error::PermissionDenied { .. } | Error::Connect { .. })
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// Map an API error answer to the right variant.
+    pub(crate) fn from_api(status: u16, path: &str, message: String) -> Self {
+        let path = path.to_string();
+        match status {
+            404 => Error::NotFound { path, message },
+            409 => Error::Conflict { path, message },
+            412 => Error::PreconditionFailed { path, message },
+            _ => Error::Api { status, path, message },
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

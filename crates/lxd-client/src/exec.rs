@@ -1,0 +1,442 @@
+//! Running commands in instances: websocket streaming (stdin, stdout, stderr, control), interactive TTY, and
+//! recorded mode.
+//!
+//! Websocket mode never hangs on a lost close frame: "done" means the operation finished **and** both output
+//! streams reached EOF, every socket is connected concurrently right after the operation is created (LXD gives up
+//! after 10 s), every socket is read continuously so pings are answered, and a deadline bounds the whole call.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::Method;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::client::{Client, Request};
+use crate::error::{Error, Result};
+use crate::instances::instance_path;
+use crate::names::InstanceName;
+use crate::operation::Operation;
+use crate::transport::BoxedIo;
+
+/// Default bound on one exec call.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// argv. Never put a secret here: LXD publishes exec command lines in its event stream.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub environment: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// uid to run as.
+    pub user: Option<u32>,
+    /// gid to run as.
+    pub group: Option<u32>,
+    /// Whole-call deadline.
+    pub timeout: Duration,
+}
+
+impl ExecRequest {
+    /// Run `command` (argv) as root.
+    pub fn new<I, S>(command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            command: command.into_iter().map(Into::into).collect(),
+            environment: BTreeMap::new(),
+            cwd: None,
+            user: None,
+            group: None,
+            timeout: DEFAULT_EXEC_TIMEOUT,
+        }
+    }
+
+    /// Set an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.environment.insert(key.into(), value.into());
+        self
+    }
+
+    /// Set the working directory.
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
+    /// Run as `uid`/`gid`.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some(uid);
+        self.group = Some(gid);
+        self
+    }
+
+    /// Bound the whole call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// Collected result of a non-streaming exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The command's exit code (a non-zero code is data, not an error).
+    pub exit_code: i32,
+    /// Everything written to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything written to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
+    }
+
+    /// stdout as (lossy) UTF-8.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as (lossy) UTF-8.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// A message for a running exec's control socket.
+#[derive(Debug, Clone)]
+pub enum ExecControl {
+    /// Send a signal (e.g. 15 for SIGTERM).
+    Signal(i32),
+    /// Resize the terminal (interactive mode).
+    Resize {
+        /// Columns.
+        width: u16,
+        /// Rows.
+        height: u16,
+    },
+}
+
+#[derive(Serialize)]
+struct ExecBody<'a> {
+    command: &'a [String],
+    environment: &'a BTreeMap<String, String>,
+    #[serde(rename = "wait-for-websocket")]
+    wait_for_websocket: bool,
+    #[serde(rename = "record-output")]
+    record_output: bool,
+    interactive: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cwd: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<u32>,
+}
+
+type Ws = WebSocketStream<BoxedIo>;
+
+fn exit_code(op: &Operation) -> i32 {
+    op.metadata.as_ref().and_then(|m| m.get("return")).and_then(|r| r.as_i64()).unwrap_or(-1) as i32
+}
+
+fn control_message(control: &ExecControl) -> String {
+    match control {
+        ExecControl::Signal(signal) => serde_json::json!({ "command": "signal", "signal": signal }).to_string(),
+        ExecControl::Resize { width, height } => serde_json::json!({
+            "command": "window-resize",
+            "args": { "width": width.to_string(), "height": height.to_string() }
+        })
+        .to_string(),
+    }
+}
+
+impl Client {
+    async fn start_exec(&self, name: &InstanceName, req: &ExecRequest, interactive: Option<(u16, u16)>, record: bool) -> Result<Operation> {
+        if req.command.is_empty() {
+            return Err(Error::InvalidName { kind: "command", value: String::new(), rule: "an exec needs at least one argument" });
+        }
+        let body = ExecBody {
+            command: &req.command,
+            environment: &req.environment,
+            wait_for_websocket: !record,
+            record_output: record,
+            interactive: interactive.is_some(),
+            width: interactive.map(|(w, _)| w),
+            height: interactive.map(|(_, h)| h),
+            cwd: req.cwd.as_deref(),
+            user: req.user,
+            group: req.group,
+        };
+        let request = Request::new(Method::POST, format!("{}/exec", instance_path(name))).json(&body)?;
+        self.start_operation(request).await
+    }
+
+    /// Open an operation websocket.
+    pub(crate) async fn websocket(&self, path_and_query: &str) -> Result<Ws> {
+        let ws_err = |message: String| Error::Websocket { path: path_and_query.to_string(), message };
+        let io = self.inner.connector.connect().await?;
+        let url = format!("ws://lxd{path_and_query}");
+        let request = url.into_client_request().map_err(|e| ws_err(e.to_string()))?;
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(request, io))
+            .await
+            .map_err(|_| ws_err("handshake timed out".into()))?
+            .map_err(|e| ws_err(e.to_string()))?;
+        Ok(ws)
+    }
+
+    async fn operation_sockets(&self, op: &Operation, keys: &[&str]) -> Result<Vec<Ws>> {
+        let fds = op
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("fds"))
+            .ok_or_else(|| Error::Decode { path: format!("/1.0/operations/{}", op.id), message: "no `fds` in exec operation".into() })?;
+        let mut paths = Vec::new();
+        for key in keys {
+            let secret = fds.get(*key).and_then(|v| v.as_str()).ok_or_else(|| Error::Decode {
+                path: format!("/1.0/operations/{}", op.id),
+                message: format!("no secret for fd {key}"),
+            })?;
+            let req = Request::new(Method::GET, format!("/1.0/operations/{}/websocket", op.id)).query("secret", secret);
+            paths.push(self.path_and_query(&req));
+        }
+        // Concurrently: LXD waits only a few seconds for all of them.
+        futures_util::future::try_join_all(paths.iter().map(|p| self.websocket(p))).await
+    }
+
+    /// Run a command, collect its output (stdin is empty). A non-zero exit is returned, not raised.
+    pub async fn exec(&self, name: &InstanceName, req: &ExecRequest) -> Result<ExecOutput> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let exit_code = self.exec_io(name, req, None::<tokio::io::Empty>, &mut stdout, &mut stderr).await?;
+        Ok(ExecOutput { exit_code, stdout, stderr })
+    }
+
+    /// Run a command with `stdin` as its standard input and collect its output.
+    pub async fn exec_with_stdin(&self, name: &InstanceName, req: &ExecRequest, stdin: &[u8]) -> Result<ExecOutput> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let exit_code = self.exec_io(name, req, Some(stdin), &mut stdout, &mut stderr).await?;
+        Ok(ExecOutput { exit_code, stdout, stderr })
+    }
+
+    /// Run a command streaming stdin from `stdin` and stdout/stderr into the writers; returns the exit code.
+    /// Streams of any size pass through with bounded memory.
+    pub async fn exec_io<R, O, E>(&self, name: &InstanceName, req: &ExecRequest, stdin: Option<R>, stdout: O, stderr: E) -> Result<i32>
+    where
+        R: AsyncRead + Unpin + Send,
+        O: AsyncWrite + Unpin + Send,
+        E: AsyncWrite + Unpin + Send,
+    {
+        let span = tracing::debug_span!("exec", instance = %name, argv0 = %req.command.first().map(String::as_str).unwrap_or(""));
+        let _guard = span.enter();
+        let op = self.start_exec(name, req, None, false).await?;
+        let run = async {
+            let mut sockets = self.operation_sockets(&op, &["0", "1", "2", "control"]).await?;
+            let control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+            let err_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+            let out_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+            let in_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+            let (out_done, err_done, finished) = tokio::join!(
+                async {
+                    let (a, b) = tokio::join!(pump_in(in_ws, stdin), pump_out(out_ws, stdout));
+                    a.and(b)
+                },
+                pump_out(err_ws, stderr),
+                self.wait_operation(&op.id, req.timeout),
+            );
+            let mut control = control;
+            let _ = control.close(None).await;
+            out_done?;
+            err_done?;
+            finished
+        };
+        match tokio::time::timeout(req.timeout + Duration::from_secs(5), run).await {
+            Ok(result) => Ok(exit_code(&result?)),
+            Err(_) => {
+                let _ = self.cancel_operation(&op.id).await;
+                Err(Error::OperationTimeout { id: op.id.clone(), after: req.timeout })
+            }
+        }
+    }
+
+    /// Run a command on a pseudo-terminal of `size` (columns, rows): `io` carries input one way and the terminal's
+    /// output the other; `controls` sends resizes and signals. Returns the exit code.
+    pub async fn exec_interactive<R, W>(
+        &self,
+        name: &InstanceName,
+        req: &ExecRequest,
+        size: (u16, u16),
+        input: R,
+        output: W,
+        mut controls: mpsc::Receiver<ExecControl>,
+    ) -> Result<i32>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let op = self.start_exec(name, req, Some(size), false).await?;
+        let mut sockets = self.operation_sockets(&op, &["0", "control"]).await?;
+        let mut control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        let tty = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        let (tty_sink, tty_stream) = tty.split();
+        let control_path = format!("/1.0/operations/{}/websocket", op.id);
+        let control_task = async {
+            while let Some(message) = controls.recv().await {
+                control.send(Message::Text(control_message(&message))).await.map_err(|e| Error::Websocket {
+                    path: control_path.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            Ok::<_, Error>(control)
+        };
+        let io_task = async {
+            let (a, b) = tokio::join!(pump_in_sink(tty_sink, Some(input), false), pump_out_stream(tty_stream, output));
+            b.and(a.map(|_| ()))
+        };
+        let wait = self.wait_operation(&op.id, req.timeout);
+        tokio::pin!(control_task, io_task, wait);
+        let mut control_done: Option<Result<Ws>> = None;
+        let mut io_done = false;
+        let finished = loop {
+            tokio::select! {
+                result = &mut control_task, if control_done.is_none() => control_done = Some(result),
+                result = &mut io_task, if !io_done => { io_done = true; result?; }
+                result = &mut wait => break result?,
+            }
+        };
+        if let Some(Ok(mut control)) = control_done {
+            let _ = control.close(None).await;
+        }
+        Ok(exit_code(&finished))
+    }
+
+    /// Run a command in recorded mode: LXD writes stdout/stderr to log files, which are downloaded and deleted.
+    /// Simpler but slower than websockets; each call leaves `instance-log-*` lifecycle events.
+    pub async fn exec_recorded(&self, name: &InstanceName, req: &ExecRequest) -> Result<ExecOutput> {
+        let op = self.start_exec(name, req, None, true).await?;
+        let done = self.wait_operation(&op.id, req.timeout).await?;
+        let outputs = done
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("output"))
+            .and_then(|o| o.as_object())
+            .cloned()
+            .unwrap_or_default();
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        for (fd, path) in outputs {
+            let Some(path) = path.as_str() else { continue };
+            // The daemon gives a full API path: /1.0/instances/<n>/logs/exec_<op>.stdout (5.0) or .../exec-output/...
+            let data = self.read_raw(Request::new(Method::GET, path.to_string())).await?;
+            let _: serde_json::Value = self.sync(Request::new(Method::DELETE, path.to_string())).await.unwrap_or_default();
+            match fd.as_str() {
+                "1" => stdout = data,
+                "2" => stderr = data,
+                _ => {}
+            }
+        }
+        Ok(ExecOutput { exit_code: exit_code(&done), stdout, stderr })
+    }
+}
+
+fn ws_missing(op: &Operation) -> Error {
+    Error::Websocket { path: format!("/1.0/operations/{}", op.id), message: "a websocket is missing".into() }
+}
+
+/// Copy `input` into the stdin websocket, then signal EOF with a close frame.
+async fn pump_in<R: AsyncRead + Unpin + Send>(ws: Ws, input: Option<R>) -> Result<()> {
+    let (sink, mut stream) = ws.split();
+    // Drain the read half so control frames (ping, close) are processed.
+    let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+    let (result, _) = tokio::join!(pump_in_sink(sink, input, true), drain);
+    result.map(|_| ())
+}
+
+async fn pump_in_sink<R, S>(mut sink: S, input: Option<R>, close_at_eof: bool) -> Result<S>
+where
+    R: AsyncRead + Unpin + Send,
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let ws_err = |e: tokio_tungstenite::tungstenite::Error| Error::Websocket { path: "exec stdin".into(), message: e.to_string() };
+    if let Some(mut input) = input {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = input.read(&mut buf).await.map_err(|e| Error::io("reading exec stdin", e))?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = sink.send(Message::Binary(buf[..n].to_vec())).await {
+                // The command exited and LXD closed its stdin: not our error.
+                if matches!(e, tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed) {
+                    return Ok(sink);
+                }
+                return Err(ws_err(e));
+            }
+        }
+    }
+    if close_at_eof {
+        let _ = sink.send(Message::Close(None)).await;
+    }
+    Ok(sink)
+}
+
+async fn pump_out<W: AsyncWrite + Unpin + Send>(ws: Ws, out: W) -> Result<()> {
+    let (_sink, stream) = ws.split();
+    pump_out_stream(stream, out).await
+}
+
+async fn pump_out_stream<S, W>(mut stream: S, mut out: W) -> Result<()>
+where
+    S: futures_util::Stream<Item = std::result::Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    W: AsyncWrite + Unpin + Send,
+{
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(Message::Binary(data)) => out.write_all(&data).await.map_err(|e| Error::io("writing exec output", e))?,
+            Ok(Message::Text(text)) if text.is_empty() => break,
+            Ok(Message::Text(text)) => out.write_all(text.as_bytes()).await.map_err(|e| Error::io("writing exec output", e))?,
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => return Err(Error::Websocket { path: "exec output".into(), message: e.to_string() }),
+        }
+    }
+    out.flush().await.map_err(|e| Error::io("flushing exec output", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_have_lxd_shape() {
+        assert_eq!(control_message(&ExecControl::Signal(15)), r#"{"command":"signal","signal":15}"#);
+        let resize: serde_json::Value = serde_json::from_str(&control_message(&ExecControl::Resize { width: 80, height: 24 })).unwrap();
+        assert_eq!(resize["args"]["width"], "80");
+        assert_eq!(resize["command"], "window-resize");
+    }
+
+    #[test]
+    fn exit_code_comes_from_metadata_return() {
+        let op = Operation { metadata: Some(serde_json::json!({"return": 3})), ..Default::default() };
+        assert_eq!(exit_code(&op), 3);
+    }
+}

@@ -1,0 +1,252 @@
+//! Files in instances: streaming push and pull with owner and mode, directories, recursive push, delete.
+
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use http::Method;
+use tokio::io::AsyncRead;
+
+use crate::client::{Client, Request};
+use crate::error::{Error, Result};
+use crate::instances::instance_path;
+use crate::names::InstanceName;
+
+/// Owner, mode and write mode of a pushed file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Owner uid inside the instance.
+    pub uid: u32,
+    /// Owner gid inside the instance.
+    pub gid: u32,
+    /// Permission bits (e.g. `0o600`).
+    pub mode: u32,
+    /// Append instead of overwrite.
+    pub append: bool,
+}
+
+impl FileOptions {
+    /// Owned by root with `mode`.
+    pub fn root(mode: u32) -> Self {
+        Self { uid: 0, gid: 0, mode, append: false }
+    }
+
+    /// Owned by `uid:gid` with `mode`.
+    pub fn owned(uid: u32, gid: u32, mode: u32) -> Self {
+        Self { uid, gid, mode, append: false }
+    }
+}
+
+/// What a pulled path is.
+pub enum FileContent {
+    /// A regular file, streamed.
+    File(std::pin::Pin<Box<dyn AsyncRead + Send>>),
+    /// A directory and its entry names.
+    Directory(Vec<String>),
+    /// A symlink and its target.
+    Symlink(String),
+}
+
+/// Metadata of a pulled path.
+pub struct PulledFile {
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// The content.
+    pub content: FileContent,
+}
+
+impl std::fmt::Debug for PulledFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.content {
+            FileContent::File(_) => "file".to_string(),
+            FileContent::Directory(entries) => format!("directory({} entries)", entries.len()),
+            FileContent::Symlink(target) => format!("symlink -> {target}"),
+        };
+        f.debug_struct("PulledFile").field("uid", &self.uid).field("gid", &self.gid).field("mode", &format!("{:o}", self.mode)).field("content", &kind).finish()
+    }
+}
+
+fn files_request(method: Method, name: &InstanceName, path: &str) -> Result<Request> {
+    if !path.starts_with('/') {
+        return Err(Error::InvalidName { kind: "file path", value: path.to_string(), rule: "paths inside an instance must be absolute" });
+    }
+    Ok(Request::new(method, format!("{}/files", instance_path(name))).query("path", path))
+}
+
+impl Client {
+    fn file_headers(&self, mut req: Request, kind: &str, options: FileOptions) -> Result<Request> {
+        let p = self.flavor().header_prefix();
+        req = req.header(&format!("{p}uid"), &options.uid.to_string())?;
+        req = req.header(&format!("{p}gid"), &options.gid.to_string())?;
+        req = req.header(&format!("{p}mode"), &format!("{:04o}", options.mode))?;
+        req = req.header(&format!("{p}type"), kind)?;
+        req = req.header(&format!("{p}write"), if options.append { "append" } else { "overwrite" })?;
+        Ok(req)
+    }
+
+    /// Write a file from a reader (streamed: any size, bounded memory). The parent directory must exist
+    /// (see [`Client::mkdir_all`]).
+    pub async fn push_file<R>(&self, name: &InstanceName, path: &str, content: R, options: FileOptions) -> Result<()>
+    where
+        R: AsyncRead + Send + 'static,
+    {
+        let req = files_request(Method::POST, name, path)?.stream(content, "application/octet-stream").timeout(std::time::Duration::from_secs(3600));
+        let req = self.file_headers(req, "file", options)?;
+        let _: serde_json::Value = self.sync(req).await?;
+        Ok(())
+    }
+
+    /// Write a file from bytes.
+    pub async fn push_bytes(&self, name: &InstanceName, path: &str, content: impl Into<bytes::Bytes>, options: FileOptions) -> Result<()> {
+        let mut req = files_request(Method::POST, name, path)?;
+        req.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+        req.body = Some(crate::client::full(content.into()));
+        let req = self.file_headers(req, "file", options)?;
+        let _: serde_json::Value = self.sync(req).await?;
+        Ok(())
+    }
+
+    /// Create one directory (its parent must exist). Succeeds when it already exists.
+    pub async fn mkdir(&self, name: &InstanceName, path: &str, options: FileOptions) -> Result<()> {
+        let req = self.file_headers(files_request(Method::POST, name, path)?, "directory", options)?;
+        match self.sync::<serde_json::Value>(req).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_conflict() || matches!(&e, Error::Api { message, .. } if message.contains("exists")) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create a directory and its missing parents, one level at a time (LXD does not create parents).
+    pub async fn mkdir_all(&self, name: &InstanceName, path: &str, options: FileOptions) -> Result<()> {
+        let mut current = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            current.push('/');
+            current.push_str(part);
+            if self.stat(name, &current).await?.is_none() {
+                self.mkdir(name, &current, options).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Create a symlink at `path` pointing to `target`.
+    pub async fn symlink(&self, name: &InstanceName, path: &str, target: &str) -> Result<()> {
+        let mut req = self.file_headers(files_request(Method::POST, name, path)?, "symlink", FileOptions::root(0o777))?;
+        req.body = Some(crate::client::full(target.to_string()));
+        let _: serde_json::Value = self.sync(req).await?;
+        Ok(())
+    }
+
+    /// Read a path: a file is streamed, a directory lists its entries.
+    pub async fn pull(&self, name: &InstanceName, path: &str) -> Result<PulledFile> {
+        let req = files_request(Method::GET, name, path)?.timeout(std::time::Duration::from_secs(3600));
+        let response = self.send_raw(req).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if !status.is_success() {
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            crate::client::decode_envelope(status, path, &body)?;
+            return Err(Error::from_api(status.as_u16(), path, String::from_utf8_lossy(&body).into_owned()));
+        }
+        let p = self.flavor().header_prefix();
+        let header = |key: &str| headers.get(format!("{p}{key}")).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let uid = header("uid").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let gid = header("gid").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mode = header("mode").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0);
+        let kind = header("type").unwrap_or_else(|| "file".into());
+        let content = match kind.as_str() {
+            "directory" => {
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .map_err(|e| Error::Transport { method: "GET".into(), path: path.into(), message: e.to_string() })?
+                    .to_bytes();
+                let envelope = crate::client::decode_envelope(status, path, &body)?;
+                FileContent::Directory(crate::client::decode_metadata(path, envelope.metadata)?)
+            }
+            "symlink" => {
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .map_err(|e| Error::Transport { method: "GET".into(), path: path.into(), message: e.to_string() })?
+                    .to_bytes();
+                FileContent::Symlink(String::from_utf8_lossy(&body).into_owned())
+            }
+            _ => {
+                let stream = http_body_util::BodyStream::new(response.into_body())
+                    .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
+                    .map_err(std::io::Error::other);
+                FileContent::File(Box::pin(tokio_util::io::StreamReader::new(stream)))
+            }
+        };
+        Ok(PulledFile { uid, gid, mode, content })
+    }
+
+    /// Read a whole (small) file into memory.
+    pub async fn read_file(&self, name: &InstanceName, path: &str) -> Result<Vec<u8>> {
+        match self.pull(name, path).await?.content {
+            FileContent::File(mut reader) => {
+                let mut out = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out).await.map_err(|e| Error::io(format!("reading {path}"), e))?;
+                Ok(out)
+            }
+            _ => Err(Error::InvalidName { kind: "file path", value: path.into(), rule: "not a regular file" }),
+        }
+    }
+
+    /// Copy a file out of an instance into a local writer (streamed).
+    pub async fn pull_to<W: tokio::io::AsyncWrite + Unpin>(&self, name: &InstanceName, path: &str, out: &mut W) -> Result<u64> {
+        match self.pull(name, path).await?.content {
+            FileContent::File(mut reader) => tokio::io::copy(&mut reader, out).await.map_err(|e| Error::io(format!("copying {path}"), e)),
+            _ => Err(Error::InvalidName { kind: "file path", value: path.into(), rule: "not a regular file" }),
+        }
+    }
+
+    /// Owner, mode and kind of a path, or `None` when it does not exist. (Reads the path: for a large file prefer
+    /// knowing it exists another way.)
+    pub async fn stat(&self, name: &InstanceName, path: &str) -> Result<Option<PulledFile>> {
+        match self.pull(name, path).await {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delete a file or empty directory (no error when absent).
+    pub async fn delete_file(&self, name: &InstanceName, path: &str) -> Result<()> {
+        match self.sync::<serde_json::Value>(files_request(Method::DELETE, name, path)?).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Push a host directory tree into `target`, creating parents; files keep the given owner, directories get
+    /// `options` with mode 0755 and files the host file's permission bits.
+    pub async fn push_dir(&self, name: &InstanceName, host_dir: &Path, target: &str, options: FileOptions) -> Result<u64> {
+        let dir_options = FileOptions { mode: 0o755, ..options };
+        self.mkdir_all(name, target, dir_options).await?;
+        let mut count = 0u64;
+        let mut stack = vec![(host_dir.to_path_buf(), target.trim_end_matches('/').to_string())];
+        while let Some((local, remote)) = stack.pop() {
+            let mut entries = tokio::fs::read_dir(&local).await.map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
+            while let Some(entry) = entries.next_entry().await.map_err(|e| Error::io(format!("reading {}", local.display()), e))? {
+                let file_type = entry.file_type().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
+                let remote_path = format!("{}/{}", remote, entry.file_name().to_string_lossy());
+                if file_type.is_dir() {
+                    self.mkdir(name, &remote_path, dir_options).await?;
+                    stack.push((entry.path(), remote_path));
+                } else if file_type.is_file() {
+                    use std::os::unix::fs::PermissionsExt;
+                    let meta = entry.metadata().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
+                    let file = tokio::fs::File::open(entry.path()).await.map_err(|e| Error::io(format!("opening {}", entry.path().display()), e))?;
+                    let file_options = FileOptions { mode: meta.permissions().mode() & 0o7777, ..options };
+                    self.push_file(name, &remote_path, file, file_options).await?;
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+}

@@ -1,0 +1,246 @@
+//! Profiles, storage pools and volumes, networks and projects: the objects around instances.
+
+use std::collections::BTreeMap;
+
+use http::Method;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{encode, Client, Request};
+use crate::devices::DeviceConfig;
+use crate::error::Result;
+use crate::names::DeviceName;
+
+/// A profile.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct Profile {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Configuration keys.
+    pub config: BTreeMap<String, String>,
+    /// Devices.
+    pub devices: BTreeMap<String, DeviceConfig>,
+    /// Instances using it (URLs).
+    #[serde(skip_serializing)]
+    pub used_by: Vec<String>,
+}
+
+/// A storage pool.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct StoragePool {
+    /// Name.
+    pub name: String,
+    /// `dir`, `btrfs`, `zfs`, `lvm`, `ceph`.
+    pub driver: String,
+    /// Driver configuration (`source`, `size`, ...).
+    pub config: BTreeMap<String, String>,
+    /// Description.
+    pub description: String,
+    /// `Created` etc.
+    pub status: String,
+    /// Users (URLs).
+    pub used_by: Vec<String>,
+}
+
+/// A custom storage volume.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct StorageVolume {
+    /// Name.
+    pub name: String,
+    /// `custom`, `container`, `image`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+    /// `filesystem` or `block`.
+    pub content_type: String,
+    /// Users (URLs).
+    pub used_by: Vec<String>,
+}
+
+/// A network.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Network {
+    /// Name.
+    pub name: String,
+    /// `bridge`, `macvlan`, `physical`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+    /// Whether LXD manages it.
+    pub managed: bool,
+    /// Description.
+    pub description: String,
+    /// Users (URLs).
+    pub used_by: Vec<String>,
+}
+
+/// A project.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Project {
+    /// Name.
+    pub name: String,
+    /// Configuration (`features.images`, ...).
+    pub config: BTreeMap<String, String>,
+    /// Description.
+    pub description: String,
+    /// Users (URLs).
+    pub used_by: Vec<String>,
+}
+
+impl Client {
+    /// All profiles.
+    pub async fn profiles(&self) -> Result<Vec<Profile>> {
+        self.sync(Request::new(Method::GET, "/1.0/profiles").query("recursion", "1")).await
+    }
+
+    /// One profile.
+    pub async fn profile(&self, name: &str) -> Result<Profile> {
+        self.get(&format!("/1.0/profiles/{}", encode(name))).await
+    }
+
+    /// Create a profile.
+    pub async fn create_profile(&self, profile: &Profile) -> Result<()> {
+        let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/profiles").json(profile)?).await?;
+        Ok(())
+    }
+
+    /// Replace a profile's config, devices and description.
+    pub async fn put_profile(&self, profile: &Profile) -> Result<()> {
+        let body = serde_json::json!({ "config": profile.config, "devices": profile.devices, "description": profile.description });
+        let req = Request::new(Method::PUT, format!("/1.0/profiles/{}", encode(&profile.name))).json(&body)?;
+        let _: serde_json::Value = self.sync(req).await?;
+        Ok(())
+    }
+
+    /// Delete a profile.
+    pub async fn delete_profile(&self, name: &str) -> Result<()> {
+        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/profiles/{}", encode(name)))).await?;
+        Ok(())
+    }
+
+    /// Add (or replace) a device on a profile. Returns whether anything changed.
+    pub async fn add_profile_device(&self, profile: &str, device: &DeviceName, config: DeviceConfig) -> Result<bool> {
+        let mut current = self.profile(profile).await?;
+        if current.devices.get(device.as_str()) == Some(&config) {
+            return Ok(false);
+        }
+        current.devices.insert(device.to_string(), config);
+        self.put_profile(&current).await?;
+        Ok(true)
+    }
+
+    /// Remove a device from a profile. Returns whether it was there.
+    pub async fn remove_profile_device(&self, profile: &str, device: &DeviceName) -> Result<bool> {
+        let mut current = self.profile(profile).await?;
+        if current.devices.remove(device.as_str()).is_none() {
+            return Ok(false);
+        }
+        self.put_profile(&current).await?;
+        Ok(true)
+    }
+
+    /// All storage pools.
+    pub async fn storage_pools(&self) -> Result<Vec<StoragePool>> {
+        self.sync(Request::new(Method::GET, "/1.0/storage-pools").query("recursion", "1")).await
+    }
+
+    /// One storage pool.
+    pub async fn storage_pool(&self, name: &str) -> Result<StoragePool> {
+        self.get(&format!("/1.0/storage-pools/{}", encode(name))).await
+    }
+
+    /// Create a storage pool (`driver` `dir`, `btrfs`, `zfs`, ...; config such as `size=8GiB`).
+    pub async fn create_storage_pool(&self, name: &str, driver: &str, config: BTreeMap<String, String>) -> Result<()> {
+        let body = serde_json::json!({ "name": name, "driver": driver, "config": config });
+        let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/storage-pools").json(&body)?).await?;
+        Ok(())
+    }
+
+    /// Delete a storage pool.
+    pub async fn delete_storage_pool(&self, name: &str) -> Result<()> {
+        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/storage-pools/{}", encode(name)))).await?;
+        Ok(())
+    }
+
+    /// Volumes of a pool.
+    pub async fn storage_volumes(&self, pool: &str) -> Result<Vec<StorageVolume>> {
+        self.sync(Request::new(Method::GET, format!("/1.0/storage-pools/{}/volumes", encode(pool))).query("recursion", "1")).await
+    }
+
+    /// Create a custom filesystem volume.
+    pub async fn create_storage_volume(&self, pool: &str, name: &str, config: BTreeMap<String, String>) -> Result<()> {
+        let body = serde_json::json!({ "name": name, "type": "custom", "content_type": "filesystem", "config": config });
+        let req = Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool))).json(&body)?;
+        let answer = self.send(req).await?;
+        if answer.envelope.kind == "async" {
+            let op = crate::client::operation_from_answer("/1.0/storage-pools", answer.envelope)?;
+            self.wait_operation(&op.id, std::time::Duration::from_secs(300)).await?;
+        }
+        Ok(())
+    }
+
+    /// Delete a custom volume.
+    pub async fn delete_storage_volume(&self, pool: &str, name: &str) -> Result<()> {
+        let path = format!("/1.0/storage-pools/{}/volumes/custom/{}", encode(pool), encode(name));
+        let answer = self.send(Request::new(Method::DELETE, path.clone())).await?;
+        if answer.envelope.kind == "async" {
+            let op = crate::client::operation_from_answer(&path, answer.envelope)?;
+            self.wait_operation(&op.id, std::time::Duration::from_secs(300)).await?;
+        }
+        Ok(())
+    }
+
+    /// All networks.
+    pub async fn networks(&self) -> Result<Vec<Network>> {
+        self.sync(Request::new(Method::GET, "/1.0/networks").query("recursion", "1")).await
+    }
+
+    /// One network.
+    pub async fn network(&self, name: &str) -> Result<Network> {
+        self.get(&format!("/1.0/networks/{}", encode(name))).await
+    }
+
+    /// Create a managed network (e.g. a `bridge` with `ipv4.address=none`).
+    pub async fn create_network(&self, name: &str, kind: &str, config: BTreeMap<String, String>) -> Result<()> {
+        let body = serde_json::json!({ "name": name, "type": kind, "config": config });
+        let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/networks").json(&body)?).await?;
+        Ok(())
+    }
+
+    /// Delete a network.
+    pub async fn delete_network(&self, name: &str) -> Result<()> {
+        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/networks/{}", encode(name)))).await?;
+        Ok(())
+    }
+
+    /// All projects.
+    pub async fn projects(&self) -> Result<Vec<Project>> {
+        self.sync(Request::new(Method::GET, "/1.0/projects").unscoped().query("recursion", "1")).await
+    }
+
+    /// One project.
+    pub async fn project_info(&self, name: &str) -> Result<Project> {
+        self.sync(Request::new(Method::GET, format!("/1.0/projects/{}", encode(name))).unscoped()).await
+    }
+
+    /// Create a project.
+    pub async fn create_project(&self, name: &str, config: BTreeMap<String, String>) -> Result<()> {
+        let body = serde_json::json!({ "name": name, "config": config });
+        let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/projects").unscoped().json(&body)?).await?;
+        Ok(())
+    }
+
+    /// Delete a project.
+    pub async fn delete_project(&self, name: &str) -> Result<()> {
+        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/projects/{}", encode(name))).unscoped()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,29 @@
+//! Benchmarks run side by side with the `lxc` CLI or the runbook's own commands; each rewrites its own section of
+//! `docs/benchmarks.md` (between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`).
+
+pub mod report;
+
+/// The benchmarks xtask knows.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Which {
+    /// lxd-client versus the `lxc` CLI.
+    Client,
+    /// `gbo install` versus a sequential `lxc` script.
+    Install,
+    /// Snapshots, migration and ZFS prune versus the runbook's commands.
+    Ops,
+    /// `gbo-ci deploy` versus the runbook's ssh/scp sequence.
+    Ci,
+}
+
+/// Run one benchmark and write its report section.
+pub async fn run(which: Which) -> anyhow::Result<()> {
+    let (name, markdown) = match which {
+        Which::Client => anyhow::bail!("bench client: not yet implemented"),
+        Which::Install => anyhow::bail!("bench install: not yet implemented"),
+        Which::Ops => anyhow::bail!("bench ops: not yet implemented"),
+        Which::Ci => anyhow::bail!("bench ci: not yet implemented"),
+    };
+    #[allow(unreachable_code)]
+    report::write_section(name, &markdown)
+}
