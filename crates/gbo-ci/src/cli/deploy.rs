@@ -1,0 +1,263 @@
+//! `deploy`, `rollback`, `verify`: arguments, progress rendering and results.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use gbo_ci::deploy::{DeployEvent, DeployObserver, DeployOptions, RollbackOptions, StartOptions};
+use gbo_ci::names::{HealthUrl, RemotePath, UnixUser};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{print_json, ConnectArgs, Output, FINDINGS};
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The local binary to deploy.
+    #[arg(long, value_name = "PATH")]
+    binary: PathBuf,
+    /// Path of the binary on the remote host.
+    #[arg(long, value_name = "PATH")]
+    dest: RemotePath,
+    /// User that owns the binary and runs the process.
+    #[arg(long, value_name = "USER")]
+    owner: UnixUser,
+    /// Health URL as seen from the remote host (probed through the SSH connection), e.g. http://localhost:5858/api/health.
+    #[arg(long, value_name = "URL")]
+    health: HealthUrl,
+    /// Previous releases to keep beside the target (<dest>.prev.<N>).
+    #[arg(long, default_value_t = 5)]
+    keep: usize,
+    #[command(flatten)]
+    start: StartArgs,
+    /// Seconds to wait for the health URL to answer 2xx before rolling back.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    health_timeout: u64,
+    /// Seconds a stopped process may take to exit before SIGKILL.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    stop_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Argument for the started binary (repeatable, e.g. --arg=--noconsole). Default: the running process's.
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// Working directory of the started binary. Default: the running process's, else the binary's directory.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<RemotePath>,
+    /// File that the started binary's output is appended to. Default: the running process's, else
+    /// <dest>/../../logs/<name>.log (the seed's /opt/gbo/logs/).
+    #[arg(long, value_name = "PATH")]
+    log: Option<RemotePath>,
+    /// Restart through this systemd unit instead of detecting which unit owns the process.
+    #[arg(long, value_name = "UNIT")]
+    unit: Option<String>,
+}
+
+impl StartArgs {
+    fn options(&self) -> StartOptions {
+        StartOptions {
+            args: (!self.args.is_empty()).then(|| self.args.clone()),
+            cwd: self.cwd.clone(),
+            log: self.log.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Path of the binary on the remote host.
+    #[arg(long, value_name = "PATH")]
+    dest: RemotePath,
+    /// User that runs the process. Default: the owner of the restored release.
+    #[arg(long, value_name = "USER")]
+    owner: Option<UnixUser>,
+    /// Health URL to check after the restart (as seen from the remote host).
+    #[arg(long, value_name = "URL")]
+    health: Option<HealthUrl>,
+    #[command(flatten)]
+    start: StartArgs,
+    /// Seconds to wait for the health URL.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    health_timeout: u64,
+    /// Seconds a stopped process may take to exit before SIGKILL.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    stop_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// The local artifact the deployed binary should be.
+    #[arg(long, value_name = "PATH")]
+    binary: PathBuf,
+    /// Path of the binary on the remote host.
+    #[arg(long, value_name = "PATH")]
+    dest: RemotePath,
+}
+
+/// Renders deploy events on stderr: an upload bar and one line per step.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { bar: None }
+    }
+}
+
+impl DeployObserver for Progress {
+    fn on_event(&mut self, event: &DeployEvent) {
+        match event {
+            DeployEvent::Connected { target, recorded_host_key } => {
+                eprintln!("connected to {target}");
+                if let Some(path) = recorded_host_key {
+                    eprintln!("first contact: recorded the host key in {}", path.display());
+                }
+            }
+            DeployEvent::UploadStarted { temp_path, total } => {
+                eprintln!("uploading to {temp_path}");
+                let bar = ProgressBar::with_draw_target(Some(*total), ProgressDrawTarget::stderr());
+                if let Ok(style) =
+                    ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                {
+                    bar.set_style(style);
+                }
+                self.bar = Some(bar);
+            }
+            DeployEvent::UploadProgress { sent, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(*sent);
+                }
+            }
+            DeployEvent::Uploaded { .. } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                eprintln!("uploaded and synced; checking SHA-256 on the remote");
+            }
+            DeployEvent::ChecksumVerified { sha256 } => eprintln!("checksum ok ({sha256})"),
+            DeployEvent::Swapped { previous_release: Some(release) } => {
+                eprintln!("swapped in atomically; previous binary kept as {release}")
+            }
+            DeployEvent::Swapped { previous_release: None } => eprintln!("swapped in atomically"),
+            DeployEvent::Restarting { method } => eprintln!("restarting ({method})"),
+            DeployEvent::WaitingForHealth { url } => eprintln!("waiting for {url}"),
+            DeployEvent::Healthy { downtime: Some(downtime) } => {
+                eprintln!("healthy after {:.0} ms of downtime", downtime.as_secs_f64() * 1000.0)
+            }
+            DeployEvent::Healthy { downtime: None } => eprintln!("healthy"),
+            DeployEvent::RollingBack { reason } => eprintln!("health failed ({reason}); rolling back"),
+            _ => {}
+        }
+    }
+}
+
+pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
+    let options = DeployOptions {
+        binary: args.binary,
+        dest: args.dest,
+        owner: args.owner,
+        health: args.health,
+        keep: args.keep,
+        start: args.start.options(),
+        unit: args.start.unit.clone(),
+        health_timeout: Duration::from_secs(args.health_timeout),
+        stop_timeout: Duration::from_secs(args.stop_timeout),
+    };
+    let report = gbo_ci::deploy::deploy(&args.connect.options(), &options, &mut Progress::new())?;
+    match output {
+        Output::Json => print_json(&report)?,
+        Output::Text => {
+            println!("deployed {} to {}:{}", options.binary.display(), report.host, report.dest);
+            println!("sha256        {}", report.sha256);
+            println!("size          {} bytes, uploaded in {} ms", report.bytes, report.upload_ms);
+            println!("previous      {}", report.previous_release.as_deref().unwrap_or("(none: first deploy)"));
+            match &report.unit {
+                Some(unit) => println!("restart       systemd unit {unit}"),
+                None if report.stopped_pids.is_empty() => println!("restart       started (nothing was running)"),
+                None => println!(
+                    "restart       stopped pid {} and started the new binary",
+                    report.stopped_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            }
+            match report.downtime_ms {
+                Some(ms) => println!("downtime      {ms} ms (old process stopped -> health OK)"),
+                None => println!("downtime      none (nothing was running)"),
+            }
+            if !report.pruned_releases.is_empty() {
+                println!("pruned        {}", report.pruned_releases.join(", "));
+            }
+            println!("total         {} ms", report.total_ms);
+        }
+    }
+    Ok(0)
+}
+
+pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
+    let options = RollbackOptions {
+        dest: args.dest,
+        owner: args.owner,
+        health: args.health,
+        start: args.start.options(),
+        unit: args.start.unit.clone(),
+        health_timeout: Duration::from_secs(args.health_timeout),
+        stop_timeout: Duration::from_secs(args.stop_timeout),
+    };
+    let report = gbo_ci::deploy::rollback(&args.connect.options(), &options, &mut Progress::new())?;
+    match output {
+        Output::Json => print_json(&report)?,
+        Output::Text => {
+            println!("restored {} on {} from {}", report.dest, report.host, report.restored_release);
+            println!("sha256        {}", report.sha256);
+            println!("restart       {}", report.restart_method);
+            match report.healthy {
+                Some(true) => println!("health        ok ({} ms downtime)", report.downtime_ms.unwrap_or(0)),
+                Some(false) => println!("health        FAILED"),
+                None => println!("health        not checked (no --health)"),
+            }
+            println!("remaining     {}", if report.remaining_releases.is_empty() { "(none)".to_string() } else { report.remaining_releases.join(", ") });
+        }
+    }
+    if report.healthy == Some(false) {
+        anyhow::bail!("the restored release is not healthy");
+    }
+    Ok(0)
+}
+
+pub fn verify(args: VerifyArgs, output: Output) -> anyhow::Result<u8> {
+    let report = gbo_ci::deploy::verify(&args.connect.options(), &args.binary, &args.dest)?;
+    match output {
+        Output::Json => print_json(&report)?,
+        Output::Text => {
+            println!("{}:{}", report.host, report.dest);
+            println!("local sha256  {}  mtime {}", report.local_sha256, report.local_mtime);
+            match (&report.remote_sha256, report.remote_mtime) {
+                (Some(sha), Some(mtime)) => println!("remote sha256 {sha}  mtime {mtime}"),
+                (Some(sha), None) => println!("remote sha256 {sha}"),
+                _ => println!("remote        (missing)"),
+            }
+            for process in &report.processes {
+                println!(
+                    "process       {}{}{}",
+                    process.pid,
+                    process.unit.as_deref().map(|unit| format!(" in {unit}")).unwrap_or_default(),
+                    if process.runs_replaced_binary { " (runs a replaced binary)" } else { "" }
+                );
+            }
+            if report.findings.is_empty() {
+                println!("ok: the deployed binary is the local artifact");
+            }
+            for finding in &report.findings {
+                println!("STALE: {finding}");
+            }
+        }
+    }
+    Ok(if report.findings.is_empty() { 0 } else { FINDINGS })
+}

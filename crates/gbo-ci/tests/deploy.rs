@@ -1,0 +1,441 @@
+//! `gbo-ci deploy`, `rollback` and `verify` against a real OpenSSH server on 127.0.0.1 and a real running program.
+//!
+//! The "botserver" is a copy of the system's python3 ELF binary serving HTTP (see `common`); the deploy finds it by
+//! its exact executable path in /proc, exactly as it would find botserver.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use common::*;
+
+/// One prepared remote: sshd, an old botserver v1 running as `nobody` from a root-owned binary, its log.
+struct Stage {
+    sshd: Sshd,
+    dest: PathBuf,
+    log: PathBuf,
+    script: PathBuf,
+    port: u16,
+    old: Child,
+}
+
+impl Stage {
+    fn new() -> Stage {
+        let sshd = Sshd::start();
+        let bin = sshd.mkdir("opt/gbo/bin");
+        let logs = sshd.mkdir("opt/gbo/logs");
+        sshd.mkdir("build");
+        let dest = bin.join("botserver");
+        // Root-owned, as in the seed's failure ("If owned by root, scp as gbuser will fail").
+        make_botserver(&dest, 200, "v1", 0);
+        let script = write_server_script(&sshd);
+        let port = free_port();
+        let log = logs.join("error.log");
+        let old = start_as_nobody(&dest, &script, port, &log);
+        assert_eq!(http_get(port, "/api/health"), Some((200, "v1".into())));
+        Stage { sshd, dest, log, script, port, old }
+    }
+
+    fn build(&self, name: &str, health: u16, version: &str) -> PathBuf {
+        let path = self.sshd.path("build").join(name);
+        make_botserver(&path, health, version, 0);
+        path
+    }
+
+    fn health_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/health", self.port)
+    }
+
+    fn deploy(&self, binary: &Path, extra: &[&str]) -> std::process::Output {
+        let mut command = self.sshd.gbo_ci();
+        command
+            .arg("deploy")
+            .args(self.sshd.connect_args())
+            .arg("--binary")
+            .arg(binary)
+            .arg("--dest")
+            .arg(&self.dest)
+            .args(["--owner", "nobody", "--health", &self.health_url()])
+            .args(extra);
+        if !extra.contains(&"--health-timeout") {
+            command.args(["--health-timeout", "15"]);
+        }
+        command.output().unwrap()
+    }
+
+    fn bin_dir_listing(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dest.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn uid_of_pid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn deploy_replaces_the_running_binary_and_corrects_ownership() {
+    let mut stage = Stage::new();
+    let old_sha = sha256(&stage.dest);
+    assert_eq!(std::fs::metadata(&stage.dest).unwrap().uid(), 0, "the fixture starts root-owned");
+    let new = stage.build("botserver", 200, "v2");
+
+    // No --arg/--cwd/--log: they are taken from the running process (its argv, cwd and log file).
+    let output = stage.deploy(&new, &["--output", "json"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // The new build serves, from the target path, as the owner; the old process was stopped.
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v2".into())));
+    assert_eq!(sha256(&stage.dest), sha256(&new));
+    let dest_text = stage.dest.display().to_string();
+    let running = pids_where(|exe| exe == dest_text);
+    assert_eq!(running.len(), 1, "exactly one process runs the new binary");
+    assert_eq!(uid_of_pid(running[0]), 65534, "started as the owner");
+    assert!(stage.old.try_wait().unwrap().is_some(), "the old process was stopped");
+
+    // Ownership corrected, executable, and the old binary kept as release 1.
+    let metadata = std::fs::metadata(&stage.dest).unwrap();
+    assert_eq!((metadata.uid(), metadata.gid(), metadata.mode() & 0o7777), (65534, 65534, 0o755));
+    let previous = format!("{}.prev.1", stage.dest.display());
+    assert_eq!(report["previous_release"], previous.as_str());
+    assert_eq!(sha256(Path::new(&previous)), old_sha);
+    assert_eq!(report["restart_method"], "process");
+    assert_eq!(report["sha256"], sha256(&new).as_str());
+    assert!(report["downtime_ms"].as_u64().is_some(), "downtime is reported: {report}");
+    assert_eq!(report["stopped_pids"].as_array().unwrap().len(), 1);
+
+    // The new process logs into the inherited log file, and no text-file-busy error anywhere.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("busy") && !stderr.contains("dest open"), "{stderr}");
+    let log = std::fs::read_to_string(&stage.log).unwrap();
+    assert!(log.contains("botserver v2 listening"), "{log}");
+    // No temporary upload is left behind.
+    assert!(stage.bin_dir_listing().iter().all(|name| !name.ends_with(".tmp")), "{:?}", stage.bin_dir_listing());
+}
+
+#[test]
+fn failing_health_rolls_back_and_the_old_release_serves_again() {
+    let stage = Stage::new();
+    let old_sha = sha256(&stage.dest);
+    let broken = stage.build("botserver", 500, "v2-broken");
+    let output = stage.deploy(&broken, &["--health-timeout", "3"]);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("did not become healthy"), "{stderr}");
+    assert!(stderr.contains("HTTP 500"), "{stderr}");
+    assert!(stderr.contains("healthy again"), "{stderr}");
+
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())));
+    assert_eq!(sha256(&stage.dest), old_sha);
+    let dest_text = stage.dest.display().to_string();
+    let running = pids_where(|exe| exe == dest_text);
+    assert_eq!(running.len(), 1, "only the restored release runs");
+    assert_eq!(uid_of_pid(running[0]), 65534);
+}
+
+#[test]
+fn explicit_start_options_keep_and_prune_releases_then_rollback_on_demand() {
+    let stage = Stage::new();
+    let other_log = stage.sshd.mkdir("var/log/gbo").join("botserver.log");
+    let cwd = stage.sshd.mkdir("srv");
+    let script = stage.script.display().to_string();
+    let port = stage.port.to_string();
+    let other_log_text = other_log.display().to_string();
+    let cwd_text = cwd.display().to_string();
+    let mut shas = vec![sha256(&stage.dest)];
+    for version in ["v2", "v3", "v4"] {
+        let build = stage.build(&format!("botserver-{version}"), 200, version);
+        shas.push(sha256(&build));
+        let args = [
+            "--arg", script.as_str(), "--arg", port.as_str(), "--log", other_log_text.as_str(), "--cwd",
+            cwd_text.as_str(), "--keep", "2",
+        ];
+        let output = stage.deploy(&build, &args);
+        assert!(output.status.success(), "{}", describe(&output));
+        assert_eq!(http_get(stage.port, "/api/health"), Some((200, version.into())));
+    }
+    let listing = stage.bin_dir_listing();
+    assert_eq!(listing, vec!["botserver", "botserver.prev.2", "botserver.prev.3"], "keep 2 pruned release 1");
+    let log = std::fs::read_to_string(&other_log).unwrap();
+    assert!(log.contains("botserver v4 listening"), "{log}");
+    let dest_text = stage.dest.display().to_string();
+    let pid = pids_where(|exe| exe == dest_text)[0];
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), cwd);
+
+    // Roll back on demand: v3 returns, from release 3.
+    let output = stage
+        .sshd
+        .gbo_ci()
+        .arg("rollback")
+        .args(stage.sshd.connect_args())
+        .arg("--dest")
+        .arg(&stage.dest)
+        .args(["--health", &stage.health_url(), "--health-timeout", "15", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["healthy"], true);
+    assert_eq!(report["restored_release"], format!("{}.prev.3", stage.dest.display()).as_str());
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v3".into())));
+    assert_eq!(sha256(&stage.dest), shas[2]);
+    assert_eq!(stage.bin_dir_listing(), vec!["botserver", "botserver.prev.2"]);
+}
+
+/// Corrupts the upload on the remote disk between the upload and the checksum check, through the public
+/// observer hook (the "remote" is this machine, so the temporary file is reachable directly).
+struct Corrupter;
+
+impl gbo_ci::deploy::DeployObserver for Corrupter {
+    fn on_event(&mut self, event: &gbo_ci::deploy::DeployEvent) {
+        if let gbo_ci::deploy::DeployEvent::Uploaded { temp_path } = event {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).open(temp_path).unwrap();
+            file.write_all(b"bit rot").unwrap();
+        }
+    }
+}
+
+#[test]
+fn checksum_mismatch_stops_before_the_swap() {
+    let stage = Stage::new();
+    let old_sha = sha256(&stage.dest);
+    let before = stage.bin_dir_listing();
+    let new = stage.build("botserver", 200, "v2");
+    let options = gbo_ci::deploy::DeployOptions {
+        binary: new,
+        dest: stage.dest.display().to_string().parse().unwrap(),
+        owner: "nobody".parse().unwrap(),
+        health: stage.health_url().parse().unwrap(),
+        keep: 5,
+        start: Default::default(),
+        unit: None,
+        health_timeout: std::time::Duration::from_secs(10),
+        stop_timeout: std::time::Duration::from_secs(5),
+    };
+    let error = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut Corrupter).unwrap_err();
+    assert!(matches!(error, gbo_ci::Error::ChecksumMismatch { .. }), "{error}");
+    assert!(error.to_string().contains("was not touched"), "{error}");
+    assert_eq!(sha256(&stage.dest), old_sha);
+    assert_eq!(stage.bin_dir_listing(), before, "the upload was removed, no release was made");
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())), "the old process still serves");
+}
+
+#[test]
+fn a_changed_host_key_is_always_refused() {
+    let stage = Stage::new();
+    let other = stage.sshd.path("other_host_key");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    let other_line = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_line = other_line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    std::fs::write(&stage.sshd.known_hosts, format!("[127.0.0.1]:{} {other_line}\n", stage.sshd.port)).unwrap();
+    let before = stage.bin_dir_listing();
+    let new = stage.build("botserver", 200, "v2");
+    for extra in [&[][..], &["--accept-new-host-key"][..]] {
+        let output = stage.deploy(&new, extra);
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("HOST KEY CHANGED"), "{stderr}");
+    }
+    assert_eq!(stage.bin_dir_listing(), before);
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())));
+    let known = std::fs::read_to_string(&stage.sshd.known_hosts).unwrap();
+    assert!(!known.contains(&stage.sshd.host_key_line), "the new key was not recorded");
+}
+
+#[test]
+fn an_unknown_host_key_needs_explicit_first_contact() {
+    let sshd = Sshd::start();
+    let bin = sshd.mkdir("opt/gbo/bin");
+    let binary = bin.join("botserver");
+    make_botserver(&binary, 200, "v1", 0);
+    std::fs::write(&sshd.known_hosts, "").unwrap();
+    let verify = |extra: &[&str]| {
+        sshd.gbo_ci()
+            .arg("verify")
+            .args(sshd.connect_args())
+            .arg("--binary")
+            .arg(&binary)
+            .arg("--dest")
+            .arg(&binary)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = verify(&[]);
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not in") && stderr.contains("SHA256:"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&sshd.known_hosts).unwrap(), "");
+
+    let accepted = verify(&["--accept-new-host-key"]);
+    assert!(accepted.status.success(), "{}", describe(&accepted));
+    let known = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+    assert_eq!(known, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key_line));
+    // OpenSSH's own client accepts the recorded line.
+    let ssh = std::process::Command::new("ssh")
+        .args(["-F", sshd.ssh_config.to_str().unwrap(), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .args(["testhost", "true"])
+        .output()
+        .unwrap();
+    assert!(ssh.status.success(), "{}", describe(&ssh));
+}
+
+#[test]
+fn verify_catches_a_stale_binary() {
+    let stage = Stage::new();
+    let same = stage.sshd.path("build/same");
+    std::fs::copy(&stage.dest, &same).unwrap();
+    let newer = stage.build("botserver", 200, "v2");
+    let run = |binary: &Path| {
+        stage
+            .sshd
+            .gbo_ci()
+            .args(["--output", "json", "verify"])
+            .args(stage.sshd.connect_args())
+            .arg("--binary")
+            .arg(binary)
+            .arg("--dest")
+            .arg(&stage.dest)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&same);
+    assert_eq!(ok.status.code(), Some(0), "{}", describe(&ok));
+    let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(report["findings"].as_array().unwrap().len(), 0);
+    assert_eq!(report["processes"].as_array().unwrap().len(), 1);
+
+    let stale = run(&newer);
+    assert_eq!(stale.status.code(), Some(1), "{}", describe(&stale));
+    let report: serde_json::Value = serde_json::from_slice(&stale.stdout).unwrap();
+    assert_eq!(report["remote_sha256"], sha256(&stage.dest).as_str());
+    assert_eq!(report["local_sha256"], sha256(&newer).as_str());
+    let finding = report["findings"][0].as_str().unwrap();
+    assert!(finding.contains("differs from the local artifact"), "{finding}");
+
+    // A binary swapped by hand but never restarted is caught too.
+    std::fs::copy(&newer, stage.sshd.path("opt/gbo/bin/.swap")).unwrap();
+    std::fs::rename(stage.sshd.path("opt/gbo/bin/.swap"), &stage.dest).unwrap();
+    let unrestarted = run(&newer);
+    assert_eq!(unrestarted.status.code(), Some(1), "{}", describe(&unrestarted));
+    let text = String::from_utf8_lossy(&unrestarted.stdout);
+    assert!(text.contains("never restarted"), "{text}");
+}
+
+#[test]
+fn bad_inputs_exit_2_and_change_nothing() {
+    let stage = Stage::new();
+    let before = stage.bin_dir_listing();
+    let old_sha = sha256(&stage.dest);
+    let new = stage.build("botserver", 200, "v2");
+    let stranger = stage.sshd.path("stranger_key");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    let missing_dir = stage.sshd.path("opt/gbo/nope/botserver").display().to_string();
+    let build_dir = stage.sshd.path("build").display().to_string();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("unreadable binary", vec!["--binary".into(), "/nonexistent/botserver".into()], "/nonexistent/botserver"),
+        ("binary is a directory", vec!["--binary".into(), build_dir.clone()], "non-empty regular file"),
+        ("unknown host name", vec!["--host".into(), "no such host!".into()], "invalid host"),
+        ("refused key", vec!["--identity".into(), stranger.display().to_string()], "authentication as root@127.0.0.1 failed"),
+        ("missing destination directory", vec!["--dest".into(), missing_dir.clone()], "does not exist"),
+        ("health URL is not a URL", vec!["--health".into(), "localhost:5858/api/health".into()], "invalid health URL"),
+        ("unknown owner", vec!["--owner".into(), "nosuchuser42".into()], "owner user does not exist"),
+        ("relative destination", vec!["--dest".into(), "bin/botserver".into()], "invalid remote path"),
+    ];
+    for (name, overrides, expected) in cases {
+        let mut args: Vec<String> = vec![
+            "deploy".into(), "--host".into(), "testhost".into(), "--ssh-config".into(),
+            stage.sshd.ssh_config.display().to_string(), "--binary".into(), new.display().to_string(), "--dest".into(),
+            stage.dest.display().to_string(), "--owner".into(), "nobody".into(), "--health".into(), stage.health_url(),
+        ];
+        for pair in overrides.chunks(2) {
+            match args.iter().position(|arg| *arg == pair[0]) {
+                Some(index) => args[index + 1] = pair[1].clone(),
+                None => args.extend(pair.iter().cloned()),
+            }
+        }
+        let output = stage.sshd.gbo_ci().args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}: {}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{name}: expected `{expected}` in:\n{stderr}");
+        assert!(output.stdout.is_empty(), "{name}: nothing on stdout");
+        assert_eq!(stage.bin_dir_listing(), before, "{name}: nothing changed on the remote");
+        assert_eq!(sha256(&stage.dest), old_sha, "{name}");
+    }
+    assert!(!Path::new(&missing_dir).exists());
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())));
+}
+
+#[test]
+fn keys_from_an_agent_and_from_the_environment_authenticate() {
+    let sshd = Sshd::start();
+    let bin = sshd.mkdir("opt/gbo/bin");
+    let binary = bin.join("botserver");
+    make_botserver(&binary, 200, "v1", 0);
+    // A config without IdentityFile, so only the agent or the environment can provide the key.
+    let bare_config = sshd.path("ssh_config_bare");
+    std::fs::write(
+        &bare_config,
+        format!(
+            "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User root\n  UserKnownHostsFile {}\n",
+            sshd.port,
+            sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let verify = |command: &mut std::process::Command| {
+        command
+            .arg("verify")
+            .args(["--host", "testhost", "--ssh-config", bare_config.to_str().unwrap()])
+            .arg("--binary")
+            .arg(&binary)
+            .arg("--dest")
+            .arg(&binary)
+            .output()
+            .unwrap()
+    };
+    let without = verify(&mut sshd.gbo_ci());
+    assert_eq!(without.status.code(), Some(2), "{}", describe(&without));
+
+    let pem = std::fs::read_to_string(&sshd.client_key).unwrap();
+    let with_env = verify(sshd.gbo_ci().env("GBO_CI_SSH_KEY", &pem));
+    assert!(with_env.status.success(), "{}", describe(&with_env));
+    let all_output = format!("{}{}", String::from_utf8_lossy(&with_env.stdout), String::from_utf8_lossy(&with_env.stderr));
+    assert!(!all_output.contains("PRIVATE KEY"), "the key is never printed");
+
+    let socket = sshd.path("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add").arg(&sshd.client_key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    assert!(added.status.success(), "{}", describe(&added));
+    let with_agent = verify(sshd.gbo_ci().env("SSH_AUTH_SOCK", &socket));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(with_agent.status.success(), "{}", describe(&with_agent));
+}
