@@ -1,4 +1,26 @@
-//! `cargo xtask lxd-up`: a local LXD for development, tests and users.
+//! `cargo xtask lxd-up`: a local LXD for development, tests and users, idempotent and fast when already up.
+//!
+//! Installs LXD from the distribution when missing, starts the daemon in the background when it is not running
+//! (these machines have no systemd), creates the `default` storage pool (btrfs on a loop file when `mkfs.btrfs`
+//! exists, else `dir`) and the default profile's root disk, enables HTTPS on 127.0.0.1:8443 for the transport
+//! tests, and builds and imports the test image through the one image builder (cached by its inputs).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lxd_client::{Client, DeviceName, DiskDevice};
+
+/// The alias of the image the test suite uses.
+pub const TEST_IMAGE_ALIAS: &str = "gbo-test/debian-12";
+
+/// The HTTPS address the transport tests use.
+pub const HTTPS_ADDRESS: &str = "127.0.0.1:8443";
+
+
+/// Prefix of every resource the test suite creates (removed by `clean`).
+pub const TEST_PREFIX: &str = "gbot-";
 
 /// Options of `lxd-up`.
 #[derive(clap::Args, Debug)]
@@ -6,14 +28,167 @@ pub struct Args {
     /// Skip building/importing the test image.
     #[arg(long)]
     pub no_image: bool,
+    /// Storage pool size for a new btrfs pool.
+    #[arg(long, default_value = "24GiB")]
+    pub pool_size: String,
+}
+
+fn phase(name: &str, start: Instant) {
+    eprintln!("lxd-up: {name} ({:.1} s)", start.elapsed().as_secs_f64());
+}
+
+/// Run an apt-get install with retries (registries can be slow).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| duct::cmd!("dpkg-query", "-W", "-f=${Status}", p).stderr_null().read().map(|s| !s.contains("install ok installed")).unwrap_or(true))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {}", missing.join(" "));
+    for attempt in 1..=3 {
+        let update = duct::cmd!("apt-get", "update", "-q").stdout_null().run();
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(missing.iter().copied());
+        let install = duct::cmd("apt-get", &args).env("DEBIAN_FRONTEND", "noninteractive").stdout_null().run();
+        if update.is_ok() && install.is_ok() {
+            return Ok(());
+        }
+        eprintln!("apt-get failed (attempt {attempt}/3), retrying");
+        std::thread::sleep(Duration::from_secs(5 * attempt));
+    }
+    anyhow::bail!("could not install {}", missing.join(" "))
 }
 
 /// Bring LXD up.
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("lxd-up: not yet implemented")
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    ensure_daemon().await?;
+    phase("daemon ready", start);
+    let lxd = Client::local()?;
+    ensure_storage(&lxd, &args.pool_size).await?;
+    phase("storage pool and root disk ready", start);
+    ensure_https(&lxd).await?;
+    phase("HTTPS listening on 127.0.0.1:8443", start);
+    if !args.no_image {
+        let built = build_test_image(&lxd).await?;
+        phase(&format!("test image {} {}", TEST_IMAGE_ALIAS, if built.reused { "reused" } else { "built" }), start);
+    }
+    Ok(())
 }
 
-/// Remove what earlier test runs left behind.
+/// Install and start the daemon if needed.
+pub async fn ensure_daemon() -> anyhow::Result<()> {
+    if let Ok(lxd) = Client::local() {
+        if lxd.server_fresh().await.is_ok() {
+            return Ok(());
+        }
+    }
+    apt_install(&["lxd", "lxd-client", "debootstrap", "btrfs-progs", "squashfs-tools", "xz-utils"])?;
+    if let Ok(lxd) = Client::local() {
+        if lxd.server_fresh().await.is_ok() {
+            return Ok(());
+        }
+    }
+    std::fs::create_dir_all("/var/log/gbo")?;
+    let log = "/var/log/gbo/lxd.log";
+    eprintln!("starting lxd in the background (log: {log})");
+    // Detached in its own session so it outlives this process; no systemd on these machines.
+    duct::cmd!("setsid", "--fork", "lxd", "--group", "root", "--logfile", log)
+        .stdin_null()
+        .stdout_null()
+        .stderr_null()
+        .run()
+        .context("starting lxd")?;
+    duct::cmd!("lxd", "waitready", "--timeout", "60").run().context("waiting for lxd to be ready")?;
+    Ok(())
+}
+
+async fn ensure_storage(lxd: &Client, size: &str) -> anyhow::Result<()> {
+    let pools = lxd.storage_pools().await?;
+    let pool = if let Some(existing) = pools.iter().find(|p| p.name == "default") {
+        existing.name.clone()
+    } else {
+        let btrfs = Path::new("/usr/bin/mkfs.btrfs").exists() || Path::new("/sbin/mkfs.btrfs").exists();
+        let (driver, config) = if btrfs {
+            ("btrfs", BTreeMap::from([("size".to_string(), size.to_string())]))
+        } else {
+            ("dir", BTreeMap::new())
+        };
+        match lxd.create_storage_pool("default", driver, config).await {
+            Ok(()) => {}
+            Err(e) if driver == "btrfs" => {
+                eprintln!("btrfs pool failed ({e}); falling back to dir");
+                lxd.create_storage_pool("default", "dir", BTreeMap::new()).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        "default".to_string()
+    };
+    let profile = lxd.profile("default").await?;
+    if !profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")) {
+        let root = DeviceName::new("root")?;
+        lxd.add_profile_device("default", &root, DiskDevice::root(pool).to_config(&root)?).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_https(lxd: &Client) -> anyhow::Result<()> {
+    let server = lxd.server_fresh().await?;
+    if server.config.get("core.https_address").and_then(|v| v.as_str()) != Some(HTTPS_ADDRESS) {
+        lxd.patch_server_config(&BTreeMap::from([("core.https_address".to_string(), HTTPS_ADDRESS.to_string())])).await?;
+    }
+    Ok(())
+}
+
+/// The image builder's spec for the test image (the same function `gbo image build` uses).
+pub fn test_image_spec() -> gbo_ops::image::ImageSpec {
+    gbo_ops::image::ImageSpec {
+        alias: TEST_IMAGE_ALIAS.to_string(),
+        roles: ["tables","cache","proxy","system"].iter().map(|r| r.to_string()).collect(),
+        packages: ["systemd-sysv", "ca-certificates", "iproute2", "procps","caddy","fail2ban","iptables","postgresql","postgresql-client","redis-server"].iter().map(|s| s.to_string()).collect(),
+        users: [("gbuser",1000,"/opt/gbo","/bin/bash"),("postgres",1001,"/var/lib/postgresql","/bin/bash"),("redis",1002,"/var/lib/redis","/usr/sbin/nologin"),("caddy",1003,"/var/lib/caddy","/usr/sbin/nologin")]
+            .iter()
+            .map(|(n,u,h,s)| gbo_ops::image::FixedUser { name: n.to_string(), uid: *u, gid: *u, home: h.to_string(), shell: s.to_string() })
+            .collect(),
+        mirror: "http://deb.debian.org/debian".to_string(),
+        work_dir: "/var/cache/gbo/images".into(),
+        force: false,
+    }
+}
+
+async fn build_test_image(lxd: &Client) -> anyhow::Result<gbo_ops::image::BuiltImage> {
+    let spec = test_image_spec();
+    // One build at a time on this machine, even if two runs start together.
+    std::fs::create_dir_all(&spec.work_dir)?;
+    let progress = |stage: gbo_ops::image::BuildStage| eprintln!("test image: {stage:?}");
+    Ok(gbo_ops::image::build_image(lxd, &spec, &progress).await?)
+}
+
+/// Remove what earlier test runs left behind: instances, profiles and images whose names start with `gbot-`,
+/// and host data under /tmp/gbot-*.
 pub async fn clean() -> anyhow::Result<()> {
-    anyhow::bail!("clean: not yet implemented")
+    let lxd = Client::local()?;
+    let mut removed = 0;
+    for instance in lxd.instances().await? {
+        if instance.name.starts_with(TEST_PREFIX) || instance.config.contains_key("user.gbo.test") {
+            let name = lxd_client::InstanceName::new(instance.name.clone())?;
+            lxd.delete_instance_if_exists(&name).await?;
+            removed += 1;
+        }
+    }
+    for profile in lxd.profiles().await? {
+        if profile.name.starts_with(TEST_PREFIX) {
+            let _ = lxd.delete_profile(&profile.name).await;
+        }
+    }
+    for image in lxd.images().await? {
+        if image.aliases.iter().any(|a| a.name.starts_with(TEST_PREFIX)) {
+            let _ = lxd.delete_image(&image.fingerprint).await;
+        }
+    }
+    eprintln!("clean: removed {removed} leftover test instance(s)");
+    Ok(())
 }

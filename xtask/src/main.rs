@@ -8,6 +8,7 @@
 
 mod bench;
 mod lxd_up;
+mod suite;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,20 @@ enum Command {
     LxdUp(lxd_up::Args),
     /// Remove the containers, profiles and images that earlier test runs left behind (names starting `gbot-`).
     Clean,
+    /// The whole test suite on this machine: install test dependencies, bring LXD up with the test image, remove
+    /// leftovers of earlier runs, run every test (nextest when installed). Prints timings per phase.
+    Test {
+        /// Extra arguments for the test runner (e.g. a filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The main job: bring LXD up, build the offline image and deploy the `default` tenant with tables, cache
+    /// and proxy, then print `gbo status`.
+    Up {
+        /// Tenant to deploy.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
     /// Run a benchmark and rewrite its section of docs/benchmarks.md.
     Bench {
         /// Which benchmark: client, install, ops or ci.
@@ -37,6 +52,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::LxdUp(args) => runtime.block_on(lxd_up::run(args)),
         Command::Clean => runtime.block_on(lxd_up::clean()),
+        Command::Test { args } => runtime.block_on(suite::test(args)),
+        Command::Up { tenant } => runtime.block_on(suite::up(tenant)),
         Command::Bench { which } => runtime.block_on(bench::run(which)),
     }
 }

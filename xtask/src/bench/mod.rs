@@ -18,7 +18,7 @@ pub enum Which {
 
 /// Run one benchmark and write its report section.
 pub async fn run(which: Which) -> anyhow::Result<()> {
-    let (name, markdown) = match which {
+    let (name, markdown): (&str, String) = match which {
         Which::Client => anyhow::bail!("bench client: not yet implemented"),
         Which::Install => anyhow::bail!("bench install: not yet implemented"),
         Which::Ops => anyhow::bail!("bench ops: not yet implemented"),

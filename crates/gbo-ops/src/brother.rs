@@ -1,0 +1,1 @@
+//! Brother mode: the host's LXD socket inside the system container, on a dedicated profile.

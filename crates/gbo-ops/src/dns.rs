@@ -1,0 +1,1 @@
+//! CoreDNS: render and apply the Corefile with the ACL, reload by SIGHUP.

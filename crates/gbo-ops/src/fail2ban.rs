@@ -1,0 +1,1 @@
+//! fail2ban filters and jails in containers and on the host.

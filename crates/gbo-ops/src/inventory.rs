@@ -1,0 +1,208 @@
+//! What gbo owns in LXD, and how every command finds a tenant's containers, stack dir, mounts and ports from LXD
+//! alone (no state file, no `--stack-dir` after install).
+//!
+//! The contract (written by the install engine, read by every other command):
+//! - instance keys: [`KEY_TENANT`], [`KEY_ROLE`], [`KEY_STACK_DIR`], [`KEY_CATALOGUE`], [`KEY_SPEC_HASH`],
+//!   [`KEY_PROVISIONED_HASH`], [`KEY_MANAGED`];
+//! - devices gbo adds start with [`DEVICE_PREFIX`]: `gbo-data`, `gbo-conf`, `gbo-logs` (disks),
+//!   `gbo-port-<name>` (proxy listening on the host: the allocated host port lives in its `listen`),
+//!   `gbo-wire-<role>-<port>` (proxy with `bind=instance`: a dependency seen at 127.0.0.1 inside).
+//!   Devices without the prefix were added by hand and are left alone.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use lxd_client::{Client, Instance, ProxyBind, ProxyDevice};
+
+/// `user.gbo.managed = "true"` on every instance gbo created.
+pub const KEY_MANAGED: &str = "user.gbo.managed";
+/// The tenant name.
+pub const KEY_TENANT: &str = "user.gbo.tenant";
+/// The role name (`tables`, `vector_db`, ...).
+pub const KEY_ROLE: &str = "user.gbo.role";
+/// Absolute path of the tenant's stack dir on the host.
+pub const KEY_STACK_DIR: &str = "user.gbo.stack-dir";
+/// Catalogue version the instance was built from.
+pub const KEY_CATALOGUE: &str = "user.gbo.catalogue";
+/// Hash of the rendered spec (desired state) at the last apply.
+pub const KEY_SPEC_HASH: &str = "user.gbo.spec-hash";
+/// Hash of what was last provisioned successfully (files, packages, init steps).
+pub const KEY_PROVISIONED_HASH: &str = "user.gbo.provisioned-hash";
+/// Prefix of every device gbo adds.
+pub const DEVICE_PREFIX: &str = "gbo-";
+
+/// A host port published by a proxy device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublishedPort {
+    /// Device name (`gbo-port-postgres`).
+    pub device: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Host address it listens on.
+    pub host_address: String,
+    /// Host port.
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+}
+
+/// A host directory mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mount {
+    /// Device name.
+    pub device: String,
+    /// Host path.
+    pub host_path: PathBuf,
+    /// Path inside the container.
+    pub container_path: String,
+}
+
+/// One container as gbo sees it.
+#[derive(Debug, Clone)]
+pub struct ManagedInstance {
+    /// Instance name.
+    pub name: String,
+    /// Tenant (from `user.gbo.tenant`, or parsed from the name for containers gbo did not create).
+    pub tenant: String,
+    /// Role name.
+    pub role: String,
+    /// Whether gbo created it (`user.gbo.managed`).
+    pub managed: bool,
+    /// Stack dir recorded on it.
+    pub stack_dir: Option<PathBuf>,
+    /// Host mounts (every disk device with a host source, gbo's or not).
+    pub mounts: Vec<Mount>,
+    /// Ports published on the host (proxy devices bound on the host).
+    pub ports: Vec<PublishedPort>,
+    /// The raw instance.
+    pub instance: Instance,
+}
+
+/// Read gbo's view of one instance.
+pub fn describe(instance: &Instance) -> ManagedInstance {
+    let config = &instance.config;
+    let (tenant, role) = match (config.get(KEY_TENANT), config.get(KEY_ROLE)) {
+        (Some(t), Some(r)) => (t.clone(), r.clone()),
+        _ => split_name(&instance.name),
+    };
+    let mut mounts = Vec::new();
+    let mut ports = Vec::new();
+    for (device, dev) in &instance.expanded_devices {
+        match dev.get("type").map(String::as_str) {
+            Some("disk") => {
+                if let (Some(source), Some(path)) = (dev.get("source"), dev.get("path")) {
+                    if source.starts_with('/') && path != "/" {
+                        mounts.push(Mount { device: device.clone(), host_path: PathBuf::from(source), container_path: path.clone() });
+                    }
+                }
+            }
+            Some("proxy") => {
+                if let Some(proxy) = ProxyDevice::from_config(dev) {
+                    if proxy.bind == ProxyBind::Host && proxy.listen.port != 0 {
+                        ports.push(PublishedPort {
+                            device: device.clone(),
+                            protocol: format!("{:?}", proxy.listen.protocol).to_ascii_lowercase(),
+                            host_address: proxy.listen.address.clone(),
+                            host_port: proxy.listen.port,
+                            container_port: proxy.connect.port,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    mounts.sort_by(|a, b| a.device.cmp(&b.device));
+    ports.sort_by(|a, b| (a.host_port, &a.protocol).cmp(&(b.host_port, &b.protocol)));
+    ManagedInstance {
+        name: instance.name.clone(),
+        tenant,
+        role,
+        managed: config.get(KEY_MANAGED).map(String::as_str) == Some("true"),
+        stack_dir: config.get(KEY_STACK_DIR).map(PathBuf::from),
+        mounts,
+        ports,
+        instance: instance.clone(),
+    }
+}
+
+/// Split `{tenant}-{role}` for containers gbo did not create (the seed's hand-built layout). Role suffixes with a
+/// hyphen (`alm-ci`, `table-editor`) are matched first.
+pub fn split_name(name: &str) -> (String, String) {
+    for suffix in ["-alm-ci", "-table-editor"] {
+        if let Some(tenant) = name.strip_suffix(suffix) {
+            return (tenant.to_string(), suffix[1..].to_string());
+        }
+    }
+    match name.rsplit_once('-') {
+        Some((tenant, role)) => {
+            let role = if role == "vectordb" { "vector_db" } else { role };
+            (tenant.to_string(), role.to_string())
+        }
+        None => (String::new(), name.to_string()),
+    }
+}
+
+/// Every instance of a tenant: those gbo marked, plus those named `{tenant}-<role>` (hand-built layouts).
+pub async fn tenant_instances(lxd: &Client, tenant: &str) -> Result<Vec<ManagedInstance>, lxd_client::Error> {
+    let mut out: Vec<ManagedInstance> = lxd
+        .instances()
+        .await?
+        .iter()
+        .map(describe)
+        .filter(|m| m.tenant == tenant)
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// All tenants gbo manages on this daemon, with their instances.
+pub async fn managed_tenants(lxd: &Client) -> Result<BTreeMap<String, Vec<ManagedInstance>>, lxd_client::Error> {
+    let mut map: BTreeMap<String, Vec<ManagedInstance>> = BTreeMap::new();
+    for instance in lxd.instances().await? {
+        let m = describe(&instance);
+        if m.managed {
+            map.entry(m.tenant.clone()).or_default().push(m);
+        }
+    }
+    Ok(map)
+}
+
+/// The stack dir of a tenant, as recorded on any of its instances.
+pub async fn tenant_stack_dir(lxd: &Client, tenant: &str) -> Result<Option<PathBuf>, lxd_client::Error> {
+    Ok(tenant_instances(lxd, tenant).await?.into_iter().find_map(|m| m.stack_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_into_tenant_and_role() {
+        assert_eq!(split_name("default-tables"), ("default".into(), "tables".into()));
+        assert_eq!(split_name("my-co-alm-ci"), ("my-co".into(), "alm-ci".into()));
+        assert_eq!(split_name("acme-table-editor"), ("acme".into(), "table-editor".into()));
+        assert_eq!(split_name("acme-vectordb"), ("acme".into(), "vector_db".into()));
+    }
+
+    #[test]
+    fn describe_reads_keys_mounts_and_ports() {
+        let mut instance = Instance { name: "acme-tables".into(), ..Default::default() };
+        instance.config.insert(KEY_MANAGED.into(), "true".into());
+        instance.config.insert(KEY_TENANT.into(), "acme".into());
+        instance.config.insert(KEY_ROLE.into(), "tables".into());
+        instance.config.insert(KEY_STACK_DIR.into(), "/srv/stack".into());
+        let disk = BTreeMap::from([("type".to_string(), "disk".to_string()), ("source".into(), "/srv/stack/tables/data".into()), ("path".into(), "/opt/gbo/data".into())]);
+        let port = BTreeMap::from([("type".to_string(), "proxy".to_string()), ("listen".into(), "tcp:127.0.0.1:15432".into()), ("connect".into(), "tcp:127.0.0.1:5432".into())]);
+        let wire = BTreeMap::from([("type".to_string(), "proxy".to_string()), ("listen".into(), "tcp:127.0.0.1:6379".into()), ("connect".into(), "tcp:127.0.0.1:16379".into()), ("bind".into(), "instance".into())]);
+        instance.expanded_devices.insert("gbo-data".into(), disk);
+        instance.expanded_devices.insert("gbo-port-postgres".into(), port);
+        instance.expanded_devices.insert("gbo-wire-cache-6379".into(), wire);
+        let m = describe(&instance);
+        assert!(m.managed);
+        assert_eq!((m.tenant.as_str(), m.role.as_str()), ("acme", "tables"));
+        assert_eq!(m.stack_dir, Some(PathBuf::from("/srv/stack")));
+        assert_eq!(m.mounts.len(), 1);
+        assert_eq!(m.ports, vec![PublishedPort { device: "gbo-port-postgres".into(), protocol: "tcp".into(), host_address: "127.0.0.1".into(), host_port: 15432, container_port: 5432 }]);
+    }
+}

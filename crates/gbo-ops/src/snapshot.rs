@@ -1,0 +1,1 @@
+//! Snapshots of containers and their host data (consistent), restore, tiered retention, schedules.

@@ -1,0 +1,1 @@
+//! Vault seal status and unsealing from init.json, over verified TLS.

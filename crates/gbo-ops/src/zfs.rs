@@ -1,0 +1,1 @@
+//! ZFS snapshot usage, daily snapshots and batched pruning on the host pool.
