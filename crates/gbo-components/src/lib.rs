@@ -1,2 +1,60 @@
-//! The gbo catalogue: what each General Bots service is (image, packages or pinned artifacts, mounts, ports,
-//! limits, config files, health checks) and the files it renders. Pure data and rendering: no I/O, no async.
+//! The gbo catalogue: what each General Bots service is (image packages or pinned artifacts, mounts, ports,
+//! limits, security settings, dependencies, config files, systemd units, init steps, health checks) and the files
+//! it renders. Pure data and rendering: no I/O, no async, no clock, no randomness. The same inputs always give
+//! byte-identical output, which is what lets `gbo-ops` push only what changed.
+//!
+//! # Overview
+//! - Names ([`names`]): [`TenantName`] (`[a-z][a-z0-9-]*`, not ending in `-`, 1..=50 characters, default
+//!   `default`), [`Role`] (14 roles; [`Role::as_str`] is the command name, [`Role::container_suffix`] the
+//!   container's, `vectordb` for `vector_db`), and THE naming rule [`instance_name`] with its inverse
+//!   [`parse_instance_name`].
+//! - The tenant file ([`tenant_file`]): [`TenantFile::parse`] reads and validates `gbo.toml` (format documented
+//!   there); unknown keys are rejected.
+//! - Secrets ([`secrets`]): [`required_secrets`] lists what each role needs; [`Secrets`] carries the values into
+//!   rendering and never prints them. Files holding secrets are marked [`RenderedFile::secret`] and live in the
+//!   container's own `/etc/gbo/` (never on a host mount).
+//! - The catalogue ([`catalogue`]): [`component`] builds a [`ComponentSpec`] for a role from a [`RenderContext`];
+//!   [`install_order`] orders roles in dependency waves; [`wires`] lists the other roles' ports a container sees on
+//!   its own 127.0.0.1.
+//! - Images ([`users`]): [`SERVICE_USERS`] (fixed uids), [`image_packages`] for the one image builder.
+//! - Artifacts ([`artifacts`]): pinned upstream releases; a SHA-256 only where quoted from release material.
+//! - Rendering ([`render`]): systemd units, PostgreSQL, Redis, Caddy (and [`caddyfile::site_addresses`] /
+//!   [`caddyfile::has_storage_block`]), CoreDNS with `acl`, fail2ban, iptables, MinIO, Vault, Qdrant, Stalwart,
+//!   Forgejo and its runner, NocoDB, Roundcube, botserver/botui.
+//!
+//! ```
+//! use gbo_components::{component, HostPorts, RenderContext, Role, Secrets, TenantFile};
+//! let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").unwrap();
+//! let secrets = Secrets::new();
+//! let host_ports = HostPorts::seed(&tenant.roles);
+//! let ctx = RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &host_ports };
+//! let spec = component(Role::Cache, &ctx).unwrap();
+//! assert_eq!(spec.instance, "acme-cache");
+//! assert!(spec.units.contains(&"cache.service".to_owned()));
+//! ```
+
+pub mod artifacts;
+pub mod catalogue;
+pub mod error;
+pub mod names;
+pub mod render;
+pub mod secrets;
+pub mod spec;
+pub mod tenant_file;
+pub mod users;
+
+pub use catalogue::{component, install_order, missing_dependencies, ports, tenant_components, with_dependencies, wires};
+pub use error::{Error, Result};
+pub use names::{instance_name, parse_instance_name, try_parse_instance_name, Role, TenantName};
+pub use render::caddy as caddyfile;
+pub use secrets::{required_secrets, SecretCharset, SecretSpec, Secrets};
+pub use spec::{
+    Artifact, ArtifactKind, ComponentSpec, Exposure, HealthCheck, HostPorts, InitPhase, InitStep, Install, Mount,
+    MountKind, PortSpec, Protocol, RenderContext, RenderedFile, StatusRange, Wire,
+};
+pub use tenant_file::{DomainName, Limits, TenantFile, VersionPin};
+pub use users::{image_packages, ServiceUser, BASE_PACKAGES, SERVICE_USERS};
+
+/// The catalogue's version, recorded on every instance gbo creates (`user.gbo.catalogue-version`): bump it when a
+/// change to the catalogue should be visible in plans even if no rendered file changed.
+pub const CATALOGUE_VERSION: &str = "1";

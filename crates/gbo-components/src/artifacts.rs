@@ -1,0 +1,183 @@
+//! Pinned upstream release artifacts (linux amd64).
+//!
+//! A SHA-256 is given only where it was quoted from the vendor's public release material, with the source named
+//! next to it. Every other pin is `None`: unverified, refused by the installer unless the user passes the explicit
+//! flag. Never put a guessed or placeholder checksum here: that would be worse than none.
+
+use crate::names::Role;
+use crate::spec::{Artifact, ArtifactKind};
+use crate::tenant_file::TenantFile;
+
+/// A pin as compiled into the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// Short name.
+    pub name: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Download URL.
+    pub url: &'static str,
+    /// SHA-256 quoted from release material, or `None`.
+    pub sha256: Option<&'static str>,
+    /// How to unpack it.
+    pub unpack: ArtifactKind,
+    /// Where it goes inside the container.
+    pub install_path: &'static str,
+}
+
+/// MinIO server: a single static binary.
+pub const MINIO: Pin = Pin {
+    name: "minio",
+    version: "RELEASE.2024-10-13T13-34-11Z",
+    url: "https://dl.min.io/server/minio/release/linux-amd64/archive/minio.RELEASE.2024-10-13T13-34-11Z",
+    sha256: None,
+    unpack: ArtifactKind::SingleBinary,
+    install_path: "/opt/gbo/bin/minio",
+};
+
+/// HashiCorp Vault 1.15.4: a zip holding the `vault` binary.
+pub const VAULT: Pin = Pin {
+    name: "vault",
+    version: "1.15.4",
+    url: "https://releases.hashicorp.com/vault/1.15.4/vault_1.15.4_linux_amd64.zip",
+    sha256: None,
+    unpack: ArtifactKind::ZipMember { member: "vault" },
+    install_path: "/opt/gbo/bin/vault",
+};
+
+/// Qdrant: a tar.gz holding the `qdrant` binary.
+pub const QDRANT: Pin = Pin {
+    name: "qdrant",
+    version: "1.12.4",
+    url: "https://github.com/qdrant/qdrant/releases/download/v1.12.4/qdrant-x86_64-unknown-linux-gnu.tar.gz",
+    sha256: None,
+    unpack: ArtifactKind::TarGzMember { member: "qdrant" },
+    install_path: "/opt/gbo/bin/qdrant",
+};
+
+/// CoreDNS 1.11.1: a tgz holding the `coredns` binary.
+pub const COREDNS: Pin = Pin {
+    name: "coredns",
+    version: "1.11.1",
+    url: "https://github.com/coredns/coredns/releases/download/v1.11.1/coredns_1.11.1_linux_amd64.tgz",
+    sha256: None,
+    unpack: ArtifactKind::TarGzMember { member: "coredns" },
+    install_path: "/opt/gbo/bin/coredns",
+};
+
+/// Stalwart mail server 0.10.7: a tar.gz holding `stalwart-mail`.
+pub const STALWART: Pin = Pin {
+    name: "stalwart-mail",
+    version: "0.10.7",
+    url: "https://github.com/stalwartlabs/mail-server/releases/download/v0.10.7/stalwart-mail-x86_64-unknown-linux-gnu.tar.gz",
+    sha256: None,
+    unpack: ArtifactKind::TarGzMember { member: "stalwart-mail" },
+    install_path: "/opt/gbo/bin/stalwart-mail",
+};
+
+/// Forgejo: a single binary.
+pub const FORGEJO: Pin = Pin {
+    name: "forgejo",
+    version: "11.0.1",
+    url: "https://codeberg.org/forgejo/forgejo/releases/download/v11.0.1/forgejo-11.0.1-linux-amd64",
+    sha256: None,
+    unpack: ArtifactKind::SingleBinary,
+    install_path: "/opt/gbo/bin/forgejo",
+};
+
+/// Forgejo runner 6.3.1: a single binary.
+pub const FORGEJO_RUNNER: Pin = Pin {
+    name: "forgejo-runner",
+    version: "6.3.1",
+    url: "https://code.forgejo.org/forgejo/runner/releases/download/v6.3.1/forgejo-runner-6.3.1-linux-amd64",
+    sha256: None,
+    unpack: ArtifactKind::SingleBinary,
+    install_path: "/opt/gbo/bin/forgejo-runner",
+};
+
+/// NocoDB: a single self-contained binary.
+pub const NOCODB: Pin = Pin {
+    name: "nocodb",
+    version: "0.258.0",
+    url: "https://github.com/nocodb/nocodb/releases/download/0.258.0/Noco-linux-x64",
+    sha256: None,
+    unpack: ArtifactKind::SingleBinary,
+    install_path: "/opt/gbo/bin/nocodb",
+};
+
+/// llama.cpp b7345: a zip whose `build/bin/` holds `llama-server` and the shared libraries it loads from its own
+/// directory.
+pub const LLAMA_CPP: Pin = Pin {
+    name: "llama-cpp",
+    version: "b7345",
+    url: "https://github.com/ggml-org/llama.cpp/releases/download/b7345/llama-b7345-bin-ubuntu-x64.zip",
+    sha256: None,
+    unpack: ArtifactKind::ZipDirectory { prefix: "build/bin/" },
+    install_path: "/opt/gbo/bin/llama.cpp",
+};
+
+/// botserver: a single binary.
+pub const BOTSERVER: Pin = Pin {
+    name: "botserver",
+    version: "6.1.0",
+    url: "https://github.com/GeneralBots/botserver/releases/download/v6.1.0/botserver",
+    sha256: None,
+    unpack: ArtifactKind::SingleBinary,
+    install_path: "/opt/gbo/bin/botserver",
+};
+
+/// botui: a single binary.
+pub const BOTUI: Pin = Pin {
+    name: "botui",
+    version: "6.1.0",
+    url: "https://github.com/GeneralBots/botui/releases/download/v6.1.0/botui",
+    sha256: None,
+    unpack: ArtifactKind::SingleBinary,
+    install_path: "/opt/gbo/bin/botui",
+};
+
+/// The compiled-in pins of `role` (empty for roles installed from Debian packages).
+pub fn pinned_artifacts(role: Role) -> &'static [Pin] {
+    match role {
+        Role::Drive => &[MINIO],
+        Role::Vault => &[VAULT],
+        Role::VectorDb => &[QDRANT],
+        Role::Dns => &[COREDNS],
+        Role::Email => &[STALWART],
+        Role::Alm => &[FORGEJO],
+        Role::AlmCi => &[FORGEJO_RUNNER],
+        Role::TableEditor => &[NOCODB],
+        Role::Llm => &[LLAMA_CPP],
+        Role::System => &[BOTSERVER, BOTUI],
+        Role::Tables | Role::Cache | Role::Proxy | Role::Webmail => &[],
+    }
+}
+
+/// The artifacts of `role` for `tenant`: the compiled-in pins, with the tenant file's `[versions.<role>]`
+/// override applied to the first (main) artifact. An override that changes the version without giving a URL
+/// substitutes the version in the pinned URL; an override never inherits the pinned checksum (a new version has a
+/// different one).
+pub fn artifacts(role: Role, tenant: &TenantFile) -> Vec<Artifact> {
+    pinned_artifacts(role)
+        .iter()
+        .enumerate()
+        .map(|(index, pin)| {
+            let mut artifact = Artifact {
+                name: pin.name,
+                version: pin.version.to_owned(),
+                url: pin.url.to_owned(),
+                sha256: pin.sha256.map(str::to_owned),
+                unpack: pin.unpack.clone(),
+                install_path: pin.install_path,
+            };
+            if let (0, Some(over)) = (index, tenant.versions.get(&role)) {
+                if over.version != pin.version || over.url.is_some() || over.sha256.is_some() {
+                    artifact.url = over.url.clone().unwrap_or_else(|| pin.url.replace(pin.version, &over.version));
+                    artifact.version = over.version.clone();
+                    artifact.sha256 = over.sha256.clone();
+                }
+            }
+            artifact
+        })
+        .collect()
+}

@@ -1,0 +1,425 @@
+//! `gbo.toml`: the tenant file that describes one tenant's stack.
+//!
+//! ```toml
+//! # gbo.toml
+//! tenant = "mycompany"                 # [a-z][a-z0-9-]*, not ending in '-', at most 50 characters
+//! roles = ["tables", "drive", "cache", "proxy", "system"]  # default: tables, drive, cache
+//! stack_dir = "./botserver-stack"      # host directory holding <role>/{data,conf,logs}
+//! public_address = "203.0.113.10"      # where proxy, email and dns listen; default: all addresses
+//! domains = ["chat.example.com", "git.example.com"]   # one Caddy site each
+//! zones = ["example.com"]              # zones served by the dns role
+//!
+//! [routes]                             # which role a domain goes to; default: system (botui)
+//! "git.example.com" = "alm"
+//!
+//! [limits.tables]                      # LXD limits.cpu / limits.memory
+//! cpu = 2
+//! memory = "4GB"
+//!
+//! [versions.vault]                     # override a pinned artifact
+//! version = "1.15.4"
+//! url = "http://127.0.0.1:8000/vault_1.15.4_linux_amd64.zip"   # https://, or http:// on loopback
+//! # sha256 = "..."                     # 64 hex characters copied from the vendor's SHA256SUMS; without it
+//! #                                    # the artifact is unverified and refused unless explicitly allowed
+//! ```
+//!
+//! Every key is optional except none: an empty file is the default tenant with the default roles. Unknown keys
+//! are rejected, so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::error::{Error, Result};
+use crate::names::{Role, TenantName};
+
+/// The stack directory used when the tenant file and the flags give none (the seed's `botserver-stack`).
+pub const DEFAULT_STACK_DIR: &str = "./botserver-stack";
+
+/// A validated DNS name (lower case, labels of `[a-z0-9-]` not starting or ending with `-`, at most 253
+/// characters, at least two labels). Used for Caddy sites and CoreDNS zones.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainName(String);
+
+impl DomainName {
+    /// Validates a domain name; the error names the rule.
+    pub fn new(value: &str) -> Result<Self> {
+        let fail = |rule| Err(Error::InvalidDomain { value: value.to_owned(), rule });
+        let name = value.strip_suffix('.').unwrap_or(value);
+        if name.is_empty() {
+            return fail("it is empty");
+        }
+        if name.len() > 253 {
+            return fail("it is longer than 253 characters");
+        }
+        if name.chars().any(|c| c.is_ascii_uppercase()) {
+            return fail("it contains upper case; write domain names in lower case");
+        }
+        let labels: Vec<&str> = name.split('.').collect();
+        if labels.len() < 2 {
+            return fail("it has a single label; a site or zone needs at least two (example.com)");
+        }
+        for label in &labels {
+            if label.is_empty() {
+                return fail("it has an empty label ('..' or a leading '.')");
+            }
+            if label.len() > 63 {
+                return fail("a label is longer than 63 characters");
+            }
+            if !label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+                return fail("a label contains a character other than a-z, 0-9 and '-'");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return fail("a label starts or ends with '-'");
+            }
+        }
+        if labels.last().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+            return fail("the last label is numeric (an IP address is not a domain name)");
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name without a trailing dot.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this name is `zone` or below it.
+    pub fn is_within(&self, zone: &DomainName) -> bool {
+        self.0 == zone.0 || self.0.ends_with(&format!(".{}", zone.0))
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for DomainName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::new(s)
+    }
+}
+
+impl serde::Serialize for DomainName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// LXD resource limits of one container (`limits.cpu`, `limits.memory`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Limits {
+    /// Number of CPUs (`limits.cpu`), 1 to 1024.
+    pub cpu: Option<u32>,
+    /// Memory in LXD's syntax (`limits.memory`): a number with a unit (`B`, `kB`, `MB`, `GB`, `TB`, `KiB`,
+    /// `MiB`, `GiB`, `TiB`) or a percentage, for example `4GB` or `50%`.
+    pub memory: Option<String>,
+}
+
+impl Limits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none()
+    }
+
+    /// The LXD config keys these limits set, sorted.
+    pub fn lxd_config(&self) -> BTreeMap<String, String> {
+        let mut keys = BTreeMap::new();
+        if let Some(cpu) = self.cpu {
+            keys.insert("limits.cpu".to_owned(), cpu.to_string());
+        }
+        if let Some(memory) = &self.memory {
+            keys.insert("limits.memory".to_owned(), memory.clone());
+        }
+        keys
+    }
+}
+
+/// Validates a memory limit in LXD's syntax; `key` is used in the error.
+pub fn validate_memory(key: &str, value: &str) -> Result<()> {
+    const UNITS: &[&str] = &["kB", "MB", "GB", "TB", "PB", "KiB", "MiB", "GiB", "TiB", "PiB", "B", "%"];
+    let digits_end = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits_end);
+    let fail = |rule: &str| {
+        Err(Error::TenantFileValue { key: key.to_owned(), value: value.to_owned(), rule: rule.to_owned() })
+    };
+    if number.is_empty() || number.parse::<u64>().map_or(true, |n| n == 0) {
+        return fail("it must start with a positive whole number, for example 4GB or 512MiB");
+    }
+    if !UNITS.contains(&unit) {
+        return fail("the unit must be one of B, kB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB or %");
+    }
+    if unit == "%" && number.parse::<u64>().map_or(true, |n| n > 100) {
+        return fail("a percentage must be at most 100%");
+    }
+    Ok(())
+}
+
+/// An override of a role's pinned artifact.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionPin {
+    /// The version label (recorded on the instance, shown by status).
+    pub version: String,
+    /// Download URL (`https://`, or `http://` on a loopback address for tests).
+    pub url: Option<String>,
+    /// Lower-case hex SHA-256 of the download; without it the artifact is unverified.
+    pub sha256: Option<String>,
+}
+
+/// A parsed, validated tenant file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TenantFile {
+    /// The tenant.
+    pub tenant: TenantName,
+    /// The roles to install, without duplicates, in the order given.
+    pub roles: Vec<Role>,
+    /// The host directory holding `<role>/{data,conf,logs}`.
+    pub stack_dir: String,
+    /// The address network-facing roles listen on; `None` means all addresses (default tenant) or loopback.
+    pub public_address: Option<IpAddr>,
+    /// Sites of the proxy, one per domain.
+    pub domains: Vec<DomainName>,
+    /// Which role each domain is proxied to; domains not listed go to the system role's botui.
+    pub routes: BTreeMap<DomainName, Role>,
+    /// Zones the dns role serves.
+    pub zones: Vec<DomainName>,
+    /// Per-role LXD limits.
+    pub limits: BTreeMap<Role, Limits>,
+    /// Per-role artifact overrides.
+    pub versions: BTreeMap<Role, VersionPin>,
+}
+
+impl Default for TenantFile {
+    fn default() -> Self {
+        Self {
+            tenant: TenantName::default(),
+            roles: Role::DEFAULT_SET.to_vec(),
+            stack_dir: DEFAULT_STACK_DIR.to_owned(),
+            public_address: None,
+            domains: Vec::new(),
+            routes: BTreeMap::new(),
+            zones: Vec::new(),
+            limits: BTreeMap::new(),
+            versions: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenantFile {
+    tenant: Option<String>,
+    roles: Option<Vec<String>>,
+    stack_dir: Option<String>,
+    public_address: Option<String>,
+    #[serde(default)]
+    domains: Vec<String>,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+    #[serde(default)]
+    zones: Vec<String>,
+    #[serde(default)]
+    limits: BTreeMap<String, RawLimits>,
+    #[serde(default)]
+    versions: BTreeMap<String, RawVersion>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    cpu: Option<i64>,
+    memory: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVersion {
+    version: String,
+    url: Option<String>,
+    sha256: Option<String>,
+}
+
+fn value_error(key: impl Into<String>, value: impl Into<String>, rule: impl Into<String>) -> Error {
+    Error::TenantFileValue { key: key.into(), value: value.into(), rule: rule.into() }
+}
+
+fn role_key(section: &str, name: &str) -> Result<Role> {
+    name.parse::<Role>().map_err(|e| match e {
+        Error::UnknownRole { allowed, .. } => {
+            value_error(format!("{section}.{name}"), name, format!("not a role; expected one of {allowed}"))
+        }
+        other => other,
+    })
+}
+
+fn domain(key: &str, value: &str) -> Result<DomainName> {
+    DomainName::new(value).map_err(|e| match e {
+        Error::InvalidDomain { rule, .. } => value_error(key, value, rule),
+        other => other,
+    })
+}
+
+/// Checks an artifact URL: `https://`, or `http://` only on a loopback host (tests serve artifacts locally).
+pub fn validate_artifact_url(key: &str, url: &str) -> Result<()> {
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(value_error(key, url, "a URL must not contain whitespace or control characters"));
+    }
+    if let Some(rest) = url.strip_prefix("https://") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(value_error(key, url, "the URL has no host"));
+        }
+        return Ok(());
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', '?']).next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if host == "127.0.0.1" || host == "localhost" || host == "[::1]" || host.starts_with("127.") {
+            return Ok(());
+        }
+        return Err(value_error(key, url, "plain http:// is only allowed on a loopback host; use https://"));
+    }
+    Err(value_error(key, url, "the URL must start with https:// (or http:// on a loopback host)"))
+}
+
+/// Checks a SHA-256 pin: 64 lower-case hex characters.
+pub fn validate_sha256(key: &str, value: &str) -> Result<()> {
+    if value.len() != 64 || !value.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        return Err(value_error(key, value, "a SHA-256 is 64 lower-case hexadecimal characters"));
+    }
+    Ok(())
+}
+
+impl TenantFile {
+    /// Parses and validates the text of a `gbo.toml`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let raw: RawTenantFile =
+            toml::from_str(text).map_err(|e| Error::TenantFileSyntax { message: e.to_string().trim_end().to_owned() })?;
+        let mut file = TenantFile::default();
+
+        if let Some(tenant) = raw.tenant {
+            file.tenant = TenantName::new(&tenant).map_err(|e| match e {
+                Error::InvalidTenantName { rule, .. } => value_error("tenant", &tenant, rule),
+                other => other,
+            })?;
+        }
+        if let Some(roles) = raw.roles {
+            if roles.is_empty() {
+                return Err(value_error("roles", "[]", "list at least one role, or leave the key out for the default set"));
+            }
+            file.roles.clear();
+            for name in roles {
+                let role = name.parse::<Role>().map_err(|e| match e {
+                    Error::UnknownRole { allowed, .. } => {
+                        value_error("roles", &name, format!("not a role; expected one of {allowed}"))
+                    }
+                    other => other,
+                })?;
+                if file.roles.contains(&role) {
+                    return Err(value_error("roles", &name, "listed twice"));
+                }
+                file.roles.push(role);
+            }
+        }
+        if let Some(dir) = raw.stack_dir {
+            if dir.trim().is_empty() {
+                return Err(value_error("stack_dir", &dir, "must not be empty"));
+            }
+            if dir.contains('\0') || dir.contains('\n') {
+                return Err(value_error("stack_dir", &dir, "must not contain NUL or newline"));
+            }
+            file.stack_dir = dir;
+        }
+        if let Some(address) = raw.public_address {
+            let ip: IpAddr = address
+                .parse()
+                .map_err(|_| value_error("public_address", &address, "must be an IPv4 or IPv6 address"))?;
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(value_error("public_address", &address, "must be a unicast address of this host"));
+            }
+            file.public_address = Some(ip);
+        }
+        for name in &raw.domains {
+            let d = domain("domains", name)?;
+            if file.domains.contains(&d) {
+                return Err(value_error("domains", name, "listed twice"));
+            }
+            file.domains.push(d);
+        }
+        for (name, target) in &raw.routes {
+            let d = domain(&format!("routes.{name}"), name)?;
+            if !file.domains.contains(&d) {
+                return Err(value_error(format!("routes.{name}"), name, "a route's domain must be listed in domains"));
+            }
+            let role = role_key("routes", target).map_err(|_| {
+                value_error(format!("routes.{name}"), target, format!("not a role; expected one of {}", http_roles_list()))
+            })?;
+            if !crate::catalogue::http_roles().contains(&role) {
+                return Err(value_error(
+                    format!("routes.{name}"),
+                    target,
+                    format!("this role serves no HTTP site; expected one of {}", http_roles_list()),
+                ));
+            }
+            file.routes.insert(d, role);
+        }
+        for name in &raw.zones {
+            let z = domain("zones", name)?;
+            if file.zones.contains(&z) {
+                return Err(value_error("zones", name, "listed twice"));
+            }
+            file.zones.push(z);
+        }
+        for (name, limits) in raw.limits {
+            let role = role_key("limits", &name)?;
+            let key = format!("limits.{name}");
+            let cpu = match limits.cpu {
+                None => None,
+                Some(n) if (1..=1024).contains(&n) => u32::try_from(n).ok(),
+                Some(n) => return Err(value_error(format!("{key}.cpu"), n.to_string(), "must be a whole number from 1 to 1024")),
+            };
+            if let Some(memory) = &limits.memory {
+                validate_memory(&format!("{key}.memory"), memory)?;
+            }
+            file.limits.insert(role, Limits { cpu, memory: limits.memory });
+        }
+        for (name, pin) in raw.versions {
+            let role = role_key("versions", &name)?;
+            let key = format!("versions.{name}");
+            if crate::artifacts::pinned_artifacts(role).is_empty() {
+                return Err(value_error(
+                    &key,
+                    &name,
+                    "this role is installed from Debian packages in the image; it has no artifact to override",
+                ));
+            }
+            if pin.version.is_empty() || pin.version.chars().any(|c| c.is_whitespace() || c == '/') {
+                return Err(value_error(format!("{key}.version"), &pin.version, "must be non-empty, without spaces or '/'"));
+            }
+            if let Some(url) = &pin.url {
+                validate_artifact_url(&format!("{key}.url"), url)?;
+            }
+            if let Some(sha) = &pin.sha256 {
+                validate_sha256(&format!("{key}.sha256"), sha)?;
+            }
+            file.versions.insert(role, VersionPin { version: pin.version, url: pin.url, sha256: pin.sha256 });
+        }
+        Ok(file)
+    }
+
+    /// The limits set for `role` (empty when none).
+    pub fn limits_for(&self, role: Role) -> Limits {
+        self.limits.get(&role).cloned().unwrap_or_default()
+    }
+
+    /// The role a domain's site proxies to: its route, or the system role.
+    pub fn route_for(&self, domain: &DomainName) -> Role {
+        self.routes.get(domain).copied().unwrap_or(Role::System)
+    }
+}
+
+fn http_roles_list() -> String {
+    crate::catalogue::http_roles().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+}
