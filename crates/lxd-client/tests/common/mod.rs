@@ -1,0 +1,101 @@
+//! Shared helpers for the integration tests: every test talks to the real local LXD daemon, names its resources
+//! uniquely (`gbot-<tag>-<pid>-<n>`) and removes them when its guard drops, so tests run in parallel and leave
+//! nothing behind. A missing daemon fails the test (it never skips).
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lxd_client::{Client, CreateInstance, InstanceName, InstanceSource};
+
+/// The test image `cargo xtask lxd-up` imports.
+pub const IMAGE: &str = "gbo-test/debian-12";
+
+/// Connect to the local daemon and prove it answers, or fail the test saying how to bring it up.
+pub async fn client() -> Client {
+    let client = Client::local().unwrap_or_else(|e| panic!("no LXD daemon ({e}); run `cargo xtask lxd-up`"));
+    if let Err(e) = client.server().await {
+        panic!("LXD does not answer ({e}); run `cargo xtask lxd-up`");
+    }
+    client
+}
+
+/// A name unique to this process and call: `gbot-<tag>-<pid>-<n>`.
+pub fn unique(tag: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!("gbot-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A unique, validated instance name.
+pub fn instance_name(tag: &str) -> InstanceName {
+    InstanceName::new(unique(tag)).expect("generated names follow the instance rules")
+}
+
+/// Runs a cleanup command (through the `lxc` CLI, an independent peer) when dropped.
+pub struct Cleanup {
+    argv: Vec<String>,
+}
+
+impl Cleanup {
+    /// Run `lxc <args...>` on drop; failures (already gone) are ignored.
+    pub fn lxc<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self { argv: args.into_iter().map(Into::into).collect() }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("lxc").args(&self.argv).output();
+    }
+}
+
+/// A container removed (`lxc delete --force`) when dropped.
+pub struct Container {
+    /// Its name.
+    pub name: InstanceName,
+    _cleanup: Cleanup,
+}
+
+impl Container {
+    /// Guard an instance name (whether or not it exists yet).
+    pub fn guard(name: InstanceName) -> Self {
+        let cleanup = Cleanup::lxc(["delete", "--force", name.as_str()]);
+        Self { name, _cleanup: cleanup }
+    }
+
+    /// Create a container from the test image, started or not.
+    pub async fn create(client: &Client, tag: &str, start: bool) -> Self {
+        let guard = Self::guard(instance_name(tag));
+        let request = CreateInstance::container(guard.name.clone(), InstanceSource::alias(IMAGE)).start(start);
+        client.create_instance(&request).await.unwrap_or_else(|e| {
+            panic!("creating {} from {IMAGE} failed ({e}); run `cargo xtask lxd-up` to import the image", guard.name)
+        });
+        guard
+    }
+}
+
+/// `lxc <args>` and its stdout; panics on failure.
+pub fn lxc(args: &[&str]) -> String {
+    let out = Command::new("lxc").args(args).output().expect("the lxc CLI is installed");
+    assert!(out.status.success(), "lxc {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `lxc <args>` status and combined output, without asserting success.
+pub fn lxc_status(args: &[&str]) -> (bool, String) {
+    let out = Command::new("lxc").args(args).output().expect("the lxc CLI is installed");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The status of an instance according to the `lxc` CLI (`RUNNING`, `STOPPED`), or `None` when absent.
+pub fn lxc_state(name: &str) -> Option<String> {
+    let out = lxc(&["list", "--format", "csv", "-c", "ns", &format!("^{name}$")]);
+    out.lines().find_map(|l| l.split_once(',').filter(|(n, _)| *n == name).map(|(_, s)| s.to_string()))
+}
