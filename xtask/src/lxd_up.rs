@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gbo_components::Role;
 use lxd_client::{Client, DeviceName, DiskDevice};
 
 /// The alias of the image the test suite uses.
@@ -18,6 +19,8 @@ pub const TEST_IMAGE_ALIAS: &str = "gbo-test/debian-12";
 /// The HTTPS address the transport tests use.
 pub const HTTPS_ADDRESS: &str = "127.0.0.1:8443";
 
+/// Roles baked into the test image.
+pub const TEST_IMAGE_ROLES: &[Role] = &[Role::Tables, Role::Cache, Role::Proxy, Role::System];
 
 /// Prefix of every resource the test suite creates (removed by `clean`).
 pub const TEST_PREFIX: &str = "gbot-";
@@ -147,11 +150,11 @@ async fn ensure_https(lxd: &Client) -> anyhow::Result<()> {
 pub fn test_image_spec() -> gbo_ops::image::ImageSpec {
     gbo_ops::image::ImageSpec {
         alias: TEST_IMAGE_ALIAS.to_string(),
-        roles: ["tables","cache","proxy","system"].iter().map(|r| r.to_string()).collect(),
-        packages: ["systemd-sysv", "ca-certificates", "iproute2", "procps","caddy","fail2ban","iptables","postgresql","postgresql-client","redis-server"].iter().map(|s| s.to_string()).collect(),
-        users: [("gbuser",1000,"/opt/gbo","/bin/bash"),("postgres",1001,"/var/lib/postgresql","/bin/bash"),("redis",1002,"/var/lib/redis","/usr/sbin/nologin"),("caddy",1003,"/var/lib/caddy","/usr/sbin/nologin")]
+        roles: TEST_IMAGE_ROLES.iter().map(|r| r.as_str().to_string()).collect(),
+        packages: gbo_components::image_packages(TEST_IMAGE_ROLES).into_iter().map(str::to_string).collect(),
+        users: gbo_components::SERVICE_USERS
             .iter()
-            .map(|(n,u,h,s)| gbo_ops::image::FixedUser { name: n.to_string(), uid: *u, gid: *u, home: h.to_string(), shell: s.to_string() })
+            .map(|u| gbo_ops::image::FixedUser { name: u.name.into(), uid: u.uid, gid: u.gid, home: u.home.into(), shell: u.shell.into() })
             .collect(),
         mirror: "http://deb.debian.org/debian".to_string(),
         work_dir: "/var/cache/gbo/images".into(),

@@ -13,14 +13,26 @@ use sha2::{Digest, Sha256};
 use crate::runner::{HostCommand, RunError};
 
 /// Bumped whenever the build recipe below changes, so old images are rebuilt.
-pub const BUILDER_VERSION: &str = "3";
+pub const BUILDER_VERSION: &str = "4";
 
 /// The Debian suite.
 pub const SUITE: &str = "bookworm";
 
 /// Vendor units masked in the image: each role runs as a unit named after the role instead.
-pub const MASKED_UNITS: &[&str] =
-    &["postgresql.service", "redis-server.service", "caddy.service", "caddy-api.service", "apache2.service", "nginx.service"];
+pub const MASKED_UNITS: &[&str] = &[
+    "postgresql.service",
+    "redis-server.service",
+    "caddy.service",
+    "caddy-api.service",
+    "apache2.service",
+    "nginx.service",
+    // Fails in unprivileged containers (no binfmt_misc) and leaves systemd "degraded".
+    "systemd-binfmt.service",
+];
+
+/// Vendor units left installed but not started at boot: the roles that use them enable them with their own
+/// configuration (fail2ban's Debian default sshd jail fails in a container without an sshd log).
+pub const DISABLED_UNITS: &[&str] = &["fail2ban.service"];
 
 /// A service user with a fixed uid/gid, so data on host mounts stays readable across image rebuilds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,6 +152,9 @@ impl ImageSpec {
         }
         for unit in MASKED_UNITS {
             hasher.update(format!("mask={unit}\n"));
+        }
+        for unit in DISABLED_UNITS {
+            hasher.update(format!("disable={unit}\n"));
         }
         hex::encode(hasher.finalize())[..32].to_string()
     }
@@ -269,6 +284,9 @@ fn customise(rootfs: &Path, users: &[FixedUser]) -> Result<(), ImageError> {
         let link = systemd.join(unit);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("/dev/null", &link).map_err(io(format!("masking {unit}")))?;
+    }
+    for unit in DISABLED_UNITS {
+        let _ = std::fs::remove_file(systemd.join("multi-user.target.wants").join(unit));
     }
     // The Debian postgresql package creates a `main` cluster; gbo's tables role keeps its cluster on the data mount.
     let _ = std::fs::remove_dir_all(rootfs.join("var/lib/postgresql/15/main"));
