@@ -373,7 +373,6 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
         return Err(Error::ChecksumMismatch {
             host: remote.label().to_string(),
             temp_path,
-            dest: dest.to_string(),
             local: local_sha,
             remote: remote_sha,
         });
@@ -459,8 +458,7 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
                 }
             };
             Err(Error::DeployUnhealthy {
-                host: remote.label().to_string(),
-                dest: dest.to_string(),
+                target: format!("{}:{dest}", remote.label()),
                 url: options.health.to_string(),
                 timeout_secs,
                 last,

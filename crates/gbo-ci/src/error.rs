@@ -150,16 +150,14 @@ pub enum Error {
 
     /// The uploaded file's SHA-256 on the remote differs from the local artifact; the target was not touched.
     #[error(
-        "checksum mismatch for {temp_path} on {host}: local {local}, remote {remote}; the upload was removed and {dest} \
-         was not touched"
+        "checksum mismatch for {temp_path} on {host}: local {local}, remote {remote}; the upload was removed and the \
+         target was not touched"
     )]
     ChecksumMismatch {
         /// Host name.
         host: String,
-        /// The temporary upload.
+        /// The temporary upload (beside the target).
         temp_path: String,
-        /// The deploy target.
-        dest: String,
         /// Local SHA-256 (hex).
         local: String,
         /// Remote SHA-256 (hex).
@@ -167,12 +165,10 @@ pub enum Error {
     },
 
     /// The new release never became healthy; what happened afterwards is in `outcome`.
-    #[error("{dest} on {host}: the new release did not become healthy at {url} within {timeout_secs}s (last: {last}); {outcome}")]
+    #[error("{target}: the new release did not become healthy at {url} within {timeout_secs}s (last: {last}); {outcome}")]
     DeployUnhealthy {
-        /// Host name.
-        host: String,
-        /// Deploy target.
-        dest: String,
+        /// `host:dest`.
+        target: String,
         /// Health URL as seen from the remote host.
         url: String,
         /// The deadline, in seconds.

@@ -1,6 +1,7 @@
 //! Benchmarks run side by side with the `lxc` CLI or the runbook's own commands; each rewrites its own section of
 //! `docs/benchmarks.md` (between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`).
 
+pub mod ci;
 pub mod report;
 
 /// The benchmarks xtask knows.
@@ -22,7 +23,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Client => anyhow::bail!("bench client: not yet implemented"),
         Which::Install => anyhow::bail!("bench install: not yet implemented"),
         Which::Ops => anyhow::bail!("bench ops: not yet implemented"),
-        Which::Ci => anyhow::bail!("bench ci: not yet implemented"),
+        Which::Ci => ("ci", ci::run().await?),
     };
     #[allow(unreachable_code)]
     report::write_section(name, &markdown)
