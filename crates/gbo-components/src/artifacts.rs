@@ -8,6 +8,17 @@ use crate::names::Role;
 use crate::spec::{Artifact, ArtifactKind};
 use crate::tenant_file::TenantFile;
 
+/// The version of an artifact known only by a "latest" URL: it cannot be verified and changes under our feet,
+/// so a version override must give its own URL.
+pub const UNPINNED: &str = "latest";
+
+/// Whether a version override of `pin` can be derived by substituting the version in its URL (the URL holds
+/// `/<version>/` or `/v<version>/`); otherwise the override must give a URL.
+pub fn version_in_url(pin: &Pin) -> bool {
+    pin.version != UNPINNED
+        && (pin.url.contains(&format!("/{}/", pin.version)) || pin.url.contains(&format!("/v{}/", pin.version)))
+}
+
 /// A pin as compiled into the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
@@ -78,8 +89,8 @@ pub const STALWART: Pin = Pin {
 /// Forgejo: a single binary.
 pub const FORGEJO: Pin = Pin {
     name: "forgejo",
-    version: "11.0.1",
-    url: "https://codeberg.org/forgejo/forgejo/releases/download/v11.0.1/forgejo-11.0.1-linux-amd64",
+    version: "14.0.2",
+    url: "https://codeberg.org/forgejo/forgejo/releases/download/v14.0.2/forgejo-14.0.2-linux-amd64",
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/forgejo",
@@ -98,8 +109,8 @@ pub const FORGEJO_RUNNER: Pin = Pin {
 /// NocoDB: a single self-contained binary.
 pub const NOCODB: Pin = Pin {
     name: "nocodb",
-    version: "0.258.0",
-    url: "https://github.com/nocodb/nocodb/releases/download/0.258.0/Noco-linux-x64",
+    version: "0.258.7",
+    url: "https://github.com/nocodb/nocodb/releases/download/0.258.7/Noco-linux-x64",
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/nocodb",
@@ -116,21 +127,22 @@ pub const LLAMA_CPP: Pin = Pin {
     install_path: "/opt/gbo/bin/llama.cpp",
 };
 
-/// botserver: a single binary.
+/// botserver: a single binary. The project only documents its "latest" release URL, so this is not a pin: an
+/// operator pins it with `[versions.system]` (version and url) in the tenant file.
 pub const BOTSERVER: Pin = Pin {
     name: "botserver",
-    version: "6.1.0",
-    url: "https://github.com/GeneralBots/botserver/releases/download/v6.1.0/botserver",
+    version: UNPINNED,
+    url: "https://github.com/GeneralBots/botserver/releases/latest/download/botserver",
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/botserver",
 };
 
-/// botui: a single binary.
+/// botui: a single binary; like botserver, only a "latest" URL is known.
 pub const BOTUI: Pin = Pin {
     name: "botui",
-    version: "6.1.0",
-    url: "https://github.com/GeneralBots/botui/releases/download/v6.1.0/botui",
+    version: UNPINNED,
+    url: "https://github.com/GeneralBots/botui/releases/latest/download/botui",
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/botui",
@@ -156,7 +168,8 @@ pub fn pinned_artifacts(role: Role) -> &'static [Pin] {
 /// The artifacts of `role` for `tenant`: the compiled-in pins, with the tenant file's `[versions.<role>]`
 /// override applied to the first (main) artifact. An override that changes the version without giving a URL
 /// substitutes the version in the pinned URL; an override never inherits the pinned checksum (a new version has a
-/// different one).
+/// different one). [`TenantFile::parse`] already refused an override without URL where [`version_in_url`] is
+/// false.
 pub fn artifacts(role: Role, tenant: &TenantFile) -> Vec<Artifact> {
     pinned_artifacts(role)
         .iter()

@@ -7,6 +7,7 @@ use crate::names::{instance_name, Role};
 use crate::render::systemd::{ServiceType, Unit};
 use crate::render::{self, botserver, caddy, coredns, fail2ban, firewall, forgejo, misc, postgres, redis};
 use crate::secrets::{self, required_secrets};
+use crate::tenant_file::TenantFile;
 use crate::spec::{
     ComponentSpec, Exposure, HealthCheck, InitPhase, InitStep, Install, Mount, MountKind, PortSpec, Protocol,
     RenderContext, RenderedFile, StatusRange, Wire,
@@ -136,8 +137,10 @@ pub fn service_user_of(role: Role) -> &'static ServiceUser {
     service_user(name).unwrap_or(&GBUSER)
 }
 
-/// Wires of `role` for a tenant with `roles`.
-pub fn wires(role: Role, roles: &[Role]) -> Vec<Wire> {
+/// Wires of `role` for `tenant`: optional targets only when the tenant has them; for the proxy, the roles its
+/// domains route to.
+pub fn wires(role: Role, tenant: &TenantFile) -> Vec<Wire> {
+    let roles = &tenant.roles;
     let wire = |target: Role, port_name: &'static str, required: bool| {
         port_of(target, port_name).map(|p| Wire { role: target, port_name, local_port: p, required })
     };
@@ -160,7 +163,7 @@ pub fn wires(role: Role, roles: &[Role]) -> Vec<Wire> {
             .flatten()
             .collect(),
         Role::AlmCi => wire(Role::Alm, "http", true).into_iter().collect(),
-        Role::Proxy => proxy_wires(roles),
+        Role::Proxy => proxy_wires(tenant),
         _ => Vec::new(),
     };
     // Optional wires only exist when the tenant has the role.
@@ -171,11 +174,12 @@ pub fn wires(role: Role, roles: &[Role]) -> Vec<Wire> {
 /// Local ports used inside the proxy container by Caddy itself.
 const PROXY_OWN_PORTS: &[u16] = &[80, 443, 2019];
 
-fn proxy_wires(roles: &[Role]) -> Vec<Wire> {
+fn proxy_wires(tenant: &TenantFile) -> Vec<Wire> {
+    let routed: BTreeSet<Role> = tenant.domains.iter().map(|d| tenant.route_for(d)).collect();
     let mut used: Vec<u16> = PROXY_OWN_PORTS.to_vec();
     let mut out = Vec::new();
     for role in http_roles() {
-        if !roles.contains(role) {
+        if !tenant.roles.contains(role) || !routed.contains(role) {
             continue;
         }
         let Some(name) = http_port_name(*role) else { continue };
@@ -403,7 +407,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             health = HealthCheck::Http { port: rest, path: "/healthz", expect: StatusRange::OK };
         }
         Role::Proxy => {
-            let wires = proxy_wires(roles);
+            let wires = proxy_wires(tenant);
             let sites: Vec<caddy::Site> = tenant
                 .domains
                 .iter()
@@ -571,7 +575,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
         privileged,
         lxd_config,
         dependencies: role.dependencies().to_vec(),
-        wires: wires(role, roles),
+        wires: wires(role, tenant),
         files: parts.files,
         units: parts.units,
         masked_units: masked_units(role).iter().map(|s| (*s).to_owned()).collect(),

@@ -398,8 +398,16 @@ impl TenantFile {
             if pin.version.is_empty() || pin.version.chars().any(|c| c.is_whitespace() || c == '/') {
                 return Err(value_error(format!("{key}.version"), &pin.version, "must be non-empty, without spaces or '/'"));
             }
-            if let Some(url) = &pin.url {
-                validate_artifact_url(&format!("{key}.url"), url)?;
+            match &pin.url {
+                Some(url) => validate_artifact_url(&format!("{key}.url"), url)?,
+                None if !crate::artifacts::pinned_artifacts(role).first().is_some_and(crate::artifacts::version_in_url) => {
+                    return Err(value_error(
+                        format!("{key}.url"),
+                        "",
+                        "the pinned URL of this role holds no version to substitute; give the url of this version",
+                    ));
+                }
+                None => {}
             }
             if let Some(sha) = &pin.sha256 {
                 validate_sha256(&format!("{key}.sha256"), sha)?;

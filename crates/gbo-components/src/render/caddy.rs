@@ -225,8 +225,7 @@ fn top_level_blocks(text: &str) -> Result<Vec<Block>> {
     if depth != 0 {
         return Err(Error::Caddyfile { line: text.lines().count().max(1), rule: "a '{' is never closed".to_owned() });
     }
-    let (rest, _) = split_header(header, usize::MAX);
-    loose_lines.push(rest);
+    loose_lines.extend(group_by_line(header));
     let loose: Vec<Vec<Token>> = loose_lines
         .into_iter()
         .flat_map(group_by_line)

@@ -10,7 +10,6 @@ port {port}
 protected-mode yes
 daemonize no
 supervised systemd
-pidfile \"\"
 dir /opt/gbo/data
 logfile /opt/gbo/logs/cache.log
 loglevel notice
