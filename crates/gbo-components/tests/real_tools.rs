@@ -118,3 +118,188 @@ fn rendered_caddyfiles_adapt() {
     assert_eq!(gbo_components::caddyfile::site_addresses(&bare_file).unwrap_or_default(), [":80"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `program` as `user` (through `runuser`), returning its output.
+fn run_as(user: &str, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", program])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("runuser {program}: {e}"))
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what} not ready within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn postgres_bin() -> Option<PathBuf> {
+    let bin = PathBuf::from(gbo_components::render::postgres::PG_BIN);
+    let usable = bin.join("initdb").is_file()
+        && Path::new("/usr/bin/psql").is_file()
+        && tool("runuser").is_some()
+        // Only root can switch to the postgres user: the owner of /proc/self is our effective uid.
+        && std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+        && Command::new("id").arg("postgres").output().map(|o| o.status.success()).unwrap_or(false);
+    if !usable {
+        assert!(std::env::var_os("CI").is_none(), "PostgreSQL 15, runuser, root and the postgres user are required in CI");
+        eprintln!("skipping: PostgreSQL 15 server binaries, runuser, root or the postgres user missing");
+        return None;
+    }
+    Some(bin)
+}
+
+/// The tables role's rendered files and init steps, run for real (paths moved to a scratch directory, port moved
+/// to a free one): initdb, start, the init SQL (twice: idempotent), the seed's `psql -U gbuser botserver` as root
+/// through the pg_ident map, and SCRAM over TCP with the generated password.
+#[test]
+fn tables_files_work_with_real_postgresql() {
+    let Some(bin) = postgres_bin() else { return };
+    let dir = scratch("pg");
+    let (data, conf, run) = (dir.join("data"), dir.join("conf"), dir.join("run"));
+    let port = free_port();
+    let moved = |text: &str| {
+        text.replace("/opt/gbo/data", &data.to_string_lossy())
+            .replace("/opt/gbo/conf", &conf.to_string_lossy())
+            .replace("/etc/gbo", &conf.to_string_lossy())
+            .replace("/var/run/postgresql", &run.to_string_lossy())
+            .replace("port = 5432", &format!("port = {port}"))
+    };
+    let postgres_ids = Command::new("id").args(["-u", "postgres"]).output().ok();
+    let uid: u32 = postgres_ids.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0);
+    for d in [&dir, &data, &conf, &run] {
+        std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::chown(d, Some(uid), None).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    let tenant = TenantFile::parse("roles = [\"tables\"]").unwrap_or_else(|e| panic!("{e}"));
+    let secrets = common::test_secrets();
+    let ports = HostPorts::seed(&tenant.roles);
+    let ctx = RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports };
+    let spec = component(Role::Tables, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    for file in &spec.files {
+        if file.path.starts_with("/etc/systemd") {
+            continue;
+        }
+        let target = PathBuf::from(moved(&file.path));
+        write(&target, &moved(&file.content));
+        std::os::unix::fs::chown(&target, Some(uid), None).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    let initdb = &spec.init[0];
+    let args: Vec<String> = initdb.command[1..].iter().map(|a| moved(a)).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_as(initdb.user, &moved(&initdb.command[0]), &args);
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(Path::new(&moved(&initdb.creates)).exists(), "initdb creates its marker");
+
+    let server = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("postgres"))
+        .args(["-D", &data.join("pgdata").to_string_lossy(), "-c"])
+        .arg(format!("config_file={}", conf.join("postgresql.conf").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("postgres: {e}"));
+    let _server = KillOnDrop(server);
+    let socket = run.to_string_lossy().to_string();
+    let port_text = port.to_string();
+    wait_until("postgres", || {
+        Command::new(bin.join("pg_isready"))
+            .args(["-h", &socket, "-p", &port_text])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+
+    let init = &spec.init[1];
+    for _ in 0..2 {
+        let mut args: Vec<String> = init.command[1..].iter().map(|a| moved(a)).collect();
+        args.extend(["-h".to_owned(), socket.clone(), "-p".to_owned(), port_text.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_as(init.user, &init.command[0], &args);
+        assert!(out.status.success(), "init sql: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(Path::new(&moved(&init.creates)).exists(), "the init SQL leaves its marker");
+
+    // The seed's command, as root: peer authentication through the gbo map, no password.
+    let out = Command::new("psql")
+        .args(["-X", "-At", "-h", &socket, "-p", &port_text, "-U", "gbuser", "botserver", "-c", "SELECT current_user"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap_or_else(|e| panic!("psql: {e}"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "gbuser", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // TCP on loopback needs the generated password (SCRAM); a wrong one is refused.
+    let password = secrets.get("tables-password").unwrap_or_default();
+    let tcp = |password: &str| {
+        Command::new("psql")
+            .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port_text, "-U", "gbuser", "botserver", "-c", "SELECT 1"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .unwrap_or_else(|e| panic!("psql: {e}"))
+    };
+    let good = tcp(password);
+    assert_eq!(String::from_utf8_lossy(&good.stdout).trim(), "1", "{}", String::from_utf8_lossy(&good.stderr));
+    let bad = tcp("wrong-password");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("password authentication failed"));
+    drop(_server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cache role's redis.conf, run for real (dir and logfile moved, port moved): it starts and answers PING on
+/// 127.0.0.1.
+#[test]
+fn cache_config_works_with_real_redis() {
+    let Some(redis) = tool("redis-server") else { return };
+    let dir = scratch("redis");
+    let port = free_port();
+    let conf = gbo_components::render::redis::redis_conf(port).replace("/opt/gbo/data", &dir.to_string_lossy()).replace(
+        "/opt/gbo/logs/cache.log",
+        &dir.join("cache.log").to_string_lossy(),
+    );
+    let path = dir.join("redis.conf");
+    write(&path, &conf);
+    let server = Command::new(redis)
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server: {e}"));
+    let _server = KillOnDrop(server);
+    let ping = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+        stream.write_all(b"PING\r\n").ok()?;
+        let mut buf = [0u8; 16];
+        let n = stream.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    wait_until("redis", || ping().is_some());
+    assert_eq!(ping().as_deref(), Some("+PONG\r\n"));
+    let log = std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default();
+    assert!(log.contains("Ready to accept connections"), "{log}");
+    drop(_server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,8 +38,9 @@ pub fn firewall_unit() -> crate::render::systemd::Unit {
         &["/usr/sbin/iptables-restore", RULES_V4_PATH],
     );
     unit.service_type = ServiceType::Oneshot;
+    // Ordered before the services only: containers get no NIC, and ordering against network-pre.target would need
+    // DefaultDependencies=no to avoid cycles.
     unit.after = Vec::new();
-    unit.before = vec!["network-pre.target".to_owned(), "system.service".to_owned()];
-    unit.wants = vec!["network-pre.target".to_owned()];
+    unit.before = vec!["system.service".to_owned(), "ui.service".to_owned()];
     unit
 }
