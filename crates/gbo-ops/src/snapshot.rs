@@ -1,1 +1,0 @@
-//! Snapshots of containers and their host data (consistent), restore, tiered retention, schedules.

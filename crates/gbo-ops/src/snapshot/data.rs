@@ -1,0 +1,267 @@
+//! Host data captured with a container snapshot: which filesystem each mounted host directory lives on, and how to
+//! capture and bring it back (btrfs subvolume snapshot, ZFS snapshot, or a copy taken with the container frozen).
+
+use std::path::{Path, PathBuf};
+
+use crate::runner::HostCommand;
+
+use super::SnapshotError;
+
+/// How one mounted host directory was captured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "method")]
+pub enum CaptureMethod {
+    /// A read-only btrfs snapshot of the subvolume at `location`.
+    BtrfsSnapshot {
+        /// Where the snapshot subvolume is.
+        location: PathBuf,
+    },
+    /// `dataset@snapshot`; the mounted directory is `subdir` under the dataset's mountpoint.
+    ZfsSnapshot {
+        /// The dataset.
+        dataset: String,
+        /// The snapshot name (after `@`).
+        snapshot: String,
+        /// The dataset's mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// A copy (`cp -a --reflink=auto`) taken while the container was frozen.
+    FrozenCopy {
+        /// Where the copy is.
+        location: PathBuf,
+    },
+}
+
+impl CaptureMethod {
+    /// Short name for tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CaptureMethod::BtrfsSnapshot { .. } => "btrfs",
+            CaptureMethod::ZfsSnapshot { .. } => "zfs",
+            CaptureMethod::FrozenCopy { .. } => "copy",
+        }
+    }
+}
+
+/// One captured host directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataCapture {
+    /// The disk device.
+    pub device: String,
+    /// The host directory.
+    pub host_path: PathBuf,
+    /// Where it is mounted in the container.
+    pub container_path: String,
+    /// How it was captured.
+    #[serde(flatten)]
+    pub method: CaptureMethod,
+}
+
+/// The filesystem a path lives on, from `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount point.
+    pub mount_point: PathBuf,
+    /// Filesystem type (`btrfs`, `ext4`, `zfs`, `fuse`, ...).
+    pub fs_type: String,
+    /// Mount source (a device, or the dataset for ZFS).
+    pub source: String,
+}
+
+/// The mount holding `path` (the longest mount point that is a prefix of it), from mountinfo text.
+pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountEntry> {
+    let mut best: Option<MountEntry> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let rfields: Vec<&str> = right.split(' ').collect();
+        let (Some(mount_point), Some(fs_type), Some(source)) = (fields.get(4), rfields.first(), rfields.get(1)) else { continue };
+        let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
+        if path.starts_with(&mount_point) && best.as_ref().map_or(true, |b| mount_point.components().count() >= b.mount_point.components().count()) {
+            best = Some(MountEntry { mount_point, fs_type: fs_type.to_string(), source: unescape_mountinfo(source) });
+        }
+    }
+    best
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v as char);
+            i += 4;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// How a directory can be captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// It is the root of a btrfs subvolume.
+    Btrfs,
+    /// It lives in a ZFS dataset mounted at `mountpoint`.
+    Zfs {
+        /// Dataset name.
+        dataset: String,
+        /// Its mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// Anything else (or btrfs directories that are not subvolumes): a frozen copy.
+    Copy,
+}
+
+/// Decide how to capture `path`.
+pub fn strategy_for(path: &Path) -> Result<Strategy, SnapshotError> {
+    let canonical = path.canonicalize().map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| SnapshotError::Io { path: "/proc/self/mountinfo".into(), source })?;
+    let Some(entry) = mount_of(&mountinfo, &canonical) else { return Ok(Strategy::Copy) };
+    if entry.fs_type == "btrfs" {
+        // The root directory of every btrfs subvolume has inode 256.
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&canonical).map_err(|source| SnapshotError::Io { path: canonical.clone(), source })?;
+        return Ok(if meta.ino() == 256 { Strategy::Btrfs } else { Strategy::Copy });
+    }
+    let zfs_like = entry.fs_type == "zfs" || entry.fs_type.starts_with("fuse");
+    if zfs_like && !entry.source.starts_with('/') {
+        let zfs = HostCommand::new(crate::zfs::zfs_program()).args(["list", "-H", "-o", "name"]).arg(&entry.source);
+        if zfs.run().map(|out| out.trim() == entry.source).unwrap_or(false) {
+            return Ok(Strategy::Zfs { dataset: entry.source, mountpoint: entry.mount_point });
+        }
+    }
+    Ok(Strategy::Copy)
+}
+
+/// Capture `host_path` as `strategy` says; `store` is this snapshot's directory for copies, `tag` a name unique to
+/// this container snapshot.
+pub fn capture(host_path: &Path, strategy: &Strategy, store: &Path, device: &str, tag: &str) -> Result<CaptureMethod, SnapshotError> {
+    match strategy {
+        Strategy::Btrfs => {
+            // Next to the subvolume, so it is always on the same filesystem.
+            let parent = host_path.parent().unwrap_or(Path::new("/"));
+            let dir = parent.join(".gbo-snapshots");
+            std::fs::create_dir_all(&dir).map_err(|source| SnapshotError::Io { path: dir.clone(), source })?;
+            let location = dir.join(format!("{tag}@{device}"));
+            HostCommand::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(host_path).arg(&location).install_hint("install it with `apt-get install btrfs-progs`").run()?;
+            Ok(CaptureMethod::BtrfsSnapshot { location })
+        }
+        Strategy::Zfs { dataset, mountpoint } => {
+            let snapshot = format!("gbo-{tag}");
+            HostCommand::new(crate::zfs::zfs_program()).arg("snapshot").arg(format!("{dataset}@{snapshot}")).run()?;
+            Ok(CaptureMethod::ZfsSnapshot { dataset: dataset.clone(), snapshot, mountpoint: mountpoint.clone() })
+        }
+        Strategy::Copy => {
+            let location = store.join(device);
+            std::fs::create_dir_all(&location).map_err(|source| SnapshotError::Io { path: location.clone(), source })?;
+            copy_contents(host_path, &location)?;
+            Ok(CaptureMethod::FrozenCopy { location })
+        }
+    }
+}
+
+/// Put the captured data back into `host_path` (the container must be stopped).
+pub fn restore(capture: &DataCapture) -> Result<(), SnapshotError> {
+    let host_path = &capture.host_path;
+    match &capture.method {
+        CaptureMethod::BtrfsSnapshot { location } => {
+            HostCommand::new("btrfs").args(["subvolume", "delete"]).arg(host_path).run()?;
+            HostCommand::new("btrfs").args(["subvolume", "snapshot"]).arg(location).arg(host_path).run()?;
+            Ok(())
+        }
+        CaptureMethod::ZfsSnapshot { dataset, snapshot, mountpoint } => {
+            // A clone, not `zfs rollback -r`: rollback would destroy every newer snapshot (the safety one included).
+            let clone = format!("{dataset}-gborestore-{}", std::process::id());
+            let zfs = crate::zfs::zfs_program();
+            HostCommand::new(&zfs).arg("clone").arg(format!("{dataset}@{snapshot}")).arg(&clone).run()?;
+            let result = (|| {
+                let clone_mount = HostCommand::new(&zfs).args(["get", "-H", "-o", "value", "mountpoint"]).arg(&clone).run()?;
+                let relative = host_path.strip_prefix(mountpoint).unwrap_or(Path::new(""));
+                let source = PathBuf::from(clone_mount.trim()).join(relative);
+                empty_dir(host_path)?;
+                copy_contents(&source, host_path)
+            })();
+            let destroyed = HostCommand::new(&zfs).arg("destroy").arg(&clone).run();
+            result?;
+            destroyed?;
+            Ok(())
+        }
+        CaptureMethod::FrozenCopy { location } => {
+            empty_dir(host_path)?;
+            copy_contents(location, host_path)
+        }
+    }
+}
+
+/// Remove what a capture holds.
+pub fn discard(capture: &DataCapture) -> Result<(), SnapshotError> {
+    match &capture.method {
+        CaptureMethod::BtrfsSnapshot { location } => {
+            if location.exists() {
+                HostCommand::new("btrfs").args(["subvolume", "delete"]).arg(location).run()?;
+            }
+            Ok(())
+        }
+        CaptureMethod::ZfsSnapshot { dataset, snapshot, .. } => {
+            HostCommand::new(crate::zfs::zfs_program()).arg("destroy").arg(format!("{dataset}@{snapshot}")).run()?;
+            Ok(())
+        }
+        CaptureMethod::FrozenCopy { location } => remove_tree(location),
+    }
+}
+
+pub(super) fn remove_tree(path: &Path) -> Result<(), SnapshotError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SnapshotError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+fn copy_contents(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    let mut source = from.as_os_str().to_owned();
+    source.push("/.");
+    HostCommand::new("cp").args(["-a", "--reflink=auto"]).arg(source).arg(to).run()?;
+    Ok(())
+}
+
+fn empty_dir(dir: &Path) -> Result<(), SnapshotError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| SnapshotError::Io { path: dir.to_path_buf(), source })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| SnapshotError::Io { path: dir.to_path_buf(), source })?;
+        let path = entry.path();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let removed = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 7:1 / /srv/stack rw,relatime shared:20 - btrfs /dev/loop1 rw,space_cache=v2
+41 22 0:50 / /tank/ci rw,relatime shared:21 - fuse tank/ci rw,user_id=0
+42 22 0:51 / /mnt/with\\040space rw - zfs pool/sp rw
+";
+
+    #[test]
+    fn finds_the_longest_mount_prefix() {
+        let m = mount_of(MOUNTINFO, Path::new("/srv/stack/tables/data")).expect("mount");
+        assert_eq!((m.fs_type.as_str(), m.mount_point.as_path()), ("btrfs", Path::new("/srv/stack")));
+        let root = mount_of(MOUNTINFO, Path::new("/srv/stackx")).expect("mount");
+        assert_eq!(root.fs_type, "ext4");
+        let zfs = mount_of(MOUNTINFO, Path::new("/tank/ci/x")).expect("mount");
+        assert_eq!((zfs.fs_type.as_str(), zfs.source.as_str()), ("fuse", "tank/ci"));
+        let spaced = mount_of(MOUNTINFO, Path::new("/mnt/with space/a")).expect("mount");
+        assert_eq!(spaced.source, "pool/sp");
+    }
+}

@@ -1,0 +1,459 @@
+//! Snapshots of containers **and** their mounted host data, taken consistently, restored together, listed with
+//! what they cover, pruned by tiered retention, and scheduled.
+//!
+//! A container snapshot goes through the LXD API. The host directories mounted into the container (PostgreSQL's
+//! data lives in `<stack-dir>/tables/data`) are captured at the same moment: with the container frozen, each is
+//! snapshotted by its filesystem (btrfs subvolume, ZFS dataset) or copied, then LXD takes its snapshot, then the
+//! container is thawed. A manifest at `<stack-dir>/.snapshots/<container>/<snapshot>/manifest.json` records what
+//! the snapshot covers; snapshots without one (plain `lxc snapshot`) are listed and restored as container-only.
+
+pub mod data;
+pub mod duration;
+pub mod retention;
+pub mod schedule;
+
+use std::path::PathBuf;
+
+use lxd_client::{Client, InstanceName, SnapshotName, StateAction};
+use time::OffsetDateTime;
+
+use crate::inventory::{self, ManagedInstance};
+use crate::runner::RunError;
+
+pub use data::{CaptureMethod, DataCapture};
+pub use duration::{Span, SpanError};
+pub use retention::{RetentionPolicy, Verdict};
+
+/// Where snapshot manifests and copies go for containers that record no stack dir.
+pub const FALLBACK_STORE: &str = "/var/lib/gbo/snapshots";
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+
+/// A snapshot operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// No such container.
+    #[error("container `{name}` does not exist (see `lxc list`)")]
+    UnknownContainer {
+        /// The name given.
+        name: String,
+    },
+    /// No such snapshot.
+    #[error("container `{container}` has no snapshot `{snapshot}` (see `gbo snapshot list {container}`)")]
+    UnknownSnapshot {
+        /// Container.
+        container: String,
+        /// Snapshot.
+        snapshot: String,
+    },
+    /// A tenant without containers.
+    #[error("tenant `{tenant}` has no containers")]
+    EmptyTenant {
+        /// Tenant.
+        tenant: String,
+    },
+    /// The snapshot name is taken.
+    #[error("container `{container}` already has a snapshot `{snapshot}`; choose another name or delete it first")]
+    Exists {
+        /// Container.
+        container: String,
+        /// Snapshot.
+        snapshot: String,
+    },
+    /// A name that is not valid.
+    #[error("invalid snapshot name `{value}`: use letters, digits, `-`, `_` and `.` (at most 63, starting with a letter or digit)")]
+    InvalidName {
+        /// The value.
+        value: String,
+    },
+    /// A retention that keeps nothing.
+    #[error(transparent)]
+    Retention(#[from] retention::EmptyPolicy),
+    /// LXD refused or failed.
+    #[error("LXD: {0}")]
+    Lxd(#[from] lxd_client::Error),
+    /// A host tool failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host mount would hold its own snapshots.
+    #[error("the snapshot store {} lies inside the mounted directory {}: set the stack dir elsewhere", store.display(), mount.display())]
+    StoreInsideMount {
+        /// The store.
+        store: PathBuf,
+        /// The mount.
+        mount: PathBuf,
+    },
+}
+
+/// What one snapshot holds, written next to its data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// Container.
+    pub container: String,
+    /// Snapshot name.
+    pub snapshot: String,
+    /// When it was taken (RFC 3339).
+    pub taken_at: String,
+    /// Whether the container was frozen while its data was captured.
+    pub frozen: bool,
+    /// The host directories captured.
+    pub data: Vec<DataCapture>,
+}
+
+/// A snapshot as `gbo snapshot list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotInfo {
+    /// Container.
+    pub container: String,
+    /// Snapshot name.
+    pub name: String,
+    /// When it was taken (RFC 3339).
+    pub taken_at: String,
+    /// When LXD expires it (RFC 3339), if ever.
+    pub expires_at: Option<String>,
+    /// Size in bytes where LXD knows it.
+    pub size: Option<i64>,
+    /// `container+data` (with the manifest) or `container` (no host data captured).
+    pub covers: String,
+    /// The host directories captured, if any.
+    pub data: Vec<DataCapture>,
+}
+
+/// Options of [`create`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Expire after this long (LXD deletes the container snapshot; gbo's prune removes the data).
+    pub expires: Option<Span>,
+}
+
+/// Validate a snapshot name (also a ZFS snapshot and a directory name).
+pub fn snapshot_name(value: &str) -> Result<SnapshotName, SnapshotError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(SnapshotError::InvalidName { value: value.to_string() });
+    }
+    SnapshotName::new(value).map_err(|_| SnapshotError::InvalidName { value: value.to_string() })
+}
+
+/// A default snapshot name from the clock: `gbo-20240115-031500`.
+pub fn default_name(now: OffsetDateTime) -> String {
+    let now = now.to_offset(time::UtcOffset::UTC);
+    format!("gbo-{:04}{:02}{:02}-{:02}{:02}{:02}", now.year(), u8::from(now.month()), now.day(), now.hour(), now.minute(), now.second())
+}
+
+/// Find a container by name; unknown names are an error naming them.
+pub async fn container(lxd: &Client, name: &str) -> Result<ManagedInstance, SnapshotError> {
+    let unknown = || SnapshotError::UnknownContainer { name: name.to_string() };
+    let instance_name = InstanceName::new(name).map_err(|_| unknown())?;
+    let instance = lxd.instance_opt(&instance_name).await?.ok_or_else(unknown)?;
+    Ok(inventory::describe(&instance))
+}
+
+/// Every container of a tenant; a tenant without any is an error.
+pub async fn tenant_containers(lxd: &Client, tenant: &str) -> Result<Vec<ManagedInstance>, SnapshotError> {
+    let found = inventory::tenant_instances(lxd, tenant).await?;
+    if found.is_empty() {
+        return Err(SnapshotError::EmptyTenant { tenant: tenant.to_string() });
+    }
+    Ok(found)
+}
+
+/// The directory holding a container's snapshot manifests and copies.
+pub fn store_dir(container: &ManagedInstance) -> PathBuf {
+    let root = container.stack_dir.as_ref().map(|d| d.join(".snapshots")).unwrap_or_else(|| PathBuf::from(FALLBACK_STORE));
+    root.join(&container.name)
+}
+
+fn lxd_name(container: &ManagedInstance) -> Result<InstanceName, SnapshotError> {
+    InstanceName::new(container.name.as_str()).map_err(|_| SnapshotError::UnknownContainer { name: container.name.clone() })
+}
+
+/// Read a snapshot's manifest, if it has one.
+pub fn read_manifest(container: &ManagedInstance, snapshot: &str) -> Option<Manifest> {
+    let path = store_dir(container).join(snapshot).join(MANIFEST);
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Take a snapshot of the container and its mounted host directories, consistently.
+pub async fn create(lxd: &Client, container: &ManagedInstance, name: &SnapshotName, options: &CreateOptions) -> Result<SnapshotInfo, SnapshotError> {
+    let instance = lxd_name(container)?;
+    let span = tracing::info_span!("snapshot_create", container = %container.name, snapshot = %name);
+    let _enter = span.enter();
+    if lxd.snapshots(&instance).await?.iter().any(|s| s.name == name.as_str()) {
+        return Err(SnapshotError::Exists { container: container.name.clone(), snapshot: name.to_string() });
+    }
+    let store = store_dir(container).join(name.as_str());
+    for mount in &container.mounts {
+        if store.starts_with(&mount.host_path) {
+            return Err(SnapshotError::StoreInsideMount { store, mount: mount.host_path.clone() });
+        }
+    }
+    // Decide every strategy before freezing: nothing slow happens while the container is stopped in time.
+    let mut strategies = Vec::new();
+    for mount in &container.mounts {
+        let path = mount.host_path.clone();
+        let strategy = tokio::task::spawn_blocking(move || data::strategy_for(&path)).await.map_err(join_error)??;
+        strategies.push((mount.clone(), strategy));
+    }
+    let now = OffsetDateTime::now_utc();
+    let expires_at = options.expires.map(|span| rfc3339(now + span.as_time()));
+    let running = lxd.instance(&instance).await?.status.eq_ignore_ascii_case("running");
+    let freeze = running && !strategies.is_empty();
+    if freeze {
+        lxd.set_state(&instance, StateAction::Freeze, 30, false).await?;
+    }
+    let tag = format!("{}@{}", container.name, name);
+    let captured = async {
+        let mut captures = Vec::new();
+        if !strategies.is_empty() {
+            std::fs::create_dir_all(&store).map_err(|source| SnapshotError::Io { path: store.clone(), source })?;
+        }
+        for (mount, strategy) in &strategies {
+            let (host, store, device, tag, strategy) = (mount.host_path.clone(), store.clone(), mount.device.clone(), tag.replace('@', "-"), strategy.clone());
+            let method = tokio::task::spawn_blocking(move || data::capture(&host, &strategy, &store, &device, &tag)).await.map_err(join_error)??;
+            captures.push(DataCapture { device: mount.device.clone(), host_path: mount.host_path.clone(), container_path: mount.container_path.clone(), method });
+        }
+        lxd.create_snapshot(&instance, name, expires_at.as_deref()).await?;
+        Ok::<_, SnapshotError>(captures)
+    }
+    .await;
+    if freeze {
+        // Thaw whatever happened above; a container left frozen is worse than a failed snapshot.
+        if let Err(e) = lxd.set_state(&instance, StateAction::Unfreeze, 30, false).await {
+            tracing::error!(error = %e, "could not unfreeze the container");
+        }
+    }
+    let captures = match captured {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = data::remove_tree(&store);
+            return Err(e);
+        }
+    };
+    let manifest = Manifest { container: container.name.clone(), snapshot: name.to_string(), taken_at: rfc3339(now), frozen: freeze, data: captures.clone() };
+    if !captures.is_empty() {
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| SnapshotError::Io { path: store.clone(), source: std::io::Error::other(e) })?;
+        let path = store.join(MANIFEST);
+        std::fs::write(&path, text).map_err(|source| SnapshotError::Io { path, source })?;
+    }
+    Ok(SnapshotInfo {
+        container: container.name.clone(),
+        name: name.to_string(),
+        taken_at: manifest.taken_at,
+        expires_at,
+        size: None,
+        covers: covers_label(!captures.is_empty()),
+        data: captures,
+    })
+}
+
+/// Snapshot several containers at once under one name (a tenant): one result per container, in order.
+pub async fn create_many(lxd: &Client, containers: &[ManagedInstance], name: &SnapshotName, options: &CreateOptions) -> Vec<Result<SnapshotInfo, SnapshotError>> {
+    futures_util::future::join_all(containers.iter().map(|c| create(lxd, c, name, options))).await
+}
+
+fn covers_label(with_data: bool) -> String {
+    if with_data { "container+data" } else { "container" }.to_string()
+}
+
+/// Every snapshot of a container, oldest first, with what each covers.
+pub async fn list(lxd: &Client, container: &ManagedInstance) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+    let instance = lxd_name(container)?;
+    let mut out: Vec<SnapshotInfo> = lxd
+        .snapshots(&instance)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let manifest = read_manifest(container, &s.name);
+            let data = manifest.map(|m| m.data).unwrap_or_default();
+            SnapshotInfo {
+                container: container.name.clone(),
+                covers: covers_label(!data.is_empty()),
+                expires_at: s.expiry().map(str::to_string),
+                size: s.size,
+                taken_at: s.created_at.clone(),
+                name: s.name,
+                data,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| parse_time(&a.taken_at).cmp(&parse_time(&b.taken_at)).then_with(|| a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    /// Container.
+    pub container: String,
+    /// The snapshot restored.
+    pub snapshot: String,
+    /// The safety snapshot taken first, if any.
+    pub safety_snapshot: Option<String>,
+    /// Host directories brought back.
+    pub data_restored: Vec<PathBuf>,
+    /// Whether the container was restarted.
+    pub restarted: bool,
+}
+
+/// Bring a container and its captured host data back to a snapshot. Takes a data-inclusive safety snapshot first
+/// unless `safety` is false.
+pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &SnapshotName, safety: bool) -> Result<RestoreReport, SnapshotError> {
+    let instance = lxd_name(container)?;
+    let snaps = lxd.snapshots(&instance).await?;
+    if !snaps.iter().any(|s| s.name == snapshot.as_str()) {
+        return Err(SnapshotError::UnknownSnapshot { container: container.name.clone(), snapshot: snapshot.to_string() });
+    }
+    let manifest = read_manifest(container, snapshot.as_str());
+    let safety_snapshot = if safety {
+        let base = format!("safety-{}", default_name(OffsetDateTime::now_utc()).trim_start_matches("gbo-"));
+        let mut candidate = base.clone();
+        let mut n = 1;
+        while snaps.iter().any(|s| s.name == candidate) {
+            n += 1;
+            candidate = format!("{base}-{n}");
+        }
+        let name = snapshot_name(&candidate)?;
+        create(lxd, container, &name, &CreateOptions::default()).await?;
+        Some(candidate)
+    } else {
+        None
+    };
+    let running = lxd.instance(&instance).await?.status.eq_ignore_ascii_case("running");
+    if running {
+        if let Err(e) = lxd.set_state(&instance, StateAction::Stop, 60, false).await {
+            tracing::warn!(error = %e, "clean stop failed; forcing");
+            lxd.set_state(&instance, StateAction::Stop, 30, true).await?;
+        }
+    }
+    let mut data_restored = Vec::new();
+    if let Some(manifest) = &manifest {
+        for capture in &manifest.data {
+            let c = capture.clone();
+            tokio::task::spawn_blocking(move || data::restore(&c)).await.map_err(join_error)??;
+            data_restored.push(capture.host_path.clone());
+        }
+    }
+    lxd.restore_snapshot(&instance, snapshot).await?;
+    if running {
+        lxd.set_state(&instance, StateAction::Start, 60, false).await?;
+    }
+    Ok(RestoreReport { container: container.name.clone(), snapshot: snapshot.to_string(), safety_snapshot, data_restored, restarted: running })
+}
+
+/// Delete a snapshot and the host data it captured.
+pub async fn delete(lxd: &Client, container: &ManagedInstance, snapshot: &SnapshotName) -> Result<(), SnapshotError> {
+    let instance = lxd_name(container)?;
+    let exists = lxd.snapshots(&instance).await?.iter().any(|s| s.name == snapshot.as_str());
+    let manifest = read_manifest(container, snapshot.as_str());
+    if !exists && manifest.is_none() {
+        return Err(SnapshotError::UnknownSnapshot { container: container.name.clone(), snapshot: snapshot.to_string() });
+    }
+    if exists {
+        lxd.delete_snapshot(&instance, snapshot).await?;
+    }
+    discard_data(container, snapshot.as_str(), manifest).await
+}
+
+async fn discard_data(container: &ManagedInstance, snapshot: &str, manifest: Option<Manifest>) -> Result<(), SnapshotError> {
+    if let Some(manifest) = manifest {
+        for capture in manifest.data {
+            tokio::task::spawn_blocking(move || data::discard(&capture)).await.map_err(join_error)??;
+        }
+    }
+    let dir = store_dir(container).join(snapshot);
+    tokio::task::spawn_blocking(move || data::remove_tree(&dir)).await.map_err(join_error)?
+}
+
+/// What prune decided (and did) for one container.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PruneReport {
+    /// Container.
+    pub container: String,
+    /// Every snapshot, newest first, with why it stays (empty `kept_by`: it goes).
+    pub verdicts: Vec<Verdict>,
+    /// Whether anything was deleted (false on a dry run).
+    pub applied: bool,
+    /// Host data left behind by snapshots LXD expired on its own, removed.
+    pub orphaned_data_removed: Vec<String>,
+}
+
+/// Apply tiered retention to a container's snapshots (every snapshot, gbo's and hand-made). `dry_run` decides
+/// without deleting.
+pub async fn prune(lxd: &Client, container: &ManagedInstance, policy: RetentionPolicy, dry_run: bool) -> Result<PruneReport, SnapshotError> {
+    policy.validate()?;
+    let instance = lxd_name(container)?;
+    let snaps = lxd.snapshots(&instance).await?;
+    let pairs: Vec<(String, OffsetDateTime)> = snaps.iter().map(|s| (s.name.clone(), parse_time(&s.created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH))).collect();
+    let verdicts = retention::plan(&pairs, policy);
+    // Data of snapshots LXD already expired (`expires_at`) stays on the host until someone removes it.
+    let mut orphans = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(store_dir(container)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !snaps.iter().any(|s| s.name == name) && entry.path().join(MANIFEST).exists() {
+                orphans.push(name);
+            }
+        }
+    }
+    orphans.sort();
+    if !dry_run {
+        for verdict in verdicts.iter().filter(|v| !v.keep()) {
+            let name = snapshot_name(&verdict.name).or_else(|_| SnapshotName::new(verdict.name.as_str()).map_err(|_| SnapshotError::InvalidName { value: verdict.name.clone() }))?;
+            delete(lxd, container, &name).await?;
+        }
+        for orphan in &orphans {
+            let manifest = read_manifest(container, orphan);
+            discard_data(container, orphan, manifest).await?;
+        }
+    }
+    Ok(PruneReport { container: container.name.clone(), verdicts, applied: !dry_run, orphaned_data_removed: if dry_run { Vec::new() } else { orphans } })
+}
+
+fn join_error(e: tokio::task::JoinError) -> SnapshotError {
+    SnapshotError::Io { path: PathBuf::from("<blocking task>"), source: std::io::Error::other(e.to_string()) }
+}
+
+/// Format a time as RFC 3339.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Parse an RFC 3339 time as LXD writes it.
+pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The path of a snapshot's manifest (for messages and tests).
+pub fn manifest_path(container: &ManagedInstance, snapshot: &str) -> PathBuf {
+    store_dir(container).join(snapshot).join(MANIFEST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_are_checked_and_defaulted() {
+        assert!(snapshot_name("backup-2024-01-15").is_ok());
+        for bad in ["", "-x", "a b", "a/b", "a@b", &"x".repeat(64)] {
+            let err = snapshot_name(bad).expect_err(bad);
+            assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
+        }
+        assert_eq!(default_name(time::macros::datetime!(2024-01-15 03:15:00 UTC)), "gbo-20240115-031500");
+    }
+}
