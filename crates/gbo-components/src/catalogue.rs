@@ -380,6 +380,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts.files.push(render::root_file(fail2ban::DEFAULTS_DEBIAN_PATH, fail2ban::defaults_debian_without_sshd(), 0o644, &["fail2ban.service"]));
             parts.units.push("fail2ban.service".to_owned());
             parts.notes.push("The stalwart-auth filter follows Stalwart 0.10's auth.failed log events; no Stalwart binary was available to test it.");
+            parts.notes.push("Behind LXD proxy devices without proxy_protocol every client is 127.0.0.1, which fail2ban never bans.");
             health = HealthCheck::Banner { port: 25, prefix: "220" };
         }
         Role::Vault => {
@@ -434,6 +435,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts.units.push("fail2ban.service".to_owned());
             parts.notes.push("Debian's caddy.service is masked: proxy.service runs Caddy with /opt/gbo/conf/config.");
             parts.notes.push("Change the Caddyfile with `gbo proxy apply` (backup, no lost sites, validate, reload).");
+            parts.notes.push("Behind LXD proxy devices without proxy_protocol every client is 127.0.0.1, which fail2ban never bans: the flood jail only acts when the real client address reaches Caddy.");
             health = HealthCheck::Http { port: 80, path: "/health", expect: StatusRange::SUCCESS_OR_REDIRECT };
         }
         Role::Dns => {

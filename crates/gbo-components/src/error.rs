@@ -78,12 +78,6 @@ pub enum Error {
         /// What is wrong.
         rule: String,
     },
-    /// The dependencies among the requested roles form a cycle (a catalogue bug).
-    #[error("dependency cycle among roles: {roles}")]
-    DependencyCycle {
-        /// The roles left unordered, comma separated.
-        roles: String,
-    },
 }
 
 /// The catalogue's result type.

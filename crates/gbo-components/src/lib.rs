@@ -22,6 +22,18 @@
 //!   [`caddyfile::has_storage_block`]), CoreDNS with `acl`, fail2ban, iptables, MinIO, Vault, Qdrant, Stalwart,
 //!   Forgejo and its runner, NocoDB, Roundcube, botserver/botui.
 //!
+//! # Decisions worth knowing
+//! - Every service listens on 127.0.0.1 inside its container; LXD proxy devices publish it on the host (internal
+//!   ports on the host's 127.0.0.1, network-facing ones on the tenant's public address) and [`Wire`]s let one
+//!   container see another's port on its own loopback. No container needs a NIC.
+//! - Services installed from artifacts run as `gbuser`; Debian-packaged ones as their Debian user, with the fixed
+//!   ids of [`SERVICE_USERS`]. The mounts of a role are owned by the user that runs it ([`Mount::owner`]).
+//! - Debian's own units that would compete (`postgresql.service`, `redis-server.service`, `caddy.service`) are
+//!   listed in [`ComponentSpec::masked_units`]; each role's service is `{role}.service`.
+//! - One-time steps ([`InitStep`]) never carry a secret in their command line: they read rendered secret files.
+//! - Health checks speak the protocol ([`HealthCheck`]); a bare TCP connect through a proxy device proves
+//!   nothing, because the device accepts before the service does.
+//!
 //! ```
 //! use gbo_components::{component, HostPorts, RenderContext, Role, Secrets, TenantFile};
 //! let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").unwrap();

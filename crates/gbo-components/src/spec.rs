@@ -229,7 +229,8 @@ pub struct Wire {
 /// A file rendered into the container.
 #[derive(Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RenderedFile {
-    /// Absolute path inside the container.
+    /// Absolute path inside the container. Missing parent directories are created root-owned, mode 0755
+    /// (`/etc/gbo/` holds secret files readable only by their owner, so the directory itself needs no secrecy).
     pub path: String,
     /// The full content.
     pub content: String,
