@@ -243,6 +243,8 @@ struct RemoteState {
     has_sha256sum: bool,
     has_runuser: bool,
     systemd: bool,
+    log_dir_exists: bool,
+    cwd_exists: bool,
     releases: Vec<(u64, String)>,
     processes: Vec<ProcessInfo>,
     inherited: Inherited,
@@ -271,6 +273,8 @@ struct Launch {
     args: Vec<String>,
     cwd: String,
     log: String,
+    cwd_inherited: bool,
+    log_inherited: bool,
 }
 
 /// Read the local artifact's size, hash and modification time; refuses unreadable or empty files.
@@ -317,12 +321,12 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    let state = inspect(&remote, dest, Some(options.owner.as_str()))?;
+    let state = inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?;
     preflight(&remote, dest, &state, true)?;
     let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
     let launch = resolve_launch(dest, options.owner.as_str(), &options.start, &state.inherited);
     if matches!(restart, Restart::Process { .. }) {
-        check_launch_dirs(&remote, &launch)?;
+        check_launch_dirs(&remote, &state, &launch)?;
     }
     let sudo = if state.uid == Some(0) { "" } else { "sudo -n " };
 
@@ -360,48 +364,47 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
     let upload_ms = millis(upload_started.elapsed());
     observer.on_event(&DeployEvent::Uploaded { temp_path: temp_path.clone() });
 
-    // Verify what landed on the remote disk before anything else changes.
-    let remote_sha = match remote.run("sha256sum", &format!("sha256sum -- {quoted_temp}")) {
-        Ok(output) => output.split_whitespace().next().unwrap_or_default().to_string(),
+    // One round trip: verify what landed on the remote disk, then owner, mode and mtime, keep the current binary as
+    // the next numbered release (a hard link: same inode, no copy), and rename the upload over the target.
+    let next_number = state.releases.iter().map(|(number, _)| *number).max().unwrap_or(0) + 1;
+    let previous_release = state.dest_exists.then(|| format!("{}.prev.{next_number}", dest.as_str()));
+    let quoted_dest = sh_quote(dest.as_str());
+    let owner = sh_quote(options.owner.as_str());
+    let keep_previous = match &previous_release {
+        Some(release) => {
+            let quoted_release = sh_quote(release);
+            format!("{sudo}ln -- {quoted_dest} {quoted_release} 2>/dev/null || {sudo}cp -p -- {quoted_dest} {quoted_release}\n")
+        }
+        None => String::new(),
+    };
+    let swap = format!(
+        "set -e\n\
+         actual=$(sha256sum -- {quoted_temp} | cut -d ' ' -f 1)\n\
+         if [ \"$actual\" != {local_sha} ]; then rm -f -- {quoted_temp}; echo \"mismatch=$actual\"; exit 0; fi\n\
+         {sudo}chown -- {owner}: {quoted_temp}\n\
+         {sudo}chmod 0755 -- {quoted_temp}\n\
+         {sudo}touch -m -d @{local_mtime} -- {quoted_temp}\n\
+         {keep_previous}\
+         {sudo}mv -f -- {quoted_temp} {quoted_dest}\n\
+         sync -- {quoted_dest} 2>/dev/null || true\n\
+         echo swapped\n"
+    );
+    let swapped = match remote.run("verify, chown/chmod and atomic swap", &swap) {
+        Ok(output) => output,
         Err(error) => {
             cleanup(&remote);
             return Err(error);
         }
     };
-    if remote_sha != local_sha {
-        cleanup(&remote);
+    if let Some(remote_sha) = swapped.lines().find_map(|line| line.strip_prefix("mismatch=")) {
         return Err(Error::ChecksumMismatch {
             host: remote.label().to_string(),
             temp_path,
             local: local_sha,
-            remote: remote_sha,
+            remote: remote_sha.to_string(),
         });
     }
     observer.on_event(&DeployEvent::ChecksumVerified { sha256: local_sha.clone() });
-
-    let owner = sh_quote(options.owner.as_str());
-    let prepare = format!(
-        "{sudo}chown -- {owner}: {quoted_temp} && {sudo}chmod 0755 -- {quoted_temp} && {sudo}touch -m -d @{local_mtime} -- {quoted_temp}"
-    );
-    if let Err(error) = remote.run("chown/chmod of the upload", &prepare) {
-        cleanup(&remote);
-        return Err(error);
-    }
-
-    // Keep the current binary as the next numbered release (a hard link: same inode, no copy), then swap.
-    let next_number = state.releases.iter().map(|(number, _)| *number).max().unwrap_or(0) + 1;
-    let previous_release = state.dest_exists.then(|| format!("{}.prev.{next_number}", dest.as_str()));
-    let quoted_dest = sh_quote(dest.as_str());
-    let mut swap = String::from("set -e; ");
-    if let Some(release) = &previous_release {
-        let quoted_release = sh_quote(release);
-        swap.push_str(&format!("{sudo}ln -- {quoted_dest} {quoted_release} 2>/dev/null || {sudo}cp -p -- {quoted_dest} {quoted_release}; "));
-    }
-    swap.push_str(&format!("{sudo}mv -f -- {quoted_temp} {quoted_dest}; sync -- {quoted_dest} 2>/dev/null || true"));
-    if let Err(error) = remote.run("atomic swap", &swap) {
-        cleanup(&remote);
-        return Err(error);
-    }
     observer.on_event(&DeployEvent::Swapped { previous_release: previous_release.clone() });
 
     // Restart and wait for health.
@@ -476,7 +479,7 @@ pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    let state = inspect(&remote, dest, options.owner.as_ref().map(UnixUser::as_str))?;
+    let state = inspect(&remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
     preflight(&remote, dest, &state, options.owner.is_some())?;
     let Some((_, release)) = state.releases.iter().max_by_key(|(number, _)| *number).cloned() else {
         return Err(Error::RemotePrecondition {
@@ -491,7 +494,7 @@ pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &
     let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
     let launch = resolve_launch(dest, &owner, &options.start, &state.inherited);
     if matches!(restart, Restart::Process { .. }) {
-        check_launch_dirs(&remote, &launch)?;
+        check_launch_dirs(&remote, &state, &launch)?;
     }
     let sudo = if state.uid == Some(0) { "" } else { "sudo -n " };
     let quoted_dest = sh_quote(dest.as_str());
@@ -534,7 +537,7 @@ pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &
 pub fn verify(connect: &ConnectOptions, binary: &Path, dest: &RemotePath) -> Result<VerifyReport> {
     let (_, local_sha256, local_mtime) = local_artifact(binary)?;
     let remote = Remote::connect(connect)?;
-    let state = inspect(&remote, dest, None)?;
+    let state = inspect(&remote, dest, None, &StartOptions::default())?;
     let quoted = sh_quote(dest.as_str());
     let (remote_sha256, remote_mtime) = if state.dest_exists {
         let output = remote.run("sha256sum and stat", &format!("sha256sum -- {quoted} && stat -c %Y -- {quoted}"))?;
@@ -616,6 +619,8 @@ fn default_log(dest: &RemotePath) -> String {
 
 fn resolve_launch(dest: &RemotePath, owner: &str, start: &StartOptions, inherited: &Inherited) -> Launch {
     Launch {
+        cwd_inherited: start.cwd.is_none() && inherited.cwd.is_some(),
+        log_inherited: start.log.is_none() && inherited.log.is_some(),
         owner: owner.to_string(),
         args: start.args.clone().or_else(|| inherited.args.clone()).unwrap_or_default(),
         cwd: start
@@ -629,7 +634,13 @@ fn resolve_launch(dest: &RemotePath, owner: &str, start: &StartOptions, inherite
 }
 
 /// One remote script that reads everything the deploy decides on, without changing anything.
-fn inspect(remote: &Remote, dest: &RemotePath, owner: Option<&str>) -> Result<RemoteState> {
+fn inspect(remote: &Remote, dest: &RemotePath, owner: Option<&str>, start: &StartOptions) -> Result<RemoteState> {
+    // The directories a start by hand would use when nothing is inherited; checked in the same round trip.
+    let log_dir = match &start.log {
+        Some(log) => log.parent().to_string(),
+        None => parent_of(&default_log(dest)).to_string(),
+    };
+    let cwd = start.cwd.as_ref().map(RemotePath::to_string).unwrap_or_else(|| dest.parent().to_string());
     let owner_probe = match owner {
         Some(owner) => format!("id -u -- {} >/dev/null 2>&1 && echo owner=1", sh_quote(owner)),
         None => String::new(),
@@ -638,13 +649,16 @@ fn inspect(remote: &Remote, dest: &RemotePath, owner: Option<&str>) -> Result<Re
         r#"dest={dest}; dir={dir}
 echo "uid=$(id -u)"
 [ -d "$dir" ] && echo dir=1
+[ -d {log_dir} ] && echo logdir=1
+[ -d {cwd} ] && echo cwddir=1
 {owner_probe}
 [ -f "$dest" ] && echo "current=$(stat -c %U -- "$dest")"
 command -v sha256sum >/dev/null 2>&1 && echo sha256sum=1
 command -v runuser >/dev/null 2>&1 && echo runuser=1
 command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] && echo systemd=1
 for f in "$dest".prev.*; do [ -f "$f" ] && echo "release=$f"; done
-for p in /proc/[0-9]*; do
+for x in $(find /proc -mindepth 2 -maxdepth 2 -name exe \( -lname {pattern} -o -lname {pattern_deleted} \) 2>/dev/null); do
+  p=${{x%/exe}}
   e=$(readlink "$p/exe" 2>/dev/null) || continue
   if [ "$e" = "$dest" ] || [ "$e" = "$dest (deleted)" ]; then
     pid=${{p#/proc/}}
@@ -660,9 +674,25 @@ true
 "#,
         dest = sh_quote(dest.as_str()),
         dir = sh_quote(dest.parent()),
+        log_dir = sh_quote(&log_dir),
+        cwd = sh_quote(&cwd),
+        pattern = sh_quote(&glob_escape(dest.as_str())),
+        pattern_deleted = sh_quote(&format!("{} (deleted)", glob_escape(dest.as_str()))),
     );
     let output = remote.run("inspect the target", &script)?;
     Ok(parse_inspect(&output, dest))
+}
+
+/// Escape `find -lname` glob characters so the pattern matches the path literally.
+fn glob_escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for character in path.chars() {
+        if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(character);
+    }
+    out
 }
 
 fn parse_inspect(output: &str, dest: &RemotePath) -> RemoteState {
@@ -683,6 +713,8 @@ fn parse_inspect(output: &str, dest: &RemotePath) -> RemoteState {
             }
             "sha256sum" => state.has_sha256sum = true,
             "runuser" => state.has_runuser = true,
+            "logdir" => state.log_dir_exists = true,
+            "cwddir" => state.cwd_exists = true,
             "systemd" => state.systemd = true,
             "release" => {
                 if let Some(number) = value.strip_prefix(&release_prefix).and_then(|n| n.parse::<u64>().ok()) {
@@ -756,22 +788,17 @@ fn preflight(remote: &Remote, dest: &RemotePath, state: &RemoteState, check_owne
     Ok(())
 }
 
-fn check_launch_dirs(remote: &Remote, launch: &Launch) -> Result<()> {
-    // The launch settings may come from the running process; check what will actually be used.
-    let probe = format!(
-        "[ -d {} ] || echo nolog; [ -d {} ] || echo nocwd; true",
-        sh_quote(parent_of(&launch.log)),
-        sh_quote(&launch.cwd)
-    );
-    let output = remote.run("check log and working directories", &probe)?;
+fn check_launch_dirs(remote: &Remote, state: &RemoteState, launch: &Launch) -> Result<()> {
+    // Directories inherited from the running process exist (it runs there and writes there); the others were
+    // probed by `inspect`.
     let fail = |message: String| Err(Error::RemotePrecondition { host: remote.label().to_string(), message });
-    if output.contains("nolog") {
+    if !launch.log_inherited && !state.log_dir_exists {
         return fail(format!(
             "the log directory {} does not exist; create it or pass --log (nothing was changed)",
             parent_of(&launch.log)
         ));
     }
-    if output.contains("nocwd") {
+    if !launch.cwd_inherited && !state.cwd_exists {
         return fail(format!("the working directory {} does not exist; pass --cwd (nothing was changed)", launch.cwd));
     }
     Ok(())
@@ -843,10 +870,12 @@ fn restart_service(
             };
             observer.on_event(&DeployEvent::Restarting { method });
             let stopped_at = Instant::now();
+            let mut script = String::new();
             if !pids.is_empty() {
-                stop_pids(remote, dest, pids, sudo, stop_timeout)?;
+                script.push_str(&stop_script(dest, pids, sudo, stop_timeout));
             }
-            start_detached(remote, dest, launch, sudo)?;
+            script.push_str(&start_script(remote, dest, launch, sudo));
+            remote.run("stop the old process and start the new one", &script)?;
             Ok(((!pids.is_empty()).then_some(stopped_at), pids.clone()))
         }
     }
@@ -877,7 +906,7 @@ fn stop_by_path(remote: &Remote, dest: &RemotePath, sudo: &str, stop_timeout: Du
         Restart::Process { .. } => {
             let pids = running_pids(remote, dest)?;
             if !pids.is_empty() {
-                stop_pids(remote, dest, &pids, sudo, stop_timeout)?;
+                remote.run("stop the process", &stop_script(dest, &pids, sudo, stop_timeout))?;
             }
         }
     }
@@ -886,38 +915,38 @@ fn stop_by_path(remote: &Remote, dest: &RemotePath, sudo: &str, stop_timeout: Du
 
 fn running_pids(remote: &Remote, dest: &RemotePath) -> Result<Vec<u32>> {
     let script = format!(
-        r#"dest={}; for p in /proc/[0-9]*; do e=$(readlink "$p/exe" 2>/dev/null) || continue; if [ "$e" = "$dest" ] || [ "$e" = "$dest (deleted)" ]; then echo "${{p#/proc/}}"; fi; done; true"#,
-        sh_quote(dest.as_str())
+        r#"dest={}; for x in $(find /proc -mindepth 2 -maxdepth 2 -name exe \( -lname {} -o -lname {} \) 2>/dev/null); do p=${{x%/exe}}; e=$(readlink "$p/exe" 2>/dev/null) || continue; if [ "$e" = "$dest" ] || [ "$e" = "$dest (deleted)" ]; then echo "${{p#/proc/}}"; fi; done; true"#,
+        sh_quote(dest.as_str()),
+        sh_quote(&glob_escape(dest.as_str())),
+        sh_quote(&format!("{} (deleted)", glob_escape(dest.as_str()))),
     );
     let output = remote.run("find running processes", &script)?;
     Ok(output.lines().filter_map(|line| line.trim().parse().ok()).collect())
 }
 
 /// SIGTERM the PIDs that still run `dest` (re-checked, so a reused PID is never hit), wait, then SIGKILL.
-fn stop_pids(remote: &Remote, dest: &RemotePath, pids: &[u32], sudo: &str, stop_timeout: Duration) -> Result<()> {
+fn stop_script(dest: &RemotePath, pids: &[u32], sudo: &str, stop_timeout: Duration) -> String {
     let pid_list = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     let rounds = (stop_timeout.as_millis() / 50).max(1);
-    let script = format!(
+    format!(
         r#"dest={dest}
 mine() {{ e=$(readlink "/proc/$1/exe" 2>/dev/null) && {{ [ "$e" = "$dest" ] || [ "$e" = "$dest (deleted)" ]; }}; }}
 for p in {pid_list}; do mine "$p" && {sudo}kill -TERM "$p" 2>/dev/null; done
 i=0
 while [ "$i" -lt {rounds} ]; do
   alive=; for p in {pid_list}; do mine "$p" && alive=1; done
-  [ -z "$alive" ] && exit 0
+  [ -z "$alive" ] && break
   sleep 0.05; i=$((i+1))
 done
-for p in {pid_list}; do mine "$p" && {sudo}kill -KILL "$p" 2>/dev/null; done
-echo killed; true
+if [ -n "$alive" ]; then for p in {pid_list}; do mine "$p" && {sudo}kill -KILL "$p" 2>/dev/null; done; sleep 0.1; fi
+true
 "#,
         dest = sh_quote(dest.as_str()),
-    );
-    remote.run("stop the old process", &script)?;
-    Ok(())
+    )
 }
 
 /// Start `dest` detached (own session, no terminal) as the owner, output appended to the log.
-fn start_detached(remote: &Remote, dest: &RemotePath, launch: &Launch, sudo: &str) -> Result<()> {
+fn start_script(remote: &Remote, dest: &RemotePath, launch: &Launch, sudo: &str) -> String {
     let mut command = vec![sh_quote(dest.as_str())];
     command.extend(launch.args.iter().map(|arg| sh_quote(arg)));
     let command = command.join(" ");
@@ -931,14 +960,12 @@ fn start_detached(remote: &Remote, dest: &RemotePath, launch: &Launch, sudo: &st
     } else {
         format!("exec sudo -n -u {owner} -- {command}")
     };
-    let script = format!(
-        "cd -- {cwd} && setsid -f sh -c {inner} >> {log} 2>&1 < /dev/null",
+    format!(
+        "cd -- {cwd} && setsid -f sh -c {inner} >> {log} 2>&1 < /dev/null\n",
         cwd = sh_quote(&launch.cwd),
         inner = sh_quote(&run_as),
         log = sh_quote(&launch.log),
-    );
-    remote.run("start the new process", &script)?;
-    Ok(())
+    )
 }
 
 /// Poll until 2xx or the deadline; returns the instant of the healthy answer or the last failure.
@@ -1035,6 +1062,12 @@ mod tests {
         assert_eq!(state.inherited.log, None);
         let state = parse_inspect("pid=7:/x/bin/b\nstdout=7:pipe:[1234]\n", &dest);
         assert_eq!(state.inherited.log, None);
+    }
+
+    #[test]
+    fn glob_characters_are_escaped_for_find() {
+        assert_eq!(glob_escape("/opt/gbo/bin/botserver"), "/opt/gbo/bin/botserver");
+        assert_eq!(glob_escape("/a[1]/b*?"), "/a\\[1\\]/b\\*\\?");
     }
 
     #[test]

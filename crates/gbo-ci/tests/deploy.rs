@@ -92,6 +92,7 @@ fn deploy_replaces_the_running_binary_and_corrects_ownership() {
     let output = stage.deploy(&new, &["--output", "json"]);
     assert!(output.status.success(), "{}", describe(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
 
     // The new build serves, from the target path, as the owner; the old process was stopped.
     assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v2".into())));

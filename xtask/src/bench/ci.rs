@@ -305,7 +305,9 @@ pub async fn run() -> anyhow::Result<String> {
     let mut ours_downtime = Vec::new();
     let mut seed_downtime = Vec::new();
     let mut ours_reported = Vec::new();
+    let mut ours_upload = Vec::new();
     let mut seed_pkill_status = Vec::new();
+    let mut seed_start_returned = Vec::new();
     let dest = fixture.dest.display().to_string();
     let bin_dir = fixture.dest.parent().context("dest has a parent")?.display().to_string();
     let health = format!("http://127.0.0.1:{}/api/health", fixture.port);
@@ -339,6 +341,8 @@ pub async fn run() -> anyhow::Result<String> {
         stop.store(true, Ordering::Relaxed);
         ours_downtime.push(poller.join().map_err(|_| anyhow::anyhow!("poller panicked"))?.unwrap_or_default());
         ours_reported.push(Duration::from_millis(report["downtime_ms"].as_u64().unwrap_or(0)));
+        ours_upload.push(Duration::from_millis(report["upload_ms"].as_u64().unwrap_or(0)));
+        eprintln!("gbo-ci report: {report}");
 
         // B: the runbook's sequence, verbatim except `runuser -u` for `sudo -u` (no sudo on the test machines).
         let version = format!("b{round}");
@@ -360,22 +364,35 @@ pub async fn run() -> anyhow::Result<String> {
                 if !scp.success() {
                     bail!("scp failed (round {round})");
                 }
-                let start = fixture.ssh(&format!(
-                    "chmod +x {dest} && cd {bin_dir} && nohup runuser -u nobody -- ./botserver {} {} >> {} 2>&1 &",
-                    fixture.script.display(),
-                    fixture.port,
-                    fixture.log.display()
-                ))?;
-                if start != 0 {
-                    bail!("the start command failed with {start}");
-                }
-                fixture.wait_version(&version, Duration::from_secs(30))?;
-                Ok(pkill)
+                // This ssh never returns by itself: the backgrounded `a && b && nohup c &` list is a subshell
+                // that keeps the session's stdout open for as long as the server runs. Measure until the new
+                // version answers, then close the client.
+                let mut start = Command::new("ssh")
+                    .arg("-F")
+                    .arg(&fixture.ssh_config)
+                    .arg("testhost")
+                    .arg(format!(
+                        "chmod +x {dest} && cd {bin_dir} && nohup runuser -u nobody -- ./botserver {} {} >> {} 2>&1 &",
+                        fixture.script.display(),
+                        fixture.port,
+                        fixture.log.display()
+                    ))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let healthy = fixture.wait_version(&version, Duration::from_secs(30));
+                let returned = start.try_wait()?.is_some();
+                let _ = start.kill();
+                let _ = start.wait();
+                healthy?;
+                Ok((pkill, returned))
             })
             .await?;
         stop.store(true, Ordering::Relaxed);
         seed_downtime.push(poller.join().map_err(|_| anyhow::anyhow!("poller panicked"))?.unwrap_or_default());
-        seed_pkill_status.push(pkill_status);
+        seed_pkill_status.push(pkill_status.0);
+        seed_start_returned.push(pkill_status.1);
         // The seed starts `./botserver` (relative), which its own `pkill -f <absolute path>` can never match again;
         // the next A round finds the process by its executable path instead, so the rounds stay comparable.
         eprintln!("round {round}: gbo-ci {:?}, seed {:?}", ours.durations.last(), seed.durations.last());
@@ -420,10 +437,21 @@ pub async fn run() -> anyhow::Result<String> {
         report::ms(median(&ours_reported))
     ));
     out.push_str(&format!(
+        "- gbo-ci's upload step (stream over the SSH channel plus `sync` of the 50 MB file on the remote): median {}.\n",
+        report::ms(median(&ours_upload))
+    ));
+    out.push_str(&format!(
         "- Exit status of the runbook's `ssh \"pkill -f <path> || true; sleep 2\"` in each round: {:?}. A non-zero \
          status means `pkill -f` also killed the remote shell running the command (its command line contains the \
          pattern), so the `sleep 2` never ran and a `bash -e` workflow step would fail there.\n",
         seed_pkill_status
+    ));
+    out.push_str(&format!(
+        "- Did the runbook's start command (`ssh host \"chmod +x … && cd … && nohup … >> log 2>&1 &\"`) return by \
+         the time the new version answered? {:?}. It cannot: the backgrounded list is a subshell holding the SSH \
+         session's stdout, so the step hangs for as long as the server runs; the benchmark stops its clock at the \
+         first healthy answer and then closes that client.\n",
+        seed_start_returned
     ));
     out.push_str(
         "- The runbook's downtime includes the whole upload: the old process is killed before `scp` starts. gbo-ci \

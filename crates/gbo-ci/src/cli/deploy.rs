@@ -104,16 +104,20 @@ pub struct VerifyArgs {
 /// Renders deploy events on stderr: an upload bar and one line per step.
 struct Progress {
     bar: Option<ProgressBar>,
+    started: std::time::Instant,
 }
 
 impl Progress {
     fn new() -> Self {
-        Self { bar: None }
+        Self { bar: None, started: std::time::Instant::now() }
     }
 }
 
 impl DeployObserver for Progress {
     fn on_event(&mut self, event: &DeployEvent) {
+        if !matches!(event, DeployEvent::UploadProgress { .. }) {
+            eprint!("[{:6.2}s] ", self.started.elapsed().as_secs_f64());
+        }
         match event {
             DeployEvent::Connected { target, recorded_host_key } => {
                 eprintln!("connected to {target}");
