@@ -398,6 +398,11 @@ pub async fn run() -> anyhow::Result<String> {
         eprintln!("round {round}: gbo-ci {:?}, seed {:?}", ours.durations.last(), seed.durations.last());
     }
 
+    // What one remote command costs on this sshd (login shell start-up included), for reading the totals.
+    let mut round_trip = Samples::default();
+    for _ in 0..5 {
+        round_trip.time(|| async { fixture.ssh("true").map(|_| ()) }).await?;
+    }
     let median = |values: &[Duration]| Samples { durations: values.to_vec() }.median();
     let raw = |values: &[Duration]| Samples { durations: values.to_vec() }.raw_ms();
     let mut out = String::new();
@@ -452,6 +457,14 @@ pub async fn run() -> anyhow::Result<String> {
          session's stdout, so the step hangs for as long as the server runs; the benchmark stops its clock at the \
          first healthy answer and then closes that client.\n",
         seed_start_returned
+    ));
+    out.push_str(&format!(
+        "- One `ssh testhost true` costs {} (median of 5) on this server. gbo-ci runs 4 remote commands (inspect, \
+         upload, verify+swap, stop+start) plus tunnelled health probes, fsyncs the upload and checks its SHA-256 on \
+         the remote; that verification is what its extra total time buys. The runbook's total is short only \
+         because its `sleep 2` was killed along with the shell (see above) and because it stops the clock on a step \
+         that never returns.\n",
+        report::ms(round_trip.median())
     ));
     out.push_str(
         "- The runbook's downtime includes the whole upload: the old process is killed before `scp` starts. gbo-ci \
