@@ -1,1 +1,0 @@
-//! The install engine: observe LXD and the host, plan the diff against the catalogue, apply it concurrently in dependency order, verify health. Also secrets, the port allocator, the tenant lock, uninstall, status.

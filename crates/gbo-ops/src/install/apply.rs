@@ -1,0 +1,331 @@
+//! Applying one component's plan. Every step is idempotent, so a run killed at any point is completed by the next
+//! one (which plans again from live state).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use gbo_components::{InitPhase, Secrets};
+use lxd_client::{Client, CreateInstance, ExecRequest, FileOptions, InstanceName, InstanceSource, StateAction};
+
+use super::artifact::{self, ArtifactPolicy};
+use super::error::InstallError;
+use super::observe;
+use super::plan::{self, host_id, idmap_base, Action, Desired, Step, KEY_ARTIFACTS};
+use crate::inventory;
+
+/// Progress of one component, for the CLI's one line per component.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Instance name.
+    pub instance: String,
+    /// What is happening (a step's description, `healthy`, ...).
+    pub message: String,
+}
+
+/// A progress sink.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// Shared inputs of apply.
+pub struct ApplyContext<'a> {
+    /// The daemon.
+    pub lxd: &'a Client,
+    /// Artifact policy.
+    pub artifacts: &'a ArtifactPolicy,
+    /// Progress sink.
+    pub progress: ProgressFn<'a>,
+    /// Secrets (for nothing but health checks; files already hold what they need).
+    pub secrets: &'a Secrets,
+}
+
+fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
+    InstanceName::new(desired.instance.clone()).map_err(InstallError::lxd(format!("instance name {}", desired.instance)))
+}
+
+async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
+    let command = request.command.join(" ");
+    let output = lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
+    if !output.success() {
+        return Err(InstallError::Command {
+            instance: name.to_string(),
+            command,
+            code: output.exit_code,
+            stderr: observe::tail(&output.stderr_text()),
+        });
+    }
+    Ok(output.stdout_text())
+}
+
+/// Wait until systemd inside reports it is up (`running` or `degraded`).
+pub async fn wait_for_systemd(lxd: &Client, name: &InstanceName) -> Result<(), InstallError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let request = ExecRequest::new(["systemctl", "is-system-running", "--wait"]).timeout(Duration::from_secs(60));
+        if let Ok(out) = lxd.exec(name, &request).await {
+            let state = out.stdout_text();
+            if state.contains("running") || state.contains("degraded") {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(InstallError::Unhealthy { instance: name.to_string(), waited_secs: 90, reason: "systemd did not come up".into() });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Write `content` to a host path atomically with `mode`, owned by host `uid:gid`.
+pub fn write_host_file(path: &Path, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), InstallError> {
+    let parent = path.parent().ok_or_else(|| InstallError::BadInput(format!("{} has no parent", path.display())))?;
+    if !parent.exists() {
+        std::fs::create_dir_all(parent).map_err(InstallError::io(format!("creating {}", parent.display())))?;
+        std::os::unix::fs::chown(parent, Some(uid), Some(gid)).map_err(InstallError::io(format!("chown {}", parent.display())))?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.gbo-tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(InstallError::io(format!("creating {}", tmp.display())))?;
+    file.write_all(content).map_err(InstallError::io(format!("writing {}", tmp.display())))?;
+    drop(file);
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(InstallError::io(format!("chown {}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(InstallError::io(format!("chmod {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(InstallError::io(format!("renaming to {}", path.display())))
+}
+
+async fn push_file(lxd: &Client, name: &InstanceName, file: &gbo_components::RenderedFile, replace_symlink: bool) -> Result<(), InstallError> {
+    if replace_symlink {
+        lxd.delete_file(name, &file.path).await.map_err(InstallError::lxd(format!("removing symlink {} in {name}", file.path)))?;
+    }
+    let options = FileOptions::owned(file.uid, file.gid, file.mode);
+    let bytes = bytes_of(&file.content);
+    match lxd.push_bytes(name, &file.path, bytes.clone(), options).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => {
+            if let Some((parent, _)) = file.path.rsplit_once('/') {
+                if !parent.is_empty() {
+                    lxd.mkdir_all(name, parent, FileOptions::root(0o755)).await.map_err(InstallError::lxd(format!("creating {parent} in {name}")))?;
+                }
+            }
+            lxd.push_bytes(name, &file.path, bytes, options).await.map_err(InstallError::lxd(format!("pushing {} into {name}", file.path)))
+        }
+        Err(e) => Err(InstallError::lxd(format!("pushing {} into {name}", file.path))(e)),
+    }
+}
+
+fn bytes_of(text: &str) -> Vec<u8> {
+    text.as_bytes().to_vec()
+}
+
+/// Apply the infrastructure steps of a plan, then provision. Returns after the component is provisioned (health
+/// is checked by the caller).
+pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &[Step]) -> Result<(), InstallError> {
+    let name = instance_name(desired)?;
+    let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
+    let mut config_changes: Vec<&Step> = Vec::new();
+    let mut provision_now: Vec<Step> = Vec::new();
+    let mut must_provision = false;
+    for step in steps {
+        match &step.action {
+            Action::CreateHostDir { path } => {
+                std::fs::create_dir_all(path).map_err(InstallError::io(format!("creating {}", path.display())))?;
+            }
+            Action::CreateInstance { image } => {
+                say(format!("creating from {image}"));
+                let mut request = CreateInstance::container(name.clone(), InstanceSource::alias(image.clone())).start(false);
+                for (k, v) in &desired.config {
+                    request = request.config(k.clone(), v.clone());
+                }
+                for (device, config) in &desired.devices {
+                    let device = lxd_client::DeviceName::new(device.clone()).map_err(InstallError::lxd(format!("device name {device}")))?;
+                    request = request.device(&device, config.clone());
+                }
+                ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(format!("creating {name}")))?;
+            }
+            Action::ChownHostDir { path, uid, gid } => {
+                let base = current_base(ctx.lxd, &name).await?;
+                std::os::unix::fs::chown(path, Some(host_id(base, *uid)), Some(host_id(base, *gid)))
+                    .map_err(InstallError::io(format!("chown {}", path.display())))?;
+            }
+            Action::SetConfig { .. } | Action::UnsetConfig { .. } | Action::AddDevice { .. } | Action::ReplaceDevice { .. } | Action::RemoveDevice { .. } => {
+                config_changes.push(step);
+            }
+            Action::StartInstance => {
+                flush_config(ctx, desired, &name, &mut config_changes).await?;
+                say("starting".into());
+                ctx.lxd.ensure_running(&name).await.map_err(InstallError::lxd(format!("starting {name}")))?;
+                wait_for_systemd(ctx.lxd, &name).await?;
+            }
+            Action::Provision => must_provision = true,
+            _ => provision_now.push(step.clone()),
+        }
+    }
+    flush_config(ctx, desired, &name, &mut config_changes).await?;
+    if must_provision {
+        let instance = ctx.lxd.instance(&name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
+        let observed = observe::observe(ctx.lxd, desired, Some(&instance)).await?;
+        let probe = observed.probe.clone().unwrap_or_default();
+        provision_now = plan::provision_steps(desired, &observed, &probe, &instance);
+        run_provision(ctx, desired, &name, &provision_now, &probe).await
+    } else if !provision_now.is_empty() {
+        let instance = ctx.lxd.instance(&name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
+        let observed = observe::observe(ctx.lxd, desired, Some(&instance)).await?;
+        let probe = observed.probe.clone().unwrap_or_default();
+        run_provision(ctx, desired, &name, &provision_now, &probe).await
+    } else {
+        Ok(())
+    }
+}
+
+async fn current_base(lxd: &Client, name: &InstanceName) -> Result<u32, InstallError> {
+    let instance = lxd.instance(name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
+    idmap_base(&instance).ok_or_else(|| InstallError::BadInput(format!("{name}: cannot read its idmap (volatile.idmap.next)")))
+}
+
+async fn flush_config(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceName, changes: &mut Vec<&Step>) -> Result<(), InstallError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
+    for step in changes.iter() {
+        say(step.describe());
+    }
+    let steps: Vec<Step> = changes.drain(..).cloned().collect();
+    ctx.lxd
+        .update_instance(name, |put| {
+            for step in &steps {
+                match &step.action {
+                    Action::SetConfig { key, value } => {
+                        put.config.insert(key.clone(), value.clone());
+                    }
+                    Action::UnsetConfig { key } => {
+                        put.config.remove(key);
+                    }
+                    Action::AddDevice { name } | Action::ReplaceDevice { name } => {
+                        if let Some(config) = desired.devices.get(name) {
+                            put.devices.insert(name.clone(), config.clone());
+                        }
+                    }
+                    Action::RemoveDevice { name } => {
+                        put.devices.remove(name);
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .map_err(InstallError::lxd(format!("updating {name}")))?;
+    Ok(())
+}
+
+async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceName, steps: &[Step], probe: &plan::Probe) -> Result<(), InstallError> {
+    let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
+    let lxd = ctx.lxd;
+    for step in steps {
+        match &step.action {
+            Action::WriteHostFile { path, host_path } => {
+                let Some(placed) = desired.files.iter().find(|f| &f.file.path == path) else { continue };
+                let base = current_base(lxd, name).await?;
+                say(step.describe());
+                write_host_file(host_path, placed.file.content.as_bytes(), placed.file.mode, host_id(base, placed.file.uid), host_id(base, placed.file.gid))?;
+            }
+            Action::PushFile { path } => {
+                let Some(placed) = desired.files.iter().find(|f| &f.file.path == path) else { continue };
+                say(step.describe());
+                let symlink = probe.files.get(path).and_then(|s| s.as_ref()).is_some_and(|s| s.symlink);
+                push_file(lxd, name, &placed.file, symlink).await?;
+            }
+            Action::InstallArtifact { name: artifact_name, path, .. } => {
+                let Some(artifact) = plan::artifact_list(&desired.spec).into_iter().find(|a| a.name == artifact_name) else { continue };
+                say(step.describe());
+                let download = artifact::fetch(ctx.artifacts, artifact).await?;
+                let scratch = tempfile_dir()?;
+                let file = artifact::unpack(artifact, &download, scratch.path()).await?;
+                if let Some((parent, _)) = path.rsplit_once('/') {
+                    lxd.mkdir_all(name, parent, FileOptions::owned(1000, 1000, 0o755)).await.map_err(InstallError::lxd(format!("creating {parent} in {name}")))?;
+                }
+                let reader = tokio::fs::File::open(&file).await.map_err(InstallError::io(format!("opening {}", file.display())))?;
+                lxd.push_file(name, path, reader, FileOptions::owned(1000, 1000, 0o755)).await.map_err(InstallError::lxd(format!("pushing {path} into {name}")))?;
+            }
+            Action::MaskUnit { unit } => {
+                say(step.describe());
+                exec_checked(lxd, name, ExecRequest::new(["systemctl", "mask", "--now", unit.as_str()])).await?;
+            }
+            Action::DaemonReload => {
+                exec_checked(lxd, name, ExecRequest::new(["systemctl", "daemon-reload"])).await?;
+            }
+            Action::RunInit { name: init_name, after_start } => {
+                let phase = if *after_start { InitPhase::AfterStart } else { InitPhase::BeforeStart };
+                let Some(init) = desired.spec.init.iter().find(|i| i.name == init_name && i.phase == phase) else { continue };
+                say(step.describe());
+                let user = gbo_components::users::service_user(init.user)
+                    .ok_or_else(|| InstallError::BadInput(format!("init step {init_name}: unknown user {}", init.user)))?;
+                let request = ExecRequest::new(init.command.clone()).user(user.uid, user.gid).cwd("/").env("HOME", user.home).timeout(Duration::from_secs(300));
+                exec_checked(lxd, name, request).await?;
+            }
+            Action::StartUnit { unit } => {
+                say(step.describe());
+                exec_checked(lxd, name, ExecRequest::new(["systemctl", "enable", unit.as_str()])).await?;
+                exec_checked(lxd, name, ExecRequest::new(["systemctl", "restart", unit.as_str()])).await?;
+            }
+            Action::RestartUnit { unit } => {
+                say(step.describe());
+                exec_checked(lxd, name, ExecRequest::new(["systemctl", "restart", unit.as_str()])).await?;
+            }
+            Action::RecordProvisioned => {
+                let hash = desired.provisioned_hash.clone();
+                let artifacts = desired.artifacts.join(",");
+                lxd.update_instance(name, |put| {
+                    put.config.insert(inventory::KEY_PROVISIONED_HASH.to_string(), hash.clone());
+                    if artifacts.is_empty() {
+                        put.config.remove(KEY_ARTIFACTS);
+                    } else {
+                        put.config.insert(KEY_ARTIFACTS.to_string(), artifacts.clone());
+                    }
+                })
+                .await
+                .map_err(InstallError::lxd(format!("recording the provisioned hash on {name}")))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A scratch directory removed on drop.
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<ScratchDir, InstallError> {
+    use rand::Rng;
+    let suffix: u64 = rand::thread_rng().gen();
+    let dir = std::env::temp_dir().join(format!("gbo-artifact-{}-{suffix:x}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(InstallError::io(format!("creating {}", dir.display())))?;
+    Ok(ScratchDir(dir))
+}
+
+/// Stop, start or restart an instance (idempotent: reads the state first).
+pub async fn set_state(lxd: &Client, name: &InstanceName, action: StateAction) -> Result<bool, InstallError> {
+    let context = format!("{action:?} {name}");
+    match action {
+        StateAction::Start => lxd.ensure_running(name).await.map_err(InstallError::lxd(context)),
+        StateAction::Stop => lxd.ensure_stopped(name, 30).await.map_err(InstallError::lxd(context)),
+        other => lxd.set_state(name, other, 30, false).await.map(|_| true).map_err(InstallError::lxd(context)),
+    }
+}

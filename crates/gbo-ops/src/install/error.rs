@@ -1,0 +1,176 @@
+//! The install engine's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can stop install, plan, uninstall or status.
+///
+/// Variants that describe bad input ([`InstallError::is_bad_input`]) are raised before anything is changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// The catalogue refused the input (a name, the tenant file, a secret).
+    #[error(transparent)]
+    Catalogue(#[from] gbo_components::Error),
+    /// LXD refused a request or could not be reached.
+    #[error("LXD: {context}: {source}")]
+    Lxd {
+        /// What was being done (names the instance).
+        context: String,
+        /// The cause.
+        #[source]
+        source: lxd_client::Error,
+    },
+    /// Host file work failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done (names the path).
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stack dir cannot be used.
+    #[error("stack dir {path}: {reason}")]
+    StackDir {
+        /// The path.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The image alias does not exist.
+    #[error("image {alias:?} not found in LXD; build it with `{fix}`, or pass an existing alias with --image")]
+    MissingImage {
+        /// The alias asked for.
+        alias: String,
+        /// The command that builds it.
+        fix: String,
+    },
+    /// The image lacks the packages of some roles.
+    #[error("image {alias:?} does not carry the packages of {roles} (it has: {has}); rebuild it with `{fix}`")]
+    ImageLacksRoles {
+        /// The alias.
+        alias: String,
+        /// The roles it cannot serve, comma separated.
+        roles: String,
+        /// The roles it has.
+        has: String,
+        /// The command that fixes it.
+        fix: String,
+    },
+    /// Some requested roles need artifacts that cannot be obtained here; nothing was changed.
+    #[error("cannot install {}: nothing was changed; pass --skip-unavailable to install the others\n{}", .roles.join(", "), .details.join("\n"))]
+    Unavailable {
+        /// The roles.
+        roles: Vec<String>,
+        /// One line per artifact: why.
+        details: Vec<String>,
+    },
+    /// A host port is taken.
+    #[error("host port {address}:{port} for {role} ({name}) is already in use{holder}; free it or choose another with --port {role}.{name}=PORT")]
+    PortInUse {
+        /// The role.
+        role: String,
+        /// The port's name.
+        name: String,
+        /// Host address.
+        address: String,
+        /// Host port.
+        port: u16,
+        /// Who holds it, when known (`, by instance acme-tables`).
+        holder: String,
+    },
+    /// No free port left in the allocator's range.
+    #[error("no free host port for {role} ({name}) in {range}")]
+    PortsExhausted {
+        /// The role.
+        role: String,
+        /// The port's name.
+        name: String,
+        /// The range searched.
+        range: String,
+    },
+    /// Another gbo run holds the tenant's lock.
+    #[error("tenant {tenant} is locked by {holder} (lock file {path}); waited {waited_secs} s")]
+    Locked {
+        /// The tenant.
+        tenant: String,
+        /// What the lock file says about the holder.
+        holder: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited_secs: u64,
+    },
+    /// A command inside a container failed.
+    #[error("{instance}: `{command}` exited with {code}: {stderr}")]
+    Command {
+        /// The instance.
+        instance: String,
+        /// The command line (never holds a secret).
+        command: String,
+        /// Exit code.
+        code: i32,
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// A component did not become healthy in time.
+    #[error("{instance}: not healthy after {waited_secs} s: {reason}")]
+    Unhealthy {
+        /// The instance.
+        instance: String,
+        /// Seconds waited.
+        waited_secs: u64,
+        /// The last probe's answer.
+        reason: String,
+    },
+    /// An artifact failed to download or verify.
+    #[error("artifact {name} {version}: {reason}")]
+    Artifact {
+        /// Artifact name.
+        name: String,
+        /// Version.
+        version: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A dependency of a role failed, so the role was not installed.
+    #[error("{role}: not installed because its dependency {dependency} failed")]
+    DependencyFailed {
+        /// The role left out.
+        role: String,
+        /// The failed dependency.
+        dependency: String,
+    },
+    /// Several components failed.
+    #[error("{} component(s) failed:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<InstallError>),
+    /// Something the user asked for does not make sense here.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+impl InstallError {
+    /// Whether the error is the user's input (exit 2 before any change) rather than a failed operation.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            InstallError::Catalogue(_)
+                | InstallError::StackDir { .. }
+                | InstallError::MissingImage { .. }
+                | InstallError::ImageLacksRoles { .. }
+                | InstallError::Unavailable { .. }
+                | InstallError::PortInUse { .. }
+                | InstallError::BadInput(_)
+        )
+    }
+
+    pub(crate) fn lxd(context: impl Into<String>) -> impl FnOnce(lxd_client::Error) -> InstallError {
+        let context = context.into();
+        move |source| InstallError::Lxd { context, source }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> InstallError {
+        let context = context.into();
+        move |source| InstallError::Io { context, source }
+    }
+}

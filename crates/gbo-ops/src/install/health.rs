@@ -1,0 +1,163 @@
+//! Protocol-level health checks, run from the host through the component's published port: PostgreSQL login with
+//! the generated password and `SELECT 1`, Redis `PING`, an HTTP request, a banner. No exec, so no event carries
+//! anything, and a proxy device that accepts while nothing listens inside is not mistaken for a service.
+
+use std::time::{Duration, Instant};
+
+use gbo_components::{HealthCheck, Secrets};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    /// Whether the service answered as expected.
+    pub healthy: bool,
+    /// What was checked and what came back (never a secret).
+    pub detail: String,
+}
+
+impl Health {
+    fn ok(detail: impl Into<String>) -> Self {
+        Self { healthy: true, detail: detail.into() }
+    }
+    fn bad(detail: impl Into<String>) -> Self {
+        Self { healthy: false, detail: detail.into() }
+    }
+}
+
+/// Where to probe: the host address and port publishing the check's container port.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Address to connect to (an all-addresses listener is probed on 127.0.0.1).
+    pub address: std::net::IpAddr,
+    /// Host port.
+    pub port: u16,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Run `check` once against `target`.
+pub async fn probe(check: &HealthCheck, target: &Target, secrets: &Secrets) -> Health {
+    let address = if target.address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { target.address };
+    let addr = std::net::SocketAddr::new(address, target.port);
+    match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(check, addr, secrets)).await {
+        Ok(h) => h,
+        Err(_) => Health::bad(format!("no answer from {addr} within {} s", PROBE_TIMEOUT.as_secs())),
+    }
+}
+
+async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &Secrets) -> Health {
+    match check {
+        HealthCheck::Postgres { user, database, password_secret, .. } => {
+            let Some(password) = secrets.get(password_secret) else {
+                return Health::bad(format!("secret {password_secret} is missing"));
+            };
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host(addr.ip().to_string())
+                .port(addr.port())
+                .user(*user)
+                .password(password)
+                .dbname(*database)
+                .connect_timeout(PROBE_TIMEOUT);
+            match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    let task = tokio::spawn(connection);
+                    let result = client.simple_query("SELECT 1").await;
+                    drop(client);
+                    let _ = task.await;
+                    match result {
+                        Ok(_) => Health::ok(format!("SELECT 1 as {user} on {database} at {addr}")),
+                        Err(e) => Health::bad(format!("SELECT 1 at {addr}: {}", redact(&e.to_string(), password))),
+                    }
+                }
+                Err(e) => Health::bad(format!("login as {user} to {database} at {addr}: {}", redact(&e.to_string(), password))),
+            }
+        }
+        HealthCheck::RedisPing { .. } => {
+            let result = async {
+                let mut stream = TcpStream::connect(addr).await?;
+                stream.write_all(b"PING\r\n").await?;
+                let mut reader = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                reader.read_line(&mut line).await?;
+                Ok::<_, std::io::Error>(line)
+            }
+            .await;
+            match result {
+                Ok(line) if line.starts_with("+PONG") => Health::ok(format!("PING -> PONG at {addr}")),
+                Ok(line) => Health::bad(format!("PING at {addr} answered {:?}", line.trim_end())),
+                Err(e) => Health::bad(format!("PING at {addr}: {e}")),
+            }
+        }
+        HealthCheck::Http { path, expect, .. } => {
+            let result = async {
+                let mut stream = TcpStream::connect(addr).await?;
+                let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: gbo-health\r\nConnection: close\r\n\r\n");
+                stream.write_all(request.as_bytes()).await?;
+                let mut buf = Vec::new();
+                let mut limited = stream.take(4096);
+                limited.read_to_end(&mut buf).await?;
+                Ok::<_, std::io::Error>(buf)
+            }
+            .await;
+            match result {
+                Ok(buf) => {
+                    let text = String::from_utf8_lossy(&buf);
+                    let status = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse::<u16>().ok());
+                    match status {
+                        Some(code) if expect.contains(code) => Health::ok(format!("GET {path} -> {code} at {addr}")),
+                        Some(code) => Health::bad(format!("GET {path} -> {code} at {addr} (expected {}-{})", expect.min, expect.max)),
+                        None => Health::bad(format!("GET {path} at {addr}: no HTTP answer")),
+                    }
+                }
+                Err(e) => Health::bad(format!("GET {path} at {addr}: {e}")),
+            }
+        }
+        HealthCheck::Banner { prefix, .. } => {
+            let result = async {
+                let stream = TcpStream::connect(addr).await?;
+                let mut reader = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                reader.read_line(&mut line).await?;
+                Ok::<_, std::io::Error>(line)
+            }
+            .await;
+            match result {
+                Ok(line) if line.starts_with(prefix) => Health::ok(format!("banner {:?} at {addr}", line.trim_end())),
+                Ok(line) => Health::bad(format!("banner at {addr} was {:?}, expected {prefix:?}", line.trim_end())),
+                Err(e) => Health::bad(format!("banner at {addr}: {e}")),
+            }
+        }
+        HealthCheck::Tcp { .. } => match TcpStream::connect(addr).await {
+            Ok(_) => Health::ok(format!("TCP connect to {addr}")),
+            Err(e) => Health::bad(format!("TCP connect to {addr}: {e}")),
+        },
+        other => Health::bad(format!("unsupported health check {other:?}")),
+    }
+}
+
+/// Never let a secret through into a message, whatever a library put in its error.
+fn redact(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(secret, "<redacted>")
+    }
+}
+
+/// Probe until healthy or `deadline` passes; returns the last answer and whether it became healthy. Polls
+/// quickly at first (readiness, not a fixed sleep).
+pub async fn wait_healthy(check: &HealthCheck, target: &Target, secrets: &Secrets, deadline: Duration) -> Health {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let health = probe(check, target, secrets).await;
+        if health.healthy || start.elapsed() >= deadline {
+            return health;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,693 @@
+//! The install engine: observe LXD and the host, plan the diff against the catalogue, apply it concurrently in
+//! dependency order, verify health. Also secrets, the port allocator, the tenant lock, uninstall and status.
+//!
+//! Every run computes its plan from live state (LXD and the host), never from "done" markers, so a run killed at
+//! any point is completed by the next, and drift made by hand (a removed device, an edited file) shows up in the
+//! plan by name and is repaired by the next install.
+
+pub mod apply;
+pub mod artifact;
+pub mod error;
+pub mod health;
+pub mod lock;
+pub mod observe;
+pub mod plan;
+pub mod ports;
+pub mod secrets;
+pub mod setup;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gbo_components::{
+    component, instance_name, install_order, required_secrets, HealthCheck, HostPorts, RenderContext, Role, SecretSpec,
+    Secrets, TenantFile, TenantName, CATALOGUE_VERSION,
+};
+use lxd_client::{Client, DeviceConfig, DeviceName, DiskDevice, ProxyAddress, ProxyDevice};
+
+pub use apply::{Progress, ProgressFn};
+pub use artifact::ArtifactPolicy;
+pub use error::InstallError;
+pub use plan::{Action, ComponentPlan, Step};
+
+use crate::inventory::{self, ManagedInstance};
+use plan::{Desired, HostDir, PlacedFile};
+use ports::{Allocation, PortRequest, PortWorld};
+
+/// The image alias `gbo image build` creates and `gbo install` uses by default.
+pub const DEFAULT_IMAGE: &str = "gbo/debian-12";
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct InstallRequest {
+    /// The tenant file (defaults when none was given).
+    pub tenant_file: TenantFile,
+    /// The roles named on the command line; empty means the tenant file's roles.
+    pub roles: Vec<Role>,
+    /// Every role of the catalogue.
+    pub all: bool,
+    /// Image alias.
+    pub image: String,
+    /// `--stack-dir`, overriding the tenant file.
+    pub stack_dir: Option<PathBuf>,
+    /// Install what can be installed and name the rest, instead of stopping.
+    pub skip_unavailable: bool,
+    /// How artifacts may be obtained.
+    pub artifacts: ArtifactPolicy,
+    /// Host ports pinned with `--port role.name=PORT`.
+    pub ports: BTreeMap<(Role, String), u16>,
+    /// How long to wait for another run's lock.
+    pub lock_wait: Duration,
+    /// How long to wait for a component to become healthy.
+    pub health_timeout: Duration,
+}
+
+impl InstallRequest {
+    /// A request for `roles` of the tenant in `tenant_file`, with defaults for everything else.
+    pub fn new(tenant_file: TenantFile, roles: Vec<Role>) -> Self {
+        Self {
+            tenant_file,
+            roles,
+            all: false,
+            image: DEFAULT_IMAGE.to_string(),
+            stack_dir: None,
+            skip_unavailable: false,
+            artifacts: ArtifactPolicy::default(),
+            ports: BTreeMap::new(),
+            lock_wait: Duration::from_secs(60),
+            health_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// A computed plan, with what apply needs.
+#[derive(Debug)]
+pub struct PlannedInstall {
+    /// The tenant.
+    pub tenant: TenantName,
+    /// The absolute stack dir.
+    pub stack_dir: PathBuf,
+    /// The roles that will be installed, in install order (waves flattened).
+    pub roles: Vec<Role>,
+    /// Roles left out (`--skip-unavailable`) and why.
+    pub skipped: Vec<(Role, String)>,
+    /// Notes for the user (dependencies added, loopback fallbacks).
+    pub notes: Vec<String>,
+    /// The plan of each component, in install order.
+    pub components: Vec<ComponentPlan>,
+    desired: Vec<Desired>,
+    secrets: Secrets,
+    allocations: BTreeMap<(Role, String), Allocation>,
+}
+
+impl PlannedInstall {
+    /// Whether nothing needs doing.
+    pub fn is_empty(&self) -> bool {
+        self.components.iter().all(|c| c.steps.is_empty())
+    }
+
+    /// Number of steps.
+    pub fn step_count(&self) -> usize {
+        self.components.iter().map(|c| c.steps.len()).sum()
+    }
+}
+
+/// The result of one component's install.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentResult {
+    /// Role.
+    pub role: Role,
+    /// Instance.
+    pub instance: String,
+    /// Steps applied.
+    pub steps: usize,
+    /// Health after the install.
+    pub health: health::Health,
+}
+
+/// The result of an install.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstallReport {
+    /// Tenant.
+    pub tenant: String,
+    /// Stack dir.
+    pub stack_dir: PathBuf,
+    /// Components.
+    pub components: Vec<ComponentResult>,
+    /// Roles skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Resolve a possibly relative path against the working directory, without touching the file system.
+pub fn absolute(path: &Path) -> Result<PathBuf, InstallError> {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(InstallError::io("reading the working directory"))?.join(path)
+    };
+    let mut out = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    Ok(out)
+}
+
+/// Check that `dir` can be used as a stack dir (creatable and writable) without leaving anything behind.
+pub fn check_stack_dir(dir: &Path) -> Result<(), InstallError> {
+    let fail = |reason: String| InstallError::StackDir { path: dir.to_path_buf(), reason };
+    let mut existing = dir.to_path_buf();
+    while !existing.exists() {
+        if !existing.pop() {
+            return Err(fail("no existing parent directory".into()));
+        }
+    }
+    let meta = std::fs::metadata(&existing).map_err(|e| fail(format!("{}: {e}", existing.display())))?;
+    if !meta.is_dir() {
+        return Err(fail(format!("{} is not a directory", existing.display())));
+    }
+    let probe = existing.join(format!(".gbo-write-test-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            Ok(())
+        }
+        Err(e) => Err(fail(format!("{} is not writable: {e}", existing.display()))),
+    }
+}
+
+fn all_secret_specs(roles: &[Role]) -> Vec<SecretSpec> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for role in roles {
+        for spec in required_secrets(*role) {
+            if seen.insert(spec.name) {
+                out.push(*spec);
+            }
+        }
+    }
+    out
+}
+
+fn device(name: &str) -> Result<DeviceName, InstallError> {
+    DeviceName::new(name.to_string()).map_err(InstallError::lxd(format!("device name {name}")))
+}
+
+fn proxy_config(name: &str, proxy: ProxyDevice) -> Result<DeviceConfig, InstallError> {
+    proxy.to_config(&device(name)?).map_err(InstallError::lxd(format!("device {name}")))
+}
+
+fn address(protocol: gbo_components::Protocol, ip: std::net::IpAddr, port: u16) -> ProxyAddress {
+    let ip = ip.to_string();
+    match protocol {
+        gbo_components::Protocol::Tcp => ProxyAddress::tcp(ip, port),
+        gbo_components::Protocol::Udp => ProxyAddress::udp(ip, port),
+    }
+}
+
+/// The roles of a tenant: requested, already installed, and the dependencies of both.
+struct TenantScope {
+    tenant: TenantName,
+    stack_dir: PathBuf,
+    to_install: Vec<Role>,
+    all_roles: Vec<Role>,
+    instances: Vec<ManagedInstance>,
+    notes: Vec<String>,
+}
+
+async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, InstallError> {
+    let tenant = request.tenant_file.tenant.clone();
+    let instances = inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let recorded = instances.iter().find_map(|m| m.stack_dir.clone());
+    let stack_dir = match (&request.stack_dir, &recorded) {
+        (Some(flag), Some(recorded)) => {
+            let flag = absolute(flag)?;
+            if &flag != recorded {
+                return Err(InstallError::BadInput(format!(
+                    "tenant {tenant} already keeps its data in {} (recorded in LXD as {}); --stack-dir {} differs: uninstall first or drop the flag",
+                    recorded.display(),
+                    inventory::KEY_STACK_DIR,
+                    flag.display()
+                )));
+            }
+            flag
+        }
+        (Some(flag), None) => absolute(flag)?,
+        (None, Some(recorded)) => recorded.clone(),
+        (None, None) => absolute(Path::new(&request.tenant_file.stack_dir))?,
+    };
+    let mut requested: Vec<Role> = if request.all {
+        Role::ALL.to_vec()
+    } else if request.roles.is_empty() {
+        request.tenant_file.roles.clone()
+    } else {
+        request.roles.clone()
+    };
+    requested.dedup();
+    let installed: Vec<Role> = instances.iter().filter(|m| m.managed).filter_map(|m| m.role.parse::<Role>().ok()).collect();
+    let mut notes = Vec::new();
+    let with_deps = gbo_components::with_dependencies(&requested);
+    for role in &with_deps {
+        if !requested.contains(role) && !installed.contains(role) {
+            notes.push(format!("{role} added: a dependency of {}", requested.iter().filter(|r| r.dependencies().contains(role)).map(|r| r.as_str()).collect::<Vec<_>>().join(", ")));
+        }
+    }
+    let to_install: Vec<Role> = with_deps.into_iter().filter(|r| requested.contains(r) || !installed.contains(r)).collect();
+    let mut all: BTreeSet<Role> = to_install.iter().copied().collect();
+    all.extend(installed.iter().copied());
+    Ok(TenantScope { tenant, stack_dir, to_install, all_roles: all.into_iter().collect(), instances, notes })
+}
+
+/// Check the image exists and carries the packages of the roles.
+async fn check_image(lxd: &Client, alias: &str, roles: &[Role]) -> Result<(), InstallError> {
+    let image = lxd.image_by_alias(alias).await.map_err(InstallError::lxd(format!("reading image {alias}")))?;
+    let fix = |roles: &[Role]| {
+        let mut all: Vec<Role> = gbo_components::users::debian_packaged_roles();
+        all.retain(|r| roles.contains(r));
+        let names: Vec<&str> = if all.is_empty() { vec!["tables", "cache", "proxy"] } else { all.iter().map(|r| r.as_str()).collect() };
+        format!("gbo image build --components {} --alias {alias}", names.join(","))
+    };
+    let Some(image) = image else {
+        return Err(InstallError::MissingImage { alias: alias.to_string(), fix: fix(roles) });
+    };
+    let has: Vec<String> = image.properties.get("gbo.roles").map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default();
+    let lacking: Vec<Role> = roles
+        .iter()
+        .copied()
+        .filter(|r| !gbo_components::users::role_packages(*r).is_empty() && !has.iter().any(|h| h == r.as_str()))
+        .collect();
+    if !lacking.is_empty() {
+        let mut wanted: Vec<Role> = has.iter().filter_map(|h| h.parse().ok()).collect();
+        wanted.extend(lacking.iter().copied());
+        return Err(InstallError::ImageLacksRoles {
+            alias: alias.to_string(),
+            roles: lacking.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+            has: if has.is_empty() { "no gbo roles".into() } else { has.join(",") },
+            fix: fix(&wanted),
+        });
+    }
+    Ok(())
+}
+
+/// Ports published by other gbo tenants' instances.
+async fn taken_ports(lxd: &Client, tenant: &TenantName) -> Result<BTreeMap<(gbo_components::Protocol, u16), String>, InstallError> {
+    let tenants = inventory::managed_tenants(lxd).await.map_err(InstallError::lxd("listing instances"))?;
+    let mut taken = BTreeMap::new();
+    for (name, instances) in tenants {
+        if name == tenant.as_str() {
+            continue;
+        }
+        for m in instances {
+            for p in &m.ports {
+                let protocol = if p.protocol == "udp" { gbo_components::Protocol::Udp } else { gbo_components::Protocol::Tcp };
+                taken.insert((protocol, p.host_port), m.name.clone());
+            }
+        }
+    }
+    Ok(taken)
+}
+
+fn existing_ports(instances: &[ManagedInstance]) -> BTreeMap<(Role, String), u16> {
+    let mut out = BTreeMap::new();
+    for m in instances {
+        let Ok(role) = m.role.parse::<Role>() else { continue };
+        for p in &m.ports {
+            if let Some(port_name) = p.device.strip_prefix("gbo-port-") {
+                out.insert((role, port_name.to_string()), p.host_port);
+            }
+        }
+    }
+    out
+}
+
+/// Build the desired state of every role to install.
+#[allow(clippy::too_many_arguments)]
+fn desired_states(
+    scope: &TenantScope,
+    request: &InstallRequest,
+    secrets: &Secrets,
+    allocations: &BTreeMap<(Role, String), Allocation>,
+    artifacts: &BTreeMap<Role, Vec<String>>,
+) -> Result<Vec<Desired>, InstallError> {
+    let mut tenant_file = request.tenant_file.clone();
+    tenant_file.roles = scope.all_roles.clone();
+    tenant_file.stack_dir = scope.stack_dir.display().to_string();
+    let mut host_ports = HostPorts::default();
+    for ((role, name), a) in allocations {
+        host_ports.insert(*role, name, a.port);
+    }
+    let ctx = RenderContext { tenant: &tenant_file, secrets, host_ports: &host_ports };
+    let mut out = Vec::new();
+    for role in install_order(&scope.to_install).into_iter().flatten() {
+        let spec = component(role, &ctx)?;
+        let mut config = BTreeMap::new();
+        config.insert(inventory::KEY_MANAGED.to_string(), "true".to_string());
+        config.insert(inventory::KEY_TENANT.to_string(), scope.tenant.to_string());
+        config.insert(inventory::KEY_ROLE.to_string(), role.as_str().to_string());
+        config.insert(inventory::KEY_STACK_DIR.to_string(), scope.stack_dir.display().to_string());
+        config.insert(inventory::KEY_CATALOGUE.to_string(), CATALOGUE_VERSION.to_string());
+        config.insert(inventory::KEY_SPEC_HASH.to_string(), spec.spec_hash());
+        config.extend(spec.lxd_config.clone());
+        let mut devices = BTreeMap::new();
+        let mut host_dirs = Vec::new();
+        for mount in &spec.mounts {
+            let host = scope.stack_dir.join(&mount.host_subdir);
+            let name = format!("gbo-{}", mount.kind.as_str());
+            devices.insert(
+                name.clone(),
+                DiskDevice::new(host.display().to_string(), mount.container_path)
+                    .to_config(&device(&name)?)
+                    .map_err(InstallError::lxd(format!("device {name}")))?,
+            );
+            host_dirs.push(HostDir { path: host, uid: mount.owner.uid, gid: mount.owner.gid });
+        }
+        for port in &spec.ports {
+            let Some(a) = allocations.get(&(role, port.name.to_string())) else { continue };
+            let name = format!("gbo-port-{}", port.name);
+            let proxy = ProxyDevice::new(
+                address(port.protocol, a.address, a.port),
+                address(port.protocol, std::net::IpAddr::from([127, 0, 0, 1]), port.container_port),
+            );
+            devices.insert(name.clone(), proxy_config(&name, proxy)?);
+        }
+        for wire in &spec.wires {
+            let target_port = gbo_components::ports(wire.role).into_iter().find(|p| p.name == wire.port_name);
+            let (Some(target), Some(a)) = (target_port, allocations.get(&(wire.role, wire.port_name.to_string()))) else { continue };
+            let name = format!("gbo-wire-{}-{}", wire.role.container_suffix(), wire.local_port);
+            let connect_ip = if a.address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { a.address };
+            let proxy = ProxyDevice::new(
+                address(target.protocol, std::net::IpAddr::from([127, 0, 0, 1]), wire.local_port),
+                address(target.protocol, connect_ip, a.port),
+            )
+            .bind_instance();
+            devices.insert(name.clone(), proxy_config(&name, proxy)?);
+        }
+        let files = spec
+            .files
+            .iter()
+            .map(|file| {
+                let host_path = spec.mounts.iter().find_map(|m| {
+                    file.path
+                        .strip_prefix(m.container_path)
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        .map(|rest| scope.stack_dir.join(&m.host_subdir).join(rest))
+                });
+                PlacedFile { file: file.clone(), host_path }
+            })
+            .collect();
+        let artifact_entries = artifacts.get(&role).cloned().unwrap_or_default();
+        let provisioned_hash = plan::provisioned_hash(&spec, &artifact_entries);
+        out.push(Desired {
+            role,
+            instance: spec.instance.clone(),
+            image: request.image.clone(),
+            spec,
+            config,
+            devices,
+            host_dirs,
+            files,
+            artifacts: artifact_entries,
+            provisioned_hash,
+        });
+    }
+    Ok(out)
+}
+
+/// Compute the plan. `for_apply` generates missing secrets (stored 0600) instead of using placeholders; without
+/// it nothing on the host or in LXD is changed.
+pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Result<PlannedInstall, InstallError> {
+    let mut scope = scope(lxd, request).await?;
+    check_stack_dir(&scope.stack_dir)?;
+    // Artifacts: stop before changing anything when some cannot be obtained (unless skipping them).
+    let mut skipped = Vec::new();
+    let mut artifacts: BTreeMap<Role, Vec<String>> = BTreeMap::new();
+    {
+        let probe_file = {
+            let mut t = request.tenant_file.clone();
+            t.roles = scope.all_roles.clone();
+            t
+        };
+        let mut unavailable: Vec<(Role, String)> = Vec::new();
+        for role in &scope.to_install {
+            for a in gbo_components::artifacts::artifacts(*role, &probe_file) {
+                if let Some(reason) = artifact::unavailable_reason(&request.artifacts, &a) {
+                    unavailable.push((*role, reason));
+                }
+                artifacts.entry(*role).or_default().push(format!("{}@{}:{}", a.name, a.version, a.sha256.as_deref().unwrap_or("unverified")));
+            }
+        }
+        if !unavailable.is_empty() {
+            let roles: BTreeSet<Role> = unavailable.iter().map(|(r, _)| *r).collect();
+            if !request.skip_unavailable {
+                return Err(InstallError::Unavailable {
+                    roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
+                    details: unavailable.iter().map(|(r, why)| format!("  {r}: {why}")).collect(),
+                });
+            }
+            // Dependents of a skipped role are skipped too.
+            let mut out: BTreeSet<Role> = roles.clone();
+            loop {
+                let more: Vec<Role> = scope.to_install.iter().copied().filter(|r| !out.contains(r) && r.dependencies().iter().any(|d| out.contains(d))).collect();
+                if more.is_empty() {
+                    break;
+                }
+                out.extend(more);
+            }
+            for (role, why) in &unavailable {
+                skipped.push((*role, why.clone()));
+            }
+            for role in out.iter().filter(|r| !roles.contains(r)) {
+                skipped.push((*role, "a dependency is unavailable".to_string()));
+            }
+            scope.to_install.retain(|r| !out.contains(r));
+        }
+    }
+    check_image(lxd, &request.image, &scope.to_install).await?;
+    // Ports.
+    let mut requests = Vec::new();
+    for role in &scope.all_roles {
+        for p in gbo_components::ports(*role) {
+            requests.push(PortRequest { role: *role, name: p.name.to_string(), protocol: p.protocol, exposure: p.exposure, seed: p.seed_host_port });
+        }
+    }
+    for (role, name) in request.ports.keys() {
+        if !requests.iter().any(|r| r.role == *role && &r.name == name) {
+            let names: Vec<String> = gbo_components::ports(*role).iter().map(|p| p.name.to_string()).collect();
+            return Err(InstallError::BadInput(format!(
+                "--port {role}.{name}: {role} has no port named {name:?} (it has: {})",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )));
+        }
+    }
+    let world = PortWorld { existing: existing_ports(&scope.instances), taken: taken_ports(lxd, &scope.tenant).await?, overrides: request.ports.clone() };
+    let is_default = scope.tenant.as_str() == TenantName::DEFAULT;
+    let allocations = ports::allocate(scope.tenant.as_str(), is_default, request.tenant_file.public_address, &requests, &world, &ports::is_free)?;
+    if !is_default && request.tenant_file.public_address.is_none() && scope.to_install.iter().any(|r| gbo_components::ports(*r).iter().any(|p| p.exposure == gbo_components::Exposure::Public)) {
+        scope.notes.push(format!("tenant {} has no public_address: its public ports listen on 127.0.0.1 only", scope.tenant));
+    }
+    // Secrets.
+    let specs = all_secret_specs(&scope.all_roles);
+    let secrets = if for_apply {
+        secrets::load_or_generate(&scope.stack_dir, &specs)?
+    } else {
+        let existing = secrets::read_existing(&scope.stack_dir, &specs)?;
+        if existing.names().count() < specs.len() {
+            scope.notes.push("secrets that do not exist yet are generated by install (placeholders used for this plan)".to_string());
+        }
+        secrets::with_placeholders(existing, &specs)
+    };
+    let desired = desired_states(&scope, request, &secrets, &allocations, &artifacts)?;
+    let instances = observe::by_name(&scope.instances);
+    let observed = futures_util::future::try_join_all(desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance)))).await?;
+    let components = desired
+        .iter()
+        .zip(observed.iter())
+        .map(|(d, o)| ComponentPlan { role: d.role, instance: d.instance.clone(), steps: plan::diff(d, o) })
+        .collect();
+    Ok(PlannedInstall {
+        tenant: scope.tenant,
+        stack_dir: scope.stack_dir,
+        roles: desired.iter().map(|d| d.role).collect(),
+        skipped,
+        notes: scope.notes,
+        components,
+        desired,
+        secrets,
+        allocations,
+    })
+}
+
+/// The health target of a spec: the published port of its health check's container port.
+fn health_target(desired: &Desired, allocations: &BTreeMap<(Role, String), Allocation>) -> Option<health::Target> {
+    let port = desired.spec.health.port()?;
+    let spec_port = desired.spec.ports.iter().find(|p| p.container_port == port && p.protocol == gbo_components::Protocol::Tcp)?;
+    let a = allocations.get(&(desired.role, spec_port.name.to_string()))?;
+    Some(health::Target { address: a.address, port: a.port })
+}
+
+/// Install: lock the tenant, plan, apply concurrently in dependency order, verify health.
+pub async fn install(lxd: &Client, request: &InstallRequest, progress: ProgressFn<'_>) -> Result<InstallReport, InstallError> {
+    // Validate and check everything that needs no change first (bad input leaves the host untouched).
+    let preview = plan(lxd, request, false).await?;
+    std::fs::create_dir_all(&preview.stack_dir).map_err(InstallError::io(format!("creating {}", preview.stack_dir.display())))?;
+    let _lock = lock::acquire(&preview.stack_dir, preview.tenant.as_str(), request.lock_wait).await?;
+    let planned = plan(lxd, request, true).await?;
+    apply_planned(lxd, request, &planned, progress).await
+}
+
+/// Apply a plan made with `for_apply = true`.
+pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &PlannedInstall, progress: ProgressFn<'_>) -> Result<InstallReport, InstallError> {
+    let ctx = apply::ApplyContext { lxd, artifacts: &request.artifacts, progress, secrets: &planned.secrets };
+    let mut done: BTreeMap<Role, tokio::sync::watch::Sender<Option<bool>>> = BTreeMap::new();
+    let mut receivers: BTreeMap<Role, tokio::sync::watch::Receiver<Option<bool>>> = BTreeMap::new();
+    for d in &planned.desired {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        done.insert(d.role, tx);
+        receivers.insert(d.role, rx);
+    }
+    let tasks = planned.desired.iter().zip(planned.components.iter()).map(|(desired, component)| {
+        let ctx = &ctx;
+        let receivers = &receivers;
+        let done = &done;
+        async move {
+            let result = async {
+                for dep in desired.spec.dependencies.iter() {
+                    if let Some(rx) = receivers.get(dep) {
+                        let mut rx = rx.clone();
+                        let ok = loop {
+                            if let Some(ok) = *rx.borrow() {
+                                break ok;
+                            }
+                            if rx.changed().await.is_err() {
+                                break false;
+                            }
+                        };
+                        if !ok {
+                            return Err(InstallError::DependencyFailed { role: desired.role.to_string(), dependency: dep.to_string() });
+                        }
+                    }
+                }
+                if !component.steps.is_empty() {
+                    apply::apply_component(ctx, desired, &component.steps).await?;
+                }
+                let health = match health_target(desired, &planned.allocations) {
+                    Some(target) => health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout).await,
+                    None => unit_health(ctx.lxd, desired).await,
+                };
+                (ctx.progress)(Progress {
+                    instance: desired.instance.clone(),
+                    message: if health.healthy { format!("healthy ({})", health.detail) } else { format!("UNHEALTHY ({})", health.detail) },
+                });
+                if !health.healthy {
+                    return Err(InstallError::Unhealthy {
+                        instance: desired.instance.clone(),
+                        waited_secs: request.health_timeout.as_secs(),
+                        reason: health.detail,
+                    });
+                }
+                Ok(ComponentResult { role: desired.role, instance: desired.instance.clone(), steps: component.steps.len(), health })
+            }
+            .await;
+            if let Some(tx) = done.get(&desired.role) {
+                let _ = tx.send(Some(result.is_ok()));
+            }
+            result
+        }
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    let mut components = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(c) => components.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() == 1 {
+        return Err(errors.remove(0));
+    }
+    if !errors.is_empty() {
+        return Err(InstallError::Several(errors));
+    }
+    Ok(InstallReport {
+        tenant: planned.tenant.to_string(),
+        stack_dir: planned.stack_dir.clone(),
+        components,
+        skipped: planned.skipped.iter().map(|(r, why)| (r.to_string(), why.clone())).collect(),
+    })
+}
+
+/// Health of a component without a published probe port: its unit is active (websocket exec, read-only).
+async fn unit_health(lxd: &Client, desired: &Desired) -> health::Health {
+    let unit = match &desired.spec.health {
+        HealthCheck::UnitActive { unit, .. } => unit.to_string(),
+        _ => desired.role.unit_name(),
+    };
+    let Ok(name) = lxd_client::InstanceName::new(desired.instance.clone()) else {
+        return health::Health { healthy: false, detail: "invalid instance name".into() };
+    };
+    let request = lxd_client::ExecRequest::new(["systemctl", "is-active", unit.as_str()]).timeout(Duration::from_secs(30));
+    match lxd.exec(&name, &request).await {
+        Ok(out) if out.success() => health::Health { healthy: true, detail: format!("{unit} is active") },
+        Ok(out) => health::Health { healthy: false, detail: format!("{unit} is {}", out.stdout_text().trim()) },
+        Err(e) => health::Health { healthy: false, detail: format!("systemctl is-active {unit}: {e}") },
+    }
+}
+
+/// What uninstall did for one role.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Uninstalled {
+    /// Instance.
+    pub instance: String,
+    /// Whether an instance was deleted.
+    pub deleted: bool,
+    /// Host data removed (`--purge`), or kept.
+    pub purged: Option<PathBuf>,
+    /// Host data kept.
+    pub kept: Option<PathBuf>,
+}
+
+/// Delete the instances of `roles`; with `purge`, also their host directories (secrets are kept: they belong to
+/// the tenant). Without purge a later install finds the data.
+pub async fn uninstall(lxd: &Client, tenant: &TenantName, roles: &[Role], purge: bool) -> Result<Vec<Uninstalled>, InstallError> {
+    let instances = inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
+    let mut out = Vec::new();
+    for role in roles {
+        let name = instance_name(tenant, *role);
+        let found = instances.iter().find(|m| m.name == name);
+        let dir = found.and_then(|m| m.stack_dir.clone()).or_else(|| stack_dir.clone()).map(|s| s.join(role.container_suffix()));
+        let mut deleted = false;
+        if found.is_some() {
+            let n = lxd_client::InstanceName::new(name.clone()).map_err(InstallError::lxd(format!("instance name {name}")))?;
+            deleted = lxd.delete_instance_if_exists(&n).await.map_err(InstallError::lxd(format!("deleting {name}")))?;
+        }
+        let (purged, kept) = match (&dir, purge) {
+            (Some(d), true) if d.exists() => {
+                std::fs::remove_dir_all(d).map_err(InstallError::io(format!("removing {}", d.display())))?;
+                (Some(d.clone()), None)
+            }
+            (Some(d), false) if d.exists() => (None, Some(d.clone())),
+            _ => (None, None),
+        };
+        out.push(Uninstalled { instance: name, deleted, purged, kept });
+    }
+    Ok(out)
+}
+
+/// The health check and target of an observed instance, from the catalogue and its published ports.
+pub fn health_of(m: &ManagedInstance) -> Option<(HealthCheck, health::Target)> {
+    let role: Role = m.role.parse().ok()?;
+    let check = status::health_check(role)?;
+    let port = check.port()?;
+    let published = m.ports.iter().find(|p| p.container_port == port && p.protocol == "tcp")?;
+    let address = published.host_address.parse().ok()?;
+    Some((check, health::Target { address, port: published.host_port }))
+}

@@ -1,0 +1,534 @@
+//! Desired state, observed state, and the pure diff between them: the plan.
+//!
+//! Nothing here does I/O: [`diff`] takes what the catalogue wants ([`Desired`]) and what LXD and the host have
+//! ([`Observed`]) and returns the steps, each with the reason it is needed. Steps are idempotent and ordered; a
+//! plan that is empty means the component is converged.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use gbo_components::{ComponentSpec, InitPhase, RenderedFile, Role};
+use lxd_client::{DeviceConfig, Instance};
+use sha2::{Digest, Sha256};
+
+use crate::inventory::{self, DEVICE_PREFIX};
+
+/// Config keys gbo manages besides `user.gbo.*`: a difference is drift, an extra one is removed.
+pub const MANAGED_CONFIG_KEYS: &[&str] = &["limits.cpu", "limits.memory", "security.privileged"];
+
+/// Artifacts installed in the container, recorded as `name@version:sha256` entries.
+pub const KEY_ARTIFACTS: &str = "user.gbo.artifacts";
+
+/// A host directory to create and chown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDir {
+    /// Host path.
+    pub path: PathBuf,
+    /// Owner uid inside the container (the host owner is idmap base + this).
+    pub uid: u32,
+    /// Owner gid inside the container.
+    pub gid: u32,
+}
+
+/// A rendered file and where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedFile {
+    /// The rendered file (path inside the container).
+    pub file: RenderedFile,
+    /// Where it is written on the host when it lives on a mount (`None`: pushed into the root filesystem).
+    pub host_path: Option<PathBuf>,
+}
+
+/// What the catalogue wants for one component.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The role.
+    pub role: Role,
+    /// The instance name.
+    pub instance: String,
+    /// The image alias to create from.
+    pub image: String,
+    /// The full spec.
+    pub spec: ComponentSpec,
+    /// Config keys gbo sets (`user.gbo.*` except the provisioned hash, limits, security).
+    pub config: BTreeMap<String, String>,
+    /// gbo's devices (`gbo-*`).
+    pub devices: BTreeMap<String, DeviceConfig>,
+    /// Host directories (data, conf, logs).
+    pub host_dirs: Vec<HostDir>,
+    /// Rendered files, placed.
+    pub files: Vec<PlacedFile>,
+    /// Artifacts as `name@version:sha256` (sha256 of the verified download, or `unverified`).
+    pub artifacts: Vec<String>,
+    /// Hash of everything provisioning puts into the container.
+    pub provisioned_hash: String,
+}
+
+/// The state of a file (host or container).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid (container view).
+    pub uid: u32,
+    /// Owner gid (container view).
+    pub gid: u32,
+    /// Whether the path is a symlink (never written through: replaced).
+    pub symlink: bool,
+}
+
+/// A systemd unit's state inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitState {
+    /// `systemctl is-active` (`active`, `inactive`, `failed`, ...).
+    pub active: String,
+    /// `systemctl is-enabled` (`enabled`, `disabled`, `masked`, `not-found`, ...).
+    pub enabled: String,
+}
+
+/// What one exec inside a running container reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// Root filesystem files by path (`None`: missing).
+    pub files: BTreeMap<String, Option<FileState>>,
+    /// Units by name.
+    pub units: BTreeMap<String, UnitState>,
+    /// Paths whose existence marks init steps done.
+    pub creates: BTreeMap<String, bool>,
+}
+
+/// What LXD and the host have for one component.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The instance, when it exists.
+    pub instance: Option<Instance>,
+    /// The idmap base of the instance (host uid of container uid 0), when it exists.
+    pub idmap_base: Option<u32>,
+    /// Host directories: `None` missing, else host (uid, gid).
+    pub host_dirs: BTreeMap<PathBuf, Option<(u32, u32)>>,
+    /// Host-side files (on mounts), in container terms (uid/gid shifted back by the idmap base).
+    pub host_files: BTreeMap<PathBuf, Option<FileState>>,
+    /// The probe, when the container was running.
+    pub probe: Option<Probe>,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Create a host directory.
+    CreateHostDir {
+        /// Host path.
+        path: PathBuf,
+    },
+    /// Create the instance, stopped, with its config and devices.
+    CreateInstance {
+        /// Image alias.
+        image: String,
+    },
+    /// Chown a host directory to the container's idmap.
+    ChownHostDir {
+        /// Host path.
+        path: PathBuf,
+        /// Owner inside the container.
+        uid: u32,
+        /// Group inside the container.
+        gid: u32,
+    },
+    /// Set a config key.
+    SetConfig {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Remove a config key.
+    UnsetConfig {
+        /// Key.
+        key: String,
+    },
+    /// Add a device.
+    AddDevice {
+        /// Device name.
+        name: String,
+    },
+    /// Replace a device whose settings differ.
+    ReplaceDevice {
+        /// Device name.
+        name: String,
+    },
+    /// Remove a device gbo no longer wants.
+    RemoveDevice {
+        /// Device name.
+        name: String,
+    },
+    /// Start the instance.
+    StartInstance,
+    /// Provision after start (the container was not running, so files were not compared yet).
+    Provision,
+    /// Write a file on a host mount.
+    WriteHostFile {
+        /// Path inside the container.
+        path: String,
+        /// Host path.
+        host_path: PathBuf,
+    },
+    /// Push a file into the container's root filesystem.
+    PushFile {
+        /// Path inside the container.
+        path: String,
+    },
+    /// Download, verify and push an artifact.
+    InstallArtifact {
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+        /// Path inside the container.
+        path: String,
+    },
+    /// Mask a vendor unit.
+    MaskUnit {
+        /// Unit.
+        unit: String,
+    },
+    /// `systemctl daemon-reload`.
+    DaemonReload,
+    /// Run a one-time init step.
+    RunInit {
+        /// Step name.
+        name: String,
+        /// Before or after the services start.
+        after_start: bool,
+    },
+    /// Enable and start a unit.
+    StartUnit {
+        /// Unit.
+        unit: String,
+    },
+    /// Restart a unit whose inputs changed.
+    RestartUnit {
+        /// Unit.
+        unit: String,
+    },
+    /// Record the provisioned hash (and artifacts) on the instance.
+    RecordProvisioned,
+}
+
+/// A step and why it is needed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    /// What.
+    #[serde(flatten)]
+    pub action: Action,
+    /// Why.
+    pub reason: String,
+}
+
+impl Step {
+    fn new(action: Action, reason: impl Into<String>) -> Self {
+        Self { action, reason: reason.into() }
+    }
+
+    /// One line for people: `+ create instance acme-tables from gbo/debian-12`.
+    pub fn describe(&self) -> String {
+        match &self.action {
+            Action::CreateHostDir { path } => format!("+ host dir {}", path.display()),
+            Action::CreateInstance { image } => format!("+ create instance from {image}"),
+            Action::ChownHostDir { path, uid, gid } => format!("~ chown {} to container {uid}:{gid}", path.display()),
+            Action::SetConfig { key, value } => format!("~ config {key} = {value:?}"),
+            Action::UnsetConfig { key } => format!("- config {key}"),
+            Action::AddDevice { name } => format!("+ device {name}"),
+            Action::ReplaceDevice { name } => format!("~ device {name}"),
+            Action::RemoveDevice { name } => format!("- device {name}"),
+            Action::StartInstance => "> start instance".to_string(),
+            Action::Provision => "~ provision files and services after start".to_string(),
+            Action::WriteHostFile { path, .. } => format!("~ file {path} (host mount)"),
+            Action::PushFile { path } => format!("~ file {path}"),
+            Action::InstallArtifact { name, version, path } => format!("+ artifact {name} {version} -> {path}"),
+            Action::MaskUnit { unit } => format!("~ mask {unit}"),
+            Action::DaemonReload => "> systemctl daemon-reload".to_string(),
+            Action::RunInit { name, .. } => format!("> init: {name}"),
+            Action::StartUnit { unit } => format!("> start {unit}"),
+            Action::RestartUnit { unit } => format!("> restart {unit}"),
+            Action::RecordProvisioned => "~ record provisioned hash".to_string(),
+        }
+    }
+}
+
+/// The plan of one component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentPlan {
+    /// Role.
+    pub role: Role,
+    /// Instance.
+    pub instance: String,
+    /// Steps in order; empty when converged.
+    pub steps: Vec<Step>,
+}
+
+/// The host uid of container uid `uid` for an idmap base.
+pub fn host_id(base: u32, id: u32) -> u32 {
+    base.saturating_add(id)
+}
+
+/// Parse the idmap base (host id of container uid 0) from an instance's `volatile.idmap.next` (or the last
+/// state); privileged containers have none: 0.
+pub fn idmap_base(instance: &Instance) -> Option<u32> {
+    if instance.config.get("security.privileged").map(String::as_str) == Some("true") {
+        return Some(0);
+    }
+    for key in ["volatile.last_state.idmap", "volatile.idmap.next"] {
+        let Some(text) = instance.config.get(key) else { continue };
+        let Ok(entries) = serde_json::from_str::<Vec<serde_json::Value>>(text) else { continue };
+        for entry in entries {
+            let is_uid = entry.get("Isuid").and_then(|v| v.as_bool()).unwrap_or(false);
+            let ns = entry.get("Nsid").and_then(|v| v.as_u64());
+            let host = entry.get("Hostid").and_then(|v| v.as_u64());
+            if let (true, Some(0), Some(host)) = (is_uid, ns, host) {
+                return u32::try_from(host).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Hash of everything provisioning puts into a container: files (path, mode, owner, content), units, masked
+/// units, init steps and artifacts.
+pub fn provisioned_hash(spec: &ComponentSpec, artifacts: &[String]) -> String {
+    let mut hasher = Sha256::new();
+    for file in &spec.files {
+        hasher.update(format!("file {} {:o} {}:{} {}\n", file.path, file.mode, file.uid, file.gid, file.sha256()));
+    }
+    for unit in &spec.units {
+        hasher.update(format!("unit {unit}\n"));
+    }
+    for unit in &spec.masked_units {
+        hasher.update(format!("mask {unit}\n"));
+    }
+    for step in &spec.init {
+        hasher.update(format!("init {} {:?} {}\n", step.creates, step.phase, step.command.join(" ")));
+    }
+    for artifact in artifacts {
+        hasher.update(format!("artifact {artifact}\n"));
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The infrastructure part of the plan: host dirs, instance, config, devices, start. Provisioning steps follow
+/// from [`provision_steps`].
+pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for dir in &desired.host_dirs {
+        if observed.host_dirs.get(&dir.path).copied().flatten().is_none() {
+            steps.push(Step::new(Action::CreateHostDir { path: dir.path.clone() }, "missing on the host"));
+        }
+    }
+    let Some(instance) = &observed.instance else {
+        steps.push(Step::new(Action::CreateInstance { image: desired.image.clone() }, "no such instance"));
+        for dir in &desired.host_dirs {
+            steps.push(Step::new(
+                Action::ChownHostDir { path: dir.path.clone(), uid: dir.uid, gid: dir.gid },
+                "owned by the container's service user before the first start",
+            ));
+        }
+        steps.push(Step::new(Action::StartInstance, "new instance"));
+        steps.push(Step::new(Action::Provision, "new instance"));
+        return steps;
+    };
+    if let Some(base) = observed.idmap_base {
+        for dir in &desired.host_dirs {
+            let want = (host_id(base, dir.uid), host_id(base, dir.gid));
+            match observed.host_dirs.get(&dir.path).copied().flatten() {
+                Some(have) if have == want => {}
+                Some((uid, gid)) => steps.push(Step::new(
+                    Action::ChownHostDir { path: dir.path.clone(), uid: dir.uid, gid: dir.gid },
+                    format!("owned by host {uid}:{gid}, expected {}:{}", want.0, want.1),
+                )),
+                None => steps.push(Step::new(
+                    Action::ChownHostDir { path: dir.path.clone(), uid: dir.uid, gid: dir.gid },
+                    "created this run",
+                )),
+            }
+        }
+    }
+    for (key, value) in &desired.config {
+        match instance.config.get(key) {
+            Some(v) if v == value => {}
+            Some(v) => steps.push(Step::new(
+                Action::SetConfig { key: key.clone(), value: value.clone() },
+                format!("is {v:?}"),
+            )),
+            None => steps.push(Step::new(Action::SetConfig { key: key.clone(), value: value.clone() }, "not set")),
+        }
+    }
+    for key in MANAGED_CONFIG_KEYS {
+        if instance.config.contains_key(*key) && !desired.config.contains_key(*key) {
+            steps.push(Step::new(Action::UnsetConfig { key: (*key).to_string() }, "set on the instance but not in the tenant file"));
+        }
+    }
+    for (name, config) in &desired.devices {
+        match instance.devices.get(name) {
+            Some(have) if have == config => {}
+            Some(have) => steps.push(Step::new(
+                Action::ReplaceDevice { name: name.clone() },
+                format!("differs: {}", describe_device_change(have, config)),
+            )),
+            None => steps.push(Step::new(Action::AddDevice { name: name.clone() }, "missing (removed by hand?)")),
+        }
+    }
+    for name in instance.devices.keys() {
+        if name.starts_with(DEVICE_PREFIX) && !desired.devices.contains_key(name) {
+            steps.push(Step::new(Action::RemoveDevice { name: name.clone() }, "gbo device no longer in the catalogue"));
+        }
+    }
+    if !instance.is_running() {
+        steps.push(Step::new(Action::StartInstance, format!("instance is {}", instance.status)));
+        steps.push(Step::new(Action::Provision, "files and services are compared once it runs"));
+        return steps;
+    }
+    match &observed.probe {
+        Some(probe) => steps.extend(provision_steps(desired, observed, probe, instance)),
+        None => steps.push(Step::new(Action::Provision, "not probed")),
+    }
+    steps
+}
+
+fn describe_device_change(have: &DeviceConfig, want: &DeviceConfig) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in want {
+        match have.get(k) {
+            Some(h) if h == v => {}
+            Some(h) => parts.push(format!("{k} {h} -> {v}")),
+            None => parts.push(format!("{k} missing")),
+        }
+    }
+    for k in have.keys() {
+        if !want.contains_key(k) {
+            parts.push(format!("{k} extra"));
+        }
+    }
+    parts.join(", ")
+}
+
+/// Provisioning steps for a running container: files, artifacts, masks, init, units, record.
+pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, instance: &Instance) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut restarts: Vec<String> = Vec::new();
+    let mut reload = false;
+    for placed in &desired.files {
+        let file = &placed.file;
+        let have = match &placed.host_path {
+            Some(host) => observed.host_files.get(host).cloned().flatten(),
+            None => probe.files.get(&file.path).cloned().flatten(),
+        };
+        let reason = match have {
+            None => Some("missing".to_string()),
+            Some(s) if s.symlink => Some("is a symlink".to_string()),
+            Some(s) if s.sha256 != file.sha256() => Some("content differs (changed by hand?)".to_string()),
+            Some(s) if s.mode != file.mode => Some(format!("mode {:o}, expected {:o}", s.mode, file.mode)),
+            Some(s) if (s.uid, s.gid) != (file.uid, file.gid) => {
+                Some(format!("owner {}:{}, expected {}:{}", s.uid, s.gid, file.uid, file.gid))
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            let action = match &placed.host_path {
+                Some(host) => Action::WriteHostFile { path: file.path.clone(), host_path: host.clone() },
+                None => Action::PushFile { path: file.path.clone() },
+            };
+            steps.push(Step::new(action, reason));
+            restarts.extend(file.restarts.iter().cloned());
+            if file.path.starts_with("/etc/systemd/") {
+                reload = true;
+            }
+        }
+    }
+    let recorded: Vec<&str> = instance.config.get(KEY_ARTIFACTS).map(|s| s.split(',').filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    for artifact in artifact_list(&desired.spec) {
+        let entry = desired.artifacts.iter().find(|e| e.starts_with(&format!("{}@", artifact.name)));
+        let present = probe.files.get(artifact.install_path).is_some_and(|s| s.is_some());
+        let reason = if !present {
+            Some("not installed".to_string())
+        } else if entry.is_some_and(|e| !recorded.contains(&e.as_str())) {
+            Some(format!("recorded {:?}, wanted {:?}", recorded.join(","), entry.map(String::as_str).unwrap_or("")))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            steps.push(Step::new(
+                Action::InstallArtifact { name: artifact.name.to_string(), version: artifact.version.clone(), path: artifact.install_path.to_string() },
+                reason,
+            ));
+            restarts.extend(desired.spec.units.iter().cloned());
+        }
+    }
+    for unit in &desired.spec.masked_units {
+        let state = probe.units.get(unit).cloned().unwrap_or_default();
+        if state.enabled != "masked" {
+            steps.push(Step::new(Action::MaskUnit { unit: unit.clone() }, format!("is {}", if state.enabled.is_empty() { "unknown" } else { &state.enabled })));
+        }
+    }
+    if reload {
+        steps.push(Step::new(Action::DaemonReload, "a unit file changed"));
+    }
+    for init in desired.spec.init.iter().filter(|i| i.phase == InitPhase::BeforeStart) {
+        if !probe.creates.get(&init.creates).copied().unwrap_or(false) {
+            steps.push(Step::new(Action::RunInit { name: init.name.to_string(), after_start: false }, format!("{} does not exist", init.creates)));
+        }
+    }
+    for unit in &desired.spec.units {
+        let state = probe.units.get(unit).cloned().unwrap_or_default();
+        if state.active != "active" || state.enabled != "enabled" {
+            steps.push(Step::new(
+                Action::StartUnit { unit: unit.clone() },
+                format!("is {} and {}", or_unknown(&state.active), or_unknown(&state.enabled)),
+            ));
+        } else if restarts.contains(unit) {
+            steps.push(Step::new(Action::RestartUnit { unit: unit.clone() }, "its inputs changed"));
+        }
+    }
+    for init in desired.spec.init.iter().filter(|i| i.phase == InitPhase::AfterStart) {
+        if !probe.creates.get(&init.creates).copied().unwrap_or(false) {
+            steps.push(Step::new(Action::RunInit { name: init.name.to_string(), after_start: true }, format!("{} does not exist", init.creates)));
+        }
+    }
+    let recorded_hash = instance.config.get(inventory::KEY_PROVISIONED_HASH);
+    let recorded_artifacts = instance.config.get(KEY_ARTIFACTS).cloned().unwrap_or_default();
+    if !steps.is_empty() || recorded_hash != Some(&desired.provisioned_hash) || recorded_artifacts != desired.artifacts.join(",") {
+        steps.push(Step::new(Action::RecordProvisioned, if steps.is_empty() { "recorded hash differs" } else { "after provisioning" }));
+    }
+    steps
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() {
+        "unknown"
+    } else {
+        s
+    }
+}
+
+/// The artifacts of a spec.
+pub fn artifact_list(spec: &ComponentSpec) -> Vec<&gbo_components::Artifact> {
+    spec.install
+        .iter()
+        .filter_map(|i| match i {
+            gbo_components::Install::Artifact(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The Debian packages of a spec.
+pub fn packages(spec: &ComponentSpec) -> Vec<&'static str> {
+    spec.install
+        .iter()
+        .flat_map(|i| match i {
+            gbo_components::Install::DebianPackages(p) => p.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}

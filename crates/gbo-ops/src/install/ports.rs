@@ -1,0 +1,225 @@
+//! Host ports: the seed's table for the default tenant, one deterministic allocator for every other tenant.
+//!
+//! An allocation, once made, lives in the proxy device's `listen` and is read back on every later run, so ports
+//! never move. New allocations skip every port another gbo instance publishes (whatever its tenant) and every
+//! port a live listener holds on the host (checked by binding it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gbo_components::{Exposure, Protocol, Role};
+
+use super::error::InstallError;
+
+/// First port of the allocator's range.
+pub const RANGE_START: u16 = 20000;
+/// Last port of the allocator's range.
+pub const RANGE_END: u16 = 59999;
+
+/// One port to allocate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRequest {
+    /// The role.
+    pub role: Role,
+    /// The port's name in the catalogue.
+    pub name: String,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Internal (127.0.0.1) or public (the tenant's public address).
+    pub exposure: Exposure,
+    /// The seed's host port (used as is for the default tenant).
+    pub seed: Option<u16>,
+}
+
+/// Where a port is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    /// Host address (`127.0.0.1`, `0.0.0.0` or the public address).
+    pub address: std::net::IpAddr,
+    /// Host port.
+    pub port: u16,
+    /// Whether it was read back from an existing device (not newly chosen).
+    pub existing: bool,
+}
+
+/// What the allocator needs to know about the world.
+#[derive(Debug, Clone, Default)]
+pub struct PortWorld {
+    /// Ports this tenant already publishes, by (role, port name): kept as they are.
+    pub existing: BTreeMap<(Role, String), u16>,
+    /// Ports published by any other gbo-managed instance (any tenant), with the instance that holds them.
+    pub taken: BTreeMap<(Protocol, u16), String>,
+    /// Ports the user pinned with `--port role.name=PORT`.
+    pub overrides: BTreeMap<(Role, String), u16>,
+}
+
+/// A seed derived from the tenant name (FNV-1a), so a tenant's first choice is stable across hosts and runs.
+fn tenant_offset(tenant: &str) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in tenant.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    let slots = u32::from((RANGE_END - RANGE_START + 1) / 100);
+    // `slots` is 400, so the product stays below 40000 and fits a u16.
+    u16::try_from((hash % slots) * 100).unwrap_or(0)
+}
+
+/// Whether `port` can be bound on `address` right now (a live listener makes it unusable).
+pub fn is_free(protocol: Protocol, address: std::net::IpAddr, port: u16) -> bool {
+    let addr = std::net::SocketAddr::new(address, port);
+    match protocol {
+        Protocol::Tcp => std::net::TcpListener::bind(addr).is_ok(),
+        Protocol::Udp => std::net::UdpSocket::bind(addr).is_ok(),
+    }
+}
+
+/// The host address of a port with `exposure` for a tenant.
+pub fn host_address(exposure: Exposure, is_default_tenant: bool, public_address: Option<std::net::IpAddr>) -> std::net::IpAddr {
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    match exposure {
+        Exposure::Internal => loopback,
+        Exposure::Public => match public_address {
+            Some(a) => a,
+            None if is_default_tenant => std::net::IpAddr::from([0, 0, 0, 0]),
+            None => loopback,
+        },
+    }
+}
+
+/// Allocate every request. `free` says whether a port can be bound (injected so planning stays testable).
+pub fn allocate(
+    tenant: &str,
+    is_default_tenant: bool,
+    public_address: Option<std::net::IpAddr>,
+    requests: &[PortRequest],
+    world: &PortWorld,
+    free: &dyn Fn(Protocol, std::net::IpAddr, u16) -> bool,
+) -> Result<BTreeMap<(Role, String), Allocation>, InstallError> {
+    let mut out = BTreeMap::new();
+    let mut chosen: BTreeSet<(Protocol, u16)> = BTreeSet::new();
+    // Existing allocations first, so new ones never take a port this tenant already uses.
+    for request in requests {
+        let key = (request.role, request.name.clone());
+        if let Some(port) = world.existing.get(&key) {
+            if world.overrides.get(&key).map_or(true, |o| o == port) {
+                chosen.insert((request.protocol, *port));
+            }
+        }
+    }
+    for request in requests {
+        let key = (request.role, request.name.clone());
+        let address = host_address(request.exposure, is_default_tenant, public_address);
+        let in_use = |port: u16| -> Option<String> {
+            if let Some(holder) = world.taken.get(&(request.protocol, port)) {
+                return Some(format!(", by instance {holder}"));
+            }
+            if !free(request.protocol, address, port) {
+                return Some(" by another program on this host".to_string());
+            }
+            None
+        };
+        let existing = world.existing.get(&key).copied();
+        let pinned = world.overrides.get(&key).copied();
+        let port = match (pinned, existing) {
+            (Some(p), Some(e)) if p == e => {
+                out.insert(key, Allocation { address, port: e, existing: true });
+                continue;
+            }
+            (None, Some(e)) => {
+                out.insert(key, Allocation { address, port: e, existing: true });
+                continue;
+            }
+            (Some(p), _) => Some(p),
+            (None, None) if is_default_tenant => request.seed,
+            (None, None) => None,
+        };
+        if let Some(port) = port {
+            if let Some(holder) = in_use(port).or_else(|| chosen.contains(&(request.protocol, port)).then(|| " by another port of this tenant".to_string())) {
+                return Err(InstallError::PortInUse {
+                    role: request.role.as_str().to_string(),
+                    name: request.name.clone(),
+                    address: address.to_string(),
+                    port,
+                    holder,
+                });
+            }
+            chosen.insert((request.protocol, port));
+            out.insert(key, Allocation { address, port, existing: false });
+            continue;
+        }
+        let span = RANGE_END - RANGE_START + 1;
+        let start = tenant_offset(tenant);
+        let mut found = None;
+        for i in 0..span {
+            let candidate = RANGE_START + (start + i) % span;
+            if chosen.contains(&(request.protocol, candidate)) || in_use(candidate).is_some() {
+                continue;
+            }
+            found = Some(candidate);
+            break;
+        }
+        let Some(port) = found else {
+            return Err(InstallError::PortsExhausted {
+                role: request.role.as_str().to_string(),
+                name: request.name.clone(),
+                range: format!("{RANGE_START}-{RANGE_END}"),
+            });
+        };
+        chosen.insert((request.protocol, port));
+        out.insert(key, Allocation { address, port, existing: false });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(role: Role, name: &str, seed: u16) -> PortRequest {
+        PortRequest { role, name: name.into(), protocol: Protocol::Tcp, exposure: Exposure::Internal, seed: Some(seed) }
+    }
+
+    #[test]
+    fn default_tenant_gets_seed_ports_and_others_get_distinct_stable_ones() {
+        let requests = [req(Role::Tables, "postgres", 5432), req(Role::Cache, "redis", 6379)];
+        let all_free = |_: Protocol, _: std::net::IpAddr, _: u16| true;
+        let seed = allocate("default", true, None, &requests, &PortWorld::default(), &all_free).expect("seed");
+        assert_eq!(seed[&(Role::Tables, "postgres".into())].port, 5432);
+        let a = allocate("acme", false, None, &requests, &PortWorld::default(), &all_free).expect("acme");
+        let again = allocate("acme", false, None, &requests, &PortWorld::default(), &all_free).expect("acme again");
+        assert_eq!(a, again, "deterministic");
+        let ports: BTreeSet<u16> = a.values().map(|x| x.port).collect();
+        assert_eq!(ports.len(), 2);
+        assert!(ports.iter().all(|p| (RANGE_START..=RANGE_END).contains(p)));
+    }
+
+    #[test]
+    fn taken_ports_are_skipped_and_existing_ones_kept() {
+        let requests = [req(Role::Tables, "postgres", 5432)];
+        let all_free = |_: Protocol, _: std::net::IpAddr, _: u16| true;
+        let first = allocate("acme", false, None, &requests, &PortWorld::default(), &all_free).expect("first")[&(Role::Tables, "postgres".into())].port;
+        let mut world = PortWorld::default();
+        world.taken.insert((Protocol::Tcp, first), "other-tables".into());
+        let second = allocate("acme", false, None, &requests, &world, &all_free).expect("second")[&(Role::Tables, "postgres".into())].port;
+        assert_ne!(first, second);
+        let busy = |_: Protocol, _: std::net::IpAddr, p: u16| p != second;
+        let third = allocate("acme", false, None, &requests, &world, &busy).expect("third")[&(Role::Tables, "postgres".into())].port;
+        assert!(third != first && third != second);
+        world.existing.insert((Role::Tables, "postgres".into()), 31000);
+        let kept = allocate("acme", false, None, &requests, &world, &|_, _, _| false).expect("kept")[&(Role::Tables, "postgres".into())];
+        assert_eq!((kept.port, kept.existing), (31000, true));
+    }
+
+    #[test]
+    fn a_seed_or_pinned_port_in_use_is_bad_input_naming_it() {
+        let requests = [req(Role::Tables, "postgres", 5432)];
+        let err = allocate("default", true, None, &requests, &PortWorld::default(), &|_, _, p| p != 5432).expect_err("in use");
+        assert!(err.is_bad_input());
+        assert!(err.to_string().contains("127.0.0.1:5432"), "{err}");
+        let mut world = PortWorld::default();
+        world.overrides.insert((Role::Tables, "postgres".into()), 25000);
+        world.taken.insert((Protocol::Tcp, 25000), "x-tables".into());
+        let err = allocate("acme", false, None, &requests, &world, &|_, _, _| true).expect_err("pinned taken");
+        assert!(err.to_string().contains("by instance x-tables"), "{err}");
+    }
+}

@@ -1,0 +1,122 @@
+//! `gbo status`: per component, the container, its state and image, published ports, mounts and live health,
+//! all read from LXD (no state file) and probed over TCP from the host.
+
+use std::path::PathBuf;
+
+use gbo_components::{HealthCheck, Role, TenantFile, TenantName};
+use lxd_client::Client;
+
+use super::error::InstallError;
+use super::health::{self, Health};
+use super::secrets;
+use crate::inventory::{self, Mount, PublishedPort};
+
+/// One component's status. Serialised as the `components[]` entries of `gbo status --output json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ComponentStatus {
+    /// Instance name.
+    pub container: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Role.
+    pub role: String,
+    /// Whether gbo created it.
+    pub managed: bool,
+    /// LXD status (`Running`, `Stopped`, ...).
+    pub state: String,
+    /// Image description (or base image fingerprint).
+    pub image: String,
+    /// Host ports.
+    pub ports: Vec<PublishedPort>,
+    /// Host mounts.
+    pub mounts: Vec<Mount>,
+    /// Live health (`None` when the role has no probe or no published port).
+    pub health: Option<Health>,
+}
+
+/// The status of a tenant. Serialised as `gbo status --output json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TenantStatus {
+    /// Tenant.
+    pub tenant: String,
+    /// Stack dir recorded in LXD.
+    pub stack_dir: Option<PathBuf>,
+    /// Components, by container name.
+    pub components: Vec<ComponentStatus>,
+}
+
+impl TenantStatus {
+    /// Whether every component runs and is healthy.
+    pub fn all_healthy(&self) -> bool {
+        self.components.iter().all(|c| c.state == "Running" && c.health.as_ref().is_none_or_healthy())
+    }
+}
+
+trait HealthExt {
+    fn is_none_or_healthy(&self) -> bool;
+}
+
+impl HealthExt for Option<&Health> {
+    fn is_none_or_healthy(&self) -> bool {
+        self.map_or(true, |h| h.healthy)
+    }
+}
+
+/// The catalogue's health check of `role` (rendered with placeholder secrets: checks hold no secret values).
+pub fn health_check(role: Role) -> Option<HealthCheck> {
+    let mut tenant = TenantFile::default();
+    tenant.roles = gbo_components::with_dependencies(&[role]);
+    let specs: Vec<_> = tenant.roles.iter().flat_map(|r| gbo_components::required_secrets(*r).iter().copied()).collect();
+    let secrets = secrets::with_placeholders(gbo_components::Secrets::new(), &specs);
+    let ports = gbo_components::HostPorts::seed(&tenant.roles);
+    let ctx = gbo_components::RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports };
+    gbo_components::component(role, &ctx).ok().map(|s| s.health)
+}
+
+/// Status of every instance of a tenant (`roles` empty: all).
+pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) -> Result<TenantStatus, InstallError> {
+    let instances = inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
+    let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
+    let secrets = match &stack_dir {
+        Some(dir) => secrets::read_existing(dir, &specs).unwrap_or_default(),
+        None => gbo_components::Secrets::new(),
+    };
+    let selected: Vec<_> = instances
+        .into_iter()
+        .filter(|m| roles.is_empty() || m.role.parse::<Role>().map(|r| roles.contains(&r)).unwrap_or(false))
+        .collect();
+    let components = futures_util::future::join_all(selected.iter().map(|m| {
+        let secrets = &secrets;
+        async move {
+            let health = if m.instance.is_running() {
+                match super::health_of(m) {
+                    Some((check, target)) => Some(health::probe(&check, &target, secrets).await),
+                    None => None,
+                }
+            } else {
+                Some(Health { healthy: false, detail: format!("container is {}", m.instance.status) })
+            };
+            let image = m
+                .instance
+                .config
+                .get("image.description")
+                .cloned()
+                .or_else(|| m.instance.config.get("volatile.base_image").map(|f| f.chars().take(12).collect()))
+                .unwrap_or_default();
+            ComponentStatus {
+                container: m.name.clone(),
+                tenant: m.tenant.clone(),
+                role: m.role.clone(),
+                managed: m.managed,
+                state: m.instance.status.clone(),
+                image,
+                ports: m.ports.clone(),
+                mounts: m.mounts.clone(),
+                health,
+            }
+        }
+    }))
+    .await;
+    Ok(TenantStatus { tenant: tenant.to_string(), stack_dir, components })
+}
