@@ -153,7 +153,8 @@ pub struct DeployReport {
     pub unit: Option<String>,
     /// PIDs that were stopped (process mode).
     pub stopped_pids: Vec<u32>,
-    /// From the old process stop to the first healthy answer, in milliseconds (`None` when nothing was running).
+    /// From sending the stop (or `systemctl restart`) to the first healthy answer, in milliseconds; an upper bound
+    /// that includes the remote shell's start-up. `None` when nothing was running.
     pub downtime_ms: Option<u64>,
     /// Releases removed beyond `--keep`.
     pub pruned_releases: Vec<String>,
