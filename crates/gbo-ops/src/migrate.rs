@@ -1,1 +1,816 @@
-//! Verified PostgreSQL migration between a host server and a tenant's tables container.
+//! Verified PostgreSQL migration between a server on the host and a tenant's tables container, in either direction.
+//!
+//! Streamed end to end (no SQL file on disk): the schema's pre-data section (`pg_dump --schema-only
+//! --section=pre-data`) is applied first, then every table travels as its own `COPY ... TO STDOUT` →
+//! `COPY ... FROM STDIN` stream (`--jobs` of them at once; `pg_restore -j` cannot read a pipe), then sequences are
+//! set and the post-data section (indexes, constraints, triggers) is applied, then every table is verified:
+//! exact `count(*)` and an order-independent content checksum on both sides, plus every sequence's value. The
+//! source is only ever read. On any mismatch the migration fails and names the tables that differ.
+//!
+//! The host side is addressed the libpq way: a connection string, or `PGHOST`/`PGPORT`/`PGUSER`/`PGPASSWORD`, or the
+//! local socket. The password never reaches an argv or an environment: host tools get it through a 0600
+//! `PGPASSFILE`. The container side runs `psql`/`pg_dump` as `postgres` through LXD exec over the local socket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use lxd_client::{Client, ExecRequest, InstanceName};
+use tokio::io::AsyncReadExt;
+
+use crate::runner::{HostCommand, RunError};
+
+/// The database the seed migrates.
+pub const DEFAULT_DATABASE: &str = "botserver";
+
+/// A migration that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// A connection string that does not parse.
+    #[error("invalid connection string: {0}; use `postgresql://user@host:port/db` or `host=... port=... user=...`")]
+    ConnectionString(String),
+    /// The host server cannot be reached.
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    Unreachable {
+        /// host:port or socket.
+        target: String,
+        /// Cause.
+        message: String,
+    },
+    /// The source database does not exist.
+    #[error("database `{database}` does not exist on the source ({side})")]
+    NoSuchDatabase {
+        /// Database.
+        database: String,
+        /// Which side.
+        side: String,
+    },
+    /// A dump does not restore into an older major version.
+    #[error("the target runs PostgreSQL {target_major} but the source runs {source_major}: a dump does not restore into an older major version; upgrade the target first")]
+    OlderTarget {
+        /// Source major.
+        source_major: u32,
+        /// Target major.
+        target_major: u32,
+    },
+    /// The target already holds data.
+    #[error("the target database `{database}` on {side} already holds {tables} table(s); pass --replace to snapshot it and replace it")]
+    TargetNotEmpty {
+        /// Database.
+        database: String,
+        /// Which side.
+        side: String,
+        /// Tables found.
+        tables: usize,
+    },
+    /// Verification found differences.
+    #[error("verification failed; the source is unchanged. Tables that differ: {}", .differences.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))]
+    Mismatch {
+        /// What differs.
+        differences: Vec<Difference>,
+    },
+    /// A SQL statement failed.
+    #[error("{side}: {message}")]
+    Sql {
+        /// Which side.
+        side: String,
+        /// The server's message.
+        message: String,
+    },
+    /// LXD failed.
+    #[error("LXD: {0}")]
+    Lxd(#[from] lxd_client::Error),
+    /// A host tool failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The container is missing or has no PostgreSQL.
+    #[error("{0}")]
+    Container(String),
+    /// Local I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Taking the safety snapshot before --replace failed.
+    #[error("snapshot before replacing the target failed: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+}
+
+/// One table or sequence that differs between source and target.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Difference {
+    /// `schema.table` or `schema.sequence`.
+    pub object: String,
+    /// What differs (`rows 10 vs 9`, `content checksum`, `missing on target`, `sequence 42 vs 1`).
+    pub what: String,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.object, self.what)
+    }
+}
+
+/// The host-side server, addressed the libpq way.
+#[derive(Clone)]
+pub struct HostServer {
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for HostServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        write!(f, "HostServer({})", self.describe())
+    }
+}
+
+impl HostServer {
+    /// From a connection string (URL or `key=value`) when given, with libpq's `PGHOST`, `PGPORT`, `PGUSER` and
+    /// `PGPASSWORD` filling what it leaves out, and the local socket `/var/run/postgresql` port 5432 otherwise.
+    pub fn from_libpq(connection: Option<&str>) -> Result<Self, MigrateError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let given = match connection {
+            Some(s) => s.parse::<tokio_postgres::Config>().map_err(|e| MigrateError::ConnectionString(e.to_string()))?,
+            None => tokio_postgres::Config::new(),
+        };
+        let mut config = tokio_postgres::Config::new();
+        if given.get_hosts().is_empty() {
+            let host = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".into());
+            for h in host.split(',') {
+                config.host(h);
+            }
+        } else {
+            for h in given.get_hosts() {
+                match h {
+                    tokio_postgres::config::Host::Tcp(h) => config.host(h),
+                    tokio_postgres::config::Host::Unix(p) => config.host_path(p),
+                };
+            }
+        }
+        if given.get_ports().is_empty() {
+            let port = env("PGPORT").unwrap_or_else(|| "5432".into());
+            let port: u16 = port.parse().map_err(|_| MigrateError::ConnectionString(format!("PGPORT `{port}` is not a port number")))?;
+            config.port(port);
+        } else {
+            for p in given.get_ports() {
+                config.port(*p);
+            }
+        }
+        match given.get_user().map(str::to_string).or_else(|| env("PGUSER")).or_else(|| env("USER")) {
+            Some(user) => config.user(&user),
+            None => config.user("postgres"),
+        };
+        if let Some(password) = given.get_password().map(<[u8]>::to_vec).or_else(|| env("PGPASSWORD").map(String::into_bytes)) {
+            config.password(password);
+        }
+        if let Some(db) = given.get_dbname() {
+            config.dbname(db);
+        }
+        config.application_name("gbo-migrate");
+        config.connect_timeout(Duration::from_secs(10));
+        Ok(Self { config })
+    }
+
+    /// The database named in the connection string, if any.
+    pub fn database(&self) -> Option<&str> {
+        self.config.get_dbname()
+    }
+
+    /// `user@host:port`, without the password.
+    pub fn describe(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "?".into(),
+        };
+        format!("{}@{}:{}", self.config.get_user().unwrap_or("?"), host, self.config.get_ports().first().copied().unwrap_or(5432))
+    }
+
+    async fn connect(&self, database: &str) -> Result<tokio_postgres::Client, MigrateError> {
+        let mut config = self.config.clone();
+        config.dbname(database);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            let message = db_message(&e);
+            if message.contains("does not exist") && message.contains("database") {
+                MigrateError::NoSuchDatabase { database: database.to_string(), side: format!("host {}", self.describe()) }
+            } else {
+                MigrateError::Unreachable { target: self.describe(), message }
+            }
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "host PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A `pg_dump` command for this server, password through a 0600 PGPASSFILE (never argv or environment).
+    fn pg_dump(&self, database: &str, passfile: &Option<tempfile_lite::PassFile>) -> HostCommand {
+        let mut cmd = HostCommand::new(newest_pg_tool("pg_dump")).install_hint("install it with `apt-get install postgresql-client`");
+        if let Some(host) = self.config.get_hosts().first() {
+            let h = match host {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            };
+            cmd = cmd.arg("--host").arg(h);
+        }
+        if let Some(port) = self.config.get_ports().first() {
+            cmd = cmd.arg("--port").arg(port.to_string());
+        }
+        if let Some(user) = self.config.get_user() {
+            cmd = cmd.arg("--username").arg(user);
+        }
+        cmd = cmd.arg("--no-password").arg("--dbname").arg(database);
+        if let Some(pass) = passfile {
+            cmd = cmd.env("PGPASSFILE", pass.path.display().to_string());
+        }
+        cmd
+    }
+
+    fn passfile(&self) -> Result<Option<tempfile_lite::PassFile>, MigrateError> {
+        match self.config.get_password() {
+            Some(p) => Ok(Some(tempfile_lite::PassFile::new(p)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A tiny 0600 password file for libpq tools, removed on drop.
+mod tempfile_lite {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::PathBuf;
+
+    pub struct PassFile {
+        pub path: PathBuf,
+    }
+
+    impl PassFile {
+        pub fn new(password: &[u8]) -> std::io::Result<Self> {
+            let dir = std::env::temp_dir();
+            let path = dir.join(format!("gbo-pgpass-{}-{}", std::process::id(), rand::random::<u64>()));
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            // hostname:port:database:username:password, escaping `:` and `\`.
+            let escaped: Vec<u8> = password.iter().flat_map(|b| if *b == b':' || *b == b'\\' { vec![b'\\', *b] } else { vec![*b] }).collect();
+            file.write_all(b"*:*:*:*:")?;
+            file.write_all(&escaped)?;
+            file.write_all(b"\n")?;
+            Ok(Self { path })
+        }
+    }
+
+    impl Drop for PassFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The newest installed PostgreSQL client tool (`/usr/lib/postgresql/<v>/bin/<tool>`), else `<tool>` on PATH: a
+/// dump must be taken with a client at least as new as the server.
+pub fn newest_pg_tool(tool: &str) -> String {
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for entry in entries.flatten() {
+            if let Ok(v) = entry.file_name().to_string_lossy().parse::<u32>() {
+                let path = entry.path().join("bin").join(tool);
+                if path.exists() && best.as_ref().map_or(true, |(b, _)| v > *b) {
+                    best = Some((v, path));
+                }
+            }
+        }
+    }
+    best.map(|(_, p)| p.display().to_string()).unwrap_or_else(|| tool.to_string())
+}
+
+/// The container side: PostgreSQL inside the tenant's tables container, reached through LXD exec as `postgres`.
+#[derive(Debug, Clone)]
+pub struct ContainerServer {
+    lxd: Client,
+    instance: InstanceName,
+    port: u16,
+}
+
+impl ContainerServer {
+    /// PostgreSQL in `instance`, on the local socket `/var/run/postgresql` and `port`.
+    pub fn new(lxd: Client, instance: InstanceName, port: u16) -> Self {
+        Self { lxd, instance, port }
+    }
+
+    fn describe(&self) -> String {
+        format!("container {}", self.instance)
+    }
+
+    fn psql_argv(&self, database: &str, extra: &[&str]) -> Vec<String> {
+        let mut argv: Vec<String> = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "/var/run/postgresql"].iter().map(|s| s.to_string()).collect();
+        argv.extend(["-p".to_string(), self.port.to_string(), "-d".to_string(), database.to_string()]);
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    /// Run SQL (from stdin, never argv) and return its unaligned, tab-separated rows.
+    async fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, MigrateError> {
+        let argv = self.psql_argv(database, &["-A", "-t", "-F", "\t", "-f", "-"]);
+        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600));
+        let out = self.lxd.exec_with_stdin(&self.instance, &req, sql.as_bytes()).await?;
+        if !out.success() {
+            let err = out.stderr_text();
+            if err.contains("does not exist") && err.contains("database") {
+                return Err(MigrateError::NoSuchDatabase { database: database.to_string(), side: self.describe() });
+            }
+            if err.contains("No such file") || err.contains("could not connect") || err.contains("connection to server") {
+                return Err(MigrateError::Unreachable { target: self.describe(), message: err.trim().to_string() });
+            }
+            return Err(MigrateError::Sql { side: self.describe(), message: err.trim().to_string() });
+        }
+        Ok(out.stdout_text().lines().filter(|l| !l.is_empty()).map(|l| l.split('\t').map(str::to_string).collect()).collect())
+    }
+
+    async fn script(&self, database: &str, sql: &str) -> Result<(), MigrateError> {
+        let argv = self.psql_argv(database, &["--single-transaction", "-f", "-"]);
+        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600));
+        let out = self.lxd.exec_with_stdin(&self.instance, &req, sql.as_bytes()).await?;
+        if !out.success() {
+            return Err(MigrateError::Sql { side: self.describe(), message: out.stderr_text().trim().to_string() });
+        }
+        Ok(())
+    }
+
+    async fn dump_section(&self, database: &str, section: &str, owners: bool) -> Result<String, MigrateError> {
+        let mut argv: Vec<String> = ["runuser", "-u", "postgres", "--", "pg_dump", "-h", "/var/run/postgresql"].iter().map(|s| s.to_string()).collect();
+        argv.extend(["-p".into(), self.port.to_string(), "--schema-only".into(), format!("--section={section}"), "--no-privileges".into()]);
+        if !owners {
+            argv.push("--no-owner".into());
+        }
+        argv.push(database.to_string());
+        let out = self.lxd.exec(&self.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(600))).await?;
+        if !out.success() {
+            return Err(MigrateError::Sql { side: self.describe(), message: out.stderr_text().trim().to_string() });
+        }
+        Ok(out.stdout_text())
+    }
+}
+
+/// One end of a migration.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// A server on the host.
+    Host(HostServer),
+    /// The tables container.
+    Container(ContainerServer),
+}
+
+impl Endpoint {
+    fn describe(&self) -> String {
+        match self {
+            Endpoint::Host(h) => format!("host {}", h.describe()),
+            Endpoint::Container(c) => c.describe(),
+        }
+    }
+
+    /// Rows of a query, every value as text (NULL as empty).
+    pub async fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, MigrateError> {
+        match self {
+            Endpoint::Host(h) => {
+                let client = h.connect(database).await?;
+                host_rows(&client, sql, &self.describe()).await
+            }
+            Endpoint::Container(c) => c.query(database, sql).await,
+        }
+    }
+
+    async fn script(&self, database: &str, sql: &str) -> Result<(), MigrateError> {
+        match self {
+            Endpoint::Host(h) => {
+                let client = h.connect(database).await?;
+                let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;\n");
+                client.batch_execute(&wrapped).await.map_err(|e| MigrateError::Sql { side: self.describe(), message: db_message(&e) })
+            }
+            Endpoint::Container(c) => c.script(database, sql).await,
+        }
+    }
+
+    async fn dump_section(&self, database: &str, section: &str, owners: bool) -> Result<String, MigrateError> {
+        match self {
+            Endpoint::Host(h) => {
+                let passfile = h.passfile()?;
+                let mut cmd = h.pg_dump(database, &passfile).arg("--schema-only").arg(format!("--section={section}")).arg("--no-privileges");
+                if !owners {
+                    cmd = cmd.arg("--no-owner");
+                }
+                let out = cmd.run_async().await?;
+                drop(passfile);
+                Ok(out)
+            }
+            Endpoint::Container(c) => c.dump_section(database, section, owners).await,
+        }
+    }
+
+    async fn major(&self) -> Result<u32, MigrateError> {
+        let rows = self.query("postgres", "SHOW server_version_num;").await?;
+        let num: u32 = rows.first().and_then(|r| r.first()).and_then(|v| v.trim().parse().ok()).ok_or_else(|| MigrateError::Sql { side: self.describe(), message: "cannot read server_version_num".into() })?;
+        Ok(num / 10000)
+    }
+}
+
+async fn host_rows(client: &tokio_postgres::Client, sql: &str, side: &str) -> Result<Vec<Vec<String>>, MigrateError> {
+    let messages = client.simple_query(sql).await.map_err(|e| MigrateError::Sql { side: side.to_string(), message: db_message(&e) })?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect()),
+            _ => None,
+        })
+        .collect())
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// Options of [`migrate`].
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Database name (the same on both sides).
+    pub database: String,
+    /// Concurrent per-table COPY streams (and verification queries).
+    pub jobs: usize,
+    /// Replace a target that holds data (after snapshotting it).
+    pub replace: bool,
+    /// Make everything owned by the target's connecting user instead of the source's owners.
+    pub no_owner: bool,
+    /// Where a host target's backup goes before `--replace` drops it.
+    pub backup_dir: PathBuf,
+    /// Bytes copied so far, for progress display.
+    pub progress: Arc<AtomicU64>,
+}
+
+impl MigrateOptions {
+    /// Defaults: `botserver`, 2 jobs, no replace, owners kept.
+    pub fn new(database: impl Into<String>) -> Self {
+        Self { database: database.into(), jobs: 2, replace: false, no_owner: false, backup_dir: PathBuf::from("/var/backups/gbo"), progress: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+/// A table's identity and verification data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableCheck {
+    /// `schema.table`, quoted as SQL needs.
+    pub table: String,
+    /// Exact `count(*)`.
+    pub rows: u64,
+    /// Order-independent content checksum.
+    pub checksum: String,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrateReport {
+    /// Source description.
+    pub source: String,
+    /// Target description.
+    pub target: String,
+    /// Database.
+    pub database: String,
+    /// Tables copied and verified.
+    pub tables: Vec<TableCheck>,
+    /// Sequences and their values, verified.
+    pub sequences: BTreeMap<String, String>,
+    /// Bytes of COPY data streamed.
+    pub bytes: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+    /// The snapshot or backup taken of the target before replacing it.
+    pub replaced_backup: Option<String>,
+}
+
+const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex';";
+
+/// Tables of a database, largest first: (quoted `schema.table`, bytes).
+async fn list_tables(side: &Endpoint, database: &str) -> Result<Vec<(String, u64)>, MigrateError> {
+    let sql = "SELECT format('%I.%I', n.nspname, c.relname), pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition \
+               ORDER BY 2 DESC, 1;";
+    Ok(side.query(database, sql).await?.into_iter().filter_map(|r| Some((r.first()?.clone(), r.get(1)?.parse().unwrap_or(0)))).collect())
+}
+
+async fn list_sequences(side: &Endpoint, database: &str) -> Result<BTreeMap<String, String>, MigrateError> {
+    let names = side
+        .query(database, "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences ORDER BY 1;")
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect::<Vec<_>>();
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let sql = names.iter().map(|n| format!("SELECT '{n}', last_value, is_called FROM {n}")).collect::<Vec<_>>().join(" UNION ALL ") + ";";
+    Ok(side
+        .query(database, &sql)
+        .await?
+        .into_iter()
+        .filter_map(|r| Some((r.first()?.clone(), format!("{} {}", r.get(1)?, r.get(2)?))))
+        .collect())
+}
+
+/// Count and checksum one table. The checksum sums the first 60 bits of each row's md5 as a numeric, so it does
+/// not depend on row order and needs no sort.
+pub async fn check_table(side: &Endpoint, database: &str, table: &str) -> Result<TableCheck, MigrateError> {
+    let sql = format!(
+        "{SESSION} SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint::numeric), 0) || ':' || coalesce(sum(('x' || substr(md5(t::text), 16, 15))::bit(60)::bigint::numeric), 0) FROM {table} AS t;"
+    );
+    let rows = side.query(database, &sql).await?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    Ok(TableCheck { table: table.to_string(), rows: row.first().and_then(|v| v.parse().ok()).unwrap_or(0), checksum: row.get(1).cloned().unwrap_or_default() })
+}
+
+/// Compare every table and sequence of `database` on both sides; returns the checks and the differences.
+pub async fn verify(source: &Endpoint, target: &Endpoint, database: &str, jobs: usize) -> Result<(Vec<TableCheck>, BTreeMap<String, String>, Vec<Difference>), MigrateError> {
+    let source_tables = list_tables(source, database).await?;
+    let target_tables: BTreeSet<String> = list_tables(target, database).await?.into_iter().map(|t| t.0).collect();
+    let mut differences = Vec::new();
+    let present: Vec<String> = source_tables
+        .iter()
+        .filter_map(|(t, _)| {
+            if target_tables.contains(t) {
+                Some(t.clone())
+            } else {
+                differences.push(Difference { object: t.clone(), what: "missing on target".into() });
+                None
+            }
+        })
+        .collect();
+    let checks: Vec<Result<(TableCheck, TableCheck), MigrateError>> = futures_util::stream::iter(present.iter().map(|t| async move {
+        let (a, b) = tokio::join!(check_table(source, database, t), check_table(target, database, t));
+        Ok((a?, b?))
+    }))
+    .buffer_unordered(jobs.max(1))
+    .collect()
+    .await;
+    let mut verified = Vec::new();
+    for pair in checks {
+        let (s, t) = pair?;
+        if s.rows != t.rows {
+            differences.push(Difference { object: s.table.clone(), what: format!("rows {} on source, {} on target", s.rows, t.rows) });
+        } else if s.checksum != t.checksum {
+            differences.push(Difference { object: s.table.clone(), what: "same row count, different content checksum".into() });
+        }
+        verified.push(s);
+    }
+    verified.sort_by(|a, b| a.table.cmp(&b.table));
+    let source_seq = list_sequences(source, database).await?;
+    let target_seq = list_sequences(target, database).await?;
+    for (name, value) in &source_seq {
+        match target_seq.get(name) {
+            Some(v) if v == value => {}
+            Some(v) => differences.push(Difference { object: name.clone(), what: format!("sequence {value} on source, {v} on target") }),
+            None => differences.push(Difference { object: name.clone(), what: "sequence missing on target".into() }),
+        }
+    }
+    differences.sort_by(|a, b| a.object.cmp(&b.object));
+    Ok((verified, source_seq, differences))
+}
+
+/// Which majors may migrate: the target must not be older.
+pub fn check_versions(source_major: u32, target_major: u32) -> Result<(), MigrateError> {
+    if target_major < source_major {
+        Err(MigrateError::OlderTarget { source_major, target_major })
+    } else {
+        Ok(())
+    }
+}
+
+async fn database_exists(side: &Endpoint, database: &str) -> Result<bool, MigrateError> {
+    let rows = side.query("postgres", &format!("SELECT 1 FROM pg_database WHERE datname = {};", quote_literal(database))).await?;
+    Ok(!rows.is_empty())
+}
+
+/// SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Run a migration from `source` to `target`. `snapshot_target` is called before a target that holds data is
+/// replaced (it returns where the snapshot or backup is).
+pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOptions, tables_container: Option<&crate::inventory::ManagedInstance>, lxd: Option<&Client>) -> Result<MigrateReport, MigrateError> {
+    let started = Instant::now();
+    let db = options.database.as_str();
+    // Observe: both servers answer, versions fit, the source database exists, the target is empty or replaceable.
+    let (source_major, target_major) = tokio::try_join!(source.major(), target.major())?;
+    check_versions(source_major, target_major)?;
+    if !database_exists(source, db).await? {
+        return Err(MigrateError::NoSuchDatabase { database: db.to_string(), side: source.describe() });
+    }
+    let mut replaced_backup = None;
+    if database_exists(target, db).await? {
+        let existing = list_tables(target, db).await?;
+        if !existing.is_empty() {
+            if !options.replace {
+                return Err(MigrateError::TargetNotEmpty { database: db.to_string(), side: target.describe(), tables: existing.len() });
+            }
+            replaced_backup = Some(backup_target(target, db, options, tables_container, lxd).await?);
+        }
+        target.query("postgres", &format!("DROP DATABASE {} WITH (FORCE);", quote_ident(db))).await?;
+    }
+    // Roles the source has and the target lacks (owners, grantees), created without login or password.
+    if !options.no_owner {
+        let roles = source.query(db, "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND NOT rolsuper ORDER BY 1;").await?;
+        let existing: BTreeSet<String> = target.query("postgres", "SELECT rolname FROM pg_roles;").await?.into_iter().filter_map(|r| r.into_iter().next()).collect();
+        for role in roles.into_iter().filter_map(|r| r.into_iter().next()).filter(|r| !existing.contains(r)) {
+            target.query("postgres", &format!("CREATE ROLE {} NOLOGIN;", quote_ident(&role))).await?;
+        }
+    }
+    let owner = source.query("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {};", quote_literal(db))).await?;
+    let owner = owner.first().and_then(|r| r.first()).cloned().filter(|_| !options.no_owner);
+    let create = match &owner {
+        Some(o) => format!("CREATE DATABASE {} OWNER {};", quote_ident(db), quote_ident(o)),
+        None => format!("CREATE DATABASE {};", quote_ident(db)),
+    };
+    target.query("postgres", &create).await?;
+
+    // Schema without indexes and constraints, then the data, then the rest: loading before indexing is faster.
+    let owners = !options.no_owner;
+    let pre = source.dump_section(db, "pre-data", owners).await?;
+    target.script(db, &pre).await?;
+    let tables = list_tables(source, db).await?;
+    let results: Vec<Result<(), MigrateError>> = futures_util::stream::iter(tables.iter().map(|(t, _)| copy_table(source, target, db, t, options.progress.clone())))
+        .buffer_unordered(options.jobs.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let sequences = list_sequences(source, db).await?;
+    if !sequences.is_empty() {
+        let sql: String = sequences
+            .iter()
+            .map(|(name, value)| {
+                let mut parts = value.split(' ');
+                let last = parts.next().unwrap_or("1");
+                let called = parts.next().unwrap_or("f") == "t";
+                format!("SELECT setval({}, {last}, {called});\n", quote_literal(name))
+            })
+            .collect();
+        target.script(db, &sql).await?;
+    }
+    let post = source.dump_section(db, "post-data", owners).await?;
+    target.script(db, &post).await?;
+    target.query(db, "ANALYZE;").await?;
+
+    // Verify before declaring success.
+    let (checks, sequences, differences) = verify(source, target, db, options.jobs).await?;
+    if !differences.is_empty() {
+        return Err(MigrateError::Mismatch { differences });
+    }
+    Ok(MigrateReport {
+        source: source.describe(),
+        target: target.describe(),
+        database: db.to_string(),
+        tables: checks,
+        sequences,
+        bytes: options.progress.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+        replaced_backup,
+    })
+}
+
+async fn backup_target(target: &Endpoint, db: &str, options: &MigrateOptions, tables_container: Option<&crate::inventory::ManagedInstance>, lxd: Option<&Client>) -> Result<String, MigrateError> {
+    match target {
+        Endpoint::Container(c) => {
+            // A data-inclusive gbo snapshot of the tables container.
+            let lxd = lxd.cloned().unwrap_or_else(|| c.lxd.clone());
+            let managed = match tables_container {
+                Some(m) => m.clone(),
+                None => crate::snapshot::container(&lxd, c.instance.as_str()).await?,
+            };
+            let name = crate::snapshot::snapshot_name(&format!("before-migrate-{}", crate::snapshot::default_name(time::OffsetDateTime::now_utc()).trim_start_matches("gbo-")))?;
+            crate::snapshot::create(&lxd, &managed, &name, &crate::snapshot::CreateOptions::default()).await?;
+            Ok(format!("snapshot {}/{}", c.instance, name))
+        }
+        Endpoint::Host(h) => {
+            std::fs::create_dir_all(&options.backup_dir)?;
+            let file = options.backup_dir.join(format!("{db}-before-migrate-{}.dump", crate::snapshot::default_name(time::OffsetDateTime::now_utc()).trim_start_matches("gbo-")));
+            let passfile = h.passfile()?;
+            h.pg_dump(db, &passfile).arg("--format=custom").arg("--file").arg(&file).run_async().await?;
+            Ok(format!("pg_dump archive {}", file.display()))
+        }
+    }
+}
+
+/// Counts bytes passing through.
+struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<R> {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let added = buf.filled().len() - before;
+        self.counter.fetch_add(added as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str, progress: Arc<AtomicU64>) -> Result<(), MigrateError> {
+    let span = tracing::info_span!("copy_table", table);
+    let _e = span.enter();
+    let copy_out = format!("COPY {table} TO STDOUT");
+    let copy_in = format!("COPY {table} FROM STDIN");
+    match (source, target) {
+        (Endpoint::Host(h), Endpoint::Container(c)) => {
+            let client = h.connect(db).await?;
+            let stream = client.copy_out(copy_out.as_str()).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: db_message(&e) })?;
+            let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
+            let reader = Counting { inner: Box::pin(reader), counter: progress };
+            let argv = c.psql_argv(db, &["-c", &copy_in]);
+            let mut stderr = Vec::new();
+            let code = c.lxd.exec_io(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), Some(reader), tokio::io::sink(), &mut stderr).await?;
+            if code != 0 {
+                return Err(MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
+            }
+            Ok(())
+        }
+        (Endpoint::Container(c), Endpoint::Host(h)) => {
+            let client = h.connect(db).await?;
+            let sink = client.copy_in::<_, bytes::Bytes>(copy_in.as_str()).await.map_err(|e| MigrateError::Sql { side: target.describe(), message: db_message(&e) })?;
+            let (writer, mut reader) = tokio::io::duplex(1 << 20);
+            let argv = c.psql_argv(db, &["-c", &copy_out]);
+            let lxd = c.lxd.clone();
+            let instance = c.instance.clone();
+            let producer = async move {
+                let mut stderr = Vec::new();
+                let code = lxd.exec_io(&instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), None::<tokio::io::Empty>, writer, &mut stderr).await?;
+                Ok::<_, MigrateError>((code, stderr))
+            };
+            let consumer = async move {
+                let mut sink = Box::pin(sink);
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = reader.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    progress.fetch_add(n as u64, Ordering::Relaxed);
+                    sink.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.map_err(|e| MigrateError::Sql { side: "host".into(), message: db_message(&e) })?;
+                }
+                Ok::<_, MigrateError>(sink)
+            };
+            let (produced, consumed) = tokio::join!(producer, consumer);
+            let (code, stderr) = produced?;
+            if code != 0 {
+                return Err(MigrateError::Sql { side: source.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
+            }
+            let mut sink = consumed?;
+            sink.as_mut().finish().await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+            Ok(())
+        }
+        _ => Err(MigrateError::Container("a migration runs between the host and a container".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_targets_are_refused() {
+        assert!(check_versions(15, 15).is_ok());
+        assert!(check_versions(14, 16).is_ok());
+        let err = check_versions(16, 15).expect_err("older");
+        assert!(err.to_string().contains("target runs PostgreSQL 15 but the source runs 16"), "{err}");
+    }
+
+    #[test]
+    fn libpq_addressing_prefers_the_connection_string_and_hides_the_password() {
+        let s = HostServer::from_libpq(Some("postgresql://alice:s3cret@127.0.0.1:6543/other")).expect("parse");
+        assert_eq!(s.describe(), "alice@127.0.0.1:6543");
+        assert_eq!(s.database(), Some("other"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let kv = HostServer::from_libpq(Some("host=/tmp port=7000 user=bob")).expect("parse");
+        assert_eq!(kv.describe(), "bob@/tmp:7000");
+        let err = HostServer::from_libpq(Some("host=a port=notaport")).expect_err("bad");
+        assert!(err.to_string().contains("invalid connection string"), "{err}");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}
