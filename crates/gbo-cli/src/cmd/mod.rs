@@ -49,6 +49,13 @@ pub enum Command {
     Brother(brother::Command),
     /// Check every rule of the production runbook; --fix applies the safe fixes.
     Doctor(doctor::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    ///
+    /// Example: `gbo completions bash > /etc/bash_completion.d/gbo`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Run one command.
@@ -65,5 +72,14 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Firewall(c) => firewall::run(c).await,
         Command::Brother(c) => brother::run(c).await,
         Command::Doctor(a) => doctor::run(a).await,
+        Command::Completions { shell } => {
+            let mut command = <crate::Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "gbo", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(Outcome::Ok),
+            }
+        }
     }
 }
