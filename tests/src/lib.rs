@@ -126,3 +126,156 @@ mod tests {
         assert!(a.starts_with("gbot-exectest-"), "{a}");
     }
 }
+
+/// The `gbo` binary, built once per test process (`cargo build -p gbo-cli`, serialised by cargo's own lock).
+pub fn gbo_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "gbo-cli"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build -p gbo-cli");
+        assert!(status.success(), "cargo build -p gbo-cli failed");
+        target.join("debug").join("gbo")
+    })
+    .clone()
+}
+
+/// What a `gbo` run printed and how it exited.
+#[derive(Debug)]
+pub struct GboRun {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl GboRun {
+    /// stdout and stderr together, for greps.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Run `gbo` with `args` (blocking: call it from `spawn_blocking` or plain tests).
+pub fn gbo(args: &[&str]) -> GboRun {
+    let out = std::process::Command::new(gbo_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running gbo");
+    GboRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run `gbo` on a blocking thread from async tests.
+pub async fn gbo_async(args: Vec<String>) -> GboRun {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        gbo(&refs)
+    })
+    .await
+    .expect("gbo thread")
+}
+
+/// A unique test tenant (`gbot-t<pid>-<n>`): every container `<tenant>-*` is deleted on drop.
+pub struct TestTenant {
+    /// The tenant name.
+    pub name: String,
+    /// A temporary stack dir.
+    pub stack: tempfile::TempDir,
+}
+
+impl TestTenant {
+    /// A new tenant with its own stack dir.
+    pub fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{TEST_PREFIX}t{}-{n}", std::process::id());
+        let stack = tempfile::Builder::new().prefix("gbot-stack-").tempdir().expect("tempdir");
+        Self { name, stack }
+    }
+
+    /// The stack dir path as text.
+    pub fn stack_dir(&self) -> String {
+        self.stack.path().display().to_string()
+    }
+
+    /// The container of `role` (`<tenant>-<suffix>`).
+    pub fn container(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.name)
+    }
+}
+
+impl Default for TestTenant {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestTenant {
+    fn drop(&mut self) {
+        let Ok(out) = std::process::Command::new("lxc").args(["list", "--format", "csv", "-c", "n"]).output() else { return };
+        let prefix = format!("{}-", self.name);
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            if name.starts_with(&prefix) {
+                let _ = std::process::Command::new("lxc")
+                    .args(["delete", "--force", name])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// Records lifecycle events (all of them: filter by instance name afterwards) until stopped.
+pub struct EventRecorder {
+    events: std::sync::Arc<std::sync::Mutex<Vec<lxd_client::Event>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventRecorder {
+    /// Subscribe now: events of requests sent after this returns are recorded.
+    pub async fn start(lxd: &Client) -> Self {
+        use futures_util::StreamExt;
+        let stream = lxd.events(&["lifecycle"]).await.expect("subscribing to /1.0/events");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            tokio::pin!(stream);
+            while let Some(Ok(event)) = stream.next().await {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(event);
+                }
+            }
+        });
+        Self { events, task }
+    }
+
+    /// Stop (after a short grace for in-flight events) and return what was recorded.
+    pub async fn stop(self) -> Vec<lxd_client::Event> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.task.abort();
+        self.events.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Events that concern instances whose name starts with `prefix`.
+pub fn events_for<'a>(events: &'a [lxd_client::Event], prefix: &str) -> Vec<&'a lxd_client::Event> {
+    events
+        .iter()
+        .filter(|e| {
+            let source = e.metadata.get("source").and_then(|s| s.as_str()).unwrap_or_default();
+            source.contains(&format!("/instances/{prefix}"))
+        })
+        .collect()
+}
