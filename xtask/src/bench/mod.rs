@@ -2,6 +2,7 @@
 //! `docs/benchmarks.md` (between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`).
 
 pub mod ci;
+pub mod install;
 pub mod report;
 
 /// The benchmarks xtask knows.
@@ -21,7 +22,7 @@ pub enum Which {
 pub async fn run(which: Which) -> anyhow::Result<()> {
     let (name, markdown): (&str, String) = match which {
         Which::Client => anyhow::bail!("bench client: not yet implemented"),
-        Which::Install => anyhow::bail!("bench install: not yet implemented"),
+        Which::Install => ("install", install::run().await?),
         Which::Ops => anyhow::bail!("bench ops: not yet implemented"),
         Which::Ci => ("ci", ci::run().await?),
     };
