@@ -101,9 +101,9 @@ mod tests {
         let verdicts = plan(&snaps, RetentionPolicy { keep_last: 3, keep_daily: 7, keep_weekly: 4 });
         let kept: Vec<&str> = verdicts.iter().filter(|v| v.keep()).map(|v| v.name.as_str()).collect();
         // Newest three, then the newest of each of 7 days (the first overlaps), then the newest of 4 ISO weeks
-        // (2024-01-01 is a Monday: weeks end on s111 (already kept as daily), s83, s55).
+        // (2024-01-01 is a Monday: weeks end on s111 (already kept as daily), s083, s055).
         assert_eq!(kept.len(), 3 + 6 + 2, "{kept:?}");
-        assert!(kept.contains(&"s83") && kept.contains(&"s55"), "{kept:?}");
+        assert!(kept.contains(&"s083") && kept.contains(&"s055"), "{kept:?}");
         assert_eq!(&kept[..3], &["s119", "s118", "s117"]);
         assert!(verdicts[0].kept_by.contains(&"newest"));
     }

@@ -1,0 +1,101 @@
+//! Real ZFS runs against `zfs-fuse` (a user-space pool on a file). Its old CLI has no `version`, no `-p` on list,
+//! one snapshot per destroy and no `-n`: gbo detects that and falls back. A missing `zfs-fuse` fails the test.
+
+use std::process::Command;
+use std::time::Duration;
+
+use gbo_ops::zfs::Zfs;
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e} (install zfs-fuse)"));
+    assert!(out.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Start the zfs-fuse daemon when it is not answering (it stays up for other tests), and wait for it.
+fn ensure_daemon() {
+    let answering = || Command::new("zpool").arg("list").output().map(|o| o.status.success()).unwrap_or(false);
+    if answering() {
+        return;
+    }
+    let status = Command::new("zfs-fuse").args(["-p", "/run/zfs-fuse.pid"]).status().expect("zfs-fuse is required for this test (apt-get install zfs-fuse)");
+    assert!(status.success(), "zfs-fuse did not start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !answering() {
+        assert!(std::time::Instant::now() < deadline, "zfs-fuse did not answer within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pool on a file, destroyed on drop.
+struct Pool {
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Pool {
+    fn new() -> Self {
+        ensure_daemon();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pool.img");
+        run(&["truncate", "-s", "128M", &file.display().to_string()]);
+        let name = gbo_tests::unique_name("zp");
+        run(&["zpool", "create", "-m", &format!("/{name}"), &name, &file.display().to_string()]);
+        Self { name, _dir: dir }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = Command::new("zpool").args(["destroy", "-f", &self.name]).status();
+    }
+}
+
+#[test]
+fn prune_on_zfs_fuse_destroys_one_per_call_keeps_the_minimum_and_reports_clones() {
+    let pool = Pool::new();
+    let ds = format!("{}/data", pool.name);
+    let lxd_ds = format!("{}/containers", pool.name);
+    run(&["zfs", "create", &ds]);
+    run(&["zfs", "create", &lxd_ds]);
+    run(&["zfs", "create", &format!("{lxd_ds}/web")]);
+    let zfs = Zfs::detect_program("zfs").expect("detect");
+    assert!(!zfs.features().openzfs, "zfs-fuse has no `zfs version`");
+    let taken = zfs.snapshot_daily(&[ds.clone()], time::macros::date!(2024 - 01 - 15)).expect("daily");
+    assert_eq!(taken, [format!("{ds}@gbo-daily-2024-01-15")]);
+    for i in 0..5 {
+        run(&["zfs", "snapshot", &format!("{ds}@s{i}")]);
+    }
+    run(&["zfs", "snapshot", &format!("{lxd_ds}/web@snapshot-a")]);
+    // A clone pins s1: its destroy fails and is reported, the others go on.
+    run(&["zfs", "clone", &format!("{ds}@s1"), &format!("{}/pinned", pool.name)]);
+
+    let usage = zfs.usage(&[pool.name.clone()]).expect("usage");
+    assert_eq!(usage.snapshots.len(), 7);
+    assert!(usage.snapshots.iter().any(|r| r.lxd && r.snapshot.name == "snapshot-a"));
+    assert!(usage.pools.iter().any(|p| p.name == pool.name), "{:?}", usage.pools);
+
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() + 3_600;
+    let dry = zfs.prune(&[pool.name.clone()], 0, 2, now, true).expect("dry run");
+    assert_eq!(dry.destroyed.len(), 4, "{:?}", dry.destroyed);
+    assert!(dry.reclaim_source.contains("sum of used"));
+    assert_eq!(run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"]).lines().filter(|l| l.starts_with(&pool.name)).count(), 7, "the dry run changed nothing");
+
+    let report = zfs.prune(&[pool.name.clone()], 0, 2, now, false).expect("prune");
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].snapshot, format!("{ds}@s1"));
+    assert!(report.failures[0].reason.contains("clone"), "{}", report.failures[0].reason);
+    assert_eq!(report.destroyed.len(), 3);
+    let left: Vec<String> = run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"]).lines().filter(|l| l.starts_with(&pool.name)).map(str::to_string).collect();
+    assert_eq!(left, [format!("{lxd_ds}/web@snapshot-a"), format!("{ds}@s1"), format!("{ds}@s3"), format!("{ds}@s4")].map(|s| s.to_string()).to_vec().into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>(), "LXD's snapshot stays, the newest two stay, the pinned one stays");
+    // One snapshot per destroy call on this CLI.
+    assert_eq!(report.zfs_calls, 2 + 4);
+}
+
+#[test]
+fn a_missing_dataset_is_named() {
+    let pool = Pool::new();
+    let zfs = Zfs::detect_program("zfs").expect("detect");
+    let err = zfs.prune(&[format!("{}/nope", pool.name)], 7, 2, 0, true).expect_err("missing");
+    assert!(err.to_string().contains(&format!("{}/nope", pool.name)), "{err}");
+}
