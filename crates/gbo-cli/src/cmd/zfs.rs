@@ -1,17 +1,175 @@
-//! ZFS snapshot usage and retention.
+//! `gbo zfs`: snapshot usage, daily snapshots and the rolling window on the host pool.
 
-use crate::output::Outcome;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gbo_ops::snapshot::schedule;
+use gbo_ops::zfs::{self, Zfs};
+
+use crate::output::{self, Format, Outcome};
 
 /// `gbo zfs` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Not yet implemented.
-    Status,
+    /// Snapshots by space used, the pools' totals, and the CI container's snapshots flagged.
+    Usage {
+        /// Only this dataset and its children.
+        dataset: Option<String>,
+        /// Result format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Take today's `@gbo-daily-YYYY-MM-DD` snapshot of each dataset.
+    Snapshot {
+        /// The daily snapshot (the only kind for now; says what the name will be).
+        #[arg(long, required = true)]
+        daily: bool,
+        /// Datasets.
+        #[arg(required = true)]
+        datasets: Vec<String>,
+    },
+    /// Destroy snapshots older than the window, keeping at least --min-keep per dataset; batched where ZFS can.
+    Prune {
+        /// The window in days.
+        #[arg(long, default_value_t = 7)]
+        keep_days: u32,
+        /// Never keep fewer than this many snapshots of a dataset.
+        #[arg(long, default_value_t = 7)]
+        min_keep: usize,
+        /// Datasets (all when none).
+        datasets: Vec<String>,
+        /// Show what would go and the space ZFS says it would reclaim; destroy nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Result format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Write the daily job (systemd timer, or a cron file without systemd) keeping the rolling window.
+    InstallTimer {
+        /// Datasets to snapshot and prune.
+        #[arg(required = true)]
+        datasets: Vec<String>,
+        /// The window in days.
+        #[arg(long, default_value_t = 7)]
+        keep_days: u32,
+        /// Minimum snapshots per dataset.
+        #[arg(long, default_value_t = 7)]
+        min_keep: usize,
+        /// Write under this root instead of `/` (packaging, tests).
+        #[arg(long, default_value = "/", hide = true)]
+        root: PathBuf,
+    },
+}
+
+fn datasets(values: &[String]) -> anyhow::Result<Vec<String>> {
+    values.iter().map(|v| zfs::dataset_name(v).map_err(anyhow::Error::from)).collect()
 }
 
 /// Run a `gbo zfs` subcommand.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Status => anyhow::bail!("gbo zfs: not yet implemented"),
+        Command::Usage { dataset, output } => {
+            let selected = datasets(&dataset.into_iter().collect::<Vec<_>>())?;
+            let usage = tokio::task::spawn_blocking(move || Zfs::detect()?.usage(&selected)).await??;
+            match output {
+                Format::Json => output::print_json(&usage)?,
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = usage
+                        .snapshots
+                        .iter()
+                        .map(|r| {
+                            let mut flags = Vec::new();
+                            if r.ci {
+                                flags.push("CI container (can be huge)");
+                            }
+                            if r.lxd {
+                                flags.push("LXD's (use gbo snapshot)");
+                            }
+                            vec![r.snapshot.full_name.clone(), human(r.snapshot.used), created(r.snapshot.creation), flags.join(", ")]
+                        })
+                        .collect();
+                    output::print_table(&["SNAPSHOT", "USED", "CREATED", "NOTE"], &rows);
+                    println!();
+                    let pools: Vec<Vec<String>> = usage.pools.iter().map(|p| vec![p.name.clone(), p.used.clone(), p.available.clone(), p.referenced.clone()]).collect();
+                    output::print_table(&["POOL", "USED", "AVAIL", "REFER"], &pools);
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        Command::Snapshot { daily: _, datasets: given } => {
+            let selected = datasets(&given)?;
+            let today = time::OffsetDateTime::now_utc().date();
+            let taken = tokio::task::spawn_blocking(move || Zfs::detect()?.snapshot_daily(&selected, today)).await??;
+            for t in taken {
+                println!("took {t}");
+            }
+            Ok(Outcome::Ok)
+        }
+        Command::Prune { keep_days, min_keep, datasets: given, dry_run, output } => {
+            let selected = datasets(&given)?;
+            if min_keep == 0 {
+                return Err(zfs::ZfsError::ZeroMinimum.into());
+            }
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let report = tokio::task::spawn_blocking(move || Zfs::detect()?.prune(&selected, keep_days, min_keep, now, dry_run)).await??;
+            match output {
+                Format::Json => output::print_json(&report)?,
+                Format::Table => {
+                    let verb = if dry_run { "would destroy" } else { "destroyed" };
+                    for d in &report.destroyed {
+                        println!("{verb} {d}");
+                    }
+                    for f in &report.failures {
+                        println!("could not destroy {}: {}", f.snapshot, f.reason);
+                    }
+                    println!(
+                        "{verb} {} snapshot(s), {} ({}), {} zfs call(s); kept {} snapshot(s) in {} dataset(s)",
+                        report.destroyed.len(),
+                        human(report.reclaim_bytes),
+                        report.reclaim_source,
+                        report.zfs_calls,
+                        report.kept.values().sum::<usize>(),
+                        report.kept.len()
+                    );
+                }
+            }
+            if report.failures.is_empty() {
+                Ok(Outcome::Ok)
+            } else {
+                anyhow::bail!("{} snapshot(s) could not be destroyed (see above); the others were", report.failures.len())
+            }
+        }
+        Command::InstallTimer { datasets: given, keep_days, min_keep, root } => {
+            let selected = datasets(&given)?;
+            if min_keep == 0 {
+                return Err(zfs::ZfsError::ZeroMinimum.into());
+            }
+            let gbo = std::env::current_exe().context("cannot find the gbo executable's path")?;
+            let job = zfs::daily_job(&gbo, &selected, keep_days, min_keep);
+            let kind = schedule::TimerKind::detect();
+            for path in schedule::install(&job, kind, &root)? {
+                println!("wrote {}", path.display());
+            }
+            if kind == schedule::TimerKind::Systemd {
+                println!("enable it with: systemctl daemon-reload && systemctl enable --now {}.timer", job.name);
+            }
+            Ok(Outcome::Ok)
+        }
     }
+}
+
+fn created(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix).map(gbo_ops::snapshot::rfc3339).unwrap_or_else(|_| unix.to_string())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
