@@ -1,17 +1,130 @@
-//! Vault status and unseal.
+//! `gbo vault`: seal status and unsealing, over verified TLS. Keys are never printed.
 
-use crate::output::Outcome;
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use gbo_ops::vault::{self, Endpoint, UnsealOutcome};
+
+use crate::output::{self, Format, Outcome};
 
 /// `gbo vault` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Not yet implemented.
-    Status,
+    /// Seal status and health (exit 1 when sealed or not initialised).
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Result format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Submit distinct unseal keys until the threshold is reached, then confirm through sys/health.
+    Unseal {
+        #[command(flatten)]
+        target: Target,
+        /// init.json (either shape; mode 0600 or 0400), or `-` for keys on stdin (JSON or one per line).
+        /// Default: the tenant's `<stack-dir>/.secrets/vault-init.json`.
+        #[arg(long)]
+        keys_file: Option<PathBuf>,
+    },
+}
+
+/// Where Vault is.
+#[derive(clap::Args, Debug)]
+pub struct Target {
+    /// Tenant whose Vault to reach through its proxy port (when neither --addr nor VAULT_ADDR is set).
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// Vault's address (default: VAULT_ADDR, then the tenant's proxy port).
+    #[arg(long)]
+    addr: Option<String>,
+    /// CA certificate to verify Vault's TLS with (default: VAULT_CACERT, then the tenant's CA).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Do not verify Vault's TLS certificate (dangerous; explicit only).
+    #[arg(long)]
+    tls_skip_verify: bool,
+}
+
+async fn stack_dir(tenant: &str) -> anyhow::Result<Option<PathBuf>> {
+    let lxd = output::lxd()?;
+    Ok(gbo_ops::inventory::tenant_stack_dir(&lxd, tenant).await?)
+}
+
+async fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let addr = match target.addr.clone().or_else(|| env("VAULT_ADDR")) {
+        Some(a) => a,
+        None => {
+            let lxd = output::lxd()?;
+            let instances = gbo_ops::inventory::tenant_instances(&lxd, &target.tenant).await?;
+            let port = instances
+                .iter()
+                .filter(|m| m.role == "vault")
+                .flat_map(|m| m.ports.iter())
+                .find(|p| p.container_port == 8200)
+                .ok_or_else(|| anyhow::anyhow!("tenant `{}` has no Vault container with a published port 8200; give --addr or set VAULT_ADDR", target.tenant))?;
+            format!("https://{}:{}", if port.host_address.is_empty() || port.host_address == "0.0.0.0" { "127.0.0.1" } else { &port.host_address }, port.host_port)
+        }
+    };
+    let ca_cert = match target.ca_cert.clone().or_else(|| env("VAULT_CACERT").map(PathBuf::from)) {
+        Some(c) => Some(c),
+        None if addr.starts_with("https://") && !target.tls_skip_verify && target.addr.is_none() && env("VAULT_ADDR").is_none() => {
+            stack_dir(&target.tenant).await?.map(|d| d.join(vault::CA_FILE)).filter(|p| p.exists())
+        }
+        None => None,
+    };
+    Ok(Endpoint { addr, ca_cert, insecure_skip_verify: target.tls_skip_verify })
 }
 
 /// Run a `gbo vault` subcommand.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Status => anyhow::bail!("gbo vault: not yet implemented"),
+        Command::Status { target, output } => {
+            let endpoint = endpoint(&target).await?;
+            let status = vault::status(&endpoint).await?;
+            match output {
+                Format::Json => output::print_json(&status)?,
+                Format::Table => {
+                    let s = &status.seal;
+                    output::print_table(
+                        &["ADDRESS", "INITIALISED", "SEALED", "THRESHOLD", "SHARES", "PROGRESS", "HEALTH", "VERSION"],
+                        &[vec![status.addr.clone(), s.initialized.to_string(), s.sealed.to_string(), s.t.to_string(), s.n.to_string(), s.progress.to_string(), format!("{} {}", status.health_code, status.health), s.version.clone()]],
+                    );
+                }
+            }
+            Ok(if status.seal.initialized && !status.seal.sealed { Outcome::Ok } else { Outcome::Problems })
+        }
+        Command::Unseal { target, keys_file } => {
+            let keys = match keys_file.as_deref() {
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text)?;
+                    vault::parse_keys(&text, "stdin")?
+                }
+                Some(p) => vault::read_keys_file(p)?,
+                None => {
+                    let dir = stack_dir(&target.tenant).await?.ok_or_else(|| anyhow::anyhow!("tenant `{}` records no stack dir; give --keys-file PATH (or `-` for stdin)", target.tenant))?;
+                    vault::read_keys_file(&dir.join(vault::INIT_FILE))?
+                }
+            };
+            let endpoint = endpoint(&target).await?;
+            match vault::unseal(&endpoint, &keys).await? {
+                UnsealOutcome::AlreadyUnsealed => println!("Vault at {} is already unsealed; nothing sent", endpoint.addr),
+                UnsealOutcome::Unsealed { keys_submitted, duplicates_skipped, rejected, health_code, reset_stale_progress } => {
+                    if reset_stale_progress {
+                        eprintln!("an earlier partial unseal was reset first");
+                    }
+                    if duplicates_skipped > 0 {
+                        eprintln!("{duplicates_skipped} duplicate key(s) in the input were skipped");
+                    }
+                    if !rejected.is_empty() {
+                        eprintln!("Vault rejected key number(s) {}", rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));
+                    }
+                    println!("Vault at {} is unsealed ({keys_submitted} distinct key(s) submitted; sys/health {health_code} {})", endpoint.addr, vault::health_meaning(health_code));
+                }
+            }
+            Ok(Outcome::Ok)
+        }
     }
 }
