@@ -3,6 +3,7 @@
 
 pub mod ci;
 pub mod install;
+pub mod ops;
 pub mod report;
 
 /// The benchmarks xtask knows.
@@ -23,7 +24,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
     let (name, markdown): (&str, String) = match which {
         Which::Client => anyhow::bail!("bench client: not yet implemented"),
         Which::Install => ("install", install::run().await?),
-        Which::Ops => anyhow::bail!("bench ops: not yet implemented"),
+        Which::Ops => ("ops", ops::run().await?),
         Which::Ci => ("ci", ci::run().await?),
     };
     #[allow(unreachable_code)]
