@@ -162,7 +162,7 @@ async fn tenant_snapshot_is_parallel_and_prune_keeps_tiers() {
     let name = snapshot::snapshot_name("nightly").expect("name");
     let results = snapshot::create_many(&lxd, &containers, &name, &CreateOptions::default()).await;
     let covers: Vec<String> = results.into_iter().map(|r| r.expect("snapshot").covers).collect();
-    let mut expected = vec![(a.name.to_string(), "container+data"), (b.name.to_string(), "container")];
+    let mut expected = [(a.name.to_string(), "container+data"), (b.name.to_string(), "container")];
     expected.sort();
     assert_eq!(covers, expected.iter().map(|e| e.1.to_string()).collect::<Vec<_>>());
 

@@ -61,7 +61,7 @@ fn prune_on_zfs_fuse_destroys_one_per_call_keeps_the_minimum_and_reports_clones(
     run(&["zfs", "create", &format!("{lxd_ds}/web")]);
     let zfs = Zfs::detect_program("zfs").expect("detect");
     assert!(!zfs.features().openzfs, "zfs-fuse has no `zfs version`");
-    let taken = zfs.snapshot_daily(&[ds.clone()], time::macros::date!(2024 - 01 - 15)).expect("daily");
+    let taken = zfs.snapshot_daily(std::slice::from_ref(&ds), time::macros::date!(2024 - 01 - 15)).expect("daily");
     assert_eq!(taken, [format!("{ds}@gbo-daily-2024-01-15")]);
     for i in 0..5 {
         run(&["zfs", "snapshot", &format!("{ds}@s{i}")]);
@@ -70,24 +70,27 @@ fn prune_on_zfs_fuse_destroys_one_per_call_keeps_the_minimum_and_reports_clones(
     // A clone pins s1: its destroy fails and is reported, the others go on.
     run(&["zfs", "clone", &format!("{ds}@s1"), &format!("{}/pinned", pool.name)]);
 
-    let usage = zfs.usage(&[pool.name.clone()]).expect("usage");
+    let usage = zfs.usage(std::slice::from_ref(&pool.name)).expect("usage");
     assert_eq!(usage.snapshots.len(), 7);
     assert!(usage.snapshots.iter().any(|r| r.lxd && r.snapshot.name == "snapshot-a"));
     assert!(usage.pools.iter().any(|p| p.name == pool.name), "{:?}", usage.pools);
 
     let now = time::OffsetDateTime::now_utc().unix_timestamp() + 3_600;
-    let dry = zfs.prune(&[pool.name.clone()], 0, 2, now, true).expect("dry run");
+    let dry = zfs.prune(std::slice::from_ref(&pool.name), 0, 2, now, true).expect("dry run");
     assert_eq!(dry.destroyed.len(), 4, "{:?}", dry.destroyed);
     assert!(dry.reclaim_source.contains("sum of used"));
     assert_eq!(run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"]).lines().filter(|l| l.starts_with(&pool.name)).count(), 7, "the dry run changed nothing");
 
-    let report = zfs.prune(&[pool.name.clone()], 0, 2, now, false).expect("prune");
+    let report = zfs.prune(std::slice::from_ref(&pool.name), 0, 2, now, false).expect("prune");
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     assert_eq!(report.failures[0].snapshot, format!("{ds}@s1"));
     assert!(report.failures[0].reason.contains("clone"), "{}", report.failures[0].reason);
     assert_eq!(report.destroyed.len(), 3);
-    let left: Vec<String> = run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"]).lines().filter(|l| l.starts_with(&pool.name)).map(str::to_string).collect();
-    assert_eq!(left, [format!("{lxd_ds}/web@snapshot-a"), format!("{ds}@s1"), format!("{ds}@s3"), format!("{ds}@s4")].map(|s| s.to_string()).to_vec().into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>(), "LXD's snapshot stays, the newest two stay, the pinned one stays");
+    let mut left: Vec<String> = run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"]).lines().filter(|l| l.starts_with(&pool.name)).map(str::to_string).collect();
+    left.sort();
+    let mut expected = vec![format!("{lxd_ds}/web@snapshot-a"), format!("{ds}@s1"), format!("{ds}@s3"), format!("{ds}@s4")];
+    expected.sort();
+    assert_eq!(left, expected, "LXD's snapshot stays, the newest two stay, the pinned one stays");
     // One snapshot per destroy call on this CLI.
     assert_eq!(report.zfs_calls, 2 + 4);
 }
