@@ -519,7 +519,7 @@ async fn list_sequences(side: &Endpoint, database: &str) -> Result<BTreeMap<Stri
     if names.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let sql = names.iter().map(|n| format!("SELECT '{n}', last_value, is_called FROM {n}")).collect::<Vec<_>>().join(" UNION ALL ") + ";";
+    let sql = names.iter().map(|n| format!("SELECT {}, last_value, is_called FROM {n}", quote_literal(n))).collect::<Vec<_>>().join(" UNION ALL ") + ";";
     Ok(side
         .query(database, &sql)
         .await?
