@@ -64,8 +64,7 @@ impl HealthExt for Option<&Health> {
 
 /// The catalogue's health check of `role` (rendered with placeholder secrets: checks hold no secret values).
 pub fn health_check(role: Role) -> Option<HealthCheck> {
-    let mut tenant = TenantFile::default();
-    tenant.roles = gbo_components::with_dependencies(&[role]);
+    let tenant = TenantFile { roles: gbo_components::with_dependencies(&[role]), ..TenantFile::default() };
     let specs: Vec<_> = tenant.roles.iter().flat_map(|r| gbo_components::required_secrets(*r).iter().copied()).collect();
     let secrets = secrets::with_placeholders(gbo_components::Secrets::new(), &specs);
     let ports = gbo_components::HostPorts::seed(&tenant.roles);
