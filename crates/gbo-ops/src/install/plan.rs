@@ -532,3 +532,83 @@ pub fn packages(spec: &ComponentSpec) -> Vec<&'static str> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gbo_components::{component, HostPorts, RenderContext, Secrets, TenantFile};
+
+    fn desired_cache() -> Desired {
+        let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").expect("tenant file");
+        let ports = HostPorts::seed(&tenant.roles);
+        let secrets = Secrets::new();
+        let spec = component(Role::Cache, &RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports }).expect("spec");
+        let mut devices = BTreeMap::new();
+        devices.insert("gbo-port-redis".to_string(), DeviceConfig::from([("type".to_string(), "proxy".to_string()), ("listen".into(), "tcp:127.0.0.1:26379".into()), ("connect".into(), "tcp:127.0.0.1:6379".into())]));
+        let files = spec.files.iter().map(|f| PlacedFile { file: f.clone(), host_path: None }).collect();
+        let provisioned_hash = provisioned_hash(&spec, &[]);
+        Desired {
+            role: Role::Cache,
+            instance: "acme-cache".into(),
+            image: "gbo/debian-12".into(),
+            config: BTreeMap::from([(inventory::KEY_MANAGED.to_string(), "true".to_string())]),
+            devices,
+            host_dirs: Vec::new(),
+            files,
+            artifacts: Vec::new(),
+            provisioned_hash,
+            spec,
+        }
+    }
+
+    fn converged(desired: &Desired) -> (Observed, Instance) {
+        let mut instance = Instance { name: desired.instance.clone(), status: "Running".into(), ..Default::default() };
+        instance.config = desired.config.clone();
+        instance.config.insert(inventory::KEY_PROVISIONED_HASH.into(), desired.provisioned_hash.clone());
+        instance.devices = desired.devices.clone();
+        let mut probe = Probe::default();
+        for f in &desired.files {
+            probe.files.insert(f.file.path.clone(), Some(FileState { sha256: f.file.sha256(), mode: f.file.mode, uid: f.file.uid, gid: f.file.gid, symlink: false }));
+        }
+        for u in &desired.spec.units {
+            probe.units.insert(u.clone(), UnitState { active: "active".into(), enabled: "enabled".into() });
+        }
+        for u in &desired.spec.masked_units {
+            probe.units.insert(u.clone(), UnitState { active: "inactive".into(), enabled: "masked".into() });
+        }
+        (Observed { instance: Some(instance.clone()), idmap_base: Some(100000), probe: Some(probe), ..Default::default() }, instance)
+    }
+
+    #[test]
+    fn a_missing_instance_is_created_started_and_provisioned() {
+        let desired = desired_cache();
+        let steps = diff(&desired, &Observed::default());
+        let actions: Vec<&Action> = steps.iter().map(|s| &s.action).collect();
+        assert!(matches!(actions[0], Action::CreateInstance { .. }), "{actions:?}");
+        assert!(actions.contains(&&Action::StartInstance));
+        assert!(actions.contains(&&Action::Provision));
+    }
+
+    #[test]
+    fn a_converged_component_plans_nothing_and_drift_is_named() {
+        let desired = desired_cache();
+        let (observed, _) = converged(&desired);
+        assert_eq!(diff(&desired, &observed), Vec::<Step>::new());
+
+        let (mut observed, mut instance) = converged(&desired);
+        instance.devices.remove("gbo-port-redis");
+        instance.config.insert("limits.cpu".into(), "4".into());
+        observed.instance = Some(instance);
+        let unit_path = "/etc/systemd/system/cache.service";
+        if let Some(probe) = observed.probe.as_mut() {
+            probe.files.insert(unit_path.into(), Some(FileState { sha256: "edited".into(), mode: 0o644, uid: 0, gid: 0, symlink: false }));
+        }
+        let steps = diff(&desired, &observed);
+        let text: Vec<String> = steps.iter().map(Step::describe).collect();
+        assert!(text.contains(&"+ device gbo-port-redis".to_string()), "{text:?}");
+        assert!(text.contains(&"- config limits.cpu".to_string()), "{text:?}");
+        assert!(text.contains(&format!("~ file {unit_path}")), "{text:?}");
+        assert!(text.contains(&"> systemctl daemon-reload".to_string()), "{text:?}");
+        assert!(text.contains(&"> restart cache.service".to_string()), "{text:?}");
+    }
+}
