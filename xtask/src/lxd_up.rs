@@ -99,10 +99,13 @@ pub async fn ensure_daemon() -> anyhow::Result<()> {
     let log = "/var/log/gbo/lxd.log";
     eprintln!("starting lxd in the background (log: {log})");
     // Detached in its own session so it outlives this process; no systemd on these machines.
+    // stderr goes to a file: Go writes its goroutine dump there on SIGQUIT, which is how a wedged daemon is
+    // diagnosed (`kill -QUIT $(pgrep -x lxd)`).
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open("/var/log/gbo/lxd.stderr")?;
     duct::cmd!("setsid", "--fork", "lxd", "--group", "root", "--logfile", log)
         .stdin_null()
         .stdout_null()
-        .stderr_null()
+        .stderr_file(stderr)
         .run()
         .context("starting lxd")?;
     duct::cmd!("lxd", "waitready", "--timeout", "60").run().context("waiting for lxd to be ready")?;

@@ -67,7 +67,10 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
         vec!["test".into(), "--workspace".into()]
     };
     argv.extend(args);
-    let status = duct::cmd("cargo", &argv).unchecked().run().context("running cargo")?.status;
+    let runner = tokio::task::spawn_blocking(move || duct::cmd("cargo", &argv).unchecked().run());
+    let watchdog = tokio::spawn(watchdog());
+    let status = runner.await.context("test runner task")?.context("running cargo")?.status;
+    watchdog.abort();
     phases.done("tests");
     crate::lxd_up::clean().await?;
     phases.done("clean up");
@@ -95,4 +98,39 @@ pub async fn up(tenant: String) -> anyhow::Result<()> {
     duct::cmd!(&gbo, "status", "--tenant", &tenant).run().context("gbo status")?;
     phases.summary();
     Ok(())
+}
+
+/// Watch the daemon while tests run. LXD 5.0.2 has been seen to stop answering altogether under concurrent test
+/// load; rather than let every later test run into its timeout, take a goroutine dump (SIGQUIT makes Go print
+/// every goroutine's stack to the daemon's stderr file), show where it is stuck, and start it again. Running
+/// containers survive a daemon restart. The tests that were in flight fail, so the run still fails: this keeps
+/// the failure short and diagnosable, it does not hide it.
+async fn watchdog() {
+    let mut silent = 0u32;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+        let answered = match lxd_client::Client::local() {
+            Ok(lxd) => tokio::time::timeout(std::time::Duration::from_secs(20), lxd.server_fresh()).await.map(|r| r.is_ok()).unwrap_or(false),
+            Err(_) => false,
+        };
+        silent = if answered { 0 } else { silent + 1 };
+        if silent < 3 {
+            continue;
+        }
+        silent = 0;
+        eprintln!("==> watchdog: LXD has not answered GET /1.0 for a minute; dumping its goroutines and restarting it");
+        let before = std::fs::metadata("/var/log/gbo/lxd.stderr").map(|m| m.len()).unwrap_or(0);
+        let _ = duct::cmd!("pkill", "-QUIT", "-f", "^lxd --group").unchecked().run();
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        if let Ok(dump) = std::fs::read("/var/log/gbo/lxd.stderr") {
+            let dump = String::from_utf8_lossy(&dump[(before as usize).min(dump.len())..]).into_owned();
+            // The interesting goroutines are the ones waiting on locks for minutes.
+            let stuck: Vec<&str> = dump.split("\n\n").filter(|g| g.contains("minutes]")).take(15).collect();
+            eprintln!("==> watchdog: {} goroutines blocked for minutes; the first ones:\n{}", stuck.len(), stuck.join("\n\n"));
+        }
+        let _ = duct::cmd!("pkill", "-9", "-f", "^lxd --group").unchecked().run();
+        if let Err(e) = crate::lxd_up::ensure_daemon().await {
+            eprintln!("==> watchdog: restarting LXD failed: {e:#}");
+        }
+    }
 }
