@@ -19,6 +19,9 @@ pub const TEST_IMAGE_ALIAS: &str = "gbo-test/debian-12";
 /// The HTTPS address the transport tests use.
 pub const HTTPS_ADDRESS: &str = "127.0.0.1:8443";
 
+/// The daemon's pprof listener (loopback only), for goroutine dumps of a wedged daemon.
+pub const DEBUG_ADDRESS: &str = "127.0.0.1:8444";
+
 /// Roles baked into the test image.
 pub const TEST_IMAGE_ROLES: &[Role] = &[Role::Tables, Role::Cache, Role::Proxy, Role::System];
 
@@ -143,8 +146,17 @@ async fn ensure_storage(lxd: &Client, size: &str) -> anyhow::Result<()> {
 
 async fn ensure_https(lxd: &Client) -> anyhow::Result<()> {
     let server = lxd.server_fresh().await?;
+    let mut wanted = BTreeMap::new();
     if server.config.get("core.https_address").and_then(|v| v.as_str()) != Some(HTTPS_ADDRESS) {
-        lxd.patch_server_config(&BTreeMap::from([("core.https_address".to_string(), HTTPS_ADDRESS.to_string())])).await?;
+        wanted.insert("core.https_address".to_string(), HTTPS_ADDRESS.to_string());
+    }
+    // Go's pprof on loopback: how a wedged daemon's goroutines are read without killing it (the watchdog of
+    // `cargo xtask test` uses it).
+    if server.config.get("core.debug_address").and_then(|v| v.as_str()) != Some(DEBUG_ADDRESS) {
+        wanted.insert("core.debug_address".to_string(), DEBUG_ADDRESS.to_string());
+    }
+    if !wanted.is_empty() {
+        lxd.patch_server_config(&wanted).await?;
     }
     Ok(())
 }

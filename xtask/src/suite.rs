@@ -101,10 +101,10 @@ pub async fn up(tenant: String) -> anyhow::Result<()> {
 }
 
 /// Watch the daemon while tests run. LXD 5.0.2 has been seen to stop answering altogether under concurrent test
-/// load; rather than let every later test run into its timeout, take a goroutine dump (SIGQUIT makes Go print
-/// every goroutine's stack to the daemon's stderr file), show where it is stuck, and start it again. Running
-/// containers survive a daemon restart. The tests that were in flight fail, so the run still fails: this keeps
-/// the failure short and diagnosable, it does not hide it.
+/// load; rather than let every later test run into its timeout, save a goroutine dump (from the daemon's pprof
+/// listener on loopback), show the goroutines blocked for minutes, and restart it. Running containers survive a
+/// daemon restart. The tests that were in flight fail, so the run still fails: this keeps the failure short and
+/// diagnosable, it does not hide it.
 async fn watchdog() {
     let mut silent = 0u32;
     loop {
@@ -118,19 +118,30 @@ async fn watchdog() {
             continue;
         }
         silent = 0;
-        eprintln!("==> watchdog: LXD has not answered GET /1.0 for a minute; dumping its goroutines and restarting it");
-        let before = std::fs::metadata("/var/log/gbo/lxd.stderr").map(|m| m.len()).unwrap_or(0);
-        let _ = duct::cmd!("pkill", "-QUIT", "-f", "^lxd --group").unchecked().run();
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-        if let Ok(dump) = std::fs::read("/var/log/gbo/lxd.stderr") {
-            let dump = String::from_utf8_lossy(&dump[(before as usize).min(dump.len())..]).into_owned();
-            // The interesting goroutines are the ones waiting on locks for minutes.
-            let stuck: Vec<&str> = dump.split("\n\n").filter(|g| g.contains("minutes]")).take(15).collect();
-            eprintln!("==> watchdog: {} goroutines blocked for minutes; the first ones:\n{}", stuck.len(), stuck.join("\n\n"));
+        eprintln!("==> watchdog: LXD has not answered GET /1.0 for a minute; saving its goroutines and restarting it");
+        match goroutine_dump() {
+            Ok(dump) => {
+                let path = format!("/var/log/gbo/lxd-goroutines-{}.txt", std::process::id());
+                let _ = std::fs::write(&path, &dump);
+                let stuck: Vec<&str> = dump.split("\n\n").filter(|g| g.contains("minutes]")).take(12).collect();
+                eprintln!("==> watchdog: full dump in {path}; goroutines blocked for minutes:\n{}", stuck.join("\n\n"));
+            }
+            Err(e) => eprintln!("==> watchdog: no goroutine dump: {e}"),
         }
         let _ = duct::cmd!("pkill", "-9", "-f", "^lxd --group").unchecked().run();
         if let Err(e) = crate::lxd_up::ensure_daemon().await {
             eprintln!("==> watchdog: restarting LXD failed: {e:#}");
         }
     }
+}
+
+/// `GET /debug/pprof/goroutine?debug=2` from the daemon's debug listener (plain HTTP on loopback).
+fn goroutine_dump() -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(crate::lxd_up::DEBUG_ADDRESS)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    stream.write_all(b"GET /debug/pprof/goroutine?debug=2 HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
 }
