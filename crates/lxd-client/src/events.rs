@@ -1,4 +1,8 @@
 //! The event stream (`/1.0/events`): lifecycle, operation and logging events.
+//!
+//! The websocket is read by a task of its own, whatever the caller does with the stream: LXD writes every event
+//! to every listener, and a listener that stops reading can stall the daemon's event delivery. Events wait in an
+//! unbounded queue until the caller polls; dropping the stream closes the subscription.
 
 use futures_util::{Stream, StreamExt};
 use http::Method;
@@ -32,6 +36,16 @@ impl Event {
     }
 }
 
+fn decode(path: &str, message: std::result::Result<Message, tokio_tungstenite::tungstenite::Error>) -> Option<Result<Event>> {
+    let decoded = |r: std::result::Result<Event, serde_json::Error>| r.map_err(|e| Error::Decode { path: path.to_string(), message: e.to_string() });
+    match message {
+        Ok(Message::Text(text)) => Some(decoded(serde_json::from_str::<Event>(&text))),
+        Ok(Message::Binary(data)) => Some(decoded(serde_json::from_slice::<Event>(&data))),
+        Ok(_) => None,
+        Err(e) => Some(Err(Error::Websocket { path: path.to_string(), message: e.to_string() })),
+    }
+}
+
 impl Client {
     /// Subscribe to events of the given types (`lifecycle`, `operation`, `logging`). The subscription is live when
     /// this returns, so events of requests sent afterwards are not missed.
@@ -41,21 +55,35 @@ impl Client {
             req = req.query("type", types.join(","));
         }
         let path = self.path_and_query(&req);
-        let ws = self.websocket(&path).await?;
-        Ok(ws.filter_map(move |message| {
-            let path = path.clone();
-            async move {
-                match message {
-                    Ok(Message::Text(text)) => {
-                        Some(serde_json::from_str::<Event>(&text).map_err(|e| Error::Decode { path, message: e.to_string() }))
+        let mut ws = self.websocket(&path).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Event>>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // The caller dropped the stream: close the subscription.
+                    _ = tx.closed() => {
+                        let _ = ws.close(None).await;
+                        return;
                     }
-                    Ok(Message::Binary(data)) => {
-                        Some(serde_json::from_slice::<Event>(&data).map_err(|e| Error::Decode { path, message: e.to_string() }))
+                    message = ws.next() => {
+                        let Some(message) = message else { return };
+                        let failed = message.is_err();
+                        if let Some(item) = decode(&path, message) {
+                            if tx.send(item).is_err() {
+                                return;
+                            }
+                        }
+                        if failed {
+                            return;
+                        }
                     }
-                    Ok(_) => None,
-                    Err(e) => Some(Err(Error::Websocket { path, message: e.to_string() })),
                 }
             }
-        }))
+        });
+        Ok(tokio_stream_from(rx))
     }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::UnboundedReceiver<T>) -> impl Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
