@@ -186,11 +186,22 @@ impl Client {
             Endpoint::Unix(_) => "lxd".to_string(),
             Endpoint::Https { address, .. } => address.clone(),
         };
+        // LXD (5.0 at least) reads the first bytes of every new unix-socket connection inside its accept loop, to
+        // tell TLS from plain HTTP: a connection that is opened and left silent stops the daemon from accepting any
+        // other client. hyper's pool opens such connections (a connect that loses the race against an idle
+        // checkout is finished and parked unused), so on the unix socket nothing is kept idle: every request gets
+        // its own connection, which costs microseconds there. HTTPS keeps a pool (TLS handshakes are costly), with
+        // a timer so idle connections are really closed.
+        let unix = matches!(endpoint, Endpoint::Unix(_));
         let connector = Connector::new(endpoint)?;
-        let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(16)
-            .build(connector.clone());
+        let mut builder = HyperClient::builder(TokioExecutor::new());
+        builder.pool_timer(hyper_util::rt::TokioTimer::new()).pool_idle_timeout(Duration::from_secs(10));
+        if unix {
+            builder.pool_max_idle_per_host(0);
+        } else {
+            builder.pool_max_idle_per_host(8);
+        }
+        let http = builder.build(connector.clone());
         Ok(Self {
             inner: Arc::new(Inner { connector, http, flavor, server: tokio::sync::OnceCell::new(), authority }),
             project: None,
