@@ -1,1 +1,0 @@
-//! Safe Caddy changes: backup, site-loss refusal, validation as the service user, reload, probes, restore.
