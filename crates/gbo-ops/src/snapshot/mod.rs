@@ -335,10 +335,9 @@ pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &Snaps
     };
     let running = lxd.instance(&instance).await?.status.eq_ignore_ascii_case("running");
     if running {
-        if let Err(e) = lxd.set_state(&instance, StateAction::Stop, 60, false).await {
-            tracing::warn!(error = %e, "clean stop failed; forcing");
-            lxd.set_state(&instance, StateAction::Stop, 30, true).await?;
-        }
+        // Forced: the root filesystem and the captured data are about to be replaced (the safety snapshot holds
+        // the current state), so a slow clean shutdown buys nothing.
+        set_state_checked(lxd, &instance, StateAction::Stop, "stopped").await?;
     }
     let mut data_restored = Vec::new();
     if let Some(manifest) = &manifest {
@@ -350,7 +349,7 @@ pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &Snaps
     }
     lxd.restore_snapshot(&instance, snapshot).await?;
     if running {
-        lxd.set_state(&instance, StateAction::Start, 60, false).await?;
+        set_state_checked(lxd, &instance, StateAction::Start, "running").await?;
     }
     Ok(RestoreReport { container: container.name.clone(), snapshot: snapshot.to_string(), safety_snapshot, data_restored, restarted: running })
 }
@@ -422,6 +421,24 @@ pub async fn prune(lxd: &Client, container: &ManagedInstance, policy: RetentionP
         }
     }
     Ok(PruneReport { container: container.name.clone(), verdicts, applied: !dry_run, orphaned_data_removed: if dry_run { Vec::new() } else { orphans } })
+}
+
+/// Change state; when the request fails (a lost operation, a slow daemon), accept it if the instance did reach
+/// the wanted state.
+async fn set_state_checked(lxd: &Client, instance: &InstanceName, action: StateAction, wanted: &str) -> Result<(), SnapshotError> {
+    let force = action == StateAction::Stop;
+    match lxd.set_state(instance, action, 60, force).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let status = lxd.instance(instance).await?.status;
+            if status.eq_ignore_ascii_case(wanted) {
+                tracing::debug!(error = %e, "state change reported an error but the instance is {wanted}");
+                Ok(())
+            } else {
+                Err(e.into())
+            }
+        }
+    }
 }
 
 fn join_error(e: tokio::task::JoinError) -> SnapshotError {
