@@ -27,6 +27,9 @@ use crate::transport::BoxedIo;
 /// Default bound on one exec call.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long an exec's outputs may take to reach EOF once its operation has finished.
+pub const EXEC_DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
@@ -244,40 +247,117 @@ impl Client {
         O: AsyncWrite + Unpin + Send,
         E: AsyncWrite + Unpin + Send,
     {
+        self.exec_controlled(name, req, stdin, stdout, stderr, None).await
+    }
+
+    /// [`Client::exec_io`] with a control channel: send [`ExecControl::Signal`] to signal the running command.
+    ///
+    /// The call ends when the operation has finished and both outputs reached EOF (after the operation ends,
+    /// outputs get [`EXEC_DRAIN_GRACE`] to finish, so a lost close frame cannot hang it). When `req.timeout`
+    /// passes first, the command is killed (SIGKILL through the control socket) and
+    /// [`Error::OperationTimeout`] is returned.
+    pub async fn exec_controlled<R, O, E>(
+        &self,
+        name: &InstanceName,
+        req: &ExecRequest,
+        stdin: Option<R>,
+        stdout: O,
+        stderr: E,
+        controls: Option<mpsc::Receiver<ExecControl>>,
+    ) -> Result<i32>
+    where
+        R: AsyncRead + Unpin + Send,
+        O: AsyncWrite + Unpin + Send,
+        E: AsyncWrite + Unpin + Send,
+    {
         let span = tracing::debug_span!("exec", instance = %name, argv0 = %req.command.first().map(String::as_str).unwrap_or(""));
         let _guard = span.enter();
         let op = self.start_exec(name, req, None, false).await?;
-        let run = async {
-            let mut sockets = self.operation_sockets(&op, &["0", "1", "2", "control"]).await?;
-            let control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
-            let err_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
-            let out_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
-            let in_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
-            let (out_done, err_done, finished) = tokio::join!(
-                async {
-                    let (a, b) = tokio::join!(pump_in(in_ws, stdin), pump_out(out_ws, stdout));
-                    a.and(b)
-                },
-                pump_out(err_ws, stderr),
-                self.wait_operation(&op.id, req.timeout),
-            );
-            let mut control = control;
-            let _ = control.close(None).await;
-            out_done?;
-            err_done?;
-            finished
+        let mut sockets = self.operation_sockets(&op, &["0", "1", "2", "control"]).await?;
+        let control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        let err_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        let out_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        let in_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        let io = async {
+            let ((input, output), errors) =
+                tokio::join!(async { tokio::join!(pump_in(in_ws, stdin), pump_out(out_ws, stdout)) }, pump_out(err_ws, stderr));
+            output.and(errors).and(input)
         };
-        match tokio::time::timeout(req.timeout + Duration::from_secs(5), run).await {
-            Ok(result) => Ok(exit_code(&result?)),
-            Err(_) => {
-                let _ = self.cancel_operation(&op.id).await;
-                Err(Error::OperationTimeout { id: op.id.clone(), after: req.timeout })
-            }
-        }
+        let finished = self.supervise(&op, req.timeout, control, controls, io).await?;
+        Ok(exit_code(&finished))
     }
 
-    /// Run a command on a pseudo-terminal of `size` (columns, rows): `io` carries input one way and the terminal's
-    /// output the other; `controls` sends resizes and signals. Returns the exit code.
+    /// Drive an exec to its end: forward control messages, wait for the operation and the output pumps, kill the
+    /// command at the deadline.
+    async fn supervise<F>(&self, op: &Operation, timeout: Duration, control: Ws, controls: Option<mpsc::Receiver<ExecControl>>, io: F) -> Result<Operation>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        let control_path = format!("/1.0/operations/{}/websocket", op.id);
+        let (mut control_sink, mut control_stream) = control.split();
+        let mut controls = controls;
+        let wait = self.wait_operation(&op.id, timeout);
+        tokio::pin!(io, wait);
+        let mut io_result: Option<Result<()>> = None;
+        let mut finished: Option<Result<Operation>> = None;
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut control_open = true;
+        loop {
+            if io_result.is_some() && finished.is_some() {
+                break;
+            }
+            let grace = async {
+                match drain_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut io, if io_result.is_none() => io_result = Some(result),
+                result = &mut wait, if finished.is_none() => {
+                    if matches!(result, Err(Error::OperationTimeout { .. })) {
+                        // Kill the command so nothing keeps running behind our back, then give up.
+                        let _ = control_sink.send(Message::Text(control_message(&ExecControl::Signal(9)))).await;
+                        let _ = control_sink.close().await;
+                        return Err(Error::OperationTimeout { id: op.id.clone(), after: timeout });
+                    }
+                    finished = Some(result);
+                    drain_deadline = Some(tokio::time::Instant::now() + EXEC_DRAIN_GRACE);
+                }
+                message = async {
+                    match controls.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match message {
+                    Some(message) => control_sink.send(Message::Text(control_message(&message))).await.map_err(|e| Error::Websocket {
+                        path: control_path.clone(),
+                        message: e.to_string(),
+                    })?,
+                    None => controls = None,
+                },
+                // Keep reading the control socket so pings are answered (until the daemon closes it).
+                message = control_stream.next(), if control_open => {
+                    if !matches!(message, Some(Ok(_))) {
+                        control_open = false;
+                    }
+                }
+                () = grace => {
+                    tracing::debug!(id = %op.id, "exec outputs did not reach EOF after the operation ended");
+                    break;
+                }
+            }
+        }
+        let _ = control_sink.close().await;
+        if let Some(result) = io_result {
+            result?;
+        }
+        finished.unwrap_or_else(|| Err(Error::OperationTimeout { id: op.id.clone(), after: timeout }))
+    }
+
+    /// Run a command on a pseudo-terminal of `size` (columns, rows): `input` feeds the terminal and `output`
+    /// receives what it prints; `controls` sends resizes and signals. Returns the exit code. Bounded by
+    /// `req.timeout` like [`Client::exec_controlled`].
     pub async fn exec_interactive<R, W>(
         &self,
         name: &InstanceName,
@@ -285,7 +365,7 @@ impl Client {
         size: (u16, u16),
         input: R,
         output: W,
-        mut controls: mpsc::Receiver<ExecControl>,
+        controls: mpsc::Receiver<ExecControl>,
     ) -> Result<i32>
     where
         R: AsyncRead + Unpin + Send,
@@ -293,37 +373,23 @@ impl Client {
     {
         let op = self.start_exec(name, req, Some(size), false).await?;
         let mut sockets = self.operation_sockets(&op, &["0", "control"]).await?;
-        let mut control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        let control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let tty = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let (tty_sink, tty_stream) = tty.split();
-        let control_path = format!("/1.0/operations/{}/websocket", op.id);
-        let control_task = async {
-            while let Some(message) = controls.recv().await {
-                control.send(Message::Text(control_message(&message))).await.map_err(|e| Error::Websocket {
-                    path: control_path.clone(),
-                    message: e.to_string(),
-                })?;
-            }
-            Ok::<_, Error>(control)
-        };
-        let io_task = async {
-            let (a, b) = tokio::join!(pump_in_sink(tty_sink, Some(input), false), pump_out_stream(tty_stream, output));
-            b.and(a.map(|_| ()))
-        };
-        let wait = self.wait_operation(&op.id, req.timeout);
-        tokio::pin!(control_task, io_task, wait);
-        let mut control_done: Option<Result<Ws>> = None;
-        let mut io_done = false;
-        let finished = loop {
-            tokio::select! {
-                result = &mut control_task, if control_done.is_none() => control_done = Some(result),
-                result = &mut io_task, if !io_done => { io_done = true; result?; }
-                result = &mut wait => break result?,
+        // The terminal's output ends the I/O; input may stay open (an interactive user never sends EOF).
+        let io = async {
+            let writer = pump_in_sink(tty_sink, Some(input), false);
+            let reader = pump_out_stream(tty_stream, output);
+            tokio::pin!(writer, reader);
+            let mut writer_done = false;
+            loop {
+                tokio::select! {
+                    result = &mut writer, if !writer_done => { writer_done = true; let _sink = result?; }
+                    result = &mut reader => return result,
+                }
             }
         };
-        if let Some(Ok(mut control)) = control_done {
-            let _ = control.close(None).await;
-        }
+        let finished = self.supervise(&op, req.timeout, control, Some(controls), io).await?;
         Ok(exit_code(&finished))
     }
 
@@ -384,7 +450,9 @@ where
             }
             if let Err(e) = sink.send(Message::Binary(buf[..n].to_vec())).await {
                 // The command exited and LXD closed its stdin: not our error.
-                if matches!(e, tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed) {
+                if matches!(e, tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed)
+                    || matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset))
+                {
                     return Ok(sink);
                 }
                 return Err(ws_err(e));

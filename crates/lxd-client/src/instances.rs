@@ -343,7 +343,16 @@ impl Client {
     }
 
     /// Create an instance and wait for it (`start` in the request decides whether it also starts).
+    ///
+    /// Daemons without the `instance_create_start` extension (LXD 5.0.x) silently ignore `start`; there the
+    /// instance is created stopped and then started, as `lxc launch` does.
     pub async fn create_instance(&self, request: &CreateInstance) -> Result<()> {
+        if request.start && !self.has_extension("instance_create_start").await? {
+            let stopped = request.clone().start(false);
+            let req = Request::new(Method::POST, "/1.0/instances").json(&stopped)?;
+            self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
+            return self.set_state(&request.name, StateAction::Start, 30, false).await;
+        }
         let req = Request::new(Method::POST, "/1.0/instances").json(request)?;
         self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
         Ok(())

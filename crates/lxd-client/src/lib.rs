@@ -35,7 +35,7 @@ pub use client::{Client, Envelope, DEFAULT_TIMEOUT};
 pub use devices::{DeviceConfig, DiskDevice, ProxyAddress, ProxyBind, ProxyDevice, ProxyProtocol};
 pub use error::{Error, Result};
 pub use events::Event;
-pub use exec::{ExecControl, ExecOutput, ExecRequest, DEFAULT_EXEC_TIMEOUT};
+pub use exec::{ExecControl, ExecOutput, ExecRequest, DEFAULT_EXEC_TIMEOUT, EXEC_DRAIN_GRACE};
 pub use files::{FileContent, FileOptions, PulledFile};
 pub use images::{Image, ImageAlias, Progress};
 pub use instances::{CreateInstance, Instance, InstancePut, InstanceSource, InstanceState, StateAction, LIFECYCLE_TIMEOUT};

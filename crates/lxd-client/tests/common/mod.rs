@@ -99,3 +99,33 @@ pub fn lxc_state(name: &str) -> Option<String> {
     let out = lxc(&["list", "--format", "csv", "-c", "ns", &format!("^{name}$")]);
     out.lines().find_map(|l| l.split_once(',').filter(|(n, _)| *n == name).map(|(_, s)| s.to_string()))
 }
+
+/// Peak resident set size of this process so far (`VmHWM` in /proc/self/status), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
+/// An `AsyncWrite` that counts bytes and keeps none (to prove streaming without buffering).
+#[derive(Default)]
+pub struct CountingSink {
+    /// Bytes written so far.
+    pub bytes: u64,
+}
+
+impl tokio::io::AsyncWrite for CountingSink {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        self.bytes += buf.len() as u64;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,165 @@
+//! Exec against the real daemon: outputs and exit codes, stdin, a 20 MB streamed output, environment/cwd/user,
+//! commands that ignore stdin, signals, an interactive TTY with a resize, recorded mode, and a timeout that
+//! kills the command instead of hanging.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, peak_rss_kib, Container, CountingSink};
+use lxd_client::{Error, ExecControl, ExecRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn outputs_exit_code_stdin_environment() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec", true).await;
+
+    let out = lxd.exec(&c.name, &ExecRequest::new(["sh", "-c", "echo out; echo err >&2; exit 3"])).await.expect("exec");
+    assert_eq!((out.exit_code, out.stdout_text().as_str(), out.stderr_text().as_str()), (3, "out\n", "err\n"));
+    assert!(!out.success());
+
+    let out = lxd.exec_with_stdin(&c.name, &ExecRequest::new(["cat"]), b"hello stdin").await.expect("cat");
+    assert_eq!(out.stdout, b"hello stdin");
+
+    // 1 MiB through stdin and back through a checksum.
+    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let out = lxd.exec_with_stdin(&c.name, &ExecRequest::new(["wc", "-c"]), &data).await.expect("wc");
+    assert_eq!(out.stdout_text().trim(), data.len().to_string());
+
+    let req = ExecRequest::new(["sh", "-c", "echo \"$GBOT_VAR\"; pwd; id -u; id -g"]).env("GBOT_VAR", "a value").cwd("/tmp").user(1001, 1001);
+    let out = lxd.exec(&c.name, &req).await.expect("env/cwd/user");
+    assert_eq!(out.stdout_text(), "a value\n/tmp\n1001\n1001\n", "stderr: {}", out.stderr_text());
+
+    // A command that never reads its stdin, given a lot of it, does not hang.
+    let started = Instant::now();
+    let out = lxd.exec_with_stdin(&c.name, &ExecRequest::new(["true"]).timeout(Duration::from_secs(30)), &data).await.expect("true");
+    assert_eq!(out.exit_code, 0);
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    // A missing program fails the operation itself (LXD 5.0 answers "Command not found"), typed as such.
+    let err = lxd.exec(&c.name, &ExecRequest::new(["/no/such/program"])).await.expect_err("no program");
+    assert!(matches!(&err, Error::OperationFailed { message, .. } if message.contains("not found")), "{err:?}");
+}
+
+#[tokio::test]
+async fn twenty_megabytes_of_output_are_streamed() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec-big", true).await;
+    let before = peak_rss_kib();
+    let mut sink = CountingSink::default();
+    let req = ExecRequest::new(["head", "-c", "20971520", "/dev/urandom"]);
+    let code = lxd.exec_io(&c.name, &req, None::<tokio::io::Empty>, &mut sink, tokio::io::sink()).await.expect("exec");
+    assert_eq!(code, 0);
+    assert_eq!(sink.bytes, 20 * 1024 * 1024);
+    let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
+    assert!(grown_mib < 16, "peak RSS grew {grown_mib} MiB for 20 MiB of output: it was buffered");
+}
+
+#[tokio::test]
+async fn signals_through_the_control_socket() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec-sig", true).await;
+    let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
+    let req = ExecRequest::new(["sh", "-c", script]).timeout(Duration::from_secs(60));
+    let (mut reader, writer) = tokio::io::duplex(64 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let run = lxd.exec_controlled(&c.name, &req, None::<tokio::io::Empty>, writer, tokio::io::sink(), Some(rx));
+    let drive = async move {
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        // Readiness check: the trap is installed once `ready` is printed.
+        while !seen.contains("ready") {
+            let n = reader.read(&mut buf).await.expect("read stdout");
+            assert!(n > 0, "stdout ended before `ready`: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tx.send(ExecControl::Signal(15)).await.expect("send signal");
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).await.expect("read rest");
+        seen + &rest
+    };
+    let (code, output) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, drive) }).await.expect("no hang");
+    assert_eq!(code.expect("exec"), 7, "the TERM trap ran");
+    assert!(output.contains("got-term"), "{output}");
+}
+
+#[tokio::test]
+async fn interactive_tty_with_resize() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec-tty", true).await;
+    let req = ExecRequest::new(["sh", "-c", "stty size; while read line; do [ \"$line\" = quit ] && exit 5; stty size; done"])
+        .env("TERM", "xterm")
+        .timeout(Duration::from_secs(60));
+    let (mut output_reader, output_writer) = tokio::io::duplex(64 * 1024);
+    let (input_reader, mut input_writer) = tokio::io::duplex(1024);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let run = lxd.exec_interactive(&c.name, &req, (80, 24), input_reader, output_writer, rx);
+    let drive = async move {
+        let mut seen = String::new();
+        let mut buf = [0u8; 1024];
+        read_until(&mut output_reader, &mut seen, "24 80").await;
+        tx.send(ExecControl::Resize { width: 100, height: 30 }).await.expect("resize");
+        // The resize travels on another socket: poke the shell until it reports the new size.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seen.contains("30 100") {
+            assert!(Instant::now() < deadline, "never saw the new size: {seen}");
+            input_writer.write_all(b"again\n").await.expect("write tty");
+            let n = tokio::time::timeout(Duration::from_millis(500), output_reader.read(&mut buf)).await.unwrap_or(Ok(0)).expect("read");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        input_writer.write_all(b"quit\n").await.expect("write tty");
+        let mut rest = Vec::new();
+        output_reader.read_to_end(&mut rest).await.expect("read the rest");
+        seen + &String::from_utf8_lossy(&rest)
+    };
+    let (code, seen) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, drive) }).await.expect("no hang");
+    assert_eq!(code.expect("interactive exec"), 5);
+    assert!(seen.contains("24 80") && seen.contains("30 100"), "{seen}");
+}
+
+#[tokio::test]
+async fn recorded_mode_deletes_its_logs() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec-rec", true).await;
+    let out = lxd.exec_recorded(&c.name, &ExecRequest::new(["sh", "-c", "echo recorded; echo oops >&2; exit 2"])).await.expect("recorded");
+    assert_eq!((out.exit_code, out.stdout_text().as_str(), out.stderr_text().as_str()), (2, "recorded\n", "oops\n"));
+    let logs = lxd.instance_logs(&c.name).await.expect("logs");
+    assert!(!logs.iter().any(|l| l.starts_with("exec")), "exec logs left behind: {logs:?}");
+}
+
+#[tokio::test]
+async fn timeout_kills_the_command_and_returns() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec-timeout", true).await;
+    let started = Instant::now();
+    let req = ExecRequest::new(["sleep", "300"]).timeout(Duration::from_secs(2));
+    let err = lxd.exec(&c.name, &req).await.expect_err("times out");
+    assert!(matches!(err, Error::OperationTimeout { .. }), "{err:?}");
+    assert!(err.is_timeout());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    // The command was killed, not left running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = lxd.exec(&c.name, &ExecRequest::new(["sh", "-c", "pgrep -x sleep || true"])).await.expect("pgrep");
+        if ps.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sleep still running: {}", ps.stdout_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let started = Instant::now();
+    let err = lxd.exec_recorded(&c.name, &req).await.expect_err("recorded times out");
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+}
+
+async fn read_until(reader: &mut tokio::io::DuplexStream, seen: &mut String, needle: &str) {
+    let mut buf = [0u8; 1024];
+    while !seen.contains(needle) {
+        let n = reader.read(&mut buf).await.expect("read tty");
+        assert!(n > 0, "tty closed before {needle:?}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
