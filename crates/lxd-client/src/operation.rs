@@ -120,6 +120,35 @@ impl Client {
         }
     }
 
+    /// Wait (at most `timeout` in all) until no background task operation (create, start, stop, snapshot, ...)
+    /// is running on `instance`. A client killed mid-request leaves its operation running in the daemon; acting on
+    /// the instance meanwhile fails with "Instance is busy running a ... operation". Websocket operations (exec)
+    /// are not waited for: they can legitimately run for hours.
+    pub async fn wait_instance_idle(&self, instance: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let url = format!("/1.0/instances/{instance}");
+        loop {
+            let busy: Vec<Operation> = self
+                .operations()
+                .await?
+                .into_iter()
+                .filter(|op| op.status_code < 200 && op.class == "task")
+                .filter(|op| op.resources.as_ref().map(|r| r.values().flatten().any(|u| u.split('?').next() == Some(url.as_str()))).unwrap_or(false))
+                .collect();
+            let Some(op) = busy.into_iter().next() else { return Ok(()) };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::OperationTimeout { id: op.id, after: timeout });
+            }
+            tracing::debug!(instance, operation = %op.id, description = %op.description, "waiting for a running operation");
+            match self.wait_operation(&op.id, left).await {
+                // Its outcome belongs to whoever started it; we only wait for the instance to be free.
+                Ok(_) | Err(Error::OperationFailed { .. }) | Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Cancel an operation (`DELETE /1.0/operations/<id>`); only works when `may_cancel`.
     pub async fn cancel_operation(&self, id: &str) -> Result<()> {
         let _: serde_json::Value =

@@ -538,6 +538,13 @@ pub async fn install(lxd: &Client, request: &InstallRequest, progress: ProgressF
     let preview = plan(lxd, request, false).await?;
     std::fs::create_dir_all(&preview.stack_dir).map_err(InstallError::io(format!("creating {}", preview.stack_dir.display())))?;
     let _lock = lock::acquire(&preview.stack_dir, preview.tenant.as_str(), request.lock_wait).await?;
+    // A run killed mid-request leaves its operation (a create, a start) running in the daemon: let it finish
+    // before observing, so the plan starts from settled state instead of failing with "instance is busy".
+    for component in &preview.components {
+        lxd.wait_instance_idle(&component.instance, std::time::Duration::from_secs(300))
+            .await
+            .map_err(InstallError::lxd(format!("waiting for running operations on {}", component.instance)))?;
+    }
     let planned = plan(lxd, request, true).await?;
     apply_planned(lxd, request, &planned, progress).await
 }
