@@ -386,6 +386,13 @@ impl Endpoint {
         match self {
             Endpoint::Host(h) => {
                 let client = h.connect(database).await?;
+                // pg_dump 15.14+ frames its output with `\restrict KEY` / `\unrestrict KEY`: psql meta-commands that
+                // only psql understands. Schema-only sections hold no other backslash lines.
+                let sql: String = sql
+                    .lines()
+                    .filter(|l| !(l.starts_with("\\restrict ") || l.starts_with("\\unrestrict ")))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
                 let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;\n");
                 client.batch_execute(&wrapped).await.map_err(|e| MigrateError::Sql { side: self.describe(), message: db_message(&e) })
             }

@@ -164,7 +164,8 @@ async fn host_to_container_and_back_verified_with_owners_and_sequences() {
     let report = migrate::migrate(&container_endpoint(&c), &Endpoint::Host(back.server()), &options, None, None).await.expect("container to local");
     assert_eq!(report.tables.len(), 3);
     assert_eq!(checksum_host(&back), before);
-    assert_eq!(back.psql("botserver", "SELECT last_value FROM users_id_seq"), "4242");
+    // The nextval above advanced the container's sequence; the migration carries that value over.
+    assert_eq!(back.psql("botserver", "SELECT last_value FROM users_id_seq"), "4243");
 }
 
 #[tokio::test(flavor = "multi_thread")]
