@@ -1,1 +1,225 @@
-//! CoreDNS: render and apply the Corefile with the ACL, reload by SIGHUP.
+//! CoreDNS: the Corefile per zone with the seed's `acl` (ANY only from 10.0.0.0/8 and 127.0.0.0/8; A, AAAA, MX
+//! from anywhere; everything else blocked), zone files on the data mount, and a reload by SIGHUP sent to the
+//! coredns process found by its pid (the unit's `MainPID`, else the one process whose name is exactly `coredns`),
+//! never `pkill` by name (which also hits a second tenant's CoreDNS).
+//!
+//! No CoreDNS binary is installable here: the rendering is snapshot-tested, the SIGHUP path runs against a real
+//! process standing in for it.
+
+use std::fmt::Write as _;
+
+use lxd_client::{Client, FileOptions, InstanceName};
+
+use crate::doctor::inside;
+use crate::inventory;
+use crate::proxy::caddyfile::valid_domain;
+
+/// The Corefile inside the dns container.
+pub const COREFILE_PATH: &str = "/opt/gbo/conf/Corefile";
+/// Networks allowed to ask `ANY` (the seed's).
+pub const ANY_ALLOWED_FROM: &[&str] = &["10.0.0.0/8", "127.0.0.0/8"];
+/// The units that may run CoreDNS.
+pub const COREDNS_UNITS: &[&str] = &["dns.service", "coredns.service"];
+
+/// The zone file of `zone` (`/opt/gbo/data/<zone>.zone`, as in the seed).
+pub fn zone_file_path(zone: &str) -> String {
+    format!("/opt/gbo/data/{zone}.zone")
+}
+
+/// The seed's `acl` block, indented one tab.
+pub fn acl_block() -> String {
+    format!(
+        "\tacl {{\n\t\tallow type ANY net {}\n\t\tallow type A net 0.0.0.0/0 ::/0\n\t\tallow type AAAA net 0.0.0.0/0 ::/0\n\t\tallow type MX net 0.0.0.0/0 ::/0\n\t\tblock\n\t}}\n",
+        ANY_ALLOWED_FROM.join(" ")
+    )
+}
+
+/// The Corefile: one block per zone serving its file behind the acl, and a root block refusing everything else
+/// (no recursion: an open resolver is an amplifier).
+pub fn corefile(zones: &[String], port: u16) -> String {
+    let mut out = String::from("# Rendered by gbo; local changes are reported as drift and replaced on the next install.\n");
+    for zone in zones {
+        let _ = writeln!(out, "{zone}:{port} {{\n\tfile {}", zone_file_path(zone));
+        out.push_str(&acl_block());
+        out.push_str("\tcache\n\terrors\n}\n\n");
+    }
+    let _ = writeln!(out, ".:{port} {{\n\tacl {{\n\t\tblock\n\t}}\n\terrors\n}}");
+    out
+}
+
+/// A minimal zone (SOA and NS) for a zone that has no file yet; existing zone files are never overwritten.
+pub fn starter_zone(zone: &str) -> String {
+    format!("$ORIGIN {zone}.\n$TTL 3600\n@\tIN\tSOA\tns1.{zone}. hostmaster.{zone}. ( 1 7200 3600 1209600 3600 )\n@\tIN\tNS\tns1.{zone}.\n")
+}
+
+/// Every zone block of a Corefile text has the acl with a final `block` (what doctor checks on the live file).
+/// Returns the zones lacking it.
+pub fn zones_without_acl(corefile: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut depth = 0usize;
+    let mut current: Option<(String, bool, bool)> = None;
+    for line in corefile.lines() {
+        let t = line.split('#').next().unwrap_or("").trim();
+        if depth == 0 && t.ends_with('{') {
+            current = Some((t.trim_end_matches('{').trim().to_string(), false, false));
+        }
+        if depth >= 1 {
+            if let Some(c) = current.as_mut() {
+                if t.starts_with("acl") {
+                    c.1 = true;
+                }
+                if c.1 && t == "block" {
+                    c.2 = true;
+                }
+            }
+        }
+        depth += t.matches('{').count();
+        depth = depth.saturating_sub(t.matches('}').count());
+        if depth == 0 {
+            if let Some((zone, acl, block)) = current.take() {
+                if !(acl && block) {
+                    missing.push(zone);
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// What failed. Every variant means exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// Bad input. Nothing was changed.
+    #[error("{0}")]
+    BadInput(String),
+    /// A step failed.
+    #[error("{step} in {instance} failed: {output}")]
+    Step {
+        /// Container.
+        instance: String,
+        /// What.
+        step: String,
+        /// Output.
+        output: String,
+    },
+    /// LXD failed.
+    #[error(transparent)]
+    Lxd(#[from] lxd_client::Error),
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DnsReport {
+    /// The dns container.
+    pub instance: String,
+    /// Files written.
+    pub changed: Vec<String>,
+    /// The pid that got SIGHUP, when CoreDNS runs.
+    pub reloaded_pid: Option<u32>,
+    /// How the pid was found.
+    pub pid_source: String,
+}
+
+/// Render and install the Corefile and missing zone files in the tenant's dns container; SIGHUP CoreDNS.
+pub async fn apply(lxd: &Client, tenant: &str, zones: &[String], port: u16) -> Result<DnsReport, DnsError> {
+    if zones.is_empty() {
+        return Err(DnsError::BadInput("no zone given (--zone example.com)".into()));
+    }
+    let mut zones: Vec<String> = zones.iter().map(|z| z.trim_end_matches('.').to_ascii_lowercase()).collect();
+    if let Some(bad) = zones.iter().find(|z| !valid_domain(z, false)) {
+        return Err(DnsError::BadInput(format!("zone {bad:?} is not a valid domain name")));
+    }
+    zones.sort();
+    zones.dedup();
+    let instances = inventory::tenant_instances(lxd, tenant).await?;
+    let dns = instances.iter().find(|m| m.role == "dns").ok_or_else(|| DnsError::BadInput(format!("tenant {tenant:?} has no dns container (`{tenant}-dns`)")))?;
+    let instance = InstanceName::new(dns.name.as_str())?;
+    let mut report = DnsReport { instance: instance.to_string(), ..Default::default() };
+    for zone in &zones {
+        let path = zone_file_path(zone);
+        if inside::read_opt(lxd, &instance, &path).await?.is_none() {
+            inside::write_if_changed(lxd, &instance, &path, starter_zone(zone).as_bytes(), FileOptions::root(0o644)).await?;
+            report.changed.push(path);
+        }
+    }
+    if inside::write_if_changed(lxd, &instance, COREFILE_PATH, corefile(&zones, port).as_bytes(), FileOptions::root(0o644)).await? {
+        report.changed.push(COREFILE_PATH.into());
+    }
+    if let Some((pid, source)) = coredns_pid(lxd, &instance).await? {
+        let p = pid.to_string();
+        let out = inside::run(lxd, &instance, &["kill", "-HUP", p.as_str()]).await?;
+        if !out.success() {
+            return Err(DnsError::Step { instance: instance.to_string(), step: format!("sending SIGHUP to pid {pid}"), output: inside::failure_text(&out) });
+        }
+        report.reloaded_pid = Some(pid);
+        report.pid_source = source;
+    } else {
+        report.pid_source = "CoreDNS is not running: nothing reloaded".into();
+    }
+    Ok(report)
+}
+
+/// The coredns process: the `MainPID` of an active CoreDNS unit, else the single process named exactly `coredns`.
+pub async fn coredns_pid(lxd: &Client, instance: &InstanceName) -> Result<Option<(u32, String)>, lxd_client::Error> {
+    if let Some(unit) = inside::active_unit(lxd, instance, COREDNS_UNITS).await? {
+        let pid = inside::main_pid(lxd, instance, &unit).await?;
+        if pid > 0 {
+            return Ok(Some((pid, format!("MainPID of {unit}"))));
+        }
+    }
+    let out = inside::run(lxd, instance, &["pgrep", "--exact", "coredns"]).await?;
+    let pids: Vec<u32> = out.stdout_text().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    Ok(match pids.as_slice() {
+        [pid] => Some((*pid, "the only process named coredns".into())),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corefile_snapshot() {
+        let text = corefile(&["example.com".into(), "example.org".into()], 53);
+        insta::assert_snapshot!(text, @r###"
+        # Rendered by gbo; local changes are reported as drift and replaced on the next install.
+        example.com:53 {
+        	file /opt/gbo/data/example.com.zone
+        	acl {
+        		allow type ANY net 10.0.0.0/8 127.0.0.0/8
+        		allow type A net 0.0.0.0/0 ::/0
+        		allow type AAAA net 0.0.0.0/0 ::/0
+        		allow type MX net 0.0.0.0/0 ::/0
+        		block
+        	}
+        	cache
+        	errors
+        }
+
+        example.org:53 {
+        	file /opt/gbo/data/example.org.zone
+        	acl {
+        		allow type ANY net 10.0.0.0/8 127.0.0.0/8
+        		allow type A net 0.0.0.0/0 ::/0
+        		allow type AAAA net 0.0.0.0/0 ::/0
+        		allow type MX net 0.0.0.0/0 ::/0
+        		block
+        	}
+        	cache
+        	errors
+        }
+
+        .:53 {
+        	acl {
+        		block
+        	}
+        	errors
+        }
+        "###);
+        assert!(zones_without_acl(&text).is_empty());
+        let seed_without = "zone.example.com:53 {\n\tfile /opt/gbo/data/zone.example.com.zone\n\tcache\n\terrors\n}\n";
+        assert_eq!(zones_without_acl(seed_without), vec!["zone.example.com:53"]);
+    }
+}
