@@ -1,3 +1,572 @@
-//! Doctor: every rule of the production runbook as a check with a verdict, evidence and a fix.
+//! Doctor: every rule and every "common production issue" of the production runbook as a check with a verdict,
+//! the evidence, and the fix (`--fix` applies the safe ones). Evidence comes from the live system (what listens,
+//! the rules loaded, the devices present, what the daemons report), not from the files gbo rendered, so doctor
+//! works on tenants gbo never installed: it finds what runs where and says which layout it saw.
 
 pub mod inside;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lxd_client::{Client, FileOptions, InstanceName};
+
+use crate::inventory::{self, ManagedInstance};
+use crate::proxy::caddyfile::Caddyfile;
+use crate::proxy::resolve::{Resolver, Verdict as DnsVerdict};
+use crate::{brother, dns, fail2ban, firewall, proxy};
+
+/// Where the seed's production layout keeps the botserver stack inside `-system`.
+pub const STACK_DIR: &str = "/opt/gbo/bin/botserver-stack";
+/// What botui must reach botserver at.
+pub const BOTSERVER_URL: &str = "http://localhost:5858";
+/// The ports that must keep their proxy devices, per role (the seed's list).
+pub const PUBLIC_PORTS: &[(&str, &[u16])] = &[("proxy", &[80, 443]), ("email", &[25, 465, 587, 993, 995, 143, 110, 4190]), ("dns", &[53])];
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The rule holds.
+    Pass,
+    /// The rule is broken.
+    Fail,
+    /// Worth a look, not a failure (exit code unaffected).
+    Warn,
+    /// Not applicable here (the role or the tool is absent).
+    Skip,
+}
+
+/// One check's result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    /// Stable id (`loopback-first`, ...).
+    pub id: &'static str,
+    /// Where it was checked (a container or `host`).
+    pub target: String,
+    /// The verdict (after `--fix`, of the re-check).
+    pub verdict: Verdict,
+    /// What was seen.
+    pub evidence: String,
+    /// How to fix it (a command or a sentence).
+    pub fix: Option<String>,
+    /// Whether `--fix` fixed it.
+    pub fixed: bool,
+}
+
+impl Check {
+    fn new(id: &'static str, target: &str, verdict: Verdict, evidence: impl Into<String>) -> Self {
+        Self { id, target: target.to_string(), verdict, evidence: evidence.into(), fix: None, fixed: false }
+    }
+
+    fn fix(mut self, fix: impl Into<String>) -> Self {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DoctorReport {
+    /// The tenant.
+    pub tenant: String,
+    /// The layout seen: `per-role` (what `gbo install` builds) or `production` (the botserver stack inside
+    /// `-system`).
+    pub layout: String,
+    /// Containers found, with their roles.
+    pub containers: Vec<(String, String)>,
+    /// Every check.
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// 0 when nothing failed, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.checks.iter().any(|c| c.verdict == Verdict::Fail))
+    }
+}
+
+/// Options.
+#[derive(Clone)]
+pub struct DoctorOptions {
+    /// Apply the safe fixes, then check again.
+    pub fix: bool,
+    /// Resolves site domains for the dead-domain check.
+    pub resolver: Arc<dyn Resolver>,
+    /// Fail when ZFS snapshots use more than this share of their pool, percent.
+    pub zfs_snapshot_percent: u8,
+}
+
+/// Doctor could not run (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DoctorError {
+    /// Bad input.
+    #[error("{0}")]
+    BadInput(String),
+    /// LXD failed.
+    #[error(transparent)]
+    Lxd(#[from] lxd_client::Error),
+}
+
+struct Ctx<'a> {
+    lxd: &'a Client,
+    instances: Vec<ManagedInstance>,
+    options: &'a DoctorOptions,
+}
+
+impl Ctx<'_> {
+    fn role(&self, role: &str) -> Option<&ManagedInstance> {
+        self.instances.iter().find(|m| m.role == role && m.instance.is_running())
+    }
+}
+
+fn name_of(m: &ManagedInstance) -> Result<InstanceName, lxd_client::Error> {
+    InstanceName::new(m.name.as_str())
+}
+
+/// Run every check on a tenant.
+pub async fn run(lxd: &Client, tenant: &str, options: &DoctorOptions) -> Result<DoctorReport, DoctorError> {
+    let instances = inventory::tenant_instances(lxd, tenant).await?;
+    if instances.is_empty() {
+        return Err(DoctorError::BadInput(format!("no container belongs to tenant {tenant:?} (looked for `user.gbo.tenant={tenant}` and names `{tenant}-<role>`)")));
+    }
+    let ctx = Ctx { lxd, instances, options };
+    let production = match ctx.role("system") {
+        Some(m) => inside::run(lxd, &name_of(m)?, &["test", "-d", STACK_DIR]).await?.success(),
+        None => false,
+    };
+    let mut checks = Vec::new();
+    checks.extend(system_privileged(&ctx));
+    checks.extend(proxy_devices(&ctx));
+    checks.extend(alm_ci_mounts(&ctx));
+    checks.extend(loopback_first(&ctx).await?);
+    checks.extend(cache(&ctx, production).await?);
+    checks.extend(botserver_url(&ctx).await?);
+    checks.extend(caddy(&ctx).await?);
+    checks.extend(coredns_acl(&ctx).await?);
+    checks.extend(fail2ban_jails(&ctx).await?);
+    checks.extend(vault(&ctx, production).await?);
+    checks.extend(botserver_owner(&ctx).await?);
+    checks.extend(zfs_space(&ctx).await?);
+    checks.extend(brother_socket(&ctx).await?);
+    Ok(DoctorReport {
+        tenant: tenant.to_string(),
+        layout: if production { "production".into() } else { "per-role".into() },
+        containers: ctx.instances.iter().map(|m| (m.name.clone(), m.role.clone())).collect(),
+        checks,
+    })
+}
+
+fn system_privileged(ctx: &Ctx<'_>) -> Vec<Check> {
+    let Some(m) = ctx.instances.iter().find(|m| m.role == "system") else {
+        return vec![Check::new("system-privileged", "-", Verdict::Skip, "no system container")];
+    };
+    let value = m.instance.expanded_config.get("security.privileged").map(String::as_str).unwrap_or("false");
+    let verdict = if value == "true" { Verdict::Pass } else { Verdict::Fail };
+    vec![Check::new("system-privileged", &m.name, verdict, format!("security.privileged={value}"))
+        .fix(format!("lxc config set {} security.privileged true && lxc restart {}", m.name, m.name))]
+}
+
+fn proxy_devices(ctx: &Ctx<'_>) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (role, ports) in PUBLIC_PORTS {
+        let Some(m) = ctx.instances.iter().find(|m| m.role == *role) else { continue };
+        let connected: Vec<u16> = m
+            .instance
+            .expanded_devices
+            .values()
+            .filter_map(lxd_client::ProxyDevice::from_config)
+            .filter(|p| p.bind == lxd_client::ProxyBind::Host)
+            .map(|p| p.connect.port)
+            .collect();
+        let missing: Vec<String> = ports.iter().filter(|p| !connected.contains(p)).map(u16::to_string).collect();
+        let check = if missing.is_empty() {
+            Check::new("proxy-devices", &m.name, Verdict::Pass, format!("proxy devices forward {}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")))
+        } else {
+            Check::new("proxy-devices", &m.name, Verdict::Fail, format!("no proxy device forwards port {}", missing.join(", ")))
+                .fix(format!("lxc config device add {} gbo-port-<port> proxy listen=tcp:<address>:<port> connect=tcp:127.0.0.1:<port> (never remove these)", m.name))
+        };
+        out.push(check);
+    }
+    out
+}
+
+fn alm_ci_mounts(ctx: &Ctx<'_>) -> Vec<Check> {
+    let Some(m) = ctx.instances.iter().find(|m| m.role == "alm-ci") else { return Vec::new() };
+    if m.mounts.is_empty() {
+        return vec![Check::new("alm-ci-mounts", &m.name, Verdict::Pass, "no host disk mounts")];
+    }
+    let list: Vec<String> = m.mounts.iter().map(|d| format!("{} ({} -> {})", d.device, d.host_path.display(), d.container_path)).collect();
+    vec![Check::new("alm-ci-mounts", &m.name, Verdict::Fail, format!("disk mounts: {}", list.join(", ")))
+        .fix(format!("lxc config device remove {} <device>; deploy over SSH instead, then delete snapshots taken while the mounts were there", m.name))]
+}
+
+async fn loopback_first(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let mut out = Vec::new();
+    for role in ["system", "cache"] {
+        let Some(m) = ctx.role(role) else { continue };
+        let name = name_of(m)?;
+        if !inside::has_program(ctx.lxd, &name, "iptables").await? {
+            out.push(Check::new("loopback-first", &m.name, Verdict::Skip, "iptables is not installed"));
+            continue;
+        }
+        let check = |rules: &[String]| match firewall::loopback_problem(rules) {
+            None => (Verdict::Pass, format!("INPUT: {}", if rules.is_empty() { "no rules".into() } else { rules.join(" | ") })),
+            Some(problem) => (Verdict::Fail, problem),
+        };
+        let rules = match firewall::container_input_rules(ctx.lxd, &name).await {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(Check::new("loopback-first", &m.name, Verdict::Fail, format!("cannot read the rules: {e}")));
+                continue;
+            }
+        };
+        let (mut verdict, mut evidence) = check(&rules);
+        let mut fixed = false;
+        if verdict == Verdict::Fail && ctx.options.fix {
+            let options = firewall::FirewallOptions { dropped_ports: Vec::new(), ..Default::default() };
+            if firewall::apply_container(ctx.lxd, &name, &options).await.is_ok() {
+                let rules = firewall::container_input_rules(ctx.lxd, &name).await.unwrap_or_default();
+                (verdict, evidence) = check(&rules);
+                fixed = verdict == Verdict::Pass;
+            }
+        }
+        let mut c = Check::new("loopback-first", &m.name, verdict, evidence).fix(format!("gbo firewall apply --tenant <tenant> (or: lxc exec {} -- iptables -I INPUT 1 -i lo -j ACCEPT, then save to /etc/iptables/rules.v4)", m.name));
+        c.fixed = fixed;
+        out.push(c);
+    }
+    Ok(out)
+}
+
+async fn cache(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client::Error> {
+    let (m, clis): (&ManagedInstance, Vec<String>) = match (ctx.role("cache"), ctx.role("system")) {
+        (Some(m), _) => (m, vec!["valkey-cli".into(), "redis-cli".into()]),
+        (None, Some(m)) if production => (m, vec![format!("{STACK_DIR}/bin/cache/bin/valkey-cli"), "valkey-cli".into(), "redis-cli".into()]),
+        _ => return Ok(vec![Check::new("cache", "-", Verdict::Skip, "no cache container and no botserver stack")]),
+    };
+    let name = name_of(m)?;
+    let listen = inside::run(ctx.lxd, &name, &["ss", "-Hltn", "sport = :6379"]).await?;
+    let locals: Vec<String> = listen.stdout_text().lines().filter_map(|l| l.split_whitespace().nth(3)).map(str::to_string).collect();
+    let mut out = Vec::new();
+    let bind = if locals.is_empty() {
+        Check::new("cache-bind", &m.name, Verdict::Fail, "nothing listens on port 6379")
+    } else if locals.iter().all(|a| a.starts_with("127.") || a.starts_with("[::1]")) {
+        Check::new("cache-bind", &m.name, Verdict::Pass, format!("6379 listens on {}", locals.join(", ")))
+    } else {
+        Check::new("cache-bind", &m.name, Verdict::Fail, format!("6379 listens on {} (not only 127.0.0.1)", locals.join(", ")))
+    };
+    out.push(bind.fix("bind 127.0.0.1 in the cache's configuration, then restart it"));
+    let mut cli = None;
+    for c in &clis {
+        if inside::has_program(ctx.lxd, &name, c).await? || inside::run(ctx.lxd, &name, &["test", "-x", c]).await?.success() {
+            cli = Some(c.clone());
+            break;
+        }
+    }
+    let ping = match cli {
+        None => Check::new("cache-ping", &m.name, Verdict::Fail, format!("no client found ({})", clis.join(", "))),
+        Some(cli) => {
+            let out = inside::run(ctx.lxd, &name, &["timeout", "5", cli.as_str(), "-h", "127.0.0.1", "-p", "6379", "ping"]).await?;
+            let answer = out.stdout_text().trim().to_string();
+            if answer == "PONG" {
+                Check::new("cache-ping", &m.name, Verdict::Pass, format!("{cli} ping: PONG"))
+            } else {
+                Check::new("cache-ping", &m.name, Verdict::Fail, format!("{cli} ping: {}", if answer.is_empty() { inside::failure_text(&out) } else { answer }))
+                    .fix("check loopback-first (a DROP before the loopback ACCEPT times the cache out) and that the cache runs")
+            }
+        }
+    };
+    out.push(ping);
+    Ok(out)
+}
+
+/// botui's BOTSERVER_URL: from the running process's environment, else from the unit; `None` without ui.service.
+async fn read_botui_url(lxd: &Client, name: &InstanceName) -> Result<Option<(Option<String>, String)>, lxd_client::Error> {
+    let show = inside::run(lxd, name, &["systemctl", "show", "ui.service", "--property=LoadState,MainPID,Environment"]).await?;
+    let text = show.stdout_text();
+    if text.contains("LoadState=not-found") || !show.success() {
+        return Ok(None);
+    }
+    let pid = text.lines().find_map(|l| l.strip_prefix("MainPID=")).and_then(|p| p.trim().parse::<u32>().ok()).unwrap_or(0);
+    let env: Vec<String> = if pid > 0 {
+        let environ = inside::run(lxd, name, &["cat", &format!("/proc/{pid}/environ")]).await?;
+        environ.stdout_text().split('\0').map(str::to_string).collect()
+    } else {
+        text.lines().find_map(|l| l.strip_prefix("Environment=")).unwrap_or("").split_whitespace().map(str::to_string).collect()
+    };
+    let url = env.iter().find_map(|e| e.strip_prefix("BOTSERVER_URL=")).map(str::to_string);
+    Ok(Some((url, if pid > 0 { format!("process {pid}") } else { "ui.service (not running)".to_string() })))
+}
+
+async fn botserver_url(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let Some(m) = ctx.role("system") else { return Ok(Vec::new()) };
+    let name = name_of(m)?;
+    let Some((url, source)) = read_botui_url(ctx.lxd, &name).await? else {
+        return Ok(vec![Check::new("botui-url", &m.name, Verdict::Skip, "no ui.service")]);
+    };
+    let verdict_of = |url: &Option<String>| if url.as_deref() == Some(BOTSERVER_URL) { Verdict::Pass } else { Verdict::Fail };
+    let mut check = Check::new("botui-url", &m.name, verdict_of(&url), format!("BOTSERVER_URL={} ({source})", url.as_deref().unwrap_or("(unset)")))
+        .fix(format!("Environment=BOTSERVER_URL={BOTSERVER_URL} in ui.service (a drop-in), then systemctl restart ui.service"));
+    if check.verdict == Verdict::Fail && ctx.options.fix {
+        let dropin = format!("[Service]\nEnvironment=BOTSERVER_URL={BOTSERVER_URL}\n");
+        inside::write_if_changed(ctx.lxd, &name, "/etc/systemd/system/ui.service.d/gbo-botserver-url.conf", dropin.as_bytes(), FileOptions::root(0o644)).await?;
+        inside::run(ctx.lxd, &name, &["systemctl", "daemon-reload"]).await?;
+        inside::run(ctx.lxd, &name, &["systemctl", "restart", "ui.service"]).await?;
+        if let Some((url, source)) = read_botui_url(ctx.lxd, &name).await? {
+            check.verdict = verdict_of(&url);
+            check.evidence = format!("BOTSERVER_URL={} ({source})", url.as_deref().unwrap_or("(unset)"));
+            check.fixed = check.verdict == Verdict::Pass;
+        }
+    }
+    Ok(vec![check])
+}
+
+/// Caddy's running config (admin API through bash's /dev/tcp: no curl needed in the container).
+async fn caddy_live_config(lxd: &Client, name: &InstanceName) -> Result<Option<serde_json::Value>, lxd_client::Error> {
+    let script = "exec 3<>/dev/tcp/127.0.0.1/2019 && printf 'GET /config/ HTTP/1.0\\r\\nHost: localhost:2019\\r\\n\\r\\n' >&3 && timeout 5 cat <&3";
+    let out = inside::run(lxd, name, &["bash", "-c", script]).await?;
+    if !out.success() {
+        return Ok(None);
+    }
+    let text = out.stdout_text();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok(serde_json::from_str(body).ok())
+}
+
+async fn caddy(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let Some(m) = ctx.role("proxy") else { return Ok(vec![Check::new("caddy-storage", "-", Verdict::Skip, "no proxy container")]) };
+    let name = name_of(m)?;
+    let mut out = Vec::new();
+    let live = caddy_live_config(ctx.lxd, &name).await?;
+    let storage = match &live {
+        Some(config) => match config.get("storage") {
+            Some(s) => Check::new("caddy-storage", &m.name, Verdict::Pass, format!("running config: storage {s}")),
+            None => Check::new("caddy-storage", &m.name, Verdict::Fail, "running config has no storage: certificates live in the caddy user's home and are lost on restart"),
+        },
+        None => Check::new("caddy-storage", &m.name, Verdict::Fail, "Caddy's admin API (localhost:2019) does not answer: Caddy is not running"),
+    };
+    out.push(storage.fix("add `storage file_system { root /opt/gbo/data/caddy }` to the global block with gbo proxy apply"));
+    let text = inside::read_opt(ctx.lxd, &name, proxy::CADDYFILE_PATH).await?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let Some(text) = text else {
+        out.push(Check::new("caddy-sites", &m.name, Verdict::Fail, format!("{} does not exist", proxy::CADDYFILE_PATH)));
+        return Ok(out);
+    };
+    let hosts = match Caddyfile::parse(&text) {
+        Ok(c) => c.hosts(),
+        Err(e) => {
+            out.push(Check::new("caddy-sites", &m.name, Verdict::Fail, format!("{} does not parse: {e}", proxy::CADDYFILE_PATH)));
+            return Ok(out);
+        }
+    };
+    let listing = inside::run(ctx.lxd, &name, &["sh", "-c", "ls -1t /opt/gbo/conf/config.bak-* 2>/dev/null | head -1"]).await?.stdout_text();
+    let sites = match listing.trim() {
+        "" => Check::new("caddy-sites", &m.name, Verdict::Pass, format!("{} sites; no backup to compare with", hosts.len())),
+        backup => {
+            let old = inside::read_opt(ctx.lxd, &name, backup).await?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let old_hosts = Caddyfile::parse(&old).map(|c| c.hosts()).unwrap_or_default();
+            let lost: Vec<&String> = old_hosts.iter().filter(|h| !hosts.contains(h)).collect();
+            if hosts.len() < old_hosts.len() {
+                Check::new("caddy-sites", &m.name, Verdict::Fail, format!("{} sites, {} in {backup}; missing: {}", hosts.len(), old_hosts.len(), lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))
+                    .fix(format!("compare with {backup}; never replace the Caddyfile with a partial config"))
+            } else {
+                Check::new("caddy-sites", &m.name, Verdict::Pass, format!("{} sites ({} in {backup})", hosts.len(), old_hosts.len()))
+            }
+        }
+    };
+    out.push(sites);
+    let verdicts = proxy::domain_verdicts(ctx.options.resolver.as_ref(), &text).await.unwrap_or_default();
+    let dead: Vec<&str> = verdicts.iter().filter(|d| d.verdict == DnsVerdict::Dead).map(|d| d.domain.as_str()).collect();
+    let unknown: Vec<&str> = verdicts.iter().filter(|d| matches!(d.verdict, DnsVerdict::Unknown { .. })).map(|d| d.domain.as_str()).collect();
+    let check = if !dead.is_empty() {
+        Check::new("dead-domains", &m.name, Verdict::Fail, format!("no DNS record: {}", dead.join(", "))).fix("gbo proxy prune-dead-domains (removes them, then restarts Caddy)")
+    } else if !unknown.is_empty() {
+        Check::new("dead-domains", &m.name, Verdict::Warn, format!("could not resolve: {}", unknown.join(", ")))
+    } else {
+        Check::new("dead-domains", &m.name, Verdict::Pass, format!("{} domains resolve", verdicts.len()))
+    };
+    out.push(check);
+    Ok(out)
+}
+
+async fn coredns_acl(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let Some(m) = ctx.role("dns") else { return Ok(Vec::new()) };
+    let name = name_of(m)?;
+    // The file the running process was given (`-conf`), else gbo's path.
+    let mut path = dns::COREFILE_PATH.to_string();
+    if let Some((pid, _)) = dns::coredns_pid(ctx.lxd, &name).await? {
+        let cmdline = inside::run(ctx.lxd, &name, &["cat", &format!("/proc/{pid}/cmdline")]).await?.stdout_text();
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        if let Some(i) = args.iter().position(|a| *a == "-conf") {
+            if let Some(p) = args.get(i + 1) {
+                path = (*p).to_string();
+            }
+        }
+    }
+    let Some(text) = inside::read_opt(ctx.lxd, &name, &path).await? else {
+        return Ok(vec![Check::new("coredns-acl", &m.name, Verdict::Fail, format!("{path} does not exist"))]);
+    };
+    let missing = dns::zones_without_acl(&String::from_utf8_lossy(&text));
+    Ok(vec![if missing.is_empty() {
+        Check::new("coredns-acl", &m.name, Verdict::Pass, format!("every block of {path} has the acl"))
+    } else {
+        Check::new("coredns-acl", &m.name, Verdict::Fail, format!("no acl in {path} for {}", missing.join(", "))).fix("gbo dns apply --zone <zone>... (renders the acl and SIGHUPs CoreDNS)")
+    }])
+}
+
+async fn fail2ban_jails(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let mut out = Vec::new();
+    for role in ["proxy", "email"] {
+        let Some(m) = ctx.role(role) else { continue };
+        let name = name_of(m)?;
+        let jail = fail2ban::role_jail(role).unwrap_or_default();
+        let jails = fail2ban::running_jails(ctx.lxd, &name, Duration::from_secs(2)).await?;
+        let mut check = if jails.iter().any(|j| j == jail) {
+            Check::new("fail2ban", &m.name, Verdict::Pass, format!("running jails: {}", jails.join(", ")))
+        } else {
+            Check::new("fail2ban", &m.name, Verdict::Fail, format!("jail {jail} is not running (running: {})", if jails.is_empty() { "none".into() } else { jails.join(", ") }))
+        }
+        .fix("gbo fail2ban apply --tenant <tenant>");
+        if check.verdict == Verdict::Fail && ctx.options.fix {
+            if let Ok(r) = fail2ban::apply_container(ctx.lxd, &name, role, false).await {
+                check.verdict = Verdict::Pass;
+                check.evidence = format!("running jails: {}", r.jails.join(", "));
+                check.fixed = true;
+            }
+        }
+        out.push(check);
+    }
+    Ok(out)
+}
+
+async fn vault(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client::Error> {
+    let (m, binaries) = match (ctx.role("vault"), ctx.role("system")) {
+        (Some(m), _) => (m, vec!["vault".to_string()]),
+        (None, Some(m)) if production => (m, vec![format!("{STACK_DIR}/bin/vault/vault"), "vault".to_string()]),
+        _ => return Ok(Vec::new()),
+    };
+    let name = name_of(m)?;
+    for binary in binaries {
+        if !(inside::has_program(ctx.lxd, &name, &binary).await? || inside::run(ctx.lxd, &name, &["test", "-x", &binary]).await?.success()) {
+            continue;
+        }
+        // `vault status`: exit 0 unsealed, 2 sealed, 1 error (documented).
+        let req = lxd_client::ExecRequest::new([binary.as_str(), "status", "-format=json"])
+            .env("VAULT_ADDR", "https://127.0.0.1:8200")
+            .env("VAULT_SKIP_VERIFY", "true")
+            .timeout(Duration::from_secs(20));
+        let out = inside::exec(ctx.lxd, &name, &req).await?;
+        let check = match out.exit_code {
+            0 => Check::new("vault-unsealed", &m.name, Verdict::Pass, "vault status: unsealed"),
+            2 => Check::new("vault-unsealed", &m.name, Verdict::Fail, "vault status: sealed").fix("gbo vault unseal --tenant <tenant>"),
+            _ => Check::new("vault-unsealed", &m.name, Verdict::Fail, format!("vault status failed: {}", inside::failure_text(&out))),
+        };
+        return Ok(vec![check]);
+    }
+    Ok(vec![Check::new("vault-unsealed", &m.name, Verdict::Skip, "no vault binary found")])
+}
+
+async fn botserver_owner(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let Some(m) = ctx.role("system") else { return Ok(Vec::new()) };
+    let name = name_of(m)?;
+    let path = "/opt/gbo/bin/botserver";
+    let out = inside::run(ctx.lxd, &name, &["stat", "-c", "%U:%G", path]).await?;
+    if !out.success() {
+        return Ok(vec![Check::new("botserver-owner", &m.name, Verdict::Warn, format!("{path} does not exist (not deployed yet)"))]);
+    }
+    let owner = out.stdout_text().trim().to_string();
+    let fix = format!("chown gbuser:gbuser {path}");
+    let mut check = if owner.starts_with("gbuser:") {
+        Check::new("botserver-owner", &m.name, Verdict::Pass, format!("{path} owned by {owner}"))
+    } else {
+        Check::new("botserver-owner", &m.name, Verdict::Fail, format!("{path} owned by {owner}: scp as gbuser will fail")).fix(fix)
+    };
+    if check.verdict == Verdict::Fail && ctx.options.fix && inside::run(ctx.lxd, &name, &["chown", "gbuser:gbuser", path]).await?.success() {
+        let owner = inside::run(ctx.lxd, &name, &["stat", "-c", "%U:%G", path]).await?.stdout_text().trim().to_string();
+        check.fixed = owner.starts_with("gbuser:");
+        check.verdict = if check.fixed { Verdict::Pass } else { Verdict::Fail };
+        check.evidence = format!("{path} owned by {owner}");
+    }
+    Ok(vec![check])
+}
+
+/// Parse `zfs list` sizes (`1.5G`, `512K`, `0B`, `123`).
+pub fn parse_zfs_size(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().ok()?;
+    let mult = match unit.trim_end_matches('B').trim_end_matches("iB") {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024f64.powi(2),
+        "G" => 1024f64.powi(3),
+        "T" => 1024f64.powi(4),
+        "P" => 1024f64.powi(5),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+async fn zfs_space(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let pools: Vec<_> = ctx.lxd.storage_pools().await?.into_iter().filter(|p| p.driver == "zfs").collect();
+    let mut out = Vec::new();
+    for pool in pools {
+        let dataset = pool.config.get("zfs.pool_name").cloned().unwrap_or_else(|| pool.name.clone());
+        let run = |args: Vec<String>| crate::runner::HostCommand::new("zfs").args(args).run();
+        let total = run(vec!["list".into(), "-H".into(), "-o".into(), "used,avail".into(), dataset.clone()]);
+        let snaps = run(vec!["list".into(), "-H".into(), "-t".into(), "snapshot".into(), "-o".into(), "used".into(), "-r".into(), dataset.clone()]);
+        let check = match (total, snaps) {
+            (Ok(total), Ok(snaps)) => {
+                let fields: Vec<f64> = total.split_whitespace().filter_map(parse_zfs_size).collect();
+                let size = fields.iter().sum::<f64>().max(1.0);
+                let used: f64 = snaps.lines().filter_map(parse_zfs_size).sum();
+                let percent = used * 100.0 / size;
+                let evidence = format!("snapshots of {dataset} use {:.1} GiB, {percent:.1}% of the pool", used / 1024f64.powi(3));
+                if percent > f64::from(ctx.options.zfs_snapshot_percent) {
+                    Check::new("zfs-snapshots", "host", Verdict::Fail, evidence).fix("gbo zfs prune (delete stale snapshots, especially of containers that had cross mounts)")
+                } else {
+                    Check::new("zfs-snapshots", "host", Verdict::Pass, evidence)
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => Check::new("zfs-snapshots", "host", Verdict::Fail, format!("cannot read ZFS usage: {e}")),
+        };
+        out.push(check);
+    }
+    if out.is_empty() {
+        out.push(Check::new("zfs-snapshots", "host", Verdict::Skip, "no ZFS storage pool in LXD"));
+    }
+    Ok(out)
+}
+
+async fn brother_socket(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let Some(m) = ctx.role("system") else { return Ok(Vec::new()) };
+    let Some((listen, connect)) = brother::brother_device(&m.instance) else {
+        return Ok(vec![Check::new("brother-socket", &m.name, Verdict::Skip, "brother mode is not enabled")]);
+    };
+    let name = name_of(m)?;
+    let present = brother::socket_present(ctx.lxd, &name, &listen, Duration::from_secs(1)).await?;
+    let mut check = if present {
+        Check::new("brother-socket", &m.name, Verdict::Pass, format!("{listen} is a socket (connects to the host's {connect})"))
+    } else {
+        Check::new("brother-socket", &m.name, Verdict::Fail, format!("the lxd-sock device listens on {listen}, but there is no socket there"))
+            .fix(format!("gbo brother enable (listens on {}, which survives restarts)", brother::DEFAULT_SOCKET_PATH))
+    };
+    if present && (listen.starts_with("/tmp/") || listen.starts_with("/run/")) {
+        check.verdict = Verdict::Warn;
+        check.evidence.push_str("; it is on a tmpfs and will be gone after the next restart");
+    }
+    Ok(vec![check])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zfs_sizes_parse() {
+        assert_eq!(parse_zfs_size("0B"), Some(0.0));
+        assert_eq!(parse_zfs_size("1.5K"), Some(1536.0));
+        assert_eq!(parse_zfs_size("2G"), Some(2.0 * 1024f64.powi(3)));
+        assert_eq!(parse_zfs_size("12345"), Some(12345.0));
+        assert_eq!(parse_zfs_size("x"), None);
+    }
+}
