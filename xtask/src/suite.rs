@@ -20,6 +20,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "zfs-fuse",
     "git",
     "python3",
+    "unzip",
+    "openssl",
+    "procps",
 ];
 
 struct Phases {
