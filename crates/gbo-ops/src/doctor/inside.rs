@@ -24,6 +24,10 @@ pub async fn exec(lxd: &Client, name: &InstanceName, req: &ExecRequest) -> Resul
                 tracing::warn!(instance = %name, %message, "exec websocket handshake failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            // LXD refuses to start a program it cannot find: that is exit code 127 to a shell, data not failure.
+            Err(lxd_client::Error::OperationFailed { message, .. }) if message.contains("Command not found") => {
+                return Ok(ExecOutput { exit_code: 127, stdout: Vec::new(), stderr: format!("{}: {message}", req.command.join(" ")).into_bytes() });
+            }
             other => return other,
         }
     }
