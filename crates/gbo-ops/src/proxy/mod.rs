@@ -239,7 +239,7 @@ async fn validate(lxd: &Client, target: &ProxyTarget, user: &User, path: &str) -
 
 /// Caddy logs JSON-ish lines; keep the `Error:` line when there is one.
 fn caddy_message(text: &str) -> String {
-    text.lines().filter(|l| l.contains("Error:") || l.contains("error")).last().map(str::to_string).unwrap_or_else(|| text.to_string())
+    text.lines().rfind(|l| l.contains("Error:") || l.contains("error")).map(str::to_string).unwrap_or_else(|| text.to_string())
 }
 
 async fn caddy_reload(lxd: &Client, target: &ProxyTarget, user: &User) -> Result<(), String> {
