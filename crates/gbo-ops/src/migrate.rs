@@ -539,7 +539,7 @@ async fn list_sequences(side: &Endpoint, database: &str) -> Result<BTreeMap<Stri
 /// not depend on row order and needs no sort.
 pub async fn check_table(side: &Endpoint, database: &str, table: &str) -> Result<TableCheck, MigrateError> {
     let sql = format!(
-        "{SESSION} SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint::numeric), 0) || ':' || coalesce(sum(('x' || substr(md5(t::text), 16, 15))::bit(60)::bigint::numeric), 0) FROM {table} AS t;"
+        "{SESSION} SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint::numeric), 0) || ':' || coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint::numeric), 0) FROM (SELECT md5(t::text) AS h FROM {table} AS t) AS rows;"
     );
     let rows = side.query(database, &sql).await?;
     let row = rows.into_iter().next().unwrap_or_default();
