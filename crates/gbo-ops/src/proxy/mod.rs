@@ -290,7 +290,8 @@ fn probe_endpoint(ports: &[PublishedPort], container_port: u16) -> Option<Socket
     let ip = match ip {
         IpAddr::V4(v4) if v4.is_unspecified() || v4.is_loopback() => IpAddr::V4(if v4.is_loopback() { v4 } else { Ipv4Addr::LOCALHOST }),
         IpAddr::V6(v6) if v6.is_unspecified() || v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        // A specific public address: gbo sends traffic to loopback only, so the probe runs inside the container.
+        // A specific public address: gbo sends traffic to loopback only, so such a site is not probed (listed
+        // without a status).
         _ => return None,
     };
     Some(SocketAddr::new(ip, p.host_port))
@@ -342,7 +343,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Probe every site of `text` (those reachable from the host's loopback; others are listed without a status).
+/// Probe every site of `text` that is reachable through a port published on the host's loopback (or on all
+/// addresses); sites behind a specific public address or an unpublished port are not probed.
 pub async fn probe_all(target: &ProxyTarget, text: &str, timeout: Duration) -> Vec<Probe> {
     let Ok(parsed) = Caddyfile::parse(text) else {
         return Vec::new();
