@@ -290,8 +290,7 @@ fn probe_endpoint(ports: &[PublishedPort], container_port: u16) -> Option<Socket
     let ip = match ip {
         IpAddr::V4(v4) if v4.is_unspecified() || v4.is_loopback() => IpAddr::V4(if v4.is_loopback() { v4 } else { Ipv4Addr::LOCALHOST }),
         IpAddr::V6(v6) if v6.is_unspecified() || v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        // A specific public address: gbo sends traffic to loopback only, so such a site is not probed (listed
-        // without a status).
+        // A specific public address: gbo sends traffic to loopback only, so such a site is not probed.
         _ => return None,
     };
     Some(SocketAddr::new(ip, p.host_port))
