@@ -6,7 +6,6 @@
 //! No CoreDNS binary is installable here: the rendering is snapshot-tested, the SIGHUP path runs against a real
 //! process standing in for it.
 
-use std::fmt::Write as _;
 
 use lxd_client::{Client, FileOptions, InstanceName};
 
@@ -17,34 +16,18 @@ use crate::proxy::caddyfile::valid_domain;
 /// The Corefile inside the dns container.
 pub const COREFILE_PATH: &str = "/opt/gbo/conf/Corefile";
 /// Networks allowed to ask `ANY` (the seed's).
-pub const ANY_ALLOWED_FROM: &[&str] = &["10.0.0.0/8", "127.0.0.0/8"];
+pub use gbo_components::render::coredns::ANY_ALLOWED_FROM;
+/// The zone file path of a zone (the catalogue's).
+pub use gbo_components::render::coredns::zone_file_path;
+
 /// The units that may run CoreDNS.
 pub const COREDNS_UNITS: &[&str] = &["dns.service", "coredns.service"];
 
-/// The zone file of `zone` (`/opt/gbo/data/<zone>.zone`, as in the seed).
-pub fn zone_file_path(zone: &str) -> String {
-    format!("/opt/gbo/data/{zone}.zone")
-}
-
-/// The seed's `acl` block, indented one tab.
-pub fn acl_block() -> String {
-    format!(
-        "\tacl {{\n\t\tallow type ANY net {}\n\t\tallow type A net 0.0.0.0/0 ::/0\n\t\tallow type AAAA net 0.0.0.0/0 ::/0\n\t\tallow type MX net 0.0.0.0/0 ::/0\n\t\tblock\n\t}}\n",
-        ANY_ALLOWED_FROM.join(" ")
-    )
-}
-
-/// The Corefile: one block per zone serving its file behind the acl, and a root block refusing everything else
-/// (no recursion: an open resolver is an amplifier).
+/// The Corefile, exactly as the catalogue renders it for `gbo install` (one renderer, so `gbo dns apply` and
+/// `gbo install` never flip the file back and forth).
 pub fn corefile(zones: &[String], port: u16) -> String {
-    let mut out = String::from("# Rendered by gbo; local changes are reported as drift and replaced on the next install.\n");
-    for zone in zones {
-        let _ = writeln!(out, "{zone}:{port} {{\n\tfile {}", zone_file_path(zone));
-        out.push_str(&acl_block());
-        out.push_str("\tcache\n\terrors\n}\n\n");
-    }
-    let _ = writeln!(out, ".:{port} {{\n\tacl {{\n\t\tblock\n\t}}\n\terrors\n}}");
-    out
+    let zones: Vec<&str> = zones.iter().map(String::as_str).collect();
+    gbo_components::render::coredns::corefile(&zones, port)
 }
 
 /// A minimal zone (SOA and NS) for a zone that has no file yet; existing zone files are never overwritten.
@@ -181,43 +164,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn corefile_snapshot() {
+    fn corefile_is_the_catalogues_and_every_zone_has_the_acl() {
+        // The text itself is snapshot-tested in gbo-components; here: one renderer, and doctor's parser accepts it.
         let text = corefile(&["example.com".into(), "example.org".into()], 53);
-        insta::assert_snapshot!(text, @r###"
-        # Rendered by gbo; local changes are reported as drift and replaced on the next install.
-        example.com:53 {
-        	file /opt/gbo/data/example.com.zone
-        	acl {
-        		allow type ANY net 10.0.0.0/8 127.0.0.0/8
-        		allow type A net 0.0.0.0/0 ::/0
-        		allow type AAAA net 0.0.0.0/0 ::/0
-        		allow type MX net 0.0.0.0/0 ::/0
-        		block
-        	}
-        	cache
-        	errors
-        }
-
-        example.org:53 {
-        	file /opt/gbo/data/example.org.zone
-        	acl {
-        		allow type ANY net 10.0.0.0/8 127.0.0.0/8
-        		allow type A net 0.0.0.0/0 ::/0
-        		allow type AAAA net 0.0.0.0/0 ::/0
-        		allow type MX net 0.0.0.0/0 ::/0
-        		block
-        	}
-        	cache
-        	errors
-        }
-
-        .:53 {
-        	acl {
-        		block
-        	}
-        	errors
-        }
-        "###);
+        assert_eq!(text, gbo_components::render::coredns::corefile(&["example.com", "example.org"], 53));
+        assert!(text.contains("allow type ANY net 10.0.0.0/8 127.0.0.0/8"), "{text}");
         assert!(zones_without_acl(&text).is_empty());
         let seed_without = "zone.example.com:53 {\n\tfile /opt/gbo/data/zone.example.com.zone\n\tcache\n\terrors\n}\n";
         assert_eq!(zones_without_acl(seed_without), vec!["zone.example.com:53"]);

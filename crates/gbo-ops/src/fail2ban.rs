@@ -40,78 +40,8 @@ pub const CADDY_JAIL: &str = "caddy-http-flood";
 /// The email container's jail.
 pub const MAIL_JAIL: &str = "stalwart-auth";
 
-const HEADER: &str = "# Rendered by gbo; local changes are reported as drift and replaced on the next install.";
-
-/// The `caddy-http-flood` filter: one failure per JSON access-log line whose `status` is 4xx. Request data is a
-/// JSON string inside the line (quotes escaped), so a client cannot forge the `"remote_ip":"` or `"status":` keys.
-pub fn caddy_filter() -> String {
-    format!(
-        "{HEADER}
-[Definition]
-# Caddy JSON access log: {{\"level\":\"info\",\"ts\":1700000000.123,...,\"request\":{{\"remote_ip\":\"203.0.113.7\",...}},...,\"status\":404,...}}
-failregex = ^.*\"remote_ip\":\"<HOST>\".*\"status\":4\\d\\d[,}}]
-ignoreregex =
-datepattern = \"ts\":{{EPOCH}}
-"
-    )
-}
-
-/// The `caddy-http-flood` jail: 100 client errors in 60 s ban the address for an hour (the seed's numbers).
-pub fn caddy_jail(access_log: &str) -> String {
-    format!(
-        "{HEADER}
-[{CADDY_JAIL}]
-enabled  = true
-port     = http,https
-filter   = {CADDY_JAIL}
-logpath  = {access_log}
-backend  = auto
-maxretry = 100
-findtime = 60
-bantime  = 3600
-"
-    )
-}
-
-/// `jail.d/defaults-debian.conf` for containers: the sshd jail off.
-pub fn defaults_debian_without_sshd() -> String {
-    format!("{HEADER}\n[sshd]\nenabled = false\n")
-}
-
-/// The mail filter: Stalwart's failed authentications with the client address.
-pub fn mail_filter() -> String {
-    format!(
-        "{HEADER}
-[Definition]
-# Stalwart 0.10 logs failed logins as auth.failed events carrying remoteIp.
-failregex = ^.*\\(auth\\.failed\\).*remoteIp = <HOST>\\b
-            ^.*\\(auth\\.too-many-attempts\\).*remoteIp = <HOST>\\b
-ignoreregex =
-"
-    )
-}
-
-/// The mail jail: 5 failed logins in 10 minutes ban the address from every mail port for an hour.
-pub fn mail_jail(log_glob: &str) -> String {
-    format!(
-        "{HEADER}
-[{MAIL_JAIL}]
-enabled  = true
-port     = smtp,465,submission,imap,imaps,pop3,pop3s,4190
-filter   = {MAIL_JAIL}
-logpath  = {log_glob}
-backend  = auto
-maxretry = 5
-findtime = 600
-bantime  = 3600
-"
-    )
-}
-
-/// The host's sshd jail (journal backend on a systemd host).
-pub fn host_sshd_jail() -> String {
-    format!("{HEADER}\n[sshd]\nenabled  = true\nport     = ssh\nbackend  = systemd\nmaxretry = 5\nfindtime = 600\nbantime  = 3600\n")
-}
+// The files themselves are the catalogue's (pure rendering lives in gbo-components); this module installs them.
+pub use gbo_components::render::fail2ban::{caddy_filter, caddy_jail, defaults_debian_without_sshd, host_sshd_jail, mail_filter, mail_jail};
 
 /// What fail2ban failed at. Every variant means exit code 2.
 #[derive(Debug, thiserror::Error)]
