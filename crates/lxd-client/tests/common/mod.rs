@@ -50,7 +50,15 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Command::new("lxc").args(&self.argv).output();
+        // Started, not awaited: a test on a current-thread runtime may still hold a streaming response (a file
+        // download) that the daemon must see closed before it can delete the instance; blocking here would keep
+        // that connection open and deadlock. The `lxc` child outlives the test process if need be.
+        let _ = Command::new("lxc")
+            .args(&self.argv)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
     }
 }
 
