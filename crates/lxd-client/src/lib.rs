@@ -16,6 +16,7 @@
 //! request has a timeout; names and devices are validated before anything is sent; `update_instance` keeps the
 //! server's `volatile.*`/`image.*` keys and uses the ETag.
 
+mod backups;
 mod client;
 mod devices;
 mod error;
@@ -27,10 +28,12 @@ mod instances;
 mod names;
 mod operation;
 mod profiles;
+mod remote;
 mod server;
 mod snapshots;
 mod transport;
 
+pub use backups::{Backup, BACKUP_TIMEOUT};
 pub use client::{Client, Envelope, DEFAULT_TIMEOUT};
 pub use devices::{DeviceConfig, DiskDevice, ProxyAddress, ProxyBind, ProxyDevice, ProxyProtocol};
 pub use error::{Error, Result};
@@ -42,6 +45,7 @@ pub use instances::{CreateInstance, Instance, InstancePut, InstanceSource, Insta
 pub use names::{DeviceName, InstanceName, ObjectName, SnapshotName};
 pub use operation::Operation;
 pub use profiles::{Network, Profile, Project, StoragePool, StorageVolume};
+pub use remote::Remote;
 pub use server::{Certificate, Server, ServerEnvironment};
 pub use snapshots::Snapshot;
 pub use transport::{certificate_fingerprint, discover_socket, Endpoint, Flavor, TlsIdentity};

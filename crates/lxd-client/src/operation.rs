@@ -149,6 +149,34 @@ impl Client {
         }
     }
 
+    /// Wait for an operation through the event stream instead of `/wait`: subscribe to `operation` events first,
+    /// then read the operation once (so a finish that happened before the subscription is not missed), then
+    /// follow its events. Same results as [`Client::wait_operation`]. Useful with many operations in flight
+    /// (one event stream instead of one long poll each) and on daemons whose `/wait` misbehaves.
+    pub async fn wait_operation_events(&self, id: &str, timeout: Duration) -> Result<Operation> {
+        use futures_util::StreamExt;
+        let run = async {
+            let events = self.events(&["operation"]).await?;
+            futures_util::pin_mut!(events);
+            let current = self.operation(id).await?;
+            if current.is_final() {
+                return current.into_result();
+            }
+            while let Some(event) = events.next().await {
+                let event = event?;
+                let Ok(operation) = serde_json::from_value::<Operation>(event.metadata) else { continue };
+                if operation.id == id && operation.is_final() {
+                    return operation.into_result();
+                }
+            }
+            Err(Error::Websocket { path: "/1.0/events".into(), message: "the event stream ended before the operation".into() })
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::OperationTimeout { id: id.to_string(), after: timeout }),
+        }
+    }
+
     /// Cancel an operation (`DELETE /1.0/operations/<id>`); only works when `may_cancel`.
     pub async fn cancel_operation(&self, id: &str) -> Result<()> {
         let _: serde_json::Value =

@@ -1,0 +1,109 @@
+//! Instance backups: create, list, export as a stream, import from a tarball, delete.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use http::Method;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncRead;
+
+use crate::client::{encode, Client, Request};
+use crate::error::{Error, Result};
+use crate::instances::{instance_path, LIFECYCLE_TIMEOUT};
+use crate::names::InstanceName;
+
+/// How long backup creation and import may take by default.
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A backup as LXD reports it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Backup {
+    /// Backup name.
+    pub name: String,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Expiry time (RFC 3339).
+    pub expires_at: String,
+    /// Without snapshots.
+    pub instance_only: bool,
+    /// In the storage driver's own format.
+    pub optimized_storage: bool,
+}
+
+fn backup_path(instance: &InstanceName, backup: &str) -> String {
+    format!("{}/backups/{}", instance_path(instance), encode(backup))
+}
+
+fn check_backup_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+        return Err(Error::InvalidName { kind: "backup", value: name.to_string(), rule: "backup names are not empty and have no `/` or spaces" });
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Create a backup named `name` (snapshots included unless `instance_only`), optionally expiring at
+    /// `expires_at` (RFC 3339), and wait for it.
+    pub async fn create_backup(&self, instance: &InstanceName, name: &str, instance_only: bool, expires_at: Option<&str>) -> Result<()> {
+        check_backup_name(name)?;
+        let mut body = serde_json::json!({ "name": name, "instance_only": instance_only, "optimized_storage": false });
+        if let Some(expires_at) = expires_at {
+            body["expires_at"] = serde_json::Value::String(expires_at.to_string());
+        }
+        let req = Request::new(Method::POST, format!("{}/backups", instance_path(instance))).json(&body)?;
+        self.run_operation(req, BACKUP_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Backups of an instance.
+    pub async fn backups(&self, instance: &InstanceName) -> Result<Vec<Backup>> {
+        self.sync(Request::new(Method::GET, format!("{}/backups", instance_path(instance))).query("recursion", "1")).await
+    }
+
+    /// Stream a backup's tarball (`GET .../backups/<name>/export`): nothing is held in memory.
+    pub async fn export_backup(&self, instance: &InstanceName, name: &str) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
+        check_backup_name(name)?;
+        let path = format!("{}/export", backup_path(instance, name));
+        let response = self.send_raw(Request::new(Method::GET, path.clone()).timeout(BACKUP_TIMEOUT)).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            crate::client::decode_envelope(status, &path, &body)?;
+            return Err(Error::from_api(status.as_u16(), &path, String::from_utf8_lossy(&body).into_owned()));
+        }
+        let stream = http_body_util::BodyStream::new(response.into_body())
+            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
+            .map_err(std::io::Error::other);
+        Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+
+    /// Export a backup into a writer; returns the bytes written.
+    pub async fn export_backup_to<W: tokio::io::AsyncWrite + Unpin>(&self, instance: &InstanceName, name: &str, out: &mut W) -> Result<u64> {
+        let mut reader = self.export_backup(instance, name).await?;
+        tokio::io::copy(&mut reader, out).await.map_err(|e| Error::io(format!("exporting backup {name} of {instance}"), e))
+    }
+
+    /// Delete a backup.
+    pub async fn delete_backup(&self, instance: &InstanceName, name: &str) -> Result<()> {
+        check_backup_name(name)?;
+        self.run_operation(Request::new(Method::DELETE, backup_path(instance, name)), LIFECYCLE_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Create an instance from a backup tarball (`POST /1.0/instances` with an octet-stream body), streamed.
+    /// `new_name` renames it on import (needs `backup_override_name`); otherwise the name in the backup is used.
+    pub async fn import_backup<R>(&self, tarball: R, new_name: Option<&InstanceName>) -> Result<()>
+    where
+        R: AsyncRead + Send + 'static,
+    {
+        let mut req = Request::new(Method::POST, "/1.0/instances").stream(tarball, "application/octet-stream").timeout(BACKUP_TIMEOUT);
+        if let Some(name) = new_name {
+            self.require_extension("backup_override_name", "upgrade LXD to rename on import, or import under the original name").await?;
+            req = req.header(&format!("{}name", self.flavor().header_prefix()), name.as_str())?;
+        }
+        self.run_operation(req, BACKUP_TIMEOUT).await?;
+        Ok(())
+    }
+}
