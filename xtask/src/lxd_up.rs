@@ -190,11 +190,15 @@ async fn build_test_image(lxd: &Client) -> anyhow::Result<gbo_ops::image::BuiltI
 pub async fn clean() -> anyhow::Result<()> {
     let lxd = Client::local()?;
     let mut removed = 0;
+    // Best effort: a leftover of a crashed run can be half gone (its storage deleted, or deleted concurrently by
+    // its own test); say so and go on rather than fail the run over debris.
     for instance in lxd.instances().await? {
         if instance.name.starts_with(TEST_PREFIX) || instance.config.contains_key("user.gbo.test") {
             let name = lxd_client::InstanceName::new(instance.name.clone())?;
-            lxd.delete_instance_if_exists(&name).await?;
-            removed += 1;
+            match lxd.delete_instance_if_exists(&name).await {
+                Ok(_) => removed += 1,
+                Err(e) => eprintln!("clean: could not remove {name}: {e}"),
+            }
         }
     }
     for profile in lxd.profiles().await? {
