@@ -410,6 +410,15 @@ pub(crate) fn decode_envelope(status: StatusCode, path: &str, body: &[u8]) -> Re
     }
 }
 
+/// Deserialize `null` as the type's default (LXD sends `"used_by": null` for unused objects).
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 pub(crate) fn decode_metadata<T: DeserializeOwned>(path: &str, metadata: serde_json::Value) -> Result<T> {
     serde_json::from_value(metadata).map_err(|e| Error::Decode { path: path.to_string(), message: e.to_string() })
 }

@@ -209,12 +209,15 @@ impl Error {
         Error::Io { context: context.into(), source }
     }
 
-    /// Map an API error answer to the right variant.
+    /// Map an API error answer to the right variant (a 404 is [`Error::NotFound`], a 409 or an "already exists"
+    /// answer is [`Error::Conflict`], a 412 is [`Error::PreconditionFailed`]).
     pub(crate) fn from_api(status: u16, path: &str, message: String) -> Self {
         let path = path.to_string();
         match status {
             404 => Error::NotFound { path, message },
             409 => Error::Conflict { path, message },
+            // LXD 5.0 answers some duplicates (profiles, networks) with 500 "... already exists": same meaning.
+            400 | 500 if message.contains("already exists") => Error::Conflict { path, message },
             412 => Error::PreconditionFailed { path, message },
             _ => Error::Api { status, path, message },
         }

@@ -20,6 +20,7 @@ pub struct Image {
     /// SHA-256 fingerprint.
     pub fingerprint: String,
     /// Aliases pointing at it.
+    #[serde(deserialize_with = "crate::client::null_as_default")]
     pub aliases: Vec<ImageAlias>,
     /// Architecture.
     pub architecture: String,
@@ -55,6 +56,8 @@ struct CountingReader<R> {
     inner: R,
     sent: u64,
     progress: Option<Progress>,
+    /// SHA-256 of what went through: the fingerprint of a unified tarball.
+    hasher: Arc<std::sync::Mutex<openssl::sha::Sha256>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
@@ -63,6 +66,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = (buf.filled().len() - before) as u64;
         if read > 0 {
+            if let Ok(mut hasher) = self.hasher.lock() {
+                hasher.update(&buf.filled()[before..]);
+            }
             self.sent += read;
             if let Some(progress) = &self.progress {
                 progress(self.sent);
@@ -106,7 +112,8 @@ impl Client {
     where
         R: AsyncRead + Send + Unpin + 'static,
     {
-        let reader = CountingReader { inner: tarball, sent: 0, progress };
+        let hasher = Arc::new(std::sync::Mutex::new(openssl::sha::Sha256::new()));
+        let reader = CountingReader { inner: tarball, sent: 0, progress, hasher: hasher.clone() };
         let mut req = Request::new(Method::POST, "/1.0/images")
             .stream(reader, "application/octet-stream")
             .timeout(Duration::from_secs(3600));
@@ -123,9 +130,14 @@ impl Client {
                 .map(str::to_string)
                 .ok_or_else(|| Error::Decode { path: "/1.0/images".into(), message: "no fingerprint in import result".into() }),
             Err(Error::OperationFailed { message, .. }) if message.contains("already exists") => {
-                // "Image with same fingerprint already exists": ask the daemon which one by re-reading the message.
-                let fp = message.split_whitespace().find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()));
-                fp.map(str::to_string).ok_or(Error::OperationFailed { id: op.id, status_code: 400, message })
+                // "Image with same fingerprint already exists": the fingerprint of a unified tarball is the
+                // SHA-256 of its bytes, which we computed while streaming it.
+                let digest = hasher.lock().map(|h| h.clone().finish()).map_err(|_| Error::OperationFailed {
+                    id: op.id.clone(),
+                    status_code: 400,
+                    message: message.clone(),
+                })?;
+                Ok(hex::encode(digest))
             }
             Err(e) => Err(e),
         }

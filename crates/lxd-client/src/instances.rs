@@ -358,6 +358,13 @@ impl Client {
         Ok(())
     }
 
+    /// Send the creation request and return its operation without waiting (wait with
+    /// [`Client::wait_operation`] or [`Client::wait_operation_events`]). `start` is sent as given: daemons without
+    /// `instance_create_start` ignore it.
+    pub async fn create_instance_operation(&self, request: &CreateInstance) -> Result<crate::operation::Operation> {
+        self.start_operation(Request::new(Method::POST, "/1.0/instances").json(request)?).await
+    }
+
     /// Replace the writable fields (`PUT`), guarded by `etag` when given (a stale one gives
     /// [`Error::PreconditionFailed`]).
     pub async fn put_instance(&self, name: &InstanceName, put: &InstancePut, etag: Option<&str>) -> Result<()> {

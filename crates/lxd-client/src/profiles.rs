@@ -23,7 +23,7 @@ pub struct Profile {
     /// Devices.
     pub devices: BTreeMap<String, DeviceConfig>,
     /// Instances using it (URLs).
-    #[serde(skip_serializing)]
+    #[serde(skip_serializing, deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
 }
 
@@ -42,6 +42,7 @@ pub struct StoragePool {
     /// `Created` etc.
     pub status: String,
     /// Users (URLs).
+    #[serde(deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
 }
 
@@ -59,6 +60,7 @@ pub struct StorageVolume {
     /// `filesystem` or `block`.
     pub content_type: String,
     /// Users (URLs).
+    #[serde(deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
 }
 
@@ -78,6 +80,7 @@ pub struct Network {
     /// Description.
     pub description: String,
     /// Users (URLs).
+    #[serde(deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
 }
 
@@ -92,6 +95,7 @@ pub struct Project {
     /// Description.
     pub description: String,
     /// Users (URLs).
+    #[serde(deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
 }
 
