@@ -39,7 +39,7 @@ async fn https_with_client_certificate_and_pinned_server() {
     let local = client().await;
     let server = local.server().await.expect("server").clone();
     assert!(
-        server.config.get("core.https_address").is_some(),
+        server.config.contains_key("core.https_address"),
         "HTTPS is not enabled on the daemon; run `cargo xtask lxd-up`"
     );
     let server_pem = server.environment.certificate.clone().into_bytes();

@@ -2,6 +2,7 @@
 //! `docs/benchmarks.md` (between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`).
 
 pub mod ci;
+pub mod client;
 pub mod install;
 pub mod ops;
 pub mod report;
@@ -22,7 +23,7 @@ pub enum Which {
 /// Run one benchmark and write its report section.
 pub async fn run(which: Which) -> anyhow::Result<()> {
     let (name, markdown): (&str, String) = match which {
-        Which::Client => anyhow::bail!("bench client: not yet implemented"),
+        Which::Client => ("client", client::run().await?),
         Which::Install => ("install", install::run().await?),
         Which::Ops => ("ops", ops::run().await?),
         Which::Ci => ("ci", ci::run().await?),
