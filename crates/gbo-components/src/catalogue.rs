@@ -433,6 +433,15 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts.files.push(render::root_file(fail2ban::CADDY_JAIL_PATH, fail2ban::caddy_jail(caddy::ACCESS_LOG), 0o644, &["fail2ban.service"]));
             parts.files.push(render::root_file(fail2ban::DEFAULTS_DEBIAN_PATH, fail2ban::defaults_debian_without_sshd(), 0o644, &["fail2ban.service"]));
             parts.units.push("fail2ban.service".to_owned());
+            // fail2ban refuses to start while a jail's log file is missing, and Caddy creates it only once it
+            // runs: create it first, as the user Caddy writes it as.
+            parts.init.push(InitStep {
+                name: "create the access log",
+                command: vec!["/usr/bin/touch".to_owned(), caddy::ACCESS_LOG.to_owned()],
+                creates: caddy::ACCESS_LOG.to_owned(),
+                user: "caddy",
+                phase: InitPhase::BeforeStart,
+            });
             parts.notes.push("Debian's caddy.service is masked: proxy.service runs Caddy with /opt/gbo/conf/config.");
             parts.notes.push("Change the Caddyfile with `gbo proxy apply` (backup, no lost sites, validate, reload).");
             parts.notes.push("Behind LXD proxy devices without proxy_protocol every client is 127.0.0.1, which fail2ban never bans: the flood jail only acts when the real client address reaches Caddy.");
