@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::Method;
 use tokio::io::AsyncRead;
 
@@ -10,6 +10,9 @@ use crate::client::{Client, Request};
 use crate::error::{Error, Result};
 use crate::instances::instance_path;
 use crate::names::InstanceName;
+
+/// How many files of one directory [`Client::push_dir`] sends at once.
+pub const PUSH_DIR_CONCURRENCY: usize = 8;
 
 /// Owner, mode and write mode of a pushed file or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +234,7 @@ impl Client {
         let mut stack = vec![(host_dir.to_path_buf(), target.trim_end_matches('/').to_string())];
         while let Some((local, remote)) = stack.pop() {
             let mut entries = tokio::fs::read_dir(&local).await.map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
+            let mut files = Vec::new();
             while let Some(entry) = entries.next_entry().await.map_err(|e| Error::io(format!("reading {}", local.display()), e))? {
                 let file_type = entry.file_type().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
                 let remote_path = format!("{}/{}", remote, entry.file_name().to_string_lossy());
@@ -240,12 +244,19 @@ impl Client {
                 } else if file_type.is_file() {
                     use std::os::unix::fs::PermissionsExt;
                     let meta = entry.metadata().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
-                    let file = tokio::fs::File::open(entry.path()).await.map_err(|e| Error::io(format!("opening {}", entry.path().display()), e))?;
-                    let file_options = FileOptions { mode: meta.permissions().mode() & 0o7777, ..options };
-                    self.push_file(name, &remote_path, file, file_options).await?;
-                    count += 1;
+                    files.push((entry.path(), remote_path, FileOptions { mode: meta.permissions().mode() & 0o7777, ..options }));
                 }
             }
+            // The files of one directory go up a few at a time: each is its own request, and the daemon writes
+            // them in parallel. Bounded, so a huge tree does not open hundreds of files at once.
+            let pushed: Vec<()> = futures_util::stream::iter(files.into_iter().map(|(local_path, remote_path, file_options)| async move {
+                let file = tokio::fs::File::open(&local_path).await.map_err(|e| Error::io(format!("opening {}", local_path.display()), e))?;
+                self.push_file(name, &remote_path, file, file_options).await
+            }))
+            .buffer_unordered(PUSH_DIR_CONCURRENCY)
+            .try_collect()
+            .await?;
+            count += pushed.len() as u64;
         }
         Ok(count)
     }
