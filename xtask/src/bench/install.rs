@@ -121,6 +121,12 @@ fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> 
             std::fs::write(&local, &file.content)?;
             let parent = file.path.rsplit_once('/').map(|(p, _)| p).unwrap_or("/");
             lxc(&["exec", &name, "--", "mkdir", "-p", parent])?;
+            // `lxc file push` writes through a symlink: the image links /usr/local/bin/valkey-* to the Redis
+            // binaries, so pushing the rendered wrapper there would overwrite redis-server itself. Remove the link
+            // first, as an operator scripting this would have to (gbo does the same when it sees a symlink).
+            if file.path.starts_with("/usr/local/bin/") {
+                lxc(&["exec", &name, "--", "rm", "-f", &file.path])?;
+            }
             let (uid, gid, mode) = (format!("--uid={}", file.uid), format!("--gid={}", file.gid), format!("--mode={:04o}", file.mode));
             let target = format!("{name}{}", file.path);
             let local_s = local.display().to_string();
