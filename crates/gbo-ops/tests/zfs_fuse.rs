@@ -12,14 +12,50 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+const PID_FILE: &str = "/run/zfs-fuse.pid";
+
 /// Start the zfs-fuse daemon when it is not answering (it stays up for other tests), and wait for it.
+///
+/// Tests run as separate processes, so the start is serialised by a lock file. A pid file left by a daemon that died
+/// (a package's init script, an earlier run, a reboot) makes zfs-fuse refuse to start: it is removed when its pid is
+/// not a live zfs-fuse, and a live one that does not answer is stopped first.
 fn ensure_daemon() {
     let answering = || Command::new("zpool").arg("list").output().map(|o| o.status.success()).unwrap_or(false);
     if answering() {
         return;
     }
-    let status = Command::new("zfs-fuse").args(["-p", "/run/zfs-fuse.pid"]).status().expect("zfs-fuse is required for this test (apt-get install zfs-fuse)");
-    assert!(status.success(), "zfs-fuse did not start");
+    let lock = std::fs::File::create("/run/gbo-test-zfs-fuse.lock").expect("lock file in /run");
+    lock.lock().expect("lock /run/gbo-test-zfs-fuse.lock");
+    if answering() {
+        return;
+    }
+    if let Ok(text) = std::fs::read_to_string(PID_FILE) {
+        let pid = text.trim();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if comm.trim() == "zfs-fuse" && !zombie {
+            // Alive but not answering: give it a moment (it may be starting), then stop it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline && !answering() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if answering() {
+                return;
+            }
+            let _ = Command::new("kill").arg(pid).status();
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        std::fs::remove_file(PID_FILE).expect("remove the stale zfs-fuse pid file");
+    }
+    let out = Command::new("zfs-fuse").args(["-p", PID_FILE]).output().expect("zfs-fuse is required for this test (apt-get install zfs-fuse)");
+    assert!(
+        out.status.success(),
+        "zfs-fuse did not start ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !answering() {
         assert!(std::time::Instant::now() < deadline, "zfs-fuse did not answer within 20 s");
