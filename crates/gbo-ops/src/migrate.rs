@@ -1,11 +1,15 @@
 //! Verified PostgreSQL migration between a server on the host and a tenant's tables container, in either direction.
 //!
 //! Streamed end to end (no SQL file on disk): the schema's pre-data section (`pg_dump --schema-only
-//! --section=pre-data`) is applied first, then every table travels as its own `COPY ... TO STDOUT` →
-//! `COPY ... FROM STDIN` stream (`--jobs` of them at once; `pg_restore -j` cannot read a pipe), then sequences are
-//! set and the post-data section (indexes, constraints, triggers) is applied, then every table is verified:
-//! exact `count(*)` and an order-independent content checksum on both sides, plus every sequence's value. The
-//! source is only ever read. On any mismatch the migration fails and names the tables that differ.
+//! --section=pre-data`) is applied first; then one job per table, `--jobs` at once, largest first: the table travels
+//! as a `COPY ... TO STDOUT` → `COPY ... FROM STDIN WITH (FREEZE)` stream (`pg_restore -j` cannot read a pipe), the
+//! source's stream is digested as it passes (rows and SHA-256), the target's is read back and digested where it lives
+//! (inside the container: `psql | sha256sum`), then the table's indexes and keys from the post-data section are built
+//! and it is analysed, overlapping the copy of the other tables. Then sequences are set and the rest of post-data
+//! (foreign keys, triggers, attachments) is applied, and every sequence's value and the set of tables are compared.
+//! When two streams differ, an order-independent content checksum on both sides decides (so a different row order or
+//! text rendering is not mistaken for different content); a real difference fails the migration and names the
+//! tables. The source is only ever read.
 //!
 //! The host side is addressed the libpq way: a connection string, or `PGHOST`/`PGPORT`/`PGUSER`/`PGPASSWORD`, or the
 //! local socket. The password never reaches an argv or an environment: host tools get it through a 0600
@@ -504,14 +508,17 @@ pub struct MigrateReport {
     pub seconds: f64,
     /// The snapshot or backup taken of the target before replacing it.
     pub replaced_backup: Option<String>,
+    /// Wall-clock seconds of each phase, in order (`prepare`, `schema`, `copy`, `post-data`, `verify`).
+    pub phases: Vec<(String, f64)>,
 }
 
 const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex';";
 
-/// Tables of a database, largest first: (quoted `schema.table`, bytes).
+/// Tables of a database, largest first: (quoted `schema.table`, bytes). Plain tables and partitions: a partitioned
+/// parent holds no rows of its own and `COPY` cannot read it, its partitions travel one by one.
 async fn list_tables(side: &Endpoint, database: &str) -> Result<Vec<(String, u64)>, MigrateError> {
     let sql = "SELECT format('%I.%I', n.nspname, c.relname), pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-               WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition \
+               WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
                ORDER BY 2 DESC, 1;";
     Ok(side.query(database, sql).await?.into_iter().filter_map(|r| Some((r.first()?.clone(), r.get(1)?.parse().unwrap_or(0)))).collect())
 }
@@ -535,8 +542,8 @@ async fn list_sequences(side: &Endpoint, database: &str) -> Result<BTreeMap<Stri
         .collect())
 }
 
-/// Count and checksum one table. The checksum sums the first 60 bits of each row's md5 as a numeric, so it does
-/// not depend on row order and needs no sort.
+/// Count and checksum one table, order-independently: the sum of the first 60 bits of each row's md5 as a
+/// numeric, so it needs no sort. The slow path, used only when the fast comparison of COPY streams disagrees.
 pub async fn check_table(side: &Endpoint, database: &str, table: &str) -> Result<TableCheck, MigrateError> {
     let sql = format!(
         "{SESSION} SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint::numeric), 0) || ':' || coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint::numeric), 0) FROM (SELECT md5(t::text) AS h FROM {table} AS t) AS rows;"
@@ -546,38 +553,145 @@ pub async fn check_table(side: &Endpoint, database: &str, table: &str) -> Result
     Ok(TableCheck { table: table.to_string(), rows: row.first().and_then(|v| v.parse().ok()).unwrap_or(0), checksum: row.get(1).cloned().unwrap_or_default() })
 }
 
-/// Compare every table and sequence of `database` on both sides; returns the checks and the differences.
-pub async fn verify(source: &Endpoint, target: &Endpoint, database: &str, jobs: usize) -> Result<(Vec<TableCheck>, BTreeMap<String, String>, Vec<Difference>), MigrateError> {
+/// A table's `COPY ... TO STDOUT` text stream, summarised: rows (one newline each: text format escapes newlines in
+/// values) and the stream's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDigest {
+    /// Rows in the stream.
+    pub rows: u64,
+    /// Hex SHA-256 of the stream.
+    pub sha256: String,
+}
+
+/// Hashes and counts a COPY stream as it passes.
+#[derive(Default)]
+struct Digester {
+    hasher: sha2::Sha256,
+    rows: u64,
+}
+
+impl Digester {
+    fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        self.hasher.update(data);
+        self.rows += data.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+
+    fn finish(self) -> StreamDigest {
+        use sha2::Digest as _;
+        StreamDigest { rows: self.rows, sha256: hex(&self.hasher.finalize()) }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Session settings that make COPY's text output canonical on both sides, and a sequential scan that starts at the
+/// table's first page (a synchronised scan may start in the middle when another scan of the table is running).
+const STREAM_SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; SET synchronize_seqscans = off;";
+
+/// Read a table back as its COPY stream and digest it, where the data lives: through the host connection, or inside
+/// the container (`psql | sha256sum`, so the data does not cross LXD's websocket).
+pub async fn digest_table(side: &Endpoint, database: &str, table: &str) -> Result<StreamDigest, MigrateError> {
+    match side {
+        Endpoint::Host(h) => {
+            let client = h.connect(database).await?;
+            client.batch_execute(STREAM_SESSION).await.map_err(|e| MigrateError::Sql { side: side.describe(), message: db_message(&e) })?;
+            let stream = client.copy_out(format!("COPY {table} TO STDOUT").as_str()).await.map_err(|e| MigrateError::Sql { side: side.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+            let mut stream = Box::pin(stream);
+            let mut digest = Digester::default();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| MigrateError::Sql { side: side.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+                digest.update(&chunk);
+            }
+            Ok(digest.finish())
+        }
+        Endpoint::Container(c) => {
+            // bash for pipefail and `wait` on a process substitution; the SQL (and the table's name) on stdin.
+            let script = "set -o pipefail; exec 3>&1; \
+                          runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p \"$0\" -d \"$1\" -f - \
+                          | tee >(sha256sum >&3) | wc -l; rc=$?; wait $!; exit $rc";
+            let argv = vec!["bash".to_string(), "-c".to_string(), script.to_string(), c.port.to_string(), database.to_string()];
+            let sql = format!("{STREAM_SESSION}\nCOPY {table} TO STDOUT;\n");
+            let out = c.lxd.exec_with_stdin(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), sql.as_bytes()).await?;
+            if !out.success() {
+                return Err(MigrateError::Sql { side: side.describe(), message: format!("{table}: {}", out.stderr_text().trim()) });
+            }
+            let text = out.stdout_text();
+            let mut rows = None;
+            let mut sha = None;
+            for line in text.lines() {
+                let word = line.split_whitespace().next().unwrap_or("");
+                if word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    sha = Some(word.to_string());
+                } else if let Ok(n) = word.parse::<u64>() {
+                    rows = Some(n);
+                }
+            }
+            match (rows, sha) {
+                (Some(rows), Some(sha256)) => Ok(StreamDigest { rows, sha256 }),
+                _ => Err(MigrateError::Sql { side: side.describe(), message: format!("{table}: unexpected digest output `{}`", text.trim()) }),
+            }
+        }
+    }
+}
+
+/// Compare one table. Fast path: the row count and SHA-256 of both COPY streams (the source's may be known already,
+/// digested while it was copied). Only when the streams differ, the order-independent checksum decides, so a
+/// different row order or text rendering is not mistaken for different content.
+async fn compare_table(source: &Endpoint, target: &Endpoint, database: &str, table: &str, known: Option<StreamDigest>) -> Result<(TableCheck, Option<Difference>), MigrateError> {
+    let (s, t) = match known {
+        Some(s) => (s, digest_table(target, database, table).await?),
+        None => {
+            let (s, t) = tokio::join!(digest_table(source, database, table), digest_table(target, database, table));
+            (s?, t?)
+        }
+    };
+    if s == t {
+        return Ok((TableCheck { table: table.to_string(), rows: s.rows, checksum: format!("sha256:{}", s.sha256) }, None));
+    }
+    let (a, b) = tokio::join!(check_table(source, database, table), check_table(target, database, table));
+    let (a, b) = (a?, b?);
+    let difference = if a.rows != b.rows {
+        Some(Difference { object: table.to_string(), what: format!("rows {} on source, {} on target", a.rows, b.rows) })
+    } else if a.checksum != b.checksum {
+        Some(Difference { object: table.to_string(), what: "same row count, different content checksum".into() })
+    } else {
+        None
+    };
+    Ok((a, difference))
+}
+
+/// Compare every table and sequence of `database` on both sides; returns the checks, the source's sequences and
+/// the differences. `known` holds source digests already taken (while copying) and `checked` tables already
+/// compared; the rest are compared here, `jobs` at a time.
+pub async fn verify(
+    source: &Endpoint,
+    target: &Endpoint,
+    database: &str,
+    jobs: usize,
+    checked: Vec<(TableCheck, Option<Difference>)>,
+) -> Result<(Vec<TableCheck>, BTreeMap<String, String>, Vec<Difference>), MigrateError> {
     let source_tables = list_tables(source, database).await?;
     let target_tables: BTreeSet<String> = list_tables(target, database).await?.into_iter().map(|t| t.0).collect();
+    let done: BTreeSet<String> = checked.iter().map(|(c, _)| c.table.clone()).collect();
     let mut differences = Vec::new();
-    let present: Vec<String> = source_tables
-        .iter()
-        .filter_map(|(t, _)| {
-            if target_tables.contains(t) {
-                Some(t.clone())
-            } else {
-                differences.push(Difference { object: t.clone(), what: "missing on target".into() });
-                None
-            }
-        })
-        .collect();
-    let checks: Vec<Result<(TableCheck, TableCheck), MigrateError>> = futures_util::stream::iter(present.iter().map(|t| async move {
-        let (a, b) = tokio::join!(check_table(source, database, t), check_table(target, database, t));
-        Ok((a?, b?))
-    }))
-    .buffer_unordered(jobs.max(1))
-    .collect()
-    .await;
-    let mut verified = Vec::new();
-    for pair in checks {
-        let (s, t) = pair?;
-        if s.rows != t.rows {
-            differences.push(Difference { object: s.table.clone(), what: format!("rows {} on source, {} on target", s.rows, t.rows) });
-        } else if s.checksum != t.checksum {
-            differences.push(Difference { object: s.table.clone(), what: "same row count, different content checksum".into() });
+    let mut present = Vec::new();
+    for (t, _) in &source_tables {
+        if !target_tables.contains(t) {
+            differences.push(Difference { object: t.clone(), what: "missing on target".into() });
+        } else if !done.contains(t) {
+            present.push(t.clone());
         }
-        verified.push(s);
+    }
+    let compared: Vec<Result<(TableCheck, Option<Difference>), MigrateError>> =
+        futures_util::stream::iter(present.iter().map(|t| compare_table(source, target, database, t, None))).buffer_unordered(jobs.max(1)).collect().await;
+    let mut verified = Vec::new();
+    for result in checked.into_iter().map(Ok).chain(compared) {
+        let (check, difference) = result?;
+        differences.extend(difference);
+        verified.push(check);
     }
     verified.sort_by(|a, b| a.table.cmp(&b.table));
     let source_seq = list_sequences(source, database).await?;
@@ -621,6 +735,12 @@ pub fn quote_ident(s: &str) -> String {
 /// replaced (it returns where the snapshot or backup is).
 pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOptions, tables_container: Option<&crate::inventory::ManagedInstance>, lxd: Option<&Client>) -> Result<MigrateReport, MigrateError> {
     let started = Instant::now();
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut mark = Instant::now();
+    let mut phase = |name: &str, phases: &mut Vec<(String, f64)>| {
+        phases.push((name.to_string(), mark.elapsed().as_secs_f64()));
+        mark = Instant::now();
+    };
     let db = options.database.as_str();
     // Observe: both servers answer, versions fit, the source database exists, the target is empty or replaceable.
     let (source_major, target_major) = tokio::try_join!(source.major(), target.major())?;
@@ -654,17 +774,41 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
         None => format!("CREATE DATABASE {};", quote_ident(db)),
     };
     target.query("postgres", &create).await?;
+    phase("prepare", &mut phases);
 
     // Schema without indexes and constraints, then the data, then the rest: loading before indexing is faster.
     let owners = !options.no_owner;
     let pre = source.dump_section(db, "pre-data", owners).await?;
     target.script(db, &pre).await?;
+    phase("schema", &mut phases);
     let tables = list_tables(source, db).await?;
-    let results: Vec<Result<(), MigrateError>> = futures_util::stream::iter(tables.iter().map(|(t, _)| copy_table(source, target, db, t, options.progress.clone())))
-        .buffer_unordered(options.jobs.max(1))
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let post = PostData::parse(&source.dump_section(db, "post-data", owners).await?);
+    let mut per_table = post.table_bodies();
+    // One job per table, `--jobs` at once, largest first: copy (the source's stream digested in flight), verify
+    // (the target's stream read back while the data is still in cache), then build that table's indexes and keys
+    // and ANALYZE it, so index builds overlap the copy of the other tables.
+    let work: Vec<(String, String)> = tables
+        .iter()
+        .map(|(t, _)| {
+            let mut body = per_table.remove(t.as_str()).unwrap_or_default();
+            body.push_str(&format!("ANALYZE {t};\n"));
+            (t.clone(), post.frame(&body))
+        })
+        .collect();
+    let jobs: Vec<Result<(TableCheck, Option<Difference>), MigrateError>> = futures_util::stream::iter(work.iter().map(|(t, script)| {
+        let progress = options.progress.clone();
+        async move {
+            let digest = copy_table(source, target, db, t, progress).await?;
+            let compared = compare_table(source, target, db, t, Some(digest)).await?;
+            target.script(db, script).await?;
+            Ok(compared)
+        }
+    }))
+    .buffer_unordered(options.jobs.max(1))
+    .collect()
+    .await;
+    let checked = jobs.into_iter().collect::<Result<Vec<_>, _>>()?;
+    phase("copy", &mut phases);
     let sequences = list_sequences(source, db).await?;
     if !sequences.is_empty() {
         let sql: String = sequences
@@ -678,12 +822,18 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
             .collect();
         target.script(db, &sql).await?;
     }
-    let post = source.dump_section(db, "post-data", owners).await?;
-    target.script(db, &post).await?;
-    target.query(db, "ANALYZE;").await?;
+    // Indexes of tables the listing did not return (none expected) and what depends on the keys (foreign keys,
+    // triggers, index attachments, comments), in the dump's order.
+    let mut rest: String = per_table.into_values().collect();
+    rest.push_str(&post.rest_body());
+    if !rest.trim().is_empty() {
+        target.script(db, &post.frame(&rest)).await?;
+    }
+    phase("post-data", &mut phases);
 
-    // Verify before declaring success.
-    let (checks, sequences, differences) = verify(source, target, db, options.jobs).await?;
+    // Verify before declaring success: the tables compared while copying, whatever else the source has, sequences.
+    let (checks, sequences, differences) = verify(source, target, db, options.jobs, checked).await?;
+    phase("verify", &mut phases);
     if !differences.is_empty() {
         return Err(MigrateError::Mismatch { differences });
     }
@@ -696,6 +846,7 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
         bytes: options.progress.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         replaced_backup,
+        phases,
     })
 }
 
@@ -722,46 +873,55 @@ async fn backup_target(target: &Endpoint, db: &str, options: &MigrateOptions, ta
     }
 }
 
-/// Counts bytes passing through.
-struct Counting<R> {
+/// Counts and digests the bytes passing through.
+struct Digesting<R> {
     inner: R,
     counter: Arc<AtomicU64>,
+    digest: Digester,
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<R> {
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Digesting<R> {
     fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let added = buf.filled().len() - before;
-        self.counter.fetch_add(added as u64, Ordering::Relaxed);
+        let added = &buf.filled()[before..];
+        self.counter.fetch_add(added.len() as u64, Ordering::Relaxed);
+        self.digest.update(added);
         poll
     }
 }
 
-async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str, progress: Arc<AtomicU64>) -> Result<(), MigrateError> {
+/// Copy one table; returns the digest of the source's COPY stream, taken as it passed.
+///
+/// The target side truncates the (new, empty) table and loads it with `COPY ... WITH (FREEZE)` in one transaction:
+/// the rows are written frozen, so reading them back for verification does not rewrite every page to set hint bits.
+async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str, progress: Arc<AtomicU64>) -> Result<StreamDigest, MigrateError> {
     let span = tracing::info_span!("copy_table", table);
     let _e = span.enter();
     let copy_out = format!("COPY {table} TO STDOUT");
-    let copy_in = format!("COPY {table} FROM STDIN");
+    let copy_in = format!("COPY {table} FROM STDIN WITH (FREEZE)");
+    let truncate = format!("TRUNCATE ONLY {table}");
     match (source, target) {
         (Endpoint::Host(h), Endpoint::Container(c)) => {
             let client = h.connect(db).await?;
-            let stream = client.copy_out(copy_out.as_str()).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: db_message(&e) })?;
+            client.batch_execute(STREAM_SESSION).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: db_message(&e) })?;
+            let stream = client.copy_out(copy_out.as_str()).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: format!("{table}: {}", db_message(&e)) })?;
             let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
-            let reader = Counting { inner: Box::pin(reader), counter: progress };
-            let argv = c.psql_argv(db, &["-c", &copy_in]);
+            let mut reader = Digesting { inner: Box::pin(reader), counter: progress, digest: Digester::default() };
+            let argv = c.psql_argv(db, &["-c", "BEGIN", "-c", &truncate, "-c", &copy_in, "-c", "COMMIT"]);
             let mut stderr = Vec::new();
-            let code = c.lxd.exec_io(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), Some(reader), tokio::io::sink(), &mut stderr).await?;
+            let code = c.lxd.exec_io(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), Some(&mut reader), tokio::io::sink(), &mut stderr).await?;
             if code != 0 {
                 return Err(MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
             }
-            Ok(())
+            Ok(reader.digest.finish())
         }
         (Endpoint::Container(c), Endpoint::Host(h)) => {
             let client = h.connect(db).await?;
+            client.batch_execute(&format!("BEGIN; {truncate};")).await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
             let sink = client.copy_in::<_, bytes::Bytes>(copy_in.as_str()).await.map_err(|e| MigrateError::Sql { side: target.describe(), message: db_message(&e) })?;
             let (writer, mut reader) = tokio::io::duplex(1 << 20);
-            let argv = c.psql_argv(db, &["-c", &copy_out]);
+            let argv = c.psql_argv(db, &["-c", STREAM_SESSION, "-c", &copy_out]);
             let lxd = c.lxd.clone();
             let instance = c.instance.clone();
             let producer = async move {
@@ -771,6 +931,7 @@ async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str,
             };
             let consumer = async move {
                 let mut sink = Box::pin(sink);
+                let mut digest = Digester::default();
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {
                     let n = reader.read(&mut buf).await?;
@@ -778,26 +939,210 @@ async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str,
                         break;
                     }
                     progress.fetch_add(n as u64, Ordering::Relaxed);
+                    digest.update(&buf[..n]);
                     sink.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.map_err(|e| MigrateError::Sql { side: "host".into(), message: db_message(&e) })?;
                 }
-                Ok::<_, MigrateError>(sink)
+                Ok::<_, MigrateError>((sink, digest))
             };
             let (produced, consumed) = tokio::join!(producer, consumer);
             let (code, stderr) = produced?;
             if code != 0 {
                 return Err(MigrateError::Sql { side: source.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
             }
-            let mut sink = consumed?;
+            let (mut sink, digest) = consumed?;
             sink.as_mut().finish().await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
-            Ok(())
+            client.batch_execute("COMMIT;").await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+            Ok(digest.finish())
         }
         _ => Err(MigrateError::Container("a migration runs between the host and a container".into())),
     }
 }
 
+/// The post-data section of a dump (`pg_dump --section=post-data`), split into its entries so that index builds can
+/// run in parallel.
+#[derive(Debug, Default)]
+struct PostData {
+    /// The `SET` lines before the first entry.
+    preamble: String,
+    /// The key of pg_dump's `\restrict` framing (15.14+), put back around every part given to psql.
+    restrict: Option<String>,
+    /// (type, table, SQL) in dump order.
+    entries: Vec<(String, Option<String>, String)>,
+}
+
+impl PostData {
+    fn parse(dump: &str) -> Self {
+        let mut out = PostData::default();
+        let mut current: Option<(String, String)> = None;
+        for line in dump.lines() {
+            if let Some(key) = line.strip_prefix("\\restrict ") {
+                out.restrict = Some(key.trim().to_string());
+                continue;
+            }
+            if line.starts_with("\\unrestrict ") || line.starts_with("-- PostgreSQL database dump complete") {
+                continue;
+            }
+            if let Some(header) = line.strip_prefix("-- Name: ") {
+                if let Some((kind, text)) = current.take() {
+                    let table = entry_table(&kind, &text);
+                    out.entries.push((kind, table, text));
+                }
+                let kind = header.split("; Type: ").nth(1).and_then(|t| t.split(';').next()).unwrap_or("").to_string();
+                current = Some((kind, format!("{line}\n")));
+                continue;
+            }
+            match current.as_mut() {
+                Some((_, text)) => {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+                None => {
+                    out.preamble.push_str(line);
+                    out.preamble.push('\n');
+                }
+            }
+        }
+        if let Some((kind, text)) = current.take() {
+            let table = entry_table(&kind, &text);
+            out.entries.push((kind, table, text));
+        }
+        out
+    }
+
+    fn frame(&self, body: &str) -> String {
+        // A larger sort memory than the default 64MB for index builds, within what a small container affords.
+        let mut script = String::new();
+        if let Some(key) = &self.restrict {
+            script.push_str(&format!("\\restrict {key}\n"));
+        }
+        script.push_str(&self.preamble);
+        script.push_str("SET maintenance_work_mem = '128MB';\n");
+        script.push_str(body);
+        if let Some(key) = &self.restrict {
+            script.push_str(&format!("\\unrestrict {key}\n"));
+        }
+        script
+    }
+
+    fn parallel(kind: &str, table: &Option<String>) -> bool {
+        table.is_some() && (kind == "INDEX" || kind == "CONSTRAINT")
+    }
+
+    /// The indexes and keys of each table (unframed SQL), by table.
+    fn table_bodies(&self) -> BTreeMap<String, String> {
+        let mut bodies: BTreeMap<String, String> = BTreeMap::new();
+        for (kind, table, text) in &self.entries {
+            if let (true, Some(t)) = (Self::parallel(kind, table), table) {
+                bodies.entry(t.clone()).or_default().push_str(text);
+            }
+        }
+        bodies
+    }
+
+    /// Everything else (unframed SQL), in dump order.
+    fn rest_body(&self) -> String {
+        self.entries.iter().filter(|(k, t, _)| !Self::parallel(k, t)).map(|(_, _, text)| text.as_str()).collect()
+    }
+}
+
+/// The table an index or key entry belongs to, as the dump spells it (`public.events`).
+fn entry_table(kind: &str, text: &str) -> Option<String> {
+    let after = |line: &str, marker: &str| line.split_once(marker).map(|(_, rest)| rest.trim_start_matches("ONLY ").split_whitespace().next().unwrap_or("").to_string());
+    let found = match kind {
+        "INDEX" => text.lines().find(|l| l.starts_with("CREATE INDEX ") || l.starts_with("CREATE UNIQUE INDEX ")).and_then(|l| after(l, " ON ")),
+        "CONSTRAINT" => text.lines().find(|l| l.starts_with("ALTER TABLE ")).and_then(|l| after(l, "ALTER TABLE ")),
+        _ => None,
+    };
+    // pg_dump quotes identifiers the way `format('%I.%I')` does, so the name matches `list_tables`.
+    found.filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POST_DATA: &str = "--
+-- PostgreSQL database dump
+--
+
+\\restrict abc123
+
+SET statement_timeout = 0;
+SELECT pg_catalog.set_config('search_path', '', false);
+
+--
+-- Name: users users_pkey; Type: CONSTRAINT; Schema: public; Owner: gbot
+--
+
+ALTER TABLE ONLY public.users
+    ADD CONSTRAINT users_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: events_user; Type: INDEX; Schema: public; Owner: gbot
+--
+
+CREATE INDEX events_user ON public.events USING btree (user_id);
+
+
+--
+-- Name: users_email; Type: INDEX; Schema: public; Owner: gbot
+--
+
+CREATE UNIQUE INDEX users_email ON public.users USING btree (email);
+
+
+--
+-- Name: events events_user_fk; Type: FK CONSTRAINT; Schema: public; Owner: gbot
+--
+
+ALTER TABLE ONLY public.events
+    ADD CONSTRAINT events_user_fk FOREIGN KEY (user_id) REFERENCES public.users(id);
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+\\unrestrict abc123
+
+";
+
+    #[test]
+    fn post_data_splits_into_per_table_index_groups_and_the_rest() {
+        let post = PostData::parse(POST_DATA);
+        assert_eq!(post.restrict.as_deref(), Some("abc123"));
+        assert_eq!(post.entries.len(), 4);
+        let kinds: Vec<(&str, Option<&str>)> = post.entries.iter().map(|(k, t, _)| (k.as_str(), t.as_deref())).collect();
+        assert_eq!(kinds, vec![("CONSTRAINT", Some("public.users")), ("INDEX", Some("public.events")), ("INDEX", Some("public.users")), ("FK CONSTRAINT", None)]);
+        let bodies = post.table_bodies();
+        assert_eq!(bodies.len(), 2);
+        assert!(bodies["public.events"].contains("events_user ON public.events") && !bodies["public.events"].contains("users_pkey"));
+        assert!(bodies["public.users"].contains("users_pkey") && bodies["public.users"].contains("users_email"));
+        for b in bodies.values() {
+            assert!(!b.contains("FOREIGN KEY"));
+        }
+        let framed = post.frame(&bodies["public.users"]);
+        assert!(framed.starts_with("\\restrict abc123\n") && framed.trim_end().ends_with("\\unrestrict abc123"), "{framed}");
+        assert!(framed.contains("set_config('search_path', '', false)") && framed.contains("maintenance_work_mem"));
+        let rest = post.rest_body();
+        assert!(rest.contains("FOREIGN KEY") && !rest.contains("CREATE INDEX"));
+        assert!(PostData::parse("SET x = 1;\n").rest_body().trim().is_empty());
+    }
+
+    #[test]
+    fn a_digest_counts_rows_and_hashes_the_stream_in_any_chunking() {
+        let mut one = Digester::default();
+        one.update(b"1\ta\\nb\n2\tc\n");
+        let mut two = Digester::default();
+        two.update(b"1\ta\\n");
+        two.update(b"b\n2\t");
+        two.update(b"c\n");
+        let (a, b) = (one.finish(), two.finish());
+        assert_eq!(a, b);
+        assert_eq!(a.rows, 2, "an escaped newline inside a value is not a row");
+        assert_eq!(a.sha256.len(), 64);
+    }
 
     #[test]
     fn older_targets_are_refused() {

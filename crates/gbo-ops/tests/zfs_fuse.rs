@@ -14,6 +14,32 @@ fn run(args: &[&str]) -> String {
 
 const PID_FILE: &str = "/run/zfs-fuse.pid";
 
+/// A directory as a lock across test processes (mkdir is atomic); a lock older than a minute is a dead holder's.
+struct StartLock(&'static str);
+
+impl StartLock {
+    fn take() -> Self {
+        let path = "/run/gbo-test-zfs-fuse.lock";
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::fs::create_dir(path).is_err() {
+            let stale = std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(60));
+            if stale {
+                let _ = std::fs::remove_dir(path);
+                continue;
+            }
+            assert!(std::time::Instant::now() < deadline, "{path} held for 90 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self(path)
+    }
+}
+
+impl Drop for StartLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.0);
+    }
+}
+
 /// Start the zfs-fuse daemon when it is not answering (it stays up for other tests), and wait for it.
 ///
 /// Tests run as separate processes, so the start is serialised by a lock file. A pid file left by a daemon that died
@@ -24,8 +50,7 @@ fn ensure_daemon() {
     if answering() {
         return;
     }
-    let lock = std::fs::File::create("/run/gbo-test-zfs-fuse.lock").expect("lock file in /run");
-    lock.lock().expect("lock /run/gbo-test-zfs-fuse.lock");
+    let _lock = StartLock::take();
     if answering() {
         return;
     }

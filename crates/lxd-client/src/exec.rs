@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::Method;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -426,6 +426,9 @@ fn ws_missing(op: &Operation) -> Error {
     Error::Websocket { path: format!("/1.0/operations/{}", op.id), message: "a websocket is missing".into() }
 }
 
+/// The largest stdin frame sent to LXD.
+const STDIN_FRAME: usize = 256 * 1024;
+
 /// Copy `input` into the stdin websocket, then signal EOF with a close frame.
 async fn pump_in<R: AsyncRead + Unpin + Send>(ws: Ws, input: Option<R>) -> Result<()> {
     let (sink, mut stream) = ws.split();
@@ -442,13 +445,29 @@ where
 {
     let ws_err = |e: tokio_tungstenite::tungstenite::Error| Error::Websocket { path: "exec stdin".into(), message: e.to_string() };
     if let Some(mut input) = input {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
+        let mut buf = vec![0u8; STDIN_FRAME];
+        let mut eof = false;
+        while !eof {
             let n = input.read(&mut buf).await.map_err(|e| Error::io("reading exec stdin", e))?;
             if n == 0 {
                 break;
             }
-            if let Err(e) = sink.send(Message::Binary(buf[..n].to_vec())).await {
+            // Coalesce what the reader already holds into one frame: a reader that yields small pieces (a row
+            // stream such as PostgreSQL's COPY, one row per message) would otherwise cost a frame and a flush per
+            // piece. `read` is cancel-safe, so dropping a read that is not ready loses nothing.
+            let mut filled = n;
+            while filled < buf.len() {
+                match input.read(&mut buf[filled..]).now_or_never() {
+                    Some(Ok(0)) => {
+                        eof = true;
+                        break;
+                    }
+                    Some(Ok(more)) => filled += more,
+                    Some(Err(e)) => return Err(Error::io("reading exec stdin", e)),
+                    None => break,
+                }
+            }
+            if let Err(e) = sink.send(Message::Binary(buf[..filled].to_vec())).await {
                 // The command exited and LXD closed its stdin: not our error.
                 if matches!(e, tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed)
                     || matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset))

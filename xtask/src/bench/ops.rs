@@ -135,6 +135,7 @@ async fn bench_migration(lxd: &lxd_client::Client, md: &mut String) -> anyhow::R
         let backup = work.join("backup.sql");
         let seed_start = Instant::now();
         sh(&format!("{PG_BIN}/pg_dump -h 127.0.0.1 -p {} -U gbot botserver > {}", host.port, backup.display()))?;
+        eprintln!("bench ops: seed pg_dump {:.1} s", seed_start.elapsed().as_secs_f64());
         sh(&format!("lxc exec {name} -- runuser -u postgres -- psql -X -q -c 'CREATE DATABASE botserver'"))?;
         sh(&format!("lxc exec {name} -- runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d botserver < {}", backup.display()))?;
         let seed = seed_start.elapsed();
@@ -163,6 +164,8 @@ async fn bench_migration(lxd: &lxd_client::Client, md: &mut String) -> anyhow::R
             report.tables.len(),
             report.sequences.len()
         ));
+        let phases: Vec<String> = report.phases.iter().map(|(n, s)| format!("{n} {:.1} s", s)).collect();
+        eprintln!("bench ops: gbo phases: {}", phases.join(", "));
         md.push_str(&format!("| speed-up (seed / gbo) | {speedup:.2}x | target >= 2x: {} |\n\n", if speedup >= 2.0 { "met" } else { "not met" }));
         anyhow::Ok(())
     }
@@ -278,33 +281,35 @@ fn bench_zfs(md: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The parts named in `GBO_BENCH_ONLY`, when set: such a partial run prints its section instead of writing
+/// `docs/benchmarks.md`.
+pub fn only() -> Option<Vec<String>> {
+    std::env::var("GBO_BENCH_ONLY").ok().filter(|v| !v.is_empty()).map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
+}
+
 /// Run the three benchmarks and return the markdown section.
 pub async fn run() -> anyhow::Result<String> {
     let lxd = lxd_client::Client::local()?;
     let mut md = String::from("## Day-2 operations: migration, tenant snapshots, ZFS prune\n\n");
     md.push_str(&stamp());
     md.push('\n');
-    // Each part reports its own failure in the section instead of hiding the others' numbers.
-    if let Err(e) = bench_zfs(&mut md) {
-        md.push_str(&format!("### ZFS prune
-
-Not measured in this run: {e:#}
-
-"));
+    // Each part reports its own failure in the section instead of hiding the others' numbers. `GBO_BENCH_ONLY`
+    // (a comma list of zfs, snapshots, migration) runs some parts only, for profiling; see `only()`.
+    let wanted = |part: &str| only().map_or(true, |parts| parts.iter().any(|p| p == part));
+    if wanted("zfs") {
+        if let Err(e) = bench_zfs(&mut md) {
+            md.push_str(&format!("### ZFS prune\n\nNot measured in this run: {e:#}\n\n"));
+        }
     }
-    if let Err(e) = bench_snapshots(&lxd, &mut md).await {
-        md.push_str(&format!("### Snapshot of a 5-container tenant
-
-Not measured in this run: {e:#}
-
-"));
+    if wanted("snapshots") {
+        if let Err(e) = bench_snapshots(&lxd, &mut md).await {
+            md.push_str(&format!("### Snapshot of a 5-container tenant\n\nNot measured in this run: {e:#}\n\n"));
+        }
     }
-    if let Err(e) = bench_migration(&lxd, &mut md).await {
-        md.push_str(&format!("### Migration
-
-Not measured in this run: {e:#}
-
-"));
+    if wanted("migration") {
+        if let Err(e) = bench_migration(&lxd, &mut md).await {
+            md.push_str(&format!("### Migration\n\nNot measured in this run: {e:#}\n\n"));
+        }
     }
     md.push_str("gbo runs in-process here (the library behind `gbo`); the baselines run the real `lxc`, `pg_dump` and `psql` binaries.\n");
     Ok(md)
