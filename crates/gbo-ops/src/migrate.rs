@@ -1,10 +1,10 @@
 //! Verified PostgreSQL migration between a server on the host and a tenant's tables container, in either direction.
 //!
-//! Streamed end to end (no SQL file on disk): the schema's pre-data section (`pg_dump --schema-only
-//! --section=pre-data`) is applied first; then one job per table, `--jobs` at once, largest first: the table travels
+//! Streamed end to end (no SQL file on disk): the schema's pre-data section (`pg_dump --section=pre-data`: schema
+//! and grants) is applied first; then one job per table, `--jobs` at once, largest first: the table travels
 //! as a `COPY ... TO STDOUT` → `COPY ... FROM STDIN WITH (FREEZE)` stream (`pg_restore -j` cannot read a pipe), the
 //! source's stream is digested as it passes (rows and SHA-256), the target's is read back and digested where it lives
-//! (inside the container: `psql | sha256sum`), then the table's indexes and keys from the post-data section are built
+//! (inside the container: `psql | sha256sum`) while the table's indexes and keys from the post-data section are built
 //! and it is analysed, overlapping the copy of the other tables. Then sequences are set and the rest of post-data
 //! (foreign keys, triggers, attachments) is applied, and every sequence's value and the set of tables are compared.
 //! When two streams differ, an order-independent content checksum on both sides decides (so a different row order or
@@ -62,13 +62,13 @@ pub enum MigrateError {
         target_major: u32,
     },
     /// The target already holds data.
-    #[error("the target database `{database}` on {side} already holds {tables} table(s); pass --replace to snapshot it and replace it")]
+    #[error("the target database `{database}` on {side} already holds {tables} relation(s) (tables, views or sequences); pass --replace to snapshot it and replace it")]
     TargetNotEmpty {
         /// Database.
         database: String,
         /// Which side.
         side: String,
-        /// Tables found.
+        /// Relations found (tables, views, materialized views, foreign tables, free-standing sequences).
         tables: usize,
     },
     /// Verification found differences.
@@ -97,6 +97,14 @@ pub enum MigrateError {
     /// Local I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The `--keep-sql` file cannot be written where asked.
+    #[error("cannot keep the SQL file at {path}: {reason}")]
+    KeepSql {
+        /// The path given.
+        path: String,
+        /// Why not, and what is allowed.
+        reason: String,
+    },
     /// Taking the safety snapshot before --replace failed.
     #[error("snapshot before replacing the target failed: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
@@ -345,9 +353,12 @@ impl ContainerServer {
 
     async fn dump_section(&self, database: &str, section: &str, owners: bool) -> Result<String, MigrateError> {
         let mut argv: Vec<String> = ["runuser", "-u", "postgres", "--", "pg_dump", "-h", "/var/run/postgresql"].iter().map(|s| s.to_string()).collect();
-        argv.extend(["-p".into(), self.port.to_string(), "--schema-only".into(), format!("--section={section}"), "--no-privileges".into()]);
+        // A section without --schema-only: pre-data is the schema and its grants, post-data includes the refresh of
+        // materialized views; table data is the `data` section, which travels as COPY streams instead.
+        argv.extend(["-p".into(), self.port.to_string(), format!("--section={section}")]);
         if !owners {
             argv.push("--no-owner".into());
+            argv.push("--no-privileges".into());
         }
         argv.push(database.to_string());
         let out = self.lxd.exec(&self.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(600))).await?;
@@ -408,9 +419,9 @@ impl Endpoint {
         match self {
             Endpoint::Host(h) => {
                 let passfile = h.passfile()?;
-                let mut cmd = h.pg_dump(database, &passfile).arg("--schema-only").arg(format!("--section={section}")).arg("--no-privileges");
+                let mut cmd = h.pg_dump(database, &passfile).arg(format!("--section={section}"));
                 if !owners {
-                    cmd = cmd.arg("--no-owner");
+                    cmd = cmd.arg("--no-owner").arg("--no-privileges");
                 }
                 let out = cmd.run_async().await?;
                 drop(passfile);
@@ -469,12 +480,15 @@ pub struct MigrateOptions {
     pub backup_dir: PathBuf,
     /// Bytes copied so far, for progress display.
     pub progress: Arc<AtomicU64>,
+    /// Also keep the migration as a plain SQL file here (`psql -f` restores it into an empty database), written only
+    /// once verification passed; None streams with nothing on disk.
+    pub keep_sql: Option<PathBuf>,
 }
 
 impl MigrateOptions {
     /// Defaults: `botserver`, 2 jobs, no replace, owners kept.
     pub fn new(database: impl Into<String>) -> Self {
-        Self { database: database.into(), jobs: 2, replace: false, no_owner: false, backup_dir: PathBuf::from("/var/backups/gbo"), progress: Arc::new(AtomicU64::new(0)) }
+        Self { database: database.into(), jobs: 2, replace: false, no_owner: false, backup_dir: PathBuf::from("/var/backups/gbo"), progress: Arc::new(AtomicU64::new(0)), keep_sql: None }
     }
 }
 
@@ -508,6 +522,8 @@ pub struct MigrateReport {
     pub seconds: f64,
     /// The snapshot or backup taken of the target before replacing it.
     pub replaced_backup: Option<String>,
+    /// The plain SQL file kept on disk (`--keep-sql`), when asked.
+    pub kept_sql: Option<PathBuf>,
     /// Wall-clock seconds of each phase, in order (`prepare`, `schema`, `copy`, `post-data`, `verify`).
     pub phases: Vec<(String, f64)>,
 }
@@ -568,13 +584,38 @@ pub struct StreamDigest {
 struct Digester {
     hasher: sha2::Sha256,
     rows: u64,
+    /// A copy of the stream kept on disk (`--keep-sql`), written through the page cache, and its first error.
+    tee: Option<std::io::BufWriter<std::fs::File>>,
+    tee_error: Option<std::io::Error>,
 }
 
 impl Digester {
+    fn teeing(file: Option<std::fs::File>) -> Self {
+        Self { tee: file.map(|f| std::io::BufWriter::with_capacity(1 << 20, f)), ..Self::default() }
+    }
+
     fn update(&mut self, data: &[u8]) {
         use sha2::Digest as _;
+        use std::io::Write as _;
         self.hasher.update(data);
         self.rows += data.iter().filter(|b| **b == b'\n').count() as u64;
+        if let (Some(tee), None) = (self.tee.as_mut(), self.tee_error.as_ref()) {
+            if let Err(e) = tee.write_all(data) {
+                self.tee_error = Some(e);
+            }
+        }
+    }
+
+    /// Flush the kept copy, if any, and report the first error writing it.
+    fn close_tee(&mut self) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if let Some(e) = self.tee_error.take() {
+            return Err(e);
+        }
+        match self.tee.take() {
+            Some(mut tee) => tee.flush(),
+            None => Ok(()),
+        }
     }
 
     fn finish(self) -> StreamDigest {
@@ -716,6 +757,17 @@ pub fn check_versions(source_major: u32, target_major: u32) -> Result<(), Migrat
     }
 }
 
+/// Relations a user made (tables, partitioned tables, views, materialized views, foreign tables, and sequences no
+/// column owns): any of them makes a target database "not empty".
+async fn user_relations(side: &Endpoint, database: &str) -> Result<usize, MigrateError> {
+    let sql = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+               AND (c.relkind IN ('r','p','v','m','f') OR (c.relkind = 'S' AND NOT EXISTS \
+                    (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a','i'))));";
+    let rows = side.query(database, sql).await?;
+    Ok(rows.first().and_then(|r| r.first()).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
+}
+
 async fn database_exists(side: &Endpoint, database: &str) -> Result<bool, MigrateError> {
     let rows = side.query("postgres", &format!("SELECT 1 FROM pg_database WHERE datname = {};", quote_literal(database))).await?;
     Ok(!rows.is_empty())
@@ -748,20 +800,23 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
     if !database_exists(source, db).await? {
         return Err(MigrateError::NoSuchDatabase { database: db.to_string(), side: source.describe() });
     }
+    // Where a kept SQL file will go: checked before anything changes.
+    let keep = options.keep_sql.as_deref().map(KeptSql::prepare).transpose()?;
     let mut replaced_backup = None;
     if database_exists(target, db).await? {
-        let existing = list_tables(target, db).await?;
-        if !existing.is_empty() {
+        let existing = user_relations(target, db).await?;
+        if existing > 0 {
             if !options.replace {
-                return Err(MigrateError::TargetNotEmpty { database: db.to_string(), side: target.describe(), tables: existing.len() });
+                return Err(MigrateError::TargetNotEmpty { database: db.to_string(), side: target.describe(), tables: existing });
             }
             replaced_backup = Some(backup_target(target, db, options, tables_container, lxd).await?);
         }
         target.query("postgres", &format!("DROP DATABASE {} WITH (FORCE);", quote_ident(db))).await?;
     }
-    // Roles the source has and the target lacks (owners, grantees), created without login or password.
+    // Roles the source has and the target lacks (owners, grantees), created without login, password or superuser
+    // (a source superuser that owns objects becomes a plain owner role on the target).
     if !options.no_owner {
-        let roles = source.query(db, "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND NOT rolsuper ORDER BY 1;").await?;
+        let roles = source.query(db, "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1;").await?;
         let existing: BTreeSet<String> = target.query("postgres", "SELECT rolname FROM pg_roles;").await?.into_iter().filter_map(|r| r.into_iter().next()).collect();
         for role in roles.into_iter().filter_map(|r| r.into_iter().next()).filter(|r| !existing.contains(r)) {
             target.query("postgres", &format!("CREATE ROLE {} NOLOGIN;", quote_ident(&role))).await?;
@@ -782,7 +837,8 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
     target.script(db, &pre).await?;
     phase("schema", &mut phases);
     let tables = list_tables(source, db).await?;
-    let post = PostData::parse(&source.dump_section(db, "post-data", owners).await?);
+    let post_text = source.dump_section(db, "post-data", owners).await?;
+    let post = PostData::parse(&post_text);
     let mut per_table = post.table_bodies();
     // One job per table, `--jobs` at once, largest first: copy (the source's stream digested in flight), verify
     // (the target's stream read back while the data is still in cache), then build that table's indexes and keys
@@ -795,13 +851,17 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
             (t.clone(), post.frame(&body))
         })
         .collect();
-    let jobs: Vec<Result<(TableCheck, Option<Difference>), MigrateError>> = futures_util::stream::iter(work.iter().map(|(t, script)| {
+    let jobs: Vec<Result<(TableCheck, Option<Difference>), MigrateError>> = futures_util::stream::iter(work.iter().enumerate().map(|(i, (t, script))| {
         let progress = options.progress.clone();
+        let keep = keep.as_ref();
         async move {
-            let digest = copy_table(source, target, db, t, progress).await?;
-            let compared = compare_table(source, target, db, t, Some(digest)).await?;
-            target.script(db, script).await?;
-            Ok(compared)
+            let tee = keep.map(|k| k.part(i)).transpose()?;
+            let digest = copy_table(source, target, db, t, progress, tee).await?;
+            // Reading the table back and building its indexes both only read it: they run side by side (the
+            // script builds plain indexes first; a key's ALTER TABLE then waits for the read to end).
+            let (compared, built) = tokio::join!(compare_table(source, target, db, t, Some(digest)), target.script(db, script));
+            built?;
+            compared
         }
     }))
     .buffer_unordered(options.jobs.max(1))
@@ -837,6 +897,10 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
     if !differences.is_empty() {
         return Err(MigrateError::Mismatch { differences });
     }
+    let kept_sql = match keep {
+        Some(k) => Some(k.assemble(&pre, &tables, &sequences, &post_text)?),
+        None => None,
+    };
     Ok(MigrateReport {
         source: source.describe(),
         target: target.describe(),
@@ -847,7 +911,79 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
         seconds: started.elapsed().as_secs_f64(),
         replaced_backup,
         phases,
+        kept_sql,
     })
+}
+
+/// A `--keep-sql` file in the making: each table's COPY stream is written to its own part (0600, in a 0700 directory
+/// beside the file) as it passes; once verification passed the parts are assembled into a psql script (pre-data,
+/// `COPY ... FROM stdin` blocks, sequence values, post-data) and renamed into place. Removed on failure.
+struct KeptSql {
+    path: PathBuf,
+    parts: PathBuf,
+}
+
+impl KeptSql {
+    fn prepare(path: &std::path::Path) -> Result<Self, MigrateError> {
+        let bad = |reason: &str| MigrateError::KeepSql { path: path.display().to_string(), reason: reason.to_string() };
+        if path.exists() {
+            return Err(bad("the file exists; name a new file (it is never overwritten)"));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(bad("its directory does not exist"));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| bad("it names no file"))?;
+        let parts = parent.join(format!(".{name}.parts-{}", std::process::id()));
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(&parts).map_err(|e| bad(&format!("its directory is not writable ({e})")))?;
+        Ok(Self { path: path.to_path_buf(), parts })
+    }
+
+    fn part(&self, index: usize) -> Result<std::fs::File, MigrateError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        Ok(std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(self.parts.join(format!("{index}.copy")))?)
+    }
+
+    fn assemble(self, pre: &str, tables: &[(String, u64)], sequences: &BTreeMap<String, String>, post: &str) -> Result<PathBuf, MigrateError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let partial = self.parts.join("assembled.sql");
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        writeln!(out, "-- Written by gbo migrate --keep-sql: restore into an empty database with `psql -v ON_ERROR_STOP=1 -f FILE`.")?;
+        // The settings the COPY data was written with.
+        writeln!(out, "{}", STREAM_SESSION.replace("; ", ";\n"))?;
+        out.write_all(pre.as_bytes())?;
+        for (i, (table, _)) in tables.iter().enumerate() {
+            writeln!(out, "\nCOPY {table} FROM stdin;")?;
+            let mut part = std::fs::File::open(self.parts.join(format!("{i}.copy")))?;
+            std::io::copy(&mut part, &mut out)?;
+            writeln!(out, "\\.")?;
+        }
+        writeln!(out)?;
+        for (name, value) in sequences {
+            let mut parts = value.split(' ');
+            let last = parts.next().unwrap_or("1");
+            let called = parts.next().unwrap_or("f") == "t";
+            writeln!(out, "SELECT pg_catalog.setval({}, {last}, {called});", quote_literal(name))?;
+        }
+        out.write_all(post.as_bytes())?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        // Never over a file that appeared meanwhile.
+        std::fs::hard_link(&partial, &self.path).map_err(|e| MigrateError::KeepSql { path: self.path.display().to_string(), reason: e.to_string() })?;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for KeptSql {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.parts);
+    }
 }
 
 async fn backup_target(target: &Endpoint, db: &str, options: &MigrateOptions, tables_container: Option<&crate::inventory::ManagedInstance>, lxd: Option<&Client>) -> Result<String, MigrateError> {
@@ -864,10 +1000,28 @@ async fn backup_target(target: &Endpoint, db: &str, options: &MigrateOptions, ta
             Ok(format!("snapshot {}/{}", c.instance, name))
         }
         Endpoint::Host(h) => {
-            std::fs::create_dir_all(&options.backup_dir)?;
-            let file = options.backup_dir.join(format!("{db}-before-migrate-{}.dump", crate::snapshot::default_name(time::OffsetDateTime::now_utc()).trim_start_matches("gbo-")));
+            // A full copy of the database: a 0700 directory and a 0600 file, created new (never over another backup).
+            use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&options.backup_dir)?;
+            let stamp = crate::snapshot::default_name(time::OffsetDateTime::now_utc());
+            let stamp = stamp.trim_start_matches("gbo-");
+            let mut attempt = 0u32;
+            let file = loop {
+                let name = if attempt == 0 { format!("{db}-before-migrate-{stamp}.dump") } else { format!("{db}-before-migrate-{stamp}-{attempt}.dump") };
+                let path = options.backup_dir.join(name);
+                match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                    Ok(_) => break path,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => attempt += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            // The directory may have existed with looser permissions: the file itself stays private.
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
             let passfile = h.passfile()?;
-            h.pg_dump(db, &passfile).arg("--format=custom").arg("--file").arg(&file).run_async().await?;
+            if let Err(e) = h.pg_dump(db, &passfile).arg("--format=custom").arg("--file").arg(&file).run_async().await {
+                let _ = std::fs::remove_file(&file);
+                return Err(e.into());
+            }
             Ok(format!("pg_dump archive {}", file.display()))
         }
     }
@@ -895,7 +1049,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Digesting<R> {
 ///
 /// The target side truncates the (new, empty) table and loads it with `COPY ... WITH (FREEZE)` in one transaction:
 /// the rows are written frozen, so reading them back for verification does not rewrite every page to set hint bits.
-async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str, progress: Arc<AtomicU64>) -> Result<StreamDigest, MigrateError> {
+async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str, progress: Arc<AtomicU64>, tee: Option<std::fs::File>) -> Result<StreamDigest, MigrateError> {
     let span = tracing::info_span!("copy_table", table);
     let _e = span.enter();
     let copy_out = format!("COPY {table} TO STDOUT");
@@ -907,13 +1061,14 @@ async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str,
             client.batch_execute(STREAM_SESSION).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: db_message(&e) })?;
             let stream = client.copy_out(copy_out.as_str()).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: format!("{table}: {}", db_message(&e)) })?;
             let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
-            let mut reader = Digesting { inner: Box::pin(reader), counter: progress, digest: Digester::default() };
+            let mut reader = Digesting { inner: Box::pin(reader), counter: progress, digest: Digester::teeing(tee) };
             let argv = c.psql_argv(db, &["-c", "BEGIN", "-c", &truncate, "-c", &copy_in, "-c", "COMMIT"]);
             let mut stderr = Vec::new();
             let code = c.lxd.exec_io(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), Some(&mut reader), tokio::io::sink(), &mut stderr).await?;
             if code != 0 {
                 return Err(MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
             }
+            reader.digest.close_tee()?;
             Ok(reader.digest.finish())
         }
         (Endpoint::Container(c), Endpoint::Host(h)) => {
@@ -931,7 +1086,7 @@ async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str,
             };
             let consumer = async move {
                 let mut sink = Box::pin(sink);
-                let mut digest = Digester::default();
+                let mut digest = Digester::teeing(tee);
                 let mut buf = vec![0u8; 256 * 1024];
                 loop {
                     let n = reader.read(&mut buf).await?;
@@ -949,7 +1104,8 @@ async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str,
             if code != 0 {
                 return Err(MigrateError::Sql { side: source.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
             }
-            let (mut sink, digest) = consumed?;
+            let (mut sink, mut digest) = consumed?;
+            digest.close_tee()?;
             sink.as_mut().finish().await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
             client.batch_execute("COMMIT;").await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
             Ok(digest.finish())
@@ -1028,12 +1184,15 @@ impl PostData {
         table.is_some() && (kind == "INDEX" || kind == "CONSTRAINT")
     }
 
-    /// The indexes and keys of each table (unframed SQL), by table.
+    /// The indexes and keys of each table (unframed SQL), by table: plain indexes first (`CREATE INDEX` shares the
+    /// table with readers), then keys (`ALTER TABLE ... ADD CONSTRAINT` locks it exclusively).
     fn table_bodies(&self) -> BTreeMap<String, String> {
         let mut bodies: BTreeMap<String, String> = BTreeMap::new();
-        for (kind, table, text) in &self.entries {
-            if let (true, Some(t)) = (Self::parallel(kind, table), table) {
-                bodies.entry(t.clone()).or_default().push_str(text);
+        for first in ["INDEX", "CONSTRAINT"] {
+            for (kind, table, text) in &self.entries {
+                if let (true, true, Some(t)) = (kind == first, Self::parallel(kind, table), table) {
+                    bodies.entry(t.clone()).or_default().push_str(text);
+                }
             }
         }
         bodies
@@ -1118,7 +1277,8 @@ ALTER TABLE ONLY public.events
         let bodies = post.table_bodies();
         assert_eq!(bodies.len(), 2);
         assert!(bodies["public.events"].contains("events_user ON public.events") && !bodies["public.events"].contains("users_pkey"));
-        assert!(bodies["public.users"].contains("users_pkey") && bodies["public.users"].contains("users_email"));
+        let users = &bodies["public.users"];
+        assert!(users.find("users_email").zip(users.find("users_pkey")).is_some_and(|(index, key)| index < key), "plain indexes before keys: {users}");
         for b in bodies.values() {
             assert!(!b.contains("FOREIGN KEY"));
         }

@@ -1,8 +1,10 @@
 //! Verified migration against real PostgreSQL 15: a throw-away cluster on the host (loopback port, password
 //! authentication) and the real one in a container from the test image (initdb'd by the test as `postgres`, data
 //! in /opt/gbo/data/pgdata). Both directions, a broken target that differs in one value of one row, a non-empty
-//! target, and bad input.
+//! target (refused, or replaced after a snapshot of the container or a `pg_dump` backup of the host database), and
+//! bad input.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -235,4 +237,185 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
     let err = migrate::migrate(&wrong, &container_endpoint(&c), &MigrateOptions::new("botserver"), None, None).await.expect_err("wrong password");
     assert!(err.to_string().contains("password authentication failed"), "{err}");
     assert!(!err.to_string().contains("wrong"), "the password is not echoed: {err}");
+}
+
+/// The tables of `botserver` on a host cluster, their row counts and the content of `old_orders`: what must stay
+/// exactly as it was when a migration is refused.
+fn host_state(h: &HostCluster) -> String {
+    h.psql(
+        "botserver",
+        "SELECT (SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public') \
+         || ' ' || (SELECT count(*) FROM old_orders) || ' ' || (SELECT count(*) FROM old_notes) \
+         || ' ' || (SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM old_orders t)",
+    )
+}
+
+/// Container → host onto a host database that already holds data. Without `--replace` it is refused before
+/// anything changes: the error (and `gbo migrate`'s exit code 2) names the number of tables found, no backup is
+/// written, the host database is byte-for-byte the same. With `replace`, a `pg_dump` custom-format archive of the
+/// old database is written to `backup_dir` first (restorable: `pg_restore --list` reads it and a restore into a
+/// scratch database brings the old rows back), then the data is replaced and verified.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_to_host_replace_backs_up_the_host_database_first() {
+    let c = container_cluster("migtohost").await;
+    container_psql(&c, "postgres", SEED).await;
+    let source_checksum = container_psql(&c, "botserver", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM accounts t;").await;
+
+    let host = HostCluster::start();
+    host.psql("postgres", "CREATE DATABASE botserver");
+    host.psql(
+        "botserver",
+        "CREATE TABLE old_orders (id serial PRIMARY KEY, item text NOT NULL); \
+         INSERT INTO old_orders (item) SELECT 'order ' || i FROM generate_series(1, 250) i; \
+         CREATE TABLE old_notes (note text); INSERT INTO old_notes VALUES ('keep me until replaced')",
+    );
+    let orders_checksum = host.psql("botserver", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM old_orders t");
+    let before = host_state(&host);
+    assert_eq!(before, format!("old_notes,old_orders 250 1 {orders_checksum}"));
+    let backups = tempfile::tempdir().expect("tempdir");
+    let backup_dir = backups.path().join("gbo-backups");
+
+    // Refused without replace: the error names the two tables found, nothing changes, no backup is taken.
+    let mut options = MigrateOptions::new("botserver");
+    options.backup_dir = backup_dir.clone();
+    let target = Endpoint::Host(host.server());
+    let err = migrate::migrate(&container_endpoint(&c), &target, &options, None, None).await.expect_err("non-empty host target");
+    assert!(matches!(err, MigrateError::TargetNotEmpty { tables: 2, .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("already holds 2 relation(s)") && message.contains("--replace"), "{message}");
+    assert_eq!(host_state(&host), before, "a refused migration changed the host database");
+    assert!(!backup_dir.exists(), "no backup is written when nothing is replaced");
+
+    // The same through the CLI: exit code 2 and the same message. The password travels in PGPASSWORD.
+    let cli = tokio::task::spawn_blocking({
+        let (name, port, backup_dir) = (c.name.to_string(), host.port, backup_dir.display().to_string());
+        move || {
+            Command::new(gbo_tests::gbo_bin())
+                .args(["migrate", "container-to-local", "--container", &name, "--host", &format!("postgresql://gbot@127.0.0.1:{port}"), "--backup-dir", &backup_dir])
+                .env("PGPASSWORD", PASSWORD)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("running gbo")
+        }
+    })
+    .await
+    .expect("gbo thread");
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already holds 2 relation(s)"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "the password is not echoed");
+    assert_eq!(host_state(&host), before, "a refused `gbo migrate` changed the host database");
+    assert!(!backup_dir.exists(), "no backup is written when nothing is replaced");
+
+    // With replace: the backup is written first, then the data is replaced and verified.
+    options.replace = true;
+    options.jobs = 3;
+    let report = migrate::migrate(&container_endpoint(&c), &target, &options, None, None).await.expect("replace the host database");
+    let files: Vec<PathBuf> = std::fs::read_dir(&backup_dir).expect("the backup dir was created").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let archive = &files[0];
+    let file_name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    assert!(file_name.starts_with("botserver-before-migrate-") && file_name.ends_with(".dump"), "{file_name}");
+    assert_eq!(report.replaced_backup.as_deref(), Some(format!("pg_dump archive {}", archive.display()).as_str()));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // A full copy of the database: private to root.
+        assert_eq!(std::fs::metadata(archive).expect("archive").permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&backup_dir).expect("dir").permissions().mode() & 0o777, 0o700);
+    }
+    let size = std::fs::metadata(archive).expect("archive").len();
+    assert!(size > 0, "the archive is empty");
+    let listing = sh(&format!("{PG_BIN}/pg_restore --list {}", archive.display()));
+    assert!(listing.contains("TABLE DATA public old_orders") && listing.contains("TABLE DATA public old_notes"), "{listing}");
+    // The archive holds the old rows: restored into a scratch database, they are all there.
+    host.psql("postgres", "CREATE DATABASE old_restored");
+    let restored = Command::new(format!("{PG_BIN}/pg_restore"))
+        .args(["--no-owner", "-h", "127.0.0.1", "-p", &host.port.to_string(), "-U", "gbot", "-d", "old_restored"])
+        .arg(archive)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("pg_restore");
+    assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
+    assert_eq!(host.psql("old_restored", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM old_orders t"), orders_checksum);
+    assert_eq!(host.psql("old_restored", "SELECT note FROM old_notes"), "keep me until replaced");
+
+    // The host database now holds the container's data, verified; the old tables are gone.
+    let tables: Vec<(&str, u64)> = report.tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
+    assert_eq!(tables, [("public.accounts", 6000), ("public.empty_table", 0), ("public.users", 3000)]);
+    assert_eq!(report.sequences.get("public.users_id_seq").map(String::as_str), Some("4242 t"));
+    assert_eq!(checksum_host(&host), source_checksum);
+    assert_eq!(host.psql("botserver", "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'old_%'"), "0");
+    assert_eq!(host.psql("botserver", "SELECT tableowner FROM pg_tables WHERE tablename = 'accounts'"), "gbuser");
+}
+
+/// Partitions, a view and a materialized view travel too; `--keep-sql` keeps the migration as a psql script (0600),
+/// written only after verification, that restores into an empty database with the same content; an existing file is
+/// refused before anything changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_travel_and_keep_sql_writes_a_restorable_private_script() {
+    let source = HostCluster::start();
+    seed_host(&source);
+    source.psql(
+        "botserver",
+        "SET ROLE gbuser;
+         CREATE TABLE measures (id bigint NOT NULL, day date NOT NULL, value double precision, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE measures_2024 PARTITION OF measures FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+         CREATE TABLE measures_2025 PARTITION OF measures FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE INDEX measures_value ON measures (value);
+         INSERT INTO measures SELECT i, date '2024-06-01' + (i % 400), i / 7.0 FROM generate_series(1, 4000) i;
+         CREATE VIEW rich AS SELECT user_id, sum(balance) AS total FROM accounts GROUP BY user_id;
+         CREATE MATERIALIZED VIEW rich_m AS SELECT * FROM rich;
+         RESET ROLE;
+         CREATE ROLE gbot_reader NOLOGIN;
+         GRANT SELECT ON accounts TO gbot_reader;",
+    );
+    let measures = "SELECT md5(string_agg(t::text, '|' ORDER BY id, day)) FROM measures t";
+    let before = (checksum_host(&source), source.psql("botserver", measures), source.psql("botserver", "SELECT count(*) FROM rich_m"));
+    let c = container_cluster("migkeep").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kept = dir.path().join("botserver.sql");
+
+    // An existing file is refused before anything changes.
+    std::fs::write(&kept, "precious").expect("write");
+    let mut options = MigrateOptions::new("botserver");
+    options.keep_sql = Some(kept.clone());
+    let err = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None).await.expect_err("exists");
+    assert!(matches!(err, MigrateError::KeepSql { .. }) && err.to_string().contains("exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&kept).expect("read"), "precious");
+    assert_eq!(container_psql(&c, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'botserver';").await, "0", "nothing changed");
+    std::fs::remove_file(&kept).expect("rm");
+
+    let report = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None).await.expect("migrate");
+    let tables: Vec<&str> = report.tables.iter().map(|t| t.table.as_str()).collect();
+    assert_eq!(tables, ["public.accounts", "public.empty_table", "public.measures_2024", "public.measures_2025", "public.users"]);
+    assert_eq!(report.tables.iter().filter(|t| t.table.starts_with("public.measures_")).map(|t| t.rows).sum::<u64>(), 4000);
+    assert!(report.tables.iter().all(|t| t.checksum.starts_with("sha256:")), "the fast comparison agreed: {:?}", report.tables);
+    assert_eq!(container_psql(&c, "botserver", &format!("{measures};")).await, before.1);
+    assert_eq!(container_psql(&c, "botserver", "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'measures_2024%';").await, "2", "partition indexes built");
+    assert_eq!(container_psql(&c, "botserver", "SELECT count(*) FROM rich_m;").await, before.2, "the materialized view was refreshed");
+    assert_eq!(container_psql(&c, "botserver", "SELECT has_table_privilege('gbot_reader', 'public.accounts', 'SELECT');").await, "t", "grants kept");
+    assert_eq!(report.kept_sql.as_deref(), Some(kept.as_path()));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&kept).expect("kept").permissions().mode() & 0o777, 0o600);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(leftovers, [std::ffi::OsString::from("botserver.sql")], "the parts are gone");
+
+    // The kept script restores into an empty database (the owner role exists on the restoring server).
+    let restored = HostCluster::start();
+    restored.psql("postgres", "CREATE ROLE gbuser LOGIN");
+    restored.psql("postgres", "CREATE ROLE gbot_reader NOLOGIN");
+    restored.psql("postgres", "CREATE DATABASE botserver OWNER gbuser");
+    let out = Command::new(format!("{PG_BIN}/psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &restored.port.to_string(), "-U", "gbot", "-d", "botserver", "-f"])
+        .arg(&kept)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(checksum_host(&restored), before.0);
+    assert_eq!(restored.psql("botserver", measures), before.1);
+    assert_eq!(restored.psql("botserver", "SELECT last_value FROM users_id_seq"), "4242");
+    assert_eq!(restored.psql("botserver", "SELECT count(*) FROM rich_m"), before.2);
 }

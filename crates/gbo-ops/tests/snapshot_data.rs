@@ -1,6 +1,7 @@
 //! Snapshots against the real LXD daemon: the container **and** its mounted host directory are captured and
-//! restored together, on ext4 (frozen copy) and on a loop-mounted btrfs stack dir (subvolume snapshot); tenant
-//! snapshots in parallel; plain `lxc snapshot` ones restore container-only; tiered prune with a dry run.
+//! restored together, on ext4 (frozen copy), on a loop-mounted btrfs stack dir (subvolume snapshot) and on a
+//! zfs-fuse dataset (ZFS snapshot, restored through a clone); tenant snapshots in parallel; plain `lxc snapshot`
+//! ones restore container-only; tiered prune with a dry run.
 
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,8 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A container with `<stack>/tables/data` mounted at /opt/gbo/data, recorded as gbo would.
-async fn container_with_data(tag: &str, stack: &Path, tenant: Option<&str>) -> TestContainer {
+/// A container with `<stack>/tables/data` mounted at /opt/gbo/data, recorded as gbo would; started when `start`.
+async fn container_with_data(tag: &str, stack: &Path, tenant: Option<&str>, start: bool) -> TestContainer {
     let data = stack.join("tables").join("data");
     if !data.exists() {
         std::fs::create_dir_all(&data).expect("data dir");
@@ -32,7 +33,7 @@ async fn container_with_data(tag: &str, stack: &Path, tenant: Option<&str>) -> T
     let disk = DiskDevice::new(data.display().to_string(), "/opt/gbo/data").to_config(&device).expect("disk");
     let stack_s = stack.display().to_string();
     let tenant = tenant.map(str::to_string);
-    TestContainer::create_with(tag, true, move |req| {
+    TestContainer::create_with(tag, start, move |req| {
         let req = req.config(KEY_STACK_DIR, stack_s).device(&device, disk);
         match tenant {
             Some(t) => req.config(KEY_TENANT, t).config(KEY_ROLE, "tables"),
@@ -50,7 +51,7 @@ async fn write_inside(c: &TestContainer, file: &str, text: &str) {
 
 async fn round_trip(stack: &Path, expected_method: &str) {
     let lxd = gbo_tests::lxd().await;
-    let c = container_with_data("snapdata", stack, None).await;
+    let c = container_with_data("snapdata", stack, None, true).await;
     let data = stack.join("tables/data");
     write_inside(&c, "state.txt", "before").await;
     let managed = snapshot::container(&lxd, c.name.as_str()).await.expect("container");
@@ -61,6 +62,18 @@ async fn round_trip(stack: &Path, expected_method: &str) {
     assert_eq!(info.data[0].method.label(), expected_method, "{:?}", info.data[0]);
     assert!(info.expires_at.is_some());
     assert!(snapshot::manifest_path(&managed, "s1").exists());
+    // On ZFS: the pool's datasets and mounts, which every restore must leave as they are (its clone goes away).
+    let zfs_pool = match &info.data[0].method {
+        CaptureMethod::ZfsSnapshot { dataset, snapshot, mountpoint } => {
+            assert!(data.starts_with(mountpoint), "{data:?} is not under the dataset's mountpoint {mountpoint:?}");
+            let pool = dataset.split('/').next().unwrap_or(dataset).to_string();
+            assert!(zfs_snapshots(&pool).contains(&format!("{dataset}@{snapshot}")), "{:?}", zfs_snapshots(&pool));
+            Some(pool)
+        }
+        _ => None,
+    };
+    let zfs_state = || zfs_pool.as_ref().map(|pool| (zfs_datasets(pool), zfs_mounts(pool)));
+    let zfs_before = zfs_state();
     // The container is running again (thawed), and writes after the snapshot land on the host mount.
     assert_eq!(lxd.instance(&c.name).await.expect("instance").status, "Running");
     write_inside(&c, "state.txt", "after").await;
@@ -72,11 +85,14 @@ async fn round_trip(stack: &Path, expected_method: &str) {
     let listed = snapshot::list(&lxd, &managed).await.expect("list");
     let covers: Vec<(&str, &str)> = listed.iter().map(|i| (i.name.as_str(), i.covers.as_str())).collect();
     assert_eq!(covers, [("s1", "container+data"), ("plain", "container")]);
+    let methods: Vec<&str> = listed[0].data.iter().map(|d| d.method.label()).collect();
+    assert_eq!(methods, [expected_method], "list names how the data was captured");
 
     let report = snapshot::restore(&lxd, &managed, &name, true).await.expect("restore");
     assert!(report.restarted);
     assert_eq!(report.data_restored, vec![data.clone()]);
     let safety = report.safety_snapshot.expect("safety snapshot");
+    assert_eq!(zfs_state(), zfs_before, "the restore left a clone, dataset or mount behind");
     assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "before");
     assert!(!data.join("new.txt").exists(), "a write made after the snapshot survived the restore");
     // Inside the container too, and the data is still owned by the container's root.
@@ -90,6 +106,7 @@ async fn round_trip(stack: &Path, expected_method: &str) {
     snapshot::restore(&lxd, &managed, &safety_name, false).await.expect("restore safety");
     assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "after");
     assert!(data.join("new.txt").exists());
+    assert_eq!(zfs_state(), zfs_before, "the restore left a clone, dataset or mount behind");
 
     // Restoring the hand-made snapshot touches the container only.
     let plain = snapshot::snapshot_name("plain").expect("name");
@@ -103,7 +120,11 @@ async fn round_trip(stack: &Path, expected_method: &str) {
     assert!(!snapshot::manifest_path(&managed, "s1").exists());
     match &captured.method {
         CaptureMethod::BtrfsSnapshot { location } | CaptureMethod::FrozenCopy { location } => assert!(!location.exists(), "{location:?}"),
-        CaptureMethod::ZfsSnapshot { .. } => {}
+        CaptureMethod::ZfsSnapshot { dataset, snapshot, .. } => {
+            let name = format!("{dataset}@{snapshot}");
+            let pool = dataset.split('/').next().unwrap_or(dataset);
+            assert!(!zfs_snapshots(pool).contains(&name), "{name} survived `snapshot delete`");
+        }
     }
     let err = snapshot::delete(&lxd, &managed, &name).await.expect_err("deleted twice");
     assert!(err.to_string().contains("has no snapshot `s1`"), "{err}");
@@ -153,7 +174,7 @@ async fn tenant_snapshot_is_parallel_and_prune_keeps_tiers() {
     let lxd = gbo_tests::lxd().await;
     let stack = tempfile::tempdir().expect("tempdir");
     let tenant = gbo_tests::unique_name("tn");
-    let a = container_with_data("snapta", stack.path(), Some(&tenant)).await;
+    let a = container_with_data("snapta", stack.path(), Some(&tenant), true).await;
     // The second container has no host mount: container-only, but still part of the tenant.
     let t2 = tenant.clone();
     let b = TestContainer::create_with("snaptb", false, move |r| r.config(KEY_TENANT, t2).config(KEY_ROLE, "cache")).await;
@@ -188,4 +209,208 @@ async fn tenant_snapshot_is_parallel_and_prune_keeps_tiers() {
     let err = snapshot::prune(&lxd, &managed, RetentionPolicy::default(), false).await.expect_err("empty policy");
     assert!(err.to_string().contains("would delete every snapshot"), "{err}");
     assert_eq!(snapshot::list(&lxd, &managed).await.expect("list").len(), 2);
+}
+
+/// Run a host command (argv); its stdout. Fails the test with the command's output when it fails or is missing.
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e} (install zfs-fuse)"));
+    assert!(out.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const ZFS_FUSE_PID_FILE: &str = "/run/zfs-fuse.pid";
+
+/// A directory as a lock across test processes (mkdir is atomic); a lock older than a minute is a dead holder's.
+/// Same path as in `zfs_fuse.rs`, so the two test binaries never start the daemon twice.
+struct StartLock(&'static str);
+
+impl StartLock {
+    fn take() -> Self {
+        let path = "/run/gbo-test-zfs-fuse.lock";
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::fs::create_dir(path).is_err() {
+            let stale = std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(60));
+            if stale {
+                let _ = std::fs::remove_dir(path);
+                continue;
+            }
+            assert!(std::time::Instant::now() < deadline, "{path} held for 90 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self(path)
+    }
+}
+
+impl Drop for StartLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.0);
+    }
+}
+
+/// Start the zfs-fuse daemon when it is not answering (it stays up for other tests), and wait for it; the same
+/// approach as `zfs_fuse.rs` (a stale pid file is removed, a live daemon that does not answer is stopped first).
+fn ensure_zfs_fuse() {
+    let answering = || Command::new("zpool").arg("list").output().map(|o| o.status.success()).unwrap_or(false);
+    if answering() {
+        return;
+    }
+    let _lock = StartLock::take();
+    if answering() {
+        return;
+    }
+    if let Ok(text) = std::fs::read_to_string(ZFS_FUSE_PID_FILE) {
+        let pid = text.trim();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if comm.trim() == "zfs-fuse" && !zombie {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline && !answering() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if answering() {
+                return;
+            }
+            let _ = Command::new("kill").arg(pid).status();
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        std::fs::remove_file(ZFS_FUSE_PID_FILE).expect("remove the stale zfs-fuse pid file");
+    }
+    let out = Command::new("zfs-fuse").args(["-p", ZFS_FUSE_PID_FILE]).output().expect("zfs-fuse is required for this test (apt-get install zfs-fuse)");
+    assert!(out.status.success(), "zfs-fuse did not start ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !answering() {
+        assert!(std::time::Instant::now() < deadline, "zfs-fuse did not answer within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A zfs-fuse pool on a file, mounted under a temp dir (nothing is left in `/`), destroyed on drop.
+struct ZfsPool {
+    name: String,
+    mount: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ZfsPool {
+    fn new() -> Self {
+        ensure_zfs_fuse();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pool.img");
+        let mount = dir.path().join("mnt");
+        run(&["truncate", "-s", "128M", &file.display().to_string()]);
+        let name = gbo_tests::unique_name("zs");
+        run(&["zpool", "create", "-m", &mount.display().to_string(), &name, &file.display().to_string()]);
+        Self { name, mount, _dir: dir }
+    }
+}
+
+impl Drop for ZfsPool {
+    fn drop(&mut self) {
+        // Right after the container is deleted the pool can still be busy for a moment.
+        for _ in 0..20 {
+            if Command::new("zpool").args(["destroy", "-f", &self.name]).output().map(|o| o.status.success()).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// Every filesystem and volume of a pool (`-r`, which zfs-fuse's `list` has; it has no `-p`).
+fn zfs_datasets(pool: &str) -> Vec<String> {
+    let mut names: Vec<String> = run(&["zfs", "list", "-H", "-o", "name", "-t", "filesystem,volume", "-r", pool]).lines().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+fn zfs_snapshots(pool: &str) -> Vec<String> {
+    run(&["zfs", "list", "-H", "-o", "name", "-t", "snapshot"]).lines().filter(|l| l.starts_with(&format!("{pool}/")) || l.starts_with(&format!("{pool}@"))).map(str::to_string).collect()
+}
+
+/// The ZFS/FUSE mounts of a pool, from mountinfo.
+fn zfs_mounts(pool: &str) -> Vec<String> {
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split_once(" - ").map(|(left, right)| (left.split(' ').nth(4).unwrap_or("").to_string(), right.split(' ').nth(1).unwrap_or("").to_string())))
+        .filter(|(_, source)| source == pool || source.starts_with(&format!("{pool}/")))
+        .map(|(point, source)| format!("{source} on {point}"))
+        .collect();
+    mounts.sort();
+    mounts
+}
+
+/// ZFS: the stack dir is a zfs-fuse dataset, `<stack>/tables/data` a plain directory in it, mounted into the
+/// container by LXD like any host directory. LXD bind-mounts the FUSE mountpoint without trouble: zfs-fuse mounts
+/// every dataset with `allow_other,default_permissions`, so the container's processes (host uids from 100000) get
+/// in and the kernel checks ordinary permissions on the uids the files carry (the data dir is owned by 100000, the
+/// container's root). The container runs throughout, so the capture happens with it frozen, as in production.
+///
+/// Besides the round trip: the capture is `dataset@gbo-<container>-<snapshot>` on the dataset holding the stack
+/// dir; each restore goes through a clone that is gone afterwards (no stray dataset, no leftover mount); `delete`
+/// destroys the ZFS snapshot (zfs-fuse: one snapshot per `destroy` call, no `list -p`).
+#[tokio::test(flavor = "multi_thread")]
+async fn zfs_stack_dir_is_captured_by_a_dataset_snapshot_and_restored_through_a_clone() {
+    let pool = ZfsPool::new();
+    let dataset = format!("{}/stack", pool.name);
+    run(&["zfs", "create", &dataset]);
+    let stack = pool.mount.join("stack");
+    let fs = sh(&format!("stat -f -c %T {}", stack.display()));
+    assert!(fs.trim().starts_with("fuse"), "expected the zfs-fuse dataset under {}, got {fs}", stack.display());
+    assert!(zfs_snapshots(&pool.name).is_empty());
+    round_trip(&stack, "zfs").await;
+    // Delete removed s1's ZFS snapshot; only the safety snapshot's stays (its LXD snapshot goes with the container).
+    let left = zfs_snapshots(&pool.name);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(&format!("{dataset}@gbo-")) && left[0].contains("-safety-"), "{left:?}");
+    assert_eq!(zfs_datasets(&pool.name), [pool.name.clone(), dataset], "no stray clone or dataset");
+}
+
+/// ZFS, host side: the stack dir is a plain directory in the pool's **root** dataset, and the container's device
+/// names it through a symlink (as `/srv/gbo` → `/tank/gbo`). The container stays stopped (nothing to freeze) and
+/// the data is written on the host. Restore must clone inside the pool (a root dataset has no sibling dataset
+/// name) and bring back exactly the captured directory, leaving the rest of the dataset alone; `snapshot delete`
+/// must succeed when the ZFS snapshot was already destroyed by hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn zfs_root_dataset_behind_a_symlink_restores_only_the_captured_directory() {
+    let pool = ZfsPool::new();
+    let real = pool.mount.join("gbo");
+    std::fs::create_dir_all(real.join("tables/data")).expect("mkdir");
+    std::fs::write(real.join("unrelated.txt"), "before").expect("write");
+    let links = tempfile::tempdir().expect("tempdir");
+    let stack = links.path().join("stack");
+    std::os::unix::fs::symlink(&real, &stack).expect("symlink");
+    let data = stack.join("tables/data");
+
+    let lxd = gbo_tests::lxd().await;
+    let c = container_with_data("snapzr", &stack, None, false).await;
+    std::fs::write(data.join("state.txt"), "before").expect("write");
+    let managed = snapshot::container(&lxd, c.name.as_str()).await.expect("container");
+    assert_eq!(managed.mounts[0].host_path, data, "the device names the symlinked path");
+    let name = snapshot::snapshot_name("s1").expect("name");
+    let info = snapshot::create(&lxd, &managed, &name, &CreateOptions::default()).await.expect("create");
+    let CaptureMethod::ZfsSnapshot { dataset, snapshot: zsnap, mountpoint } = &info.data[0].method else { panic!("not captured by ZFS: {:?}", info.data) };
+    assert_eq!((dataset.as_str(), mountpoint.as_path()), (pool.name.as_str(), pool.mount.as_path()));
+    let manifest = snapshot::read_manifest(&managed, "s1").expect("manifest");
+    assert!(!manifest.frozen, "a stopped container is not frozen");
+    let before = (zfs_datasets(&pool.name), zfs_mounts(&pool.name));
+
+    std::fs::write(data.join("state.txt"), "after").expect("write");
+    std::fs::write(data.join("new.txt"), "written after the snapshot").expect("write");
+    std::fs::write(real.join("unrelated.txt"), "after").expect("write");
+    let report = snapshot::restore(&lxd, &managed, &name, false).await.expect("restore");
+    assert!(!report.restarted);
+    assert_eq!(report.data_restored, vec![data.clone()]);
+    let mut entries: Vec<String> = std::fs::read_dir(&data).expect("read_dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    entries.sort();
+    assert_eq!(entries, ["state.txt"], "exactly the captured directory comes back, not the dataset's root");
+    assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "before");
+    assert_eq!(std::fs::read_to_string(real.join("unrelated.txt")).expect("read"), "after", "the rest of the dataset is not rolled back");
+    assert_eq!((zfs_datasets(&pool.name), zfs_mounts(&pool.name)), before, "the restore left a clone, dataset or mount behind");
+
+    run(&["zfs", "destroy", &format!("{dataset}@{zsnap}")]);
+    snapshot::delete(&lxd, &managed, &name).await.expect("delete after the ZFS snapshot was destroyed by hand");
+    assert!(!snapshot::manifest_path(&managed, "s1").exists());
+    assert!(snapshot::list(&lxd, &managed).await.expect("list").is_empty());
 }

@@ -101,7 +101,9 @@ impl Pool {
         let file = dir.path().join("pool.img");
         run(&["truncate", "-s", "128M", &file.display().to_string()]);
         let name = gbo_tests::unique_name("zp");
-        run(&["zpool", "create", "-m", &format!("/{name}"), &name, &file.display().to_string()]);
+        // Mounted inside the temp dir, so nothing is left in `/` when the pool is destroyed.
+        let mount = dir.path().join("mnt");
+        run(&["zpool", "create", "-m", &mount.display().to_string(), &name, &file.display().to_string()]);
         Self { name, _dir: dir }
     }
 }

@@ -49,6 +49,10 @@ pub struct Args {
     /// Where a host target's backup goes before --replace.
     #[arg(long, default_value = "/var/backups/gbo")]
     backup_dir: PathBuf,
+    /// Also keep the migration as a plain SQL file (0600; restore with `psql -f FILE` into an empty database).
+    /// Written only after verification passed, never over an existing file. Without it nothing touches the disk.
+    #[arg(long, value_name = "FILE")]
+    keep_sql: Option<PathBuf>,
     /// Result format.
     #[arg(long, value_enum, default_value_t)]
     output: Format,
@@ -82,6 +86,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     options.replace = args.replace;
     options.no_owner = args.no_owner;
     options.backup_dir = args.backup_dir.clone();
+    options.keep_sql = args.keep_sql.clone();
     let progress = options.progress.clone();
     let ticker = tokio::spawn(async move {
         let mut last = 0;
@@ -102,6 +107,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Format::Table => {
             if let Some(b) = &report.replaced_backup {
                 eprintln!("the previous target was saved first: {b}");
+            }
+            if let Some(f) = &report.kept_sql {
+                eprintln!("SQL kept at {}", f.display());
             }
             let rows: Vec<Vec<String>> = report.tables.iter().map(|t| vec![t.table.clone(), t.rows.to_string(), "ok".into()]).collect();
             output::print_table(&["TABLE", "ROWS", "VERIFIED"], &rows);

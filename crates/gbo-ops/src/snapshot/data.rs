@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::runner::HostCommand;
+use crate::runner::{HostCommand, RunError};
 
 use super::SnapshotError;
 
@@ -175,18 +175,41 @@ pub fn restore(capture: &DataCapture) -> Result<(), SnapshotError> {
             Ok(())
         }
         CaptureMethod::ZfsSnapshot { dataset, snapshot, mountpoint } => {
-            // A clone, not `zfs rollback -r`: rollback would destroy every newer snapshot (the safety one included).
-            let clone = format!("{dataset}-gborestore-{}", std::process::id());
+            // The mountpoint comes from mountinfo (a canonical path); the device's source may reach the dataset
+            // through a symlink. Outside the dataset there is nothing in the snapshot to bring back.
+            let canonical = host_path.canonicalize().map_err(|source| SnapshotError::Io { path: host_path.clone(), source })?;
+            let relative = canonical
+                .strip_prefix(mountpoint)
+                .map_err(|_| SnapshotError::OutsideDataset { path: host_path.clone(), dataset: dataset.clone(), mountpoint: mountpoint.clone() })?
+                .to_path_buf();
+            // A clone, not `zfs rollback -r`: rollback would destroy every newer snapshot (the safety one included)
+            // and roll back every other directory of the dataset too. The clone is a child of the pool's root
+            // (a sibling name such as `tank-x` would be another pool when the data lives in the root dataset)
+            // and is mounted outside the dataset, never inside the directory about to be emptied.
             let zfs = crate::zfs::zfs_program();
-            HostCommand::new(&zfs).arg("clone").arg(format!("{dataset}@{snapshot}")).arg(&clone).run()?;
+            static CLONES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = CLONES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let leaf = format!("gbo-restore-{}-{n}", std::process::id());
+            let pool = dataset.split('/').next().unwrap_or(dataset);
+            let clone = format!("{pool}/{leaf}");
+            let wanted_mount = std::env::temp_dir().join(&leaf);
+            let mut mountpoint_option = std::ffi::OsString::from("mountpoint=");
+            mountpoint_option.push(&wanted_mount);
+            HostCommand::new(&zfs).args(["clone", "-o"]).arg(mountpoint_option).arg(format!("{dataset}@{snapshot}")).arg(&clone).run()?;
+            let mut clone_mount = None;
             let result = (|| {
-                let clone_mount = HostCommand::new(&zfs).args(["get", "-H", "-o", "value", "mountpoint"]).arg(&clone).run()?;
-                let relative = host_path.strip_prefix(mountpoint).unwrap_or(Path::new(""));
-                let source = PathBuf::from(clone_mount.trim()).join(relative);
+                // Where it really is (an `altroot` prefixes the mountpoint).
+                let mounted = PathBuf::from(HostCommand::new(&zfs).args(["get", "-H", "-o", "value", "mountpoint"]).arg(&clone).run()?.trim());
+                clone_mount = Some(mounted.clone());
+                let source = mounted.join(&relative);
                 empty_dir(host_path)?;
                 copy_contents(&source, host_path)
             })();
-            let destroyed = HostCommand::new(&zfs).arg("destroy").arg(&clone).run();
+            let destroyed = destroy_clone(&zfs, &clone);
+            if destroyed.is_ok() {
+                // zfs leaves a mountpoint directory it was told to use; it is empty once the clone is gone.
+                let _ = std::fs::remove_dir(clone_mount.as_deref().unwrap_or(&wanted_mount));
+            }
             result?;
             destroyed?;
             Ok(())
@@ -208,10 +231,50 @@ pub fn discard(capture: &DataCapture) -> Result<(), SnapshotError> {
             Ok(())
         }
         CaptureMethod::ZfsSnapshot { dataset, snapshot, .. } => {
-            HostCommand::new(crate::zfs::zfs_program()).arg("destroy").arg(format!("{dataset}@{snapshot}")).run()?;
-            Ok(())
+            let zfs = crate::zfs::zfs_program();
+            let name = format!("{dataset}@{snapshot}");
+            match HostCommand::new(&zfs).arg("destroy").arg(&name).run() {
+                Ok(_) => Ok(()),
+                // Already gone (destroyed by hand): nothing left to remove, as for a missing btrfs snapshot.
+                Err(e) if zfs_gone(&zfs, &name) => {
+                    tracing::debug!(snapshot = %name, error = %e, "the ZFS snapshot was already gone");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         CaptureMethod::FrozenCopy { location } => remove_tree(location),
+    }
+}
+
+/// Destroy a restore clone. zfs-fuse refuses to destroy a mounted dataset ("dataset is busy", the unmount it does
+/// first has not settled), so it is unmounted first, and a failed destroy is tried again for a few seconds.
+fn destroy_clone(zfs: &str, clone: &str) -> Result<(), SnapshotError> {
+    if let Err(e) = HostCommand::new(zfs).arg("unmount").arg(clone).run() {
+        tracing::debug!(clone, error = %e, "unmounting the restore clone failed; destroying it anyway");
+    }
+    let mut attempt = 0;
+    loop {
+        match HostCommand::new(zfs).arg("destroy").arg(clone).run() {
+            Ok(_) => return Ok(()),
+            Err(_) if zfs_gone(zfs, clone) => return Ok(()),
+            Err(e) if attempt >= 20 => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(clone, attempt, error = %e, "destroying the restore clone failed; retrying");
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+/// Whether `zfs` says a dataset or snapshot does not exist. Any other failure (no daemon, no program) is not an
+/// answer, so it counts as "may exist" and the caller reports its own error.
+fn zfs_gone(zfs: &str, name: &str) -> bool {
+    match HostCommand::new(zfs).args(["list", "-H", "-o", "name", "-t", "all"]).arg(name).run() {
+        Ok(_) => false,
+        Err(RunError::Failed { stderr, .. }) => stderr.contains("does not exist"),
+        Err(_) => false,
     }
 }
 

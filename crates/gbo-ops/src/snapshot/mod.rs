@@ -85,6 +85,16 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
+    /// A captured directory that is no longer inside the ZFS dataset it was captured from.
+    #[error("{} is not inside the ZFS dataset `{dataset}` (mounted at {}) it was captured from: it cannot be restored from that dataset's snapshot", path.display(), mountpoint.display())]
+    OutsideDataset {
+        /// The host directory.
+        path: PathBuf,
+        /// The dataset.
+        dataset: String,
+        /// Its mountpoint when captured.
+        mountpoint: PathBuf,
+    },
     /// A host mount would hold its own snapshots.
     #[error("the snapshot store {} lies inside the mounted directory {}: set the stack dir elsewhere", store.display(), mount.display())]
     StoreInsideMount {
