@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gbo_ops::inventory::{KEY_STACK_DIR, KEY_TENANT, KEY_ROLE};
-use gbo_ops::snapshot::{self, CaptureMethod, CreateOptions, RetentionPolicy};
+use gbo_ops::snapshot::{self, CaptureMethod, CreateOptions, RetentionPolicy, SnapshotError};
 use gbo_tests::TestContainer;
 use lxd_client::{DiskDevice, DeviceName, ExecRequest};
 
@@ -413,4 +413,36 @@ async fn zfs_root_dataset_behind_a_symlink_restores_only_the_captured_directory(
     snapshot::delete(&lxd, &managed, &name).await.expect("delete after the ZFS snapshot was destroyed by hand");
     assert!(!snapshot::manifest_path(&managed, "s1").exists());
     assert!(snapshot::list(&lxd, &managed).await.expect("list").is_empty());
+}
+
+/// A restore that fails half way (here: the captured copy was removed by hand) touches nothing it cannot restore,
+/// leaves the container stopped, and names the safety snapshot that brings the state before back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_that_cannot_finish_names_the_safety_snapshot_and_leaves_data_alone() {
+    let stack = tempfile::tempdir().expect("tempdir");
+    let lxd = gbo_tests::lxd().await;
+    let c = container_with_data("snaplost", stack.path(), None, true).await;
+    let data = stack.path().join("tables/data");
+    write_inside(&c, "state.txt", "before").await;
+    let managed = snapshot::container(&lxd, c.name.as_str()).await.expect("container");
+    let name = snapshot::snapshot_name("s1").expect("name");
+    let info = snapshot::create(&lxd, &managed, &name, &CreateOptions::default()).await.expect("create");
+    let CaptureMethod::FrozenCopy { location } = &info.data[0].method else { panic!("ext4 is captured by a copy: {:?}", info.data[0]) };
+    write_inside(&c, "state.txt", "after").await;
+    std::fs::remove_dir_all(location).expect("lose the capture");
+
+    let err = snapshot::restore(&lxd, &managed, &name, true).await.expect_err("capture lost");
+    let SnapshotError::RestoreFailed { safety: Some(safety), restored, .. } = &err else { panic!("{err:?}") };
+    assert!(restored.is_empty());
+    let message = err.to_string();
+    assert!(message.contains("is missing") && message.contains("left stopped") && message.contains(&format!("gbo snapshot restore {} {safety} --no-safety", c.name)), "{message}");
+    assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "after", "the host data was left alone");
+    assert_eq!(lxd.instance(&c.name).await.expect("instance").status, "Stopped");
+
+    // The advice works: the safety snapshot brings the state from before back.
+    let safety = snapshot::snapshot_name(safety).expect("name");
+    snapshot::restore(&lxd, &managed, &safety, false).await.expect("restore safety");
+    lxd.set_state(&c.name, lxd_client::StateAction::Start, 60, false).await.expect("start");
+    let out = c.lxd.exec(&c.name, &ExecRequest::new(["cat", "/opt/gbo/data/state.txt"])).await.expect("exec");
+    assert_eq!(out.stdout_text(), "after");
 }

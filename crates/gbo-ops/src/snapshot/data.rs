@@ -168,6 +168,12 @@ pub fn capture(host_path: &Path, strategy: &Strategy, store: &Path, device: &str
 /// Put the captured data back into `host_path` (the container must be stopped).
 pub fn restore(capture: &DataCapture) -> Result<(), SnapshotError> {
     let host_path = &capture.host_path;
+    // What is restored from must be there before what is restored over is touched.
+    if let CaptureMethod::BtrfsSnapshot { location } | CaptureMethod::FrozenCopy { location } = &capture.method {
+        if !location.is_dir() {
+            return Err(SnapshotError::CaptureMissing { location: location.clone(), host_path: host_path.clone() });
+        }
+    }
     match &capture.method {
         CaptureMethod::BtrfsSnapshot { location } => {
             HostCommand::new("btrfs").args(["subvolume", "delete"]).arg(host_path).run()?;

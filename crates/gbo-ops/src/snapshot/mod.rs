@@ -85,6 +85,35 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
+    /// A restore that failed after it began changing things. The container is left stopped (starting it on a half
+    /// restored state could do harm); the state from before the restore is in the safety snapshot, when one was taken.
+    #[error(
+        "restoring `{container}` to `{snapshot}` failed while {step}: {cause}. The container is left stopped{}{}",
+        if restored.is_empty() { String::new() } else { format!("; host data already restored: {}", restored.join(", ")) },
+        match safety { Some(s) => format!("; the state from before is in snapshot `{s}`: `gbo snapshot restore {container} {s} --no-safety` brings it back"), None => String::from("; no safety snapshot was taken (--no-safety)") }
+    )]
+    RestoreFailed {
+        /// Container.
+        container: String,
+        /// Snapshot being restored.
+        snapshot: String,
+        /// What was being done.
+        step: String,
+        /// The underlying error.
+        cause: Box<SnapshotError>,
+        /// Host directories already restored.
+        restored: Vec<String>,
+        /// The safety snapshot taken first.
+        safety: Option<String>,
+    },
+    /// The captured copy of a host directory is gone (removed by hand?): nothing was touched.
+    #[error("the captured data for {} is missing at {}: {} was left as it is", host_path.display(), location.display(), host_path.display())]
+    CaptureMissing {
+        /// Where the capture should be.
+        location: PathBuf,
+        /// The host directory it would restore.
+        host_path: PathBuf,
+    },
     /// A captured directory that is no longer inside the ZFS dataset it was captured from.
     #[error("{} is not inside the ZFS dataset `{dataset}` (mounted at {}) it was captured from: it cannot be restored from that dataset's snapshot", path.display(), mountpoint.display())]
     OutsideDataset {
@@ -350,14 +379,30 @@ pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &Snaps
         set_state_checked(lxd, &instance, StateAction::Stop, "stopped").await?;
     }
     let mut data_restored = Vec::new();
+    let failed = |step: String, cause: SnapshotError, restored: &[PathBuf]| SnapshotError::RestoreFailed {
+        container: container.name.clone(),
+        snapshot: snapshot.to_string(),
+        step,
+        cause: Box::new(cause),
+        restored: restored.iter().map(|p| p.display().to_string()).collect(),
+        safety: safety_snapshot.clone(),
+    };
     if let Some(manifest) = &manifest {
         for capture in &manifest.data {
             let c = capture.clone();
-            tokio::task::spawn_blocking(move || data::restore(&c)).await.map_err(join_error)??;
+            let result = match tokio::task::spawn_blocking(move || data::restore(&c)).await {
+                Ok(r) => r,
+                Err(e) => Err(join_error(e)),
+            };
+            if let Err(e) = result {
+                return Err(failed(format!("restoring host data {}", capture.host_path.display()), e, &data_restored));
+            }
             data_restored.push(capture.host_path.clone());
         }
     }
-    lxd.restore_snapshot(&instance, snapshot).await?;
+    if let Err(e) = lxd.restore_snapshot(&instance, snapshot).await {
+        return Err(failed("restoring the container's root filesystem".into(), e.into(), &data_restored));
+    }
     if running {
         set_state_checked(lxd, &instance, StateAction::Start, "running").await?;
     }
