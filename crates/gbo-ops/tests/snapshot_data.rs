@@ -432,8 +432,9 @@ async fn a_restore_that_cannot_finish_names_the_safety_snapshot_and_leaves_data_
     std::fs::remove_dir_all(location).expect("lose the capture");
 
     let err = snapshot::restore(&lxd, &managed, &name, true).await.expect_err("capture lost");
-    let SnapshotError::RestoreFailed { safety: Some(safety), restored, .. } = &err else { panic!("{err:?}") };
-    assert!(restored.is_empty());
+    let SnapshotError::RestoreFailed(failure) = &err else { panic!("{err:?}") };
+    let safety = failure.safety.as_deref().expect("a safety snapshot was taken");
+    assert!(failure.restored.is_empty());
     let message = err.to_string();
     assert!(message.contains("is missing") && message.contains("left stopped") && message.contains(&format!("gbo snapshot restore {} {safety} --no-safety", c.name)), "{message}");
     assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "after", "the host data was left alone");

@@ -87,25 +87,8 @@ pub enum SnapshotError {
     },
     /// A restore that failed after it began changing things. The container is left stopped (starting it on a half
     /// restored state could do harm); the state from before the restore is in the safety snapshot, when one was taken.
-    #[error(
-        "restoring `{container}` to `{snapshot}` failed while {step}: {cause}. The container is left stopped{}{}",
-        if restored.is_empty() { String::new() } else { format!("; host data already restored: {}", restored.join(", ")) },
-        match safety { Some(s) => format!("; the state from before is in snapshot `{s}`: `gbo snapshot restore {container} {s} --no-safety` brings it back"), None => String::from("; no safety snapshot was taken (--no-safety)") }
-    )]
-    RestoreFailed {
-        /// Container.
-        container: String,
-        /// Snapshot being restored.
-        snapshot: String,
-        /// What was being done.
-        step: String,
-        /// The underlying error.
-        cause: Box<SnapshotError>,
-        /// Host directories already restored.
-        restored: Vec<String>,
-        /// The safety snapshot taken first.
-        safety: Option<String>,
-    },
+    #[error("{0}")]
+    RestoreFailed(Box<RestoreFailure>),
     /// The captured copy of a host directory is gone (removed by hand?): nothing was touched.
     #[error("the captured data for {} is missing at {}: {} was left as it is", host_path.display(), location.display(), host_path.display())]
     CaptureMissing {
@@ -379,13 +362,15 @@ pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &Snaps
         set_state_checked(lxd, &instance, StateAction::Stop, "stopped").await?;
     }
     let mut data_restored = Vec::new();
-    let failed = |step: String, cause: SnapshotError, restored: &[PathBuf]| SnapshotError::RestoreFailed {
-        container: container.name.clone(),
-        snapshot: snapshot.to_string(),
-        step,
-        cause: Box::new(cause),
-        restored: restored.iter().map(|p| p.display().to_string()).collect(),
-        safety: safety_snapshot.clone(),
+    let failed = |step: String, cause: SnapshotError, restored: &[PathBuf]| {
+        SnapshotError::RestoreFailed(Box::new(RestoreFailure {
+            container: container.name.clone(),
+            snapshot: snapshot.to_string(),
+            step,
+            cause,
+            restored: restored.iter().map(|p| p.display().to_string()).collect(),
+            safety: safety_snapshot.clone(),
+        }))
     };
     if let Some(manifest) = &manifest {
         for capture in &manifest.data {
@@ -407,6 +392,36 @@ pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &Snaps
         set_state_checked(lxd, &instance, StateAction::Start, "running").await?;
     }
     Ok(RestoreReport { container: container.name.clone(), snapshot: snapshot.to_string(), safety_snapshot, data_restored, restarted: running })
+}
+
+/// Where a restore stopped, and how to get back.
+#[derive(Debug)]
+pub struct RestoreFailure {
+    /// Container.
+    pub container: String,
+    /// Snapshot being restored.
+    pub snapshot: String,
+    /// What was being done.
+    pub step: String,
+    /// The underlying error.
+    pub cause: SnapshotError,
+    /// Host directories already restored.
+    pub restored: Vec<String>,
+    /// The safety snapshot taken first.
+    pub safety: Option<String>,
+}
+
+impl std::fmt::Display for RestoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "restoring `{}` to `{}` failed while {}: {}. The container is left stopped", self.container, self.snapshot, self.step, self.cause)?;
+        if !self.restored.is_empty() {
+            write!(f, "; host data already restored: {}", self.restored.join(", "))?;
+        }
+        match &self.safety {
+            Some(s) => write!(f, "; the state from before is in snapshot `{s}`: `gbo snapshot restore {} {s} --no-safety` brings it back", self.container),
+            None => write!(f, "; no safety snapshot was taken (--no-safety)"),
+        }
+    }
 }
 
 /// Delete a snapshot and the host data it captured.
