@@ -501,7 +501,11 @@ where
             Ok(Message::Text(text)) => out.write_all(text.as_bytes()).await.map_err(|e| Error::io("writing exec output", e))?,
             Ok(Message::Close(_)) => break,
             Ok(_) => {}
-            Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed) => break,
+            Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed) => break,
+            // LXD closes an output socket once the stream has ended; a reply of ours (a pong, the closing handshake)
+            // that meets the closed socket fails with EPIPE or a reset. The data had all arrived; the exit code comes
+            // from the operation, not from this socket.
+            Err(tokio_tungstenite::tungstenite::Error::Io(io)) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => break,
             Err(e) => return Err(Error::Websocket { path: "exec output".into(), message: e.to_string() }),
         }
     }

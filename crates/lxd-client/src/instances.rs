@@ -1,6 +1,7 @@
 //! Instances: list, get, create, update, delete, rename, state.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use http::Method;
@@ -157,17 +158,20 @@ pub struct InstanceSource {
     /// `simplestreams` or `lxd`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// The remote server's certificate (PEM), for `lxd` servers with a self-signed certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 impl InstanceSource {
     /// A local image by alias.
     pub fn alias(alias: impl Into<String>) -> Self {
-        Self { kind: "image".into(), alias: Some(alias.into()), fingerprint: None, mode: None, server: None, protocol: None }
+        Self { kind: "image".into(), alias: Some(alias.into()), fingerprint: None, mode: None, server: None, protocol: None, certificate: None }
     }
 
     /// A local image by fingerprint.
     pub fn fingerprint(fp: impl Into<String>) -> Self {
-        Self { kind: "image".into(), alias: None, fingerprint: Some(fp.into()), mode: None, server: None, protocol: None }
+        Self { kind: "image".into(), alias: None, fingerprint: Some(fp.into()), mode: None, server: None, protocol: None, certificate: None }
     }
 
     /// An image pulled from a simplestreams server (e.g. `https://images.linuxcontainers.org`, `debian/12`).
@@ -179,13 +183,79 @@ impl InstanceSource {
             mode: Some("pull".into()),
             server: Some(server.into()),
             protocol: Some("simplestreams".into()),
+            certificate: None,
+        }
+    }
+
+    /// An image pulled from another LXD server over its REST API (`protocol: lxd`): `server` is its URL
+    /// (`https://host:8443`), `certificate` its certificate (PEM) when it is self-signed. The daemon pulls as an
+    /// untrusted client, so the image must be public on that server.
+    pub fn lxd_server(server: impl Into<String>, alias: impl Into<String>, certificate: Option<String>) -> Self {
+        Self {
+            kind: "image".into(),
+            alias: Some(alias.into()),
+            fingerprint: None,
+            mode: Some("pull".into()),
+            server: Some(server.into()),
+            protocol: Some("lxd".into()),
+            certificate,
+        }
+    }
+
+    /// The source of image `alias` on remote `remote` of the `lxc` CLI's configuration in `config_dir`
+    /// (`config.yml`; for LXD servers also `servercerts/<remote>.crt` when present): a pull source for HTTPS
+    /// remotes (simplestreams or LXD), a local alias for unix-socket remotes (such as `local`). `Ok(None)` when
+    /// the configuration has no such remote or there is no configuration file.
+    pub fn from_lxc_remote(config_dir: &Path, remote: &str, alias: &str) -> Result<Option<Self>> {
+        let config_path = config_dir.join("config.yml");
+        let text = match std::fs::read_to_string(&config_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Config { message: format!("cannot read {}: {e}", config_path.display()) }),
+        };
+        let config: LxcImageRemotes =
+            serde_yaml::from_str(&text).map_err(|e| Error::Config { message: format!("{}: {e}", config_path.display()) })?;
+        let Some(entry) = config.remotes.get(remote) else { return Ok(None) };
+        if entry.addr.starts_with("unix:") {
+            return Ok(Some(Self::alias(alias)));
+        }
+        if !entry.addr.starts_with("https://") {
+            return Err(Error::Config { message: format!("remote `{remote}` has an unsupported address {:?}", entry.addr) });
+        }
+        let server = entry.addr.trim_end_matches('/').to_string();
+        match entry.protocol.as_str() {
+            "simplestreams" => Ok(Some(Self::simplestreams(server, alias))),
+            "" | "lxd" => {
+                let cert_path = config_dir.join("servercerts").join(format!("{remote}.crt"));
+                let certificate = if cert_path.exists() {
+                    Some(std::fs::read_to_string(&cert_path).map_err(|e| Error::Config { message: format!("cannot read {}: {e}", cert_path.display()) })?)
+                } else {
+                    None
+                };
+                Ok(Some(Self::lxd_server(server, alias, certificate)))
+            }
+            other => Err(Error::Config { message: format!("remote `{remote}` speaks `{other}`: images come from `lxd` or `simplestreams` servers") }),
         }
     }
 
     /// No root filesystem (an empty instance).
     pub fn none() -> Self {
-        Self { kind: "none".into(), alias: None, fingerprint: None, mode: None, server: None, protocol: None }
+        Self { kind: "none".into(), alias: None, fingerprint: None, mode: None, server: None, protocol: None, certificate: None }
     }
+}
+
+/// The remotes of the `lxc` CLI's `config.yml`, as image sources.
+#[derive(Deserialize)]
+struct LxcImageRemotes {
+    #[serde(default)]
+    remotes: BTreeMap<String, LxcImageRemote>,
+}
+
+#[derive(Deserialize)]
+struct LxcImageRemote {
+    addr: String,
+    #[serde(default)]
+    protocol: String,
 }
 
 /// `POST /1.0/instances`.
@@ -526,5 +596,36 @@ impl Client {
             return Err(Error::from_api(status.as_u16(), &path, String::from_utf8_lossy(&body).into_owned()));
         }
         Ok(body.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_sources_from_lxc_remotes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(InstanceSource::from_lxc_remote(dir.path(), "images", "debian/12").expect("no file"), None);
+        std::fs::write(
+            dir.path().join("config.yml"),
+            "remotes:\n  images:\n    addr: https://images.linuxcontainers.org/\n    protocol: simplestreams\n  local:\n    addr: unix://\n  srv:\n    addr: https://127.0.0.1:8443\n    protocol: lxd\n  odd:\n    addr: https://h\n    protocol: oci\n",
+        )
+        .expect("write");
+        let images = InstanceSource::from_lxc_remote(dir.path(), "images", "debian/12").expect("images").expect("known");
+        assert_eq!(images, InstanceSource::simplestreams("https://images.linuxcontainers.org", "debian/12"));
+        assert_eq!(InstanceSource::from_lxc_remote(dir.path(), "local", "gbo/x").expect("local"), Some(InstanceSource::alias("gbo/x")));
+        let srv = InstanceSource::from_lxc_remote(dir.path(), "srv", "a").expect("srv").expect("known");
+        assert_eq!(srv.certificate, None);
+        std::fs::create_dir_all(dir.path().join("servercerts")).expect("mkdir");
+        std::fs::write(dir.path().join("servercerts/srv.crt"), "PEM").expect("write");
+        let srv = InstanceSource::from_lxc_remote(dir.path(), "srv", "a").expect("srv").expect("known");
+        assert_eq!(srv, InstanceSource::lxd_server("https://127.0.0.1:8443", "a", Some("PEM".into())));
+        let json = serde_json::to_value(&srv).expect("json");
+        assert_eq!(json["protocol"], "lxd");
+        assert_eq!(json["mode"], "pull");
+        assert_eq!(json["certificate"], "PEM");
+        assert!(InstanceSource::from_lxc_remote(dir.path(), "odd", "a").expect_err("oci").to_string().contains("oci"));
+        assert_eq!(InstanceSource::from_lxc_remote(dir.path(), "nope", "a").expect("unknown"), None);
     }
 }

@@ -141,9 +141,19 @@ pub struct InstallArgs {
     /// The tenant file (default: ./gbo.toml when it exists).
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Image alias to create containers from.
-    #[arg(long, default_value = install::DEFAULT_IMAGE)]
-    image: String,
+    /// Image to create containers from: ALIAS (an image of this LXD) or REMOTE:ALIAS, where REMOTE is `images`
+    /// (https://images.linuxcontainers.org) or a remote of the lxc CLI (`lxc remote list`; LXD servers must serve
+    /// the image publicly). Default: --default-image when it exists here, else --fallback-image. Containers from an
+    /// image gbo did not build get the fixed-uid users and their roles' Debian packages (apt-get) at provisioning,
+    /// which needs a network (`gbo setup --network`); `gbo image build` makes an offline image.
+    #[arg(long, value_name = "[REMOTE:]ALIAS")]
+    image: Option<String>,
+    /// The local image used when --image is not given.
+    #[arg(long, env = "GBO_DEFAULT_IMAGE", default_value = install::DEFAULT_IMAGE, value_name = "ALIAS")]
+    default_image: String,
+    /// The image used when --image is not given and --default-image does not exist.
+    #[arg(long, env = "GBO_FALLBACK_IMAGE", default_value = install::FALLBACK_IMAGE, value_name = "[REMOTE:]ALIAS")]
+    fallback_image: String,
     /// Host directory for <role>/{data,conf,logs} (default: the tenant file's, else ./botserver-stack).
     #[arg(long)]
     stack_dir: Option<PathBuf>,
@@ -247,6 +257,8 @@ fn request(args: &InstallArgs) -> anyhow::Result<InstallRequest> {
     let mut request = InstallRequest::new(tenant_file, roles);
     request.all = args.all;
     request.image = args.image.clone();
+    request.default_image = args.default_image.clone();
+    request.fallback_image = args.fallback_image.clone();
     request.stack_dir = args.stack_dir.clone();
     request.skip_unavailable = args.skip_unavailable;
     request.artifacts = install::ArtifactPolicy { cache_dir: args.artifact_cache.clone(), download: args.download, allow_unverified: args.allow_unverified };
@@ -438,8 +450,19 @@ async fn install_cmd(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome
         return Ok(Outcome::Ok);
     }
     let started = std::time::Instant::now();
-    let progress = |p: install::Progress| eprintln!("[{}] {}", p.instance, p.message);
-    let report = install::install(&lxd, &request, &progress).await.map_err(engine_error)?;
+    if request.image.is_none() {
+        // Say up front when the fallback image is used (errors surface from the install itself).
+        if let Ok(image) = install::resolve_image(&lxd, &request, &[]).await {
+            if let Some(note) = image.note {
+                eprintln!("note: {note}");
+            }
+        }
+    }
+    let lines = ComponentLines::new(std::io::stderr().is_terminal());
+    let progress = |p: install::Progress| lines.show(p);
+    let result = install::install(&lxd, &request, &progress).await;
+    lines.close();
+    let report = result.map_err(engine_error)?;
     if args.output == Format::Json {
         print_json(&report)?;
     } else {
@@ -455,6 +478,68 @@ async fn install_cmd(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome
         println!("tenant {} installed in {:.1} s (stack dir {})", report.tenant, started.elapsed().as_secs_f64(), report.stack_dir.display());
     }
     Ok(Outcome::Ok)
+}
+
+/// `gbo install`'s progress: on a terminal, one line per component (spinner, container, elapsed time, current
+/// step; finished lines show the outcome and health); otherwise one plain log line per event.
+struct ComponentLines {
+    multi: Option<indicatif::MultiProgress>,
+    bars: std::sync::Mutex<BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+impl ComponentLines {
+    fn new(terminal: bool) -> Self {
+        let multi = terminal.then(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()));
+        Self { multi, bars: std::sync::Mutex::new(BTreeMap::new()) }
+    }
+
+    fn style(template: &str) -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+    }
+
+    fn show(&self, p: install::Progress) {
+        let Some(multi) = &self.multi else {
+            eprintln!("[{}] {}", p.instance, p.message);
+            return;
+        };
+        let Ok(mut bars) = self.bars.lock() else { return };
+        let bar = bars
+            .entry(p.instance.clone())
+            .or_insert_with(|| {
+                let bar = multi.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(Self::style("{spinner:.cyan} {prefix:<28} {elapsed:>4} {wide_msg}"));
+                bar.set_prefix(p.instance.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            })
+            .clone();
+        if bar.is_finished() {
+            return;
+        }
+        match p.finished() {
+            None => bar.set_message(p.message),
+            Some(outcome) => {
+                let template = match outcome {
+                    install::Finished::Healthy => "{prefix:.green} {elapsed:>4} {wide_msg}",
+                    install::Finished::Unhealthy => "{prefix:.yellow} {elapsed:>4} {wide_msg}",
+                    install::Finished::Failed => "{prefix:.red} {elapsed:>4} {wide_msg}",
+                };
+                let mark = if outcome == install::Finished::Healthy { "✓" } else { "✗" };
+                bar.set_style(Self::style(template));
+                bar.set_prefix(format!("{mark} {:<28}", p.instance));
+                bar.finish_with_message(p.message);
+            }
+        }
+    }
+
+    /// Stop the lines that never finished (the install stopped early).
+    fn close(&self) {
+        if let Ok(bars) = self.bars.lock() {
+            for bar in bars.values().filter(|b| !b.is_finished()) {
+                bar.abandon_with_message("stopped");
+            }
+        }
+    }
 }
 
 /// A role or a container name of `tenant`.

@@ -11,8 +11,9 @@ use lxd_client::{Client, CreateInstance, ExecRequest, FileOptions, InstanceName,
 
 use super::artifact::{self, ArtifactPolicy};
 use super::error::InstallError;
+use super::fault::{self, Edge};
 use super::observe;
-use super::plan::{self, host_id, idmap_base, Action, Desired, Step, KEY_ARTIFACTS};
+use super::plan::{self, host_id, idmap_base, Action, Desired, Step, KEY_ARTIFACTS, KEY_OWED};
 use crate::inventory;
 
 /// Progress of one component, for the CLI's one line per component.
@@ -46,6 +47,25 @@ fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
 async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
     let command = request.command.join(" ");
     let output = lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
+    if !output.success() {
+        return Err(InstallError::Command {
+            instance: name.to_string(),
+            command,
+            code: output.exit_code,
+            stderr: observe::tail(&output.stderr_text()),
+        });
+    }
+    Ok(output.stdout_text())
+}
+
+/// [`exec_checked`] in recorded mode, for init steps: the command belongs to a daemon task, not to our connection,
+/// so it runs to its end even when this process dies. Over websockets LXD kills the command when the connection
+/// drops, and a killed init step can leave its `creates` path behind half done (`initdb` writes `PG_VERSION`
+/// first): the next run would take it as done. A run that finds the task still running waits for it before
+/// planning (`wait_instance_idle`), then sees the finished result.
+async fn exec_detached_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
+    let command = request.command.join(" ");
+    let output = lxd.exec_recorded(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
     if !output.success() {
         return Err(InstallError::Command {
             instance: name.to_string(),
@@ -122,6 +142,11 @@ fn bytes_of(text: &str) -> Vec<u8> {
     text.as_bytes().to_vec()
 }
 
+/// The crash tests' hook at a step boundary (see `fault`: nothing happens unless its variables are set).
+fn boundary(edge: Edge, desired: &Desired, step: &Step) -> Result<(), InstallError> {
+    fault::boundary(edge, &desired.instance, || step.describe())
+}
+
 /// Apply the infrastructure steps of a plan, then provision. Returns after the component is provisioned (health
 /// is checked by the caller).
 pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &[Step]) -> Result<(), InstallError> {
@@ -133,9 +158,12 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
     for step in steps {
         match &step.action {
             Action::CreateHostDir { path } => {
+                boundary(Edge::Before, desired, step)?;
                 std::fs::create_dir_all(path).map_err(InstallError::io(format!("creating {}", path.display())))?;
+                boundary(Edge::After, desired, step)?;
             }
             Action::CreateInstance { image } => {
+                boundary(Edge::Before, desired, step)?;
                 say(format!("creating from {image}"));
                 let mut request = CreateInstance::container(name.clone(), InstanceSource::alias(image.clone())).start(false);
                 for (k, v) in &desired.config {
@@ -146,20 +174,25 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                     request = request.device(&device, config.clone());
                 }
                 ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(format!("creating {name}")))?;
+                boundary(Edge::After, desired, step)?;
             }
             Action::ChownHostDir { path, uid, gid } => {
+                boundary(Edge::Before, desired, step)?;
                 let base = current_base(ctx.lxd, &name).await?;
                 std::os::unix::fs::chown(path, Some(host_id(base, *uid)), Some(host_id(base, *gid)))
                     .map_err(InstallError::io(format!("chown {}", path.display())))?;
+                boundary(Edge::After, desired, step)?;
             }
             Action::SetConfig { .. } | Action::UnsetConfig { .. } | Action::AddDevice { .. } | Action::ReplaceDevice { .. } | Action::RemoveDevice { .. } => {
                 config_changes.push(step);
             }
             Action::StartInstance => {
                 flush_config(ctx, desired, &name, &mut config_changes).await?;
+                boundary(Edge::Before, desired, step)?;
                 say("starting".into());
                 ctx.lxd.ensure_running(&name).await.map_err(InstallError::lxd(format!("starting {name}")))?;
                 wait_for_systemd(ctx.lxd, &name).await?;
+                boundary(Edge::After, desired, step)?;
             }
             Action::Provision => must_provision = true,
             _ => provision_now.push(step.clone()),
@@ -196,6 +229,9 @@ async fn flush_config(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instance
         say(step.describe());
     }
     let steps: Vec<Step> = changes.drain(..).cloned().collect();
+    // The changes go to LXD in one update: one step for the fault hook, described by all of them.
+    let batch = || steps.iter().map(Step::describe).collect::<Vec<_>>().join(", ");
+    fault::boundary(Edge::Before, &desired.instance, batch)?;
     ctx.lxd
         .update_instance(name, |put| {
             for step in &steps {
@@ -220,13 +256,32 @@ async fn flush_config(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instance
         })
         .await
         .map_err(InstallError::lxd(format!("updating {name}")))?;
+    fault::boundary(Edge::After, &desired.instance, batch)?;
     Ok(())
 }
 
 async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceName, steps: &[Step], probe: &plan::Probe) -> Result<(), InstallError> {
     let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
     let lxd = ctx.lxd;
+    // An image gbo did not build gets the fixed-uid users and the role's packages first (see `packages`).
+    super::packages::ensure(ctx, desired, name).await?;
+    // Record the restarts (and reload) this run owes before it changes the files that call for them, so a run
+    // killed in between leaves them to the next plan (see `plan::KEY_OWED`).
+    if let Some(owed) = plan::owed(steps) {
+        lxd.update_instance(name, |put| {
+            let mut entries: Vec<String> = put.config.get(KEY_OWED).map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()).unwrap_or_default();
+            for entry in &owed {
+                if !entries.contains(entry) {
+                    entries.push(entry.clone());
+                }
+            }
+            put.config.insert(KEY_OWED.to_string(), entries.join(","));
+        })
+        .await
+        .map_err(InstallError::lxd(format!("recording the restarts owed on {name}")))?;
+    }
     for step in steps {
+        boundary(Edge::Before, desired, step)?;
         match &step.action {
             Action::WriteHostFile { path, host_path } => {
                 let Some(placed) = desired.files.iter().find(|f| &f.file.path == path) else { continue };
@@ -266,7 +321,7 @@ async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instanc
                 let user = gbo_components::users::service_user(init.user)
                     .ok_or_else(|| InstallError::BadInput(format!("init step {init_name}: unknown user {}", init.user)))?;
                 let request = ExecRequest::new(init.command.clone()).user(user.uid, user.gid).cwd("/").env("HOME", user.home).timeout(Duration::from_secs(300));
-                exec_checked(lxd, name, request).await?;
+                exec_detached_checked(lxd, name, request).await?;
             }
             Action::StartUnit { unit } => {
                 say(step.describe());
@@ -282,6 +337,7 @@ async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instanc
                 let artifacts = desired.artifacts.join(",");
                 lxd.update_instance(name, |put| {
                     put.config.insert(inventory::KEY_PROVISIONED_HASH.to_string(), hash.clone());
+                    put.config.remove(KEY_OWED);
                     if artifacts.is_empty() {
                         put.config.remove(KEY_ARTIFACTS);
                     } else {
@@ -293,6 +349,7 @@ async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instanc
             }
             _ => {}
         }
+        boundary(Edge::After, desired, step)?;
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub enum InstallError {
         reason: String,
     },
     /// The image alias does not exist.
-    #[error("image {alias:?} not found in LXD; build it with `{fix}`, or pass an existing alias with --image")]
+    #[error("image {alias:?} not found in LXD; build it with `{fix}`, or pass an existing alias (or REMOTE:ALIAS, e.g. images:debian/12) with --image")]
     MissingImage {
         /// The alias asked for.
         alias: String,
@@ -46,7 +46,7 @@ pub enum InstallError {
         fix: String,
     },
     /// The image lacks the packages of some roles.
-    #[error("image {alias:?} does not carry the packages of {roles} (it has: {has}); rebuild it with `{fix}`")]
+    #[error("image {alias:?} does not carry the packages of {roles} (it has: {has}){removed}; rebuild it with `{fix}`")]
     ImageLacksRoles {
         /// The alias.
         alias: String,
@@ -56,6 +56,41 @@ pub enum InstallError {
         has: String,
         /// The command that fixes it.
         fix: String,
+        /// What was cleaned up (`" (the container ... was removed: ...)"`), or empty.
+        removed: String,
+    },
+    /// A container from an image gbo did not build lacks its role's Debian packages and has no network to
+    /// install them.
+    #[error(
+        "{instance}: image {image} was not built by gbo and lacks the Debian packages of {role} ({packages}), and the container has no network to install them with apt-get{removed}; build an offline image with `{}` (then install without --image), or give containers a network with `gbo setup --network`",
+        super::packages::offline_image_fix()
+    )]
+    NoNetwork {
+        /// The instance (or `tenant-role` before it exists).
+        instance: String,
+        /// The image, as given (`images:debian/12`).
+        image: String,
+        /// The role.
+        role: String,
+        /// The missing packages, space separated.
+        packages: String,
+        /// What was cleaned up (`" (the container ... was removed: ...)"`), or empty.
+        removed: String,
+    },
+    /// apt-get could not install a role's packages in a container.
+    #[error(
+        "{instance}: installing {packages} with apt-get failed{removed}: {reason}; check the container's network (`gbo setup --network`) or build an offline image with `{}`",
+        super::packages::offline_image_fix()
+    )]
+    Packages {
+        /// The instance.
+        instance: String,
+        /// The packages, space separated.
+        packages: String,
+        /// The end of apt-get's output.
+        reason: String,
+        /// What was cleaned up, or empty.
+        removed: String,
     },
     /// Some requested roles need artifacts that cannot be obtained here; nothing was changed.
     #[error("cannot install {}: nothing was changed; pass --skip-unavailable to install the others\n{}", .roles.join(", "), .details.join("\n"))]

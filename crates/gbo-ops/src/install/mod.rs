@@ -8,9 +8,11 @@
 pub mod apply;
 pub mod artifact;
 pub mod error;
+mod fault;
 pub mod health;
 pub mod lock;
 pub mod observe;
+pub mod packages;
 pub mod plan;
 pub mod ports;
 pub mod secrets;
@@ -25,7 +27,7 @@ use gbo_components::{
     component, instance_name, install_order, required_secrets, HealthCheck, HostPorts, RenderContext, Role, SecretSpec,
     Secrets, TenantFile, TenantName, CATALOGUE_VERSION,
 };
-use lxd_client::{Client, DeviceConfig, DeviceName, DiskDevice, ProxyAddress, ProxyDevice};
+use lxd_client::{Client, CreateInstance, DeviceConfig, DeviceName, DiskDevice, InstanceName, InstanceSource, ProxyAddress, ProxyDevice};
 
 pub use apply::{Progress, ProgressFn};
 pub use artifact::ArtifactPolicy;
@@ -39,6 +41,13 @@ use ports::{Allocation, PortRequest, PortWorld};
 /// The image alias `gbo image build` creates and `gbo install` uses by default.
 pub const DEFAULT_IMAGE: &str = "gbo/debian-12";
 
+/// The image `gbo install` falls back to when [`DEFAULT_IMAGE`] does not exist: plain Debian 12 from the public
+/// image server, whose containers get their roles' packages with apt-get at provisioning.
+pub const FALLBACK_IMAGE: &str = "images:debian/12";
+
+/// The built-in `images` remote (simplestreams), used when the `lxc` CLI's configuration does not define it.
+pub const IMAGES_SERVER: &str = "https://images.linuxcontainers.org";
+
 /// What to install.
 #[derive(Debug, Clone)]
 pub struct InstallRequest {
@@ -48,8 +57,13 @@ pub struct InstallRequest {
     pub roles: Vec<Role>,
     /// Every role of the catalogue.
     pub all: bool,
-    /// Image alias.
-    pub image: String,
+    /// `--image`: `ALIAS` (local) or `REMOTE:ALIAS`; `None` for the default ([`InstallRequest::default_image`]
+    /// when it exists, else [`InstallRequest::fallback_image`]).
+    pub image: Option<String>,
+    /// The local alias preferred when no image is named ([`DEFAULT_IMAGE`]).
+    pub default_image: String,
+    /// The image used when no image is named and the default one does not exist ([`FALLBACK_IMAGE`]).
+    pub fallback_image: String,
     /// `--stack-dir`, overriding the tenant file.
     pub stack_dir: Option<PathBuf>,
     /// Install what can be installed and name the rest, instead of stopping.
@@ -71,7 +85,9 @@ impl InstallRequest {
             tenant_file,
             roles,
             all: false,
-            image: DEFAULT_IMAGE.to_string(),
+            image: None,
+            default_image: DEFAULT_IMAGE.to_string(),
+            fallback_image: FALLBACK_IMAGE.to_string(),
             stack_dir: None,
             skip_unavailable: false,
             artifacts: ArtifactPolicy::default(),
@@ -100,6 +116,7 @@ pub struct PlannedInstall {
     desired: Vec<Desired>,
     secrets: Secrets,
     allocations: BTreeMap<(Role, String), Allocation>,
+    image: ResolvedImage,
 }
 
 impl PlannedInstall {
@@ -265,33 +282,169 @@ async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, In
     Ok(TenantScope { tenant, stack_dir, to_install, all_roles: all.into_iter().collect(), instances, notes })
 }
 
-/// Check the image exists and carries the packages of the roles.
-async fn check_image(lxd: &Client, alias: &str, roles: &[Role]) -> Result<(), InstallError> {
-    let image = lxd.image_by_alias(alias).await.map_err(InstallError::lxd(format!("reading image {alias}")))?;
-    let fix = |roles: &[Role]| {
-        let mut all: Vec<Role> = gbo_components::users::debian_packaged_roles();
-        all.retain(|r| roles.contains(r));
-        let names: Vec<&str> = if all.is_empty() { vec!["tables", "cache", "proxy"] } else { all.iter().map(|r| r.as_str()).collect() };
+/// Where an image comes from, as far as gbo can tell before creating a container from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provenance {
+    /// Built by gbo: the roles recorded in its `gbo.roles` property.
+    Gbo(Vec<String>),
+    /// Not built by gbo (a local image without `gbo.roles`, or an image of a simplestreams server such as
+    /// `images:`): the roles' packages are installed with apt-get at provisioning.
+    Foreign,
+    /// Served by another LXD server: known once a container exists (its `image.gbo.roles` key).
+    Unknown,
+}
+
+/// The image new containers are created from, resolved from `--image` or the default.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// As printed in plans: `gbo/debian-12`, `images:debian/12`.
+    pub name: String,
+    /// The server it is pulled from (`None`: an image of the local daemon).
+    pub server: Option<String>,
+    /// What LXD is asked to create containers from.
+    pub source: InstanceSource,
+    /// Whether gbo built it, and with which roles.
+    pub provenance: Provenance,
+    /// Why this image was chosen, when it is the fallback.
+    pub note: Option<String>,
+}
+
+/// The command that builds a local image for `roles` (every Debian-packaged role when none of them has packages).
+fn build_fix(roles: &[Role], alias: &str) -> String {
+    let mut all: Vec<Role> = gbo_components::users::debian_packaged_roles();
+    all.retain(|r| roles.contains(r));
+    let names: Vec<&str> = if all.is_empty() { vec!["tables", "cache", "proxy"] } else { all.iter().map(|r| r.as_str()).collect() };
+    if alias == DEFAULT_IMAGE {
+        format!("gbo image build --components {}", names.join(","))
+    } else {
         format!("gbo image build --components {} --alias {alias}", names.join(","))
+    }
+}
+
+/// A local image by alias, resolved.
+async fn local_image(lxd: &Client, alias: &str) -> Result<Option<ResolvedImage>, InstallError> {
+    let Some(image) = lxd.image_by_alias(alias).await.map_err(InstallError::lxd(format!("reading image {alias}")))? else { return Ok(None) };
+    let provenance = match image.properties.get("gbo.roles") {
+        Some(roles) => Provenance::Gbo(roles.split(',').filter(|r| !r.is_empty()).map(str::to_string).collect()),
+        None => Provenance::Foreign,
     };
-    let Some(image) = image else {
-        return Err(InstallError::MissingImage { alias: alias.to_string(), fix: fix(roles) });
+    Ok(Some(ResolvedImage { name: alias.to_string(), server: None, source: InstanceSource::alias(alias), provenance, note: None }))
+}
+
+/// Resolve `value` (`ALIAS` or `REMOTE:ALIAS`) given with `flag`. A local alias must exist.
+async fn named_image(lxd: &Client, value: &str, flag: &str, roles: &[Role]) -> Result<ResolvedImage, InstallError> {
+    let bad = |why: String| InstallError::BadInput(format!("{flag} {value:?}: {why}"));
+    let Some((remote, alias)) = value.split_once(':') else {
+        if value.is_empty() {
+            return Err(bad("expected ALIAS (a local image) or REMOTE:ALIAS, for example images:debian/12".into()));
+        }
+        return match local_image(lxd, value).await? {
+            Some(image) => Ok(image),
+            None => Err(InstallError::MissingImage { alias: value.to_string(), fix: build_fix(roles, value) }),
+        };
     };
-    let has: Vec<String> = image.properties.get("gbo.roles").map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default();
-    let lacking: Vec<Role> = roles
-        .iter()
-        .copied()
-        .filter(|r| !gbo_components::users::role_packages(*r).is_empty() && !has.iter().any(|h| h == r.as_str()))
-        .collect();
-    if !lacking.is_empty() {
-        let mut wanted: Vec<Role> = has.iter().filter_map(|h| h.parse().ok()).collect();
-        wanted.extend(lacking.iter().copied());
-        return Err(InstallError::ImageLacksRoles {
-            alias: alias.to_string(),
-            roles: lacking.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
-            has: if has.is_empty() { "no gbo roles".into() } else { has.join(",") },
-            fix: fix(&wanted),
-        });
+    if remote.is_empty() || alias.is_empty() {
+        return Err(bad("expected ALIAS (a local image) or REMOTE:ALIAS, for example images:debian/12".into()));
+    }
+    let config_dir = lxd_client::Remote::default_config_dir();
+    let from_config = match &config_dir {
+        Some(dir) => InstanceSource::from_lxc_remote(dir, remote, alias).map_err(|e| bad(e.to_string()))?,
+        None => None,
+    };
+    let source = match from_config {
+        Some(source) => source,
+        None if remote == "images" => InstanceSource::simplestreams(IMAGES_SERVER, alias),
+        None => {
+            let config = config_dir.map(|d| d.join("config.yml").display().to_string()).unwrap_or_else(|| "the lxc configuration".into());
+            return Err(bad(format!(
+                "no image remote {remote:?}: REMOTE is `images` ({IMAGES_SERVER}) or a remote of the lxc CLI in {config} (add one with `lxc remote add`)"
+            )));
+        }
+    };
+    let Some(server) = source.server.clone() else {
+        // A unix-socket remote (`local:`): the alias is an image of this daemon.
+        return match local_image(lxd, alias).await? {
+            Some(image) => Ok(image),
+            None => Err(InstallError::MissingImage { alias: alias.to_string(), fix: build_fix(roles, alias) }),
+        };
+    };
+    let provenance = if source.protocol.as_deref() == Some("simplestreams") { Provenance::Foreign } else { Provenance::Unknown };
+    Ok(ResolvedImage { name: value.to_string(), server: Some(server), source, provenance, note: None })
+}
+
+/// The image containers of `request` are created from: `--image`, else the local default alias when it exists,
+/// else the fallback (with a note saying so). `roles` name the fix when a local alias is missing.
+pub async fn resolve_image(lxd: &Client, request: &InstallRequest, roles: &[Role]) -> Result<ResolvedImage, InstallError> {
+    if let Some(image) = &request.image {
+        return named_image(lxd, image, "--image", roles).await;
+    }
+    if let Some(image) = local_image(lxd, &request.default_image).await? {
+        return Ok(image);
+    }
+    let mut image = named_image(lxd, &request.fallback_image, "--fallback-image", roles).await?;
+    let from = image.server.as_deref().map(|s| format!(" from {s}")).unwrap_or_default();
+    image.note = Some(format!(
+        "no local image {}: containers come from the fallback {}{from}; for an offline image run `{}`",
+        request.default_image,
+        image.name,
+        build_fix(roles, &request.default_image)
+    ));
+    Ok(image)
+}
+
+/// Check that the image can serve the roles: a gbo image must carry their packages; a plain image gets them with
+/// apt-get at provisioning, which needs a network (refused here for images that certainly lack them).
+async fn check_image(lxd: &Client, image: &ResolvedImage, tenant: &TenantName, roles: &[Role], notes: &mut Vec<String>) -> Result<(), InstallError> {
+    let packaged: Vec<Role> = roles.iter().copied().filter(|r| !gbo_components::users::role_packages(*r).is_empty()).collect();
+    let packages = |roles: &[Role]| roles.iter().flat_map(|r| gbo_components::users::role_packages(*r).iter().copied()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(" ");
+    let names = |roles: &[Role]| roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
+    match &image.provenance {
+        Provenance::Gbo(has) => {
+            let lacking: Vec<Role> = packaged.iter().copied().filter(|r| !has.iter().any(|h| h == r.as_str())).collect();
+            if !lacking.is_empty() {
+                let mut wanted: Vec<Role> = has.iter().filter_map(|h| h.parse().ok()).collect();
+                wanted.extend(lacking.iter().copied());
+                return Err(InstallError::ImageLacksRoles {
+                    alias: image.name.clone(),
+                    roles: names(&lacking),
+                    has: if has.is_empty() { "no gbo roles".into() } else { has.join(",") },
+                    fix: build_fix(&wanted, &image.name),
+                    removed: String::new(),
+                });
+            }
+        }
+        Provenance::Foreign if !packaged.is_empty() => {
+            let profile = lxd.profile("default").await.map_err(InstallError::lxd("reading the default profile"))?;
+            let nic = profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("nic"));
+            if !nic && image.server.is_some() {
+                return Err(InstallError::NoNetwork {
+                    instance: packaged.iter().map(|r| instance_name(tenant, *r)).collect::<Vec<_>>().join(", "),
+                    image: image.name.clone(),
+                    role: names(&packaged),
+                    packages: packages(&packaged),
+                    removed: " (nothing was changed)".into(),
+                });
+            }
+            notes.push(format!(
+                "image {} was not built by gbo: the packages of {} ({}) are installed with apt-get when missing, at provisioning{}",
+                image.name,
+                names(&packaged),
+                packages(&packaged),
+                if nic { "" } else { "; the default profile has no network device, so they must be in the image already" }
+            ));
+        }
+        Provenance::Foreign => {}
+        Provenance::Unknown => {
+            if !packaged.is_empty() {
+                notes.push(format!(
+                    "image {} is pulled from {}: unless gbo built it, the packages of {} ({}) are installed with apt-get at provisioning (containers need a network)",
+                    image.name,
+                    image.server.as_deref().unwrap_or("its server"),
+                    names(&packaged),
+                    packages(&packaged)
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -332,6 +485,7 @@ fn existing_ports(instances: &[ManagedInstance]) -> BTreeMap<(Role, String), u16
 fn desired_states(
     scope: &TenantScope,
     request: &InstallRequest,
+    image: &ResolvedImage,
     secrets: &Secrets,
     allocations: &BTreeMap<(Role, String), Allocation>,
     artifacts: &BTreeMap<Role, Vec<String>>,
@@ -407,7 +561,7 @@ fn desired_states(
         out.push(Desired {
             role,
             instance: spec.instance.clone(),
-            image: request.image.clone(),
+            image: image.name.clone(),
             spec,
             config,
             devices,
@@ -469,7 +623,11 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
             scope.to_install.retain(|r| !out.contains(r));
         }
     }
-    check_image(lxd, &request.image, &scope.to_install).await?;
+    let image = resolve_image(lxd, request, &scope.to_install).await?;
+    if let Some(note) = &image.note {
+        scope.notes.push(note.clone());
+    }
+    check_image(lxd, &image, &scope.tenant, &scope.to_install, &mut scope.notes).await?;
     // Ports.
     let mut requests = Vec::new();
     for role in &scope.all_roles {
@@ -503,7 +661,7 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
         }
         secrets::with_placeholders(existing, &specs)
     };
-    let desired = desired_states(&scope, request, &secrets, &allocations, &artifacts)?;
+    let desired = desired_states(&scope, request, &image, &secrets, &allocations, &artifacts)?;
     let instances = observe::by_name(&scope.instances);
     let observed = futures_util::future::try_join_all(desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance)))).await?;
     let components = desired
@@ -521,6 +679,7 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
         desired,
         secrets,
         allocations,
+        image,
     })
 }
 
@@ -552,6 +711,10 @@ pub async fn install(lxd: &Client, request: &InstallRequest, progress: ProgressF
 /// Apply a plan made with `for_apply = true`.
 pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &PlannedInstall, progress: ProgressFn<'_>) -> Result<InstallReport, InstallError> {
     let ctx = apply::ApplyContext { lxd, artifacts: &request.artifacts, progress, secrets: &planned.secrets };
+    for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
+        let message = if component.steps.is_empty() { "up to date".to_string() } else { format!("{} step(s) planned", component.steps.len()) };
+        progress(Progress { instance: desired.instance.clone(), message });
+    }
     let mut done: BTreeMap<Role, tokio::sync::watch::Sender<Option<bool>>> = BTreeMap::new();
     let mut receivers: BTreeMap<Role, tokio::sync::watch::Receiver<Option<bool>>> = BTreeMap::new();
     for d in &planned.desired {
@@ -565,6 +728,10 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
         let done = &done;
         async move {
             let result = async {
+                let waits: Vec<&str> = desired.spec.dependencies.iter().filter(|d| receivers.contains_key(*d)).map(|d| d.as_str()).collect();
+                if !waits.is_empty() {
+                    (ctx.progress)(Progress { instance: desired.instance.clone(), message: format!("waiting for {}", waits.join(", ")) });
+                }
                 for dep in desired.spec.dependencies.iter() {
                     if let Some(rx) = receivers.get(dep) {
                         let mut rx = rx.clone();
@@ -582,7 +749,16 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
                     }
                 }
                 if !component.steps.is_empty() {
-                    apply::apply_component(ctx, desired, &component.steps).await?;
+                    let creates = component.steps.iter().any(|s| matches!(s.action, Action::CreateInstance { .. }));
+                    if creates && planned.image.server.is_some() {
+                        // Containers from another server are created here, from the pull source; the rest of the
+                        // plan applies as for a local image.
+                        create_from_remote(ctx, desired, &planned.image).await?;
+                        let rest: Vec<Step> = component.steps.iter().filter(|s| !matches!(s.action, Action::CreateInstance { .. })).cloned().collect();
+                        apply::apply_component(ctx, desired, &rest).await?;
+                    } else {
+                        apply::apply_component(ctx, desired, &component.steps).await?;
+                    }
                 }
                 let health = match health_target(desired, &planned.allocations) {
                     Some(target) => health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout).await,
@@ -590,7 +766,7 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
                 };
                 (ctx.progress)(Progress {
                     instance: desired.instance.clone(),
-                    message: if health.healthy { format!("healthy ({})", health.detail) } else { format!("UNHEALTHY ({})", health.detail) },
+                    message: if health.healthy { format!("{HEALTHY}{})", health.detail) } else { format!("{UNHEALTHY}{})", health.detail) },
                 });
                 if !health.healthy {
                     return Err(InstallError::Unhealthy {
@@ -602,6 +778,9 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
                 Ok(ComponentResult { role: desired.role, instance: desired.instance.clone(), steps: component.steps.len(), health })
             }
             .await;
+            if let Err(e) = &result {
+                (ctx.progress)(Progress { instance: desired.instance.clone(), message: format!("{FAILED}{e}") });
+            }
             if let Some(tx) = done.get(&desired.role) {
                 let _ = tx.send(Some(result.is_ok()));
             }
@@ -629,6 +808,62 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
         components,
         skipped: planned.skipped.iter().map(|(r, why)| (r.to_string(), why.clone())).collect(),
     })
+}
+
+/// Create the container of `desired` from the pull source of `image` (another server), stopped, with its config
+/// and devices, after its host directories (the disk devices' sources).
+async fn create_from_remote(ctx: &apply::ApplyContext<'_>, desired: &Desired, image: &ResolvedImage) -> Result<(), InstallError> {
+    let name = InstanceName::new(desired.instance.clone()).map_err(InstallError::lxd(format!("instance name {}", desired.instance)))?;
+    for dir in &desired.host_dirs {
+        std::fs::create_dir_all(&dir.path).map_err(InstallError::io(format!("creating {}", dir.path.display())))?;
+    }
+    let server = image.server.as_deref().unwrap_or("its server");
+    (ctx.progress)(Progress { instance: desired.instance.clone(), message: format!("creating from {} ({server})", image.name) });
+    let mut request = CreateInstance::container(name.clone(), image.source.clone()).start(false);
+    for (k, v) in &desired.config {
+        request = request.config(k.clone(), v.clone());
+    }
+    for (dev, config) in &desired.devices {
+        request = request.device(&device(dev)?, config.clone());
+    }
+    ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(format!(
+        "creating {name} from {} (pulled from {server}; if this host cannot reach it, build a local image with `gbo image build`)",
+        image.name
+    )))
+}
+
+/// The start of a progress message that ends a component's line as healthy (the message goes on with the
+/// check's detail and a closing parenthesis).
+const HEALTHY: &str = "healthy (";
+/// ... as unhealthy.
+const UNHEALTHY: &str = "UNHEALTHY (";
+/// ... as failed (the message goes on with the error).
+const FAILED: &str = "failed: ";
+
+/// How a component's progress ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Installed and healthy.
+    Healthy,
+    /// Installed, but its health check failed.
+    Unhealthy,
+    /// Its install failed (or a dependency's did).
+    Failed,
+}
+
+impl Progress {
+    /// Whether this message of [`install`] is the last of its component, and how the component ended.
+    pub fn finished(&self) -> Option<Finished> {
+        if self.message.starts_with(HEALTHY) {
+            Some(Finished::Healthy)
+        } else if self.message.starts_with(UNHEALTHY) {
+            Some(Finished::Unhealthy)
+        } else if self.message.starts_with(FAILED) {
+            Some(Finished::Failed)
+        } else {
+            None
+        }
+    }
 }
 
 /// Health of a component without a published probe port: its unit is active (websocket exec, read-only).

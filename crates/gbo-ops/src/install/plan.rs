@@ -19,6 +19,15 @@ pub const MANAGED_CONFIG_KEYS: &[&str] = &["limits.cpu", "limits.memory", "secur
 /// Artifacts installed in the container, recorded as `name@version:sha256` entries.
 pub const KEY_ARTIFACTS: &str = "user.gbo.artifacts";
 
+/// What a provisioning run owes (units to restart, [`OWED_RELOAD`]), comma separated: written before it changes
+/// the files that call for them, removed when it records the provisioned hash. Once a file is written its diff is
+/// gone, so without this a run killed between a file and its restart would leave the service on the old file and
+/// every later plan empty; with it, the next plan restarts what is owed.
+pub const KEY_OWED: &str = "user.gbo.owed";
+
+/// The [`KEY_OWED`] entry for `systemctl daemon-reload`.
+pub const OWED_RELOAD: &str = "daemon-reload";
+
 /// A host directory to create and chown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostDir {
@@ -418,6 +427,7 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
     let mut steps = Vec::new();
     let mut restarts: Vec<String> = Vec::new();
     let mut reload = false;
+    let owed: Vec<&str> = instance.config.get(KEY_OWED).map(|s| s.split(',').filter(|x| !x.is_empty()).collect()).unwrap_or_default();
     for placed in &desired.files {
         let file = &placed.file;
         let have = match &placed.host_path {
@@ -473,6 +483,8 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
     }
     if reload {
         steps.push(Step::new(Action::DaemonReload, "a unit file changed"));
+    } else if owed.contains(&OWED_RELOAD) {
+        steps.push(Step::new(Action::DaemonReload, "owed by an interrupted run (a unit file changed)"));
     }
     for init in desired.spec.init.iter().filter(|i| i.phase == InitPhase::BeforeStart) {
         if !probe.creates.get(&init.creates).copied().unwrap_or(false) {
@@ -488,6 +500,8 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
             ));
         } else if restarts.contains(unit) {
             steps.push(Step::new(Action::RestartUnit { unit: unit.clone() }, "its inputs changed"));
+        } else if owed.contains(&unit.as_str()) {
+            steps.push(Step::new(Action::RestartUnit { unit: unit.clone() }, "owed by an interrupted run (its inputs changed)"));
         }
     }
     for init in desired.spec.init.iter().filter(|i| i.phase == InitPhase::AfterStart) {
@@ -497,10 +511,32 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
     }
     let recorded_hash = instance.config.get(inventory::KEY_PROVISIONED_HASH);
     let recorded_artifacts = instance.config.get(KEY_ARTIFACTS).cloned().unwrap_or_default();
-    if !steps.is_empty() || recorded_hash != Some(&desired.provisioned_hash) || recorded_artifacts != desired.artifacts.join(",") {
+    if !steps.is_empty() || recorded_hash != Some(&desired.provisioned_hash) || recorded_artifacts != desired.artifacts.join(",") || !owed.is_empty() {
         steps.push(Step::new(Action::RecordProvisioned, if steps.is_empty() { "recorded hash differs" } else { "after provisioning" }));
     }
     steps
+}
+
+/// The [`KEY_OWED`] entries of provisioning `steps`: the units they restart and, when they reload systemd, the
+/// reload (`None`: they owe nothing, nothing needs recording). Units they start are not owed: a start comes after
+/// every file of the run, and a unit that is not running is started by the next plan anyway.
+pub fn owed(steps: &[Step]) -> Option<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for step in steps {
+        let entry = match &step.action {
+            Action::RestartUnit { unit } => unit.as_str(),
+            Action::DaemonReload => OWED_RELOAD,
+            _ => continue,
+        };
+        if !out.iter().any(|e| e == entry) {
+            out.push(entry.to_string());
+        }
+    }
+    if out.is_empty() {
+        None
+    } else {
+        Some(out)
+    }
 }
 
 fn or_unknown(s: &str) -> &str {
@@ -610,5 +646,25 @@ mod tests {
         assert!(text.contains(&format!("~ file {unit_path}")), "{text:?}");
         assert!(text.contains(&"> systemctl daemon-reload".to_string()), "{text:?}");
         assert!(text.contains(&"> restart cache.service".to_string()), "{text:?}");
+    }
+
+    #[test]
+    fn restarts_owed_by_an_interrupted_run_are_planned_until_the_hash_is_recorded() {
+        let desired = desired_cache();
+        // A file changed: the plan restarts the unit and reloads systemd, and that is what the run owes.
+        let (mut observed, _) = converged(&desired);
+        if let Some(probe) = observed.probe.as_mut() {
+            probe.files.insert("/etc/systemd/system/cache.service".into(), None);
+        }
+        let steps = diff(&desired, &observed);
+        assert_eq!(owed(&steps), Some(vec![OWED_RELOAD.to_string(), "cache.service".to_string()]), "{steps:?}");
+        // The run wrote the file, recorded what it owes and was killed: the files match, the debt is planned.
+        let (mut observed, mut killed) = converged(&desired);
+        killed.config.insert(KEY_OWED.into(), format!("{OWED_RELOAD},cache.service"));
+        observed.instance = Some(killed);
+        let text: Vec<String> = diff(&desired, &observed).iter().map(Step::describe).collect();
+        assert_eq!(text, ["> systemctl daemon-reload", "> restart cache.service", "~ record provisioned hash"]);
+        // Converged and owing nothing: nothing to record.
+        assert_eq!(owed(&diff(&desired, &converged(&desired).0)), None);
     }
 }
