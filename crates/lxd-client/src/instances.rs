@@ -176,14 +176,18 @@ impl InstanceSource {
 
     /// An image pulled from a simplestreams server (e.g. `https://images.linuxcontainers.org`, `debian/12`).
     pub fn simplestreams(server: impl Into<String>, alias: impl Into<String>) -> Self {
+        Self::pull("simplestreams", server.into(), alias.into(), None)
+    }
+
+    fn pull(protocol: &str, server: String, alias: String, certificate: Option<String>) -> Self {
         Self {
             kind: "image".into(),
-            alias: Some(alias.into()),
+            alias: Some(alias),
             fingerprint: None,
             mode: Some("pull".into()),
-            server: Some(server.into()),
-            protocol: Some("simplestreams".into()),
-            certificate: None,
+            server: Some(server),
+            protocol: Some(protocol.into()),
+            certificate,
         }
     }
 
@@ -191,15 +195,7 @@ impl InstanceSource {
     /// (`https://host:8443`), `certificate` its certificate (PEM) when it is self-signed. The daemon pulls as an
     /// untrusted client, so the image must be public on that server.
     pub fn lxd_server(server: impl Into<String>, alias: impl Into<String>, certificate: Option<String>) -> Self {
-        Self {
-            kind: "image".into(),
-            alias: Some(alias.into()),
-            fingerprint: None,
-            mode: Some("pull".into()),
-            server: Some(server.into()),
-            protocol: Some("lxd".into()),
-            certificate,
-        }
+        Self::pull("lxd", server.into(), alias.into(), certificate)
     }
 
     /// The source of image `alias` on remote `remote` of the `lxc` CLI's configuration in `config_dir`

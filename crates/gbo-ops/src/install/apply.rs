@@ -47,13 +47,12 @@ fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
 async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
     let command = request.command.join(" ");
     let output = lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
+    checked(name, command, output)
+}
+
+fn checked(name: &InstanceName, command: String, output: lxd_client::ExecOutput) -> Result<String, InstallError> {
     if !output.success() {
-        return Err(InstallError::Command {
-            instance: name.to_string(),
-            command,
-            code: output.exit_code,
-            stderr: observe::tail(&output.stderr_text()),
-        });
+        return Err(InstallError::Command { instance: name.to_string(), command, code: output.exit_code, stderr: observe::tail(&output.stderr_text()) });
     }
     Ok(output.stdout_text())
 }
@@ -66,15 +65,7 @@ async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -
 async fn exec_detached_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
     let command = request.command.join(" ");
     let output = lxd.exec_recorded(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
-    if !output.success() {
-        return Err(InstallError::Command {
-            instance: name.to_string(),
-            command,
-            code: output.exit_code,
-            stderr: observe::tail(&output.stderr_text()),
-        });
-    }
-    Ok(output.stdout_text())
+    checked(name, command, output)
 }
 
 /// Wait until systemd inside reports it is up (`running` or `degraded`).
