@@ -190,7 +190,16 @@ pub async fn apply_container(lxd: &Client, name: &InstanceName, role: &str, dry_
         }
         result.action = "restart".into();
     }
-    result.jails = running_jails(lxd, name, Duration::from_secs(20)).await?;
+    // The server answers `status` as soon as its socket is up, before it has started the jails of its
+    // configuration: wait for ours (a CI run saw "Server ready" with an empty jail list).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        result.jails = running_jails(lxd, name, Duration::from_secs(20)).await?;
+        if result.jails.iter().any(|j| j == jail) || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     if !result.jails.iter().any(|j| j == jail) {
         let log = inside::run(lxd, name, &["journalctl", "-u", "fail2ban.service", "--no-pager", "-n", "15"]).await?.stdout_text();
         return Err(step(&format!("starting the {jail} jail"), format!("fail2ban runs {:?}; its log:\n{log}", result.jails)));
