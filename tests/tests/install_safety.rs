@@ -65,6 +65,8 @@ async fn bad_input_and_dry_run_change_nothing() {
     let out = run([vec!["install".into(), "cache".into(), "--port".into(), format!("cache.redis={port}")], base(&t)].concat());
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && out.stderr.contains("already in use"), "{}", out.stderr);
+    // The holder is named: this test process.
+    assert!(out.stderr.contains(&format!("(pid {})", std::process::id())), "{}", out.stderr);
     drop(busy);
     assert!(containers_of(&t.name).is_empty(), "bad input created containers");
     assert_eq!(std::fs::read_dir(t.stack.path()).expect("stack dir").count(), 0, "bad input changed the host tree");

@@ -73,6 +73,51 @@ pub fn is_free(protocol: Protocol, address: std::net::IpAddr, port: u16) -> bool
     }
 }
 
+/// The process holding a local `port` (a TCP listener, or a bound UDP socket), as (command name, pid), read from
+/// `/proc/net` and the processes' fds. None when it cannot be told (another network namespace, no permission).
+pub fn port_holder(protocol: Protocol, port: u16) -> Option<(String, u32)> {
+    let tables: &[&str] = match protocol {
+        Protocol::Tcp => &["/proc/net/tcp", "/proc/net/tcp6"],
+        Protocol::Udp => &["/proc/net/udp", "/proc/net/udp6"],
+    };
+    let inodes: BTreeSet<u64> = tables.iter().filter_map(|t| std::fs::read_to_string(t).ok()).flat_map(|text| socket_inodes(&text, protocol, port)).collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            let inode = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<u64>().ok());
+            if inode.is_some_and(|i| inodes.contains(&i)) {
+                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim().to_string();
+                return Some((comm, pid));
+            }
+        }
+    }
+    None
+}
+
+/// The socket inodes of a `/proc/net/{tcp,udp}[6]` table bound to local `port` (TCP: listening only).
+fn socket_inodes(table: &str, protocol: Protocol, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())?;
+            let listening = match protocol {
+                Protocol::Tcp => *fields.get(3)? == "0A",
+                Protocol::Udp => true,
+            };
+            (local_port == port && listening).then(|| fields.get(9)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
 /// The host address of a port with `exposure` for a tenant.
 pub fn host_address(exposure: Exposure, is_default_tenant: bool, public_address: Option<std::net::IpAddr>) -> std::net::IpAddr {
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
@@ -114,7 +159,14 @@ pub fn allocate(
                 return Some(format!(", by instance {holder}"));
             }
             if !free(request.protocol, address, port) {
-                return Some(" by another program on this host".to_string());
+                return Some(match port_holder(request.protocol, port) {
+                    Some((comm, pid)) if comm == "systemd-resolve" || comm == "systemd-resolved" => format!(
+                        " by systemd-resolved (pid {pid}), whose stub listener holds 127.0.0.53:53 (set DNSStubListener=no in \
+                         /etc/systemd/resolved.conf and restart it)"
+                    ),
+                    Some((comm, pid)) => format!(" by {comm} (pid {pid})"),
+                    None => " by another program on this host".to_string(),
+                });
             }
             None
         };
@@ -177,6 +229,31 @@ mod tests {
 
     fn req(role: Role, name: &str, seed: u16) -> PortRequest {
         PortRequest { role, name: name.into(), protocol: Protocol::Tcp, exposure: Exposure::Internal, seed: Some(seed) }
+    }
+
+    #[test]
+    fn proc_net_tables_give_the_listening_sockets_of_a_port() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 3500007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000   101        0 17330 1 0000000000000000 100 0 0 10 5
+   1: 0100007F:0035 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 99999 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(socket_inodes(tcp, Protocol::Tcp, 53), vec![17330], "established sockets are not holders");
+        assert!(socket_inodes(tcp, Protocol::Tcp, 5432).is_empty());
+        assert_eq!(socket_inodes(tcp, Protocol::Udp, 53), vec![17330, 99999]);
+    }
+
+    #[test]
+    fn the_holder_of_a_bound_port_is_named() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        let (comm, pid) = port_holder(Protocol::Udp, port).expect("this process holds it");
+        assert_eq!(pid, std::process::id());
+        assert!(!comm.is_empty());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert_eq!(port_holder(Protocol::Tcp, port).map(|h| h.1), Some(std::process::id()));
+        drop(listener);
+        assert_eq!(port_holder(Protocol::Tcp, port), None);
     }
 
     #[test]
