@@ -315,7 +315,7 @@ mod tests {
         TimerOptions {
             root: PathBuf::from("/"),
             executable: PathBuf::from("/usr/local/bin/gbo-ci"),
-            max_size: "20G".parse().unwrap(),
+            max_size: "20G".parse().expect("parse"),
             sccache_dir: None,
             registry_dir: Some(PathBuf::from("/root/.cargo/registry")),
             scheduler: None,

@@ -1029,15 +1029,15 @@ mod tests {
 
     #[test]
     fn default_log_sits_in_the_seed_logs_directory() {
-        let dest: RemotePath = "/opt/gbo/bin/botserver".parse().unwrap();
+        let dest: RemotePath = "/opt/gbo/bin/botserver".parse().expect("parse");
         assert_eq!(default_log(&dest), "/opt/gbo/logs/botserver.log");
-        let shallow: RemotePath = "/bin/tool".parse().unwrap();
+        let shallow: RemotePath = "/bin/tool".parse().expect("parse");
         assert_eq!(default_log(&shallow), "/logs/tool.log");
     }
 
     #[test]
     fn inspect_output_is_parsed() {
-        let dest: RemotePath = "/opt/gbo/bin/botserver".parse().unwrap();
+        let dest: RemotePath = "/opt/gbo/bin/botserver".parse().expect("parse");
         let output = "uid=0\ndir=1\nowner=1\ncurrent=gbuser\nsha256sum=1\nrunuser=1\n\
             release=/opt/gbo/bin/botserver.prev.10\nrelease=/opt/gbo/bin/botserver.prev.9\n\
             release=/opt/gbo/bin/botserver.prev.x\n\
@@ -1058,7 +1058,7 @@ mod tests {
 
     #[test]
     fn terminals_and_null_are_not_inherited_as_logs() {
-        let dest: RemotePath = "/x/bin/b".parse().unwrap();
+        let dest: RemotePath = "/x/bin/b".parse().expect("parse");
         let state = parse_inspect("pid=7:/x/bin/b\nstdout=7:/dev/null\n", &dest);
         assert_eq!(state.inherited.log, None);
         let state = parse_inspect("pid=7:/x/bin/b\nstdout=7:pipe:[1234]\n", &dest);
@@ -1081,11 +1081,11 @@ mod tests {
 
     #[test]
     fn explicit_start_options_win_over_inherited_ones() {
-        let dest: RemotePath = "/opt/gbo/bin/botserver".parse().unwrap();
+        let dest: RemotePath = "/opt/gbo/bin/botserver".parse().expect("parse");
         let inherited = Inherited { args: Some(vec!["--old".into()]), cwd: Some("/srv".into()), log: Some("/l/x.log".into()) };
         let launch = resolve_launch(&dest, "gbuser", &StartOptions::default(), &inherited);
         assert_eq!((launch.args.clone(), launch.cwd.as_str(), launch.log.as_str()), (vec!["--old".to_string()], "/srv", "/l/x.log"));
-        let explicit = StartOptions { args: Some(vec!["--noconsole".into()]), cwd: None, log: Some("/opt/gbo/logs/error.log".parse().unwrap()) };
+        let explicit = StartOptions { args: Some(vec!["--noconsole".into()]), cwd: None, log: Some("/opt/gbo/logs/error.log".parse().expect("parse")) };
         let launch = resolve_launch(&dest, "gbuser", &explicit, &Inherited::default());
         assert_eq!(launch.args, vec!["--noconsole"]);
         assert_eq!(launch.cwd, "/opt/gbo/bin");

@@ -172,10 +172,10 @@ mod tests {
 
     #[test]
     fn remote_paths() {
-        let path: RemotePath = "/opt/gbo/bin/botserver".parse().unwrap();
+        let path: RemotePath = "/opt/gbo/bin/botserver".parse().expect("parse");
         assert_eq!(path.parent(), "/opt/gbo/bin");
         assert_eq!(path.file_name(), "botserver");
-        let top: RemotePath = "/botserver".parse().unwrap();
+        let top: RemotePath = "/botserver".parse().expect("parse");
         assert_eq!(top.parent(), "/");
         for bad in ["relative/path", "/opt/gbo/bin/", "/", "/opt/../etc/passwd", "/a\nb", ""] {
             assert!(bad.parse::<RemotePath>().is_err(), "{bad:?} should be refused");
@@ -193,11 +193,11 @@ mod tests {
 
     #[test]
     fn health_urls() {
-        let url: HealthUrl = "http://localhost:5858/api/health".parse().unwrap();
+        let url: HealthUrl = "http://localhost:5858/api/health".parse().expect("parse");
         assert_eq!((url.host(), url.port(), url.path()), ("localhost", 5858, "/api/health"));
-        let url: HealthUrl = "http://127.0.0.1".parse().unwrap();
+        let url: HealthUrl = "http://127.0.0.1".parse().expect("parse");
         assert_eq!((url.host(), url.port(), url.path()), ("127.0.0.1", 80, "/"));
-        let url: HealthUrl = "http://[::1]:8080/h?x=1".parse().unwrap();
+        let url: HealthUrl = "http://[::1]:8080/h?x=1".parse().expect("parse");
         assert_eq!((url.host(), url.port(), url.path()), ("::1", 8080, "/h?x=1"));
         for bad in ["not a url", "https://localhost/api", "http://", "http://host:99999/", "http://u@h/", "ftp://x/"] {
             let error = bad.parse::<HealthUrl>().unwrap_err().to_string();

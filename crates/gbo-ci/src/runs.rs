@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn queries_are_validated() {
-        let query = RunsQuery::new("http://alm.example.com/", "GeneralBots/botserver", 5, None).unwrap();
+        let query = RunsQuery::new("http://alm.example.com/", "GeneralBots/botserver", 5, None).expect("new");
         assert_eq!(query.url(), "http://alm.example.com/api/v1/repos/GeneralBots/botserver/actions/tasks?page=1&limit=5");
         assert!(RunsQuery::new("http://x", "noslash", 5, None).is_err());
         assert!(RunsQuery::new("http://x", "a/b/c", 5, None).is_err());

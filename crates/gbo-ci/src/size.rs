@@ -64,11 +64,11 @@ mod tests {
 
     #[test]
     fn parses_units() {
-        assert_eq!("512".parse::<ByteSize>().unwrap(), ByteSize(512));
-        assert_eq!("500M".parse::<ByteSize>().unwrap(), ByteSize(500 << 20));
-        assert_eq!("20G".parse::<ByteSize>().unwrap(), ByteSize(20 << 30));
-        assert_eq!("1.5GiB".parse::<ByteSize>().unwrap(), ByteSize(3 << 29));
-        assert_eq!("10GB".parse::<ByteSize>().unwrap(), ByteSize(10_000_000_000));
+        assert_eq!("512".parse::<ByteSize>().expect("parse"), ByteSize(512));
+        assert_eq!("500M".parse::<ByteSize>().expect("parse"), ByteSize(500 << 20));
+        assert_eq!("20G".parse::<ByteSize>().expect("parse"), ByteSize(20 << 30));
+        assert_eq!("1.5GiB".parse::<ByteSize>().expect("parse"), ByteSize(3 << 29));
+        assert_eq!("10GB".parse::<ByteSize>().expect("parse"), ByteSize(10_000_000_000));
         for bad in ["", "G", "ten", "5X", "-1G", "1..2M"] {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
         }

@@ -276,12 +276,12 @@ Host *
 "#;
 
     fn config() -> SshConfig {
-        SshConfig::parse(SAMPLE, Path::new("config")).unwrap()
+        SshConfig::parse(SAMPLE, Path::new("config")).expect("parse")
     }
 
     #[test]
     fn alias_takes_first_values_and_accumulates_identities() {
-        let settings = config().resolve("pragmatismo-system", Path::new("config")).unwrap();
+        let settings = config().resolve("pragmatismo-system", Path::new("config")).expect("resolve");
         assert_eq!(settings.hostname.as_deref(), Some("127.0.0.1"));
         assert_eq!(settings.port, Some(2222));
         assert_eq!(settings.user.as_deref(), Some("root"));
@@ -292,18 +292,18 @@ Host *
     #[test]
     fn negated_patterns_exclude_and_match_blocks_are_skipped() {
         let cfg = config();
-        let internal = cfg.resolve("db.internal", Path::new("config")).unwrap();
+        let internal = cfg.resolve("db.internal", Path::new("config")).expect("resolve");
         assert_eq!(internal.user.as_deref(), Some("gbuser"));
-        let secret = cfg.resolve("secret.internal", Path::new("config")).unwrap();
+        let secret = cfg.resolve("secret.internal", Path::new("config")).expect("resolve");
         assert_eq!(secret.user.as_deref(), Some("fallback"));
-        let foo = cfg.resolve("foo", Path::new("config")).unwrap();
+        let foo = cfg.resolve("foo", Path::new("config")).expect("resolve");
         assert_eq!(foo.user.as_deref(), Some("fallback"));
         assert_eq!(foo.hostname, None);
     }
 
     #[test]
     fn bad_port_names_the_line() {
-        let cfg = SshConfig::parse("Host a\n  Port seventy\n", Path::new("cfg")).unwrap();
+        let cfg = SshConfig::parse("Host a\n  Port seventy\n", Path::new("cfg")).expect("parse");
         let error = cfg.resolve("a", Path::new("cfg")).unwrap_err().to_string();
         assert!(error.contains("cfg:2"), "{error}");
         assert!(error.contains("seventy"), "{error}");

@@ -404,17 +404,17 @@ mod tests {
     fn rendered_workflows_parse_and_pass_the_lint() {
         for name in ["botserver", "botui", "botlib"] {
             let text = render(&spec_for(name), &RenderSettings::default());
-            let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-            let steps = value["jobs"]["build-test-deploy"]["steps"].as_sequence().unwrap();
+            let value: serde_yaml::Value = serde_yaml::from_str(&text).expect("from_str");
+            let steps = value["jobs"]["build-test-deploy"]["steps"].as_sequence().expect("as_sequence");
             assert!(steps.len() >= 3, "{name}");
             assert_eq!(value["on"]["push"]["branches"][0], "main");
-            assert_eq!(check_text(Path::new("x.yaml"), &text).unwrap(), Vec::new(), "{name}");
+            assert_eq!(check_text(Path::new("x.yaml"), &text).expect("check_text"), Vec::new(), "{name}");
         }
         let text = render(&spec_for("botserver"), &RenderSettings::default());
-        let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let value: serde_yaml::Value = serde_yaml::from_str(&text).expect("from_str");
         let deploy = &value["jobs"]["build-test-deploy"]["steps"][3];
         assert_eq!(deploy["env"]["GBO_CI_SSH_KEY"], "${{ secrets.GBO_DEPLOY_SSH_KEY }}");
-        let run = deploy["run"].as_str().unwrap();
+        let run = deploy["run"].as_str().expect("as_str");
         assert!(run.starts_with("gbo-ci deploy --host pragmatismo-system"), "{run}");
         assert!(run.contains("--arg=--noconsole") && !run.contains('\n'), "{run}");
     }
@@ -439,7 +439,7 @@ jobs:
 
     #[test]
     fn the_seed_deploy_step_is_flagged() {
-        let findings = check_text(Path::new("botserver.yaml"), SEED_WORKFLOW).unwrap();
+        let findings = check_text(Path::new("botserver.yaml"), SEED_WORKFLOW).expect("check_text");
         let rules: Vec<(&str, usize)> = findings.iter().map(|f| (f.rule, f.line)).collect();
         assert_eq!(
             rules,
@@ -455,7 +455,7 @@ jobs:
     #[test]
     fn an_upload_beside_and_rename_is_accepted() {
         let text = "jobs:\n  d:\n    steps:\n      - run: |\n          scp bin h:/opt/gbo/bin/.botserver.new\n          ssh h mv -f /opt/gbo/bin/.botserver.new /opt/gbo/bin/botserver\n";
-        assert_eq!(check_text(Path::new("x.yaml"), text).unwrap(), Vec::new());
+        assert_eq!(check_text(Path::new("x.yaml"), text).expect("check_text"), Vec::new());
     }
 
     #[test]

@@ -36,11 +36,11 @@
 //!
 //! ```
 //! use gbo_components::{component, HostPorts, RenderContext, Role, Secrets, TenantFile};
-//! let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").unwrap();
+//! let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").expect("a valid tenant file");
 //! let secrets = Secrets::new();
 //! let host_ports = HostPorts::seed(&tenant.roles);
 //! let ctx = RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &host_ports };
-//! let spec = component(Role::Cache, &ctx).unwrap();
+//! let spec = component(Role::Cache, &ctx).expect("the cache role renders");
 //! assert_eq!(spec.instance, "acme-cache");
 //! assert!(spec.units.contains(&"cache.service".to_owned()));
 //! ```

@@ -211,15 +211,15 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        assert!(check_options(&BrotherOptions::default()).unwrap().is_empty());
+        assert!(check_options(&BrotherOptions::default()).expect("check_options").is_empty());
         let seed = BrotherOptions { socket_path: SEED_SOCKET_PATH.into(), ..Default::default() };
-        assert!(check_options(&seed).unwrap()[0].contains("disappears after a restart"));
+        assert!(check_options(&seed).expect("check_options")[0].contains("disappears after a restart"));
         let default = BrotherOptions { profile: "default".into(), ..Default::default() };
         assert!(matches!(check_options(&default), Err(BrotherError::BadInput(m)) if m.contains("--allow-default-profile")));
         let allowed = BrotherOptions { allow_default_profile: true, ..default };
-        assert!(check_options(&allowed).unwrap()[0].contains("every container"));
+        assert!(check_options(&allowed).expect("check_options")[0].contains("every container"));
         assert!(check_options(&BrotherOptions { socket_path: "relative.sock".into(), ..Default::default() }).is_err());
-        let config = device_config("/var/lib/lxd/unix.socket", DEFAULT_SOCKET_PATH).unwrap();
+        let config = device_config("/var/lib/lxd/unix.socket", DEFAULT_SOCKET_PATH).expect("device_config");
         assert_eq!(config.get("connect").map(String::as_str), Some("unix:/var/lib/lxd/unix.socket"));
         assert_eq!(config.get("listen").map(String::as_str), Some("unix:/var/lib/gbo/lxd.sock"));
         assert_eq!((config.get("uid"), config.get("gid"), config.get("mode")), (Some(&"0".to_string()), Some(&"0".to_string()), Some(&"0660".to_string())));

@@ -366,8 +366,8 @@ mod tests {
     fn loopback_must_come_before_drops() {
         let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(loopback_problem(&r(&[LOOPBACK_RULE, "-A INPUT -p tcp -m tcp --dport 6379 -j DROP"])).is_none());
-        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP"])).unwrap().contains("no loopback"));
-        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP", LOOPBACK_RULE])).unwrap().contains("rule 1"));
+        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP"])).expect("loopback_problem").contains("no loopback"));
+        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP", LOOPBACK_RULE])).expect("loopback_problem").contains("rule 1"));
         assert!(loopback_problem(&r(&[])).is_none());
     }
 

@@ -474,27 +474,27 @@ mod tests {
 
     #[test]
     fn users_are_renumbered_in_a_real_tree() {
-        let root = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().expect("tempdir");
         let etc = root.path().join("etc");
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\npostgres:x:105:110::/var/lib/postgresql:/bin/bash\n").unwrap();
-        std::fs::write(etc.join("group"), "root:x:0:\npostgres:x:110:\n").unwrap();
-        std::fs::write(etc.join("shadow"), "root:*:1::::::\npostgres:*:1::::::\n").unwrap();
-        std::fs::write(etc.join("gshadow"), "root:*::\npostgres:!::\n").unwrap();
+        std::fs::create_dir_all(&etc).expect("create_dir_all");
+        std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\npostgres:x:105:110::/var/lib/postgresql:/bin/bash\n").expect("write");
+        std::fs::write(etc.join("group"), "root:x:0:\npostgres:x:110:\n").expect("write");
+        std::fs::write(etc.join("shadow"), "root:*:1::::::\npostgres:*:1::::::\n").expect("write");
+        std::fs::write(etc.join("gshadow"), "root:*::\npostgres:!::\n").expect("write");
         let data = root.path().join("var/lib/postgresql");
-        std::fs::create_dir_all(&data).unwrap();
-        std::os::unix::fs::lchown(&data, Some(105), Some(110)).unwrap();
-        let (uids, gids) = apply_users(root.path(), &[user("postgres", 2001), user("gbuser", 2000)]).unwrap();
+        std::fs::create_dir_all(&data).expect("create_dir_all");
+        std::os::unix::fs::lchown(&data, Some(105), Some(110)).expect("lchown");
+        let (uids, gids) = apply_users(root.path(), &[user("postgres", 2001), user("gbuser", 2000)]).expect("apply_users");
         assert_eq!(uids.get(&105), Some(&2001));
         assert_eq!(gids.get(&110), Some(&2001));
-        renumber_tree(root.path(), &uids, &gids).unwrap();
+        renumber_tree(root.path(), &uids, &gids).expect("renumber_tree");
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&data).unwrap();
+        let meta = std::fs::metadata(&data).expect("metadata");
         assert_eq!((meta.uid(), meta.gid()), (2001, 2001));
-        let passwd = std::fs::read_to_string(etc.join("passwd")).unwrap();
+        let passwd = std::fs::read_to_string(etc.join("passwd")).expect("read_to_string");
         assert!(passwd.contains("postgres:x:2001:2001:"), "{passwd}");
         assert!(passwd.contains("gbuser:x:2000:2000:gbo service user:/opt/gbo:/bin/bash"), "{passwd}");
-        assert!(std::fs::read_to_string(etc.join("shadow")).unwrap().contains("gbuser:!:"));
+        assert!(std::fs::read_to_string(etc.join("shadow")).expect("read_to_string").contains("gbuser:!:"));
         let clash = apply_users(root.path(), &[user("other", 2001)]).unwrap_err();
         assert!(clash.to_string().contains("taken by postgres"), "{clash}");
     }

@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn runs_real_programs_and_reports_failures() {
-        assert_eq!(HostCommand::new("echo").arg("hi").run().unwrap(), "hi\n");
+        assert_eq!(HostCommand::new("echo").arg("hi").run().expect("run"), "hi\n");
         let err = HostCommand::new("sh").args(["-c", "echo nope >&2; exit 3"]).run().unwrap_err();
         match err {
             RunError::Failed { code, stderr, .. } => assert_eq!((code, stderr.as_str()), (Some(3), "nope")),

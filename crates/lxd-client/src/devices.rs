@@ -278,13 +278,13 @@ mod tests {
     use super::*;
 
     fn dev(name: &str) -> DeviceName {
-        DeviceName::new(name).unwrap()
+        DeviceName::new(name).expect("new")
     }
 
     #[test]
     fn proxy_addresses_round_trip() {
         for s in ["tcp:127.0.0.1:5432", "udp:[::1]:53", "tcp:0.0.0.0:8000-8010", "unix:/var/lib/lxd/unix.socket"] {
-            let parsed: ProxyAddress = s.parse().unwrap();
+            let parsed: ProxyAddress = s.parse().expect("parse");
             assert_eq!(parsed.to_string(), s);
         }
     }
@@ -301,11 +301,11 @@ mod tests {
     #[test]
     fn proxy_config_and_back() {
         let p = ProxyDevice::new(ProxyAddress::tcp("127.0.0.1", 15432), ProxyAddress::tcp("127.0.0.1", 5432));
-        let map = p.to_config(&dev("gbo-port-5432")).unwrap();
+        let map = p.to_config(&dev("gbo-port-5432")).expect("to_config");
         assert_eq!(map["listen"], "tcp:127.0.0.1:15432");
         assert!(!map.contains_key("bind"));
-        assert_eq!(ProxyDevice::from_config(&map).unwrap(), p);
-        let wired = p.clone().bind_instance().to_config(&dev("w")).unwrap();
+        assert_eq!(ProxyDevice::from_config(&map).expect("from_config"), p);
+        let wired = p.clone().bind_instance().to_config(&dev("w")).expect("to_config");
         assert_eq!(wired["bind"], "instance");
     }
 
@@ -313,7 +313,7 @@ mod tests {
     fn proxy_rejects_mismatched_pairs() {
         let udp_tcp = ProxyDevice::new(ProxyAddress::udp("127.0.0.1", 53), ProxyAddress::tcp("127.0.0.1", 53));
         assert!(udp_tcp.to_config(&dev("d")).is_err());
-        let ranges = ProxyDevice::new("tcp:127.0.0.1:80-82".parse().unwrap(), "tcp:127.0.0.1:90-91".parse().unwrap());
+        let ranges = ProxyDevice::new("tcp:127.0.0.1:80-82".parse().expect("parse"), "tcp:127.0.0.1:90-91".parse().expect("parse"));
         assert!(ranges.to_config(&dev("d")).is_err());
         let mode = ProxyDevice::new(ProxyAddress::unix("/a"), ProxyAddress::unix("/b")).unix_owner(0, 0, "rw");
         assert!(mode.to_config(&dev("d")).unwrap_err().to_string().contains("octal"));
@@ -324,7 +324,7 @@ mod tests {
         assert!(DiskDevice::new("/srv/a", "/opt/gbo/data").to_config(&dev("gbo-data")).is_ok());
         assert!(DiskDevice::new("srv/a", "/x").to_config(&dev("d")).is_err());
         assert!(DiskDevice::new("/srv/a", "x").to_config(&dev("d")).is_err());
-        let root = DiskDevice::root("default").to_config(&dev("root")).unwrap();
+        let root = DiskDevice::root("default").to_config(&dev("root")).expect("to_config");
         assert_eq!(root["pool"], "default");
     }
 }

@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn control_messages_have_lxd_shape() {
         assert_eq!(control_message(&ExecControl::Signal(15)), r#"{"command":"signal","signal":15}"#);
-        let resize: serde_json::Value = serde_json::from_str(&control_message(&ExecControl::Resize { width: 80, height: 24 })).unwrap();
+        let resize: serde_json::Value = serde_json::from_str(&control_message(&ExecControl::Resize { width: 80, height: 24 })).expect("from_str");
         assert_eq!(resize["args"]["width"], "80");
         assert_eq!(resize["command"], "window-resize");
     }

@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn names_deserialize_with_validation() {
-        let ok: InstanceName = serde_json::from_str("\"web\"").unwrap();
+        let ok: InstanceName = serde_json::from_str("\"web\"").expect("from_str");
         assert_eq!(ok.as_str(), "web");
         assert!(serde_json::from_str::<InstanceName>("\"bad_name\"").is_err());
     }

@@ -206,10 +206,10 @@ mod tests {
 
     #[test]
     fn success_is_done() {
-        match interpret_wait(StatusCode::OK, "/w", SUCCESS.as_bytes()).unwrap() {
+        match interpret_wait(StatusCode::OK, "/w", SUCCESS.as_bytes()).expect("interpret_wait") {
             WaitOutcome::Done(op) => {
                 assert!(op.is_success());
-                assert_eq!(op.resources.unwrap()["instances"], vec!["/1.0/instances/c1"]);
+                assert_eq!(op.resources.expect("resources")["instances"], vec!["/1.0/instances/c1"]);
             }
             other => panic!("{other:?}"),
         }
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn running_after_timeout_is_not_success() {
         assert!(matches!(
-            interpret_wait(StatusCode::OK, "/w", STILL_RUNNING.as_bytes()).unwrap(),
+            interpret_wait(StatusCode::OK, "/w", STILL_RUNNING.as_bytes()).expect("interpret_wait"),
             WaitOutcome::Running(op) if op.status_code == 103
         ));
     }

@@ -234,7 +234,7 @@ pub fn cache(command: CacheCommand, output: Output) -> anyhow::Result<u8> {
                         println!("{verb} {} ({})", entry.path.display(), ByteSize(entry.bytes));
                     }
                     for path in &report.missing {
-                        eprintln!("skipped {} (does not exist)", path.display());
+                        eprintln!("{}: not there, nothing to prune", path.display());
                     }
                     println!(
                         "{} -> {} (limit {}), {} {} entries",

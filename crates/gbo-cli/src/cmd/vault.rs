@@ -116,7 +116,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         eprintln!("an earlier partial unseal was reset first");
                     }
                     if duplicates_skipped > 0 {
-                        eprintln!("{duplicates_skipped} duplicate key(s) in the input were skipped");
+                        eprintln!("{duplicates_skipped} duplicate key(s) in the input were not submitted again");
                     }
                     if !rejected.is_empty() {
                         eprintln!("Vault rejected key number(s) {}", rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));

@@ -281,7 +281,7 @@ fn split_header(tokens: Vec<Token>, brace_line: usize) -> (Vec<Token>, Vec<Vec<T
 /// ```
 /// let text = "{\n\tadmin off\n}\n(common) {\n\tencode gzip\n}\na.example.com, b.example.com {\n\trespond ok\n}\n";
 /// assert_eq!(
-///     gbo_components::caddyfile::site_addresses(text).unwrap(),
+///     gbo_components::caddyfile::site_addresses(text).expect("a valid Caddyfile"),
 ///     vec!["a.example.com", "b.example.com"],
 /// );
 /// ```

@@ -390,21 +390,21 @@ mod tests {
 
     #[test]
     fn lists_sites_and_storage() {
-        let c = Caddyfile::parse(FULL).unwrap();
+        let c = Caddyfile::parse(FULL).expect("parse");
         assert_eq!(c.addresses(), vec!["chat.example.com", "a.example.com", "b.example.com", "http://localhost"]);
         assert_eq!(c.hosts(), vec!["chat.example.com", "a.example.com", "b.example.com", "localhost"]);
         assert!(c.has_storage_block());
-        assert!(!Caddyfile::parse("{\n\tadmin off\n}\na.example.com {\n\tstorage x\n}\n").unwrap().has_storage_block());
-        assert!(!Caddyfile::parse("{\n\tservers {\n\t\tstorage x\n\t}\n}\n").unwrap().has_storage_block());
+        assert!(!Caddyfile::parse("{\n\tadmin off\n}\na.example.com {\n\tstorage x\n}\n").expect("parse").has_storage_block());
+        assert!(!Caddyfile::parse("{\n\tservers {\n\t\tstorage x\n\t}\n}\n").expect("parse").has_storage_block());
     }
 
     #[test]
     fn removes_hosts_and_whole_blocks() {
-        let c = Caddyfile::parse(FULL).unwrap();
+        let c = Caddyfile::parse(FULL).expect("parse");
         let out = c.without_hosts(&["chat.example.com".into(), "b.example.com".into()]);
         assert!(!out.contains("chat.example.com") && !out.contains("role: system"), "{out}");
         assert!(out.contains("a.example.com {"), "{out}");
-        let again = Caddyfile::parse(&out).unwrap();
+        let again = Caddyfile::parse(&out).expect("parse");
         assert_eq!(again.addresses(), vec!["a.example.com", "http://localhost"]);
         assert!(again.has_storage_block());
     }

@@ -527,7 +527,7 @@ mod tests {
         let old = format!("{STORAGE}a.example.com {{\n}}\nb.example.com {{\n}}\n");
         let partial = format!("{STORAGE}a.example.com {{\n}}\n");
         assert!(matches!(check_candidate(Some(&old), &partial, &[]), Err(ProxyError::Refused(m)) if m.contains("b.example.com")));
-        let (removed, added) = check_candidate(Some(&old), &format!("{partial}c.example.com {{\n}}\n"), &["b.example.com".into()]).unwrap();
+        let (removed, added) = check_candidate(Some(&old), &format!("{partial}c.example.com {{\n}}\n"), &["b.example.com".into()]).expect("check_candidate");
         assert_eq!((removed, added), (vec!["b.example.com".to_string()], vec!["c.example.com".to_string()]));
         assert!(matches!(check_candidate(Some(&old), "a.example.com {\n}\nb.example.com {\n}\n", &[]), Err(ProxyError::Refused(m)) if m.contains("storage")));
         assert!(matches!(check_candidate(None, &format!("{STORAGE}a.example.com {{\n"), &[]), Err(ProxyError::BadInput(m)) if m.contains("does not parse")));
@@ -538,8 +538,8 @@ mod tests {
     #[test]
     fn probe_endpoints_stay_on_loopback() {
         let port = |addr: &str, c: u16| PublishedPort { device: "d".into(), protocol: "tcp".into(), host_address: addr.into(), host_port: 8080, container_port: c };
-        assert_eq!(probe_endpoint(&[port("0.0.0.0", 80)], 80), Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(probe_endpoint(&[port("127.0.0.1", 443)], 443), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(probe_endpoint(&[port("0.0.0.0", 80)], 80), Some("127.0.0.1:8080".parse().expect("parse")));
+        assert_eq!(probe_endpoint(&[port("127.0.0.1", 443)], 443), Some("127.0.0.1:8080".parse().expect("parse")));
         assert_eq!(probe_endpoint(&[port("203.0.113.9", 80)], 80), None);
         assert_eq!(probe_endpoint(&[port("0.0.0.0", 80)], 443), None);
     }

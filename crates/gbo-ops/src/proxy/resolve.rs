@@ -190,12 +190,12 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_resolvable_means_unknown_never_dead() {
-        let r = StaticResolver::parse("a.example.com 192.0.2.1\nb.example.com NXDOMAIN\nc.example.com FAIL\n").unwrap();
+        let r = StaticResolver::parse("a.example.com 192.0.2.1\nb.example.com NXDOMAIN\nc.example.com FAIL\n").expect("parse");
         let v = verdicts(&r, &["a.example.com".into(), "b.example.com".into(), "c.example.com".into()]).await;
         assert!(matches!(v[0].1, Verdict::Alive { .. }));
         assert_eq!(v[1].1, Verdict::Dead);
         assert!(matches!(v[2].1, Verdict::Unknown { .. }));
-        let none = StaticResolver::parse("b.example.com NXDOMAIN\n").unwrap();
+        let none = StaticResolver::parse("b.example.com NXDOMAIN\n").expect("parse");
         let v = verdicts(&none, &["b.example.com".into(), "d.example.com".into()]).await;
         assert!(v.iter().all(|(_, v)| matches!(v, Verdict::Unknown { .. })), "{v:?}");
     }
