@@ -19,20 +19,10 @@ use crate::doctor::inside;
 use crate::inventory;
 use crate::runner::HostCommand;
 
-/// The HTTP flood filter inside the proxy container.
-pub const CADDY_FILTER_PATH: &str = "/etc/fail2ban/filter.d/caddy-http-flood.conf";
-/// The HTTP flood jail inside the proxy container.
-pub const CADDY_JAIL_PATH: &str = "/etc/fail2ban/jail.d/caddy-http-flood.conf";
-/// Debian's file enabling the sshd jail, replaced in containers to disable it.
-pub const DEFAULTS_DEBIAN_PATH: &str = "/etc/fail2ban/jail.d/defaults-debian.conf";
-/// The mail filter inside the email container.
-pub const MAIL_FILTER_PATH: &str = "/etc/fail2ban/filter.d/stalwart-auth.conf";
-/// The mail jail inside the email container.
-pub const MAIL_JAIL_PATH: &str = "/etc/fail2ban/jail.d/stalwart-auth.conf";
-/// The host's sshd jail (only with `--host`).
-pub const HOST_SSHD_JAIL_PATH: &str = "/etc/fail2ban/jail.d/gbo-sshd.conf";
-/// Caddy's JSON access log inside the proxy container.
-pub const CADDY_ACCESS_LOG: &str = "/opt/gbo/logs/access.log";
+// Where the files live is the catalogue's to say; re-exported for callers of this module.
+pub use gbo_components::render::caddy::ACCESS_LOG as CADDY_ACCESS_LOG;
+pub use gbo_components::render::fail2ban::{CADDY_FILTER_PATH, CADDY_JAIL_PATH, DEFAULTS_DEBIAN_PATH, HOST_SSHD_JAIL_PATH, MAIL_FILTER_PATH, MAIL_JAIL_PATH};
+
 /// Stalwart's logs inside the email container.
 pub const STALWART_LOG_GLOB: &str = "/opt/gbo/logs/stalwart.log*";
 /// The proxy's jail.
@@ -192,14 +182,7 @@ pub async fn apply_container(lxd: &Client, name: &InstanceName, role: &str, dry_
     }
     // The server answers `status` as soon as its socket is up, before it has started the jails of its
     // configuration: wait for ours (a CI run saw "Server ready" with an empty jail list).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        result.jails = running_jails(lxd, name, Duration::from_secs(20)).await?;
-        if result.jails.iter().any(|j| j == jail) || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    result.jails = jails_when(lxd, name, Duration::from_secs(30), |jails| jails.iter().any(|j| j == jail)).await?;
     if !result.jails.iter().any(|j| j == jail) {
         let log = inside::run(lxd, name, &["journalctl", "-u", "fail2ban.service", "--no-pager", "-n", "15"]).await?.stdout_text();
         return Err(step(&format!("starting the {jail} jail"), format!("fail2ban runs {:?}; its log:\n{log}", result.jails)));
@@ -209,14 +192,24 @@ pub async fn apply_container(lxd: &Client, name: &InstanceName, role: &str, dry_
 
 /// The jails a running fail2ban reports (`fail2ban-client status`), waiting up to `wait` for its socket.
 pub async fn running_jails(lxd: &Client, name: &InstanceName, wait: Duration) -> Result<Vec<String>, lxd_client::Error> {
+    jails_when(lxd, name, wait, |_| true).await
+}
+
+/// Poll `fail2ban-client status` until it answers with a jail list that satisfies `done`, or `wait` has passed
+/// (then the last list, empty when it never answered).
+async fn jails_when(lxd: &Client, name: &InstanceName, wait: Duration, done: impl Fn(&[String]) -> bool) -> Result<Vec<String>, lxd_client::Error> {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut jails = Vec::new();
     loop {
         let out = inside::run(lxd, name, &["fail2ban-client", "status"]).await?;
         if out.success() {
-            return Ok(parse_jail_list(&out.stdout_text()));
+            jails = parse_jail_list(&out.stdout_text());
+            if done(&jails) {
+                return Ok(jails);
+            }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Ok(Vec::new());
+            return Ok(jails);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

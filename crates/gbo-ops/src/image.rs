@@ -431,9 +431,18 @@ fn renumber_tree(rootfs: &Path, uid_map: &IdMap, gid_map: &IdMap) -> Result<(), 
     Ok(())
 }
 
+/// The image property that records the roles baked into a gbo image (LXD copies it into each instance as
+/// `image.gbo.roles`). Its absence means the image was not built by gbo.
+pub const ROLES_PROPERTY: &str = "gbo.roles";
+
+/// The roles of a [`ROLES_PROPERTY`] value.
+pub fn parse_roles(value: &str) -> Vec<String> {
+    value.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
 /// Roles baked into an image, from its `gbo.roles` property.
 pub fn image_roles(image: &lxd_client::Image) -> BTreeSet<String> {
-    image.properties.get("gbo.roles").map(|r| r.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+    image.properties.get(ROLES_PROPERTY).map(|r| parse_roles(r).into_iter().collect()).unwrap_or_default()
 }
 
 /// Properties recorded on gbo images, for display.

@@ -528,7 +528,6 @@ pub struct MigrateReport {
     pub phases: Vec<(String, f64)>,
 }
 
-const SESSION: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex';";
 
 /// Tables of a database, largest first: (quoted `schema.table`, bytes). Plain tables and partitions: a partitioned
 /// parent holds no rows of its own and `COPY` cannot read it, its partitions travel one by one.
@@ -562,7 +561,7 @@ async fn list_sequences(side: &Endpoint, database: &str) -> Result<BTreeMap<Stri
 /// numeric, so it needs no sort. The slow path, used only when the fast comparison of COPY streams disagrees.
 pub async fn check_table(side: &Endpoint, database: &str, table: &str) -> Result<TableCheck, MigrateError> {
     let sql = format!(
-        "{SESSION} SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint::numeric), 0) || ':' || coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint::numeric), 0) FROM (SELECT md5(t::text) AS h FROM {table} AS t) AS rows;"
+        "{STREAM_SESSION} SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint::numeric), 0) || ':' || coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint::numeric), 0) FROM (SELECT md5(t::text) AS h FROM {table} AS t) AS rows;"
     );
     let rows = side.query(database, &sql).await?;
     let row = rows.into_iter().next().unwrap_or_default();
@@ -773,6 +772,19 @@ async fn database_exists(side: &Endpoint, database: &str) -> Result<bool, Migrat
     Ok(!rows.is_empty())
 }
 
+/// `setval` statements that give each sequence its `last_value is_called` pair (as [`list_sequences`] reads them).
+fn setval_sql(sequences: &BTreeMap<String, String>) -> String {
+    sequences
+        .iter()
+        .map(|(name, value)| {
+            let mut parts = value.split(' ');
+            let last = parts.next().unwrap_or("1");
+            let called = parts.next().unwrap_or("f") == "t";
+            format!("SELECT pg_catalog.setval({}, {last}, {called});\n", quote_literal(name))
+        })
+        .collect()
+}
+
 /// SQL string literal.
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -871,16 +883,7 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
     phase("copy", &mut phases);
     let sequences = list_sequences(source, db).await?;
     if !sequences.is_empty() {
-        let sql: String = sequences
-            .iter()
-            .map(|(name, value)| {
-                let mut parts = value.split(' ');
-                let last = parts.next().unwrap_or("1");
-                let called = parts.next().unwrap_or("f") == "t";
-                format!("SELECT setval({}, {last}, {called});\n", quote_literal(name))
-            })
-            .collect();
-        target.script(db, &sql).await?;
+        target.script(db, &setval_sql(&sequences)).await?;
     }
     // Indexes of tables the listing did not return (none expected) and what depends on the keys (foreign keys,
     // triggers, index attachments, comments), in the dump's order.
@@ -965,12 +968,7 @@ impl KeptSql {
             writeln!(out, "\\.")?;
         }
         writeln!(out)?;
-        for (name, value) in sequences {
-            let mut parts = value.split(' ');
-            let last = parts.next().unwrap_or("1");
-            let called = parts.next().unwrap_or("f") == "t";
-            writeln!(out, "SELECT pg_catalog.setval({}, {last}, {called});", quote_literal(name))?;
-        }
+        out.write_all(setval_sql(sequences).as_bytes())?;
         out.write_all(post.as_bytes())?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;

@@ -324,8 +324,8 @@ fn build_fix(roles: &[Role], alias: &str) -> String {
 /// A local image by alias, resolved.
 async fn local_image(lxd: &Client, alias: &str) -> Result<Option<ResolvedImage>, InstallError> {
     let Some(image) = lxd.image_by_alias(alias).await.map_err(InstallError::lxd(format!("reading image {alias}")))? else { return Ok(None) };
-    let provenance = match image.properties.get("gbo.roles") {
-        Some(roles) => Provenance::Gbo(roles.split(',').filter(|r| !r.is_empty()).map(str::to_string).collect()),
+    let provenance = match image.properties.get(crate::image::ROLES_PROPERTY) {
+        Some(roles) => Provenance::Gbo(crate::image::parse_roles(roles)),
         None => Provenance::Foreign,
     };
     Ok(Some(ResolvedImage { name: alias.to_string(), server: None, source: InstanceSource::alias(alias), provenance, note: None }))

@@ -21,7 +21,7 @@ use super::plan::Desired;
 use crate::inventory;
 
 /// The instance key LXD fills from the image's `gbo.roles` property.
-pub const KEY_IMAGE_ROLES: &str = "image.gbo.roles";
+pub const KEY_IMAGE_ROLES: &str = "image.gbo.roles"; // "image." + crate::image::ROLES_PROPERTY
 
 /// What a container's image offers its role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub enum ImageFit {
 /// What the image of `instance` offers `role`, from its `image.gbo.roles` key.
 pub fn image_fit(instance: &Instance, role: Role) -> ImageFit {
     let Some(roles) = instance.config.get(KEY_IMAGE_ROLES) else { return ImageFit::Foreign };
-    let has: Vec<String> = roles.split(',').filter(|r| !r.is_empty()).map(str::to_string).collect();
+    let has = crate::image::parse_roles(roles);
     if role_packages(role).is_empty() || has.iter().any(|r| r == role.as_str()) {
         ImageFit::Ready
     } else {
