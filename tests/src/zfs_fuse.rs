@@ -5,46 +5,94 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// Run a host command (argv); its stdout. Fails the test with the command's output when it fails or is missing.
+/// How long one zfs/zpool command may take before the test fails instead of hanging (a wedged daemon).
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// Run argv to completion within `limit`: its output, or an error naming what went wrong (missing program,
+/// killed after the limit). stdout and stderr are drained by threads, so a chatty command cannot block on a pipe.
+fn output_within(args: &[&str], limit: Duration) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("{args:?}: {e} (install zfs-fuse)"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{args:?} did not finish within {} s and was killed (is the zfs-fuse daemon wedged?)", limit.as_secs()));
+            }
+            Err(e) => return Err(format!("{args:?}: {e}")),
+        }
+    };
+    Ok(std::process::Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+}
+
+/// Run a host command (argv); its stdout. Fails the test with the command's output when it fails, is missing or
+/// takes longer than a minute.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e} (install zfs-fuse)"));
+    let out = output_within(args, COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether argv ran and succeeded within a few seconds.
+fn succeeds(args: &[&str]) -> bool {
+    output_within(args, Duration::from_secs(10)).is_ok_and(|o| o.status.success())
+}
+
 const ZFS_FUSE_PID_FILE: &str = "/run/zfs-fuse.pid";
 
-/// A directory as a lock across test processes (mkdir is atomic); a lock older than a minute is a dead holder's.
-/// Same path as in `zfs_fuse.rs`, so the two test binaries never start the daemon twice.
-struct StartLock(&'static str);
+/// An advisory lock (`flock`) across test processes, so two test binaries never start the daemon twice. The kernel
+/// drops it when its holder dies, so a killed run leaves nothing stale; a directory at its path (an older scheme's
+/// leftover) is removed.
+struct StartLock(#[allow(dead_code)] std::fs::File);
 
 impl StartLock {
+    #[allow(clippy::incompatible_msrv)] // File::try_lock: stable since 1.89, the toolchain this workspace builds with.
     fn take() -> Self {
         let path = "/run/gbo-test-zfs-fuse.lock";
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while std::fs::create_dir(path).is_err() {
-            let stale = std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > Duration::from_secs(60));
-            if stale {
-                let _ = std::fs::remove_dir(path);
-                continue;
+        let open = || std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
+        let file = match open() {
+            Err(_) if std::path::Path::new(path).is_dir() => {
+                let _ = std::fs::remove_dir_all(path);
+                open()
             }
-            assert!(std::time::Instant::now() < deadline, "{path} held for 90 s");
-            std::thread::sleep(Duration::from_millis(100));
+            other => other,
         }
-        Self(path)
+        .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Self(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    assert!(std::time::Instant::now() < deadline, "{path} held by another test process for 90 s");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::Error(e)) => panic!("locking {path}: {e}"),
+            }
+        }
     }
 }
 
-impl Drop for StartLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(self.0);
-    }
-}
-
-/// Start the zfs-fuse daemon when it is not answering (it stays up for other tests), and wait for it; the same
-/// approach as `zfs_fuse.rs` (a stale pid file is removed, a live daemon that does not answer is stopped first).
+/// Start the zfs-fuse daemon when it is not answering (it stays up for other tests), and wait for it: a stale pid
+/// file is removed, a live daemon that does not answer is stopped first, and test pools that the daemon imports
+/// from its cache (left by a killed run) are destroyed.
 pub fn ensure_daemon() {
-    let answering = || Command::new("zpool").arg("list").output().map(|o| o.status.success()).unwrap_or(false);
+    let answering = || succeeds(&["zpool", "list"]);
     if answering() {
         return;
     }
@@ -70,12 +118,16 @@ pub fn ensure_daemon() {
         }
         std::fs::remove_file(ZFS_FUSE_PID_FILE).expect("remove the stale zfs-fuse pid file");
     }
-    let out = Command::new("zfs-fuse").args(["-p", ZFS_FUSE_PID_FILE]).output().expect("zfs-fuse is required for this test (apt-get install zfs-fuse)");
+    let out = output_within(&["zfs-fuse", "-p", ZFS_FUSE_PID_FILE], COMMAND_LIMIT).unwrap_or_else(|e| panic!("zfs-fuse is required for this test: {e}"));
     assert!(out.status.success(), "zfs-fuse did not start ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !answering() {
         assert!(std::time::Instant::now() < deadline, "zfs-fuse did not answer within 20 s");
         std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing of this run exists yet (the lock is held), so every test pool now is a killed run's leftover.
+    for name in run(&["zpool", "list", "-H", "-o", "name"]).lines().filter(|n| n.starts_with("gbot-")) {
+        let _ = output_within(&["zpool", "destroy", "-f", name], COMMAND_LIMIT);
     }
 }
 
@@ -107,7 +159,7 @@ impl Drop for Pool {
     fn drop(&mut self) {
         // Right after the container is deleted the pool can still be busy for a moment.
         for _ in 0..20 {
-            if Command::new("zpool").args(["destroy", "-f", &self.name]).output().map(|o| o.status.success()).unwrap_or(false) {
+            if succeeds(&["zpool", "destroy", "-f", &self.name]) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(250));

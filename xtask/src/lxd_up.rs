@@ -195,9 +195,20 @@ pub async fn clean() -> anyhow::Result<()> {
     for instance in lxd.instances().await? {
         if instance.name.starts_with(TEST_PREFIX) || instance.config.contains_key("user.gbo.test") {
             let name = lxd_client::InstanceName::new(instance.name.clone())?;
-            match lxd.delete_instance_if_exists(&name).await {
-                Ok(_) => removed += 1,
-                Err(e) => eprintln!("clean: could not remove {name}: {e}"),
+            // A delete that its own (killed) test started can still be running in LXD: LXD then refuses a second
+            // one ("a matching non-reusable operation"); a moment later the instance is gone or deletable.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match lxd.delete_instance_if_exists(&name).await {
+                    Ok(_) => removed += 1,
+                    Err(_) if attempt < 3 => {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => eprintln!("clean: could not remove {name}: {e}"),
+                }
+                break;
             }
         }
     }
