@@ -2,8 +2,12 @@
 //! recorded mode.
 //!
 //! Websocket mode never hangs on a lost close frame: "done" means the operation finished **and** both output
-//! streams reached EOF, every socket is connected concurrently right after the operation is created (LXD gives up
-//! after 10 s), every socket is read continuously so pings are answered, and a deadline bounds the whole call.
+//! streams reached EOF, the control socket is connected first and the data sockets concurrently right after it
+//! (LXD starts the command once the data sockets are there, and gives up after 10 s), every socket is read
+//! continuously so pings are answered, and a deadline bounds the whole call.
+//!
+//! Nothing an output socket carries is dropped: a reply of ours that meets the daemon's closed end is discarded
+//! instead of ending the read (see `OutputIo`), so every frame LXD sent before closing is delivered.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -193,14 +197,28 @@ impl Client {
 
     /// Open an operation websocket.
     pub(crate) async fn websocket(&self, path_and_query: &str) -> Result<Ws> {
+        self.websocket_over(path_and_query, false).await
+    }
+
+    /// Open an operation websocket; `output` for a socket that only carries data from the daemon (see
+    /// [`OutputIo`]).
+    async fn websocket_over(&self, path_and_query: &str, output: bool) -> Result<Ws> {
         let ws_err = |message: String| Error::Websocket { path: path_and_query.to_string(), message };
         let io = self.inner.connector.connect().await?;
+        let io: BoxedIo = if output { Box::new(OutputIo(io)) } else { io };
         let url = format!("ws://lxd{path_and_query}");
         let request = url.into_client_request().map_err(|e| ws_err(e.to_string()))?;
         let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(request, io))
             .await
             .map_err(|_| ws_err("handshake timed out".into()))?
-            .map_err(|e| ws_err(e.to_string()))?;
+            .map_err(|e| match e {
+                // The daemon's own words are in the body of a refused upgrade.
+                tokio_tungstenite::tungstenite::Error::Http(response) => {
+                    let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                    ws_err(format!("HTTP {}: {}", response.status(), body.trim()))
+                }
+                other => ws_err(other.to_string()),
+            })?;
         Ok(ws)
     }
 
@@ -211,16 +229,31 @@ impl Client {
             .and_then(|m| m.get("fds"))
             .ok_or_else(|| Error::Decode { path: format!("/1.0/operations/{}", op.id), message: "no `fds` in exec operation".into() })?;
         let mut paths = Vec::new();
-        for key in keys {
-            let secret = fds.get(*key).and_then(|v| v.as_str()).ok_or_else(|| Error::Decode {
+        for &key in keys {
+            let secret = fds.get(key).and_then(|v| v.as_str()).ok_or_else(|| Error::Decode {
                 path: format!("/1.0/operations/{}", op.id),
                 message: format!("no secret for fd {key}"),
             })?;
             let req = Request::new(Method::GET, format!("/1.0/operations/{}/websocket", op.id)).query("secret", secret);
-            paths.push(self.path_and_query(&req));
+            // stdout and stderr (never stdin, and not fd 0 of an interactive exec, which carries both ways).
+            paths.push((self.path_and_query(&req), key == "1" || key == "2"));
         }
-        // Concurrently: LXD waits only a few seconds for all of them.
-        futures_util::future::try_join_all(paths.iter().map(|p| self.websocket(p))).await
+        // The control socket first: LXD starts the command as soon as the data sockets are connected, and a short
+        // command can be over (its operation no longer running) before a control socket that was connected
+        // alongside them gets there, which LXD then refuses ("Only running operations can be connected"). The data
+        // sockets then connect concurrently: LXD waits only a few seconds for all of them.
+        let control = match keys.iter().position(|&key| key == "control") {
+            Some(index) => {
+                let (path, output) = paths.remove(index);
+                Some((index, self.websocket_over(&path, output).await?))
+            }
+            None => None,
+        };
+        let mut sockets = futures_util::future::try_join_all(paths.iter().map(|(p, output)| self.websocket_over(p, *output))).await?;
+        if let Some((index, socket)) = control {
+            sockets.insert(index, socket);
+        }
+        Ok(sockets)
     }
 
     /// Run a command, collect its output (stdin is empty). A non-zero exit is returned, not raised.
@@ -422,6 +455,48 @@ impl Client {
     }
 }
 
+/// The transport of an output websocket (stdout, stderr). LXD writes the last frames of an output and closes its
+/// end at once, so a reply of ours (a pong to its keepalive ping, our half of the close handshake) can meet a
+/// closed socket. tungstenite sends such replies before it reads the next frame, and a failed one ends the stream
+/// with the frames still unread in the receive buffer: the command's output, lost while its exit code says
+/// success. Here a write that finds the daemon gone is dropped instead (nothing we send on an output socket
+/// matters once the daemon has left), so every frame it sent is read. Found under CPU load, where a whole output
+/// went missing in a third of short execs (regression test: `concurrent_short_execs_each_return_their_complete_output`).
+struct OutputIo(BoxedIo);
+
+fn daemon_gone(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+}
+
+impl AsyncRead for OutputIo {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for OutputIo {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.0).poll_write(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if daemon_gone(&e) => std::task::Poll::Ready(Ok(buf.len())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_flush(cx) {
+            std::task::Poll::Ready(Err(e)) if daemon_gone(&e) => std::task::Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_shutdown(cx) {
+            std::task::Poll::Ready(Err(e)) if daemon_gone(&e) => std::task::Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
 fn ws_missing(op: &Operation) -> Error {
     Error::Websocket { path: format!("/1.0/operations/{}", op.id), message: "a websocket is missing".into() }
 }
@@ -502,9 +577,9 @@ where
             Ok(Message::Close(_)) => break,
             Ok(_) => {}
             Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed) => break,
-            // LXD closes an output socket once the stream has ended; a reply of ours (a pong, the closing handshake)
-            // that meets the closed socket fails with EPIPE or a reset. The data had all arrived; the exit code comes
-            // from the operation, not from this socket.
+            // A read that finds the socket reset comes after every frame the daemon sent (the kernel hands over
+            // what is queued first, and our writes never fail here: see `OutputIo`). The exit code comes from the
+            // operation, not from this socket.
             Err(tokio_tungstenite::tungstenite::Error::Io(io)) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => break,
             Err(e) => return Err(Error::Websocket { path: "exec output".into(), message: e.to_string() }),
         }

@@ -1,6 +1,6 @@
 //! Exec against the real daemon: outputs and exit codes, stdin, a 20 MB streamed output, environment/cwd/user,
 //! commands that ignore stdin, signals, an interactive TTY with a resize, recorded mode, and a timeout that
-//! kills the command instead of hanging.
+//! kills the command instead of hanging, and many short execs at once each returning their whole output.
 
 mod common;
 
@@ -162,4 +162,36 @@ async fn read_until(reader: &mut tokio::io::DuplexStream, seen: &mut String, nee
         assert!(n > 0, "tty closed before {needle:?}: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+}
+
+/// Many short execs at once (the shape of an install's probes and a migration's queries): every one returns its
+/// own complete output and exit code. An exit status that arrives with its output missing would be silent loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_short_execs_each_return_their_complete_output() {
+    use futures_util::StreamExt;
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec-many", true).await;
+    let outcomes: Vec<Result<(), String>> = futures_util::stream::iter(0..240u32)
+        .map(|i| {
+            let lxd = lxd.clone();
+            let name = c.name.clone();
+            async move {
+                let expected = format!("line {i}\n");
+                let out = if i % 2 == 0 {
+                    let script = format!("echo 'line {i}'; echo 'err {i}' >&2; exit {}", i % 7);
+                    lxd.exec(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await
+                } else {
+                    lxd.exec_with_stdin(&name, &ExecRequest::new(["sh", "-c", "cat; echo \"err $0\" >&2; exit $1", &i.to_string(), &(i % 7).to_string()]), expected.as_bytes()).await
+                }
+                .map_err(|e| format!("exec {i}: {e}"))?;
+                let got = (out.exit_code, out.stdout_text(), out.stderr_text());
+                let want = ((i % 7) as i32, expected, format!("err {i}\n"));
+                if got == want { Ok(()) } else { Err(format!("exec {i}: got {got:?}, want {want:?}")) }
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let failures: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{} of {} execs went wrong: {failures:#?}", failures.len(), outcomes.len());
 }
