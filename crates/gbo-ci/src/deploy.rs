@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::names::{HealthUrl, RemotePath, UnixUser};
-use crate::ssh::{sh_quote, ConnectOptions, HostKeyStatus, Remote};
+use crate::ssh::{sh_quote, ConnectOptions, HeldCommand, HostKeyStatus, Remote};
 
 /// What `deploy` needs besides the connection.
 #[derive(Debug, Clone)]
@@ -46,6 +46,8 @@ pub struct DeployOptions {
     pub health_timeout: Duration,
     /// How long a stopped process may take to exit before it is killed.
     pub stop_timeout: Duration,
+    /// How long to wait for another deploy or rollback of the same target to finish.
+    pub lock_wait: Duration,
 }
 
 /// How to start the binary by hand (no systemd unit). Unset fields are taken from the running process when there is
@@ -70,6 +72,18 @@ pub enum DeployEvent {
         target: String,
         /// The known_hosts file the key was recorded in, on first contact.
         recorded_host_key: Option<PathBuf>,
+    },
+    /// Another deploy or rollback of the same target holds its lock; this one waits for it.
+    WaitingForLock {
+        /// The lock file on the remote.
+        lock: String,
+        /// Who holds it, as the holder recorded it (pid, user, client address, since when).
+        holder: String,
+    },
+    /// The lock is taken; no other deploy or rollback of this target runs until this one ends.
+    Locked {
+        /// The lock file on the remote.
+        lock: String,
     },
     /// The upload is starting.
     UploadStarted {
@@ -179,6 +193,8 @@ pub struct RollbackOptions {
     pub health_timeout: Duration,
     /// Stop deadline before SIGKILL.
     pub stop_timeout: Duration,
+    /// How long to wait for another deploy or rollback of the same target to finish.
+    pub lock_wait: Duration,
 }
 
 /// The result of a rollback.
@@ -322,6 +338,10 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
+    // Read-only checks first, so bad input changes nothing (not even the lock file); then the lock, and the state
+    // read again under it (a deploy that held the lock meanwhile changed the releases and the process).
+    preflight(&remote, dest, &inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?, true)?;
+    let _lock = lock_target(&remote, dest, options.lock_wait, observer)?;
     let state = inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?;
     preflight(&remote, dest, &state, true)?;
     let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
@@ -480,7 +500,10 @@ pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    let state = inspect(&remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
+    let owner = options.owner.as_ref().map(UnixUser::as_str);
+    preflight(&remote, dest, &inspect(&remote, dest, owner, &options.start)?, options.owner.is_some())?;
+    let _lock = lock_target(&remote, dest, options.lock_wait, observer)?;
+    let state = inspect(&remote, dest, owner, &options.start)?;
     preflight(&remote, dest, &state, options.owner.is_some())?;
     let Some((_, release)) = state.releases.iter().max_by_key(|(number, _)| *number).cloned() else {
         return Err(Error::RemotePrecondition {
@@ -596,6 +619,72 @@ fn announce(remote: &Remote, observer: &mut dyn DeployObserver) {
             HostKeyStatus::Known => None,
         },
     });
+}
+
+/// The lock file of a target: beside it, hidden (`<dir>/.<name>.gbo-ci.lock`).
+pub fn lock_path(dest: &RemotePath) -> String {
+    format!("{}/.{}.gbo-ci.lock", dest.parent(), dest.file_name())
+}
+
+/// Take the target's lock: a `flock` held by a remote process for as long as the returned handle lives. The kernel
+/// releases it when that process ends, which it does when this deploy ends, fails or loses its connection, so a
+/// dead deploy never leaves a stale lock. The holder writes who it is into the file, for the next one's message.
+fn lock_target(remote: &Remote, dest: &RemotePath, wait: Duration, observer: &mut dyn DeployObserver) -> Result<HeldCommand> {
+    let lock = lock_path(dest);
+    let wait_secs = wait.as_secs();
+    let script = format!(
+        r#"lock={quoted}
+command -v flock >/dev/null 2>&1 || {{ echo noflock; exit 0; }}
+exec 9>>"$lock" || exit 3
+holder() {{ head -c 300 -- "$lock" | tr -d '
+'; }}
+if ! flock -n 9; then
+  echo "waiting=$(holder)"
+  if [ {wait_secs} -eq 0 ] || ! flock -w {wait_secs} 9; then echo "held=$(holder)"; exit 0; fi
+fi
+: > "$lock"
+echo "pid $$, $(id -un) from ${{SSH_CLIENT%% *}}, since $(date -u +%Y-%m-%dT%H:%M:%SZ)" >&9
+echo locked
+exec cat >/dev/null
+"#,
+        quoted = sh_quote(&lock)
+    );
+    let started = Instant::now();
+    let mut held = remote.start_held(&script)?;
+    let fail = |message: String| Error::RemotePrecondition { host: remote.label().to_string(), message };
+    loop {
+        match held.read_line(wait + Duration::from_secs(30))? {
+            Some(line) if line == "locked" => {
+                observer.on_event(&DeployEvent::Locked { lock: lock.clone() });
+                return Ok(held);
+            }
+            Some(line) if line == "noflock" => {
+                return Err(fail(format!(
+                    "flock (util-linux) is not installed; it keeps two deploys of {dest} apart (nothing was changed)"
+                )))
+            }
+            Some(line) => {
+                if let Some(holder) = line.strip_prefix("waiting=") {
+                    observer.on_event(&DeployEvent::WaitingForLock { lock: lock.clone(), holder: holder.to_string() });
+                } else if let Some(holder) = line.strip_prefix("held=") {
+                    return Err(Error::Locked {
+                        host: remote.label().to_string(),
+                        lock,
+                        holder: if holder.is_empty() { "another gbo-ci".to_string() } else { holder.to_string() },
+                        waited_secs: started.elapsed().as_secs(),
+                    });
+                }
+            }
+            None => {
+                let stderr = held.stderr();
+                return Err(fail(format!(
+                    "cannot open the deploy lock {lock}: {stderr}; the SSH user needs write access to {} (the upload \
+                     goes there too; nothing was changed)",
+                    dest.parent()
+                )));
+            }
+        }
+    }
 }
 
 fn validate_unit(unit: &str) -> Result<()> {

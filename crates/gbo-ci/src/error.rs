@@ -148,6 +148,22 @@ pub enum Error {
         message: String,
     },
 
+    /// Another deploy or rollback of the same target held its lock for longer than this one would wait.
+    #[error(
+        "{host}: another deploy or rollback of this target holds {lock} ({holder}); waited {waited_secs}s. Nothing was \
+         changed: rerun when it is done, or wait longer with --lock-wait"
+    )]
+    Locked {
+        /// Host name.
+        host: String,
+        /// The lock file on the remote.
+        lock: String,
+        /// Who holds it, as recorded by the holder.
+        holder: String,
+        /// How long this deploy waited.
+        waited_secs: u64,
+    },
+
     /// The uploaded file's SHA-256 on the remote differs from the local artifact; the target was not touched.
     #[error(
         "checksum mismatch for {temp_path} on {host}: local {local}, remote {remote}; the upload was removed and the \

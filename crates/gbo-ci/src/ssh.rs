@@ -271,7 +271,17 @@ impl Remote {
         Ok(ExecOutput { status, stdout, stderr })
     }
 
-    /// `GET path` on `host:port` as seen from the remote host, through a `direct-tcpip` channel (the remote needs no
+    /// Start `command` and keep it running after this call returns: the remote process lives until the returned
+    /// [`HeldCommand`] is dropped (its stdin then ends) or the connection drops. This is how a remote `flock` is held
+    /// for the length of a deploy and released even when this process dies.
+    pub fn start_held(&self, command: &str) -> Result<HeldCommand> {
+        let mut channel =
+            self.session.channel_session().map_err(|error| Error::ssh("opening a session channel", error))?;
+        channel.exec(command).map_err(|error| Error::ssh("starting a remote command", error))?;
+        Ok(HeldCommand { channel, session: self.session.clone(), pending: Vec::new() })
+    }
+
+    //// `GET path` on `host:port` as seen from the remote host, through a `direct-tcpip` channel (the remote needs no
     /// curl). Returns the HTTP status code.
     pub fn http_get(&self, host: &str, port: u16, path: &str, timeout: Duration) -> Result<u16> {
         let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
@@ -308,6 +318,66 @@ impl Remote {
             host: self.label.clone(),
             message: format!("{host}:{port}{path} did not answer with an HTTP status line"),
         })
+    }
+}
+
+/// A remote command started by [`Remote::start_held`]; ended (stdin closed, channel closed) on drop.
+pub struct HeldCommand {
+    channel: ssh2::Channel,
+    session: Session,
+    pending: Vec<u8>,
+}
+
+impl std::fmt::Debug for HeldCommand {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("HeldCommand").finish_non_exhaustive()
+    }
+}
+
+impl HeldCommand {
+    /// The next line the command writes on stdout (without its newline), waiting up to `timeout`; `None` once the
+    /// command has ended and its output is read.
+    pub fn read_line(&mut self, timeout: Duration) -> Result<Option<String>> {
+        let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+        self.session.set_timeout(millis);
+        let result = self.read_line_inner();
+        self.session.set_timeout(DEFAULT_TIMEOUT_MS);
+        result
+    }
+
+    fn read_line_inner(&mut self) -> Result<Option<String>> {
+        let mut buffer = [0_u8; 512];
+        loop {
+            if let Some(end) = self.pending.iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+            }
+            let count =
+                self.channel.read(&mut buffer).map_err(|error| Error::ssh_io("reading a held remote command", error))?;
+            if count == 0 {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                let line = std::mem::take(&mut self.pending);
+                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            }
+            self.pending.extend_from_slice(&buffer[..count]);
+        }
+    }
+
+    /// What the command wrote on stderr, once it has ended.
+    pub fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        let _ = self.channel.stderr().read_to_string(&mut text);
+        text.trim().to_string()
+    }
+}
+
+impl Drop for HeldCommand {
+    fn drop(&mut self) {
+        let _ = self.channel.send_eof();
+        let _ = self.channel.close();
+        let _ = self.channel.wait_close();
     }
 }
 

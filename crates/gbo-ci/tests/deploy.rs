@@ -65,10 +65,12 @@ impl Stage {
         command.output().unwrap()
     }
 
+    /// The bin directory's entries, except the deploy lock (which stays once a deploy has taken it).
     fn bin_dir_listing(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dest.parent().unwrap())
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != ".botserver.gbo-ci.lock")
             .collect();
         names.sort();
         names
@@ -192,6 +194,75 @@ fn explicit_start_options_keep_and_prune_releases_then_rollback_on_demand() {
     assert_eq!(stage.bin_dir_listing(), vec!["botserver", "botserver.prev.2"]);
 }
 
+#[test]
+fn deploys_of_one_target_take_turns_and_a_held_lock_names_its_holder() {
+    let stage = Stage::new();
+    let lock = stage.dest.parent().unwrap().join(".botserver.gbo-ci.lock");
+    let v1_sha = sha256(&stage.dest);
+    // A deploy that holds the lock for a while: its build never gets healthy, so it waits 6 s, then rolls back.
+    let broken = stage.build("botserver-broken", 500, "v2-broken");
+    let spawn = |binary: &Path, extra: &[&str]| {
+        let mut command = stage.sshd.gbo_ci();
+        command
+            .arg("deploy")
+            .args(stage.sshd.connect_args())
+            .arg("--binary")
+            .arg(binary)
+            .arg("--dest")
+            .arg(&stage.dest)
+            .args(["--owner", "nobody", "--health", &stage.health_url()])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().unwrap()
+    };
+    let first = spawn(&broken, &["--health-timeout", "6"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&lock).unwrap_or_default().starts_with("pid ") {
+        assert!(std::time::Instant::now() < deadline, "the first deploy never took {}", lock.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let holder = std::fs::read_to_string(&lock).unwrap();
+    assert!(holder.contains("root from 127.0.0.1"), "the holder records who it is: {holder}");
+
+    // One that will not wait: refused, naming the lock and its holder, and nothing of it reaches the remote (the
+    // first deploy goes on meanwhile, so the directory is compared by content, not by listing).
+    let v3 = stage.build("botserver-v3", 200, "v3");
+    let refused = stage.deploy(&v3, &["--lock-wait", "1"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&lock.display().to_string()) && stderr.contains(holder.trim()), "{stderr}");
+    assert!(stderr.contains("--lock-wait"), "the message says how to wait longer: {stderr}");
+    assert!(!stderr.contains("uploading"), "refused before the upload: {stderr}");
+    let bin_dir = stage.dest.parent().unwrap();
+    let v3_bytes = std::fs::read(&v3).unwrap();
+    // (An entry of the first deploy can vanish between the listing and the read: its upload is renamed.)
+    let landed = stage.bin_dir_listing().iter().any(|name| std::fs::read(bin_dir.join(name)).is_ok_and(|b| b == v3_bytes));
+    assert!(!landed, "nothing of v3 landed");
+
+    // One that waits: it runs once the first has rolled back, from the state the first left.
+    let waiting = spawn(&v3, &["--health-timeout", "15", "--output", "json"]);
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(2), "the broken build fails: {}", describe(&first));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("healthy again"), "{}", describe(&first));
+    let waiting = waiting.wait_with_output().unwrap();
+    assert!(waiting.status.success(), "{}", describe(&waiting));
+    let stderr = String::from_utf8_lossy(&waiting.stderr);
+    assert!(stderr.contains("another deploy of this target is running"), "it waited and said so: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&waiting.stdout).unwrap();
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v3".into())));
+    assert_eq!(sha256(&stage.dest), sha256(&v3));
+    let previous = report["previous_release"].as_str().unwrap().to_string();
+    assert_eq!(sha256(Path::new(&previous)), v1_sha, "the release kept is v1, which the first put back");
+    let dest_text = stage.dest.display().to_string();
+    assert_eq!(pids_where(|exe| exe == dest_text).len(), 1, "exactly one botserver runs");
+    // The lock was released with the deploy: a deploy that will not wait at all goes through.
+    let v4 = stage.build("botserver-v4", 200, "v4");
+    let output = stage.deploy(&v4, &["--lock-wait", "0"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v4".into())));
+}
+
 /// Corrupts the upload on the remote disk between the upload and the checksum check, through the public
 /// observer hook (the "remote" is this machine, so the temporary file is reachable directly).
 struct Corrupter;
@@ -222,6 +293,7 @@ fn checksum_mismatch_stops_before_the_swap() {
         unit: None,
         health_timeout: std::time::Duration::from_secs(10),
         stop_timeout: std::time::Duration::from_secs(5),
+        lock_wait: std::time::Duration::from_secs(10),
     };
     let error = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut Corrupter).unwrap_err();
     assert!(matches!(error, gbo_ci::Error::ChecksumMismatch { .. }), "{error}");

@@ -37,6 +37,10 @@ pub struct DeployArgs {
     /// Seconds a stopped process may take to exit before SIGKILL.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     stop_timeout: u64,
+    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a lock
+    /// beside the target, <dir>/.<name>.gbo-ci.lock). 0 fails at once.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    lock_wait: u64,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +91,10 @@ pub struct RollbackArgs {
     /// Seconds a stopped process may take to exit before SIGKILL.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     stop_timeout: u64,
+    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a lock
+    /// beside the target, <dir>/.<name>.gbo-ci.lock). 0 fails at once.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    lock_wait: u64,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +133,10 @@ impl DeployObserver for Progress {
                     eprintln!("first contact: recorded the host key in {}", path.display());
                 }
             }
+            DeployEvent::WaitingForLock { lock, holder } => {
+                eprintln!("another deploy of this target is running ({holder}); waiting for {lock}")
+            }
+            DeployEvent::Locked { lock } => eprintln!("locked {lock}"),
             DeployEvent::UploadStarted { temp_path, total } => {
                 eprintln!("uploading to {temp_path}");
                 let bar = ProgressBar::with_draw_target(Some(*total), ProgressDrawTarget::stderr());
@@ -174,6 +186,7 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
         unit: args.start.unit.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
         stop_timeout: Duration::from_secs(args.stop_timeout),
+        lock_wait: Duration::from_secs(args.lock_wait),
     };
     let report = gbo_ci::deploy::deploy(&args.connect.options(), &options, &mut Progress::new())?;
     match output {
@@ -213,6 +226,7 @@ pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
         unit: args.start.unit.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
         stop_timeout: Duration::from_secs(args.stop_timeout),
+        lock_wait: Duration::from_secs(args.lock_wait),
     };
     let report = gbo_ci::deploy::rollback(&args.connect.options(), &options, &mut Progress::new())?;
     match output {
