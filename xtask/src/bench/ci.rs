@@ -459,8 +459,9 @@ pub async fn run() -> anyhow::Result<String> {
         seed_start_returned
     ));
     out.push_str(&format!(
-        "- One `ssh testhost true` costs {} (median of 5) on this server. gbo-ci runs 4 remote commands (inspect, \
-         upload, verify+swap, stop+start) plus tunnelled health probes, fsyncs the upload and checks its SHA-256 on \
+        "- One `ssh testhost true` costs {} (median of 5) on this server; gbo-ci connects once and runs 6 \
+         remote commands on that connection (inspect, take the target's lock, inspect under it, upload, \
+         verify+swap, stop+start) plus tunnelled health probes, fsyncs the upload and checks its SHA-256 on \
          the remote; that verification is what its extra total time buys. The runbook's total is short only \
          because its `sleep 2` was killed along with the shell (see above) and because it stops the clock on a step \
          that never returns.\n",
