@@ -7,7 +7,7 @@
 //! continuously so pings are answered, and a deadline bounds the whole call.
 //!
 //! Nothing an output socket carries is dropped: a reply of ours that meets the daemon's closed end is discarded
-//! instead of ending the read (see `OutputIo`), so every frame LXD sent before closing is delivered.
+//! instead of ending the read (see `transport::PeerGone`), so every frame LXD sent before closing is delivered.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -200,12 +200,11 @@ impl Client {
         self.websocket_over(path_and_query, false).await
     }
 
-    /// Open an operation websocket; `output` for a socket that only carries data from the daemon (see
-    /// [`OutputIo`]).
+    /// Open an operation websocket; `output` for a socket that only carries data from the daemon (its writes are
+    /// dropped once the daemon has gone: see `transport::PeerGone`).
     async fn websocket_over(&self, path_and_query: &str, output: bool) -> Result<Ws> {
         let ws_err = |message: String| Error::Websocket { path: path_and_query.to_string(), message };
-        let io = self.inner.connector.connect().await?;
-        let io: BoxedIo = if output { Box::new(OutputIo(io)) } else { io };
+        let io = self.inner.connector.connect_with(output).await?;
         let url = format!("ws://lxd{path_and_query}");
         let request = url.into_client_request().map_err(|e| ws_err(e.to_string()))?;
         let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(request, io))
@@ -455,48 +454,6 @@ impl Client {
     }
 }
 
-/// The transport of an output websocket (stdout, stderr). LXD writes the last frames of an output and closes its
-/// end at once, so a reply of ours (a pong to its keepalive ping, our half of the close handshake) can meet a
-/// closed socket. tungstenite sends such replies before it reads the next frame, and a failed one ends the stream
-/// with the frames still unread in the receive buffer: the command's output, lost while its exit code says
-/// success. Here a write that finds the daemon gone is dropped instead (nothing we send on an output socket
-/// matters once the daemon has left), so every frame it sent is read. Found under CPU load, where a whole output
-/// went missing in a third of short execs (regression test: `concurrent_short_execs_each_return_their_complete_output`).
-struct OutputIo(BoxedIo);
-
-fn daemon_gone(error: &std::io::Error) -> bool {
-    matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
-}
-
-impl AsyncRead for OutputIo {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for OutputIo {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        match std::pin::Pin::new(&mut self.0).poll_write(cx, buf) {
-            std::task::Poll::Ready(Err(e)) if daemon_gone(&e) => std::task::Poll::Ready(Ok(buf.len())),
-            other => other,
-        }
-    }
-
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.0).poll_flush(cx) {
-            std::task::Poll::Ready(Err(e)) if daemon_gone(&e) => std::task::Poll::Ready(Ok(())),
-            other => other,
-        }
-    }
-
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.0).poll_shutdown(cx) {
-            std::task::Poll::Ready(Err(e)) if daemon_gone(&e) => std::task::Poll::Ready(Ok(())),
-            other => other,
-        }
-    }
-}
-
 fn ws_missing(op: &Operation) -> Error {
     Error::Websocket { path: format!("/1.0/operations/{}", op.id), message: "a websocket is missing".into() }
 }
@@ -578,7 +535,7 @@ where
             Ok(_) => {}
             Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed) => break,
             // A read that finds the socket reset comes after every frame the daemon sent (the kernel hands over
-            // what is queued first, and our writes never fail here: see `OutputIo`). The exit code comes from the
+            // what is queued first, and our writes never fail here: see `transport::PeerGone`). The exit code comes from the
             // operation, not from this socket.
             Err(tokio_tungstenite::tungstenite::Error::Io(io)) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => break,
             Err(e) => return Err(Error::Websocket { path: "exec output".into(), message: e.to_string() }),

@@ -168,9 +168,15 @@ impl Connector {
 
     /// Open one raw connection.
     pub(crate) async fn connect(&self) -> Result<BoxedIo> {
+        self.connect_with(false).await
+    }
+
+    /// Open one raw connection; `output_only` for a websocket that only carries data from the daemon: writes that
+    /// find the daemon gone are then dropped beneath TLS (see [`PeerGone`]).
+    pub(crate) async fn connect_with(&self, output_only: bool) -> Result<BoxedIo> {
         match &self.inner.endpoint {
             Endpoint::Unix(path) => match tokio::net::UnixStream::connect(path).await {
-                Ok(stream) => Ok(Box::new(stream)),
+                Ok(stream) => Ok(Box::new(PeerGone { inner: stream, drop_writes: output_only })),
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     Err(Error::PermissionDenied { path: path.clone() })
                 }
@@ -184,6 +190,7 @@ impl Connector {
                     .await
                     .map_err(|source| Error::Connect { endpoint: address.clone(), source })?;
                 let _ = tcp.set_nodelay(true);
+                let tcp = PeerGone { inner: tcp, drop_writes: output_only };
                 let connector = self.inner.tls.as_ref().ok_or_else(|| Error::Tls {
                     endpoint: address.clone(),
                     message: "no TLS configuration".into(),
@@ -205,6 +212,54 @@ impl Connector {
                 })?;
                 Ok(Box::new(stream))
             }
+        }
+    }
+}
+
+/// A connection whose writes, on a socket that only carries data from the daemon (an exec's stdout or stderr), are
+/// dropped once the daemon has gone. LXD writes the last frames of an output and closes its end at once, so a reply
+/// of ours (a pong to its keepalive ping, our half of the close handshake) can meet a closed socket. tungstenite
+/// sends such replies before it reads the next frame, and a failed one ended the stream with the frames still
+/// unread: the command's output, lost while its exit code said success (a third of short execs under CPU load;
+/// regression test `concurrent_short_execs_each_return_their_complete_output`). Dropping the write lets every queued
+/// frame be read. It sits beneath TLS, so OpenSSL never sees a failed write and still decrypts what is queued.
+/// With `drop_writes` off it is a plain pass-through.
+pub(crate) struct PeerGone<T> {
+    inner: T,
+    drop_writes: bool,
+}
+
+impl<T> PeerGone<T> {
+    fn dropped(&self, error: &std::io::Error) -> bool {
+        self.drop_writes && matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for PeerGone<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for PeerGone<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) if self.dropped(&e) => Poll::Ready(Ok(buf.len())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(e)) if self.dropped(&e) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Ready(Err(e)) if self.dropped(&e) => Poll::Ready(Ok(())),
+            other => other,
         }
     }
 }

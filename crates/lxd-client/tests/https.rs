@@ -1,11 +1,12 @@
 //! The HTTPS transport against the real daemon on 127.0.0.1:8443: a client certificate made here, trusted through
-//! the unix socket, the server certificate pinned; a wrong pin is refused; an untrusted client is `untrusted`;
+//! the unix socket, the server certificate pinned; 60 concurrent execs over it each return their whole output; a
+//! wrong pin is refused; an untrusted client is `untrusted`;
 //! and the same remote read from an `lxc`-style config directory.
 
 mod common;
 
-use common::{client, unique, Cleanup};
-use lxd_client::{certificate_fingerprint, Client, Error, Remote, TlsIdentity};
+use common::{client, unique, Cleanup, Container};
+use lxd_client::{certificate_fingerprint, Client, Error, ExecRequest, Remote, TlsIdentity};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
@@ -72,6 +73,31 @@ async fn https_with_client_certificate_and_pinned_server() {
     // Other tests create instances concurrently: compare what both saw that was not ours to race on.
     let stable = |names: &[String]| names.iter().filter(|n| !n.starts_with("gbot-")).cloned().collect::<Vec<_>>();
     assert_eq!(stable(&over_https), stable(&over_unix));
+
+    // Exec over HTTPS, many at once: every output arrives whole (writes that meet the daemon's closed end are
+    // dropped beneath TLS, so OpenSSL still decrypts every queued frame).
+    {
+        use futures_util::StreamExt;
+        let c = Container::create(&local, "https-exec", true).await;
+        let wrong: Vec<String> = futures_util::stream::iter(0..60u32)
+            .map(|i| {
+                let trusted = trusted.clone();
+                let name = c.name.clone();
+                async move {
+                    let script = format!("echo 'line {i}'; echo 'err {i}' >&2; exit {}", i % 5);
+                    match trusted.exec(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await {
+                        Ok(out) if (out.exit_code, out.stdout_text(), out.stderr_text()) == ((i % 5) as i32, format!("line {i}\n"), format!("err {i}\n")) => None,
+                        Ok(out) => Some(format!("exec {i}: {:?}", (out.exit_code, out.stdout_text(), out.stderr_text()))),
+                        Err(e) => Some(format!("exec {i}: {e}")),
+                    }
+                }
+            })
+            .buffer_unordered(8)
+            .filter_map(|o| async move { o })
+            .collect()
+            .await;
+        assert!(wrong.is_empty(), "{} of 60 execs over HTTPS went wrong: {wrong:#?}", wrong.len());
+    }
 
     // A wrong pin is refused at the handshake.
     let wrong = TlsIdentity { server_cert_pem: None, server_fingerprint: Some("00".repeat(32)), ..identity.clone() };
