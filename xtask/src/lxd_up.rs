@@ -201,7 +201,10 @@ pub async fn clean() -> anyhow::Result<()> {
             loop {
                 attempt += 1;
                 match lxd.delete_instance_if_exists(&name).await {
-                    Ok(_) => removed += 1,
+                    Ok(_) => {
+                        eprintln!("clean: removed leftover instance {name}");
+                        removed += 1;
+                    }
                     Err(_) if attempt < 3 => {
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                         continue;

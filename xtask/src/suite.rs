@@ -75,6 +75,9 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
     let status = runner.await.context("test runner task")?.context("running cargo")?.status;
     watchdog.abort();
     phases.done("tests");
+    // Tests clean up by starting `lxc delete --force` as they end, without waiting for it; let the last ones finish,
+    // so what `clean` then finds is really left behind.
+    wait_for_lxc_processes(std::time::Duration::from_secs(60)).await;
     crate::lxd_up::clean().await?;
     phases.done("clean up");
     phases.summary();
@@ -147,4 +150,19 @@ fn goroutine_dump() -> std::io::Result<String> {
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
     Ok(body)
+}
+
+/// Wait (up to `limit`) until no `lxc` process runs on this machine.
+async fn wait_for_lxc_processes(limit: std::time::Duration) {
+    let running = || {
+        std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries.flatten().any(|entry| std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.trim() == "lxc"))
+            })
+            .unwrap_or(false)
+    };
+    let deadline = std::time::Instant::now() + limit;
+    while running() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
