@@ -49,6 +49,11 @@ impl Stage {
     }
 
     fn deploy(&self, binary: &Path, extra: &[&str]) -> std::process::Output {
+        self.deploy_command(binary, extra).output().unwrap()
+    }
+
+    /// `gbo-ci deploy` of `binary` to this stage (health deadline 15 s unless `extra` sets one), not started.
+    fn deploy_command(&self, binary: &Path, extra: &[&str]) -> std::process::Command {
         let mut command = self.sshd.gbo_ci();
         command
             .arg("deploy")
@@ -62,7 +67,7 @@ impl Stage {
         if !extra.contains(&"--health-timeout") {
             command.args(["--health-timeout", "15"]);
         }
-        command.output().unwrap()
+        command
     }
 
     /// The bin directory's entries, except the deploy lock (which stays once a deploy has taken it).
@@ -202,18 +207,8 @@ fn deploys_of_one_target_take_turns_and_a_held_lock_names_its_holder() {
     // A deploy that holds the lock for a while: its build never gets healthy, so it waits 6 s, then rolls back.
     let broken = stage.build("botserver-broken", 500, "v2-broken");
     let spawn = |binary: &Path, extra: &[&str]| {
-        let mut command = stage.sshd.gbo_ci();
-        command
-            .arg("deploy")
-            .args(stage.sshd.connect_args())
-            .arg("--binary")
-            .arg(binary)
-            .arg("--dest")
-            .arg(&stage.dest)
-            .args(["--owner", "nobody", "--health", &stage.health_url()])
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        let mut command = stage.deploy_command(binary, extra);
+        command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         command.spawn().unwrap()
     };
     let first = spawn(&broken, &["--health-timeout", "6"]);
