@@ -64,6 +64,11 @@ pub struct Sshd {
 impl Sshd {
     /// Start a server; retries on a port race.
     pub fn start() -> Sshd {
+        Self::start_with("")
+    }
+
+    /// Start a server with `extra` lines appended to its sshd_config.
+    pub fn start_with(extra: &str) -> Sshd {
         require("/usr/sbin/sshd");
         require("/usr/bin/ssh-keygen");
         // sshd refuses to start without its privilege separation directory (normally made by the init script).
@@ -89,7 +94,7 @@ impl Sshd {
                      AuthorizedKeysFile {authorized}\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
                      AllowTcpForwarding yes\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 50\n\
-                     MaxSessions 50\n",
+                     MaxSessions 50\n{extra}",
                     host = host_key.display(),
                     dir = dir.path().display(),
                     authorized = authorized.display(),
