@@ -221,7 +221,10 @@ impl Client {
         Ok(ws)
     }
 
-    async fn operation_sockets(&self, op: &Operation, keys: &[&str]) -> Result<Vec<Ws>> {
+    /// Connect an operation's websockets, in `keys` order. Those in `outputs` carry the daemon's data to us (an
+    /// exec's stdout and stderr, an interactive exec's terminal): a write of ours that finds the daemon gone there is
+    /// dropped, so every frame it sent is read (see `transport::PeerGone`).
+    async fn operation_sockets(&self, op: &Operation, keys: &[&str], outputs: &[&str]) -> Result<Vec<Ws>> {
         let fds = op
             .metadata
             .as_ref()
@@ -234,8 +237,7 @@ impl Client {
                 message: format!("no secret for fd {key}"),
             })?;
             let req = Request::new(Method::GET, format!("/1.0/operations/{}/websocket", op.id)).query("secret", secret);
-            // stdout and stderr (never stdin, and not fd 0 of an interactive exec, which carries both ways).
-            paths.push((self.path_and_query(&req), key == "1" || key == "2"));
+            paths.push((self.path_and_query(&req), outputs.contains(&key)));
         }
         // The control socket first: LXD starts the command as soon as the data sockets are connected, and a short
         // command can be over (its operation no longer running) before a control socket that was connected
@@ -305,7 +307,7 @@ impl Client {
         let span = tracing::debug_span!("exec", instance = %name, argv0 = %req.command.first().map(String::as_str).unwrap_or(""));
         let _guard = span.enter();
         let op = self.start_exec(name, req, None, false).await?;
-        let mut sockets = self.operation_sockets(&op, &["0", "1", "2", "control"]).await?;
+        let mut sockets = self.operation_sockets(&op, &["0", "1", "2", "control"], &["1", "2"]).await?;
         let control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let err_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let out_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
@@ -404,7 +406,9 @@ impl Client {
         W: AsyncWrite + Unpin + Send,
     {
         let op = self.start_exec(name, req, Some(size), false).await?;
-        let mut sockets = self.operation_sockets(&op, &["0", "control"]).await?;
+        // The terminal socket carries both ways; its input side needs no failure either: once the daemon has gone,
+        // the command has ended and its output is what ends this call.
+        let mut sockets = self.operation_sockets(&op, &["0", "control"], &["0"]).await?;
         let control = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let tty = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let (tty_sink, tty_stream) = tty.split();
