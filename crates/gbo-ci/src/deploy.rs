@@ -492,6 +492,107 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
     }
 }
 
+/// What a deploy would do, from the remote's current state (`deploy --dry-run`). Reading it changes nothing on the
+/// remote, not even the lock file.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployPlan {
+    /// The host as given.
+    pub host: String,
+    /// The path that would be replaced.
+    pub dest: String,
+    /// SHA-256 of the local artifact.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Whether the remote already has exactly this binary at `dest` (a deploy would still restart it).
+    pub already_deployed: bool,
+    /// Where the current binary would be kept (`None` on a first deploy).
+    pub previous_release: Option<String>,
+    /// `systemd` or `process`.
+    pub restart_method: String,
+    /// The systemd unit that would be restarted.
+    pub unit: Option<String>,
+    /// The processes that would be stopped (restart by process).
+    pub stop_pids: Vec<u32>,
+    /// How the new binary would be started by hand (restart by process): owner, arguments, working directory, log.
+    pub start: Option<PlannedStart>,
+    /// Releases that a successful deploy would remove (beyond `--keep`).
+    pub prune_releases: Vec<String>,
+    /// The health URL that would be polled.
+    pub health: String,
+}
+
+/// How a start by hand would run the binary.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStart {
+    /// The user it runs as.
+    pub owner: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its working directory.
+    pub cwd: String,
+    /// The file its output is appended to.
+    pub log: String,
+}
+
+/// Check everything a deploy checks and say what it would do, without changing anything on the remote.
+pub fn plan_deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut dyn DeployObserver) -> Result<DeployPlan> {
+    if options.keep == 0 {
+        return Err(Error::invalid("--keep", "0", "at least 1 previous release must be kept"));
+    }
+    if let Some(unit) = &options.unit {
+        validate_unit(unit)?;
+    }
+    let (bytes, sha256, _) = local_artifact(&options.binary)?;
+    let remote = Remote::connect(connect)?;
+    announce(&remote, observer);
+    let dest = &options.dest;
+    let state = inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?;
+    preflight(&remote, dest, &state, true)?;
+    let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
+    let launch = resolve_launch(dest, options.owner.as_str(), &options.start, &state.inherited);
+    if matches!(restart, Restart::Process { .. }) {
+        check_launch_dirs(&remote, &state, &launch)?;
+    }
+    let already_deployed = state.dest_exists
+        && remote
+            .run("sha256sum", &format!("sha256sum -- {}", sh_quote(dest.as_str())))?
+            .split_whitespace()
+            .next()
+            == Some(sha256.as_str());
+    let next_number = state.releases.iter().map(|(number, _)| *number).max().unwrap_or(0) + 1;
+    let previous_release = state.dest_exists.then(|| format!("{}.prev.{next_number}", dest.as_str()));
+    let mut releases = state.releases.clone();
+    if let Some(release) = &previous_release {
+        releases.push((next_number, release.clone()));
+    }
+    Ok(DeployPlan {
+        host: remote.label().to_string(),
+        dest: dest.to_string(),
+        sha256,
+        bytes,
+        already_deployed,
+        previous_release,
+        restart_method: restart_name(&restart).to_string(),
+        unit: match &restart {
+            Restart::Systemd(unit) => Some(unit.clone()),
+            Restart::Process { .. } => None,
+        },
+        stop_pids: match &restart {
+            Restart::Process { pids } => pids.clone(),
+            Restart::Systemd(_) => Vec::new(),
+        },
+        start: matches!(restart, Restart::Process { .. }).then(|| PlannedStart {
+            owner: launch.owner.clone(),
+            args: launch.args.clone(),
+            cwd: launch.cwd.clone(),
+            log: launch.log.clone(),
+        }),
+        prune_releases: excess_releases(&mut releases, options.keep),
+        health: options.health.to_string(),
+    })
+}
+
 /// Put the newest previous release back in place and restart it.
 pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &mut dyn DeployObserver) -> Result<RollbackReport> {
     if let Some(unit) = &options.unit {
@@ -1077,12 +1178,20 @@ fn wait_healthy(remote: &Remote, url: &HealthUrl, timeout: Duration) -> std::res
     }
 }
 
-fn prune_releases(remote: &Remote, releases: &mut Vec<(u64, String)>, keep: usize, sudo: &str) -> Vec<String> {
+/// The releases beyond the newest `keep`, oldest first: what a deploy removes after it succeeds.
+fn excess_releases(releases: &mut Vec<(u64, String)>, keep: usize) -> Vec<String> {
     releases.sort();
     if releases.len() <= keep {
         return Vec::new();
     }
-    let excess: Vec<String> = releases.drain(..releases.len() - keep).map(|(_, path)| path).collect();
+    releases.drain(..releases.len() - keep).map(|(_, path)| path).collect()
+}
+
+fn prune_releases(remote: &Remote, releases: &mut Vec<(u64, String)>, keep: usize, sudo: &str) -> Vec<String> {
+    let excess = excess_releases(releases, keep);
+    if excess.is_empty() {
+        return Vec::new();
+    }
     let quoted: Vec<String> = excess.iter().map(|path| sh_quote(path)).collect();
     match remote.run("prune old releases", &format!("{sudo}rm -f -- {}", quoted.join(" "))) {
         Ok(_) => excess,

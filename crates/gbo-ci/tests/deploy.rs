@@ -131,6 +131,40 @@ fn deploy_replaces_the_running_binary_and_corrects_ownership() {
 }
 
 #[test]
+fn dry_run_says_what_a_deploy_would_do_and_changes_nothing() {
+    let stage = Stage::new();
+    let before = std::fs::read_dir(stage.dest.parent().unwrap()).unwrap().count();
+    let old_sha = sha256(&stage.dest);
+    let new = stage.build("botserver", 200, "v2");
+    let output = stage.deploy(&new, &["--dry-run", "--output", "json"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["restart_method"], "process", "{plan}");
+    assert_eq!(plan["stop_pids"], serde_json::json!([stage.old.id()]), "the running v1 would be stopped: {plan}");
+    assert_eq!(plan["previous_release"], format!("{}.prev.1", stage.dest.display()).as_str());
+    assert_eq!(plan["sha256"], sha256(&new).as_str());
+    assert_eq!(plan["already_deployed"], false);
+    // The start by hand is inherited from the running process: its script and port, its log.
+    let start = &plan["start"];
+    assert_eq!(start["owner"], "nobody");
+    assert_eq!(start["args"], serde_json::json!([stage.script.display().to_string(), stage.port.to_string()]));
+    assert_eq!(start["log"], stage.log.display().to_string().as_str());
+
+    // Nothing changed: no upload, no release, no lock file, the same binary, v1 still serving from the same process.
+    assert_eq!(std::fs::read_dir(stage.dest.parent().unwrap()).unwrap().count(), before);
+    assert_eq!(sha256(&stage.dest), old_sha);
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())));
+    let dest_text = stage.dest.display().to_string();
+    assert_eq!(pids_where(|exe| exe == dest_text), vec![stage.old.id()]);
+
+    // The text form says it is a dry run.
+    let output = stage.deploy(&new, &["--dry-run"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("dry run: nothing was changed") && text.contains("stop pid"), "{text}");
+}
+
+#[test]
 fn failing_health_rolls_back_and_the_old_release_serves_again() {
     let stage = Stage::new();
     let old_sha = sha256(&stage.dest);

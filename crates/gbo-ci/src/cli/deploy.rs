@@ -41,6 +41,10 @@ pub struct DeployArgs {
     /// beside the target, <dir>/.<name>.gbo-ci.lock). 0 fails at once.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     lock_wait: u64,
+    /// Check everything and print what the deploy would do (release kept, unit or processes restarted, how the
+    /// binary would be started, releases pruned) without changing anything on the remote.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +192,9 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
         stop_timeout: Duration::from_secs(args.stop_timeout),
         lock_wait: Duration::from_secs(args.lock_wait),
     };
+    if args.dry_run {
+        return print_plan(&gbo_ci::deploy::plan_deploy(&args.connect.options(), &options, &mut Progress::new())?, &options, output);
+    }
     let report = gbo_ci::deploy::deploy(&args.connect.options(), &options, &mut Progress::new())?;
     match output {
         Output::Json => print_json(&report)?,
@@ -212,6 +219,37 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
                 println!("pruned        {}", report.pruned_releases.join(", "));
             }
             println!("total         {} ms", report.total_ms);
+        }
+    }
+    Ok(0)
+}
+
+fn print_plan(plan: &gbo_ci::deploy::DeployPlan, options: &DeployOptions, output: Output) -> anyhow::Result<u8> {
+    match output {
+        Output::Json => print_json(plan)?,
+        Output::Text => {
+            println!("dry run: nothing was changed on {}", plan.host);
+            println!("would deploy  {} ({} bytes, sha256 {}) to {}", options.binary.display(), plan.bytes, plan.sha256, plan.dest);
+            if plan.already_deployed {
+                println!("note          {} is already this binary; a deploy would only restart it", plan.dest);
+            }
+            println!("keep          {}", plan.previous_release.as_deref().unwrap_or("(nothing: first deploy)"));
+            match &plan.unit {
+                Some(unit) => println!("restart       systemctl restart {unit}"),
+                None if plan.stop_pids.is_empty() => println!("restart       nothing runs; the binary would be started"),
+                None => println!(
+                    "restart       stop pid {}, then start the new binary",
+                    plan.stop_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            }
+            if let Some(start) = &plan.start {
+                println!("start         as {} in {}: {} {}", start.owner, start.cwd, plan.dest, start.args.join(" "));
+                println!("log           {}", start.log);
+            }
+            println!("health        {}", plan.health);
+            if !plan.prune_releases.is_empty() {
+                println!("would prune   {}", plan.prune_releases.join(", "));
+            }
         }
     }
     Ok(0)
