@@ -535,6 +535,18 @@ pub struct PlannedStart {
     pub log: String,
 }
 
+/// The restart part of a plan: the unit, or the PIDs to stop and how the binary would be started.
+fn planned_restart(restart: &Restart, launch: &Launch) -> (Option<String>, Vec<u32>, Option<PlannedStart>) {
+    match restart {
+        Restart::Systemd(unit) => (Some(unit.clone()), Vec::new(), None),
+        Restart::Process { pids } => (
+            None,
+            pids.clone(),
+            Some(PlannedStart { owner: launch.owner.clone(), args: launch.args.clone(), cwd: launch.cwd.clone(), log: launch.log.clone() }),
+        ),
+    }
+}
+
 /// Check everything a deploy checks and say what it would do, without changing anything on the remote.
 pub fn plan_deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut dyn DeployObserver) -> Result<DeployPlan> {
     if options.keep == 0 {
@@ -566,6 +578,7 @@ pub fn plan_deploy(connect: &ConnectOptions, options: &DeployOptions, observer: 
     if let Some(release) = &previous_release {
         releases.push((next_number, release.clone()));
     }
+    let (unit, stop_pids, start) = planned_restart(&restart, &launch);
     Ok(DeployPlan {
         host: remote.label().to_string(),
         dest: dest.to_string(),
@@ -574,22 +587,78 @@ pub fn plan_deploy(connect: &ConnectOptions, options: &DeployOptions, observer: 
         already_deployed,
         previous_release,
         restart_method: restart_name(&restart).to_string(),
-        unit: match &restart {
-            Restart::Systemd(unit) => Some(unit.clone()),
-            Restart::Process { .. } => None,
-        },
-        stop_pids: match &restart {
-            Restart::Process { pids } => pids.clone(),
-            Restart::Systemd(_) => Vec::new(),
-        },
-        start: matches!(restart, Restart::Process { .. }).then(|| PlannedStart {
-            owner: launch.owner.clone(),
-            args: launch.args.clone(),
-            cwd: launch.cwd.clone(),
-            log: launch.log.clone(),
-        }),
+        unit,
+        stop_pids,
+        start,
         prune_releases: excess_releases(&mut releases, options.keep),
         health: options.health.to_string(),
+    })
+}
+
+/// The newest `<dest>.prev.<N>`, or the error that there is nothing to roll back to.
+fn newest_release(remote: &Remote, dest: &RemotePath, state: &RemoteState) -> Result<String> {
+    state.releases.iter().max_by_key(|(number, _)| *number).map(|(_, path)| path.clone()).ok_or_else(|| Error::RemotePrecondition {
+        host: remote.label().to_string(),
+        message: format!("no previous release of {dest} (looked for {dest}.prev.<N>); nothing to roll back to (nothing was changed)"),
+    })
+}
+
+/// What a rollback would do (`rollback --dry-run`); reading it changes nothing on the remote.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackPlan {
+    /// The host as given.
+    pub host: String,
+    /// The path that would be replaced.
+    pub dest: String,
+    /// The release that would be put back.
+    pub restore_release: String,
+    /// SHA-256 of that release.
+    pub sha256: String,
+    /// `systemd` or `process`.
+    pub restart_method: String,
+    /// The systemd unit that would be restarted.
+    pub unit: Option<String>,
+    /// The processes that would be stopped (restart by process).
+    pub stop_pids: Vec<u32>,
+    /// How the restored binary would be started by hand (restart by process).
+    pub start: Option<PlannedStart>,
+    /// Releases still available after this one.
+    pub remaining_releases: Vec<String>,
+}
+
+/// Check everything a rollback checks and say what it would do, without changing anything on the remote.
+pub fn plan_rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &mut dyn DeployObserver) -> Result<RollbackPlan> {
+    if let Some(unit) = &options.unit {
+        validate_unit(unit)?;
+    }
+    let remote = Remote::connect(connect)?;
+    announce(&remote, observer);
+    let dest = &options.dest;
+    let state = inspect(&remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
+    preflight(&remote, dest, &state, options.owner.is_some())?;
+    let release = newest_release(&remote, dest, &state)?;
+    let quoted = sh_quote(&release);
+    let facts = remote.run("owner and sha256 of the release", &format!("stat -c %U -- {quoted} && sha256sum -- {quoted}"))?;
+    let mut lines = facts.lines();
+    let release_owner = lines.next().unwrap_or_default().trim().to_string();
+    let sha256 = lines.next().and_then(|line| line.split_whitespace().next()).unwrap_or_default().to_string();
+    let owner = options.owner.as_ref().map(UnixUser::to_string).unwrap_or(release_owner);
+    let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
+    let launch = resolve_launch(dest, &owner, &options.start, &state.inherited);
+    if matches!(restart, Restart::Process { .. }) {
+        check_launch_dirs(&remote, &state, &launch)?;
+    }
+    let (unit, stop_pids, start) = planned_restart(&restart, &launch);
+    Ok(RollbackPlan {
+        host: remote.label().to_string(),
+        dest: dest.to_string(),
+        sha256,
+        restart_method: restart_name(&restart).to_string(),
+        unit,
+        stop_pids,
+        start,
+        remaining_releases: state.releases.iter().filter(|(_, path)| *path != release).map(|(_, p)| p.clone()).collect(),
+        restore_release: release,
     })
 }
 
@@ -602,16 +671,13 @@ pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &
     announce(&remote, observer);
     let dest = &options.dest;
     let owner = options.owner.as_ref().map(UnixUser::as_str);
-    preflight(&remote, dest, &inspect(&remote, dest, owner, &options.start)?, options.owner.is_some())?;
+    let before = inspect(&remote, dest, owner, &options.start)?;
+    preflight(&remote, dest, &before, options.owner.is_some())?;
+    newest_release(&remote, dest, &before)?;
     let _lock = lock_target(&remote, dest, options.lock_wait, observer)?;
     let state = inspect(&remote, dest, owner, &options.start)?;
     preflight(&remote, dest, &state, options.owner.is_some())?;
-    let Some((_, release)) = state.releases.iter().max_by_key(|(number, _)| *number).cloned() else {
-        return Err(Error::RemotePrecondition {
-            host: remote.label().to_string(),
-            message: format!("no previous release of {dest} (looked for {dest}.prev.<N>); nothing to roll back to"),
-        });
-    };
+    let release = newest_release(&remote, dest, &state)?;
     let owner = match &options.owner {
         Some(owner) => owner.to_string(),
         None => remote.run("owner of the release", &format!("stat -c %U -- {}", sh_quote(&release)))?.trim().to_string(),

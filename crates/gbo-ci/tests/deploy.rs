@@ -131,7 +131,7 @@ fn deploy_replaces_the_running_binary_and_corrects_ownership() {
 }
 
 #[test]
-fn dry_run_says_what_a_deploy_would_do_and_changes_nothing() {
+fn dry_runs_say_what_a_deploy_or_rollback_would_do_and_change_nothing() {
     let stage = Stage::new();
     let before = std::fs::read_dir(stage.dest.parent().unwrap()).unwrap().count();
     let old_sha = sha256(&stage.dest);
@@ -162,6 +162,37 @@ fn dry_run_says_what_a_deploy_would_do_and_changes_nothing() {
     assert!(output.status.success(), "{}", describe(&output));
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("dry run: nothing was changed") && text.contains("stop pid"), "{text}");
+
+    // Rollback's dry run: with no release there is nothing to roll back to (exit 2, no lock file made) ...
+    let rollback_dry_run = || {
+        stage
+            .sshd
+            .gbo_ci()
+            .arg("rollback")
+            .args(stage.sshd.connect_args())
+            .arg("--dest")
+            .arg(&stage.dest)
+            .args(["--dry-run", "--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let output = rollback_dry_run();
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to roll back to"), "{}", describe(&output));
+    assert_eq!(std::fs::read_dir(stage.dest.parent().unwrap()).unwrap().count(), before, "not even a lock file");
+    // ... and after a real deploy it names v1's release and the v2 process, and changes nothing.
+    let output = stage.deploy(&new, &[]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let v2_pids = pids_where(|exe| exe == dest_text);
+    let listing = stage.bin_dir_listing();
+    let output = rollback_dry_run();
+    assert!(output.status.success(), "{}", describe(&output));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["restore_release"], format!("{}.prev.1", stage.dest.display()).as_str(), "{plan}");
+    assert_eq!(plan["sha256"], old_sha.as_str());
+    assert_eq!(plan["stop_pids"], serde_json::json!(v2_pids));
+    assert_eq!(stage.bin_dir_listing(), listing);
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v2".into())));
 }
 
 #[test]

@@ -99,6 +99,10 @@ pub struct RollbackArgs {
     /// beside the target, <dir>/.<name>.gbo-ci.lock). 0 fails at once.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     lock_wait: u64,
+    /// Check everything and print what the rollback would do (release restored, unit or processes restarted)
+    /// without changing anything on the remote.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -234,18 +238,7 @@ fn print_plan(plan: &gbo_ci::deploy::DeployPlan, options: &DeployOptions, output
                 println!("note          {} is already this binary; a deploy would only restart it", plan.dest);
             }
             println!("keep          {}", plan.previous_release.as_deref().unwrap_or("(nothing: first deploy)"));
-            match &plan.unit {
-                Some(unit) => println!("restart       systemctl restart {unit}"),
-                None if plan.stop_pids.is_empty() => println!("restart       nothing runs; the binary would be started"),
-                None => println!(
-                    "restart       stop pid {}, then start the new binary",
-                    plan.stop_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
-                ),
-            }
-            if let Some(start) = &plan.start {
-                println!("start         as {} in {}: {} {}", start.owner, start.cwd, plan.dest, start.args.join(" "));
-                println!("log           {}", start.log);
-            }
+            print_restart(&plan.unit, &plan.stop_pids, plan.start.as_ref(), &plan.dest);
             println!("health        {}", plan.health);
             if !plan.prune_releases.is_empty() {
                 println!("would prune   {}", plan.prune_releases.join(", "));
@@ -253,6 +246,22 @@ fn print_plan(plan: &gbo_ci::deploy::DeployPlan, options: &DeployOptions, output
         }
     }
     Ok(0)
+}
+
+/// The restart lines of a dry run.
+fn print_restart(unit: &Option<String>, stop_pids: &[u32], start: Option<&gbo_ci::deploy::PlannedStart>, dest: &str) {
+    match unit {
+        Some(unit) => println!("restart       systemctl restart {unit}"),
+        None if stop_pids.is_empty() => println!("restart       nothing runs; the binary would be started"),
+        None => println!(
+            "restart       stop pid {}, then start the binary",
+            stop_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+    if let Some(start) = start {
+        println!("start         as {} in {}: {} {}", start.owner, start.cwd, dest, start.args.join(" "));
+        println!("log           {}", start.log);
+    }
 }
 
 pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
@@ -266,6 +275,19 @@ pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
         stop_timeout: Duration::from_secs(args.stop_timeout),
         lock_wait: Duration::from_secs(args.lock_wait),
     };
+    if args.dry_run {
+        let plan = gbo_ci::deploy::plan_rollback(&args.connect.options(), &options, &mut Progress::new())?;
+        match output {
+            Output::Json => print_json(&plan)?,
+            Output::Text => {
+                println!("dry run: nothing was changed on {}", plan.host);
+                println!("would restore {} over {} (sha256 {})", plan.restore_release, plan.dest, plan.sha256);
+                print_restart(&plan.unit, &plan.stop_pids, plan.start.as_ref(), &plan.dest);
+                println!("remaining     {}", if plan.remaining_releases.is_empty() { "(none)".to_string() } else { plan.remaining_releases.join(", ") });
+            }
+        }
+        return Ok(0);
+    }
     let report = gbo_ci::deploy::rollback(&args.connect.options(), &options, &mut Progress::new())?;
     match output {
         Output::Json => print_json(&report)?,
