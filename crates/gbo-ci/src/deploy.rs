@@ -294,6 +294,36 @@ struct Launch {
     log_inherited: bool,
 }
 
+/// The options a deploy checks before it touches the network.
+fn check_deploy_options(options: &DeployOptions) -> Result<()> {
+    if options.keep == 0 {
+        return Err(Error::invalid("--keep", "0", "at least 1 previous release must be kept"));
+    }
+    if let Some(unit) = &options.unit {
+        validate_unit(unit)?;
+    }
+    Ok(())
+}
+
+/// The read-only part of a deploy: the remote's state, checked, and the restart and start it calls for.
+fn resolve_deploy(remote: &Remote, options: &DeployOptions) -> Result<(RemoteState, Restart, Launch)> {
+    let dest = &options.dest;
+    let state = inspect(remote, dest, Some(options.owner.as_str()), &options.start)?;
+    preflight(remote, dest, &state, true)?;
+    let restart = choose_restart(remote, dest, &state, options.unit.as_deref())?;
+    let launch = resolve_launch(dest, options.owner.as_str(), &options.start, &state.inherited);
+    if matches!(restart, Restart::Process { .. }) {
+        check_launch_dirs(remote, &state, &launch)?;
+    }
+    Ok((state, restart, launch))
+}
+
+/// The number and path the current binary is kept under (no path when there is no current binary).
+fn next_release(dest: &RemotePath, state: &RemoteState) -> (u64, Option<String>) {
+    let next_number = state.releases.iter().map(|(number, _)| *number).max().unwrap_or(0) + 1;
+    (next_number, state.dest_exists.then(|| format!("{}.prev.{next_number}", dest.as_str())))
+}
+
 /// Read the local artifact's size, hash and modification time; refuses unreadable or empty files.
 pub fn local_artifact(path: &Path) -> Result<(u64, String, u64)> {
     let mut file = File::open(path).map_err(|error| Error::io("opening the binary", path, error))?;
@@ -320,12 +350,7 @@ fn mtime_secs(metadata: &std::fs::Metadata) -> u64 {
 /// Deploy `options.binary` to the host described by `connect`.
 pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut dyn DeployObserver) -> Result<DeployReport> {
     let started = Instant::now();
-    if options.keep == 0 {
-        return Err(Error::invalid("--keep", "0", "at least 1 previous release must be kept"));
-    }
-    if let Some(unit) = &options.unit {
-        validate_unit(unit)?;
-    }
+    check_deploy_options(options)?;
     // Check the artifact before touching the network; the hash is recomputed while streaming.
     let mut file = File::open(&options.binary).map_err(|error| Error::io("opening the binary", &options.binary, error))?;
     let metadata = file.metadata().map_err(|error| Error::io("reading metadata of", &options.binary, error))?;
@@ -342,13 +367,7 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
     // read again under it (a deploy that held the lock meanwhile changed the releases and the process).
     preflight(&remote, dest, &inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?, true)?;
     let _lock = lock_target(&remote, dest, options.lock_wait, observer)?;
-    let state = inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?;
-    preflight(&remote, dest, &state, true)?;
-    let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
-    let launch = resolve_launch(dest, options.owner.as_str(), &options.start, &state.inherited);
-    if matches!(restart, Restart::Process { .. }) {
-        check_launch_dirs(&remote, &state, &launch)?;
-    }
+    let (state, restart, launch) = resolve_deploy(&remote, options)?;
     let sudo = if state.uid == Some(0) { "" } else { "sudo -n " };
 
     // Upload to a temporary file beside the target.
@@ -387,8 +406,7 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
 
     // One round trip: verify what landed on the remote disk, then owner, mode and mtime, keep the current binary as
     // the next numbered release (a hard link: same inode, no copy), and rename the upload over the target.
-    let next_number = state.releases.iter().map(|(number, _)| *number).max().unwrap_or(0) + 1;
-    let previous_release = state.dest_exists.then(|| format!("{}.prev.{next_number}", dest.as_str()));
+    let (next_number, previous_release) = next_release(dest, &state);
     let quoted_dest = sh_quote(dest.as_str());
     let owner = sh_quote(options.owner.as_str());
     let keep_previous = match &previous_release {
@@ -549,31 +567,19 @@ fn planned_restart(restart: &Restart, launch: &Launch) -> (Option<String>, Vec<u
 
 /// Check everything a deploy checks and say what it would do, without changing anything on the remote.
 pub fn plan_deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut dyn DeployObserver) -> Result<DeployPlan> {
-    if options.keep == 0 {
-        return Err(Error::invalid("--keep", "0", "at least 1 previous release must be kept"));
-    }
-    if let Some(unit) = &options.unit {
-        validate_unit(unit)?;
-    }
+    check_deploy_options(options)?;
     let (bytes, sha256, _) = local_artifact(&options.binary)?;
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    let state = inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?;
-    preflight(&remote, dest, &state, true)?;
-    let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
-    let launch = resolve_launch(dest, options.owner.as_str(), &options.start, &state.inherited);
-    if matches!(restart, Restart::Process { .. }) {
-        check_launch_dirs(&remote, &state, &launch)?;
-    }
+    let (state, restart, launch) = resolve_deploy(&remote, options)?;
     let already_deployed = state.dest_exists
         && remote
             .run("sha256sum", &format!("sha256sum -- {}", sh_quote(dest.as_str())))?
             .split_whitespace()
             .next()
             == Some(sha256.as_str());
-    let next_number = state.releases.iter().map(|(number, _)| *number).max().unwrap_or(0) + 1;
-    let previous_release = state.dest_exists.then(|| format!("{}.prev.{next_number}", dest.as_str()));
+    let (next_number, previous_release) = next_release(dest, &state);
     let mut releases = state.releases.clone();
     if let Some(release) = &previous_release {
         releases.push((next_number, release.clone()));

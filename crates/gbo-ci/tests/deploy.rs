@@ -70,6 +70,11 @@ impl Stage {
         command
     }
 
+    /// `gbo-ci rollback` of this stage's target with `extra` flags, run to completion.
+    fn rollback(&self, extra: &[&str]) -> std::process::Output {
+        self.sshd.gbo_ci().arg("rollback").args(self.sshd.connect_args()).arg("--dest").arg(&self.dest).args(extra).output().unwrap()
+    }
+
     /// The bin directory's entries, except the deploy lock (which stays once a deploy has taken it).
     fn bin_dir_listing(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dest.parent().unwrap())
@@ -164,18 +169,7 @@ fn dry_runs_say_what_a_deploy_or_rollback_would_do_and_change_nothing() {
     assert!(text.contains("dry run: nothing was changed") && text.contains("stop pid"), "{text}");
 
     // Rollback's dry run: with no release there is nothing to roll back to (exit 2, no lock file made) ...
-    let rollback_dry_run = || {
-        stage
-            .sshd
-            .gbo_ci()
-            .arg("rollback")
-            .args(stage.sshd.connect_args())
-            .arg("--dest")
-            .arg(&stage.dest)
-            .args(["--dry-run", "--output", "json"])
-            .output()
-            .unwrap()
-    };
+    let rollback_dry_run = || stage.rollback(&["--dry-run", "--output", "json"]);
     let output = rollback_dry_run();
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to roll back to"), "{}", describe(&output));
@@ -245,16 +239,7 @@ fn explicit_start_options_keep_and_prune_releases_then_rollback_on_demand() {
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), cwd);
 
     // Roll back on demand: v3 returns, from release 3.
-    let output = stage
-        .sshd
-        .gbo_ci()
-        .arg("rollback")
-        .args(stage.sshd.connect_args())
-        .arg("--dest")
-        .arg(&stage.dest)
-        .args(["--health", &stage.health_url(), "--health-timeout", "15", "--output", "json"])
-        .output()
-        .unwrap();
+    let output = stage.rollback(&["--health", &stage.health_url(), "--health-timeout", "15", "--output", "json"]);
     assert!(output.status.success(), "{}", describe(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["healthy"], true);
