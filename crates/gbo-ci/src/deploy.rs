@@ -609,6 +609,25 @@ fn newest_release(remote: &Remote, dest: &RemotePath, state: &RemoteState) -> Re
     })
 }
 
+/// The read-only part of a rollback: the remote's state, checked, the release to restore, and the restart and start
+/// it calls for (the owner defaults to the release file's).
+fn resolve_rollback(remote: &Remote, options: &RollbackOptions) -> Result<(RemoteState, String, Restart, Launch)> {
+    let dest = &options.dest;
+    let state = inspect(remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
+    preflight(remote, dest, &state, options.owner.is_some())?;
+    let release = newest_release(remote, dest, &state)?;
+    let owner = match &options.owner {
+        Some(owner) => owner.to_string(),
+        None => remote.run("owner of the release", &format!("stat -c %U -- {}", sh_quote(&release)))?.trim().to_string(),
+    };
+    let restart = choose_restart(remote, dest, &state, options.unit.as_deref())?;
+    let launch = resolve_launch(dest, &owner, &options.start, &state.inherited);
+    if matches!(restart, Restart::Process { .. }) {
+        check_launch_dirs(remote, &state, &launch)?;
+    }
+    Ok((state, release, restart, launch))
+}
+
 /// What a rollback would do (`rollback --dry-run`); reading it changes nothing on the remote.
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackPlan {
@@ -640,20 +659,13 @@ pub fn plan_rollback(connect: &ConnectOptions, options: &RollbackOptions, observ
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    let state = inspect(&remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
-    preflight(&remote, dest, &state, options.owner.is_some())?;
-    let release = newest_release(&remote, dest, &state)?;
-    let quoted = sh_quote(&release);
-    let facts = remote.run("owner and sha256 of the release", &format!("stat -c %U -- {quoted} && sha256sum -- {quoted}"))?;
-    let mut lines = facts.lines();
-    let release_owner = lines.next().unwrap_or_default().trim().to_string();
-    let sha256 = lines.next().and_then(|line| line.split_whitespace().next()).unwrap_or_default().to_string();
-    let owner = options.owner.as_ref().map(UnixUser::to_string).unwrap_or(release_owner);
-    let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
-    let launch = resolve_launch(dest, &owner, &options.start, &state.inherited);
-    if matches!(restart, Restart::Process { .. }) {
-        check_launch_dirs(&remote, &state, &launch)?;
-    }
+    let (state, release, restart, launch) = resolve_rollback(&remote, options)?;
+    let sha256 = remote
+        .run("sha256sum of the release", &format!("sha256sum -- {}", sh_quote(&release)))?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let (unit, stop_pids, start) = planned_restart(&restart, &launch);
     Ok(RollbackPlan {
         host: remote.label().to_string(),
@@ -676,23 +688,13 @@ pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    let owner = options.owner.as_ref().map(UnixUser::as_str);
-    let before = inspect(&remote, dest, owner, &options.start)?;
+    // Read-only checks first (no release means nothing to do, and nothing is changed), then the lock, then the
+    // state again under it.
+    let before = inspect(&remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
     preflight(&remote, dest, &before, options.owner.is_some())?;
     newest_release(&remote, dest, &before)?;
     let _lock = lock_target(&remote, dest, options.lock_wait, observer)?;
-    let state = inspect(&remote, dest, owner, &options.start)?;
-    preflight(&remote, dest, &state, options.owner.is_some())?;
-    let release = newest_release(&remote, dest, &state)?;
-    let owner = match &options.owner {
-        Some(owner) => owner.to_string(),
-        None => remote.run("owner of the release", &format!("stat -c %U -- {}", sh_quote(&release)))?.trim().to_string(),
-    };
-    let restart = choose_restart(&remote, dest, &state, options.unit.as_deref())?;
-    let launch = resolve_launch(dest, &owner, &options.start, &state.inherited);
-    if matches!(restart, Restart::Process { .. }) {
-        check_launch_dirs(&remote, &state, &launch)?;
-    }
+    let (state, release, restart, launch) = resolve_rollback(&remote, options)?;
     let sudo = if state.uid == Some(0) { "" } else { "sudo -n " };
     let quoted_dest = sh_quote(dest.as_str());
     remote.run("restore the previous release", &format!("{sudo}mv -f -- {} {quoted_dest}", sh_quote(&release)))?;
@@ -809,8 +811,7 @@ fn lock_target(remote: &Remote, dest: &RemotePath, wait: Duration, observer: &mu
         r#"lock={quoted}
 command -v flock >/dev/null 2>&1 || {{ echo noflock; exit 0; }}
 exec 9>>"$lock" || exit 3
-holder() {{ head -c 300 -- "$lock" | tr -d '
-'; }}
+holder() {{ head -c 300 -- "$lock" | tr -d '\n'; }}
 if ! flock -n 9; then
   echo "waiting=$(holder)"
   if [ {wait_secs} -eq 0 ] || ! flock -w {wait_secs} 9; then echo "held=$(holder)"; exit 0; fi

@@ -281,14 +281,10 @@ impl Remote {
         Ok(HeldCommand { channel, session: self.session.clone(), pending: Vec::new() })
     }
 
-    //// `GET path` on `host:port` as seen from the remote host, through a `direct-tcpip` channel (the remote needs no
+    /// `GET path` on `host:port` as seen from the remote host, through a `direct-tcpip` channel (the remote needs no
     /// curl). Returns the HTTP status code.
     pub fn http_get(&self, host: &str, port: u16, path: &str, timeout: Duration) -> Result<u16> {
-        let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
-        self.session.set_timeout(millis);
-        let result = self.http_get_inner(host, port, path);
-        self.session.set_timeout(DEFAULT_TIMEOUT_MS);
-        result
+        with_timeout(&self.session, timeout, || self.http_get_inner(host, port, path))
     }
 
     fn http_get_inner(&self, host: &str, port: u16, path: &str) -> Result<u16> {
@@ -321,6 +317,14 @@ impl Remote {
     }
 }
 
+/// Run `f` with the session's blocking calls bounded by `timeout`, then put the default bound back.
+fn with_timeout<T>(session: &Session, timeout: Duration, f: impl FnOnce() -> T) -> T {
+    session.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1));
+    let result = f();
+    session.set_timeout(DEFAULT_TIMEOUT_MS);
+    result
+}
+
 /// A remote command started by [`Remote::start_held`]; ended (stdin closed, channel closed) on drop.
 pub struct HeldCommand {
     channel: ssh2::Channel,
@@ -338,11 +342,8 @@ impl HeldCommand {
     /// The next line the command writes on stdout (without its newline), waiting up to `timeout`; `None` once the
     /// command has ended and its output is read.
     pub fn read_line(&mut self, timeout: Duration) -> Result<Option<String>> {
-        let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1);
-        self.session.set_timeout(millis);
-        let result = self.read_line_inner();
-        self.session.set_timeout(DEFAULT_TIMEOUT_MS);
-        result
+        let session = self.session.clone();
+        with_timeout(&session, timeout, || self.read_line_inner())
     }
 
     fn read_line_inner(&mut self) -> Result<Option<String>> {

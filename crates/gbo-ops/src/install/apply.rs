@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gbo_components::{InitPhase, Secrets};
-use lxd_client::{Client, CreateInstance, ExecRequest, FileOptions, InstanceName, InstanceSource, StateAction};
+use lxd_client::{Client, CreateInstance, ExecRequest, FileOptions, InstanceName, StateAction};
 
 use super::artifact::{self, ArtifactPolicy};
 use super::error::InstallError;
@@ -38,6 +38,8 @@ pub struct ApplyContext<'a> {
     pub progress: ProgressFn<'a>,
     /// Secrets (for nothing but health checks; files already hold what they need).
     pub secrets: &'a Secrets,
+    /// The image new containers are created from (a local alias or another server's pull source).
+    pub image: &'a super::ResolvedImage,
 }
 
 fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
@@ -155,8 +157,9 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
             }
             Action::CreateInstance { image } => {
                 boundary(Edge::Before, desired, step)?;
-                say(format!("creating from {image}"));
-                let mut request = CreateInstance::container(name.clone(), InstanceSource::alias(image.clone())).start(false);
+                let server = ctx.image.server.as_deref();
+                say(format!("creating from {image}{}", server.map(|s| format!(" ({s})")).unwrap_or_default()));
+                let mut request = CreateInstance::container(name.clone(), ctx.image.source.clone()).start(false);
                 for (k, v) in &desired.config {
                     request = request.config(k.clone(), v.clone());
                 }
@@ -164,7 +167,13 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                     let device = lxd_client::DeviceName::new(device.clone()).map_err(InstallError::lxd(format!("device name {device}")))?;
                     request = request.device(&device, config.clone());
                 }
-                ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(format!("creating {name}")))?;
+                let context = match server {
+                    Some(server) => format!(
+                        "creating {name} from {image} (pulled from {server}; if this host cannot reach it, build a local image with `gbo image build`)"
+                    ),
+                    None => format!("creating {name}"),
+                };
+                ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(context))?;
                 boundary(Edge::After, desired, step)?;
             }
             Action::ChownHostDir { path, uid, gid } => {
@@ -260,7 +269,7 @@ async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instanc
     // killed in between leaves them to the next plan (see `plan::KEY_OWED`).
     if let Some(owed) = plan::owed(steps) {
         lxd.update_instance(name, |put| {
-            let mut entries: Vec<String> = put.config.get(KEY_OWED).map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()).unwrap_or_default();
+            let mut entries: Vec<String> = plan::owed_entries(&put.config).into_iter().map(str::to_string).collect();
             for entry in &owed {
                 if !entries.contains(entry) {
                     entries.push(entry.clone());

@@ -27,7 +27,7 @@ use gbo_components::{
     component, instance_name, install_order, required_secrets, HealthCheck, HostPorts, RenderContext, Role, SecretSpec,
     Secrets, TenantFile, TenantName, CATALOGUE_VERSION,
 };
-use lxd_client::{Client, CreateInstance, DeviceConfig, DeviceName, DiskDevice, InstanceName, InstanceSource, ProxyAddress, ProxyDevice};
+use lxd_client::{Client, DeviceConfig, DeviceName, DiskDevice, InstanceSource, ProxyAddress, ProxyDevice};
 
 pub use apply::{Progress, ProgressFn};
 pub use artifact::ArtifactPolicy;
@@ -710,7 +710,7 @@ pub async fn install(lxd: &Client, request: &InstallRequest, progress: ProgressF
 
 /// Apply a plan made with `for_apply = true`.
 pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &PlannedInstall, progress: ProgressFn<'_>) -> Result<InstallReport, InstallError> {
-    let ctx = apply::ApplyContext { lxd, artifacts: &request.artifacts, progress, secrets: &planned.secrets };
+    let ctx = apply::ApplyContext { lxd, artifacts: &request.artifacts, progress, secrets: &planned.secrets, image: &planned.image };
     for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
         let message = if component.steps.is_empty() { "up to date".to_string() } else { format!("{} step(s) planned", component.steps.len()) };
         progress(Progress { instance: desired.instance.clone(), message });
@@ -749,16 +749,7 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
                     }
                 }
                 if !component.steps.is_empty() {
-                    let creates = component.steps.iter().any(|s| matches!(s.action, Action::CreateInstance { .. }));
-                    if creates && planned.image.server.is_some() {
-                        // Containers from another server are created here, from the pull source; the rest of the
-                        // plan applies as for a local image.
-                        create_from_remote(ctx, desired, &planned.image).await?;
-                        let rest: Vec<Step> = component.steps.iter().filter(|s| !matches!(s.action, Action::CreateInstance { .. })).cloned().collect();
-                        apply::apply_component(ctx, desired, &rest).await?;
-                    } else {
-                        apply::apply_component(ctx, desired, &component.steps).await?;
-                    }
+                    apply::apply_component(ctx, desired, &component.steps).await?;
                 }
                 let health = match health_target(desired, &planned.allocations) {
                     Some(target) => health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout).await,
@@ -808,28 +799,6 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
         components,
         skipped: planned.skipped.iter().map(|(r, why)| (r.to_string(), why.clone())).collect(),
     })
-}
-
-/// Create the container of `desired` from the pull source of `image` (another server), stopped, with its config
-/// and devices, after its host directories (the disk devices' sources).
-async fn create_from_remote(ctx: &apply::ApplyContext<'_>, desired: &Desired, image: &ResolvedImage) -> Result<(), InstallError> {
-    let name = InstanceName::new(desired.instance.clone()).map_err(InstallError::lxd(format!("instance name {}", desired.instance)))?;
-    for dir in &desired.host_dirs {
-        std::fs::create_dir_all(&dir.path).map_err(InstallError::io(format!("creating {}", dir.path.display())))?;
-    }
-    let server = image.server.as_deref().unwrap_or("its server");
-    (ctx.progress)(Progress { instance: desired.instance.clone(), message: format!("creating from {} ({server})", image.name) });
-    let mut request = CreateInstance::container(name.clone(), image.source.clone()).start(false);
-    for (k, v) in &desired.config {
-        request = request.config(k.clone(), v.clone());
-    }
-    for (dev, config) in &desired.devices {
-        request = request.device(&device(dev)?, config.clone());
-    }
-    ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(format!(
-        "creating {name} from {} (pulled from {server}; if this host cannot reach it, build a local image with `gbo image build`)",
-        image.name
-    )))
 }
 
 /// The start of a progress message that ends a component's line as healthy (the message goes on with the

@@ -25,6 +25,11 @@ pub const KEY_ARTIFACTS: &str = "user.gbo.artifacts";
 /// every later plan empty; with it, the next plan restarts what is owed.
 pub const KEY_OWED: &str = "user.gbo.owed";
 
+/// The entries recorded under [`KEY_OWED`] in an instance's config.
+pub fn owed_entries(config: &BTreeMap<String, String>) -> Vec<&str> {
+    config.get(KEY_OWED).map(|s| s.split(',').filter(|x| !x.is_empty()).collect()).unwrap_or_default()
+}
+
 /// The [`KEY_OWED`] entry for `systemctl daemon-reload`.
 pub const OWED_RELOAD: &str = "daemon-reload";
 
@@ -427,7 +432,7 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
     let mut steps = Vec::new();
     let mut restarts: Vec<String> = Vec::new();
     let mut reload = false;
-    let owed: Vec<&str> = instance.config.get(KEY_OWED).map(|s| s.split(',').filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    let owed = owed_entries(&instance.config);
     for placed in &desired.files {
         let file = &placed.file;
         let have = match &placed.host_path {
