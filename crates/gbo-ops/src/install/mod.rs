@@ -309,11 +309,14 @@ pub struct ResolvedImage {
     pub note: Option<String>,
 }
 
-/// The command that builds a local image for `roles` (every Debian-packaged role when none of them has packages).
-fn build_fix(roles: &[Role], alias: &str) -> String {
-    let mut all: Vec<Role> = gbo_components::users::debian_packaged_roles();
-    all.retain(|r| roles.contains(r));
-    let names: Vec<&str> = if all.is_empty() { vec!["tables", "cache", "proxy"] } else { all.iter().map(|r| r.as_str()).collect() };
+/// The command that builds a local image for `roles`: every one of them that has packages (tables, cache and proxy
+/// when none has).
+pub(super) fn build_fix(roles: &[Role], alias: &str) -> String {
+    let packaged = |r: &Role| !gbo_components::users::role_packages(*r).is_empty();
+    let mut names: Vec<&str> = Role::ALL.iter().filter(|r| roles.contains(r) && packaged(r)).map(|r| r.as_str()).collect();
+    if names.is_empty() {
+        names = vec!["tables", "cache", "proxy"];
+    }
     if alias == DEFAULT_IMAGE {
         format!("gbo image build --components {}", names.join(","))
     } else {
@@ -901,4 +904,18 @@ pub fn health_of(m: &ManagedInstance) -> Option<(HealthCheck, health::Target)> {
     let published = m.ports.iter().find(|p| p.container_port == port && p.protocol == "tcp")?;
     let address = published.host_address.parse().ok()?;
     Some((check, health::Target { address, port: published.host_port }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_fix_names_every_role_that_has_packages() {
+        let fix = build_fix(&[Role::System, Role::Cache, Role::Drive], DEFAULT_IMAGE);
+        let roles: Vec<&str> = fix.trim_start_matches("gbo image build --components ").split(',').collect();
+        assert!(roles.contains(&"system") && roles.contains(&"cache") && !roles.contains(&"drive"), "{fix}");
+        assert_eq!(build_fix(&[Role::Email], "mine"), "gbo image build --components email --alias mine");
+        assert_eq!(build_fix(&[Role::Drive], DEFAULT_IMAGE), "gbo image build --components tables,cache,proxy");
+    }
 }
