@@ -197,21 +197,16 @@ pub async fn clean() -> anyhow::Result<()> {
             let name = lxd_client::InstanceName::new(instance.name.clone())?;
             // A delete that its own (killed) test started can still be running in LXD: LXD then refuses a second
             // one ("a matching non-reusable operation"); a moment later the instance is gone or deletable.
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
+            for attempt in 1..=3 {
                 match lxd.delete_instance_if_exists(&name).await {
                     Ok(_) => {
                         eprintln!("clean: removed leftover instance {name}");
                         removed += 1;
+                        break;
                     }
-                    Err(_) if attempt < 3 => {
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        continue;
-                    }
+                    Err(_) if attempt < 3 => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
                     Err(e) => eprintln!("clean: could not remove {name}: {e}"),
                 }
-                break;
             }
         }
     }

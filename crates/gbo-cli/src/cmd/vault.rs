@@ -111,12 +111,12 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let endpoint = endpoint(&target).await?;
             match vault::unseal(&endpoint, &keys).await? {
                 UnsealOutcome::AlreadyUnsealed => println!("Vault at {} is already unsealed; nothing sent", endpoint.addr),
-                UnsealOutcome::Unsealed { keys_submitted, duplicates_skipped, rejected, health_code, reset_stale_progress } => {
+                UnsealOutcome::Unsealed { keys_submitted, duplicates_skipped: repeated, rejected, health_code, reset_stale_progress } => {
                     if reset_stale_progress {
                         eprintln!("an earlier partial unseal was reset first");
                     }
-                    if duplicates_skipped > 0 {
-                        eprintln!("{duplicates_skipped} duplicate key(s) in the input were not submitted again");
+                    if repeated > 0 {
+                        eprintln!("{repeated} duplicate key(s) in the input were not submitted again");
                     }
                     if !rejected.is_empty() {
                         eprintln!("Vault rejected key number(s) {}", rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));

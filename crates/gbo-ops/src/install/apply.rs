@@ -52,7 +52,8 @@ async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -
     checked(name, command, output)
 }
 
-fn checked(name: &InstanceName, command: String, output: lxd_client::ExecOutput) -> Result<String, InstallError> {
+/// The stdout of a finished exec, or the error naming the command, its exit code and the end of its stderr.
+pub(super) fn checked(name: &InstanceName, command: String, output: lxd_client::ExecOutput) -> Result<String, InstallError> {
     if !output.success() {
         return Err(InstallError::Command { instance: name.to_string(), command, code: output.exit_code, stderr: observe::tail(&output.stderr_text()) });
     }

@@ -52,8 +52,7 @@ pub fn has_nic(instance: &Instance) -> bool {
 
 /// The command that builds an offline image with every Debian-packaged role.
 pub fn offline_image_fix() -> String {
-    let roles: Vec<&str> = debian_packaged_roles().iter().map(|r| r.as_str()).collect();
-    format!("gbo image build --components {}", roles.join(","))
+    super::build_fix(&debian_packaged_roles(), super::DEFAULT_IMAGE)
 }
 
 /// Creates the fixed-uid users and groups (refusing ids taken by other accounts), the `/opt/gbo` skeleton, and
@@ -121,13 +120,13 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
         ImageFit::Ready => Ok(()),
         ImageFit::Lacks(has) => {
             let removed = remove_if_never_provisioned(ctx, name, never_provisioned).await?;
-            let mut wanted: Vec<String> = has.clone();
-            wanted.push(desired.role.as_str().to_string());
+            let mut wanted: Vec<Role> = has.iter().filter_map(|h| h.parse().ok()).collect();
+            wanted.push(desired.role);
             Err(InstallError::ImageLacksRoles {
                 alias: desired.image.clone(),
                 roles: desired.role.as_str().to_string(),
                 has: if has.is_empty() { "no gbo roles".into() } else { has.join(",") },
-                fix: format!("gbo image build --components {}", wanted.join(",")),
+                fix: super::build_fix(&wanted, &desired.image),
                 removed,
             })
         }
@@ -139,15 +138,8 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
             argv.extend(packages.iter().map(|p| p.to_string()));
             let request = ExecRequest::new(argv).env("GBO_OWNER", format!("{}:{}", GBUSER.uid, GBUSER.gid)).timeout(Duration::from_secs(120));
             let output = lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("creating the service users in {name}")))?;
-            if !output.success() {
-                return Err(InstallError::Command {
-                    instance: desired.instance.clone(),
-                    command: "sh -c <fixed-uid users>".into(),
-                    code: output.exit_code,
-                    stderr: observe::tail(&output.stderr_text()),
-                });
-            }
-            let missing: Vec<String> = output.stdout_text().lines().filter_map(|l| l.strip_prefix("M ")).map(str::to_string).collect();
+            let listing = super::apply::checked(name, "sh -c <fixed-uid users>".into(), output)?;
+            let missing: Vec<String> = listing.lines().filter_map(|l| l.strip_prefix("M ")).map(str::to_string).collect();
             if missing.is_empty() {
                 return Ok(());
             }
