@@ -27,7 +27,12 @@ pub fn unique_name(tag: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let pid = std::process::id();
-    let tag: String = tag.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(16).collect::<String>().to_ascii_lowercase();
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(16)
+        .collect::<String>()
+        .to_ascii_lowercase();
     format!("{TEST_PREFIX}{tag}-{pid}-{n}")
 }
 
@@ -71,7 +76,10 @@ impl TestContainer {
         let lxd = lxd().await;
         require_test_image(&lxd).await;
         let name = InstanceName::new(unique_name(tag)).expect("unique names are valid");
-        let request = adjust(CreateInstance::container(name.clone(), InstanceSource::alias(TEST_IMAGE)).config("user.gbo.test", "true")).start(start);
+        let request = adjust(
+            CreateInstance::container(name.clone(), InstanceSource::alias(TEST_IMAGE)).config("user.gbo.test", "true"),
+        )
+        .start(start);
         lxd.create_instance(&request).await.unwrap_or_else(|e| panic!("creating {name}: {e}"));
         let container = Self { name, lxd };
         if start {
@@ -84,7 +92,8 @@ impl TestContainer {
     pub async fn wait_for_systemd(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let req = lxd_client::ExecRequest::new(["systemctl", "is-system-running", "--wait"]).timeout(Duration::from_secs(30));
+            let req = lxd_client::ExecRequest::new(["systemctl", "is-system-running", "--wait"])
+                .timeout(Duration::from_secs(30));
             if let Ok(out) = self.lxd.exec(&self.name, &req).await {
                 let state = out.stdout_text();
                 if state.contains("running") || state.contains("degraded") {
@@ -112,7 +121,10 @@ impl Drop for TestContainer {
 
 /// A free TCP port on 127.0.0.1 (bound then released; tests never assume a seed port is free).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
 }
 
 #[cfg(test)]
@@ -134,7 +146,8 @@ pub fn gbo_bin() -> std::path::PathBuf {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("target"));
         let status = std::process::Command::new(env!("CARGO"))
             .args(["build", "-q", "-p", "gbo-cli"])
             .current_dir(&root)
@@ -225,7 +238,9 @@ impl Default for TestTenant {
 
 impl Drop for TestTenant {
     fn drop(&mut self) {
-        let Ok(out) = std::process::Command::new("lxc").args(["list", "--format", "csv", "-c", "n"]).output() else { return };
+        let Ok(out) = std::process::Command::new("lxc").args(["list", "--format", "csv", "-c", "n"]).output() else {
+            return;
+        };
         let prefix = format!("{}-", self.name);
         for name in String::from_utf8_lossy(&out.stdout).lines() {
             if name.starts_with(&prefix) {

@@ -13,7 +13,13 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 fn output_within(args: &[&str], limit: Duration) -> Result<std::process::Output, String> {
     use std::io::Read;
     use std::process::Stdio;
-    let mut child = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| format!("{args:?}: {e} (install zfs-fuse)"))?;
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{args:?}: {e} (install zfs-fuse)"))?;
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -33,19 +39,31 @@ fn output_within(args: &[&str], limit: Duration) -> Result<std::process::Output,
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{args:?} did not finish within {} s and was killed (is the zfs-fuse daemon wedged?)", limit.as_secs()));
+                return Err(format!(
+                    "{args:?} did not finish within {} s and was killed (is the zfs-fuse daemon wedged?)",
+                    limit.as_secs()
+                ));
             }
             Err(e) => return Err(format!("{args:?}: {e}")),
         }
     };
-    Ok(std::process::Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// Run a host command (argv); its stdout. Fails the test with the command's output when it fails, is missing or
 /// takes longer than a minute.
 pub fn run(args: &[&str]) -> String {
     let out = output_within(args, COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -118,8 +136,15 @@ pub fn ensure_daemon() {
         }
         std::fs::remove_file(ZFS_FUSE_PID_FILE).expect("remove the stale zfs-fuse pid file");
     }
-    let out = output_within(&["zfs-fuse", "-p", ZFS_FUSE_PID_FILE], COMMAND_LIMIT).unwrap_or_else(|e| panic!("zfs-fuse is required for this test: {e}"));
-    assert!(out.status.success(), "zfs-fuse did not start ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = output_within(&["zfs-fuse", "-p", ZFS_FUSE_PID_FILE], COMMAND_LIMIT)
+        .unwrap_or_else(|e| panic!("zfs-fuse is required for this test: {e}"));
+    assert!(
+        out.status.success(),
+        "zfs-fuse did not start ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !answering() {
         assert!(std::time::Instant::now() < deadline, "zfs-fuse did not answer within 20 s");
@@ -166,4 +191,3 @@ impl Drop for Pool {
         }
     }
 }
-

@@ -7,7 +7,15 @@ use gbo_ops::install::status::TenantStatus;
 use gbo_tests::{events_for, gbo, gbo_async, lxd, require_test_image, EventRecorder, TestTenant, TEST_IMAGE};
 
 fn install_args(t: &TestTenant, roles: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec!["install".into(), "--tenant".into(), t.name.clone(), "--image".into(), TEST_IMAGE.into(), "--stack-dir".into(), t.stack_dir()];
+    let mut args: Vec<String> = vec![
+        "install".into(),
+        "--tenant".into(),
+        t.name.clone(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        t.stack_dir(),
+    ];
     args.extend(roles.iter().map(|r| r.to_string()));
     args
 }
@@ -18,7 +26,8 @@ fn secret(t: &TestTenant, name: &str) -> String {
 
 fn status_json(t: &TestTenant) -> (i32, TenantStatus) {
     let run = gbo(&["status", "--tenant", &t.name, "--output", "json"]);
-    let status: TenantStatus = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()));
+    let status: TenantStatus =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()));
     (run.code, status)
 }
 
@@ -34,8 +43,15 @@ fn host_port(status: &TenantStatus, container: &str, container_port: u16) -> u16
 
 async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
     let mut config = tokio_postgres::Config::new();
-    config.host("127.0.0.1").port(port).user("gbuser").password(password).dbname("botserver").connect_timeout(Duration::from_secs(10));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("login as gbuser with the generated password");
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("gbuser")
+        .password(password)
+        .dbname("botserver")
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) =
+        config.connect(tokio_postgres::NoTls).await.expect("login as gbuser with the generated password");
     tokio::spawn(connection);
     client
 }
@@ -51,7 +67,10 @@ async fn redis_ping(port: u16) -> String {
 
 fn lxc(args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new("lxc").args(args).output().expect("lxc");
-    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 const READ_ONLY_ACTIONS: &[&str] = &["instance-exec", "instance-file-retrieved", "instance-log-retrieved"];
@@ -73,14 +92,19 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     let (code, status) = status_json(&t);
     assert_eq!(code, 0, "status must be healthy: {status:?}");
     assert_eq!(status.components.len(), 3);
-    assert!(status.components.iter().all(|c| c.state == "Running" && c.health.as_ref().is_some_and(|h| h.healthy)), "{status:?}");
+    assert!(
+        status.components.iter().all(|c| c.state == "Running" && c.health.as_ref().is_some_and(|h| h.healthy)),
+        "{status:?}"
+    );
     assert_eq!(status.stack_dir.as_deref(), Some(t.stack.path()));
     let pg_port = host_port(&status, &t.container("tables"), 5432);
     let cache_port = host_port(&status, &t.container("cache"), 6379);
     let http_port = host_port(&status, &t.container("proxy"), 80);
     let password = secret(&t, "tables-password");
     let db = pg(pg_port, &password).await;
-    db.batch_execute("CREATE TABLE keep_me (v text); INSERT INTO keep_me VALUES ('survives')").await.expect("create table");
+    db.batch_execute("CREATE TABLE keep_me (v text); INSERT INTO keep_me VALUES ('survives')")
+        .await
+        .expect("create table");
     drop(db);
     assert_eq!(redis_ping(cache_port).await.trim_end(), "+PONG");
     let page = tokio::task::spawn_blocking(move || {
@@ -96,7 +120,17 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     assert!(page.starts_with("HTTP/1.1 2") || page.starts_with("HTTP/1.0 2"), "{page}");
 
     // The seed's commands inside.
-    let (code, out) = lxc(&["exec", &t.container("tables"), "--", "psql", "-U", "gbuser", "botserver", "-tAc", "SELECT v FROM keep_me"]);
+    let (code, out) = lxc(&[
+        "exec",
+        &t.container("tables"),
+        "--",
+        "psql",
+        "-U",
+        "gbuser",
+        "botserver",
+        "-tAc",
+        "SELECT v FROM keep_me",
+    ]);
     assert_eq!((code, out.trim()), (0, "survives"), "psql -U gbuser botserver as root (pg_ident)");
     let (code, out) = lxc(&["exec", &t.container("tables"), "--", "journalctl", "-u", "tables", "--no-pager"]);
     assert!(code == 0 && out.contains("PostgreSQL"), "journalctl -u tables: {out}");
@@ -116,14 +150,23 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     let events = recorder.stop().await;
     assert_eq!(second.code, 0, "{}", second.all());
     let ours = events_for(&events, &t.name);
-    let writes: Vec<_> = ours.iter().filter(|e| !READ_ONLY_ACTIONS.contains(&e.action().unwrap_or_default())).map(|e| e.action().unwrap_or_default().to_string()).collect();
+    let writes: Vec<_> = ours
+        .iter()
+        .filter(|e| !READ_ONLY_ACTIONS.contains(&e.action().unwrap_or_default()))
+        .map(|e| e.action().unwrap_or_default().to_string())
+        .collect();
     assert!(writes.is_empty(), "second install caused write events: {writes:?}");
     eprintln!("idempotent re-run: {rerun:?}, {} read events", ours.len());
 
     // No generated secret in output, logs or events.
     let event_text = serde_json::to_string(&events.iter().map(|e| &e.metadata).collect::<Vec<_>>()).expect("json");
     for value in [password.as_str()] {
-        for (what, text) in [("first install", first.all()), ("second install", second.all()), ("plan", plan.all()), ("events", event_text.clone())] {
+        for (what, text) in [
+            ("first install", first.all()),
+            ("second install", second.all()),
+            ("plan", plan.all()),
+            ("events", event_text.clone()),
+        ] {
             assert!(!text.contains(value), "a secret leaked into {what}");
         }
     }

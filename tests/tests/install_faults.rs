@@ -77,7 +77,10 @@ fn install_args(t: &TestTenant, roles: &[&str]) -> Vec<String> {
 }
 
 fn uninstall_purge(t: &TestTenant, roles: &[&str]) {
-    let run = gbo_with(&args(&["uninstall", "--purge", "--yes", "--tenant", &t.name], roles.iter().map(|r| r.to_string()).collect()), &[]);
+    let run = gbo_with(
+        &args(&["uninstall", "--purge", "--yes", "--tenant", &t.name], roles.iter().map(|r| r.to_string()).collect()),
+        &[],
+    );
     assert!(run.status.success(), "uninstall --purge failed:\n{}", run.all());
     for role in roles {
         assert!(!t.stack.path().join(role).exists(), "{role}'s host data survived --purge");
@@ -93,19 +96,31 @@ fn lxc(words: &[&str]) -> (bool, String) {
 /// has no step.
 fn assert_converged(t: &TestTenant, roles: &[&str], context: &str) {
     let run = gbo_with(&args(&["status", "--tenant", &t.name, "--output", "json"], Vec::new()), &[]);
-    let status: TenantStatus = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{context}: status JSON does not parse: {e}\n{}", run.all()));
+    let status: TenantStatus = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{context}: status JSON does not parse: {e}\n{}", run.all()));
     assert_eq!(run.status.code(), Some(0), "{context}: status must report every component healthy: {status:#?}");
     for role in roles {
         let container = t.container(role);
-        let c =
-            status.components.iter().find(|c| c.container == container).unwrap_or_else(|| panic!("{context}: {container} missing from status: {status:#?}"));
+        let c = status
+            .components
+            .iter()
+            .find(|c| c.container == container)
+            .unwrap_or_else(|| panic!("{context}: {container} missing from status: {status:#?}"));
         assert_eq!(c.state, "Running", "{context}: {c:?}");
-        let health = c.health.as_ref().unwrap_or_else(|| panic!("{context}: {container} has no health check result: {c:?}"));
+        let health =
+            c.health.as_ref().unwrap_or_else(|| panic!("{context}: {container} has no health check result: {c:?}"));
         assert!(health.healthy, "{context}: {container} is unhealthy: {health:?}");
     }
-    let plan = gbo_with(&args(&["plan", "--output", "json"], tenant_args(t)).into_iter().chain(roles.iter().map(|r| r.to_string())).collect::<Vec<_>>(), &[]);
+    let plan = gbo_with(
+        &args(&["plan", "--output", "json"], tenant_args(t))
+            .into_iter()
+            .chain(roles.iter().map(|r| r.to_string()))
+            .collect::<Vec<_>>(),
+        &[],
+    );
     assert!(plan.status.success(), "{context}: plan failed:\n{}", plan.all());
-    let json: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap_or_else(|e| panic!("{context}: plan JSON: {e}\n{}", plan.all()));
+    let json: serde_json::Value =
+        serde_json::from_str(&plan.stdout).unwrap_or_else(|e| panic!("{context}: plan JSON: {e}\n{}", plan.all()));
     assert_eq!(json["changes"], 0, "{context}: a run after the resumed one must plan nothing:\n{}", plan.stdout);
 }
 
@@ -169,7 +184,11 @@ fn simple_kind(step: &str) -> &'static str {
     if step.contains(", ") && (step.contains("config ") || step.contains("device ")) {
         return "config";
     }
-    KINDS.iter().find(|(prefix, _)| step.starts_with(prefix)).map(|(_, k)| *k).unwrap_or_else(|| panic!("unknown step kind: {step:?}"))
+    KINDS
+        .iter()
+        .find(|(prefix, _)| step.starts_with(prefix))
+        .map(|(_, k)| *k)
+        .unwrap_or_else(|| panic!("unknown step kind: {step:?}"))
 }
 
 fn exhaustive() -> bool {
@@ -207,7 +226,11 @@ impl Crash<'_> {
         match instance {
             Some(instance) => {
                 assert_eq!(died.instance, instance, "{lines:#?}");
-                assert_eq!(lines.iter().filter(|b| b.instance == instance && b.seq <= died.seq).count(), at, "{lines:#?}");
+                assert_eq!(
+                    lines.iter().filter(|b| b.instance == instance && b.seq <= died.seq).count(),
+                    at,
+                    "{lines:#?}"
+                );
             }
             None => assert_eq!(died.seq, at as u64, "{lines:#?}"),
         }
@@ -246,7 +269,11 @@ fn a_fresh_install_killed_at_any_step_boundary_is_completed_by_the_next_run() {
     assert_converged(&t, ROLES, "traced first install");
     let all = read_trace(&counting);
     assert!(all.iter().all(|b| !b.abort));
-    assert_eq!(all.iter().map(|b| b.seq).collect::<Vec<_>>(), (1..=all.len() as u64).collect::<Vec<_>>(), "sequence numbers");
+    assert_eq!(
+        all.iter().map(|b| b.seq).collect::<Vec<_>>(),
+        (1..=all.len() as u64).collect::<Vec<_>>(),
+        "sequence numbers"
+    );
     let mut by_instance: BTreeMap<String, Vec<Boundary>> = BTreeMap::new();
     for b in &all {
         by_instance.entry(b.instance.clone()).or_default().push(b.clone());
@@ -255,10 +282,23 @@ fn a_fresh_install_killed_at_any_step_boundary_is_completed_by_the_next_run() {
     for (instance, list) in &by_instance {
         // Within a component, steps are sequential: before, after, before, after ... of the same step.
         for pair in list.chunks(2) {
-            assert!(pair.len() == 2 && pair[0].edge == "before" && pair[1].edge == "after" && pair[0].step == pair[1].step, "{instance}: {pair:#?}");
+            assert!(
+                pair.len() == 2 && pair[0].edge == "before" && pair[1].edge == "after" && pair[0].step == pair[1].step,
+                "{instance}: {pair:#?}"
+            );
         }
         let kinds: Vec<String> = list.iter().map(|b| kind(&b.step)).collect();
-        for wanted in ["host dir", "create", "chown", "start instance", "file push", "host file", "daemon-reload", "start unit", "record"] {
+        for wanted in [
+            "host dir",
+            "create",
+            "chown",
+            "start instance",
+            "file push",
+            "host file",
+            "daemon-reload",
+            "start unit",
+            "record",
+        ] {
             assert!(kinds.iter().any(|k| k == wanted), "{instance}'s fresh install has no {wanted} step: {list:#?}");
         }
         let steps: Vec<&str> = list.iter().step_by(2).map(|b| b.step.as_str()).collect();
@@ -295,9 +335,17 @@ fn a_fresh_install_killed_at_any_step_boundary_is_completed_by_the_next_run() {
             uninstall_purge(&t, &[role]);
             let died = crash.kill_at(n, Some(&instance), ROLES);
             let expected = &list[n - 1];
-            assert_eq!((&died.edge, &died.step), (&expected.edge, &expected.step), "{instance}'s boundary {n} is a different step than in the counting run");
+            assert_eq!(
+                (&died.edge, &died.step),
+                (&expected.edge, &expected.step),
+                "{instance}'s boundary {n} is a different step than in the counting run"
+            );
             *covered.entry(kind(&died.step)).or_default() += 1;
-            assert_converged(&t, ROLES, &format!("after a crash at {instance}'s boundary {n} ({} `{}`)", died.edge, died.step));
+            assert_converged(
+                &t,
+                ROLES,
+                &format!("after a crash at {instance}'s boundary {n} ({} `{}`)", died.edge, died.step),
+            );
         }
     }
 
@@ -308,12 +356,20 @@ fn a_fresh_install_killed_at_any_step_boundary_is_completed_by_the_next_run() {
         uninstall_purge(&t, ROLES);
         let died = crash.kill_at(n, None, ROLES);
         *covered.entry(kind(&died.step)).or_default() += 1;
-        assert_converged(&t, ROLES, &format!("after a crash at boundary {n} of the run ({} {} `{}`)", died.instance, died.edge, died.step));
+        assert_converged(
+            &t,
+            ROLES,
+            &format!("after a crash at boundary {n} of the run ({} {} `{}`)", died.instance, died.edge, died.step),
+        );
     }
     for wanted in &all_kinds {
         assert!(covered.contains_key(wanted), "no crash at a {wanted} step: {covered:?}");
     }
-    eprintln!("{} crashes, each completed by the next run, in {:.1} s; by kind: {covered:?}", crash.runs, started.elapsed().as_secs_f64());
+    eprintln!(
+        "{} crashes, each completed by the next run, in {:.1} s; by kind: {covered:?}",
+        crash.runs,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The cache's running value of `parameter` (`CONFIG GET`).
@@ -327,7 +383,10 @@ fn cache_config(t: &TestTenant, parameter: &str) -> String {
 /// edited and loaded by a restart (`appendonly no`). Returns the plan's steps (the JSON `action` values).
 fn make_drift(t: &TestTenant) -> Vec<String> {
     let cache = t.container("cache");
-    for words in [vec!["config", "device", "remove", cache.as_str(), "gbo-port-redis"], vec!["config", "set", cache.as_str(), "limits.cpu", "1"]] {
+    for words in [
+        vec!["config", "device", "remove", cache.as_str(), "gbo-port-redis"],
+        vec!["config", "set", cache.as_str(), "limits.cpu", "1"],
+    ] {
         let (ok, out) = lxc(&words);
         assert!(ok, "lxc {words:?}: {out}");
     }
@@ -341,10 +400,21 @@ fn make_drift(t: &TestTenant) -> Vec<String> {
         assert!(ok, "systemctl {action} cache: {out}");
     }
     assert_eq!(cache_config(t, "appendonly"), "no", "the hand-edited config is loaded");
-    let plan = gbo_with(&args(&["plan", "--output", "json"], tenant_args(t)).into_iter().chain(["cache".to_string()]).collect::<Vec<_>>(), &[]);
+    let plan = gbo_with(
+        &args(&["plan", "--output", "json"], tenant_args(t))
+            .into_iter()
+            .chain(["cache".to_string()])
+            .collect::<Vec<_>>(),
+        &[],
+    );
     assert!(plan.status.success(), "{}", plan.all());
     let json: serde_json::Value = serde_json::from_str(&plan.stdout).expect("plan JSON");
-    json["components"][0]["steps"].as_array().expect("steps").iter().map(|s| s["action"].as_str().unwrap_or_default().to_string()).collect()
+    json["components"][0]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["action"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 #[test]
@@ -364,12 +434,20 @@ fn drift_repair_killed_between_its_steps_is_completed_and_reloads_the_config() {
     let mut at = 1;
     loop {
         let steps = make_drift(&t);
-        assert_eq!(steps, ["unset_config", "add_device", "write_host_file", "restart_unit", "record_provisioned"], "the plan of the drift");
+        assert_eq!(
+            steps,
+            ["unset_config", "add_device", "write_host_file", "restart_unit", "record_provisioned"],
+            "the plan of the drift"
+        );
         // Boundaries: the device and config changes are one update (1 before, 2 after), then two per step.
         let total = 2 + 2 * 3;
         let died = crash.kill_at(at, Some(&instance), &["cache"]);
         kinds.push(kind(&died.step));
-        assert_converged(&t, &["cache"], &format!("after a crash at boundary {at} of the drift repair ({} `{}`)", died.edge, died.step));
+        assert_converged(
+            &t,
+            &["cache"],
+            &format!("after a crash at boundary {at} of the drift repair ({} `{}`)", died.edge, died.step),
+        );
         assert_eq!(
             cache_config(&t, "appendonly"),
             "yes",
@@ -409,10 +487,9 @@ impl SplitMix {
 fn sigkill_at_random_times_then_a_clean_run_completes() {
     prerequisites();
     let started = Instant::now();
-    let seed = std::env::var("GBO_FAULTS_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed = std::env::var("GBO_FAULTS_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
     let mut rng = SplitMix(seed);
     eprintln!("SIGKILL delays from GBO_FAULTS_SEED={seed}");
     let t = TestTenant::new();
@@ -424,7 +501,11 @@ fn sigkill_at_random_times_then_a_clean_run_completes() {
         let mut command = Command::new(gbo_bin());
         let log = logs.path().join(format!("round-{round}"));
         let file = std::fs::File::create(&log).expect("log file");
-        command.args(install_args(&t, ROLES)).stdin(Stdio::null()).stdout(file.try_clone().expect("log file")).stderr(file);
+        command
+            .args(install_args(&t, ROLES))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
         for var in FAULT_VARS {
             command.env_remove(var);
         }
@@ -443,7 +524,10 @@ fn sigkill_at_random_times_then_a_clean_run_completes() {
                 let output = std::fs::read_to_string(&log).unwrap_or_default();
                 eprintln!("round {round}: delay {delay:?}, but the run finished first ({status})");
                 // A run that ends before its kill must end like any install: done, or failed for a reason.
-                assert!(status.success(), "round {round} (GBO_FAULTS_SEED={seed}) failed on its own after the earlier kills:\n{output}");
+                assert!(
+                    status.success(),
+                    "round {round} (GBO_FAULTS_SEED={seed}) failed on its own after the earlier kills:\n{output}"
+                );
             }
             None => {
                 child.kill().expect("SIGKILL gbo install");
@@ -455,9 +539,17 @@ fn sigkill_at_random_times_then_a_clean_run_completes() {
         delays.push(delay);
     }
     let clean = gbo_with(&install_args(&t, ROLES), &[]);
-    assert!(clean.status.success(), "the run after SIGKILLs at {delays:?} (GBO_FAULTS_SEED={seed}) must complete:\n{}", clean.all());
+    assert!(
+        clean.status.success(),
+        "the run after SIGKILLs at {delays:?} (GBO_FAULTS_SEED={seed}) must complete:\n{}",
+        clean.all()
+    );
     assert_converged(&t, ROLES, &format!("after SIGKILLs at {delays:?} (GBO_FAULTS_SEED={seed})"));
-    eprintln!("clean run after the kills: {:.1} s; test {:.1} s", clean.took.as_secs_f64(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "clean run after the kills: {:.1} s; test {:.1} s",
+        clean.took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -469,7 +561,11 @@ fn a_run_killed_while_initdb_runs_is_completed_by_the_next() {
     let log = logs.path().join("killed");
     let file = std::fs::File::create(&log).expect("log file");
     let mut command = Command::new(gbo_bin());
-    command.args(install_args(&t, &["tables"])).stdin(Stdio::null()).stdout(file.try_clone().expect("log file")).stderr(file);
+    command
+        .args(install_args(&t, &["tables"]))
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file);
     for var in FAULT_VARS {
         command.env_remove(var);
     }
@@ -479,7 +575,10 @@ fn a_run_killed_while_initdb_runs_is_completed_by_the_next() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !pg_version.exists() {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("gbo install ended ({status}) before initdb started:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "gbo install ended ({status}) before initdb started:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         assert!(Instant::now() < deadline, "initdb did not start within 120 s");
         std::thread::sleep(Duration::from_millis(5));
@@ -493,5 +592,9 @@ fn a_run_killed_while_initdb_runs_is_completed_by_the_next() {
     let resumed = gbo_with(&install_args(&t, &["tables"]), &[]);
     assert!(resumed.status.success(), "the run after a kill during initdb must complete:\n{}", resumed.all());
     assert_converged(&t, &["tables"], "after a kill during initdb");
-    eprintln!("killed during initdb, completed in {:.1} s; test {:.1} s", resumed.took.as_secs_f64(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "killed during initdb, completed in {:.1} s; test {:.1} s",
+        resumed.took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -27,7 +27,11 @@ fn gbo_in(lxc_conf: &Path, args: &[String]) -> GboRun {
         .stdin(Stdio::null())
         .output()
         .expect("running gbo");
-    GboRun { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    GboRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -36,7 +40,11 @@ fn args(list: &[&str]) -> Vec<String> {
 
 fn containers_of(tenant: &str) -> Vec<String> {
     let out = Command::new("lxc").args(["list", "--format", "csv", "-c", "n"]).output().expect("lxc list");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|n| n.starts_with(&format!("{tenant}-"))).map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.starts_with(&format!("{tenant}-")))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A public image published for one test, deleted (with its alias) on drop, even on panic.
@@ -67,7 +75,11 @@ impl PublishedImage {
 
 impl Drop for PublishedImage {
     fn drop(&mut self) {
-        let _ = Command::new("lxc").args(["image", "delete", &self.fingerprint]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = Command::new("lxc")
+            .args(["image", "delete", &self.fingerprint])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -82,13 +94,22 @@ async fn loopback_remote(lxd: &Client) -> tempfile::TempDir {
         .filter_map(|a| a.rsplit_once(':'))
         .find(|(host, _)| matches!(*host, "127.0.0.1" | "" | "[::]" | "0.0.0.0"))
         .map(|(_, port)| port.to_string())
-        .unwrap_or_else(|| panic!("LXD has no HTTPS listener on loopback ({:?}): run `cargo xtask lxd-up`", server.environment.addresses));
+        .unwrap_or_else(|| {
+            panic!(
+                "LXD has no HTTPS listener on loopback ({:?}): run `cargo xtask lxd-up`",
+                server.environment.addresses
+            )
+        });
     assert!(server.environment.certificate.contains("BEGIN CERTIFICATE"), "the daemon's certificate is in GET /1.0");
     let dir = tempfile::Builder::new().prefix("gbot-lxc-conf-").tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("config.yml"), format!("remotes:\n  {REMOTE}:\n    addr: https://127.0.0.1:{port}\n    protocol: lxd\n    public: true\n"))
-        .expect("config.yml");
+    std::fs::write(
+        dir.path().join("config.yml"),
+        format!("remotes:\n  {REMOTE}:\n    addr: https://127.0.0.1:{port}\n    protocol: lxd\n    public: true\n"),
+    )
+    .expect("config.yml");
     std::fs::create_dir_all(dir.path().join("servercerts")).expect("servercerts");
-    std::fs::write(dir.path().join("servercerts").join(format!("{REMOTE}.crt")), &server.environment.certificate).expect("certificate");
+    std::fs::write(dir.path().join("servercerts").join(format!("{REMOTE}.crt")), &server.environment.certificate)
+        .expect("certificate");
     dir
 }
 
@@ -107,16 +128,32 @@ async fn installs_cache_from_a_remote_lxd_server_on_loopback() {
     let (roles, packages) = test_image_roles(&client).await;
     assert!(roles.split(',').any(|r| r == "cache"), "the test image has the cache role: {roles}");
     let source = TestContainer::create("imgsrc", false).await;
-    let image =
-        PublishedImage::publish(&client, &source, &[("description", "gbot served copy of the test image".into()), ("gbo.roles", roles), ("gbo.packages", packages)])
-            .await;
+    let image = PublishedImage::publish(
+        &client,
+        &source,
+        &[
+            ("description", "gbot served copy of the test image".into()),
+            ("gbo.roles", roles),
+            ("gbo.packages", packages),
+        ],
+    )
+    .await;
     drop(source);
     let conf = loopback_remote(&client).await;
     let tenant = TestTenant::new();
     let absent = unique_name("absent");
     let fallback = format!("{REMOTE}:{}", image.alias);
     let common = [
-        args(&["--tenant", &tenant.name, "--stack-dir", &tenant.stack_dir(), "--default-image", &absent, "--fallback-image", &fallback]),
+        args(&[
+            "--tenant",
+            &tenant.name,
+            "--stack-dir",
+            &tenant.stack_dir(),
+            "--default-image",
+            &absent,
+            "--fallback-image",
+            &fallback,
+        ]),
         args(&["cache"]),
     ]
     .concat();
@@ -124,7 +161,13 @@ async fn installs_cache_from_a_remote_lxd_server_on_loopback() {
     // The plan says which image is used and why.
     let plan = gbo_in(conf.path(), &[args(&["plan"]), common.clone()].concat());
     assert_eq!(plan.code, 0, "{}", plan.all());
-    assert!(plan.stdout.contains(&format!("note: no local image {absent}: containers come from the fallback {fallback} from https://127.0.0.1:")), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains(&format!(
+            "note: no local image {absent}: containers come from the fallback {fallback} from https://127.0.0.1:"
+        )),
+        "{}",
+        plan.stdout
+    );
     assert!(plan.stdout.contains(&format!("+ create instance from {fallback}")), "{}", plan.stdout);
 
     // Install: the daemon pulls the image from its own HTTPS listener (certificate pinned), then provisions.
@@ -132,10 +175,20 @@ async fn installs_cache_from_a_remote_lxd_server_on_loopback() {
     assert_eq!(run.code, 0, "install from {fallback}:\n{}", run.all());
     let cache = tenant.container("cache");
     assert!(run.stderr.contains(&format!("[{cache}] creating from {fallback} (https://127.0.0.1:")), "{}", run.stderr);
-    assert!(run.stderr.contains(&format!("[{cache}] healthy (")), "one plain progress line per event without a terminal:\n{}", run.stderr);
-    let instance = client.instance(&lxd_client::InstanceName::new(cache.clone()).expect("name")).await.expect("the cache container");
+    assert!(
+        run.stderr.contains(&format!("[{cache}] healthy (")),
+        "one plain progress line per event without a terminal:\n{}",
+        run.stderr
+    );
+    let instance = client
+        .instance(&lxd_client::InstanceName::new(cache.clone()).expect("name"))
+        .await
+        .expect("the cache container");
     assert_eq!(instance.config.get("volatile.base_image"), Some(&image.fingerprint), "created from the served copy");
-    assert_eq!(instance.config.get("image.description").map(String::as_str), Some("gbot served copy of the test image"));
+    assert_eq!(
+        instance.config.get("image.description").map(String::as_str),
+        Some("gbot served copy of the test image")
+    );
 
     let status = gbo_in(conf.path(), &args(&["status", "--tenant", &tenant.name, "--output", "json"]));
     assert_eq!(status.code, 0, "{}", status.all());
@@ -160,7 +213,8 @@ async fn a_plain_image_without_network_fails_naming_the_fix_and_leaves_no_contai
     let out = client.exec(&source.name, &purge).await.expect("exec dpkg");
     assert!(out.success(), "dpkg --purge redis-server: {}", out.stderr_text());
     client.ensure_stopped(&source.name, 30).await.expect("stopping the source container");
-    let image = PublishedImage::publish(&client, &source, &[("description", "gbot plain Debian without redis".into())]).await;
+    let image =
+        PublishedImage::publish(&client, &source, &[("description", "gbot plain Debian without redis".into())]).await;
     drop(source);
     let profile = client.profile("default").await.expect("default profile");
     assert!(
@@ -170,7 +224,11 @@ async fn a_plain_image_without_network_fails_naming_the_fix_and_leaves_no_contai
     let conf = loopback_remote(&client).await;
     let tenant = TestTenant::new();
     let remote_image = format!("{REMOTE}:{}", image.alias);
-    let install = [args(&["install", "--tenant", &tenant.name, "--stack-dir", &tenant.stack_dir(), "--image", &remote_image]), args(&["cache"])].concat();
+    let install = [
+        args(&["install", "--tenant", &tenant.name, "--stack-dir", &tenant.stack_dir(), "--image", &remote_image]),
+        args(&["cache"]),
+    ]
+    .concat();
     let cache = tenant.container("cache");
     for attempt in ["first run", "re-run"] {
         let run = gbo_in(conf.path(), &install);
@@ -197,11 +255,16 @@ async fn a_plain_image_that_has_the_packages_installs_offline_and_gets_the_fixed
     let out = client.exec(&source.name, &ExecRequest::new(["userdel", "gbuser"])).await.expect("exec userdel");
     assert!(out.success(), "userdel gbuser: {}", out.stderr_text());
     client.ensure_stopped(&source.name, 30).await.expect("stopping the source container");
-    let image = PublishedImage::publish(&client, &source, &[("description", "gbot plain Debian with redis".into())]).await;
+    let image =
+        PublishedImage::publish(&client, &source, &[("description", "gbot plain Debian with redis".into())]).await;
     drop(source);
     let no_conf = tempfile::Builder::new().prefix("gbot-lxc-conf-").tempdir().expect("tempdir");
     let tenant = TestTenant::new();
-    let plan_args = [args(&["plan", "--tenant", &tenant.name, "--stack-dir", &tenant.stack_dir(), "--image", &image.alias]), args(&["cache"])].concat();
+    let plan_args = [
+        args(&["plan", "--tenant", &tenant.name, "--stack-dir", &tenant.stack_dir(), "--image", &image.alias]),
+        args(&["cache"]),
+    ]
+    .concat();
     let plan = gbo_in(no_conf.path(), &plan_args);
     assert_eq!(plan.code, 0, "{}", plan.all());
     assert!(plan.stdout.contains(&format!("note: image {} was not built by gbo: the packages of cache (redis-server) are installed with apt-get when missing", image.alias)), "{}", plan.stdout);
@@ -213,7 +276,11 @@ async fn a_plain_image_that_has_the_packages_installs_offline_and_gets_the_fixed
     assert!(!run.stderr.contains("apt-get"), "nothing to install:\n{}", run.stderr);
     let cache = lxd_client::InstanceName::new(tenant.container("cache")).expect("name");
     let out = client.exec(&cache, &ExecRequest::new(["getent", "passwd", "gbuser"])).await.expect("exec getent");
-    assert_eq!(out.stdout_text().trim(), "gbuser:x:1000:1000:gbo service user:/opt/gbo:/bin/bash", "the fixed-uid user is created");
+    assert_eq!(
+        out.stdout_text().trim(),
+        "gbuser:x:1000:1000:gbo service user:/opt/gbo:/bin/bash",
+        "the fixed-uid user is created"
+    );
     let again = gbo_in(no_conf.path(), &plan_args);
     assert!(again.stdout.contains("Nothing to do"), "{}", again.all());
 }
@@ -233,13 +300,26 @@ async fn missing_images_and_unknown_remotes_are_bad_input() {
     let base = args(&["install", "--tenant", &tenant.name, "--stack-dir", &tenant.stack_dir(), "cache"]);
     let cases: Vec<(Vec<String>, Vec<String>)> = vec![
         // An explicitly named local alias must exist.
-        (args(&["--image", &missing]), vec![format!("image {missing:?} not found"), format!("gbo image build --components cache --alias {missing}")]),
-        (args(&["--image", "gbot-nosuch:debian/12"]), vec!["no image remote \"gbot-nosuch\"".to_string(), "`images`".to_string()]),
+        (
+            args(&["--image", &missing]),
+            vec![
+                format!("image {missing:?} not found"),
+                format!("gbo image build --components cache --alias {missing}"),
+            ],
+        ),
+        (
+            args(&["--image", "gbot-nosuch:debian/12"]),
+            vec!["no image remote \"gbot-nosuch\"".to_string(), "`images`".to_string()],
+        ),
         (args(&["--image", ":debian/12"]), vec!["expected ALIAS (a local image) or REMOTE:ALIAS".to_string()]),
         // The public fallback with containers that have no network: refused before anything is pulled.
         (
             args(&["--default-image", &missing, "--fallback-image", "images:debian/12"]),
-            vec!["image images:debian/12 was not built by gbo".to_string(), "(nothing was changed)".to_string(), "gbo setup --network".to_string()],
+            vec![
+                "image images:debian/12 was not built by gbo".to_string(),
+                "(nothing was changed)".to_string(),
+                "gbo setup --network".to_string(),
+            ],
         ),
     ];
     for (extra, expected) in cases {
@@ -250,5 +330,9 @@ async fn missing_images_and_unknown_remotes_are_bad_input() {
         }
     }
     assert!(containers_of(&tenant.name).is_empty(), "bad input created containers");
-    assert_eq!(std::fs::read_dir(tenant.stack.path()).expect("stack dir").count(), 0, "bad input changed the host tree");
+    assert_eq!(
+        std::fs::read_dir(tenant.stack.path()).expect("stack dir").count(),
+        0,
+        "bad input changed the host tree"
+    );
 }

@@ -11,8 +11,13 @@ use gbo_ops::install::status::TenantStatus;
 use gbo_tests::{gbo, gbo_async, gbo_bin, lxd, require_test_image, TestTenant, TEST_IMAGE};
 
 fn containers_of(tenant: &str) -> Vec<String> {
-    let out = std::process::Command::new("lxc").args(["list", "--format", "csv", "-c", "n"]).output().expect("lxc list");
-    String::from_utf8_lossy(&out.stdout).lines().filter(|n| n.starts_with(&format!("{tenant}-"))).map(str::to_string).collect()
+    let out =
+        std::process::Command::new("lxc").args(["list", "--format", "csv", "-c", "n"]).output().expect("lxc list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.starts_with(&format!("{tenant}-")))
+        .map(str::to_string)
+        .collect()
 }
 
 fn base(t: &TestTenant) -> Vec<String> {
@@ -33,7 +38,17 @@ async fn bad_input_and_dry_run_change_nothing() {
     let fresh_s = fresh.display().to_string();
 
     // --dry-run: a plan, exit 0, no container, no host directory.
-    let dry = run(vec!["install".into(), "--tenant".into(), t.name.clone(), "--image".into(), TEST_IMAGE.into(), "--stack-dir".into(), fresh_s.clone(), "cache".into(), "--dry-run".into()]);
+    let dry = run(vec![
+        "install".into(),
+        "--tenant".into(),
+        t.name.clone(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        fresh_s.clone(),
+        "cache".into(),
+        "--dry-run".into(),
+    ]);
     assert_eq!(dry.code, 0, "{}", dry.all());
     assert!(dry.stdout.contains("+ create instance"), "{}", dry.stdout);
     assert!(dry.stdout.contains("nothing was changed"), "{}", dry.stdout);
@@ -41,18 +56,39 @@ async fn bad_input_and_dry_run_change_nothing() {
 
     let cases: Vec<(Vec<String>, &str)> = vec![
         ([vec!["install".into(), "cache".into(), "databse".into()], base(&t)].concat(), "unknown role \"databse\""),
-        (vec!["install".into(), "--tenant".into(), "Bad_Tenant".into(), "cache".into()], "invalid tenant name \"Bad_Tenant\""),
+        (
+            vec!["install".into(), "--tenant".into(), "Bad_Tenant".into(), "cache".into()],
+            "invalid tenant name \"Bad_Tenant\"",
+        ),
         (vec!["install".into(), "--tenant".into(), "9lives".into(), "cache".into()], "starts with a digit"),
         (
-            [vec!["install".into(), "cache".into(), "--stack-dir".into(), "/proc/gbot-not-writable".into()], vec!["--tenant".into(), t.name.clone(), "--image".into(), TEST_IMAGE.into()]].concat(),
+            [
+                vec!["install".into(), "cache".into(), "--stack-dir".into(), "/proc/gbot-not-writable".into()],
+                vec!["--tenant".into(), t.name.clone(), "--image".into(), TEST_IMAGE.into()],
+            ]
+            .concat(),
             "/proc/gbot-not-writable",
         ),
         (
-            [vec!["install".into(), "cache".into()], vec!["--tenant".into(), t.name.clone(), "--stack-dir".into(), t.stack_dir(), "--image".into(), "gbot-missing/none".into()]].concat(),
+            [
+                vec!["install".into(), "cache".into()],
+                vec![
+                    "--tenant".into(),
+                    t.name.clone(),
+                    "--stack-dir".into(),
+                    t.stack_dir(),
+                    "--image".into(),
+                    "gbot-missing/none".into(),
+                ],
+            ]
+            .concat(),
             "gbo image build --components cache",
         ),
         ([vec!["install".into(), "drive".into()], base(&t)].concat(), "cannot install drive"),
-        ([vec!["install".into(), "cache".into(), "--port".into(), "cache.nope=1234".into()], base(&t)].concat(), "cache has no port named \"nope\""),
+        (
+            [vec!["install".into(), "cache".into(), "--port".into(), "cache.nope=1234".into()], base(&t)].concat(),
+            "cache has no port named \"nope\"",
+        ),
     ];
     for (args, expected) in cases {
         let out = run(args.clone());
@@ -62,9 +98,15 @@ async fn bad_input_and_dry_run_change_nothing() {
     // A host port already in use.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port();
-    let out = run([vec!["install".into(), "cache".into(), "--port".into(), format!("cache.redis={port}")], base(&t)].concat());
+    let out = run(
+        [vec!["install".into(), "cache".into(), "--port".into(), format!("cache.redis={port}")], base(&t)].concat()
+    );
     assert_eq!(out.code, 2, "{}", out.all());
-    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && out.stderr.contains("already in use"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")) && out.stderr.contains("already in use"),
+        "{}",
+        out.stderr
+    );
     // The holder is named: this test process.
     assert!(out.stderr.contains(&format!("(pid {})", std::process::id())), "{}", out.stderr);
     drop(busy);
@@ -103,7 +145,10 @@ async fn two_tenants_side_by_side_and_a_killed_run_resumes() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let (ra, rb) = tokio::join!(gbo_async([vec!["install".into(), "cache".into()], base(&a)].concat()), gbo_async([vec!["install".into(), "cache".into()], base(&b)].concat()));
+    let (ra, rb) = tokio::join!(
+        gbo_async([vec!["install".into(), "cache".into()], base(&a)].concat()),
+        gbo_async([vec!["install".into(), "cache".into()], base(&b)].concat())
+    );
     assert_eq!(ra.code, 0, "re-run after SIGKILL must complete:\n{}", ra.all());
     assert_eq!(rb.code, 0, "{}", rb.all());
     let port_of = |t: &TestTenant| {
@@ -130,7 +175,10 @@ async fn serve_file(path: PathBuf) -> (u16, tokio::task::JoinHandle<()>) {
                 let mut buf = [0u8; 2048];
                 let _ = stream.read(&mut buf).await;
                 let body = tokio::fs::read(&path).await.unwrap_or_default();
-                let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                    body.len()
+                );
                 let _ = stream.write_all(head.as_bytes()).await;
                 let _ = stream.write_all(&body).await;
             });

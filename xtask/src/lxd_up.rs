@@ -48,7 +48,13 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| duct::cmd!("dpkg-query", "-W", "-f=${Status}", p).stderr_null().read().map(|s| !s.contains("install ok installed")).unwrap_or(true))
+        .filter(|p| {
+            duct::cmd!("dpkg-query", "-W", "-f=${Status}", p)
+                .stderr_null()
+                .read()
+                .map(|s| !s.contains("install ok installed"))
+                .unwrap_or(true)
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -137,7 +143,11 @@ async fn ensure_storage(lxd: &Client, size: &str) -> anyhow::Result<()> {
         "default".to_string()
     };
     let profile = lxd.profile("default").await?;
-    if !profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")) {
+    if !profile
+        .devices
+        .values()
+        .any(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
+    {
         let root = DeviceName::new("root")?;
         lxd.add_profile_device("default", &root, DiskDevice::root(pool).to_config(&root)?).await?;
     }
@@ -169,7 +179,13 @@ pub fn test_image_spec() -> gbo_ops::image::ImageSpec {
         packages: gbo_components::image_packages(TEST_IMAGE_ROLES).into_iter().map(str::to_string).collect(),
         users: gbo_components::SERVICE_USERS
             .iter()
-            .map(|u| gbo_ops::image::FixedUser { name: u.name.into(), uid: u.uid, gid: u.gid, home: u.home.into(), shell: u.shell.into() })
+            .map(|u| gbo_ops::image::FixedUser {
+                name: u.name.into(),
+                uid: u.uid,
+                gid: u.gid,
+                home: u.home.into(),
+                shell: u.shell.into(),
+            })
             .collect(),
         mirror: "http://deb.debian.org/debian".to_string(),
         work_dir: "/var/cache/gbo/images".into(),

@@ -61,7 +61,9 @@ fn main() -> anyhow::Result<()> {
                 let which = format!("{which:?}").to_lowercase();
                 eprintln!("bench: building xtask in release...");
                 let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-                duct::cmd!("cargo", "run", "--quiet", "--release", "--package", "xtask", "--", "bench", which).dir(workspace).run()?;
+                duct::cmd!("cargo", "run", "--quiet", "--release", "--package", "xtask", "--", "bench", which)
+                    .dir(workspace)
+                    .run()?;
                 return Ok(());
             }
             runtime.block_on(bench::run(which))

@@ -116,7 +116,10 @@ async fn watchdog() {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(15)).await;
         let answered = match lxd_client::Client::local() {
-            Ok(lxd) => tokio::time::timeout(std::time::Duration::from_secs(20), lxd.server_fresh()).await.map(|r| r.is_ok()).unwrap_or(false),
+            Ok(lxd) => tokio::time::timeout(std::time::Duration::from_secs(20), lxd.server_fresh())
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false),
             Err(_) => false,
         };
         silent = if answered { 0 } else { silent + 1 };
@@ -157,7 +160,9 @@ async fn wait_for_lxc_processes(limit: std::time::Duration) {
     let running = || {
         std::fs::read_dir("/proc")
             .map(|entries| {
-                entries.flatten().any(|entry| std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.trim() == "lxc"))
+                entries.flatten().any(|entry| {
+                    std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.trim() == "lxc")
+                })
             })
             .unwrap_or(false)
     };

@@ -77,8 +77,8 @@ pub fn scan(locations: &CacheLocations) -> Result<(Vec<CacheEntry>, Vec<PathBuf>
                     continue;
                 }
                 for unit in read_dir_sorted(&index_dir)? {
-                    let metadata =
-                        std::fs::symlink_metadata(&unit).map_err(|error| Error::io("reading metadata of", &unit, error))?;
+                    let metadata = std::fs::symlink_metadata(&unit)
+                        .map_err(|error| Error::io("reading metadata of", &unit, error))?;
                     let bytes = if metadata.is_dir() { tree_size(&unit)? } else { metadata.len() };
                     entries.push(CacheEntry { path: unit, bytes, mtime: mtime(&metadata) });
                 }
@@ -136,7 +136,8 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn collect_files(dir: &Path, out: &mut Vec<CacheEntry>) -> Result<()> {
     for path in read_dir_sorted(dir)? {
-        let metadata = std::fs::symlink_metadata(&path).map_err(|error| Error::io("reading metadata of", &path, error))?;
+        let metadata =
+            std::fs::symlink_metadata(&path).map_err(|error| Error::io("reading metadata of", &path, error))?;
         if metadata.is_dir() {
             collect_files(&path, out)?;
         } else if metadata.is_file() {
@@ -149,7 +150,8 @@ fn collect_files(dir: &Path, out: &mut Vec<CacheEntry>) -> Result<()> {
 fn tree_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for path in read_dir_sorted(dir)? {
-        let metadata = std::fs::symlink_metadata(&path).map_err(|error| Error::io("reading metadata of", &path, error))?;
+        let metadata =
+            std::fs::symlink_metadata(&path).map_err(|error| Error::io("reading metadata of", &path, error))?;
         total += if metadata.is_dir() { tree_size(&path)? } else { metadata.len() };
     }
     Ok(total)

@@ -348,11 +348,16 @@ fn mtime_secs(metadata: &std::fs::Metadata) -> u64 {
 }
 
 /// Deploy `options.binary` to the host described by `connect`.
-pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut dyn DeployObserver) -> Result<DeployReport> {
+pub fn deploy(
+    connect: &ConnectOptions,
+    options: &DeployOptions,
+    observer: &mut dyn DeployObserver,
+) -> Result<DeployReport> {
     let started = Instant::now();
     check_deploy_options(options)?;
     // Check the artifact before touching the network; the hash is recomputed while streaming.
-    let mut file = File::open(&options.binary).map_err(|error| Error::io("opening the binary", &options.binary, error))?;
+    let mut file =
+        File::open(&options.binary).map_err(|error| Error::io("opening the binary", &options.binary, error))?;
     let metadata = file.metadata().map_err(|error| Error::io("reading metadata of", &options.binary, error))?;
     if !metadata.is_file() || metadata.len() == 0 {
         return Err(Error::invalid("binary", options.binary.display().to_string(), "a non-empty regular file"));
@@ -447,7 +452,8 @@ pub fn deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut 
     observer.on_event(&DeployEvent::Swapped { previous_release: previous_release.clone() });
 
     // Restart and wait for health.
-    let (stopped_at, stopped_pids) = restart_service(&remote, dest, &restart, &launch, sudo, options.stop_timeout, observer)?;
+    let (stopped_at, stopped_pids) =
+        restart_service(&remote, dest, &restart, &launch, sudo, options.stop_timeout, observer)?;
     observer.on_event(&DeployEvent::WaitingForHealth { url: options.health.to_string() });
     match wait_healthy(&remote, &options.health, options.health_timeout) {
         Ok(healthy_at) => {
@@ -560,13 +566,22 @@ fn planned_restart(restart: &Restart, launch: &Launch) -> (Option<String>, Vec<u
         Restart::Process { pids } => (
             None,
             pids.clone(),
-            Some(PlannedStart { owner: launch.owner.clone(), args: launch.args.clone(), cwd: launch.cwd.clone(), log: launch.log.clone() }),
+            Some(PlannedStart {
+                owner: launch.owner.clone(),
+                args: launch.args.clone(),
+                cwd: launch.cwd.clone(),
+                log: launch.log.clone(),
+            }),
         ),
     }
 }
 
 /// Check everything a deploy checks and say what it would do, without changing anything on the remote.
-pub fn plan_deploy(connect: &ConnectOptions, options: &DeployOptions, observer: &mut dyn DeployObserver) -> Result<DeployPlan> {
+pub fn plan_deploy(
+    connect: &ConnectOptions,
+    options: &DeployOptions,
+    observer: &mut dyn DeployObserver,
+) -> Result<DeployPlan> {
     check_deploy_options(options)?;
     let (bytes, sha256, _) = local_artifact(&options.binary)?;
     let remote = Remote::connect(connect)?;
@@ -574,10 +589,7 @@ pub fn plan_deploy(connect: &ConnectOptions, options: &DeployOptions, observer: 
     let dest = &options.dest;
     let (state, restart, launch) = resolve_deploy(&remote, options)?;
     let already_deployed = state.dest_exists
-        && remote
-            .run("sha256sum", &format!("sha256sum -- {}", sh_quote(dest.as_str())))?
-            .split_whitespace()
-            .next()
+        && remote.run("sha256sum", &format!("sha256sum -- {}", sh_quote(dest.as_str())))?.split_whitespace().next()
             == Some(sha256.as_str());
     let (next_number, previous_release) = next_release(dest, &state);
     let mut releases = state.releases.clone();
@@ -618,7 +630,9 @@ fn resolve_rollback(remote: &Remote, options: &RollbackOptions) -> Result<(Remot
     let release = newest_release(remote, dest, &state)?;
     let owner = match &options.owner {
         Some(owner) => owner.to_string(),
-        None => remote.run("owner of the release", &format!("stat -c %U -- {}", sh_quote(&release)))?.trim().to_string(),
+        None => {
+            remote.run("owner of the release", &format!("stat -c %U -- {}", sh_quote(&release)))?.trim().to_string()
+        }
     };
     let restart = choose_restart(remote, dest, &state, options.unit.as_deref())?;
     let launch = resolve_launch(dest, &owner, &options.start, &state.inherited);
@@ -652,7 +666,11 @@ pub struct RollbackPlan {
 }
 
 /// Check everything a rollback checks and say what it would do, without changing anything on the remote.
-pub fn plan_rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &mut dyn DeployObserver) -> Result<RollbackPlan> {
+pub fn plan_rollback(
+    connect: &ConnectOptions,
+    options: &RollbackOptions,
+    observer: &mut dyn DeployObserver,
+) -> Result<RollbackPlan> {
     if let Some(unit) = &options.unit {
         validate_unit(unit)?;
     }
@@ -675,13 +693,22 @@ pub fn plan_rollback(connect: &ConnectOptions, options: &RollbackOptions, observ
         unit,
         stop_pids,
         start,
-        remaining_releases: state.releases.iter().filter(|(_, path)| *path != release).map(|(_, p)| p.clone()).collect(),
+        remaining_releases: state
+            .releases
+            .iter()
+            .filter(|(_, path)| *path != release)
+            .map(|(_, p)| p.clone())
+            .collect(),
         restore_release: release,
     })
 }
 
 /// Put the newest previous release back in place and restart it.
-pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &mut dyn DeployObserver) -> Result<RollbackReport> {
+pub fn rollback(
+    connect: &ConnectOptions,
+    options: &RollbackOptions,
+    observer: &mut dyn DeployObserver,
+) -> Result<RollbackReport> {
     if let Some(unit) = &options.unit {
         validate_unit(unit)?;
     }
@@ -728,7 +755,12 @@ pub fn rollback(connect: &ConnectOptions, options: &RollbackOptions, observer: &
         restart_method: restart_name(&restart).to_string(),
         healthy,
         downtime_ms,
-        remaining_releases: state.releases.iter().filter(|(_, path)| *path != release).map(|(_, p)| p.clone()).collect(),
+        remaining_releases: state
+            .releases
+            .iter()
+            .filter(|(_, path)| *path != release)
+            .map(|(_, p)| p.clone())
+            .collect(),
     })
 }
 
@@ -751,9 +783,8 @@ pub fn verify(connect: &ConnectOptions, binary: &Path, dest: &RemotePath) -> Res
     match &remote_sha256 {
         None => findings.push(format!("{dest} does not exist on {}", remote.label())),
         Some(sha) if *sha != local_sha256 => {
-            let mut finding = format!(
-                "{dest} differs from the local artifact (remote sha256 {sha}, local {local_sha256})"
-            );
+            let mut finding =
+                format!("{dest} differs from the local artifact (remote sha256 {sha}, local {local_sha256})");
             if let Some(remote_time) = remote_mtime {
                 if remote_time < local_mtime {
                     finding.push_str(&format!(
@@ -804,7 +835,12 @@ pub fn lock_path(dest: &RemotePath) -> String {
 /// Take the target's lock: a `flock` held by a remote process for as long as the returned handle lives. The kernel
 /// releases it when that process ends, which it does when this deploy ends, fails or loses its connection, so a
 /// dead deploy never leaves a stale lock. The holder writes who it is into the file, for the next one's message.
-fn lock_target(remote: &Remote, dest: &RemotePath, wait: Duration, observer: &mut dyn DeployObserver) -> Result<HeldCommand> {
+fn lock_target(
+    remote: &Remote,
+    dest: &RemotePath,
+    wait: Duration,
+    observer: &mut dyn DeployObserver,
+) -> Result<HeldCommand> {
     let lock = lock_path(dest);
     let wait_secs = wait.as_secs();
     let script = format!(
@@ -893,7 +929,12 @@ fn resolve_launch(dest: &RemotePath, owner: &str, start: &StartOptions, inherite
             .map(RemotePath::to_string)
             .or_else(|| inherited.cwd.clone())
             .unwrap_or_else(|| dest.parent().to_string()),
-        log: start.log.as_ref().map(RemotePath::to_string).or_else(|| inherited.log.clone()).unwrap_or_else(|| default_log(dest)),
+        log: start
+            .log
+            .as_ref()
+            .map(RemotePath::to_string)
+            .or_else(|| inherited.log.clone())
+            .unwrap_or_else(|| default_log(dest)),
     }
 }
 
@@ -1041,7 +1082,10 @@ fn parse_inspect(output: &str, dest: &RemotePath) -> RemoteState {
 fn preflight(remote: &Remote, dest: &RemotePath, state: &RemoteState, check_owner: bool) -> Result<()> {
     let fail = |message: String| Err(Error::RemotePrecondition { host: remote.label().to_string(), message });
     if !state.dir_exists {
-        return fail(format!("the destination directory {} does not exist; create it first (nothing was changed)", dest.parent()));
+        return fail(format!(
+            "the destination directory {} does not exist; create it first (nothing was changed)",
+            dest.parent()
+        ));
     }
     if check_owner && !state.owner_exists {
         return fail("the owner user does not exist on the remote host (nothing was changed)".to_string());
@@ -1075,7 +1119,12 @@ fn parent_of(path: &str) -> &str {
     }
 }
 
-fn choose_restart(remote: &Remote, dest: &RemotePath, state: &RemoteState, forced_unit: Option<&str>) -> Result<Restart> {
+fn choose_restart(
+    remote: &Remote,
+    dest: &RemotePath,
+    state: &RemoteState,
+    forced_unit: Option<&str>,
+) -> Result<Restart> {
     if let Some(unit) = forced_unit {
         return Ok(Restart::Systemd(unit.to_string()));
     }
@@ -1085,10 +1134,7 @@ fn choose_restart(remote: &Remote, dest: &RemotePath, state: &RemoteState, force
             // A process in a unit's cgroup is only "owned" by it when the unit runs this binary: a binary started by
             // hand from an SSH session without pam_systemd sits in ssh.service's cgroup, and restarting ssh.service
             // would be wrong.
-            let show = remote.exec(&format!(
-                "systemctl show -p MainPID -p ExecStart -- {}",
-                sh_quote(unit)
-            ))?;
+            let show = remote.exec(&format!("systemctl show -p MainPID -p ExecStart -- {}", sh_quote(unit)))?;
             let main_pid = show
                 .stdout
                 .lines()
@@ -1123,7 +1169,8 @@ fn restart_service(
         Restart::Systemd(unit) => {
             observer.on_event(&DeployEvent::Restarting { method: format!("systemd unit {unit}") });
             let stopped_at = Instant::now();
-            remote.run(&format!("systemctl restart {unit}"), &format!("{sudo}systemctl restart -- {}", sh_quote(unit)))?;
+            remote
+                .run(&format!("systemctl restart {unit}"), &format!("{sudo}systemctl restart -- {}", sh_quote(unit)))?;
             Ok((Some(stopped_at), Vec::new()))
         }
         Restart::Process { pids } => {
@@ -1162,7 +1209,13 @@ fn restart_current(
     restart_service(remote, dest, &current, launch, sudo, stop_timeout, observer).map(|_| ())
 }
 
-fn stop_by_path(remote: &Remote, dest: &RemotePath, sudo: &str, stop_timeout: Duration, restart: &Restart) -> Result<()> {
+fn stop_by_path(
+    remote: &Remote,
+    dest: &RemotePath,
+    sudo: &str,
+    stop_timeout: Duration,
+    restart: &Restart,
+) -> Result<()> {
     match restart {
         Restart::Systemd(unit) => {
             remote.run(&format!("systemctl stop {unit}"), &format!("{sudo}systemctl stop -- {}", sh_quote(unit)))?;
@@ -1353,10 +1406,18 @@ mod tests {
     #[test]
     fn explicit_start_options_win_over_inherited_ones() {
         let dest: RemotePath = "/opt/gbo/bin/botserver".parse().expect("parse");
-        let inherited = Inherited { args: Some(vec!["--old".into()]), cwd: Some("/srv".into()), log: Some("/l/x.log".into()) };
+        let inherited =
+            Inherited { args: Some(vec!["--old".into()]), cwd: Some("/srv".into()), log: Some("/l/x.log".into()) };
         let launch = resolve_launch(&dest, "gbuser", &StartOptions::default(), &inherited);
-        assert_eq!((launch.args.clone(), launch.cwd.as_str(), launch.log.as_str()), (vec!["--old".to_string()], "/srv", "/l/x.log"));
-        let explicit = StartOptions { args: Some(vec!["--noconsole".into()]), cwd: None, log: Some("/opt/gbo/logs/error.log".parse().expect("parse")) };
+        assert_eq!(
+            (launch.args.clone(), launch.cwd.as_str(), launch.log.as_str()),
+            (vec!["--old".to_string()], "/srv", "/l/x.log")
+        );
+        let explicit = StartOptions {
+            args: Some(vec!["--noconsole".into()]),
+            cwd: None,
+            log: Some("/opt/gbo/logs/error.log".parse().expect("parse")),
+        };
         let launch = resolve_launch(&dest, "gbuser", &explicit, &Inherited::default());
         assert_eq!(launch.args, vec!["--noconsole"]);
         assert_eq!(launch.cwd, "/opt/gbo/bin");

@@ -181,7 +181,9 @@ pub enum Error {
     },
 
     /// The new release never became healthy; what happened afterwards is in `outcome`.
-    #[error("{target}: the new release did not become healthy at {url} within {timeout_secs}s (last: {last}); {outcome}")]
+    #[error(
+        "{target}: the new release did not become healthy at {url} within {timeout_secs}s (last: {last}); {outcome}"
+    )]
     DeployUnhealthy {
         /// `host:dest`.
         target: String,

@@ -154,10 +154,8 @@ pub fn push(options: &PushOptions) -> Result<PushReport> {
             ),
         });
     }
-    let root_dirty: Vec<String> = dirty_lines(root)?
-        .into_iter()
-        .filter(|line| line.get(3..).map(str::trim) != Some(submodule_path))
-        .collect();
+    let root_dirty: Vec<String> =
+        dirty_lines(root)?.into_iter().filter(|line| line.get(3..).map(str::trim) != Some(submodule_path)).collect();
     if !root_dirty.is_empty() {
         return Err(Error::Git {
             message: format!(

@@ -52,7 +52,10 @@ impl RunsQuery {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && name != "." && name != ".."
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name != "."
+        && name != ".."
 }
 
 /// One workflow run (task) as Forgejo reports it.
@@ -111,10 +114,8 @@ pub struct RunsReport {
 pub async fn list_runs(query: &RunsQuery) -> Result<RunsReport> {
     let url = query.url();
     let http = |message: String| Error::Http { url: url.clone(), message };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|error| http(error.to_string()))?;
+    let client =
+        reqwest::Client::builder().timeout(Duration::from_secs(20)).build().map_err(|error| http(error.to_string()))?;
     let mut request = client.get(&url).header("Accept", "application/json");
     if let Some(token) = &query.token {
         request = request.header("Authorization", format!("token {}", token.expose()));
@@ -139,7 +140,10 @@ mod tests {
     #[test]
     fn queries_are_validated() {
         let query = RunsQuery::new("http://alm.example.com/", "GeneralBots/botserver", 5, None).expect("new");
-        assert_eq!(query.url(), "http://alm.example.com/api/v1/repos/GeneralBots/botserver/actions/tasks?page=1&limit=5");
+        assert_eq!(
+            query.url(),
+            "http://alm.example.com/api/v1/repos/GeneralBots/botserver/actions/tasks?page=1&limit=5"
+        );
         assert!(RunsQuery::new("http://x", "noslash", 5, None).is_err());
         assert!(RunsQuery::new("http://x", "a/b/c", 5, None).is_err());
         assert!(RunsQuery::new("alm.example.com", "a/b", 5, None).is_err());

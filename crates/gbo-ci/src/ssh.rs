@@ -206,14 +206,9 @@ impl Remote {
             self.session.channel_session().map_err(|error| Error::ssh("opening a session channel", error))?;
         channel.exec(command).map_err(|error| Error::ssh("starting a remote command", error))?;
         let mut stdout = String::new();
-        channel
-            .read_to_string(&mut stdout)
-            .map_err(|error| Error::ssh_io("reading remote output", error))?;
+        channel.read_to_string(&mut stdout).map_err(|error| Error::ssh_io("reading remote output", error))?;
         let mut stderr = String::new();
-        channel
-            .stderr()
-            .read_to_string(&mut stderr)
-            .map_err(|error| Error::ssh_io("reading remote errors", error))?;
+        channel.stderr().read_to_string(&mut stderr).map_err(|error| Error::ssh_io("reading remote errors", error))?;
         channel.wait_close().map_err(|error| Error::ssh("closing a remote command", error))?;
         let status = channel.exit_status().map_err(|error| Error::ssh("reading an exit status", error))?;
         Ok(ExecOutput { status, stdout, stderr })
@@ -250,22 +245,15 @@ impl Remote {
             if count == 0 {
                 break;
             }
-            channel
-                .write_all(&buffer[..count])
-                .map_err(|error| Error::ssh_io("streaming the upload", error))?;
+            channel.write_all(&buffer[..count]).map_err(|error| Error::ssh_io("streaming the upload", error))?;
             sent += count as u64;
             on_progress(sent);
         }
         channel.send_eof().map_err(|error| Error::ssh("finishing the upload", error))?;
         let mut stdout = String::new();
-        channel
-            .read_to_string(&mut stdout)
-            .map_err(|error| Error::ssh_io("reading remote output", error))?;
+        channel.read_to_string(&mut stdout).map_err(|error| Error::ssh_io("reading remote output", error))?;
         let mut stderr = String::new();
-        channel
-            .stderr()
-            .read_to_string(&mut stderr)
-            .map_err(|error| Error::ssh_io("reading remote errors", error))?;
+        channel.stderr().read_to_string(&mut stderr).map_err(|error| Error::ssh_io("reading remote errors", error))?;
         channel.wait_close().map_err(|error| Error::ssh("closing a remote command", error))?;
         let status = channel.exit_status().map_err(|error| Error::ssh("reading an exit status", error))?;
         Ok(ExecOutput { status, stdout, stderr })
@@ -295,15 +283,12 @@ impl Remote {
         let request = format!(
             "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: gbo-ci\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
-        channel
-            .write_all(request.as_bytes())
-            .map_err(|error| Error::ssh_io("sending the health request", error))?;
+        channel.write_all(request.as_bytes()).map_err(|error| Error::ssh_io("sending the health request", error))?;
         let mut head = Vec::new();
         let mut buffer = [0_u8; 1024];
         while !head.windows(2).any(|window| window == b"\r\n") && head.len() < 8192 {
-            let count = channel
-                .read(&mut buffer)
-                .map_err(|error| Error::ssh_io("reading the health response", error))?;
+            let count =
+                channel.read(&mut buffer).map_err(|error| Error::ssh_io("reading the health response", error))?;
             if count == 0 {
                 break;
             }
@@ -353,8 +338,10 @@ impl HeldCommand {
                 let line: Vec<u8> = self.pending.drain(..=end).collect();
                 return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
             }
-            let count =
-                self.channel.read(&mut buffer).map_err(|error| Error::ssh_io("reading a held remote command", error))?;
+            let count = self
+                .channel
+                .read(&mut buffer)
+                .map_err(|error| Error::ssh_io("reading a held remote command", error))?;
             if count == 0 {
                 if self.pending.is_empty() {
                     return Ok(None);
@@ -462,11 +449,10 @@ fn verify_host_key(
     files: &[PathBuf],
     accept_new: bool,
 ) -> Result<HostKeyStatus> {
-    let (key, key_type) =
-        session.host_key().ok_or_else(|| Error::RemotePrecondition {
-            host: hostname.to_string(),
-            message: "the server presented no host key".into(),
-        })?;
+    let (key, key_type) = session.host_key().ok_or_else(|| Error::RemotePrecondition {
+        host: hostname.to_string(),
+        message: "the server presented no host key".into(),
+    })?;
     let key_type_text = key_type_name(key_type).to_string();
     let fingerprint = session
         .host_key_hash(HashType::Sha256)
@@ -567,7 +553,11 @@ fn authenticate(
     Err(Error::Auth {
         user: user.to_string(),
         host: hostname.to_string(),
-        tried: if tried.is_empty() { "no key found (pass --identity or run an ssh-agent)".into() } else { tried.join(", ") },
+        tried: if tried.is_empty() {
+            "no key found (pass --identity or run an ssh-agent)".into()
+        } else {
+            tried.join(", ")
+        },
     })
 }
 
@@ -595,9 +585,7 @@ fn try_agent(session: &Session, user: &str) -> bool {
 
 /// Quote a string for a POSIX shell (single quotes, embedded quotes escaped).
 pub fn sh_quote(value: &str) -> String {
-    if !value.is_empty()
-        && value.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&byte))
-    {
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&byte)) {
         return value.to_string();
     }
     format!("'{}'", value.replace('\'', r"'\''"))

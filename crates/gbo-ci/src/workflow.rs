@@ -102,7 +102,8 @@ pub fn spec_for(name: &str) -> WorkflowSpec {
 
 /// Render one workflow file.
 pub fn render(spec: &WorkflowSpec, settings: &RenderSettings) -> String {
-    let features = if spec.features.is_empty() { String::new() } else { format!(" --features {}", spec.features.join(",")) };
+    let features =
+        if spec.features.is_empty() { String::new() } else { format!(" --features {}", spec.features.join(",")) };
     let mut out = format!(
         "# Written by `gbo-ci workflow render`: change its inputs and re-render rather than editing by hand.\n\
          name: {name}\n\
@@ -280,7 +281,12 @@ pub fn check_text(file: &Path, text: &str) -> Result<Vec<Finding>> {
     for rule in RULES {
         for needle in rule.needles {
             if text.contains(needle) {
-                findings.push(Finding { file: file.to_path_buf(), line: line_of(needle), rule: rule.id, message: rule.message.into() });
+                findings.push(Finding {
+                    file: file.to_path_buf(),
+                    line: line_of(needle),
+                    rule: rule.id,
+                    message: rule.message.into(),
+                });
                 break;
             }
         }
@@ -292,11 +298,14 @@ pub fn check_text(file: &Path, text: &str) -> Result<Vec<Finding>> {
             if *tool != "scp" && *tool != "rsync" {
                 continue;
             }
-            let Some(destination) = words.iter().skip(1).rev().find(|word| !word.starts_with('-') && word.contains(':')) else {
+            let Some(destination) =
+                words.iter().skip(1).rev().find(|word| !word.starts_with('-') && word.contains(':'))
+            else {
                 continue;
             };
             let remote_path = destination.split_once(':').map(|(_, path)| path).unwrap_or_default();
-            let renamed_later = run.contains(&format!("mv {remote_path}")) || run.contains("mv -f") || run.contains("mv -T");
+            let renamed_later =
+                run.contains(&format!("mv {remote_path}")) || run.contains("mv -f") || run.contains("mv -T");
             if !renamed_later {
                 findings.push(Finding {
                     file: file.to_path_buf(),

@@ -72,7 +72,15 @@ impl Stage {
 
     /// `gbo-ci rollback` of this stage's target with `extra` flags, run to completion.
     fn rollback(&self, extra: &[&str]) -> std::process::Output {
-        self.sshd.gbo_ci().arg("rollback").args(self.sshd.connect_args()).arg("--dest").arg(&self.dest).args(extra).output().unwrap()
+        self.sshd
+            .gbo_ci()
+            .arg("rollback")
+            .args(self.sshd.connect_args())
+            .arg("--dest")
+            .arg(&self.dest)
+            .args(extra)
+            .output()
+            .unwrap()
     }
 
     /// The bin directory's entries, except the deploy lock (which stays once a deploy has taken it).
@@ -223,8 +231,16 @@ fn explicit_start_options_keep_and_prune_releases_then_rollback_on_demand() {
         let build = stage.build(&format!("botserver-{version}"), 200, version);
         shas.push(sha256(&build));
         let args = [
-            "--arg", script.as_str(), "--arg", port.as_str(), "--log", other_log_text.as_str(), "--cwd",
-            cwd_text.as_str(), "--keep", "2",
+            "--arg",
+            script.as_str(),
+            "--arg",
+            port.as_str(),
+            "--log",
+            other_log_text.as_str(),
+            "--cwd",
+            cwd_text.as_str(),
+            "--keep",
+            "2",
         ];
         let output = stage.deploy(&build, &args);
         assert!(output.status.success(), "{}", describe(&output));
@@ -282,7 +298,8 @@ fn deploys_of_one_target_take_turns_and_a_held_lock_names_its_holder() {
     let bin_dir = stage.dest.parent().unwrap();
     let v3_bytes = std::fs::read(&v3).unwrap();
     // (An entry of the first deploy can vanish between the listing and the read: its upload is renamed.)
-    let landed = stage.bin_dir_listing().iter().any(|name| std::fs::read(bin_dir.join(name)).is_ok_and(|b| b == v3_bytes));
+    let landed =
+        stage.bin_dir_listing().iter().any(|name| std::fs::read(bin_dir.join(name)).is_ok_and(|b| b == v3_bytes));
     assert!(!landed, "nothing of v3 landed");
 
     // One that waits: it runs once the first has rolled back, from the state the first left.
@@ -472,7 +489,11 @@ fn bad_inputs_exit_2_and_change_nothing() {
         ("unreadable binary", vec!["--binary".into(), "/nonexistent/botserver".into()], "/nonexistent/botserver"),
         ("binary is a directory", vec!["--binary".into(), build_dir.clone()], "non-empty regular file"),
         ("unknown host name", vec!["--host".into(), "no such host!".into()], "invalid host"),
-        ("refused key", vec!["--identity".into(), stranger.display().to_string()], "authentication as root@127.0.0.1 failed"),
+        (
+            "refused key",
+            vec!["--identity".into(), stranger.display().to_string()],
+            "authentication as root@127.0.0.1 failed",
+        ),
         ("missing destination directory", vec!["--dest".into(), missing_dir.clone()], "does not exist"),
         ("health URL is not a URL", vec!["--health".into(), "localhost:5858/api/health".into()], "invalid health URL"),
         ("unknown owner", vec!["--owner".into(), "nosuchuser42".into()], "owner user does not exist"),
@@ -480,9 +501,19 @@ fn bad_inputs_exit_2_and_change_nothing() {
     ];
     for (name, overrides, expected) in cases {
         let mut args: Vec<String> = vec![
-            "deploy".into(), "--host".into(), "testhost".into(), "--ssh-config".into(),
-            stage.sshd.ssh_config.display().to_string(), "--binary".into(), new.display().to_string(), "--dest".into(),
-            stage.dest.display().to_string(), "--owner".into(), "nobody".into(), "--health".into(), stage.health_url(),
+            "deploy".into(),
+            "--host".into(),
+            "testhost".into(),
+            "--ssh-config".into(),
+            stage.sshd.ssh_config.display().to_string(),
+            "--binary".into(),
+            new.display().to_string(),
+            "--dest".into(),
+            stage.dest.display().to_string(),
+            "--owner".into(),
+            "nobody".into(),
+            "--health".into(),
+            stage.health_url(),
         ];
         for pair in overrides.chunks(2) {
             match args.iter().position(|arg| *arg == pair[0]) {
@@ -536,7 +567,8 @@ fn keys_from_an_agent_and_from_the_environment_authenticate() {
     let pem = std::fs::read_to_string(&sshd.client_key).unwrap();
     let with_env = verify(sshd.gbo_ci().env("GBO_CI_SSH_KEY", &pem));
     assert!(with_env.status.success(), "{}", describe(&with_env));
-    let all_output = format!("{}{}", String::from_utf8_lossy(&with_env.stdout), String::from_utf8_lossy(&with_env.stderr));
+    let all_output =
+        format!("{}{}", String::from_utf8_lossy(&with_env.stdout), String::from_utf8_lossy(&with_env.stderr));
     assert!(!all_output.contains("PRIVATE KEY"), "the key is never printed");
 
     let socket = sshd.path("agent.sock");
@@ -545,12 +577,14 @@ fn keys_from_an_agent_and_from_the_environment_authenticate() {
         .arg("-a")
         .arg(&socket)
         .stdout(std::process::Stdio::null())
-        .spawn().unwrap();
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !socket.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let added = std::process::Command::new("ssh-add").arg(&sshd.client_key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    let added =
+        std::process::Command::new("ssh-add").arg(&sshd.client_key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
     assert!(added.status.success(), "{}", describe(&added));
     let with_agent = verify(sshd.gbo_ci().env("SSH_AUTH_SOCK", &socket));
     let _ = agent.kill();

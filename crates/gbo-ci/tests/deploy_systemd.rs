@@ -87,8 +87,14 @@ fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_
     container.exec("systemctl daemon-reload && systemctl enable --now system.service");
     let port = free_port();
     lxc(&[
-        "config", "device", "add", &container.0, "gbot-health", "proxy",
-        &format!("listen=tcp:127.0.0.1:{port}"), "connect=tcp:127.0.0.1:5858",
+        "config",
+        "device",
+        "add",
+        &container.0,
+        "gbot-health",
+        "proxy",
+        &format!("listen=tcp:127.0.0.1:{port}"),
+        "connect=tcp:127.0.0.1:5858",
     ]);
     wait_http(port, std::time::Duration::from_secs(20));
     assert_eq!(http_get(port, "/api/health"), Some((200, "v1".into())));
@@ -136,7 +142,10 @@ fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_
     let output = deploy(&broken);
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("healthy again") && stderr.contains("restarting (systemd unit system.service)"), "{stderr}");
+    assert!(
+        stderr.contains("healthy again") && stderr.contains("restarting (systemd unit system.service)"),
+        "{stderr}"
+    );
     assert_eq!(http_get(port, "/api/health"), Some((200, "v2".into())));
     assert_eq!(container.exec(&format!("sha256sum {DEST} | cut -d' ' -f1")).trim(), sha256(&v2));
     let third_pid = container.main_pid();

@@ -252,7 +252,8 @@ fn install_timer_writes_systemd_units_or_a_cron_file() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", describe(&output));
-    let timer = std::fs::read_to_string(with_systemd.path().join("etc/systemd/system/gbo-ci-cache-prune.timer")).unwrap();
+    let timer =
+        std::fs::read_to_string(with_systemd.path().join("etc/systemd/system/gbo-ci-cache-prune.timer")).unwrap();
     assert!(timer.contains("OnCalendar=daily") && timer.contains("Persistent=true"), "{timer}");
     let service =
         std::fs::read_to_string(with_systemd.path().join("etc/systemd/system/gbo-ci-cache-prune.service")).unwrap();
@@ -375,10 +376,16 @@ fn runs_lists_tasks_from_the_api_with_the_token_from_the_environment() {
         .unwrap();
     assert!(output.status.success(), "{}", describe(&output));
     let request = server.join().unwrap();
-    assert!(request.starts_with("GET /api/v1/repos/GeneralBots/botserver/actions/tasks?page=1&limit=2 HTTP/1.1"), "{request}");
+    assert!(
+        request.starts_with("GET /api/v1/repos/GeneralBots/botserver/actions/tasks?page=1&limit=2 HTTP/1.1"),
+        "{request}"
+    );
     assert!(request.to_ascii_lowercase().contains("authorization: token s3cr3t-token-value"), "{request}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("success") && stdout.contains("Fix suggestions bot_id") && stdout.contains("4f1c2d3e4f"), "{stdout}");
+    assert!(
+        stdout.contains("success") && stdout.contains("Fix suggestions bot_id") && stdout.contains("4f1c2d3e4f"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("s3cr3t") && !String::from_utf8_lossy(&output.stderr).contains("s3cr3t"));
 
     let (port, server) = forgejo_stand_in(200, TASKS);

@@ -13,7 +13,8 @@ async fn bad_input_exits_2_naming_the_value() {
     let _lxd = gbo_tests::lxd().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = dir.path().join("broken.caddy");
-    std::fs::write(&broken, "{\n\tstorage file_system {\n\t\troot /x\n\t}\n}\na.example.test {\n\trespond ok\n").expect("write");
+    std::fs::write(&broken, "{\n\tstorage file_system {\n\t\troot /x\n\t}\n}\na.example.test {\n\trespond ok\n")
+        .expect("write");
     let ghost = gbo_tests::unique_name("ghost");
 
     let (code, stderr) = gbo(&["proxy", "apply", broken.to_str().expect("utf-8"), "--tenant", &ghost]);

@@ -8,7 +8,11 @@ use gbo_tests::TestContainer;
 
 fn gbo(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gbo")).args(args).output().expect("gbo");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn lxc(args: &[&str]) -> String {
@@ -21,7 +25,10 @@ fn lxc(args: &[&str]) -> String {
 fn bad_input_is_refused_before_anything_happens() {
     let cases: [(&[&str], &str); 6] = [
         (&["snapshot", "create", "gbot-x", "--expires", "7M"], "invalid duration `7M`"),
-        (&["snapshot", "create", "gbot-x", "--expires", "1y"], "`30m` (minutes), `12h` (hours), `7d` (days) or `4w` (weeks)"),
+        (
+            &["snapshot", "create", "gbot-x", "--expires", "1y"],
+            "`30m` (minutes), `12h` (hours), `7d` (days) or `4w` (weeks)",
+        ),
         (&["snapshot", "create", "gbot-x", "bad/name"], "invalid snapshot name `bad/name`"),
         (&["snapshot", "prune", "gbot-x"], "would delete every snapshot but the newest"),
         (&["snapshot", "schedule", "gbot-x", "--every", "@yearly"], "invalid schedule `@yearly`"),
@@ -61,18 +68,39 @@ async fn unknown_targets_json_list_and_schedules() {
     let (code, stdout, stderr) = gbo(&["snapshot", "prune", &name, "--keep-last", "1", "--dry-run"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.lines().any(|l| l.contains("first") && l.contains("would delete")), "{stdout}");
-    assert_eq!(lxc(&["query", &format!("/1.0/instances/{name}/snapshots")]).matches("/snapshots/").count(), 2, "a dry run deletes nothing");
+    assert_eq!(
+        lxc(&["query", &format!("/1.0/instances/{name}/snapshots")]).matches("/snapshots/").count(),
+        2,
+        "a dry run deletes nothing"
+    );
 
-    let (code, stdout, stderr) = gbo(&["snapshot", "schedule", &name, "--every", "@daily", "--expires", "30m", "--lxd-native"]);
+    let (code, stdout, stderr) =
+        gbo(&["snapshot", "schedule", &name, "--every", "@daily", "--expires", "30m", "--lxd-native"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("cover the container only"), "{stdout}");
     assert_eq!(lxc(&["config", "get", &name, "snapshots.expiry"]), "30M", "30 minutes, not 30 months");
     assert_eq!(lxc(&["config", "get", &name, "snapshots.schedule"]), "@daily");
 
     let root = tempfile::tempdir().expect("root");
-    let (code, _, stderr) = gbo(&["snapshot", "schedule", &name, "--expires", "7d", "--keep-last", "3", "--keep-daily", "7", "--root", &root.path().display().to_string()]);
+    let (code, _, stderr) = gbo(&[
+        "snapshot",
+        "schedule",
+        &name,
+        "--expires",
+        "7d",
+        "--keep-last",
+        "3",
+        "--keep-daily",
+        "7",
+        "--root",
+        &root.path().display().to_string(),
+    ]);
     assert_eq!(code, 0, "{stderr}");
-    let cron = std::fs::read_to_string(root.path().join(format!("etc/cron.d/gbo-snapshot-{name}"))).expect("cron file (no systemd here)");
-    assert!(cron.contains(&format!("@daily root {} snapshot create {name} --expires 7d && ", env!("CARGO_BIN_EXE_gbo"))), "{cron}");
+    let cron = std::fs::read_to_string(root.path().join(format!("etc/cron.d/gbo-snapshot-{name}")))
+        .expect("cron file (no systemd here)");
+    assert!(
+        cron.contains(&format!("@daily root {} snapshot create {name} --expires 7d && ", env!("CARGO_BIN_EXE_gbo"))),
+        "{cron}"
+    );
     assert!(cron.contains("snapshot prune") && cron.contains("--keep-last 3 --keep-daily 7 --keep-weekly 0"), "{cron}");
 }

@@ -19,7 +19,12 @@ struct Run {
 
 fn gbo(v: &StandInVault, args: &[&str], stdin: Option<&str>) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gbo"));
-    cmd.args(args).env("VAULT_ADDR", &v.addr).env_remove("RUST_LOG").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .env("VAULT_ADDR", &v.addr)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     match &v.ca {
         Some(ca) => cmd.env("VAULT_CACERT", ca),
         None => cmd.env_remove("VAULT_CACERT"),
@@ -30,7 +35,11 @@ fn gbo(v: &StandInVault, args: &[&str], stdin: Option<&str>) -> Run {
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("wait");
-    Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
 }
 
 fn assert_no_keys(run: &Run, shares: &[String]) {
@@ -74,7 +83,9 @@ async fn status_then_unseal_then_already_unsealed() {
 async fn keys_from_stdin_in_the_api_shape() {
     let shares = make_shares(3);
     let v = StandInVault::start(StandInVault::sealed(2, &shares), true).await;
-    let run = tokio::task::block_in_place(|| gbo(&v, &["vault", "unseal", "--keys-file", "-"], Some(&init_json_api(&shares))));
+    let run = tokio::task::block_in_place(|| {
+        gbo(&v, &["vault", "unseal", "--keys-file", "-"], Some(&init_json_api(&shares)))
+    });
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_no_keys(&run, &shares);
     assert!(!v.snapshot().sealed);
@@ -93,7 +104,13 @@ async fn bad_input_exits_2_and_changes_nothing() {
     let run = tokio::task::block_in_place(|| gbo(&v, &["vault", "unseal", "--keys-file", &malformed], None));
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("malformed JSON"), "{}", run.stderr);
-    let run = tokio::task::block_in_place(|| gbo(&v, &["vault", "unseal", "--keys-file", "-", "--addr", "http://192.0.2.7:8200"], Some(&init_json_api(&shares))));
+    let run = tokio::task::block_in_place(|| {
+        gbo(
+            &v,
+            &["vault", "unseal", "--keys-file", "-", "--addr", "http://192.0.2.7:8200"],
+            Some(&init_json_api(&shares)),
+        )
+    });
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("only for loopback"), "{}", run.stderr);
     assert!(v.snapshot().requests.is_empty(), "nothing reached Vault");

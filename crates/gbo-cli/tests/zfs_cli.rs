@@ -16,7 +16,8 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         std::fs::write(d.join("zfs-standin"), STANDIN).expect("write");
-        std::fs::write(d.join("list"), snapshots.iter().map(|(n, c)| format!("{n}\t{c}\t2048\n")).collect::<String>()).expect("list");
+        std::fs::write(d.join("list"), snapshots.iter().map(|(n, c)| format!("{n}\t{c}\t2048\n")).collect::<String>())
+            .expect("list");
         std::fs::write(d.join("log"), "").expect("log");
         let wrapper = format!(
             "#!/bin/bash\nexport ZFS_STANDIN_LOG='{0}/log' ZFS_STANDIN_LIST='{0}/list'\nexec '{0}/zfs-standin' \"$@\"\n",
@@ -30,8 +31,16 @@ impl Env {
     }
 
     fn gbo(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_gbo")).args(args).env("GBO_ZFS", self.dir.path().join("zfs")).output().expect("gbo");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        let out = Command::new(env!("CARGO_BIN_EXE_gbo"))
+            .args(args)
+            .env("GBO_ZFS", self.dir.path().join("zfs"))
+            .output()
+            .expect("gbo");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     fn calls(&self) -> Vec<String> {
@@ -49,7 +58,8 @@ fn prune_dry_run_json_and_usage_flags_ci_snapshots() {
     let mut snaps: Vec<(String, i64)> = (0..40).map(|i| (format!("tank/data@s{i:04}"), old + i * 3_600)).collect();
     snaps.push(("tank/lxd/containers/default-alm-ci@snapshot-big".into(), old));
     let env = Env::new(&snaps);
-    let (code, stdout, stderr) = env.gbo(&["zfs", "prune", "--keep-days", "7", "--min-keep", "5", "--dry-run", "--output", "json"]);
+    let (code, stdout, stderr) =
+        env.gbo(&["zfs", "prune", "--keep-days", "7", "--min-keep", "5", "--dry-run", "--output", "json"]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(report["destroyed"].as_array().map(Vec::len), Some(35));
@@ -79,11 +89,17 @@ fn bad_input_exits_2_before_any_zfs_call() {
 fn install_timer_writes_the_daily_job() {
     let env = Env::new(&[]);
     let root = tempfile::tempdir().expect("root");
-    let (code, stdout, stderr) = env.gbo(&["zfs", "install-timer", "tank/data", "--root", &root.path().display().to_string()]);
+    let (code, stdout, stderr) =
+        env.gbo(&["zfs", "install-timer", "tank/data", "--root", &root.path().display().to_string()]);
     assert_eq!(code, 0, "{stderr}");
     // No systemd as PID 1 on these machines: a cron file.
     let cron = std::fs::read_to_string(root.path().join("etc/cron.d/gbo-zfs-daily")).expect("cron file");
     let gbo = env!("CARGO_BIN_EXE_gbo");
-    assert!(cron.contains(&format!("@daily root {gbo} zfs snapshot --daily tank/data && {gbo} zfs prune --keep-days 7 --min-keep 7 tank/data")), "{cron}");
+    assert!(
+        cron.contains(&format!(
+            "@daily root {gbo} zfs snapshot --daily tank/data && {gbo} zfs prune --keep-days 7 --min-keep 7 tank/data"
+        )),
+        "{cron}"
+    );
     assert!(stdout.contains("etc/cron.d/gbo-zfs-daily"));
 }

@@ -7,11 +7,11 @@ use crate::names::{instance_name, Role};
 use crate::render::systemd::{ServiceType, Unit};
 use crate::render::{self, botserver, caddy, coredns, fail2ban, firewall, forgejo, misc, postgres, redis};
 use crate::secrets::{self, required_secrets};
-use crate::tenant_file::TenantFile;
 use crate::spec::{
     ComponentSpec, Exposure, HealthCheck, InitPhase, InitStep, Install, Mount, MountKind, PortSpec, Protocol,
     RenderContext, RenderedFile, StatusRange, Wire,
 };
+use crate::tenant_file::TenantFile;
 use crate::users::{self, role_packages, service_user, ServiceUser, GBUSER};
 
 const fn port(name: &'static str, container_port: u16, exposure: Exposure, seed: Option<u16>) -> PortSpec {
@@ -95,10 +95,7 @@ pub fn with_dependencies(roles: &[Role]) -> Vec<Role> {
 
 /// The dependencies of `roles` that are not among them: `(role, missing dependency)`.
 pub fn missing_dependencies(roles: &[Role]) -> Vec<(Role, Role)> {
-    roles
-        .iter()
-        .flat_map(|r| r.dependencies().iter().filter(|d| !roles.contains(d)).map(move |d| (*r, *d)))
-        .collect()
+    roles.iter().flat_map(|r| r.dependencies().iter().filter(|d| !roles.contains(d)).map(move |d| (*r, *d))).collect()
 }
 
 /// Topological order of `roles` in waves: every role's dependencies (those among `roles`) are in earlier waves,
@@ -158,10 +155,12 @@ pub fn wires(role: Role, tenant: &TenantFile) -> Vec<Wire> {
         .flatten()
         .collect(),
         Role::TableEditor => wire(Role::Tables, "postgres", true).into_iter().collect(),
-        Role::Webmail => [wire(Role::Email, "imap", true), wire(Role::Email, "submission", true), wire(Role::Email, "sieve", true)]
-            .into_iter()
-            .flatten()
-            .collect(),
+        Role::Webmail => {
+            [wire(Role::Email, "imap", true), wire(Role::Email, "submission", true), wire(Role::Email, "sieve", true)]
+                .into_iter()
+                .flatten()
+                .collect()
+        }
         Role::AlmCi => wire(Role::Alm, "http", true).into_iter().collect(),
         Role::Proxy => proxy_wires(tenant),
         _ => Vec::new(),
@@ -255,9 +254,28 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
         Role::Tables => {
             let postgres = service_user("postgres").unwrap_or(user);
             let pg_port = port_of(role, "postgres").unwrap_or(5432);
-            parts.files.push(conf_file("/opt/gbo/conf/postgresql.conf", postgres::postgresql_conf(pg_port), postgres, &[main_unit]));
-            parts.files.push(render::file("/opt/gbo/conf/pg_hba.conf", postgres::pg_hba_conf(), 0o640, postgres, &[main_unit], false));
-            parts.files.push(render::file("/opt/gbo/conf/pg_ident.conf", postgres::pg_ident_conf(), 0o640, postgres, &[main_unit], false));
+            parts.files.push(conf_file(
+                "/opt/gbo/conf/postgresql.conf",
+                postgres::postgresql_conf(pg_port),
+                postgres,
+                &[main_unit],
+            ));
+            parts.files.push(render::file(
+                "/opt/gbo/conf/pg_hba.conf",
+                postgres::pg_hba_conf(),
+                0o640,
+                postgres,
+                &[main_unit],
+                false,
+            ));
+            parts.files.push(render::file(
+                "/opt/gbo/conf/pg_ident.conf",
+                postgres::pg_ident_conf(),
+                0o640,
+                postgres,
+                &[main_unit],
+                false,
+            ));
             let password = secrets.require(&secrets::TABLES_PASSWORD, role)?;
             parts.files.push(secret_file("/etc/gbo/tables-init.sql", postgres::init_sql(password), postgres, &[]));
             let mut unit = Unit::new(
@@ -308,7 +326,9 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 user: "postgres",
                 phase: InitPhase::AfterStart,
             });
-            parts.notes.push("Debian's own postgresql.service is masked: tables.service runs the cluster on the data mount.");
+            parts
+                .notes
+                .push("Debian's own postgresql.service is masked: tables.service runs the cluster on the data mount.");
             health = HealthCheck::Postgres {
                 port: pg_port,
                 user: postgres::APP_USER,
@@ -318,15 +338,34 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
         }
         Role::Cache => {
             let p = port_of(role, "redis").unwrap_or(6379);
-            parts.files.push(render::file("/opt/gbo/conf/redis.conf", redis::redis_conf(p), 0o640, user, &[main_unit], false));
+            parts.files.push(render::file(
+                "/opt/gbo/conf/redis.conf",
+                redis::redis_conf(p),
+                0o640,
+                user,
+                &[main_unit],
+                false,
+            ));
             for (alias, program) in [("valkey-cli", "redis-cli"), ("valkey-server", "redis-server")] {
-                parts.files.push(render::root_file(format!("/usr/local/bin/{alias}"), redis::valkey_alias(program), 0o755, &[]));
+                parts.files.push(render::root_file(
+                    format!("/usr/local/bin/{alias}"),
+                    redis::valkey_alias(program),
+                    0o755,
+                    &[],
+                ));
             }
-            let mut unit = Unit::new(main_unit, "Valkey-compatible cache (Redis 7, gbo cache)", "redis", &["/usr/bin/redis-server", "/opt/gbo/conf/redis.conf"]);
+            let mut unit = Unit::new(
+                main_unit,
+                "Valkey-compatible cache (Redis 7, gbo cache)",
+                "redis",
+                &["/usr/bin/redis-server", "/opt/gbo/conf/redis.conf"],
+            );
             unit.service_type = ServiceType::Notify;
             unit.limit_nofile = Some(65536);
             parts.unit(&unit);
-            parts.notes.push("Valkey is not packaged for Debian 12: Redis 7 provides it; valkey-cli and valkey-server are wrappers.");
+            parts.notes.push(
+                "Valkey is not packaged for Debian 12: Redis 7 provides it; valkey-cli and valkey-server are wrappers.",
+            );
             health = HealthCheck::RedisPing { port: p };
         }
         Role::Drive => {
@@ -337,7 +376,15 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 main_unit,
                 "MinIO S3 storage (gbo drive)",
                 user.name,
-                &["/opt/gbo/bin/minio", "server", "--address", "127.0.0.1:9000", "--console-address", "127.0.0.1:9001", "/opt/gbo/data"],
+                &[
+                    "/opt/gbo/bin/minio",
+                    "server",
+                    "--address",
+                    "127.0.0.1:9000",
+                    "--console-address",
+                    "127.0.0.1:9001",
+                    "/opt/gbo/data",
+                ],
             );
             unit.environment_file = Some(misc::DRIVE_ENV_PATH.to_owned());
             unit.limit_nofile = Some(65536);
@@ -348,7 +395,13 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             let lib = "/opt/gbo/bin/llama.cpp";
             for (name, description, model, port_name, extra) in [
                 (main.clone(), "llama.cpp chat server (gbo llm)", "/opt/gbo/data/models/chat.gguf", "chat", None),
-                ("llm-embeddings.service".to_owned(), "llama.cpp embeddings server (gbo llm)", "/opt/gbo/data/models/embeddings.gguf", "embeddings", Some("--embeddings")),
+                (
+                    "llm-embeddings.service".to_owned(),
+                    "llama.cpp embeddings server (gbo llm)",
+                    "/opt/gbo/data/models/embeddings.gguf",
+                    "embeddings",
+                    Some("--embeddings"),
+                ),
             ] {
                 let p = port_of(role, port_name).unwrap_or(8081).to_string();
                 let binary = format!("{lib}/llama-server");
@@ -359,7 +412,9 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 unit.working_directory = Some("/opt/gbo/data".to_owned());
                 parts.unit(&unit);
             }
-            parts.notes.push("Models are not downloaded: put chat.gguf and embeddings.gguf in <stack-dir>/llm/data/models/.");
+            parts
+                .notes
+                .push("Models are not downloaded: put chat.gguf and embeddings.gguf in <stack-dir>/llm/data/models/.");
             health = HealthCheck::Http { port: 8081, path: "/health", expect: StatusRange::OK };
         }
         Role::Email => {
@@ -369,24 +424,56 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 .first()
                 .map(|z| format!("mail.{z}"))
                 .unwrap_or_else(|| format!("mail.{}.invalid", tenant.tenant));
-            parts.files.push(secret_file(misc::STALWART_CONFIG_PATH, misc::stalwart_toml(&hostname, password), user, &[main_unit]));
-            let mut unit = Unit::new(main_unit, "Stalwart mail server (gbo email)", user.name, &["/opt/gbo/bin/stalwart-mail", "--config", misc::STALWART_CONFIG_PATH]);
+            parts.files.push(secret_file(
+                misc::STALWART_CONFIG_PATH,
+                misc::stalwart_toml(&hostname, password),
+                user,
+                &[main_unit],
+            ));
+            let mut unit = Unit::new(
+                main_unit,
+                "Stalwart mail server (gbo email)",
+                user.name,
+                &["/opt/gbo/bin/stalwart-mail", "--config", misc::STALWART_CONFIG_PATH],
+            );
             unit.bind_low_ports = true;
             unit.limit_nofile = Some(65536);
             unit.working_directory = Some("/opt/gbo/data".to_owned());
             parts.unit(&unit);
-            parts.files.push(render::root_file(fail2ban::MAIL_FILTER_PATH, fail2ban::mail_filter(), 0o644, &["fail2ban.service"]));
-            parts.files.push(render::root_file(fail2ban::MAIL_JAIL_PATH, fail2ban::mail_jail(misc::STALWART_LOG_GLOB), 0o644, &["fail2ban.service"]));
-            parts.files.push(render::root_file(fail2ban::DEFAULTS_DEBIAN_PATH, fail2ban::defaults_debian_without_sshd(), 0o644, &["fail2ban.service"]));
+            parts.files.push(render::root_file(
+                fail2ban::MAIL_FILTER_PATH,
+                fail2ban::mail_filter(),
+                0o644,
+                &["fail2ban.service"],
+            ));
+            parts.files.push(render::root_file(
+                fail2ban::MAIL_JAIL_PATH,
+                fail2ban::mail_jail(misc::STALWART_LOG_GLOB),
+                0o644,
+                &["fail2ban.service"],
+            ));
+            parts.files.push(render::root_file(
+                fail2ban::DEFAULTS_DEBIAN_PATH,
+                fail2ban::defaults_debian_without_sshd(),
+                0o644,
+                &["fail2ban.service"],
+            ));
             parts.units.push("fail2ban.service".to_owned());
             parts.notes.push("The stalwart-auth filter follows Stalwart 0.10's auth.failed log events; no Stalwart binary was available to test it.");
-            parts.notes.push("Behind LXD proxy devices without proxy_protocol every client is 127.0.0.1, which fail2ban never bans.");
+            parts.notes.push(
+                "Behind LXD proxy devices without proxy_protocol every client is 127.0.0.1, which fail2ban never bans.",
+            );
             health = HealthCheck::Banner { port: 25, prefix: "220" };
         }
         Role::Vault => {
             let p = port_of(role, "api").unwrap_or(8200);
             parts.files.push(conf_file(misc::VAULT_HCL_PATH, misc::vault_hcl(p), user, &[main_unit]));
-            let mut unit = Unit::new(main_unit, "HashiCorp Vault (gbo vault)", user.name, &["/opt/gbo/bin/vault", "server", "-config=/opt/gbo/conf/vault.hcl"]);
+            let mut unit = Unit::new(
+                main_unit,
+                "HashiCorp Vault (gbo vault)",
+                user.name,
+                &["/opt/gbo/bin/vault", "server", "-config=/opt/gbo/conf/vault.hcl"],
+            );
             unit.exec_reload = Some(vec!["/bin/kill".to_owned(), "-HUP".to_owned(), "$MAINPID".to_owned()]);
             unit.limit_nofile = Some(65536);
             parts.unit(&unit);
@@ -401,7 +488,12 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             let rest = port_of(role, "rest").unwrap_or(6333);
             let grpc = port_of(role, "grpc").unwrap_or(6334);
             parts.files.push(conf_file(misc::QDRANT_CONFIG_PATH, misc::qdrant_yaml(rest, grpc), user, &[main_unit]));
-            let mut unit = Unit::new(main_unit, "Qdrant vector database (gbo vector_db)", user.name, &["/opt/gbo/bin/qdrant", "--config-path", misc::QDRANT_CONFIG_PATH]);
+            let mut unit = Unit::new(
+                main_unit,
+                "Qdrant vector database (gbo vector_db)",
+                user.name,
+                &["/opt/gbo/bin/qdrant", "--config-path", misc::QDRANT_CONFIG_PATH],
+            );
             unit.working_directory = Some("/opt/gbo/data".to_owned());
             unit.limit_nofile = Some(65536);
             parts.unit(&unit);
@@ -416,22 +508,57 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                     let target = tenant.route_for(domain);
                     caddy::Site {
                         address: domain.to_string(),
-                        upstream: wires.iter().find(|w| w.role == target).map(|w| format!("127.0.0.1:{}", w.local_port)),
+                        upstream: wires
+                            .iter()
+                            .find(|w| w.role == target)
+                            .map(|w| format!("127.0.0.1:{}", w.local_port)),
                         role: target.as_str(),
                     }
                 })
                 .collect();
-            parts.files.push(conf_file(caddy::CADDYFILE_PATH, caddy::caddyfile(tenant.tenant.as_str(), &sites, false), user, &[main_unit]));
+            parts.files.push(conf_file(
+                caddy::CADDYFILE_PATH,
+                caddy::caddyfile(tenant.tenant.as_str(), &sites, false),
+                user,
+                &[main_unit],
+            ));
             let config = caddy::CADDYFILE_PATH;
-            let mut unit = Unit::new(main_unit, "Caddy reverse proxy (gbo proxy)", user.name, &["/usr/bin/caddy", "run", "--config", config, "--adapter", "caddyfile"]);
-            unit.exec_reload = Some(["/usr/bin/caddy", "reload", "--config", config, "--adapter", "caddyfile", "--force"].map(str::to_owned).to_vec());
-            unit.environment = vec![("XDG_DATA_HOME".to_owned(), "/opt/gbo/data".to_owned()), ("XDG_CONFIG_HOME".to_owned(), "/opt/gbo/data".to_owned())];
+            let mut unit = Unit::new(
+                main_unit,
+                "Caddy reverse proxy (gbo proxy)",
+                user.name,
+                &["/usr/bin/caddy", "run", "--config", config, "--adapter", "caddyfile"],
+            );
+            unit.exec_reload = Some(
+                ["/usr/bin/caddy", "reload", "--config", config, "--adapter", "caddyfile", "--force"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            );
+            unit.environment = vec![
+                ("XDG_DATA_HOME".to_owned(), "/opt/gbo/data".to_owned()),
+                ("XDG_CONFIG_HOME".to_owned(), "/opt/gbo/data".to_owned()),
+            ];
             unit.bind_low_ports = true;
             unit.limit_nofile = Some(1_048_576);
             parts.unit(&unit);
-            parts.files.push(render::root_file(fail2ban::CADDY_FILTER_PATH, fail2ban::caddy_filter(), 0o644, &["fail2ban.service"]));
-            parts.files.push(render::root_file(fail2ban::CADDY_JAIL_PATH, fail2ban::caddy_jail(caddy::ACCESS_LOG), 0o644, &["fail2ban.service"]));
-            parts.files.push(render::root_file(fail2ban::DEFAULTS_DEBIAN_PATH, fail2ban::defaults_debian_without_sshd(), 0o644, &["fail2ban.service"]));
+            parts.files.push(render::root_file(
+                fail2ban::CADDY_FILTER_PATH,
+                fail2ban::caddy_filter(),
+                0o644,
+                &["fail2ban.service"],
+            ));
+            parts.files.push(render::root_file(
+                fail2ban::CADDY_JAIL_PATH,
+                fail2ban::caddy_jail(caddy::ACCESS_LOG),
+                0o644,
+                &["fail2ban.service"],
+            ));
+            parts.files.push(render::root_file(
+                fail2ban::DEFAULTS_DEBIAN_PATH,
+                fail2ban::defaults_debian_without_sshd(),
+                0o644,
+                &["fail2ban.service"],
+            ));
             parts.units.push("fail2ban.service".to_owned());
             // fail2ban refuses to start while a jail's log file is missing, and Caddy creates it only once it
             // runs: create it first, as the user Caddy writes it as.
@@ -452,10 +579,21 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts.files.push(conf_file(coredns::COREFILE_PATH, coredns::corefile(&zones, 53), user, &[main_unit]));
             let domains: Vec<&str> = tenant.domains.iter().map(|d| d.as_str()).collect();
             for zone in &zones {
-                let records = coredns::derived_records(zone, &domains, tenant.public_address, roles.contains(&Role::Email));
-                parts.files.push(conf_file(&coredns::zone_file_path(zone), coredns::zone_file(zone, &records), user, &[]));
+                let records =
+                    coredns::derived_records(zone, &domains, tenant.public_address, roles.contains(&Role::Email));
+                parts.files.push(conf_file(
+                    &coredns::zone_file_path(zone),
+                    coredns::zone_file(zone, &records),
+                    user,
+                    &[],
+                ));
             }
-            let mut unit = Unit::new(main_unit, "CoreDNS (gbo dns)", user.name, &["/opt/gbo/bin/coredns", "-conf", coredns::COREFILE_PATH]);
+            let mut unit = Unit::new(
+                main_unit,
+                "CoreDNS (gbo dns)",
+                user.name,
+                &["/opt/gbo/bin/coredns", "-conf", coredns::COREFILE_PATH],
+            );
             unit.exec_reload = Some(vec!["/bin/kill".to_owned(), "-HUP".to_owned(), "$MAINPID".to_owned()]);
             unit.bind_low_ports = true;
             unit.working_directory = Some("/opt/gbo/data".to_owned());
@@ -473,21 +611,41 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 .unwrap_or_else(|| format!("http://localhost:{}/", ctx.host_ports.get(role, "http").unwrap_or(p)));
             let key = secrets.require(&secrets::ALM_SECRET_KEY, role)?;
             let token = secrets.require(&secrets::ALM_INTERNAL_TOKEN, role)?;
-            parts.files.push(secret_file(forgejo::APP_INI_PATH, forgejo::app_ini(&root_url, p, key, token), user, &[main_unit]));
-            let mut unit = Unit::new(main_unit, "Forgejo (gbo alm)", user.name, &["/opt/gbo/bin/forgejo", "web", "--config", forgejo::APP_INI_PATH, "--work-path", "/opt/gbo/data"]);
-            unit.environment = vec![("HOME".to_owned(), "/opt/gbo/data".to_owned()), ("USER".to_owned(), "gbuser".to_owned())];
+            parts.files.push(secret_file(
+                forgejo::APP_INI_PATH,
+                forgejo::app_ini(&root_url, p, key, token),
+                user,
+                &[main_unit],
+            ));
+            let mut unit = Unit::new(
+                main_unit,
+                "Forgejo (gbo alm)",
+                user.name,
+                &["/opt/gbo/bin/forgejo", "web", "--config", forgejo::APP_INI_PATH, "--work-path", "/opt/gbo/data"],
+            );
+            unit.environment =
+                vec![("HOME".to_owned(), "/opt/gbo/data".to_owned()), ("USER".to_owned(), "gbuser".to_owned())];
             unit.working_directory = Some("/opt/gbo/data".to_owned());
             parts.unit(&unit);
             health = HealthCheck::Http { port: p, path: "/api/healthz", expect: StatusRange::OK };
         }
         Role::AlmCi => {
             parts.files.push(conf_file(forgejo::RUNNER_CONFIG_PATH, forgejo::runner_config(1), user, &[main_unit]));
-            let mut unit = Unit::new(main_unit, "Forgejo runner (gbo alm-ci)", user.name, &["/opt/gbo/bin/forgejo-runner", "daemon", "--config", forgejo::RUNNER_CONFIG_PATH]);
+            let mut unit = Unit::new(
+                main_unit,
+                "Forgejo runner (gbo alm-ci)",
+                user.name,
+                &["/opt/gbo/bin/forgejo-runner", "daemon", "--config", forgejo::RUNNER_CONFIG_PATH],
+            );
             unit.working_directory = Some("/opt/gbo/data".to_owned());
             unit.after.push("network-online.target".to_owned());
             parts.unit(&unit);
-            parts.notes.push("alm-ci has no cross-container disk mounts (seed rule): it reaches Forgejo through a wire only.");
-            parts.notes.push("The runner registers with the alm-runner-secret; registration (the .runner file) is done by gbo-ops.");
+            parts
+                .notes
+                .push("alm-ci has no cross-container disk mounts (seed rule): it reaches Forgejo through a wire only.");
+            parts.notes.push(
+                "The runner registers with the alm-runner-secret; registration (the .runner file) is done by gbo-ops.",
+            );
             health = HealthCheck::UnitActive { unit: "alm-ci.service" };
         }
         Role::TableEditor => {
@@ -507,20 +665,37 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             let imap = port_of(Role::Email, "imap").unwrap_or(143);
             let smtp = port_of(Role::Email, "submission").unwrap_or(587);
             let sieve = port_of(Role::Email, "sieve").unwrap_or(4190);
-            let mut config = render::file(misc::ROUNDCUBE_CONFIG_PATH, misc::roundcube_config(key, imap, smtp, sieve), 0o640, www, &["php8.2-fpm.service"], true);
+            let mut config = render::file(
+                misc::ROUNDCUBE_CONFIG_PATH,
+                misc::roundcube_config(key, imap, smtp, sieve),
+                0o640,
+                www,
+                &["php8.2-fpm.service"],
+                true,
+            );
             config.uid = 0;
             parts.files.push(config);
             parts.files.push(conf_file(misc::WEBMAIL_CADDYFILE_PATH, misc::webmail_caddyfile(p), www, &[main_unit]));
-            let mut unit = Unit::new(main_unit, "Roundcube webmail via Caddy and PHP-FPM (gbo webmail)", www.name, &["/usr/bin/caddy", "run", "--config", misc::WEBMAIL_CADDYFILE_PATH, "--adapter", "caddyfile"]);
+            let mut unit = Unit::new(
+                main_unit,
+                "Roundcube webmail via Caddy and PHP-FPM (gbo webmail)",
+                www.name,
+                &["/usr/bin/caddy", "run", "--config", misc::WEBMAIL_CADDYFILE_PATH, "--adapter", "caddyfile"],
+            );
             unit.wants = vec!["php8.2-fpm.service".to_owned()];
             unit.after.push("php8.2-fpm.service".to_owned());
-            unit.environment = vec![("XDG_DATA_HOME".to_owned(), "/opt/gbo/data".to_owned()), ("XDG_CONFIG_HOME".to_owned(), "/opt/gbo/data".to_owned())];
+            unit.environment = vec![
+                ("XDG_DATA_HOME".to_owned(), "/opt/gbo/data".to_owned()),
+                ("XDG_CONFIG_HOME".to_owned(), "/opt/gbo/data".to_owned()),
+            ];
             unit.bind_low_ports = true;
             parts.units.push("php8.2-fpm.service".to_owned());
             parts.unit(&unit);
             parts.init.push(InitStep {
                 name: "roundcube database",
-                command: ["/usr/share/roundcube/bin/initdb.sh", "--dir=/usr/share/roundcube/SQL"].map(str::to_owned).to_vec(),
+                command: ["/usr/share/roundcube/bin/initdb.sh", "--dir=/usr/share/roundcube/SQL"]
+                    .map(str::to_owned)
+                    .to_vec(),
                 creates: misc::ROUNDCUBE_DB.to_owned(),
                 user: "www-data",
                 phase: InitPhase::BeforeStart,
@@ -538,9 +713,15 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 llm: roles.contains(&Role::Llm),
             };
             parts.files.push(secret_file(botserver::SYSTEM_ENV_PATH, botserver::system_env(&env), user, &[main_unit]));
-            parts.files.push(render::root_file(firewall::RULES_V4_PATH, firewall::rules_v4(firewall::DEFAULT_DROPPED_PORTS), 0o644, &["gbo-firewall.service"]));
+            parts.files.push(render::root_file(
+                firewall::RULES_V4_PATH,
+                firewall::rules_v4(firewall::DEFAULT_DROPPED_PORTS),
+                0o644,
+                &["gbo-firewall.service"],
+            ));
             parts.unit(&firewall::firewall_unit());
-            let mut server = Unit::new(main_unit, "botserver (gbo system)", user.name, &["/opt/gbo/bin/botserver", "--noconsole"]);
+            let mut server =
+                Unit::new(main_unit, "botserver (gbo system)", user.name, &["/opt/gbo/bin/botserver", "--noconsole"]);
             server.environment_file = Some(botserver::SYSTEM_ENV_PATH.to_owned());
             server.working_directory = Some("/opt/gbo".to_owned());
             server.after.push("gbo-firewall.service".to_owned());
@@ -557,7 +738,8 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts.unit(&ui);
             parts.notes.push("Privileged (seed rule: botserver owns the /opt/gbo mounts); the only privileged role.");
             parts.notes.push("botserver is managed by system.service: deploys restart it through the unit.");
-            health = HealthCheck::Http { port: botserver::BOTSERVER_PORT, path: "/api/health", expect: StatusRange::OK };
+            health =
+                HealthCheck::Http { port: botserver::BOTSERVER_PORT, path: "/api/health", expect: StatusRange::OK };
         }
     }
 

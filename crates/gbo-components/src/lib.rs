@@ -55,7 +55,9 @@ pub mod spec;
 pub mod tenant_file;
 pub mod users;
 
-pub use catalogue::{component, install_order, missing_dependencies, ports, tenant_components, with_dependencies, wires};
+pub use catalogue::{
+    component, install_order, missing_dependencies, ports, tenant_components, wires, with_dependencies,
+};
 pub use error::{Error, Result};
 pub use names::{instance_name, parse_instance_name, try_parse_instance_name, Role, TenantName};
 pub use render::caddy as caddyfile;

@@ -46,7 +46,9 @@ impl TenantName {
             return fail("it contains upper case; only a-z, 0-9 and '-' are allowed");
         }
         if value.contains('_') {
-            return fail("it contains '_', which is not valid in an LXD instance name; only a-z, 0-9 and '-' are allowed");
+            return fail(
+                "it contains '_', which is not valid in an LXD instance name; only a-z, 0-9 and '-' are allowed",
+            );
         }
         if !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
             return fail("it contains a character other than a-z, 0-9 and '-'");

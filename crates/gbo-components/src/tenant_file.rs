@@ -295,8 +295,8 @@ pub fn validate_sha256(key: &str, value: &str) -> Result<()> {
 impl TenantFile {
     /// Parses and validates the text of a `gbo.toml`.
     pub fn parse(text: &str) -> Result<Self> {
-        let raw: RawTenantFile =
-            toml::from_str(text).map_err(|e| Error::TenantFileSyntax { message: e.to_string().trim_end().to_owned() })?;
+        let raw: RawTenantFile = toml::from_str(text)
+            .map_err(|e| Error::TenantFileSyntax { message: e.to_string().trim_end().to_owned() })?;
         let mut file = TenantFile::default();
 
         if let Some(tenant) = raw.tenant {
@@ -307,7 +307,11 @@ impl TenantFile {
         }
         if let Some(roles) = raw.roles {
             if roles.is_empty() {
-                return Err(value_error("roles", "[]", "list at least one role, or leave the key out for the default set"));
+                return Err(value_error(
+                    "roles",
+                    "[]",
+                    "list at least one role, or leave the key out for the default set",
+                ));
             }
             file.roles.clear();
             for name in roles {
@@ -354,7 +358,11 @@ impl TenantFile {
                 return Err(value_error(format!("routes.{name}"), name, "a route's domain must be listed in domains"));
             }
             let role = role_key("routes", target).map_err(|_| {
-                value_error(format!("routes.{name}"), target, format!("not a role; expected one of {}", http_roles_list()))
+                value_error(
+                    format!("routes.{name}"),
+                    target,
+                    format!("not a role; expected one of {}", http_roles_list()),
+                )
             })?;
             if !crate::catalogue::http_roles().contains(&role) {
                 return Err(value_error(
@@ -378,7 +386,13 @@ impl TenantFile {
             let cpu = match limits.cpu {
                 None => None,
                 Some(n) if (1..=1024).contains(&n) => u32::try_from(n).ok(),
-                Some(n) => return Err(value_error(format!("{key}.cpu"), n.to_string(), "must be a whole number from 1 to 1024")),
+                Some(n) => {
+                    return Err(value_error(
+                        format!("{key}.cpu"),
+                        n.to_string(),
+                        "must be a whole number from 1 to 1024",
+                    ))
+                }
             };
             if let Some(memory) = &limits.memory {
                 validate_memory(&format!("{key}.memory"), memory)?;
@@ -396,11 +410,18 @@ impl TenantFile {
                 ));
             }
             if pin.version.is_empty() || pin.version.chars().any(|c| c.is_whitespace() || c == '/') {
-                return Err(value_error(format!("{key}.version"), &pin.version, "must be non-empty, without spaces or '/'"));
+                return Err(value_error(
+                    format!("{key}.version"),
+                    &pin.version,
+                    "must be non-empty, without spaces or '/'",
+                ));
             }
             match &pin.url {
                 Some(url) => validate_artifact_url(&format!("{key}.url"), url)?,
-                None if !crate::artifacts::pinned_artifacts(role).first().is_some_and(crate::artifacts::version_in_url) => {
+                None if !crate::artifacts::pinned_artifacts(role)
+                    .first()
+                    .is_some_and(crate::artifacts::version_in_url) =>
+                {
                     return Err(value_error(
                         format!("{key}.url"),
                         "",

@@ -40,7 +40,18 @@ fn install_order_is_topological() {
     assert_eq!(
         waves,
         vec![
-            vec![Role::Tables, Role::Drive, Role::Cache, Role::Llm, Role::Email, Role::Vault, Role::VectorDb, Role::Proxy, Role::Dns, Role::Alm],
+            vec![
+                Role::Tables,
+                Role::Drive,
+                Role::Cache,
+                Role::Llm,
+                Role::Email,
+                Role::Vault,
+                Role::VectorDb,
+                Role::Proxy,
+                Role::Dns,
+                Role::Alm
+            ],
             vec![Role::AlmCi, Role::TableEditor, Role::Webmail, Role::System],
         ]
     );
@@ -54,7 +65,10 @@ fn install_order_is_topological() {
 fn dependency_closure() {
     assert_eq!(with_dependencies(&[Role::System]), [Role::Tables, Role::Drive, Role::Cache, Role::System]);
     assert_eq!(with_dependencies(&[Role::AlmCi, Role::Webmail]), [Role::Email, Role::Alm, Role::AlmCi, Role::Webmail]);
-    assert_eq!(missing_dependencies(&[Role::System, Role::Tables]), [(Role::System, Role::Cache), (Role::System, Role::Drive)]);
+    assert_eq!(
+        missing_dependencies(&[Role::System, Role::Tables]),
+        [(Role::System, Role::Cache), (Role::System, Role::Drive)]
+    );
     assert!(missing_dependencies(&Role::DEFAULT_SET).is_empty());
 }
 
@@ -76,7 +90,11 @@ fn ports_are_unique_and_public_only_for_network_roles() {
         assert_eq!(names.len(), list.len(), "{role}: port names are unique");
         for port in &list {
             if port.exposure == Exposure::Public {
-                assert!(matches!(role, Role::Proxy | Role::Email | Role::Dns), "{role}:{} must not be public", port.name);
+                assert!(
+                    matches!(role, Role::Proxy | Role::Email | Role::Dns),
+                    "{role}:{} must not be public",
+                    port.name
+                );
             }
         }
     }
@@ -113,10 +131,16 @@ fn only_system_is_privileged() {
 fn wires_as_in_the_issue() {
     let specs = specs();
     let wired = |role: Role| -> Vec<(Role, u16)> {
-        specs.iter().find(|s| s.role == role).map(|s| s.wires.iter().map(|w| (w.role, w.local_port)).collect()).unwrap_or_default()
+        specs
+            .iter()
+            .find(|s| s.role == role)
+            .map(|s| s.wires.iter().map(|w| (w.role, w.local_port)).collect())
+            .unwrap_or_default()
     };
     let system = wired(Role::System);
-    for expected in [(Role::Tables, 5432), (Role::Cache, 6379), (Role::Drive, 9000), (Role::Vault, 8200), (Role::VectorDb, 6333)] {
+    for expected in
+        [(Role::Tables, 5432), (Role::Cache, 6379), (Role::Drive, 9000), (Role::Vault, 8200), (Role::VectorDb, 6333)]
+    {
         assert!(system.contains(&expected), "system sees {expected:?}");
     }
     assert_eq!(wired(Role::TableEditor), [(Role::Tables, 5432)]);
@@ -125,7 +149,8 @@ fn wires_as_in_the_issue() {
     // The proxy sees the roles its domains route to; webmail's port 80 moves to 20080 (Caddy owns 80 there).
     assert_eq!(wired(Role::Proxy), [(Role::System, 5859), (Role::Alm, 3000), (Role::Webmail, 20080)]);
     // Optional wires disappear when the tenant lacks the role.
-    let small_tenant = TenantFile::parse("roles = [\"tables\", \"cache\", \"drive\", \"system\"]").unwrap_or_else(|e| panic!("{e}"));
+    let small_tenant =
+        TenantFile::parse("roles = [\"tables\", \"cache\", \"drive\", \"system\"]").unwrap_or_else(|e| panic!("{e}"));
     let small = gbo_components::wires(Role::System, &small_tenant);
     assert_eq!(small.len(), 3);
     assert!(small.iter().all(|w| w.required));
@@ -141,7 +166,8 @@ fn alm_ci_has_no_cross_container_mounts() {
 #[test]
 fn mounts_are_the_three_role_directories() {
     for spec in specs() {
-        let mounts: Vec<(String, &str)> = spec.mounts.iter().map(|m| (m.host_subdir.clone(), m.container_path)).collect();
+        let mounts: Vec<(String, &str)> =
+            spec.mounts.iter().map(|m| (m.host_subdir.clone(), m.container_path)).collect();
         let suffix = spec.role.container_suffix();
         assert_eq!(
             mounts,
@@ -160,7 +186,11 @@ fn every_role_has_its_unit_and_a_health_check_on_one_of_its_ports() {
         assert_eq!(spec.units.iter().filter(|u| **u == spec.role.unit_name()).count(), 1, "{}", spec.role);
         assert!(spec.file(&format!("/etc/systemd/system/{}", spec.role.unit_name())).is_some(), "{}", spec.role);
         match spec.health.port() {
-            Some(port) => assert!(spec.ports.iter().any(|p| p.container_port == port), "{}: health port {port} is published", spec.role),
+            Some(port) => assert!(
+                spec.ports.iter().any(|p| p.container_port == port),
+                "{}: health port {port} is published",
+                spec.role
+            ),
             None => assert_eq!(spec.role, Role::AlmCi, "only alm-ci has no port"),
         }
         if spec.role != Role::AlmCi {
@@ -188,14 +218,24 @@ fn secrets_only_in_files_marked_secret_and_never_in_commands() {
             let holds = values.iter().any(|v| file.content.contains(v));
             assert_eq!(holds, file.secret, "{}: {} secret flag", spec.role, file.path);
             if file.secret {
-                assert_eq!(file.mode & 0o077, if file.path.starts_with("/etc/roundcube") { 0o040 } else { 0 }, "{}", file.path);
+                assert_eq!(
+                    file.mode & 0o077,
+                    if file.path.starts_with("/etc/roundcube") { 0o040 } else { 0 },
+                    "{}",
+                    file.path
+                );
                 assert!(!file.path.starts_with("/opt/gbo/"), "{}: secrets stay off the host mounts", file.path);
                 assert!(!format!("{file:?}").contains(values[0]) || !file.content.contains(values[0]));
             }
         }
         for step in &spec.init {
             for arg in &step.command {
-                assert!(!values.iter().any(|v| arg.contains(v)), "{}: secret in the command of {}", spec.role, step.name);
+                assert!(
+                    !values.iter().any(|v| arg.contains(v)),
+                    "{}: secret in the command of {}",
+                    spec.role,
+                    step.name
+                );
             }
         }
         let debug = format!("{spec:?}");
@@ -252,8 +292,23 @@ fn required_secrets_are_known_and_well_formed() {
 #[test]
 fn install_methods() {
     for spec in specs() {
-        let packages: Vec<&str> = spec.install.iter().filter_map(|i| match i { Install::DebianPackages(p) => Some(p.clone()), _ => None }).flatten().collect();
-        let artifacts: Vec<&gbo_components::Artifact> = spec.install.iter().filter_map(|i| match i { Install::Artifact(a) => Some(a), _ => None }).collect();
+        let packages: Vec<&str> = spec
+            .install
+            .iter()
+            .filter_map(|i| match i {
+                Install::DebianPackages(p) => Some(p.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let artifacts: Vec<&gbo_components::Artifact> = spec
+            .install
+            .iter()
+            .filter_map(|i| match i {
+                Install::Artifact(a) => Some(a),
+                _ => None,
+            })
+            .collect();
         match spec.role {
             Role::Tables => assert_eq!(packages, ["postgresql", "postgresql-client"]),
             Role::Cache => assert_eq!(packages, ["redis-server"]),
@@ -282,7 +337,10 @@ fn image_packages_and_users() {
     assert_eq!(users[0].uid, 1000);
     let ids: BTreeSet<u32> = users.iter().map(|u| u.uid).collect();
     assert_eq!(ids.len(), users.len());
-    assert!(users.iter().all(|u| u.uid >= 1000 && u.uid < 60000 && u.uid == u.gid), "outside Debian's dynamic system range");
+    assert!(
+        users.iter().all(|u| u.uid >= 1000 && u.uid < 60000 && u.uid == u.gid),
+        "outside Debian's dynamic system range"
+    );
 }
 
 #[test]

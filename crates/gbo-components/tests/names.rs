@@ -41,10 +41,7 @@ fn seed_bad_examples_name_the_rule() {
 #[test]
 fn error_message_is_printable_as_is() {
     let message = TenantName::new("Acme").map(|_| ()).map_err(|e| e.to_string());
-    assert_eq!(
-        message,
-        Err("invalid tenant name \"Acme\": it must start with a lower-case letter a-z".to_owned())
-    );
+    assert_eq!(message, Err("invalid tenant name \"Acme\": it must start with a lower-case letter a-z".to_owned()));
 }
 
 #[test]
@@ -62,8 +59,20 @@ fn role_names() {
     assert_eq!(
         names,
         [
-            "tables", "drive", "cache", "llm", "email", "vault", "vector_db", "proxy", "dns", "alm", "alm-ci",
-            "table-editor", "webmail", "system"
+            "tables",
+            "drive",
+            "cache",
+            "llm",
+            "email",
+            "vault",
+            "vector_db",
+            "proxy",
+            "dns",
+            "alm",
+            "alm-ci",
+            "table-editor",
+            "webmail",
+            "system"
         ]
     );
     assert_eq!(Role::VectorDb.container_suffix(), "vectordb");
@@ -102,7 +111,9 @@ fn instance_names_round_trip() {
 
 #[test]
 fn bad_instance_names() {
-    for name in ["-system", "system", "default-", "default-vector_db", "Default-tables", "default-unknown", "_-tables", ""] {
+    for name in
+        ["-system", "system", "default-", "default-vector_db", "Default-tables", "default-unknown", "_-tables", ""]
+    {
         assert_eq!(parse_instance_name(name), None, "{name}");
     }
     let message = try_parse_instance_name("-system").map(|_| ()).map_err(|e| e.to_string());

@@ -13,7 +13,10 @@ use gbo_components::{component, HostPorts, RenderContext, Role, Secrets, TenantF
 fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()));
-    assert!(found.is_some(), "{name} is required by this test: run `cargo xtask test` (it installs the Debian package)");
+    assert!(
+        found.is_some(),
+        "{name} is required by this test: run `cargo xtask test` (it installs the Debian package)"
+    );
     found
 }
 
@@ -267,10 +270,9 @@ fn cache_config_works_with_real_redis() {
     let Some(redis) = tool("redis-server") else { return };
     let dir = scratch("redis");
     let port = free_port();
-    let conf = gbo_components::render::redis::redis_conf(port).replace("/opt/gbo/data", &dir.to_string_lossy()).replace(
-        "/opt/gbo/logs/cache.log",
-        &dir.join("cache.log").to_string_lossy(),
-    );
+    let conf = gbo_components::render::redis::redis_conf(port)
+        .replace("/opt/gbo/data", &dir.to_string_lossy())
+        .replace("/opt/gbo/logs/cache.log", &dir.join("cache.log").to_string_lossy());
     let path = dir.join("redis.conf");
     write(&path, &conf);
     let server = Command::new(redis)

@@ -10,7 +10,11 @@ use gbo_components::render::{coredns, fail2ban, firewall};
 use gbo_components::{component, tenant_components, HostPorts, Install, RenderContext, Role, Secrets, TenantFile};
 
 fn snapshot_name(role: Role, path: &str) -> String {
-    let cleaned: String = path.trim_start_matches('/').chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let cleaned: String = path
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
     format!("{}__{cleaned}", role.container_suffix())
 }
 
@@ -48,7 +52,11 @@ fn summary(specs: &[gbo_components::ComponentSpec]) -> String {
                 }
                 Install::Artifact(a) => {
                     let verified = if a.is_verified() { "verified" } else { "UNVERIFIED" };
-                    let _ = writeln!(out, "  artifact: {} {} -> {} ({verified}) {}", a.name, a.version, a.install_path, a.url);
+                    let _ = writeln!(
+                        out,
+                        "  artifact: {} {} -> {} ({verified}) {}",
+                        a.name, a.version, a.install_path, a.url
+                    );
                 }
             }
         }
@@ -64,9 +72,17 @@ fn summary(specs: &[gbo_components::ComponentSpec]) -> String {
             );
         }
         for wire in &spec.wires {
-            let _ = writeln!(out, "  wire 127.0.0.1:{} -> {}:{}{}", wire.local_port, wire.role, wire.port_name, if wire.required { "" } else { " (optional)" });
+            let _ = writeln!(
+                out,
+                "  wire 127.0.0.1:{} -> {}:{}{}",
+                wire.local_port,
+                wire.role,
+                wire.port_name,
+                if wire.required { "" } else { " (optional)" }
+            );
         }
-        let mounts: Vec<String> = spec.mounts.iter().map(|m| format!("{}->{} ({})", m.host_subdir, m.container_path, m.owner.name)).collect();
+        let mounts: Vec<String> =
+            spec.mounts.iter().map(|m| format!("{}->{} ({})", m.host_subdir, m.container_path, m.owner.name)).collect();
         let _ = writeln!(out, "  mounts: {}", mounts.join(", "));
         if !spec.lxd_config.is_empty() {
             let keys: Vec<String> = spec.lxd_config.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -84,7 +100,15 @@ fn summary(specs: &[gbo_components::ComponentSpec]) -> String {
             let _ = writeln!(out, "  file {} {:o}{}", file.path, file.mode, if file.secret { " secret" } else { "" });
         }
         for step in &spec.init {
-            let _ = writeln!(out, "  init {:?} {} as {} unless {}: {}", step.phase, step.name, step.user, step.creates, step.command.join(" "));
+            let _ = writeln!(
+                out,
+                "  init {:?} {} as {} unless {}: {}",
+                step.phase,
+                step.name,
+                step.user,
+                step.creates,
+                step.command.join(" ")
+            );
         }
         let _ = writeln!(out, "  health: {:?}", spec.health);
         for note in &spec.notes {
@@ -130,7 +154,12 @@ fn standalone_renderers() {
     insta::assert_snapshot!("host_sshd_jail", fail2ban::host_sshd_jail());
     insta::assert_snapshot!("iptables_rules_v4_several_ports", firewall::rules_v4(&[9000, 6379, 5432, 6379]));
     insta::assert_snapshot!("corefile_two_zones", coredns::corefile(&["example.com", "example.org"], 53));
-    let records = coredns::derived_records("example.org", &["example.org", "www.example.org", "other.net"], "2001:db8::10".parse().ok(), false);
+    let records = coredns::derived_records(
+        "example.org",
+        &["example.org", "www.example.org", "other.net"],
+        "2001:db8::10".parse().ok(),
+        false,
+    );
     insta::assert_snapshot!("zone_file_ipv6", coredns::zone_file("example.org", &records));
     let no_address = coredns::derived_records("example.org", &["www.example.org"], None, true);
     insta::assert_snapshot!("zone_file_without_address", coredns::zone_file("example.org", &no_address));

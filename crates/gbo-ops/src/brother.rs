@@ -55,7 +55,12 @@ pub struct BrotherOptions {
 
 impl Default for BrotherOptions {
     fn default() -> Self {
-        Self { profile: DEFAULT_PROFILE.into(), socket_path: DEFAULT_SOCKET_PATH.into(), host_socket: None, allow_default_profile: false }
+        Self {
+            profile: DEFAULT_PROFILE.into(),
+            socket_path: DEFAULT_SOCKET_PATH.into(),
+            host_socket: None,
+            allow_default_profile: false,
+        }
     }
 }
 
@@ -80,7 +85,9 @@ pub struct BrotherReport {
 
 /// The device's LXD configuration.
 pub fn device_config(host_socket: &str, socket_path: &str) -> Result<lxd_client::DeviceConfig, lxd_client::Error> {
-    let device = ProxyDevice::new(ProxyAddress::unix(socket_path), ProxyAddress::unix(host_socket)).bind_instance().unix_owner(0, 0, "0660");
+    let device = ProxyDevice::new(ProxyAddress::unix(socket_path), ProxyAddress::unix(host_socket))
+        .bind_instance()
+        .unix_owner(0, 0, "0660");
     device.to_config(&DeviceName::new(DEVICE)?)
 }
 
@@ -88,7 +95,9 @@ fn check_options(options: &BrotherOptions) -> Result<Vec<String>, BrotherError> 
     let mut warnings = Vec::new();
     let path = &options.socket_path;
     if !path.starts_with('/') || path.ends_with('/') || path.contains(char::is_whitespace) || path.contains("..") {
-        return Err(BrotherError::BadInput(format!("--socket-path {path:?} must be an absolute file path without spaces or `..`")));
+        return Err(BrotherError::BadInput(format!(
+            "--socket-path {path:?} must be an absolute file path without spaces or `..`"
+        )));
     }
     if path.starts_with("/tmp/") || path.starts_with("/run/") {
         warnings.push(format!("{path} is on a tmpfs that systemd mounts fresh at boot: the socket disappears after a restart of the container (default: {DEFAULT_SOCKET_PATH})"));
@@ -101,7 +110,9 @@ fn check_options(options: &BrotherOptions) -> Result<Vec<String>, BrotherError> 
                     .into(),
             ));
         }
-        warnings.push("the LXD socket is on the `default` profile: every container now has root over the host's LXD".into());
+        warnings.push(
+            "the LXD socket is on the `default` profile: every container now has root over the host's LXD".into(),
+        );
     }
     if lxd_client::ObjectName::new(options.profile.as_str()).is_err() {
         return Err(BrotherError::BadInput(format!("--profile {:?} is not a valid profile name", options.profile)));
@@ -111,10 +122,9 @@ fn check_options(options: &BrotherOptions) -> Result<Vec<String>, BrotherError> 
 
 async fn system_container(lxd: &Client, tenant: &str) -> Result<InstanceName, BrotherError> {
     let instances = inventory::tenant_instances(lxd, tenant).await?;
-    let system = instances
-        .into_iter()
-        .find(|m| m.role == "system")
-        .ok_or_else(|| BrotherError::BadInput(format!("tenant {tenant:?} has no system container (`{tenant}-system`)")))?;
+    let system = instances.into_iter().find(|m| m.role == "system").ok_or_else(|| {
+        BrotherError::BadInput(format!("tenant {tenant:?} has no system container (`{tenant}-system`)"))
+    })?;
     Ok(InstanceName::new(system.name.as_str())?)
 }
 
@@ -124,7 +134,8 @@ pub async fn enable(lxd: &Client, tenant: &str, options: &BrotherOptions) -> Res
     let instance = system_container(lxd, tenant).await?;
     let host_socket = match &options.host_socket {
         Some(p) => p.clone(),
-        None => lxd_client::discover_socket(Flavor::Lxd).map_err(|e| BrotherError::BadInput(format!("cannot find the host's LXD socket: {e}")))?,
+        None => lxd_client::discover_socket(Flavor::Lxd)
+            .map_err(|e| BrotherError::BadInput(format!("cannot find the host's LXD socket: {e}")))?,
     };
     let host_socket = host_socket.display().to_string();
     let config = device_config(&host_socket, &options.socket_path)?;
@@ -184,7 +195,12 @@ pub async fn disable(lxd: &Client, tenant: &str, profile: &str) -> Result<bool, 
 }
 
 /// Whether a unix socket exists at `path` inside, waiting up to `wait`.
-pub async fn socket_present(lxd: &Client, instance: &InstanceName, path: &str, wait: Duration) -> Result<bool, lxd_client::Error> {
+pub async fn socket_present(
+    lxd: &Client,
+    instance: &InstanceName,
+    path: &str,
+    wait: Duration,
+) -> Result<bool, lxd_client::Error> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         if inside::run(lxd, instance, &["test", "-S", path]).await?.success() {
@@ -215,13 +231,18 @@ mod tests {
         let seed = BrotherOptions { socket_path: SEED_SOCKET_PATH.into(), ..Default::default() };
         assert!(check_options(&seed).expect("check_options")[0].contains("disappears after a restart"));
         let default = BrotherOptions { profile: "default".into(), ..Default::default() };
-        assert!(matches!(check_options(&default), Err(BrotherError::BadInput(m)) if m.contains("--allow-default-profile")));
+        assert!(
+            matches!(check_options(&default), Err(BrotherError::BadInput(m)) if m.contains("--allow-default-profile"))
+        );
         let allowed = BrotherOptions { allow_default_profile: true, ..default };
         assert!(check_options(&allowed).expect("check_options")[0].contains("every container"));
         assert!(check_options(&BrotherOptions { socket_path: "relative.sock".into(), ..Default::default() }).is_err());
         let config = device_config("/var/lib/lxd/unix.socket", DEFAULT_SOCKET_PATH).expect("device_config");
         assert_eq!(config.get("connect").map(String::as_str), Some("unix:/var/lib/lxd/unix.socket"));
         assert_eq!(config.get("listen").map(String::as_str), Some("unix:/var/lib/gbo/lxd.sock"));
-        assert_eq!((config.get("uid"), config.get("gid"), config.get("mode")), (Some(&"0".to_string()), Some(&"0".to_string()), Some(&"0660".to_string())));
+        assert_eq!(
+            (config.get("uid"), config.get("gid"), config.get("mode")),
+            (Some(&"0".to_string()), Some(&"0".to_string()), Some(&"0660".to_string()))
+        );
     }
 }

@@ -6,7 +6,6 @@
 //! No CoreDNS binary is installable here: the rendering is snapshot-tested, the SIGHUP path runs against a real
 //! process standing in for it.
 
-
 use lxd_client::{Client, FileOptions, InstanceName};
 
 use crate::doctor::inside;
@@ -15,10 +14,10 @@ use crate::proxy::caddyfile::valid_domain;
 
 /// The Corefile inside the dns container.
 pub const COREFILE_PATH: &str = "/opt/gbo/conf/Corefile";
-/// Networks allowed to ask `ANY` (the seed's).
-pub use gbo_components::render::coredns::ANY_ALLOWED_FROM;
 /// The zone file path of a zone (the catalogue's).
 pub use gbo_components::render::coredns::zone_file_path;
+/// Networks allowed to ask `ANY` (the seed's).
+pub use gbo_components::render::coredns::ANY_ALLOWED_FROM;
 
 /// The units that may run CoreDNS.
 pub const COREDNS_UNITS: &[&str] = &["dns.service", "coredns.service"];
@@ -116,24 +115,40 @@ pub async fn apply(lxd: &Client, tenant: &str, zones: &[String], port: u16) -> R
     zones.sort();
     zones.dedup();
     let instances = inventory::tenant_instances(lxd, tenant).await?;
-    let dns = instances.iter().find(|m| m.role == "dns").ok_or_else(|| DnsError::BadInput(format!("tenant {tenant:?} has no dns container (`{tenant}-dns`)")))?;
+    let dns = instances
+        .iter()
+        .find(|m| m.role == "dns")
+        .ok_or_else(|| DnsError::BadInput(format!("tenant {tenant:?} has no dns container (`{tenant}-dns`)")))?;
     let instance = InstanceName::new(dns.name.as_str())?;
     let mut report = DnsReport { instance: instance.to_string(), ..Default::default() };
     for zone in &zones {
         let path = zone_file_path(zone);
         if inside::read_opt(lxd, &instance, &path).await?.is_none() {
-            inside::write_if_changed(lxd, &instance, &path, starter_zone(zone).as_bytes(), FileOptions::root(0o644)).await?;
+            inside::write_if_changed(lxd, &instance, &path, starter_zone(zone).as_bytes(), FileOptions::root(0o644))
+                .await?;
             report.changed.push(path);
         }
     }
-    if inside::write_if_changed(lxd, &instance, COREFILE_PATH, corefile(&zones, port).as_bytes(), FileOptions::root(0o644)).await? {
+    if inside::write_if_changed(
+        lxd,
+        &instance,
+        COREFILE_PATH,
+        corefile(&zones, port).as_bytes(),
+        FileOptions::root(0o644),
+    )
+    .await?
+    {
         report.changed.push(COREFILE_PATH.into());
     }
     if let Some((pid, source)) = coredns_pid(lxd, &instance).await? {
         let p = pid.to_string();
         let out = inside::run(lxd, &instance, &["kill", "-HUP", p.as_str()]).await?;
         if !out.success() {
-            return Err(DnsError::Step { instance: instance.to_string(), step: format!("sending SIGHUP to pid {pid}"), output: inside::failure_text(&out) });
+            return Err(DnsError::Step {
+                instance: instance.to_string(),
+                step: format!("sending SIGHUP to pid {pid}"),
+                output: inside::failure_text(&out),
+            });
         }
         report.reloaded_pid = Some(pid);
         report.pid_source = source;

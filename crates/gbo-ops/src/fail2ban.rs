@@ -21,7 +21,9 @@ use crate::runner::HostCommand;
 
 // Where the files live is the catalogue's to say; re-exported for callers of this module.
 pub use gbo_components::render::caddy::ACCESS_LOG as CADDY_ACCESS_LOG;
-pub use gbo_components::render::fail2ban::{CADDY_FILTER_PATH, CADDY_JAIL_PATH, DEFAULTS_DEBIAN_PATH, HOST_SSHD_JAIL_PATH, MAIL_FILTER_PATH, MAIL_JAIL_PATH};
+pub use gbo_components::render::fail2ban::{
+    CADDY_FILTER_PATH, CADDY_JAIL_PATH, DEFAULTS_DEBIAN_PATH, HOST_SSHD_JAIL_PATH, MAIL_FILTER_PATH, MAIL_JAIL_PATH,
+};
 
 /// Stalwart's logs inside the email container.
 pub const STALWART_LOG_GLOB: &str = "/opt/gbo/logs/stalwart.log*";
@@ -31,7 +33,9 @@ pub const CADDY_JAIL: &str = "caddy-http-flood";
 pub const MAIL_JAIL: &str = "stalwart-auth";
 
 // The files themselves are the catalogue's (pure rendering lives in gbo-components); this module installs them.
-pub use gbo_components::render::fail2ban::{caddy_filter, caddy_jail, defaults_debian_without_sshd, host_sshd_jail, mail_filter, mail_jail};
+pub use gbo_components::render::fail2ban::{
+    caddy_filter, caddy_jail, defaults_debian_without_sshd, host_sshd_jail, mail_filter, mail_jail,
+};
 
 /// What fail2ban failed at. Every variant means exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +119,17 @@ pub fn role_jail(role: &str) -> Option<&'static str> {
 }
 
 /// Install the jails in the tenant's proxy and email containers (and on the host with `host`).
-pub async fn apply(lxd: &Client, tenant: &str, options: &Fail2banOptions) -> Result<Vec<Fail2banTarget>, Fail2banError> {
+pub async fn apply(
+    lxd: &Client,
+    tenant: &str,
+    options: &Fail2banOptions,
+) -> Result<Vec<Fail2banTarget>, Fail2banError> {
     let instances = inventory::tenant_instances(lxd, tenant).await?;
     let targets: Vec<_> = instances.iter().filter(|m| role_jail(&m.role).is_some()).collect();
     if targets.is_empty() && !options.host {
-        return Err(Fail2banError::BadInput(format!("tenant {tenant:?} has no proxy or email container, and --host was not given: nothing to do")));
+        return Err(Fail2banError::BadInput(format!(
+            "tenant {tenant:?} has no proxy or email container, and --host was not given: nothing to do"
+        )));
     }
     let mut out = Vec::new();
     for m in targets {
@@ -137,8 +147,14 @@ pub async fn apply(lxd: &Client, tenant: &str, options: &Fail2banOptions) -> Res
 
 /// Install a role's fail2ban files in one container, make sure the log it reads exists, restart fail2ban when
 /// anything changed (or it is not running), and check the jail runs.
-pub async fn apply_container(lxd: &Client, name: &InstanceName, role: &str, dry_run: bool) -> Result<Fail2banTarget, Fail2banError> {
-    let step = |step: &str, output: String| Fail2banError::Step { instance: name.to_string(), step: step.into(), output };
+pub async fn apply_container(
+    lxd: &Client,
+    name: &InstanceName,
+    role: &str,
+    dry_run: bool,
+) -> Result<Fail2banTarget, Fail2banError> {
+    let step =
+        |step: &str, output: String| Fail2banError::Step { instance: name.to_string(), step: step.into(), output };
     let mut result = Fail2banTarget { target: name.to_string(), action: "none".into(), ..Default::default() };
     if !inside::has_program(lxd, name, "fail2ban-client").await? {
         return Err(step("looking for fail2ban", "fail2ban-client is not installed (apt-get install fail2ban)".into()));
@@ -184,20 +200,34 @@ pub async fn apply_container(lxd: &Client, name: &InstanceName, role: &str, dry_
     // configuration: wait for ours (a CI run saw "Server ready" with an empty jail list).
     result.jails = jails_when(lxd, name, Duration::from_secs(30), |jails| jails.iter().any(|j| j == jail)).await?;
     if !result.jails.iter().any(|j| j == jail) {
-        let log = inside::run(lxd, name, &["journalctl", "-u", "fail2ban.service", "--no-pager", "-n", "15"]).await?.stdout_text();
-        return Err(step(&format!("starting the {jail} jail"), format!("fail2ban runs {:?}; its log:\n{log}", result.jails)));
+        let log = inside::run(lxd, name, &["journalctl", "-u", "fail2ban.service", "--no-pager", "-n", "15"])
+            .await?
+            .stdout_text();
+        return Err(step(
+            &format!("starting the {jail} jail"),
+            format!("fail2ban runs {:?}; its log:\n{log}", result.jails),
+        ));
     }
     Ok(result)
 }
 
 /// The jails a running fail2ban reports (`fail2ban-client status`), waiting up to `wait` for its socket.
-pub async fn running_jails(lxd: &Client, name: &InstanceName, wait: Duration) -> Result<Vec<String>, lxd_client::Error> {
+pub async fn running_jails(
+    lxd: &Client,
+    name: &InstanceName,
+    wait: Duration,
+) -> Result<Vec<String>, lxd_client::Error> {
     jails_when(lxd, name, wait, |_| true).await
 }
 
 /// Poll `fail2ban-client status` until it answers with a jail list that satisfies `done`, or `wait` has passed
 /// (then the last list, empty when it never answered).
-async fn jails_when(lxd: &Client, name: &InstanceName, wait: Duration, done: impl Fn(&[String]) -> bool) -> Result<Vec<String>, lxd_client::Error> {
+async fn jails_when(
+    lxd: &Client,
+    name: &InstanceName,
+    wait: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Result<Vec<String>, lxd_client::Error> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut jails = Vec::new();
     loop {
@@ -228,15 +258,18 @@ pub fn parse_jail_list(status: &str) -> Vec<String> {
 pub fn apply_host(root: &Path, dry_run: bool) -> Result<Fail2banTarget, Fail2banError> {
     let path = root.join(HOST_SSHD_JAIL_PATH.trim_start_matches('/'));
     let content = host_sshd_jail();
-    let mut result = Fail2banTarget { target: format!("host ({})", root.display()), action: "none".into(), ..Default::default() };
+    let mut result =
+        Fail2banTarget { target: format!("host ({})", root.display()), action: "none".into(), ..Default::default() };
     let current = std::fs::read(&path).ok();
     if current.as_deref() != Some(content.as_bytes()) {
         result.changed.push(path.display().to_string());
         if !dry_run {
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Fail2banError::Host(format!("cannot create {}: {e}", parent.display())))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Fail2banError::Host(format!("cannot create {}: {e}", parent.display())))?;
             }
-            std::fs::write(&path, content.as_bytes()).map_err(|e| Fail2banError::Host(format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(&path, content.as_bytes())
+                .map_err(|e| Fail2banError::Host(format!("cannot write {}: {e}", path.display())))?;
         }
     }
     if root == Path::new("/") && !dry_run && !result.changed.is_empty() {
@@ -264,7 +297,11 @@ mod tests {
     fn rendered_files_keep_the_seed_numbers() {
         let jail = caddy_jail(CADDY_ACCESS_LOG);
         assert!(jail.contains("maxretry = 100") && jail.contains("findtime = 60") && jail.contains("bantime  = 3600"));
-        assert!(caddy_filter().contains(r#"failregex = ^.*"remote_ip":"<HOST>".*"status":4\d\d[,}]"#), "{}", caddy_filter());
+        assert!(
+            caddy_filter().contains(r#"failregex = ^.*"remote_ip":"<HOST>".*"status":4\d\d[,}]"#),
+            "{}",
+            caddy_filter()
+        );
         assert!(defaults_debian_without_sshd().contains("[sshd]\nenabled = false"));
     }
 }

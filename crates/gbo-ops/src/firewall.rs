@@ -50,7 +50,9 @@ pub fn loopback_problem(rules: &[String]) -> Option<String> {
     match (lo, first_drop) {
         (_, None) => None,
         (None, Some(d)) => Some(format!("no loopback ACCEPT rule, and `{}` drops loopback traffic too", rules[d])),
-        (Some(l), Some(d)) if d < l => Some(format!("`{}` (rule {}) comes before the loopback ACCEPT (rule {})", rules[d], d + 1, l + 1)),
+        (Some(l), Some(d)) if d < l => {
+            Some(format!("`{}` (rule {}) comes before the loopback ACCEPT (rule {})", rules[d], d + 1, l + 1))
+        }
         _ => None,
     }
 }
@@ -134,7 +136,10 @@ pub fn merge_rules_v4(existing: Option<&str>, ports: &[u16]) -> String {
         }
     }
     if !inserted {
-        return merge_rules_v4(Some(&format!("{out}*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")), ports);
+        return merge_rules_v4(
+            Some(&format!("{out}*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")),
+            ports,
+        );
     }
     out
 }
@@ -176,7 +181,12 @@ pub struct FirewallOptions {
 
 impl Default for FirewallOptions {
     fn default() -> Self {
-        Self { dropped_ports: DEFAULT_DROPPED_PORTS.to_vec(), host: false, host_root: PathBuf::from("/"), dry_run: false }
+        Self {
+            dropped_ports: DEFAULT_DROPPED_PORTS.to_vec(),
+            host: false,
+            host_root: PathBuf::from("/"),
+            dry_run: false,
+        }
     }
 }
 
@@ -219,7 +229,9 @@ impl Place<'_> {
             Place::Host => match HostCommand::new(argv[0]).args(&argv[1..]).run_output() {
                 Ok((stdout, stderr)) => Ok((0, stdout, stderr)),
                 Err(RunError::Failed { code, stderr, .. }) => Ok((code.unwrap_or(-1), String::new(), stderr)),
-                Err(e) => Err(FirewallError::Step { target: "host".into(), step: argv.join(" "), output: e.to_string() }),
+                Err(e) => {
+                    Err(FirewallError::Step { target: "host".into(), step: argv.join(" "), output: e.to_string() })
+                }
             },
         }
     }
@@ -227,14 +239,20 @@ impl Place<'_> {
     async fn must(&self, argv: &[&str]) -> Result<String, FirewallError> {
         let (code, stdout, stderr) = self.run(argv).await?;
         if code != 0 {
-            return Err(FirewallError::Step { target: self.label(), step: format!("`{}`", argv.join(" ")), output: format!("exit {code}: {}", stderr.trim()) });
+            return Err(FirewallError::Step {
+                target: self.label(),
+                step: format!("`{}`", argv.join(" ")),
+                output: format!("exit {code}: {}", stderr.trim()),
+            });
         }
         Ok(stdout)
     }
 
     async fn read(&self, path: &str) -> Result<Option<String>, FirewallError> {
         match self {
-            Place::Container(lxd, name) => Ok(inside::read_opt(lxd, name, path).await?.map(|b| String::from_utf8_lossy(&b).into_owned())),
+            Place::Container(lxd, name) => {
+                Ok(inside::read_opt(lxd, name, path).await?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            }
             Place::Host => Ok(std::fs::read_to_string(path).ok()),
         }
     }
@@ -248,9 +266,17 @@ impl Place<'_> {
             Place::Host => {
                 let p = Path::new(path);
                 if let Some(parent) = p.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| FirewallError::Step { target: "host".into(), step: format!("creating {}", parent.display()), output: e.to_string() })?;
+                    std::fs::create_dir_all(parent).map_err(|e| FirewallError::Step {
+                        target: "host".into(),
+                        step: format!("creating {}", parent.display()),
+                        output: e.to_string(),
+                    })?;
                 }
-                std::fs::write(p, content).map_err(|e| FirewallError::Step { target: "host".into(), step: format!("writing {path}"), output: e.to_string() })
+                std::fs::write(p, content).map_err(|e| FirewallError::Step {
+                    target: "host".into(),
+                    step: format!("writing {path}"),
+                    output: e.to_string(),
+                })
             }
         }
     }
@@ -262,10 +288,20 @@ pub async fn container_input_rules(lxd: &Client, name: &InstanceName) -> Result<
 }
 
 async fn input_rules(place: &Place<'_>) -> Result<Vec<String>, FirewallError> {
-    Ok(place.must(&["iptables", "-S", "INPUT"]).await?.lines().filter(|l| l.starts_with("-A INPUT")).map(str::to_string).collect())
+    Ok(place
+        .must(&["iptables", "-S", "INPUT"])
+        .await?
+        .lines()
+        .filter(|l| l.starts_with("-A INPUT"))
+        .map(str::to_string)
+        .collect())
 }
 
-async fn converge(place: &Place<'_>, options: &FirewallOptions, boot_unit: bool) -> Result<FirewallReport, FirewallError> {
+async fn converge(
+    place: &Place<'_>,
+    options: &FirewallOptions,
+    boot_unit: bool,
+) -> Result<FirewallReport, FirewallError> {
     let mut report = FirewallReport { target: place.label(), ..Default::default() };
     let rules = input_rules(place).await?;
     if rules.first().map(String::as_str) != Some(LOOPBACK_RULE) {
@@ -283,7 +319,9 @@ async fn converge(place: &Place<'_>, options: &FirewallOptions, boot_unit: bool)
             report.changes.push(format!("append `-p tcp --dport {port} -j DROP`"));
             if !options.dry_run {
                 let p = port.to_string();
-                place.must(&["iptables", "-A", "INPUT", "-p", "tcp", "-m", "tcp", "--dport", p.as_str(), "-j", "DROP"]).await?;
+                place
+                    .must(&["iptables", "-A", "INPUT", "-p", "tcp", "-m", "tcp", "--dport", p.as_str(), "-j", "DROP"])
+                    .await?;
             }
         }
     }
@@ -304,21 +342,32 @@ async fn converge(place: &Place<'_>, options: &FirewallOptions, boot_unit: bool)
         }
     }
     report.input_rules = input_rules(place).await?;
-    report.ufw = place.read(UFW_DEFAULTS_PATH).await?.map(|d| ufw_forward_policy(&d).unwrap_or_else(|| "(unset)".into()));
+    report.ufw =
+        place.read(UFW_DEFAULTS_PATH).await?.map(|d| ufw_forward_policy(&d).unwrap_or_else(|| "(unset)".into()));
     Ok(report)
 }
 
 /// Converge one container's rules (and its boot unit).
-pub async fn apply_container(lxd: &Client, name: &InstanceName, options: &FirewallOptions) -> Result<FirewallReport, FirewallError> {
+pub async fn apply_container(
+    lxd: &Client,
+    name: &InstanceName,
+    options: &FirewallOptions,
+) -> Result<FirewallReport, FirewallError> {
     converge(&Place::Container(lxd, name), options, true).await
 }
 
 /// Converge the tenant's system container, and the host with `options.host`.
-pub async fn apply(lxd: &Client, tenant: &str, options: &FirewallOptions) -> Result<Vec<FirewallReport>, FirewallError> {
+pub async fn apply(
+    lxd: &Client,
+    tenant: &str,
+    options: &FirewallOptions,
+) -> Result<Vec<FirewallReport>, FirewallError> {
     let instances = inventory::tenant_instances(lxd, tenant).await?;
     let system = instances.iter().find(|m| m.role == "system");
     if system.is_none() && !options.host {
-        return Err(FirewallError::BadInput(format!("tenant {tenant:?} has no system container (`{tenant}-system`), and --host was not given: nothing to do")));
+        return Err(FirewallError::BadInput(format!(
+            "tenant {tenant:?} has no system container (`{tenant}-system`), and --host was not given: nothing to do"
+        )));
     }
     let mut out = Vec::new();
     if let Some(m) = system {
@@ -366,8 +415,12 @@ mod tests {
     fn loopback_must_come_before_drops() {
         let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(loopback_problem(&r(&[LOOPBACK_RULE, "-A INPUT -p tcp -m tcp --dport 6379 -j DROP"])).is_none());
-        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP"])).expect("loopback_problem").contains("no loopback"));
-        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP", LOOPBACK_RULE])).expect("loopback_problem").contains("rule 1"));
+        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP"]))
+            .expect("loopback_problem")
+            .contains("no loopback"));
+        assert!(loopback_problem(&r(&["-A INPUT -p tcp -m tcp --dport 6379 -j DROP", LOOPBACK_RULE]))
+            .expect("loopback_problem")
+            .contains("rule 1"));
         assert!(loopback_problem(&r(&[])).is_none());
     }
 
@@ -376,7 +429,14 @@ mod tests {
         let existing = "# Generated by iptables-save v1.8.9 on Sun\n*nat\n:PREROUTING ACCEPT [3:180]\nCOMMIT\n*filter\n:INPUT ACCEPT [10:20]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 6379 -j DROP\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n";
         let merged = merge_rules_v4(Some(existing), &[6379]);
         let input: Vec<&str> = merged.lines().filter(|l| l.starts_with("-A INPUT")).collect();
-        assert_eq!(input, vec![LOOPBACK_RULE, "-A INPUT -p tcp -m tcp --dport 6379 -j DROP", "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT"]);
+        assert_eq!(
+            input,
+            vec![
+                LOOPBACK_RULE,
+                "-A INPUT -p tcp -m tcp --dport 6379 -j DROP",
+                "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT"
+            ]
+        );
         assert!(merged.contains("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") && !merged.contains('#'));
         assert_eq!(merge_rules_v4(Some(&merged), &[6379]), merged);
         let fresh = merge_rules_v4(None, &[6379]);

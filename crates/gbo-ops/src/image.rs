@@ -166,13 +166,22 @@ pub async fn find_image(lxd: &Client, inputs: &str) -> Result<Option<lxd_client:
 }
 
 /// Build (or reuse) the image and point the alias at it.
-pub async fn build_image(lxd: &Client, spec: &ImageSpec, progress: &(dyn Fn(BuildStage) + Send + Sync)) -> Result<BuiltImage, ImageError> {
+pub async fn build_image(
+    lxd: &Client,
+    spec: &ImageSpec,
+    progress: &(dyn Fn(BuildStage) + Send + Sync),
+) -> Result<BuiltImage, ImageError> {
     let inputs = spec.inputs_hash();
     if !spec.force {
         if let Some(existing) = find_image(lxd, &inputs).await? {
             lxd.set_image_alias(&spec.alias, &existing.fingerprint, "gbo image").await?;
             progress(BuildStage::Reused);
-            return Ok(BuiltImage { fingerprint: existing.fingerprint, alias: spec.alias.clone(), reused: true, inputs });
+            return Ok(BuiltImage {
+                fingerprint: existing.fingerprint,
+                alias: spec.alias.clone(),
+                reused: true,
+                inputs,
+            });
         }
     }
     if !is_root() {
@@ -209,9 +218,10 @@ async fn build_in(
     progress(BuildStage::Customising);
     let rootfs_clone = rootfs.clone();
     let users = spec.users.clone();
-    tokio::task::spawn_blocking(move || customise(&rootfs_clone, &users))
-        .await
-        .map_err(|e| ImageError::Io { context: "customising rootfs".into(), source: std::io::Error::other(e.to_string()) })??;
+    tokio::task::spawn_blocking(move || customise(&rootfs_clone, &users)).await.map_err(|e| ImageError::Io {
+        context: "customising rootfs".into(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
     write_metadata(dir, spec, inputs).await?;
     let fingerprint = import_dir(lxd, dir, progress).await?;
     lxd.set_image_alias(&spec.alias, &fingerprint, "gbo image").await?;
@@ -236,7 +246,11 @@ async fn write_metadata(dir: &Path, spec: &ImageSpec, inputs: &str) -> Result<()
     tokio::fs::write(dir.join("metadata.yaml"), metadata).await.map_err(io("writing metadata.yaml"))
 }
 
-async fn import_dir(lxd: &Client, dir: &Path, progress: &(dyn Fn(BuildStage) + Send + Sync)) -> Result<String, ImageError> {
+async fn import_dir(
+    lxd: &Client,
+    dir: &Path,
+    progress: &(dyn Fn(BuildStage) + Send + Sync),
+) -> Result<String, ImageError> {
     let mut tar = tokio::process::Command::new("tar")
         .arg("--numeric-owner")
         .arg("-C")
@@ -246,7 +260,10 @@ async fn import_dir(lxd: &Client, dir: &Path, progress: &(dyn Fn(BuildStage) + S
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(io("starting tar"))?;
-    let stdout = tar.stdout.take().ok_or_else(|| ImageError::Io { context: "tar stdout".into(), source: std::io::Error::other("no pipe") })?;
+    let stdout = tar
+        .stdout
+        .take()
+        .ok_or_else(|| ImageError::Io { context: "tar stdout".into(), source: std::io::Error::other("no pipe") })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let reporter = std::sync::Arc::new(move |sent: u64| {
         let _ = tx.send(sent);
@@ -267,7 +284,11 @@ async fn import_dir(lxd: &Client, dir: &Path, progress: &(dyn Fn(BuildStage) + S
     };
     let status = tar.wait().await.map_err(io("waiting for tar"))?;
     if !status.success() {
-        return Err(ImageError::Run(RunError::Failed { command: "tar -cf - metadata.yaml rootfs".into(), code: status.code(), stderr: String::new() }));
+        return Err(ImageError::Run(RunError::Failed {
+            command: "tar -cf - metadata.yaml rootfs".into(),
+            code: status.code(),
+            stderr: String::new(),
+        }));
     }
     Ok(fingerprint)
 }
@@ -332,9 +353,12 @@ type IdMap = HashMap<u32, u32>;
 
 /// Rewrite passwd/group/shadow/gshadow so every fixed user has its uid/gid; return old->new maps.
 fn apply_users(rootfs: &Path, users: &[FixedUser]) -> Result<(IdMap, IdMap), ImageError> {
-    let read = |name: &str| std::fs::read_to_string(rootfs.join("etc").join(name)).map_err(io(format!("reading /etc/{name}")));
-    let mut passwd: Vec<Vec<String>> = read("passwd")?.lines().map(|l| l.split(':').map(str::to_string).collect()).collect();
-    let mut group: Vec<Vec<String>> = read("group")?.lines().map(|l| l.split(':').map(str::to_string).collect()).collect();
+    let read =
+        |name: &str| std::fs::read_to_string(rootfs.join("etc").join(name)).map_err(io(format!("reading /etc/{name}")));
+    let mut passwd: Vec<Vec<String>> =
+        read("passwd")?.lines().map(|l| l.split(':').map(str::to_string).collect()).collect();
+    let mut group: Vec<Vec<String>> =
+        read("group")?.lines().map(|l| l.split(':').map(str::to_string).collect()).collect();
     let mut shadow = read("shadow").unwrap_or_default();
     let mut gshadow = read("gshadow").unwrap_or_default();
     let mut uid_map = IdMap::new();
@@ -343,10 +367,17 @@ fn apply_users(rootfs: &Path, users: &[FixedUser]) -> Result<(IdMap, IdMap), Ima
         let uid = user.uid.to_string();
         let gid = user.gid.to_string();
         if let Some(other) = passwd.iter().find(|f| f.len() > 2 && f[2] == uid && f[0] != user.name) {
-            return Err(ImageError::Users { message: format!("uid {} for {} is taken by {} in the base system", user.uid, user.name, other[0]) });
+            return Err(ImageError::Users {
+                message: format!("uid {} for {} is taken by {} in the base system", user.uid, user.name, other[0]),
+            });
         }
         if let Some(other) = group.iter().find(|f| f.len() > 2 && f[2] == gid && f[0] != user.name) {
-            return Err(ImageError::Users { message: format!("gid {} for {} is taken by group {} in the base system", user.gid, user.name, other[0]) });
+            return Err(ImageError::Users {
+                message: format!(
+                    "gid {} for {} is taken by group {} in the base system",
+                    user.gid, user.name, other[0]
+                ),
+            });
         }
         match group.iter_mut().find(|f| f[0] == user.name) {
             Some(entry) if entry.len() > 2 => {
@@ -392,7 +423,8 @@ fn apply_users(rootfs: &Path, users: &[FixedUser]) -> Result<(IdMap, IdMap), Ima
         let path = rootfs.join("etc").join(name);
         let existing_mode = std::fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(mode);
         std::fs::write(&path, text).map_err(io(format!("writing /etc/{name}")))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(existing_mode)).map_err(io(format!("chmod /etc/{name}")))
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(existing_mode))
+            .map_err(io(format!("chmod /etc/{name}")))
     };
     write("passwd", join(&passwd), 0o644)?;
     write("group", join(&group), 0o644)?;
@@ -447,7 +479,12 @@ pub fn image_roles(image: &lxd_client::Image) -> BTreeSet<String> {
 
 /// Properties recorded on gbo images, for display.
 pub fn image_summary(image: &lxd_client::Image) -> BTreeMap<String, String> {
-    image.properties.iter().filter(|(k, _)| k.starts_with("gbo.") || *k == "description").map(|(k, v)| (k.clone(), v.clone())).collect()
+    image
+        .properties
+        .iter()
+        .filter(|(k, _)| k.starts_with("gbo.") || *k == "description")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -486,14 +523,19 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let etc = root.path().join("etc");
         std::fs::create_dir_all(&etc).expect("create_dir_all");
-        std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\npostgres:x:105:110::/var/lib/postgresql:/bin/bash\n").expect("write");
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/bash\npostgres:x:105:110::/var/lib/postgresql:/bin/bash\n",
+        )
+        .expect("write");
         std::fs::write(etc.join("group"), "root:x:0:\npostgres:x:110:\n").expect("write");
         std::fs::write(etc.join("shadow"), "root:*:1::::::\npostgres:*:1::::::\n").expect("write");
         std::fs::write(etc.join("gshadow"), "root:*::\npostgres:!::\n").expect("write");
         let data = root.path().join("var/lib/postgresql");
         std::fs::create_dir_all(&data).expect("create_dir_all");
         std::os::unix::fs::lchown(&data, Some(105), Some(110)).expect("lchown");
-        let (uids, gids) = apply_users(root.path(), &[user("postgres", 2001), user("gbuser", 2000)]).expect("apply_users");
+        let (uids, gids) =
+            apply_users(root.path(), &[user("postgres", 2001), user("gbuser", 2000)]).expect("apply_users");
         assert_eq!(uids.get(&105), Some(&2001));
         assert_eq!(gids.get(&110), Some(&2001));
         renumber_tree(root.path(), &uids, &gids).expect("renumber_tree");

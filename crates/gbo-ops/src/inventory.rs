@@ -92,7 +92,11 @@ pub fn describe(instance: &Instance) -> ManagedInstance {
             Some("disk") => {
                 if let (Some(source), Some(path)) = (dev.get("source"), dev.get("path")) {
                     if source.starts_with('/') && path != "/" {
-                        mounts.push(Mount { device: device.clone(), host_path: PathBuf::from(source), container_path: path.clone() });
+                        mounts.push(Mount {
+                            device: device.clone(),
+                            host_path: PathBuf::from(source),
+                            container_path: path.clone(),
+                        });
                     }
                 }
             }
@@ -145,13 +149,8 @@ pub fn split_name(name: &str) -> (String, String) {
 
 /// Every instance of a tenant: those gbo marked, plus those named `{tenant}-<role>` (hand-built layouts).
 pub async fn tenant_instances(lxd: &Client, tenant: &str) -> Result<Vec<ManagedInstance>, lxd_client::Error> {
-    let mut out: Vec<ManagedInstance> = lxd
-        .instances()
-        .await?
-        .iter()
-        .map(describe)
-        .filter(|m| m.tenant == tenant)
-        .collect();
+    let mut out: Vec<ManagedInstance> =
+        lxd.instances().await?.iter().map(describe).filter(|m| m.tenant == tenant).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
@@ -192,9 +191,22 @@ mod tests {
         instance.config.insert(KEY_TENANT.into(), "acme".into());
         instance.config.insert(KEY_ROLE.into(), "tables".into());
         instance.config.insert(KEY_STACK_DIR.into(), "/srv/stack".into());
-        let disk = BTreeMap::from([("type".to_string(), "disk".to_string()), ("source".into(), "/srv/stack/tables/data".into()), ("path".into(), "/opt/gbo/data".into())]);
-        let port = BTreeMap::from([("type".to_string(), "proxy".to_string()), ("listen".into(), "tcp:127.0.0.1:15432".into()), ("connect".into(), "tcp:127.0.0.1:5432".into())]);
-        let wire = BTreeMap::from([("type".to_string(), "proxy".to_string()), ("listen".into(), "tcp:127.0.0.1:6379".into()), ("connect".into(), "tcp:127.0.0.1:16379".into()), ("bind".into(), "instance".into())]);
+        let disk = BTreeMap::from([
+            ("type".to_string(), "disk".to_string()),
+            ("source".into(), "/srv/stack/tables/data".into()),
+            ("path".into(), "/opt/gbo/data".into()),
+        ]);
+        let port = BTreeMap::from([
+            ("type".to_string(), "proxy".to_string()),
+            ("listen".into(), "tcp:127.0.0.1:15432".into()),
+            ("connect".into(), "tcp:127.0.0.1:5432".into()),
+        ]);
+        let wire = BTreeMap::from([
+            ("type".to_string(), "proxy".to_string()),
+            ("listen".into(), "tcp:127.0.0.1:6379".into()),
+            ("connect".into(), "tcp:127.0.0.1:16379".into()),
+            ("bind".into(), "instance".into()),
+        ]);
         instance.expanded_devices.insert("gbo-data".into(), disk);
         instance.expanded_devices.insert("gbo-port-postgres".into(), port);
         instance.expanded_devices.insert("gbo-wire-cache-6379".into(), wire);
@@ -203,6 +215,15 @@ mod tests {
         assert_eq!((m.tenant.as_str(), m.role.as_str()), ("acme", "tables"));
         assert_eq!(m.stack_dir, Some(PathBuf::from("/srv/stack")));
         assert_eq!(m.mounts.len(), 1);
-        assert_eq!(m.ports, vec![PublishedPort { device: "gbo-port-postgres".into(), protocol: "tcp".into(), host_address: "127.0.0.1".into(), host_port: 15432, container_port: 5432 }]);
+        assert_eq!(
+            m.ports,
+            vec![PublishedPort {
+                device: "gbo-port-postgres".into(),
+                protocol: "tcp".into(),
+                host_address: "127.0.0.1".into(),
+                host_port: 15432,
+                container_port: 5432
+            }]
+        );
     }
 }

@@ -144,7 +144,9 @@ impl HostServer {
     pub fn from_libpq(connection: Option<&str>) -> Result<Self, MigrateError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let given = match connection {
-            Some(s) => s.parse::<tokio_postgres::Config>().map_err(|e| MigrateError::ConnectionString(e.to_string()))?,
+            Some(s) => {
+                s.parse::<tokio_postgres::Config>().map_err(|e| MigrateError::ConnectionString(e.to_string()))?
+            }
             None => tokio_postgres::Config::new(),
         };
         let mut config = tokio_postgres::Config::new();
@@ -163,7 +165,9 @@ impl HostServer {
         }
         if given.get_ports().is_empty() {
             let port = env("PGPORT").unwrap_or_else(|| "5432".into());
-            let port: u16 = port.parse().map_err(|_| MigrateError::ConnectionString(format!("PGPORT `{port}` is not a port number")))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| MigrateError::ConnectionString(format!("PGPORT `{port}` is not a port number")))?;
             config.port(port);
         } else {
             for p in given.get_ports() {
@@ -174,7 +178,9 @@ impl HostServer {
             Some(user) => config.user(&user),
             None => config.user("postgres"),
         };
-        if let Some(password) = given.get_password().map(<[u8]>::to_vec).or_else(|| env("PGPASSWORD").map(String::into_bytes)) {
+        if let Some(password) =
+            given.get_password().map(<[u8]>::to_vec).or_else(|| env("PGPASSWORD").map(String::into_bytes))
+        {
             config.password(password);
         }
         if let Some(db) = given.get_dbname() {
@@ -197,7 +203,12 @@ impl HostServer {
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "?".into(),
         };
-        format!("{}@{}:{}", self.config.get_user().unwrap_or("?"), host, self.config.get_ports().first().copied().unwrap_or(5432))
+        format!(
+            "{}@{}:{}",
+            self.config.get_user().unwrap_or("?"),
+            host,
+            self.config.get_ports().first().copied().unwrap_or(5432)
+        )
     }
 
     async fn connect(&self, database: &str) -> Result<tokio_postgres::Client, MigrateError> {
@@ -206,7 +217,10 @@ impl HostServer {
         let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
             let message = db_message(&e);
             if message.contains("does not exist") && message.contains("database") {
-                MigrateError::NoSuchDatabase { database: database.to_string(), side: format!("host {}", self.describe()) }
+                MigrateError::NoSuchDatabase {
+                    database: database.to_string(),
+                    side: format!("host {}", self.describe()),
+                }
             } else {
                 MigrateError::Unreachable { target: self.describe(), message }
             }
@@ -221,7 +235,8 @@ impl HostServer {
 
     /// A `pg_dump` command for this server, password through a 0600 PGPASSFILE (never argv or environment).
     fn pg_dump(&self, database: &str, passfile: &Option<tempfile_lite::PassFile>) -> HostCommand {
-        let mut cmd = HostCommand::new(newest_pg_tool("pg_dump")).install_hint("install it with `apt-get install postgresql-client`");
+        let mut cmd = HostCommand::new(newest_pg_tool("pg_dump"))
+            .install_hint("install it with `apt-get install postgresql-client`");
         if let Some(host) = self.config.get_hosts().first() {
             let h = match host {
                 tokio_postgres::config::Host::Tcp(h) => h.clone(),
@@ -266,7 +281,10 @@ mod tempfile_lite {
             let path = dir.join(format!("gbo-pgpass-{}-{}", std::process::id(), rand::random::<u64>()));
             let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
             // hostname:port:database:username:password, escaping `:` and `\`.
-            let escaped: Vec<u8> = password.iter().flat_map(|b| if *b == b':' || *b == b'\\' { vec![b'\\', *b] } else { vec![*b] }).collect();
+            let escaped: Vec<u8> = password
+                .iter()
+                .flat_map(|b| if *b == b':' || *b == b'\\' { vec![b'\\', *b] } else { vec![*b] })
+                .collect();
             file.write_all(b"*:*:*:*:")?;
             file.write_all(&escaped)?;
             file.write_all(b"\n")?;
@@ -317,7 +335,22 @@ impl ContainerServer {
     }
 
     fn psql_argv(&self, database: &str, extra: &[&str]) -> Vec<String> {
-        let mut argv: Vec<String> = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "/var/run/postgresql"].iter().map(|s| s.to_string()).collect();
+        let mut argv: Vec<String> = [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "/var/run/postgresql",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         argv.extend(["-p".to_string(), self.port.to_string(), "-d".to_string(), database.to_string()]);
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv
@@ -333,12 +366,18 @@ impl ContainerServer {
             if err.contains("does not exist") && err.contains("database") {
                 return Err(MigrateError::NoSuchDatabase { database: database.to_string(), side: self.describe() });
             }
-            if err.contains("No such file") || err.contains("could not connect") || err.contains("connection to server") {
+            if err.contains("No such file") || err.contains("could not connect") || err.contains("connection to server")
+            {
                 return Err(MigrateError::Unreachable { target: self.describe(), message: err.trim().to_string() });
             }
             return Err(MigrateError::Sql { side: self.describe(), message: err.trim().to_string() });
         }
-        Ok(out.stdout_text().lines().filter(|l| !l.is_empty()).map(|l| l.split('\t').map(str::to_string).collect()).collect())
+        Ok(out
+            .stdout_text()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect())
     }
 
     async fn script(&self, database: &str, sql: &str) -> Result<(), MigrateError> {
@@ -352,7 +391,10 @@ impl ContainerServer {
     }
 
     async fn dump_section(&self, database: &str, section: &str, owners: bool) -> Result<String, MigrateError> {
-        let mut argv: Vec<String> = ["runuser", "-u", "postgres", "--", "pg_dump", "-h", "/var/run/postgresql"].iter().map(|s| s.to_string()).collect();
+        let mut argv: Vec<String> = ["runuser", "-u", "postgres", "--", "pg_dump", "-h", "/var/run/postgresql"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         // A section without --schema-only: pre-data is the schema and its grants, post-data includes the refresh of
         // materialized views; table data is the `data` section, which travels as COPY streams instead.
         argv.extend(["-p".into(), self.port.to_string(), format!("--section={section}")]);
@@ -409,7 +451,10 @@ impl Endpoint {
                     .map(|l| format!("{l}\n"))
                     .collect();
                 let wrapped = format!("BEGIN;\n{sql}\nCOMMIT;\n");
-                client.batch_execute(&wrapped).await.map_err(|e| MigrateError::Sql { side: self.describe(), message: db_message(&e) })
+                client
+                    .batch_execute(&wrapped)
+                    .await
+                    .map_err(|e| MigrateError::Sql { side: self.describe(), message: db_message(&e) })
             }
             Endpoint::Container(c) => c.script(database, sql).await,
         }
@@ -433,17 +478,24 @@ impl Endpoint {
 
     async fn major(&self) -> Result<u32, MigrateError> {
         let rows = self.query("postgres", "SHOW server_version_num;").await?;
-        let num: u32 = rows.first().and_then(|r| r.first()).and_then(|v| v.trim().parse().ok()).ok_or_else(|| MigrateError::Sql { side: self.describe(), message: "cannot read server_version_num".into() })?;
+        let num: u32 = rows.first().and_then(|r| r.first()).and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+            MigrateError::Sql { side: self.describe(), message: "cannot read server_version_num".into() }
+        })?;
         Ok(num / 10000)
     }
 }
 
 async fn host_rows(client: &tokio_postgres::Client, sql: &str, side: &str) -> Result<Vec<Vec<String>>, MigrateError> {
-    let messages = client.simple_query(sql).await.map_err(|e| MigrateError::Sql { side: side.to_string(), message: db_message(&e) })?;
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| MigrateError::Sql { side: side.to_string(), message: db_message(&e) })?;
     Ok(messages
         .into_iter()
         .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect()),
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect())
+            }
             _ => None,
         })
         .collect())
@@ -488,7 +540,15 @@ pub struct MigrateOptions {
 impl MigrateOptions {
     /// Defaults: `botserver`, 2 jobs, no replace, owners kept.
     pub fn new(database: impl Into<String>) -> Self {
-        Self { database: database.into(), jobs: 2, replace: false, no_owner: false, backup_dir: PathBuf::from("/var/backups/gbo"), progress: Arc::new(AtomicU64::new(0)), keep_sql: None }
+        Self {
+            database: database.into(),
+            jobs: 2,
+            replace: false,
+            no_owner: false,
+            backup_dir: PathBuf::from("/var/backups/gbo"),
+            progress: Arc::new(AtomicU64::new(0)),
+            keep_sql: None,
+        }
     }
 }
 
@@ -528,14 +588,18 @@ pub struct MigrateReport {
     pub phases: Vec<(String, f64)>,
 }
 
-
 /// Tables of a database, largest first: (quoted `schema.table`, bytes). Plain tables and partitions: a partitioned
 /// parent holds no rows of its own and `COPY` cannot read it, its partitions travel one by one.
 async fn list_tables(side: &Endpoint, database: &str) -> Result<Vec<(String, u64)>, MigrateError> {
     let sql = "SELECT format('%I.%I', n.nspname, c.relname), pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
                ORDER BY 2 DESC, 1;";
-    Ok(side.query(database, sql).await?.into_iter().filter_map(|r| Some((r.first()?.clone(), r.get(1)?.parse().unwrap_or(0)))).collect())
+    Ok(side
+        .query(database, sql)
+        .await?
+        .into_iter()
+        .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.parse().unwrap_or(0))))
+        .collect())
 }
 
 async fn list_sequences(side: &Endpoint, database: &str) -> Result<BTreeMap<String, String>, MigrateError> {
@@ -548,7 +612,12 @@ async fn list_sequences(side: &Endpoint, database: &str) -> Result<BTreeMap<Stri
     if names.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let sql = names.iter().map(|n| format!("SELECT {}, last_value, is_called FROM {n}", quote_literal(n))).collect::<Vec<_>>().join(" UNION ALL ") + ";";
+    let sql = names
+        .iter()
+        .map(|n| format!("SELECT {}, last_value, is_called FROM {n}", quote_literal(n)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+        + ";";
     Ok(side
         .query(database, &sql)
         .await?
@@ -565,7 +634,11 @@ pub async fn check_table(side: &Endpoint, database: &str, table: &str) -> Result
     );
     let rows = side.query(database, &sql).await?;
     let row = rows.into_iter().next().unwrap_or_default();
-    Ok(TableCheck { table: table.to_string(), rows: row.first().and_then(|v| v.parse().ok()).unwrap_or(0), checksum: row.get(1).cloned().unwrap_or_default() })
+    Ok(TableCheck {
+        table: table.to_string(),
+        rows: row.first().and_then(|v| v.parse().ok()).unwrap_or(0),
+        checksum: row.get(1).cloned().unwrap_or_default(),
+    })
 }
 
 /// A table's `COPY ... TO STDOUT` text stream, summarised: rows (one newline each: text format escapes newlines in
@@ -637,12 +710,20 @@ pub async fn digest_table(side: &Endpoint, database: &str, table: &str) -> Resul
     match side {
         Endpoint::Host(h) => {
             let client = h.connect(database).await?;
-            client.batch_execute(STREAM_SESSION).await.map_err(|e| MigrateError::Sql { side: side.describe(), message: db_message(&e) })?;
-            let stream = client.copy_out(format!("COPY {table} TO STDOUT").as_str()).await.map_err(|e| MigrateError::Sql { side: side.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+            client
+                .batch_execute(STREAM_SESSION)
+                .await
+                .map_err(|e| MigrateError::Sql { side: side.describe(), message: db_message(&e) })?;
+            let stream = client.copy_out(format!("COPY {table} TO STDOUT").as_str()).await.map_err(|e| {
+                MigrateError::Sql { side: side.describe(), message: format!("{table}: {}", db_message(&e)) }
+            })?;
             let mut stream = Box::pin(stream);
             let mut digest = Digester::default();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| MigrateError::Sql { side: side.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+                let chunk = chunk.map_err(|e| MigrateError::Sql {
+                    side: side.describe(),
+                    message: format!("{table}: {}", db_message(&e)),
+                })?;
                 digest.update(&chunk);
             }
             Ok(digest.finish())
@@ -652,11 +733,27 @@ pub async fn digest_table(side: &Endpoint, database: &str, table: &str) -> Resul
             let script = "set -o pipefail; exec 3>&1; \
                           runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p \"$0\" -d \"$1\" -f - \
                           | tee >(sha256sum >&3) | wc -l; rc=$?; wait $!; exit $rc";
-            let argv = vec!["bash".to_string(), "-c".to_string(), script.to_string(), c.port.to_string(), database.to_string()];
+            let argv = vec![
+                "bash".to_string(),
+                "-c".to_string(),
+                script.to_string(),
+                c.port.to_string(),
+                database.to_string(),
+            ];
             let sql = format!("{STREAM_SESSION}\nCOPY {table} TO STDOUT;\n");
-            let out = c.lxd.exec_with_stdin(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), sql.as_bytes()).await?;
+            let out = c
+                .lxd
+                .exec_with_stdin(
+                    &c.instance,
+                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)),
+                    sql.as_bytes(),
+                )
+                .await?;
             if !out.success() {
-                return Err(MigrateError::Sql { side: side.describe(), message: format!("{table}: {}", out.stderr_text().trim()) });
+                return Err(MigrateError::Sql {
+                    side: side.describe(),
+                    message: format!("{table}: {}", out.stderr_text().trim()),
+                });
             }
             let text = out.stdout_text();
             let mut rows = None;
@@ -671,7 +768,10 @@ pub async fn digest_table(side: &Endpoint, database: &str, table: &str) -> Resul
             }
             match (rows, sha) {
                 (Some(rows), Some(sha256)) => Ok(StreamDigest { rows, sha256 }),
-                _ => Err(MigrateError::Sql { side: side.describe(), message: format!("{table}: unexpected digest output `{}`", text.trim()) }),
+                _ => Err(MigrateError::Sql {
+                    side: side.describe(),
+                    message: format!("{table}: unexpected digest output `{}`", text.trim()),
+                }),
             }
         }
     }
@@ -680,7 +780,13 @@ pub async fn digest_table(side: &Endpoint, database: &str, table: &str) -> Resul
 /// Compare one table. Fast path: the row count and SHA-256 of both COPY streams (the source's may be known already,
 /// digested while it was copied). Only when the streams differ, the order-independent checksum decides, so a
 /// different row order or text rendering is not mistaken for different content.
-async fn compare_table(source: &Endpoint, target: &Endpoint, database: &str, table: &str, known: Option<StreamDigest>) -> Result<(TableCheck, Option<Difference>), MigrateError> {
+async fn compare_table(
+    source: &Endpoint,
+    target: &Endpoint,
+    database: &str,
+    table: &str,
+    known: Option<StreamDigest>,
+) -> Result<(TableCheck, Option<Difference>), MigrateError> {
     let (s, t) = match known {
         Some(s) => (s, digest_table(target, database, table).await?),
         None => {
@@ -689,7 +795,10 @@ async fn compare_table(source: &Endpoint, target: &Endpoint, database: &str, tab
         }
     };
     if s == t {
-        return Ok((TableCheck { table: table.to_string(), rows: s.rows, checksum: format!("sha256:{}", s.sha256) }, None));
+        return Ok((
+            TableCheck { table: table.to_string(), rows: s.rows, checksum: format!("sha256:{}", s.sha256) },
+            None,
+        ));
     }
     let (a, b) = tokio::join!(check_table(source, database, table), check_table(target, database, table));
     let (a, b) = (a?, b?);
@@ -726,7 +835,10 @@ pub async fn verify(
         }
     }
     let compared: Vec<Result<(TableCheck, Option<Difference>), MigrateError>> =
-        futures_util::stream::iter(present.iter().map(|t| compare_table(source, target, database, t, None))).buffer_unordered(jobs.max(1)).collect().await;
+        futures_util::stream::iter(present.iter().map(|t| compare_table(source, target, database, t, None)))
+            .buffer_unordered(jobs.max(1))
+            .collect()
+            .await;
     let mut verified = Vec::new();
     for result in checked.into_iter().map(Ok).chain(compared) {
         let (check, difference) = result?;
@@ -739,7 +851,8 @@ pub async fn verify(
     for (name, value) in &source_seq {
         match target_seq.get(name) {
             Some(v) if v == value => {}
-            Some(v) => differences.push(Difference { object: name.clone(), what: format!("sequence {value} on source, {v} on target") }),
+            Some(v) => differences
+                .push(Difference { object: name.clone(), what: format!("sequence {value} on source, {v} on target") }),
             None => differences.push(Difference { object: name.clone(), what: "sequence missing on target".into() }),
         }
     }
@@ -768,7 +881,9 @@ async fn user_relations(side: &Endpoint, database: &str) -> Result<usize, Migrat
 }
 
 async fn database_exists(side: &Endpoint, database: &str) -> Result<bool, MigrateError> {
-    let rows = side.query("postgres", &format!("SELECT 1 FROM pg_database WHERE datname = {};", quote_literal(database))).await?;
+    let rows = side
+        .query("postgres", &format!("SELECT 1 FROM pg_database WHERE datname = {};", quote_literal(database)))
+        .await?;
     Ok(!rows.is_empty())
 }
 
@@ -797,7 +912,13 @@ pub fn quote_ident(s: &str) -> String {
 
 /// Run a migration from `source` to `target`. `snapshot_target` is called before a target that holds data is
 /// replaced (it returns where the snapshot or backup is).
-pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOptions, tables_container: Option<&crate::inventory::ManagedInstance>, lxd: Option<&Client>) -> Result<MigrateReport, MigrateError> {
+pub async fn migrate(
+    source: &Endpoint,
+    target: &Endpoint,
+    options: &MigrateOptions,
+    tables_container: Option<&crate::inventory::ManagedInstance>,
+    lxd: Option<&Client>,
+) -> Result<MigrateReport, MigrateError> {
     let started = Instant::now();
     let mut phases: Vec<(String, f64)> = Vec::new();
     let mut mark = Instant::now();
@@ -819,7 +940,11 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
         let existing = user_relations(target, db).await?;
         if existing > 0 {
             if !options.replace {
-                return Err(MigrateError::TargetNotEmpty { database: db.to_string(), side: target.describe(), tables: existing });
+                return Err(MigrateError::TargetNotEmpty {
+                    database: db.to_string(),
+                    side: target.describe(),
+                    tables: existing,
+                });
             }
             replaced_backup = Some(backup_target(target, db, options, tables_container, lxd).await?);
         }
@@ -829,12 +954,22 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
     // (a source superuser that owns objects becomes a plain owner role on the target).
     if !options.no_owner {
         let roles = source.query(db, "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1;").await?;
-        let existing: BTreeSet<String> = target.query("postgres", "SELECT rolname FROM pg_roles;").await?.into_iter().filter_map(|r| r.into_iter().next()).collect();
+        let existing: BTreeSet<String> = target
+            .query("postgres", "SELECT rolname FROM pg_roles;")
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
         for role in roles.into_iter().filter_map(|r| r.into_iter().next()).filter(|r| !existing.contains(r)) {
             target.query("postgres", &format!("CREATE ROLE {} NOLOGIN;", quote_ident(&role))).await?;
         }
     }
-    let owner = source.query("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {};", quote_literal(db))).await?;
+    let owner = source
+        .query(
+            "postgres",
+            &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {};", quote_literal(db)),
+        )
+        .await?;
     let owner = owner.first().and_then(|r| r.first()).cloned().filter(|_| !options.no_owner);
     let create = match &owner {
         Some(o) => format!("CREATE DATABASE {} OWNER {};", quote_ident(db), quote_ident(o)),
@@ -863,22 +998,24 @@ pub async fn migrate(source: &Endpoint, target: &Endpoint, options: &MigrateOpti
             (t.clone(), post.frame(&body))
         })
         .collect();
-    let jobs: Vec<Result<(TableCheck, Option<Difference>), MigrateError>> = futures_util::stream::iter(work.iter().enumerate().map(|(i, (t, script))| {
-        let progress = options.progress.clone();
-        let keep = keep.as_ref();
-        async move {
-            let tee = keep.map(|k| k.part(i)).transpose()?;
-            let digest = copy_table(source, target, db, t, progress, tee).await?;
-            // Reading the table back and building its indexes both only read it: they run side by side (the
-            // script builds plain indexes first; a key's ALTER TABLE then waits for the read to end).
-            let (compared, built) = tokio::join!(compare_table(source, target, db, t, Some(digest)), target.script(db, script));
-            built?;
-            compared
-        }
-    }))
-    .buffer_unordered(options.jobs.max(1))
-    .collect()
-    .await;
+    let jobs: Vec<Result<(TableCheck, Option<Difference>), MigrateError>> =
+        futures_util::stream::iter(work.iter().enumerate().map(|(i, (t, script))| {
+            let progress = options.progress.clone();
+            let keep = keep.as_ref();
+            async move {
+                let tee = keep.map(|k| k.part(i)).transpose()?;
+                let digest = copy_table(source, target, db, t, progress, tee).await?;
+                // Reading the table back and building its indexes both only read it: they run side by side (the
+                // script builds plain indexes first; a key's ALTER TABLE then waits for the read to end).
+                let (compared, built) =
+                    tokio::join!(compare_table(source, target, db, t, Some(digest)), target.script(db, script));
+                built?;
+                compared
+            }
+        }))
+        .buffer_unordered(options.jobs.max(1))
+        .collect()
+        .await;
     let checked = jobs.into_iter().collect::<Result<Vec<_>, _>>()?;
     phase("copy", &mut phases);
     let sequences = list_sequences(source, db).await?;
@@ -942,16 +1079,29 @@ impl KeptSql {
         let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| bad("it names no file"))?;
         let parts = parent.join(format!(".{name}.parts-{}", std::process::id()));
         use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new().mode(0o700).create(&parts).map_err(|e| bad(&format!("its directory is not writable ({e})")))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&parts)
+            .map_err(|e| bad(&format!("its directory is not writable ({e})")))?;
         Ok(Self { path: path.to_path_buf(), parts })
     }
 
     fn part(&self, index: usize) -> Result<std::fs::File, MigrateError> {
         use std::os::unix::fs::OpenOptionsExt as _;
-        Ok(std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(self.parts.join(format!("{index}.copy")))?)
+        Ok(std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.parts.join(format!("{index}.copy")))?)
     }
 
-    fn assemble(self, pre: &str, tables: &[(String, u64)], sequences: &BTreeMap<String, String>, post: &str) -> Result<PathBuf, MigrateError> {
+    fn assemble(
+        self,
+        pre: &str,
+        tables: &[(String, u64)],
+        sequences: &BTreeMap<String, String>,
+        post: &str,
+    ) -> Result<PathBuf, MigrateError> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let partial = self.parts.join("assembled.sql");
@@ -973,7 +1123,8 @@ impl KeptSql {
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         // Never over a file that appeared meanwhile.
-        std::fs::hard_link(&partial, &self.path).map_err(|e| MigrateError::KeepSql { path: self.path.display().to_string(), reason: e.to_string() })?;
+        std::fs::hard_link(&partial, &self.path)
+            .map_err(|e| MigrateError::KeepSql { path: self.path.display().to_string(), reason: e.to_string() })?;
         Ok(self.path.clone())
     }
 }
@@ -984,7 +1135,13 @@ impl Drop for KeptSql {
     }
 }
 
-async fn backup_target(target: &Endpoint, db: &str, options: &MigrateOptions, tables_container: Option<&crate::inventory::ManagedInstance>, lxd: Option<&Client>) -> Result<String, MigrateError> {
+async fn backup_target(
+    target: &Endpoint,
+    db: &str,
+    options: &MigrateOptions,
+    tables_container: Option<&crate::inventory::ManagedInstance>,
+    lxd: Option<&Client>,
+) -> Result<String, MigrateError> {
     match target {
         Endpoint::Container(c) => {
             // A data-inclusive gbo snapshot of the tables container.
@@ -993,7 +1150,10 @@ async fn backup_target(target: &Endpoint, db: &str, options: &MigrateOptions, ta
                 Some(m) => m.clone(),
                 None => crate::snapshot::container(&lxd, c.instance.as_str()).await?,
             };
-            let name = crate::snapshot::snapshot_name(&format!("before-migrate-{}", crate::snapshot::default_name(time::OffsetDateTime::now_utc()).trim_start_matches("gbo-")))?;
+            let name = crate::snapshot::snapshot_name(&format!(
+                "before-migrate-{}",
+                crate::snapshot::default_name(time::OffsetDateTime::now_utc()).trim_start_matches("gbo-")
+            ))?;
             crate::snapshot::create(&lxd, &managed, &name, &crate::snapshot::CreateOptions::default()).await?;
             Ok(format!("snapshot {}/{}", c.instance, name))
         }
@@ -1005,7 +1165,11 @@ async fn backup_target(target: &Endpoint, db: &str, options: &MigrateOptions, ta
             let stamp = stamp.trim_start_matches("gbo-");
             let mut attempt = 0u32;
             let file = loop {
-                let name = if attempt == 0 { format!("{db}-before-migrate-{stamp}.dump") } else { format!("{db}-before-migrate-{stamp}-{attempt}.dump") };
+                let name = if attempt == 0 {
+                    format!("{db}-before-migrate-{stamp}.dump")
+                } else {
+                    format!("{db}-before-migrate-{stamp}-{attempt}.dump")
+                };
                 let path = options.backup_dir.join(name);
                 match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
                     Ok(_) => break path,
@@ -1033,7 +1197,11 @@ struct Digesting<R> {
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Digesting<R> {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let added = &buf.filled()[before..];
@@ -1047,7 +1215,14 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Digesting<R> {
 ///
 /// The target side truncates the (new, empty) table and loads it with `COPY ... WITH (FREEZE)` in one transaction:
 /// the rows are written frozen, so reading them back for verification does not rewrite every page to set hint bits.
-async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str, progress: Arc<AtomicU64>, tee: Option<std::fs::File>) -> Result<StreamDigest, MigrateError> {
+async fn copy_table(
+    source: &Endpoint,
+    target: &Endpoint,
+    db: &str,
+    table: &str,
+    progress: Arc<AtomicU64>,
+    tee: Option<std::fs::File>,
+) -> Result<StreamDigest, MigrateError> {
     let span = tracing::info_span!("copy_table", table);
     let _e = span.enter();
     let copy_out = format!("COPY {table} TO STDOUT");
@@ -1056,30 +1231,62 @@ async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str,
     match (source, target) {
         (Endpoint::Host(h), Endpoint::Container(c)) => {
             let client = h.connect(db).await?;
-            client.batch_execute(STREAM_SESSION).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: db_message(&e) })?;
-            let stream = client.copy_out(copy_out.as_str()).await.map_err(|e| MigrateError::Sql { side: source.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+            client
+                .batch_execute(STREAM_SESSION)
+                .await
+                .map_err(|e| MigrateError::Sql { side: source.describe(), message: db_message(&e) })?;
+            let stream = client.copy_out(copy_out.as_str()).await.map_err(|e| MigrateError::Sql {
+                side: source.describe(),
+                message: format!("{table}: {}", db_message(&e)),
+            })?;
             let reader = tokio_util::io::StreamReader::new(stream.map_err(std::io::Error::other));
             let mut reader = Digesting { inner: Box::pin(reader), counter: progress, digest: Digester::teeing(tee) };
             let argv = c.psql_argv(db, &["-c", "BEGIN", "-c", &truncate, "-c", &copy_in, "-c", "COMMIT"]);
             let mut stderr = Vec::new();
-            let code = c.lxd.exec_io(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), Some(&mut reader), tokio::io::sink(), &mut stderr).await?;
+            let code = c
+                .lxd
+                .exec_io(
+                    &c.instance,
+                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)),
+                    Some(&mut reader),
+                    tokio::io::sink(),
+                    &mut stderr,
+                )
+                .await?;
             if code != 0 {
-                return Err(MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
+                return Err(MigrateError::Sql {
+                    side: target.describe(),
+                    message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()),
+                });
             }
             reader.digest.close_tee()?;
             Ok(reader.digest.finish())
         }
         (Endpoint::Container(c), Endpoint::Host(h)) => {
             let client = h.connect(db).await?;
-            client.batch_execute(&format!("BEGIN; {truncate};")).await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
-            let sink = client.copy_in::<_, bytes::Bytes>(copy_in.as_str()).await.map_err(|e| MigrateError::Sql { side: target.describe(), message: db_message(&e) })?;
+            client.batch_execute(&format!("BEGIN; {truncate};")).await.map_err(|e| MigrateError::Sql {
+                side: target.describe(),
+                message: format!("{table}: {}", db_message(&e)),
+            })?;
+            let sink = client
+                .copy_in::<_, bytes::Bytes>(copy_in.as_str())
+                .await
+                .map_err(|e| MigrateError::Sql { side: target.describe(), message: db_message(&e) })?;
             let (writer, mut reader) = tokio::io::duplex(1 << 20);
             let argv = c.psql_argv(db, &["-c", STREAM_SESSION, "-c", &copy_out]);
             let lxd = c.lxd.clone();
             let instance = c.instance.clone();
             let producer = async move {
                 let mut stderr = Vec::new();
-                let code = lxd.exec_io(&instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)), None::<tokio::io::Empty>, writer, &mut stderr).await?;
+                let code = lxd
+                    .exec_io(
+                        &instance,
+                        &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)),
+                        None::<tokio::io::Empty>,
+                        writer,
+                        &mut stderr,
+                    )
+                    .await?;
                 Ok::<_, MigrateError>((code, stderr))
             };
             let consumer = async move {
@@ -1093,19 +1300,30 @@ async fn copy_table(source: &Endpoint, target: &Endpoint, db: &str, table: &str,
                     }
                     progress.fetch_add(n as u64, Ordering::Relaxed);
                     digest.update(&buf[..n]);
-                    sink.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.map_err(|e| MigrateError::Sql { side: "host".into(), message: db_message(&e) })?;
+                    sink.send(bytes::Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .map_err(|e| MigrateError::Sql { side: "host".into(), message: db_message(&e) })?;
                 }
                 Ok::<_, MigrateError>((sink, digest))
             };
             let (produced, consumed) = tokio::join!(producer, consumer);
             let (code, stderr) = produced?;
             if code != 0 {
-                return Err(MigrateError::Sql { side: source.describe(), message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()) });
+                return Err(MigrateError::Sql {
+                    side: source.describe(),
+                    message: format!("{table}: {}", String::from_utf8_lossy(&stderr).trim()),
+                });
             }
             let (mut sink, mut digest) = consumed?;
             digest.close_tee()?;
-            sink.as_mut().finish().await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
-            client.batch_execute("COMMIT;").await.map_err(|e| MigrateError::Sql { side: target.describe(), message: format!("{table}: {}", db_message(&e)) })?;
+            sink.as_mut().finish().await.map_err(|e| MigrateError::Sql {
+                side: target.describe(),
+                message: format!("{table}: {}", db_message(&e)),
+            })?;
+            client.batch_execute("COMMIT;").await.map_err(|e| MigrateError::Sql {
+                side: target.describe(),
+                message: format!("{table}: {}", db_message(&e)),
+            })?;
             Ok(digest.finish())
         }
         _ => Err(MigrateError::Container("a migration runs between the host and a container".into())),
@@ -1204,9 +1422,15 @@ impl PostData {
 
 /// The table an index or key entry belongs to, as the dump spells it (`public.events`).
 fn entry_table(kind: &str, text: &str) -> Option<String> {
-    let after = |line: &str, marker: &str| line.split_once(marker).map(|(_, rest)| rest.trim_start_matches("ONLY ").split_whitespace().next().unwrap_or("").to_string());
+    let after = |line: &str, marker: &str| {
+        line.split_once(marker)
+            .map(|(_, rest)| rest.trim_start_matches("ONLY ").split_whitespace().next().unwrap_or("").to_string())
+    };
     let found = match kind {
-        "INDEX" => text.lines().find(|l| l.starts_with("CREATE INDEX ") || l.starts_with("CREATE UNIQUE INDEX ")).and_then(|l| after(l, " ON ")),
+        "INDEX" => text
+            .lines()
+            .find(|l| l.starts_with("CREATE INDEX ") || l.starts_with("CREATE UNIQUE INDEX "))
+            .and_then(|l| after(l, " ON ")),
         "CONSTRAINT" => text.lines().find(|l| l.starts_with("ALTER TABLE ")).and_then(|l| after(l, "ALTER TABLE ")),
         _ => None,
     };
@@ -1270,18 +1494,36 @@ ALTER TABLE ONLY public.events
         let post = PostData::parse(POST_DATA);
         assert_eq!(post.restrict.as_deref(), Some("abc123"));
         assert_eq!(post.entries.len(), 4);
-        let kinds: Vec<(&str, Option<&str>)> = post.entries.iter().map(|(k, t, _)| (k.as_str(), t.as_deref())).collect();
-        assert_eq!(kinds, vec![("CONSTRAINT", Some("public.users")), ("INDEX", Some("public.events")), ("INDEX", Some("public.users")), ("FK CONSTRAINT", None)]);
+        let kinds: Vec<(&str, Option<&str>)> =
+            post.entries.iter().map(|(k, t, _)| (k.as_str(), t.as_deref())).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("CONSTRAINT", Some("public.users")),
+                ("INDEX", Some("public.events")),
+                ("INDEX", Some("public.users")),
+                ("FK CONSTRAINT", None)
+            ]
+        );
         let bodies = post.table_bodies();
         assert_eq!(bodies.len(), 2);
-        assert!(bodies["public.events"].contains("events_user ON public.events") && !bodies["public.events"].contains("users_pkey"));
+        assert!(
+            bodies["public.events"].contains("events_user ON public.events")
+                && !bodies["public.events"].contains("users_pkey")
+        );
         let users = &bodies["public.users"];
-        assert!(users.find("users_email").zip(users.find("users_pkey")).is_some_and(|(index, key)| index < key), "plain indexes before keys: {users}");
+        assert!(
+            users.find("users_email").zip(users.find("users_pkey")).is_some_and(|(index, key)| index < key),
+            "plain indexes before keys: {users}"
+        );
         for b in bodies.values() {
             assert!(!b.contains("FOREIGN KEY"));
         }
         let framed = post.frame(&bodies["public.users"]);
-        assert!(framed.starts_with("\\restrict abc123\n") && framed.trim_end().ends_with("\\unrestrict abc123"), "{framed}");
+        assert!(
+            framed.starts_with("\\restrict abc123\n") && framed.trim_end().ends_with("\\unrestrict abc123"),
+            "{framed}"
+        );
         assert!(framed.contains("set_config('search_path', '', false)") && framed.contains("maintenance_work_mem"));
         let rest = post.rest_body();
         assert!(rest.contains("FOREIGN KEY") && !rest.contains("CREATE INDEX"));

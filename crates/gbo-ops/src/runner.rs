@@ -133,7 +133,8 @@ impl HostCommand {
         if output.status.success() {
             Ok((stdout, stderr))
         } else {
-            let tail: String = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String =
+                stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
             Err(RunError::Failed { command: self.display(), code: output.status.code(), stderr: tail })
         }
     }
@@ -141,9 +142,9 @@ impl HostCommand {
     /// Run in a blocking thread (for async callers).
     pub async fn run_async(&self) -> Result<String, RunError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.run())
-            .await
-            .unwrap_or_else(|e| Err(RunError::Spawn { command: "blocking task".into(), source: std::io::Error::other(e.to_string()) }))
+        tokio::task::spawn_blocking(move || this.run()).await.unwrap_or_else(|e| {
+            Err(RunError::Spawn { command: "blocking task".into(), source: std::io::Error::other(e.to_string()) })
+        })
     }
 
     /// Run up to `attempts` times, waiting `pause` between tries (network-bound tools such as debootstrap).
@@ -160,7 +161,8 @@ impl HostCommand {
                 }
             }
         }
-        Err(last.unwrap_or(RunError::Spawn { command: self.display(), source: std::io::Error::other("no attempt made") }))
+        Err(last
+            .unwrap_or(RunError::Spawn { command: self.display(), source: std::io::Error::other("no attempt made") }))
     }
 }
 

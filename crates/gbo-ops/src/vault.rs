@@ -124,12 +124,17 @@ pub fn parse_keys(text: &str, source_name: &str) -> Result<Keys, VaultError> {
     let bad = |reason: &str| VaultError::BadKeys { source_name: source_name.to_string(), reason: reason.to_string() };
     let trimmed = text.trim();
     if trimmed.starts_with('{') {
-        let value: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| bad(&format!("malformed JSON at line {} column {}", e.line(), e.column())))?;
+        let value: serde_json::Value = serde_json::from_str(trimmed)
+            .map_err(|e| bad(&format!("malformed JSON at line {} column {}", e.line(), e.column())))?;
         let list = |name: &str| -> Option<Vec<UnsealKey>> {
             let items = value.get(name)?.as_array()?;
             items.iter().map(|v| v.as_str().map(|s| UnsealKey(s.to_string()))).collect()
         };
-        let keys = list("keys_base64").or_else(|| list("unseal_keys_b64")).or_else(|| list("keys")).or_else(|| list("unseal_keys_hex")).ok_or_else(|| bad("no key list"))?;
+        let keys = list("keys_base64")
+            .or_else(|| list("unseal_keys_b64"))
+            .or_else(|| list("keys"))
+            .or_else(|| list("unseal_keys_hex"))
+            .ok_or_else(|| bad("no key list"))?;
         if keys.is_empty() {
             return Err(bad("the key list is empty"));
         }
@@ -139,7 +144,8 @@ pub fn parse_keys(text: &str, source_name: &str) -> Result<Keys, VaultError> {
         let threshold = value.get("unseal_threshold").and_then(|v| v.as_u64());
         return Ok(Keys { keys, threshold });
     }
-    let keys: Vec<UnsealKey> = trimmed.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| UnsealKey(l.to_string())).collect();
+    let keys: Vec<UnsealKey> =
+        trimmed.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| UnsealKey(l.to_string())).collect();
     if keys.is_empty() {
         return Err(bad("no keys"));
     }
@@ -181,12 +187,17 @@ impl Endpoint {
     /// Check the address and build a client.
     fn client(&self) -> Result<reqwest::Client, VaultError> {
         let addr_err = |reason: &str| VaultError::Address { addr: self.addr.clone(), reason: reason.to_string() };
-        let url = reqwest::Url::parse(&self.addr).map_err(|e| addr_err(&format!("{e}; write it like https://127.0.0.1:8200")))?;
+        let url = reqwest::Url::parse(&self.addr)
+            .map_err(|e| addr_err(&format!("{e}; write it like https://127.0.0.1:8200")))?;
         let host = url.host_str().ok_or_else(|| addr_err("it has no host"))?;
         match url.scheme() {
             "https" => {}
             "http" if is_loopback_host(host) => {}
-            "http" => return Err(addr_err("plain http is accepted only for loopback addresses (127.0.0.0/8, ::1, localhost); use https")),
+            "http" => {
+                return Err(addr_err(
+                    "plain http is accepted only for loopback addresses (127.0.0.0/8, ::1, localhost); use https",
+                ))
+            }
             _ => return Err(addr_err("use https:// (or http:// on loopback)")),
         }
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(15)).no_proxy();
@@ -194,7 +205,8 @@ impl Endpoint {
             builder = builder.danger_accept_invalid_certs(true);
         } else if let Some(ca) = &self.ca_cert {
             let pem = std::fs::read(ca).map_err(|e| VaultError::Ca { path: ca.clone(), reason: e.to_string() })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| VaultError::Ca { path: ca.clone(), reason: e.to_string() })?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| VaultError::Ca { path: ca.clone(), reason: e.to_string() })?;
             builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
         }
         builder.build().map_err(|e| VaultError::Http { addr: self.addr.clone(), message: e.to_string() })
@@ -254,13 +266,20 @@ async fn seal_status(endpoint: &Endpoint, client: &reqwest::Client) -> Result<Se
     let response = client.get(endpoint.url("sys/seal-status")).send().await.map_err(http)?;
     let code = response.status();
     if !code.is_success() {
-        return Err(VaultError::Http { addr: endpoint.addr.clone(), message: format!("sys/seal-status answered {code}") });
+        return Err(VaultError::Http {
+            addr: endpoint.addr.clone(),
+            message: format!("sys/seal-status answered {code}"),
+        });
     }
     response.json().await.map_err(http)
 }
 
 async fn health(endpoint: &Endpoint, client: &reqwest::Client) -> Result<u16, VaultError> {
-    let response = client.get(endpoint.url("sys/health")).send().await.map_err(|e| VaultError::Http { addr: endpoint.addr.clone(), message: error_chain(&e) })?;
+    let response = client
+        .get(endpoint.url("sys/health"))
+        .send()
+        .await
+        .map_err(|e| VaultError::Http { addr: endpoint.addr.clone(), message: error_chain(&e) })?;
     Ok(response.status().as_u16())
 }
 
@@ -317,7 +336,10 @@ pub async fn unseal(endpoint: &Endpoint, keys: &Keys) -> Result<UnsealOutcome, V
     if status.progress > 0 {
         // Someone's earlier partial attempt: start from zero so our count is the whole story.
         if submit(endpoint, &client, &serde_json::json!({ "reset": true })).await?.is_err() {
-            return Err(VaultError::Http { addr: endpoint.addr.clone(), message: "Vault refused to reset the earlier partial unseal".into() });
+            return Err(VaultError::Http {
+                addr: endpoint.addr.clone(),
+                message: "Vault refused to reset the earlier partial unseal".into(),
+            });
         }
         reset_stale_progress = true;
     }
@@ -340,9 +362,21 @@ pub async fn unseal(endpoint: &Endpoint, keys: &Keys) -> Result<UnsealOutcome, V
                 if !last.sealed {
                     let code = health(endpoint, &client).await?;
                     if !matches!(code, 200 | 429 | 472 | 473) {
-                        return Err(VaultError::Http { addr: endpoint.addr.clone(), message: format!("unseal reported success but sys/health answers {code} ({})", health_meaning(code)) });
+                        return Err(VaultError::Http {
+                            addr: endpoint.addr.clone(),
+                            message: format!(
+                                "unseal reported success but sys/health answers {code} ({})",
+                                health_meaning(code)
+                            ),
+                        });
                     }
-                    return Ok(UnsealOutcome::Unsealed { keys_submitted: submitted, duplicates_skipped: duplicates, rejected: rejected.iter().map(|i| i + 1).collect(), health_code: code, reset_stale_progress });
+                    return Ok(UnsealOutcome::Unsealed {
+                        keys_submitted: submitted,
+                        duplicates_skipped: duplicates,
+                        rejected: rejected.iter().map(|i| i + 1).collect(),
+                        health_code: code,
+                        reset_stale_progress,
+                    });
                 }
             }
             Err(()) => rejected.push(index),
@@ -352,7 +386,11 @@ pub async fn unseal(endpoint: &Endpoint, keys: &Keys) -> Result<UnsealOutcome, V
 }
 
 /// PUT sys/unseal. Ok(status), or Err(()) when Vault rejected the key (400).
-async fn submit(endpoint: &Endpoint, client: &reqwest::Client, body: &serde_json::Value) -> Result<Result<SealStatus, ()>, VaultError> {
+async fn submit(
+    endpoint: &Endpoint,
+    client: &reqwest::Client,
+    body: &serde_json::Value,
+) -> Result<Result<SealStatus, ()>, VaultError> {
     let http = |e: reqwest::Error| VaultError::Http { addr: endpoint.addr.clone(), message: error_chain(&e) };
     let response = client.put(endpoint.url("sys/unseal")).json(body).send().await.map_err(http)?;
     let code = response.status().as_u16();
@@ -417,7 +455,12 @@ mod tests {
 
     #[test]
     fn only_loopback_may_use_plain_http() {
-        assert!(is_loopback_host("127.0.0.1") && is_loopback_host("[::1]") && is_loopback_host("localhost") && is_loopback_host("127.5.0.1"));
+        assert!(
+            is_loopback_host("127.0.0.1")
+                && is_loopback_host("[::1]")
+                && is_loopback_host("localhost")
+                && is_loopback_host("127.5.0.1")
+        );
         assert!(!is_loopback_host("10.0.0.1") && !is_loopback_host("vault.example.com"));
         let e = Endpoint { addr: "http://192.0.2.1:8200".into(), ca_cert: None, insecure_skip_verify: false };
         assert!(e.client().expect_err("remote http").to_string().contains("only for loopback"));

@@ -74,7 +74,10 @@ impl ZfsSnapshot {
     /// LXD's own snapshot (`<pool>/containers/<name>@snapshot-*` and the other LXD volume kinds).
     pub fn is_lxd(&self) -> bool {
         self.name.starts_with("snapshot-")
-            && self.dataset.split('/').any(|c| matches!(c, "containers" | "virtual-machines" | "custom" | "images" | "deleted"))
+            && self
+                .dataset
+                .split('/')
+                .any(|c| matches!(c, "containers" | "virtual-machines" | "custom" | "images" | "deleted"))
     }
 
     /// Host data captured by `gbo snapshot` (restored by it; not part of the daily window).
@@ -84,7 +87,10 @@ impl ZfsSnapshot {
 
     /// A CI container's snapshot (the seed's "snapshots of CI container can be huge").
     pub fn is_ci(&self) -> bool {
-        self.dataset.rsplit('/').next().is_some_and(|leaf| leaf.ends_with("-alm-ci") || leaf == "alm-ci" || leaf.ends_with("-ci"))
+        self.dataset
+            .rsplit('/')
+            .next()
+            .is_some_and(|leaf| leaf.ends_with("-alm-ci") || leaf == "alm-ci" || leaf.ends_with("-ci"))
     }
 }
 
@@ -159,7 +165,11 @@ pub struct PruneReport {
 
 /// Which snapshots go: older than `cutoff` and beyond the newest `min_keep` of their dataset. LXD's snapshots and
 /// gbo's data captures are never candidates. Returns (per dataset, oldest first: the ones to destroy), kept counts.
-pub fn plan_prune(snapshots: &[ZfsSnapshot], cutoff: i64, min_keep: usize) -> (BTreeMap<String, Vec<ZfsSnapshot>>, BTreeMap<String, usize>) {
+pub fn plan_prune(
+    snapshots: &[ZfsSnapshot],
+    cutoff: i64,
+    min_keep: usize,
+) -> (BTreeMap<String, Vec<ZfsSnapshot>>, BTreeMap<String, usize>) {
     let mut by_dataset: BTreeMap<String, Vec<&ZfsSnapshot>> = BTreeMap::new();
     for s in snapshots.iter().filter(|s| !s.is_lxd() && !s.is_gbo_capture()) {
         by_dataset.entry(s.dataset.clone()).or_default().push(s);
@@ -169,7 +179,8 @@ pub fn plan_prune(snapshots: &[ZfsSnapshot], cutoff: i64, min_keep: usize) -> (B
     for (dataset, mut snaps) in by_dataset {
         snaps.sort_by(|a, b| a.creation.cmp(&b.creation).then_with(|| a.name.cmp(&b.name)));
         let removable = snaps.len().saturating_sub(min_keep);
-        let going: Vec<ZfsSnapshot> = snaps.iter().take(removable).filter(|s| s.creation < cutoff).map(|s| (*s).clone()).collect();
+        let going: Vec<ZfsSnapshot> =
+            snaps.iter().take(removable).filter(|s| s.creation < cutoff).map(|s| (*s).clone()).collect();
         kept.insert(dataset.clone(), snaps.len() - going.len());
         if !going.is_empty() {
             doomed.insert(dataset, going);
@@ -237,7 +248,10 @@ pub fn parse_reclaim(stdout: &str) -> Option<u64> {
 fn too_long(e: &RunError) -> bool {
     match e {
         RunError::Failed { stderr, .. } => stderr.to_ascii_lowercase().contains("argument list too long"),
-        RunError::Spawn { source, .. } => source.raw_os_error() == Some(7) || source.to_string().to_ascii_lowercase().contains("argument list too long"),
+        RunError::Spawn { source, .. } => {
+            source.raw_os_error() == Some(7)
+                || source.to_string().to_ascii_lowercase().contains("argument list too long")
+        }
         _ => false,
     }
 }
@@ -264,7 +278,9 @@ impl Zfs {
 
     /// Detect what `program` supports.
     pub fn detect_program(program: &str) -> Result<Self, ZfsError> {
-        let cmd = HostCommand::new(program).arg("version").install_hint("install OpenZFS (`apt-get install zfsutils-linux`) or zfs-fuse");
+        let cmd = HostCommand::new(program)
+            .arg("version")
+            .install_hint("install OpenZFS (`apt-get install zfsutils-linux`) or zfs-fuse");
         let openzfs = match cmd.run_output() {
             Ok((out, _)) => out.starts_with("zfs-"),
             Err(e @ RunError::Missing { .. }) => return Err(e.into()),
@@ -288,7 +304,8 @@ impl Zfs {
         let mut calls = 0;
         let mut snaps = Vec::new();
         if self.features.openzfs {
-            let mut cmd = self.cmd().args(["list", "-H", "-p", "-t", "snapshot", "-o", "name,creation,used", "-s", "creation"]);
+            let mut cmd =
+                self.cmd().args(["list", "-H", "-p", "-t", "snapshot", "-o", "name,creation,used", "-s", "creation"]);
             if !datasets.is_empty() {
                 cmd = cmd.arg("-r").args(datasets);
             }
@@ -305,10 +322,15 @@ impl Zfs {
                 cmd = cmd.arg("-r").args(datasets);
             }
             calls += 1;
-            let names: Vec<String> = self.run_dataset_cmd(&cmd, datasets)?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+            let names: Vec<String> =
+                self.run_dataset_cmd(&cmd, datasets)?.lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
             for chunk in names.chunks(BATCH) {
                 calls += 1;
-                let out = self.cmd().args(["get", "-H", "-p", "-o", "name,property,value", "creation,used"]).args(chunk).run()?;
+                let out = self
+                    .cmd()
+                    .args(["get", "-H", "-p", "-o", "name,property,value", "creation,used"])
+                    .args(chunk)
+                    .run()?;
                 let mut props: BTreeMap<String, (String, String)> = BTreeMap::new();
                 for line in out.lines() {
                     let cols: Vec<&str> = line.split('\t').collect();
@@ -335,7 +357,11 @@ impl Zfs {
         cmd.run().map_err(|e| {
             if let RunError::Failed { stderr, .. } = &e {
                 if stderr.contains("does not exist") {
-                    let missing = datasets.iter().find(|d| stderr.contains(d.as_str())).cloned().unwrap_or_else(|| datasets.join(" "));
+                    let missing = datasets
+                        .iter()
+                        .find(|d| stderr.contains(d.as_str()))
+                        .cloned()
+                        .unwrap_or_else(|| datasets.join(" "));
                     return ZfsError::NoSuchDataset(missing);
                 }
             }
@@ -346,15 +372,23 @@ impl Zfs {
     /// Snapshots by space used and the pools' totals.
     pub fn usage(&self, datasets: &[String]) -> Result<Usage, ZfsError> {
         let (snaps, _) = self.snapshots(datasets)?;
-        let mut rows: Vec<UsageRow> = snaps.into_iter().map(|s| UsageRow { ci: s.is_ci(), lxd: s.is_lxd(), snapshot: s }).collect();
-        rows.sort_by(|a, b| b.snapshot.used.cmp(&a.snapshot.used).then_with(|| a.snapshot.full_name.cmp(&b.snapshot.full_name)));
+        let mut rows: Vec<UsageRow> =
+            snaps.into_iter().map(|s| UsageRow { ci: s.is_ci(), lxd: s.is_lxd(), snapshot: s }).collect();
+        rows.sort_by(|a, b| {
+            b.snapshot.used.cmp(&a.snapshot.used).then_with(|| a.snapshot.full_name.cmp(&b.snapshot.full_name))
+        });
         let out = self.cmd().args(["list", "-H", "-o", "name,used,avail,refer", "-d", "0"]).run()?;
         let pools = out
             .lines()
             .filter_map(|l| {
                 let c: Vec<&str> = l.split('\t').collect();
                 match c[..] {
-                    [name, used, available, referenced] => Some(DatasetTotals { name: name.into(), used: used.into(), available: available.into(), referenced: referenced.into() }),
+                    [name, used, available, referenced] => Some(DatasetTotals {
+                        name: name.into(),
+                        used: used.into(),
+                        available: available.into(),
+                        referenced: referenced.into(),
+                    }),
                     _ => None,
                 }
             })
@@ -378,7 +412,14 @@ impl Zfs {
     }
 
     /// Apply the window: destroy snapshots older than `keep_days` beyond the newest `min_keep` per dataset.
-    pub fn prune(&self, datasets: &[String], keep_days: u32, min_keep: usize, now: i64, dry_run: bool) -> Result<PruneReport, ZfsError> {
+    pub fn prune(
+        &self,
+        datasets: &[String],
+        keep_days: u32,
+        min_keep: usize,
+        now: i64,
+        dry_run: bool,
+    ) -> Result<PruneReport, ZfsError> {
         if min_keep == 0 {
             return Err(ZfsError::ZeroMinimum);
         }
@@ -386,7 +427,11 @@ impl Zfs {
         let cutoff = now - i64::from(keep_days) * 86_400;
         let (doomed, kept) = plan_prune(&snaps, cutoff, min_keep);
         let mut report = PruneReport { kept, dry_run, zfs_calls: list_calls, ..Default::default() };
-        report.reclaim_source = if self.features.openzfs { "zfs destroy -nvp".into() } else { "sum of used (an underestimate; this zfs has no -n)".into() };
+        report.reclaim_source = if self.features.openzfs {
+            "zfs destroy -nvp".into()
+        } else {
+            "sum of used (an underestimate; this zfs has no -n)".into()
+        };
         for (dataset, going) in doomed {
             if self.features.openzfs {
                 let all: Vec<String> = snaps.iter().filter(|s| s.dataset == dataset).map(|s| s.name.clone()).collect();
@@ -407,7 +452,9 @@ impl Zfs {
                             report.reclaim_bytes += s.used;
                             report.destroyed.push(s.full_name.clone());
                         }
-                        Err(e) => report.failures.push(Failure { snapshot: s.full_name.clone(), reason: failure_reason(&e, &s.full_name) }),
+                        Err(e) => report
+                            .failures
+                            .push(Failure { snapshot: s.full_name.clone(), reason: failure_reason(&e, &s.full_name) }),
                     }
                 }
             }
@@ -415,7 +462,15 @@ impl Zfs {
         Ok(report)
     }
 
-    fn destroy_batch(&self, dataset: &str, all: &[String], arg: String, covered: Vec<String>, dry_run: bool, report: &mut PruneReport) {
+    fn destroy_batch(
+        &self,
+        dataset: &str,
+        all: &[String],
+        arg: String,
+        covered: Vec<String>,
+        dry_run: bool,
+        report: &mut PruneReport,
+    ) {
         let mut cmd = self.cmd().arg("destroy");
         if dry_run {
             cmd = cmd.args(["-n", "-v", "-p"]);
@@ -443,14 +498,25 @@ impl Zfs {
                     RunError::Failed { stderr, .. } => stderr.clone(),
                     other => other.to_string(),
                 };
-                let failures: Vec<Failure> = parse_failures(&stderr).into_iter().filter(|f| covered.iter().any(|c| f.snapshot == format!("{dataset}@{c}"))).collect();
+                let failures: Vec<Failure> = parse_failures(&stderr)
+                    .into_iter()
+                    .filter(|f| covered.iter().any(|c| f.snapshot == format!("{dataset}@{c}")))
+                    .collect();
                 if failures.is_empty() {
                     // Nothing names a snapshot: report the whole batch and go on with the next.
-                    report.failures.extend(covered.iter().map(|c| Failure { snapshot: format!("{dataset}@{c}"), reason: stderr.trim().to_string() }));
+                    report.failures.extend(
+                        covered
+                            .iter()
+                            .map(|c| Failure { snapshot: format!("{dataset}@{c}"), reason: stderr.trim().to_string() }),
+                    );
                     return;
                 }
                 // OpenZFS destroys a list all or nothing: retry without the ones that cannot go.
-                let rest: Vec<String> = covered.iter().filter(|c| !failures.iter().any(|f| f.snapshot == format!("{dataset}@{c}"))).cloned().collect();
+                let rest: Vec<String> = covered
+                    .iter()
+                    .filter(|c| !failures.iter().any(|f| f.snapshot == format!("{dataset}@{c}")))
+                    .cloned()
+                    .collect();
                 report.failures.extend(failures);
                 if !rest.is_empty() {
                     for (arg, covered) in batch_arguments(dataset, all, &rest, BATCH) {
@@ -464,7 +530,11 @@ impl Zfs {
 
 fn failure_reason(e: &RunError, name: &str) -> String {
     match e {
-        RunError::Failed { stderr, .. } => parse_failures(stderr).into_iter().find(|f| f.snapshot == name).map(|f| f.reason).unwrap_or_else(|| stderr.trim().to_string()),
+        RunError::Failed { stderr, .. } => parse_failures(stderr)
+            .into_iter()
+            .find(|f| f.snapshot == name)
+            .map(|f| f.reason)
+            .unwrap_or_else(|| stderr.trim().to_string()),
         other => other.to_string(),
     }
 }
@@ -485,9 +555,22 @@ pub fn daily_job(gbo: &std::path::Path, datasets: &[String], keep_days: u32, min
     let gbo = gbo.display().to_string();
     let mut snapshot = vec![gbo.clone(), "zfs".into(), "snapshot".into(), "--daily".into()];
     snapshot.extend(datasets.iter().cloned());
-    let mut prune = vec![gbo, "zfs".into(), "prune".into(), "--keep-days".into(), keep_days.to_string(), "--min-keep".into(), min_keep.to_string()];
+    let mut prune = vec![
+        gbo,
+        "zfs".into(),
+        "prune".into(),
+        "--keep-days".into(),
+        keep_days.to_string(),
+        "--min-keep".into(),
+        min_keep.to_string(),
+    ];
     prune.extend(datasets.iter().cloned());
-    TimerJob { name: "gbo-zfs-daily".into(), every: Every::Daily, commands: vec![snapshot, prune], description: format!("gbo ZFS daily snapshots with a {keep_days}-day window") }
+    TimerJob {
+        name: "gbo-zfs-daily".into(),
+        every: Every::Daily,
+        commands: vec![snapshot, prune],
+        description: format!("gbo ZFS daily snapshots with a {keep_days}-day window"),
+    }
 }
 
 #[cfg(test)]
@@ -501,7 +584,8 @@ mod tests {
     #[test]
     fn ranges_for_runs_lists_for_gaps_and_batches_of_at_most_100() {
         let all = names(10);
-        let going: Vec<String> = ["s0000", "s0001", "s0002", "s0004", "s0006", "s0007"].iter().map(|s| s.to_string()).collect();
+        let going: Vec<String> =
+            ["s0000", "s0001", "s0002", "s0004", "s0006", "s0007"].iter().map(|s| s.to_string()).collect();
         let b = batch_arguments("tank/ds", &all, &going, BATCH);
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].0, "tank/ds@s0000%s0002,s0004,s0006%s0007");

@@ -11,7 +11,11 @@ struct ProfileGuard(String);
 
 impl Drop for ProfileGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("lxc").args(["profile", "delete", &self.0]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+        let _ = std::process::Command::new("lxc")
+            .args(["profile", "delete", &self.0])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -35,7 +39,12 @@ async fn the_host_api_answers_inside_the_system_container_also_after_a_restart()
     assert!(report.changed && report.warnings.is_empty(), "{report:?}");
     assert_eq!(report.lxd_socket_env, "LXD_SOCKET=/var/lib/gbo/lxd.sock");
     let answer = ask_lxd(&lxd, &system, "/var/lib/gbo/lxd.sock").await;
-    assert!(answer.starts_with("HTTP/1.0 200") && answer.contains("\"api_version\":\"1.0\"") && answer.contains("\"auth\":\"trusted\""), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.0 200")
+            && answer.contains("\"api_version\":\"1.0\"")
+            && answer.contains("\"auth\":\"trusted\""),
+        "{answer}"
+    );
     let mode = sh_ok(&lxd, &system, "stat -c '%u %g %a' /var/lib/gbo/lxd.sock").await;
     assert_eq!(mode.trim(), "0 0 660");
 
@@ -48,17 +57,28 @@ async fn the_host_api_answers_inside_the_system_container_also_after_a_restart()
     // After a restart (systemd mounts a fresh /tmp; /var/lib survives).
     lxd.set_state(&system, lxd_client::StateAction::Restart, 30, false).await.expect("restart");
     wait_for_systemd(&lxd, &system).await;
-    assert!(brother::socket_present(&lxd, &system, "/var/lib/gbo/lxd.sock", std::time::Duration::from_secs(10)).await.expect("stat"));
+    assert!(brother::socket_present(&lxd, &system, "/var/lib/gbo/lxd.sock", std::time::Duration::from_secs(10))
+        .await
+        .expect("stat"));
     let answer = ask_lxd(&lxd, &system, "/var/lib/gbo/lxd.sock").await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
 
     // The default profile is refused without the explicit flag, and left untouched.
     let before = lxd.profile("default").await.expect("default profile");
-    let refused = brother::enable(&lxd, &tenant.name, &BrotherOptions { profile: "default".into(), ..BrotherOptions::default() }).await;
-    assert!(matches!(refused, Err(BrotherError::BadInput(ref m)) if m.contains("--allow-default-profile")), "{refused:?}");
+    let refused =
+        brother::enable(&lxd, &tenant.name, &BrotherOptions { profile: "default".into(), ..BrotherOptions::default() })
+            .await;
+    assert!(
+        matches!(refused, Err(BrotherError::BadInput(ref m)) if m.contains("--allow-default-profile")),
+        "{refused:?}"
+    );
     assert_eq!(lxd.profile("default").await.expect("default profile").devices, before.devices);
 
     assert!(brother::disable(&lxd, &tenant.name, &profile.0).await.expect("disable"));
-    assert!(!brother::socket_present(&lxd, &system, "/var/lib/gbo/lxd.sock", std::time::Duration::from_secs(1)).await.expect("stat")
-        || sh(&lxd, &system, "python3 /root/ask_lxd.py /var/lib/gbo/lxd.sock").await.exit_code != 0);
+    assert!(
+        !brother::socket_present(&lxd, &system, "/var/lib/gbo/lxd.sock", std::time::Duration::from_secs(1))
+            .await
+            .expect("stat")
+            || sh(&lxd, &system, "python3 /root/ask_lxd.py /var/lib/gbo/lxd.sock").await.exit_code != 0
+    );
 }

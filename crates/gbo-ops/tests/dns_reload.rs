@@ -38,7 +38,11 @@ async fn sighup_goes_to_the_coredns_pid_and_the_corefile_has_the_acl() {
     assert!(read(&lxd, &name, "/opt/gbo/data/example.test.zone").await.contains("SOA"));
 
     // Bad input: an invalid zone, a tenant without a dns container. Nothing changes.
-    assert!(matches!(dns::apply(&lxd, &tenant.name, &["bad_zone..test".into()], 53).await, Err(DnsError::BadInput(m)) if m.contains("bad_zone..test")));
+    assert!(
+        matches!(dns::apply(&lxd, &tenant.name, &["bad_zone..test".into()], 53).await, Err(DnsError::BadInput(m)) if m.contains("bad_zone..test"))
+    );
     let other = gbo_tests::unique_name("nodns");
-    assert!(matches!(dns::apply(&lxd, &other, &["example.test".into()], 53).await, Err(DnsError::BadInput(m)) if m.contains(&other)));
+    assert!(
+        matches!(dns::apply(&lxd, &other, &["example.test".into()], 53).await, Err(DnsError::BadInput(m)) if m.contains(&other))
+    );
 }

@@ -14,11 +14,17 @@ fn options(fix: bool, resolver: StaticResolver) -> DoctorOptions {
 }
 
 fn find<'a>(report: &'a DoctorReport, id: &str, target: &str) -> &'a Check {
-    report.checks.iter().find(|c| c.id == id && (target.is_empty() || c.target == target)).unwrap_or_else(|| panic!("no {id} on {target}: {:#?}", report.checks))
+    report
+        .checks
+        .iter()
+        .find(|c| c.id == id && (target.is_empty() || c.target == target))
+        .unwrap_or_else(|| panic!("no {id} on {target}: {:#?}", report.checks))
 }
 
 fn alive() -> StaticResolver {
-    StaticResolver::new().with("a.test", Resolution::Found(vec!["192.0.2.1".parse().unwrap()])).with("b.test", Resolution::Found(vec!["192.0.2.1".parse().unwrap()]))
+    StaticResolver::new()
+        .with("a.test", Resolution::Found(vec!["192.0.2.1".parse().unwrap()]))
+        .with("b.test", Resolution::Found(vec!["192.0.2.1".parse().unwrap()]))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,10 +39,14 @@ async fn per_role_checks_break_report_fix_pass() {
     let almci = tenant.instance("alm-ci");
     let lxd = tenant.lxd.clone();
     let disk = lxd_client::DiskDevice::new(source_path.as_str(), "/mnt/system-bin");
-    let request = lxd_client::CreateInstance::container(almci.clone(), lxd_client::InstanceSource::alias(gbo_tests::TEST_IMAGE))
-        .config("user.gbo.test", "true")
-        .device(&lxd_client::DeviceName::new("cross").unwrap(), disk.to_config(&lxd_client::DeviceName::new("cross").unwrap()).unwrap())
-        .start(false);
+    let request =
+        lxd_client::CreateInstance::container(almci.clone(), lxd_client::InstanceSource::alias(gbo_tests::TEST_IMAGE))
+            .config("user.gbo.test", "true")
+            .device(
+                &lxd_client::DeviceName::new("cross").unwrap(),
+                disk.to_config(&lxd_client::DeviceName::new("cross").unwrap()).unwrap(),
+            )
+            .start(false);
     let _almci_guard = {
         lxd.create_instance(&request).await.expect("alm-ci created");
         struct G(String);
@@ -49,12 +59,35 @@ async fn per_role_checks_break_report_fix_pass() {
     };
 
     // Break things.
-    write(&lxd, &system, "/etc/systemd/system/ui.service", "[Service]\nEnvironment=BOTSERVER_URL=https://chat.example.test\nExecStart=/bin/sleep infinity\n", 0o644).await;
+    write(
+        &lxd,
+        &system,
+        "/etc/systemd/system/ui.service",
+        "[Service]\nEnvironment=BOTSERVER_URL=https://chat.example.test\nExecStart=/bin/sleep infinity\n",
+        0o644,
+    )
+    .await;
     sh_ok(&lxd, &system, "systemctl daemon-reload && systemctl start ui.service && printf '#!/bin/sh\\n' > /opt/gbo/bin/botserver && chmod 755 /opt/gbo/bin/botserver && iptables -A INPUT -p tcp --dport 6379 -j DROP").await;
-    write(&lxd, &dns, "/opt/gbo/conf/Corefile", "zone.example.test:53 {\n\tfile /opt/gbo/data/zone.example.test.zone\n\tcache\n\terrors\n}\n", 0o644).await;
+    write(
+        &lxd,
+        &dns,
+        "/opt/gbo/conf/Corefile",
+        "zone.example.test:53 {\n\tfile /opt/gbo/data/zone.example.test.zone\n\tcache\n\terrors\n}\n",
+        0o644,
+    )
+    .await;
     let bigger = caddyfile(&["a.test", "b.test", "gone.test"], &[]);
-    lxd.push_bytes(&proxy, "/opt/gbo/conf/config.bak-29990101000000", bigger.into_bytes(), lxd_client::FileOptions::owned(1003, 1003, 0o640)).await.expect("backup");
-    lxd.remove_instance_device(&proxy, &lxd_client::DeviceName::new("gbo-port-https").unwrap()).await.expect("remove 443");
+    lxd.push_bytes(
+        &proxy,
+        "/opt/gbo/conf/config.bak-29990101000000",
+        bigger.into_bytes(),
+        lxd_client::FileOptions::owned(1003, 1003, 0o640),
+    )
+    .await
+    .expect("backup");
+    lxd.remove_instance_device(&proxy, &lxd_client::DeviceName::new("gbo-port-https").unwrap())
+        .await
+        .expect("remove 443");
     let dead = alive().with("b.test", Resolution::NoRecord);
 
     let report = doctor::run(&lxd, &tenant.name, &options(false, dead.clone())).await.expect("doctor runs");
@@ -73,7 +106,12 @@ async fn per_role_checks_break_report_fix_pass() {
         ("coredns-acl", dns.as_str()),
         ("alm-ci-mounts", almci.as_str()),
     ] {
-        assert_eq!(find(&report, id, target).verdict, Verdict::Fail, "{id} on {target}: {:#?}", find(&report, id, target));
+        assert_eq!(
+            find(&report, id, target).verdict,
+            Verdict::Fail,
+            "{id} on {target}: {:#?}",
+            find(&report, id, target)
+        );
     }
     assert_eq!(find(&report, "caddy-storage", proxy.as_str()).verdict, Verdict::Pass);
     assert!(find(&report, "caddy-sites", "").evidence.contains("gone.test"));
@@ -83,7 +121,8 @@ async fn per_role_checks_break_report_fix_pass() {
 
     // --fix: the safe ones.
     let fixed = doctor::run(&lxd, &tenant.name, &options(true, dead)).await.expect("doctor --fix");
-    for (id, target) in [("loopback-first", s), ("botui-url", s), ("botserver-owner", s), ("fail2ban", proxy.as_str())] {
+    for (id, target) in [("loopback-first", s), ("botui-url", s), ("botserver-owner", s), ("fail2ban", proxy.as_str())]
+    {
         let c = find(&fixed, id, target);
         assert!(c.verdict == Verdict::Pass && c.fixed, "{c:#?}");
     }
@@ -99,7 +138,10 @@ async fn per_role_checks_break_report_fix_pass() {
     wait_for_systemd(&lxd, &system).await;
     sh_ok(&lxd, &proxy, "rm /opt/gbo/conf/config.bak-29990101000000").await;
     let https_name = lxd_client::DeviceName::new("gbo-port-https").unwrap();
-    let https = lxd_client::ProxyDevice::new(lxd_client::ProxyAddress::tcp("127.0.0.1", gbo_tests::free_port()), lxd_client::ProxyAddress::tcp("127.0.0.1", 443));
+    let https = lxd_client::ProxyDevice::new(
+        lxd_client::ProxyAddress::tcp("127.0.0.1", gbo_tests::free_port()),
+        lxd_client::ProxyAddress::tcp("127.0.0.1", 443),
+    );
     lxd.add_instance_device(&proxy, &https_name, https.to_config(&https_name).unwrap()).await.expect("re-add 443");
     gbo_ops::dns::apply(&lxd, &tenant.name, &["zone.example.test".into()], 53).await.expect("dns apply");
     lxd.remove_instance_device(&almci, &lxd_client::DeviceName::new("cross").unwrap()).await.expect("remove the mount");

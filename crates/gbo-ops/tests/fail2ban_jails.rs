@@ -29,8 +29,20 @@ async fn the_flood_filter_matches_4xx_of_real_caddy_logs_and_the_jails_run() {
     let lxd = tenant.lxd.clone();
     let client = reqwest::Client::builder().no_proxy().build().expect("client");
     let mut expected = Vec::new();
-    for (path, status) in [("/", 200), ("/missing", 404), ("/forbidden", 403), ("/down", 502), ("/boom", 500), ("/missing?x=%22status%22:200", 404)] {
-        let r = client.get(format!("http://127.0.0.1:{http}{path}")).header("Host", "flood.test").send().await.expect("request");
+    for (path, status) in [
+        ("/", 200),
+        ("/missing", 404),
+        ("/forbidden", 403),
+        ("/down", 502),
+        ("/boom", 500),
+        ("/missing?x=%22status%22:200", 404),
+    ] {
+        let r = client
+            .get(format!("http://127.0.0.1:{http}{path}"))
+            .header("Host", "flood.test")
+            .send()
+            .await
+            .expect("request");
         assert_eq!(r.status().as_u16(), status, "{path}");
         expected.push(status);
     }
@@ -58,7 +70,8 @@ async fn the_flood_filter_matches_4xx_of_real_caddy_logs_and_the_jails_run() {
     let out = HostCommand::new("fail2ban-regex").arg(&all).arg(&filter).run().expect("fail2ban-regex runs");
     assert_eq!(matched(&out), (3, 3), "three 4xx match; 200, 502 and 500 do not:\n{out}");
     for line in log.lines() {
-        let status: u16 = line.split("\"status\":").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse().ok()).expect("status");
+        let status: u16 =
+            line.split("\"status\":").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse().ok()).expect("status");
         let one = write("one.log", &format!("{line}\n"));
         let out = HostCommand::new("fail2ban-regex").arg(&one).arg(&filter).run().expect("fail2ban-regex runs");
         let want = if (400..500).contains(&status) { (1, 0) } else { (0, 1) };

@@ -13,8 +13,18 @@ async fn loopback_first_drop_from_outside_persisted_idempotently_and_after_resta
     let system = tenant.container("system", |r| r).await;
     let lxd = tenant.lxd.clone();
     // The incident: Redis on 127.0.0.1:6379 and a DROP for 6379 with no loopback ACCEPT.
-    sh_ok(&lxd, &system, "redis-server --port 6379 --bind 127.0.0.1 --daemonize yes && sleep 0.5 && valkey-cli -h 127.0.0.1 ping").await;
-    sh_ok(&lxd, &system, "iptables -A INPUT -p tcp --dport 6379 -j DROP && iptables -A INPUT -p tcp --dport 22 -j ACCEPT").await;
+    sh_ok(
+        &lxd,
+        &system,
+        "redis-server --port 6379 --bind 127.0.0.1 --daemonize yes && sleep 0.5 && valkey-cli -h 127.0.0.1 ping",
+    )
+    .await;
+    sh_ok(
+        &lxd,
+        &system,
+        "iptables -A INPUT -p tcp --dport 6379 -j DROP && iptables -A INPUT -p tcp --dport 22 -j ACCEPT",
+    )
+    .await;
     let ping = sh(&lxd, &system, "timeout 3 valkey-cli -h 127.0.0.1 ping").await;
     assert_ne!(ping.stdout_text().trim(), "PONG", "the DROP blocks loopback traffic, as in the seed's incident");
 

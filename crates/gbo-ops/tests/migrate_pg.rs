@@ -23,7 +23,12 @@ struct HostCluster {
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    assert!(out.status.success(), "{cmd}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -43,12 +48,29 @@ impl HostCluster {
 
     fn server(&self) -> HostServer {
         // The password travels as libpq would take it from PGPASSWORD; here it is merged into the config in memory.
-        HostServer::from_libpq(Some(&format!("postgresql://gbot:{PASSWORD}@127.0.0.1:{}", self.port))).expect("conninfo")
+        HostServer::from_libpq(Some(&format!("postgresql://gbot:{PASSWORD}@127.0.0.1:{}", self.port)))
+            .expect("conninfo")
     }
 
     fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(format!("{PG_BIN}/psql"))
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "gbot", "-d", db, "-c", sql])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "gbot",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .env("PGPASSWORD", PASSWORD)
             .output()
             .expect("psql");
@@ -60,7 +82,17 @@ impl HostCluster {
 impl Drop for HostCluster {
     fn drop(&mut self) {
         let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D", &format!("{}/data", self.dir.path().display()), "-m", "immediate", "stop"])
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{PG_BIN}/pg_ctl"),
+                "-D",
+                &format!("{}/data", self.dir.path().display()),
+                "-m",
+                "immediate",
+                "stop",
+            ])
             .output();
     }
 }
@@ -73,13 +105,34 @@ async fn container_cluster(tag: &str) -> TestContainer {
          runuser -u postgres -- {PG_BIN}/initdb -D /opt/gbo/data/pgdata --auth-local=peer >/dev/null; \
          runuser -u postgres -- {PG_BIN}/pg_ctl -D /opt/gbo/data/pgdata -l /opt/gbo/data/pg.log -w -t 60 -o \"-k /var/run/postgresql -c listen_addresses='' -c fsync=off\" start >/dev/null"
     );
-    let out = c.lxd.exec(&c.name, &ExecRequest::new(["sh", "-c", &script]).timeout(Duration::from_secs(120))).await.expect("exec");
+    let out = c
+        .lxd
+        .exec(&c.name, &ExecRequest::new(["sh", "-c", &script]).timeout(Duration::from_secs(120)))
+        .await
+        .expect("exec");
     assert!(out.success(), "container PostgreSQL: {}{}", out.stdout_text(), out.stderr_text());
     c
 }
 
 async fn container_psql(c: &TestContainer, db: &str, sql: &str) -> String {
-    let argv = ["runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "/var/run/postgresql", "-d", db, "-f", "-"];
+    let argv = [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "/var/run/postgresql",
+        "-d",
+        db,
+        "-f",
+        "-",
+    ];
     let out = c.lxd.exec_with_stdin(&c.name, &ExecRequest::new(argv), sql.as_bytes()).await.expect("exec");
     assert!(out.success(), "{sql}: {}", out.stderr_text());
     out.stdout_text().trim().to_string()
@@ -105,7 +158,21 @@ fn seed_host(h: &HostCluster) {
     let file = h.dir.path().join("seed.sql");
     std::fs::write(&file, SEED).expect("seed");
     let out = Command::new(format!("{PG_BIN}/psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &h.port.to_string(), "-U", "gbot", "-d", "postgres", "-f"])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &h.port.to_string(),
+            "-U",
+            "gbot",
+            "-d",
+            "postgres",
+            "-f",
+        ])
         .arg(&file)
         .env("PGPASSWORD", PASSWORD)
         .output()
@@ -146,15 +213,22 @@ async fn host_to_container_and_back_verified_with_owners_and_sequences() {
     let mut options = MigrateOptions::new("botserver");
     options.jobs = 3;
     let host = Endpoint::Host(source.server());
-    let report = migrate::migrate(&host, &container_endpoint(&c), &options, None, None).await.expect("local to container");
+    let report =
+        migrate::migrate(&host, &container_endpoint(&c), &options, None, None).await.expect("local to container");
     let tables: Vec<(&str, u64)> = report.tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
     assert_eq!(tables, [("public.accounts", 6000), ("public.empty_table", 0), ("public.users", 3000)]);
     assert_eq!(report.sequences.get("public.users_id_seq").map(String::as_str), Some("4242 t"));
     assert!(report.bytes > 300_000, "progress counts the COPY bytes: {}", report.bytes);
     assert_eq!(container_psql(&c, "botserver", "SELECT count(*) FROM users;").await, "3000");
     assert_eq!(container_psql(&c, "botserver", "SELECT nextval('users_id_seq');").await, "4243");
-    assert_eq!(container_psql(&c, "botserver", "SELECT tableowner FROM pg_tables WHERE tablename = 'accounts';").await, "gbuser");
-    assert_eq!(container_psql(&c, "botserver", "SELECT count(*) FROM pg_indexes WHERE indexname = 'accounts_user';").await, "1");
+    assert_eq!(
+        container_psql(&c, "botserver", "SELECT tableowner FROM pg_tables WHERE tablename = 'accounts';").await,
+        "gbuser"
+    );
+    assert_eq!(
+        container_psql(&c, "botserver", "SELECT count(*) FROM pg_indexes WHERE indexname = 'accounts_user';").await,
+        "1"
+    );
     assert_eq!(checksum_host(&source), before, "the source is unchanged");
 
     // A second run refuses the non-empty target.
@@ -163,7 +237,9 @@ async fn host_to_container_and_back_verified_with_owners_and_sequences() {
 
     // Back to a fresh host cluster.
     let back = HostCluster::start();
-    let report = migrate::migrate(&container_endpoint(&c), &Endpoint::Host(back.server()), &options, None, None).await.expect("container to local");
+    let report = migrate::migrate(&container_endpoint(&c), &Endpoint::Host(back.server()), &options, None, None)
+        .await
+        .expect("container to local");
     assert_eq!(report.tables.len(), 3);
     assert_eq!(checksum_host(&back), before);
     // The nextval above advanced the container's sequence; the migration carries that value over.
@@ -177,7 +253,15 @@ async fn a_target_that_differs_in_one_value_fails_verification_and_names_the_tab
     let before = checksum_host(&source);
     let c = container_cluster("migbroken").await;
     container_psql(&c, "template1", BREAK_TEMPLATE).await;
-    let err = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &MigrateOptions::new("botserver"), None, None).await.expect_err("broken target");
+    let err = migrate::migrate(
+        &Endpoint::Host(source.server()),
+        &container_endpoint(&c),
+        &MigrateOptions::new("botserver"),
+        None,
+        None,
+    )
+    .await
+    .expect_err("broken target");
     match &err {
         MigrateError::Mismatch { differences } => {
             assert_eq!(differences.len(), 1, "{differences:?}");
@@ -196,8 +280,18 @@ async fn a_target_that_differs_in_one_value_fails_verification_and_names_the_tab
     seed_host(&good);
     let good_src = Endpoint::Host(good.server());
     let c2 = container_cluster("migsrc").await;
-    migrate::migrate(&good_src, &container_endpoint(&c2), &MigrateOptions::new("botserver"), None, None).await.expect("seed the container");
-    let err = migrate::migrate(&container_endpoint(&c2), &Endpoint::Host(back.server()), &MigrateOptions::new("botserver"), None, None).await.expect_err("broken host target");
+    migrate::migrate(&good_src, &container_endpoint(&c2), &MigrateOptions::new("botserver"), None, None)
+        .await
+        .expect("seed the container");
+    let err = migrate::migrate(
+        &container_endpoint(&c2),
+        &Endpoint::Host(back.server()),
+        &MigrateOptions::new("botserver"),
+        None,
+        None,
+    )
+    .await
+    .expect_err("broken host target");
     assert!(err.to_string().contains("public.accounts (same row count, different content checksum)"), "{err}");
 }
 
@@ -207,7 +301,10 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
     seed_host(&source);
     let stack = tempfile::tempdir().expect("stack");
     let stack_path = stack.path().display().to_string();
-    let c = TestContainer::create_with("migreplace", true, move |r| r.config(gbo_ops::inventory::KEY_STACK_DIR, stack_path)).await;
+    let c = TestContainer::create_with("migreplace", true, move |r| {
+        r.config(gbo_ops::inventory::KEY_STACK_DIR, stack_path)
+    })
+    .await;
     let script = format!(
         "set -e; mkdir -p /opt/gbo/data /var/run/postgresql; chown postgres /opt/gbo/data /var/run/postgresql; \
          runuser -u postgres -- {PG_BIN}/initdb -D /opt/gbo/data/pgdata --auth-local=peer >/dev/null; \
@@ -219,22 +316,43 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
     container_psql(&c, "botserver", "CREATE TABLE old_stuff (x int); INSERT INTO old_stuff VALUES (1);").await;
     let mut options = MigrateOptions::new("botserver");
     options.replace = true;
-    let report = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None).await.expect("replace");
+    let report = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None)
+        .await
+        .expect("replace");
     let backup = report.replaced_backup.expect("a snapshot first");
     assert!(backup.starts_with(&format!("snapshot {}/before-migrate-", c.name)), "{backup}");
-    assert_eq!(container_psql(&c, "botserver", "SELECT count(*) FROM pg_tables WHERE tablename = 'old_stuff';").await, "0");
+    assert_eq!(
+        container_psql(&c, "botserver", "SELECT count(*) FROM pg_tables WHERE tablename = 'old_stuff';").await,
+        "0"
+    );
     let snaps = c.lxd.snapshots(&c.name).await.expect("snapshots");
     assert_eq!(snaps.len(), 1);
 
     // Unreachable server, missing database, wrong password: clear errors, nothing changed.
     let closed = gbo_tests::free_port();
-    let unreachable = Endpoint::Host(HostServer::from_libpq(Some(&format!("host=127.0.0.1 port={closed} user=gbot"))).expect("conninfo"));
-    let err = migrate::migrate(&unreachable, &container_endpoint(&c), &MigrateOptions::new("botserver"), None, None).await.expect_err("unreachable");
+    let unreachable = Endpoint::Host(
+        HostServer::from_libpq(Some(&format!("host=127.0.0.1 port={closed} user=gbot"))).expect("conninfo"),
+    );
+    let err = migrate::migrate(&unreachable, &container_endpoint(&c), &MigrateOptions::new("botserver"), None, None)
+        .await
+        .expect_err("unreachable");
     assert!(err.to_string().contains(&format!("cannot connect to PostgreSQL at gbot@127.0.0.1:{closed}")), "{err}");
-    let err = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &MigrateOptions::new("nosuchdb"), None, None).await.expect_err("missing db");
+    let err = migrate::migrate(
+        &Endpoint::Host(source.server()),
+        &container_endpoint(&c),
+        &MigrateOptions::new("nosuchdb"),
+        None,
+        None,
+    )
+    .await
+    .expect_err("missing db");
     assert!(err.to_string().contains("database `nosuchdb` does not exist on the source"), "{err}");
-    let wrong = Endpoint::Host(HostServer::from_libpq(Some(&format!("postgresql://gbot:wrong@127.0.0.1:{}", source.port))).expect("conninfo"));
-    let err = migrate::migrate(&wrong, &container_endpoint(&c), &MigrateOptions::new("botserver"), None, None).await.expect_err("wrong password");
+    let wrong = Endpoint::Host(
+        HostServer::from_libpq(Some(&format!("postgresql://gbot:wrong@127.0.0.1:{}", source.port))).expect("conninfo"),
+    );
+    let err = migrate::migrate(&wrong, &container_endpoint(&c), &MigrateOptions::new("botserver"), None, None)
+        .await
+        .expect_err("wrong password");
     assert!(err.to_string().contains("password authentication failed"), "{err}");
     assert!(!err.to_string().contains("wrong"), "the password is not echoed: {err}");
 }
@@ -259,7 +377,8 @@ fn host_state(h: &HostCluster) -> String {
 async fn container_to_host_replace_backs_up_the_host_database_first() {
     let c = container_cluster("migtohost").await;
     container_psql(&c, "postgres", SEED).await;
-    let source_checksum = container_psql(&c, "botserver", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM accounts t;").await;
+    let source_checksum =
+        container_psql(&c, "botserver", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM accounts t;").await;
 
     let host = HostCluster::start();
     host.psql("postgres", "CREATE DATABASE botserver");
@@ -279,7 +398,9 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
     let mut options = MigrateOptions::new("botserver");
     options.backup_dir = backup_dir.clone();
     let target = Endpoint::Host(host.server());
-    let err = migrate::migrate(&container_endpoint(&c), &target, &options, None, None).await.expect_err("non-empty host target");
+    let err = migrate::migrate(&container_endpoint(&c), &target, &options, None, None)
+        .await
+        .expect_err("non-empty host target");
     assert!(matches!(err, MigrateError::TargetNotEmpty { tables: 2, .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("already holds 2 relation(s)") && message.contains("--replace"), "{message}");
@@ -291,7 +412,16 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
         let (name, port, backup_dir) = (c.name.to_string(), host.port, backup_dir.display().to_string());
         move || {
             Command::new(gbo_tests::gbo_bin())
-                .args(["migrate", "container-to-local", "--container", &name, "--host", &format!("postgresql://gbot@127.0.0.1:{port}"), "--backup-dir", &backup_dir])
+                .args([
+                    "migrate",
+                    "container-to-local",
+                    "--container",
+                    &name,
+                    "--host",
+                    &format!("postgresql://gbot@127.0.0.1:{port}"),
+                    "--backup-dir",
+                    &backup_dir,
+                ])
                 .env("PGPASSWORD", PASSWORD)
                 .stdin(std::process::Stdio::null())
                 .output()
@@ -310,8 +440,11 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
     // With replace: the backup is written first, then the data is replaced and verified.
     options.replace = true;
     options.jobs = 3;
-    let report = migrate::migrate(&container_endpoint(&c), &target, &options, None, None).await.expect("replace the host database");
-    let files: Vec<PathBuf> = std::fs::read_dir(&backup_dir).expect("the backup dir was created").map(|e| e.expect("entry").path()).collect();
+    let report = migrate::migrate(&container_endpoint(&c), &target, &options, None, None)
+        .await
+        .expect("replace the host database");
+    let files: Vec<PathBuf> =
+        std::fs::read_dir(&backup_dir).expect("the backup dir was created").map(|e| e.expect("entry").path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let archive = &files[0];
     let file_name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -326,7 +459,10 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
     let size = std::fs::metadata(archive).expect("archive").len();
     assert!(size > 0, "the archive is empty");
     let listing = sh(&format!("{PG_BIN}/pg_restore --list {}", archive.display()));
-    assert!(listing.contains("TABLE DATA public old_orders") && listing.contains("TABLE DATA public old_notes"), "{listing}");
+    assert!(
+        listing.contains("TABLE DATA public old_orders") && listing.contains("TABLE DATA public old_notes"),
+        "{listing}"
+    );
     // The archive holds the old rows: restored into a scratch database, they are all there.
     host.psql("postgres", "CREATE DATABASE old_restored");
     let restored = Command::new(format!("{PG_BIN}/pg_restore"))
@@ -336,7 +472,10 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
         .output()
         .expect("pg_restore");
     assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
-    assert_eq!(host.psql("old_restored", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM old_orders t"), orders_checksum);
+    assert_eq!(
+        host.psql("old_restored", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM old_orders t"),
+        orders_checksum
+    );
     assert_eq!(host.psql("old_restored", "SELECT note FROM old_notes"), "keep me until replaced");
 
     // The host database now holds the container's data, verified; the old tables are gone.
@@ -370,7 +509,11 @@ async fn partitions_travel_and_keep_sql_writes_a_restorable_private_script() {
          GRANT SELECT ON accounts TO gbot_reader;",
     );
     let measures = "SELECT md5(string_agg(t::text, '|' ORDER BY id, day)) FROM measures t";
-    let before = (checksum_host(&source), source.psql("botserver", measures), source.psql("botserver", "SELECT count(*) FROM rich_m"));
+    let before = (
+        checksum_host(&source),
+        source.psql("botserver", measures),
+        source.psql("botserver", "SELECT count(*) FROM rich_m"),
+    );
     let c = container_cluster("migkeep").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kept = dir.path().join("botserver.sql");
@@ -379,27 +522,59 @@ async fn partitions_travel_and_keep_sql_writes_a_restorable_private_script() {
     std::fs::write(&kept, "precious").expect("write");
     let mut options = MigrateOptions::new("botserver");
     options.keep_sql = Some(kept.clone());
-    let err = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None).await.expect_err("exists");
+    let err = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None)
+        .await
+        .expect_err("exists");
     assert!(matches!(err, MigrateError::KeepSql { .. }) && err.to_string().contains("exists"), "{err}");
     assert_eq!(std::fs::read_to_string(&kept).expect("read"), "precious");
-    assert_eq!(container_psql(&c, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'botserver';").await, "0", "nothing changed");
+    assert_eq!(
+        container_psql(&c, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'botserver';").await,
+        "0",
+        "nothing changed"
+    );
     std::fs::remove_file(&kept).expect("rm");
 
-    let report = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None).await.expect("migrate");
+    let report = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c), &options, None, None)
+        .await
+        .expect("migrate");
     let tables: Vec<&str> = report.tables.iter().map(|t| t.table.as_str()).collect();
-    assert_eq!(tables, ["public.accounts", "public.empty_table", "public.measures_2024", "public.measures_2025", "public.users"]);
-    assert_eq!(report.tables.iter().filter(|t| t.table.starts_with("public.measures_")).map(|t| t.rows).sum::<u64>(), 4000);
-    assert!(report.tables.iter().all(|t| t.checksum.starts_with("sha256:")), "the fast comparison agreed: {:?}", report.tables);
+    assert_eq!(
+        tables,
+        ["public.accounts", "public.empty_table", "public.measures_2024", "public.measures_2025", "public.users"]
+    );
+    assert_eq!(
+        report.tables.iter().filter(|t| t.table.starts_with("public.measures_")).map(|t| t.rows).sum::<u64>(),
+        4000
+    );
+    assert!(
+        report.tables.iter().all(|t| t.checksum.starts_with("sha256:")),
+        "the fast comparison agreed: {:?}",
+        report.tables
+    );
     assert_eq!(container_psql(&c, "botserver", &format!("{measures};")).await, before.1);
-    assert_eq!(container_psql(&c, "botserver", "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'measures_2024%';").await, "2", "partition indexes built");
-    assert_eq!(container_psql(&c, "botserver", "SELECT count(*) FROM rich_m;").await, before.2, "the materialized view was refreshed");
-    assert_eq!(container_psql(&c, "botserver", "SELECT has_table_privilege('gbot_reader', 'public.accounts', 'SELECT');").await, "t", "grants kept");
+    assert_eq!(
+        container_psql(&c, "botserver", "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'measures_2024%';").await,
+        "2",
+        "partition indexes built"
+    );
+    assert_eq!(
+        container_psql(&c, "botserver", "SELECT count(*) FROM rich_m;").await,
+        before.2,
+        "the materialized view was refreshed"
+    );
+    assert_eq!(
+        container_psql(&c, "botserver", "SELECT has_table_privilege('gbot_reader', 'public.accounts', 'SELECT');")
+            .await,
+        "t",
+        "grants kept"
+    );
     assert_eq!(report.kept_sql.as_deref(), Some(kept.as_path()));
     {
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(std::fs::metadata(&kept).expect("kept").permissions().mode() & 0o777, 0o600);
     }
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
     assert_eq!(leftovers, [std::ffi::OsString::from("botserver.sql")], "the parts are gone");
 
     // The kept script restores into an empty database (the owner role exists on the restoring server).
@@ -408,7 +583,21 @@ async fn partitions_travel_and_keep_sql_writes_a_restorable_private_script() {
     restored.psql("postgres", "CREATE ROLE gbot_reader NOLOGIN");
     restored.psql("postgres", "CREATE DATABASE botserver OWNER gbuser");
     let out = Command::new(format!("{PG_BIN}/psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &restored.port.to_string(), "-U", "gbot", "-d", "botserver", "-f"])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &restored.port.to_string(),
+            "-U",
+            "gbot",
+            "-d",
+            "botserver",
+            "-f",
+        ])
         .arg(&kept)
         .env("PGPASSWORD", PASSWORD)
         .output()

@@ -53,7 +53,9 @@ async fn apply_backs_up_validates_reloads_probes_and_refuses_what_the_runbook_fo
     // A partial config is refused, naming the lost sites; nothing changes.
     let partial = caddyfile(&["a.test"], &[]);
     match proxy::apply(&lxd, &target, &partial, &quick()).await {
-        Err(ProxyError::Refused(m)) => assert!(m.contains("b.test") && m.contains("c.test") && m.contains("d.test"), "{m}"),
+        Err(ProxyError::Refused(m)) => {
+            assert!(m.contains("b.test") && m.contains("c.test") && m.contains("d.test"), "{m}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(read(&lxd, &name, CADDYFILE_PATH).await, grown);
@@ -61,22 +63,34 @@ async fn apply_backs_up_validates_reloads_probes_and_refuses_what_the_runbook_fo
 
     // Without the storage block: refused.
     let no_storage = grown.replacen("\tstorage file_system {\n\t\troot /opt/gbo/data/caddy\n\t}\n", "", 1);
-    assert!(matches!(proxy::apply(&lxd, &target, &no_storage, &quick()).await, Err(ProxyError::Refused(m)) if m.contains("storage")));
+    assert!(
+        matches!(proxy::apply(&lxd, &target, &no_storage, &quick()).await, Err(ProxyError::Refused(m)) if m.contains("storage"))
+    );
 
     // Text that does not parse, and text Caddy rejects: nothing changes, the old config keeps serving.
-    assert!(matches!(proxy::apply(&lxd, &target, &format!("{grown}\nbroken.test {{\n"), &quick()).await, Err(ProxyError::BadInput(m)) if m.contains("does not parse")));
+    assert!(
+        matches!(proxy::apply(&lxd, &target, &format!("{grown}\nbroken.test {{\n"), &quick()).await, Err(ProxyError::BadInput(m)) if m.contains("does not parse"))
+    );
     let rejected = grown.replace("respond \"site d.test\" 200", "no_such_directive 1");
     match proxy::apply(&lxd, &target, &rejected, &quick()).await {
-        Err(ProxyError::Invalid { user, output, .. }) => assert!(user == "caddy" && output.contains("no_such_directive"), "{output}"),
+        Err(ProxyError::Invalid { user, output, .. }) => {
+            assert!(user == "caddy" && output.contains("no_such_directive"), "{output}")
+        }
         other => panic!("expected caddy validate to reject it, got {other:?}"),
     }
     assert_eq!(read(&lxd, &name, CADDYFILE_PATH).await, grown);
     assert_eq!(backups(&lxd, &name).await.len(), n);
-    assert!(sh(&lxd, &name, "test -e /opt/gbo/conf/config.gbo-candidate").await.exit_code != 0, "the candidate is cleaned up");
+    assert!(
+        sh(&lxd, &name, "test -e /opt/gbo/conf/config.gbo-candidate").await.exit_code != 0,
+        "the candidate is cleaned up"
+    );
 
     // Removal of a named site is allowed.
     let smaller = caddyfile(&["a.test", "b.test"], &["c.test"]);
-    let report = proxy::apply(&lxd, &target, &smaller, &ApplyOptions { allow_removal: vec!["d.test".into()], ..quick() }).await.expect("allowed removal");
+    let report =
+        proxy::apply(&lxd, &target, &smaller, &ApplyOptions { allow_removal: vec!["d.test".into()], ..quick() })
+            .await
+            .expect("allowed removal");
     assert_eq!(report.removed, vec!["d.test"]);
 
     // A config that validates and reloads but stops serving the sites (HTTP moved to 8080): probes fail, the
@@ -105,7 +119,14 @@ async fn reload_and_prune_dead_domains() {
 
     // Reload after a hand edit: validated as caddy, reloaded, probed.
     let edited = caddyfile(&["live.test", "dead.test", "flaky.test", "new.test"], &[]);
-    lxd.push_bytes(&name, CADDYFILE_PATH, edited.clone().into_bytes(), lxd_client::FileOptions::owned(1003, 1003, 0o640)).await.expect("push");
+    lxd.push_bytes(
+        &name,
+        CADDYFILE_PATH,
+        edited.clone().into_bytes(),
+        lxd_client::FileOptions::owned(1003, 1003, 0o640),
+    )
+    .await
+    .expect("push");
     let report = proxy::reload(&lxd, &target, &quick()).await.expect("reload");
     assert_eq!(report.action, "reload");
     assert_eq!(http_get(http, "new.test").await, Ok((200, "site new.test".into())));
@@ -123,7 +144,9 @@ async fn reload_and_prune_dead_domains() {
         .with("new.test", Resolution::Found(vec!["192.0.2.10".parse().unwrap()]))
         .with("flaky.test", Resolution::Failed("timeout".into()));
     // Dry run: verdicts only.
-    let dry = proxy::prune_dead_domains(&lxd, &target, &resolver, &ApplyOptions { dry_run: true, ..quick() }).await.expect("dry run");
+    let dry = proxy::prune_dead_domains(&lxd, &target, &resolver, &ApplyOptions { dry_run: true, ..quick() })
+        .await
+        .expect("dry run");
     assert_eq!(dry.dead, vec!["dead.test"]);
     assert_eq!(read(&lxd, &name, CADDYFILE_PATH).await, edited);
 

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use gbo_ops::inventory::{KEY_STACK_DIR, KEY_TENANT, KEY_ROLE};
+use gbo_ops::inventory::{KEY_ROLE, KEY_STACK_DIR, KEY_TENANT};
 use gbo_ops::snapshot::{self, CaptureMethod, CreateOptions, RetentionPolicy, SnapshotError};
 use gbo_tests::TestContainer;
-use lxd_client::{DiskDevice, DeviceName, ExecRequest};
+use lxd_client::{DeviceName, DiskDevice, ExecRequest};
 
 /// Idmap base of unprivileged containers here: container root is host uid 100000.
 const ROOT_UID: u32 = 100_000;
@@ -56,7 +56,8 @@ async fn round_trip(stack: &Path, expected_method: &str) {
     write_inside(&c, "state.txt", "before").await;
     let managed = snapshot::container(&lxd, c.name.as_str()).await.expect("container");
     let name = snapshot::snapshot_name("s1").expect("name");
-    let info = snapshot::create(&lxd, &managed, &name, &CreateOptions { expires: "7d".parse().ok() }).await.expect("create");
+    let info =
+        snapshot::create(&lxd, &managed, &name, &CreateOptions { expires: "7d".parse().ok() }).await.expect("create");
     assert_eq!(info.covers, "container+data");
     assert_eq!(info.data.len(), 1);
     assert_eq!(info.data[0].method.label(), expected_method, "{:?}", info.data[0]);
@@ -119,7 +120,9 @@ async fn round_trip(stack: &Path, expected_method: &str) {
     snapshot::delete(&lxd, &managed, &name).await.expect("delete");
     assert!(!snapshot::manifest_path(&managed, "s1").exists());
     match &captured.method {
-        CaptureMethod::BtrfsSnapshot { location } | CaptureMethod::FrozenCopy { location } => assert!(!location.exists(), "{location:?}"),
+        CaptureMethod::BtrfsSnapshot { location } | CaptureMethod::FrozenCopy { location } => {
+            assert!(!location.exists(), "{location:?}")
+        }
         CaptureMethod::ZfsSnapshot { dataset, snapshot, .. } => {
             let name = format!("{dataset}@{snapshot}");
             let pool = dataset.split('/').next().unwrap_or(dataset);
@@ -150,7 +153,11 @@ impl LoopBtrfs {
         let file_dir = tempfile::tempdir().expect("tempdir");
         let mount_dir = tempfile::tempdir().expect("tempdir");
         let image = file_dir.path().join("stack.btrfs");
-        sh(&format!("truncate -s 256M {0} && mkfs.btrfs -q {0} && mount -o loop {0} {1}", image.display(), mount_dir.path().display()));
+        sh(&format!(
+            "truncate -s 256M {0} && mkfs.btrfs -q {0} && mount -o loop {0} {1}",
+            image.display(),
+            mount_dir.path().display()
+        ));
         Self { mount: mount_dir.path().to_path_buf(), _file: file_dir, _mount_dir: mount_dir }
     }
 }
@@ -177,7 +184,8 @@ async fn tenant_snapshot_is_parallel_and_prune_keeps_tiers() {
     let a = container_with_data("snapta", stack.path(), Some(&tenant), true).await;
     // The second container has no host mount: container-only, but still part of the tenant.
     let t2 = tenant.clone();
-    let b = TestContainer::create_with("snaptb", false, move |r| r.config(KEY_TENANT, t2).config(KEY_ROLE, "cache")).await;
+    let b =
+        TestContainer::create_with("snaptb", false, move |r| r.config(KEY_TENANT, t2).config(KEY_ROLE, "cache")).await;
     let containers = snapshot::tenant_containers(&lxd, &tenant).await.expect("tenant");
     assert_eq!(containers.len(), 2);
     let name = snapshot::snapshot_name("nightly").expect("name");
@@ -191,7 +199,14 @@ async fn tenant_snapshot_is_parallel_and_prune_keeps_tiers() {
     let managed = snapshot::container(&lxd, a.name.as_str()).await.expect("container");
     for i in 0..4 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        snapshot::create(&lxd, &managed, &snapshot::snapshot_name(&format!("p{i}")).expect("n"), &CreateOptions::default()).await.expect("create");
+        snapshot::create(
+            &lxd,
+            &managed,
+            &snapshot::snapshot_name(&format!("p{i}")).expect("n"),
+            &CreateOptions::default(),
+        )
+        .await
+        .expect("create");
     }
     let policy = RetentionPolicy { keep_last: 2, keep_daily: 0, keep_weekly: 0 };
     let dry = snapshot::prune(&lxd, &managed, policy, true).await.expect("dry run");
@@ -215,13 +230,20 @@ use gbo_tests::zfs_fuse::{run, Pool as ZfsPool};
 
 /// Every filesystem and volume of a pool (`-r`, which zfs-fuse's `list` has; it has no `-p`).
 fn zfs_datasets(pool: &str) -> Vec<String> {
-    let mut names: Vec<String> = run(&["zfs", "list", "-H", "-o", "name", "-t", "filesystem,volume", "-r", pool]).lines().map(str::to_string).collect();
+    let mut names: Vec<String> = run(&["zfs", "list", "-H", "-o", "name", "-t", "filesystem,volume", "-r", pool])
+        .lines()
+        .map(str::to_string)
+        .collect();
     names.sort();
     names
 }
 
 fn zfs_snapshots(pool: &str) -> Vec<String> {
-    run(&["zfs", "list", "-H", "-o", "name", "-t", "snapshot"]).lines().filter(|l| l.starts_with(&format!("{pool}/")) || l.starts_with(&format!("{pool}@"))).map(str::to_string).collect()
+    run(&["zfs", "list", "-H", "-o", "name", "-t", "snapshot"])
+        .lines()
+        .filter(|l| l.starts_with(&format!("{pool}/")) || l.starts_with(&format!("{pool}@")))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The ZFS/FUSE mounts of a pool, from mountinfo.
@@ -229,7 +251,11 @@ fn zfs_mounts(pool: &str) -> Vec<String> {
     let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
-        .filter_map(|l| l.split_once(" - ").map(|(left, right)| (left.split(' ').nth(4).unwrap_or("").to_string(), right.split(' ').nth(1).unwrap_or("").to_string())))
+        .filter_map(|l| {
+            l.split_once(" - ").map(|(left, right)| {
+                (left.split(' ').nth(4).unwrap_or("").to_string(), right.split(' ').nth(1).unwrap_or("").to_string())
+            })
+        })
         .filter(|(_, source)| source == pool || source.starts_with(&format!("{pool}/")))
         .map(|(point, source)| format!("{source} on {point}"))
         .collect();
@@ -286,7 +312,9 @@ async fn zfs_root_dataset_behind_a_symlink_restores_only_the_captured_directory(
     assert_eq!(managed.mounts[0].host_path, data, "the device names the symlinked path");
     let name = snapshot::snapshot_name("s1").expect("name");
     let info = snapshot::create(&lxd, &managed, &name, &CreateOptions::default()).await.expect("create");
-    let CaptureMethod::ZfsSnapshot { dataset, snapshot: zsnap, mountpoint } = &info.data[0].method else { panic!("not captured by ZFS: {:?}", info.data) };
+    let CaptureMethod::ZfsSnapshot { dataset, snapshot: zsnap, mountpoint } = &info.data[0].method else {
+        panic!("not captured by ZFS: {:?}", info.data)
+    };
     assert_eq!((dataset.as_str(), mountpoint.as_path()), (pool.name.as_str(), pool.mount.as_path()));
     let manifest = snapshot::read_manifest(&managed, "s1").expect("manifest");
     assert!(!manifest.frozen, "a stopped container is not frozen");
@@ -298,12 +326,23 @@ async fn zfs_root_dataset_behind_a_symlink_restores_only_the_captured_directory(
     let report = snapshot::restore(&lxd, &managed, &name, false).await.expect("restore");
     assert!(!report.restarted);
     assert_eq!(report.data_restored, vec![data.clone()]);
-    let mut entries: Vec<String> = std::fs::read_dir(&data).expect("read_dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut entries: Vec<String> = std::fs::read_dir(&data)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     entries.sort();
     assert_eq!(entries, ["state.txt"], "exactly the captured directory comes back, not the dataset's root");
     assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "before");
-    assert_eq!(std::fs::read_to_string(real.join("unrelated.txt")).expect("read"), "after", "the rest of the dataset is not rolled back");
-    assert_eq!((zfs_datasets(&pool.name), zfs_mounts(&pool.name)), before, "the restore left a clone, dataset or mount behind");
+    assert_eq!(
+        std::fs::read_to_string(real.join("unrelated.txt")).expect("read"),
+        "after",
+        "the rest of the dataset is not rolled back"
+    );
+    assert_eq!(
+        (zfs_datasets(&pool.name), zfs_mounts(&pool.name)),
+        before,
+        "the restore left a clone, dataset or mount behind"
+    );
 
     run(&["zfs", "destroy", &format!("{dataset}@{zsnap}")]);
     snapshot::delete(&lxd, &managed, &name).await.expect("delete after the ZFS snapshot was destroyed by hand");
@@ -323,7 +362,9 @@ async fn a_restore_that_cannot_finish_names_the_safety_snapshot_and_leaves_data_
     let managed = snapshot::container(&lxd, c.name.as_str()).await.expect("container");
     let name = snapshot::snapshot_name("s1").expect("name");
     let info = snapshot::create(&lxd, &managed, &name, &CreateOptions::default()).await.expect("create");
-    let CaptureMethod::FrozenCopy { location } = &info.data[0].method else { panic!("ext4 is captured by a copy: {:?}", info.data[0]) };
+    let CaptureMethod::FrozenCopy { location } = &info.data[0].method else {
+        panic!("ext4 is captured by a copy: {:?}", info.data[0])
+    };
     write_inside(&c, "state.txt", "after").await;
     std::fs::remove_dir_all(location).expect("lose the capture");
 
@@ -332,7 +373,12 @@ async fn a_restore_that_cannot_finish_names_the_safety_snapshot_and_leaves_data_
     let safety = failure.safety.as_deref().expect("a safety snapshot was taken");
     assert!(failure.restored.is_empty());
     let message = err.to_string();
-    assert!(message.contains("is missing") && message.contains("left stopped") && message.contains(&format!("gbo snapshot restore {} {safety} --no-safety", c.name)), "{message}");
+    assert!(
+        message.contains("is missing")
+            && message.contains("left stopped")
+            && message.contains(&format!("gbo snapshot restore {} {safety} --no-safety", c.name)),
+        "{message}"
+    );
     assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "after", "the host data was left alone");
     assert_eq!(lxd.instance(&c.name).await.expect("instance").status, "Stopped");
 

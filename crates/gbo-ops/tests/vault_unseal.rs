@@ -110,6 +110,8 @@ async fn refuses_loose_files_uninitialised_vaults_and_unverified_tls() {
     standby.sealed = false;
     standby.standby = true;
     let v = StandInVault::start(standby, false).await;
-    let s = vault::status(&Endpoint { addr: v.addr.clone(), ca_cert: None, insecure_skip_verify: false }).await.expect("status");
+    let s = vault::status(&Endpoint { addr: v.addr.clone(), ca_cert: None, insecure_skip_verify: false })
+        .await
+        .expect("status");
     assert_eq!((s.health_code, s.health.as_str()), (429, "unsealed, standby"));
 }

@@ -32,16 +32,28 @@ fn prune_on_zfs_fuse_destroys_one_per_call_keeps_the_minimum_and_reports_clones(
     let dry = zfs.prune(std::slice::from_ref(&pool.name), 0, 2, now, true).expect("dry run");
     assert_eq!(dry.destroyed.len(), 4, "{:?}", dry.destroyed);
     assert!(dry.reclaim_source.contains("sum of used"));
-    assert_eq!(run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"]).lines().filter(|l| l.starts_with(&pool.name)).count(), 7, "the dry run changed nothing");
+    assert_eq!(
+        run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"])
+            .lines()
+            .filter(|l| l.starts_with(&pool.name))
+            .count(),
+        7,
+        "the dry run changed nothing"
+    );
 
     let report = zfs.prune(std::slice::from_ref(&pool.name), 0, 2, now, false).expect("prune");
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     assert_eq!(report.failures[0].snapshot, format!("{ds}@s1"));
     assert!(report.failures[0].reason.contains("clone"), "{}", report.failures[0].reason);
     assert_eq!(report.destroyed.len(), 3);
-    let mut left: Vec<String> = run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"]).lines().filter(|l| l.starts_with(&pool.name)).map(str::to_string).collect();
+    let mut left: Vec<String> = run(&["zfs", "list", "-H", "-t", "snapshot", "-o", "name"])
+        .lines()
+        .filter(|l| l.starts_with(&pool.name))
+        .map(str::to_string)
+        .collect();
     left.sort();
-    let mut expected = vec![format!("{lxd_ds}/web@snapshot-a"), format!("{ds}@s1"), format!("{ds}@s3"), format!("{ds}@s4")];
+    let mut expected =
+        vec![format!("{lxd_ds}/web@snapshot-a"), format!("{ds}@s1"), format!("{ds}@s3"), format!("{ds}@s4")];
     expected.sort();
     assert_eq!(left, expected, "LXD's snapshot stays, the newest two stay, the pinned one stays");
     // One snapshot per destroy call on this CLI.

@@ -38,7 +38,11 @@ fn backup_path(instance: &InstanceName, backup: &str) -> String {
 
 fn check_backup_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
-        return Err(Error::InvalidName { kind: "backup", value: name.to_string(), rule: "backup names are not empty and have no `/` or spaces" });
+        return Err(Error::InvalidName {
+            kind: "backup",
+            value: name.to_string(),
+            rule: "backup names are not empty and have no `/` or spaces",
+        });
     }
     Ok(())
 }
@@ -46,7 +50,13 @@ fn check_backup_name(name: &str) -> Result<()> {
 impl Client {
     /// Create a backup named `name` (snapshots included unless `instance_only`), optionally expiring at
     /// `expires_at` (RFC 3339), and wait for it.
-    pub async fn create_backup(&self, instance: &InstanceName, name: &str, instance_only: bool, expires_at: Option<&str>) -> Result<()> {
+    pub async fn create_backup(
+        &self,
+        instance: &InstanceName,
+        name: &str,
+        instance_only: bool,
+        expires_at: Option<&str>,
+    ) -> Result<()> {
         check_backup_name(name)?;
         let mut body = serde_json::json!({ "name": name, "instance_only": instance_only, "optimized_storage": false });
         if let Some(expires_at) = expires_at {
@@ -59,7 +69,8 @@ impl Client {
 
     /// Backups of an instance.
     pub async fn backups(&self, instance: &InstanceName) -> Result<Vec<Backup>> {
-        self.sync(Request::new(Method::GET, format!("{}/backups", instance_path(instance))).query("recursion", "1")).await
+        self.sync(Request::new(Method::GET, format!("{}/backups", instance_path(instance))).query("recursion", "1"))
+            .await
     }
 
     /// Stream a backup's tarball (`GET .../backups/<name>/export`): nothing is held in memory.
@@ -69,7 +80,8 @@ impl Client {
         let response = self.send_raw(Request::new(Method::GET, path.clone()).timeout(BACKUP_TIMEOUT)).await?;
         let status = response.status();
         if !status.is_success() {
-            let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body =
+                http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
             crate::client::decode_envelope(status, &path, &body)?;
             return Err(Error::from_api(status.as_u16(), &path, String::from_utf8_lossy(&body).into_owned()));
         }
@@ -80,9 +92,16 @@ impl Client {
     }
 
     /// Export a backup into a writer; returns the bytes written.
-    pub async fn export_backup_to<W: tokio::io::AsyncWrite + Unpin>(&self, instance: &InstanceName, name: &str, out: &mut W) -> Result<u64> {
+    pub async fn export_backup_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        instance: &InstanceName,
+        name: &str,
+        out: &mut W,
+    ) -> Result<u64> {
         let mut reader = self.export_backup(instance, name).await?;
-        tokio::io::copy(&mut reader, out).await.map_err(|e| Error::io(format!("exporting backup {name} of {instance}"), e))
+        tokio::io::copy(&mut reader, out)
+            .await
+            .map_err(|e| Error::io(format!("exporting backup {name} of {instance}"), e))
     }
 
     /// Delete a backup.
@@ -98,9 +117,15 @@ impl Client {
     where
         R: AsyncRead + Send + 'static,
     {
-        let mut req = Request::new(Method::POST, "/1.0/instances").stream(tarball, "application/octet-stream").timeout(BACKUP_TIMEOUT);
+        let mut req = Request::new(Method::POST, "/1.0/instances")
+            .stream(tarball, "application/octet-stream")
+            .timeout(BACKUP_TIMEOUT);
         if let Some(name) = new_name {
-            self.require_extension("backup_override_name", "upgrade LXD to rename on import, or import under the original name").await?;
+            self.require_extension(
+                "backup_override_name",
+                "upgrade LXD to rename on import, or import under the original name",
+            )
+            .await?;
             req = req.header(&format!("{}name", self.flavor().header_prefix()), name.as_str())?;
         }
         self.run_operation(req, BACKUP_TIMEOUT).await?;

@@ -144,10 +144,16 @@ impl Request {
     }
 
     pub(crate) fn header(mut self, name: &str, value: &str) -> Result<Self> {
-        let name = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|e| Error::Transport { method: self.method.to_string(), path: self.path.clone(), message: e.to_string() })?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|e| Error::Transport { method: self.method.to_string(), path: self.path.clone(), message: e.to_string() })?;
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| Error::Transport {
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let value = HeaderValue::from_str(value).map_err(|e| Error::Transport {
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
         self.headers.insert(name, value);
         Ok(self)
     }
@@ -338,11 +344,7 @@ impl Client {
         let timeout = req.timeout.unwrap_or(self.timeout);
         let response = self.send_raw(req).await?;
         let status = response.status();
-        let etag = response
-            .headers()
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.to_string());
+        let etag = response.headers().get(http::header::ETAG).and_then(|v| v.to_str().ok()).map(|s| s.to_string());
         let body = match tokio::time::timeout(timeout, response.into_body().collect()).await {
             Err(_) => return Err(Error::Timeout { method, path, after: timeout }),
             Ok(Err(e)) => return Err(Error::Transport { method, path, message: e.to_string() }),
@@ -384,9 +386,10 @@ fn clone_connect_error(error: &Error) -> Error {
     match error {
         Error::SocketNotFound { tried } => Error::SocketNotFound { tried: tried.clone() },
         Error::PermissionDenied { path } => Error::PermissionDenied { path: path.clone() },
-        Error::Connect { endpoint, source } => {
-            Error::Connect { endpoint: endpoint.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
-        }
+        Error::Connect { endpoint, source } => Error::Connect {
+            endpoint: endpoint.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
         Error::Tls { endpoint, message } => Error::Tls { endpoint: endpoint.clone(), message: message.clone() },
         other => Error::Transport { method: String::new(), path: String::new(), message: other.to_string() },
     }

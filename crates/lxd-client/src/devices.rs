@@ -171,7 +171,10 @@ impl ProxyDevice {
             )));
         }
         if (self.listen.protocol == ProxyProtocol::Udp) != (self.connect.protocol == ProxyProtocol::Udp) {
-            return Err(invalid(format!("cannot proxy between {} and {}: UDP only maps to UDP", self.listen, self.connect)));
+            return Err(invalid(format!(
+                "cannot proxy between {} and {}: UDP only maps to UDP",
+                self.listen, self.connect
+            )));
         }
         if let Some(mode) = &self.mode {
             if !(3..=4).contains(&mode.len()) || !mode.chars().all(|c| ('0'..='7').contains(&c)) {
@@ -291,8 +294,16 @@ mod tests {
 
     #[test]
     fn bad_proxy_addresses_name_the_rule() {
-        for s in ["127.0.0.1:5432", "tcp:localhost:80", "tcp:127.0.0.1", "tcp:127.0.0.1:0", "tcp:1.2.3.4:9-3",
-            "unix:relative", "sctp:1.1.1.1:1", "tcp:::1:80"] {
+        for s in [
+            "127.0.0.1:5432",
+            "tcp:localhost:80",
+            "tcp:127.0.0.1",
+            "tcp:127.0.0.1:0",
+            "tcp:1.2.3.4:9-3",
+            "unix:relative",
+            "sctp:1.1.1.1:1",
+            "tcp:::1:80",
+        ] {
             let err = s.parse::<ProxyAddress>().unwrap_err();
             assert!(err.contains("expected `tcp:"), "{s}: {err}");
         }
@@ -313,7 +324,10 @@ mod tests {
     fn proxy_rejects_mismatched_pairs() {
         let udp_tcp = ProxyDevice::new(ProxyAddress::udp("127.0.0.1", 53), ProxyAddress::tcp("127.0.0.1", 53));
         assert!(udp_tcp.to_config(&dev("d")).is_err());
-        let ranges = ProxyDevice::new("tcp:127.0.0.1:80-82".parse().expect("parse"), "tcp:127.0.0.1:90-91".parse().expect("parse"));
+        let ranges = ProxyDevice::new(
+            "tcp:127.0.0.1:80-82".parse().expect("parse"),
+            "tcp:127.0.0.1:90-91".parse().expect("parse"),
+        );
         assert!(ranges.to_config(&dev("d")).is_err());
         let mode = ProxyDevice::new(ProxyAddress::unix("/a"), ProxyAddress::unix("/b")).unix_owner(0, 0, "rw");
         assert!(mode.to_config(&dev("d")).unwrap_err().to_string().contains("octal"));

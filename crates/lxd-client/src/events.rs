@@ -36,8 +36,13 @@ impl Event {
     }
 }
 
-fn decode(path: &str, message: std::result::Result<Message, tokio_tungstenite::tungstenite::Error>) -> Option<Result<Event>> {
-    let decoded = |r: std::result::Result<Event, serde_json::Error>| r.map_err(|e| Error::Decode { path: path.to_string(), message: e.to_string() });
+fn decode(
+    path: &str,
+    message: std::result::Result<Message, tokio_tungstenite::tungstenite::Error>,
+) -> Option<Result<Event>> {
+    let decoded = |r: std::result::Result<Event, serde_json::Error>| {
+        r.map_err(|e| Error::Decode { path: path.to_string(), message: e.to_string() })
+    };
     match message {
         Ok(Message::Text(text)) => Some(decoded(serde_json::from_str::<Event>(&text))),
         Ok(Message::Binary(data)) => Some(decoded(serde_json::from_slice::<Event>(&data))),

@@ -175,9 +175,19 @@ fn control_message(control: &ExecControl) -> String {
 }
 
 impl Client {
-    async fn start_exec(&self, name: &InstanceName, req: &ExecRequest, interactive: Option<(u16, u16)>, record: bool) -> Result<Operation> {
+    async fn start_exec(
+        &self,
+        name: &InstanceName,
+        req: &ExecRequest,
+        interactive: Option<(u16, u16)>,
+        record: bool,
+    ) -> Result<Operation> {
         if req.command.is_empty() {
-            return Err(Error::InvalidName { kind: "command", value: String::new(), rule: "an exec needs at least one argument" });
+            return Err(Error::InvalidName {
+                kind: "command",
+                value: String::new(),
+                rule: "an exec needs at least one argument",
+            });
         }
         let body = ExecBody {
             command: &req.command,
@@ -225,11 +235,10 @@ impl Client {
     /// exec's stdout and stderr, an interactive exec's terminal): a write of ours that finds the daemon gone there is
     /// dropped, so every frame it sent is read (see `transport::PeerGone`).
     async fn operation_sockets(&self, op: &Operation, keys: &[&str], outputs: &[&str]) -> Result<Vec<Ws>> {
-        let fds = op
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("fds"))
-            .ok_or_else(|| Error::Decode { path: format!("/1.0/operations/{}", op.id), message: "no `fds` in exec operation".into() })?;
+        let fds = op.metadata.as_ref().and_then(|m| m.get("fds")).ok_or_else(|| Error::Decode {
+            path: format!("/1.0/operations/{}", op.id),
+            message: "no `fds` in exec operation".into(),
+        })?;
         let mut paths = Vec::new();
         for &key in keys {
             let secret = fds.get(key).and_then(|v| v.as_str()).ok_or_else(|| Error::Decode {
@@ -250,7 +259,8 @@ impl Client {
             }
             None => None,
         };
-        let mut sockets = futures_util::future::try_join_all(paths.iter().map(|(p, output)| self.websocket_over(p, *output))).await?;
+        let mut sockets =
+            futures_util::future::try_join_all(paths.iter().map(|(p, output)| self.websocket_over(p, *output))).await?;
         if let Some((index, socket)) = control {
             sockets.insert(index, socket);
         }
@@ -275,7 +285,14 @@ impl Client {
 
     /// Run a command streaming stdin from `stdin` and stdout/stderr into the writers; returns the exit code.
     /// Streams of any size pass through with bounded memory.
-    pub async fn exec_io<R, O, E>(&self, name: &InstanceName, req: &ExecRequest, stdin: Option<R>, stdout: O, stderr: E) -> Result<i32>
+    pub async fn exec_io<R, O, E>(
+        &self,
+        name: &InstanceName,
+        req: &ExecRequest,
+        stdin: Option<R>,
+        stdout: O,
+        stderr: E,
+    ) -> Result<i32>
     where
         R: AsyncRead + Unpin + Send,
         O: AsyncWrite + Unpin + Send,
@@ -313,8 +330,10 @@ impl Client {
         let out_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let in_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let io = async {
-            let ((input, output), errors) =
-                tokio::join!(async { tokio::join!(pump_in(in_ws, stdin), pump_out(out_ws, stdout)) }, pump_out(err_ws, stderr));
+            let ((input, output), errors) = tokio::join!(
+                async { tokio::join!(pump_in(in_ws, stdin), pump_out(out_ws, stdout)) },
+                pump_out(err_ws, stderr)
+            );
             output.and(errors).and(input)
         };
         let finished = self.supervise(&op, req.timeout, control, controls, io).await?;
@@ -323,7 +342,14 @@ impl Client {
 
     /// Drive an exec to its end: forward control messages, wait for the operation and the output pumps, kill the
     /// command at the deadline.
-    async fn supervise<F>(&self, op: &Operation, timeout: Duration, control: Ws, controls: Option<mpsc::Receiver<ExecControl>>, io: F) -> Result<Operation>
+    async fn supervise<F>(
+        &self,
+        op: &Operation,
+        timeout: Duration,
+        control: Ws,
+        controls: Option<mpsc::Receiver<ExecControl>>,
+        io: F,
+    ) -> Result<Operation>
     where
         F: std::future::Future<Output = Result<()>>,
     {
@@ -447,7 +473,8 @@ impl Client {
             let Some(path) = path.as_str() else { continue };
             // The daemon gives a full API path: /1.0/instances/<n>/logs/exec_<op>.stdout (5.0) or .../exec-output/...
             let data = self.read_raw(Request::new(Method::GET, path.to_string())).await?;
-            let _: serde_json::Value = self.sync(Request::new(Method::DELETE, path.to_string())).await.unwrap_or_default();
+            let _: serde_json::Value =
+                self.sync(Request::new(Method::DELETE, path.to_string())).await.unwrap_or_default();
             match fd.as_str() {
                 "1" => stdout = data,
                 "2" => stderr = data,
@@ -479,7 +506,10 @@ where
     R: AsyncRead + Unpin + Send,
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let ws_err = |e: tokio_tungstenite::tungstenite::Error| Error::Websocket { path: "exec stdin".into(), message: e.to_string() };
+    let ws_err = |e: tokio_tungstenite::tungstenite::Error| Error::Websocket {
+        path: "exec stdin".into(),
+        message: e.to_string(),
+    };
     if let Some(mut input) = input {
         let mut buf = vec![0u8; STDIN_FRAME];
         let mut eof = false;
@@ -505,8 +535,11 @@ where
             }
             if let Err(e) = sink.send(Message::Binary(buf[..filled].to_vec())).await {
                 // The command exited and LXD closed its stdin: not our error.
-                if matches!(e, tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed)
-                    || matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset))
+                if matches!(
+                    e,
+                    tokio_tungstenite::tungstenite::Error::ConnectionClosed
+                        | tokio_tungstenite::tungstenite::Error::AlreadyClosed
+                ) || matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset))
                 {
                     return Ok(sink);
                 }
@@ -534,14 +567,23 @@ where
         match message {
             Ok(Message::Binary(data)) => out.write_all(&data).await.map_err(|e| Error::io("writing exec output", e))?,
             Ok(Message::Text(text)) if text.is_empty() => break,
-            Ok(Message::Text(text)) => out.write_all(text.as_bytes()).await.map_err(|e| Error::io("writing exec output", e))?,
+            Ok(Message::Text(text)) => {
+                out.write_all(text.as_bytes()).await.map_err(|e| Error::io("writing exec output", e))?
+            }
             Ok(Message::Close(_)) => break,
             Ok(_) => {}
-            Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed | tokio_tungstenite::tungstenite::Error::AlreadyClosed) => break,
+            Err(
+                tokio_tungstenite::tungstenite::Error::ConnectionClosed
+                | tokio_tungstenite::tungstenite::Error::AlreadyClosed,
+            ) => break,
             // A read that finds the socket reset comes after every frame the daemon sent (the kernel hands over
             // what is queued first, and our writes never fail here: see `transport::PeerGone`). The exit code comes from the
             // operation, not from this socket.
-            Err(tokio_tungstenite::tungstenite::Error::Io(io)) if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => break,
+            Err(tokio_tungstenite::tungstenite::Error::Io(io))
+                if matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) =>
+            {
+                break
+            }
             Err(e) => return Err(Error::Websocket { path: "exec output".into(), message: e.to_string() }),
         }
     }
@@ -556,7 +598,8 @@ mod tests {
     #[test]
     fn control_messages_have_lxd_shape() {
         assert_eq!(control_message(&ExecControl::Signal(15)), r#"{"command":"signal","signal":15}"#);
-        let resize: serde_json::Value = serde_json::from_str(&control_message(&ExecControl::Resize { width: 80, height: 24 })).expect("from_str");
+        let resize: serde_json::Value =
+            serde_json::from_str(&control_message(&ExecControl::Resize { width: 80, height: 24 })).expect("from_str");
         assert_eq!(resize["args"]["width"], "80");
         assert_eq!(resize["command"], "window-resize");
     }

@@ -68,13 +68,22 @@ impl std::fmt::Debug for PulledFile {
             FileContent::Directory(entries) => format!("directory({} entries)", entries.len()),
             FileContent::Symlink(target) => format!("symlink -> {target}"),
         };
-        f.debug_struct("PulledFile").field("uid", &self.uid).field("gid", &self.gid).field("mode", &format!("{:o}", self.mode)).field("content", &kind).finish()
+        f.debug_struct("PulledFile")
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format!("{:o}", self.mode))
+            .field("content", &kind)
+            .finish()
     }
 }
 
 fn files_request(method: Method, name: &InstanceName, path: &str) -> Result<Request> {
     if !path.starts_with('/') {
-        return Err(Error::InvalidName { kind: "file path", value: path.to_string(), rule: "paths inside an instance must be absolute" });
+        return Err(Error::InvalidName {
+            kind: "file path",
+            value: path.to_string(),
+            rule: "paths inside an instance must be absolute",
+        });
     }
     Ok(Request::new(method, format!("{}/files", instance_path(name))).query("path", path))
 }
@@ -96,14 +105,22 @@ impl Client {
     where
         R: AsyncRead + Send + 'static,
     {
-        let req = files_request(Method::POST, name, path)?.stream(content, "application/octet-stream").timeout(std::time::Duration::from_secs(3600));
+        let req = files_request(Method::POST, name, path)?
+            .stream(content, "application/octet-stream")
+            .timeout(std::time::Duration::from_secs(3600));
         let req = self.file_headers(req, "file", options)?;
         let _: serde_json::Value = self.sync(req).await?;
         Ok(())
     }
 
     /// Write a file from bytes.
-    pub async fn push_bytes(&self, name: &InstanceName, path: &str, content: impl Into<bytes::Bytes>, options: FileOptions) -> Result<()> {
+    pub async fn push_bytes(
+        &self,
+        name: &InstanceName,
+        path: &str,
+        content: impl Into<bytes::Bytes>,
+        options: FileOptions,
+    ) -> Result<()> {
         let mut req = files_request(Method::POST, name, path)?;
         req.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
         req.body = Some(crate::client::full(content.into()));
@@ -117,7 +134,9 @@ impl Client {
         let req = self.file_headers(files_request(Method::POST, name, path)?, "directory", options)?;
         match self.sync::<serde_json::Value>(req).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_conflict() || matches!(&e, Error::Api { message, .. } if message.contains("exists")) => Ok(()),
+            Err(e) if e.is_conflict() || matches!(&e, Error::Api { message, .. } if message.contains("exists")) => {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -137,7 +156,8 @@ impl Client {
 
     /// Create a symlink at `path` pointing to `target`.
     pub async fn symlink(&self, name: &InstanceName, path: &str, target: &str) -> Result<()> {
-        let mut req = self.file_headers(files_request(Method::POST, name, path)?, "symlink", FileOptions::root(0o777))?;
+        let mut req =
+            self.file_headers(files_request(Method::POST, name, path)?, "symlink", FileOptions::root(0o777))?;
         req.body = Some(crate::client::full(target.to_string()));
         let _: serde_json::Value = self.sync(req).await?;
         Ok(())
@@ -150,7 +170,8 @@ impl Client {
         let status = response.status();
         let headers = response.headers().clone();
         if !status.is_success() {
-            let body = http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body =
+                http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
             crate::client::decode_envelope(status, path, &body)?;
             return Err(Error::from_api(status.as_u16(), path, String::from_utf8_lossy(&body).into_owned()));
         }
@@ -191,7 +212,9 @@ impl Client {
         match self.pull(name, path).await?.content {
             FileContent::File(mut reader) => {
                 let mut out = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out).await.map_err(|e| Error::io(format!("reading {path}"), e))?;
+                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
+                    .await
+                    .map_err(|e| Error::io(format!("reading {path}"), e))?;
                 Ok(out)
             }
             _ => Err(Error::InvalidName { kind: "file path", value: path.into(), rule: "not a regular file" }),
@@ -199,9 +222,16 @@ impl Client {
     }
 
     /// Copy a file out of an instance into a local writer (streamed).
-    pub async fn pull_to<W: tokio::io::AsyncWrite + Unpin>(&self, name: &InstanceName, path: &str, out: &mut W) -> Result<u64> {
+    pub async fn pull_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        name: &InstanceName,
+        path: &str,
+        out: &mut W,
+    ) -> Result<u64> {
         match self.pull(name, path).await?.content {
-            FileContent::File(mut reader) => tokio::io::copy(&mut reader, out).await.map_err(|e| Error::io(format!("copying {path}"), e)),
+            FileContent::File(mut reader) => {
+                tokio::io::copy(&mut reader, out).await.map_err(|e| Error::io(format!("copying {path}"), e))
+            }
             _ => Err(Error::InvalidName { kind: "file path", value: path.into(), rule: "not a regular file" }),
         }
     }
@@ -227,32 +257,51 @@ impl Client {
 
     /// Push a host directory tree into `target`, creating parents; files keep the given owner, directories get
     /// `options` with mode 0755 and files the host file's permission bits.
-    pub async fn push_dir(&self, name: &InstanceName, host_dir: &Path, target: &str, options: FileOptions) -> Result<u64> {
+    pub async fn push_dir(
+        &self,
+        name: &InstanceName,
+        host_dir: &Path,
+        target: &str,
+        options: FileOptions,
+    ) -> Result<u64> {
         let dir_options = FileOptions { mode: 0o755, ..options };
         self.mkdir_all(name, target, dir_options).await?;
         let mut count = 0u64;
         let mut stack = vec![(host_dir.to_path_buf(), target.trim_end_matches('/').to_string())];
         while let Some((local, remote)) = stack.pop() {
-            let mut entries = tokio::fs::read_dir(&local).await.map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
+            let mut entries =
+                tokio::fs::read_dir(&local).await.map_err(|e| Error::io(format!("reading {}", local.display()), e))?;
             let mut files = Vec::new();
-            while let Some(entry) = entries.next_entry().await.map_err(|e| Error::io(format!("reading {}", local.display()), e))? {
-                let file_type = entry.file_type().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
+            while let Some(entry) =
+                entries.next_entry().await.map_err(|e| Error::io(format!("reading {}", local.display()), e))?
+            {
+                let file_type =
+                    entry.file_type().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
                 let remote_path = format!("{}/{}", remote, entry.file_name().to_string_lossy());
                 if file_type.is_dir() {
                     self.mkdir(name, &remote_path, dir_options).await?;
                     stack.push((entry.path(), remote_path));
                 } else if file_type.is_file() {
                     use std::os::unix::fs::PermissionsExt;
-                    let meta = entry.metadata().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
-                    files.push((entry.path(), remote_path, FileOptions { mode: meta.permissions().mode() & 0o7777, ..options }));
+                    let meta =
+                        entry.metadata().await.map_err(|e| Error::io(format!("stat {}", entry.path().display()), e))?;
+                    files.push((
+                        entry.path(),
+                        remote_path,
+                        FileOptions { mode: meta.permissions().mode() & 0o7777, ..options },
+                    ));
                 }
             }
             // The files of one directory go up a few at a time: each is its own request, and the daemon writes
             // them in parallel. Bounded, so a huge tree does not open hundreds of files at once.
-            let pushed: Vec<()> = futures_util::stream::iter(files.into_iter().map(|(local_path, remote_path, file_options)| async move {
-                let file = tokio::fs::File::open(&local_path).await.map_err(|e| Error::io(format!("opening {}", local_path.display()), e))?;
-                self.push_file(name, &remote_path, file, file_options).await
-            }))
+            let pushed: Vec<()> = futures_util::stream::iter(files.into_iter().map(
+                |(local_path, remote_path, file_options)| async move {
+                    let file = tokio::fs::File::open(&local_path)
+                        .await
+                        .map_err(|e| Error::io(format!("opening {}", local_path.display()), e))?;
+                    self.push_file(name, &remote_path, file, file_options).await
+                },
+            ))
             .buffer_unordered(PUSH_DIR_CONCURRENCY)
             .try_collect()
             .await?;

@@ -128,7 +128,10 @@ impl Client {
                 .and_then(|m| m.get("fingerprint"))
                 .and_then(|f| f.as_str())
                 .map(str::to_string)
-                .ok_or_else(|| Error::Decode { path: "/1.0/images".into(), message: "no fingerprint in import result".into() }),
+                .ok_or_else(|| Error::Decode {
+                    path: "/1.0/images".into(),
+                    message: "no fingerprint in import result".into(),
+                }),
             Err(Error::OperationFailed { message, .. }) if message.contains("already exists") => {
                 // "Image with same fingerprint already exists": the fingerprint of a unified tarball is the
                 // SHA-256 of its bytes, which we computed while streaming it.
@@ -155,7 +158,8 @@ impl Client {
             }
             None => {
                 let body = serde_json::json!({ "name": alias, "target": fingerprint, "description": description });
-                let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/images/aliases").json(&body)?).await?;
+                let _: serde_json::Value =
+                    self.sync(Request::new(Method::POST, "/1.0/images/aliases").json(&body)?).await?;
                 Ok(())
             }
         }
@@ -163,7 +167,10 @@ impl Client {
 
     /// Delete an alias (no error when absent).
     pub async fn delete_image_alias(&self, alias: &str) -> Result<()> {
-        match self.sync::<serde_json::Value>(Request::new(Method::DELETE, format!("/1.0/images/aliases/{}", encode(alias)))).await {
+        match self
+            .sync::<serde_json::Value>(Request::new(Method::DELETE, format!("/1.0/images/aliases/{}", encode(alias))))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
@@ -193,6 +200,9 @@ impl Client {
             .and_then(|m| m.get("fingerprint"))
             .and_then(|f| f.as_str())
             .map(str::to_string)
-            .ok_or_else(|| Error::Decode { path: "/1.0/images".into(), message: "no fingerprint in pull result".into() })
+            .ok_or_else(|| Error::Decode {
+                path: "/1.0/images".into(),
+                message: "no fingerprint in pull result".into(),
+            })
     }
 }

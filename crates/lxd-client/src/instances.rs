@@ -166,12 +166,28 @@ pub struct InstanceSource {
 impl InstanceSource {
     /// A local image by alias.
     pub fn alias(alias: impl Into<String>) -> Self {
-        Self { kind: "image".into(), alias: Some(alias.into()), fingerprint: None, mode: None, server: None, protocol: None, certificate: None }
+        Self {
+            kind: "image".into(),
+            alias: Some(alias.into()),
+            fingerprint: None,
+            mode: None,
+            server: None,
+            protocol: None,
+            certificate: None,
+        }
     }
 
     /// A local image by fingerprint.
     pub fn fingerprint(fp: impl Into<String>) -> Self {
-        Self { kind: "image".into(), alias: None, fingerprint: Some(fp.into()), mode: None, server: None, protocol: None, certificate: None }
+        Self {
+            kind: "image".into(),
+            alias: None,
+            fingerprint: Some(fp.into()),
+            mode: None,
+            server: None,
+            protocol: None,
+            certificate: None,
+        }
     }
 
     /// An image pulled from a simplestreams server (e.g. `https://images.linuxcontainers.org`, `debian/12`).
@@ -209,34 +225,51 @@ impl InstanceSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::Config { message: format!("cannot read {}: {e}", config_path.display()) }),
         };
-        let config: LxcImageRemotes =
-            serde_yaml::from_str(&text).map_err(|e| Error::Config { message: format!("{}: {e}", config_path.display()) })?;
+        let config: LxcImageRemotes = serde_yaml::from_str(&text)
+            .map_err(|e| Error::Config { message: format!("{}: {e}", config_path.display()) })?;
         let Some(entry) = config.remotes.get(remote) else { return Ok(None) };
         if entry.addr.starts_with("unix:") {
             return Ok(Some(Self::alias(alias)));
         }
         if !entry.addr.starts_with("https://") {
-            return Err(Error::Config { message: format!("remote `{remote}` has an unsupported address {:?}", entry.addr) });
+            return Err(Error::Config {
+                message: format!("remote `{remote}` has an unsupported address {:?}", entry.addr),
+            });
         }
         let server = entry.addr.trim_end_matches('/').to_string();
         match entry.protocol.as_str() {
             "simplestreams" => Ok(Some(Self::simplestreams(server, alias))),
             "" | "lxd" => {
                 let cert_path = config_dir.join("servercerts").join(format!("{remote}.crt"));
-                let certificate = if cert_path.exists() {
-                    Some(std::fs::read_to_string(&cert_path).map_err(|e| Error::Config { message: format!("cannot read {}: {e}", cert_path.display()) })?)
-                } else {
-                    None
-                };
+                let certificate =
+                    if cert_path.exists() {
+                        Some(std::fs::read_to_string(&cert_path).map_err(|e| Error::Config {
+                            message: format!("cannot read {}: {e}", cert_path.display()),
+                        })?)
+                    } else {
+                        None
+                    };
                 Ok(Some(Self::lxd_server(server, alias, certificate)))
             }
-            other => Err(Error::Config { message: format!("remote `{remote}` speaks `{other}`: images come from `lxd` or `simplestreams` servers") }),
+            other => Err(Error::Config {
+                message: format!(
+                    "remote `{remote}` speaks `{other}`: images come from `lxd` or `simplestreams` servers"
+                ),
+            }),
         }
     }
 
     /// No root filesystem (an empty instance).
     pub fn none() -> Self {
-        Self { kind: "none".into(), alias: None, fingerprint: None, mode: None, server: None, protocol: None, certificate: None }
+        Self {
+            kind: "none".into(),
+            alias: None,
+            fingerprint: None,
+            mode: None,
+            server: None,
+            protocol: None,
+            certificate: None,
+        }
     }
 }
 
@@ -363,7 +396,10 @@ impl Client {
     /// Names of all instances.
     pub async fn instance_names(&self) -> Result<Vec<String>> {
         let urls: Vec<String> = self.get("/1.0/instances").await?;
-        Ok(urls.into_iter().filter_map(|u| u.rsplit('/').next().map(|s| s.split('?').next().unwrap_or(s).to_string())).collect())
+        Ok(urls
+            .into_iter()
+            .filter_map(|u| u.rsplit('/').next().map(|s| s.split('?').next().unwrap_or(s).to_string()))
+            .collect())
     }
 
     /// All instances with their configuration and status (`recursion=1`: one request, no per-instance cost).
@@ -476,7 +512,12 @@ impl Client {
     }
 
     /// Add (or replace) a device on an instance.
-    pub async fn add_instance_device(&self, name: &InstanceName, device: &DeviceName, config: DeviceConfig) -> Result<()> {
+    pub async fn add_instance_device(
+        &self,
+        name: &InstanceName,
+        device: &DeviceName,
+        config: DeviceConfig,
+    ) -> Result<()> {
         let device = device.to_string();
         self.update_instance(name, |put| {
             put.devices.insert(device.clone(), config.clone());
@@ -529,7 +570,9 @@ impl Client {
         }
         match self.set_state(name, StateAction::Stop, timeout, false).await {
             Ok(()) => Ok(true),
-            Err(Error::OperationFailed { .. }) => self.set_state(name, StateAction::Stop, timeout, true).await.map(|_| true),
+            Err(Error::OperationFailed { .. }) => {
+                self.set_state(name, StateAction::Stop, timeout, true).await.map(|_| true)
+            }
             Err(e) => Err(e),
         }
     }
@@ -608,9 +651,13 @@ mod tests {
             "remotes:\n  images:\n    addr: https://images.linuxcontainers.org/\n    protocol: simplestreams\n  local:\n    addr: unix://\n  srv:\n    addr: https://127.0.0.1:8443\n    protocol: lxd\n  odd:\n    addr: https://h\n    protocol: oci\n",
         )
         .expect("write");
-        let images = InstanceSource::from_lxc_remote(dir.path(), "images", "debian/12").expect("images").expect("known");
+        let images =
+            InstanceSource::from_lxc_remote(dir.path(), "images", "debian/12").expect("images").expect("known");
         assert_eq!(images, InstanceSource::simplestreams("https://images.linuxcontainers.org", "debian/12"));
-        assert_eq!(InstanceSource::from_lxc_remote(dir.path(), "local", "gbo/x").expect("local"), Some(InstanceSource::alias("gbo/x")));
+        assert_eq!(
+            InstanceSource::from_lxc_remote(dir.path(), "local", "gbo/x").expect("local"),
+            Some(InstanceSource::alias("gbo/x"))
+        );
         let srv = InstanceSource::from_lxc_remote(dir.path(), "srv", "a").expect("srv").expect("known");
         assert_eq!(srv.certificate, None);
         std::fs::create_dir_all(dir.path().join("servercerts")).expect("mkdir");

@@ -41,7 +41,9 @@ pub use events::Event;
 pub use exec::{ExecControl, ExecOutput, ExecRequest, DEFAULT_EXEC_TIMEOUT, EXEC_DRAIN_GRACE};
 pub use files::{FileContent, FileOptions, PulledFile, PUSH_DIR_CONCURRENCY};
 pub use images::{Image, ImageAlias, Progress};
-pub use instances::{CreateInstance, Instance, InstancePut, InstanceSource, InstanceState, StateAction, LIFECYCLE_TIMEOUT};
+pub use instances::{
+    CreateInstance, Instance, InstancePut, InstanceSource, InstanceState, StateAction, LIFECYCLE_TIMEOUT,
+};
 pub use names::{DeviceName, InstanceName, ObjectName, SnapshotName};
 pub use operation::Operation;
 pub use profiles::{Network, Profile, Project, StoragePool, StorageVolume};

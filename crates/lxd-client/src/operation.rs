@@ -133,7 +133,12 @@ impl Client {
                 .await?
                 .into_iter()
                 .filter(|op| op.status_code < 200 && op.class == "task")
-                .filter(|op| op.resources.as_ref().map(|r| r.values().flatten().any(|u| u.split('?').next() == Some(url.as_str()))).unwrap_or(false))
+                .filter(|op| {
+                    op.resources
+                        .as_ref()
+                        .map(|r| r.values().flatten().any(|u| u.split('?').next() == Some(url.as_str())))
+                        .unwrap_or(false)
+                })
                 .collect();
             let Some(op) = busy.into_iter().next() else { return Ok(()) };
             let left = deadline.saturating_duration_since(Instant::now());
@@ -169,7 +174,10 @@ impl Client {
                     return operation.into_result();
                 }
             }
-            Err(Error::Websocket { path: "/1.0/events".into(), message: "the event stream ended before the operation".into() })
+            Err(Error::Websocket {
+                path: "/1.0/events".into(),
+                message: "the event stream ended before the operation".into(),
+            })
         };
         match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
@@ -197,8 +205,7 @@ mod tests {
         "err":"","location":"none"}}"#;
     const FAILURE_IN_200: &str = r#"{"type":"sync","status":"Success","status_code":200,"metadata":{"id":"ab",
         "class":"task","status":"Failure","status_code":400,"err":"Failed creating instance record: Add instance info to the database: This instance already exists","may_cancel":false}}"#;
-    const ERROR_BODY_IN_200: &str =
-        r#"{"type":"error","status":"","status_code":0,"error":"Operation not found","error_code":404,"metadata":null}"#;
+    const ERROR_BODY_IN_200: &str = r#"{"type":"error","status":"","status_code":0,"error":"Operation not found","error_code":404,"metadata":null}"#;
     const STILL_RUNNING: &str = r#"{"type":"sync","status":"Success","status_code":200,"metadata":{"id":"cd",
         "class":"websocket","status":"Running","status_code":103,"may_cancel":true,"err":""}}"#;
     const CANCELLED: &str = r#"{"type":"sync","status_code":200,"metadata":{"id":"ef","status":"Cancelled",

@@ -126,7 +126,8 @@ impl Client {
 
     /// Delete a profile.
     pub async fn delete_profile(&self, name: &str) -> Result<()> {
-        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/profiles/{}", encode(name)))).await?;
+        let _: serde_json::Value =
+            self.sync(Request::new(Method::DELETE, format!("/1.0/profiles/{}", encode(name)))).await?;
         Ok(())
     }
 
@@ -170,19 +171,25 @@ impl Client {
 
     /// Delete a storage pool.
     pub async fn delete_storage_pool(&self, name: &str) -> Result<()> {
-        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/storage-pools/{}", encode(name)))).await?;
+        let _: serde_json::Value =
+            self.sync(Request::new(Method::DELETE, format!("/1.0/storage-pools/{}", encode(name)))).await?;
         Ok(())
     }
 
     /// Volumes of a pool.
     pub async fn storage_volumes(&self, pool: &str) -> Result<Vec<StorageVolume>> {
-        self.sync(Request::new(Method::GET, format!("/1.0/storage-pools/{}/volumes", encode(pool))).query("recursion", "1")).await
+        self.sync(
+            Request::new(Method::GET, format!("/1.0/storage-pools/{}/volumes", encode(pool))).query("recursion", "1"),
+        )
+        .await
     }
 
     /// Create a custom filesystem volume.
     pub async fn create_storage_volume(&self, pool: &str, name: &str, config: BTreeMap<String, String>) -> Result<()> {
-        let body = serde_json::json!({ "name": name, "type": "custom", "content_type": "filesystem", "config": config });
-        let req = Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool))).json(&body)?;
+        let body =
+            serde_json::json!({ "name": name, "type": "custom", "content_type": "filesystem", "config": config });
+        let req =
+            Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool))).json(&body)?;
         let answer = self.send(req).await?;
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer("/1.0/storage-pools", answer.envelope)?;
@@ -221,7 +228,8 @@ impl Client {
 
     /// Delete a network.
     pub async fn delete_network(&self, name: &str) -> Result<()> {
-        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/networks/{}", encode(name)))).await?;
+        let _: serde_json::Value =
+            self.sync(Request::new(Method::DELETE, format!("/1.0/networks/{}", encode(name)))).await?;
         Ok(())
     }
 
@@ -238,13 +246,15 @@ impl Client {
     /// Create a project.
     pub async fn create_project(&self, name: &str, config: BTreeMap<String, String>) -> Result<()> {
         let body = serde_json::json!({ "name": name, "config": config });
-        let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/projects").unscoped().json(&body)?).await?;
+        let _: serde_json::Value =
+            self.sync(Request::new(Method::POST, "/1.0/projects").unscoped().json(&body)?).await?;
         Ok(())
     }
 
     /// Delete a project.
     pub async fn delete_project(&self, name: &str) -> Result<()> {
-        let _: serde_json::Value = self.sync(Request::new(Method::DELETE, format!("/1.0/projects/{}", encode(name))).unscoped()).await?;
+        let _: serde_json::Value =
+            self.sync(Request::new(Method::DELETE, format!("/1.0/projects/{}", encode(name))).unscoped()).await?;
         Ok(())
     }
 }

@@ -64,7 +64,10 @@ impl Remote {
         })?;
         if !remote.protocol.is_empty() && remote.protocol != "lxd" {
             return Err(Error::Config {
-                message: format!("remote `{remote_name}` speaks `{}`, not the LXD API (image servers are not daemons)", remote.protocol),
+                message: format!(
+                    "remote `{remote_name}` speaks `{}`, not the LXD API (image servers are not daemons)",
+                    remote.protocol
+                ),
             });
         }
         let endpoint = if let Some(rest) = remote.addr.strip_prefix("unix://") {
@@ -76,12 +79,15 @@ impl Remote {
         } else if let Some(rest) = remote.addr.strip_prefix("https://") {
             let host = rest.trim_end_matches('/');
             let has_port = match host.rsplit_once(':') {
-                Some((h, p)) => !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')),
+                Some((h, p)) => {
+                    !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
+                }
                 None => false,
             };
             let address = if has_port { host.to_string() } else { format!("{host}:8443") };
             let read = |file: &Path| {
-                std::fs::read(file).map_err(|e| Error::Config { message: format!("cannot read {}: {e}", file.display()) })
+                std::fs::read(file)
+                    .map_err(|e| Error::Config { message: format!("cannot read {}: {e}", file.display()) })
             };
             let server_cert = config_dir.join("servercerts").join(format!("{remote_name}.crt"));
             let server_cert_pem = if server_cert.exists() { Some(read(&server_cert)?) } else { None };
@@ -95,7 +101,9 @@ impl Remote {
                 },
             }
         } else {
-            return Err(Error::Config { message: format!("remote `{remote_name}` has an unsupported address {:?}", remote.addr) });
+            return Err(Error::Config {
+                message: format!("remote `{remote_name}` has an unsupported address {:?}", remote.addr),
+            });
         };
         Ok(Self { name: remote_name.to_string(), endpoint })
     }
@@ -115,7 +123,8 @@ impl Client {
 
     /// The client of remote `remote_name` of the `lxc` CLI's own configuration ([`Remote::default_config_dir`]).
     pub fn from_lxc_remote(remote_name: &str) -> Result<Self> {
-        let dir = Remote::default_config_dir().ok_or_else(|| Error::Config { message: "HOME is not set and LXD_CONF is empty".into() })?;
+        let dir = Remote::default_config_dir()
+            .ok_or_else(|| Error::Config { message: "HOME is not set and LXD_CONF is empty".into() })?;
         Remote::from_lxc_config(&dir, remote_name)?.client()
     }
 }

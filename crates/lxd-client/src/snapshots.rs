@@ -41,7 +41,12 @@ fn snapshot_path(instance: &InstanceName, snapshot: &SnapshotName) -> String {
 
 impl Client {
     /// Take a snapshot; `expires_at` is RFC 3339.
-    pub async fn create_snapshot(&self, instance: &InstanceName, snapshot: &SnapshotName, expires_at: Option<&str>) -> Result<()> {
+    pub async fn create_snapshot(
+        &self,
+        instance: &InstanceName,
+        snapshot: &SnapshotName,
+        expires_at: Option<&str>,
+    ) -> Result<()> {
         let mut body = serde_json::json!({ "name": snapshot, "stateful": false });
         if let Some(expires_at) = expires_at {
             body["expires_at"] = serde_json::Value::String(expires_at.to_string());
@@ -63,8 +68,14 @@ impl Client {
     }
 
     /// Rename a snapshot.
-    pub async fn rename_snapshot(&self, instance: &InstanceName, snapshot: &SnapshotName, new_name: &SnapshotName) -> Result<()> {
-        let req = Request::new(Method::POST, snapshot_path(instance, snapshot)).json(&serde_json::json!({ "name": new_name }))?;
+    pub async fn rename_snapshot(
+        &self,
+        instance: &InstanceName,
+        snapshot: &SnapshotName,
+        new_name: &SnapshotName,
+    ) -> Result<()> {
+        let req = Request::new(Method::POST, snapshot_path(instance, snapshot))
+            .json(&serde_json::json!({ "name": new_name }))?;
         self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
         Ok(())
     }
@@ -77,7 +88,8 @@ impl Client {
 
     /// Restore the instance to a snapshot (`PUT {"restore": name}`).
     pub async fn restore_snapshot(&self, instance: &InstanceName, snapshot: &SnapshotName) -> Result<()> {
-        let req = Request::new(Method::PUT, instance_path(instance)).json(&serde_json::json!({ "restore": snapshot }))?;
+        let req =
+            Request::new(Method::PUT, instance_path(instance)).json(&serde_json::json!({ "restore": snapshot }))?;
         self.run_operation(req, LIFECYCLE_TIMEOUT + Duration::from_secs(300)).await?;
         Ok(())
     }

@@ -191,10 +191,11 @@ impl Connector {
                     .map_err(|source| Error::Connect { endpoint: address.clone(), source })?;
                 let _ = tcp.set_nodelay(true);
                 let tcp = PeerGone { inner: tcp, drop_writes: output_only };
-                let connector = self.inner.tls.as_ref().ok_or_else(|| Error::Tls {
-                    endpoint: address.clone(),
-                    message: "no TLS configuration".into(),
-                })?;
+                let connector = self
+                    .inner
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| Error::Tls { endpoint: address.clone(), message: "no TLS configuration".into() })?;
                 let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address).trim_matches(['[', ']']);
                 let config = connector
                     .configure()
@@ -236,7 +237,11 @@ impl<T> PeerGone<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PeerGone<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

@@ -27,13 +27,19 @@ async fn outputs_exit_code_stdin_environment() {
     let out = lxd.exec_with_stdin(&c.name, &ExecRequest::new(["wc", "-c"]), &data).await.expect("wc");
     assert_eq!(out.stdout_text().trim(), data.len().to_string());
 
-    let req = ExecRequest::new(["sh", "-c", "echo \"$GBOT_VAR\"; pwd; id -u; id -g"]).env("GBOT_VAR", "a value").cwd("/tmp").user(1001, 1001);
+    let req = ExecRequest::new(["sh", "-c", "echo \"$GBOT_VAR\"; pwd; id -u; id -g"])
+        .env("GBOT_VAR", "a value")
+        .cwd("/tmp")
+        .user(1001, 1001);
     let out = lxd.exec(&c.name, &req).await.expect("env/cwd/user");
     assert_eq!(out.stdout_text(), "a value\n/tmp\n1001\n1001\n", "stderr: {}", out.stderr_text());
 
     // A command that never reads its stdin, given a lot of it, does not hang.
     let started = Instant::now();
-    let out = lxd.exec_with_stdin(&c.name, &ExecRequest::new(["true"]).timeout(Duration::from_secs(30)), &data).await.expect("true");
+    let out = lxd
+        .exec_with_stdin(&c.name, &ExecRequest::new(["true"]).timeout(Duration::from_secs(30)), &data)
+        .await
+        .expect("true");
     assert_eq!(out.exit_code, 0);
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 
@@ -79,7 +85,8 @@ async fn signals_through_the_control_socket() {
         reader.read_to_string(&mut rest).await.expect("read rest");
         seen + &rest
     };
-    let (code, output) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, drive) }).await.expect("no hang");
+    let (code, output) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, drive) }).await.expect("no hang");
     assert_eq!(code.expect("exec"), 7, "the TERM trap ran");
     assert!(output.contains("got-term"), "{output}");
 }
@@ -88,9 +95,13 @@ async fn signals_through_the_control_socket() {
 async fn interactive_tty_with_resize() {
     let lxd = client().await;
     let c = Container::create(&lxd, "exec-tty", true).await;
-    let req = ExecRequest::new(["sh", "-c", "stty size; while read line; do [ \"$line\" = quit ] && exit 5; stty size; done"])
-        .env("TERM", "xterm")
-        .timeout(Duration::from_secs(60));
+    let req = ExecRequest::new([
+        "sh",
+        "-c",
+        "stty size; while read line; do [ \"$line\" = quit ] && exit 5; stty size; done",
+    ])
+    .env("TERM", "xterm")
+    .timeout(Duration::from_secs(60));
     let (mut output_reader, output_writer) = tokio::io::duplex(64 * 1024);
     let (input_reader, mut input_writer) = tokio::io::duplex(1024);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -105,7 +116,10 @@ async fn interactive_tty_with_resize() {
         while !seen.contains("30 100") {
             assert!(Instant::now() < deadline, "never saw the new size: {seen}");
             input_writer.write_all(b"again\n").await.expect("write tty");
-            let n = tokio::time::timeout(Duration::from_millis(500), output_reader.read(&mut buf)).await.unwrap_or(Ok(0)).expect("read");
+            let n = tokio::time::timeout(Duration::from_millis(500), output_reader.read(&mut buf))
+                .await
+                .unwrap_or(Ok(0))
+                .expect("read");
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
         input_writer.write_all(b"quit\n").await.expect("write tty");
@@ -113,7 +127,8 @@ async fn interactive_tty_with_resize() {
         output_reader.read_to_end(&mut rest).await.expect("read the rest");
         seen + &String::from_utf8_lossy(&rest)
     };
-    let (code, seen) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, drive) }).await.expect("no hang");
+    let (code, seen) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, drive) }).await.expect("no hang");
     assert_eq!(code.expect("interactive exec"), 5);
     assert!(seen.contains("24 80") && seen.contains("30 100"), "{seen}");
 }
@@ -122,7 +137,10 @@ async fn interactive_tty_with_resize() {
 async fn recorded_mode_deletes_its_logs() {
     let lxd = client().await;
     let c = Container::create(&lxd, "exec-rec", true).await;
-    let out = lxd.exec_recorded(&c.name, &ExecRequest::new(["sh", "-c", "echo recorded; echo oops >&2; exit 2"])).await.expect("recorded");
+    let out = lxd
+        .exec_recorded(&c.name, &ExecRequest::new(["sh", "-c", "echo recorded; echo oops >&2; exit 2"]))
+        .await
+        .expect("recorded");
     assert_eq!((out.exit_code, out.stdout_text().as_str(), out.stderr_text().as_str()), (2, "recorded\n", "oops\n"));
     let logs = lxd.instance_logs(&c.name).await.expect("logs");
     assert!(!logs.iter().any(|l| l.starts_with("exec")), "exec logs left behind: {logs:?}");
@@ -181,12 +199,27 @@ async fn concurrent_short_execs_each_return_their_complete_output() {
                     let script = format!("echo 'line {i}'; echo 'err {i}' >&2; exit {}", i % 7);
                     lxd.exec(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await
                 } else {
-                    lxd.exec_with_stdin(&name, &ExecRequest::new(["sh", "-c", "cat; echo \"err $0\" >&2; exit $1", &i.to_string(), &(i % 7).to_string()]), expected.as_bytes()).await
+                    lxd.exec_with_stdin(
+                        &name,
+                        &ExecRequest::new([
+                            "sh",
+                            "-c",
+                            "cat; echo \"err $0\" >&2; exit $1",
+                            &i.to_string(),
+                            &(i % 7).to_string(),
+                        ]),
+                        expected.as_bytes(),
+                    )
+                    .await
                 }
                 .map_err(|e| format!("exec {i}: {e}"))?;
                 let got = (out.exit_code, out.stdout_text(), out.stderr_text());
                 let want = ((i % 7) as i32, expected, format!("err {i}\n"));
-                if got == want { Ok(()) } else { Err(format!("exec {i}: got {got:?}, want {want:?}")) }
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("exec {i}: got {got:?}, want {want:?}"))
+                }
             }
         })
         .buffer_unordered(16)

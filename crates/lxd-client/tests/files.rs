@@ -78,7 +78,10 @@ async fn push_dir_is_recursive_and_creates_parents() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path().join("etc/app.conf"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
 
-    let count = lxd.push_dir(&c.name, dir.path(), "/srv/gbot/deep/tree", FileOptions::owned(1001, 1001, 0o644)).await.expect("push_dir");
+    let count = lxd
+        .push_dir(&c.name, dir.path(), "/srv/gbot/deep/tree", FileOptions::owned(1001, 1001, 0o644))
+        .await
+        .expect("push_dir");
     assert_eq!(count, 3);
     assert_eq!(lxd.read_file(&c.name, "/srv/gbot/deep/tree/etc/conf.d/extra.conf").await.expect("read"), b"b=2");
     let conf = lxd.pull(&c.name, "/srv/gbot/deep/tree/etc/app.conf").await.expect("pull");

@@ -25,7 +25,8 @@ fn self_signed(common_name: &str) -> (Vec<u8>, Vec<u8>) {
     let name = name.build();
     let mut cert = X509::builder().expect("builder");
     cert.set_version(2).expect("version");
-    cert.set_serial_number(&BigNum::from_u32(std::process::id()).expect("bn").to_asn1_integer().expect("serial")).expect("serial");
+    cert.set_serial_number(&BigNum::from_u32(std::process::id()).expect("bn").to_asn1_integer().expect("serial"))
+        .expect("serial");
     cert.set_subject_name(&name).expect("subject");
     cert.set_issuer_name(&name).expect("issuer");
     cert.set_pubkey(&key).expect("pubkey");
@@ -62,13 +63,20 @@ async fn https_with_client_certificate_and_pinned_server() {
 
     // Trust it through the unix socket; removed again when the test ends.
     let _untrust = Cleanup::lxc(["config", "trust", "remove", fingerprint.as_str()]);
-    local.trust_certificate(&name, std::str::from_utf8(&cert_pem).expect("utf8")).await.expect("trust certificate (idempotent)");
-    local.trust_certificate(&name, std::str::from_utf8(&cert_pem).expect("utf8")).await.expect("trust certificate (idempotent)");
+    local
+        .trust_certificate(&name, std::str::from_utf8(&cert_pem).expect("utf8"))
+        .await
+        .expect("trust certificate (idempotent)");
+    local
+        .trust_certificate(&name, std::str::from_utf8(&cert_pem).expect("utf8"))
+        .await
+        .expect("trust certificate (idempotent)");
     assert!(local.certificates().await.expect("certificates").iter().any(|c| c.fingerprint == fingerprint));
 
     let trusted = Client::https(ADDRESS, identity.clone()).expect("client");
     assert_eq!(trusted.server().await.expect("GET /1.0").auth, "trusted");
-    let over_https: Vec<String> = trusted.instances().await.expect("list over HTTPS").into_iter().map(|i| i.name).collect();
+    let over_https: Vec<String> =
+        trusted.instances().await.expect("list over HTTPS").into_iter().map(|i| i.name).collect();
     let over_unix: Vec<String> = local.instances().await.expect("list over unix").into_iter().map(|i| i.name).collect();
     // Other tests create instances concurrently: compare what both saw that was not ours to race on.
     let stable = |names: &[String]| names.iter().filter(|n| !n.starts_with("gbot-")).cloned().collect::<Vec<_>>();
@@ -86,8 +94,15 @@ async fn https_with_client_certificate_and_pinned_server() {
                 async move {
                     let script = format!("echo 'line {i}'; echo 'err {i}' >&2; exit {}", i % 5);
                     match trusted.exec(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await {
-                        Ok(out) if (out.exit_code, out.stdout_text(), out.stderr_text()) == ((i % 5) as i32, format!("line {i}\n"), format!("err {i}\n")) => None,
-                        Ok(out) => Some(format!("exec {i}: {:?}", (out.exit_code, out.stdout_text(), out.stderr_text()))),
+                        Ok(out)
+                            if (out.exit_code, out.stdout_text(), out.stderr_text())
+                                == ((i % 5) as i32, format!("line {i}\n"), format!("err {i}\n")) =>
+                        {
+                            None
+                        }
+                        Ok(out) => {
+                            Some(format!("exec {i}: {:?}", (out.exit_code, out.stdout_text(), out.stderr_text())))
+                        }
                         Err(e) => Some(format!("exec {i}: {e}")),
                     }
                 }
@@ -105,9 +120,13 @@ async fn https_with_client_certificate_and_pinned_server() {
     assert!(matches!(err, Error::Tls { .. }), "{err:?}");
     // A pin given by fingerprint (with colons, as `lxc` prints it) works too.
     let server_fp = certificate_fingerprint(&server_pem).expect("fp");
-    let colons = server_fp.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect::<Vec<_>>().join(":");
+    let colons =
+        server_fp.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect::<Vec<_>>().join(":");
     let by_fp = TlsIdentity { server_cert_pem: None, server_fingerprint: Some(colons), ..identity.clone() };
-    assert_eq!(Client::https(ADDRESS, by_fp).expect("client").server().await.expect("pinned by fingerprint").auth, "trusted");
+    assert_eq!(
+        Client::https(ADDRESS, by_fp).expect("client").server().await.expect("pinned by fingerprint").auth,
+        "trusted"
+    );
 
     // The same remote, read from an lxc-style configuration directory.
     let dir = tempfile::tempdir().expect("tempdir");

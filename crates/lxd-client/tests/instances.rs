@@ -18,7 +18,9 @@ async fn server_info_and_extensions() {
     assert!(lxd.has_extension("container_exec_recording").await.expect("extensions"));
     assert!(!lxd.has_extension("gbot-no-such-extension").await.expect("extensions"));
     match lxd.require_extension("gbot-no-such-extension", "upgrade LXD").await {
-        Err(Error::MissingExtension { name, hint }) => assert_eq!((name.as_str(), hint.as_str()), ("gbot-no-such-extension", "upgrade LXD")),
+        Err(Error::MissingExtension { name, hint }) => {
+            assert_eq!((name.as_str(), hint.as_str()), ("gbot-no-such-extension", "upgrade LXD"))
+        }
         other => panic!("expected MissingExtension, got {other:?}"),
     }
     // The cache returns the same object; a fresh read agrees.
@@ -71,7 +73,8 @@ async fn update_keeps_volatile_keys_and_honours_etags() {
     let c = Container::create(&lxd, "etag", false).await;
     let (before, etag) = lxd.instance_with_etag(&c.name).await.expect("get with etag");
     let etag = etag.expect("GET returns an ETag");
-    let volatile_before: Vec<_> = before.config.iter().filter(|(k, _)| k.starts_with("volatile.") || k.starts_with("image.")).collect();
+    let volatile_before: Vec<_> =
+        before.config.iter().filter(|(k, _)| k.starts_with("volatile.") || k.starts_with("image.")).collect();
     assert!(!volatile_before.is_empty(), "a fresh instance has volatile/image keys");
 
     let changed = lxd
@@ -124,7 +127,9 @@ async fn rename_and_delete_running() {
     // Delete a RUNNING instance: LXD 5.0.2 has no instance_force_delete, the client stops it first.
     lxd.ensure_running(&renamed.name).await.expect("start");
     let force_delete = lxd.has_extension("instance_force_delete").await.expect("extensions");
-    lxd.delete_instance(&renamed.name).await.unwrap_or_else(|e| panic!("delete running (force_delete={force_delete}): {e}"));
+    lxd.delete_instance(&renamed.name)
+        .await
+        .unwrap_or_else(|e| panic!("delete running (force_delete={force_delete}): {e}"));
     assert_eq!(lxc_state(renamed.name.as_str()), None);
     assert!(!lxd.delete_instance_if_exists(&renamed.name).await.expect("absent is fine"));
 }
@@ -146,12 +151,16 @@ async fn missing_instances_are_not_found() {
 async fn bad_input_is_refused_before_any_request() {
     // A client whose socket does not exist: any request would fail with SocketNotFound, so an InvalidName or
     // InvalidDevice error proves nothing was sent.
-    let nowhere = Client::new(Endpoint::Unix("/nonexistent/gbot/unix.socket".into()), Flavor::Lxd).expect("lazy client");
+    let nowhere =
+        Client::new(Endpoint::Unix("/nonexistent/gbot/unix.socket".into()), Flavor::Lxd).expect("lazy client");
     let err = InstanceName::new("vector_db").expect_err("underscore");
     assert!(err.to_string().contains("instance names are"), "{err}");
     assert!(InstanceName::new("1abc").is_err(), "LXD 5.0.2 refuses a leading digit");
     let name = InstanceName::new("gbot-nowhere").expect("valid");
-    let err = nowhere.push_bytes(&name, "relative/path", "x", lxd_client::FileOptions::root(0o644)).await.expect_err("relative");
+    let err = nowhere
+        .push_bytes(&name, "relative/path", "x", lxd_client::FileOptions::root(0o644))
+        .await
+        .expect_err("relative");
     assert!(matches!(err, Error::InvalidName { kind: "file path", .. }), "{err:?}");
     let err = nowhere.exec(&name, &lxd_client::ExecRequest::new(Vec::<String>::new())).await.expect_err("empty argv");
     assert!(matches!(err, Error::InvalidName { .. }), "{err:?}");

@@ -9,11 +9,17 @@ use std::time::{Duration, Instant};
 
 use common::{client, instance_name, lxc, lxc_status, unique, Cleanup, Container, IMAGE};
 use futures_util::StreamExt;
-use lxd_client::{CreateInstance, DeviceName, DiskDevice, ExecRequest, InstanceSource, Profile, ProxyAddress, ProxyDevice, SnapshotName};
+use lxd_client::{
+    CreateInstance, DeviceName, DiskDevice, ExecRequest, InstanceSource, Profile, ProxyAddress, ProxyDevice,
+    SnapshotName,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn rfc3339_in(seconds: u64) -> String {
-    let out = Command::new("date").args(["-u", "-d", &format!("+{seconds} seconds"), "+%Y-%m-%dT%H:%M:%SZ"]).output().expect("date");
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("+{seconds} seconds"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -50,7 +56,10 @@ async fn backup_export_import_delete() {
     let c = Container::create(&lxd, "backup", false).await;
     lxd.push_bytes(&c.name, "/root/marker", "backed up\n", lxd_client::FileOptions::root(0o600)).await.expect("marker");
     lxd.create_backup(&c.name, "b1", true, Some(&rfc3339_in(3600))).await.expect("create backup");
-    assert_eq!(lxd.backups(&c.name).await.expect("list").iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), vec!["b1"]);
+    assert_eq!(
+        lxd.backups(&c.name).await.expect("list").iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        vec!["b1"]
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("backup.tar.gz");
     let mut file = tokio::fs::File::create(&path).await.expect("create");
@@ -80,19 +89,28 @@ async fn image_import_alias_delete() {
     )
     .expect("metadata");
     let tar = dir.path().join("image.tar.gz");
-    let status = Command::new("tar").arg("-C").arg(dir.path()).arg("-czf").arg(&tar).args(["metadata.yaml", "rootfs"]).status().expect("tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .arg("-czf")
+        .arg(&tar)
+        .args(["metadata.yaml", "rootfs"])
+        .status()
+        .expect("tar");
     assert!(status.success());
 
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let progress_sent = sent.clone();
-    let progress: lxd_client::Progress = std::sync::Arc::new(move |n| progress_sent.store(n, std::sync::atomic::Ordering::Relaxed));
+    let progress: lxd_client::Progress =
+        std::sync::Arc::new(move |n| progress_sent.store(n, std::sync::atomic::Ordering::Relaxed));
     let file = tokio::fs::File::open(&tar).await.expect("open");
     let fingerprint = lxd.import_image(file, false, Some(progress)).await.expect("import");
     let _cleanup = Cleanup::lxc(["image", "delete", fingerprint.as_str()]);
     assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), std::fs::metadata(&tar).expect("size").len());
     assert_eq!(lxd.image(&fingerprint).await.expect("image").properties.get("description"), Some(&tag));
     // Importing the same tarball again gives the same fingerprint, not an error.
-    let again = lxd.import_image(tokio::fs::File::open(&tar).await.expect("open"), false, None).await.expect("re-import");
+    let again =
+        lxd.import_image(tokio::fs::File::open(&tar).await.expect("open"), false, None).await.expect("re-import");
     assert_eq!(again, fingerprint);
 
     let alias = format!("{tag}/alias");
@@ -123,7 +141,11 @@ async fn proxy_and_disk_devices_on_instances() {
     let lxd = client().await;
     let c = Container::create(&lxd, "proxy", true).await;
     // A web server inside, on the container's own loopback only (containers have no NIC here).
-    let serve = ExecRequest::new(["sh", "-c", "cd /etc && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &"]);
+    let serve = ExecRequest::new([
+        "sh",
+        "-c",
+        "cd /etc && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &",
+    ]);
     assert_eq!(lxd.exec(&c.name, &serve).await.expect("start server").exit_code, 0);
 
     let port = free_port();
@@ -164,8 +186,14 @@ async fn profiles_and_their_devices() {
     let _cleanup = Cleanup::lxc(["profile", "delete", name.as_str()]);
     let mut config = BTreeMap::new();
     config.insert("user.gbot.owner".to_string(), "tests".to_string());
-    lxd.create_profile(&Profile { name: name.clone(), description: "gbot test".into(), config, ..Default::default() }).await.expect("create");
-    assert!(lxd.create_profile(&Profile { name: name.clone(), ..Default::default() }).await.expect_err("twice").is_conflict());
+    lxd.create_profile(&Profile { name: name.clone(), description: "gbot test".into(), config, ..Default::default() })
+        .await
+        .expect("create");
+    assert!(lxd
+        .create_profile(&Profile { name: name.clone(), ..Default::default() })
+        .await
+        .expect_err("twice")
+        .is_conflict());
     assert!(lxd.profiles().await.expect("list").iter().any(|p| p.name == name));
 
     let device = DeviceName::new("gbot-tmp").expect("device");
@@ -190,7 +218,12 @@ async fn storage_projects_networks() {
     let volume = unique("vol");
     let _vol_cleanup = Cleanup::lxc(["storage", "volume", "delete", "default", volume.as_str()]);
     lxd.create_storage_volume("default", &volume, BTreeMap::new()).await.expect("create volume");
-    assert!(lxd.storage_volumes("default").await.expect("volumes").iter().any(|v| v.name == volume && v.kind == "custom"));
+    assert!(lxd
+        .storage_volumes("default")
+        .await
+        .expect("volumes")
+        .iter()
+        .any(|v| v.name == volume && v.kind == "custom"));
     lxd.delete_storage_volume("default", &volume).await.expect("delete volume");
     assert!(!lxd.storage_volumes("default").await.expect("volumes").iter().any(|v| v.name == volume));
 
@@ -235,7 +268,9 @@ async fn events_and_events_based_wait() {
         futures_util::pin_mut!(events);
         while let Some(event) = events.next().await {
             let event = event.expect("event");
-            if event.action() == Some("instance-created") && event.metadata.get("source").and_then(|s| s.as_str()) == Some(wanted.as_str()) {
+            if event.action() == Some("instance-created")
+                && event.metadata.get("source").and_then(|s| s.as_str()) == Some(wanted.as_str())
+            {
                 return event;
             }
         }

@@ -14,7 +14,9 @@ fn open_sockets() -> usize {
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|e| std::fs::read_link(e.path()).map(|t| t.to_string_lossy().starts_with("socket:")).unwrap_or(false))
+                .filter(|e| {
+                    std::fs::read_link(e.path()).map(|t| t.to_string_lossy().starts_with("socket:")).unwrap_or(false)
+                })
                 .count()
         })
         .unwrap_or(0)
@@ -41,10 +43,13 @@ async fn bursts_of_requests_leave_no_idle_connection_and_the_daemon_keeps_accept
     assert!(open_sockets() <= baseline, "{} sockets still open after the burst (baseline {baseline})", open_sockets());
     // An independent client is served at once while this one is still alive.
     let started = std::time::Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(10), tokio::process::Command::new("lxc").args(["query", "/1.0"]).output())
-        .await
-        .expect("`lxc query /1.0` answered within 10 s: the daemon is still accepting")
-        .expect("run lxc");
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("lxc").args(["query", "/1.0"]).output(),
+    )
+    .await
+    .expect("`lxc query /1.0` answered within 10 s: the daemon is still accepting")
+    .expect("run lxc");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(lxd);

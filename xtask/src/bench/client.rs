@@ -53,7 +53,11 @@ fn lxc(args: &[&str]) -> anyhow::Result<()> {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -101,7 +105,8 @@ pub async fn run() -> anyhow::Result<String> {
     for n in 0..LIST_INSTANCES {
         let instance = name("list", n)?;
         cleanup.names.push(instance.to_string());
-        lxd.create_instance(&CreateInstance::container(instance.clone(), InstanceSource::alias(IMAGE)).start(true)).await?;
+        lxd.create_instance(&CreateInstance::container(instance.clone(), InstanceSource::alias(IMAGE)).start(true))
+            .await?;
         fixtures.push(instance);
     }
     let target = fixtures[0].clone();
@@ -155,7 +160,8 @@ pub async fn run() -> anyhow::Result<String> {
     }
     let big = work.join("big.bin");
     write_big_file(&big, BIG_FILE_MIB)?;
-    let (mut cli_small, mut our_small, mut cli_big, mut our_big) = (Samples::default(), Samples::default(), Samples::default(), Samples::default());
+    let (mut cli_small, mut our_small, mut cli_big, mut our_big) =
+        (Samples::default(), Samples::default(), Samples::default(), Samples::default());
     let mut cli_big_rss = None;
     let mut our_big_rss_growth = 0u64;
     let small_str = small_dir.to_string_lossy().to_string();
@@ -192,11 +198,15 @@ pub async fn run() -> anyhow::Result<String> {
 
     // (d) create and start 5 containers; removed between rounds (not timed).
     eprintln!("bench client: (d) create and start");
-    let (mut cli_create, mut our_create, mut our_create_parallel) = (Samples::default(), Samples::default(), Samples::default());
+    let (mut cli_create, mut our_create, mut our_create_parallel) =
+        (Samples::default(), Samples::default(), Samples::default());
     for round in 0..CREATE_ROUNDS {
-        let cli_names: Vec<InstanceName> = (0..CREATES).map(|n| name(&format!("cli{round}"), n)).collect::<anyhow::Result<_>>()?;
-        let seq_names: Vec<InstanceName> = (0..CREATES).map(|n| name(&format!("seq{round}"), n)).collect::<anyhow::Result<_>>()?;
-        let par_names: Vec<InstanceName> = (0..CREATES).map(|n| name(&format!("par{round}"), n)).collect::<anyhow::Result<_>>()?;
+        let cli_names: Vec<InstanceName> =
+            (0..CREATES).map(|n| name(&format!("cli{round}"), n)).collect::<anyhow::Result<_>>()?;
+        let seq_names: Vec<InstanceName> =
+            (0..CREATES).map(|n| name(&format!("seq{round}"), n)).collect::<anyhow::Result<_>>()?;
+        let par_names: Vec<InstanceName> =
+            (0..CREATES).map(|n| name(&format!("par{round}"), n)).collect::<anyhow::Result<_>>()?;
         for n in cli_names.iter().chain(&seq_names).chain(&par_names) {
             cleanup.names.push(n.to_string());
         }
@@ -211,7 +221,10 @@ pub async fn run() -> anyhow::Result<String> {
         our_create
             .time(|| async {
                 for n in &seq_names {
-                    lxd.create_instance(&CreateInstance::container(n.clone(), InstanceSource::alias(IMAGE)).start(true)).await?;
+                    lxd.create_instance(
+                        &CreateInstance::container(n.clone(), InstanceSource::alias(IMAGE)).start(true),
+                    )
+                    .await?;
                 }
                 Ok(())
             })
@@ -234,13 +247,55 @@ pub async fn run() -> anyhow::Result<String> {
     writeln!(md, "| Task | `lxc` median | lxd-client median | Ratio (lxc / ours) |")?;
     writeln!(md, "|---|---|---|---|")?;
     writeln!(md, "| (a) list {LIST_INSTANCES} instances with full state (`lxc list` vs `instances_full`, recursion=2) | {} | {} | {:.2}x |", ms(cli_list.median()), ms(full_list.median()), ratio(cli_list.median(), full_list.median()))?;
-    writeln!(md, "| (a) floor: list with status (`instances`, recursion=1) | {} | {} | {:.2}x |", ms(cli_list.median()), ms(light_list.median()), ratio(cli_list.median(), light_list.median()))?;
-    writeln!(md, "| (b) one `exec true` (median of {EXECS}) | {} | {} | {:.2}x |", ms(cli_exec.median()), ms(our_exec.median()), ratio(cli_exec.median(), our_exec.median()))?;
-    writeln!(md, "| (b) {EXECS} sequential `exec true`, total | {} | {} | {:.2}x |", ms(cli_exec_total), ms(our_exec_total), ratio(cli_exec_total, our_exec_total))?;
-    writeln!(md, "| (c) push {SMALL_FILES} small files (`lxc file push -r` vs `push_dir`) | {} | {} | {:.2}x |", ms(cli_small.median()), ms(our_small.median()), ratio(cli_small.median(), our_small.median()))?;
-    writeln!(md, "| (c) push one {BIG_FILE_MIB} MiB file (`lxc file push` vs `push_file`) | {} | {} | {:.2}x |", ms(cli_big.median()), ms(our_big.median()), ratio(cli_big.median(), our_big.median()))?;
-    writeln!(md, "| (d) create and start {CREATES} containers, sequential (`lxc launch` x{CREATES}) | {} | {} | {:.2}x |", ms(cli_create.median()), ms(our_create.median()), ratio(cli_create.median(), our_create.median()))?;
-    writeln!(md, "| (d) same, client creating the {CREATES} concurrently | {} | {} | {:.2}x |", ms(cli_create.median()), ms(our_create_parallel.median()), ratio(cli_create.median(), our_create_parallel.median()))?;
+    writeln!(
+        md,
+        "| (a) floor: list with status (`instances`, recursion=1) | {} | {} | {:.2}x |",
+        ms(cli_list.median()),
+        ms(light_list.median()),
+        ratio(cli_list.median(), light_list.median())
+    )?;
+    writeln!(
+        md,
+        "| (b) one `exec true` (median of {EXECS}) | {} | {} | {:.2}x |",
+        ms(cli_exec.median()),
+        ms(our_exec.median()),
+        ratio(cli_exec.median(), our_exec.median())
+    )?;
+    writeln!(
+        md,
+        "| (b) {EXECS} sequential `exec true`, total | {} | {} | {:.2}x |",
+        ms(cli_exec_total),
+        ms(our_exec_total),
+        ratio(cli_exec_total, our_exec_total)
+    )?;
+    writeln!(
+        md,
+        "| (c) push {SMALL_FILES} small files (`lxc file push -r` vs `push_dir`) | {} | {} | {:.2}x |",
+        ms(cli_small.median()),
+        ms(our_small.median()),
+        ratio(cli_small.median(), our_small.median())
+    )?;
+    writeln!(
+        md,
+        "| (c) push one {BIG_FILE_MIB} MiB file (`lxc file push` vs `push_file`) | {} | {} | {:.2}x |",
+        ms(cli_big.median()),
+        ms(our_big.median()),
+        ratio(cli_big.median(), our_big.median())
+    )?;
+    writeln!(
+        md,
+        "| (d) create and start {CREATES} containers, sequential (`lxc launch` x{CREATES}) | {} | {} | {:.2}x |",
+        ms(cli_create.median()),
+        ms(our_create.median()),
+        ratio(cli_create.median(), our_create.median())
+    )?;
+    writeln!(
+        md,
+        "| (d) same, client creating the {CREATES} concurrently | {} | {} | {:.2}x |",
+        ms(cli_create.median()),
+        ms(our_create_parallel.median()),
+        ratio(cli_create.median(), our_create_parallel.median())
+    )?;
     writeln!(
         md,
         "\nPeak memory for the {BIG_FILE_MIB} MiB push: lxd-client grew this process's peak RSS by {} MiB (streamed in 256 KiB \
@@ -280,7 +335,13 @@ pub async fn run() -> anyhow::Result<String> {
         1.0,
         "One request per file and per directory level, sequential; the CLI does the same requests.",
     ));
-    md.push_str(&verdict("(c) 200 MiB file, no slower", cli_big.median(), our_big.median(), 1.0, "Both stream; the daemon's write dominates."));
+    md.push_str(&verdict(
+        "(c) 200 MiB file, no slower",
+        cli_big.median(),
+        our_big.median(),
+        1.0,
+        "Both stream; the daemon's write dominates.",
+    ));
     md.push_str(&verdict(
         "(d) create and start, no slower",
         cli_create.median(),
@@ -332,12 +393,20 @@ where
 
 /// Owned creation future, so it can be spawned.
 trait CreateOwned {
-    fn create_instance_owned(&self, name: InstanceName) -> impl std::future::Future<Output = lxd_client::Result<()>> + Send + 'static;
+    fn create_instance_owned(
+        &self,
+        name: InstanceName,
+    ) -> impl std::future::Future<Output = lxd_client::Result<()>> + Send + 'static;
 }
 
 impl CreateOwned for Client {
-    fn create_instance_owned(&self, name: InstanceName) -> impl std::future::Future<Output = lxd_client::Result<()>> + Send + 'static {
+    fn create_instance_owned(
+        &self,
+        name: InstanceName,
+    ) -> impl std::future::Future<Output = lxd_client::Result<()>> + Send + 'static {
         let client = self.clone();
-        async move { client.create_instance(&CreateInstance::container(name, InstanceSource::alias(IMAGE)).start(true)).await }
+        async move {
+            client.create_instance(&CreateInstance::container(name, InstanceSource::alias(IMAGE)).start(true)).await
+        }
     }
 }

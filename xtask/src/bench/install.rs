@@ -19,7 +19,8 @@ fn gbo_bin() -> PathBuf {
 }
 
 fn lxc(args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("lxc").args(args).output().with_context(|| format!("lxc {}", args.join(" ")))?;
+    let out =
+        std::process::Command::new("lxc").args(args).output().with_context(|| format!("lxc {}", args.join(" ")))?;
     if !out.status.success() {
         bail!("lxc {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
@@ -47,7 +48,12 @@ fn run_gbo(args: &[String]) -> anyhow::Result<(Duration, u64)> {
     let mut peak = 0u64;
     let status = loop {
         if let Ok(text) = std::fs::read_to_string(&status_path) {
-            if let Some(kib) = text.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()) {
+            if let Some(kib) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
                 peak = peak.max(kib);
             }
         }
@@ -68,7 +74,15 @@ fn run_gbo(args: &[String]) -> anyhow::Result<(Duration, u64)> {
 }
 
 fn gbo_install_args(tenant: &str, stack: &Path, roles: &[Role]) -> Vec<String> {
-    let mut args = vec!["install".to_string(), "--tenant".into(), tenant.into(), "--image".into(), IMAGE.into(), "--stack-dir".into(), stack.display().to_string()];
+    let mut args = vec![
+        "install".to_string(),
+        "--tenant".into(),
+        tenant.into(),
+        "--image".into(),
+        IMAGE.into(),
+        "--stack-dir".into(),
+        stack.display().to_string(),
+    ];
     args.extend(roles.iter().map(|r| r.as_str().to_string()));
     args
 }
@@ -114,7 +128,8 @@ fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> 
             lxc(&["config", "device", "add", &name, &format!("gbo-port-{}", port.name), "proxy", &listen, &connect])?;
         }
         lxc(&["start", &name])?;
-        lxc(&["exec", &name, "--", "systemctl", "is-system-running", "--wait"]).or_else(|_| lxc(&["exec", &name, "--", "true"]))?;
+        lxc(&["exec", &name, "--", "systemctl", "is-system-running", "--wait"])
+            .or_else(|_| lxc(&["exec", &name, "--", "true"]))?;
         let scratch = tempfile_dir()?;
         for file in &spec.files {
             let local = scratch.join("f");
@@ -127,7 +142,8 @@ fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> 
             if file.path.starts_with("/usr/local/bin/") {
                 lxc(&["exec", &name, "--", "rm", "-f", &file.path])?;
             }
-            let (uid, gid, mode) = (format!("--uid={}", file.uid), format!("--gid={}", file.gid), format!("--mode={:04o}", file.mode));
+            let (uid, gid, mode) =
+                (format!("--uid={}", file.uid), format!("--gid={}", file.gid), format!("--mode={:04o}", file.mode));
             let target = format!("{name}{}", file.path);
             let local_s = local.display().to_string();
             lxc(&["file", "push", &uid, &gid, &mode, &local_s, &target])?;
@@ -136,7 +152,14 @@ fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> 
         lxc(&["exec", &name, "--", "systemctl", "daemon-reload"])?;
         let user_of = |u: &str| gbo_components::users::service_user(u).map(|s| s.uid).unwrap_or(0);
         for init in spec.init.iter().filter(|i| i.phase == InitPhase::BeforeStart) {
-            let mut argv = vec!["exec".to_string(), name.clone(), format!("--user={}", user_of(init.user)), format!("--group={}", user_of(init.user)), "--cwd=/".into(), "--".into()];
+            let mut argv = vec![
+                "exec".to_string(),
+                name.clone(),
+                format!("--user={}", user_of(init.user)),
+                format!("--group={}", user_of(init.user)),
+                "--cwd=/".into(),
+                "--".into(),
+            ];
             argv.extend(init.command.iter().cloned());
             lxc(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
@@ -144,7 +167,14 @@ fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> 
             lxc(&["exec", &name, "--", "systemctl", "enable", "--now", unit])?;
         }
         for init in spec.init.iter().filter(|i| i.phase == InitPhase::AfterStart) {
-            let mut argv = vec!["exec".to_string(), name.clone(), format!("--user={}", user_of(init.user)), format!("--group={}", user_of(init.user)), "--cwd=/".into(), "--".into()];
+            let mut argv = vec![
+                "exec".to_string(),
+                name.clone(),
+                format!("--user={}", user_of(init.user)),
+                format!("--group={}", user_of(init.user)),
+                "--cwd=/".into(),
+                "--".into(),
+            ];
             argv.extend(init.command.iter().cloned());
             lxc(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
@@ -168,7 +198,8 @@ fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> 
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("gbot-bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
+    let dir =
+        std::env::temp_dir().join(format!("gbot-bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -227,12 +258,23 @@ pub async fn run() -> anyhow::Result<String> {
     md.push_str("| measure | median | samples (ms) | target | met |\n|---|---|---|---|---|\n");
     md.push_str(&format!("| `gbo install` tables+cache+proxy | {} | {} | | |\n", ms(ours), gbo_samples.raw_ms()));
     md.push_str(&format!("| sequential `lxc` script | {} | {} | | |\n", ms(baseline), lxc_samples.raw_ms()));
-    md.push_str(&format!("| speed-up (lxc / gbo) | {speedup:.2}x | | >= 2x | {} |\n", if speedup >= 2.0 { "yes" } else { "no" }));
+    md.push_str(&format!(
+        "| speed-up (lxc / gbo) | {speedup:.2}x | | >= 2x | {} |\n",
+        if speedup >= 2.0 { "yes" } else { "no" }
+    ));
     for (role, d) in &alone {
         md.push_str(&format!("| `gbo install {role}` alone | {} | | | |\n", ms(*d)));
     }
-    md.push_str(&format!("| all three / slowest alone (critical path) | {critical:.2}x | | <= 1.3x | {} |\n", if critical <= 1.3 { "yes" } else { "no" }));
-    md.push_str(&format!("| idempotent re-run | {} | {} | < 1 s | {} |\n", ms(rerun), rerun_samples.raw_ms(), if rerun < Duration::from_secs(1) { "yes" } else { "no" }));
+    md.push_str(&format!(
+        "| all three / slowest alone (critical path) | {critical:.2}x | | <= 1.3x | {} |\n",
+        if critical <= 1.3 { "yes" } else { "no" }
+    ));
+    md.push_str(&format!(
+        "| idempotent re-run | {} | {} | < 1 s | {} |\n",
+        ms(rerun),
+        rerun_samples.raw_ms(),
+        if rerun < Duration::from_secs(1) { "yes" } else { "no" }
+    ));
     md.push_str(&format!("| gbo peak RSS (VmHWM) | {:.1} MiB | | | |\n", peak_kib as f64 / 1024.0));
     md.push_str(
         "\nWhy: gbo installs the three components concurrently (one LXD operation stream per component), adds all devices \

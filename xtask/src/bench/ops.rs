@@ -42,14 +42,25 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn container(lxd: &lxd_client::Client, tag: &str, adjust: impl FnOnce(CreateInstance) -> CreateInstance) -> anyhow::Result<InstanceName> {
+async fn container(
+    lxd: &lxd_client::Client,
+    tag: &str,
+    adjust: impl FnOnce(CreateInstance) -> CreateInstance,
+) -> anyhow::Result<InstanceName> {
     let name = InstanceName::new(format!("gbot-bench-{tag}-{}", std::process::id()))?;
     let _ = lxd.delete_instance_if_exists(&name).await;
-    let req = adjust(CreateInstance::container(name.clone(), InstanceSource::alias(IMAGE)).config("user.gbo.test", "true")).start(true);
+    let req =
+        adjust(CreateInstance::container(name.clone(), InstanceSource::alias(IMAGE)).config("user.gbo.test", "true"))
+            .start(true);
     lxd.create_instance(&req).await?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let out = lxd.exec(&name, &ExecRequest::new(["systemctl", "is-system-running", "--wait"]).timeout(Duration::from_secs(60))).await;
+        let out = lxd
+            .exec(
+                &name,
+                &ExecRequest::new(["systemctl", "is-system-running", "--wait"]).timeout(Duration::from_secs(60)),
+            )
+            .await;
         if out.map(|o| o.stdout_text().contains("running") || o.stdout_text().contains("degraded")).unwrap_or(false) {
             return Ok(name);
         }
@@ -84,13 +95,20 @@ impl HostCluster {
     }
 
     fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        sh(&format!("{PG_BIN}/psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {} -U gbot -d postgres -c \"{sql}\"", self.port))
+        sh(&format!(
+            "{PG_BIN}/psql -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {} -U gbot -d postgres -c \"{sql}\"",
+            self.port
+        ))
     }
 }
 
 impl Drop for HostCluster {
     fn drop(&mut self) {
-        let _ = sh(&format!("runuser -u postgres -- {PG_BIN}/pg_ctl -D {}/data -m immediate stop >/dev/null; rm -rf {}", self.dir.display(), self.dir.display()));
+        let _ = sh(&format!(
+            "runuser -u postgres -- {PG_BIN}/pg_ctl -D {}/data -m immediate stop >/dev/null; rm -rf {}",
+            self.dir.display(),
+            self.dir.display()
+        ));
     }
 }
 
@@ -118,7 +136,11 @@ fn generate(h: &HostCluster, mb: u64) -> anyhow::Result<()> {
     );
     let file = h.dir.join("gen.sql");
     std::fs::write(&file, sql)?;
-    sh(&format!("{PG_BIN}/psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {} -U gbot -d botserver -f {}", h.port, file.display()))?;
+    sh(&format!(
+        "{PG_BIN}/psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p {} -U gbot -d botserver -f {}",
+        h.port,
+        file.display()
+    ))?;
     Ok(())
 }
 
@@ -294,14 +316,21 @@ fn bench_zfs(md: &mut String) -> anyhow::Result<()> {
         if gbo_calls <= 20 { "met" } else { "not met" },
         ms(gbo)
     ));
-    md.push_str(&format!("| speed-up | {:.1}x fewer calls | {:.1}x |\n\n", baseline_calls as f64 / gbo_calls.max(1) as f64, ratio(baseline, gbo)));
+    md.push_str(&format!(
+        "| speed-up | {:.1}x fewer calls | {:.1}x |\n\n",
+        baseline_calls as f64 / gbo_calls.max(1) as f64,
+        ratio(baseline, gbo)
+    ));
     Ok(())
 }
 
 /// The parts named in `GBO_BENCH_ONLY`, when set: such a partial run prints its section instead of writing
 /// `docs/benchmarks.md`.
 pub fn only() -> Option<Vec<String>> {
-    std::env::var("GBO_BENCH_ONLY").ok().filter(|v| !v.is_empty()).map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
+    std::env::var("GBO_BENCH_ONLY")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect())
 }
 
 /// Run the three benchmarks and return the markdown section.

@@ -197,7 +197,11 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
         lock_wait: Duration::from_secs(args.lock_wait),
     };
     if args.dry_run {
-        return print_plan(&gbo_ci::deploy::plan_deploy(&args.connect.options(), &options, &mut Progress::new())?, &options, output);
+        return print_plan(
+            &gbo_ci::deploy::plan_deploy(&args.connect.options(), &options, &mut Progress::new())?,
+            &options,
+            output,
+        );
     }
     let report = gbo_ci::deploy::deploy(&args.connect.options(), &options, &mut Progress::new())?;
     match output {
@@ -233,7 +237,13 @@ fn print_plan(plan: &gbo_ci::deploy::DeployPlan, options: &DeployOptions, output
         Output::Json => print_json(plan)?,
         Output::Text => {
             println!("dry run: nothing was changed on {}", plan.host);
-            println!("would deploy  {} ({} bytes, sha256 {}) to {}", options.binary.display(), plan.bytes, plan.sha256, plan.dest);
+            println!(
+                "would deploy  {} ({} bytes, sha256 {}) to {}",
+                options.binary.display(),
+                plan.bytes,
+                plan.sha256,
+                plan.dest
+            );
             if plan.already_deployed {
                 println!("note          {} is already this binary; a deploy would only restart it", plan.dest);
             }
@@ -283,7 +293,14 @@ pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
                 println!("dry run: nothing was changed on {}", plan.host);
                 println!("would restore {} over {} (sha256 {})", plan.restore_release, plan.dest, plan.sha256);
                 print_restart(&plan.unit, &plan.stop_pids, plan.start.as_ref(), &plan.dest);
-                println!("remaining     {}", if plan.remaining_releases.is_empty() { "(none)".to_string() } else { plan.remaining_releases.join(", ") });
+                println!(
+                    "remaining     {}",
+                    if plan.remaining_releases.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        plan.remaining_releases.join(", ")
+                    }
+                );
             }
         }
         return Ok(0);
@@ -300,7 +317,14 @@ pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
                 Some(false) => println!("health        FAILED"),
                 None => println!("health        not checked (no --health)"),
             }
-            println!("remaining     {}", if report.remaining_releases.is_empty() { "(none)".to_string() } else { report.remaining_releases.join(", ") });
+            println!(
+                "remaining     {}",
+                if report.remaining_releases.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    report.remaining_releases.join(", ")
+                }
+            );
         }
     }
     if report.healthy == Some(false) {

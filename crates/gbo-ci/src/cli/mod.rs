@@ -92,7 +92,8 @@ impl ConnectArgs {
         options.known_hosts = self.known_hosts.clone();
         options.accept_new_host_key = self.accept_new_host_key;
         options.connect_timeout = Duration::from_secs(self.connect_timeout.max(1));
-        options.private_key = std::env::var("GBO_CI_SSH_KEY").ok().filter(|key| !key.trim().is_empty()).map(Secret::new);
+        options.private_key =
+            std::env::var("GBO_CI_SSH_KEY").ok().filter(|key| !key.trim().is_empty()).map(Secret::new);
         options.passphrase = std::env::var("GBO_CI_SSH_PASSPHRASE").ok().filter(|p| !p.is_empty()).map(Secret::new);
         options
     }

@@ -160,7 +160,11 @@ pub fn workflow(command: WorkflowCommand, output: Output) -> anyhow::Result<u8> 
                 }
                 Output::Text => {
                     for file in &files {
-                        println!("wrote {}{}", file.path.display(), if file.deploys { " (build, test, deploy)" } else { " (build, test)" });
+                        println!(
+                            "wrote {}{}",
+                            file.path.display(),
+                            if file.deploys { " (build, test, deploy)" } else { " (build, test)" }
+                        );
                     }
                 }
             }
@@ -293,7 +297,10 @@ pub fn runs(args: RunsArgs, output: Output) -> anyhow::Result<u8> {
     match output {
         Output::Json => print_json(&report)?,
         Output::Text => {
-            println!("{:<8} {:<6} {:<10} {:<12} {:<10} {:<25} TITLE", "ID", "RUN", "STATUS", "BRANCH", "COMMIT", "STARTED");
+            println!(
+                "{:<8} {:<6} {:<10} {:<12} {:<10} {:<25} TITLE",
+                "ID", "RUN", "STATUS", "BRANCH", "COMMIT", "STARTED"
+            );
             for run in &report.workflow_runs {
                 println!(
                     "{:<8} {:<6} {:<10} {:<12} {:<10} {:<25} {}",

@@ -55,7 +55,13 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             match output {
                 Format::Json => print_json(&report)?,
                 Format::Table => {
-                    println!("{}: {} on profile {} ({})", report.instance, brother::DEVICE, report.profile, if report.changed { "changed" } else { "unchanged" });
+                    println!(
+                        "{}: {} on profile {} ({})",
+                        report.instance,
+                        brother::DEVICE,
+                        report.profile,
+                        if report.changed { "changed" } else { "unchanged" }
+                    );
                     println!("{} -> host {}", report.socket_path, report.host_socket);
                     println!("point botserver at it: {}", report.lxd_socket_env);
                 }

@@ -34,7 +34,15 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             match output {
                 Format::Json => print_json(&report)?,
                 Format::Table => {
-                    println!("{}: {}", report.instance, if report.changed.is_empty() { "unchanged".into() } else { format!("wrote {}", report.changed.join(", ")) });
+                    println!(
+                        "{}: {}",
+                        report.instance,
+                        if report.changed.is_empty() {
+                            "unchanged".into()
+                        } else {
+                            format!("wrote {}", report.changed.join(", "))
+                        }
+                    );
                     match report.reloaded_pid {
                         Some(pid) => println!("SIGHUP sent to pid {pid} ({})", report.pid_source),
                         None => println!("{}", report.pid_source),

@@ -39,8 +39,11 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let resolver: Arc<dyn Resolver> = match &args.resolver_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the resolver file {}", path.display()))?;
-            Arc::new(StaticResolver::parse(&text).map_err(|e| anyhow::anyhow!("resolver file {}: {e}", path.display()))?)
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the resolver file {}", path.display()))?;
+            Arc::new(
+                StaticResolver::parse(&text).map_err(|e| anyhow::anyhow!("resolver file {}: {e}", path.display()))?,
+            )
         }
         None => Arc::new(SystemResolver { timeout: Duration::from_secs(args.resolve_timeout.max(1)) }),
     };
@@ -62,7 +65,8 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
                         Verdict::Warn => "warn",
                         Verdict::Skip => "skip",
                     };
-                    let fix = if c.verdict == Verdict::Fail { c.fix.clone().unwrap_or_default() } else { String::new() };
+                    let fix =
+                        if c.verdict == Verdict::Fail { c.fix.clone().unwrap_or_default() } else { String::new() };
                     vec![verdict.to_string(), c.id.to_string(), c.target.clone(), c.evidence.clone(), fix]
                 })
                 .collect();

@@ -46,7 +46,14 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 Format::Table => {
                     let rows: Vec<Vec<String>> = report
                         .iter()
-                        .map(|r| vec![r.target.clone(), if r.changed.is_empty() { "-".into() } else { r.changed.join(" ") }, r.action.clone(), r.jails.join(", ")])
+                        .map(|r| {
+                            vec![
+                                r.target.clone(),
+                                if r.changed.is_empty() { "-".into() } else { r.changed.join(" ") },
+                                r.action.clone(),
+                                r.jails.join(", "),
+                            ]
+                        })
                         .collect();
                     print_table(&["WHERE", "CHANGED", "ACTION", "JAILS"], &rows);
                 }

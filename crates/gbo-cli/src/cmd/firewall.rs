@@ -46,7 +46,14 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 Format::Table => {
                     let rows: Vec<Vec<String>> = report
                         .iter()
-                        .map(|r| vec![r.target.clone(), if r.changes.is_empty() { "none".into() } else { r.changes.join("; ") }, r.persisted.to_string(), r.input_rules.join(" | ")])
+                        .map(|r| {
+                            vec![
+                                r.target.clone(),
+                                if r.changes.is_empty() { "none".into() } else { r.changes.join("; ") },
+                                r.persisted.to_string(),
+                                r.input_rules.join(" | "),
+                            ]
+                        })
                         .collect();
                     print_table(&["WHERE", "CHANGES", "PERSISTED", "INPUT"], &rows);
                 }

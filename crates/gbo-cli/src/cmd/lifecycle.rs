@@ -224,7 +224,8 @@ fn load_tenant_file(file: Option<&PathBuf>, tenant: Option<&str>) -> anyhow::Res
     };
     let mut tenant_file = match &path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading the tenant file {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading the tenant file {}", p.display()))?;
             TenantFile::parse(&text).with_context(|| format!("in {}", p.display()))?
         }
         None => TenantFile::default(),
@@ -238,7 +239,9 @@ fn load_tenant_file(file: Option<&PathBuf>, tenant: Option<&str>) -> anyhow::Res
 fn parse_ports(values: &[String]) -> anyhow::Result<BTreeMap<(Role, String), u16>> {
     let mut out = BTreeMap::new();
     for value in values {
-        let bad = || anyhow!("--port {value:?}: expected ROLE.NAME=PORT with PORT 1-65535, for example tables.postgres=15432");
+        let bad = || {
+            anyhow!("--port {value:?}: expected ROLE.NAME=PORT with PORT 1-65535, for example tables.postgres=15432")
+        };
         let (key, port) = value.split_once('=').ok_or_else(bad)?;
         let (role, name) = key.split_once('.').ok_or_else(bad)?;
         let role: Role = role.parse()?;
@@ -261,7 +264,11 @@ fn request(args: &InstallArgs) -> anyhow::Result<InstallRequest> {
     request.fallback_image = args.fallback_image.clone();
     request.stack_dir = args.stack_dir.clone();
     request.skip_unavailable = args.skip_unavailable;
-    request.artifacts = install::ArtifactPolicy { cache_dir: args.artifact_cache.clone(), download: args.download, allow_unverified: args.allow_unverified };
+    request.artifacts = install::ArtifactPolicy {
+        cache_dir: args.artifact_cache.clone(),
+        download: args.download,
+        allow_unverified: args.allow_unverified,
+    };
     request.ports = parse_ports(&args.ports)?;
     request.lock_wait = Duration::from_secs(args.lock_wait);
     Ok(request)
@@ -273,7 +280,9 @@ fn engine_error(e: InstallError) -> anyhow::Error {
 
 async fn setup(network: bool) -> anyhow::Result<Outcome> {
     let lxd = lxd()?;
-    let report = install::setup::setup(&lxd, &install::setup::SetupOptions { pool: "default".into(), network }).await.map_err(engine_error)?;
+    let report = install::setup::setup(&lxd, &install::setup::SetupOptions { pool: "default".into(), network })
+        .await
+        .map_err(engine_error)?;
     println!("LXD at {}", report.endpoint);
     for line in report.lines {
         println!("  {line}");
@@ -289,14 +298,20 @@ async fn image(command: ImageCommand) -> anyhow::Result<Outcome> {
             let spec = install::setup::image_spec(&roles, &alias, force);
             std::fs::create_dir_all(&spec.work_dir).with_context(|| format!("creating {}", spec.work_dir.display()))?;
             let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_draw_target(if std::io::stderr().is_terminal() { indicatif::ProgressDrawTarget::stderr() } else { indicatif::ProgressDrawTarget::hidden() });
+            bar.set_draw_target(if std::io::stderr().is_terminal() {
+                indicatif::ProgressDrawTarget::stderr()
+            } else {
+                indicatif::ProgressDrawTarget::hidden()
+            });
             bar.enable_steady_tick(Duration::from_millis(120));
             let progress = |stage: gbo_ops::image::BuildStage| {
                 let text = match stage {
                     gbo_ops::image::BuildStage::Reused => "an image with the same inputs exists: reused".to_string(),
                     gbo_ops::image::BuildStage::Bootstrapping => "debootstrap (about a minute)".to_string(),
                     gbo_ops::image::BuildStage::Customising => "fixing uids, masking vendor units".to_string(),
-                    gbo_ops::image::BuildStage::Importing(n) => format!("importing into LXD: {} MiB", n / (1024 * 1024)),
+                    gbo_ops::image::BuildStage::Importing(n) => {
+                        format!("importing into LXD: {} MiB", n / (1024 * 1024))
+                    }
                     gbo_ops::image::BuildStage::Done => "done".to_string(),
                 };
                 bar.set_message(text.clone());
@@ -317,7 +332,8 @@ async fn image(command: ImageCommand) -> anyhow::Result<Outcome> {
         }
         ImageCommand::List { output } => {
             let lxd = lxd()?;
-            let images: Vec<_> = lxd.images().await?.into_iter().filter(|i| i.properties.contains_key("gbo.roles")).collect();
+            let images: Vec<_> =
+                lxd.images().await?.into_iter().filter(|i| i.properties.contains_key("gbo.roles")).collect();
             if output == Format::Json {
                 let rows: Vec<serde_json::Value> = images
                     .iter()
@@ -355,7 +371,10 @@ fn components(output: Format) -> anyhow::Result<Outcome> {
     let mut rows = Vec::new();
     let mut json = Vec::new();
     for role in Role::ALL {
-        let ports: Vec<String> = gbo_components::ports(role).iter().map(|p| format!("{}/{}", p.container_port, p.protocol.as_str())).collect();
+        let ports: Vec<String> = gbo_components::ports(role)
+            .iter()
+            .map(|p| format!("{}/{}", p.container_port, p.protocol.as_str()))
+            .collect();
         let packages = gbo_components::users::role_packages(role);
         let artifacts = gbo_components::artifacts::pinned_artifacts(role);
         let software = if artifacts.is_empty() {
@@ -409,7 +428,11 @@ fn print_plan(planned: &install::PlannedInstall) {
     if planned.is_empty() {
         println!("Nothing to do: every component is converged.");
     } else {
-        println!("Plan: {} step(s) in {} component(s).", planned.step_count(), planned.components.iter().filter(|c| !c.steps.is_empty()).count());
+        println!(
+            "Plan: {} step(s) in {} component(s).",
+            planned.step_count(),
+            planned.components.iter().filter(|c| !c.steps.is_empty()).count()
+        );
     }
 }
 
@@ -472,10 +495,22 @@ async fn install_cmd(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome
         let rows: Vec<Vec<String>> = report
             .components
             .iter()
-            .map(|c| vec![c.instance.clone(), c.steps.to_string(), if c.health.healthy { "healthy".into() } else { "UNHEALTHY".into() }, c.health.detail.clone()])
+            .map(|c| {
+                vec![
+                    c.instance.clone(),
+                    c.steps.to_string(),
+                    if c.health.healthy { "healthy".into() } else { "UNHEALTHY".into() },
+                    c.health.detail.clone(),
+                ]
+            })
             .collect();
         print_table(&["CONTAINER", "CHANGES", "HEALTH", "CHECK"], &rows);
-        println!("tenant {} installed in {:.1} s (stack dir {})", report.tenant, started.elapsed().as_secs_f64(), report.stack_dir.display());
+        println!(
+            "tenant {} installed in {:.1} s (stack dir {})",
+            report.tenant,
+            started.elapsed().as_secs_f64(),
+            report.stack_dir.display()
+        );
     }
     Ok(Outcome::Ok)
 }
@@ -489,12 +524,14 @@ struct ComponentLines {
 
 impl ComponentLines {
     fn new(terminal: bool) -> Self {
-        let multi = terminal.then(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()));
+        let multi =
+            terminal.then(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()));
         Self { multi, bars: std::sync::Mutex::new(BTreeMap::new()) }
     }
 
     fn style(template: &str) -> indicatif::ProgressStyle {
-        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
     }
 
     fn show(&self, p: install::Progress) {
@@ -562,7 +599,8 @@ fn resolve_target(value: &str, tenant: Option<&TenantName>) -> anyhow::Result<(T
 
 async fn uninstall(targets: Vec<String>, tenant: Option<String>, purge: bool, yes: bool) -> anyhow::Result<Outcome> {
     let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
-    let resolved: Vec<(TenantName, Role)> = targets.iter().map(|t| resolve_target(t, tenant.as_ref())).collect::<anyhow::Result<_>>()?;
+    let resolved: Vec<(TenantName, Role)> =
+        targets.iter().map(|t| resolve_target(t, tenant.as_ref())).collect::<anyhow::Result<_>>()?;
     let lxd = lxd()?;
     if purge && !yes {
         if !std::io::stdin().is_terminal() {
@@ -618,8 +656,16 @@ async fn status(targets: Vec<String>, tenant: Option<String>, output: Format) ->
                     c.container.clone(),
                     c.state.clone(),
                     c.image.clone(),
-                    c.ports.iter().map(|p| format!("{}:{}->{}/{}", p.host_address, p.host_port, p.container_port, p.protocol)).collect::<Vec<_>>().join(" "),
-                    c.mounts.iter().map(|m| format!("{}:{}", m.host_path.display(), m.container_path)).collect::<Vec<_>>().join(" "),
+                    c.ports
+                        .iter()
+                        .map(|p| format!("{}:{}->{}/{}", p.host_address, p.host_port, p.container_port, p.protocol))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    c.mounts
+                        .iter()
+                        .map(|m| format!("{}:{}", m.host_path.display(), m.container_path))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     match &c.health {
                         Some(h) if h.healthy => format!("healthy ({})", h.detail),
                         Some(h) => format!("UNHEALTHY ({})", h.detail),
@@ -656,7 +702,14 @@ async fn state(args: TargetArgs, action: StateAction) -> anyhow::Result<Outcome>
     let results = futures_util_join(names.iter().map(|n| install::apply::set_state(&lxd, n, action))).await;
     for (name, result) in names.iter().zip(results) {
         let changed = result.map_err(engine_error)?;
-        println!("{name}: {}", if changed { format!("{action:?}ed").to_lowercase().replace("stoped", "stopped") } else { "already so".to_string() });
+        println!(
+            "{name}: {}",
+            if changed {
+                format!("{action:?}ed").to_lowercase().replace("stoped", "stopped")
+            } else {
+                "already so".to_string()
+            }
+        );
     }
     Ok(Outcome::Ok)
 }
@@ -693,7 +746,9 @@ fn terminal_size() -> (u16, u16) {
     if let Ok(out) = out {
         let text = String::from_utf8_lossy(&out.stdout);
         let mut parts = text.split_whitespace();
-        if let (Some(rows), Some(cols)) = (parts.next().and_then(|r| r.parse().ok()), parts.next().and_then(|c| c.parse().ok())) {
+        if let (Some(rows), Some(cols)) =
+            (parts.next().and_then(|r| r.parse().ok()), parts.next().and_then(|c| c.parse().ok()))
+        {
             return (cols, rows);
         }
     }
@@ -705,7 +760,8 @@ struct RawTerminal;
 
 impl RawTerminal {
     fn enter() -> Self {
-        let _ = std::process::Command::new("stty").args(["raw", "-echo"]).stdin(std::process::Stdio::inherit()).status();
+        let _ =
+            std::process::Command::new("stty").args(["raw", "-echo"]).stdin(std::process::Stdio::inherit()).status();
         RawTerminal
     }
 }
@@ -720,7 +776,14 @@ async fn logs(container: String, follow: bool, lines: u32) -> anyhow::Result<Out
     let (_, role) = gbo_components::try_parse_instance_name(&container)?;
     let name = InstanceName::new(container)?;
     let lxd = lxd()?;
-    let mut command = vec!["journalctl".to_string(), "--no-pager".into(), "-u".into(), role.unit_name(), "-n".into(), lines.to_string()];
+    let mut command = vec![
+        "journalctl".to_string(),
+        "--no-pager".into(),
+        "-u".into(),
+        role.unit_name(),
+        "-n".into(),
+        lines.to_string(),
+    ];
     if follow {
         command.push("-f".into());
     }

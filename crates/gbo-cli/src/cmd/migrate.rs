@@ -72,7 +72,8 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     let container_name = match &args.container {
         Some(c) => c.clone(),
         None => {
-            let tenant = gbo_components::TenantName::new(&args.tenant).map_err(|e| anyhow::anyhow!("invalid --tenant `{}`: {e}", args.tenant))?;
+            let tenant = gbo_components::TenantName::new(&args.tenant)
+                .map_err(|e| anyhow::anyhow!("invalid --tenant `{}`: {e}", args.tenant))?;
             gbo_components::instance_name(&tenant, gbo_components::Role::Tables)
         }
     };
@@ -111,7 +112,8 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             if let Some(f) = &report.kept_sql {
                 eprintln!("SQL kept at {}", f.display());
             }
-            let rows: Vec<Vec<String>> = report.tables.iter().map(|t| vec![t.table.clone(), t.rows.to_string(), "ok".into()]).collect();
+            let rows: Vec<Vec<String>> =
+                report.tables.iter().map(|t| vec![t.table.clone(), t.rows.to_string(), "ok".into()]).collect();
             output::print_table(&["TABLE", "ROWS", "VERIFIED"], &rows);
             println!(
                 "migrated {} from {} to {}: {} tables, {} sequences, {} streamed in {:.1} s; counts, checksums and sequences match",

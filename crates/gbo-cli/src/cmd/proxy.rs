@@ -64,7 +64,12 @@ pub struct Common {
 
 impl Common {
     fn options(&self) -> ApplyOptions {
-        ApplyOptions { allow_removal: Vec::new(), dry_run: self.dry_run, probe: !self.no_probe, probe_timeout: Duration::from_secs(self.probe_timeout) }
+        ApplyOptions {
+            allow_removal: Vec::new(),
+            dry_run: self.dry_run,
+            probe: !self.no_probe,
+            probe_timeout: Duration::from_secs(self.probe_timeout),
+        }
     }
 }
 
@@ -72,11 +77,14 @@ impl Common {
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Apply { file, common, allow_removal } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read the new Caddyfile {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the new Caddyfile {}", file.display()))?;
             let lxd = crate::output::lxd()?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
             let options = ApplyOptions { allow_removal, ..common.options() };
-            let report = proxy::apply(&lxd, &target, &text, &options).await.with_context(|| format!("{} was not applied", file.display()))?;
+            let report = proxy::apply(&lxd, &target, &text, &options)
+                .await
+                .with_context(|| format!("{} was not applied", file.display()))?;
             print_report(&report, common.output)?;
         }
         Command::Reload { common } => {
@@ -88,8 +96,12 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::PruneDeadDomains { common, resolve_timeout, resolver_file } => {
             let resolver: Box<dyn Resolver> = match &resolver_file {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the resolver file {}", path.display()))?;
-                    Box::new(StaticResolver::parse(&text).map_err(|e| anyhow::anyhow!("resolver file {}: {e}", path.display()))?)
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read the resolver file {}", path.display()))?;
+                    Box::new(
+                        StaticResolver::parse(&text)
+                            .map_err(|e| anyhow::anyhow!("resolver file {}: {e}", path.display()))?,
+                    )
                 }
                 None => Box::new(SystemResolver { timeout: Duration::from_secs(resolve_timeout.max(1)) }),
             };
@@ -104,8 +116,12 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         .iter()
                         .map(|d| {
                             let (verdict, detail) = match &d.verdict {
-                                Verdict::Alive { addresses } => ("alive", addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ")),
-                                Verdict::Dead => ("dead", if common.dry_run { "would be removed".into() } else { "removed".into() }),
+                                Verdict::Alive { addresses } => {
+                                    ("alive", addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "))
+                                }
+                                Verdict::Dead => {
+                                    ("dead", if common.dry_run { "would be removed".into() } else { "removed".into() })
+                                }
                                 Verdict::Unknown { reason } => ("unknown", reason.clone()),
                             };
                             vec![d.domain.clone(), verdict.to_string(), detail]
@@ -132,7 +148,13 @@ fn print_report(report: &ApplyReport, format: Format) -> anyhow::Result<()> {
                 let rows: Vec<Vec<String>> = report
                     .probes
                     .iter()
-                    .map(|p| vec![p.host.clone(), p.url.clone(), p.status.map(|s| s.to_string()).unwrap_or_else(|| p.error.clone().unwrap_or_default())])
+                    .map(|p| {
+                        vec![
+                            p.host.clone(),
+                            p.url.clone(),
+                            p.status.map(|s| s.to_string()).unwrap_or_else(|| p.error.clone().unwrap_or_default()),
+                        ]
+                    })
                     .collect();
                 print_table(&["SITE", "PROBED", "ANSWER"], &rows);
             }

@@ -122,7 +122,11 @@ fn span(value: Option<&str>) -> anyhow::Result<Option<Span>> {
     value.map(|v| v.parse::<Span>().map_err(anyhow::Error::from)).transpose()
 }
 
-async fn targets(lxd: &lxd_client::Client, container: Option<&str>, tenant: Option<&str>) -> anyhow::Result<Vec<ManagedInstance>> {
+async fn targets(
+    lxd: &lxd_client::Client,
+    container: Option<&str>,
+    tenant: Option<&str>,
+) -> anyhow::Result<Vec<ManagedInstance>> {
     match (container, tenant) {
         (Some(c), None) => Ok(vec![snapshot::container(lxd, c).await?]),
         (None, Some(t)) => Ok(snapshot::tenant_containers(lxd, t).await?),
@@ -174,7 +178,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::Restore { container, name, no_safety } => {
-            let name = snapshot::snapshot_name(&name).or_else(|_| lxd_client::SnapshotName::new(name.as_str()).with_context(|| format!("invalid snapshot name `{name}`")))?;
+            let name = snapshot::snapshot_name(&name).or_else(|_| {
+                lxd_client::SnapshotName::new(name.as_str()).with_context(|| format!("invalid snapshot name `{name}`"))
+            })?;
             let lxd = output::lxd()?;
             let c = snapshot::container(&lxd, &container).await?;
             let report = snapshot::restore(&lxd, &c, &name, !no_safety).await?;
@@ -184,13 +190,17 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let data = if report.data_restored.is_empty() {
                 "container only (this snapshot captured no host data)".to_string()
             } else {
-                format!("container and {}", report.data_restored.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+                format!(
+                    "container and {}",
+                    report.data_restored.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )
             };
             println!("restored {}/{}: {data}", report.container, report.snapshot);
             Ok(Outcome::Ok)
         }
         Command::Delete { container, name } => {
-            let name = lxd_client::SnapshotName::new(name.as_str()).with_context(|| format!("invalid snapshot name `{name}`"))?;
+            let name = lxd_client::SnapshotName::new(name.as_str())
+                .with_context(|| format!("invalid snapshot name `{name}`"))?;
             let lxd = output::lxd()?;
             let c = snapshot::container(&lxd, &container).await?;
             snapshot::delete(&lxd, &c, &name).await?;
@@ -211,11 +221,22 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                     let mut rows = Vec::new();
                     for r in &reports {
                         for v in &r.verdicts {
-                            let action = if v.keep() { format!("keep ({})", v.kept_by.join(", ")) } else if dry_run { "would delete".into() } else { "deleted".into() };
+                            let action = if v.keep() {
+                                format!("keep ({})", v.kept_by.join(", "))
+                            } else if dry_run {
+                                "would delete".into()
+                            } else {
+                                "deleted".into()
+                            };
                             rows.push(vec![r.container.clone(), v.name.clone(), snapshot::rfc3339(v.taken_at), action]);
                         }
                         for o in &r.orphaned_data_removed {
-                            rows.push(vec![r.container.clone(), o.clone(), String::new(), "host data of an expired snapshot removed".into()]);
+                            rows.push(vec![
+                                r.container.clone(),
+                                o.clone(),
+                                String::new(),
+                                "host data of an expired snapshot removed".into(),
+                            ]);
                         }
                     }
                     output::print_table(&["CONTAINER", "SNAPSHOT", "TAKEN AT", "ACTION"], &rows);
@@ -275,7 +296,15 @@ fn print_infos(infos: &[snapshot::SnapshotInfo], format: Format) -> anyhow::Resu
                     let covers = if i.data.is_empty() {
                         i.covers.clone()
                     } else {
-                        format!("{} ({})", i.covers, i.data.iter().map(|d| format!("{}:{}", d.host_path.display(), d.method.label())).collect::<Vec<_>>().join(", "))
+                        format!(
+                            "{} ({})",
+                            i.covers,
+                            i.data
+                                .iter()
+                                .map(|d| format!("{}:{}", d.host_path.display(), d.method.label()))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                     };
                     vec![
                         i.container.clone(),

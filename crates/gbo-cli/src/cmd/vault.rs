@@ -63,13 +63,30 @@ async fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
                 .filter(|m| m.role == "vault")
                 .flat_map(|m| m.ports.iter())
                 .find(|p| p.container_port == 8200)
-                .ok_or_else(|| anyhow::anyhow!("tenant `{}` has no Vault container with a published port 8200; give --addr or set VAULT_ADDR", target.tenant))?;
-            format!("https://{}:{}", if port.host_address.is_empty() || port.host_address == "0.0.0.0" { "127.0.0.1" } else { &port.host_address }, port.host_port)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "tenant `{}` has no Vault container with a published port 8200; give --addr or set VAULT_ADDR",
+                        target.tenant
+                    )
+                })?;
+            format!(
+                "https://{}:{}",
+                if port.host_address.is_empty() || port.host_address == "0.0.0.0" {
+                    "127.0.0.1"
+                } else {
+                    &port.host_address
+                },
+                port.host_port
+            )
         }
     };
     let ca_cert = match target.ca_cert.clone().or_else(|| env("VAULT_CACERT").map(PathBuf::from)) {
         Some(c) => Some(c),
-        None if addr.starts_with("https://") && !target.tls_skip_verify && target.addr.is_none() && env("VAULT_ADDR").is_none() => {
+        None if addr.starts_with("https://")
+            && !target.tls_skip_verify
+            && target.addr.is_none()
+            && env("VAULT_ADDR").is_none() =>
+        {
             stack_dir(&target.tenant).await?.map(|d| d.join(vault::CA_FILE)).filter(|p| p.exists())
         }
         None => None,
@@ -89,7 +106,16 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                     let s = &status.seal;
                     output::print_table(
                         &["ADDRESS", "INITIALISED", "SEALED", "THRESHOLD", "SHARES", "PROGRESS", "HEALTH", "VERSION"],
-                        &[vec![status.addr.clone(), s.initialized.to_string(), s.sealed.to_string(), s.t.to_string(), s.n.to_string(), s.progress.to_string(), format!("{} {}", status.health_code, status.health), s.version.clone()]],
+                        &[vec![
+                            status.addr.clone(),
+                            s.initialized.to_string(),
+                            s.sealed.to_string(),
+                            s.t.to_string(),
+                            s.n.to_string(),
+                            s.progress.to_string(),
+                            format!("{} {}", status.health_code, status.health),
+                            s.version.clone(),
+                        ]],
                     );
                 }
             }
@@ -104,14 +130,27 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 }
                 Some(p) => vault::read_keys_file(p)?,
                 None => {
-                    let dir = stack_dir(&target.tenant).await?.ok_or_else(|| anyhow::anyhow!("tenant `{}` records no stack dir; give --keys-file PATH (or `-` for stdin)", target.tenant))?;
+                    let dir = stack_dir(&target.tenant).await?.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "tenant `{}` records no stack dir; give --keys-file PATH (or `-` for stdin)",
+                            target.tenant
+                        )
+                    })?;
                     vault::read_keys_file(&dir.join(vault::INIT_FILE))?
                 }
             };
             let endpoint = endpoint(&target).await?;
             match vault::unseal(&endpoint, &keys).await? {
-                UnsealOutcome::AlreadyUnsealed => println!("Vault at {} is already unsealed; nothing sent", endpoint.addr),
-                UnsealOutcome::Unsealed { keys_submitted, duplicates_skipped: repeated, rejected, health_code, reset_stale_progress } => {
+                UnsealOutcome::AlreadyUnsealed => {
+                    println!("Vault at {} is already unsealed; nothing sent", endpoint.addr)
+                }
+                UnsealOutcome::Unsealed {
+                    keys_submitted,
+                    duplicates_skipped: repeated,
+                    rejected,
+                    health_code,
+                    reset_stale_progress,
+                } => {
                     if reset_stale_progress {
                         eprintln!("an earlier partial unseal was reset first");
                     }
@@ -119,7 +158,10 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         eprintln!("{repeated} duplicate key(s) in the input were not submitted again");
                     }
                     if !rejected.is_empty() {
-                        eprintln!("Vault rejected key number(s) {}", rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));
+                        eprintln!(
+                            "Vault rejected key number(s) {}",
+                            rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+                        );
                     }
                     println!("Vault at {} is unsealed ({keys_submitted} distinct key(s) submitted; sys/health {health_code} {})", endpoint.addr, vault::health_meaning(health_code));
                 }

@@ -86,12 +86,21 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                             if r.lxd {
                                 flags.push("LXD's (use gbo snapshot)");
                             }
-                            vec![r.snapshot.full_name.clone(), human(r.snapshot.used), created(r.snapshot.creation), flags.join(", ")]
+                            vec![
+                                r.snapshot.full_name.clone(),
+                                human(r.snapshot.used),
+                                created(r.snapshot.creation),
+                                flags.join(", "),
+                            ]
                         })
                         .collect();
                     output::print_table(&["SNAPSHOT", "USED", "CREATED", "NOTE"], &rows);
                     println!();
-                    let pools: Vec<Vec<String>> = usage.pools.iter().map(|p| vec![p.name.clone(), p.used.clone(), p.available.clone(), p.referenced.clone()]).collect();
+                    let pools: Vec<Vec<String>> = usage
+                        .pools
+                        .iter()
+                        .map(|p| vec![p.name.clone(), p.used.clone(), p.available.clone(), p.referenced.clone()])
+                        .collect();
                     output::print_table(&["POOL", "USED", "AVAIL", "REFER"], &pools);
                 }
             }
@@ -112,7 +121,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 return Err(zfs::ZfsError::ZeroMinimum.into());
             }
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let report = tokio::task::spawn_blocking(move || Zfs::detect()?.prune(&selected, keep_days, min_keep, now, dry_run)).await??;
+            let report =
+                tokio::task::spawn_blocking(move || Zfs::detect()?.prune(&selected, keep_days, min_keep, now, dry_run))
+                    .await??;
             match output {
                 Format::Json => output::print_json(&report)?,
                 Format::Table => {
@@ -137,7 +148,10 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             if report.failures.is_empty() {
                 Ok(Outcome::Ok)
             } else {
-                anyhow::bail!("{} snapshot(s) could not be destroyed (see above); the others were", report.failures.len())
+                anyhow::bail!(
+                    "{} snapshot(s) could not be destroyed (see above); the others were",
+                    report.failures.len()
+                )
             }
         }
         Command::InstallTimer { datasets: given, keep_days, min_keep, root } => {
@@ -171,5 +185,9 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

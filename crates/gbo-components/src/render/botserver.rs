@@ -32,7 +32,9 @@ pub struct SystemEnv<'a> {
 /// botserver's environment file. Every service is on the container's own loopback through wires.
 pub fn system_env(env: &SystemEnv<'_>) -> String {
     let mut out = String::new();
-    out.push_str("# Rendered by gbo; holds secrets. Every service is reached on 127.0.0.1 through LXD proxy devices.\n");
+    out.push_str(
+        "# Rendered by gbo; holds secrets. Every service is reached on 127.0.0.1 through LXD proxy devices.\n",
+    );
     let _ = writeln!(out, "DATABASE_URL=postgres://gbuser:{}@localhost:5432/botserver", env.tables_password);
     out.push_str("CACHE_URL=redis://localhost:6379\n");
     out.push_str("DRIVE_SERVER=http://localhost:9000\n");

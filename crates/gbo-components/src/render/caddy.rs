@@ -236,7 +236,10 @@ fn top_level_blocks(text: &str) -> Result<Vec<Block>> {
         if has_sites {
             return Err(Error::Caddyfile {
                 line: first[0].line,
-                rule: format!("{:?} is outside any block; a Caddyfile with site blocks needs braces around every site", first[0].text),
+                rule: format!(
+                    "{:?} is outside any block; a Caddyfile with site blocks needs braces around every site",
+                    first[0].text
+                ),
             });
         }
         // A single site without braces: its first line holds the addresses.

@@ -91,7 +91,9 @@ pub const MAIL_LISTENERS: &[(&str, u16, &str, bool)] = &[
 /// logs on the logs mount, the fallback administrator.
 pub fn stalwart_toml(hostname: &str, admin_password: &str) -> String {
     let mut out = String::new();
-    out.push_str("# Rendered by gbo; holds secrets. Local changes are reported as drift and replaced on the next install.\n");
+    out.push_str(
+        "# Rendered by gbo; holds secrets. Local changes are reported as drift and replaced on the next install.\n",
+    );
     let _ = writeln!(out, "server.hostname = \"{hostname}\"");
     for (id, port, protocol, implicit_tls) in MAIL_LISTENERS {
         let _ = writeln!(out, "server.listener.{id}.bind = [\"127.0.0.1:{port}\"]");

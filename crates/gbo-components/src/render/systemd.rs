@@ -152,8 +152,8 @@ pub fn command_line(args: &[String]) -> String {
 /// `$MAINPID` is kept as is: it is the one variable gbo uses on purpose (in `ExecReload=`).
 pub fn quote(arg: &str) -> String {
     let escaped = if arg == "$MAINPID" { arg.to_owned() } else { arg.replace('%', "%%").replace('$', "$$") };
-    let needs_quotes = escaped.is_empty()
-        || escaped.chars().any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'));
+    let needs_quotes =
+        escaped.is_empty() || escaped.chars().any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | ';'));
     if needs_quotes {
         format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
     } else {

@@ -26,7 +26,11 @@ pub async fn exec(lxd: &Client, name: &InstanceName, req: &ExecRequest) -> Resul
             }
             // LXD refuses to start a program it cannot find: that is exit code 127 to a shell, data not failure.
             Err(lxd_client::Error::OperationFailed { message, .. }) if message.contains("Command not found") => {
-                return Ok(ExecOutput { exit_code: 127, stdout: Vec::new(), stderr: format!("{}: {message}", req.command.join(" ")).into_bytes() });
+                return Ok(ExecOutput {
+                    exit_code: 127,
+                    stdout: Vec::new(),
+                    stderr: format!("{}: {message}", req.command.join(" ")).into_bytes(),
+                });
             }
             other => return other,
         }
@@ -34,7 +38,12 @@ pub async fn exec(lxd: &Client, name: &InstanceName, req: &ExecRequest) -> Resul
 }
 
 /// Run `argv` as `user` (uid, gid, home).
-pub async fn run_as(lxd: &Client, name: &InstanceName, user: &User, argv: &[&str]) -> Result<ExecOutput, lxd_client::Error> {
+pub async fn run_as(
+    lxd: &Client,
+    name: &InstanceName,
+    user: &User,
+    argv: &[&str],
+) -> Result<ExecOutput, lxd_client::Error> {
     let req = ExecRequest::new(argv.iter().copied())
         .user(user.uid, user.gid)
         .env("HOME", user.home.clone())
@@ -84,7 +93,13 @@ pub async fn read_opt(lxd: &Client, name: &InstanceName, path: &str) -> Result<O
 }
 
 /// Write `content` at `path` (parents created) unless it already holds exactly that. Returns whether it wrote.
-pub async fn write_if_changed(lxd: &Client, name: &InstanceName, path: &str, content: &[u8], options: FileOptions) -> Result<bool, lxd_client::Error> {
+pub async fn write_if_changed(
+    lxd: &Client,
+    name: &InstanceName,
+    path: &str,
+    content: &[u8],
+    options: FileOptions,
+) -> Result<bool, lxd_client::Error> {
     if read_opt(lxd, name, path).await?.as_deref() == Some(content) {
         return Ok(false);
     }
@@ -103,7 +118,11 @@ pub async fn has_program(lxd: &Client, name: &InstanceName, program: &str) -> Re
 }
 
 /// The first active systemd unit among `units`, `None` when none is (or there is no systemd).
-pub async fn active_unit(lxd: &Client, name: &InstanceName, units: &[&str]) -> Result<Option<String>, lxd_client::Error> {
+pub async fn active_unit(
+    lxd: &Client,
+    name: &InstanceName,
+    units: &[&str],
+) -> Result<Option<String>, lxd_client::Error> {
     for unit in units {
         if run(lxd, name, &["systemctl", "is-active", "--quiet", unit]).await?.success() {
             return Ok(Some((*unit).to_string()));

@@ -20,7 +20,8 @@ pub const STACK_DIR: &str = "/opt/gbo/bin/botserver-stack";
 /// What botui must reach botserver at.
 pub const BOTSERVER_URL: &str = "http://localhost:5858";
 /// The ports that must keep their proxy devices, per role (the seed's list).
-pub const PUBLIC_PORTS: &[(&str, &[u16])] = &[("proxy", &[80, 443]), ("email", &[25, 465, 587, 993, 995, 143, 110, 4190]), ("dns", &[53])];
+pub const PUBLIC_PORTS: &[(&str, &[u16])] =
+    &[("proxy", &[80, 443]), ("email", &[25, 465, 587, 993, 995, 143, 110, 4190]), ("dns", &[53])];
 
 /// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -181,7 +182,12 @@ fn proxy_devices(ctx: &Ctx<'_>) -> Vec<Check> {
             .collect();
         let missing: Vec<String> = ports.iter().filter(|p| !connected.contains(p)).map(u16::to_string).collect();
         let check = if missing.is_empty() {
-            Check::new("proxy-devices", &m.name, Verdict::Pass, format!("proxy devices forward {}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")))
+            Check::new(
+                "proxy-devices",
+                &m.name,
+                Verdict::Pass,
+                format!("proxy devices forward {}", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")),
+            )
         } else {
             Check::new("proxy-devices", &m.name, Verdict::Fail, format!("no proxy device forwards port {}", missing.join(", ")))
                 .fix(format!("lxc config device add {} gbo-port-<port> proxy listen=tcp:<address>:<port> connect=tcp:127.0.0.1:<port> (never remove these)", m.name))
@@ -196,7 +202,8 @@ fn alm_ci_mounts(ctx: &Ctx<'_>) -> Vec<Check> {
     if m.mounts.is_empty() {
         return vec![Check::new("alm-ci-mounts", &m.name, Verdict::Pass, "no host disk mounts")];
     }
-    let list: Vec<String> = m.mounts.iter().map(|d| format!("{} ({} -> {})", d.device, d.host_path.display(), d.container_path)).collect();
+    let list: Vec<String> =
+        m.mounts.iter().map(|d| format!("{} ({} -> {})", d.device, d.host_path.display(), d.container_path)).collect();
     vec![Check::new("alm-ci-mounts", &m.name, Verdict::Fail, format!("disk mounts: {}", list.join(", ")))
         .fix(format!("lxc config device remove {} <device>; deploy over SSH instead, then delete snapshots taken while the mounts were there", m.name))]
 }
@@ -211,7 +218,10 @@ async fn loopback_first(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> 
             continue;
         }
         let check = |rules: &[String]| match firewall::loopback_problem(rules) {
-            None => (Verdict::Pass, format!("INPUT: {}", if rules.is_empty() { "no rules".into() } else { rules.join(" | ") })),
+            None => (
+                Verdict::Pass,
+                format!("INPUT: {}", if rules.is_empty() { "no rules".into() } else { rules.join(" | ") }),
+            ),
             Some(problem) => (Verdict::Fail, problem),
         };
         let rules = match firewall::container_input_rules(ctx.lxd, &name).await {
@@ -241,24 +251,34 @@ async fn loopback_first(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> 
 async fn cache(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client::Error> {
     let (m, clis): (&ManagedInstance, Vec<String>) = match (ctx.role("cache"), ctx.role("system")) {
         (Some(m), _) => (m, vec!["valkey-cli".into(), "redis-cli".into()]),
-        (None, Some(m)) if production => (m, vec![format!("{STACK_DIR}/bin/cache/bin/valkey-cli"), "valkey-cli".into(), "redis-cli".into()]),
+        (None, Some(m)) if production => {
+            (m, vec![format!("{STACK_DIR}/bin/cache/bin/valkey-cli"), "valkey-cli".into(), "redis-cli".into()])
+        }
         _ => return Ok(vec![Check::new("cache", "-", Verdict::Skip, "no cache container and no botserver stack")]),
     };
     let name = name_of(m)?;
     let listen = inside::run(ctx.lxd, &name, &["ss", "-Hltn", "sport = :6379"]).await?;
-    let locals: Vec<String> = listen.stdout_text().lines().filter_map(|l| l.split_whitespace().nth(3)).map(str::to_string).collect();
+    let locals: Vec<String> =
+        listen.stdout_text().lines().filter_map(|l| l.split_whitespace().nth(3)).map(str::to_string).collect();
     let mut out = Vec::new();
     let bind = if locals.is_empty() {
         Check::new("cache-bind", &m.name, Verdict::Fail, "nothing listens on port 6379")
     } else if locals.iter().all(|a| a.starts_with("127.") || a.starts_with("[::1]")) {
         Check::new("cache-bind", &m.name, Verdict::Pass, format!("6379 listens on {}", locals.join(", ")))
     } else {
-        Check::new("cache-bind", &m.name, Verdict::Fail, format!("6379 listens on {} (not only 127.0.0.1)", locals.join(", ")))
+        Check::new(
+            "cache-bind",
+            &m.name,
+            Verdict::Fail,
+            format!("6379 listens on {} (not only 127.0.0.1)", locals.join(", ")),
+        )
     };
     out.push(bind.fix("bind 127.0.0.1 in the cache's configuration, then restart it"));
     let mut cli = None;
     for c in &clis {
-        if inside::has_program(ctx.lxd, &name, c).await? || inside::run(ctx.lxd, &name, &["test", "-x", c]).await?.success() {
+        if inside::has_program(ctx.lxd, &name, c).await?
+            || inside::run(ctx.lxd, &name, &["test", "-x", c]).await?.success()
+        {
             cli = Some(c.clone());
             break;
         }
@@ -266,7 +286,9 @@ async fn cache(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client
     let ping = match cli {
         None => Check::new("cache-ping", &m.name, Verdict::Fail, format!("no client found ({})", clis.join(", "))),
         Some(cli) => {
-            let out = inside::run(ctx.lxd, &name, &["timeout", "5", cli.as_str(), "-h", "127.0.0.1", "-p", "6379", "ping"]).await?;
+            let out =
+                inside::run(ctx.lxd, &name, &["timeout", "5", cli.as_str(), "-h", "127.0.0.1", "-p", "6379", "ping"])
+                    .await?;
             let answer = out.stdout_text().trim().to_string();
             if answer == "PONG" {
                 Check::new("cache-ping", &m.name, Verdict::Pass, format!("{cli} ping: PONG"))
@@ -281,18 +303,28 @@ async fn cache(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client
 }
 
 /// botui's BOTSERVER_URL: from the running process's environment, else from the unit; `None` without ui.service.
-async fn read_botui_url(lxd: &Client, name: &InstanceName) -> Result<Option<(Option<String>, String)>, lxd_client::Error> {
-    let show = inside::run(lxd, name, &["systemctl", "show", "ui.service", "--property=LoadState,MainPID,Environment"]).await?;
+async fn read_botui_url(
+    lxd: &Client,
+    name: &InstanceName,
+) -> Result<Option<(Option<String>, String)>, lxd_client::Error> {
+    let show = inside::run(lxd, name, &["systemctl", "show", "ui.service", "--property=LoadState,MainPID,Environment"])
+        .await?;
     let text = show.stdout_text();
     if text.contains("LoadState=not-found") || !show.success() {
         return Ok(None);
     }
-    let pid = text.lines().find_map(|l| l.strip_prefix("MainPID=")).and_then(|p| p.trim().parse::<u32>().ok()).unwrap_or(0);
+    let pid =
+        text.lines().find_map(|l| l.strip_prefix("MainPID=")).and_then(|p| p.trim().parse::<u32>().ok()).unwrap_or(0);
     let env: Vec<String> = if pid > 0 {
         let environ = inside::run(lxd, name, &["cat", &format!("/proc/{pid}/environ")]).await?;
         environ.stdout_text().split('\0').map(str::to_string).collect()
     } else {
-        text.lines().find_map(|l| l.strip_prefix("Environment=")).unwrap_or("").split_whitespace().map(str::to_string).collect()
+        text.lines()
+            .find_map(|l| l.strip_prefix("Environment="))
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
     };
     let url = env.iter().find_map(|e| e.strip_prefix("BOTSERVER_URL=")).map(str::to_string);
     Ok(Some((url, if pid > 0 { format!("process {pid}") } else { "ui.service (not running)".to_string() })))
@@ -304,12 +336,27 @@ async fn botserver_url(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
     let Some((url, source)) = read_botui_url(ctx.lxd, &name).await? else {
         return Ok(vec![Check::new("botui-url", &m.name, Verdict::Skip, "no ui.service")]);
     };
-    let verdict_of = |url: &Option<String>| if url.as_deref() == Some(BOTSERVER_URL) { Verdict::Pass } else { Verdict::Fail };
-    let mut check = Check::new("botui-url", &m.name, verdict_of(&url), format!("BOTSERVER_URL={} ({source})", url.as_deref().unwrap_or("(unset)")))
-        .fix(format!("Environment=BOTSERVER_URL={BOTSERVER_URL} in ui.service (a drop-in), then systemctl restart ui.service"));
+    let verdict_of =
+        |url: &Option<String>| if url.as_deref() == Some(BOTSERVER_URL) { Verdict::Pass } else { Verdict::Fail };
+    let mut check = Check::new(
+        "botui-url",
+        &m.name,
+        verdict_of(&url),
+        format!("BOTSERVER_URL={} ({source})", url.as_deref().unwrap_or("(unset)")),
+    )
+    .fix(format!(
+        "Environment=BOTSERVER_URL={BOTSERVER_URL} in ui.service (a drop-in), then systemctl restart ui.service"
+    ));
     if check.verdict == Verdict::Fail && ctx.options.fix {
         let dropin = format!("[Service]\nEnvironment=BOTSERVER_URL={BOTSERVER_URL}\n");
-        inside::write_if_changed(ctx.lxd, &name, "/etc/systemd/system/ui.service.d/gbo-botserver-url.conf", dropin.as_bytes(), FileOptions::root(0o644)).await?;
+        inside::write_if_changed(
+            ctx.lxd,
+            &name,
+            "/etc/systemd/system/ui.service.d/gbo-botserver-url.conf",
+            dropin.as_bytes(),
+            FileOptions::root(0o644),
+        )
+        .await?;
         inside::run(ctx.lxd, &name, &["systemctl", "daemon-reload"]).await?;
         inside::run(ctx.lxd, &name, &["systemctl", "restart", "ui.service"]).await?;
         if let Some((url, source)) = read_botui_url(ctx.lxd, &name).await? {
@@ -334,51 +381,108 @@ async fn caddy_live_config(lxd: &Client, name: &InstanceName) -> Result<Option<s
 }
 
 async fn caddy(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
-    let Some(m) = ctx.role("proxy") else { return Ok(vec![Check::new("caddy-storage", "-", Verdict::Skip, "no proxy container")]) };
+    let Some(m) = ctx.role("proxy") else {
+        return Ok(vec![Check::new("caddy-storage", "-", Verdict::Skip, "no proxy container")]);
+    };
     let name = name_of(m)?;
     let mut out = Vec::new();
     let live = caddy_live_config(ctx.lxd, &name).await?;
     let storage = match &live {
         Some(config) => match config.get("storage") {
             Some(s) => Check::new("caddy-storage", &m.name, Verdict::Pass, format!("running config: storage {s}")),
-            None => Check::new("caddy-storage", &m.name, Verdict::Fail, "running config has no storage: certificates live in the caddy user's home and are lost on restart"),
+            None => Check::new(
+                "caddy-storage",
+                &m.name,
+                Verdict::Fail,
+                "running config has no storage: certificates live in the caddy user's home and are lost on restart",
+            ),
         },
-        None => Check::new("caddy-storage", &m.name, Verdict::Fail, "Caddy's admin API (localhost:2019) does not answer: Caddy is not running"),
+        None => Check::new(
+            "caddy-storage",
+            &m.name,
+            Verdict::Fail,
+            "Caddy's admin API (localhost:2019) does not answer: Caddy is not running",
+        ),
     };
-    out.push(storage.fix("add `storage file_system { root /opt/gbo/data/caddy }` to the global block with gbo proxy apply"));
-    let text = inside::read_opt(ctx.lxd, &name, proxy::CADDYFILE_PATH).await?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    out.push(
+        storage.fix("add `storage file_system { root /opt/gbo/data/caddy }` to the global block with gbo proxy apply"),
+    );
+    let text = inside::read_opt(ctx.lxd, &name, proxy::CADDYFILE_PATH)
+        .await?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
     let Some(text) = text else {
-        out.push(Check::new("caddy-sites", &m.name, Verdict::Fail, format!("{} does not exist", proxy::CADDYFILE_PATH)));
+        out.push(Check::new(
+            "caddy-sites",
+            &m.name,
+            Verdict::Fail,
+            format!("{} does not exist", proxy::CADDYFILE_PATH),
+        ));
         return Ok(out);
     };
     let hosts = match Caddyfile::parse(&text) {
         Ok(c) => c.hosts(),
         Err(e) => {
-            out.push(Check::new("caddy-sites", &m.name, Verdict::Fail, format!("{} does not parse: {e}", proxy::CADDYFILE_PATH)));
+            out.push(Check::new(
+                "caddy-sites",
+                &m.name,
+                Verdict::Fail,
+                format!("{} does not parse: {e}", proxy::CADDYFILE_PATH),
+            ));
             return Ok(out);
         }
     };
-    let listing = inside::run(ctx.lxd, &name, &["sh", "-c", "ls -1t /opt/gbo/conf/config.bak-* 2>/dev/null | head -1"]).await?.stdout_text();
+    let listing = inside::run(ctx.lxd, &name, &["sh", "-c", "ls -1t /opt/gbo/conf/config.bak-* 2>/dev/null | head -1"])
+        .await?
+        .stdout_text();
     let sites = match listing.trim() {
-        "" => Check::new("caddy-sites", &m.name, Verdict::Pass, format!("{} sites; no backup to compare with", hosts.len())),
+        "" => Check::new(
+            "caddy-sites",
+            &m.name,
+            Verdict::Pass,
+            format!("{} sites; no backup to compare with", hosts.len()),
+        ),
         backup => {
-            let old = inside::read_opt(ctx.lxd, &name, backup).await?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let old = inside::read_opt(ctx.lxd, &name, backup)
+                .await?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             let old_hosts = Caddyfile::parse(&old).map(|c| c.hosts()).unwrap_or_default();
             let lost: Vec<&String> = old_hosts.iter().filter(|h| !hosts.contains(h)).collect();
             if hosts.len() < old_hosts.len() {
-                Check::new("caddy-sites", &m.name, Verdict::Fail, format!("{} sites, {} in {backup}; missing: {}", hosts.len(), old_hosts.len(), lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))
-                    .fix(format!("compare with {backup}; never replace the Caddyfile with a partial config"))
+                Check::new(
+                    "caddy-sites",
+                    &m.name,
+                    Verdict::Fail,
+                    format!(
+                        "{} sites, {} in {backup}; missing: {}",
+                        hosts.len(),
+                        old_hosts.len(),
+                        lost.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .fix(format!("compare with {backup}; never replace the Caddyfile with a partial config"))
             } else {
-                Check::new("caddy-sites", &m.name, Verdict::Pass, format!("{} sites ({} in {backup})", hosts.len(), old_hosts.len()))
+                Check::new(
+                    "caddy-sites",
+                    &m.name,
+                    Verdict::Pass,
+                    format!("{} sites ({} in {backup})", hosts.len(), old_hosts.len()),
+                )
             }
         }
     };
     out.push(sites);
     let verdicts = proxy::domain_verdicts(ctx.options.resolver.as_ref(), &text).await.unwrap_or_default();
-    let dead: Vec<&str> = verdicts.iter().filter(|d| d.verdict == DnsVerdict::Dead).map(|d| d.domain.as_str()).collect();
-    let unknown: Vec<&str> = verdicts.iter().filter(|d| matches!(d.verdict, DnsVerdict::Unknown { .. })).map(|d| d.domain.as_str()).collect();
+    let dead: Vec<&str> =
+        verdicts.iter().filter(|d| d.verdict == DnsVerdict::Dead).map(|d| d.domain.as_str()).collect();
+    let unknown: Vec<&str> = verdicts
+        .iter()
+        .filter(|d| matches!(d.verdict, DnsVerdict::Unknown { .. }))
+        .map(|d| d.domain.as_str())
+        .collect();
     let check = if !dead.is_empty() {
-        Check::new("dead-domains", &m.name, Verdict::Fail, format!("no DNS record: {}", dead.join(", "))).fix("gbo proxy prune-dead-domains (removes them, then restarts Caddy)")
+        Check::new("dead-domains", &m.name, Verdict::Fail, format!("no DNS record: {}", dead.join(", ")))
+            .fix("gbo proxy prune-dead-domains (removes them, then restarts Caddy)")
     } else if !unknown.is_empty() {
         Check::new("dead-domains", &m.name, Verdict::Warn, format!("could not resolve: {}", unknown.join(", ")))
     } else {
@@ -409,7 +513,8 @@ async fn coredns_acl(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
     Ok(vec![if missing.is_empty() {
         Check::new("coredns-acl", &m.name, Verdict::Pass, format!("every block of {path} has the acl"))
     } else {
-        Check::new("coredns-acl", &m.name, Verdict::Fail, format!("no acl in {path} for {}", missing.join(", "))).fix("gbo dns apply --zone <zone>... (renders the acl and SIGHUPs CoreDNS)")
+        Check::new("coredns-acl", &m.name, Verdict::Fail, format!("no acl in {path} for {}", missing.join(", ")))
+            .fix("gbo dns apply --zone <zone>... (renders the acl and SIGHUPs CoreDNS)")
     }])
 }
 
@@ -423,7 +528,15 @@ async fn fail2ban_jails(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> 
         let mut check = if jails.iter().any(|j| j == jail) {
             Check::new("fail2ban", &m.name, Verdict::Pass, format!("running jails: {}", jails.join(", ")))
         } else {
-            Check::new("fail2ban", &m.name, Verdict::Fail, format!("jail {jail} is not running (running: {})", if jails.is_empty() { "none".into() } else { jails.join(", ") }))
+            Check::new(
+                "fail2ban",
+                &m.name,
+                Verdict::Fail,
+                format!(
+                    "jail {jail} is not running (running: {})",
+                    if jails.is_empty() { "none".into() } else { jails.join(", ") }
+                ),
+            )
         }
         .fix("gbo fail2ban apply --tenant <tenant>");
         if check.verdict == Verdict::Fail && ctx.options.fix {
@@ -446,7 +559,9 @@ async fn vault(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client
     };
     let name = name_of(m)?;
     for binary in binaries {
-        if !(inside::has_program(ctx.lxd, &name, &binary).await? || inside::run(ctx.lxd, &name, &["test", "-x", &binary]).await?.success()) {
+        if !(inside::has_program(ctx.lxd, &name, &binary).await?
+            || inside::run(ctx.lxd, &name, &["test", "-x", &binary]).await?.success())
+        {
             continue;
         }
         // `vault status`: exit 0 unsealed, 2 sealed, 1 error (documented).
@@ -457,8 +572,14 @@ async fn vault(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client
         let out = inside::exec(ctx.lxd, &name, &req).await?;
         let check = match out.exit_code {
             0 => Check::new("vault-unsealed", &m.name, Verdict::Pass, "vault status: unsealed"),
-            2 => Check::new("vault-unsealed", &m.name, Verdict::Fail, "vault status: sealed").fix("gbo vault unseal --tenant <tenant>"),
-            _ => Check::new("vault-unsealed", &m.name, Verdict::Fail, format!("vault status failed: {}", inside::failure_text(&out))),
+            2 => Check::new("vault-unsealed", &m.name, Verdict::Fail, "vault status: sealed")
+                .fix("gbo vault unseal --tenant <tenant>"),
+            _ => Check::new(
+                "vault-unsealed",
+                &m.name,
+                Verdict::Fail,
+                format!("vault status failed: {}", inside::failure_text(&out)),
+            ),
         };
         return Ok(vec![check]);
     }
@@ -471,16 +592,30 @@ async fn botserver_owner(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error>
     let path = "/opt/gbo/bin/botserver";
     let out = inside::run(ctx.lxd, &name, &["stat", "-c", "%U:%G", path]).await?;
     if !out.success() {
-        return Ok(vec![Check::new("botserver-owner", &m.name, Verdict::Warn, format!("{path} does not exist (not deployed yet)"))]);
+        return Ok(vec![Check::new(
+            "botserver-owner",
+            &m.name,
+            Verdict::Warn,
+            format!("{path} does not exist (not deployed yet)"),
+        )]);
     }
     let owner = out.stdout_text().trim().to_string();
     let fix = format!("chown gbuser:gbuser {path}");
     let mut check = if owner.starts_with("gbuser:") {
         Check::new("botserver-owner", &m.name, Verdict::Pass, format!("{path} owned by {owner}"))
     } else {
-        Check::new("botserver-owner", &m.name, Verdict::Fail, format!("{path} owned by {owner}: scp as gbuser will fail")).fix(fix)
+        Check::new(
+            "botserver-owner",
+            &m.name,
+            Verdict::Fail,
+            format!("{path} owned by {owner}: scp as gbuser will fail"),
+        )
+        .fix(fix)
     };
-    if check.verdict == Verdict::Fail && ctx.options.fix && inside::run(ctx.lxd, &name, &["chown", "gbuser:gbuser", path]).await?.success() {
+    if check.verdict == Verdict::Fail
+        && ctx.options.fix
+        && inside::run(ctx.lxd, &name, &["chown", "gbuser:gbuser", path]).await?.success()
+    {
         let owner = inside::run(ctx.lxd, &name, &["stat", "-c", "%U:%G", path]).await?.stdout_text().trim().to_string();
         check.fixed = owner.starts_with("gbuser:");
         check.verdict = if check.fixed { Verdict::Pass } else { Verdict::Fail };
@@ -513,21 +648,34 @@ async fn zfs_space(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
         let dataset = pool.config.get("zfs.pool_name").cloned().unwrap_or_else(|| pool.name.clone());
         let run = |args: Vec<String>| crate::runner::HostCommand::new("zfs").args(args).run();
         let total = run(vec!["list".into(), "-H".into(), "-o".into(), "used,avail".into(), dataset.clone()]);
-        let snaps = run(vec!["list".into(), "-H".into(), "-t".into(), "snapshot".into(), "-o".into(), "used".into(), "-r".into(), dataset.clone()]);
+        let snaps = run(vec![
+            "list".into(),
+            "-H".into(),
+            "-t".into(),
+            "snapshot".into(),
+            "-o".into(),
+            "used".into(),
+            "-r".into(),
+            dataset.clone(),
+        ]);
         let check = match (total, snaps) {
             (Ok(total), Ok(snaps)) => {
                 let fields: Vec<f64> = total.split_whitespace().filter_map(parse_zfs_size).collect();
                 let size = fields.iter().sum::<f64>().max(1.0);
                 let used: f64 = snaps.lines().filter_map(parse_zfs_size).sum();
                 let percent = used * 100.0 / size;
-                let evidence = format!("snapshots of {dataset} use {:.1} GiB, {percent:.1}% of the pool", used / 1024f64.powi(3));
+                let evidence =
+                    format!("snapshots of {dataset} use {:.1} GiB, {percent:.1}% of the pool", used / 1024f64.powi(3));
                 if percent > f64::from(ctx.options.zfs_snapshot_percent) {
-                    Check::new("zfs-snapshots", "host", Verdict::Fail, evidence).fix("gbo zfs prune (delete stale snapshots, especially of containers that had cross mounts)")
+                    Check::new("zfs-snapshots", "host", Verdict::Fail, evidence)
+                        .fix("gbo zfs prune (delete stale snapshots, especially of containers that had cross mounts)")
                 } else {
                     Check::new("zfs-snapshots", "host", Verdict::Pass, evidence)
                 }
             }
-            (Err(e), _) | (_, Err(e)) => Check::new("zfs-snapshots", "host", Verdict::Fail, format!("cannot read ZFS usage: {e}")),
+            (Err(e), _) | (_, Err(e)) => {
+                Check::new("zfs-snapshots", "host", Verdict::Fail, format!("cannot read ZFS usage: {e}"))
+            }
         };
         out.push(check);
     }
@@ -545,10 +693,20 @@ async fn brother_socket(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> 
     let name = name_of(m)?;
     let present = brother::socket_present(ctx.lxd, &name, &listen, Duration::from_secs(1)).await?;
     let mut check = if present {
-        Check::new("brother-socket", &m.name, Verdict::Pass, format!("{listen} is a socket (connects to the host's {connect})"))
+        Check::new(
+            "brother-socket",
+            &m.name,
+            Verdict::Pass,
+            format!("{listen} is a socket (connects to the host's {connect})"),
+        )
     } else {
-        Check::new("brother-socket", &m.name, Verdict::Fail, format!("the lxd-sock device listens on {listen}, but there is no socket there"))
-            .fix(format!("gbo brother enable (listens on {}, which survives restarts)", brother::DEFAULT_SOCKET_PATH))
+        Check::new(
+            "brother-socket",
+            &m.name,
+            Verdict::Fail,
+            format!("the lxd-sock device listens on {listen}, but there is no socket there"),
+        )
+        .fix(format!("gbo brother enable (listens on {}, which survives restarts)", brother::DEFAULT_SOCKET_PATH))
     };
     if present && (listen.starts_with("/tmp/") || listen.starts_with("/run/")) {
         check.verdict = Verdict::Warn;

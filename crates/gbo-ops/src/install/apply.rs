@@ -43,7 +43,8 @@ pub struct ApplyContext<'a> {
 }
 
 fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
-    InstanceName::new(desired.instance.clone()).map_err(InstallError::lxd(format!("instance name {}", desired.instance)))
+    InstanceName::new(desired.instance.clone())
+        .map_err(InstallError::lxd(format!("instance name {}", desired.instance)))
 }
 
 async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
@@ -53,9 +54,18 @@ async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -
 }
 
 /// The stdout of a finished exec, or the error naming the command, its exit code and the end of its stderr.
-pub(super) fn checked(name: &InstanceName, command: String, output: lxd_client::ExecOutput) -> Result<String, InstallError> {
+pub(super) fn checked(
+    name: &InstanceName,
+    command: String,
+    output: lxd_client::ExecOutput,
+) -> Result<String, InstallError> {
     if !output.success() {
-        return Err(InstallError::Command { instance: name.to_string(), command, code: output.exit_code, stderr: observe::tail(&output.stderr_text()) });
+        return Err(InstallError::Command {
+            instance: name.to_string(),
+            command,
+            code: output.exit_code,
+            stderr: observe::tail(&output.stderr_text()),
+        });
     }
     Ok(output.stdout_text())
 }
@@ -65,9 +75,14 @@ pub(super) fn checked(name: &InstanceName, command: String, output: lxd_client::
 /// drops, and a killed init step can leave its `creates` path behind half done (`initdb` writes `PG_VERSION`
 /// first): the next run would take it as done. A run that finds the task still running waits for it before
 /// planning (`wait_instance_idle`), then sees the finished result.
-async fn exec_detached_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
+async fn exec_detached_checked(
+    lxd: &Client,
+    name: &InstanceName,
+    request: ExecRequest,
+) -> Result<String, InstallError> {
     let command = request.command.join(" ");
-    let output = lxd.exec_recorded(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
+    let output =
+        lxd.exec_recorded(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
     checked(name, command, output)
 }
 
@@ -83,7 +98,11 @@ pub async fn wait_for_systemd(lxd: &Client, name: &InstanceName) -> Result<(), I
             }
         }
         if std::time::Instant::now() > deadline {
-            return Err(InstallError::Unhealthy { instance: name.to_string(), waited_secs: 90, reason: "systemd did not come up".into() });
+            return Err(InstallError::Unhealthy {
+                instance: name.to_string(),
+                waited_secs: 90,
+                reason: "systemd did not come up".into(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -94,7 +113,8 @@ pub fn write_host_file(path: &Path, content: &[u8], mode: u32, uid: u32, gid: u3
     let parent = path.parent().ok_or_else(|| InstallError::BadInput(format!("{} has no parent", path.display())))?;
     if !parent.exists() {
         std::fs::create_dir_all(parent).map_err(InstallError::io(format!("creating {}", parent.display())))?;
-        std::os::unix::fs::chown(parent, Some(uid), Some(gid)).map_err(InstallError::io(format!("chown {}", parent.display())))?;
+        std::os::unix::fs::chown(parent, Some(uid), Some(gid))
+            .map_err(InstallError::io(format!("chown {}", parent.display())))?;
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = parent.join(format!(".{name}.gbo-tmp"));
@@ -107,14 +127,23 @@ pub fn write_host_file(path: &Path, content: &[u8], mode: u32, uid: u32, gid: u3
         .map_err(InstallError::io(format!("creating {}", tmp.display())))?;
     file.write_all(content).map_err(InstallError::io(format!("writing {}", tmp.display())))?;
     drop(file);
-    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(InstallError::io(format!("chown {}", tmp.display())))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(InstallError::io(format!("chmod {}", tmp.display())))?;
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+        .map_err(InstallError::io(format!("chown {}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(InstallError::io(format!("chmod {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(InstallError::io(format!("renaming to {}", path.display())))
 }
 
-async fn push_file(lxd: &Client, name: &InstanceName, file: &gbo_components::RenderedFile, replace_symlink: bool) -> Result<(), InstallError> {
+async fn push_file(
+    lxd: &Client,
+    name: &InstanceName,
+    file: &gbo_components::RenderedFile,
+    replace_symlink: bool,
+) -> Result<(), InstallError> {
     if replace_symlink {
-        lxd.delete_file(name, &file.path).await.map_err(InstallError::lxd(format!("removing symlink {} in {name}", file.path)))?;
+        lxd.delete_file(name, &file.path)
+            .await
+            .map_err(InstallError::lxd(format!("removing symlink {} in {name}", file.path)))?;
     }
     let options = FileOptions::owned(file.uid, file.gid, file.mode);
     let bytes = bytes_of(&file.content);
@@ -123,10 +152,14 @@ async fn push_file(lxd: &Client, name: &InstanceName, file: &gbo_components::Ren
         Err(e) if e.is_not_found() => {
             if let Some((parent, _)) = file.path.rsplit_once('/') {
                 if !parent.is_empty() {
-                    lxd.mkdir_all(name, parent, FileOptions::root(0o755)).await.map_err(InstallError::lxd(format!("creating {parent} in {name}")))?;
+                    lxd.mkdir_all(name, parent, FileOptions::root(0o755))
+                        .await
+                        .map_err(InstallError::lxd(format!("creating {parent} in {name}")))?;
                 }
             }
-            lxd.push_bytes(name, &file.path, bytes, options).await.map_err(InstallError::lxd(format!("pushing {} into {name}", file.path)))
+            lxd.push_bytes(name, &file.path, bytes, options)
+                .await
+                .map_err(InstallError::lxd(format!("pushing {} into {name}", file.path)))
         }
         Err(e) => Err(InstallError::lxd(format!("pushing {} into {name}", file.path))(e)),
     }
@@ -165,7 +198,8 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                     request = request.config(k.clone(), v.clone());
                 }
                 for (device, config) in &desired.devices {
-                    let device = lxd_client::DeviceName::new(device.clone()).map_err(InstallError::lxd(format!("device name {device}")))?;
+                    let device = lxd_client::DeviceName::new(device.clone())
+                        .map_err(InstallError::lxd(format!("device name {device}")))?;
                     request = request.device(&device, config.clone());
                 }
                 let context = match server {
@@ -184,7 +218,11 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                     .map_err(InstallError::io(format!("chown {}", path.display())))?;
                 boundary(Edge::After, desired, step)?;
             }
-            Action::SetConfig { .. } | Action::UnsetConfig { .. } | Action::AddDevice { .. } | Action::ReplaceDevice { .. } | Action::RemoveDevice { .. } => {
+            Action::SetConfig { .. }
+            | Action::UnsetConfig { .. }
+            | Action::AddDevice { .. }
+            | Action::ReplaceDevice { .. }
+            | Action::RemoveDevice { .. } => {
                 config_changes.push(step);
             }
             Action::StartInstance => {
@@ -218,10 +256,16 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
 
 async fn current_base(lxd: &Client, name: &InstanceName) -> Result<u32, InstallError> {
     let instance = lxd.instance(name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
-    idmap_base(&instance).ok_or_else(|| InstallError::BadInput(format!("{name}: cannot read its idmap (volatile.idmap.next)")))
+    idmap_base(&instance)
+        .ok_or_else(|| InstallError::BadInput(format!("{name}: cannot read its idmap (volatile.idmap.next)")))
 }
 
-async fn flush_config(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceName, changes: &mut Vec<&Step>) -> Result<(), InstallError> {
+async fn flush_config(
+    ctx: &ApplyContext<'_>,
+    desired: &Desired,
+    name: &InstanceName,
+    changes: &mut Vec<&Step>,
+) -> Result<(), InstallError> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -261,7 +305,13 @@ async fn flush_config(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instance
     Ok(())
 }
 
-async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceName, steps: &[Step], probe: &plan::Probe) -> Result<(), InstallError> {
+async fn run_provision(
+    ctx: &ApplyContext<'_>,
+    desired: &Desired,
+    name: &InstanceName,
+    steps: &[Step],
+    probe: &plan::Probe,
+) -> Result<(), InstallError> {
     let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
     let lxd = ctx.lxd;
     // An image gbo did not build gets the fixed-uid users and the role's packages first (see `packages`).
@@ -288,7 +338,13 @@ async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instanc
                 let Some(placed) = desired.files.iter().find(|f| &f.file.path == path) else { continue };
                 let base = current_base(lxd, name).await?;
                 say(step.describe());
-                write_host_file(host_path, placed.file.content.as_bytes(), placed.file.mode, host_id(base, placed.file.uid), host_id(base, placed.file.gid))?;
+                write_host_file(
+                    host_path,
+                    placed.file.content.as_bytes(),
+                    placed.file.mode,
+                    host_id(base, placed.file.uid),
+                    host_id(base, placed.file.gid),
+                )?;
             }
             Action::PushFile { path } => {
                 let Some(placed) = desired.files.iter().find(|f| &f.file.path == path) else { continue };
@@ -297,16 +353,25 @@ async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instanc
                 push_file(lxd, name, &placed.file, symlink).await?;
             }
             Action::InstallArtifact { name: artifact_name, path, .. } => {
-                let Some(artifact) = plan::artifact_list(&desired.spec).into_iter().find(|a| a.name == artifact_name) else { continue };
+                let Some(artifact) = plan::artifact_list(&desired.spec).into_iter().find(|a| a.name == artifact_name)
+                else {
+                    continue;
+                };
                 say(step.describe());
                 let download = artifact::fetch(ctx.artifacts, artifact).await?;
                 let scratch = tempfile_dir()?;
                 let file = artifact::unpack(artifact, &download, scratch.path()).await?;
                 if let Some((parent, _)) = path.rsplit_once('/') {
-                    lxd.mkdir_all(name, parent, FileOptions::owned(1000, 1000, 0o755)).await.map_err(InstallError::lxd(format!("creating {parent} in {name}")))?;
+                    lxd.mkdir_all(name, parent, FileOptions::owned(1000, 1000, 0o755))
+                        .await
+                        .map_err(InstallError::lxd(format!("creating {parent} in {name}")))?;
                 }
-                let reader = tokio::fs::File::open(&file).await.map_err(InstallError::io(format!("opening {}", file.display())))?;
-                lxd.push_file(name, path, reader, FileOptions::owned(1000, 1000, 0o755)).await.map_err(InstallError::lxd(format!("pushing {path} into {name}")))?;
+                let reader = tokio::fs::File::open(&file)
+                    .await
+                    .map_err(InstallError::io(format!("opening {}", file.display())))?;
+                lxd.push_file(name, path, reader, FileOptions::owned(1000, 1000, 0o755))
+                    .await
+                    .map_err(InstallError::lxd(format!("pushing {path} into {name}")))?;
             }
             Action::MaskUnit { unit } => {
                 say(step.describe());
@@ -317,11 +382,18 @@ async fn run_provision(ctx: &ApplyContext<'_>, desired: &Desired, name: &Instanc
             }
             Action::RunInit { name: init_name, after_start } => {
                 let phase = if *after_start { InitPhase::AfterStart } else { InitPhase::BeforeStart };
-                let Some(init) = desired.spec.init.iter().find(|i| i.name == init_name && i.phase == phase) else { continue };
+                let Some(init) = desired.spec.init.iter().find(|i| i.name == init_name && i.phase == phase) else {
+                    continue;
+                };
                 say(step.describe());
-                let user = gbo_components::users::service_user(init.user)
-                    .ok_or_else(|| InstallError::BadInput(format!("init step {init_name}: unknown user {}", init.user)))?;
-                let request = ExecRequest::new(init.command.clone()).user(user.uid, user.gid).cwd("/").env("HOME", user.home).timeout(Duration::from_secs(300));
+                let user = gbo_components::users::service_user(init.user).ok_or_else(|| {
+                    InstallError::BadInput(format!("init step {init_name}: unknown user {}", init.user))
+                })?;
+                let request = ExecRequest::new(init.command.clone())
+                    .user(user.uid, user.gid)
+                    .cwd("/")
+                    .env("HOME", user.home)
+                    .timeout(Duration::from_secs(300));
                 exec_detached_checked(lxd, name, request).await?;
             }
             Action::StartUnit { unit } => {

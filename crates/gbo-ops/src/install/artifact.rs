@@ -37,7 +37,9 @@ impl Default for ArtifactPolicy {
 /// The cache file of an artifact: name, version and a hash of the URL and pin, so a changed pin never reuses a
 /// stale download.
 pub fn cache_path(policy: &ArtifactPolicy, artifact: &Artifact) -> PathBuf {
-    let key = hex::encode(Sha256::digest(format!("{}\n{}", artifact.url, artifact.sha256.as_deref().unwrap_or("")).as_bytes()));
+    let key = hex::encode(Sha256::digest(
+        format!("{}\n{}", artifact.url, artifact.sha256.as_deref().unwrap_or("")).as_bytes(),
+    ));
     policy.cache_dir.join(format!("{}-{}-{}", artifact.name, sanitize(&artifact.version), &key[..16]))
 }
 
@@ -113,7 +115,8 @@ pub async fn fetch(policy: &ArtifactPolicy, artifact: &Artifact) -> Result<PathB
             return Ok(path);
         }
     }
-    std::fs::create_dir_all(&policy.cache_dir).map_err(InstallError::io(format!("creating {}", policy.cache_dir.display())))?;
+    std::fs::create_dir_all(&policy.cache_dir)
+        .map_err(InstallError::io(format!("creating {}", policy.cache_dir.display())))?;
     let partial = path.with_extension("partial");
     let response = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(15))
@@ -126,7 +129,8 @@ pub async fn fetch(policy: &ArtifactPolicy, artifact: &Artifact) -> Result<PathB
     if !response.status().is_success() {
         return Err(artifact_error(artifact, format!("GET {} answered {}", artifact.url, response.status())));
     }
-    let mut file = tokio::fs::File::create(&partial).await.map_err(InstallError::io(format!("creating {}", partial.display())))?;
+    let mut file =
+        tokio::fs::File::create(&partial).await.map_err(InstallError::io(format!("creating {}", partial.display())))?;
     let mut hasher = Sha256::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -142,7 +146,10 @@ pub async fn fetch(policy: &ArtifactPolicy, artifact: &Artifact) -> Result<PathB
             let _ = std::fs::remove_file(&partial);
             return Err(artifact_error(
                 artifact,
-                format!("checksum mismatch for {}: expected sha256 {expected}, got {actual}; the download was discarded", artifact.url),
+                format!(
+                    "checksum mismatch for {}: expected sha256 {expected}, got {actual}; the download was discarded",
+                    artifact.url
+                ),
             ));
         }
     }
@@ -155,15 +162,41 @@ pub async fn unpack(artifact: &Artifact, download: &Path, out_dir: &Path) -> Res
     match &artifact.unpack {
         ArtifactKind::SingleBinary => Ok(download.to_path_buf()),
         ArtifactKind::TarGzMember { member } => {
-            HostCommand::new("tar").arg("-xzf").arg(download).arg("-C").arg(out_dir).arg(*member).run_async().await.map_err(|e| artifact_error(artifact, e.to_string()))?;
+            HostCommand::new("tar")
+                .arg("-xzf")
+                .arg(download)
+                .arg("-C")
+                .arg(out_dir)
+                .arg(*member)
+                .run_async()
+                .await
+                .map_err(|e| artifact_error(artifact, e.to_string()))?;
             Ok(out_dir.join(member))
         }
         ArtifactKind::ZipMember { member } => {
-            HostCommand::new("unzip").arg("-o").arg("-q").arg(download).arg(*member).arg("-d").arg(out_dir).run_async().await.map_err(|e| artifact_error(artifact, e.to_string()))?;
+            HostCommand::new("unzip")
+                .arg("-o")
+                .arg("-q")
+                .arg(download)
+                .arg(*member)
+                .arg("-d")
+                .arg(out_dir)
+                .run_async()
+                .await
+                .map_err(|e| artifact_error(artifact, e.to_string()))?;
             Ok(out_dir.join(member))
         }
         ArtifactKind::ZipDirectory { prefix } => {
-            HostCommand::new("unzip").arg("-o").arg("-q").arg(download).arg(format!("{prefix}*")).arg("-d").arg(out_dir).run_async().await.map_err(|e| artifact_error(artifact, e.to_string()))?;
+            HostCommand::new("unzip")
+                .arg("-o")
+                .arg("-q")
+                .arg(download)
+                .arg(format!("{prefix}*"))
+                .arg("-d")
+                .arg(out_dir)
+                .run_async()
+                .await
+                .map_err(|e| artifact_error(artifact, e.to_string()))?;
             Ok(out_dir.join(prefix.trim_end_matches('/')))
         }
         other => Err(artifact_error(artifact, format!("unsupported artifact kind {other:?}"))),

@@ -46,7 +46,9 @@ pub enum InstallError {
         fix: String,
     },
     /// The image lacks the packages of some roles.
-    #[error("image {alias:?} does not carry the packages of {roles} (it has: {has}){removed}; rebuild it with `{fix}`")]
+    #[error(
+        "image {alias:?} does not carry the packages of {roles} (it has: {has}){removed}; rebuild it with `{fix}`"
+    )]
     ImageLacksRoles {
         /// The alias.
         alias: String,

@@ -99,7 +99,9 @@ static COUNTED: AtomicU64 = AtomicU64::new(0);
 pub fn boundary(edge: Edge, instance: &str, step: impl FnOnce() -> String) -> Result<(), InstallError> {
     let Some(fault) = FAULT.get_or_init(Fault::from_env) else { return Ok(()) };
     if let Some(Err(value)) = &fault.at {
-        return Err(InstallError::BadInput(format!("{ENV_AT_BOUNDARY}={value:?}: expected a boundary number, 1 or more")));
+        return Err(InstallError::BadInput(format!(
+            "{ENV_AT_BOUNDARY}={value:?}: expected a boundary number, 1 or more"
+        )));
     }
     if let Some((path, error)) = &fault.trace_error {
         return Err(InstallError::BadInput(format!("{ENV_TRACE}={path:?}: cannot open it for appending: {error}")));
@@ -111,7 +113,12 @@ pub fn boundary(edge: Edge, instance: &str, step: impl FnOnce() -> String) -> Re
     };
     let abort = counts && matches!(fault.at, Some(Ok(at)) if COUNTED.fetch_add(1, Ordering::SeqCst) + 1 == at);
     if let Some(mut file) = fault.trace.as_ref() {
-        let line = format!("{seq}\t{}\t{instance}\t{}{}\n", edge.as_str(), step().replace(['\t', '\n'], " "), if abort { "\tabort" } else { "" });
+        let line = format!(
+            "{seq}\t{}\t{instance}\t{}{}\n",
+            edge.as_str(),
+            step().replace(['\t', '\n'], " "),
+            if abort { "\tabort" } else { "" }
+        );
         // One write of the whole line on an O_APPEND file: lines of concurrent components never interleave.
         let _ = file.write_all(line.as_bytes());
     }

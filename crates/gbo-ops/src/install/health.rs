@@ -72,7 +72,10 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
                         Err(e) => Health::bad(format!("SELECT 1 at {addr}: {}", redact(&e.to_string(), password))),
                     }
                 }
-                Err(e) => Health::bad(format!("login as {user} to {database} at {addr}: {}", redact(&e.to_string(), password))),
+                Err(e) => Health::bad(format!(
+                    "login as {user} to {database} at {addr}: {}",
+                    redact(&e.to_string(), password)
+                )),
             }
         }
         HealthCheck::RedisPing { .. } => {
@@ -94,7 +97,9 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
         HealthCheck::Http { path, expect, .. } => {
             let result = async {
                 let mut stream = TcpStream::connect(addr).await?;
-                let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: gbo-health\r\nConnection: close\r\n\r\n");
+                let request = format!(
+                    "GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: gbo-health\r\nConnection: close\r\n\r\n"
+                );
                 stream.write_all(request.as_bytes()).await?;
                 let mut buf = Vec::new();
                 let mut limited = stream.take(4096);
@@ -105,10 +110,17 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
             match result {
                 Ok(buf) => {
                     let text = String::from_utf8_lossy(&buf);
-                    let status = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse::<u16>().ok());
+                    let status = text
+                        .lines()
+                        .next()
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|s| s.parse::<u16>().ok());
                     match status {
                         Some(code) if expect.contains(code) => Health::ok(format!("GET {path} -> {code} at {addr}")),
-                        Some(code) => Health::bad(format!("GET {path} -> {code} at {addr} (expected {}-{})", expect.min, expect.max)),
+                        Some(code) => Health::bad(format!(
+                            "GET {path} -> {code} at {addr} (expected {}-{})",
+                            expect.min, expect.max
+                        )),
                         None => Health::bad(format!("GET {path} at {addr}: no HTTP answer")),
                     }
                 }

@@ -55,12 +55,23 @@ pub async fn acquire(stack_dir: &Path, tenant: &str, wait: Duration) -> Result<T
                     let mut holder = String::new();
                     let _ = file.rewind();
                     let _ = file.read_to_string(&mut holder);
-                    let holder = if holder.trim().is_empty() { "another gbo process".to_string() } else { holder.trim().to_string() };
-                    return Err(InstallError::Locked { tenant: tenant.to_string(), holder, path, waited_secs: start.elapsed().as_secs() });
+                    let holder = if holder.trim().is_empty() {
+                        "another gbo process".to_string()
+                    } else {
+                        holder.trim().to_string()
+                    };
+                    return Err(InstallError::Locked {
+                        tenant: tenant.to_string(),
+                        holder,
+                        path,
+                        waited_secs: start.elapsed().as_secs(),
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(InstallError::io(format!("locking {}", path.display()))(e)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(InstallError::io(format!("locking {}", path.display()))(e))
+            }
         }
     }
     let argv: Vec<String> = std::env::args().collect();

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gbo_components::{
-    component, instance_name, install_order, required_secrets, HealthCheck, HostPorts, RenderContext, Role, SecretSpec,
+    component, install_order, instance_name, required_secrets, HealthCheck, HostPorts, RenderContext, Role, SecretSpec,
     Secrets, TenantFile, TenantName, CATALOGUE_VERSION,
 };
 use lxd_client::{Client, DeviceConfig, DeviceName, DiskDevice, InstanceSource, ProxyAddress, ProxyDevice};
@@ -241,7 +241,8 @@ struct TenantScope {
 
 async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, InstallError> {
     let tenant = request.tenant_file.tenant.clone();
-    let instances = inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let instances =
+        inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
     let recorded = instances.iter().find_map(|m| m.stack_dir.clone());
     let stack_dir = match (&request.stack_dir, &recorded) {
         (Some(flag), Some(recorded)) => {
@@ -268,15 +269,25 @@ async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, In
         request.roles.clone()
     };
     requested.dedup();
-    let installed: Vec<Role> = instances.iter().filter(|m| m.managed).filter_map(|m| m.role.parse::<Role>().ok()).collect();
+    let installed: Vec<Role> =
+        instances.iter().filter(|m| m.managed).filter_map(|m| m.role.parse::<Role>().ok()).collect();
     let mut notes = Vec::new();
     let with_deps = gbo_components::with_dependencies(&requested);
     for role in &with_deps {
         if !requested.contains(role) && !installed.contains(role) {
-            notes.push(format!("{role} added: a dependency of {}", requested.iter().filter(|r| r.dependencies().contains(role)).map(|r| r.as_str()).collect::<Vec<_>>().join(", ")));
+            notes.push(format!(
+                "{role} added: a dependency of {}",
+                requested
+                    .iter()
+                    .filter(|r| r.dependencies().contains(role))
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
     }
-    let to_install: Vec<Role> = with_deps.into_iter().filter(|r| requested.contains(r) || !installed.contains(r)).collect();
+    let to_install: Vec<Role> =
+        with_deps.into_iter().filter(|r| requested.contains(r) || !installed.contains(r)).collect();
     let mut all: BTreeSet<Role> = to_install.iter().copied().collect();
     all.extend(installed.iter().copied());
     Ok(TenantScope { tenant, stack_dir, to_install, all_roles: all.into_iter().collect(), instances, notes })
@@ -313,7 +324,8 @@ pub struct ResolvedImage {
 /// when none has).
 pub(super) fn build_fix(roles: &[Role], alias: &str) -> String {
     let packaged = |r: &Role| !gbo_components::users::role_packages(*r).is_empty();
-    let mut names: Vec<&str> = Role::ALL.iter().filter(|r| roles.contains(r) && packaged(r)).map(|r| r.as_str()).collect();
+    let mut names: Vec<&str> =
+        Role::ALL.iter().filter(|r| roles.contains(r) && packaged(r)).map(|r| r.as_str()).collect();
     if names.is_empty() {
         names = vec!["tables", "cache", "proxy"];
     }
@@ -326,12 +338,21 @@ pub(super) fn build_fix(roles: &[Role], alias: &str) -> String {
 
 /// A local image by alias, resolved.
 async fn local_image(lxd: &Client, alias: &str) -> Result<Option<ResolvedImage>, InstallError> {
-    let Some(image) = lxd.image_by_alias(alias).await.map_err(InstallError::lxd(format!("reading image {alias}")))? else { return Ok(None) };
+    let Some(image) = lxd.image_by_alias(alias).await.map_err(InstallError::lxd(format!("reading image {alias}")))?
+    else {
+        return Ok(None);
+    };
     let provenance = match image.properties.get(crate::image::ROLES_PROPERTY) {
         Some(roles) => Provenance::Gbo(crate::image::parse_roles(roles)),
         None => Provenance::Foreign,
     };
-    Ok(Some(ResolvedImage { name: alias.to_string(), server: None, source: InstanceSource::alias(alias), provenance, note: None }))
+    Ok(Some(ResolvedImage {
+        name: alias.to_string(),
+        server: None,
+        source: InstanceSource::alias(alias),
+        provenance,
+        note: None,
+    }))
 }
 
 /// Resolve `value` (`ALIAS` or `REMOTE:ALIAS`) given with `flag`. A local alias must exist.
@@ -358,7 +379,9 @@ async fn named_image(lxd: &Client, value: &str, flag: &str, roles: &[Role]) -> R
         Some(source) => source,
         None if remote == "images" => InstanceSource::simplestreams(IMAGES_SERVER, alias),
         None => {
-            let config = config_dir.map(|d| d.join("config.yml").display().to_string()).unwrap_or_else(|| "the lxc configuration".into());
+            let config = config_dir
+                .map(|d| d.join("config.yml").display().to_string())
+                .unwrap_or_else(|| "the lxc configuration".into());
             return Err(bad(format!(
                 "no image remote {remote:?}: REMOTE is `images` ({IMAGES_SERVER}) or a remote of the lxc CLI in {config} (add one with `lxc remote add`)"
             )));
@@ -371,13 +394,18 @@ async fn named_image(lxd: &Client, value: &str, flag: &str, roles: &[Role]) -> R
             None => Err(InstallError::MissingImage { alias: alias.to_string(), fix: build_fix(roles, alias) }),
         };
     };
-    let provenance = if source.protocol.as_deref() == Some("simplestreams") { Provenance::Foreign } else { Provenance::Unknown };
+    let provenance =
+        if source.protocol.as_deref() == Some("simplestreams") { Provenance::Foreign } else { Provenance::Unknown };
     Ok(ResolvedImage { name: value.to_string(), server: Some(server), source, provenance, note: None })
 }
 
 /// The image containers of `request` are created from: `--image`, else the local default alias when it exists,
 /// else the fallback (with a note saying so). `roles` name the fix when a local alias is missing.
-pub async fn resolve_image(lxd: &Client, request: &InstallRequest, roles: &[Role]) -> Result<ResolvedImage, InstallError> {
+pub async fn resolve_image(
+    lxd: &Client,
+    request: &InstallRequest,
+    roles: &[Role],
+) -> Result<ResolvedImage, InstallError> {
     if let Some(image) = &request.image {
         return named_image(lxd, image, "--image", roles).await;
     }
@@ -397,13 +425,29 @@ pub async fn resolve_image(lxd: &Client, request: &InstallRequest, roles: &[Role
 
 /// Check that the image can serve the roles: a gbo image must carry their packages; a plain image gets them with
 /// apt-get at provisioning, which needs a network (refused here for images that certainly lack them).
-async fn check_image(lxd: &Client, image: &ResolvedImage, tenant: &TenantName, roles: &[Role], notes: &mut Vec<String>) -> Result<(), InstallError> {
-    let packaged: Vec<Role> = roles.iter().copied().filter(|r| !gbo_components::users::role_packages(*r).is_empty()).collect();
-    let packages = |roles: &[Role]| roles.iter().flat_map(|r| gbo_components::users::role_packages(*r).iter().copied()).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(" ");
+async fn check_image(
+    lxd: &Client,
+    image: &ResolvedImage,
+    tenant: &TenantName,
+    roles: &[Role],
+    notes: &mut Vec<String>,
+) -> Result<(), InstallError> {
+    let packaged: Vec<Role> =
+        roles.iter().copied().filter(|r| !gbo_components::users::role_packages(*r).is_empty()).collect();
+    let packages = |roles: &[Role]| {
+        roles
+            .iter()
+            .flat_map(|r| gbo_components::users::role_packages(*r).iter().copied())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let names = |roles: &[Role]| roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
     match &image.provenance {
         Provenance::Gbo(has) => {
-            let lacking: Vec<Role> = packaged.iter().copied().filter(|r| !has.iter().any(|h| h == r.as_str())).collect();
+            let lacking: Vec<Role> =
+                packaged.iter().copied().filter(|r| !has.iter().any(|h| h == r.as_str())).collect();
             if !lacking.is_empty() {
                 let mut wanted: Vec<Role> = has.iter().filter_map(|h| h.parse().ok()).collect();
                 wanted.extend(lacking.iter().copied());
@@ -453,7 +497,10 @@ async fn check_image(lxd: &Client, image: &ResolvedImage, tenant: &TenantName, r
 }
 
 /// Ports published by other gbo tenants' instances.
-async fn taken_ports(lxd: &Client, tenant: &TenantName) -> Result<BTreeMap<(gbo_components::Protocol, u16), String>, InstallError> {
+async fn taken_ports(
+    lxd: &Client,
+    tenant: &TenantName,
+) -> Result<BTreeMap<(gbo_components::Protocol, u16), String>, InstallError> {
     let tenants = inventory::managed_tenants(lxd).await.map_err(InstallError::lxd("listing instances"))?;
     let mut taken = BTreeMap::new();
     for (name, instances) in tenants {
@@ -462,7 +509,8 @@ async fn taken_ports(lxd: &Client, tenant: &TenantName) -> Result<BTreeMap<(gbo_
         }
         for m in instances {
             for p in &m.ports {
-                let protocol = if p.protocol == "udp" { gbo_components::Protocol::Udp } else { gbo_components::Protocol::Tcp };
+                let protocol =
+                    if p.protocol == "udp" { gbo_components::Protocol::Udp } else { gbo_components::Protocol::Tcp };
                 taken.insert((protocol, p.host_port), m.name.clone());
             }
         }
@@ -536,9 +584,13 @@ fn desired_states(
         }
         for wire in &spec.wires {
             let target_port = gbo_components::ports(wire.role).into_iter().find(|p| p.name == wire.port_name);
-            let (Some(target), Some(a)) = (target_port, allocations.get(&(wire.role, wire.port_name.to_string()))) else { continue };
+            let (Some(target), Some(a)) = (target_port, allocations.get(&(wire.role, wire.port_name.to_string())))
+            else {
+                continue;
+            };
             let name = format!("gbo-wire-{}-{}", wire.role.container_suffix(), wire.local_port);
-            let connect_ip = if a.address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { a.address };
+            let connect_ip =
+                if a.address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { a.address };
             let proxy = ProxyDevice::new(
                 address(target.protocol, std::net::IpAddr::from([127, 0, 0, 1]), wire.local_port),
                 address(target.protocol, connect_ip, a.port),
@@ -597,7 +649,12 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
                 if let Some(reason) = artifact::unavailable_reason(&request.artifacts, &a) {
                     unavailable.push((*role, reason));
                 }
-                artifacts.entry(*role).or_default().push(format!("{}@{}:{}", a.name, a.version, a.sha256.as_deref().unwrap_or("unverified")));
+                artifacts.entry(*role).or_default().push(format!(
+                    "{}@{}:{}",
+                    a.name,
+                    a.version,
+                    a.sha256.as_deref().unwrap_or("unverified")
+                ));
             }
         }
         if !unavailable.is_empty() {
@@ -611,7 +668,12 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
             // Dependents of a skipped role are skipped too.
             let mut out: BTreeSet<Role> = roles.clone();
             loop {
-                let more: Vec<Role> = scope.to_install.iter().copied().filter(|r| !out.contains(r) && r.dependencies().iter().any(|d| out.contains(d))).collect();
+                let more: Vec<Role> = scope
+                    .to_install
+                    .iter()
+                    .copied()
+                    .filter(|r| !out.contains(r) && r.dependencies().iter().any(|d| out.contains(d)))
+                    .collect();
                 if more.is_empty() {
                     break;
                 }
@@ -635,7 +697,13 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
     let mut requests = Vec::new();
     for role in &scope.all_roles {
         for p in gbo_components::ports(*role) {
-            requests.push(PortRequest { role: *role, name: p.name.to_string(), protocol: p.protocol, exposure: p.exposure, seed: p.seed_host_port });
+            requests.push(PortRequest {
+                role: *role,
+                name: p.name.to_string(),
+                protocol: p.protocol,
+                exposure: p.exposure,
+                seed: p.seed_host_port,
+            });
         }
     }
     for (role, name) in request.ports.keys() {
@@ -647,11 +715,30 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
             )));
         }
     }
-    let world = PortWorld { existing: existing_ports(&scope.instances), taken: taken_ports(lxd, &scope.tenant).await?, overrides: request.ports.clone() };
+    let world = PortWorld {
+        existing: existing_ports(&scope.instances),
+        taken: taken_ports(lxd, &scope.tenant).await?,
+        overrides: request.ports.clone(),
+    };
     let is_default = scope.tenant.as_str() == TenantName::DEFAULT;
-    let allocations = ports::allocate(scope.tenant.as_str(), is_default, request.tenant_file.public_address, &requests, &world, &ports::is_free)?;
-    if !is_default && request.tenant_file.public_address.is_none() && scope.to_install.iter().any(|r| gbo_components::ports(*r).iter().any(|p| p.exposure == gbo_components::Exposure::Public)) {
-        scope.notes.push(format!("tenant {} has no public_address: its public ports listen on 127.0.0.1 only", scope.tenant));
+    let allocations = ports::allocate(
+        scope.tenant.as_str(),
+        is_default,
+        request.tenant_file.public_address,
+        &requests,
+        &world,
+        &ports::is_free,
+    )?;
+    if !is_default
+        && request.tenant_file.public_address.is_none()
+        && scope
+            .to_install
+            .iter()
+            .any(|r| gbo_components::ports(*r).iter().any(|p| p.exposure == gbo_components::Exposure::Public))
+    {
+        scope
+            .notes
+            .push(format!("tenant {} has no public_address: its public ports listen on 127.0.0.1 only", scope.tenant));
     }
     // Secrets.
     let specs = all_secret_specs(&scope.all_roles);
@@ -660,13 +747,18 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
     } else {
         let existing = secrets::read_existing(&scope.stack_dir, &specs)?;
         if existing.names().count() < specs.len() {
-            scope.notes.push("secrets that do not exist yet are generated by install (placeholders used for this plan)".to_string());
+            scope.notes.push(
+                "secrets that do not exist yet are generated by install (placeholders used for this plan)".to_string(),
+            );
         }
         secrets::with_placeholders(existing, &specs)
     };
     let desired = desired_states(&scope, request, &image, &secrets, &allocations, &artifacts)?;
     let instances = observe::by_name(&scope.instances);
-    let observed = futures_util::future::try_join_all(desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance)))).await?;
+    let observed = futures_util::future::try_join_all(
+        desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance))),
+    )
+    .await?;
     let components = desired
         .iter()
         .zip(observed.iter())
@@ -689,16 +781,22 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
 /// The health target of a spec: the published port of its health check's container port.
 fn health_target(desired: &Desired, allocations: &BTreeMap<(Role, String), Allocation>) -> Option<health::Target> {
     let port = desired.spec.health.port()?;
-    let spec_port = desired.spec.ports.iter().find(|p| p.container_port == port && p.protocol == gbo_components::Protocol::Tcp)?;
+    let spec_port =
+        desired.spec.ports.iter().find(|p| p.container_port == port && p.protocol == gbo_components::Protocol::Tcp)?;
     let a = allocations.get(&(desired.role, spec_port.name.to_string()))?;
     Some(health::Target { address: a.address, port: a.port })
 }
 
 /// Install: lock the tenant, plan, apply concurrently in dependency order, verify health.
-pub async fn install(lxd: &Client, request: &InstallRequest, progress: ProgressFn<'_>) -> Result<InstallReport, InstallError> {
+pub async fn install(
+    lxd: &Client,
+    request: &InstallRequest,
+    progress: ProgressFn<'_>,
+) -> Result<InstallReport, InstallError> {
     // Validate and check everything that needs no change first (bad input leaves the host untouched).
     let preview = plan(lxd, request, false).await?;
-    std::fs::create_dir_all(&preview.stack_dir).map_err(InstallError::io(format!("creating {}", preview.stack_dir.display())))?;
+    std::fs::create_dir_all(&preview.stack_dir)
+        .map_err(InstallError::io(format!("creating {}", preview.stack_dir.display())))?;
     let _lock = lock::acquire(&preview.stack_dir, preview.tenant.as_str(), request.lock_wait).await?;
     // A run killed mid-request leaves its operation (a create, a start) running in the daemon: let it finish
     // before observing, so the plan starts from settled state instead of failing with "instance is busy".
@@ -712,10 +810,25 @@ pub async fn install(lxd: &Client, request: &InstallRequest, progress: ProgressF
 }
 
 /// Apply a plan made with `for_apply = true`.
-pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &PlannedInstall, progress: ProgressFn<'_>) -> Result<InstallReport, InstallError> {
-    let ctx = apply::ApplyContext { lxd, artifacts: &request.artifacts, progress, secrets: &planned.secrets, image: &planned.image };
+pub async fn apply_planned(
+    lxd: &Client,
+    request: &InstallRequest,
+    planned: &PlannedInstall,
+    progress: ProgressFn<'_>,
+) -> Result<InstallReport, InstallError> {
+    let ctx = apply::ApplyContext {
+        lxd,
+        artifacts: &request.artifacts,
+        progress,
+        secrets: &planned.secrets,
+        image: &planned.image,
+    };
     for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
-        let message = if component.steps.is_empty() { "up to date".to_string() } else { format!("{} step(s) planned", component.steps.len()) };
+        let message = if component.steps.is_empty() {
+            "up to date".to_string()
+        } else {
+            format!("{} step(s) planned", component.steps.len())
+        };
         progress(Progress { instance: desired.instance.clone(), message });
     }
     let mut done: BTreeMap<Role, tokio::sync::watch::Sender<Option<bool>>> = BTreeMap::new();
@@ -731,9 +844,18 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
         let done = &done;
         async move {
             let result = async {
-                let waits: Vec<&str> = desired.spec.dependencies.iter().filter(|d| receivers.contains_key(*d)).map(|d| d.as_str()).collect();
+                let waits: Vec<&str> = desired
+                    .spec
+                    .dependencies
+                    .iter()
+                    .filter(|d| receivers.contains_key(*d))
+                    .map(|d| d.as_str())
+                    .collect();
                 if !waits.is_empty() {
-                    (ctx.progress)(Progress { instance: desired.instance.clone(), message: format!("waiting for {}", waits.join(", ")) });
+                    (ctx.progress)(Progress {
+                        instance: desired.instance.clone(),
+                        message: format!("waiting for {}", waits.join(", ")),
+                    });
                 }
                 for dep in desired.spec.dependencies.iter() {
                     if let Some(rx) = receivers.get(dep) {
@@ -747,7 +869,10 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
                             }
                         };
                         if !ok {
-                            return Err(InstallError::DependencyFailed { role: desired.role.to_string(), dependency: dep.to_string() });
+                            return Err(InstallError::DependencyFailed {
+                                role: desired.role.to_string(),
+                                dependency: dep.to_string(),
+                            });
                         }
                     }
                 }
@@ -755,12 +880,19 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
                     apply::apply_component(ctx, desired, &component.steps).await?;
                 }
                 let health = match health_target(desired, &planned.allocations) {
-                    Some(target) => health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout).await,
+                    Some(target) => {
+                        health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout)
+                            .await
+                    }
                     None => unit_health(ctx.lxd, desired).await,
                 };
                 (ctx.progress)(Progress {
                     instance: desired.instance.clone(),
-                    message: if health.healthy { format!("{HEALTHY}{})", health.detail) } else { format!("{UNHEALTHY}{})", health.detail) },
+                    message: if health.healthy {
+                        format!("{HEALTHY}{})", health.detail)
+                    } else {
+                        format!("{UNHEALTHY}{})", health.detail)
+                    },
                 });
                 if !health.healthy {
                     return Err(InstallError::Unhealthy {
@@ -769,7 +901,12 @@ pub async fn apply_planned(lxd: &Client, request: &InstallRequest, planned: &Pla
                         reason: health.detail,
                     });
                 }
-                Ok(ComponentResult { role: desired.role, instance: desired.instance.clone(), steps: component.steps.len(), health })
+                Ok(ComponentResult {
+                    role: desired.role,
+                    instance: desired.instance.clone(),
+                    steps: component.steps.len(),
+                    health,
+                })
             }
             .await;
             if let Err(e) = &result {
@@ -847,7 +984,8 @@ async fn unit_health(lxd: &Client, desired: &Desired) -> health::Health {
     let Ok(name) = lxd_client::InstanceName::new(desired.instance.clone()) else {
         return health::Health { healthy: false, detail: "invalid instance name".into() };
     };
-    let request = lxd_client::ExecRequest::new(["systemctl", "is-active", unit.as_str()]).timeout(Duration::from_secs(30));
+    let request =
+        lxd_client::ExecRequest::new(["systemctl", "is-active", unit.as_str()]).timeout(Duration::from_secs(30));
     match lxd.exec(&name, &request).await {
         Ok(out) if out.success() => health::Health { healthy: true, detail: format!("{unit} is active") },
         Ok(out) => health::Health { healthy: false, detail: format!("{unit} is {}", out.stdout_text().trim()) },
@@ -870,17 +1008,27 @@ pub struct Uninstalled {
 
 /// Delete the instances of `roles`; with `purge`, also their host directories (secrets are kept: they belong to
 /// the tenant). Without purge a later install finds the data.
-pub async fn uninstall(lxd: &Client, tenant: &TenantName, roles: &[Role], purge: bool) -> Result<Vec<Uninstalled>, InstallError> {
-    let instances = inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+pub async fn uninstall(
+    lxd: &Client,
+    tenant: &TenantName,
+    roles: &[Role],
+    purge: bool,
+) -> Result<Vec<Uninstalled>, InstallError> {
+    let instances =
+        inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
     let mut out = Vec::new();
     for role in roles {
         let name = instance_name(tenant, *role);
         let found = instances.iter().find(|m| m.name == name);
-        let dir = found.and_then(|m| m.stack_dir.clone()).or_else(|| stack_dir.clone()).map(|s| s.join(role.container_suffix()));
+        let dir = found
+            .and_then(|m| m.stack_dir.clone())
+            .or_else(|| stack_dir.clone())
+            .map(|s| s.join(role.container_suffix()));
         let mut deleted = false;
         if found.is_some() {
-            let n = lxd_client::InstanceName::new(name.clone()).map_err(InstallError::lxd(format!("instance name {name}")))?;
+            let n = lxd_client::InstanceName::new(name.clone())
+                .map_err(InstallError::lxd(format!("instance name {name}")))?;
             deleted = lxd.delete_instance_if_exists(&n).await.map_err(InstallError::lxd(format!("deleting {name}")))?;
         }
         let (purged, kept) = match (&dir, purge) {

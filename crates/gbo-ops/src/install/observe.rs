@@ -39,7 +39,13 @@ pub fn host_file_state(path: &Path, base: u32) -> Result<Option<FileState>, Inst
         return Ok(Some(FileState { sha256: String::new(), mode: 0, uid: 0, gid: 0, symlink: true }));
     }
     if !meta.is_file() {
-        return Ok(Some(FileState { sha256: String::new(), mode: meta.mode() & 0o7777, uid: u32::MAX, gid: u32::MAX, symlink: false }));
+        return Ok(Some(FileState {
+            sha256: String::new(),
+            mode: meta.mode() & 0o7777,
+            uid: u32::MAX,
+            gid: u32::MAX,
+            symlink: false,
+        }));
     }
     let content = std::fs::read(path).map_err(InstallError::io(format!("reading {}", path.display())))?;
     Ok(Some(FileState {
@@ -79,7 +85,8 @@ pub async fn observe(lxd: &Client, desired: &Desired, instance: Option<&Instance
 
 /// Run the probe exec for a running container.
 pub async fn probe(lxd: &Client, desired: &Desired) -> Result<Probe, InstallError> {
-    let name = InstanceName::new(desired.instance.clone()).map_err(InstallError::lxd(format!("instance name {}", desired.instance)))?;
+    let name = InstanceName::new(desired.instance.clone())
+        .map_err(InstallError::lxd(format!("instance name {}", desired.instance)))?;
     let mut argv: Vec<String> = vec!["sh".into(), "-c".into(), PROBE_SCRIPT.into(), "gbo-probe".into()];
     for placed in &desired.files {
         if placed.host_path.is_none() {
@@ -117,7 +124,10 @@ pub fn parse_probe(text: &str) -> Probe {
         let rest = parts.next().unwrap_or_default();
         match tag {
             "L" => {
-                probe.files.insert(rest.to_string(), Some(FileState { sha256: String::new(), mode: 0, uid: 0, gid: 0, symlink: true }));
+                probe.files.insert(
+                    rest.to_string(),
+                    Some(FileState { sha256: String::new(), mode: 0, uid: 0, gid: 0, symlink: true }),
+                );
             }
             "M" => {
                 probe.files.insert(rest.to_string(), None);
@@ -144,7 +154,10 @@ pub fn parse_probe(text: &str) -> Probe {
             "U" => {
                 let fields: Vec<&str> = rest.splitn(3, ' ').collect();
                 if fields.len() == 3 {
-                    probe.units.insert(fields[2].to_string(), UnitState { active: fields[0].to_string(), enabled: fields[1].to_string() });
+                    probe.units.insert(
+                        fields[2].to_string(),
+                        UnitState { active: fields[0].to_string(), enabled: fields[1].to_string() },
+                    );
                 }
             }
             _ => {}
@@ -181,7 +194,10 @@ mod tests {
     fn probe_output_is_parsed() {
         let text = "F 644 0 0 abc /etc/systemd/system/tables.service\nM /etc/gbo/x y\nL /usr/local/bin/valkey-cli\nC1 /opt/gbo/data/pgdata/PG_VERSION\nU active enabled tables.service\nU inactive masked postgresql.service\n";
         let probe = parse_probe(text);
-        assert_eq!(probe.files["/etc/systemd/system/tables.service"].as_ref().map(|s| (s.mode, s.sha256.as_str())), Some((0o644, "abc")));
+        assert_eq!(
+            probe.files["/etc/systemd/system/tables.service"].as_ref().map(|s| (s.mode, s.sha256.as_str())),
+            Some((0o644, "abc"))
+        );
         assert_eq!(probe.files["/etc/gbo/x y"], None);
         assert!(probe.files["/usr/local/bin/valkey-cli"].as_ref().is_some_and(|s| s.symlink));
         assert!(probe.creates["/opt/gbo/data/pgdata/PG_VERSION"]);

@@ -136,10 +136,16 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
             argv.extend(SERVICE_USERS.iter().map(|u| format!("{}:{}:{}:{}:{}", u.name, u.uid, u.gid, u.home, u.shell)));
             argv.push("--".into());
             argv.extend(packages.iter().map(|p| p.to_string()));
-            let request = ExecRequest::new(argv).env("GBO_OWNER", format!("{}:{}", GBUSER.uid, GBUSER.gid)).timeout(Duration::from_secs(120));
-            let output = lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("creating the service users in {name}")))?;
+            let request = ExecRequest::new(argv)
+                .env("GBO_OWNER", format!("{}:{}", GBUSER.uid, GBUSER.gid))
+                .timeout(Duration::from_secs(120));
+            let output = lxd
+                .exec(name, &request)
+                .await
+                .map_err(InstallError::lxd(format!("creating the service users in {name}")))?;
             let listing = super::apply::checked(name, "sh -c <fixed-uid users>".into(), output)?;
-            let missing: Vec<String> = listing.lines().filter_map(|l| l.strip_prefix("M ")).map(str::to_string).collect();
+            let missing: Vec<String> =
+                listing.lines().filter_map(|l| l.strip_prefix("M ")).map(str::to_string).collect();
             if missing.is_empty() {
                 return Ok(());
             }
@@ -160,7 +166,8 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
                 .env("GBO_MASK", crate::image::MASKED_UNITS.join(" "))
                 .env("GBO_DISABLE", crate::image::DISABLED_UNITS.join(" "))
                 .timeout(Duration::from_secs(1800));
-            let output = lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("apt-get install in {name}")))?;
+            let output =
+                lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("apt-get install in {name}")))?;
             if !output.success() {
                 let removed = remove_if_never_provisioned(ctx, name, never_provisioned).await?;
                 return Err(InstallError::Packages {
@@ -177,7 +184,11 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
 
 /// Delete a container that was never provisioned (it holds nothing: data lives on host mounts), so the next run
 /// creates it afresh. Returns what to tell the user.
-async fn remove_if_never_provisioned(ctx: &ApplyContext<'_>, name: &InstanceName, never_provisioned: bool) -> Result<String, InstallError> {
+async fn remove_if_never_provisioned(
+    ctx: &ApplyContext<'_>,
+    name: &InstanceName,
+    never_provisioned: bool,
+) -> Result<String, InstallError> {
     if !never_provisioned {
         return Ok(String::new());
     }

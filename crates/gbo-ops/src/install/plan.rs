@@ -371,16 +371,18 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Step> {
     for (key, value) in &desired.config {
         match instance.config.get(key) {
             Some(v) if v == value => {}
-            Some(v) => steps.push(Step::new(
-                Action::SetConfig { key: key.clone(), value: value.clone() },
-                format!("is {v:?}"),
-            )),
+            Some(v) => {
+                steps.push(Step::new(Action::SetConfig { key: key.clone(), value: value.clone() }, format!("is {v:?}")))
+            }
             None => steps.push(Step::new(Action::SetConfig { key: key.clone(), value: value.clone() }, "not set")),
         }
     }
     for key in MANAGED_CONFIG_KEYS {
         if instance.config.contains_key(*key) && !desired.config.contains_key(*key) {
-            steps.push(Step::new(Action::UnsetConfig { key: (*key).to_string() }, "set on the instance but not in the tenant file"));
+            steps.push(Step::new(
+                Action::UnsetConfig { key: (*key).to_string() },
+                "set on the instance but not in the tenant file",
+            ));
         }
     }
     for (name, config) in &desired.devices {
@@ -461,7 +463,11 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
             }
         }
     }
-    let recorded: Vec<&str> = instance.config.get(KEY_ARTIFACTS).map(|s| s.split(',').filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    let recorded: Vec<&str> = instance
+        .config
+        .get(KEY_ARTIFACTS)
+        .map(|s| s.split(',').filter(|x| !x.is_empty()).collect())
+        .unwrap_or_default();
     for artifact in artifact_list(&desired.spec) {
         let entry = desired.artifacts.iter().find(|e| e.starts_with(&format!("{}@", artifact.name)));
         let present = probe.files.get(artifact.install_path).is_some_and(|s| s.is_some());
@@ -474,7 +480,11 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
         };
         if let Some(reason) = reason {
             steps.push(Step::new(
-                Action::InstallArtifact { name: artifact.name.to_string(), version: artifact.version.clone(), path: artifact.install_path.to_string() },
+                Action::InstallArtifact {
+                    name: artifact.name.to_string(),
+                    version: artifact.version.clone(),
+                    path: artifact.install_path.to_string(),
+                },
                 reason,
             ));
             restarts.extend(desired.spec.units.iter().cloned());
@@ -483,7 +493,10 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
     for unit in &desired.spec.masked_units {
         let state = probe.units.get(unit).cloned().unwrap_or_default();
         if state.enabled != "masked" {
-            steps.push(Step::new(Action::MaskUnit { unit: unit.clone() }, format!("is {}", if state.enabled.is_empty() { "unknown" } else { &state.enabled })));
+            steps.push(Step::new(
+                Action::MaskUnit { unit: unit.clone() },
+                format!("is {}", if state.enabled.is_empty() { "unknown" } else { &state.enabled }),
+            ));
         }
     }
     if reload {
@@ -493,7 +506,10 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
     }
     for init in desired.spec.init.iter().filter(|i| i.phase == InitPhase::BeforeStart) {
         if !probe.creates.get(&init.creates).copied().unwrap_or(false) {
-            steps.push(Step::new(Action::RunInit { name: init.name.to_string(), after_start: false }, format!("{} does not exist", init.creates)));
+            steps.push(Step::new(
+                Action::RunInit { name: init.name.to_string(), after_start: false },
+                format!("{} does not exist", init.creates),
+            ));
         }
     }
     for unit in &desired.spec.units {
@@ -506,18 +522,31 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
         } else if restarts.contains(unit) {
             steps.push(Step::new(Action::RestartUnit { unit: unit.clone() }, "its inputs changed"));
         } else if owed.contains(&unit.as_str()) {
-            steps.push(Step::new(Action::RestartUnit { unit: unit.clone() }, "owed by an interrupted run (its inputs changed)"));
+            steps.push(Step::new(
+                Action::RestartUnit { unit: unit.clone() },
+                "owed by an interrupted run (its inputs changed)",
+            ));
         }
     }
     for init in desired.spec.init.iter().filter(|i| i.phase == InitPhase::AfterStart) {
         if !probe.creates.get(&init.creates).copied().unwrap_or(false) {
-            steps.push(Step::new(Action::RunInit { name: init.name.to_string(), after_start: true }, format!("{} does not exist", init.creates)));
+            steps.push(Step::new(
+                Action::RunInit { name: init.name.to_string(), after_start: true },
+                format!("{} does not exist", init.creates),
+            ));
         }
     }
     let recorded_hash = instance.config.get(inventory::KEY_PROVISIONED_HASH);
     let recorded_artifacts = instance.config.get(KEY_ARTIFACTS).cloned().unwrap_or_default();
-    if !steps.is_empty() || recorded_hash != Some(&desired.provisioned_hash) || recorded_artifacts != desired.artifacts.join(",") || !owed.is_empty() {
-        steps.push(Step::new(Action::RecordProvisioned, if steps.is_empty() { "recorded hash differs" } else { "after provisioning" }));
+    if !steps.is_empty()
+        || recorded_hash != Some(&desired.provisioned_hash)
+        || recorded_artifacts != desired.artifacts.join(",")
+        || !owed.is_empty()
+    {
+        steps.push(Step::new(
+            Action::RecordProvisioned,
+            if steps.is_empty() { "recorded hash differs" } else { "after provisioning" },
+        ));
     }
     steps
 }
@@ -583,9 +612,17 @@ mod tests {
         let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").expect("tenant file");
         let ports = HostPorts::seed(&tenant.roles);
         let secrets = Secrets::new();
-        let spec = component(Role::Cache, &RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports }).expect("spec");
+        let spec = component(Role::Cache, &RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports })
+            .expect("spec");
         let mut devices = BTreeMap::new();
-        devices.insert("gbo-port-redis".to_string(), DeviceConfig::from([("type".to_string(), "proxy".to_string()), ("listen".into(), "tcp:127.0.0.1:26379".into()), ("connect".into(), "tcp:127.0.0.1:6379".into())]));
+        devices.insert(
+            "gbo-port-redis".to_string(),
+            DeviceConfig::from([
+                ("type".to_string(), "proxy".to_string()),
+                ("listen".into(), "tcp:127.0.0.1:26379".into()),
+                ("connect".into(), "tcp:127.0.0.1:6379".into()),
+            ]),
+        );
         let files = spec.files.iter().map(|f| PlacedFile { file: f.clone(), host_path: None }).collect();
         let provisioned_hash = provisioned_hash(&spec, &[]);
         Desired {
@@ -609,7 +646,16 @@ mod tests {
         instance.devices = desired.devices.clone();
         let mut probe = Probe::default();
         for f in &desired.files {
-            probe.files.insert(f.file.path.clone(), Some(FileState { sha256: f.file.sha256(), mode: f.file.mode, uid: f.file.uid, gid: f.file.gid, symlink: false }));
+            probe.files.insert(
+                f.file.path.clone(),
+                Some(FileState {
+                    sha256: f.file.sha256(),
+                    mode: f.file.mode,
+                    uid: f.file.uid,
+                    gid: f.file.gid,
+                    symlink: false,
+                }),
+            );
         }
         for u in &desired.spec.units {
             probe.units.insert(u.clone(), UnitState { active: "active".into(), enabled: "enabled".into() });
@@ -617,7 +663,15 @@ mod tests {
         for u in &desired.spec.masked_units {
             probe.units.insert(u.clone(), UnitState { active: "inactive".into(), enabled: "masked".into() });
         }
-        (Observed { instance: Some(instance.clone()), idmap_base: Some(100000), probe: Some(probe), ..Default::default() }, instance)
+        (
+            Observed {
+                instance: Some(instance.clone()),
+                idmap_base: Some(100000),
+                probe: Some(probe),
+                ..Default::default()
+            },
+            instance,
+        )
     }
 
     #[test]
@@ -642,7 +696,10 @@ mod tests {
         observed.instance = Some(instance);
         let unit_path = "/etc/systemd/system/cache.service";
         if let Some(probe) = observed.probe.as_mut() {
-            probe.files.insert(unit_path.into(), Some(FileState { sha256: "edited".into(), mode: 0o644, uid: 0, gid: 0, symlink: false }));
+            probe.files.insert(
+                unit_path.into(),
+                Some(FileState { sha256: "edited".into(), mode: 0o644, uid: 0, gid: 0, symlink: false }),
+            );
         }
         let steps = diff(&desired, &observed);
         let text: Vec<String> = steps.iter().map(Step::describe).collect();

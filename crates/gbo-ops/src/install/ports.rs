@@ -80,7 +80,11 @@ pub fn port_holder(protocol: Protocol, port: u16) -> Option<(String, u32)> {
         Protocol::Tcp => &["/proc/net/tcp", "/proc/net/tcp6"],
         Protocol::Udp => &["/proc/net/udp", "/proc/net/udp6"],
     };
-    let inodes: BTreeSet<u64> = tables.iter().filter_map(|t| std::fs::read_to_string(t).ok()).flat_map(|text| socket_inodes(&text, protocol, port)).collect();
+    let inodes: BTreeSet<u64> = tables
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .flat_map(|text| socket_inodes(&text, protocol, port))
+        .collect();
     if inodes.is_empty() {
         return None;
     }
@@ -91,7 +95,8 @@ pub fn port_holder(protocol: Protocol, port: u16) -> Option<(String, u32)> {
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
             let target = target.to_string_lossy();
-            let inode = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<u64>().ok());
+            let inode =
+                target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<u64>().ok());
             if inode.is_some_and(|i| inodes.contains(&i)) {
                 let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim().to_string();
                 return Some((comm, pid));
@@ -119,7 +124,11 @@ fn socket_inodes(table: &str, protocol: Protocol, port: u16) -> Vec<u64> {
 }
 
 /// The host address of a port with `exposure` for a tenant.
-pub fn host_address(exposure: Exposure, is_default_tenant: bool, public_address: Option<std::net::IpAddr>) -> std::net::IpAddr {
+pub fn host_address(
+    exposure: Exposure,
+    is_default_tenant: bool,
+    public_address: Option<std::net::IpAddr>,
+) -> std::net::IpAddr {
     let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
     match exposure {
         Exposure::Internal => loopback,
@@ -186,7 +195,9 @@ pub fn allocate(
             (None, None) => None,
         };
         if let Some(port) = port {
-            if let Some(holder) = in_use(port).or_else(|| chosen.contains(&(request.protocol, port)).then(|| " by another port of this tenant".to_string())) {
+            if let Some(holder) = in_use(port).or_else(|| {
+                chosen.contains(&(request.protocol, port)).then(|| " by another port of this tenant".to_string())
+            }) {
                 return Err(InstallError::PortInUse {
                     role: request.role.as_str().to_string(),
                     name: request.name.clone(),
@@ -274,23 +285,31 @@ mod tests {
     fn taken_ports_are_skipped_and_existing_ones_kept() {
         let requests = [req(Role::Tables, "postgres", 5432)];
         let all_free = |_: Protocol, _: std::net::IpAddr, _: u16| true;
-        let first = allocate("acme", false, None, &requests, &PortWorld::default(), &all_free).expect("first")[&(Role::Tables, "postgres".into())].port;
+        let first = allocate("acme", false, None, &requests, &PortWorld::default(), &all_free).expect("first")
+            [&(Role::Tables, "postgres".into())]
+            .port;
         let mut world = PortWorld::default();
         world.taken.insert((Protocol::Tcp, first), "other-tables".into());
-        let second = allocate("acme", false, None, &requests, &world, &all_free).expect("second")[&(Role::Tables, "postgres".into())].port;
+        let second = allocate("acme", false, None, &requests, &world, &all_free).expect("second")
+            [&(Role::Tables, "postgres".into())]
+            .port;
         assert_ne!(first, second);
         let busy = |_: Protocol, _: std::net::IpAddr, p: u16| p != second;
-        let third = allocate("acme", false, None, &requests, &world, &busy).expect("third")[&(Role::Tables, "postgres".into())].port;
+        let third = allocate("acme", false, None, &requests, &world, &busy).expect("third")
+            [&(Role::Tables, "postgres".into())]
+            .port;
         assert!(third != first && third != second);
         world.existing.insert((Role::Tables, "postgres".into()), 31000);
-        let kept = allocate("acme", false, None, &requests, &world, &|_, _, _| false).expect("kept")[&(Role::Tables, "postgres".into())];
+        let kept = allocate("acme", false, None, &requests, &world, &|_, _, _| false).expect("kept")
+            [&(Role::Tables, "postgres".into())];
         assert_eq!((kept.port, kept.existing), (31000, true));
     }
 
     #[test]
     fn a_seed_or_pinned_port_in_use_is_bad_input_naming_it() {
         let requests = [req(Role::Tables, "postgres", 5432)];
-        let err = allocate("default", true, None, &requests, &PortWorld::default(), &|_, _, p| p != 5432).expect_err("in use");
+        let err = allocate("default", true, None, &requests, &PortWorld::default(), &|_, _, p| p != 5432)
+            .expect_err("in use");
         assert!(err.is_bad_input());
         assert!(err.to_string().contains("127.0.0.1:5432"), "{err}");
         let mut world = PortWorld::default();

@@ -110,7 +110,9 @@ mod tests {
         let second = load_or_generate(dir.path(), &specs).expect("reuse");
         assert_eq!(first.get("tables-password"), second.get("tables-password"));
         let dmode = std::fs::metadata(secrets_dir(dir.path())).expect("dir").permissions().mode() & 0o777;
-        let fmode = std::fs::metadata(secrets_dir(dir.path()).join("tables-password")).expect("file").permissions().mode() & 0o777;
+        let fmode =
+            std::fs::metadata(secrets_dir(dir.path()).join("tables-password")).expect("file").permissions().mode()
+                & 0o777;
         assert_eq!((dmode, fmode), (0o700, 0o600));
         assert_eq!(format!("{first:?}"), "{\"tables-password\": \"<redacted>\"}");
     }

@@ -46,18 +46,26 @@ pub async fn setup(lxd: &Client, options: &SetupOptions) -> Result<SetupReport, 
             if driver == "btrfs" {
                 config.insert("size".to_string(), "16GiB".to_string());
             }
-            lxd.create_storage_pool(&pool_name, driver, config).await.map_err(InstallError::lxd(format!("creating storage pool {pool_name}")))?;
+            lxd.create_storage_pool(&pool_name, driver, config)
+                .await
+                .map_err(InstallError::lxd(format!("creating storage pool {pool_name}")))?;
             lines.push(format!("created storage pool {pool_name} ({driver})"));
             pool_name
         }
     };
     let profile = lxd.profile("default").await.map_err(InstallError::lxd("reading the default profile"))?;
-    if profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/")) {
+    if profile
+        .devices
+        .values()
+        .any(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
+    {
         lines.push("default profile has a root disk".to_string());
     } else {
         let name = DeviceName::new("root").map_err(InstallError::lxd("device name root"))?;
         let config = DiskDevice::root(pool.clone()).to_config(&name).map_err(InstallError::lxd("root disk"))?;
-        lxd.add_profile_device("default", &name, config).await.map_err(InstallError::lxd("adding the root disk to the default profile"))?;
+        lxd.add_profile_device("default", &name, config)
+            .await
+            .map_err(InstallError::lxd("adding the root disk to the default profile"))?;
         lines.push(format!("added root disk on pool {pool} to the default profile"));
     }
     if options.network {
@@ -65,7 +73,9 @@ pub async fn setup(lxd: &Client, options: &SetupOptions) -> Result<SetupReport, 
         if networks.iter().any(|n| n.name == "lxdbr0") {
             lines.push("network lxdbr0 exists".to_string());
         } else {
-            lxd.create_network("lxdbr0", "bridge", BTreeMap::new()).await.map_err(InstallError::lxd("creating network lxdbr0"))?;
+            lxd.create_network("lxdbr0", "bridge", BTreeMap::new())
+                .await
+                .map_err(InstallError::lxd("creating network lxdbr0"))?;
             lines.push("created network lxdbr0".to_string());
         }
     }
@@ -74,14 +84,21 @@ pub async fn setup(lxd: &Client, options: &SetupOptions) -> Result<SetupReport, 
 
 /// The image specification for `roles` (every Debian-packaged role when empty), from the catalogue.
 pub fn image_spec(roles: &[Role], alias: &str, force: bool) -> ImageSpec {
-    let roles: Vec<Role> = if roles.is_empty() { gbo_components::users::debian_packaged_roles() } else { roles.to_vec() };
+    let roles: Vec<Role> =
+        if roles.is_empty() { gbo_components::users::debian_packaged_roles() } else { roles.to_vec() };
     ImageSpec {
         alias: alias.to_string(),
         roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
         packages: gbo_components::image_packages(&roles).into_iter().map(str::to_string).collect(),
         users: gbo_components::SERVICE_USERS
             .iter()
-            .map(|u| FixedUser { name: u.name.to_string(), uid: u.uid, gid: u.gid, home: u.home.to_string(), shell: u.shell.to_string() })
+            .map(|u| FixedUser {
+                name: u.name.to_string(),
+                uid: u.uid,
+                gid: u.gid,
+                home: u.home.to_string(),
+                shell: u.shell.to_string(),
+            })
             .collect(),
         mirror: "http://deb.debian.org/debian".to_string(),
         work_dir: PathBuf::from("/var/cache/gbo/images"),

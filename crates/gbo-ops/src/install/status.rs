@@ -65,7 +65,8 @@ impl HealthExt for Option<&Health> {
 /// The catalogue's health check of `role` (rendered with placeholder secrets: checks hold no secret values).
 pub fn health_check(role: Role) -> Option<HealthCheck> {
     let tenant = TenantFile { roles: gbo_components::with_dependencies(&[role]), ..TenantFile::default() };
-    let specs: Vec<_> = tenant.roles.iter().flat_map(|r| gbo_components::required_secrets(*r).iter().copied()).collect();
+    let specs: Vec<_> =
+        tenant.roles.iter().flat_map(|r| gbo_components::required_secrets(*r).iter().copied()).collect();
     let secrets = secrets::with_placeholders(gbo_components::Secrets::new(), &specs);
     let ports = gbo_components::HostPorts::seed(&tenant.roles);
     let ctx = gbo_components::RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports };
@@ -74,7 +75,8 @@ pub fn health_check(role: Role) -> Option<HealthCheck> {
 
 /// Status of every instance of a tenant (`roles` empty: all).
 pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) -> Result<TenantStatus, InstallError> {
-    let instances = inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let instances =
+        inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
     let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
     let secrets = match &stack_dir {

@@ -78,7 +78,13 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
                 return Err(ParseError { line: start_line, message: format!("unterminated {} string", c as char) });
             }
             let end = i.min(bytes.len());
-            tokens.push(Token { text: text[start + 1..end - 1].to_string(), start, end, line: start_line, quoted: true });
+            tokens.push(Token {
+                text: text[start + 1..end - 1].to_string(),
+                start,
+                end,
+                line: start_line,
+                quoted: true,
+            });
         } else {
             let start = i;
             while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
@@ -167,7 +173,9 @@ impl Caddyfile {
                 if token.is("{") {
                     // The header: tokens on the brace's line plus earlier lines ending with ','.
                     let (head, loose) = split_header(std::mem::take(&mut header), token.line);
-                    if let Some(t) = loose.iter().find(|l| !l.first().is_some_and(|f| f.is("import"))).and_then(|l| l.first()) {
+                    if let Some(t) =
+                        loose.iter().find(|l| !l.first().is_some_and(|f| f.is("import"))).and_then(|l| l.first())
+                    {
                         return Err(ParseError { line: t.line, message: format!("{:?} is outside any block", t.text) });
                     }
                     header.clear();
@@ -176,11 +184,15 @@ impl Caddyfile {
                         if seen_block {
                             return Err(ParseError {
                                 line: token.line,
-                                message: "a block without addresses is only allowed first (the global options block)".into(),
+                                message: "a block without addresses is only allowed first (the global options block)"
+                                    .into(),
                             });
                         }
                         BlockKind::Global
-                    } else if head.len() == 1 && ((head[0].text.starts_with('(') && head[0].text.ends_with(')')) || head[0].text.starts_with("&(")) {
+                    } else if head.len() == 1
+                        && ((head[0].text.starts_with('(') && head[0].text.ends_with(')'))
+                            || head[0].text.starts_with("&("))
+                    {
                         BlockKind::Other
                     } else {
                         BlockKind::Site
@@ -379,7 +391,11 @@ pub fn valid_domain(name: &str, wildcard: bool) -> bool {
 
 /// Whether a site host is something gbo should check in DNS (a domain, not `localhost`, an IP or a wildcard).
 pub fn is_public_domain(host: &str) -> bool {
-    host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('*') && host != "localhost" && !host.ends_with(".localhost") && host.contains('.')
+    host.parse::<std::net::IpAddr>().is_err()
+        && !host.starts_with('*')
+        && host != "localhost"
+        && !host.ends_with(".localhost")
+        && host.contains('.')
 }
 
 #[cfg(test)]
@@ -394,7 +410,9 @@ mod tests {
         assert_eq!(c.addresses(), vec!["chat.example.com", "a.example.com", "b.example.com", "http://localhost"]);
         assert_eq!(c.hosts(), vec!["chat.example.com", "a.example.com", "b.example.com", "localhost"]);
         assert!(c.has_storage_block());
-        assert!(!Caddyfile::parse("{\n\tadmin off\n}\na.example.com {\n\tstorage x\n}\n").expect("parse").has_storage_block());
+        assert!(!Caddyfile::parse("{\n\tadmin off\n}\na.example.com {\n\tstorage x\n}\n")
+            .expect("parse")
+            .has_storage_block());
         assert!(!Caddyfile::parse("{\n\tservers {\n\t\tstorage x\n\t}\n}\n").expect("parse").has_storage_block());
     }
 
@@ -423,7 +441,11 @@ mod tests {
         assert_eq!(address_host(":80"), None);
         assert_eq!(address_host("[::1]:80").as_deref(), Some("::1"));
         assert!(valid_domain("chat.example.com", false) && valid_domain("*.example.com", true));
-        assert!(!valid_domain("*.example.com", false) && !valid_domain("bad_name.com", false) && !valid_domain("-a.com", false));
+        assert!(
+            !valid_domain("*.example.com", false)
+                && !valid_domain("bad_name.com", false)
+                && !valid_domain("-a.com", false)
+        );
         assert!(!valid_domain("localhost", false) && !valid_domain("a..b", false));
         assert!(is_public_domain("a.example.com") && !is_public_domain("localhost") && !is_public_domain("127.0.0.1"));
     }

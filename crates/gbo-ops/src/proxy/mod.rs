@@ -97,7 +97,10 @@ impl ProxyTarget {
             )));
         };
         if !proxy.instance.is_running() {
-            return Err(ProxyError::BadInput(format!("the proxy container {} is {}, not running", proxy.name, proxy.instance.status)));
+            return Err(ProxyError::BadInput(format!(
+                "the proxy container {} is {}, not running",
+                proxy.name, proxy.instance.status
+            )));
         }
         let instance = InstanceName::new(proxy.name.as_str())?;
         Ok(Self { tenant: tenant.to_string(), instance, config_path: CADDYFILE_PATH.to_string(), ports: proxy.ports })
@@ -169,13 +172,18 @@ pub struct ApplyReport {
 
 /// The checks that need no container: the new text parses, keeps the storage block, names valid hosts, and loses
 /// no site of `current` except those in `allow_removal`. Returns (removed, added).
-pub fn check_candidate(current: Option<&str>, new: &str, allow_removal: &[String]) -> Result<(Vec<String>, Vec<String>), ProxyError> {
+pub fn check_candidate(
+    current: Option<&str>,
+    new: &str,
+    allow_removal: &[String],
+) -> Result<(Vec<String>, Vec<String>), ProxyError> {
     for domain in allow_removal {
         if !caddyfile::valid_domain(domain, true) {
             return Err(ProxyError::BadInput(format!("--allow-removal {domain:?} is not a valid domain name")));
         }
     }
-    let parsed = Caddyfile::parse(new).map_err(|e| ProxyError::BadInput(format!("the new Caddyfile does not parse: {e}")))?;
+    let parsed =
+        Caddyfile::parse(new).map_err(|e| ProxyError::BadInput(format!("the new Caddyfile does not parse: {e}")))?;
     if !parsed.has_storage_block() {
         return Err(ProxyError::Refused(
             "the new Caddyfile has no `storage` option in its global block; without `storage file_system { root /opt/gbo/data/caddy }` \
@@ -192,7 +200,10 @@ pub fn check_candidate(current: Option<&str>, new: &str, allow_removal: &[String
                     || (!host.contains('.') && caddyfile::valid_domain(&format!("{host}.x"), false))
                     || caddyfile::valid_domain(&host, true);
                 if !ok {
-                    return Err(ProxyError::BadInput(format!("site address {:?} (line {}) is not a valid domain name", address.address, site.line)));
+                    return Err(ProxyError::BadInput(format!(
+                        "site address {:?} (line {}) is not a valid domain name",
+                        address.address, site.line
+                    )));
                 }
             }
         }
@@ -219,13 +230,15 @@ pub fn check_candidate(current: Option<&str>, new: &str, allow_removal: &[String
 }
 
 async fn caddy_user(lxd: &Client, target: &ProxyTarget) -> Result<User, ProxyError> {
-    inside::user(lxd, &target.instance, CADDY_USER)
-        .await?
-        .ok_or_else(|| ProxyError::BadInput(format!("there is no `{CADDY_USER}` user in {}: is Caddy installed?", target.instance)))
+    inside::user(lxd, &target.instance, CADDY_USER).await?.ok_or_else(|| {
+        ProxyError::BadInput(format!("there is no `{CADDY_USER}` user in {}: is Caddy installed?", target.instance))
+    })
 }
 
 async fn validate(lxd: &Client, target: &ProxyTarget, user: &User, path: &str) -> Result<(), ProxyError> {
-    let out = inside::run_as(lxd, &target.instance, user, &["caddy", "validate", "--config", path, "--adapter", "caddyfile"]).await?;
+    let out =
+        inside::run_as(lxd, &target.instance, user, &["caddy", "validate", "--config", path, "--adapter", "caddyfile"])
+            .await?;
     if out.success() {
         return Ok(());
     }
@@ -239,7 +252,10 @@ async fn validate(lxd: &Client, target: &ProxyTarget, user: &User, path: &str) -
 
 /// Caddy logs JSON-ish lines; keep the `Error:` line when there is one.
 fn caddy_message(text: &str) -> String {
-    text.lines().rfind(|l| l.contains("Error:") || l.contains("error")).map(str::to_string).unwrap_or_else(|| text.to_string())
+    text.lines()
+        .rfind(|l| l.contains("Error:") || l.contains("error"))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.to_string())
 }
 
 async fn caddy_reload(lxd: &Client, target: &ProxyTarget, user: &User) -> Result<(), String> {
@@ -252,11 +268,13 @@ async fn caddy_reload(lxd: &Client, target: &ProxyTarget, user: &User) -> Result
 }
 
 async fn restart_caddy(lxd: &Client, target: &ProxyTarget) -> Result<String, String> {
-    let unit = inside::active_unit(lxd, &target.instance, CADDY_UNITS)
+    let unit =
+        inside::active_unit(lxd, &target.instance, CADDY_UNITS).await.map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!("no Caddy unit is active in {} (looked for {})", target.instance, CADDY_UNITS.join(", "))
+        })?;
+    let out = inside::run(lxd, &target.instance, &["systemctl", "restart", unit.as_str()])
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no Caddy unit is active in {} (looked for {})", target.instance, CADDY_UNITS.join(", ")))?;
-    let out = inside::run(lxd, &target.instance, &["systemctl", "restart", unit.as_str()]).await.map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?;
     if !out.success() {
         return Err(format!("`systemctl restart {unit}` failed ({})", inside::failure_text(&out)));
     }
@@ -265,7 +283,15 @@ async fn restart_caddy(lxd: &Client, target: &ProxyTarget) -> Result<String, Str
 
 fn timestamp() -> String {
     let now = time::OffsetDateTime::now_utc();
-    format!("{:04}{:02}{:02}{:02}{:02}{:02}", now.year(), u8::from(now.month()), now.day(), now.hour(), now.minute(), now.second())
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
 }
 
 async fn backup(lxd: &Client, target: &ProxyTarget) -> Result<String, ProxyError> {
@@ -276,9 +302,14 @@ async fn backup(lxd: &Client, target: &ProxyTarget) -> Result<String, ProxyError
         path = format!("{base}-{n}");
         n += 1;
     }
-    let out = inside::run(lxd, &target.instance, &["cp", "-p", "--", target.config_path.as_str(), path.as_str()]).await?;
+    let out =
+        inside::run(lxd, &target.instance, &["cp", "-p", "--", target.config_path.as_str(), path.as_str()]).await?;
     if !out.success() {
-        return Err(ProxyError::Step { instance: target.instance.to_string(), step: format!("backing up {} to {path}", target.config_path), output: inside::failure_text(&out) });
+        return Err(ProxyError::Step {
+            instance: target.instance.to_string(),
+            step: format!("backing up {} to {path}", target.config_path),
+            output: inside::failure_text(&out),
+        });
     }
     Ok(path)
 }
@@ -288,7 +319,9 @@ fn probe_endpoint(ports: &[PublishedPort], container_port: u16) -> Option<Socket
     let p = ports.iter().find(|p| p.protocol == "tcp" && p.container_port == container_port)?;
     let ip: IpAddr = p.host_address.parse().ok()?;
     let ip = match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_loopback() => IpAddr::V4(if v4.is_loopback() { v4 } else { Ipv4Addr::LOCALHOST }),
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_loopback() => {
+            IpAddr::V4(if v4.is_loopback() { v4 } else { Ipv4Addr::LOCALHOST })
+        }
         IpAddr::V6(v6) if v6.is_unspecified() || v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         // A specific public address: gbo sends traffic to loopback only, so such a site is not probed.
         _ => return None,
@@ -354,29 +387,57 @@ pub async fn probe_all(target: &ProxyTarget, text: &str, timeout: Duration) -> V
 }
 
 fn failed_probes(probes: &[Probe]) -> Vec<String> {
-    probes.iter().filter(|p| p.status.is_none()).map(|p| format!("{} ({})", p.url, p.error.as_deref().unwrap_or("no answer"))).collect()
+    probes
+        .iter()
+        .filter(|p| p.status.is_none())
+        .map(|p| format!("{} ({})", p.url, p.error.as_deref().unwrap_or("no answer")))
+        .collect()
 }
 
-async fn restore(lxd: &Client, target: &ProxyTarget, user: &User, backup: &str, reason: String, restart: bool) -> ProxyError {
+async fn restore(
+    lxd: &Client,
+    target: &ProxyTarget,
+    user: &User,
+    backup: &str,
+    reason: String,
+    restart: bool,
+) -> ProxyError {
     let mut note = String::new();
     match inside::run(lxd, &target.instance, &["cp", "-p", "--", backup, target.config_path.as_str()]).await {
         Ok(out) if out.success() => {}
         Ok(out) => note.push_str(&format!(" (copying the backup back failed: {})", inside::failure_text(&out))),
         Err(e) => note.push_str(&format!(" (copying the backup back failed: {e})")),
     }
-    let back = if restart { restart_caddy(lxd, target).await.map(|_| ()) } else { caddy_reload(lxd, target, user).await };
+    let back =
+        if restart { restart_caddy(lxd, target).await.map(|_| ()) } else { caddy_reload(lxd, target, user).await };
     if let Err(e) = back {
         note.push_str(&format!(" (bringing the old config back failed: {e})"));
     }
-    ProxyError::RolledBack { reason, config: target.config_path.clone(), backup: backup.to_string(), restore_note: note }
+    ProxyError::RolledBack {
+        reason,
+        config: target.config_path.clone(),
+        backup: backup.to_string(),
+        restore_note: note,
+    }
 }
 
 /// Install `new_text` as the tenant's Caddyfile the safe way (see the module documentation).
-pub async fn apply(lxd: &Client, target: &ProxyTarget, new_text: &str, options: &ApplyOptions) -> Result<ApplyReport, ProxyError> {
+pub async fn apply(
+    lxd: &Client,
+    target: &ProxyTarget,
+    new_text: &str,
+    options: &ApplyOptions,
+) -> Result<ApplyReport, ProxyError> {
     apply_with(lxd, target, new_text, options, false).await
 }
 
-async fn apply_with(lxd: &Client, target: &ProxyTarget, new_text: &str, options: &ApplyOptions, restart: bool) -> Result<ApplyReport, ProxyError> {
+async fn apply_with(
+    lxd: &Client,
+    target: &ProxyTarget,
+    new_text: &str,
+    options: &ApplyOptions,
+    restart: bool,
+) -> Result<ApplyReport, ProxyError> {
     let current_bytes = inside::read_opt(lxd, &target.instance, &target.config_path).await?;
     let current = current_bytes.as_deref().map(String::from_utf8_lossy).map(|c| c.into_owned());
     let (removed, added) = check_candidate(current.as_deref(), new_text, &options.allow_removal)?;
@@ -408,15 +469,28 @@ async fn apply_with(lxd: &Client, target: &ProxyTarget, new_text: &str, options:
         None => None,
     };
     report.backup = backup_path.clone();
-    let out = inside::run(lxd, &target.instance, &["mv", "-f", "--", candidate.as_str(), target.config_path.as_str()]).await?;
+    let out = inside::run(lxd, &target.instance, &["mv", "-f", "--", candidate.as_str(), target.config_path.as_str()])
+        .await?;
     if !out.success() {
-        return Err(ProxyError::Step { instance: target.instance.to_string(), step: format!("installing {}", target.config_path), output: inside::failure_text(&out) });
+        return Err(ProxyError::Step {
+            instance: target.instance.to_string(),
+            step: format!("installing {}", target.config_path),
+            output: inside::failure_text(&out),
+        });
     }
-    let changed = if restart { restart_caddy(lxd, target).await.map(|_| "restart") } else { caddy_reload(lxd, target, &user).await.map(|_| "reload") };
+    let changed = if restart {
+        restart_caddy(lxd, target).await.map(|_| "restart")
+    } else {
+        caddy_reload(lxd, target, &user).await.map(|_| "reload")
+    };
     let fail = |reason: String| async {
         match &backup_path {
             Some(b) => restore(lxd, target, &user, b, reason, restart).await,
-            None => ProxyError::Step { instance: target.instance.to_string(), step: "applying the first Caddyfile".into(), output: reason },
+            None => ProxyError::Step {
+                instance: target.instance.to_string(),
+                step: "applying the first Caddyfile".into(),
+                output: reason,
+            },
         }
     };
     match changed {
@@ -439,9 +513,14 @@ pub async fn reload(lxd: &Client, target: &ProxyTarget, options: &ApplyOptions) 
         .await?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .ok_or_else(|| ProxyError::BadInput(format!("{} does not exist in {}", target.config_path, target.instance)))?;
-    let parsed = Caddyfile::parse(&text).map_err(|e| ProxyError::BadInput(format!("{} in {} does not parse: {e}", target.config_path, target.instance)))?;
+    let parsed = Caddyfile::parse(&text).map_err(|e| {
+        ProxyError::BadInput(format!("{} in {} does not parse: {e}", target.config_path, target.instance))
+    })?;
     if !parsed.has_storage_block() {
-        return Err(ProxyError::Refused(format!("{} has no `storage` option in its global block; add it before reloading", target.config_path)));
+        return Err(ProxyError::Refused(format!(
+            "{} has no `storage` option in its global block; add it before reloading",
+            target.config_path
+        )));
     }
     let user = caddy_user(lxd, target).await?;
     validate(lxd, target, &user, &target.config_path).await?;
@@ -457,13 +536,21 @@ pub async fn reload(lxd: &Client, target: &ProxyTarget, options: &ApplyOptions) 
     if options.dry_run {
         return Ok(report);
     }
-    caddy_reload(lxd, target, &user).await.map_err(|output| ProxyError::Step { instance: target.instance.to_string(), step: "reloading Caddy".into(), output })?;
+    caddy_reload(lxd, target, &user).await.map_err(|output| ProxyError::Step {
+        instance: target.instance.to_string(),
+        step: "reloading Caddy".into(),
+        output,
+    })?;
     report.action = "reload".into();
     if options.probe {
         report.probes = probe_all(target, &text, options.probe_timeout).await;
         let failed = failed_probes(&report.probes);
         if !failed.is_empty() {
-            return Err(ProxyError::Step { instance: target.instance.to_string(), step: "probing the sites after the reload".into(), output: failed.join("; ") });
+            return Err(ProxyError::Step {
+                instance: target.instance.to_string(),
+                step: "probing the sites after the reload".into(),
+                output: failed.join("; "),
+            });
         }
     }
     Ok(report)
@@ -492,14 +579,24 @@ pub struct DomainVerdict {
 
 /// Resolve every site domain and give verdicts (hosts that are not public domains are not checked).
 pub async fn domain_verdicts(resolver: &dyn Resolver, text: &str) -> Result<Vec<DomainVerdict>, ProxyError> {
-    let parsed = Caddyfile::parse(text).map_err(|e| ProxyError::BadInput(format!("the Caddyfile does not parse: {e}")))?;
+    let parsed =
+        Caddyfile::parse(text).map_err(|e| ProxyError::BadInput(format!("the Caddyfile does not parse: {e}")))?;
     let domains: Vec<String> = parsed.hosts().into_iter().filter(|h| caddyfile::is_public_domain(h)).collect();
-    Ok(resolve::verdicts(resolver, &domains).await.into_iter().map(|(domain, verdict)| DomainVerdict { domain, verdict }).collect())
+    Ok(resolve::verdicts(resolver, &domains)
+        .await
+        .into_iter()
+        .map(|(domain, verdict)| DomainVerdict { domain, verdict })
+        .collect())
 }
 
 /// Remove the sites whose domains have no DNS record, through the same safe path as [`apply`] (backup, validate,
 /// probes, restore), then restart Caddy (not reload) to drop its ACME state for them.
-pub async fn prune_dead_domains(lxd: &Client, target: &ProxyTarget, resolver: &dyn Resolver, options: &ApplyOptions) -> Result<PruneReport, ProxyError> {
+pub async fn prune_dead_domains(
+    lxd: &Client,
+    target: &ProxyTarget,
+    resolver: &dyn Resolver,
+    options: &ApplyOptions,
+) -> Result<PruneReport, ProxyError> {
     let text = inside::read_opt(lxd, &target.instance, &target.config_path)
         .await?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -509,7 +606,8 @@ pub async fn prune_dead_domains(lxd: &Client, target: &ProxyTarget, resolver: &d
     if dead.is_empty() {
         return Ok(PruneReport { domains, dead, apply: None });
     }
-    let parsed = Caddyfile::parse(&text).map_err(|e| ProxyError::BadInput(format!("the Caddyfile does not parse: {e}")))?;
+    let parsed =
+        Caddyfile::parse(&text).map_err(|e| ProxyError::BadInput(format!("the Caddyfile does not parse: {e}")))?;
     let pruned = parsed.without_hosts(&dead);
     let options = ApplyOptions { allow_removal: dead.clone(), ..options.clone() };
     let report = apply_with(lxd, target, &pruned, &options, true).await?;
@@ -526,18 +624,36 @@ mod tests {
     fn candidates_must_keep_sites_and_storage() {
         let old = format!("{STORAGE}a.example.com {{\n}}\nb.example.com {{\n}}\n");
         let partial = format!("{STORAGE}a.example.com {{\n}}\n");
-        assert!(matches!(check_candidate(Some(&old), &partial, &[]), Err(ProxyError::Refused(m)) if m.contains("b.example.com")));
-        let (removed, added) = check_candidate(Some(&old), &format!("{partial}c.example.com {{\n}}\n"), &["b.example.com".into()]).expect("check_candidate");
+        assert!(
+            matches!(check_candidate(Some(&old), &partial, &[]), Err(ProxyError::Refused(m)) if m.contains("b.example.com"))
+        );
+        let (removed, added) =
+            check_candidate(Some(&old), &format!("{partial}c.example.com {{\n}}\n"), &["b.example.com".into()])
+                .expect("check_candidate");
         assert_eq!((removed, added), (vec!["b.example.com".to_string()], vec!["c.example.com".to_string()]));
-        assert!(matches!(check_candidate(Some(&old), "a.example.com {\n}\nb.example.com {\n}\n", &[]), Err(ProxyError::Refused(m)) if m.contains("storage")));
-        assert!(matches!(check_candidate(None, &format!("{STORAGE}a.example.com {{\n"), &[]), Err(ProxyError::BadInput(m)) if m.contains("does not parse")));
-        assert!(matches!(check_candidate(None, &format!("{STORAGE}bad_name.example.com {{\n}}\n"), &[]), Err(ProxyError::BadInput(m)) if m.contains("bad_name")));
-        assert!(matches!(check_candidate(Some(&old), &old, &["not a domain".into()]), Err(ProxyError::BadInput(m)) if m.contains("not a domain")));
+        assert!(
+            matches!(check_candidate(Some(&old), "a.example.com {\n}\nb.example.com {\n}\n", &[]), Err(ProxyError::Refused(m)) if m.contains("storage"))
+        );
+        assert!(
+            matches!(check_candidate(None, &format!("{STORAGE}a.example.com {{\n"), &[]), Err(ProxyError::BadInput(m)) if m.contains("does not parse"))
+        );
+        assert!(
+            matches!(check_candidate(None, &format!("{STORAGE}bad_name.example.com {{\n}}\n"), &[]), Err(ProxyError::BadInput(m)) if m.contains("bad_name"))
+        );
+        assert!(
+            matches!(check_candidate(Some(&old), &old, &["not a domain".into()]), Err(ProxyError::BadInput(m)) if m.contains("not a domain"))
+        );
     }
 
     #[test]
     fn probe_endpoints_stay_on_loopback() {
-        let port = |addr: &str, c: u16| PublishedPort { device: "d".into(), protocol: "tcp".into(), host_address: addr.into(), host_port: 8080, container_port: c };
+        let port = |addr: &str, c: u16| PublishedPort {
+            device: "d".into(),
+            protocol: "tcp".into(),
+            host_address: addr.into(),
+            host_port: 8080,
+            container_port: c,
+        };
         assert_eq!(probe_endpoint(&[port("0.0.0.0", 80)], 80), Some("127.0.0.1:8080".parse().expect("parse")));
         assert_eq!(probe_endpoint(&[port("127.0.0.1", 443)], 443), Some("127.0.0.1:8080".parse().expect("parse")));
         assert_eq!(probe_endpoint(&[port("203.0.113.9", 80)], 80), None);

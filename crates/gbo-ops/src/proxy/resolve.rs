@@ -65,7 +65,10 @@ impl Resolver for SystemResolver {
 /// (EAI_AGAIN "Temporary failure in name resolution", EAI_FAIL, ...), which say nothing about the name.
 pub fn classify_lookup_error(message: &str) -> Resolution {
     let m = message.to_ascii_lowercase();
-    if m.contains("name or service not known") || m.contains("no address associated with hostname") || m.contains("nodename nor servname") {
+    if m.contains("name or service not known")
+        || m.contains("no address associated with hostname")
+        || m.contains("nodename nor servname")
+    {
         Resolution::NoRecord
     } else {
         Resolution::Failed(message.to_string())
@@ -116,7 +119,9 @@ impl StaticResolver {
                 [] => return Err(format!("line {}: {name:?} needs addresses, NXDOMAIN or FAIL", i + 1)),
                 ips => Resolution::Found(
                     ips.iter()
-                        .map(|ip| ip.parse::<IpAddr>().map_err(|_| format!("line {}: {ip:?} is not an IP address", i + 1)))
+                        .map(|ip| {
+                            ip.parse::<IpAddr>().map_err(|_| format!("line {}: {ip:?} is not an IP address", i + 1))
+                        })
                         .collect::<Result<_, _>>()?,
                 ),
             };
@@ -177,7 +182,9 @@ pub async fn verdicts(resolver: &dyn Resolver, domains: &[String]) -> Vec<(Strin
     if !out.iter().any(|(_, v)| matches!(v, Verdict::Alive { .. })) {
         for (_, v) in &mut out {
             if *v == Verdict::Dead {
-                *v = Verdict::Unknown { reason: "no domain could be resolved at all: not calling any of them dead".into() };
+                *v = Verdict::Unknown {
+                    reason: "no domain could be resolved at all: not calling any of them dead".into(),
+                };
             }
         }
     }
@@ -190,7 +197,8 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_resolvable_means_unknown_never_dead() {
-        let r = StaticResolver::parse("a.example.com 192.0.2.1\nb.example.com NXDOMAIN\nc.example.com FAIL\n").expect("parse");
+        let r = StaticResolver::parse("a.example.com 192.0.2.1\nb.example.com NXDOMAIN\nc.example.com FAIL\n")
+            .expect("parse");
         let v = verdicts(&r, &["a.example.com".into(), "b.example.com".into(), "c.example.com".into()]).await;
         assert!(matches!(v[0].1, Verdict::Alive { .. }));
         assert_eq!(v[1].1, Verdict::Dead);
@@ -202,8 +210,14 @@ mod tests {
 
     #[test]
     fn lookup_errors_are_classified_and_files_checked() {
-        assert_eq!(classify_lookup_error("failed to lookup address information: Name or service not known"), Resolution::NoRecord);
-        assert!(matches!(classify_lookup_error("failed to lookup address information: Temporary failure in name resolution"), Resolution::Failed(_)));
+        assert_eq!(
+            classify_lookup_error("failed to lookup address information: Name or service not known"),
+            Resolution::NoRecord
+        );
+        assert!(matches!(
+            classify_lookup_error("failed to lookup address information: Temporary failure in name resolution"),
+            Resolution::Failed(_)
+        ));
         assert!(StaticResolver::parse("a.example.com\n").unwrap_err().contains("line 1"));
         assert!(StaticResolver::parse("a.example.com 300.1.1.1\n").unwrap_err().contains("300.1.1.1"));
     }

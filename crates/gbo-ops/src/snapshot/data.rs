@@ -75,9 +75,13 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountEntry> {
         let Some((left, right)) = line.split_once(" - ") else { continue };
         let fields: Vec<&str> = left.split(' ').collect();
         let rfields: Vec<&str> = right.split(' ').collect();
-        let (Some(mount_point), Some(fs_type), Some(source)) = (fields.get(4), rfields.first(), rfields.get(1)) else { continue };
+        let (Some(mount_point), Some(fs_type), Some(source)) = (fields.get(4), rfields.first(), rfields.get(1)) else {
+            continue;
+        };
         let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
-        if path.starts_with(&mount_point) && best.as_ref().map_or(true, |b| mount_point.components().count() >= b.mount_point.components().count()) {
+        if path.starts_with(&mount_point)
+            && best.as_ref().map_or(true, |b| mount_point.components().count() >= b.mount_point.components().count())
+        {
             best = Some(MountEntry { mount_point, fs_type: fs_type.to_string(), source: unescape_mountinfo(source) });
         }
     }
@@ -120,12 +124,14 @@ pub enum Strategy {
 /// Decide how to capture `path`.
 pub fn strategy_for(path: &Path) -> Result<Strategy, SnapshotError> {
     let canonical = path.canonicalize().map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| SnapshotError::Io { path: "/proc/self/mountinfo".into(), source })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| SnapshotError::Io { path: "/proc/self/mountinfo".into(), source })?;
     let Some(entry) = mount_of(&mountinfo, &canonical) else { return Ok(Strategy::Copy) };
     if entry.fs_type == "btrfs" {
         // The root directory of every btrfs subvolume has inode 256.
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&canonical).map_err(|source| SnapshotError::Io { path: canonical.clone(), source })?;
+        let meta =
+            std::fs::metadata(&canonical).map_err(|source| SnapshotError::Io { path: canonical.clone(), source })?;
         return Ok(if meta.ino() == 256 { Strategy::Btrfs } else { Strategy::Copy });
     }
     let zfs_like = entry.fs_type == "zfs" || entry.fs_type.starts_with("fuse");
@@ -140,7 +146,13 @@ pub fn strategy_for(path: &Path) -> Result<Strategy, SnapshotError> {
 
 /// Capture `host_path` as `strategy` says; `store` is this snapshot's directory for copies, `tag` a name unique to
 /// this container snapshot.
-pub fn capture(host_path: &Path, strategy: &Strategy, store: &Path, device: &str, tag: &str) -> Result<CaptureMethod, SnapshotError> {
+pub fn capture(
+    host_path: &Path,
+    strategy: &Strategy,
+    store: &Path,
+    device: &str,
+    tag: &str,
+) -> Result<CaptureMethod, SnapshotError> {
     match strategy {
         Strategy::Btrfs => {
             // Next to the subvolume, so it is always on the same filesystem.
@@ -148,7 +160,12 @@ pub fn capture(host_path: &Path, strategy: &Strategy, store: &Path, device: &str
             let dir = parent.join(".gbo-snapshots");
             std::fs::create_dir_all(&dir).map_err(|source| SnapshotError::Io { path: dir.clone(), source })?;
             let location = dir.join(format!("{tag}@{device}"));
-            HostCommand::new("btrfs").args(["subvolume", "snapshot", "-r"]).arg(host_path).arg(&location).install_hint("install it with `apt-get install btrfs-progs`").run()?;
+            HostCommand::new("btrfs")
+                .args(["subvolume", "snapshot", "-r"])
+                .arg(host_path)
+                .arg(&location)
+                .install_hint("install it with `apt-get install btrfs-progs`")
+                .run()?;
             Ok(CaptureMethod::BtrfsSnapshot { location })
         }
         Strategy::Zfs { dataset, mountpoint } => {
@@ -158,7 +175,8 @@ pub fn capture(host_path: &Path, strategy: &Strategy, store: &Path, device: &str
         }
         Strategy::Copy => {
             let location = store.join(device);
-            std::fs::create_dir_all(&location).map_err(|source| SnapshotError::Io { path: location.clone(), source })?;
+            std::fs::create_dir_all(&location)
+                .map_err(|source| SnapshotError::Io { path: location.clone(), source })?;
             copy_contents(host_path, &location)?;
             Ok(CaptureMethod::FrozenCopy { location })
         }
@@ -183,10 +201,15 @@ pub fn restore(capture: &DataCapture) -> Result<(), SnapshotError> {
         CaptureMethod::ZfsSnapshot { dataset, snapshot, mountpoint } => {
             // The mountpoint comes from mountinfo (a canonical path); the device's source may reach the dataset
             // through a symlink. Outside the dataset there is nothing in the snapshot to bring back.
-            let canonical = host_path.canonicalize().map_err(|source| SnapshotError::Io { path: host_path.clone(), source })?;
+            let canonical =
+                host_path.canonicalize().map_err(|source| SnapshotError::Io { path: host_path.clone(), source })?;
             let relative = canonical
                 .strip_prefix(mountpoint)
-                .map_err(|_| SnapshotError::OutsideDataset { path: host_path.clone(), dataset: dataset.clone(), mountpoint: mountpoint.clone() })?
+                .map_err(|_| SnapshotError::OutsideDataset {
+                    path: host_path.clone(),
+                    dataset: dataset.clone(),
+                    mountpoint: mountpoint.clone(),
+                })?
                 .to_path_buf();
             // A clone, not `zfs rollback -r`: rollback would destroy every newer snapshot (the safety one included)
             // and roll back every other directory of the dataset too. The clone is a child of the pool's root
@@ -201,11 +224,18 @@ pub fn restore(capture: &DataCapture) -> Result<(), SnapshotError> {
             let wanted_mount = std::env::temp_dir().join(&leaf);
             let mut mountpoint_option = std::ffi::OsString::from("mountpoint=");
             mountpoint_option.push(&wanted_mount);
-            HostCommand::new(&zfs).args(["clone", "-o"]).arg(mountpoint_option).arg(format!("{dataset}@{snapshot}")).arg(&clone).run()?;
+            HostCommand::new(&zfs)
+                .args(["clone", "-o"])
+                .arg(mountpoint_option)
+                .arg(format!("{dataset}@{snapshot}"))
+                .arg(&clone)
+                .run()?;
             let mut clone_mount = None;
             let result = (|| {
                 // Where it really is (an `altroot` prefixes the mountpoint).
-                let mounted = PathBuf::from(HostCommand::new(&zfs).args(["get", "-H", "-o", "value", "mountpoint"]).arg(&clone).run()?.trim());
+                let mounted = PathBuf::from(
+                    HostCommand::new(&zfs).args(["get", "-H", "-o", "value", "mountpoint"]).arg(&clone).run()?.trim(),
+                );
                 clone_mount = Some(mounted.clone());
                 let source = mounted.join(&relative);
                 empty_dir(host_path)?;

@@ -96,7 +96,11 @@ impl FromStr for Span {
             'h' => SpanUnit::Hours,
             'd' => SpanUnit::Days,
             'w' => SpanUnit::Weeks,
-            'M' => return Err(err("`M` is ambiguous (LXD reads it as minutes, cron tools as months); use `m` for minutes")),
+            'M' => {
+                return Err(err(
+                    "`M` is ambiguous (LXD reads it as minutes, cron tools as months); use `m` for minutes",
+                ))
+            }
             c if c.is_ascii_digit() => return Err(err("the unit is missing")),
             _ => return Err(err("the unit is not one of m, h, d, w")),
         };

@@ -173,7 +173,15 @@ pub fn snapshot_name(value: &str) -> Result<SnapshotName, SnapshotError> {
 /// A default snapshot name from the clock: `gbo-20240115-031500`.
 pub fn default_name(now: OffsetDateTime) -> String {
     let now = now.to_offset(time::UtcOffset::UTC);
-    format!("gbo-{:04}{:02}{:02}-{:02}{:02}{:02}", now.year(), u8::from(now.month()), now.day(), now.hour(), now.minute(), now.second())
+    format!(
+        "gbo-{:04}{:02}{:02}-{:02}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
 }
 
 /// Find a container by name; unknown names are an error naming them.
@@ -195,12 +203,14 @@ pub async fn tenant_containers(lxd: &Client, tenant: &str) -> Result<Vec<Managed
 
 /// The directory holding a container's snapshot manifests and copies.
 pub fn store_dir(container: &ManagedInstance) -> PathBuf {
-    let root = container.stack_dir.as_ref().map(|d| d.join(".snapshots")).unwrap_or_else(|| PathBuf::from(FALLBACK_STORE));
+    let root =
+        container.stack_dir.as_ref().map(|d| d.join(".snapshots")).unwrap_or_else(|| PathBuf::from(FALLBACK_STORE));
     root.join(&container.name)
 }
 
 fn lxd_name(container: &ManagedInstance) -> Result<InstanceName, SnapshotError> {
-    InstanceName::new(container.name.as_str()).map_err(|_| SnapshotError::UnknownContainer { name: container.name.clone() })
+    InstanceName::new(container.name.as_str())
+        .map_err(|_| SnapshotError::UnknownContainer { name: container.name.clone() })
 }
 
 /// Read a snapshot's manifest, if it has one.
@@ -211,7 +221,12 @@ pub fn read_manifest(container: &ManagedInstance, snapshot: &str) -> Option<Mani
 }
 
 /// Take a snapshot of the container and its mounted host directories, consistently.
-pub async fn create(lxd: &Client, container: &ManagedInstance, name: &SnapshotName, options: &CreateOptions) -> Result<SnapshotInfo, SnapshotError> {
+pub async fn create(
+    lxd: &Client,
+    container: &ManagedInstance,
+    name: &SnapshotName,
+    options: &CreateOptions,
+) -> Result<SnapshotInfo, SnapshotError> {
     let instance = lxd_name(container)?;
     let span = tracing::info_span!("snapshot_create", container = %container.name, snapshot = %name);
     let _enter = span.enter();
@@ -245,9 +260,17 @@ pub async fn create(lxd: &Client, container: &ManagedInstance, name: &SnapshotNa
             std::fs::create_dir_all(&store).map_err(|source| SnapshotError::Io { path: store.clone(), source })?;
         }
         for (mount, strategy) in &strategies {
-            let (host, store, device, tag, strategy) = (mount.host_path.clone(), store.clone(), mount.device.clone(), tag.replace('@', "-"), strategy.clone());
-            let method = tokio::task::spawn_blocking(move || data::capture(&host, &strategy, &store, &device, &tag)).await.map_err(join_error)??;
-            captures.push(DataCapture { device: mount.device.clone(), host_path: mount.host_path.clone(), container_path: mount.container_path.clone(), method });
+            let (host, store, device, tag, strategy) =
+                (mount.host_path.clone(), store.clone(), mount.device.clone(), tag.replace('@', "-"), strategy.clone());
+            let method = tokio::task::spawn_blocking(move || data::capture(&host, &strategy, &store, &device, &tag))
+                .await
+                .map_err(join_error)??;
+            captures.push(DataCapture {
+                device: mount.device.clone(),
+                host_path: mount.host_path.clone(),
+                container_path: mount.container_path.clone(),
+                method,
+            });
         }
         lxd.create_snapshot(&instance, name, expires_at.as_deref()).await?;
         Ok::<_, SnapshotError>(captures)
@@ -266,9 +289,16 @@ pub async fn create(lxd: &Client, container: &ManagedInstance, name: &SnapshotNa
             return Err(e);
         }
     };
-    let manifest = Manifest { container: container.name.clone(), snapshot: name.to_string(), taken_at: rfc3339(now), frozen: freeze, data: captures.clone() };
+    let manifest = Manifest {
+        container: container.name.clone(),
+        snapshot: name.to_string(),
+        taken_at: rfc3339(now),
+        frozen: freeze,
+        data: captures.clone(),
+    };
     if !captures.is_empty() {
-        let text = serde_json::to_string_pretty(&manifest).map_err(|e| SnapshotError::Io { path: store.clone(), source: std::io::Error::other(e) })?;
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| SnapshotError::Io { path: store.clone(), source: std::io::Error::other(e) })?;
         let path = store.join(MANIFEST);
         std::fs::write(&path, text).map_err(|source| SnapshotError::Io { path, source })?;
     }
@@ -284,7 +314,12 @@ pub async fn create(lxd: &Client, container: &ManagedInstance, name: &SnapshotNa
 }
 
 /// Snapshot several containers at once under one name (a tenant): one result per container, in order.
-pub async fn create_many(lxd: &Client, containers: &[ManagedInstance], name: &SnapshotName, options: &CreateOptions) -> Vec<Result<SnapshotInfo, SnapshotError>> {
+pub async fn create_many(
+    lxd: &Client,
+    containers: &[ManagedInstance],
+    name: &SnapshotName,
+    options: &CreateOptions,
+) -> Vec<Result<SnapshotInfo, SnapshotError>> {
     futures_util::future::join_all(containers.iter().map(|c| create(lxd, c, name, options))).await
 }
 
@@ -334,11 +369,19 @@ pub struct RestoreReport {
 
 /// Bring a container and its captured host data back to a snapshot. Takes a data-inclusive safety snapshot first
 /// unless `safety` is false.
-pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &SnapshotName, safety: bool) -> Result<RestoreReport, SnapshotError> {
+pub async fn restore(
+    lxd: &Client,
+    container: &ManagedInstance,
+    snapshot: &SnapshotName,
+    safety: bool,
+) -> Result<RestoreReport, SnapshotError> {
     let instance = lxd_name(container)?;
     let snaps = lxd.snapshots(&instance).await?;
     if !snaps.iter().any(|s| s.name == snapshot.as_str()) {
-        return Err(SnapshotError::UnknownSnapshot { container: container.name.clone(), snapshot: snapshot.to_string() });
+        return Err(SnapshotError::UnknownSnapshot {
+            container: container.name.clone(),
+            snapshot: snapshot.to_string(),
+        });
     }
     let manifest = read_manifest(container, snapshot.as_str());
     let safety_snapshot = if safety {
@@ -391,7 +434,13 @@ pub async fn restore(lxd: &Client, container: &ManagedInstance, snapshot: &Snaps
     if running {
         set_state_checked(lxd, &instance, StateAction::Start, "running").await?;
     }
-    Ok(RestoreReport { container: container.name.clone(), snapshot: snapshot.to_string(), safety_snapshot, data_restored, restarted: running })
+    Ok(RestoreReport {
+        container: container.name.clone(),
+        snapshot: snapshot.to_string(),
+        safety_snapshot,
+        data_restored,
+        restarted: running,
+    })
 }
 
 /// Where a restore stopped, and how to get back.
@@ -413,7 +462,11 @@ pub struct RestoreFailure {
 
 impl std::fmt::Display for RestoreFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "restoring `{}` to `{}` failed while {}: {}. The container is left stopped", self.container, self.snapshot, self.step, self.cause)?;
+        write!(
+            f,
+            "restoring `{}` to `{}` failed while {}: {}. The container is left stopped",
+            self.container, self.snapshot, self.step, self.cause
+        )?;
         if !self.restored.is_empty() {
             write!(f, "; host data already restored: {}", self.restored.join(", "))?;
         }
@@ -430,7 +483,10 @@ pub async fn delete(lxd: &Client, container: &ManagedInstance, snapshot: &Snapsh
     let exists = lxd.snapshots(&instance).await?.iter().any(|s| s.name == snapshot.as_str());
     let manifest = read_manifest(container, snapshot.as_str());
     if !exists && manifest.is_none() {
-        return Err(SnapshotError::UnknownSnapshot { container: container.name.clone(), snapshot: snapshot.to_string() });
+        return Err(SnapshotError::UnknownSnapshot {
+            container: container.name.clone(),
+            snapshot: snapshot.to_string(),
+        });
     }
     if exists {
         lxd.delete_snapshot(&instance, snapshot).await?;
@@ -438,7 +494,11 @@ pub async fn delete(lxd: &Client, container: &ManagedInstance, snapshot: &Snapsh
     discard_data(container, snapshot.as_str(), manifest).await
 }
 
-async fn discard_data(container: &ManagedInstance, snapshot: &str, manifest: Option<Manifest>) -> Result<(), SnapshotError> {
+async fn discard_data(
+    container: &ManagedInstance,
+    snapshot: &str,
+    manifest: Option<Manifest>,
+) -> Result<(), SnapshotError> {
     if let Some(manifest) = manifest {
         for capture in manifest.data {
             tokio::task::spawn_blocking(move || data::discard(&capture)).await.map_err(join_error)??;
@@ -463,11 +523,19 @@ pub struct PruneReport {
 
 /// Apply tiered retention to a container's snapshots (every snapshot, gbo's and hand-made). `dry_run` decides
 /// without deleting.
-pub async fn prune(lxd: &Client, container: &ManagedInstance, policy: RetentionPolicy, dry_run: bool) -> Result<PruneReport, SnapshotError> {
+pub async fn prune(
+    lxd: &Client,
+    container: &ManagedInstance,
+    policy: RetentionPolicy,
+    dry_run: bool,
+) -> Result<PruneReport, SnapshotError> {
     policy.validate()?;
     let instance = lxd_name(container)?;
     let snaps = lxd.snapshots(&instance).await?;
-    let pairs: Vec<(String, OffsetDateTime)> = snaps.iter().map(|s| (s.name.clone(), parse_time(&s.created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH))).collect();
+    let pairs: Vec<(String, OffsetDateTime)> = snaps
+        .iter()
+        .map(|s| (s.name.clone(), parse_time(&s.created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH)))
+        .collect();
     let verdicts = retention::plan(&pairs, policy);
     // Data of snapshots LXD already expired (`expires_at`) stays on the host until someone removes it.
     let mut orphans = Vec::new();
@@ -482,7 +550,10 @@ pub async fn prune(lxd: &Client, container: &ManagedInstance, policy: RetentionP
     orphans.sort();
     if !dry_run {
         for verdict in verdicts.iter().filter(|v| !v.keep()) {
-            let name = snapshot_name(&verdict.name).or_else(|_| SnapshotName::new(verdict.name.as_str()).map_err(|_| SnapshotError::InvalidName { value: verdict.name.clone() }))?;
+            let name = snapshot_name(&verdict.name).or_else(|_| {
+                SnapshotName::new(verdict.name.as_str())
+                    .map_err(|_| SnapshotError::InvalidName { value: verdict.name.clone() })
+            })?;
             delete(lxd, container, &name).await?;
         }
         for orphan in &orphans {
@@ -490,12 +561,22 @@ pub async fn prune(lxd: &Client, container: &ManagedInstance, policy: RetentionP
             discard_data(container, orphan, manifest).await?;
         }
     }
-    Ok(PruneReport { container: container.name.clone(), verdicts, applied: !dry_run, orphaned_data_removed: if dry_run { Vec::new() } else { orphans } })
+    Ok(PruneReport {
+        container: container.name.clone(),
+        verdicts,
+        applied: !dry_run,
+        orphaned_data_removed: if dry_run { Vec::new() } else { orphans },
+    })
 }
 
 /// Change state; when the request fails (a lost operation, a slow daemon), accept it if the instance did reach
 /// the wanted state.
-async fn set_state_checked(lxd: &Client, instance: &InstanceName, action: StateAction, wanted: &str) -> Result<(), SnapshotError> {
+async fn set_state_checked(
+    lxd: &Client,
+    instance: &InstanceName,
+    action: StateAction,
+    wanted: &str,
+) -> Result<(), SnapshotError> {
     let force = action == StateAction::Stop;
     match lxd.set_state(instance, action, 60, force).await {
         Ok(()) => Ok(()),

@@ -62,7 +62,8 @@ fn serialize_time<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::O
 pub fn plan(snapshots: &[(String, OffsetDateTime)], policy: RetentionPolicy) -> Vec<Verdict> {
     let mut sorted: Vec<(String, OffsetDateTime)> = snapshots.to_vec();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
-    let mut verdicts: Vec<Verdict> = sorted.into_iter().map(|(name, taken_at)| Verdict { name, taken_at, kept_by: Vec::new() }).collect();
+    let mut verdicts: Vec<Verdict> =
+        sorted.into_iter().map(|(name, taken_at)| Verdict { name, taken_at, kept_by: Vec::new() }).collect();
     if let Some(first) = verdicts.first_mut() {
         first.kept_by.push("newest");
     }

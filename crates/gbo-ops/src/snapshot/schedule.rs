@@ -94,7 +94,8 @@ pub fn render(job: &TimerJob, kind: TimerKind) -> Vec<(PathBuf, String)> {
     let line = |argv: &Vec<String>| argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" ");
     match kind {
         TimerKind::Systemd => {
-            let mut service = format!("# Written by gbo.\n[Unit]\nDescription={}\n\n[Service]\nType=oneshot\n", job.description);
+            let mut service =
+                format!("# Written by gbo.\n[Unit]\nDescription={}\n\n[Service]\nType=oneshot\n", job.description);
             for argv in &job.commands {
                 service.push_str(&format!("ExecStart={}\n", line(argv)));
             }
@@ -127,7 +128,8 @@ pub fn install(job: &TimerJob, kind: TimerKind, root: &Path) -> Result<Vec<PathB
     for (relative, text) in render(job, kind) {
         let path = root.join(relative);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| SnapshotError::Io { path: parent.to_path_buf(), source })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|source| SnapshotError::Io { path: parent.to_path_buf(), source })?;
         }
         let tmp = path.with_extension("gbo-tmp");
         std::fs::write(&tmp, text).map_err(|source| SnapshotError::Io { path: tmp.clone(), source })?;
@@ -155,7 +157,13 @@ pub enum ScheduleTarget {
 }
 
 /// The job `gbo snapshot schedule` installs: gbo's own snapshot, then prune when a policy is given.
-pub fn snapshot_job(gbo: &Path, target: &ScheduleTarget, every: Every, expires: Option<Span>, policy: Option<RetentionPolicy>) -> TimerJob {
+pub fn snapshot_job(
+    gbo: &Path,
+    target: &ScheduleTarget,
+    every: Every,
+    expires: Option<Span>,
+    policy: Option<RetentionPolicy>,
+) -> TimerJob {
     let gbo = gbo.display().to_string();
     let (selector, stem): (Vec<String>, String) = match target {
         ScheduleTarget::Container(c) => (vec![c.clone()], c.clone()),
@@ -170,17 +178,35 @@ pub fn snapshot_job(gbo: &Path, target: &ScheduleTarget, every: Every, expires: 
     if let Some(p) = policy {
         let mut prune = vec![gbo, "snapshot".into(), "prune".into()];
         prune.extend(selector);
-        prune.extend(["--keep-last".into(), p.keep_last.to_string(), "--keep-daily".into(), p.keep_daily.to_string(), "--keep-weekly".into(), p.keep_weekly.to_string()]);
+        prune.extend([
+            "--keep-last".into(),
+            p.keep_last.to_string(),
+            "--keep-daily".into(),
+            p.keep_daily.to_string(),
+            "--keep-weekly".into(),
+            p.keep_weekly.to_string(),
+        ]);
         commands.push(prune);
     }
     let stem: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    TimerJob { name: format!("gbo-snapshot-{stem}"), every, commands, description: format!("gbo snapshots (container and host data) of {}", stem) }
+    TimerJob {
+        name: format!("gbo-snapshot-{stem}"),
+        every,
+        commands,
+        description: format!("gbo snapshots (container and host data) of {}", stem),
+    }
 }
 
 /// `--lxd-native`: set LXD's own schedule on each container. Those snapshots cover the container only.
-pub async fn set_lxd_native(lxd: &Client, containers: &[ManagedInstance], every: Every, expires: Option<Span>) -> Result<(), SnapshotError> {
+pub async fn set_lxd_native(
+    lxd: &Client,
+    containers: &[ManagedInstance],
+    every: Every,
+    expires: Option<Span>,
+) -> Result<(), SnapshotError> {
     for container in containers {
-        let name = InstanceName::new(container.name.as_str()).map_err(|_| SnapshotError::UnknownContainer { name: container.name.clone() })?;
+        let name = InstanceName::new(container.name.as_str())
+            .map_err(|_| SnapshotError::UnknownContainer { name: container.name.clone() })?;
         let mut config = serde_json::Map::new();
         config.insert("snapshots.schedule".into(), every.cron().into());
         config.insert("snapshots.pattern".into(), "auto-%d".into());
@@ -197,12 +223,24 @@ mod tests {
     #[test]
     fn renders_systemd_and_cron_jobs() {
         let policy = RetentionPolicy { keep_last: 3, keep_daily: 7, keep_weekly: 4 };
-        let job = snapshot_job(Path::new("/usr/local/bin/gbo"), &ScheduleTarget::Tenant("acme".into()), Every::Daily, "7d".parse().ok(), Some(policy));
+        let job = snapshot_job(
+            Path::new("/usr/local/bin/gbo"),
+            &ScheduleTarget::Tenant("acme".into()),
+            Every::Daily,
+            "7d".parse().ok(),
+            Some(policy),
+        );
         assert_eq!(job.name, "gbo-snapshot-tenant-acme");
         let systemd = render(&job, TimerKind::Systemd);
         assert_eq!(systemd[0].0, PathBuf::from("etc/systemd/system/gbo-snapshot-tenant-acme.service"));
-        assert!(systemd[0].1.contains("ExecStart=/usr/local/bin/gbo snapshot create --tenant acme --expires 7d\n"), "{}", systemd[0].1);
-        assert!(systemd[0].1.contains("ExecStart=/usr/local/bin/gbo snapshot prune --tenant acme --keep-last 3 --keep-daily 7 --keep-weekly 4\n"));
+        assert!(
+            systemd[0].1.contains("ExecStart=/usr/local/bin/gbo snapshot create --tenant acme --expires 7d\n"),
+            "{}",
+            systemd[0].1
+        );
+        assert!(systemd[0].1.contains(
+            "ExecStart=/usr/local/bin/gbo snapshot prune --tenant acme --keep-last 3 --keep-daily 7 --keep-weekly 4\n"
+        ));
         assert!(systemd[1].1.contains("OnCalendar=daily\n"));
         let cron = render(&job, TimerKind::Cron);
         assert_eq!(cron[0].0, PathBuf::from("etc/cron.d/gbo-snapshot-tenant-acme"));

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use lxd_client::{Client, CreateInstance, DeviceName, ExecOutput, ExecRequest, FileOptions, InstanceName, InstanceSource, ProxyAddress, ProxyDevice};
+use lxd_client::{
+    Client, CreateInstance, DeviceName, ExecOutput, ExecRequest, FileOptions, InstanceName, InstanceSource,
+    ProxyAddress, ProxyDevice,
+};
 
 /// A tenant made of hand-built containers, deleted on drop.
 pub struct Tenant {
@@ -30,9 +33,17 @@ impl Tenant {
     }
 
     /// Create and start `{tenant}-{role}` from the test image (no NIC), with `adjust` applied; waits for systemd.
-    pub async fn container(&mut self, role: &str, adjust: impl FnOnce(CreateInstance) -> CreateInstance) -> InstanceName {
+    pub async fn container(
+        &mut self,
+        role: &str,
+        adjust: impl FnOnce(CreateInstance) -> CreateInstance,
+    ) -> InstanceName {
         let name = self.instance(role);
-        let request = adjust(CreateInstance::container(name.clone(), InstanceSource::alias(gbo_tests::TEST_IMAGE)).config("user.gbo.test", "true")).start(true);
+        let request = adjust(
+            CreateInstance::container(name.clone(), InstanceSource::alias(gbo_tests::TEST_IMAGE))
+                .config("user.gbo.test", "true"),
+        )
+        .start(true);
         self.containers.push(name.clone());
         self.lxd.create_instance(&request).await.unwrap_or_else(|e| panic!("creating {name}: {e}"));
         wait_for_systemd(&self.lxd, &name).await;
@@ -94,16 +105,22 @@ pub async fn sh_ok(lxd: &Client, name: &InstanceName, script: &str) -> String {
 
 /// Write a file inside as root with `mode`.
 pub async fn write(lxd: &Client, name: &InstanceName, path: &str, content: &str, mode: u32) {
-    lxd.push_bytes(name, path, content.as_bytes().to_vec(), FileOptions::root(mode)).await.unwrap_or_else(|e| panic!("writing {path} in {name}: {e}"));
+    lxd.push_bytes(name, path, content.as_bytes().to_vec(), FileOptions::root(mode))
+        .await
+        .unwrap_or_else(|e| panic!("writing {path} in {name}: {e}"));
 }
 
 /// Read a file inside.
 pub async fn read(lxd: &Client, name: &InstanceName, path: &str) -> String {
-    String::from_utf8_lossy(&lxd.read_file(name, path).await.unwrap_or_else(|e| panic!("reading {path} in {name}: {e}"))).into_owned()
+    String::from_utf8_lossy(
+        &lxd.read_file(name, path).await.unwrap_or_else(|e| panic!("reading {path} in {name}: {e}")),
+    )
+    .into_owned()
 }
 
 /// The global block every test Caddyfile starts with (admin on loopback, explicit storage, no trust-store install).
-pub const CADDY_GLOBAL: &str = "{\n\tadmin localhost:2019\n\tskip_install_trust\n\tstorage file_system {\n\t\troot /opt/gbo/data/caddy\n\t}\n}\n";
+pub const CADDY_GLOBAL: &str =
+    "{\n\tadmin localhost:2019\n\tskip_install_trust\n\tstorage file_system {\n\t\troot /opt/gbo/data/caddy\n\t}\n}\n";
 
 /// A Caddyfile with the global block, one `http://` site per host answering `site <host>`, and `tls internal`
 /// HTTPS sites for `https_hosts`.
@@ -111,10 +128,14 @@ pub fn caddyfile(http_hosts: &[&str], https_hosts: &[&str]) -> String {
     let mut out = CADDY_GLOBAL.to_string();
     out.push_str("\n(gbo_access_log) {\n\tlog {\n\t\toutput file /opt/gbo/logs/access.log\n\t\tformat json\n\t}\n}\n");
     for host in http_hosts {
-        out.push_str(&format!("\n# role: test\nhttp://{host} {{\n\timport gbo_access_log\n\trespond \"site {host}\" 200\n}}\n"));
+        out.push_str(&format!(
+            "\n# role: test\nhttp://{host} {{\n\timport gbo_access_log\n\trespond \"site {host}\" 200\n}}\n"
+        ));
     }
     for host in https_hosts {
-        out.push_str(&format!("\n{host} {{\n\timport gbo_access_log\n\ttls internal\n\trespond \"site {host}\" 200\n}}\n"));
+        out.push_str(&format!(
+            "\n{host} {{\n\timport gbo_access_log\n\ttls internal\n\trespond \"site {host}\" 200\n}}\n"
+        ));
     }
     out
 }
@@ -129,10 +150,14 @@ AmbientCapabilities=CAP_NET_BIND_SERVICE\nRestart=on-failure\n\n[Install]\nWante
 /// Returns (instance, host port of 80, host port of 443).
 pub async fn proxy_with_caddy(tenant: &mut Tenant, config: &str) -> (InstanceName, u16, u16) {
     let (http, https) = (gbo_tests::free_port(), gbo_tests::free_port());
-    let name = tenant.container("proxy", |r| tcp_port(tcp_port(r, "gbo-port-http", http, 80), "gbo-port-https", https, 443)).await;
+    let name = tenant
+        .container("proxy", |r| tcp_port(tcp_port(r, "gbo-port-http", http, 80), "gbo-port-https", https, 443))
+        .await;
     let lxd = tenant.lxd.clone();
     sh_ok(&lxd, &name, "install -d -o caddy -g caddy /opt/gbo/data/caddy /var/lib/caddy && touch /opt/gbo/logs/access.log && chown caddy:caddy /opt/gbo/logs/access.log").await;
-    lxd.push_bytes(&name, "/opt/gbo/conf/config", config.as_bytes().to_vec(), FileOptions::owned(1003, 1003, 0o640)).await.expect("pushing the Caddyfile");
+    lxd.push_bytes(&name, "/opt/gbo/conf/config", config.as_bytes().to_vec(), FileOptions::owned(1003, 1003, 0o640))
+        .await
+        .expect("pushing the Caddyfile");
     write(&lxd, &name, "/etc/systemd/system/proxy.service", PROXY_UNIT, 0o644).await;
     sh_ok(&lxd, &name, "systemctl daemon-reload && systemctl enable --now proxy.service").await;
     wait_for_caddy(&lxd, &name).await;
@@ -158,8 +183,14 @@ pub async fn main_pid(lxd: &Client, name: &InstanceName, unit: &str) -> u32 {
 
 /// GET `http://127.0.0.1:<port>/` with `Host: host`; (status, body) or the error.
 pub async fn http_get(port: u16, host: &str) -> Result<(u16, String), String> {
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).redirect(reqwest::redirect::Policy::none()).build().map_err(|e| e.to_string())?;
-    let response = client.get(format!("http://127.0.0.1:{port}/")).header("Host", host).send().await.map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response =
+        client.get(format!("http://127.0.0.1:{port}/")).header("Host", host).send().await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     Ok((status, response.text().await.map_err(|e| e.to_string())?))
 }

@@ -113,11 +113,24 @@ fn handle(state: &Mutex<State>, method: &str, path: &str, body: &str) -> (u16, V
     match (method, path) {
         ("GET", "/v1/sys/seal-status") => (200, status_body(&s)),
         ("GET" | "HEAD", "/v1/sys/health") => {
-            let code = if !s.initialized { 501 } else if s.sealed { 503 } else if s.standby { 429 } else { 200 };
-            (code, json!({ "initialized": s.initialized, "sealed": s.sealed, "standby": s.standby, "version": "1.15.6-standin" }))
+            let code = if !s.initialized {
+                501
+            } else if s.sealed {
+                503
+            } else if s.standby {
+                429
+            } else {
+                200
+            };
+            (
+                code,
+                json!({ "initialized": s.initialized, "sealed": s.sealed, "standby": s.standby, "version": "1.15.6-standin" }),
+            )
         }
         ("PUT" | "POST", "/v1/sys/unseal") => {
-            let Ok(req) = serde_json::from_str::<Value>(body) else { return (400, json!({ "errors": ["failed to parse JSON input"] })) };
+            let Ok(req) = serde_json::from_str::<Value>(body) else {
+                return (400, json!({ "errors": ["failed to parse JSON input"] }));
+            };
             if req.get("reset").and_then(Value::as_bool) == Some(true) {
                 s.progress.clear();
                 return (200, status_body(&s));
@@ -125,7 +138,12 @@ fn handle(state: &Mutex<State>, method: &str, path: &str, body: &str) -> (u16, V
             if !s.initialized {
                 return (400, json!({ "errors": ["Vault is not initialized"] }));
             }
-            let Some(key) = req.get("key").and_then(Value::as_str) else { return (400, json!({ "errors": ["'key' must be specified in request body as JSON, or 'reset' set to true"] })) };
+            let Some(key) = req.get("key").and_then(Value::as_str) else {
+                return (
+                    400,
+                    json!({ "errors": ["'key' must be specified in request body as JSON, or 'reset' set to true"] }),
+                );
+            };
             if !s.sealed {
                 return (200, status_body(&s));
             }
@@ -162,7 +180,11 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<
     let request_line = lines.next().unwrap_or("");
     let mut parts = request_line.split(' ');
     let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-    let length: usize = lines.filter_map(|l| l.split_once(':')).find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()).unwrap_or(0);
+    let length: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
     while buf.len() < header_end + length {
         let Ok(n) = stream.read(&mut chunk).await else { return };
         if n == 0 {
@@ -173,13 +195,20 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: Arc<
     let body = String::from_utf8_lossy(&buf[header_end..(header_end + length).min(buf.len())]).into_owned();
     let (code, value) = handle(&state, &method, &path, &body);
     let text = value.to_string();
-    let response = format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+    let response = format!(
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl command is required");
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command is required");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -192,11 +221,62 @@ impl StandInVault {
         let state = Arc::new(Mutex::new(state));
         let acceptor = if tls {
             let d = dir.path();
-            openssl(d, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gbo test CA"]);
-            openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=gbo test CA",
+                ],
+            );
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            );
             std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext");
-            openssl(d, &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
-            let mut b = openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls()).expect("acceptor");
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "server.pem",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "ext.cnf",
+                ],
+            );
+            let mut b =
+                openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls()).expect("acceptor");
             b.set_private_key_file(d.join("server.key"), openssl::ssl::SslFiletype::PEM).expect("key");
             b.set_certificate_chain_file(d.join("server.pem")).expect("cert");
             Some(Arc::new(b.build()))
@@ -231,7 +311,15 @@ impl StandInVault {
     }
 
     pub fn sealed(threshold: usize, shares: &[String]) -> State {
-        State { initialized: true, sealed: true, threshold, shares: shares.to_vec(), progress: BTreeSet::new(), standby: false, requests: Vec::new() }
+        State {
+            initialized: true,
+            sealed: true,
+            threshold,
+            shares: shares.to_vec(),
+            progress: BTreeSet::new(),
+            standby: false,
+            requests: Vec::new(),
+        }
     }
 
     pub fn snapshot(&self) -> State {
