@@ -4,6 +4,7 @@
 //! Every resource a test creates is named with [`unique_name`] (prefix `gbot-`), so `cargo xtask clean` can
 //! remove leftovers of killed runs and parallel tests never collide.
 
+pub mod programs;
 pub mod zfs_fuse;
 
 use std::sync::atomic::{AtomicU32, Ordering};

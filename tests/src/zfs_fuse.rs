@@ -77,10 +77,12 @@ const ZFS_FUSE_PID_FILE: &str = "/run/zfs-fuse.pid";
 /// An advisory lock (`flock`) across test processes, so two test binaries never start the daemon twice. The kernel
 /// drops it when its holder dies, so a killed run leaves nothing stale; a directory at its path (an older scheme's
 /// leftover) is removed.
-struct StartLock(#[allow(dead_code)] std::fs::File);
+struct StartLock {
+    /// Held, never read: the lock lasts as long as the open file.
+    _held: std::fs::File,
+}
 
 impl StartLock {
-    #[allow(clippy::incompatible_msrv)] // File::try_lock: stable since 1.89, the toolchain this workspace builds with.
     fn take() -> Self {
         let path = "/run/gbo-test-zfs-fuse.lock";
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
@@ -95,7 +97,7 @@ impl StartLock {
         .unwrap_or_else(|e| panic!("opening {path}: {e}"));
         loop {
             match file.try_lock() {
-                Ok(()) => return Self(file),
+                Ok(()) => return Self { _held: file },
                 Err(std::fs::TryLockError::WouldBlock) => {
                     assert!(std::time::Instant::now() < deadline, "{path} held by another test process for 90 s");
                     std::thread::sleep(Duration::from_millis(100));

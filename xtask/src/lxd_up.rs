@@ -93,12 +93,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Install and start the daemon if needed.
 pub async fn ensure_daemon() -> anyhow::Result<()> {
-    if let Ok(lxd) = Client::local() {
-        if lxd.server_fresh().await.is_ok() {
-            return Ok(());
-        }
-    }
-    apt_install(&["lxd", "lxd-client", "debootstrap", "btrfs-progs", "squashfs-tools", "xz-utils"])?;
+    // Always (a dpkg query each when all are there): a daemon installed by hand may lack its runtime needs, such as
+    // dnsmasq and iptables for bridges.
+    apt_install(&gbo_tests::programs::packages(gbo_tests::programs::Need::Lxd))?;
     if let Ok(lxd) = Client::local() {
         if lxd.server_fresh().await.is_ok() {
             return Ok(());

@@ -2,6 +2,8 @@
 //!
 //! - `lxd-up`: install, start and initialise a local LXD daemon and import the test image (idempotent).
 //! - `test-image`: build (or reuse) the test image only.
+//! - `lint`: the gates CI runs before the tests: formatting, clippy with warnings denied, rustdoc with warnings
+//!   denied.
 //! - `clean`: remove containers and images that earlier test runs left behind.
 //! - `bench <client|install|ops|ci>`: run a benchmark side by side with the `lxc` CLI or the runbook's commands and
 //!   rewrite its section of `docs/benchmarks.md`.
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Install (if missing), start and initialise LXD, enable HTTPS on 127.0.0.1:8443, import the test image.
     LxdUp(lxd_up::Args),
+    /// The gates CI runs before the tests: `cargo fmt --check`, `cargo clippy --workspace --all-targets -- -D
+    /// warnings`, and `cargo doc --no-deps` with rustdoc warnings denied. Fails on the first gate that fails.
+    Lint,
     /// Remove the containers, profiles and images that earlier test runs left behind (names starting `gbot-`).
     Clean,
     /// The whole test suite on this machine: install test dependencies, bring LXD up with the test image, remove
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::LxdUp(args) => runtime.block_on(lxd_up::run(args)),
+        Command::Lint => suite::lint(),
         Command::Clean => runtime.block_on(lxd_up::clean()),
         Command::Test { args } => runtime.block_on(suite::test(args)),
         Command::Up { tenant } => runtime.block_on(suite::up(tenant)),

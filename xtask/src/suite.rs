@@ -3,27 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-
-/// Debian packages the test suite uses on the host: the real programs tests run against.
-pub const TEST_PACKAGES: &[&str] = &[
-    "lxd",
-    "lxd-client",
-    "debootstrap",
-    "btrfs-progs",
-    "postgresql",
-    "postgresql-client",
-    "caddy",
-    "openssh-server",
-    "openssh-client",
-    "fail2ban",
-    "iptables",
-    "zfs-fuse",
-    "git",
-    "python3",
-    "unzip",
-    "openssl",
-    "procps",
-];
+use gbo_tests::programs::{self, Need};
 
 struct Phases {
     start: Instant,
@@ -53,10 +33,28 @@ impl Phases {
     }
 }
 
+/// `cargo xtask lint`: every gate, each timed; the first failure stops with its own output on the terminal.
+pub fn lint() -> anyhow::Result<()> {
+    let mut phases = Phases::new();
+    duct::cmd!("cargo", "fmt", "--all", "--check").run().context("formatting differs: run `cargo fmt --all`")?;
+    phases.done("fmt --check");
+    duct::cmd!("cargo", "clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings")
+        .run()
+        .context("clippy found problems")?;
+    phases.done("clippy -D warnings");
+    duct::cmd!("cargo", "doc", "--workspace", "--no-deps", "--quiet")
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .run()
+        .context("rustdoc found problems")?;
+    phases.done("doc -D warnings");
+    phases.summary();
+    Ok(())
+}
+
 /// The whole test suite.
 pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
     let mut phases = Phases::new();
-    crate::lxd_up::apt_install(TEST_PACKAGES)?;
+    crate::lxd_up::apt_install(&programs::packages(Need::Tests))?;
     phases.done("install packages");
     crate::lxd_up::run(crate::lxd_up::Args { no_image: false, pool_size: "24GiB".into() }).await?;
     phases.done("lxd-up and test image");
@@ -90,7 +88,7 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
 /// The main job.
 pub async fn up(tenant: String) -> anyhow::Result<()> {
     let mut phases = Phases::new();
-    crate::lxd_up::apt_install(&["lxd", "lxd-client", "debootstrap", "btrfs-progs"])?;
+    crate::lxd_up::apt_install(&programs::packages(Need::Lxd))?;
     crate::lxd_up::ensure_daemon().await?;
     phases.done("lxd");
     duct::cmd!("cargo", "build", "-q", "-p", "gbo-cli").run().context("building gbo")?;

@@ -10,14 +10,8 @@ use std::process::Command;
 use gbo_components::render::{fail2ban, misc};
 use gbo_components::{component, HostPorts, RenderContext, Role, Secrets, TenantFile};
 
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()));
-    assert!(
-        found.is_some(),
-        "{name} is required by this test: run `cargo xtask test` (it installs the Debian package)"
-    );
-    found
+fn tool(name: &str) -> PathBuf {
+    gbo_tests::programs::require_program(name)
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -39,7 +33,7 @@ fn log_line(ip: &str, status: u16, header: &str) -> String {
 
 #[test]
 fn flood_filter_matches_4xx_only() {
-    let Some(regex) = tool("fail2ban-regex") else { return };
+    let regex = tool("fail2ban-regex");
     let dir = scratch("f2b");
     let filter = dir.join("caddy-http-flood.conf");
     write(&filter, &fail2ban::caddy_filter());
@@ -89,7 +83,7 @@ fn caddy_adapt(caddy: &Path, dir: &Path, name: &str, text: &str) {
 
 #[test]
 fn rendered_caddyfiles_adapt() {
-    let Some(caddy) = tool("caddy") else { return };
+    let caddy = tool("caddy");
     let dir = scratch("caddy");
     let tenant = common::full_tenant();
     let secrets = common::test_secrets();
@@ -150,16 +144,17 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn postgres_bin() -> Option<PathBuf> {
+fn postgres_bin() -> PathBuf {
     let bin = PathBuf::from(gbo_components::render::postgres::PG_BIN);
+    tool("/usr/lib/postgresql/15/bin/initdb");
+    tool("psql");
+    tool("runuser");
     let usable = bin.join("initdb").is_file()
-        && Path::new("/usr/bin/psql").is_file()
-        && tool("runuser").is_some()
         // Only root can switch to the postgres user: the owner of /proc/self is our effective uid.
         && std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
         && Command::new("id").arg("postgres").output().map(|o| o.status.success()).unwrap_or(false);
     assert!(usable, "PostgreSQL 15 server binaries, runuser, root and the postgres user are required by this test: run `cargo xtask test`");
-    Some(bin)
+    bin
 }
 
 /// The tables role's rendered files and init steps, run for real (paths moved to a scratch directory, port moved
@@ -167,7 +162,7 @@ fn postgres_bin() -> Option<PathBuf> {
 /// through the pg_ident map, and SCRAM over TCP with the generated password.
 #[test]
 fn tables_files_work_with_real_postgresql() {
-    let Some(bin) = postgres_bin() else { return };
+    let bin = postgres_bin();
     let dir = scratch("pg");
     let (data, conf, run) = (dir.join("data"), dir.join("conf"), dir.join("run"));
     let port = free_port();
@@ -267,7 +262,7 @@ fn tables_files_work_with_real_postgresql() {
 /// 127.0.0.1.
 #[test]
 fn cache_config_works_with_real_redis() {
-    let Some(redis) = tool("redis-server") else { return };
+    let redis = tool("redis-server");
     let dir = scratch("redis");
     let port = free_port();
     let conf = gbo_components::render::redis::redis_conf(port)

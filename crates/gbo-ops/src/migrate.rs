@@ -307,7 +307,7 @@ pub fn newest_pg_tool(tool: &str) -> String {
         for entry in entries.flatten() {
             if let Ok(v) = entry.file_name().to_string_lossy().parse::<u32>() {
                 let path = entry.path().join("bin").join(tool);
-                if path.exists() && best.as_ref().map_or(true, |(b, _)| v > *b) {
+                if path.exists() && best.as_ref().is_none_or(|(b, _)| v > *b) {
                     best = Some((v, path));
                 }
             }

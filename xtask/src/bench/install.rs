@@ -35,7 +35,7 @@ fn delete_tenant(tenant: &str) {
     }
 }
 
-/// Run gbo and return (duration, peak RSS in KiB from /proc/<pid>/status VmHWM).
+/// Run gbo and return (duration, peak RSS in KiB from `/proc/<pid>/status` VmHWM).
 fn run_gbo(args: &[String]) -> anyhow::Result<(Duration, u64)> {
     let start = Instant::now();
     let mut child = std::process::Command::new(gbo_bin())

@@ -341,7 +341,7 @@ pub async fn run() -> anyhow::Result<String> {
     md.push('\n');
     // Each part reports its own failure in the section instead of hiding the others' numbers. `GBO_BENCH_ONLY`
     // (a comma list of zfs, snapshots, migration) runs some parts only, for profiling; see `only()`.
-    let wanted = |part: &str| only().map_or(true, |parts| parts.iter().any(|p| p == part));
+    let wanted = |part: &str| only().is_none_or(|parts| parts.iter().any(|p| p == part));
     if wanted("zfs") {
         if let Err(e) = bench_zfs(&mut md) {
             md.push_str(&format!("### ZFS prune\n\nNot measured in this run: {e:#}\n\n"));

@@ -14,14 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Fail (never skip) when a program the tests need is missing.
+/// Fail (never skip) when a program the tests need is missing (or not on the host program list).
 pub fn require(program: &str) {
-    assert!(
-        Path::new(program).exists(),
-        "{program} is required by this test (Debian: apt-get install openssh-server openssh-client python3); \
-         it is missing{}",
-        if std::env::var("CI").as_deref() == Ok("true") { " and CI=true" } else { "" }
-    );
+    gbo_tests::programs::require_program(program);
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).

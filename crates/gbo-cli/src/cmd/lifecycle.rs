@@ -142,7 +142,7 @@ pub struct InstallArgs {
     #[arg(long)]
     file: Option<PathBuf>,
     /// Image to create containers from: ALIAS (an image of this LXD) or REMOTE:ALIAS, where REMOTE is `images`
-    /// (https://images.linuxcontainers.org) or a remote of the lxc CLI (`lxc remote list`; LXD servers must serve
+    /// (<https://images.linuxcontainers.org>) or a remote of the lxc CLI (`lxc remote list`; LXD servers must serve
     /// the image publicly). Default: --default-image when it exists here, else --fallback-image. Containers from an
     /// image gbo did not build get the fixed-uid users and their roles' Debian packages (apt-get) at provisioning,
     /// which needs a network (`gbo setup --network`); `gbo image build` makes an offline image.
@@ -154,7 +154,7 @@ pub struct InstallArgs {
     /// The image used when --image is not given and --default-image does not exist.
     #[arg(long, env = "GBO_FALLBACK_IMAGE", default_value = install::FALLBACK_IMAGE, value_name = "[REMOTE:]ALIAS")]
     fallback_image: String,
-    /// Host directory for <role>/{data,conf,logs} (default: the tenant file's, else ./botserver-stack).
+    /// Host directory for `<role>/{data,conf,logs}` (default: the tenant file's, else ./botserver-stack).
     #[arg(long)]
     stack_dir: Option<PathBuf>,
     /// Install what can be installed and name the roles whose artifacts cannot be obtained.

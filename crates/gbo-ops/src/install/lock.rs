@@ -25,7 +25,6 @@ impl TenantLock {
 impl Drop for TenantLock {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
-        #[allow(clippy::incompatible_msrv)]
         let _ = self.file.unlock();
     }
 }
@@ -36,7 +35,6 @@ pub fn lock_path(stack_dir: &Path) -> PathBuf {
 }
 
 /// Take the tenant's lock, waiting up to `wait` (polling every 100 ms). Fails naming the holder.
-#[allow(clippy::incompatible_msrv)] // File::try_lock: stable since 1.89, the toolchain this workspace builds with.
 pub async fn acquire(stack_dir: &Path, tenant: &str, wait: Duration) -> Result<TenantLock, InstallError> {
     let path = lock_path(stack_dir);
     let mut file = std::fs::OpenOptions::new()

@@ -155,7 +155,7 @@ pub fn allocate(
     for request in requests {
         let key = (request.role, request.name.clone());
         if let Some(port) = world.existing.get(&key) {
-            if world.overrides.get(&key).map_or(true, |o| o == port) {
+            if world.overrides.get(&key).is_none_or(|o| o == port) {
                 chosen.insert((request.protocol, *port));
             }
         }

@@ -46,7 +46,7 @@ pub fn with_placeholders(mut secrets: Secrets, specs: &[SecretSpec]) -> Secrets 
     for spec in specs {
         if secrets.get(spec.name).is_none() {
             let c = spec.charset.alphabet().chars().next().unwrap_or('0');
-            secrets.insert(spec.name, std::iter::repeat(c).take(spec.length).collect::<String>());
+            secrets.insert(spec.name, std::iter::repeat_n(c, spec.length).collect::<String>());
         }
     }
     secrets

@@ -58,7 +58,7 @@ trait HealthExt {
 
 impl HealthExt for Option<&Health> {
     fn is_none_or_healthy(&self) -> bool {
-        self.map_or(true, |h| h.healthy)
+        self.is_none_or(|h| h.healthy)
     }
 }
 

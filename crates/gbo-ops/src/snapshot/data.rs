@@ -80,7 +80,7 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountEntry> {
         };
         let mount_point = PathBuf::from(unescape_mountinfo(mount_point));
         if path.starts_with(&mount_point)
-            && best.as_ref().map_or(true, |b| mount_point.components().count() >= b.mount_point.components().count())
+            && best.as_ref().is_none_or(|b| mount_point.components().count() >= b.mount_point.components().count())
         {
             best = Some(MountEntry { mount_point, fs_type: fs_type.to_string(), source: unescape_mountinfo(source) });
         }

@@ -80,7 +80,7 @@ fn hex_of(bytes: &[u8]) -> String {
 
 /// The share a submitted key denotes (hex or base64), as hex.
 fn normalise(key: &str) -> Option<String> {
-    if key.len() % 2 == 0 && !key.is_empty() && key.chars().all(|c| c.is_ascii_hexdigit()) {
+    if key.len().is_multiple_of(2) && !key.is_empty() && key.chars().all(|c| c.is_ascii_hexdigit()) {
         return Some(key.to_ascii_lowercase());
     }
     from_base64(key).map(|b| hex_of(&b))
