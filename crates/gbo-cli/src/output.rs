@@ -92,6 +92,27 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 /// Connect to the local LXD daemon, with an error that says what to do.
+/// How long a changing command waits for another gbo run that holds the tenant's lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The locks of `tenants` (each once), for a command that changes them after install: two gbo runs never change one
+/// tenant at once. A tenant with no recorded stack dir has no host data to protect and no lock.
+pub async fn lock_tenants<'a>(
+    lxd: &lxd_client::Client,
+    tenants: impl IntoIterator<Item = &'a str>,
+) -> anyhow::Result<Vec<gbo_ops::install::lock::TenantLock>> {
+    let mut names: Vec<&str> = tenants.into_iter().collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut locks = Vec::new();
+    for tenant in names {
+        if let Some(lock) = gbo_ops::install::lock::acquire_recorded(lxd, tenant, LOCK_WAIT).await? {
+            locks.push(lock);
+        }
+    }
+    Ok(locks)
+}
+
 pub fn lxd() -> anyhow::Result<lxd_client::Client> {
     lxd_client::Client::local().map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -4,7 +4,8 @@
 //! # gbo.toml
 //! tenant = "mycompany"                 # [a-z][a-z0-9-]*, not ending in '-', at most 50 characters
 //! roles = ["tables", "drive", "cache", "proxy", "system"]  # default: tables, drive, cache
-//! stack_dir = "./botserver-stack"      # host directory holding <role>/{data,conf,logs}
+//! stack_dir = "/srv/mycompany"         # host directory holding <role>/{data,conf,logs}; default:
+//!                                      # ./botserver-stack for `default`, ./botserver-stack/<tenant> else
 //! public_address = "203.0.113.10"      # where proxy, email and dns listen; default: all addresses
 //! domains = ["chat.example.com", "git.example.com"]   # one Caddy site each
 //! zones = ["example.com"]              # zones served by the dns role
@@ -176,8 +177,9 @@ pub struct TenantFile {
     pub tenant: TenantName,
     /// The roles to install, without duplicates, in the order given.
     pub roles: Vec<Role>,
-    /// The host directory holding `<role>/{data,conf,logs}`.
-    pub stack_dir: String,
+    /// The host directory holding `<role>/{data,conf,logs}`, when the file sets one; `None` is the default
+    /// layout ([`TenantFile::tenant_stack_dir`]).
+    pub stack_dir: Option<String>,
     /// The address network-facing roles listen on; `None` means all addresses (default tenant) or loopback.
     pub public_address: Option<IpAddr>,
     /// Sites of the proxy, one per domain.
@@ -192,12 +194,25 @@ pub struct TenantFile {
     pub versions: BTreeMap<Role, VersionPin>,
 }
 
+impl TenantFile {
+    /// The tenant's own stack dir: `stack_dir` as written when the file sets it; otherwise
+    /// [`DEFAULT_STACK_DIR`] for the `default` tenant (the seed's layout) and `DEFAULT_STACK_DIR/<tenant>` for any
+    /// other, so that two tenants installed from one working directory never share a data directory.
+    pub fn tenant_stack_dir(&self) -> String {
+        match &self.stack_dir {
+            Some(dir) => dir.clone(),
+            None if self.tenant.as_str() == TenantName::DEFAULT => DEFAULT_STACK_DIR.to_owned(),
+            None => format!("{DEFAULT_STACK_DIR}/{}", self.tenant),
+        }
+    }
+}
+
 impl Default for TenantFile {
     fn default() -> Self {
         Self {
             tenant: TenantName::default(),
             roles: Role::DEFAULT_SET.to_vec(),
-            stack_dir: DEFAULT_STACK_DIR.to_owned(),
+            stack_dir: None,
             public_address: None,
             domains: Vec::new(),
             routes: BTreeMap::new(),
@@ -334,7 +349,7 @@ impl TenantFile {
             if dir.contains('\0') || dir.contains('\n') {
                 return Err(value_error("stack_dir", &dir, "must not contain NUL or newline"));
             }
-            file.stack_dir = dir;
+            file.stack_dir = Some(dir);
         }
         if let Some(address) = raw.public_address {
             let ip: IpAddr = address

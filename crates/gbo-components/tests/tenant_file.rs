@@ -15,7 +15,7 @@ fn empty_file_is_the_default_tenant() {
     assert_eq!(file, TenantFile::default());
     assert_eq!(file.tenant.as_str(), "default");
     assert_eq!(file.roles, Role::DEFAULT_SET);
-    assert_eq!(file.stack_dir, "./botserver-stack");
+    assert_eq!(file.tenant_stack_dir(), "./botserver-stack");
 }
 
 #[test]

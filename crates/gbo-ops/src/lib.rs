@@ -7,6 +7,7 @@ pub mod dns;
 pub mod doctor;
 pub mod fail2ban;
 pub mod firewall;
+pub mod hostfs;
 pub mod image;
 pub mod install;
 pub mod inventory;

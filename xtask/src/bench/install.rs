@@ -91,7 +91,7 @@ fn gbo_install_args(tenant: &str, stack: &Path, roles: &[Role]) -> Vec<String> {
 fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> {
     let tenant_name = TenantName::new(tenant)?;
     let mut tenant_file = TenantFile { tenant: tenant_name, roles: ROLES.to_vec(), ..TenantFile::default() };
-    tenant_file.stack_dir = stack.display().to_string();
+    tenant_file.stack_dir = Some(stack.display().to_string());
     let mut secrets = Secrets::new();
     secrets.insert("tables-password", "BenchPassword0123456789abcdefghi");
     let mut host_ports = HostPorts::default();

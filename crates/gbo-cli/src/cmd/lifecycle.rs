@@ -48,12 +48,16 @@ pub enum Command {
         /// Tenant.
         #[arg(long)]
         tenant: Option<String>,
-        /// Also delete the host data under the stack dir.
+        /// Also delete the host data: the directories recorded on the tenant's own containers, never one that
+        /// another tenant uses.
         #[arg(long)]
         purge: bool,
         /// Do not ask before purging (required without a terminal).
         #[arg(long)]
         yes: bool,
+        /// Seconds to wait for another gbo run on the tenant to finish.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        lock_wait: u64,
     },
     /// Containers, state, image, ports, mounts and live health of a tenant. Exit 1 when something is unhealthy.
     Status {
@@ -154,7 +158,9 @@ pub struct InstallArgs {
     /// The image used when --image is not given and --default-image does not exist.
     #[arg(long, env = "GBO_FALLBACK_IMAGE", default_value = install::FALLBACK_IMAGE, value_name = "[REMOTE:]ALIAS")]
     fallback_image: String,
-    /// Host directory for `<role>/{data,conf,logs}` (default: the tenant file's, else ./botserver-stack).
+    /// The tenant's own host directory for `<role>/{data,conf,logs}`, used as given (default: the tenant file's
+    /// stack_dir, else ./botserver-stack for the `default` tenant and ./botserver-stack/TENANT for any other). A
+    /// directory another tenant's containers use is refused: tenants never share one.
     #[arg(long)]
     stack_dir: Option<PathBuf>,
     /// Install what can be installed and name the roles whose artifacts cannot be obtained.
@@ -198,7 +204,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Components { output } => components(output),
         Command::Plan(args) => plan(args).await,
         Command::Install { args, dry_run } => install_cmd(args, dry_run).await,
-        Command::Uninstall { roles, tenant, purge, yes } => uninstall(roles, tenant, purge, yes).await,
+        Command::Uninstall { roles, tenant, purge, yes, lock_wait } => {
+            uninstall(roles, tenant, purge, yes, Duration::from_secs(lock_wait)).await
+        }
         Command::Status { targets, tenant, output } => status(targets, tenant, output).await,
         Command::Start(t) => state(t, StateAction::Start).await,
         Command::Stop(t) => state(t, StateAction::Stop).await,
@@ -597,7 +605,13 @@ fn resolve_target(value: &str, tenant: Option<&TenantName>) -> anyhow::Result<(T
     }
 }
 
-async fn uninstall(targets: Vec<String>, tenant: Option<String>, purge: bool, yes: bool) -> anyhow::Result<Outcome> {
+async fn uninstall(
+    targets: Vec<String>,
+    tenant: Option<String>,
+    purge: bool,
+    yes: bool,
+    lock_wait: Duration,
+) -> anyhow::Result<Outcome> {
     let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
     let resolved: Vec<(TenantName, Role)> =
         targets.iter().map(|t| resolve_target(t, tenant.as_ref())).collect::<anyhow::Result<_>>()?;
@@ -618,7 +632,7 @@ async fn uninstall(targets: Vec<String>, tenant: Option<String>, purge: bool, ye
         by_tenant.entry(t).or_default().push(r);
     }
     for (t, roles) in by_tenant {
-        for u in install::uninstall(&lxd, &t, &roles, purge).await.map_err(engine_error)? {
+        for u in install::uninstall(&lxd, &t, &roles, purge, lock_wait).await.map_err(engine_error)? {
             let what = if u.deleted { "deleted" } else { "not present" };
             match (&u.purged, &u.kept) {
                 (Some(p), _) => println!("{}: {what}; host data {} removed", u.instance, p.display()),
@@ -699,6 +713,8 @@ async fn state(args: TargetArgs, action: StateAction) -> anyhow::Result<Outcome>
             .map(|t| resolve_target(t, tenant.as_ref()).and_then(|(tn, r)| instance(&tn, r)))
             .collect::<anyhow::Result<_>>()?
     };
+    let tenants: Vec<String> = names.iter().map(|n| gbo_ops::inventory::split_name(n.as_str()).0).collect();
+    let _locks = crate::output::lock_tenants(&lxd, tenants.iter().map(String::as_str)).await?;
     let results = futures_util_join(names.iter().map(|n| install::apply::set_state(&lxd, n, action))).await;
     for (name, result) in names.iter().zip(results) {
         let changed = result.map_err(engine_error)?;
@@ -809,6 +825,8 @@ async fn limits(container: String, cpu: Option<u32>, memory: Option<String>) -> 
     }
     let name = InstanceName::new(container)?;
     let lxd = lxd()?;
+    let tenant = gbo_ops::inventory::split_name(name.as_str()).0;
+    let _locks = crate::output::lock_tenants(&lxd, [tenant.as_str()]).await?;
     let changed = lxd
         .update_instance(&name, |put| {
             if let Some(c) = cpu {

@@ -81,6 +81,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("cannot read the new Caddyfile {}", file.display()))?;
             let lxd = crate::output::lxd()?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
+            let _locks = crate::output::lock_tenants(&lxd, [common.tenant.as_str()]).await?;
             let options = ApplyOptions { allow_removal, ..common.options() };
             let report = proxy::apply(&lxd, &target, &text, &options)
                 .await
@@ -90,6 +91,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Reload { common } => {
             let lxd = crate::output::lxd()?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
+            let _locks = crate::output::lock_tenants(&lxd, [common.tenant.as_str()]).await?;
             let report = proxy::reload(&lxd, &target, &common.options()).await?;
             print_report(&report, common.output)?;
         }
@@ -107,6 +109,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             };
             let lxd = crate::output::lxd()?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
+            let _locks = crate::output::lock_tenants(&lxd, [common.tenant.as_str()]).await?;
             let report = proxy::prune_dead_domains(&lxd, &target, resolver.as_ref(), &common.options()).await?;
             match common.output {
                 Format::Json => print_json(&report)?,

@@ -152,6 +152,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let name = snapshot::snapshot_name(&name)?;
             let lxd = output::lxd()?;
             let containers = targets(&lxd, container.as_deref(), tenant.as_deref()).await?;
+            let _locks = output::lock_tenants(&lxd, containers.iter().map(|c| c.tenant.as_str())).await?;
             let results = snapshot::create_many(&lxd, &containers, &name, &snapshot::CreateOptions { expires }).await;
             let mut infos = Vec::new();
             let mut failures = Vec::new();
@@ -183,6 +184,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             })?;
             let lxd = output::lxd()?;
             let c = snapshot::container(&lxd, &container).await?;
+            let _locks = output::lock_tenants(&lxd, [c.tenant.as_str()]).await?;
             let report = snapshot::restore(&lxd, &c, &name, !no_safety).await?;
             if let Some(safety) = &report.safety_snapshot {
                 eprintln!("safety snapshot taken first: {}/{safety} (restore it to undo)", report.container);
@@ -203,6 +205,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("invalid snapshot name `{name}`"))?;
             let lxd = output::lxd()?;
             let c = snapshot::container(&lxd, &container).await?;
+            let _locks = output::lock_tenants(&lxd, [c.tenant.as_str()]).await?;
             snapshot::delete(&lxd, &c, &name).await?;
             println!("deleted {container}/{name}");
             Ok(Outcome::Ok)
@@ -211,6 +214,11 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             keep.policy().validate()?;
             let lxd = output::lxd()?;
             let containers = targets(&lxd, container.as_deref(), tenant.as_deref()).await?;
+            let _locks = if dry_run {
+                Vec::new()
+            } else {
+                output::lock_tenants(&lxd, containers.iter().map(|c| c.tenant.as_str())).await?
+            };
             let mut reports = Vec::new();
             for c in &containers {
                 reports.push(snapshot::prune(&lxd, c, keep.policy(), dry_run).await?);

@@ -1,8 +1,6 @@
 //! Applying one component's plan. Every step is idempotent, so a run killed at any point is completed by the next
 //! one (which plans again from live state).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use super::error::InstallError;
 use super::fault::{self, Edge};
 use super::observe;
 use super::plan::{self, host_id, idmap_base, Action, Desired, Step, KEY_ARTIFACTS, KEY_OWED};
-use crate::inventory;
+use crate::{hostfs, inventory};
 
 /// Progress of one component, for the CLI's one line per component.
 #[derive(Debug, Clone)]
@@ -108,30 +106,17 @@ pub async fn wait_for_systemd(lxd: &Client, name: &InstanceName) -> Result<(), I
     }
 }
 
-/// Write `content` to a host path atomically with `mode`, owned by host `uid:gid`.
-pub fn write_host_file(path: &Path, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), InstallError> {
-    let parent = path.parent().ok_or_else(|| InstallError::BadInput(format!("{} has no parent", path.display())))?;
-    if !parent.exists() {
-        std::fs::create_dir_all(parent).map_err(InstallError::io(format!("creating {}", parent.display())))?;
-        std::os::unix::fs::chown(parent, Some(uid), Some(gid))
-            .map_err(InstallError::io(format!("chown {}", parent.display())))?;
-    }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.gbo-tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(InstallError::io(format!("creating {}", tmp.display())))?;
-    file.write_all(content).map_err(InstallError::io(format!("writing {}", tmp.display())))?;
-    drop(file);
-    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-        .map_err(InstallError::io(format!("chown {}", tmp.display())))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(InstallError::io(format!("chmod {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(InstallError::io(format!("renaming to {}", path.display())))
+/// Write `content` to `path` (below `stack_dir`) atomically with `mode`, owned by host `uid:gid`, never following
+/// a link below the stack dir (see `hostfs`): the mounts are writable by the container.
+pub fn write_host_file(
+    stack_dir: &Path,
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> Result<(), InstallError> {
+    Ok(hostfs::write_below(stack_dir, path, content, mode, Some(hostfs::Owner::new(uid, gid)), 0o755)?)
 }
 
 async fn push_file(
@@ -186,7 +171,8 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
         match &step.action {
             Action::CreateHostDir { path } => {
                 boundary(Edge::Before, desired, step)?;
-                std::fs::create_dir_all(path).map_err(InstallError::io(format!("creating {}", path.display())))?;
+                let root = hostfs::HostDir::create_root(&desired.stack_dir, 0o755)?;
+                root.ensure_dir(root.relative(path)?, 0o755, None)?;
                 boundary(Edge::After, desired, step)?;
             }
             Action::CreateInstance { image } => {
@@ -214,8 +200,11 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
             Action::ChownHostDir { path, uid, gid } => {
                 boundary(Edge::Before, desired, step)?;
                 let base = current_base(ctx.lxd, &name).await?;
-                std::os::unix::fs::chown(path, Some(host_id(base, *uid)), Some(host_id(base, *gid)))
-                    .map_err(InstallError::io(format!("chown {}", path.display())))?;
+                let root = hostfs::HostDir::open_root(&desired.stack_dir)?;
+                let dir = root.open_dir(root.relative(path)?)?.ok_or_else(|| {
+                    InstallError::BadInput(format!("{}: missing when it was to be chowned", path.display()))
+                })?;
+                dir.chown(hostfs::Owner::new(host_id(base, *uid), host_id(base, *gid)))?;
                 boundary(Edge::After, desired, step)?;
             }
             Action::SetConfig { .. }
@@ -339,6 +328,7 @@ async fn run_provision(
                 let base = current_base(lxd, name).await?;
                 say(step.describe());
                 write_host_file(
+                    &desired.stack_dir,
                     host_path,
                     placed.file.content.as_bytes(),
                     placed.file.mode,
@@ -427,27 +417,9 @@ async fn run_provision(
     Ok(())
 }
 
-/// A scratch directory removed on drop.
-struct ScratchDir(std::path::PathBuf);
-
-impl ScratchDir {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> Result<ScratchDir, InstallError> {
-    use rand::Rng;
-    let suffix: u64 = rand::thread_rng().gen();
-    let dir = std::env::temp_dir().join(format!("gbo-artifact-{}-{suffix:x}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(InstallError::io(format!("creating {}", dir.display())))?;
-    Ok(ScratchDir(dir))
+/// A fresh private (0700, random name) scratch directory for an artifact's download, removed on drop.
+fn tempfile_dir() -> Result<hostfs::PrivateDir, InstallError> {
+    Ok(hostfs::PrivateDir::new(&std::env::temp_dir(), "gbo-artifact-")?)
 }
 
 /// Stop, start or restart an instance (idempotent: reads the state first).

@@ -115,9 +115,15 @@ pub async fn fetch(policy: &ArtifactPolicy, artifact: &Artifact) -> Result<PathB
             return Ok(path);
         }
     }
-    std::fs::create_dir_all(&policy.cache_dir)
-        .map_err(InstallError::io(format!("creating {}", policy.cache_dir.display())))?;
-    let partial = path.with_extension("partial");
+    // The download goes to a new file of a random name (O_EXCL|O_NOFOLLOW) in the cache dir (0700 when gbo
+    // creates it), renamed into place once verified: nothing planted at a predictable name is ever written through.
+    let cache = crate::hostfs::HostDir::create_root(&policy.cache_dir, 0o700)?;
+    let partial_name = format!(
+        ".{}.partial-{:016x}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        rand::random::<u64>()
+    );
+    let partial = cache.path().join(&partial_name);
     let response = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(15))
         .build()
@@ -129,8 +135,7 @@ pub async fn fetch(policy: &ArtifactPolicy, artifact: &Artifact) -> Result<PathB
     if !response.status().is_success() {
         return Err(artifact_error(artifact, format!("GET {} answered {}", artifact.url, response.status())));
     }
-    let mut file =
-        tokio::fs::File::create(&partial).await.map_err(InstallError::io(format!("creating {}", partial.display())))?;
+    let mut file = tokio::fs::File::from_std(cache.create_new(std::ffi::OsStr::new(&partial_name), 0o600)?);
     let mut hasher = Sha256::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {

@@ -29,6 +29,9 @@ pub enum InstallError {
         #[source]
         source: std::io::Error,
     },
+    /// Host file work under the stack dir was refused (something planted at a name gbo uses) or failed.
+    #[error(transparent)]
+    HostFs(#[from] crate::hostfs::HostFsError),
     /// The stack dir cannot be used.
     #[error("stack dir {path}: {reason}")]
     StackDir {

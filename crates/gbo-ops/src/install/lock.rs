@@ -29,21 +29,36 @@ impl Drop for TenantLock {
     }
 }
 
+/// The name of the lock file in a stack dir.
+const LOCK_FILE: &str = ".gbo.lock";
+
+/// The lock of the tenant whose containers record a stack dir (the first recorded), for commands that change a
+/// tenant after install (uninstall, snapshots, ...). `None` when no container of the tenant records one: then
+/// there is no host data of the tenant to protect.
+pub async fn acquire_recorded(
+    lxd: &lxd_client::Client,
+    tenant: &str,
+    wait: Duration,
+) -> Result<Option<TenantLock>, InstallError> {
+    let dir = crate::inventory::tenant_stack_dir(lxd, tenant)
+        .await
+        .map_err(InstallError::lxd(format!("finding the stack dir of tenant {tenant}")))?;
+    match dir {
+        Some(dir) if dir.is_dir() => Ok(Some(acquire(&dir, tenant, wait).await?)),
+        _ => Ok(None),
+    }
+}
+
 /// The lock file of a stack dir.
 pub fn lock_path(stack_dir: &Path) -> PathBuf {
-    stack_dir.join(".gbo.lock")
+    stack_dir.join(LOCK_FILE)
 }
 
 /// Take the tenant's lock, waiting up to `wait` (polling every 100 ms). Fails naming the holder.
 pub async fn acquire(stack_dir: &Path, tenant: &str, wait: Duration) -> Result<TenantLock, InstallError> {
     let path = lock_path(stack_dir);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(InstallError::io(format!("opening lock file {}", path.display())))?;
+    let mut file =
+        crate::hostfs::HostDir::open_root(stack_dir)?.open_or_create(std::ffi::OsStr::new(LOCK_FILE), 0o600)?;
     let start = Instant::now();
     loop {
         match file.try_lock() {

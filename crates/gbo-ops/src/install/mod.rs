@@ -18,6 +18,7 @@ pub mod ports;
 pub mod secrets;
 pub mod setup;
 pub mod status;
+pub mod tenancy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use artifact::ArtifactPolicy;
 pub use error::InstallError;
 pub use plan::{Action, ComponentPlan, Step};
 
+use crate::hostfs;
 use crate::inventory::{self, ManagedInstance};
 use plan::{Desired, HostDir, PlacedFile};
 use ports::{Allocation, PortRequest, PortWorld};
@@ -241,8 +243,16 @@ struct TenantScope {
 
 async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, InstallError> {
     let tenant = request.tenant_file.tenant.clone();
-    let instances =
-        inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let everything: Vec<ManagedInstance> = lxd
+        .instances()
+        .await
+        .map_err(InstallError::lxd("listing instances"))?
+        .iter()
+        .map(inventory::describe)
+        .collect();
+    let claims = tenancy::Claims::of(&everything);
+    let mut instances: Vec<ManagedInstance> = everything.into_iter().filter(|m| m.tenant == tenant.as_str()).collect();
+    instances.sort_by(|a, b| a.name.cmp(&b.name));
     let recorded = instances.iter().find_map(|m| m.stack_dir.clone());
     let stack_dir = match (&request.stack_dir, &recorded) {
         (Some(flag), Some(recorded)) => {
@@ -259,7 +269,7 @@ async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, In
         }
         (Some(flag), None) => absolute(flag)?,
         (None, Some(recorded)) => recorded.clone(),
-        (None, None) => absolute(Path::new(&request.tenant_file.stack_dir))?,
+        (None, None) => absolute(Path::new(&request.tenant_file.tenant_stack_dir()))?,
     };
     let mut requested: Vec<Role> = if request.all {
         Role::ALL.to_vec()
@@ -290,6 +300,8 @@ async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, In
         with_deps.into_iter().filter(|r| requested.contains(r) || !installed.contains(r)).collect();
     let mut all: BTreeSet<Role> = to_install.iter().copied().collect();
     all.extend(installed.iter().copied());
+    let role_dirs: Vec<PathBuf> = all.iter().map(|r| stack_dir.join(r.container_suffix())).collect();
+    claims.check(tenant.as_str(), &stack_dir, &role_dirs)?;
     Ok(TenantScope { tenant, stack_dir, to_install, all_roles: all.into_iter().collect(), instances, notes })
 }
 
@@ -543,7 +555,7 @@ fn desired_states(
 ) -> Result<Vec<Desired>, InstallError> {
     let mut tenant_file = request.tenant_file.clone();
     tenant_file.roles = scope.all_roles.clone();
-    tenant_file.stack_dir = scope.stack_dir.display().to_string();
+    tenant_file.stack_dir = Some(scope.stack_dir.display().to_string());
     let mut host_ports = HostPorts::default();
     for ((role, name), a) in allocations {
         host_ports.insert(*role, name, a.port);
@@ -617,6 +629,7 @@ fn desired_states(
             role,
             instance: spec.instance.clone(),
             image: image.name.clone(),
+            stack_dir: scope.stack_dir.clone(),
             spec,
             config,
             devices,
@@ -795,8 +808,7 @@ pub async fn install(
 ) -> Result<InstallReport, InstallError> {
     // Validate and check everything that needs no change first (bad input leaves the host untouched).
     let preview = plan(lxd, request, false).await?;
-    std::fs::create_dir_all(&preview.stack_dir)
-        .map_err(InstallError::io(format!("creating {}", preview.stack_dir.display())))?;
+    hostfs::HostDir::create_root(&preview.stack_dir, 0o755)?;
     let _lock = lock::acquire(&preview.stack_dir, preview.tenant.as_str(), request.lock_wait).await?;
     // A run killed mid-request leaves its operation (a create, a start) running in the daemon: let it finish
     // before observing, so the plan starts from settled state instead of failing with "instance is busy".
@@ -1008,40 +1020,102 @@ pub struct Uninstalled {
 
 /// Delete the instances of `roles`; with `purge`, also their host directories (secrets are kept: they belong to
 /// the tenant). Without purge a later install finds the data.
+///
+/// Holds the tenant lock. `--purge` removes only directories recorded on the tenant's own containers (the mounts
+/// of the role's container, or, once it is gone, the role's directory under the stack dir its other containers
+/// record), never one that another tenant's containers use (refused before anything is deleted), and never
+/// follows a link (`hostfs`).
 pub async fn uninstall(
     lxd: &Client,
     tenant: &TenantName,
     roles: &[Role],
     purge: bool,
+    lock_wait: Duration,
 ) -> Result<Vec<Uninstalled>, InstallError> {
-    let instances =
-        inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let _lock = lock::acquire_recorded(lxd, tenant.as_str(), lock_wait).await?;
+    let everything: Vec<ManagedInstance> = lxd
+        .instances()
+        .await
+        .map_err(InstallError::lxd("listing instances"))?
+        .iter()
+        .map(inventory::describe)
+        .collect();
+    let claims = tenancy::Claims::of(&everything);
+    let instances: Vec<&ManagedInstance> = everything.iter().filter(|m| m.tenant == tenant.as_str()).collect();
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
-    let mut out = Vec::new();
+    // What each role's purge removes: decided (and refused) before anything is deleted.
+    let mut plans = Vec::new();
     for role in roles {
         let name = instance_name(tenant, *role);
-        let found = instances.iter().find(|m| m.name == name);
-        let dir = found
-            .and_then(|m| m.stack_dir.clone())
-            .or_else(|| stack_dir.clone())
-            .map(|s| s.join(role.container_suffix()));
+        let found = instances.iter().find(|m| m.name == name).copied();
+        let role_stack = found.and_then(|m| m.stack_dir.clone()).or_else(|| stack_dir.clone());
+        let role_dir = role_stack.as_ref().map(|s| s.join(role.container_suffix()));
+        let mut dirs: Vec<PathBuf> = match found {
+            // gbo's own mounts only: a disk added by hand (a shared directory) is never purged.
+            Some(m) => m
+                .mounts
+                .iter()
+                .filter(|mount| mount.device.starts_with(inventory::DEVICE_PREFIX))
+                .map(|mount| mount.host_path.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(dir) = &role_dir {
+            dirs.push(dir.clone());
+        }
+        if purge {
+            for dir in &dirs {
+                if let Some(claim) = claims.used_by_another(tenant.as_str(), dir) {
+                    return Err(InstallError::BadInput(format!(
+                        "--purge of {name} would remove {}, which tenant {} uses ({} on its container {});                          nothing was changed",
+                        dir.display(),
+                        claim.tenant,
+                        claim.path.display(),
+                        claim.instance
+                    )));
+                }
+            }
+        }
+        plans.push((name, found.is_some(), role_stack, role_dir, dirs));
+    }
+    let mut out = Vec::new();
+    for (name, exists, role_stack, role_dir, dirs) in plans {
         let mut deleted = false;
-        if found.is_some() {
+        if exists {
             let n = lxd_client::InstanceName::new(name.clone())
                 .map_err(InstallError::lxd(format!("instance name {name}")))?;
             deleted = lxd.delete_instance_if_exists(&n).await.map_err(InstallError::lxd(format!("deleting {name}")))?;
         }
-        let (purged, kept) = match (&dir, purge) {
-            (Some(d), true) if d.exists() => {
-                std::fs::remove_dir_all(d).map_err(InstallError::io(format!("removing {}", d.display())))?;
-                (Some(d.clone()), None)
+        let present = role_dir.as_ref().filter(|d| d.exists()).cloned();
+        let (purged, kept) = match (present, purge) {
+            (Some(dir), true) => {
+                for path in &dirs {
+                    remove_recorded(role_stack.as_deref(), path)?;
+                }
+                (Some(dir), None)
             }
-            (Some(d), false) if d.exists() => (None, Some(d.clone())),
-            _ => (None, None),
+            (Some(dir), false) => (None, Some(dir)),
+            (None, _) => (None, None),
         };
         out.push(Uninstalled { instance: name, deleted, purged, kept });
     }
     Ok(out)
+}
+
+/// Remove a recorded host directory without following a link: from the stack dir when it lies below it, else
+/// from its parent (both recorded by gbo, never by a container).
+fn remove_recorded(stack_dir: Option<&Path>, path: &Path) -> Result<(), InstallError> {
+    let (root, rel) = match stack_dir.filter(|s| path.starts_with(s) && path != *s) {
+        Some(stack) => (stack, path.strip_prefix(stack).unwrap_or(path)),
+        None => match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => (parent, Path::new(name)),
+            _ => return Err(InstallError::BadInput(format!("{} cannot be purged", path.display()))),
+        },
+    };
+    if let Some(root) = hostfs::HostDir::open_root_if_exists(root)? {
+        root.remove(rel)?;
+    }
+    Ok(())
 }
 
 /// The health check and target of an observed instance, from the catalogue and its published ports.

@@ -2,7 +2,6 @@
 //! running container (websocket exec: no secret in it, no recorded output left behind).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::InstallError;
 use super::plan::{artifact_list, host_id, idmap_base, Desired, FileState, Observed, Probe, UnitState};
+use crate::hostfs::{HostDir, Kind};
 
 /// The probe script: paths and unit names come as arguments (`f:`, `c:`, `u:` prefixes), never secrets.
 const PROBE_SCRIPT: &str = r#"for a in "$@"; do
@@ -28,31 +28,34 @@ const PROBE_SCRIPT: &str = r#"for a in "$@"; do
 done
 "#;
 
-/// Read one host file's state, with owner ids shifted back into the container's view.
-pub fn host_file_state(path: &Path, base: u32) -> Result<Option<FileState>, InstallError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(InstallError::io(format!("reading {}", path.display()))(e)),
-    };
-    if meta.file_type().is_symlink() {
-        return Ok(Some(FileState { sha256: String::new(), mode: 0, uid: 0, gid: 0, symlink: true }));
+/// The most gbo reads of a rendered file on a mount to compare it (no rendered file comes near it; a container
+/// that grows one past it gets an error naming the file instead of a host out of memory).
+pub const HOST_FILE_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Read one host file's state below `root` (never following a link), with owner ids shifted back into the
+/// container's view. A link, FIFO or anything but a regular file counts as a file to replace.
+pub fn host_file_state(root: &HostDir, path: &Path, base: u32) -> Result<Option<FileState>, InstallError> {
+    let rel = root.relative(path)?;
+    let Some(entry) = root.stat(rel)? else { return Ok(None) };
+    match entry.kind {
+        Kind::File => {}
+        Kind::Dir => {
+            return Ok(Some(FileState {
+                sha256: String::new(),
+                mode: entry.mode,
+                uid: u32::MAX,
+                gid: u32::MAX,
+                symlink: false,
+            }))
+        }
+        _ => return Ok(Some(FileState { sha256: String::new(), mode: 0, uid: 0, gid: 0, symlink: true })),
     }
-    if !meta.is_file() {
-        return Ok(Some(FileState {
-            sha256: String::new(),
-            mode: meta.mode() & 0o7777,
-            uid: u32::MAX,
-            gid: u32::MAX,
-            symlink: false,
-        }));
-    }
-    let content = std::fs::read(path).map_err(InstallError::io(format!("reading {}", path.display())))?;
+    let Some(content) = root.read_file(rel, HOST_FILE_LIMIT)? else { return Ok(None) };
     Ok(Some(FileState {
         sha256: hex::encode(Sha256::digest(&content)),
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid().checked_sub(base).unwrap_or(u32::MAX),
-        gid: meta.gid().checked_sub(base).unwrap_or(u32::MAX),
+        mode: entry.mode,
+        uid: entry.uid.checked_sub(base).unwrap_or(u32::MAX),
+        gid: entry.gid.checked_sub(base).unwrap_or(u32::MAX),
         symlink: false,
     }))
 }
@@ -61,18 +64,26 @@ pub fn host_file_state(path: &Path, base: u32) -> Result<Option<FileState>, Inst
 pub async fn observe(lxd: &Client, desired: &Desired, instance: Option<&Instance>) -> Result<Observed, InstallError> {
     let mut observed = Observed { instance: instance.cloned(), ..Default::default() };
     observed.idmap_base = instance.and_then(idmap_base);
+    let root = HostDir::open_root_if_exists(&desired.stack_dir)?;
     for dir in &desired.host_dirs {
-        let state = match std::fs::metadata(&dir.path) {
-            Ok(m) if m.is_dir() => Some((m.uid(), m.gid())),
-            Ok(_) => Some((u32::MAX, u32::MAX)),
-            Err(_) => None,
+        let state = match &root {
+            Some(root) => match root.stat(root.relative(&dir.path)?)? {
+                Some(entry) if entry.kind == Kind::Dir => Some((entry.uid, entry.gid)),
+                Some(_) => Some((u32::MAX, u32::MAX)),
+                None => None,
+            },
+            None => None,
         };
         observed.host_dirs.insert(dir.path.clone(), state);
     }
     let base = observed.idmap_base.unwrap_or(0);
     for placed in &desired.files {
         if let Some(host) = &placed.host_path {
-            observed.host_files.insert(host.clone(), host_file_state(host, base)?);
+            let state = match &root {
+                Some(root) => host_file_state(root, host, base)?,
+                None => None,
+            };
+            observed.host_files.insert(host.clone(), state);
         }
     }
     if let Some(instance) = instance {

@@ -62,6 +62,9 @@ pub struct Desired {
     pub instance: String,
     /// The image alias to create from.
     pub image: String,
+    /// The tenant's stack dir: every host directory and host file below is reached from it without following a
+    /// link (`hostfs`).
+    pub stack_dir: PathBuf,
     /// The full spec.
     pub spec: ComponentSpec,
     /// Config keys gbo sets (`user.gbo.*` except the provisioned hash, limits, security).
@@ -629,6 +632,7 @@ mod tests {
             role: Role::Cache,
             instance: "acme-cache".into(),
             image: "gbo/debian-12".into(),
+            stack_dir: PathBuf::from("/srv/gbo-test-stack"),
             config: BTreeMap::from([(inventory::KEY_MANAGED.to_string(), "true".to_string())]),
             devices,
             host_dirs: Vec::new(),

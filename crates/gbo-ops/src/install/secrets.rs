@@ -1,18 +1,22 @@
 //! The tenant's secrets: generated once with the operating system's CSPRNG, stored 0600 in
 //! `<stack-dir>/.secrets/` (mode 0700, never mounted into a container), reused on every later run.
 
+use std::ffi::OsStr;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use gbo_components::{SecretSpec, Secrets};
 use rand::Rng;
 
 use super::error::InstallError;
+use crate::hostfs::HostDir;
+
+/// The name of the secrets directory in a stack dir.
+const SECRETS: &str = ".secrets";
 
 /// The directory of the secrets under a stack dir.
 pub fn secrets_dir(stack_dir: &Path) -> PathBuf {
-    stack_dir.join(".secrets")
+    stack_dir.join(SECRETS)
 }
 
 /// Generate a value for `spec` from the OS CSPRNG (`OsRng`), uniformly over its charset.
@@ -22,23 +26,30 @@ pub fn generate(spec: &SecretSpec) -> String {
     (0..spec.length).map(|_| alphabet[rng.gen_range(0..alphabet.len())]).collect()
 }
 
+/// The most gbo reads of one secret file.
+const SECRET_LIMIT: u64 = 64 * 1024;
+
 /// Read the secrets in `specs` that exist, without creating anything (for plans and status).
 pub fn read_existing(stack_dir: &Path, specs: &[SecretSpec]) -> Result<Secrets, InstallError> {
-    let dir = secrets_dir(stack_dir);
     let mut secrets = Secrets::new();
+    let Some(root) = HostDir::open_root_if_exists(stack_dir)? else { return Ok(secrets) };
+    let Some(dir) = root.open_dir(Path::new(SECRETS))? else { return Ok(secrets) };
+    read_into(&dir, specs, &mut secrets)?;
+    Ok(secrets)
+}
+
+fn read_into(dir: &HostDir, specs: &[SecretSpec], secrets: &mut Secrets) -> Result<(), InstallError> {
     for spec in specs {
-        let path = dir.join(spec.name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let value = text.trim_end_matches('\n').to_string();
-                spec.check(&value)?;
-                secrets.insert(spec.name, value);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(InstallError::io(format!("reading secret file {}", path.display()))(e)),
+        if let Some(bytes) = dir.read_file(Path::new(spec.name), SECRET_LIMIT)? {
+            let text = String::from_utf8(bytes).map_err(|_| {
+                InstallError::BadInput(format!("secret file {} is not UTF-8", dir.path().join(spec.name).display()))
+            })?;
+            let value = text.trim_end_matches('\n').to_string();
+            spec.check(&value)?;
+            secrets.insert(spec.name, value);
         }
     }
-    Ok(secrets)
+    Ok(())
 }
 
 /// Placeholder values for secrets that do not exist yet, so a dry run can render specs. Never written anywhere.
@@ -53,36 +64,24 @@ pub fn with_placeholders(mut secrets: Secrets, specs: &[SecretSpec]) -> Secrets 
 }
 
 /// Load every secret in `specs`, generating (and storing, 0600) the missing ones. Existing values are never
-/// rotated. Also tightens the directory to 0700 and the files to 0600 if someone loosened them.
+/// rotated. Also tightens the directory to 0700 and the files to 0600 if someone loosened them. Every file is
+/// reached without following a link (`hostfs`), and a new one is written to a random temporary name and renamed,
+/// so a run killed mid-write never leaves a truncated secret.
 pub fn load_or_generate(stack_dir: &Path, specs: &[SecretSpec]) -> Result<Secrets, InstallError> {
-    let dir = secrets_dir(stack_dir);
-    std::fs::create_dir_all(&dir).map_err(InstallError::io(format!("creating {}", dir.display())))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(InstallError::io(format!("chmod 0700 {}", dir.display())))?;
-    let mut secrets = read_existing(stack_dir, specs)?;
+    let root = HostDir::create_root(stack_dir, 0o755)?;
+    let dir = root.ensure_dir(Path::new(SECRETS), 0o700, None)?;
+    dir.chmod(0o700)?;
+    let mut secrets = Secrets::new();
+    read_into(&dir, specs, &mut secrets)?;
     for spec in specs {
-        let path = dir.join(spec.name);
         if secrets.get(spec.name).is_some() {
-            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600);
-            if mode != 0o600 {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(InstallError::io(format!("chmod 0600 {}", path.display())))?;
+            if dir.stat(Path::new(spec.name))?.is_some_and(|e| e.mode != 0o600) {
+                dir.chmod_file(Path::new(spec.name), 0o600)?;
             }
             continue;
         }
         let value = generate(spec);
-        // Written to a temporary name then renamed: a run killed mid-write never leaves a truncated secret.
-        let tmp = dir.join(format!(".{}.tmp", spec.name));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(InstallError::io(format!("creating {}", tmp.display())))?;
-        file.write_all(value.as_bytes()).map_err(InstallError::io(format!("writing {}", tmp.display())))?;
-        file.sync_all().map_err(InstallError::io(format!("syncing {}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(InstallError::io(format!("renaming to {}", path.display())))?;
+        dir.replace_file(OsStr::new(spec.name), |file| file.write_all(value.as_bytes()), 0o600, None)?;
         secrets.insert(spec.name, value);
     }
     Ok(secrets)
@@ -104,6 +103,7 @@ mod tests {
 
     #[test]
     fn secrets_are_stored_0600_in_a_0700_dir_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let specs = [gbo_components::secrets::TABLES_PASSWORD];
         let first = load_or_generate(dir.path(), &specs).expect("generate");

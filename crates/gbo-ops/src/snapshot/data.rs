@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::hostfs::{HostDir, PrivateDir};
 use crate::runner::{HostCommand, RunError};
 
 use super::SnapshotError;
@@ -157,9 +158,8 @@ pub fn capture(
         Strategy::Btrfs => {
             // Next to the subvolume, so it is always on the same filesystem.
             let parent = host_path.parent().unwrap_or(Path::new("/"));
-            let dir = parent.join(".gbo-snapshots");
-            std::fs::create_dir_all(&dir).map_err(|source| SnapshotError::Io { path: dir.clone(), source })?;
-            let location = dir.join(format!("{tag}@{device}"));
+            let dir = HostDir::open_root(parent)?.ensure_dir(Path::new(".gbo-snapshots"), 0o700, None)?;
+            let location = dir.path().join(format!("{tag}@{device}"));
             HostCommand::new("btrfs")
                 .args(["subvolume", "snapshot", "-r"])
                 .arg(host_path)
@@ -174,10 +174,15 @@ pub fn capture(
             Ok(CaptureMethod::ZfsSnapshot { dataset: dataset.clone(), snapshot, mountpoint: mountpoint.clone() })
         }
         Strategy::Copy => {
-            let location = store.join(device);
-            std::fs::create_dir_all(&location)
-                .map_err(|source| SnapshotError::Io { path: location.clone(), source })?;
-            copy_contents(host_path, &location)?;
+            let target = HostDir::open_root(store)?.ensure_dir(Path::new(device), 0o700, None)?;
+            let location = target.path().to_path_buf();
+            if !target.names()?.is_empty() {
+                return Err(SnapshotError::Io {
+                    path: location,
+                    source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a capture is already there"),
+                });
+            }
+            target.copy_from(&HostDir::open_root(host_path)?)?;
             Ok(CaptureMethod::FrozenCopy { location })
         }
     }
@@ -221,7 +226,10 @@ pub fn restore(capture: &DataCapture) -> Result<(), SnapshotError> {
             let leaf = format!("gbo-restore-{}-{n}", std::process::id());
             let pool = dataset.split('/').next().unwrap_or(dataset);
             let clone = format!("{pool}/{leaf}");
-            let wanted_mount = std::env::temp_dir().join(&leaf);
+            // A fresh private mount point (random name, 0700, created here): never a predictable path that
+            // another user could have prepared.
+            let mount_dir = PrivateDir::new(&std::env::temp_dir(), "gbo-restore-")?;
+            let wanted_mount = mount_dir.path().to_path_buf();
             let mut mountpoint_option = std::ffi::OsString::from("mountpoint=");
             mountpoint_option.push(&wanted_mount);
             HostCommand::new(&zfs)
@@ -237,23 +245,26 @@ pub fn restore(capture: &DataCapture) -> Result<(), SnapshotError> {
                     HostCommand::new(&zfs).args(["get", "-H", "-o", "value", "mountpoint"]).arg(&clone).run()?.trim(),
                 );
                 clone_mount = Some(mounted.clone());
-                let source = mounted.join(&relative);
-                empty_dir(host_path)?;
-                copy_contents(&source, host_path)
+                let source = HostDir::open_root(&mounted)?.open_dir(&relative)?.ok_or_else(|| SnapshotError::Io {
+                    path: mounted.join(&relative),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })?;
+                replace_contents(host_path, &source)
             })();
             let destroyed = destroy_clone(&zfs, &clone);
             if destroyed.is_ok() {
-                // zfs leaves a mountpoint directory it was told to use; it is empty once the clone is gone.
-                let _ = std::fs::remove_dir(clone_mount.as_deref().unwrap_or(&wanted_mount));
+                // zfs leaves a mountpoint directory it was told to use; it is empty once the clone is gone (and
+                // the private directory removes itself when it is ours).
+                if let Some(other) = clone_mount.as_deref().filter(|m| *m != wanted_mount.as_path()) {
+                    let _ = std::fs::remove_dir(other);
+                }
             }
+            drop(mount_dir);
             result?;
             destroyed?;
             Ok(())
         }
-        CaptureMethod::FrozenCopy { location } => {
-            empty_dir(host_path)?;
-            copy_contents(location, host_path)
-        }
+        CaptureMethod::FrozenCopy { location } => replace_contents(host_path, &HostDir::open_root(location)?),
     }
 }
 
@@ -314,30 +325,22 @@ fn zfs_gone(zfs: &str, name: &str) -> bool {
     }
 }
 
+/// Remove a directory tree (a capture) without following a link in it.
 pub(super) fn remove_tree(path: &Path) -> Result<(), SnapshotError> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SnapshotError::Io { path: path.to_path_buf(), source }),
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Ok(()) };
+    if let Some(dir) = HostDir::open_root_if_exists(parent)? {
+        dir.remove(Path::new(name))?;
     }
-}
-
-fn copy_contents(from: &Path, to: &Path) -> Result<(), SnapshotError> {
-    let mut source = from.as_os_str().to_owned();
-    source.push("/.");
-    HostCommand::new("cp").args(["-a", "--reflink=auto"]).arg(source).arg(to).run()?;
     Ok(())
 }
 
-fn empty_dir(dir: &Path) -> Result<(), SnapshotError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| SnapshotError::Io { path: dir.to_path_buf(), source })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| SnapshotError::Io { path: dir.to_path_buf(), source })?;
-        let path = entry.path();
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        let removed = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        removed.map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
-    }
+/// Empty the mounted directory `host_path` (the container is stopped) and copy `source` into it, never following
+/// a link on either side: whatever the container planted is removed as itself, and links in the capture are
+/// restored as links.
+fn replace_contents(host_path: &Path, source: &HostDir) -> Result<(), SnapshotError> {
+    let target = HostDir::open_root(host_path)?;
+    target.empty()?;
+    target.copy_from(source)?;
     Ok(())
 }
 

@@ -76,6 +76,9 @@ pub enum SnapshotError {
     /// A host tool failed.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// Host file work was refused (something planted at a name gbo uses) or failed.
+    #[error(transparent)]
+    HostFs(#[from] crate::hostfs::HostFsError),
     /// A file operation failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -257,7 +260,7 @@ pub async fn create(
     let captured = async {
         let mut captures = Vec::new();
         if !strategies.is_empty() {
-            std::fs::create_dir_all(&store).map_err(|source| SnapshotError::Io { path: store.clone(), source })?;
+            crate::hostfs::HostDir::create_root(&store, 0o700)?;
         }
         for (mount, strategy) in &strategies {
             let (host, store, device, tag, strategy) =
@@ -299,8 +302,8 @@ pub async fn create(
     if !captures.is_empty() {
         let text = serde_json::to_string_pretty(&manifest)
             .map_err(|e| SnapshotError::Io { path: store.clone(), source: std::io::Error::other(e) })?;
-        let path = store.join(MANIFEST);
-        std::fs::write(&path, text).map_err(|source| SnapshotError::Io { path, source })?;
+        let store_dir = crate::hostfs::HostDir::open_root(&store)?;
+        store_dir.write_file(std::path::Path::new(MANIFEST), text.as_bytes(), 0o600, None, 0o700)?;
     }
     Ok(SnapshotInfo {
         container: container.name.clone(),
