@@ -234,5 +234,6 @@ pub async fn clean() -> anyhow::Result<()> {
         }
     }
     eprintln!("clean: removed {removed} leftover test instance(s)");
+    crate::cluster::clean();
     Ok(())
 }

@@ -2,6 +2,7 @@
 //!
 //! - `lxd-up`: install, start and initialise a local LXD daemon and import the test image (idempotent).
 //! - `test-image`: build (or reuse) the test image only.
+//! - `lxd-cluster up|down|status`: a real three-member LXD cluster on loopback beside the main daemon.
 //! - `lint`: the gates CI runs before the tests: formatting, clippy with warnings denied, rustdoc with warnings
 //!   denied.
 //! - `clean`: remove containers and images that earlier test runs left behind.
@@ -9,6 +10,7 @@
 //!   rewrite its section of `docs/benchmarks.md`.
 
 mod bench;
+mod cluster;
 mod lxd_up;
 mod suite;
 
@@ -25,6 +27,13 @@ struct Cli {
 enum Command {
     /// Install (if missing), start and initialise LXD, enable HTTPS on 127.0.0.1:8443, import the test image.
     LxdUp(lxd_up::Args),
+    /// A real three-member LXD cluster on 127.0.0.2-4:8443 beside the main daemon (own LXD_DIRs under
+    /// /var/lib/gbo-cluster, own pools, the test image imported once): `up` (idempotent), `down`, `status`.
+    LxdCluster {
+        /// What to do.
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
     /// The gates CI runs before the tests: `cargo fmt --check`, `cargo clippy --workspace --all-targets -- -D
     /// warnings`, and `cargo doc --no-deps` with rustdoc warnings denied. Fails on the first gate that fails.
     Lint,
@@ -57,6 +66,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::LxdUp(args) => runtime.block_on(lxd_up::run(args)),
         Command::Lint => suite::lint(),
+        Command::LxdCluster { action } => match action {
+            cluster::Action::Up => runtime.block_on(cluster::up()),
+            cluster::Action::Down => cluster::down(),
+            cluster::Action::Status => cluster::status(),
+        },
         Command::Clean => runtime.block_on(lxd_up::clean()),
         Command::Test { args } => runtime.block_on(suite::test(args)),
         Command::Up { tenant } => runtime.block_on(suite::up(tenant)),
