@@ -135,7 +135,8 @@ async fn watchdog() {
             }
             Err(e) => eprintln!("==> watchdog: no goroutine dump: {e}"),
         }
-        let _ = duct::cmd!("pkill", "-9", "-f", "^lxd --group").unchecked().run();
+        // The main daemon only (by its own command line): the cluster members of `lxd-cluster` run beside it.
+        let _ = duct::cmd!("pkill", "-9", "-f", "^lxd --group root --logfile /var/log/gbo/lxd.log$").unchecked().run();
         if let Err(e) = crate::lxd_up::ensure_daemon().await {
             eprintln!("==> watchdog: restarting LXD failed: {e:#}");
         }
