@@ -234,6 +234,5 @@ pub async fn clean() -> anyhow::Result<()> {
         }
     }
     eprintln!("clean: removed {removed} leftover test instance(s)");
-    crate::cluster::clean();
     Ok(())
 }

@@ -71,7 +71,11 @@ fn main() -> anyhow::Result<()> {
             cluster::Action::Down => cluster::down(),
             cluster::Action::Status => cluster::status(),
         },
-        Command::Clean => runtime.block_on(lxd_up::clean()),
+        Command::Clean => {
+            runtime.block_on(lxd_up::clean())?;
+            cluster::clean();
+            Ok(())
+        }
         Command::Test { args } => runtime.block_on(suite::test(args)),
         Command::Up { tenant } => runtime.block_on(suite::up(tenant)),
         Command::Bench { which } => {

@@ -59,6 +59,7 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
     crate::lxd_up::run(crate::lxd_up::Args { no_image: false, pool_size: "24GiB".into() }).await?;
     phases.done("lxd-up and test image");
     crate::lxd_up::clean().await?;
+    crate::cluster::clean();
     phases.done("clean leftovers");
     let nextest = duct::cmd!("cargo", "nextest", "--version").stdout_null().stderr_null().run().is_ok();
     let mut argv: Vec<String> = if nextest {
@@ -77,6 +78,7 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
     // so what `clean` then finds is really left behind.
     wait_for_lxc_processes(std::time::Duration::from_secs(60)).await;
     crate::lxd_up::clean().await?;
+    crate::cluster::clean();
     phases.done("clean up");
     phases.summary();
     if !status.success() {
