@@ -100,17 +100,20 @@ pub fn packages(need: Need) -> Vec<&'static str> {
 /// The path of a host program a test needs. Panics (never skips) when the program is not on [`HOST_PROGRAMS`]
 /// (add it there, with its package) or is not installed (`cargo xtask test` installs every package on the list).
 pub fn require_program(program: &str) -> PathBuf {
-    let Some(entry) = HOST_PROGRAMS.iter().find(|p| p.program == program || file_name(p.program) == program) else {
+    let name = file_name(program);
+    let Some(entry) = HOST_PROGRAMS.iter().find(|p| file_name(p.program) == name) else {
         panic!(
             "{program} is not on the host program list (tests/src/programs.rs): add it there with its Debian \
              package, so that `cargo xtask test` installs it on a fresh machine"
         );
     };
-    let found = if entry.program.starts_with('/') {
+    let found = if program.starts_with('/') {
+        Some(PathBuf::from(program)).filter(|p| p.is_file())
+    } else if entry.program.starts_with('/') {
         Some(PathBuf::from(entry.program)).filter(|p| p.is_file())
     } else {
         std::env::var_os("PATH")
-            .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
+            .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()))
     };
     found.unwrap_or_else(|| {
         panic!(
@@ -138,6 +141,12 @@ mod tests {
             assert!(lxd.contains(&runtime), "{runtime} missing from {lxd:?}");
         }
         assert!(all.contains(&"redis-server"));
+    }
+
+    #[test]
+    fn a_listed_program_is_found_by_name_or_by_its_absolute_path() {
+        assert!(require_program("sha256sum").is_file());
+        assert_eq!(require_program("/usr/bin/sha256sum"), PathBuf::from("/usr/bin/sha256sum"));
     }
 
     #[test]
