@@ -1424,3 +1424,7 @@ mod tests {
         assert_eq!(launch.log, "/opt/gbo/logs/error.log");
     }
 }
+
+#[cfg(test)]
+#[path = "deploy_properties.rs"]
+mod properties;

@@ -272,10 +272,15 @@ fn bench_zfs(md: &mut String) -> anyhow::Result<()> {
     let dir = scratch("zfs")?;
     let now = 1_700_000_000i64;
     let mut list = String::new();
+    // gbo's daily snapshots (`gbo-daily-YYYY-MM-DD`: prune destroys only what gbo made), 505 days of them per dataset;
+    // the stand-in's columns are name, createtxg, creation, used.
+    let mut txg = 1_000;
     for ds in ["tank/lxd-data", "tank/backups"] {
-        for i in 0..505 {
-            let name = format!("{ds}@s{i:04}");
-            list.push_str(&format!("{name}\t{}\t1048576\n", now - 30 * 86_400 + i * 3_600));
+        for i in 0..505i64 {
+            let (y, m, d) = (2020 + i / 336, 1 + (i % 336) / 28, 1 + i % 28);
+            let name = format!("{ds}@gbo-daily-{y:04}-{m:02}-{d:02}");
+            txg += 1;
+            list.push_str(&format!("{name}\t{txg}\t{}\t1048576\n", now - 30 * 86_400 + i * 3_600));
         }
     }
     std::fs::write(dir.join("list"), list)?;

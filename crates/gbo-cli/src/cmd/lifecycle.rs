@@ -841,3 +841,7 @@ async fn limits(container: String, cpu: Option<u32>, memory: Option<String>) -> 
     eprintln!("note: keep them in gbo.toml under [limits.<role>] or the next install names them as drift");
     Ok(Outcome::Ok)
 }
+
+#[cfg(test)]
+#[path = "lifecycle_properties.rs"]
+mod properties;

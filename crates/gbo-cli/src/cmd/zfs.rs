@@ -28,7 +28,9 @@ pub enum Command {
         #[arg(required = true)]
         datasets: Vec<String>,
     },
-    /// Destroy snapshots older than the window, keeping at least --min-keep per dataset; batched where ZFS can.
+    /// Destroy gbo's daily snapshots older than the window, keeping at least --min-keep per dataset; batched where
+    /// ZFS can. Snapshots gbo did not make are kept and listed unless --all-unowned; LXD's and `gbo snapshot`'s
+    /// never go.
     Prune {
         /// The window in days.
         #[arg(long, default_value_t = 7)]
@@ -41,6 +43,10 @@ pub enum Command {
         /// Show what would go and the space ZFS says it would reclaim; destroy nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Include snapshots gbo did not make (zfs-auto-snapshot, sanoid, by hand), listed before anything goes.
+        /// Never LXD's own snapshots nor `gbo snapshot`'s data captures.
+        #[arg(long)]
+        all_unowned: bool,
         /// Result format.
         #[arg(long, value_enum, default_value_t)]
         output: Format,
@@ -83,8 +89,11 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                             if r.ci {
                                 flags.push("CI container (can be huge)");
                             }
-                            if r.lxd {
-                                flags.push("LXD's (use gbo snapshot)");
+                            match r.owner {
+                                zfs::Owner::Lxd => flags.push("LXD's (use gbo snapshot)"),
+                                zfs::Owner::GboSnapshot => flags.push("gbo snapshot's data capture"),
+                                zfs::Owner::Unowned => flags.push("not made by gbo"),
+                                zfs::Owner::GboDaily => {}
                             }
                             vec![
                                 r.snapshot.full_name.clone(),
@@ -115,24 +124,55 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
-        Command::Prune { keep_days, min_keep, datasets: given, dry_run, output } => {
+        Command::Prune { keep_days, min_keep, datasets: given, dry_run, all_unowned, output } => {
             let selected = datasets(&given)?;
             if min_keep == 0 {
                 return Err(zfs::ZfsError::ZeroMinimum.into());
             }
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let report =
-                tokio::task::spawn_blocking(move || Zfs::detect()?.prune(&selected, keep_days, min_keep, now, dry_run))
-                    .await??;
+            let policy = zfs::PrunePolicy { keep_days, min_keep, all_unowned };
+            let (zfs, plan) = tokio::task::spawn_blocking(move || {
+                let zfs = Zfs::detect()?;
+                let plan = zfs.plan(&selected, &policy, now)?;
+                Ok::<_, zfs::ZfsError>((zfs, plan))
+            })
+            .await??;
+            // What gbo did not make is shown before anything is destroyed (on stderr with JSON output, so that
+            // stdout stays one document).
+            if !dry_run && !plan.doomed_unowned.is_empty() {
+                let mut text =
+                    format!("destroying {} snapshot(s) gbo did not make (--all-unowned):\n", plan.doomed_unowned.len());
+                for name in &plan.doomed_unowned {
+                    text.push_str(&format!("  {name}\n"));
+                }
+                match output {
+                    Format::Json => eprint!("{text}"),
+                    Format::Table => print!("{text}"),
+                }
+            }
+            let report = tokio::task::spawn_blocking(move || zfs.execute(&plan, dry_run)).await?;
             match output {
                 Format::Json => output::print_json(&report)?,
                 Format::Table => {
                     let verb = if dry_run { "would destroy" } else { "destroyed" };
-                    for d in &report.destroyed {
+                    // The ones gbo did not make first.
+                    for d in &report.destroyed_unowned {
+                        println!("{verb}, not made by gbo (--all-unowned): {d}");
+                    }
+                    for d in report.destroyed.iter().filter(|d| !report.destroyed_unowned.contains(d)) {
                         println!("{verb} {d}");
                     }
                     for f in &report.failures {
                         println!("could not destroy {}: {}", f.snapshot, f.reason);
+                    }
+                    for k in &report.kept_unowned {
+                        println!("kept, not made by gbo (--all-unowned to include): {k}");
+                    }
+                    if report.kept_lxd + report.kept_captures > 0 {
+                        println!(
+                            "never destroyed here: {} of LXD's (use lxc or gbo snapshot), {} data capture(s) of gbo snapshot",
+                            report.kept_lxd, report.kept_captures
+                        );
                     }
                     println!(
                         "{verb} {} snapshot(s), {} ({}), {} zfs call(s); kept {} snapshot(s) in {} dataset(s)",

@@ -319,3 +319,7 @@ mod tests {
         assert!(err.to_string().contains("by instance x-tables"), "{err}");
     }
 }
+
+#[cfg(test)]
+#[path = "ports_properties.rs"]
+mod properties;

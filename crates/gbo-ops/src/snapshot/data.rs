@@ -89,21 +89,29 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountEntry> {
     best
 }
 
+/// Undo the kernel's octal escapes (`\\040` for a space, ...). The text is decoded as bytes, so non-ASCII names stay
+/// what they are, and `\\` followed by three octal digits above `\\377` is not an escape.
 fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
     let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v as char);
-            i += 4;
-        } else {
-            out.push(bytes[i] as char);
-            i += 1;
+        let escaped = bytes
+            .get(i + 1..i + 4)
+            .filter(|digits| bytes[i] == b'\\' && digits.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|digits| u8::try_from(digits.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'))).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
         }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How a directory can be captured.

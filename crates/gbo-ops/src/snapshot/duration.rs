@@ -4,6 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// The longest span accepted: 100 years (36,525 days).
+const MAX_SECONDS: u64 = 36_525 * 86_400;
+
 /// A span of time written `<n><unit>`: `m` minutes, `h` hours, `d` days, `w` weeks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span {
@@ -109,7 +112,12 @@ impl FromStr for Span {
             return Err(err("the amount is not a whole number"));
         }
         let amount: u32 = digits.parse().map_err(|_| err("the amount is too large"))?;
-        Span::new(amount, unit).ok_or_else(|| err("the amount must be greater than 0"))
+        let span = Span::new(amount, unit).ok_or_else(|| err("the amount must be greater than 0"))?;
+        if span.seconds() > MAX_SECONDS {
+            // Beyond the calendar's range an expiry or a cutoff cannot even be computed.
+            return Err(err("it is longer than 100 years"));
+        }
+        Ok(span)
     }
 }
 
