@@ -35,6 +35,8 @@ mod instances;
 mod names;
 mod operation;
 mod profiles;
+#[cfg(test)]
+mod proptests;
 mod remote;
 mod server;
 mod snapshots;
