@@ -91,15 +91,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether LXD_SOCKET or LXD_DIR names the daemon (set and not empty).
+fn explicit_daemon() -> bool {
+    lxd_client::Flavor::Lxd
+        .socket_variables()
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|value| !value.is_empty()))
+}
+
 /// Install and start the daemon if needed.
 pub async fn ensure_daemon() -> anyhow::Result<()> {
     // Always (a dpkg query each when all are there): a daemon installed by hand may lack its runtime needs, such as
     // dnsmasq and iptables for bridges.
     apt_install(&gbo_tests::programs::packages(gbo_tests::programs::Need::Lxd))?;
-    if let Ok(lxd) = Client::local() {
-        if lxd.server_fresh().await.is_ok() {
-            return Ok(());
-        }
+    match Client::local() {
+        Ok(lxd) => match lxd.server_fresh().await {
+            Ok(_) => return Ok(()),
+            // A daemon named by LXD_SOCKET/LXD_DIR is not the one started below: never replace it with that one.
+            Err(e) if explicit_daemon() => anyhow::bail!("{e}; lxd-up starts only the default daemon"),
+            Err(_) => {}
+        },
+        Err(e @ lxd_client::Error::ExplicitSocket { .. }) => return Err(e.into()),
+        Err(_) => {}
     }
     std::fs::create_dir_all("/var/log/gbo")?;
     let log = "/var/log/gbo/lxd.log";

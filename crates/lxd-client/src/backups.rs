@@ -80,10 +80,7 @@ impl Client {
         let response = self.send_raw(Request::new(Method::GET, path.clone()).timeout(BACKUP_TIMEOUT)).await?;
         let status = response.status();
         if !status.is_success() {
-            let body =
-                http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
-            crate::client::decode_envelope(status, &path, &body)?;
-            return Err(Error::from_api(status.as_u16(), &path, String::from_utf8_lossy(&body).into_owned()));
+            return Err(self.failure(response, "GET", &path).await);
         }
         let stream = http_body_util::BodyStream::new(response.into_body())
             .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })

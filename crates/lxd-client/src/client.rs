@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
@@ -24,19 +24,49 @@ use crate::transport::{discover_socket, Connector, Endpoint, Flavor};
 /// The default per-request timeout (time to the response headers and body of a synchronous call).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The default [`ReadLimits::body`]: 32 MiB. The largest answer gbo asks for is the instance list
+/// (`recursion=1`), a few KiB per instance: about 4 MiB for a thousand containers.
+pub const DEFAULT_BODY_LIMIT: u64 = 32 * 1024 * 1024;
+
+/// The default [`ReadLimits::collected`]: 64 MiB. What gbo collects whole is command output it parses (`psql`
+/// answers, `ss` and `ps` listings) and configuration files: kilobytes. Dumps and backups are streamed.
+pub const DEFAULT_COLLECT_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// How much the client reads into memory from the daemon (and so from a container or a remote) before it stops
+/// with [`Error::TooLarge`] naming the limit and what was being read. Streaming calls are not limited: pushes and
+/// [`Client::pull`]/[`Client::pull_to`], [`Client::exec_io`] and the other streaming exec calls, image and backup
+/// transfers. Set with [`Client::with_read_limits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Every answer body read whole: JSON envelopes and operation waits, error bodies, directory listings, symlink
+    /// targets. Default [`DEFAULT_BODY_LIMIT`].
+    pub body: u64,
+    /// Data collected whole: each of stdout and stderr of [`Client::exec`], [`Client::exec_with_stdin`] and
+    /// [`Client::exec_recorded`], a file read by [`Client::read_file`], an instance log. Default
+    /// [`DEFAULT_COLLECT_LIMIT`].
+    pub collected: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self { body: DEFAULT_BODY_LIMIT, collected: DEFAULT_COLLECT_LIMIT }
+    }
+}
+
 /// The request body type.
 pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// A cheap-to-clone handle on one LXD daemon.
 ///
-/// [`Client::project`], [`Client::target`] and [`Client::with_timeout`] return adjusted copies that share the
-/// connection pool, like the Go client's `UseProject`/`UseTarget`.
+/// [`Client::project`], [`Client::target`], [`Client::with_timeout`] and [`Client::with_read_limits`] return adjusted
+/// copies that share the connection pool, like the Go client's `UseProject`/`UseTarget`.
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
     project: Option<String>,
     target: Option<String>,
     timeout: Duration,
+    limits: ReadLimits,
 }
 
 pub(crate) struct Inner {
@@ -54,6 +84,7 @@ impl std::fmt::Debug for Client {
             .field("project", &self.project)
             .field("target", &self.target)
             .field("timeout", &self.timeout)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -174,13 +205,15 @@ pub(crate) fn full(data: impl Into<Bytes>) -> Body {
 }
 
 impl Client {
-    /// Connect to the local daemon, discovering its socket (`LXD_SOCKET`, `LXD_DIR`, snap, Debian paths).
+    /// Connect to the local daemon: the socket `LXD_SOCKET` (else `LXD_DIR`) names, and only that one when set;
+    /// with neither set (or set empty), the snap path, then the Debian one. See [`crate::discover_socket_in`].
     pub fn local() -> Result<Self> {
         let path = discover_socket(Flavor::Lxd)?;
         Self::new(Endpoint::Unix(path), Flavor::Lxd)
     }
 
-    /// Connect to a local Incus daemon (`INCUS_SOCKET`, `INCUS_DIR`, `/var/lib/incus`, `/run/incus`).
+    /// Connect to a local Incus daemon: the socket `INCUS_SOCKET` (else `INCUS_DIR`) names, and only that one when
+    /// set; otherwise `/var/lib/incus`, then `/run/incus`.
     pub fn local_incus() -> Result<Self> {
         let path = discover_socket(Flavor::Incus)?;
         Self::new(Endpoint::Unix(path), Flavor::Incus)
@@ -188,6 +221,11 @@ impl Client {
 
     /// A client for a given endpoint. No connection is made until the first request.
     pub fn new(endpoint: Endpoint, flavor: Flavor) -> Result<Self> {
+        Self::labelled(endpoint, flavor, None)
+    }
+
+    /// [`Client::new`] for a named remote: its connection errors name it.
+    pub(crate) fn labelled(endpoint: Endpoint, flavor: Flavor, remote: Option<String>) -> Result<Self> {
         let authority = match &endpoint {
             Endpoint::Unix(_) => "lxd".to_string(),
             Endpoint::Https { address, .. } => address.clone(),
@@ -199,7 +237,7 @@ impl Client {
         // its own connection, which costs microseconds there. HTTPS keeps a pool (TLS handshakes are costly), with
         // a timer so idle connections are really closed.
         let unix = matches!(endpoint, Endpoint::Unix(_));
-        let connector = Connector::new(endpoint)?;
+        let connector = Connector::new(endpoint, remote)?;
         let mut builder = HyperClient::builder(TokioExecutor::new());
         builder.pool_timer(hyper_util::rt::TokioTimer::new()).pool_idle_timeout(Duration::from_secs(10));
         if unix {
@@ -213,6 +251,7 @@ impl Client {
             project: None,
             target: None,
             timeout: DEFAULT_TIMEOUT,
+            limits: ReadLimits::default(),
         })
     }
 
@@ -229,6 +268,16 @@ impl Client {
     /// A copy with another per-request timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self { timeout, ..self.clone() }
+    }
+
+    /// A copy with other read limits (see [`ReadLimits`]).
+    pub fn with_read_limits(&self, limits: ReadLimits) -> Self {
+        Self { limits, ..self.clone() }
+    }
+
+    /// The read limits of this handle.
+    pub fn read_limits(&self) -> ReadLimits {
+        self.limits
     }
 
     /// The per-request timeout of this handle.
@@ -345,13 +394,59 @@ impl Client {
         let response = self.send_raw(req).await?;
         let status = response.status();
         let etag = response.headers().get(http::header::ETAG).and_then(|v| v.to_str().ok()).map(|s| s.to_string());
-        let body = match tokio::time::timeout(timeout, response.into_body().collect()).await {
+        let what = || format!("the answer to {method} {path}");
+        let body = match tokio::time::timeout(timeout, self.read_body(response.into_body(), &method, &path, what)).await
+        {
             Err(_) => return Err(Error::Timeout { method, path, after: timeout }),
-            Ok(Err(e)) => return Err(Error::Transport { method, path, message: e.to_string() }),
-            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(body) => body?,
         };
         let envelope = decode_envelope(status, &path, &body)?;
         Ok(Answer { envelope, etag })
+    }
+
+    /// Read a whole answer body, at most [`ReadLimits::body`]; `what` names it in the error past the limit.
+    pub(crate) async fn read_body(
+        &self,
+        body: Incoming,
+        method: &str,
+        path: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<Bytes> {
+        collect_limited(body, self.limits.body, "body", method, path, what).await
+    }
+
+    /// Read whole data (a file, a log), at most [`ReadLimits::collected`].
+    pub(crate) async fn read_collected(
+        &self,
+        body: Incoming,
+        method: &str,
+        path: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<Bytes> {
+        collect_limited(body, self.limits.collected, "collected", method, path, what).await
+    }
+
+    /// The error an unsuccessful raw response stands for: its envelope's error when it has one, else its status and
+    /// (the start of) its text. The body is read within [`ReadLimits::body`].
+    pub(crate) async fn failure(&self, response: http::Response<Incoming>, method: &str, path: &str) -> Error {
+        let status = response.status();
+        let body = match self
+            .read_body(response.into_body(), method, path, || format!("the error answer to {method} {path}"))
+            .await
+        {
+            Ok(body) => body,
+            Err(e) if e.is_too_large() => return e,
+            Err(_) => Bytes::new(),
+        };
+        match decode_envelope(status, path, &body) {
+            Err(e) => e,
+            Ok(_) => Error::from_api(status.as_u16(), path, String::from_utf8_lossy(&body).chars().take(300).collect()),
+        }
+    }
+
+    /// The limit on data collected whole ([`ReadLimits::collected`]).
+    pub(crate) fn collected_limit(&self) -> u64 {
+        self.limits.collected
     }
 
     /// `GET` a synchronous resource and decode its metadata.
@@ -382,9 +477,31 @@ impl Client {
     }
 }
 
+/// Collect a body up to `limit` bytes; past it, [`Error::TooLarge`] (nothing more is read).
+async fn collect_limited(
+    body: Incoming,
+    limit: u64,
+    limit_name: &'static str,
+    method: &str,
+    path: &str,
+    what: impl FnOnce() -> String,
+) -> Result<Bytes> {
+    let bounded = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match bounded.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(Error::TooLarge { what: what(), limit_name, limit })
+        }
+        Err(e) => Err(Error::Transport { method: method.to_string(), path: path.to_string(), message: e.to_string() }),
+    }
+}
+
 fn clone_connect_error(error: &Error) -> Error {
     match error {
         Error::SocketNotFound { tried } => Error::SocketNotFound { tried: tried.clone() },
+        Error::UntrustedServer { endpoint, fingerprint } => {
+            Error::UntrustedServer { endpoint: endpoint.clone(), fingerprint: fingerprint.clone() }
+        }
         Error::PermissionDenied { path } => Error::PermissionDenied { path: path.clone() },
         Error::Connect { endpoint, source } => Error::Connect {
             endpoint: endpoint.clone(),

@@ -162,8 +162,17 @@ impl ProxyDevice {
     /// Check the pair and produce LXD's string map.
     pub fn to_config(&self, name: &DeviceName) -> Result<DeviceConfig> {
         let invalid = |message: String| Error::InvalidDevice { device: name.to_string(), message };
-        let listen_span = self.listen.port_end - self.listen.port;
-        let connect_span = self.connect.port_end - self.connect.port;
+        // The fields are public: a range built by hand may run backwards.
+        let span = |address: &ProxyAddress| {
+            address.port_end.checked_sub(address.port).ok_or_else(|| {
+                invalid(format!(
+                    "{address}: the port range ends ({}) before it starts ({})",
+                    address.port_end, address.port
+                ))
+            })
+        };
+        let listen_span = span(&self.listen)?;
+        let connect_span = span(&self.connect)?;
         if self.connect.protocol != ProxyProtocol::Unix && connect_span != 0 && connect_span != listen_span {
             return Err(invalid(format!(
                 "connect range {} must be one port or as long as the listen range {}",

@@ -21,6 +21,27 @@ pub enum Error {
         /// Every path that was tried, in order.
         tried: Vec<PathBuf>,
     },
+    /// A socket named explicitly by the environment (`LXD_SOCKET`, `LXD_DIR`, `INCUS_SOCKET`, `INCUS_DIR`) cannot be
+    /// used. No other socket is tried: an operator who points at one daemon never has another one acted on.
+    #[error("{}", explicit_socket_message(variable, value, path, reason))]
+    ExplicitSocket {
+        /// The environment variable that named the socket.
+        variable: &'static str,
+        /// Its value.
+        value: PathBuf,
+        /// The socket path it gives.
+        path: PathBuf,
+        /// What is wrong with it (`does not exist`, `is not a unix socket`, ...).
+        reason: String,
+    },
+    /// A remote of the `lxc` configuration, named explicitly, cannot be used; no other daemon is tried.
+    #[error("remote `{remote}` cannot be used: {reason}")]
+    Remote {
+        /// The remote's name.
+        remote: String,
+        /// Why.
+        reason: String,
+    },
     /// The socket exists but this user may not open it.
     #[error(
         "permission denied on the LXD socket {}: run as root, or join the `lxd` group \
@@ -47,6 +68,35 @@ pub enum Error {
         endpoint: String,
         /// What went wrong.
         message: String,
+    },
+    /// The HTTPS server presented a certificate that is neither pinned nor from a CA the caller chose. Nothing was
+    /// sent. Check the fingerprint out of band (on the server, `lxc info` shows `certificate_fingerprint`), then pin
+    /// it: [`crate::TlsIdentity::server_fingerprint`], or `servercerts/<remote>.crt` for an `lxc` remote
+    /// ([`crate::Remote::accept_server_certificate`] after [`crate::first_contact`]).
+    #[error(
+        "{endpoint} presented a certificate that is not pinned (SHA-256 fingerprint {fingerprint}); nothing was \
+         sent. Check this fingerprint on the server (`lxc info` there shows certificate_fingerprint), then pin it \
+         (servercerts/<remote>.crt, or the fingerprint)"
+    )]
+    UntrustedServer {
+        /// The HTTPS address (and remote name, when known).
+        endpoint: String,
+        /// The SHA-256 fingerprint of the certificate it presented (lower-case hex).
+        fingerprint: String,
+    },
+    /// Something read into memory went past its size limit ([`crate::ReadLimits`]); nothing more was read.
+    #[error(
+        "{what} is larger than {} (the {limit_name} read limit); nothing more was read. Raise it with \
+         Client::with_read_limits, or use the streaming call",
+        human_size(*limit)
+    )]
+    TooLarge {
+        /// What was being read (`stdout of `pg_dump` in default-tables`, `the answer to GET /1.0/instances`, ...).
+        what: String,
+        /// Which limit: `body` or `collected` (the fields of [`crate::ReadLimits`]).
+        limit_name: &'static str,
+        /// The limit in bytes.
+        limit: u64,
     },
     /// The HTTP exchange failed below the API level.
     #[error("{method} {path}: transport error: {message}")]
@@ -202,7 +252,19 @@ impl Error {
 
     /// The daemon could not be reached at all.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Error::SocketNotFound { .. } | Error::PermissionDenied { .. } | Error::Connect { .. })
+        matches!(
+            self,
+            Error::SocketNotFound { .. }
+                | Error::ExplicitSocket { .. }
+                | Error::Remote { .. }
+                | Error::PermissionDenied { .. }
+                | Error::Connect { .. }
+        )
+    }
+
+    /// A read went past its size limit ([`Error::TooLarge`]).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Error::TooLarge { .. })
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -221,6 +283,30 @@ impl Error {
             412 => Error::PreconditionFailed { path, message },
             _ => Error::Api { status, path, message },
         }
+    }
+}
+
+fn explicit_socket_message(variable: &str, value: &std::path::Path, path: &std::path::Path, reason: &str) -> String {
+    let named = if value == path {
+        format!("{variable} names {}, which {reason}", value.display())
+    } else {
+        format!("{variable} names {}, whose socket {} {reason}", value.display(), path.display())
+    };
+    format!(
+        "{named}; no other daemon is tried (unset {variable}, or set it to the empty string, to use the usual places)"
+    )
+}
+
+/// `64 MiB`, `512 KiB` or `1000 bytes`.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
     }
 }
 

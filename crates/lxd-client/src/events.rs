@@ -36,7 +36,7 @@ impl Event {
     }
 }
 
-fn decode(
+pub(crate) fn decode(
     path: &str,
     message: std::result::Result<Message, tokio_tungstenite::tungstenite::Error>,
 ) -> Option<Result<Event>> {

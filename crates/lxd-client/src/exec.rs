@@ -159,7 +159,7 @@ struct ExecBody<'a> {
 
 type Ws = WebSocketStream<BoxedIo>;
 
-fn exit_code(op: &Operation) -> i32 {
+pub(crate) fn exit_code(op: &Operation) -> i32 {
     op.metadata.as_ref().and_then(|m| m.get("return")).and_then(|r| r.as_i64()).unwrap_or(-1) as i32
 }
 
@@ -267,20 +267,34 @@ impl Client {
         Ok(sockets)
     }
 
-    /// Run a command, collect its output (stdin is empty). A non-zero exit is returned, not raised.
+    /// Run a command, collect its output (stdin is empty). A non-zero exit is returned, not raised. Each of stdout
+    /// and stderr is collected up to [`crate::ReadLimits::collected`]: past it the command is killed and
+    /// [`Error::TooLarge`] returned (use [`Client::exec_io`] to stream output of any size).
     pub async fn exec(&self, name: &InstanceName, req: &ExecRequest) -> Result<ExecOutput> {
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        let exit_code = self.exec_io(name, req, None::<tokio::io::Empty>, &mut stdout, &mut stderr).await?;
-        Ok(ExecOutput { exit_code, stdout, stderr })
+        self.exec_collected(name, req, None).await
     }
 
-    /// Run a command with `stdin` as its standard input and collect its output.
+    /// Run a command with `stdin` as its standard input and collect its output (bounded as in [`Client::exec`]).
     pub async fn exec_with_stdin(&self, name: &InstanceName, req: &ExecRequest, stdin: &[u8]) -> Result<ExecOutput> {
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        let exit_code = self.exec_io(name, req, Some(stdin), &mut stdout, &mut stderr).await?;
-        Ok(ExecOutput { exit_code, stdout, stderr })
+        self.exec_collected(name, req, Some(stdin)).await
+    }
+
+    async fn exec_collected(&self, name: &InstanceName, req: &ExecRequest, stdin: Option<&[u8]>) -> Result<ExecOutput> {
+        let limit = self.collected_limit();
+        let mut stdout = Collector::new(limit);
+        let mut stderr = Collector::new(limit);
+        let result = self.exec_io(name, req, stdin, &mut stdout, &mut stderr).await;
+        for (collector, stream) in [(&stdout, "stdout"), (&stderr, "stderr")] {
+            if collector.exceeded {
+                let argv0 = req.command.first().map(String::as_str).unwrap_or("");
+                return Err(Error::TooLarge {
+                    what: format!("{stream} of `{argv0}` in {name}"),
+                    limit_name: "collected",
+                    limit,
+                });
+            }
+        }
+        Ok(ExecOutput { exit_code: result?, stdout: stdout.data, stderr: stderr.data })
     }
 
     /// Run a command streaming stdin from `stdin` and stdout/stderr into the writers; returns the exit code.
@@ -373,7 +387,16 @@ impl Client {
                 }
             };
             tokio::select! {
-                result = &mut io, if io_result.is_none() => io_result = Some(result),
+                result = &mut io, if io_result.is_none() => match result {
+                    Err(e) if finished.is_none() => {
+                        // Nobody reads the outputs any more (a collected output went past its limit, a writer
+                        // failed): kill the command rather than leave it blocked on a full pipe until the deadline.
+                        let _ = control_sink.send(Message::Text(control_message(&ExecControl::Signal(9)))).await;
+                        let _ = control_sink.close().await;
+                        return Err(e);
+                    }
+                    other => io_result = Some(other),
+                },
                 result = &mut wait, if finished.is_none() => {
                     if matches!(result, Err(Error::OperationTimeout { .. })) {
                         // Kill the command so nothing keeps running behind our back, then give up.
@@ -455,8 +478,9 @@ impl Client {
         Ok(exit_code(&finished))
     }
 
-    /// Run a command in recorded mode: LXD writes stdout/stderr to log files, which are downloaded and deleted.
-    /// Simpler but slower than websockets; each call leaves `instance-log-*` lifecycle events.
+    /// Run a command in recorded mode: LXD writes stdout/stderr to log files, which are downloaded (each at most
+    /// [`crate::ReadLimits::collected`]) and deleted. Simpler but slower than websockets; each call leaves
+    /// `instance-log-*` lifecycle events.
     pub async fn exec_recorded(&self, name: &InstanceName, req: &ExecRequest) -> Result<ExecOutput> {
         let op = self.start_exec(name, req, None, true).await?;
         let done = self.wait_operation(&op.id, req.timeout).await?;
@@ -469,19 +493,69 @@ impl Client {
             .unwrap_or_default();
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
+        let argv0 = req.command.first().map(String::as_str).unwrap_or("");
+        let mut failed = None;
         for (fd, path) in outputs {
             let Some(path) = path.as_str() else { continue };
             // The daemon gives a full API path: /1.0/instances/<n>/logs/exec_<op>.stdout (5.0) or .../exec-output/...
-            let data = self.read_raw(Request::new(Method::GET, path.to_string())).await?;
+            let what = || format!("recorded output {fd} of `{argv0}` in {name}");
+            let data = self.read_raw(Request::new(Method::GET, path.to_string()), what).await;
+            // Deleted whether or not it could be read (one past the read limit included).
             let _: serde_json::Value =
                 self.sync(Request::new(Method::DELETE, path.to_string())).await.unwrap_or_default();
-            match fd.as_str() {
-                "1" => stdout = data,
-                "2" => stderr = data,
+            match (data, fd.as_str()) {
+                (Err(e), _) => failed = failed.or(Some(e)),
+                (Ok(data), "1") => stdout = data,
+                (Ok(data), "2") => stderr = data,
                 _ => {}
             }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         Ok(ExecOutput { exit_code: exit_code(&done), stdout, stderr })
+    }
+}
+
+/// Collects one exec output in memory up to a limit; a write past it fails (which ends the exec) and is remembered.
+struct Collector {
+    data: Vec<u8>,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl Collector {
+    fn new(limit: u64) -> Self {
+        Self { data: Vec::new(), limit, exceeded: false }
+    }
+}
+
+impl AsyncWrite for Collector {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.data.len() as u64 + buf.len() as u64 > self.limit {
+            self.exceeded = true;
+            return std::task::Poll::Ready(Err(std::io::Error::other("collected exec output is over its limit")));
+        }
+        self.data.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

@@ -77,6 +77,17 @@ impl std::fmt::Debug for PulledFile {
     }
 }
 
+/// Owner, group, mode and kind of a pulled path, from the daemon's `X-LXD-*` (or `X-Incus-*`) headers; a header
+/// that is missing or unreadable gives 0 (`file` for the kind).
+pub(crate) fn file_metadata(headers: &http::HeaderMap, prefix: &str) -> (u32, u32, u32, String) {
+    let header = |key: &str| headers.get(format!("{prefix}{key}")).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let uid = header("uid").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let gid = header("gid").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mode = header("mode").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0);
+    let kind = header("type").unwrap_or_else(|| "file".into());
+    (uid, gid, mode, kind)
+}
+
 fn files_request(method: Method, name: &InstanceName, path: &str) -> Result<Request> {
     if !path.starts_with('/') {
         return Err(Error::InvalidName {
@@ -163,38 +174,28 @@ impl Client {
         Ok(())
     }
 
-    /// Read a path: a file is streamed, a directory lists its entries.
+    /// Read a path: a file is streamed (any size), a directory lists its entries and a symlink gives its target
+    /// (both read whole, at most [`crate::ReadLimits::body`]).
     pub async fn pull(&self, name: &InstanceName, path: &str) -> Result<PulledFile> {
         let req = files_request(Method::GET, name, path)?.timeout(std::time::Duration::from_secs(3600));
         let response = self.send_raw(req).await?;
         let status = response.status();
-        let headers = response.headers().clone();
         if !status.is_success() {
-            let body =
-                http_body_util::BodyExt::collect(response.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
-            crate::client::decode_envelope(status, path, &body)?;
-            return Err(Error::from_api(status.as_u16(), path, String::from_utf8_lossy(&body).into_owned()));
+            return Err(self.failure(response, "GET", path).await);
         }
-        let p = self.flavor().header_prefix();
-        let header = |key: &str| headers.get(format!("{p}{key}")).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let uid = header("uid").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let gid = header("gid").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mode = header("mode").and_then(|v| u32::from_str_radix(&v, 8).ok()).unwrap_or(0);
-        let kind = header("type").unwrap_or_else(|| "file".into());
+        let (uid, gid, mode, kind) = file_metadata(response.headers(), self.flavor().header_prefix());
         let content = match kind.as_str() {
             "directory" => {
-                let body = http_body_util::BodyExt::collect(response.into_body())
-                    .await
-                    .map_err(|e| Error::Transport { method: "GET".into(), path: path.into(), message: e.to_string() })?
-                    .to_bytes();
+                let body = self
+                    .read_body(response.into_body(), "GET", path, || format!("the listing of {path} in {name}"))
+                    .await?;
                 let envelope = crate::client::decode_envelope(status, path, &body)?;
                 FileContent::Directory(crate::client::decode_metadata(path, envelope.metadata)?)
             }
             "symlink" => {
-                let body = http_body_util::BodyExt::collect(response.into_body())
-                    .await
-                    .map_err(|e| Error::Transport { method: "GET".into(), path: path.into(), message: e.to_string() })?
-                    .to_bytes();
+                let body = self
+                    .read_body(response.into_body(), "GET", path, || format!("the target of {path} in {name}"))
+                    .await?;
                 FileContent::Symlink(String::from_utf8_lossy(&body).into_owned())
             }
             _ => {
@@ -207,14 +208,25 @@ impl Client {
         Ok(PulledFile { uid, gid, mode, content })
     }
 
-    /// Read a whole (small) file into memory.
+    /// Read a whole (small) file into memory: at most [`crate::ReadLimits::collected`], else [`Error::TooLarge`]
+    /// (stream bigger files with [`Client::pull_to`]).
     pub async fn read_file(&self, name: &InstanceName, path: &str) -> Result<Vec<u8>> {
         match self.pull(name, path).await?.content {
-            FileContent::File(mut reader) => {
+            FileContent::File(reader) => {
+                let limit = self.collected_limit();
                 let mut out = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
+                // One byte past the limit tells a file of exactly the limit from a larger one.
+                let mut bounded = tokio::io::AsyncReadExt::take(reader, limit.saturating_add(1));
+                tokio::io::AsyncReadExt::read_to_end(&mut bounded, &mut out)
                     .await
                     .map_err(|e| Error::io(format!("reading {path}"), e))?;
+                if out.len() as u64 > limit {
+                    return Err(Error::TooLarge {
+                        what: format!("file {path} in {name}"),
+                        limit_name: "collected",
+                        limit,
+                    });
+                }
                 Ok(out)
             }
             _ => Err(Error::InvalidName { kind: "file path", value: path.into(), rule: "not a regular file" }),

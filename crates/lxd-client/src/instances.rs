@@ -216,8 +216,9 @@ impl InstanceSource {
 
     /// The source of image `alias` on remote `remote` of the `lxc` CLI's configuration in `config_dir`
     /// (`config.yml`; for LXD servers also `servercerts/<remote>.crt` when present): a pull source for HTTPS
-    /// remotes (simplestreams or LXD), a local alias for unix-socket remotes (such as `local`). `Ok(None)` when
-    /// the configuration has no such remote or there is no configuration file.
+    /// remotes (simplestreams or LXD), a local alias for the local daemon's remote (`unix://`, such as `local`; a
+    /// unix remote naming another socket is refused). `Ok(None)` when the configuration has no such remote or there
+    /// is no configuration file.
     pub fn from_lxc_remote(config_dir: &Path, remote: &str, alias: &str) -> Result<Option<Self>> {
         let config_path = config_dir.join("config.yml");
         let text = match std::fs::read_to_string(&config_path) {
@@ -228,8 +229,21 @@ impl InstanceSource {
         let config: LxcImageRemotes = serde_yaml::from_str(&text)
             .map_err(|e| Error::Config { message: format!("{}: {e}", config_path.display()) })?;
         let Some(entry) = config.remotes.get(remote) else { return Ok(None) };
-        if entry.addr.starts_with("unix:") {
-            return Ok(Some(Self::alias(alias)));
+        if let Some(socket) = entry.addr.strip_prefix("unix://") {
+            // `unix://` is the local daemon. A unix remote with its own socket is the daemon there: its images are
+            // not this daemon's, and a daemon cannot pull from a unix socket, so it is refused rather than read
+            // as a local alias (an explicit remote is never replaced by another daemon).
+            let local = crate::transport::discover_socket(crate::transport::Flavor::Lxd).ok();
+            let same = |path: &Path| path.canonicalize().ok() == local.as_ref().and_then(|l| l.canonicalize().ok());
+            if socket.is_empty() || (local.is_some() && same(Path::new(socket))) {
+                return Ok(Some(Self::alias(alias)));
+            }
+            return Err(Error::Config {
+                message: format!(
+                    "remote `{remote}` is the daemon at the unix socket {socket}, not the one in use: copy the image \
+                     into this daemon first (`lxc image copy {remote}:{alias} local:`)"
+                ),
+            });
         }
         if !entry.addr.starts_with("https://") {
             return Err(Error::Config {
@@ -615,26 +629,21 @@ impl Client {
         Ok(urls.into_iter().filter_map(|u| u.rsplit('/').next().map(str::to_string)).collect())
     }
 
-    /// Read one instance log file (`lxc.log`, `lxc.conf`, exec outputs).
+    /// Read one instance log file (`lxc.log`, `lxc.conf`, exec outputs), at most [`crate::ReadLimits::collected`].
     pub async fn instance_log(&self, name: &InstanceName, file: &str) -> Result<Vec<u8>> {
         let path = format!("{}/logs/{}", instance_path(name), encode(file));
-        self.read_raw(Request::new(Method::GET, path)).await
+        self.read_raw(Request::new(Method::GET, path), || format!("log {file} of {name}")).await
     }
 
-    /// Fetch a raw (non-JSON) body fully.
-    pub(crate) async fn read_raw(&self, req: Request) -> Result<Vec<u8>> {
+    /// Fetch a raw (non-JSON) body whole, at most [`crate::ReadLimits::collected`]; `what` names it past the limit.
+    pub(crate) async fn read_raw(&self, req: Request, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
         let path = req.path.clone();
+        let method = req.method.to_string();
         let response = self.send_raw(req).await?;
-        let status = response.status();
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .map_err(|e| Error::Transport { method: "GET".into(), path: path.clone(), message: e.to_string() })?
-            .to_bytes();
-        if !status.is_success() {
-            crate::client::decode_envelope(status, &path, &body)?;
-            return Err(Error::from_api(status.as_u16(), &path, String::from_utf8_lossy(&body).into_owned()));
+        if !response.status().is_success() {
+            return Err(self.failure(response, &method, &path).await);
         }
-        Ok(body.to_vec())
+        Ok(self.read_collected(response.into_body(), &method, &path, what).await?.to_vec())
     }
 }
 

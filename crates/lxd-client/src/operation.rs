@@ -105,10 +105,8 @@ impl Client {
                 .timeout(Duration::from_secs(server_wait) + Duration::from_secs(15));
             let response = self.send_raw(req).await?;
             let status = response.status();
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .map_err(|e| Error::Transport { method: "GET".into(), path: path.clone(), message: e.to_string() })?
-                .to_bytes();
+            let body =
+                self.read_body(response.into_body(), "GET", &path, || format!("the answer to GET {path}")).await?;
             match interpret_wait(status, &path, &body)? {
                 WaitOutcome::Done(operation) => return Ok(operation),
                 WaitOutcome::Running(op) if Instant::now() >= deadline => {

@@ -1,5 +1,11 @@
 //! Remotes of the `lxc` CLI: read its `config.yml`, `client.crt`, `client.key` and `servercerts/<remote>.crt` so
 //! users reuse the remotes they already set up.
+//!
+//! A remote named explicitly is the only daemon used: an unknown remote, a unix remote whose socket is not there and
+//! an HTTPS remote that cannot be reached are errors naming it, never the local socket. An HTTPS remote is trusted
+//! through its pinned certificate (`servercerts/<remote>.crt`, as `lxc remote add` saves it) or a CA chosen with
+//! [`Remote::trust_ca`]; without either it is refused with its fingerprint ([`crate::Error::UntrustedServer`]), and
+//! [`crate::first_contact`] then [`Remote::accept_server_certificate`] pin it once the operator has checked it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +14,7 @@ use serde::Deserialize;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::transport::{discover_socket, Endpoint, Flavor, TlsIdentity};
+use crate::transport::{discover_socket, Endpoint, Flavor, ServerCa, ServerCertificate, TlsIdentity};
 
 /// One remote as the `lxc` CLI knows it.
 #[derive(Debug, Clone)]
@@ -20,16 +26,71 @@ pub struct Remote {
 }
 
 #[derive(Deserialize)]
-struct LxcConfig {
+pub(crate) struct LxcConfig {
     #[serde(default)]
-    remotes: BTreeMap<String, LxcRemote>,
+    pub(crate) remotes: BTreeMap<String, LxcRemote>,
 }
 
 #[derive(Deserialize)]
-struct LxcRemote {
-    addr: String,
+pub(crate) struct LxcRemote {
+    pub(crate) addr: String,
     #[serde(default)]
-    protocol: String,
+    pub(crate) protocol: String,
+}
+
+/// Where a remote's `addr` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RemoteAddress {
+    /// `unix://` alone: the local daemon, found by discovery.
+    LocalDaemon,
+    /// `unix:///path/to/unix.socket`.
+    Unix(PathBuf),
+    /// `https://host[:port]`, as `host:port` (port 8443 when not given).
+    Https(String),
+}
+
+/// Parse the text of a `config.yml` (`source` names it in errors).
+pub(crate) fn parse_lxc_config(text: &str, source: &Path) -> Result<LxcConfig> {
+    serde_yaml::from_str(text).map_err(|e| Error::Config { message: format!("{}: {e}", source.display()) })
+}
+
+/// Parse a remote's `addr`: `unix://[path]` or `https://host[:port][/]`, nothing else (no user, path or query).
+pub(crate) fn parse_remote_address(remote_name: &str, addr: &str) -> Result<RemoteAddress> {
+    let bad = |why: &str| {
+        Error::Config {
+        message: format!(
+            "remote `{remote_name}` has an unsupported address {addr:?}: {why} (expected unix://[PATH] or https://HOST[:PORT])"
+        ),
+    }
+    };
+    if let Some(rest) = addr.strip_prefix("unix://") {
+        return match rest {
+            "" => Ok(RemoteAddress::LocalDaemon),
+            path if path.starts_with('/') => Ok(RemoteAddress::Unix(PathBuf::from(path))),
+            _ => Err(bad("a unix socket path must be absolute")),
+        };
+    }
+    if !addr.starts_with("https://") {
+        return Err(bad("not unix:// or https://"));
+    }
+    let uri: http::Uri = addr.parse().map_err(|_| bad("not a URL"))?;
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("a user name has no place in it"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("a path or query has no place in it"));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = match authority.port() {
+        Some(port) => port.as_u16(),
+        None if authority.as_str().ends_with(':') => return Err(bad("an empty port")),
+        None => 8443,
+    };
+    Ok(RemoteAddress::Https(format!("{host}:{port}")))
 }
 
 impl Remote {
@@ -49,12 +110,17 @@ impl Remote {
 
     /// Read remote `remote_name` from the `lxc` configuration in `config_dir` (`config.yml`; for HTTPS remotes
     /// also `client.crt`, `client.key` and, when present, `servercerts/<remote>.crt`, which is then pinned).
+    ///
+    /// An unknown remote is an error naming it. The default `unix://` remote follows [`crate::discover_socket`] (an
+    /// explicit `LXD_SOCKET`/`LXD_DIR` is the only socket tried). Nothing is connected yet: a socket that is not
+    /// there or an address that does not answer is an error naming the remote at the first request. An HTTPS remote
+    /// without a pinned certificate is refused at its first connection with its fingerprint, unless a CA is chosen
+    /// with [`Remote::trust_ca`].
     pub fn from_lxc_config(config_dir: &Path, remote_name: &str) -> Result<Self> {
         let config_path = config_dir.join("config.yml");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| Error::Config { message: format!("cannot read {}: {e}", config_path.display()) })?;
-        let config: LxcConfig = serde_yaml::from_str(&text)
-            .map_err(|e| Error::Config { message: format!("{}: {e}", config_path.display()) })?;
+        let config = parse_lxc_config(&text, &config_path)?;
         let remote = config.remotes.get(remote_name).ok_or_else(|| Error::Config {
             message: format!(
                 "no remote `{remote_name}` in {} (known: {})",
@@ -70,53 +136,109 @@ impl Remote {
                 ),
             });
         }
-        let endpoint = if let Some(rest) = remote.addr.strip_prefix("unix://") {
-            if rest.is_empty() {
-                Endpoint::Unix(discover_socket(Flavor::Lxd)?)
-            } else {
-                Endpoint::Unix(PathBuf::from(rest))
+        let unusable = |reason: String| Error::Remote { remote: remote_name.to_string(), reason };
+        let endpoint = match parse_remote_address(remote_name, &remote.addr)? {
+            RemoteAddress::LocalDaemon => {
+                Endpoint::Unix(discover_socket(Flavor::Lxd).map_err(|e| unusable(e.to_string()))?)
             }
-        } else if let Some(rest) = remote.addr.strip_prefix("https://") {
-            let host = rest.trim_end_matches('/');
-            let has_port = match host.rsplit_once(':') {
-                Some((h, p)) => {
-                    !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
+            RemoteAddress::Unix(path) => Endpoint::Unix(path),
+            RemoteAddress::Https(address) => {
+                let read = |file: &Path| {
+                    std::fs::read(file)
+                        .map_err(|e| Error::Config { message: format!("cannot read {}: {e}", file.display()) })
+                };
+                let server_cert = server_cert_path(config_dir, remote_name)?;
+                let server_cert_pem = if server_cert.exists() { Some(read(&server_cert)?) } else { None };
+                Endpoint::Https {
+                    address,
+                    tls: TlsIdentity {
+                        server_cert_pem,
+                        ..TlsIdentity::new(read(&config_dir.join("client.crt"))?, read(&config_dir.join("client.key"))?)
+                    },
                 }
-                None => false,
-            };
-            let address = if has_port { host.to_string() } else { format!("{host}:8443") };
-            let read = |file: &Path| {
-                std::fs::read(file)
-                    .map_err(|e| Error::Config { message: format!("cannot read {}: {e}", file.display()) })
-            };
-            let server_cert = config_dir.join("servercerts").join(format!("{remote_name}.crt"));
-            let server_cert_pem = if server_cert.exists() { Some(read(&server_cert)?) } else { None };
-            Endpoint::Https {
-                address,
-                tls: TlsIdentity {
-                    client_cert_pem: read(&config_dir.join("client.crt"))?,
-                    client_key_pem: read(&config_dir.join("client.key"))?,
-                    server_cert_pem,
-                    server_fingerprint: None,
-                },
             }
-        } else {
-            return Err(Error::Config {
-                message: format!("remote `{remote_name}` has an unsupported address {:?}", remote.addr),
-            });
         };
         Ok(Self { name: remote_name.to_string(), endpoint })
     }
 
-    /// A client for this remote.
+    /// Trust a CA chain for this HTTPS remote (as well as its pinned certificate, when it has one), with hostname
+    /// verification. No effect on a unix remote.
+    pub fn trust_ca(mut self, ca: ServerCa) -> Self {
+        if let Endpoint::Https { tls, .. } = &mut self.endpoint {
+            tls.server_ca = Some(ca);
+        }
+        self
+    }
+
+    /// Pin `certificate` for remote `remote_name`: write it to `servercerts/<remote>.crt` in `config_dir`, as
+    /// `lxc remote add` does once its fingerprint is accepted. Call it only after the operator has checked
+    /// [`ServerCertificate::fingerprint`] (from [`crate::first_contact`]). Writing the same certificate again is
+    /// fine; replacing another pinned certificate is refused (remove the file first, knowingly).
+    pub fn accept_server_certificate(
+        config_dir: &Path,
+        remote_name: &str,
+        certificate: &ServerCertificate,
+    ) -> Result<()> {
+        let fingerprint = crate::transport::certificate_fingerprint(&certificate.pem)?;
+        if fingerprint != certificate.fingerprint {
+            return Err(Error::Config {
+                message: format!(
+                    "the certificate for remote `{remote_name}` has fingerprint {fingerprint}, not the accepted {}",
+                    certificate.fingerprint
+                ),
+            });
+        }
+        let path = server_cert_path(config_dir, remote_name)?;
+        match std::fs::read(&path) {
+            Ok(existing)
+                if crate::transport::certificate_fingerprint(&existing).ok().as_deref() == Some(&fingerprint) =>
+            {
+                return Ok(())
+            }
+            Ok(_) => {
+                return Err(Error::Config {
+                    message: format!(
+                        "remote `{remote_name}` already has another pinned certificate in {}; remove it first if the \
+                         server's certificate really changed",
+                        path.display()
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+        let dir = config_dir.join("servercerts");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // A new file only: a pin written meanwhile by someone else is not replaced.
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        file.write_all(&certificate.pem).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        Ok(())
+    }
+
+    /// A client for this remote; its connection errors name the remote.
     pub fn client(&self) -> Result<Client> {
-        Client::new(self.endpoint.clone(), Flavor::Lxd)
+        Client::labelled(self.endpoint.clone(), Flavor::Lxd, Some(self.name.clone()))
     }
 }
 
+/// `servercerts/<remote>.crt`, for a remote name that is one plain file name.
+fn server_cert_path(config_dir: &Path, remote_name: &str) -> Result<PathBuf> {
+    if remote_name.is_empty() || remote_name.contains('/') || remote_name == "." || remote_name == ".." {
+        return Err(Error::Config { message: format!("{remote_name:?} is not a remote name") });
+    }
+    Ok(config_dir.join("servercerts").join(format!("{remote_name}.crt")))
+}
+
 impl Client {
-    /// A client for an HTTPS daemon at `address` (`host:port`) with a client certificate; set
-    /// `server_cert_pem` or `server_fingerprint` in `tls` to pin the server's certificate.
+    /// A client for an HTTPS daemon at `address` (`host:port`) with a client certificate. Its server is trusted
+    /// through a pin (`server_cert_pem` or `server_fingerprint` in `tls`) or a chosen CA (`server_ca`); with none,
+    /// every request fails with [`Error::UntrustedServer`] carrying the fingerprint to check (see
+    /// [`crate::first_contact`]).
     pub fn https(address: impl Into<String>, tls: TlsIdentity) -> Result<Self> {
         Client::new(Endpoint::Https { address: address.into(), tls }, Flavor::Lxd)
     }

@@ -53,6 +53,7 @@ async fn https_with_client_certificate_and_pinned_server() {
         client_key_pem: key_pem.clone(),
         server_cert_pem: Some(server_pem.clone()),
         server_fingerprint: None,
+        server_ca: None,
     };
 
     // Not trusted yet: the daemon answers, but as to a stranger.

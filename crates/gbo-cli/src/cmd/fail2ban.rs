@@ -35,7 +35,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Apply { tenant, host, root, dry_run, output } => {
             let options = Fail2banOptions { host, host_root: root, dry_run };
-            let report = if !host || tenant_has_containers(&tenant).await {
+            let report = if !host || tenant_has_containers(&tenant).await? {
                 let lxd = crate::output::lxd()?;
                 fail2ban::apply(&lxd, &tenant, &options).await?
             } else {
@@ -64,9 +64,19 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
 }
 
 /// With --host alone (no LXD needed) the host part still runs when LXD is absent or the tenant has no containers.
-async fn tenant_has_containers(tenant: &str) -> bool {
-    match crate::output::lxd() {
-        Ok(lxd) => gbo_ops::inventory::tenant_instances(&lxd, tenant).await.map(|v| !v.is_empty()).unwrap_or(false),
-        Err(_) => false,
+/// A daemon named explicitly (`LXD_SOCKET`, `LXD_DIR`) that cannot be used is an error all the same.
+async fn tenant_has_containers(tenant: &str) -> anyhow::Result<bool> {
+    let explicit = lxd_client::Flavor::Lxd
+        .socket_variables()
+        .iter()
+        .any(|variable| std::env::var_os(variable).is_some_and(|value| !value.is_empty()));
+    let found = async {
+        let lxd = crate::output::lxd()?;
+        Ok::<_, anyhow::Error>(!gbo_ops::inventory::tenant_instances(&lxd, tenant).await?.is_empty())
+    };
+    match found.await {
+        Ok(found) => Ok(found),
+        Err(e) if explicit => Err(e),
+        Err(_) => Ok(false),
     }
 }

@@ -147,3 +147,27 @@ impl tokio::io::AsyncWrite for CountingSink {
         std::task::Poll::Ready(Ok(()))
     }
 }
+
+/// A throw-away self-signed client certificate and its key (PEM), for HTTPS tests.
+pub fn self_signed_identity(common_name: &str) -> (Vec<u8>, Vec<u8>) {
+    use openssl::asn1::Asn1Time;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::{X509NameBuilder, X509};
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve");
+    let key = PKey::from_ec_key(EcKey::generate(&group).expect("key")).expect("pkey");
+    let mut name = X509NameBuilder::new().expect("name");
+    name.append_entry_by_nid(Nid::COMMONNAME, common_name).expect("cn");
+    let name = name.build();
+    let mut cert = X509::builder().expect("builder");
+    cert.set_version(2).expect("version");
+    cert.set_subject_name(&name).expect("subject");
+    cert.set_issuer_name(&name).expect("issuer");
+    cert.set_pubkey(&key).expect("pubkey");
+    cert.set_not_before(&Asn1Time::days_from_now(0).expect("now")).expect("not before");
+    cert.set_not_after(&Asn1Time::days_from_now(1).expect("later")).expect("not after");
+    cert.sign(&key, MessageDigest::sha256()).expect("sign");
+    (cert.build().to_pem().expect("pem"), key.private_key_to_pem_pkcs8().expect("key pem"))
+}
