@@ -78,6 +78,7 @@ pub const HOST_PROGRAMS: &[HostProgram] = &[
     test("/usr/bin/time", "time"),
     test("sha256sum", "coreutils"),
     test("stty", "coreutils"),
+    test("mkfifo", "coreutils"),
     test("restic", "restic"),
 ];
 

@@ -1,15 +1,19 @@
 //! `deploy`, `rollback` and `verify`: replace a running binary on a remote host without "dest open: Failure".
 //!
-//! The new file is streamed to a temporary name beside the target, synced, checked by SHA-256 on the remote, given
-//! its owner and mode, and renamed over the target. The running process keeps its old inode, so nothing is busy.
-//! The current binary is kept as a numbered release (`<dest>.prev.<N>`, a hard link, so it costs no copy), then the
-//! service is restarted: through its systemd unit when one owns the process, otherwise by stopping the process that
-//! runs the exact target path and starting the new one detached as the owner. The health URL (as seen from the
-//! remote host) is polled through the SSH connection; if it never answers 2xx the previous release is put back,
-//! started and checked.
+//! The new file is streamed into a root-only staging directory made for this deploy inside the target's directory,
+//! synced, checked by SHA-256 on the remote, given its owner and mode there, and renamed over the target. The running
+//! process keeps its old inode, so nothing is busy. The current binary is kept as a numbered release
+//! (`<dest>.prev.<N>`, a hard link, so it costs no copy), then the service is restarted: through its systemd unit
+//! when one owns the process, otherwise by stopping the process that runs the exact target path and starting the new
+//! one detached as the owner (the owner's own shell opens the log). The health URL (as seen from the remote host) is
+//! polled through the SSH connection; if the restart fails, takes longer than the restart timeout, or health never
+//! answers 2xx, the previous release is put back, started and checked.
 //!
-//! Nothing on the remote changes until every input has been checked: the binary is readable, the destination
-//! directory, owner, working directory and log directory exist.
+//! The target's directory belongs to the service user, so every root step there is built by [`crate::remote_dir`]:
+//! one working directory entered and checked once, only relative names, nothing opened or chowned by a name the
+//! service user controls. Nothing on the remote changes until every input has been checked: the binary is readable,
+//! the destination directory is its real path, the owner exists, and the owner can enter the working directory and
+//! write the log.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,13 +21,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::names::{HealthUrl, RemotePath, UnixUser};
+use crate::remote_dir;
 use crate::ssh::{sh_quote, ConnectOptions, HeldCommand, HostKeyStatus, Remote};
+
+pub use crate::remote_dir::lock_path;
 
 /// What `deploy` needs besides the connection.
 #[derive(Debug, Clone)]
@@ -46,8 +52,16 @@ pub struct DeployOptions {
     pub health_timeout: Duration,
     /// How long a stopped process may take to exit before it is killed.
     pub stop_timeout: Duration,
+    /// How long the restart (the stop and the start, or `systemctl restart`) may take before it counts as failed and
+    /// is rolled back; longer than `stop_timeout` ([`default_restart_timeout`] gives the usual value).
+    pub restart_timeout: Duration,
     /// How long to wait for another deploy or rollback of the same target to finish.
     pub lock_wait: Duration,
+}
+
+/// The restart timeout that goes with a stop timeout: the stop's whole allowance plus a minute for the start.
+pub fn default_restart_timeout(stop_timeout: Duration) -> Duration {
+    stop_timeout + Duration::from_secs(60)
 }
 
 /// How to start the binary by hand (no systemd unit). Unset fields are taken from the running process when there is
@@ -129,9 +143,9 @@ pub enum DeployEvent {
         /// From stopping the old process to the first healthy answer.
         downtime: Option<Duration>,
     },
-    /// Health never came; the previous release is being restored.
+    /// The restart failed or health never came; the previous release is being restored.
     RollingBack {
-        /// Why.
+        /// Why (`the restart failed: ...` or `not healthy: ...`).
         reason: String,
     },
 }
@@ -172,6 +186,8 @@ pub struct DeployReport {
     pub downtime_ms: Option<u64>,
     /// Releases removed beyond `--keep`.
     pub pruned_releases: Vec<String>,
+    /// Why pruning was skipped, when it was (the deploy itself succeeded; nothing was removed).
+    pub prune_error: Option<String>,
     /// Whole deploy, in milliseconds.
     pub total_ms: u64,
 }
@@ -193,6 +209,8 @@ pub struct RollbackOptions {
     pub health_timeout: Duration,
     /// Stop deadline before SIGKILL.
     pub stop_timeout: Duration,
+    /// How long the restart may take (longer than `stop_timeout`).
+    pub restart_timeout: Duration,
     /// How long to wait for another deploy or rollback of the same target to finish.
     pub lock_wait: Duration,
 }
@@ -262,10 +280,17 @@ struct RemoteState {
     systemd: bool,
     log_dir_exists: bool,
     cwd_exists: bool,
+    /// Every `<dest>.prev.<N>`, whatever it is (so a new number never meets a planted name).
     releases: Vec<(u64, String)>,
+    /// The releases that are not regular files (links or anything else planted there).
+    irregular_releases: Vec<String>,
     processes: Vec<ProcessInfo>,
     inherited: Inherited,
     current_owner: Option<String>,
+    /// The destination directory's real path (`pwd -P`), when it can be entered.
+    real_dir: Option<String>,
+    /// The target exists but is a symbolic link or not a regular file.
+    dest_not_file: bool,
 }
 
 /// Settings read from the running process, used when the caller did not give them.
@@ -294,6 +319,85 @@ struct Launch {
     log_inherited: bool,
 }
 
+/// How this session reaches root and the owner on the remote.
+#[derive(Debug, Clone)]
+struct Access {
+    /// The SSH user is root.
+    root: bool,
+    /// The SSH user's name.
+    user: String,
+    /// `runuser` exists on the remote.
+    runuser: bool,
+}
+
+impl Access {
+    fn new(remote: &Remote, state: &RemoteState) -> Self {
+        Access { root: state.uid == Some(0), user: remote.user().to_string(), runuser: state.has_runuser }
+    }
+
+    /// `script` run by root: as it is when the SSH user is root, through `sudo -n` otherwise.
+    fn root(&self, script: &str) -> String {
+        if self.root {
+            script.to_string()
+        } else {
+            format!("sudo -n sh -c {} gbo-ci", sh_quote(script))
+        }
+    }
+
+    /// A command prefix that runs what follows as `owner` (nothing when the SSH user is the owner).
+    fn as_owner(&self, owner: &str) -> String {
+        let quoted = sh_quote(owner);
+        if self.user == owner {
+            String::new()
+        } else if self.root && self.runuser {
+            format!("runuser -u {quoted} -- ")
+        } else if self.root {
+            format!("su -s /bin/sh {quoted} -c 'exec \"$0\" \"$@\"' ")
+        } else {
+            format!("sudo -n -u {quoted} -- ")
+        }
+    }
+}
+
+/// Run a root script of [`remote_dir`]; its refusal (exit 3) is an error carrying its message.
+fn run_root(remote: &Remote, access: &Access, what: &str, script: &str) -> Result<String> {
+    let output = remote.exec(&access.root(script))?;
+    match output.status {
+        0 => Ok(output.stdout),
+        remote_dir::REFUSED => Err(Error::RemotePrecondition {
+            host: remote.label().to_string(),
+            message: output.stderr.trim().to_string(),
+        }),
+        status => Err(Error::RemoteCommand {
+            host: remote.label().to_string(),
+            command: what.to_string(),
+            status,
+            stderr: output.stderr.trim().to_string(),
+        }),
+    }
+}
+
+/// Run a restart step as root, bounded on the remote by `timeout` (which ends the whole step, never the process it
+/// started) and locally by the SSH session's own timeout a little later: a step that does not finish in time is an
+/// error saying so, like any other failed restart.
+fn run_bounded(remote: &Remote, access: &Access, what: &str, script: &str, limit: Duration) -> Result<String> {
+    let secs = limit.as_secs().max(1);
+    let bounded = format!("timeout -k 5 {secs} sh -c {}", sh_quote(script));
+    let timed_out = |secs: u64| Error::RemoteTimeout { host: remote.label().to_string(), what: what.to_string(), secs };
+    match remote.exec_within(&access.root(&bounded), Duration::from_secs(secs + 20)) {
+        Ok(output) if output.status == 0 => Ok(output.stdout),
+        Ok(output) if output.status == 124 || output.status == 137 => Err(timed_out(secs)),
+        Ok(output) => Err(Error::RemoteCommand {
+            host: remote.label().to_string(),
+            command: what.to_string(),
+            status: output.status,
+            stderr: output.stderr.trim().to_string(),
+        }),
+        Err(error) if error.is_timeout() => Err(timed_out(secs + 20)),
+        Err(error) => Err(error),
+    }
+}
+
 /// The options a deploy checks before it touches the network.
 fn check_deploy_options(options: &DeployOptions) -> Result<()> {
     if options.keep == 0 {
@@ -301,6 +405,22 @@ fn check_deploy_options(options: &DeployOptions) -> Result<()> {
     }
     if let Some(unit) = &options.unit {
         validate_unit(unit)?;
+    }
+    check_restart_timeout(options.stop_timeout, options.restart_timeout)
+}
+
+/// The restart must be allowed longer than the stop it contains.
+fn check_restart_timeout(stop_timeout: Duration, restart_timeout: Duration) -> Result<()> {
+    if restart_timeout <= stop_timeout {
+        return Err(Error::invalid(
+            "--restart-timeout",
+            restart_timeout.as_secs().to_string(),
+            format!(
+                "longer than --stop-timeout ({} s): the restart waits that long for the old process to stop before \
+                 it starts the new one",
+                stop_timeout.as_secs()
+            ),
+        ));
     }
     Ok(())
 }
@@ -310,18 +430,34 @@ fn resolve_deploy(remote: &Remote, options: &DeployOptions) -> Result<(RemoteSta
     let dest = &options.dest;
     let state = inspect(remote, dest, Some(options.owner.as_str()), &options.start)?;
     preflight(remote, dest, &state, true)?;
+    if state.dest_not_file {
+        return Err(Error::RemotePrecondition {
+            host: remote.label().to_string(),
+            message: format!(
+                "{dest} is a symbolic link or not a regular file; gbo-ci replaces only a regular file (it never \
+                 writes through a link): remove it (nothing was changed)"
+            ),
+        });
+    }
     let restart = choose_restart(remote, dest, &state, options.unit.as_deref())?;
     let launch = resolve_launch(dest, options.owner.as_str(), &options.start, &state.inherited);
     if matches!(restart, Restart::Process { .. }) {
         check_launch_dirs(remote, &state, &launch)?;
+        check_launch_as_owner(remote, &Access::new(remote, &state), &launch)?;
     }
     Ok((state, restart, launch))
 }
 
-/// The number and path the current binary is kept under (no path when there is no current binary).
+/// The number and path the current binary is kept under (no path when there is no current binary). The number is
+/// past every `<dest>.prev.<N>` name there is, whatever it is.
 fn next_release(dest: &RemotePath, state: &RemoteState) -> (u64, Option<String>) {
     let next_number = state.releases.iter().map(|(number, _)| *number).max().unwrap_or(0) + 1;
     (next_number, state.dest_exists.then(|| format!("{}.prev.{next_number}", dest.as_str())))
+}
+
+/// The file name of a release path (`/opt/gbo/bin/botserver.prev.3` → `botserver.prev.3`).
+fn file_name_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Read the local artifact's size, hash and modification time; refuses unreadable or empty files.
@@ -347,6 +483,14 @@ fn mtime_secs(metadata: &std::fs::Metadata) -> u64 {
     metadata.modified().ok().and_then(|time| time.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Why a deploy rolls back.
+enum Failure {
+    /// The restart command failed or was cut off.
+    Restart(String),
+    /// Health never answered 2xx; the last probe's result.
+    Unhealthy(String),
+}
+
 /// Deploy `options.binary` to the host described by `connect`.
 pub fn deploy(
     connect: &ConnectOptions,
@@ -368,32 +512,32 @@ pub fn deploy(
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    // Read-only checks first, so bad input changes nothing (not even the lock file); then the lock, and the state
-    // read again under it (a deploy that held the lock meanwhile changed the releases and the process).
-    preflight(&remote, dest, &inspect(&remote, dest, Some(options.owner.as_str()), &options.start)?, true)?;
-    let _lock = lock_target(&remote, dest, options.lock_wait, observer)?;
+    // Every read-only check first, so bad input changes nothing (not even the lock file); then the lock, and the
+    // state read again under it (a deploy that held the lock meanwhile changed the releases and the process).
+    let (state, _, _) = resolve_deploy(&remote, options)?;
+    let access = Access::new(&remote, &state);
+    let _lock = lock_target(&remote, &access, dest, options.lock_wait, observer)?;
     let (state, restart, launch) = resolve_deploy(&remote, options)?;
-    let sudo = if state.uid == Some(0) { "" } else { "sudo -n " };
+    let (next_number, previous_release) = next_release(dest, &state);
 
-    // Upload to a temporary file beside the target.
-    let temp_path = format!("{}/.{}.gbo-ci-{:016x}.tmp", dest.parent(), dest.file_name(), rand::rngs::OsRng.next_u64());
-    let quoted_temp = sh_quote(&temp_path);
+    // Upload into a root-only staging directory inside the target's directory.
+    let stage = remote_dir::stage_name(dest);
+    run_root(&remote, &access, "make the staging directory", &remote_dir::prepare_stage(dest, &stage))?;
+    let temp_path = remote_dir::upload_path(dest, &stage);
+    let discard = |remote: &Remote| {
+        let _ = remote.exec(&access.root(&remote_dir::discard_stage(dest, &stage)));
+    };
     observer.on_event(&DeployEvent::UploadStarted { temp_path: temp_path.clone(), total });
     let upload_started = Instant::now();
     let mut hashing = HashingReader { inner: &mut file, hasher: Sha256::new() };
-    let upload = remote.exec_with_input(
-        &format!("set -C; umask 077; cat > {quoted_temp} && sync -- {quoted_temp}"),
-        &mut hashing,
-        &mut |sent| observer.on_event(&DeployEvent::UploadProgress { sent, total }),
-    );
+    let upload = remote.exec_with_input(&access.root(&remote_dir::upload(dest, &stage)), &mut hashing, &mut |sent| {
+        observer.on_event(&DeployEvent::UploadProgress { sent, total })
+    });
     let local_sha = hex::encode(hashing.hasher.finalize());
-    let cleanup = |remote: &Remote| {
-        let _ = remote.exec(&format!("rm -f -- {quoted_temp}"));
-    };
     match upload {
         Ok(output) if output.status == 0 => {}
         Ok(output) => {
-            cleanup(&remote);
+            discard(&remote);
             return Err(Error::RemoteCommand {
                 host: remote.label().to_string(),
                 command: format!("upload to {temp_path}"),
@@ -402,41 +546,21 @@ pub fn deploy(
             });
         }
         Err(error) => {
-            cleanup(&remote);
+            discard(&remote);
             return Err(error);
         }
     }
     let upload_ms = millis(upload_started.elapsed());
     observer.on_event(&DeployEvent::Uploaded { temp_path: temp_path.clone() });
 
-    // One round trip: verify what landed on the remote disk, then owner, mode and mtime, keep the current binary as
-    // the next numbered release (a hard link: same inode, no copy), and rename the upload over the target.
-    let (next_number, previous_release) = next_release(dest, &state);
-    let quoted_dest = sh_quote(dest.as_str());
-    let owner = sh_quote(options.owner.as_str());
-    let keep_previous = match &previous_release {
-        Some(release) => {
-            let quoted_release = sh_quote(release);
-            format!("{sudo}ln -- {quoted_dest} {quoted_release} 2>/dev/null || {sudo}cp -p -- {quoted_dest} {quoted_release}\n")
-        }
-        None => String::new(),
-    };
-    let swap = format!(
-        "set -e\n\
-         actual=$(sha256sum -- {quoted_temp} | cut -d ' ' -f 1)\n\
-         if [ \"$actual\" != {local_sha} ]; then rm -f -- {quoted_temp}; echo \"mismatch=$actual\"; exit 0; fi\n\
-         {sudo}chown -- {owner}: {quoted_temp}\n\
-         {sudo}chmod 0755 -- {quoted_temp}\n\
-         {sudo}touch -m -d @{local_mtime} -- {quoted_temp}\n\
-         {keep_previous}\
-         {sudo}mv -f -- {quoted_temp} {quoted_dest}\n\
-         sync -- {quoted_dest} 2>/dev/null || true\n\
-         echo swapped\n"
-    );
-    let swapped = match remote.run("verify, chown/chmod and atomic swap", &swap) {
+    // One root shell: verify what landed, give it owner, mode and mtime in the staging directory, keep the current
+    // binary as the next numbered release (a hard link), and rename the upload over the target.
+    let release_file = previous_release.as_ref().map(|_| remote_dir::release_name(dest, next_number));
+    let swap = remote_dir::swap(dest, &stage, &local_sha, options.owner.as_str(), local_mtime, release_file.as_deref());
+    let swapped = match run_root(&remote, &access, "verify, chown/chmod and atomic swap", &swap) {
         Ok(output) => output,
         Err(error) => {
-            cleanup(&remote);
+            discard(&remote);
             return Err(error);
         }
     };
@@ -448,70 +572,123 @@ pub fn deploy(
             remote: remote_sha.to_string(),
         });
     }
+    // The current binary can vanish between the look and the swap; then nothing was kept.
+    let previous_release = previous_release.filter(|_| swapped.lines().any(|line| line.starts_with("kept=")));
     observer.on_event(&DeployEvent::ChecksumVerified { sha256: local_sha.clone() });
     observer.on_event(&DeployEvent::Swapped { previous_release: previous_release.clone() });
 
-    // Restart and wait for health.
-    let (stopped_at, stopped_pids) =
-        restart_service(&remote, dest, &restart, &launch, sudo, options.stop_timeout, observer)?;
-    observer.on_event(&DeployEvent::WaitingForHealth { url: options.health.to_string() });
-    match wait_healthy(&remote, &options.health, options.health_timeout) {
-        Ok(healthy_at) => {
-            let downtime = stopped_at.map(|stop| healthy_at.saturating_duration_since(stop));
-            observer.on_event(&DeployEvent::Healthy { downtime });
-            let mut releases: Vec<(u64, String)> = state.releases.clone();
-            if let Some(release) = &previous_release {
-                releases.push((next_number, release.clone()));
-            }
-            let pruned = prune_releases(&remote, &mut releases, options.keep, sudo);
-            Ok(DeployReport {
-                host: remote.label().to_string(),
-                dest: dest.to_string(),
-                sha256: local_sha,
-                bytes: total,
-                upload_ms,
-                previous_release,
-                restart_method: restart_name(&restart).to_string(),
-                unit: match &restart {
-                    Restart::Systemd(unit) => Some(unit.clone()),
-                    Restart::Process { .. } => None,
-                },
-                stopped_pids,
-                downtime_ms: downtime.map(millis),
-                pruned_releases: pruned,
-                total_ms: millis(started.elapsed()),
-            })
-        }
-        Err(last) => {
-            let timeout_secs = options.health_timeout.as_secs();
-            let outcome = match &previous_release {
-                None => {
-                    stop_by_path(&remote, dest, sudo, options.stop_timeout, &restart)?;
-                    "there is no previous release to roll back to; the new process was stopped".to_string()
-                }
-                Some(release) => {
-                    observer.on_event(&DeployEvent::RollingBack { reason: last.clone() });
-                    let quoted_release = sh_quote(release);
-                    remote.run(
-                        "restore the previous release",
-                        &format!("{sudo}mv -f -- {quoted_release} {quoted_dest}"),
-                    )?;
-                    restart_current(&remote, dest, &restart, &launch, sudo, options.stop_timeout, observer)?;
-                    match wait_healthy(&remote, &options.health, options.health_timeout) {
-                        Ok(_) => format!("rolled back to the previous release ({release}), which is healthy again"),
-                        Err(again) => format!(
-                            "rolled back to the previous release ({release}), but it is not healthy either (last: {again})"
-                        ),
+    // Restart and wait for health; any failure of either rolls back.
+    let failure = match restart_service(
+        &remote,
+        &access,
+        dest,
+        &restart,
+        &launch,
+        options.stop_timeout,
+        options.restart_timeout,
+        observer,
+    ) {
+        Err(error) => Failure::Restart(error.to_string()),
+        Ok((stopped_at, stopped_pids)) => {
+            observer.on_event(&DeployEvent::WaitingForHealth { url: options.health.to_string() });
+            match wait_healthy(&remote, &options.health, options.health_timeout) {
+                Ok(healthy_at) => {
+                    let downtime = stopped_at.map(|stop| healthy_at.saturating_duration_since(stop));
+                    observer.on_event(&DeployEvent::Healthy { downtime });
+                    let mut releases: Vec<(u64, String)> = state.releases.clone();
+                    if let Some(release) = &previous_release {
+                        releases.push((next_number, release.clone()));
                     }
+                    let (pruned, prune_error) = prune_releases(&remote, &access, dest, &mut releases, options.keep);
+                    return Ok(DeployReport {
+                        host: remote.label().to_string(),
+                        dest: dest.to_string(),
+                        sha256: local_sha,
+                        bytes: total,
+                        upload_ms,
+                        previous_release,
+                        restart_method: restart_name(&restart).to_string(),
+                        unit: match &restart {
+                            Restart::Systemd(unit) => Some(unit.clone()),
+                            Restart::Process { .. } => None,
+                        },
+                        stopped_pids,
+                        downtime_ms: downtime.map(millis),
+                        pruned_releases: pruned,
+                        prune_error,
+                        total_ms: millis(started.elapsed()),
+                    });
                 }
-            };
-            Err(Error::DeployUnhealthy {
-                target: format!("{}:{dest}", remote.label()),
-                url: options.health.to_string(),
-                timeout_secs,
-                last,
-                outcome,
-            })
+                Err(last) => Failure::Unhealthy(last),
+            }
+        }
+    };
+    let reason = match &failure {
+        Failure::Restart(error) => format!("the restart failed: {error}"),
+        Failure::Unhealthy(last) => format!("not healthy: {last}"),
+    };
+    let outcome = roll_back_deploy(
+        &remote,
+        &access,
+        dest,
+        previous_release.as_deref(),
+        &restart,
+        &launch,
+        options,
+        &reason,
+        observer,
+    );
+    let target = format!("{}:{dest}", remote.label());
+    Err(match failure {
+        Failure::Restart(reason) => Error::DeployRestartFailed { target, reason, outcome },
+        Failure::Unhealthy(last) => Error::DeployUnhealthy {
+            target,
+            url: options.health.to_string(),
+            timeout_secs: options.health_timeout.as_secs(),
+            last,
+            outcome,
+        },
+    })
+}
+
+/// Put the previous release back after a failed restart or health check, restart it and check it; returns what
+/// happened, for the error message (this never fails: every failure is said in the text).
+#[allow(clippy::too_many_arguments)]
+fn roll_back_deploy(
+    remote: &Remote,
+    access: &Access,
+    dest: &RemotePath,
+    previous_release: Option<&str>,
+    restart: &Restart,
+    launch: &Launch,
+    options: &DeployOptions,
+    reason: &str,
+    observer: &mut dyn DeployObserver,
+) -> String {
+    let Some(release) = previous_release else {
+        return match stop_by_path(remote, access, dest, options.stop_timeout, options.restart_timeout, restart) {
+            Ok(()) => "there is no previous release to roll back to; the new process was stopped".to_string(),
+            Err(error) => {
+                format!("there is no previous release to roll back to, and stopping the new release failed: {error}")
+            }
+        };
+    };
+    observer.on_event(&DeployEvent::RollingBack { reason: reason.to_string() });
+    let restore = remote_dir::restore(dest, file_name_of(release));
+    if let Err(error) = run_root(remote, access, "restore the previous release", &restore) {
+        return format!(
+            "the previous release ({release}) could not be put back: {error}; the new release is still in place"
+        );
+    }
+    if let Err(error) =
+        restart_current(remote, access, dest, restart, launch, options.stop_timeout, options.restart_timeout, observer)
+    {
+        return format!("the previous release ({release}) was put back, but its restart failed too: {error}");
+    }
+    match wait_healthy(remote, &options.health, options.health_timeout) {
+        Ok(_) => format!("rolled back to the previous release ({release}), which is healthy again"),
+        Err(again) => {
+            format!("rolled back to the previous release ({release}), but it is not healthy either (last: {again})")
         }
     }
 }
@@ -555,7 +732,7 @@ pub struct PlannedStart {
     pub args: Vec<String>,
     /// Its working directory.
     pub cwd: String,
-    /// The file its output is appended to.
+    /// The file its output is appended to (opened by the owner).
     pub log: String,
 }
 
@@ -576,6 +753,29 @@ fn planned_restart(restart: &Restart, launch: &Launch) -> (Option<String>, Vec<u
     }
 }
 
+/// SHA-256 and modification time of `file` (a name in `dest`'s directory), read without following a link; `None`
+/// when it is not a regular file.
+fn remote_digest(remote: &Remote, dest: &RemotePath, file: &str) -> Result<(Option<String>, Option<u64>)> {
+    let output = remote.exec(&remote_dir::digest(dest, file))?;
+    if output.status == remote_dir::REFUSED {
+        return Err(Error::RemotePrecondition {
+            host: remote.label().to_string(),
+            message: output.stderr.trim().to_string(),
+        });
+    }
+    if output.status != 0 {
+        return Err(Error::RemoteCommand {
+            host: remote.label().to_string(),
+            command: format!("sha256 of {file}"),
+            status: output.status,
+            stderr: output.stderr.trim().to_string(),
+        });
+    }
+    let sha = output.stdout.lines().find_map(|line| line.strip_prefix("sha=")).map(str::to_string);
+    let mtime = output.stdout.lines().find_map(|line| line.strip_prefix("mtime=")).and_then(|t| t.trim().parse().ok());
+    Ok((sha, mtime))
+}
+
 /// Check everything a deploy checks and say what it would do, without changing anything on the remote.
 pub fn plan_deploy(
     connect: &ConnectOptions,
@@ -588,9 +788,8 @@ pub fn plan_deploy(
     announce(&remote, observer);
     let dest = &options.dest;
     let (state, restart, launch) = resolve_deploy(&remote, options)?;
-    let already_deployed = state.dest_exists
-        && remote.run("sha256sum", &format!("sha256sum -- {}", sh_quote(dest.as_str())))?.split_whitespace().next()
-            == Some(sha256.as_str());
+    let already_deployed =
+        state.dest_exists && remote_digest(&remote, dest, dest.file_name())?.0.as_deref() == Some(sha256.as_str());
     let (next_number, previous_release) = next_release(dest, &state);
     let mut releases = state.releases.clone();
     if let Some(release) = &previous_release {
@@ -613,31 +812,56 @@ pub fn plan_deploy(
     })
 }
 
-/// The newest `<dest>.prev.<N>`, or the error that there is nothing to roll back to.
+/// The newest `<dest>.prev.<N>`, or the error that there is nothing to roll back to, or that the newest is not a
+/// regular file (a link planted at a release name is refused, never skipped for an older release).
 fn newest_release(remote: &Remote, dest: &RemotePath, state: &RemoteState) -> Result<String> {
-    state.releases.iter().max_by_key(|(number, _)| *number).map(|(_, path)| path.clone()).ok_or_else(|| Error::RemotePrecondition {
-        host: remote.label().to_string(),
-        message: format!("no previous release of {dest} (looked for {dest}.prev.<N>); nothing to roll back to (nothing was changed)"),
-    })
+    let fail = |message: String| Error::RemotePrecondition { host: remote.label().to_string(), message };
+    let newest =
+        state.releases.iter().max_by_key(|(number, _)| *number).map(|(_, path)| path.clone()).ok_or_else(|| {
+            fail(format!(
+            "no previous release of {dest} (looked for {dest}.prev.<N>); nothing to roll back to (nothing was changed)"
+        ))
+        })?;
+    if state.irregular_releases.contains(&newest) {
+        return Err(fail(format!(
+            "the newest release {newest} is a symbolic link or not a regular file; gbo-ci restores only a regular file \
+             (it never follows a link): remove it (nothing was changed)"
+        )));
+    }
+    Ok(newest)
 }
 
 /// The read-only part of a rollback: the remote's state, checked, the release to restore, and the restart and start
-/// it calls for (the owner defaults to the release file's).
+/// it calls for (the owner defaults to the release file's, never root).
 fn resolve_rollback(remote: &Remote, options: &RollbackOptions) -> Result<(RemoteState, String, Restart, Launch)> {
     let dest = &options.dest;
     let state = inspect(remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
     preflight(remote, dest, &state, options.owner.is_some())?;
     let release = newest_release(remote, dest, &state)?;
+    let restart = choose_restart(remote, dest, &state, options.unit.as_deref())?;
     let owner = match &options.owner {
         Some(owner) => owner.to_string(),
         None => {
-            remote.run("owner of the release", &format!("stat -c %U -- {}", sh_quote(&release)))?.trim().to_string()
+            let probe = format!("stat -c %u:%U -- {}", sh_quote(&release));
+            let output = remote.run("owner of the release", &probe)?;
+            let (uid, name) = output.trim().split_once(':').unwrap_or(("", ""));
+            if uid == "0" && matches!(restart, Restart::Process { .. }) {
+                return Err(Error::RemotePrecondition {
+                    host: remote.label().to_string(),
+                    message: format!(
+                        "the release {release} belongs to root; a rollback starts the release as its owner unless \
+                         --owner says otherwise, and gbo-ci never starts one as root on its own: pass --owner \
+                         (nothing was changed)"
+                    ),
+                });
+            }
+            name.to_string()
         }
     };
-    let restart = choose_restart(remote, dest, &state, options.unit.as_deref())?;
     let launch = resolve_launch(dest, &owner, &options.start, &state.inherited);
     if matches!(restart, Restart::Process { .. }) {
         check_launch_dirs(remote, &state, &launch)?;
+        check_launch_as_owner(remote, &Access::new(remote, &state), &launch)?;
     }
     Ok((state, release, restart, launch))
 }
@@ -665,25 +889,25 @@ pub struct RollbackPlan {
     pub remaining_releases: Vec<String>,
 }
 
+fn check_rollback_options(options: &RollbackOptions) -> Result<()> {
+    if let Some(unit) = &options.unit {
+        validate_unit(unit)?;
+    }
+    check_restart_timeout(options.stop_timeout, options.restart_timeout)
+}
+
 /// Check everything a rollback checks and say what it would do, without changing anything on the remote.
 pub fn plan_rollback(
     connect: &ConnectOptions,
     options: &RollbackOptions,
     observer: &mut dyn DeployObserver,
 ) -> Result<RollbackPlan> {
-    if let Some(unit) = &options.unit {
-        validate_unit(unit)?;
-    }
+    check_rollback_options(options)?;
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
     let (state, release, restart, launch) = resolve_rollback(&remote, options)?;
-    let sha256 = remote
-        .run("sha256sum of the release", &format!("sha256sum -- {}", sh_quote(&release)))?
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let sha256 = remote_digest(&remote, dest, file_name_of(&release))?.0.unwrap_or_default();
     let (unit, stop_pids, start) = planned_restart(&restart, &launch);
     Ok(RollbackPlan {
         host: remote.label().to_string(),
@@ -709,24 +933,28 @@ pub fn rollback(
     options: &RollbackOptions,
     observer: &mut dyn DeployObserver,
 ) -> Result<RollbackReport> {
-    if let Some(unit) = &options.unit {
-        validate_unit(unit)?;
-    }
+    check_rollback_options(options)?;
     let remote = Remote::connect(connect)?;
     announce(&remote, observer);
     let dest = &options.dest;
-    // Read-only checks first (no release means nothing to do, and nothing is changed), then the lock, then the
+    // Every read-only check first (no release means nothing to do, and nothing is changed), then the lock, then the
     // state again under it.
-    let before = inspect(&remote, dest, options.owner.as_ref().map(UnixUser::as_str), &options.start)?;
-    preflight(&remote, dest, &before, options.owner.is_some())?;
-    newest_release(&remote, dest, &before)?;
-    let _lock = lock_target(&remote, dest, options.lock_wait, observer)?;
+    let (before, _, _, _) = resolve_rollback(&remote, options)?;
+    let access = Access::new(&remote, &before);
+    let _lock = lock_target(&remote, &access, dest, options.lock_wait, observer)?;
     let (state, release, restart, launch) = resolve_rollback(&remote, options)?;
-    let sudo = if state.uid == Some(0) { "" } else { "sudo -n " };
-    let quoted_dest = sh_quote(dest.as_str());
-    remote.run("restore the previous release", &format!("{sudo}mv -f -- {} {quoted_dest}", sh_quote(&release)))?;
+    run_root(&remote, &access, "restore the previous release", &remote_dir::restore(dest, file_name_of(&release)))?;
     observer.on_event(&DeployEvent::Swapped { previous_release: None });
-    let (stopped_at, _) = restart_service(&remote, dest, &restart, &launch, sudo, options.stop_timeout, observer)?;
+    let (stopped_at, _) = restart_service(
+        &remote,
+        &access,
+        dest,
+        &restart,
+        &launch,
+        options.stop_timeout,
+        options.restart_timeout,
+        observer,
+    )?;
     let (healthy, downtime_ms) = match &options.health {
         None => (None, None),
         Some(url) => {
@@ -741,12 +969,7 @@ pub fn rollback(
             }
         }
     };
-    let sha256 = remote
-        .run("sha256sum", &format!("sha256sum -- {quoted_dest}"))?
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let sha256 = remote_digest(&remote, dest, dest.file_name())?.0.unwrap_or_default();
     Ok(RollbackReport {
         host: remote.label().to_string(),
         dest: dest.to_string(),
@@ -769,18 +992,13 @@ pub fn verify(connect: &ConnectOptions, binary: &Path, dest: &RemotePath) -> Res
     let (_, local_sha256, local_mtime) = local_artifact(binary)?;
     let remote = Remote::connect(connect)?;
     let state = inspect(&remote, dest, None, &StartOptions::default())?;
-    let quoted = sh_quote(dest.as_str());
-    let (remote_sha256, remote_mtime) = if state.dest_exists {
-        let output = remote.run("sha256sum and stat", &format!("sha256sum -- {quoted} && stat -c %Y -- {quoted}"))?;
-        let mut lines = output.lines();
-        let sha = lines.next().and_then(|line| line.split_whitespace().next()).map(str::to_string);
-        let mtime = lines.next().and_then(|line| line.trim().parse::<u64>().ok());
-        (sha, mtime)
-    } else {
-        (None, None)
-    };
+    let (remote_sha256, remote_mtime) =
+        if state.dest_exists { remote_digest(&remote, dest, dest.file_name())? } else { (None, None) };
     let mut findings = Vec::new();
     match &remote_sha256 {
+        None if state.dest_not_file => {
+            findings.push(format!("{dest} on {} is a symbolic link or not a regular file", remote.label()))
+        }
         None => findings.push(format!("{dest} does not exist on {}", remote.label())),
         Some(sha) if *sha != local_sha256 => {
             let mut finding =
@@ -827,40 +1045,20 @@ fn announce(remote: &Remote, observer: &mut dyn DeployObserver) {
     });
 }
 
-/// The lock file of a target: beside it, hidden (`<dir>/.<name>.gbo-ci.lock`).
-pub fn lock_path(dest: &RemotePath) -> String {
-    format!("{}/.{}.gbo-ci.lock", dest.parent(), dest.file_name())
-}
-
-/// Take the target's lock: a `flock` held by a remote process for as long as the returned handle lives. The kernel
-/// releases it when that process ends, which it does when this deploy ends, fails or loses its connection, so a
-/// dead deploy never leaves a stale lock. The holder writes who it is into the file, for the next one's message.
+/// Take the target's lock: a `flock` on `/run/lock/gbo-ci/<hash>.lock` held by a remote root process for as long as
+/// the returned handle lives. The kernel releases it when that process ends, which it does when this deploy ends,
+/// fails or loses its connection, so a dead deploy never leaves a stale lock. The holder writes who it is into the
+/// file, for the next one's message. The lock directory is root's alone, so no name in it is the service user's.
 fn lock_target(
     remote: &Remote,
+    access: &Access,
     dest: &RemotePath,
     wait: Duration,
     observer: &mut dyn DeployObserver,
 ) -> Result<HeldCommand> {
     let lock = lock_path(dest);
-    let wait_secs = wait.as_secs();
-    let script = format!(
-        r#"lock={quoted}
-command -v flock >/dev/null 2>&1 || {{ echo noflock; exit 0; }}
-exec 9>>"$lock" || exit 3
-holder() {{ head -c 300 -- "$lock" | tr -d '\n'; }}
-if ! flock -n 9; then
-  echo "waiting=$(holder)"
-  if [ {wait_secs} -eq 0 ] || ! flock -w {wait_secs} 9; then echo "held=$(holder)"; exit 0; fi
-fi
-: > "$lock"
-echo "pid $$, $(id -un) from ${{SSH_CLIENT%% *}}, since $(date -u +%Y-%m-%dT%H:%M:%SZ)" >&9
-echo locked
-exec cat >/dev/null
-"#,
-        quoted = sh_quote(&lock)
-    );
     let started = Instant::now();
-    let mut held = remote.start_held(&script)?;
+    let mut held = remote.start_held(&access.root(&remote_dir::lock(dest, wait.as_secs())))?;
     let fail = |message: String| Error::RemotePrecondition { host: remote.label().to_string(), message };
     loop {
         match held.read_line(wait + Duration::from_secs(30))? {
@@ -888,9 +1086,8 @@ exec cat >/dev/null
             None => {
                 let stderr = held.stderr();
                 return Err(fail(format!(
-                    "cannot open the deploy lock {lock}: {stderr}; the SSH user needs write access to {} (the upload \
-                     goes there too; nothing was changed)",
-                    dest.parent()
+                    "cannot take the deploy lock {lock}: {stderr} (root takes it; a non-root SSH user needs \
+                     `sudo -n`; nothing was changed)"
                 )));
             }
         }
@@ -954,14 +1151,22 @@ fn inspect(remote: &Remote, dest: &RemotePath, owner: Option<&str>, start: &Star
         r#"dest={dest}; dir={dir}
 echo "uid=$(id -u)"
 [ -d "$dir" ] && echo dir=1
+real=$(cd -P -- "$dir" 2>/dev/null && pwd -P) && echo "realdir=$real"
 [ -d {log_dir} ] && echo logdir=1
 [ -d {cwd} ] && echo cwddir=1
 {owner_probe}
-[ -f "$dest" ] && echo "current=$(stat -c %U -- "$dest")"
+if [ -L "$dest" ]; then echo notfile=1
+elif [ -f "$dest" ]; then echo "current=$(stat -c %U -- "$dest")"
+elif [ -e "$dest" ]; then echo notfile=1
+fi
 command -v sha256sum >/dev/null 2>&1 && echo sha256sum=1
 command -v runuser >/dev/null 2>&1 && echo runuser=1
 command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ] && echo systemd=1
-for f in "$dest".prev.*; do [ -f "$f" ] && echo "release=$f"; done
+for f in "$dest".prev.*; do
+  [ -e "$f" ] || [ -L "$f" ] || continue
+  echo "release=$f"
+  {{ [ -f "$f" ] && [ ! -L "$f" ]; }} || echo "irregular=$f"
+done
 for x in $(find /proc -mindepth 2 -maxdepth 2 -name exe \( -lname {pattern} -o -lname {pattern_deleted} \) 2>/dev/null); do
   p=${{x%/exe}}
   e=$(readlink "$p/exe" 2>/dev/null) || continue
@@ -1011,11 +1216,13 @@ fn parse_inspect(output: &str, dest: &RemotePath) -> RemoteState {
         match key {
             "uid" => state.uid = value.trim().parse().ok(),
             "dir" => state.dir_exists = true,
+            "realdir" => state.real_dir = Some(value.to_string()),
             "owner" => state.owner_exists = true,
             "current" => {
                 state.dest_exists = true;
                 state.current_owner = Some(value.to_string());
             }
+            "notfile" => state.dest_not_file = true,
             "sha256sum" => state.has_sha256sum = true,
             "runuser" => state.has_runuser = true,
             "logdir" => state.log_dir_exists = true,
@@ -1026,6 +1233,7 @@ fn parse_inspect(output: &str, dest: &RemotePath) -> RemoteState {
                     state.releases.push((number, value.to_string()));
                 }
             }
+            "irregular" => state.irregular_releases.push(value.to_string()),
             "pid" => {
                 if let Some((pid, exe)) = value.split_once(':') {
                     if let Ok(pid) = pid.parse::<u32>() {
@@ -1087,6 +1295,17 @@ fn preflight(remote: &Remote, dest: &RemotePath, state: &RemoteState, check_owne
             dest.parent()
         ));
     }
+    match &state.real_dir {
+        Some(real) if real == dest.parent() => {}
+        Some(real) => {
+            return fail(format!(
+                "the destination directory {} is reached through a symbolic link (it resolves to {real}); gbo-ci \
+                 acts only in a directory's real path: pass that, or remove the link (nothing was changed)",
+                dest.parent()
+            ))
+        }
+        None => return fail(format!("cannot enter the destination directory {} (nothing was changed)", dest.parent())),
+    }
     if check_owner && !state.owner_exists {
         return fail("the owner user does not exist on the remote host (nothing was changed)".to_string());
     }
@@ -1110,6 +1329,34 @@ fn check_launch_dirs(remote: &Remote, state: &RemoteState, launch: &Launch) -> R
         return fail(format!("the working directory {} does not exist; pass --cwd (nothing was changed)", launch.cwd));
     }
     Ok(())
+}
+
+/// The start by hand runs as the owner, who enters the working directory and opens the log itself (root never
+/// opens it): check, as the owner, that both will work, before anything changes.
+fn check_launch_as_owner(remote: &Remote, access: &Access, launch: &Launch) -> Result<()> {
+    let script = remote_dir::owner_check(&access.as_owner(&launch.owner), &launch.cwd, &launch.log);
+    // Root runs it only to become the owner; an SSH user that is the owner runs it itself.
+    let command = if access.user == launch.owner { script } else { access.root(&script) };
+    let output = remote.run("check the start as the owner", &command)?;
+    let (owner, log, cwd) = (&launch.owner, &launch.log, &launch.cwd);
+    let problem = match output.trim() {
+        "ok" => return Ok(()),
+        "cwd" => format!("the working directory {cwd} cannot be entered by {owner}"),
+        "notfile" => format!("the log {log} is not a regular file (a symbolic link to one is followed, as {owner})"),
+        "notwritable" => format!(
+            "the log {log} is not writable by {owner}; the started process opens it as {owner} (root never opens \
+             it): make {owner} its owner, or pass --log"
+        ),
+        "dirnotwritable" => format!(
+            "{owner} cannot create the log {log} (its directory is not writable by {owner}); the started process \
+             opens it as {owner}: create it owned by {owner}, or pass --log"
+        ),
+        other => format!("the check of the start as {owner} answered `{other}`"),
+    };
+    Err(Error::RemotePrecondition {
+        host: remote.label().to_string(),
+        message: format!("{problem} (nothing was changed)"),
+    })
 }
 
 fn parent_of(path: &str) -> &str {
@@ -1156,21 +1403,27 @@ fn restart_name(restart: &Restart) -> &'static str {
 }
 
 /// Restart after a swap; returns when the old process was told to stop (`None` if none ran) and the PIDs stopped.
+/// The whole restart is bounded by `restart_timeout` (which covers the stop's `stop_timeout`); a failure or a
+/// timeout is an error, for the caller to roll back.
+#[allow(clippy::too_many_arguments)]
 fn restart_service(
     remote: &Remote,
+    access: &Access,
     dest: &RemotePath,
     restart: &Restart,
     launch: &Launch,
-    sudo: &str,
     stop_timeout: Duration,
+    restart_timeout: Duration,
     observer: &mut dyn DeployObserver,
 ) -> Result<(Option<Instant>, Vec<u32>)> {
     match restart {
         Restart::Systemd(unit) => {
             observer.on_event(&DeployEvent::Restarting { method: format!("systemd unit {unit}") });
             let stopped_at = Instant::now();
-            remote
-                .run(&format!("systemctl restart {unit}"), &format!("{sudo}systemctl restart -- {}", sh_quote(unit)))?;
+            // A unit that a broken release left failed (or past its start limit) is restarted all the same.
+            let quoted = sh_quote(unit);
+            let script = format!("systemctl reset-failed -- {quoted} >/dev/null 2>&1; systemctl restart -- {quoted}");
+            run_bounded(remote, access, &format!("systemctl restart {unit}"), &script, restart_timeout)?;
             Ok((Some(stopped_at), Vec::new()))
         }
         Restart::Process { pids } => {
@@ -1183,47 +1436,57 @@ fn restart_service(
             let stopped_at = Instant::now();
             let mut script = String::new();
             if !pids.is_empty() {
-                script.push_str(&stop_script(dest, pids, sudo, stop_timeout));
+                script.push_str(&stop_script(dest, pids, stop_timeout));
             }
-            script.push_str(&start_script(remote, dest, launch, sudo));
-            remote.run("stop the old process and start the new one", &script)?;
+            script.push_str(&start_script(access, dest, launch));
+            run_bounded(remote, access, "stop the old process and start the new one", &script, restart_timeout)?;
             Ok(((!pids.is_empty()).then_some(stopped_at), pids.clone()))
         }
     }
 }
 
 /// Restart whatever runs `dest` now (used after restoring a release).
+#[allow(clippy::too_many_arguments)]
 fn restart_current(
     remote: &Remote,
+    access: &Access,
     dest: &RemotePath,
     restart: &Restart,
     launch: &Launch,
-    sudo: &str,
     stop_timeout: Duration,
+    restart_timeout: Duration,
     observer: &mut dyn DeployObserver,
 ) -> Result<()> {
     let current = match restart {
         Restart::Systemd(unit) => Restart::Systemd(unit.clone()),
         Restart::Process { .. } => Restart::Process { pids: running_pids(remote, dest)? },
     };
-    restart_service(remote, dest, &current, launch, sudo, stop_timeout, observer).map(|_| ())
+    restart_service(remote, access, dest, &current, launch, stop_timeout, restart_timeout, observer).map(|_| ())
 }
 
 fn stop_by_path(
     remote: &Remote,
+    access: &Access,
     dest: &RemotePath,
-    sudo: &str,
     stop_timeout: Duration,
+    restart_timeout: Duration,
     restart: &Restart,
 ) -> Result<()> {
     match restart {
         Restart::Systemd(unit) => {
-            remote.run(&format!("systemctl stop {unit}"), &format!("{sudo}systemctl stop -- {}", sh_quote(unit)))?;
+            let script = format!("systemctl stop -- {}", sh_quote(unit));
+            run_bounded(remote, access, &format!("systemctl stop {unit}"), &script, restart_timeout)?;
         }
         Restart::Process { .. } => {
             let pids = running_pids(remote, dest)?;
             if !pids.is_empty() {
-                remote.run("stop the process", &stop_script(dest, &pids, sudo, stop_timeout))?;
+                run_bounded(
+                    remote,
+                    access,
+                    "stop the process",
+                    &stop_script(dest, &pids, stop_timeout),
+                    restart_timeout,
+                )?;
             }
         }
     }
@@ -1241,48 +1504,34 @@ fn running_pids(remote: &Remote, dest: &RemotePath) -> Result<Vec<u32>> {
     Ok(output.lines().filter_map(|line| line.trim().parse().ok()).collect())
 }
 
-/// SIGTERM the PIDs that still run `dest` (re-checked, so a reused PID is never hit), wait, then SIGKILL.
-fn stop_script(dest: &RemotePath, pids: &[u32], sudo: &str, stop_timeout: Duration) -> String {
+/// SIGTERM the PIDs that still run `dest` (re-checked, so a reused PID is never hit), wait, then SIGKILL. Runs as
+/// root (the caller wraps it).
+fn stop_script(dest: &RemotePath, pids: &[u32], stop_timeout: Duration) -> String {
     let pid_list = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     let rounds = (stop_timeout.as_millis() / 50).max(1);
     format!(
         r#"dest={dest}
 mine() {{ e=$(readlink "/proc/$1/exe" 2>/dev/null) && {{ [ "$e" = "$dest" ] || [ "$e" = "$dest (deleted)" ]; }}; }}
-for p in {pid_list}; do mine "$p" && {sudo}kill -TERM "$p" 2>/dev/null; done
+for p in {pid_list}; do mine "$p" && kill -TERM "$p" 2>/dev/null; done
 i=0
 while [ "$i" -lt {rounds} ]; do
   alive=; for p in {pid_list}; do mine "$p" && alive=1; done
   [ -z "$alive" ] && break
   sleep 0.05; i=$((i+1))
 done
-if [ -n "$alive" ]; then for p in {pid_list}; do mine "$p" && {sudo}kill -KILL "$p" 2>/dev/null; done; sleep 0.1; fi
+if [ -n "$alive" ]; then for p in {pid_list}; do mine "$p" && kill -KILL "$p" 2>/dev/null; done; sleep 0.1; fi
 true
 "#,
         dest = sh_quote(dest.as_str()),
     )
 }
 
-/// Start `dest` detached (own session, no terminal) as the owner, output appended to the log.
-fn start_script(remote: &Remote, dest: &RemotePath, launch: &Launch, sudo: &str) -> String {
+/// Start `dest` detached (own session, no terminal) as the owner, whose own shell enters the working directory and
+/// opens the log (see [`remote_dir::start`]).
+fn start_script(access: &Access, dest: &RemotePath, launch: &Launch) -> String {
     let mut command = vec![sh_quote(dest.as_str())];
     command.extend(launch.args.iter().map(|arg| sh_quote(arg)));
-    let command = command.join(" ");
-    let owner = sh_quote(&launch.owner);
-    let run_as = if remote.user() == launch.owner {
-        command
-    } else if sudo.is_empty() {
-        format!(
-            "if command -v runuser >/dev/null 2>&1; then exec runuser -u {owner} -- {command}; else exec su -s /bin/sh {owner} -c 'exec \"$0\" \"$@\"' {command}; fi"
-        )
-    } else {
-        format!("exec sudo -n -u {owner} -- {command}")
-    };
-    format!(
-        "cd -- {cwd} && setsid -f sh -c {inner} >> {log} 2>&1 < /dev/null\n",
-        cwd = sh_quote(&launch.cwd),
-        inner = sh_quote(&run_as),
-        log = sh_quote(&launch.log),
-    )
+    remote_dir::start(&access.as_owner(&launch.owner), &launch.cwd, &launch.log, &command.join(" "))
 }
 
 /// Poll until 2xx or the deadline; returns the instant of the healthy answer or the last failure.
@@ -1313,15 +1562,23 @@ fn excess_releases(releases: &mut Vec<(u64, String)>, keep: usize) -> Vec<String
     releases.drain(..releases.len() - keep).map(|(_, path)| path).collect()
 }
 
-fn prune_releases(remote: &Remote, releases: &mut Vec<(u64, String)>, keep: usize, sudo: &str) -> Vec<String> {
+/// Unlink the releases beyond `keep` (names only: nothing a name points to is touched). The deploy has succeeded
+/// by then, so a failure is reported beside the result, not as an error.
+fn prune_releases(
+    remote: &Remote,
+    access: &Access,
+    dest: &RemotePath,
+    releases: &mut Vec<(u64, String)>,
+    keep: usize,
+) -> (Vec<String>, Option<String>) {
     let excess = excess_releases(releases, keep);
     if excess.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
-    let quoted: Vec<String> = excess.iter().map(|path| sh_quote(path)).collect();
-    match remote.run("prune old releases", &format!("{sudo}rm -f -- {}", quoted.join(" "))) {
-        Ok(_) => excess,
-        Err(_) => Vec::new(),
+    let names: Vec<String> = excess.iter().map(|path| file_name_of(path).to_string()).collect();
+    match run_root(remote, access, "prune old releases", &remote_dir::prune(dest, &names)) {
+        Ok(_) => (excess, None),
+        Err(error) => (Vec::new(), Some(error.to_string())),
     }
 }
 

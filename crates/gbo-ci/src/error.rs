@@ -172,7 +172,7 @@ pub enum Error {
     ChecksumMismatch {
         /// Host name.
         host: String,
-        /// The temporary upload (beside the target).
+        /// The temporary upload (in the staging directory inside the target's directory).
         temp_path: String,
         /// Local SHA-256 (hex).
         local: String,
@@ -193,6 +193,28 @@ pub enum Error {
         timeout_secs: u64,
         /// The last probe result.
         last: String,
+        /// What was done about it (rolled back and healthy, rolled back but unhealthy, nothing to roll back to).
+        outcome: String,
+    },
+
+    /// A remote step did not finish within its time limit and was cut off.
+    #[error("{host}: {what} did not finish within {secs} s and was cut off")]
+    RemoteTimeout {
+        /// Host name.
+        host: String,
+        /// The step (never a secret).
+        what: String,
+        /// The limit, in seconds.
+        secs: u64,
+    },
+
+    /// The restart of the new release failed (or was cut off); what happened afterwards is in `outcome`.
+    #[error("{target}: the restart of the new release failed ({reason}); {outcome}")]
+    DeployRestartFailed {
+        /// `host:dest`.
+        target: String,
+        /// What failed.
+        reason: String,
         /// What was done about it (rolled back and healthy, rolled back but unhealthy, nothing to roll back to).
         outcome: String,
     },
@@ -231,6 +253,15 @@ impl Error {
     /// Build an [`Error::SshIo`].
     pub fn ssh_io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::SshIo { context: context.into(), source }
+    }
+
+    /// Whether this is the SSH session giving up waiting (its blocking calls are bounded).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::SshIo { source, .. } => source.kind() == std::io::ErrorKind::TimedOut,
+            Error::Ssh { source, .. } => source.code() == ssh2::ErrorCode::Session(-9),
+            _ => false,
+        }
     }
 
     /// Build an [`Error::Ssh`].

@@ -2,6 +2,8 @@
 //!
 //! - [`deploy`]: replace a running binary over SSH with an atomic swap, numbered releases, restart through systemd
 //!   or by exact executable path, health polling through the SSH connection, and automatic rollback.
+//! - [`remote_dir`]: the scripts of root's steps in the target's directory, which the service user owns: nothing
+//!   there is opened, chowned or written through a name that user controls.
 //! - [`workflow`]: render Forgejo workflow files per submodule and lint existing ones for the runbook's pitfalls.
 //! - [`push`]: push a submodule to both remotes, update and push the root repository, confirm every remote.
 //! - [`cache`]: prune the runner's sccache and cargo registry caches, install the daily timer.
@@ -14,6 +16,7 @@ pub mod deploy;
 pub mod error;
 pub mod names;
 pub mod push;
+pub mod remote_dir;
 pub mod runs;
 pub mod size;
 pub mod ssh;

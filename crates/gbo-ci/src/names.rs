@@ -33,13 +33,14 @@ impl FromStr for RemotePath {
     type Err = Error;
 
     fn from_str(value: &str) -> Result<Self, Error> {
-        let allowed = "an absolute file path such as /opt/gbo/bin/botserver (no trailing `/`, `..`, newline or NUL)";
+        let allowed = "an absolute file path such as /opt/gbo/bin/botserver (no trailing `/`, no `//`, `.` or `..` \
+                       component, no newline or NUL): the remote side compares it with the directory's real path";
         let normalised = value.trim_end_matches('/');
         if !value.starts_with('/')
             || normalised.is_empty()
             || value.ends_with('/')
             || value.contains(['\n', '\0', '\r'])
-            || value.split('/').any(|part| part == "..")
+            || value.split('/').skip(1).any(|part| part.is_empty() || part == "." || part == "..")
         {
             return Err(Error::invalid("remote path", value, allowed));
         }
@@ -177,7 +178,9 @@ mod tests {
         assert_eq!(path.file_name(), "botserver");
         let top: RemotePath = "/botserver".parse().expect("parse");
         assert_eq!(top.parent(), "/");
-        for bad in ["relative/path", "/opt/gbo/bin/", "/", "/opt/../etc/passwd", "/a\nb", ""] {
+        for bad in
+            ["relative/path", "/opt/gbo/bin/", "/", "/opt/../etc/passwd", "/a\nb", "", "/opt//gbo/x", "/opt/./gbo/x"]
+        {
             assert!(bad.parse::<RemotePath>().is_err(), "{bad:?} should be refused");
         }
     }

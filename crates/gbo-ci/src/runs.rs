@@ -1,6 +1,10 @@
 //! Recent workflow runs through the Forgejo API: `GET /api/v1/repos/{owner}/{repo}/actions/tasks?page=1&limit=N`,
 //! authenticated with `Authorization: token <FORGEJO_TOKEN>`. The response is `{"workflow_runs": [...],
 //! "total_count": N}` with one object per task (Forgejo/Gitea `ActionTaskResponse`).
+//!
+//! The token is sent only over https or to a loopback address (127.0.0.0/8, ::1, `localhost`, which is pinned to
+//! 127.0.0.1 rather than looked up); any other `http://` URL with a token is refused before any request. Redirects
+//! are not followed (a redirect could lead the token elsewhere), and a loopback URL never goes through a proxy.
 
 use std::time::Duration;
 
@@ -32,11 +36,24 @@ impl RunsQuery {
             .filter(|(owner, repo)| valid_name(owner) && valid_name(repo))
             .ok_or_else(|| Error::invalid("--repo", repository, "OWNER/NAME, e.g. GeneralBots/botserver"))?;
         let base = base_url.trim_end_matches('/');
+        let bad_url = || {
+            Error::invalid(
+                "Forgejo URL",
+                base_url,
+                "an http:// or https:// base URL (flag --url or FORGEJO_URL), e.g. https://alm.example.com",
+            )
+        };
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() <= "https://".len() {
+            return Err(bad_url());
+        }
+        let parsed = reqwest::Url::parse(base).map_err(|_| bad_url())?;
+        if token.is_some() && parsed.scheme() == "http" && !is_loopback(&parsed) {
             return Err(Error::invalid(
                 "Forgejo URL",
                 base_url,
-                "an http:// or https:// base URL (flag --url or FORGEJO_URL), e.g. http://alm.example.com",
+                "https://, or http:// only to a loopback address (127.0.0.0/8, ::1, localhost), while FORGEJO_TOKEN \
+                 is set: the token would cross the network in clear text (nothing was sent; unset FORGEJO_TOKEN for \
+                 a public read)",
             ));
         }
         if limit == 0 || limit > 50 {
@@ -48,6 +65,18 @@ impl RunsQuery {
     /// The request URL (carries no secret).
     pub fn url(&self) -> String {
         format!("{}/api/v1/repos/{}/{}/actions/tasks?page=1&limit={}", self.base_url, self.owner, self.repo, self.limit)
+    }
+}
+
+/// Whether the URL's host is a loopback address (or `localhost`, which [`list_runs`] pins to 127.0.0.1).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else { return false };
+    match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(address)) => address.is_loopback(),
+        Ok(std::net::IpAddr::V6(address)) => {
+            address.is_loopback() || address.to_ipv4_mapped().is_some_and(|mapped| mapped.is_loopback())
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
     }
 }
 
@@ -114,8 +143,17 @@ pub struct RunsReport {
 pub async fn list_runs(query: &RunsQuery) -> Result<RunsReport> {
     let url = query.url();
     let http = |message: String| Error::Http { url: url.clone(), message };
-    let client =
-        reqwest::Client::builder().timeout(Duration::from_secs(20)).build().map_err(|error| http(error.to_string()))?;
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        // A redirect could lead the token somewhere the URL check never saw.
+        .redirect(reqwest::redirect::Policy::none());
+    if let Ok(parsed) = reqwest::Url::parse(&query.base_url) {
+        if is_loopback(&parsed) {
+            // Loopback is reached directly (never through a proxy), and `localhost` is never looked up.
+            builder = builder.no_proxy().resolve("localhost", std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
+    }
+    let client = builder.build().map_err(|error| http(error.to_string()))?;
     let mut request = client.get(&url).header("Accept", "application/json");
     if let Some(token) = &query.token {
         request = request.header("Authorization", format!("token {}", token.expose()));
@@ -148,5 +186,25 @@ mod tests {
         assert!(RunsQuery::new("http://x", "a/b/c", 5, None).is_err());
         assert!(RunsQuery::new("alm.example.com", "a/b", 5, None).is_err());
         assert!(RunsQuery::new("http://x", "a/b", 0, None).is_err());
+    }
+
+    #[test]
+    fn the_token_goes_only_over_https_or_to_loopback() {
+        let token = || Some(Secret::new("t".into()));
+        for allowed in [
+            "https://alm.example.com",
+            "http://127.0.0.1:3000",
+            "http://127.8.9.10",
+            "http://[::1]:3000/",
+            "http://localhost:3000",
+            "http://[::ffff:127.0.0.1]:3000",
+        ] {
+            assert!(RunsQuery::new(allowed, "a/b", 5, token()).is_ok(), "{allowed}");
+        }
+        for refused in ["http://alm.example.com", "http://10.16.164.33:3000", "http://0.0.0.0:3000", "http://[::]/"] {
+            let error = RunsQuery::new(refused, "a/b", 5, token()).unwrap_err().to_string();
+            assert!(error.contains(refused) && error.contains("FORGEJO_TOKEN"), "{error}");
+            assert!(RunsQuery::new(refused, "a/b", 5, None).is_ok(), "a public read without a token: {refused}");
+        }
     }
 }

@@ -128,11 +128,32 @@ const DEFAULT_TIMEOUT_MS: u32 = 60_000;
 
 impl Remote {
     /// Resolve the alias, connect, verify the host key and authenticate.
+    ///
+    /// Explicit targets never fall back: an `--ssh-config` that does not exist, a single-label name that is no
+    /// alias (or an alias without `HostName`), a missing `--identity` or `IdentityFile`, an unreachable address are
+    /// errors naming them; gbo-ci never looks the name up some other way or tries another key instead.
     pub fn connect(options: &ConnectOptions) -> Result<Self> {
-        let config_path = options.ssh_config.clone().unwrap_or_else(|| options.home.join(".ssh").join("config"));
+        let (config_path, explicit_config) = match &options.ssh_config {
+            Some(path) => (path.clone(), true),
+            None => (options.home.join(".ssh").join("config"), false),
+        };
+        if explicit_config && !config_path.exists() {
+            return Err(Error::invalid(
+                "--ssh-config",
+                config_path.display().to_string(),
+                "an existing ssh config file (a config that was named but cannot be read is never replaced by none)",
+            ));
+        }
         let config = SshConfig::load(&config_path)?;
         let settings = config.resolve(&options.host, &config_path)?;
-        let hostname = settings.hostname.clone().unwrap_or_else(|| options.host.clone());
+        let hostname = match &settings.hostname {
+            Some(hostname) => hostname.clone(),
+            None => {
+                validate_hostname(&options.host)?;
+                check_unaliased_host(&options.host, settings.alias_line, &config_path)?;
+                options.host.clone()
+            }
+        };
         let port = options.port.or(settings.port).unwrap_or(22);
         let user = options
             .user
@@ -151,6 +172,31 @@ impl Remote {
         };
 
         validate_hostname(&hostname)?;
+        // Every key named is checked before the connection: a missing one is never replaced by another.
+        for file in &options.identity_files {
+            if !file.exists() {
+                return Err(Error::invalid(
+                    "--identity",
+                    file.display().to_string(),
+                    "an existing private key file (gbo-ci never falls back to another key)",
+                ));
+            }
+        }
+        let config_identities: Vec<PathBuf> = settings.identity_files.iter().map(|value| expand(value)).collect();
+        if options.private_key.is_none() && options.identity_files.is_empty() {
+            if let Some(missing) = config_identities.iter().find(|file| !file.exists()) {
+                return Err(Error::invalid(
+                    "IdentityFile",
+                    missing.display().to_string(),
+                    format!(
+                        "an existing private key file: {} names it for `{}`, and gbo-ci never falls back to another \
+                         key (the agent or a default key): create it, fix the config, or pass --identity",
+                        config_path.display(),
+                        options.host
+                    ),
+                ));
+            }
+        }
         let tcp = connect_tcp(&hostname, port, options.connect_timeout)?;
         let mut session = Session::new().map_err(|error| Error::ssh("creating a session", error))?;
         session.set_tcp_stream(tcp);
@@ -165,12 +211,7 @@ impl Remote {
         let host_key_status =
             verify_host_key(&session, &hostname, port, &known_hosts_files, options.accept_new_host_key)?;
 
-        let identity_files: Vec<PathBuf> = if options.identity_files.is_empty() {
-            settings.identity_files.iter().map(|value| expand(value)).collect()
-        } else {
-            options.identity_files.clone()
-        };
-        authenticate(&session, &user, &hostname, options, &identity_files)?;
+        authenticate(&session, &user, &hostname, options, &config_identities)?;
 
         Ok(Self { session, label: options.host.clone(), hostname, port, user, host_key_status })
     }
@@ -212,6 +253,12 @@ impl Remote {
         channel.wait_close().map_err(|error| Error::ssh("closing a remote command", error))?;
         let status = channel.exit_status().map_err(|error| Error::ssh("reading an exit status", error))?;
         Ok(ExecOutput { status, stdout, stderr })
+    }
+
+    /// [`Remote::exec`] with the session's blocking calls bounded by `timeout` instead of the usual minute: for
+    /// commands that may rightly run longer (a restart that waits for a slow stop), or must not run as long.
+    pub fn exec_within(&self, command: &str, timeout: Duration) -> Result<ExecOutput> {
+        with_timeout(&self.session, timeout, || self.exec(command))
     }
 
     /// Run a shell command that must succeed; `what` names it in the error. Returns stdout.
@@ -381,6 +428,38 @@ pub fn parse_status_line(head: &[u8]) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
+/// A host name used as given (no `HostName` for it) must say where it goes by itself: an address, `localhost`, or a
+/// name with a dot. A single-label name is an alias that the config does not define (or defines without `HostName`),
+/// and looking it up would let DNS search domains answer with another host.
+fn check_unaliased_host(host: &str, alias_line: Option<usize>, config: &Path) -> Result<()> {
+    let qualified = host.parse::<std::net::IpAddr>().is_ok()
+        || host.eq_ignore_ascii_case("localhost")
+        || host.trim_end_matches('.').contains('.');
+    if qualified {
+        return Ok(());
+    }
+    Err(match alias_line {
+        Some(line) => Error::SshConfig {
+            path: config.to_path_buf(),
+            line,
+            message: format!(
+                "the alias `{host}` has no HostName; gbo-ci does not look an alias up as a host name (DNS search \
+                 domains could answer with another host): add `HostName` to it"
+            ),
+        },
+        None => Error::invalid(
+            "host",
+            host,
+            format!(
+                "not a Host alias in {} and not a fully qualified name or an address; gbo-ci never looks a \
+                 single-label name up (DNS search domains could answer with another host): add a Host block with \
+                 HostName, or give the full name or the address",
+                config.display()
+            ),
+        ),
+    })
+}
+
 /// Refuse names that no resolver could answer before any lookup is sent.
 fn validate_hostname(hostname: &str) -> Result<()> {
     if hostname.parse::<std::net::IpAddr>().is_ok() {
@@ -516,33 +595,43 @@ fn append_known_host(path: &Path, line: &str) -> Result<()> {
     file.sync_all().map_err(|error| Error::io("syncing", path, error))
 }
 
+/// Authenticate with the most explicit keys given, and only those: the key from the environment and the
+/// `--identity` files when any is given; else the config's `IdentityFile`s; else the agent, then the default keys.
+/// A refused explicit key is never followed by another source.
 fn authenticate(
     session: &Session,
     user: &str,
     hostname: &str,
     options: &ConnectOptions,
-    identity_files: &[PathBuf],
+    config_identities: &[PathBuf],
 ) -> Result<()> {
     let passphrase = options.passphrase.as_ref().map(Secret::expose);
     let mut tried = Vec::new();
-    if let Some(key) = &options.private_key {
-        tried.push("key from the environment".to_string());
-        if session.userauth_pubkey_memory(user, None, key.expose(), passphrase).is_ok() && session.authenticated() {
-            return Ok(());
+    if options.private_key.is_some() || !options.identity_files.is_empty() {
+        if let Some(key) = &options.private_key {
+            tried.push("key from the environment".to_string());
+            if session.userauth_pubkey_memory(user, None, key.expose(), passphrase).is_ok() && session.authenticated() {
+                return Ok(());
+            }
         }
-    }
-    for file in identity_files {
-        if try_key_file(session, user, file, passphrase, &mut tried) {
-            return Ok(());
+        for file in &options.identity_files {
+            if try_key_file(session, user, file, passphrase, &mut tried) {
+                return Ok(());
+            }
         }
-    }
-    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        tried.push("ssh-agent".to_string());
-        if try_agent(session, user) {
-            return Ok(());
+    } else if !config_identities.is_empty() {
+        for file in config_identities {
+            if try_key_file(session, user, file, passphrase, &mut tried) {
+                return Ok(());
+            }
         }
-    }
-    if identity_files.is_empty() && options.private_key.is_none() {
+    } else {
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+            tried.push("ssh-agent".to_string());
+            if try_agent(session, user) {
+                return Ok(());
+            }
+        }
         for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
             let file = options.home.join(".ssh").join(name);
             if file.exists() && try_key_file(session, user, &file, passphrase, &mut tried) {
@@ -647,6 +736,17 @@ mod tests {
         for bad in ["", "no such host", "bad!host", "-x", "a..b", "x;rm"] {
             assert!(validate_hostname(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_host_used_as_given_must_be_qualified() {
+        for good in ["127.0.0.1", "::1", "localhost", "alm.example.com", "host.local."] {
+            assert!(check_unaliased_host(good, None, Path::new("cfg")).is_ok(), "{good}");
+        }
+        let error = check_unaliased_host("pragmatismo-system", None, Path::new("cfg")).unwrap_err().to_string();
+        assert!(error.contains("pragmatismo-system") && error.contains("not a Host alias in cfg"), "{error}");
+        let error = check_unaliased_host("pragmatismo-system", Some(4), Path::new("cfg")).unwrap_err().to_string();
+        assert!(error.contains("cfg:4") && error.contains("HostName"), "{error}");
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! It understands what a deploy needs: `Host` blocks with patterns (`*`, `?`, `!negation`), and the keywords
 //! `HostName`, `Port`, `User`, `IdentityFile` and `UserKnownHostsFile`. As in OpenSSH, the first value obtained for
-//! a keyword wins, except `IdentityFile`, which accumulates. `Match` blocks are not evaluated (their settings are
-//! skipped), other keywords are ignored. `~` and the tokens `%h`, `%p`, `%r`, `%u`, `%d` and `%%` are expanded.
+//! a keyword wins, except `IdentityFile`, which accumulates. `~` and the tokens `%h`, `%p`, `%r`, `%u`, `%d` and `%%`
+//! are expanded. Other keywords are ignored, except those that would send the connection elsewhere or change the
+//! host key looked up (`ProxyJump`, `ProxyCommand`, `HostKeyAlias`) or hold settings this reader does not read
+//! (`Include`): where they apply, resolving is an error naming the line, because ignoring them would silently
+//! connect somewhere else. `Match` blocks are not evaluated; one that sets any of those keywords, or any keyword
+//! this reader honours, is an error too (it might apply to the host).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +26,32 @@ pub struct HostSettings {
     pub identity_files: Vec<String>,
     /// `UserKnownHostsFile` entries (unexpanded; OpenSSH allows several on one line).
     pub user_known_hosts_files: Vec<String>,
+    /// The line of the first `Host` block naming the host other than a catch-all `Host *`: the host is an alias
+    /// defined there. `None` when only catch-all blocks (or none) matched.
+    pub alias_line: Option<usize>,
+}
+
+/// Keywords that would make OpenSSH connect elsewhere, check another host key, or read settings from elsewhere;
+/// this reader cannot honour them, so it refuses them where they apply rather than ignore them.
+const UNHONOURED: &[&str] = &["proxyjump", "proxycommand", "hostkeyalias", "include"];
+
+/// Keywords this reader honours: a `Match` block setting one of them (or an unhonoured one) might change the target.
+const HONOURED: &[&str] = &["hostname", "port", "user", "identityfile", "userknownhostsfile"];
+
+/// A keyword as OpenSSH's manual spells it (the reader keeps them lower-cased).
+fn spelled(keyword: &str) -> &str {
+    match keyword {
+        "hostname" => "HostName",
+        "port" => "Port",
+        "user" => "User",
+        "identityfile" => "IdentityFile",
+        "userknownhostsfile" => "UserKnownHostsFile",
+        "proxyjump" => "ProxyJump",
+        "proxycommand" => "ProxyCommand",
+        "hostkeyalias" => "HostKeyAlias",
+        "include" => "Include",
+        other => other,
+    }
 }
 
 /// A parsed config: the blocks in file order.
@@ -32,6 +62,8 @@ pub struct SshConfig {
 
 #[derive(Debug, Clone)]
 struct Block {
+    /// The line of its `Host` or `Match` keyword (0 for the settings before the first block).
+    line: usize,
     /// `None` for the settings before the first `Host` (they apply to every host); patterns otherwise.
     patterns: Option<Vec<String>>,
     /// `Match` blocks never apply.
@@ -51,7 +83,7 @@ impl SshConfig {
 
     /// Parse config text; `path` is used in error messages only.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let mut blocks = vec![Block { patterns: None, is_match: false, settings: Vec::new() }];
+        let mut blocks = vec![Block { line: 0, patterns: None, is_match: false, settings: Vec::new() }];
         for (index, raw_line) in text.lines().enumerate() {
             let line_number = index + 1;
             let line = raw_line.trim();
@@ -74,9 +106,16 @@ impl SshConfig {
                             message: "`Host` needs at least one pattern".into(),
                         });
                     }
-                    blocks.push(Block { patterns: Some(values), is_match: false, settings: Vec::new() });
+                    blocks.push(Block {
+                        line: line_number,
+                        patterns: Some(values),
+                        is_match: false,
+                        settings: Vec::new(),
+                    });
                 }
-                "match" => blocks.push(Block { patterns: None, is_match: true, settings: Vec::new() }),
+                "match" => {
+                    blocks.push(Block { line: line_number, patterns: None, is_match: true, settings: Vec::new() })
+                }
                 _ => {
                     if let Some(block) = blocks.last_mut() {
                         block.settings.push((keyword, values, line_number));
@@ -93,16 +132,44 @@ impl SshConfig {
         let mut known_hosts_seen = false;
         for block in &self.blocks {
             if block.is_match {
+                if let Some((keyword, _, line)) = block.settings.iter().find(|(keyword, _, _)| {
+                    HONOURED.contains(&keyword.as_str()) || UNHONOURED.contains(&keyword.as_str())
+                }) {
+                    return Err(Error::SshConfig {
+                        path: path.to_path_buf(),
+                        line: *line,
+                        message: format!(
+                            "`{}` in the `Match` block of line {}: gbo-ci does not evaluate Match blocks, so it \
+                             cannot tell whether this applies to `{alias}` (and would connect without it); move it \
+                             into a Host block",
+                            spelled(keyword),
+                            block.line
+                        ),
+                    });
+                }
                 continue;
             }
             if let Some(patterns) = &block.patterns {
                 if !host_matches(alias, patterns) {
                     continue;
                 }
+                if settings.alias_line.is_none() && patterns.iter().any(|pattern| pattern != "*") {
+                    settings.alias_line = Some(block.line);
+                }
             }
             for (keyword, values, line) in &block.settings {
                 let first = values.first().cloned();
                 let bad = |message: String| Error::SshConfig { path: path.to_path_buf(), line: *line, message };
+                if UNHONOURED.contains(&keyword.as_str())
+                    && !first.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("none"))
+                {
+                    return Err(bad(format!(
+                        "`{}` applies to `{alias}`, and gbo-ci cannot honour it: ignoring it would connect \
+                         somewhere else (directly, or checking another host key, or without the included settings); \
+                         give gbo-ci a config without it (--ssh-config)",
+                        spelled(keyword)
+                    )));
+                }
                 match keyword.as_str() {
                     "hostname" if settings.hostname.is_none() => settings.hostname = first,
                     "user" if settings.user.is_none() => settings.user = first,
@@ -267,7 +334,7 @@ Host *.internal !secret.internal
     IdentityFile ~/.ssh/id_%h
 
 Match host foo
-    User ignored
+    ForwardAgent no
 
 Host *
     User fallback
@@ -299,6 +366,41 @@ Host *
         let foo = cfg.resolve("foo", Path::new("config")).expect("resolve");
         assert_eq!(foo.user.as_deref(), Some("fallback"));
         assert_eq!(foo.hostname, None);
+    }
+
+    #[test]
+    fn settings_that_would_connect_elsewhere_are_refused_where_they_apply() {
+        let config =
+            "Host a\n  HostName 10.0.0.1\n  ProxyJump bastion\nHost b\n  HostName 10.0.0.2\n  ProxyJump none\n\
+                      Host c\n  HostName 10.0.0.3\n";
+        let cfg = SshConfig::parse(config, Path::new("cfg")).expect("parse");
+        let error = cfg.resolve("a", Path::new("cfg")).unwrap_err().to_string();
+        assert!(error.contains("cfg:3") && error.contains("ProxyJump"), "{error}");
+        assert!(cfg.resolve("b", Path::new("cfg")).is_ok(), "`none` is no proxy");
+        assert!(cfg.resolve("c", Path::new("cfg")).is_ok(), "another host's proxy does not matter");
+        for keyword in ["ProxyCommand nc %h %p", "HostKeyAlias other", "Include other.conf"] {
+            let cfg = SshConfig::parse(&format!("Host a\n  {keyword}\n"), Path::new("cfg")).expect("parse");
+            let error = cfg.resolve("a", Path::new("cfg")).unwrap_err().to_string();
+            assert!(error.contains("cfg:2") && error.contains(keyword.split(' ').next().unwrap()), "{error}");
+        }
+        let cfg = SshConfig::parse("Include other.conf\nHost a\n  HostName x.example\n", Path::new("cfg")).unwrap();
+        assert!(cfg.resolve("a", Path::new("cfg")).is_err(), "a global Include applies to every host");
+    }
+
+    #[test]
+    fn match_blocks_that_could_change_the_target_are_refused() {
+        let cfg = SshConfig::parse("Host a\n  HostName 10.0.0.1\nMatch host a\n  User other\n", Path::new("cfg"))
+            .expect("parse");
+        let error = cfg.resolve("a", Path::new("cfg")).unwrap_err().to_string();
+        assert!(error.contains("cfg:4") && error.contains("User") && error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn the_alias_line_is_the_first_specific_host_block() {
+        let cfg = config();
+        assert_eq!(cfg.resolve("pragmatismo-system", Path::new("c")).expect("resolve").alias_line, Some(3));
+        assert_eq!(cfg.resolve("db.internal", Path::new("c")).expect("resolve").alias_line, Some(10));
+        assert_eq!(cfg.resolve("elsewhere", Path::new("c")).expect("resolve").alias_line, None, "only `Host *`");
     }
 
     #[test]

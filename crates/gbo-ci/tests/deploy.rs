@@ -23,16 +23,24 @@ struct Stage {
 
 impl Stage {
     fn new() -> Stage {
+        Self::with_v1_flags("")
+    }
+
+    /// A stage whose running v1 has behaviour flags (see `make_botserver_with`).
+    fn with_v1_flags(flags: &str) -> Stage {
         let sshd = Sshd::start();
         let bin = sshd.mkdir("opt/gbo/bin");
         let logs = sshd.mkdir("opt/gbo/logs");
         sshd.mkdir("build");
         let dest = bin.join("botserver");
         // Root-owned, as in the seed's failure ("If owned by root, scp as gbuser will fail").
-        make_botserver(&dest, 200, "v1", 0);
+        make_botserver_with(&dest, 200, "v1", flags, 0);
         let script = write_server_script(&sshd);
         let port = free_port();
+        // The log belongs to the service user, who opens it when gbo-ci starts the binary.
         let log = logs.join("error.log");
+        std::fs::write(&log, "").unwrap();
+        give_to_service_user(&log);
         let old = start_as_nobody(&dest, &script, port, &log);
         assert_eq!(http_get(port, "/api/health"), Some((200, "v1".into())));
         Stage { sshd, dest, log, script, port, old }
@@ -83,12 +91,11 @@ impl Stage {
             .unwrap()
     }
 
-    /// The bin directory's entries, except the deploy lock (which stays once a deploy has taken it).
+    /// The bin directory's entries (the deploy lock is not among them: it lives in /run/lock/gbo-ci).
     fn bin_dir_listing(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.dest.parent().unwrap())
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name != ".botserver.gbo-ci.lock")
             .collect();
         names.sort();
         names
@@ -107,6 +114,11 @@ fn deploy_replaces_the_running_binary_and_corrects_ownership() {
     let old_sha = sha256(&stage.dest);
     assert_eq!(std::fs::metadata(&stage.dest).unwrap().uid(), 0, "the fixture starts root-owned");
     let new = stage.build("botserver", 200, "v2");
+    // What a deploy killed during its upload leaves: its root-only staging directory, removed by the next deploy.
+    let stale = stage.dest.parent().unwrap().join(".botserver.gbo-ci-stage.00000000deadbeef");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::set_permissions(&stale, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(stale.join("upload"), "half an upload").unwrap();
 
     // No --arg/--cwd/--log: they are taken from the running process (its argv, cwd and log file).
     let output = stage.deploy(&new, &["--output", "json"]);
@@ -139,8 +151,8 @@ fn deploy_replaces_the_running_binary_and_corrects_ownership() {
     assert!(!stderr.contains("busy") && !stderr.contains("dest open"), "{stderr}");
     let log = std::fs::read_to_string(&stage.log).unwrap();
     assert!(log.contains("botserver v2 listening"), "{log}");
-    // No temporary upload is left behind.
-    assert!(stage.bin_dir_listing().iter().all(|name| !name.ends_with(".tmp")), "{:?}", stage.bin_dir_listing());
+    // No upload or staging directory is left behind.
+    assert_eq!(stage.bin_dir_listing(), vec!["botserver", "botserver.prev.1"]);
 }
 
 #[test]
@@ -177,7 +189,9 @@ fn dry_runs_say_what_a_deploy_or_rollback_would_do_and_change_nothing() {
     assert!(text.contains("dry run: nothing was changed") && text.contains("stop pid"), "{text}");
 
     // Rollback's dry run: with no release there is nothing to roll back to (exit 2, no lock file made) ...
-    let rollback_dry_run = || stage.rollback(&["--dry-run", "--output", "json"]);
+    // (v1's binary belongs to root in this fixture, and a rollback never starts a release as root on its own, so
+    // the owner is named.)
+    let rollback_dry_run = || stage.rollback(&["--dry-run", "--output", "json", "--owner", "nobody"]);
     let output = rollback_dry_run();
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("nothing to roll back to"), "{}", describe(&output));
@@ -221,6 +235,7 @@ fn failing_health_rolls_back_and_the_old_release_serves_again() {
 fn explicit_start_options_keep_and_prune_releases_then_rollback_on_demand() {
     let stage = Stage::new();
     let other_log = stage.sshd.mkdir("var/log/gbo").join("botserver.log");
+    give_to_service_user(other_log.parent().unwrap());
     let cwd = stage.sshd.mkdir("srv");
     let script = stage.script.display().to_string();
     let port = stage.port.to_string();
@@ -268,7 +283,9 @@ fn explicit_start_options_keep_and_prune_releases_then_rollback_on_demand() {
 #[test]
 fn deploys_of_one_target_take_turns_and_a_held_lock_names_its_holder() {
     let stage = Stage::new();
-    let lock = stage.dest.parent().unwrap().join(".botserver.gbo-ci.lock");
+    // The lock lives in root's own directory, named by a hash of the target path.
+    let lock = PathBuf::from(gbo_ci::deploy::lock_path(&stage.dest.display().to_string().parse().unwrap()));
+    assert!(lock.starts_with("/run/lock/gbo-ci"), "{}", lock.display());
     let v1_sha = sha256(&stage.dest);
     // A deploy that holds the lock for a while: its build never gets healthy, so it waits 6 s, then rolls back.
     let broken = stage.build("botserver-broken", 500, "v2-broken");
@@ -355,6 +372,7 @@ fn checksum_mismatch_stops_before_the_swap() {
         unit: None,
         health_timeout: std::time::Duration::from_secs(10),
         stop_timeout: std::time::Duration::from_secs(5),
+        restart_timeout: std::time::Duration::from_secs(65),
         lock_wait: std::time::Duration::from_secs(10),
     };
     let error = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut Corrupter).unwrap_err();
@@ -590,4 +608,138 @@ fn keys_from_an_agent_and_from_the_environment_authenticate() {
     let _ = agent.kill();
     let _ = agent.wait();
     assert!(with_agent.status.success(), "{}", describe(&with_agent));
+}
+
+impl Stage {
+    /// Library options for a deploy of `binary` to this stage.
+    fn options(&self, binary: &Path) -> gbo_ci::deploy::DeployOptions {
+        gbo_ci::deploy::DeployOptions {
+            binary: binary.to_path_buf(),
+            dest: self.dest.display().to_string().parse().unwrap(),
+            owner: "nobody".parse().unwrap(),
+            health: self.health_url().parse().unwrap(),
+            keep: 5,
+            start: Default::default(),
+            unit: None,
+            health_timeout: std::time::Duration::from_secs(15),
+            stop_timeout: std::time::Duration::from_secs(5),
+            restart_timeout: std::time::Duration::from_secs(65),
+            lock_wait: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Takes the working directory away while the new release is started, and gives it back for the rollback: a start
+/// command that fails (the start by hand cannot `cd`).
+struct StartBreaker {
+    cwd: PathBuf,
+    restarts: usize,
+    rolled_back: bool,
+}
+
+impl gbo_ci::deploy::DeployObserver for StartBreaker {
+    fn on_event(&mut self, event: &gbo_ci::deploy::DeployEvent) {
+        match event {
+            gbo_ci::deploy::DeployEvent::Restarting { .. } => {
+                self.restarts += 1;
+                if self.restarts == 1 {
+                    std::fs::remove_dir(&self.cwd).unwrap();
+                }
+            }
+            gbo_ci::deploy::DeployEvent::RollingBack { .. } => {
+                self.rolled_back = true;
+                std::fs::create_dir(&self.cwd).unwrap();
+                std::fs::set_permissions(&self.cwd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_start_command_that_fails_is_rolled_back() {
+    let stage = Stage::new();
+    let old_sha = sha256(&stage.dest);
+    let cwd = stage.sshd.mkdir("srv");
+    let v2 = stage.build("botserver", 200, "v2");
+    let mut options = stage.options(&v2);
+    options.start.cwd = Some(cwd.display().to_string().parse().unwrap());
+    let mut breaker = StartBreaker { cwd: cwd.clone(), restarts: 0, rolled_back: false };
+    let result = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut breaker);
+    let error = result.expect_err("the deploy fails");
+    eprintln!("failed as expected: {error}");
+    assert!(breaker.rolled_back, "the failed start was rolled back: {error}");
+    let message = error.to_string();
+    assert!(message.contains("restart") && message.contains("healthy again"), "{message}");
+    assert_eq!(sha256(&stage.dest), old_sha, "the previous release is back");
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())), "and serves");
+}
+
+/// Makes the start of the new release hang (its log becomes a FIFO nobody reads, so opening it blocks), and puts
+/// the log back for the rollback; afterwards it unblocks the hung opener.
+struct StartHanger {
+    log: PathBuf,
+    restarts: usize,
+    rolled_back: bool,
+}
+
+impl gbo_ci::deploy::DeployObserver for StartHanger {
+    fn on_event(&mut self, event: &gbo_ci::deploy::DeployEvent) {
+        match event {
+            gbo_ci::deploy::DeployEvent::Restarting { .. } => {
+                self.restarts += 1;
+                if self.restarts == 1 {
+                    std::fs::rename(&self.log, self.log.with_extension("saved")).unwrap();
+                    let made = std::process::Command::new("mkfifo").arg(&self.log).status().unwrap();
+                    assert!(made.success());
+                    give_to_service_user(&self.log);
+                }
+            }
+            gbo_ci::deploy::DeployEvent::RollingBack { .. } => {
+                self.rolled_back = true;
+                std::fs::rename(&self.log, self.log.with_extension("fifo")).unwrap();
+                std::fs::rename(self.log.with_extension("saved"), &self.log).unwrap();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_restart_that_hangs_is_cut_off_and_rolled_back() {
+    require("mkfifo");
+    let stage = Stage::new();
+    let old_sha = sha256(&stage.dest);
+    let v2 = stage.build("botserver", 200, "v2");
+    let mut options = stage.options(&v2);
+    options.stop_timeout = std::time::Duration::from_secs(2);
+    options.restart_timeout = std::time::Duration::from_secs(6);
+    let mut hanger = StartHanger { log: stage.log.clone(), restarts: 0, rolled_back: false };
+    let started = std::time::Instant::now();
+    let result = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut hanger);
+    let elapsed = started.elapsed();
+    // Release the hung opener (it then dies writing to the pipe gbo-ci no longer reads).
+    let fifo = stage.log.with_extension("fifo");
+    std::thread::spawn(move || drop(std::fs::File::open(fifo)));
+    let error = result.expect_err("the deploy fails");
+    eprintln!("failed as expected: {error}");
+    assert!(hanger.rolled_back, "the hung restart was rolled back: {error}");
+    let message = error.to_string();
+    assert!(message.contains("did not finish within") && message.contains("healthy again"), "{message}");
+    assert!(elapsed < std::time::Duration::from_secs(45), "cut off by the restart timeout, not later: {elapsed:?}");
+    assert_eq!(sha256(&stage.dest), old_sha);
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())));
+}
+
+#[test]
+fn a_stop_longer_than_a_minute_is_not_cut_off_by_the_session_timeout() {
+    // The running v1 ignores SIGTERM, so the stop waits the whole --stop-timeout (65 s, longer than the SSH
+    // session's usual 60 s bound on one command) before SIGKILL.
+    let stage = Stage::with_v1_flags("term=ignore");
+    let v2 = stage.build("botserver", 200, "v2");
+    let output = stage.deploy(&v2, &["--stop-timeout", "65", "--output", "json"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v2".into())));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["downtime_ms"].as_u64().unwrap() >= 65_000, "the stop waited for SIGKILL: {report}");
 }

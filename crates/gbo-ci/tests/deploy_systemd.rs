@@ -21,11 +21,15 @@ const UNIT: &str = "[Unit]
 Description=botserver (gbo-ci systemd test)
 
 [Service]
+Type=notify
+NotifyAccess=main
+TimeoutStartSec=300
 User=nobody
 Group=nogroup
 WorkingDirectory=/opt/gbo/bin
 ExecStart=/opt/gbo/bin/botserver /opt/gbo/app/server.py 5858
 Restart=on-failure
+RestartSec=1
 
 [Install]
 WantedBy=multi-user.target
@@ -100,7 +104,7 @@ fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_
     assert_eq!(http_get(port, "/api/health"), Some((200, "v1".into())));
     let first_pid = container.main_pid();
 
-    let deploy = |binary: &Path| {
+    let deploy_with = |binary: &Path, extra: &[&str]| {
         sshd.gbo_ci()
             .arg("deploy")
             .args(sshd.connect_args())
@@ -108,9 +112,11 @@ fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_
             .arg(binary)
             .args(["--dest", DEST, "--owner", "nobody", "--health", &format!("http://127.0.0.1:{port}/api/health")])
             .args(["--health-timeout", "8", "--output", "json"])
+            .args(extra)
             .output()
             .unwrap()
     };
+    let deploy = |binary: &Path| deploy_with(binary, &[]);
 
     // The new build: the unit is detected from the process's cgroup and restarted through systemd.
     let v2 = build.join("v2");
@@ -150,4 +156,29 @@ fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_
     assert_eq!(container.exec(&format!("sha256sum {DEST} | cut -d' ' -f1")).trim(), sha256(&v2));
     let third_pid = container.main_pid();
     assert!(third_pid != 0 && third_pid != second_pid, "the restored release runs in a new process of the unit");
+
+    // A build that exits at once: `systemctl restart` itself fails (the unit is Type=notify), and the previous
+    // release is put back and restarted exactly as for a failed health check.
+    let crashing = build.join("crashing");
+    make_botserver_with(&crashing, 200, "v4-crashing", "exit=3", 0);
+    let output = deploy(&crashing);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the restart of the new release failed") && stderr.contains("healthy again"), "{stderr}");
+    assert_eq!(http_get(port, "/api/health"), Some((200, "v2".into())));
+    assert_eq!(container.exec(&format!("sha256sum {DEST} | cut -d' ' -f1")).trim(), sha256(&v2));
+    assert_eq!(container.exec("systemctl is-active system.service").trim(), "active");
+
+    // A build that never tells systemd it is ready: `systemctl restart` would wait for TimeoutStartSec (300 s); the
+    // restart is cut off after --restart-timeout and rolled back (the rollback's restart replaces the hung job).
+    let silent = build.join("silent");
+    make_botserver_with(&silent, 200, "v5-silent", "notify=never", 0);
+    let started = std::time::Instant::now();
+    let output = deploy_with(&silent, &["--stop-timeout", "2", "--restart-timeout", "8"]);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("did not finish within 8 s") && stderr.contains("healthy again"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "cut off, not waited out: {:?}", started.elapsed());
+    assert_eq!(http_get(port, "/api/health"), Some((200, "v2".into())));
+    assert_eq!(container.exec(&format!("sha256sum {DEST} | cut -d' ' -f1")).trim(), sha256(&v2));
 }

@@ -419,6 +419,39 @@ fn runs_explains_an_authorisation_failure() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("OWNER/NAME"));
 }
 
+#[test]
+fn runs_never_sends_the_token_over_plain_http_off_loopback() {
+    // A listener on 127.0.0.1 that records any connection. The URL names it as 0.0.0.0: that reaches this host on
+    // Linux (so a regression stays on the machine), but it is not a loopback address, so the token may not go there.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("http://0.0.0.0:{port}");
+    let output = gbo_ci()
+        .args(["runs", "--repo", "GeneralBots/botserver", "--url", &url])
+        .env("FORGEJO_TOKEN", "s3cr3t-token-value")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&url) && stderr.contains("FORGEJO_TOKEN"), "{stderr}");
+    assert!(!stderr.contains("s3cr3t"), "the token is never printed");
+    listener.set_nonblocking(true).unwrap();
+    match listener.accept() {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("refused before any connection, yet something connected: {other:?}"),
+    }
+
+    // The same URL without a token is a public read: allowed (and it reaches the stand-in on this host).
+    drop(listener);
+    let (port, server) = forgejo_stand_in(200, TASKS);
+    let output = gbo_ci()
+        .args(["runs", "--repo", "GeneralBots/botserver", "--url", &format!("http://0.0.0.0:{port}")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(!server.join().unwrap().to_ascii_lowercase().contains("authorization"));
+}
+
 // ---------------------------------------------------------------- help
 
 #[test]

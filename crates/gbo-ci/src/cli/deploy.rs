@@ -37,8 +37,12 @@ pub struct DeployArgs {
     /// Seconds a stopped process may take to exit before SIGKILL.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     stop_timeout: u64,
-    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a lock
-    /// beside the target, <dir>/.<name>.gbo-ci.lock). 0 fails at once.
+    /// Seconds the restart (stop and start, or systemctl restart) may take before it counts as failed and is rolled
+    /// back; longer than --stop-timeout. Default: --stop-timeout plus 60.
+    #[arg(long, value_name = "SECS")]
+    restart_timeout: Option<u64>,
+    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a root-only
+    /// lock, /run/lock/gbo-ci/<hash of the path>.lock). 0 fails at once.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     lock_wait: u64,
     /// Check everything and print what the deploy would do (release kept, unit or processes restarted, how the
@@ -95,8 +99,12 @@ pub struct RollbackArgs {
     /// Seconds a stopped process may take to exit before SIGKILL.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     stop_timeout: u64,
-    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a lock
-    /// beside the target, <dir>/.<name>.gbo-ci.lock). 0 fails at once.
+    /// Seconds the restart (stop and start, or systemctl restart) may take before it counts as failed and is rolled
+    /// back; longer than --stop-timeout. Default: --stop-timeout plus 60.
+    #[arg(long, value_name = "SECS")]
+    restart_timeout: Option<u64>,
+    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a root-only
+    /// lock, /run/lock/gbo-ci/<hash of the path>.lock). 0 fails at once.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     lock_wait: u64,
     /// Check everything and print what the rollback would do (release restored, unit or processes restarted)
@@ -177,9 +185,17 @@ impl DeployObserver for Progress {
                 eprintln!("healthy after {:.0} ms of downtime", downtime.as_secs_f64() * 1000.0)
             }
             DeployEvent::Healthy { downtime: None } => eprintln!("healthy"),
-            DeployEvent::RollingBack { reason } => eprintln!("health failed ({reason}); rolling back"),
+            DeployEvent::RollingBack { reason } => eprintln!("{reason}; rolling back"),
             _ => {}
         }
+    }
+}
+
+/// `--restart-timeout`, or its default from `--stop-timeout`.
+fn restart_timeout(stop_timeout: u64, restart_timeout: Option<u64>) -> Duration {
+    match restart_timeout {
+        Some(secs) => Duration::from_secs(secs),
+        None => gbo_ci::deploy::default_restart_timeout(Duration::from_secs(stop_timeout)),
     }
 }
 
@@ -194,6 +210,7 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
         unit: args.start.unit.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
         stop_timeout: Duration::from_secs(args.stop_timeout),
+        restart_timeout: restart_timeout(args.stop_timeout, args.restart_timeout),
         lock_wait: Duration::from_secs(args.lock_wait),
     };
     if args.dry_run {
@@ -225,6 +242,9 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
             }
             if !report.pruned_releases.is_empty() {
                 println!("pruned        {}", report.pruned_releases.join(", "));
+            }
+            if let Some(error) = &report.prune_error {
+                println!("not pruned    {error}");
             }
             println!("total         {} ms", report.total_ms);
         }
@@ -283,6 +303,7 @@ pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
         unit: args.start.unit.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
         stop_timeout: Duration::from_secs(args.stop_timeout),
+        restart_timeout: restart_timeout(args.stop_timeout, args.restart_timeout),
         lock_wait: Duration::from_secs(args.lock_wait),
     };
     if args.dry_run {

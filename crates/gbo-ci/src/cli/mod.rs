@@ -34,7 +34,8 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Upload a binary beside the target, verify it, swap it in atomically, restart, check health, roll back on failure.
+    /// Upload a binary into a root-only staging directory, verify it, swap it in atomically, restart, check health,
+    /// roll back on failure.
     Deploy(deploy::DeployArgs),
     /// Put the newest previous release back in place and restart it.
     Rollback(deploy::RollbackArgs),

@@ -65,7 +65,7 @@ impl Sshd {
     /// Start a server with `extra` lines appended to its sshd_config.
     pub fn start_with(extra: &str) -> Sshd {
         require("/usr/sbin/sshd");
-        require("/usr/bin/ssh-keygen");
+        require("ssh-keygen");
         // sshd refuses to start without its privilege separation directory (normally made by the init script).
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::Builder::new().prefix("gbo-ci-test-").tempdir().unwrap();
@@ -216,15 +216,21 @@ pub fn pids_where(matches: impl Fn(&str) -> bool) -> Vec<u32> {
 
 /// The test botserver's program: serves `/api/health` with the status baked into its own executable.
 pub const SERVER_PY: &str = r#"
-import http.server, re, sys
+import http.server, os, re, signal, socket, sys
 port = int(sys.argv[1])
 with open('/proc/self/exe', 'rb') as exe:
     exe.seek(0, 2)
     size = exe.tell()
     exe.seek(max(0, size - 512))
     tail = exe.read()
-found = re.search(rb'GBO-TEST health=(\d+) version=(\S+)', tail)
-code, version = int(found.group(1)), found.group(2).decode()
+found = re.search(rb'GBO-TEST health=(\d+) version=(\S+)([^\n]*)', tail)
+code, version, flags = int(found.group(1)), found.group(2).decode(), found.group(3).decode().split()
+for flag in flags:
+    if flag.startswith('exit='):
+        print(f'botserver {version} exits with {flag[5:]}', flush=True)
+        sys.exit(int(flag[5:]))
+if 'term=ignore' in flags:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -241,16 +247,32 @@ class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
 print(f'botserver {version} listening on {port}, health {code}', flush=True)
-Server(('127.0.0.1', port), Handler).serve_forever()
+server = Server(('127.0.0.1', port), Handler)
+notify = os.environ.get('NOTIFY_SOCKET')
+if notify and 'notify=never' not in flags:
+    # Type=notify units: ready once listening (a build with notify=never never says so).
+    if notify.startswith('@'):
+        notify = '\0' + notify[1:]
+    ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ready.connect(notify)
+    ready.send(b'READY=1')
+    ready.close()
+server.serve_forever()
 "#;
 
 /// Build a "botserver" binary at `path`: the python3 ELF with a trailer naming its health status and version,
 /// padded with zeros to at least `min_size` bytes.
 pub fn make_botserver(path: &Path, health: u16, version: &str, min_size: usize) {
-    require("/usr/bin/python3");
+    make_botserver_with(path, health, version, "", min_size);
+}
+
+/// [`make_botserver`] with behaviour flags in the trailer: `exit=N` (exit at once with status N), `term=ignore`
+/// (ignore SIGTERM), `notify=never` (never tell systemd it is ready).
+pub fn make_botserver_with(path: &Path, health: u16, version: &str, flags: &str, min_size: usize) {
+    require("python3");
     let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
     let mut bytes = std::fs::read(python).unwrap();
-    let trailer = format!("\nGBO-TEST health={health} version={version}\n");
+    let trailer = format!("\nGBO-TEST health={health} version={version} {flags}\n");
     if bytes.len() + trailer.len() < min_size {
         bytes.resize(min_size - trailer.len(), 0);
     }
@@ -324,4 +346,38 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// The service user of the tests: `nobody` (uid and gid 65534), who owns the deploy directory and runs the
+/// botserver, as `gbuser` does on the seed's hosts.
+pub const SERVICE_UID: u32 = 65534;
+
+/// Run a Python snippet as the service user (arguments in `sys.argv[1:]`): how the tests plant links, FIFOs and
+/// renames in the directories that user owns, with exactly that user's rights.
+pub fn as_service_user(code: &str, args: &[&Path]) -> Output {
+    require("python3");
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .uid(SERVICE_UID)
+        .gid(SERVICE_UID)
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+/// The service user makes `link` a symbolic link to `target` (replacing whatever `link` was, as its directory's
+/// owner may); panics when that fails.
+pub fn plant_symlink(target: &Path, link: &Path) {
+    let output = as_service_user(
+        "import os, sys\ntry:\n    os.unlink(sys.argv[2])\nexcept FileNotFoundError:\n    pass\nos.symlink(sys.argv[1], sys.argv[2])",
+        &[target, link],
+    );
+    assert!(output.status.success(), "planting {} -> {}: {}", link.display(), target.display(), describe(&output));
+}
+
+/// Make `path` (and only it) belong to the service user.
+pub fn give_to_service_user(path: &Path) {
+    std::os::unix::fs::lchown(path, Some(SERVICE_UID), Some(SERVICE_UID)).unwrap();
 }
