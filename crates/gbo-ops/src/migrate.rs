@@ -595,7 +595,8 @@ impl HostServer {
         let given = if rest.trim().is_empty() {
             tokio_postgres::Config::new()
         } else {
-            rest.parse::<tokio_postgres::Config>().map_err(|e| MigrateError::ConnectionString(e.to_string()))?
+            // tokio-postgres names the key (never the value) in the error's cause.
+            rest.parse::<tokio_postgres::Config>().map_err(|e| MigrateError::ConnectionString(db_message(&e)))?
         };
         let mut config = tokio_postgres::Config::new();
         if given.get_hosts().is_empty() {
@@ -2931,6 +2932,99 @@ ALTER TABLE ONLY public.events
         assert!(check_versions(14, 16).is_ok());
         let err = check_versions(16, 15).expect_err("older");
         assert!(err.to_string().contains("target runs PostgreSQL 15 but the source runs 16"), "{err}");
+    }
+
+    #[test]
+    fn database_names_are_checked_before_use() {
+        for good in ["botserver", "Bot Server", "naïve", &"d".repeat(63)] {
+            assert!(validate_database(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("  \u{3000}", "only whitespace"),
+            ("a=b", "`=`"),
+            ("host=x dbname=y", "`=`"),
+            ("../etc/x", "`/`"),
+            ("postgresql://h/db", "`/`"),
+            ("a\0b", "NUL"),
+            ("a\nb", "control character"),
+        ] {
+            let err = validate_database(bad).expect_err(bad).to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(err.contains(&format!("invalid --database `{}`", bad.escape_debug())), "{err}");
+            assert!(err.contains("63 bytes") && err.contains("no `=`, no `/`"), "{err}");
+        }
+        let long = "é".repeat(32);
+        assert!(validate_database(&long).expect_err("64 bytes").to_string().contains("64 bytes long"));
+    }
+
+    #[test]
+    fn own_connection_keywords_are_split_out_of_both_forms() {
+        let (rest, own) = split_own_keywords(
+            "postgresql://u:p%40ss@127.0.0.1:5433/db?application_name=x&sslmode=verify-full&sslrootcert=%2Ftmp%2Fca%20dir%2Fca.crt",
+        )
+        .expect("url");
+        assert_eq!(rest, "postgresql://u:p%40ss@127.0.0.1:5433/db?application_name=x");
+        assert_eq!(own.get("sslmode").map(String::as_str), Some("verify-full"));
+        assert_eq!(own.get("sslrootcert").map(String::as_str), Some("/tmp/ca dir/ca.crt"));
+        let (rest, own) = split_own_keywords("postgresql://u@h/db").expect("plain url");
+        assert_eq!((rest.as_str(), own.len()), ("postgresql://u@h/db", 0));
+
+        let (rest, own) =
+            split_own_keywords("host=/tmp  port = 7000 password='it\\'s \\\\ x' sslmode=require sslrootcert='/a b/c'")
+                .expect("key=value");
+        assert_eq!(own.get("sslmode").map(String::as_str), Some("require"));
+        assert_eq!(own.get("sslrootcert").map(String::as_str), Some("/a b/c"));
+        let config: tokio_postgres::Config = rest.parse().expect("the rest still parses");
+        assert_eq!(config.get_password(), Some(&b"it's \\ x"[..]));
+        assert_eq!(config.get_ports(), &[7000]);
+        for bad in ["host", "password='unterminated", "postgresql://h/db?sslmode"] {
+            let err = split_own_keywords(bad).expect_err(bad).to_string();
+            assert!(!err.contains("unterminated"), "values are never echoed: {err}");
+        }
+    }
+
+    #[test]
+    fn sslmode_follows_libpq_and_refuses_what_it_cannot_do() {
+        for (mode, tokio) in [
+            ("disable", tokio_postgres::config::SslMode::Disable),
+            ("prefer", tokio_postgres::config::SslMode::Prefer),
+            ("require", tokio_postgres::config::SslMode::Require),
+        ] {
+            let s =
+                HostServer::from_libpq(Some(&format!("host=127.0.0.1 sslmode={mode} sslrootcert=system"))).expect(mode);
+            assert_eq!(s.ssl_mode().as_str(), mode);
+            assert_eq!(s.config.get_ssl_mode(), tokio);
+        }
+        let s = HostServer::from_libpq(Some("host=127.0.0.1 sslmode=verify-full sslrootcert=system")).expect("system");
+        assert_eq!(s.config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        let err = HostServer::from_libpq(Some("host=127.0.0.1 sslmode=allow")).expect_err("allow").to_string();
+        assert!(err.contains("sslmode=allow is not supported"), "{err}");
+        let err = HostServer::from_libpq(Some("host=127.0.0.1 sslmode=maybe")).expect_err("maybe").to_string();
+        assert!(err.contains("sslmode `maybe` is not one of"), "{err}");
+        let err = HostServer::from_libpq(Some("host=127.0.0.1 sslmode=verify-ca sslrootcert=/nonexistent/ca.crt"))
+            .expect_err("missing file")
+            .to_string();
+        assert!(err.contains("cannot read sslrootcert /nonexistent/ca.crt"), "{err}");
+        let err = HostServer::from_libpq(Some("host=127.0.0.1 sslcert=/x.crt")).expect_err("client certs").to_string();
+        assert!(err.contains("sslcert"), "a setting gbo cannot use is refused, not ignored: {err}");
+    }
+
+    #[test]
+    fn contents_name_every_kind_they_hold() {
+        assert!(Contents::default().is_empty());
+        let c = Contents { relations: 2, large_objects: 1, ..Contents::default() };
+        assert!(!c.is_empty());
+        assert_eq!(c.to_string(), "2 relation(s) (tables, views or sequences), 1 large object(s)");
+        let c = Contents { functions: 1, types: 3, schemas: 1, extensions: 2, ..Contents::default() };
+        assert_eq!(c.to_string(), "1 function(s), 3 type(s), 1 schema(s), 2 extension(s)");
+    }
+
+    #[test]
+    fn literals_mean_the_same_whatever_standard_conforming_strings_is() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\'b"), "E'a\\\\''b'");
+        assert_eq!(quote_ident("a\"; DROP TABLE x; --"), "\"a\"\"; DROP TABLE x; --\"");
     }
 
     #[test]

@@ -496,6 +496,31 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
     assert_eq!(host_state(&host), before, "a refused `gbo migrate` changed the host database");
     assert!(!backup_dir.exists(), "no backup is written when nothing is replaced");
 
+    // PGSSLMODE is honoured like every libpq setting: this server speaks no TLS, so `require` fails, says why, and
+    // changes nothing.
+    let cli = tokio::task::spawn_blocking({
+        let (name, port) = (c.name.to_string(), host.port);
+        move || {
+            Command::new(gbo_tests::gbo_bin())
+                .args(["migrate", "container-to-local", "--container", &name, "--replace", "--host"])
+                .arg(format!("postgresql://gbot@127.0.0.1:{port}"))
+                .env("PGPASSWORD", PASSWORD)
+                .env("PGSSLMODE", "require")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("running gbo")
+        }
+    })
+    .await
+    .expect("gbo thread");
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("gbot@127.0.0.1:{}", host.port)) && stderr.contains("does not support TLS"),
+        "{stderr}"
+    );
+    assert_eq!(host_state(&host), before, "a refused `gbo migrate` changed the host database");
+
     // With replace: the backup is written first, then the data is replaced and verified.
     options.replace = true;
     options.jobs = 3;
