@@ -45,6 +45,7 @@ pub struct HostCommand {
     args: Vec<OsString>,
     dir: Option<PathBuf>,
     env: Vec<(String, String)>,
+    env_remove: Vec<String>,
     install_hint: String,
 }
 
@@ -53,7 +54,7 @@ impl HostCommand {
     pub fn new(program: impl Into<String>) -> Self {
         let program = program.into();
         let install_hint = format!("install it with `apt-get install {program}`");
-        Self { program, args: Vec::new(), dir: None, env: Vec::new(), install_hint }
+        Self { program, args: Vec::new(), dir: None, env: Vec::new(), env_remove: Vec::new(), install_hint }
     }
 
     /// Append one argument.
@@ -84,6 +85,12 @@ impl HostCommand {
         self
     }
 
+    /// Leave a variable of gbo's own environment out of the command's (applied before [`HostCommand::env`]).
+    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
+        self.env_remove.push(key.into());
+        self
+    }
+
     /// What to tell the user when the program is missing.
     pub fn install_hint(mut self, hint: impl Into<String>) -> Self {
         self.install_hint = hint.into();
@@ -104,6 +111,9 @@ impl HostCommand {
         let mut e = duct::cmd(&self.program, &self.args).stdout_capture().stderr_capture().unchecked();
         if let Some(dir) = &self.dir {
             e = e.dir(dir);
+        }
+        for k in &self.env_remove {
+            e = e.env_remove(k);
         }
         for (k, v) in &self.env {
             e = e.env(k, v);

@@ -21,8 +21,9 @@ pub enum Command {
 /// Arguments shared by both directions.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The host server as a libpq connection string (`postgresql://user@127.0.0.1:5432` or `host=... port=...`).
-    /// Without it, PGHOST/PGPORT/PGUSER/PGPASSWORD apply, then the local socket. Put passwords in PGPASSWORD, not here.
+    /// The host server as a libpq connection string (`postgresql://user@127.0.0.1:5432?sslmode=verify-full&sslrootcert=
+    /// ca.crt` or `host=... port=... sslmode=...`). Without it, PGHOST/PGPORT/PGUSER/PGPASSWORD/PGSSLMODE/PGSSLROOTCERT
+    /// apply, then the local socket. Put passwords in PGPASSWORD, not here.
     #[arg(long, value_name = "CONNINFO")]
     host: Option<String>,
     /// Database to move (the same name on both sides).
@@ -43,9 +44,11 @@ pub struct Args {
     /// Replace a target database that holds data (a snapshot or backup of it is taken first).
     #[arg(long)]
     replace: bool,
-    /// Own everything by the target's user instead of recreating the source's owners.
+    /// Keep the source's owners (missing roles are created as plain NOLOGIN roles). Without it every migrated
+    /// object belongs to the tenant's application role (`gbuser`). Either way the application role must be able to
+    /// read and write every table, or the migration fails naming the table.
     #[arg(long)]
-    no_owner: bool,
+    keep_owners: bool,
     /// Where a host target's backup goes before --replace.
     #[arg(long, default_value = "/var/backups/gbo")]
     backup_dir: PathBuf,
@@ -64,6 +67,8 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::LocalToContainer(a) => (a, true),
         Command::ContainerToLocal(a) => (a, false),
     };
+    // Before anything else: the name reaches connection strings, argv and backup file names.
+    migrate::validate_database(&args.database)?;
     if args.jobs == 0 || args.jobs > 64 {
         anyhow::bail!("invalid --jobs {}: use a number from 1 to 64", args.jobs);
     }
@@ -79,13 +84,19 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     };
     let managed = gbo_ops::snapshot::container(&lxd, &container_name).await?;
     let instance = lxd_client::InstanceName::new(container_name.as_str()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let container = Endpoint::Container(ContainerServer::new(lxd.clone(), instance, args.container_port));
+    let mut container = ContainerServer::new(lxd.clone(), instance, args.container_port);
+    // Where its PostgreSQL is published on the host (the tables role's proxy device): a source container is read
+    // only through it.
+    if let Some(port) = managed.ports.iter().find(|p| p.protocol == "tcp" && p.container_port == args.container_port) {
+        container = container.published(&port.host_address, port.host_port);
+    }
+    let container = Endpoint::Container(container);
     let host = Endpoint::Host(host);
     let (source, target) = if to_container { (&host, &container) } else { (&container, &host) };
     let mut options = MigrateOptions::new(args.database.clone());
     options.jobs = args.jobs;
     options.replace = args.replace;
-    options.no_owner = args.no_owner;
+    options.keep_owners = args.keep_owners;
     options.backup_dir = args.backup_dir.clone();
     options.keep_sql = args.keep_sql.clone();
     let progress = options.progress.clone();
@@ -112,22 +123,41 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             if let Some(f) = &report.kept_sql {
                 eprintln!("SQL kept at {}", f.display());
             }
-            let rows: Vec<Vec<String>> =
-                report.tables.iter().map(|t| vec![t.table.clone(), t.rows.to_string(), "ok".into()]).collect();
+            if !report.created_roles.is_empty() {
+                let roles: Vec<String> = report.created_roles.iter().map(|r| printable(r)).collect();
+                eprintln!(
+                    "roles the target lacked were created without login or password: {} (give `{}` LOGIN and a password for the application if it was one of them)",
+                    roles.join(", "),
+                    printable(&report.app_role)
+                );
+            }
+            // Names can come from a container: control characters are shown escaped, never sent to the terminal.
+            let mut rows: Vec<Vec<String>> =
+                report.tables.iter().map(|t| vec![printable(&t.table), t.rows.to_string(), "ok".into()]).collect();
+            if let Some(lo) = &report.large_objects {
+                rows.push(vec![lo.table.clone(), lo.rows.to_string(), "ok".into()]);
+            }
             output::print_table(&["TABLE", "ROWS", "VERIFIED"], &rows);
             println!(
-                "migrated {} from {} to {}: {} tables, {} sequences, {} streamed in {:.1} s; counts, checksums and sequences match",
+                "migrated {} from {} to {}: {} tables, {} sequences, {} streamed in {:.1} s; counts, checksums and sequences match; owned by {}; `{}` read and wrote every table",
                 report.database,
                 report.source,
                 report.target,
                 report.tables.len(),
                 report.sequences.len(),
                 human(report.bytes),
-                report.seconds
+                report.seconds,
+                printable(&report.owner),
+                printable(&report.app_role)
             );
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// A name as it may be shown on a terminal: control characters escaped.
+fn printable(name: &str) -> String {
+    name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 fn human(bytes: u64) -> String {
