@@ -56,13 +56,13 @@ async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
     client
 }
 
-async fn redis_ping(port: u16) -> String {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to cache");
-    stream.write_all(b"PING\r\n").await.expect("write");
-    let mut line = String::new();
-    tokio::io::BufReader::new(stream).read_line(&mut line).await.expect("read");
-    line
+/// `AUTH` with the cache's generated password, then `PING`: the answer to the PING.
+async fn redis_ping(port: u16, password: &str) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let lines =
+        gbo_ops::install::health::redis_command(addr, &[&["AUTH", password], &["PING"]]).await.expect("cache answers");
+    assert!(lines.first().is_some_and(|l| l.starts_with("+OK")), "AUTH: {lines:?}");
+    lines.get(1).cloned().unwrap_or_default()
 }
 
 fn lxc(args: &[&str]) -> (i32, String) {
@@ -101,12 +101,13 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     let cache_port = host_port(&status, &t.container("cache"), 6379);
     let http_port = host_port(&status, &t.container("proxy"), 80);
     let password = secret(&t, "tables-password");
+    let cache_password = secret(&t, "cache-password");
     let db = pg(pg_port, &password).await;
     db.batch_execute("CREATE TABLE keep_me (v text); INSERT INTO keep_me VALUES ('survives')")
         .await
         .expect("create table");
     drop(db);
-    assert_eq!(redis_ping(cache_port).await.trim_end(), "+PONG");
+    assert_eq!(redis_ping(cache_port, &cache_password).await.trim_end(), "+PONG");
     let page = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).expect("connect proxy");
@@ -160,7 +161,7 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
 
     // No generated secret in output, logs or events.
     let event_text = serde_json::to_string(&events.iter().map(|e| &e.metadata).collect::<Vec<_>>()).expect("json");
-    for value in [password.as_str()] {
+    for value in [password.as_str(), cache_password.as_str()] {
         for (what, text) in [
             ("first install", first.all()),
             ("second install", second.all()),
@@ -184,7 +185,7 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     assert_eq!(repair.code, 0, "{}", repair.all());
     let (_, status) = status_json(&t);
     assert_eq!(host_port(&status, &t.container("cache"), 6379), cache_port, "the port is kept");
-    assert_eq!(redis_ping(cache_port).await.trim_end(), "+PONG");
+    assert_eq!(redis_ping(cache_port, &cache_password).await.trim_end(), "+PONG");
 
     // A stopped service is reported unhealthy (exit 1).
     let (code, _) = lxc(&["exec", &t.container("cache"), "--", "systemctl", "stop", "cache"]);

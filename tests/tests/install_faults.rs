@@ -374,7 +374,7 @@ fn a_fresh_install_killed_at_any_step_boundary_is_completed_by_the_next_run() {
 
 /// The cache's running value of `parameter` (`CONFIG GET`).
 fn cache_config(t: &TestTenant, parameter: &str) -> String {
-    let (ok, out) = lxc(&["exec", &t.container("cache"), "--", "redis-cli", "CONFIG", "GET", parameter]);
+    let (ok, out) = lxc(&["exec", &t.container("cache"), "--", "valkey-cli", "CONFIG", "GET", parameter]);
     assert!(ok, "{out}");
     out.lines().nth(1).unwrap_or_default().trim().to_string()
 }

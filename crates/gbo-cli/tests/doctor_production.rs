@@ -1,6 +1,8 @@
 //! `gbo doctor` on a tenant built by hand with plain `lxc` in the seed's production layout (the botserver stack
 //! under /opt/gbo/bin/botserver-stack inside a privileged `-system`, no gbo keys): the seed's 6379 incident and a
-//! root-owned botserver are found (exit 1), `--fix` repairs them, and the next run passes (exit 0).
+//! root-owned botserver are found (exit 1), `--fix` repairs them; the seed's Valkey answers PING without a
+//! password, which no fix of doctor's can change (exit 1) until the cache gets one by hand; then the next run
+//! passes (exit 0). The privileged `-system` was not created by gbo: it keeps its flag, a warning only.
 
 use std::process::Command;
 
@@ -60,7 +62,7 @@ async fn a_hand_built_production_tenant_is_diagnosed_and_fixed() {
     assert_eq!(code, 1, "problems found: {stdout}{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
     assert_eq!(report["layout"], "production");
-    assert_eq!(check(&report, "system-privileged")["verdict"], "pass");
+    assert_eq!(check(&report, "system-privileged")["verdict"], "warn", "an adopted seed stack keeps its flag");
     assert_eq!(check(&report, "loopback-first")["verdict"], "fail");
     assert_eq!(check(&report, "cache-bind")["verdict"], "pass", "{report}");
     assert_eq!(check(&report, "cache-ping")["verdict"], "fail", "the incident: PING times out: {report}");
@@ -69,10 +71,32 @@ async fn a_hand_built_production_tenant_is_diagnosed_and_fixed() {
 
     let (code, stdout, _) = gbo(&["doctor", "--tenant", &tenant, "--fix", "--output", "json"]);
     let fixed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
-    assert_eq!(code, 0, "{fixed}");
+    assert_eq!(code, 1, "the cache still answers without a password: {fixed}");
     assert_eq!(check(&fixed, "loopback-first")["fixed"], true);
     assert_eq!(check(&fixed, "cache-ping")["verdict"], "pass");
     assert_eq!(check(&fixed, "botserver-owner")["fixed"], true);
+    let auth = check(&fixed, "cache-auth");
+    assert_eq!(auth["verdict"], "fail", "{auth}");
+    assert!(auth["evidence"].as_str().unwrap_or("").contains("answered PONG"), "{auth}");
+
+    // The cache gets a password by hand (a fixed test password, as an operator would set one with redis-cli).
+    let out = Command::new("lxc")
+        .args([
+            "exec",
+            &system,
+            "--",
+            "sh",
+            "-c",
+            "printf 'CONFIG SET requirepass gbotPassword123\n' | redis-cli -h 127.0.0.1 -p 6379",
+        ])
+        .output()
+        .expect("lxc exec");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"), "{out:?}");
+    let (code, stdout, _) = gbo(&["doctor", "--tenant", &tenant, "--output", "json"]);
+    let fixed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(code, 0, "{fixed}");
+    assert_eq!(check(&fixed, "cache-auth")["verdict"], "pass", "{fixed}");
+    assert_eq!(check(&fixed, "cache-ping")["verdict"], "pass", "NOAUTH: reachable: {fixed}");
     let rules = lxc(&["exec", &system, "--", "iptables", "-S", "INPUT"]);
     assert!(rules.lines().nth(1).is_some_and(|l| l == "-A INPUT -i lo -j ACCEPT"), "{rules}");
     assert!(lxc(&["exec", &system, "--", "cat", "/etc/iptables/rules.v4"]).contains("-A INPUT -i lo -j ACCEPT"));

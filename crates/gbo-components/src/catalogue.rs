@@ -338,6 +338,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
         }
         Role::Cache => {
             let p = port_of(role, "redis").unwrap_or(6379);
+            let password = secrets.require(&secrets::CACHE_PASSWORD, role)?;
             parts.files.push(render::file(
                 "/opt/gbo/conf/redis.conf",
                 redis::redis_conf(p),
@@ -346,14 +347,14 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 &[main_unit],
                 false,
             ));
-            for (alias, program) in [("valkey-cli", "redis-cli"), ("valkey-server", "redis-server")] {
-                parts.files.push(render::root_file(
-                    format!("/usr/local/bin/{alias}"),
-                    redis::valkey_alias(program),
-                    0o755,
-                    &[],
-                ));
-            }
+            parts.files.push(secret_file(redis::AUTH_CONF_PATH, redis::auth_conf(password), user, &[main_unit]));
+            parts.files.push(render::root_file("/usr/local/bin/valkey-cli", redis::valkey_cli(), 0o755, &[]));
+            parts.files.push(render::root_file(
+                "/usr/local/bin/valkey-server",
+                redis::valkey_alias("redis-server"),
+                0o755,
+                &[],
+            ));
             let mut unit = Unit::new(
                 main_unit,
                 "Valkey-compatible cache (Redis 7, gbo cache)",
@@ -366,7 +367,8 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts.notes.push(
                 "Valkey is not packaged for Debian 12: Redis 7 provides it; valkey-cli and valkey-server are wrappers.",
             );
-            health = HealthCheck::RedisPing { port: p };
+            parts.notes.push("The cache requires the generated password (requirepass, from /etc/gbo/cache-auth.conf, 0600): valkey-cli inside logs in from that file; botserver's CACHE_URL carries it.");
+            health = HealthCheck::RedisPing { port: p, password_secret: secrets::CACHE_PASSWORD.name };
         }
         Role::Drive => {
             let access = secrets.require(&secrets::DRIVE_ACCESS_KEY, role)?;
@@ -392,6 +394,8 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             health = HealthCheck::Http { port: 9000, path: "/minio/health/live", expect: StatusRange::OK };
         }
         Role::Llm => {
+            let key = secrets.require(&secrets::LLM_API_KEY, role)?;
+            parts.files.push(secret_file(misc::LLM_API_KEY_PATH, misc::llm_api_key_file(key), user, &[main_unit]));
             let lib = "/opt/gbo/bin/llama.cpp";
             for (name, description, model, port_name, extra) in [
                 (main.clone(), "llama.cpp chat server (gbo llm)", "/opt/gbo/data/models/chat.gguf", "chat", None),
@@ -405,7 +409,17 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             ] {
                 let p = port_of(role, port_name).unwrap_or(8081).to_string();
                 let binary = format!("{lib}/llama-server");
-                let mut args = vec![binary.as_str(), "--host", "127.0.0.1", "--port", p.as_str(), "--model", model];
+                let mut args = vec![
+                    binary.as_str(),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    p.as_str(),
+                    "--model",
+                    model,
+                    "--api-key-file",
+                    misc::LLM_API_KEY_PATH,
+                ];
                 args.extend(extra);
                 let mut unit = Unit::new(name, description, user.name, &args);
                 unit.environment = vec![("LD_LIBRARY_PATH".to_owned(), lib.to_owned())];
@@ -415,6 +429,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts
                 .notes
                 .push("Models are not downloaded: put chat.gguf and embeddings.gguf in <stack-dir>/llm/data/models/.");
+            parts.notes.push("Both servers require the generated API key (--api-key-file /etc/gbo/llm-api-key, 0600); /health stays open.");
             health = HealthCheck::Http { port: 8081, path: "/health", expect: StatusRange::OK };
         }
         Role::Email => {
@@ -487,7 +502,13 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
         Role::VectorDb => {
             let rest = port_of(role, "rest").unwrap_or(6333);
             let grpc = port_of(role, "grpc").unwrap_or(6334);
-            parts.files.push(conf_file(misc::QDRANT_CONFIG_PATH, misc::qdrant_yaml(rest, grpc), user, &[main_unit]));
+            let key = secrets.require(&secrets::VECTOR_DB_API_KEY, role)?;
+            parts.files.push(secret_file(
+                misc::QDRANT_CONFIG_PATH,
+                misc::qdrant_yaml(rest, grpc, key),
+                user,
+                &[main_unit],
+            ));
             let mut unit = Unit::new(
                 main_unit,
                 "Qdrant vector database (gbo vector_db)",
@@ -497,6 +518,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             unit.working_directory = Some("/opt/gbo/data".to_owned());
             unit.limit_nofile = Some(65536);
             parts.unit(&unit);
+            parts.notes.push("Qdrant requires the generated API key (service.api_key in /etc/gbo/qdrant.yaml, 0600); /healthz stays open.");
             health = HealthCheck::Http { port: rest, path: "/healthz", expect: StatusRange::OK };
         }
         Role::Proxy => {
@@ -598,7 +620,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             unit.bind_low_ports = true;
             unit.working_directory = Some("/opt/gbo/data".to_owned());
             parts.unit(&unit);
-            parts.notes.push("Through an LXD proxy device every query comes from 127.0.0.1, which the acl lets ask ANY: give the container a NIC (or nat=true devices) to make the ANY restriction effective.");
+            parts.notes.push("Through an LXD proxy device every query comes from 127.0.0.1, so the acl decides nothing by source: ANY is refused for everyone, the zones' record types are answered to anyone, and nothing is resolved outside the zones.");
             health = HealthCheck::Http { port: coredns::HEALTH_PORT, path: "/health", expect: StatusRange::OK };
         }
         Role::Alm => {
@@ -708,9 +730,18 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 tables_password: secrets.require(&secrets::TABLES_PASSWORD, role)?,
                 drive_access_key: secrets.require(&secrets::DRIVE_ACCESS_KEY, role)?,
                 drive_secret_key: secrets.require(&secrets::DRIVE_SECRET_KEY, role)?,
+                cache_password: secrets.require(&secrets::CACHE_PASSWORD, role)?,
                 vault: roles.contains(&Role::Vault),
-                vector_db: roles.contains(&Role::VectorDb),
-                llm: roles.contains(&Role::Llm),
+                vector_db_api_key: if roles.contains(&Role::VectorDb) {
+                    Some(secrets.require(&secrets::VECTOR_DB_API_KEY, role)?)
+                } else {
+                    None
+                },
+                llm_api_key: if roles.contains(&Role::Llm) {
+                    Some(secrets.require(&secrets::LLM_API_KEY, role)?)
+                } else {
+                    None
+                },
             };
             parts.files.push(secret_file(botserver::SYSTEM_ENV_PATH, botserver::system_env(&env), user, &[main_unit]));
             parts.files.push(render::root_file(
@@ -736,7 +767,11 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             ui.after.push(main.clone());
             ui.wants.push(main.clone());
             parts.unit(&ui);
-            parts.notes.push("Privileged (seed rule: botserver owns the /opt/gbo mounts); the only privileged role.");
+            if tenant.system.privileged {
+                parts.notes.push("Privileged because the tenant file asks ([system] privileged = true): root in this container is root on the host.");
+            } else {
+                parts.notes.push("Unprivileged: the mounts belong to the container's own uids, so botserver owns /opt/gbo without privileges ([system] privileged = true asks for the seed's privileged mode, in which root inside is root on the host).");
+            }
             parts.notes.push("botserver is managed by system.service: deploys restart it through the unit.");
             health =
                 HealthCheck::Http { port: botserver::BOTSERVER_PORT, path: "/api/health", expect: StatusRange::OK };
@@ -751,7 +786,9 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
     install.extend(crate::artifacts::artifacts(role, tenant).into_iter().map(Install::Artifact));
 
     let limits = tenant.limits_for(role);
-    let privileged = role == Role::System;
+    // The seed made -system privileged only so botserver could own the /opt/gbo mounts; gbo chowns mounts to the
+    // container's own uids, so that reason is gone. Privileged only when the tenant file asks.
+    let privileged = role == Role::System && tenant.system.privileged;
     let mut lxd_config: BTreeMap<String, String> = limits.lxd_config();
     if privileged {
         lxd_config.insert("security.privileged".to_owned(), "true".to_owned());

@@ -37,7 +37,8 @@
 //! ```
 //! use gbo_components::{component, HostPorts, RenderContext, Role, Secrets, TenantFile};
 //! let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").expect("a valid tenant file");
-//! let secrets = Secrets::new();
+//! // Secrets are inputs (gbo-ops generates them); the cache's password is 40 alphanumeric characters.
+//! let secrets = Secrets::new().with("cache-password", "x".repeat(40));
 //! let host_ports = HostPorts::seed(&tenant.roles);
 //! let ctx = RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &host_ports };
 //! let spec = component(Role::Cache, &ctx).expect("the cache role renders");
@@ -66,7 +67,7 @@ pub use spec::{
     Artifact, ArtifactKind, ComponentSpec, Exposure, HealthCheck, HostPorts, InitPhase, InitStep, Install, Mount,
     MountKind, PortSpec, Protocol, RenderContext, RenderedFile, StatusRange, Wire,
 };
-pub use tenant_file::{DomainName, Limits, TenantFile, VersionPin};
+pub use tenant_file::{DomainName, Limits, SystemSettings, TenantFile, VersionPin};
 pub use users::{image_packages, ServiceUser, BASE_PACKAGES, SERVICE_USERS};
 
 /// The catalogue's version, recorded on every instance gbo creates (`user.gbo.catalogue-version`): bump it when a

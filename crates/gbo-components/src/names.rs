@@ -132,7 +132,7 @@ pub enum Role {
     TableEditor,
     /// Roundcube webmail, port 80 (internal).
     Webmail,
-    /// botserver (5858) and botui (5859): the only privileged role.
+    /// botserver (5858) and botui (5859): unprivileged unless the tenant file asks (`[system] privileged = true`).
     System,
 }
 

@@ -135,6 +135,29 @@ pub const WEBMAIL_DES_KEY: SecretSpec = SecretSpec {
     purpose: "Roundcube des_key (session encryption), exactly 24 characters",
 };
 
+/// The cache's password (`requirepass`; cache, system): every host user reaches the cache's published port on
+/// 127.0.0.1, so loopback is no protection.
+pub const CACHE_PASSWORD: SecretSpec = SecretSpec {
+    name: "cache-password",
+    length: 40,
+    charset: SecretCharset::Alphanumeric,
+    purpose: "Redis/Valkey requirepass of the cache (botserver's CACHE_URL carries it)",
+};
+/// Qdrant's API key (vector_db, system).
+pub const VECTOR_DB_API_KEY: SecretSpec = SecretSpec {
+    name: "vector-db-api-key",
+    length: 40,
+    charset: SecretCharset::Alphanumeric,
+    purpose: "Qdrant service.api_key (botserver's VECTORDB_API_KEY)",
+};
+/// The llama.cpp servers' API key (llm, system).
+pub const LLM_API_KEY: SecretSpec = SecretSpec {
+    name: "llm-api-key",
+    length: 40,
+    charset: SecretCharset::Alphanumeric,
+    purpose: "llama.cpp server --api-key-file key of the chat and embeddings servers (botserver's LLM_KEY)",
+};
+
 /// Every secret the catalogue knows, for generators and for tests that grep output for leaked values.
 pub const ALL_SECRETS: &[SecretSpec] = &[
     TABLES_PASSWORD,
@@ -146,10 +169,14 @@ pub const ALL_SECRETS: &[SecretSpec] = &[
     ALM_RUNNER_SECRET,
     TABLE_EDITOR_JWT_SECRET,
     WEBMAIL_DES_KEY,
+    CACHE_PASSWORD,
+    VECTOR_DB_API_KEY,
+    LLM_API_KEY,
 ];
 
-/// The secrets `role` needs to render its files. Names are tenant-wide: the system role reuses the tables and
-/// drive secrets rather than getting copies.
+/// The secrets `role` needs to render its files. Names are tenant-wide: the system role reuses the tables, drive
+/// and cache secrets rather than getting copies (and the vector_db and llm keys when the tenant has those roles,
+/// which then generate them).
 pub fn required_secrets(role: Role) -> &'static [SecretSpec] {
     match role {
         Role::Tables => &[TABLES_PASSWORD],
@@ -159,8 +186,11 @@ pub fn required_secrets(role: Role) -> &'static [SecretSpec] {
         Role::AlmCi => &[ALM_RUNNER_SECRET],
         Role::TableEditor => &[TABLE_EDITOR_JWT_SECRET],
         Role::Webmail => &[WEBMAIL_DES_KEY],
-        Role::System => &[TABLES_PASSWORD, DRIVE_ACCESS_KEY, DRIVE_SECRET_KEY],
-        Role::Cache | Role::Llm | Role::Vault | Role::VectorDb | Role::Proxy | Role::Dns => &[],
+        Role::System => &[TABLES_PASSWORD, DRIVE_ACCESS_KEY, DRIVE_SECRET_KEY, CACHE_PASSWORD],
+        Role::Cache => &[CACHE_PASSWORD],
+        Role::VectorDb => &[VECTOR_DB_API_KEY],
+        Role::Llm => &[LLM_API_KEY],
+        Role::Vault | Role::Proxy | Role::Dns => &[],
     }
 }
 

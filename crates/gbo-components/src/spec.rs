@@ -341,10 +341,12 @@ pub enum HealthCheck {
         /// The secret holding the password.
         password_secret: &'static str,
     },
-    /// Send `PING`, expect `+PONG`.
+    /// Log in with `AUTH` and the generated password (secret `cache-password`), send `PING`, expect `+PONG`.
     RedisPing {
         /// Container port.
         port: u16,
+        /// The secret holding the password.
+        password_secret: &'static str,
     },
     /// `GET path` with `Host: localhost`, expect a status in `expect`.
     Http {
@@ -380,7 +382,7 @@ impl HealthCheck {
     pub fn port(&self) -> Option<u16> {
         match self {
             HealthCheck::Postgres { port, .. }
-            | HealthCheck::RedisPing { port }
+            | HealthCheck::RedisPing { port, .. }
             | HealthCheck::Http { port, .. }
             | HealthCheck::Banner { port, .. }
             | HealthCheck::Tcp { port } => Some(*port),
@@ -404,7 +406,7 @@ pub struct ComponentSpec {
     pub ports: Vec<PortSpec>,
     /// LXD limits from the tenant file.
     pub limits: Limits,
-    /// Whether the container is privileged (only the system role).
+    /// Whether the container is privileged (only the system role, and only when the tenant file asks).
     pub privileged: bool,
     /// LXD config keys the role needs (security settings, limits), sorted.
     pub lxd_config: BTreeMap<String, String>,

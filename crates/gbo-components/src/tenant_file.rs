@@ -22,6 +22,10 @@
 //! url = "http://127.0.0.1:8000/vault_1.15.4_linux_amd64.zip"   # https://, or http:// on loopback
 //! # sha256 = "..."                     # 64 hex characters copied from the vendor's SHA256SUMS; without it
 //! #                                    # the artifact is unverified and refused unless explicitly allowed
+//!
+//! [system]
+//! privileged = false                   # default; true is the seed's privileged -system: root inside it is
+//!                                      # root on the host
 //! ```
 //!
 //! Every key is optional except none: an empty file is the default tenant with the default roles. Unknown keys
@@ -170,6 +174,15 @@ pub struct VersionPin {
     pub sha256: Option<String>,
 }
 
+/// Settings of the system container (`[system]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SystemSettings {
+    /// `privileged = true`: the seed's privileged `-system` (`security.privileged`). Off by default: gbo gives the
+    /// mounts the container's own uids, so botserver owns `/opt/gbo` without it, and root in a privileged
+    /// internet-facing container is root on the host. A container gbo did not create keeps its own flag.
+    pub privileged: bool,
+}
+
 /// A parsed, validated tenant file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TenantFile {
@@ -192,6 +205,8 @@ pub struct TenantFile {
     pub limits: BTreeMap<Role, Limits>,
     /// Per-role artifact overrides.
     pub versions: BTreeMap<Role, VersionPin>,
+    /// The system container's settings.
+    pub system: SystemSettings,
 }
 
 impl TenantFile {
@@ -219,6 +234,7 @@ impl Default for TenantFile {
             zones: Vec::new(),
             limits: BTreeMap::new(),
             versions: BTreeMap::new(),
+            system: SystemSettings::default(),
         }
     }
 }
@@ -240,6 +256,13 @@ struct RawTenantFile {
     limits: BTreeMap<String, RawLimits>,
     #[serde(default)]
     versions: BTreeMap<String, RawVersion>,
+    system: Option<RawSystem>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSystem {
+    privileged: Option<bool>,
 }
 
 #[derive(serde::Deserialize)]
@@ -449,6 +472,9 @@ impl TenantFile {
                 validate_sha256(&format!("{key}.sha256"), sha)?;
             }
             file.versions.insert(role, VersionPin { version: pin.version, url: pin.url, sha256: pin.sha256 });
+        }
+        if let Some(system) = raw.system {
+            file.system.privileged = system.privileged.unwrap_or(false);
         }
         Ok(file)
     }

@@ -119,11 +119,22 @@ fn ports_are_unique_and_public_only_for_network_roles() {
 }
 
 #[test]
-fn only_system_is_privileged() {
+fn no_role_is_privileged_unless_the_tenant_file_asks_for_the_system_role() {
     for spec in specs() {
-        assert_eq!(spec.privileged, spec.role == Role::System, "{}", spec.role);
-        assert_eq!(spec.lxd_config.contains_key("security.privileged"), spec.role == Role::System);
+        assert!(!spec.privileged, "{}: privileged by default", spec.role);
+        assert!(!spec.lxd_config.contains_key("security.privileged"), "{}", spec.role);
         assert!(!spec.lxd_config.contains_key("security.nesting"), "no role needs nesting");
+    }
+    let asked = TenantFile::parse(&format!("{}\n[system]\nprivileged = true\n", common::FULL_TENANT))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secrets = common::test_secrets();
+    let ports = common::seed_ports(&asked);
+    let ctx = RenderContext { tenant: &asked, secrets: &secrets, host_ports: &ports };
+    for role in Role::ALL {
+        let spec = component(role, &ctx).unwrap_or_else(|e| panic!("{role}: {e}"));
+        let expected = role == Role::System;
+        assert_eq!(spec.privileged, expected, "{role}");
+        assert_eq!(spec.lxd_config.get("security.privileged").map(String::as_str), expected.then_some("true"));
     }
 }
 
@@ -269,9 +280,13 @@ fn missing_or_malformed_secret_is_an_error_naming_it() {
     let err = component(Role::Tables, &ctx).map(|_| ());
     assert!(matches!(&err, Err(Error::InvalidSecret { name, .. }) if name == "tables-password"), "{err:?}");
     assert!(!err.map_err(|e| e.to_string()).err().unwrap_or_default().contains("abc"), "the value is never shown");
-    // Roles without secrets render without any.
+    // Roles without secrets render without any; the cache has one now (loopback is not a trust boundary).
     let ctx = RenderContext { tenant: &tenant, secrets: &empty, host_ports: &ports };
-    assert!(component(Role::Cache, &ctx).is_ok());
+    assert!(component(Role::Proxy, &ctx).is_ok());
+    assert_eq!(
+        component(Role::Cache, &ctx).map(|_| ()).map_err(|e| e.to_string()),
+        Err("missing secret \"cache-password\" needed by role cache".to_owned())
+    );
 }
 
 #[test]

@@ -258,38 +258,75 @@ fn tables_files_work_with_real_postgresql() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The cache role's redis.conf, run for real (dir and logfile moved, port moved): it starts and answers PING on
-/// 127.0.0.1.
+/// One request to a Redis server on 127.0.0.1:`port`, as RESP arrays; returns the first reply line.
+fn redis_request(port: u16, commands: &[&[&str]]) -> Option<String> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    let mut request = Vec::new();
+    for command in commands {
+        request.extend(format!("*{}\r\n", command.len()).bytes());
+        for arg in *command {
+            request.extend(format!("${}\r\n{arg}\r\n", arg.len()).bytes());
+        }
+    }
+    stream.write_all(&request).ok()?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut replies = String::new();
+    for _ in commands {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        replies.push_str(&line);
+    }
+    Some(replies)
+}
+
+/// The cache role's files (redis.conf and the file holding the password), run for real under redis-server (data,
+/// logs and /etc/gbo moved to a scratch directory, port moved): it starts, refuses an unauthenticated PING with
+/// NOAUTH, refuses a wrong password, and answers PONG after AUTH with the generated password.
 #[test]
 fn cache_config_works_with_real_redis() {
     let redis = tool("redis-server");
     let dir = scratch("redis");
     let port = free_port();
-    let conf = gbo_components::render::redis::redis_conf(port)
-        .replace("/opt/gbo/data", &dir.to_string_lossy())
-        .replace("/opt/gbo/logs/cache.log", &dir.join("cache.log").to_string_lossy());
-    let path = dir.join("redis.conf");
-    write(&path, &conf);
+    let moved = |text: &str| {
+        text.replace("/opt/gbo/data", &dir.to_string_lossy())
+            .replace("/opt/gbo/logs/cache.log", &dir.join("cache.log").to_string_lossy())
+            .replace("/opt/gbo/conf", &dir.to_string_lossy())
+            .replace("/etc/gbo", &dir.to_string_lossy())
+            .replace("port 6379", &format!("port {port}"))
+    };
+    let tenant = TenantFile::parse("roles = [\"cache\"]").unwrap_or_else(|e| panic!("{e}"));
+    let secrets = common::test_secrets();
+    let ports = HostPorts::seed(&tenant.roles);
+    let ctx = RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports };
+    let spec = component(Role::Cache, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    for file in spec.files.iter().filter(|f| f.path.starts_with("/opt/gbo/conf/") || f.path.starts_with("/etc/gbo/")) {
+        let target = PathBuf::from(moved(&file.path));
+        write(&target, &moved(&file.content));
+        std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(file.mode))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     let server = Command::new(redis)
-        .arg(&path)
+        .arg(dir.join("redis.conf"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("redis-server: {e}"));
     let _server = KillOnDrop(server);
-    let ping = || -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
-        stream.write_all(b"PING\r\n").ok()?;
-        let mut buf = [0u8; 16];
-        let n = stream.read(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).to_string())
-    };
-    wait_until("redis", || ping().is_some());
-    assert_eq!(ping().as_deref(), Some("+PONG\r\n"));
+    wait_until("redis", || redis_request(port, &[&["PING"]]).is_some());
     let log = std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default();
     assert!(log.contains("Ready to accept connections"), "{log}");
+
+    let anonymous = redis_request(port, &[&["PING"]]).unwrap_or_default();
+    assert!(anonymous.starts_with("-NOAUTH"), "an unauthenticated PING must be refused, got {anonymous:?}");
+    let wrong = redis_request(port, &[&["AUTH", "wrong-password"], &["PING"]]).unwrap_or_default();
+    assert!(wrong.starts_with("-WRONGPASS") && wrong.contains("-NOAUTH"), "{wrong:?}");
+    let password = secrets.get("cache-password").unwrap_or_else(|| panic!("no cache-password secret"));
+    let good = redis_request(port, &[&["AUTH", password], &["PING"]]).unwrap_or_default();
+    assert_eq!(good, "+OK\r\n+PONG\r\n");
+    let log = std::fs::read_to_string(dir.join("cache.log")).unwrap_or_default();
+    assert!(!log.contains(password), "the password is never logged");
     drop(_server);
     let _ = std::fs::remove_dir_all(&dir);
 }

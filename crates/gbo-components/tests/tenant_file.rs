@@ -122,3 +122,17 @@ fn version_override_substitutes_the_version_in_the_pinned_url() {
     assert_eq!(artifacts[0].url, "https://releases.hashicorp.com/vault/1.15.5/vault_1.15.5_linux_amd64.zip");
     assert_eq!(artifacts[0].sha256, None, "an override never inherits the pinned checksum");
 }
+
+#[test]
+fn the_system_role_is_unprivileged_unless_the_file_asks() {
+    let default = TenantFile::parse("").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!default.system.privileged, "unprivileged by default");
+    let asked = TenantFile::parse("[system]\nprivileged = true\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(asked.system.privileged);
+    let said_no = TenantFile::parse("[system]\nprivileged = false\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(said_no, default);
+    let typo = error("[system]\nprivilged = true\n");
+    assert!(typo.contains("unknown field `privilged`"), "{typo}");
+    let not_bool = error("[system]\nprivileged = \"yes\"\n");
+    assert!(not_bool.contains("expected a boolean"), "{not_bool}");
+}

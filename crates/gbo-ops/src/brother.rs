@@ -2,6 +2,10 @@
 //! by an `lxd-sock` proxy device (connect to the host's detected socket, `bind=instance` (the seed's
 //! `bind=container`), uid 0, gid 0, mode 0660).
 //!
+//! Brother mode is host-root equivalent, privileged container or not: whoever holds the LXD socket can create a
+//! privileged container with the host's `/` mounted, so root inside the system container (and anything that
+//! takes over botserver) is root on the host. [`enable`] says so in its warnings every time.
+//!
 //! Two changes from the seed's recipe, both on purpose:
 //! - The device lives on a dedicated profile attached only to the system container. The seed put it on the
 //!   `default` profile, which hands every container root over the host's LXD; that needs an explicit flag.
@@ -128,10 +132,18 @@ async fn system_container(lxd: &Client, tenant: &str) -> Result<InstanceName, Br
     Ok(InstanceName::new(system.name.as_str())?)
 }
 
-/// Give the tenant's system container the host's LXD socket (see the module documentation).
+/// The warning [`enable`] always gives.
+pub fn host_root_warning(instance: &str) -> String {
+    format!(
+        "brother mode is host-root equivalent: {instance} holds the host's LXD socket, with which it can create a privileged container mounting the host's / (root in {instance}, or whoever takes over botserver, is root on the host)"
+    )
+}
+
+/// Give the tenant's system container the host's LXD socket (see the module documentation: host-root equivalent).
 pub async fn enable(lxd: &Client, tenant: &str, options: &BrotherOptions) -> Result<BrotherReport, BrotherError> {
-    let warnings = check_options(options)?;
+    let mut warnings = check_options(options)?;
     let instance = system_container(lxd, tenant).await?;
+    warnings.insert(0, host_root_warning(instance.as_str()));
     let host_socket = match &options.host_socket {
         Some(p) => p.clone(),
         None => lxd_client::discover_socket(Flavor::Lxd)

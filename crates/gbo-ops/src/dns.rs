@@ -1,7 +1,8 @@
-//! CoreDNS: the Corefile per zone with the seed's `acl` (ANY only from 10.0.0.0/8 and 127.0.0.0/8; A, AAAA, MX
-//! from anywhere; everything else blocked), zone files on the data mount, and a reload by SIGHUP sent to the
-//! coredns process found by its pid (the unit's `MainPID`, else the one process whose name is exactly `coredns`),
-//! never `pkill` by name (which also hits a second tenant's CoreDNS).
+//! CoreDNS: the Corefile per zone with an `acl` decided from what CoreDNS sees (through an LXD proxy device every
+//! query comes from 127.0.0.1, so no rule uses a source address: ANY refused for everyone, the zones' record types
+//! answered to anyone, everything else refused; see `gbo_components::render::coredns`), zone files on the data
+//! mount, and a reload by SIGHUP sent to the coredns process found by its pid (the unit's `MainPID`, else the one
+//! process whose name is exactly `coredns`), never `pkill` by name (which also hits a second tenant's CoreDNS).
 //!
 //! No CoreDNS binary is installable here: the rendering is snapshot-tested, the SIGHUP path runs against a real
 //! process standing in for it.
@@ -16,8 +17,8 @@ use crate::proxy::caddyfile::valid_domain;
 pub const COREFILE_PATH: &str = "/opt/gbo/conf/Corefile";
 /// The zone file path of a zone (the catalogue's).
 pub use gbo_components::render::coredns::zone_file_path;
-/// Networks allowed to ask `ANY` (the seed's).
-pub use gbo_components::render::coredns::ANY_ALLOWED_FROM;
+/// The query types every zone answers.
+pub use gbo_components::render::coredns::ANSWERED_TYPES;
 
 /// The units that may run CoreDNS.
 pub const COREDNS_UNITS: &[&str] = &["dns.service", "coredns.service"];
@@ -66,6 +67,65 @@ pub fn zones_without_acl(corefile: &str) -> Vec<String> {
         }
     }
     missing
+}
+
+/// The server blocks of a Corefile text whose `acl` lets some client ask `ANY` through an LXD proxy device, where
+/// every query comes from 127.0.0.1: the first rule matching type ANY (a rule with no `type`, or with ANY among
+/// its types) is an `allow` with no `net` or with a net that holds a loopback address (`127.*`, `::1`, `0.0.0.0/0`,
+/// `::/0`). The seed's `allow type ANY net 10.0.0.0/8 127.0.0.0/8` is one: it allows ANY to the whole internet.
+/// Blocks without an acl are [`zones_without_acl`]'s.
+pub fn zones_allowing_any(corefile: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut depth = 0usize;
+    let mut zone: Option<String> = None;
+    let mut in_acl = false;
+    let mut decided = false;
+    for line in corefile.lines() {
+        let t = line.split('#').next().unwrap_or("").trim();
+        if depth == 0 && t.ends_with('{') {
+            zone = Some(t.trim_end_matches('{').trim().to_string());
+            decided = false;
+        }
+        if depth == 1 && t.starts_with("acl") && t.ends_with('{') {
+            in_acl = true;
+        } else if in_acl && depth == 2 && !decided && !t.is_empty() && t != "}" {
+            let words: Vec<&str> = t.split_whitespace().collect();
+            let (action, rest) = words.split_first().map(|(a, r)| (*a, r)).unwrap_or(("", &[]));
+            let mut types: Vec<&str> = Vec::new();
+            let mut nets: Vec<&str> = Vec::new();
+            let mut section = "";
+            for word in rest {
+                match *word {
+                    "type" | "net" => section = word,
+                    w if section == "type" => types.push(w),
+                    w if section == "net" => nets.push(w),
+                    _ => {}
+                }
+            }
+            let matches_any = types.is_empty() || types.iter().any(|t| t.eq_ignore_ascii_case("ANY"));
+            if matches_any && matches!(action, "allow" | "block" | "filter" | "drop") {
+                decided = true;
+                let loopback = nets.is_empty()
+                    || nets
+                        .iter()
+                        .any(|n| n.starts_with("127.") || n.starts_with("::1") || *n == "0.0.0.0/0" || *n == "::/0");
+                if action == "allow" && loopback {
+                    if let Some(z) = &zone {
+                        found.push(z.clone());
+                    }
+                }
+            }
+        }
+        depth += t.matches('{').count();
+        depth = depth.saturating_sub(t.matches('}').count());
+        if depth < 2 {
+            in_acl = false;
+        }
+        if depth == 0 {
+            zone = None;
+        }
+    }
+    found
 }
 
 /// What failed. Every variant means exit code 2.
@@ -183,9 +243,25 @@ mod tests {
         // The text itself is snapshot-tested in gbo-components; here: one renderer, and doctor's parser accepts it.
         let text = corefile(&["example.com".into(), "example.org".into()], 53);
         assert_eq!(text, gbo_components::render::coredns::corefile(&["example.com", "example.org"], 53));
-        assert!(text.contains("allow type ANY net 10.0.0.0/8 127.0.0.0/8"), "{text}");
+        assert!(text.contains("block type ANY"), "{text}");
         assert!(zones_without_acl(&text).is_empty());
+        assert!(zones_allowing_any(&text).is_empty(), "{text}");
         let seed_without = "zone.example.com:53 {\n\tfile /opt/gbo/data/zone.example.com.zone\n\tcache\n\terrors\n}\n";
         assert_eq!(zones_without_acl(seed_without), vec!["zone.example.com:53"]);
+    }
+
+    /// The seed's acl, taken literally, allows ANY from 127.0.0.0/8: through the proxy device that is everyone.
+    #[test]
+    fn an_acl_that_allows_any_from_loopback_is_found() {
+        let seed = "zone.example.com:53 {\n\tfile /opt/gbo/data/zone.example.com.zone\n\tacl {\n\t\tallow type ANY net 10.0.0.0/8 127.0.0.0/8\n\t\tallow type A net 0.0.0.0/0\n\t\tallow type AAAA net 0.0.0.0/0\n\t\tallow type MX net 0.0.0.0/0\n\t\tblock\n\t}\n\tcache\n\terrors\n}\n";
+        assert!(zones_without_acl(seed).is_empty(), "it has an acl with a final block");
+        assert_eq!(zones_allowing_any(seed), vec!["zone.example.com:53"]);
+        let everything =
+            "a.test:53 {\n\tacl {\n\t\tallow\n\t}\n}\nb.test:53 {\n\tacl {\n\t\tallow type ANY A\n\t\tblock\n\t}\n}\n";
+        assert_eq!(zones_allowing_any(everything), vec!["a.test:53", "b.test:53"]);
+        let private_only = "c.test:53 {\n\tacl {\n\t\tallow type ANY net 10.0.0.0/8\n\t\tblock\n\t}\n}\n";
+        assert!(zones_allowing_any(private_only).is_empty(), "a rule that never matches 127.0.0.1 allows no one here");
+        let blocked_first = "d.test:53 {\n\tacl {\n\t\tblock type ANY\n\t\tallow net 127.0.0.0/8\n\t\tblock\n\t}\n}\n";
+        assert!(zones_allowing_any(blocked_first).is_empty());
     }
 }

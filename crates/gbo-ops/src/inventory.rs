@@ -3,7 +3,7 @@
 //!
 //! The contract (written by the install engine, read by every other command):
 //! - instance keys: [`KEY_TENANT`], [`KEY_ROLE`], [`KEY_STACK_DIR`], [`KEY_CATALOGUE`], [`KEY_SPEC_HASH`],
-//!   [`KEY_PROVISIONED_HASH`], [`KEY_MANAGED`];
+//!   [`KEY_PROVISIONED_HASH`], [`KEY_MANAGED`], [`KEY_ADOPTED`];
 //! - devices gbo adds start with [`DEVICE_PREFIX`]: `gbo-data`, `gbo-conf`, `gbo-logs` (disks),
 //!   `gbo-port-<name>` (proxy listening on the host: the allocated host port lives in its `listen`),
 //!   `gbo-wire-<role>-<port>` (proxy with `bind=instance`: a dependency seen at 127.0.0.1 inside).
@@ -16,6 +16,9 @@ use lxd_client::{Client, Instance, ProxyBind, ProxyDevice};
 
 /// `user.gbo.managed = "true"` on every instance gbo created.
 pub const KEY_MANAGED: &str = "user.gbo.managed";
+/// `user.gbo.adopted = "true"` on an instance gbo did not create (a seed stack built by hand) and took over on its
+/// first install: it keeps its own `security.privileged`, whatever the tenant file says.
+pub const KEY_ADOPTED: &str = "user.gbo.adopted";
 /// The tenant name.
 pub const KEY_TENANT: &str = "user.gbo.tenant";
 /// The role name (`tables`, `vector_db`, ...).
@@ -66,8 +69,11 @@ pub struct ManagedInstance {
     pub tenant: String,
     /// Role name.
     pub role: String,
-    /// Whether gbo created it (`user.gbo.managed`).
+    /// Whether gbo manages it (`user.gbo.managed`: it created it, or took it over).
     pub managed: bool,
+    /// Whether gbo did not create it: no `user.gbo.managed` yet (a seed stack built by hand), or taken over and
+    /// marked [`KEY_ADOPTED`]. Such an instance keeps its own `security.privileged`.
+    pub adopted: bool,
     /// Stack dir recorded on it.
     pub stack_dir: Option<PathBuf>,
     /// Host mounts (every disk device with a host source, gbo's or not).
@@ -118,11 +124,13 @@ pub fn describe(instance: &Instance) -> ManagedInstance {
     }
     mounts.sort_by(|a, b| a.device.cmp(&b.device));
     ports.sort_by(|a, b| (a.host_port, &a.protocol).cmp(&(b.host_port, &b.protocol)));
+    let managed = config.get(KEY_MANAGED).map(String::as_str) == Some("true");
     ManagedInstance {
         name: instance.name.clone(),
         tenant,
         role,
-        managed: config.get(KEY_MANAGED).map(String::as_str) == Some("true"),
+        managed,
+        adopted: !managed || config.get(KEY_ADOPTED).map(String::as_str) == Some("true"),
         stack_dir: config.get(KEY_STACK_DIR).map(PathBuf::from),
         mounts,
         ports,
@@ -185,6 +193,16 @@ mod tests {
     }
 
     #[test]
+    fn instances_gbo_did_not_create_are_adopted() {
+        let seed = Instance { name: "acme-system".into(), ..Default::default() };
+        assert!(describe(&seed).adopted && !describe(&seed).managed);
+        let mut taken = seed.clone();
+        taken.config.insert(KEY_MANAGED.into(), "true".into());
+        taken.config.insert(KEY_ADOPTED.into(), "true".into());
+        assert!(describe(&taken).adopted && describe(&taken).managed);
+    }
+
+    #[test]
     fn describe_reads_keys_mounts_and_ports() {
         let mut instance = Instance { name: "acme-tables".into(), ..Default::default() };
         instance.config.insert(KEY_MANAGED.into(), "true".into());
@@ -211,7 +229,7 @@ mod tests {
         instance.expanded_devices.insert("gbo-port-postgres".into(), port);
         instance.expanded_devices.insert("gbo-wire-cache-6379".into(), wire);
         let m = describe(&instance);
-        assert!(m.managed);
+        assert!(m.managed && !m.adopted);
         assert_eq!((m.tenant.as_str(), m.role.as_str()), ("acme", "tables"));
         assert_eq!(m.stack_dir, Some(PathBuf::from("/srv/stack")));
         assert_eq!(m.mounts.len(), 1);

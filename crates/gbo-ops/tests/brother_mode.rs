@@ -36,7 +36,9 @@ async fn the_host_api_answers_inside_the_system_container_also_after_a_restart()
     let options = BrotherOptions { profile: profile.0.clone(), ..BrotherOptions::default() };
 
     let report = brother::enable(&lxd, &tenant.name, &options).await.expect("enable");
-    assert!(report.changed && report.warnings.is_empty(), "{report:?}");
+    assert!(report.changed, "{report:?}");
+    assert_eq!(report.warnings, [brother::host_root_warning(system.as_str())], "said plainly, every time");
+    assert!(report.warnings[0].contains("host-root equivalent"));
     assert_eq!(report.lxd_socket_env, "LXD_SOCKET=/var/lib/gbo/lxd.sock");
     let answer = ask_lxd(&lxd, &system, "/var/lib/gbo/lxd.sock").await;
     assert!(

@@ -10,7 +10,7 @@ use gbo_ops::doctor::{self, Check, DoctorOptions, DoctorReport, Verdict};
 use gbo_ops::proxy::resolve::{Resolution, StaticResolver};
 
 fn options(fix: bool, resolver: StaticResolver) -> DoctorOptions {
-    DoctorOptions { fix, resolver: Arc::new(resolver), zfs_snapshot_percent: 30 }
+    DoctorOptions { fix, tenant_file: Default::default(), resolver: Arc::new(resolver), zfs_snapshot_percent: 30 }
 }
 
 fn find<'a>(report: &'a DoctorReport, id: &str, target: &str) -> &'a Check {
@@ -68,11 +68,12 @@ async fn per_role_checks_break_report_fix_pass() {
     )
     .await;
     sh_ok(&lxd, &system, "systemctl daemon-reload && systemctl start ui.service && printf '#!/bin/sh\\n' > /opt/gbo/bin/botserver && chmod 755 /opt/gbo/bin/botserver && iptables -A INPUT -p tcp --dport 6379 -j DROP").await;
+    // The seed's acl taken literally: ANY from 127.0.0.0/8, which through the proxy device is every client.
     write(
         &lxd,
         &dns,
         "/opt/gbo/conf/Corefile",
-        "zone.example.test:53 {\n\tfile /opt/gbo/data/zone.example.test.zone\n\tcache\n\terrors\n}\n",
+        "zone.example.test:53 {\n\tfile /opt/gbo/data/zone.example.test.zone\n\tacl {\n\t\tallow type ANY net 10.0.0.0/8 127.0.0.0/8\n\t\tallow type A net 0.0.0.0/0\n\t\tallow type AAAA net 0.0.0.0/0\n\t\tallow type MX net 0.0.0.0/0\n\t\tblock\n\t}\n\tcache\n\terrors\n}\n",
         0o644,
     )
     .await;
@@ -95,7 +96,6 @@ async fn per_role_checks_break_report_fix_pass() {
     assert_eq!(report.exit_code(), 1);
     let s = system.as_str();
     for (id, target) in [
-        ("system-privileged", s),
         ("loopback-first", s),
         ("botui-url", s),
         ("botserver-owner", s),
@@ -114,6 +114,14 @@ async fn per_role_checks_break_report_fix_pass() {
         );
     }
     assert_eq!(find(&report, "caddy-storage", proxy.as_str()).verdict, Verdict::Pass);
+    // Unprivileged is what the (default) tenant file asks.
+    assert_eq!(
+        find(&report, "system-privileged", s).verdict,
+        Verdict::Pass,
+        "{:#?}",
+        find(&report, "system-privileged", s)
+    );
+    assert!(find(&report, "coredns-acl", "").evidence.contains("allows ANY from loopback"));
     assert!(find(&report, "caddy-sites", "").evidence.contains("gone.test"));
     assert!(find(&report, "dead-domains", "").evidence.contains("b.test"));
     assert!(find(&report, "proxy-devices", "").evidence.contains("443"));
@@ -129,13 +137,6 @@ async fn per_role_checks_break_report_fix_pass() {
     assert_eq!(find(&fixed, "dead-domains", "").verdict, Verdict::Fail, "not a safe fix");
 
     // By hand: the rest.
-    lxd.update_instance(&system, |put| {
-        put.config.insert("security.privileged".into(), "true".into());
-    })
-    .await
-    .expect("privileged");
-    lxd.set_state(&system, lxd_client::StateAction::Restart, 30, false).await.expect("restart");
-    wait_for_systemd(&lxd, &system).await;
     sh_ok(&lxd, &proxy, "rm /opt/gbo/conf/config.bak-29990101000000").await;
     let https_name = lxd_client::DeviceName::new("gbo-port-https").unwrap();
     let https = lxd_client::ProxyDevice::new(
@@ -149,5 +150,18 @@ async fn per_role_checks_break_report_fix_pass() {
     let report = doctor::run(&lxd, &tenant.name, &options(false, alive())).await.expect("doctor runs");
     let failing: Vec<&Check> = report.checks.iter().filter(|c| c.verdict == Verdict::Fail).collect();
     assert!(failing.is_empty(), "{failing:#?}");
+    assert_eq!(report.exit_code(), 0);
+    assert!(find(&report, "coredns-acl", "").evidence.contains("refuses ANY"));
+
+    // A privileged system container gbo did not create (the seed's) keeps its flag: a note, not a problem.
+    lxd.update_instance(&system, |put| {
+        put.config.insert("security.privileged".into(), "true".into());
+    })
+    .await
+    .expect("privileged");
+    let report = doctor::run(&lxd, &tenant.name, &options(false, alive())).await.expect("doctor runs");
+    let privileged = find(&report, "system-privileged", s);
+    assert_eq!(privileged.verdict, Verdict::Warn, "{privileged:#?}");
+    assert!(privileged.evidence.contains("did not create"), "{privileged:#?}");
     assert_eq!(report.exit_code(), 0);
 }

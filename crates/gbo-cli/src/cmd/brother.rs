@@ -1,4 +1,4 @@
-//! `gbo brother`: give the system container the host's LXD socket.
+//! `gbo brother`: give the system container the host's LXD socket (host-root equivalent).
 
 use std::path::PathBuf;
 
@@ -11,6 +11,10 @@ use crate::output::{print_json, Format, Outcome};
 pub enum Command {
     /// Add the `lxd-sock` proxy device (host socket, bind=container, uid 0, gid 0, mode 0660) on a dedicated
     /// profile attached only to the tenant's system container.
+    ///
+    /// HOST-ROOT EQUIVALENT: with the host's LXD socket the container can create a privileged container that
+    /// mounts the host's /, so root in the system container (or whoever takes over botserver) is root on the host,
+    /// whether or not the container itself is privileged.
     Enable {
         /// Tenant.
         #[arg(long, default_value = "default")]

@@ -14,9 +14,13 @@ use crate::output::{print_json, print_table, Format, Outcome};
 /// Options of `gbo doctor`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Tenant to check.
-    #[arg(long, default_value = "default")]
-    pub tenant: String,
+    /// Tenant to check (default: the tenant file's, else `default`).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The tenant file the containers are checked against (default: ./gbo.toml when it exists, else the
+    /// defaults): for example whether the system container may be privileged (`[system] privileged = true`).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
     /// Apply the safe fixes (loopback rule, fail2ban jails, botui's BOTSERVER_URL, botserver's owner), then check
     /// again.
     #[arg(long)]
@@ -47,9 +51,23 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         }
         None => Arc::new(SystemResolver { timeout: Duration::from_secs(args.resolve_timeout.max(1)) }),
     };
+    let path = args.file.clone().or_else(|| Some(PathBuf::from("gbo.toml")).filter(|p| p.is_file()));
+    let tenant_file = match &path {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading the tenant file {}", p.display()))?;
+            gbo_components::TenantFile::parse(&text).with_context(|| format!("in {}", p.display()))?
+        }
+        None => gbo_components::TenantFile::default(),
+    };
+    let tenant = match &args.tenant {
+        Some(t) => t.clone(),
+        None => tenant_file.tenant.to_string(),
+    };
     let lxd = crate::output::lxd()?;
-    let options = DoctorOptions { fix: args.fix, resolver, zfs_snapshot_percent: args.zfs_snapshot_percent };
-    let report = doctor::run(&lxd, &args.tenant, &options).await?;
+    let options =
+        DoctorOptions { fix: args.fix, tenant_file, resolver, zfs_snapshot_percent: args.zfs_snapshot_percent };
+    let report = doctor::run(&lxd, &tenant, &options).await?;
     match args.output {
         Format::Json => print_json(&report)?,
         Format::Table => {

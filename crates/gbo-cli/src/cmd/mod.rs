@@ -44,7 +44,7 @@ pub enum Command {
     /// iptables rules (containers; the host only with --host).
     #[command(subcommand)]
     Firewall(firewall::Command),
-    /// Brother mode: give the system container the host's LXD socket.
+    /// Brother mode: give the system container the host's LXD socket (host-root equivalent).
     #[command(subcommand)]
     Brother(brother::Command),
     /// Check every rule of the production runbook; --fix applies the safe fixes.

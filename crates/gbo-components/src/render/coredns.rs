@@ -1,4 +1,13 @@
-//! The dns role's Corefile (one server block per zone, each with the seed's `acl`) and zone files.
+//! The dns role's Corefile (one authoritative server block per zone behind an `acl`, no recursion) and zone files.
+//!
+//! What CoreDNS sees decides the ACL. The dns container is published by LXD proxy devices, which accept the
+//! client's connection on the host and open a new one from the container's own loopback: every query reaches
+//! CoreDNS from 127.0.0.1. The seed's rule "ANY only from 10.0.0.0/8 and 127.0.0.0/8" therefore allows ANY (the
+//! amplification vector) for the whole internet. No rule here is decided by a source address: ANY is refused for
+//! everyone (as RFC 8482 lets an authoritative server do), the zone's own record types are answered to anyone,
+//! everything else is refused, and the root block refuses whatever is not in a zone (no `forward`: not a
+//! resolver). A Corefile that needs source rules must first get real client addresses (a NIC, or proxy devices with
+//! `nat=true`), which gbo's containers do not have.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -8,27 +17,34 @@ pub const COREFILE_PATH: &str = "/opt/gbo/conf/Corefile";
 /// Where the CoreDNS `health` plugin listens inside the container.
 pub const HEALTH_PORT: u16 = 8053;
 
-/// Networks allowed to ask `ANY` (the seed's: private 10/8 and loopback). `ANY` is the amplification vector.
-pub const ANY_ALLOWED_FROM: &[&str] = &["10.0.0.0/8", "127.0.0.0/8"];
+/// The query types a zone answers, to anyone: the records gbo renders (the seed's A, AAAA and MX, and the zone's
+/// own NS and SOA, which resolvers and delegation checks ask for).
+pub const ANSWERED_TYPES: &[&str] = &["A", "AAAA", "MX", "NS", "SOA"];
 
 /// The zone file path of `zone`, on the data mount (`/opt/gbo/data/<zone>.zone`, as in the seed).
 pub fn zone_file_path(zone: &str) -> String {
     format!("/opt/gbo/data/{zone}.zone")
 }
 
-/// The `acl` block of the seed: `ANY` only from `any_from`, `A`, `AAAA`, `MX` from anywhere, everything else
-/// blocked. Indented one tab.
-pub fn acl_block(any_from: &[&str]) -> String {
+/// The comment above every `acl`: why no rule looks at the source address.
+const ACL_REASON: &str =
+    "\t# Queries arrive through an LXD proxy device, which connects from the container's 127.0.0.1: CoreDNS sees
+\t# every client as 127.0.0.1, so a source address proves nothing and no rule below uses one (the seed's
+\t# \"ANY from loopback\" rule would allow ANY to the whole internet). ANY is refused for everyone; the zone's
+\t# record types are answered to anyone; everything else is refused.
+";
+
+/// The `acl` block of a zone: `ANY` refused for every source, [`ANSWERED_TYPES`] allowed for every source,
+/// everything else refused. Indented one tab, under a comment that says why no rule uses a source address.
+pub fn acl_block() -> String {
     format!(
-        "\tacl {{
-\t\tallow type ANY net {}
-\t\tallow type A net 0.0.0.0/0 ::/0
-\t\tallow type AAAA net 0.0.0.0/0 ::/0
-\t\tallow type MX net 0.0.0.0/0 ::/0
+        "{ACL_REASON}\tacl {{
+\t\tblock type ANY
+\t\tallow type {}
 \t\tblock
 \t}}
 ",
-        any_from.join(" ")
+        ANSWERED_TYPES.join(" ")
     )
 }
 
@@ -41,7 +57,7 @@ pub fn corefile(zones: &[&str], port: u16) -> String {
         let _ = writeln!(out, "{zone}:{port} {{");
         out.push_str("\tbind 127.0.0.1\n");
         let _ = writeln!(out, "\tfile {}", zone_file_path(zone));
-        out.push_str(&acl_block(ANY_ALLOWED_FROM));
+        out.push_str(&acl_block());
         out.push_str("\tcache\n\terrors\n\tlog . \"{remote} {type} {name} {rcode}\"\n}\n\n");
     }
     let _ = writeln!(
@@ -49,6 +65,7 @@ pub fn corefile(zones: &[&str], port: u16) -> String {
         ".:{port} {{
 \tbind 127.0.0.1
 \thealth 127.0.0.1:{HEALTH_PORT}
+\t# Not a resolver (no recursion): every name outside the zones above is refused.
 \tacl {{
 \t\tblock
 \t}}

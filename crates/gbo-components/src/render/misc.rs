@@ -47,13 +47,16 @@ log_level     = \"info\"
     )
 }
 
-/// Qdrant's configuration path.
-pub const QDRANT_CONFIG_PATH: &str = "/opt/gbo/conf/qdrant.yaml";
+/// Qdrant's configuration path: it holds the API key, so it is a secret file in the container's own `/etc/gbo`
+/// (never on the conf mount).
+pub const QDRANT_CONFIG_PATH: &str = "/etc/gbo/qdrant.yaml";
 
-/// Qdrant's configuration: storage and snapshots on the data mount, loopback listeners, no telemetry.
-pub fn qdrant_yaml(http_port: u16, grpc_port: u16) -> String {
+/// Qdrant's configuration: storage and snapshots on the data mount, loopback listeners, no telemetry, and
+/// `service.api_key`: every host user reaches the published port on 127.0.0.1, so every request but the health
+/// endpoints (`/healthz`, `/livez`, `/readyz`, which Qdrant leaves open) must carry the key.
+pub fn qdrant_yaml(http_port: u16, grpc_port: u16, api_key: &str) -> String {
     format!(
-        "{}
+        "# Rendered by gbo; holds secrets. Local changes are reported as drift and replaced on the next install.
 log_level: INFO
 storage:
   storage_path: /opt/gbo/data/storage
@@ -63,10 +66,19 @@ service:
   http_port: {http_port}
   grpc_port: {grpc_port}
   enable_cors: false
+  api_key: {api_key}
 telemetry_disabled: true
-",
-        super::HEADER
+"
     )
+}
+
+/// The file the llama.cpp servers read their API key from (`--api-key-file`; secret, owned by `gbuser`).
+pub const LLM_API_KEY_PATH: &str = "/etc/gbo/llm-api-key";
+
+/// The content of [`LLM_API_KEY_PATH`]: one key per line, as `llama-server --api-key-file` reads it. Its
+/// `/health` endpoint stays open for the health check; every other request needs the key.
+pub fn llm_api_key_file(api_key: &str) -> String {
+    format!("{api_key}\n")
 }
 
 /// Stalwart's configuration (holds the fallback admin password: secret, kept off the conf mount).

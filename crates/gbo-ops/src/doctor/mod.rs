@@ -91,6 +91,9 @@ impl DoctorReport {
 pub struct DoctorOptions {
     /// Apply the safe fixes, then check again.
     pub fix: bool,
+    /// The tenant file the containers are checked against (its defaults when there is none): whether the system
+    /// container may be privileged (`[system] privileged`).
+    pub tenant_file: gbo_components::TenantFile,
     /// Resolves site domains for the dead-domain check.
     pub resolver: Arc<dyn Resolver>,
     /// Fail when ZFS snapshots use more than this share of their pool, percent.
@@ -158,14 +161,54 @@ pub async fn run(lxd: &Client, tenant: &str, options: &DoctorOptions) -> Result<
     })
 }
 
+/// `security.privileged` of the system container against the tenant file: privileged only when the file asks
+/// (`[system] privileged = true`), since root in a privileged internet-facing container is root on the host. A
+/// container gbo did not create (an adopted seed stack) keeps its own flag: a privileged one is a warning, not a
+/// failure.
 fn system_privileged(ctx: &Ctx<'_>) -> Vec<Check> {
     let Some(m) = ctx.instances.iter().find(|m| m.role == "system") else {
         return vec![Check::new("system-privileged", "-", Verdict::Skip, "no system container")];
     };
-    let value = m.instance.expanded_config.get("security.privileged").map(String::as_str).unwrap_or("false");
-    let verdict = if value == "true" { Verdict::Pass } else { Verdict::Fail };
-    vec![Check::new("system-privileged", &m.name, verdict, format!("security.privileged={value}"))
-        .fix(format!("lxc config set {} security.privileged true && lxc restart {}", m.name, m.name))]
+    let privileged = m.instance.expanded_config.get("security.privileged").is_some_and(|v| v == "true");
+    let asked = ctx.options.tenant_file.system.privileged;
+    let shown = |p: bool| format!("security.privileged={p}");
+    let check = match (privileged, asked, m.adopted) {
+        (false, false, _) => Check::new("system-privileged", &m.name, Verdict::Pass, format!("{}: unprivileged", shown(false))),
+        (true, true, _) => Check::new(
+            "system-privileged",
+            &m.name,
+            Verdict::Pass,
+            format!("{}, as the tenant file asks ([system] privileged = true): root inside is root on the host", shown(true)),
+        ),
+        (true, false, true) => Check::new(
+            "system-privileged",
+            &m.name,
+            Verdict::Warn,
+            format!("{}: a container gbo did not create keeps its own flag; root inside is root on the host", shown(true)),
+        )
+        .fix("gbo install (the tenant file decides for containers gbo created); an adopted seed stack stays as it is"),
+        (true, false, false) => Check::new(
+            "system-privileged",
+            &m.name,
+            Verdict::Fail,
+            format!("{}, but the tenant file does not ask for it: root inside is root on the host", shown(true)),
+        )
+        .fix("gbo install --tenant <tenant> system (remaps it unprivileged), or set [system] privileged = true in the tenant file"),
+        (false, true, true) => Check::new(
+            "system-privileged",
+            &m.name,
+            Verdict::Warn,
+            format!("{}: a container gbo did not create keeps its own flag, whatever the tenant file asks", shown(false)),
+        ),
+        (false, true, false) => Check::new(
+            "system-privileged",
+            &m.name,
+            Verdict::Fail,
+            format!("{}, but the tenant file asks for [system] privileged = true", shown(false)),
+        )
+        .fix("gbo install --tenant <tenant> system (remaps it privileged)"),
+    };
+    vec![check]
 }
 
 fn proxy_devices(ctx: &Ctx<'_>) -> Vec<Check> {
@@ -292,6 +335,9 @@ async fn cache(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client
             let answer = out.stdout_text().trim().to_string();
             if answer == "PONG" {
                 Check::new("cache-ping", &m.name, Verdict::Pass, format!("{cli} ping: PONG"))
+            } else if answer.starts_with("NOAUTH") {
+                // The cache answered: it is reachable, and wants a password this client does not give.
+                Check::new("cache-ping", &m.name, Verdict::Pass, format!("{cli} ping: {answer} (reachable)"))
             } else {
                 Check::new("cache-ping", &m.name, Verdict::Fail, format!("{cli} ping: {}", if answer.is_empty() { inside::failure_text(&out) } else { answer }))
                     .fix("check loopback-first (a DROP before the loopback ACCEPT times the cache out) and that the cache runs")
@@ -299,7 +345,60 @@ async fn cache(ctx: &Ctx<'_>, production: bool) -> Result<Vec<Check>, lxd_client
         }
     };
     out.push(ping);
+    out.push(cache_auth(ctx, m).await?);
     Ok(out)
+}
+
+/// Longest answer line read from the cache.
+const CACHE_ANSWER_LIMIT: usize = 256;
+
+/// An unauthenticated `PING` must be refused: every host user reaches 127.0.0.1. Asked where an outsider would
+/// ask: through the cache's published port on the host when it has one, else on the container's loopback (the
+/// seed's layout, Valkey inside `-system`), with no client that could log in on its own.
+async fn cache_auth(ctx: &Ctx<'_>, m: &ManagedInstance) -> Result<Check, lxd_client::Error> {
+    let published = m.ports.iter().find(|p| p.container_port == 6379 && p.protocol == "tcp");
+    let (answer, place) = match published {
+        Some(p) => {
+            let address: std::net::IpAddr = p.host_address.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let address = if address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { address };
+            let addr = std::net::SocketAddr::new(address, p.host_port);
+            let answer = match tokio::time::timeout(
+                Duration::from_secs(5),
+                crate::install::health::redis_command(addr, &[&["PING"]]),
+            )
+            .await
+            {
+                Ok(Ok(lines)) => lines.first().cloned().unwrap_or_default(),
+                Ok(Err(e)) => format!("(no answer: {e})"),
+                Err(_) => "(no answer within 5 s)".to_string(),
+            };
+            (answer, format!("host {addr}"))
+        }
+        None => {
+            let name = name_of(m)?;
+            let script = "exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\\r\\n' >&3 && timeout 5 head -n 1 <&3";
+            let out = inside::run(ctx.lxd, &name, &["timeout", "10", "bash", "-c", script]).await?;
+            let text = out.stdout_text();
+            let answer =
+                if text.trim().is_empty() { format!("(no answer: {})", inside::failure_text(&out)) } else { text };
+            (answer, format!("127.0.0.1:6379 inside {}", m.name))
+        }
+    };
+    let answer: String = answer.trim().chars().take(CACHE_ANSWER_LIMIT).collect();
+    let check = if answer.starts_with("-NOAUTH") {
+        Check::new("cache-auth", &m.name, Verdict::Pass, format!("PING without AUTH at {place}: {answer}"))
+    } else if answer.starts_with("+PONG") {
+        Check::new(
+            "cache-auth",
+            &m.name,
+            Verdict::Fail,
+            format!("PING without AUTH at {place} answered PONG: every user of the host can read and write the cache"),
+        )
+    } else {
+        Check::new("cache-auth", &m.name, Verdict::Warn, format!("PING without AUTH at {place}: {answer}"))
+    };
+    Ok(check
+        .fix("gbo install --tenant <tenant> cache (generates its password, requirepass, and gives it to botserver)"))
 }
 
 /// botui's BOTSERVER_URL: from the running process's environment, else from the unit; `None` without ui.service.
@@ -509,12 +608,25 @@ async fn coredns_acl(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
     let Some(text) = inside::read_opt(ctx.lxd, &name, &path).await? else {
         return Ok(vec![Check::new("coredns-acl", &m.name, Verdict::Fail, format!("{path} does not exist"))]);
     };
-    let missing = dns::zones_without_acl(&String::from_utf8_lossy(&text));
-    Ok(vec![if missing.is_empty() {
-        Check::new("coredns-acl", &m.name, Verdict::Pass, format!("every block of {path} has the acl"))
-    } else {
+    let text = String::from_utf8_lossy(&text);
+    let missing = dns::zones_without_acl(&text);
+    let open = dns::zones_allowing_any(&text);
+    Ok(vec![if !missing.is_empty() {
         Check::new("coredns-acl", &m.name, Verdict::Fail, format!("no acl in {path} for {}", missing.join(", ")))
             .fix("gbo dns apply --zone <zone>... (renders the acl and SIGHUPs CoreDNS)")
+    } else if !open.is_empty() {
+        Check::new(
+            "coredns-acl",
+            &m.name,
+            Verdict::Fail,
+            format!(
+                "{path} allows ANY from loopback for {}: through the proxy device every query comes from 127.0.0.1, so that is everyone",
+                open.join(", ")
+            ),
+        )
+        .fix("gbo dns apply --zone <zone>... (renders an acl that refuses ANY for everyone and SIGHUPs CoreDNS)")
+    } else {
+        Check::new("coredns-acl", &m.name, Verdict::Pass, format!("every block of {path} has the acl and refuses ANY"))
     }])
 }
 

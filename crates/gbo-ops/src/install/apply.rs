@@ -197,6 +197,24 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                 ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(context))?;
                 boundary(Edge::After, desired, step)?;
             }
+            Action::Remap { privileged } => {
+                flush_config(ctx, desired, &name, &mut config_changes).await?;
+                boundary(Edge::Before, desired, step)?;
+                say(step.describe());
+                remap(ctx, desired, &name, *privileged).await?;
+                boundary(Edge::After, desired, step)?;
+            }
+            Action::ShiftHostDir { path, from_base } => {
+                boundary(Edge::Before, desired, step)?;
+                say(step.describe());
+                let base = current_base(ctx.lxd, &name).await?;
+                let ran = stop_for_remap(ctx, &name).await?;
+                super::idmap::shift_trees(std::slice::from_ref(path), *from_base, base)?;
+                if ran {
+                    start_after_remap(ctx, &name).await?;
+                }
+                boundary(Edge::After, desired, step)?;
+            }
             Action::ChownHostDir { path, uid, gid } => {
                 boundary(Edge::Before, desired, step)?;
                 let base = current_base(ctx.lxd, &name).await?;
@@ -241,6 +259,55 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
     } else {
         Ok(())
     }
+}
+
+/// Stop the instance (if it runs) so nothing inside can touch its data while owners move; whether it ran.
+async fn stop_for_remap(ctx: &ApplyContext<'_>, name: &InstanceName) -> Result<bool, InstallError> {
+    let instance = ctx.lxd.instance(name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
+    if !instance.is_running() {
+        return Ok(false);
+    }
+    ctx.lxd.ensure_stopped(name, 60).await.map_err(InstallError::lxd(format!("stopping {name} to remap its data")))?;
+    Ok(true)
+}
+
+async fn start_after_remap(ctx: &ApplyContext<'_>, name: &InstanceName) -> Result<(), InstallError> {
+    ctx.lxd.ensure_running(name).await.map_err(InstallError::lxd(format!("starting {name}")))?;
+    wait_for_systemd(ctx.lxd, name).await
+}
+
+/// [`Action::Remap`]: stop, set or unset `security.privileged` (LXD computes the new idmap and shifts the root
+/// filesystem at the next start), shift the host directories' owners from the old base to the new one, start
+/// again if it ran. Interrupted anywhere, the next plan finds what is left: the flag (a remap again), or
+/// directories still under the old base (a [`Action::ShiftHostDir`] each, roots shifted last), or a stopped
+/// instance (a start).
+async fn remap(
+    ctx: &ApplyContext<'_>,
+    desired: &Desired,
+    name: &InstanceName,
+    privileged: bool,
+) -> Result<(), InstallError> {
+    let before = ctx.lxd.instance(name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
+    let from = idmap_base(&before)
+        .ok_or_else(|| InstallError::BadInput(format!("{name}: cannot read its idmap (volatile.idmap.next)")))?;
+    let ran = stop_for_remap(ctx, name).await?;
+    ctx.lxd
+        .update_instance(name, |put| {
+            if privileged {
+                put.config.insert(plan::PRIVILEGED.to_string(), "true".to_string());
+            } else {
+                put.config.remove(plan::PRIVILEGED);
+            }
+        })
+        .await
+        .map_err(InstallError::lxd(format!("setting {} on {name}", plan::PRIVILEGED)))?;
+    let to = current_base(ctx.lxd, name).await?;
+    let dirs: Vec<std::path::PathBuf> = desired.host_dirs.iter().map(|d| d.path.clone()).collect();
+    super::idmap::shift_trees(&dirs, from, to)?;
+    if ran {
+        start_after_remap(ctx, name).await?;
+    }
+    Ok(())
 }
 
 async fn current_base(lxd: &Client, name: &InstanceName) -> Result<u32, InstallError> {

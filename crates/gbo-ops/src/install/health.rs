@@ -1,5 +1,6 @@
 //! Protocol-level health checks, run from the host through the component's published port: PostgreSQL login with
-//! the generated password and `SELECT 1`, Redis `PING`, an HTTP request, a banner. No exec, so no event carries
+//! the generated password and `SELECT 1`, Redis `AUTH` with the generated password and `PING`, an HTTP request, a
+//! banner. No exec, so no event carries
 //! anything, and a proxy device that accepts while nothing listens inside is not mistaken for a service.
 
 use std::time::{Duration, Instant};
@@ -78,20 +79,23 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
                 )),
             }
         }
-        HealthCheck::RedisPing { .. } => {
-            let result = async {
-                let mut stream = TcpStream::connect(addr).await?;
-                stream.write_all(b"PING\r\n").await?;
-                let mut reader = tokio::io::BufReader::new(stream);
-                let mut line = String::new();
-                reader.read_line(&mut line).await?;
-                Ok::<_, std::io::Error>(line)
-            }
-            .await;
-            match result {
-                Ok(line) if line.starts_with("+PONG") => Health::ok(format!("PING -> PONG at {addr}")),
-                Ok(line) => Health::bad(format!("PING at {addr} answered {:?}", line.trim_end())),
-                Err(e) => Health::bad(format!("PING at {addr}: {e}")),
+        HealthCheck::RedisPing { password_secret, .. } => {
+            let Some(password) = secrets.get(password_secret) else {
+                return Health::bad(format!(
+                    "secret {password_secret} is missing (gbo install sets the cache's password)"
+                ));
+            };
+            match redis_command(addr, &[&["AUTH", password], &["PING"]]).await {
+                Ok(lines) => match lines.as_slice() {
+                    [auth, pong] if auth.starts_with("+OK") && pong.starts_with("+PONG") => {
+                        Health::ok(format!("AUTH and PING -> PONG at {addr}"))
+                    }
+                    [auth, ..] if !auth.starts_with("+OK") => {
+                        Health::bad(format!("AUTH at {addr} answered {:?}", redact(auth.trim_end(), password)))
+                    }
+                    other => Health::bad(format!("PING at {addr} answered {:?}", redact(&other.join(" "), password))),
+                },
+                Err(e) => Health::bad(format!("PING at {addr}: {}", redact(&e.to_string(), password))),
             }
         }
         HealthCheck::Http { path, expect, .. } => {
@@ -148,6 +152,36 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
         },
         other => Health::bad(format!("unsupported health check {other:?}")),
     }
+}
+
+/// Longest reply line read from a Redis server (a status or error line; bounded so a hostile answer cannot grow).
+const REDIS_LINE_LIMIT: u64 = 4096;
+
+/// Send `commands` to the Redis server at `addr` as RESP arrays (binary-safe: the password is never parsed as
+/// syntax) and return the first line of each reply.
+pub async fn redis_command(addr: std::net::SocketAddr, commands: &[&[&str]]) -> std::io::Result<Vec<String>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut request = Vec::new();
+    for command in commands {
+        request.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
+        for arg in *command {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+    }
+    stream.write_all(&request).await?;
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut lines = Vec::new();
+    for _ in commands {
+        let mut line = String::new();
+        (&mut reader).take(REDIS_LINE_LIMIT).read_line(&mut line).await?;
+        if line.is_empty() {
+            break;
+        }
+        lines.push(line);
+    }
+    Ok(lines)
 }
 
 /// Never let a secret through into a message, whatever a library put in its error.

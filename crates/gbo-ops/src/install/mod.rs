@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod error;
 mod fault;
 pub mod health;
+pub mod idmap;
 pub mod lock;
 pub mod observe;
 pub mod packages;
@@ -119,6 +120,8 @@ pub struct PlannedInstall {
     secrets: Secrets,
     allocations: BTreeMap<(Role, String), Allocation>,
     image: ResolvedImage,
+    /// Why the system role must be converged with this run although it was not asked for (see [`plan`]).
+    reconverge_system: Option<String>,
 }
 
 impl PlannedInstall {
@@ -232,6 +235,7 @@ fn address(protocol: gbo_components::Protocol, ip: std::net::IpAddr, port: u16) 
 }
 
 /// The roles of a tenant: requested, already installed, and the dependencies of both.
+#[derive(Clone)]
 struct TenantScope {
     tenant: TenantName,
     stack_dir: PathBuf,
@@ -241,7 +245,7 @@ struct TenantScope {
     notes: Vec<String>,
 }
 
-async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, InstallError> {
+async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]) -> Result<TenantScope, InstallError> {
     let tenant = request.tenant_file.tenant.clone();
     let everything: Vec<ManagedInstance> = lxd
         .instances()
@@ -278,6 +282,11 @@ async fn scope(lxd: &Client, request: &InstallRequest) -> Result<TenantScope, In
     } else {
         request.roles.clone()
     };
+    for role in extra {
+        if !requested.contains(role) {
+            requested.push(*role);
+        }
+    }
     requested.dedup();
     let installed: Vec<Role> =
         instances.iter().filter(|m| m.managed).filter_map(|m| m.role.parse::<Role>().ok()).collect();
@@ -572,6 +581,14 @@ fn desired_states(
         config.insert(inventory::KEY_CATALOGUE.to_string(), CATALOGUE_VERSION.to_string());
         config.insert(inventory::KEY_SPEC_HASH.to_string(), spec.spec_hash());
         config.extend(spec.lxd_config.clone());
+        // An instance gbo did not create (a seed stack) is taken over as it is: it keeps its own privileged flag.
+        if let Some(existing) = scope.instances.iter().find(|m| m.name == spec.instance && m.adopted) {
+            config.insert(inventory::KEY_ADOPTED.to_string(), "true".to_string());
+            match existing.instance.config.get(plan::PRIVILEGED) {
+                Some(value) => config.insert(plan::PRIVILEGED.to_string(), value.clone()),
+                None => config.remove(plan::PRIVILEGED),
+            };
+        }
         let mut devices = BTreeMap::new();
         let mut host_dirs = Vec::new();
         for mount in &spec.mounts {
@@ -644,8 +661,44 @@ fn desired_states(
 
 /// Compute the plan. `for_apply` generates missing secrets (stored 0600) instead of using placeholders; without
 /// it nothing on the host or in LXD is changed.
+///
+/// When the cache is installed and the tenant's system container, not asked for, would render a different
+/// botserver environment (the cache's password is new: a tenant installed before the cache had one), the system
+/// role is converged in the same run, with a note: otherwise botserver would lose the cache. If it cannot be (its
+/// artifacts are unavailable and `--skip-unavailable` skips it), the cache is skipped with it.
 pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Result<PlannedInstall, InstallError> {
-    let mut scope = scope(lxd, request).await?;
+    let first = plan_with(lxd, request, for_apply, &[]).await?;
+    let Some(note) = first.reconverge_system.clone() else { return Ok(first) };
+    let mut second = plan_with(lxd, request, for_apply, &[Role::System]).await?;
+    second.notes.push(note);
+    Ok(second)
+}
+
+/// Whether the installed system container holds another botserver environment than `system` renders: by the
+/// probe's digest of the file (nothing of the container's content comes back but a hash). `None` when the
+/// container is not running (nothing can be compared).
+async fn system_env_differs(
+    lxd: &Client,
+    system: &Desired,
+    instance: &ManagedInstance,
+) -> Result<Option<bool>, InstallError> {
+    let Some(want) = system.spec.file(gbo_components::render::botserver::SYSTEM_ENV_PATH) else {
+        return Ok(Some(false));
+    };
+    if !instance.instance.is_running() {
+        return Ok(None);
+    }
+    let probe = observe::probe(lxd, system).await?;
+    Ok(Some(probe.files.get(&want.path).cloned().flatten().is_none_or(|have| have.sha256 != want.sha256())))
+}
+
+async fn plan_with(
+    lxd: &Client,
+    request: &InstallRequest,
+    for_apply: bool,
+    extra: &[Role],
+) -> Result<PlannedInstall, InstallError> {
+    let mut scope = scope(lxd, request, extra).await?;
     check_stack_dir(&scope.stack_dir)?;
     // Artifacts: stop before changing anything when some cannot be obtained (unless skipping them).
     let mut skipped = Vec::new();
@@ -695,8 +748,17 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
             for (role, why) in &unavailable {
                 skipped.push((*role, why.clone()));
             }
+            // The system role converged only for the cache's new password: the cache waits for it.
+            if extra.contains(&Role::System) && out.contains(&Role::System) && scope.to_install.contains(&Role::Cache) {
+                out.insert(Role::Cache);
+            }
             for role in out.iter().filter(|r| !roles.contains(r)) {
-                skipped.push((*role, "a dependency is unavailable".to_string()));
+                let why = if *role == Role::Cache && extra.contains(&Role::System) {
+                    "its password would lock out the system container, which is skipped"
+                } else {
+                    "a dependency is unavailable"
+                };
+                skipped.push((*role, why.to_string()));
             }
             scope.to_install.retain(|r| !out.contains(r));
         }
@@ -767,6 +829,48 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
         secrets::with_placeholders(existing, &specs)
     };
     let desired = desired_states(&scope, request, &image, &secrets, &allocations, &artifacts)?;
+    for d in &desired {
+        if scope.instances.iter().any(|m| m.name == d.instance && m.adopted) {
+            let kept = d.config.get(plan::PRIVILEGED).is_some_and(|v| v == "true");
+            if kept != d.spec.privileged {
+                scope.notes.push(format!(
+                    "{} was not created by gbo: it keeps its own security.privileged={kept} (the tenant file does not change an adopted container's)",
+                    d.instance
+                ));
+            }
+        }
+    }
+    let installed_system = scope.instances.iter().find(|m| m.managed && m.role == Role::System.as_str()).cloned();
+    let reconverge_system = match installed_system {
+        Some(instance)
+            if extra.is_empty()
+                && scope.to_install.contains(&Role::Cache)
+                && !scope.to_install.contains(&Role::System) =>
+        {
+            let mut system_scope = scope.clone();
+            system_scope.to_install = vec![Role::System];
+            let system = desired_states(&system_scope, request, &image, &secrets, &allocations, &BTreeMap::new())?;
+            let differs = match system.first() {
+                Some(system) => system_env_differs(lxd, system, &instance).await?,
+                None => Some(false),
+            };
+            match differs {
+                Some(true) => Some(format!(
+                    "system added: botserver's environment must follow the cache ({} gets the cache's password)",
+                    gbo_components::render::botserver::SYSTEM_ENV_PATH
+                )),
+                Some(false) => None,
+                None => {
+                    scope.notes.push(format!(
+                        "{} is not running: once it runs, `gbo install system` gives botserver the cache's password",
+                        instance.name
+                    ));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let instances = observe::by_name(&scope.instances);
     let observed = futures_util::future::try_join_all(
         desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance))),
@@ -788,6 +892,7 @@ pub async fn plan(lxd: &Client, request: &InstallRequest, for_apply: bool) -> Re
         secrets,
         allocations,
         image,
+        reconverge_system,
     })
 }
 

@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 use crate::inventory::{self, DEVICE_PREFIX};
 
 /// Config keys gbo manages besides `user.gbo.*`: a difference is drift, an extra one is removed.
-pub const MANAGED_CONFIG_KEYS: &[&str] = &["limits.cpu", "limits.memory", "security.privileged"];
+pub const MANAGED_CONFIG_KEYS: &[&str] = &["limits.cpu", "limits.memory", PRIVILEGED];
+
+/// `security.privileged`: changing it on an existing instance is a [`Action::Remap`], never a plain config step.
+pub const PRIVILEGED: &str = "security.privileged";
 
 /// Artifacts installed in the container, recorded as `name@version:sha256` entries.
 pub const KEY_ARTIFACTS: &str = "user.gbo.artifacts";
@@ -145,6 +148,21 @@ pub enum Action {
         /// Image alias.
         image: String,
     },
+    /// Move an existing instance to (or from) privileged mode: stop it, set or unset `security.privileged`, shift
+    /// the owners of its host directories from the old idmap base to the new one (LXD shifts only the root
+    /// filesystem), start it again if it ran.
+    Remap {
+        /// The new value.
+        privileged: bool,
+    },
+    /// Shift the owners of everything under a host directory from one idmap base to the instance's (a remap that
+    /// was interrupted, or an instance whose idmap changed by hand): ids in the old base's range move, others stay.
+    ShiftHostDir {
+        /// Host path.
+        path: PathBuf,
+        /// The idmap base its owners were written for.
+        from_base: u32,
+    },
     /// Chown a host directory to the container's idmap.
     ChownHostDir {
         /// Host path.
@@ -254,6 +272,13 @@ impl Step {
         match &self.action {
             Action::CreateHostDir { path } => format!("+ host dir {}", path.display()),
             Action::CreateInstance { image } => format!("+ create instance from {image}"),
+            Action::Remap { privileged: true } => "~ make the instance privileged (stop, remap its data, start)".into(),
+            Action::Remap { privileged: false } => {
+                "~ make the instance unprivileged (stop, remap its data, start)".into()
+            }
+            Action::ShiftHostDir { path, from_base } => {
+                format!("~ shift the owners under {} from idmap base {from_base}", path.display())
+            }
             Action::ChownHostDir { path, uid, gid } => format!("~ chown {} to container {uid}:{gid}", path.display()),
             Action::SetConfig { key, value } => format!("~ config {key} = {value:?}"),
             Action::UnsetConfig { key } => format!("- config {key}"),
@@ -360,10 +385,17 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Step> {
             let want = (host_id(base, dir.uid), host_id(base, dir.gid));
             match observed.host_dirs.get(&dir.path).copied().flatten() {
                 Some(have) if have == want => {}
-                Some((uid, gid)) => steps.push(Step::new(
-                    Action::ChownHostDir { path: dir.path.clone(), uid: dir.uid, gid: dir.gid },
-                    format!("owned by host {uid}:{gid}, expected {}:{}", want.0, want.1),
-                )),
+                Some((uid, gid)) => match other_base(uid, gid, dir) {
+                    // Owned by the same container ids under another idmap base: everything under it moves.
+                    Some(from_base) => steps.push(Step::new(
+                        Action::ShiftHostDir { path: dir.path.clone(), from_base },
+                        format!("owned by host {uid}:{gid}, written under idmap base {from_base}; the instance's base is {base}"),
+                    )),
+                    None => steps.push(Step::new(
+                        Action::ChownHostDir { path: dir.path.clone(), uid: dir.uid, gid: dir.gid },
+                        format!("owned by host {uid}:{gid}, expected {}:{}", want.0, want.1),
+                    )),
+                },
                 None => steps.push(Step::new(
                     Action::ChownHostDir { path: dir.path.clone(), uid: dir.uid, gid: dir.gid },
                     "created this run",
@@ -371,7 +403,22 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Step> {
             }
         }
     }
+    let privileged = |config: &BTreeMap<String, String>| config.get(PRIVILEGED).is_some_and(|v| v == "true");
+    if privileged(&desired.config) != privileged(&instance.config) {
+        let want = privileged(&desired.config);
+        steps.push(Step::new(
+            Action::Remap { privileged: want },
+            if want {
+                "the tenant file asks for a privileged container ([system] privileged = true)"
+            } else {
+                "privileged, but the tenant file does not ask for it (root inside would be root on the host)"
+            },
+        ));
+    }
     for (key, value) in &desired.config {
+        if key == PRIVILEGED && privileged(&desired.config) != privileged(&instance.config) {
+            continue;
+        }
         match instance.config.get(key) {
             Some(v) if v == value => {}
             Some(v) => {
@@ -381,6 +428,9 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Step> {
         }
     }
     for key in MANAGED_CONFIG_KEYS {
+        if *key == PRIVILEGED && privileged(&desired.config) != privileged(&instance.config) {
+            continue;
+        }
         if instance.config.contains_key(*key) && !desired.config.contains_key(*key) {
             steps.push(Step::new(
                 Action::UnsetConfig { key: (*key).to_string() },
@@ -413,6 +463,13 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Step> {
         None => steps.push(Step::new(Action::Provision, "not probed")),
     }
     steps
+}
+
+/// The idmap base under which host ids `(uid, gid)` are the container ids of `dir`, when that is one base for
+/// both and not the instance's own (checked by the caller).
+fn other_base(uid: u32, gid: u32, dir: &HostDir) -> Option<u32> {
+    let base = uid.checked_sub(dir.uid)?;
+    (gid.checked_sub(dir.gid) == Some(base)).then_some(base)
 }
 
 fn describe_device_change(have: &DeviceConfig, want: &DeviceConfig) -> String {
@@ -614,7 +671,7 @@ mod tests {
     fn desired_cache() -> Desired {
         let tenant = TenantFile::parse("tenant = \"acme\"\nroles = [\"cache\"]\n").expect("tenant file");
         let ports = HostPorts::seed(&tenant.roles);
-        let secrets = Secrets::new();
+        let secrets = Secrets::new().with("cache-password", "c".repeat(40));
         let spec = component(Role::Cache, &RenderContext { tenant: &tenant, secrets: &secrets, host_ports: &ports })
             .expect("spec");
         let mut devices = BTreeMap::new();
@@ -712,6 +769,42 @@ mod tests {
         assert!(text.contains(&format!("~ file {unit_path}")), "{text:?}");
         assert!(text.contains(&"> systemctl daemon-reload".to_string()), "{text:?}");
         assert!(text.contains(&"> restart cache.service".to_string()), "{text:?}");
+    }
+
+    #[test]
+    fn a_privileged_flag_the_tenant_file_does_not_ask_for_is_a_remap_not_a_config_step() {
+        let desired = desired_cache();
+        let (mut observed, mut instance) = converged(&desired);
+        instance.config.insert(PRIVILEGED.into(), "true".into());
+        observed.instance = Some(instance);
+        let steps = diff(&desired, &observed);
+        assert_eq!(steps.first().map(|s| &s.action), Some(&Action::Remap { privileged: false }), "{steps:?}");
+        assert!(
+            !steps.iter().any(|s| matches!(&s.action, Action::UnsetConfig { key } | Action::SetConfig { key, .. } if key == PRIVILEGED)),
+            "{steps:?}"
+        );
+        // And the other way: asked for, not set.
+        let mut asked = desired_cache();
+        asked.config.insert(PRIVILEGED.into(), "true".into());
+        let (observed, _) = converged(&desired_cache());
+        let steps = diff(&asked, &observed);
+        assert_eq!(steps.first().map(|s| &s.action), Some(&Action::Remap { privileged: true }), "{steps:?}");
+    }
+
+    #[test]
+    fn host_data_left_under_another_idmap_base_is_shifted() {
+        let mut desired = desired_cache();
+        let path = PathBuf::from("/srv/stack/cache/data");
+        desired.host_dirs = vec![HostDir { path: path.clone(), uid: 1002, gid: 1002 }];
+        let (mut observed, _) = converged(&desired);
+        // A remap to unprivileged was interrupted: the instance's base is 100000, the data is still under 0.
+        observed.host_dirs.insert(path.clone(), Some((1002, 1002)));
+        let steps = diff(&desired, &observed);
+        assert_eq!(steps[0].action, Action::ShiftHostDir { path: path.clone(), from_base: 0 }, "{steps:?}");
+        // Owned by someone else entirely: a plain chown of the directory.
+        observed.host_dirs.insert(path.clone(), Some((0, 0)));
+        let steps = diff(&desired, &observed);
+        assert_eq!(steps[0].action, Action::ChownHostDir { path, uid: 1002, gid: 1002 }, "{steps:?}");
     }
 
     #[test]

@@ -136,6 +136,7 @@ mod tests {
             tenant: tenant.into(),
             role: role.into(),
             managed: true,
+            adopted: false,
             stack_dir: Some(PathBuf::from(stack)),
             mounts: ["data", "conf", "logs"]
                 .iter()
