@@ -191,6 +191,10 @@ pub struct Entry {
     pub nlink: u64,
     /// Size in bytes.
     pub size: u64,
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
 }
 
 impl Entry {
@@ -202,6 +206,8 @@ impl Entry {
             gid: meta.gid(),
             nlink: meta.nlink(),
             size: meta.size(),
+            dev: meta.dev(),
+            ino: meta.ino(),
         }
     }
 }
@@ -569,6 +575,41 @@ impl HostDir {
             }
         }
         Ok(out)
+    }
+
+    /// Visit every entry below this directory, depth first, a directory's entries before the directory itself,
+    /// without following a link and without entering another filesystem (a mount inside is visited as an entry,
+    /// never walked). `visit` gets the directory holding the entry, its name and what it is.
+    pub fn walk(&self, visit: &mut dyn FnMut(&HostDir, &OsStr, &Entry) -> Result<()>) -> Result<()> {
+        let device = self.entry()?.dev;
+        self.walk_on(device, visit)
+    }
+
+    fn walk_on(&self, device: u64, visit: &mut dyn FnMut(&HostDir, &OsStr, &Entry) -> Result<()>) -> Result<()> {
+        for name in self.names()? {
+            let Some(entry) = self.entry_of(&name)? else { continue };
+            if entry.kind == Kind::Dir && entry.dev == device {
+                if let Some(child) = self.open_child_dir(&name)? {
+                    child.walk_on(device, visit)?;
+                }
+            }
+            visit(self, &name, &entry)?;
+        }
+        Ok(())
+    }
+
+    /// Change the owner of the entry `name` of this directory itself (a link's own owner, never its target's),
+    /// keeping the set-id bits of a regular file that the change would clear.
+    pub fn chown_child(&self, name: &OsStr, owner: Owner) -> Result<()> {
+        let path = self.child_path(name);
+        let Some(entry) = self.entry_of(name)? else { return Ok(()) };
+        let (uid, gid) = owner.ids();
+        rustix::fs::chownat(&self.fd, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(io("chown", &path))?;
+        if entry.kind == Kind::File && entry.mode & 0o6000 != 0 {
+            let file = self.open_regular(Path::new(name))?;
+            rustix::fs::fchmod(&file, Mode::from_raw_mode(entry.mode)).map_err(io("chmod", &path))?;
+        }
+        Ok(())
     }
 
     /// Remove whatever is at `rel` (a whole tree for a directory; a link itself, never its target). Returns

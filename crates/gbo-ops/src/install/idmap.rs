@@ -10,15 +10,16 @@
 //! each tree's root directory is shifted last, so the next plan still sees it under the old base.
 //!
 //! The container is stopped while its data moves (the caller's job), so nothing inside can swap a directory for a
-//! link during the walk. No symlink is followed (owners of links change with `lchown`) and no other filesystem is
+//! link during the walk. No symlink is followed (the walk and the chowns go through `hostfs`: a link's own owner
+//! changes, never its target's) and no other filesystem is
 //! entered. A file with more links than the trees hold is refused before anything changes: shifting it would
 //! change the owner of a file outside the container's data.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::error::InstallError;
+use crate::hostfs::{Entry, HostDir, Kind, Owner};
 
 /// How many container ids above a base move with it: Debian's users, the fixed service ids and `nobody` (65534).
 pub const SHIFTED_IDS: u32 = 65536;
@@ -29,57 +30,42 @@ pub fn shifted(id: u32, from: u32, to: u32) -> Option<u32> {
     (offset < SHIFTED_IDS).then(|| to.saturating_add(offset))
 }
 
-fn io(context: String) -> impl FnOnce(std::io::Error) -> InstallError {
-    InstallError::io(context)
-}
-
-/// Shift the owners of everything under `roots` (each root included, last) from idmap base `from` to `to`.
-/// Returns how many entries changed owner.
+/// Shift the owners of everything under `roots` (each root included, last) from idmap base `from` to `to`, through
+/// `hostfs` (no link followed, no other filesystem entered). Returns how many entries changed owner.
 pub fn shift_trees(roots: &[PathBuf], from: u32, to: u32) -> Result<usize, InstallError> {
     if from == to {
         return Ok(0);
     }
-    // Pass 1: every entry, in discovery order (a directory before what it holds).
-    let mut entries: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
-    let mut tops: Vec<(PathBuf, std::fs::Metadata)> = Vec::new();
+    let mut opened = Vec::new();
     for root in roots {
-        let meta = match std::fs::symlink_metadata(root) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io(format!("reading {}", root.display()))(e)),
-        };
-        if !meta.file_type().is_dir() {
-            return Err(InstallError::BadInput(format!(
-                "{} is not a directory (a symlink?): refusing to shift owners through it",
-                root.display()
-            )));
-        }
-        let device = meta.dev();
-        let mut stack = vec![root.clone()];
-        while let Some(dir) = stack.pop() {
-            let listing = std::fs::read_dir(&dir).map_err(io(format!("listing {}", dir.display())))?;
-            for entry in listing {
-                let path = entry.map_err(io(format!("listing {}", dir.display())))?.path();
-                let meta = std::fs::symlink_metadata(&path).map_err(io(format!("reading {}", path.display())))?;
-                if meta.dev() != device {
-                    // Another filesystem mounted inside: not the container's data.
-                    continue;
-                }
-                if meta.file_type().is_dir() {
-                    stack.push(path.clone());
-                }
-                entries.push((path, meta));
+        let Some(parent) = root.parent() else { continue };
+        let Some(name) = root.file_name() else { continue };
+        let Some(parent) = HostDir::open_root_if_exists(parent)? else { continue };
+        match parent.stat(Path::new(name))? {
+            None => continue,
+            Some(entry) if entry.kind != Kind::Dir => {
+                return Err(InstallError::BadInput(format!(
+                    "{} is not a directory (a symlink?): refusing to shift owners through it",
+                    root.display()
+                )));
             }
+            Some(_) => {}
         }
-        tops.push((root.clone(), meta));
+        let dir = parent.open_dir(Path::new(name))?.ok_or_else(|| {
+            InstallError::BadInput(format!("{} disappeared while its owners were shifted", root.display()))
+        })?;
+        opened.push(dir);
     }
-    // Every link of a multiply-linked file must be among the entries.
+    // Pass 1: every link of a multiply-linked file must be among the entries.
     let mut links: BTreeMap<(u64, u64), (u64, u64, PathBuf)> = BTreeMap::new();
-    for (path, meta) in &entries {
-        if !meta.file_type().is_dir() && meta.nlink() > 1 {
-            let seen = links.entry((meta.dev(), meta.ino())).or_insert((0, meta.nlink(), path.clone()));
-            seen.0 += 1;
-        }
+    for dir in &opened {
+        dir.walk(&mut |parent, name, entry| {
+            if entry.kind != Kind::Dir && entry.nlink > 1 {
+                let seen = links.entry((entry.dev, entry.ino)).or_insert((0, entry.nlink, parent.path().join(name)));
+                seen.0 += 1;
+            }
+            Ok(())
+        })?;
     }
     if let Some((_, (seen, total, path))) = links.iter().find(|(_, (seen, total, _))| seen < total) {
         return Err(InstallError::BadInput(format!(
@@ -87,24 +73,25 @@ pub fn shift_trees(roots: &[PathBuf], from: u32, to: u32) -> Result<usize, Insta
             path.display()
         )));
     }
-    // Pass 2: deepest entries first, each tree's root last.
+    // Pass 2: deepest entries first (the walk visits a directory after what it holds), each tree's root last.
+    let new_owner = |entry: &Entry| {
+        let uid = shifted(entry.uid, from, to).unwrap_or(entry.uid);
+        let gid = shifted(entry.gid, from, to).unwrap_or(entry.gid);
+        ((uid, gid) != (entry.uid, entry.gid)).then(|| Owner::new(uid, gid))
+    };
     let mut changed = 0;
-    for (path, meta) in entries.iter().rev().chain(tops.iter()) {
-        let (uid, gid) = (meta.uid(), meta.gid());
-        let new_uid = shifted(uid, from, to).unwrap_or(uid);
-        let new_gid = shifted(gid, from, to).unwrap_or(gid);
-        if (new_uid, new_gid) == (uid, gid) {
-            continue;
+    for dir in &opened {
+        dir.walk(&mut |parent, name, entry| {
+            if let Some(owner) = new_owner(entry) {
+                parent.chown_child(name, owner)?;
+                changed += 1;
+            }
+            Ok(())
+        })?;
+        if let Some(owner) = new_owner(&dir.entry()?) {
+            dir.chown(owner)?;
+            changed += 1;
         }
-        std::os::unix::fs::lchown(path, Some(new_uid), Some(new_gid))
-            .map_err(io(format!("changing the owner of {}", path.display())))?;
-        // chown clears set-user-ID and set-group-ID on regular files: the container set them, so they stay.
-        let mode = meta.mode() & 0o7777;
-        if meta.file_type().is_file() && mode & 0o6000 != 0 {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                .map_err(io(format!("restoring the mode of {}", path.display())))?;
-        }
-        changed += 1;
     }
     Ok(changed)
 }
@@ -112,8 +99,7 @@ pub fn shift_trees(roots: &[PathBuf], from: u32, to: u32) -> Result<usize, Insta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{chown, lchown, symlink};
-    use std::path::Path;
+    use std::os::unix::fs::{chown, lchown, symlink, MetadataExt, PermissionsExt};
 
     fn owner(path: &Path) -> (u32, u32) {
         let m = std::fs::symlink_metadata(path).expect("metadata");
