@@ -207,8 +207,8 @@ async fn build_test_image(lxd: &Client) -> anyhow::Result<gbo_ops::image::BuiltI
     let spec = test_image_spec();
     // One build at a time on this machine, even if two runs start together.
     std::fs::create_dir_all(&spec.work_dir)?;
-    let progress = |stage: gbo_ops::image::BuildStage| eprintln!("test image: {stage:?}");
-    Ok(gbo_ops::image::build_image(lxd, &spec, &progress).await?)
+    let events = |event: gbo_ops::image::ImageEvent| eprintln!("test image: {event}");
+    Ok(gbo_ops::image::build_image(lxd, &spec, &events).await?)
 }
 
 /// Remove what earlier test runs left behind: instances, profiles and images whose names start with `gbot-`,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use lxd_client::Client;
 use sha2::{Digest, Sha256};
 
+use crate::events::{Observer, Outcome, Subject};
 use crate::runner::{HostCommand, RunError};
 
 /// Bumped whenever the build recipe below changes, so old images are rebuilt.
@@ -68,8 +69,9 @@ pub struct ImageSpec {
     pub force: bool,
 }
 
-/// A stage of the build, for progress display.
-#[derive(Debug, Clone, PartialEq)]
+/// A stage of the build.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "stage", content = "bytes", rename_all = "snake_case")]
 pub enum BuildStage {
     /// An image with the same inputs exists; nothing to build.
     Reused,
@@ -81,6 +83,38 @@ pub enum BuildStage {
     Importing(u64),
     /// Done.
     Done,
+}
+
+/// One event of an image build: the image and the stage its build reached.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageEvent {
+    /// The image's alias.
+    pub alias: String,
+    /// The stage.
+    #[serde(flatten)]
+    pub stage: BuildStage,
+}
+
+impl std::fmt::Display for ImageEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.stage {
+            BuildStage::Reused => write!(f, "an image with the same inputs exists: reused"),
+            BuildStage::Bootstrapping => write!(f, "debootstrap (about a minute)"),
+            BuildStage::Customising => write!(f, "fixing uids, masking vendor units"),
+            BuildStage::Importing(bytes) => write!(f, "importing into LXD: {} MiB", bytes / (1024 * 1024)),
+            BuildStage::Done => write!(f, "done"),
+        }
+    }
+}
+
+impl Subject for ImageEvent {
+    fn subject(&self) -> &str {
+        &self.alias
+    }
+
+    fn finished(&self) -> Option<Outcome> {
+        matches!(self.stage, BuildStage::Reused | BuildStage::Done).then_some(Outcome::Succeeded)
+    }
 }
 
 /// The result.
@@ -169,13 +203,13 @@ pub async fn find_image(lxd: &Client, inputs: &str) -> Result<Option<lxd_client:
 pub async fn build_image(
     lxd: &Client,
     spec: &ImageSpec,
-    progress: &(dyn Fn(BuildStage) + Send + Sync),
+    events: &dyn Observer<ImageEvent>,
 ) -> Result<BuiltImage, ImageError> {
     let inputs = spec.inputs_hash();
     if !spec.force {
         if let Some(existing) = find_image(lxd, &inputs).await? {
             lxd.set_image_alias(&spec.alias, &existing.fingerprint, "gbo image").await?;
-            progress(BuildStage::Reused);
+            events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Reused });
             return Ok(BuiltImage {
                 fingerprint: existing.fingerprint,
                 alias: spec.alias.clone(),
@@ -192,7 +226,7 @@ pub async fn build_image(
         tokio::fs::remove_dir_all(&dir).await.map_err(io(format!("removing stale {}", dir.display())))?;
     }
     tokio::fs::create_dir_all(&dir).await.map_err(io(format!("creating {}", dir.display())))?;
-    let result = build_in(lxd, spec, &inputs, &dir, progress).await;
+    let result = build_in(lxd, spec, &inputs, &dir, events).await;
     let _ = tokio::fs::remove_dir_all(&dir).await;
     result
 }
@@ -202,10 +236,10 @@ async fn build_in(
     spec: &ImageSpec,
     inputs: &str,
     dir: &Path,
-    progress: &(dyn Fn(BuildStage) + Send + Sync),
+    events: &dyn Observer<ImageEvent>,
 ) -> Result<BuiltImage, ImageError> {
     let rootfs = dir.join("rootfs");
-    progress(BuildStage::Bootstrapping);
+    events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Bootstrapping });
     HostCommand::new("debootstrap")
         .arg("--variant=minbase")
         .arg(format!("--include={}", spec.all_packages().join(",")))
@@ -215,7 +249,7 @@ async fn build_in(
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run_with_retries(3, Duration::from_secs(5))
         .await?;
-    progress(BuildStage::Customising);
+    events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Customising });
     let rootfs_clone = rootfs.clone();
     let users = spec.users.clone();
     tokio::task::spawn_blocking(move || customise(&rootfs_clone, &users)).await.map_err(|e| ImageError::Io {
@@ -223,9 +257,9 @@ async fn build_in(
         source: std::io::Error::other(e.to_string()),
     })??;
     write_metadata(dir, spec, inputs).await?;
-    let fingerprint = import_dir(lxd, dir, progress).await?;
+    let fingerprint = import_dir(lxd, dir, &spec.alias, events).await?;
     lxd.set_image_alias(&spec.alias, &fingerprint, "gbo image").await?;
-    progress(BuildStage::Done);
+    events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Done });
     Ok(BuiltImage { fingerprint, alias: spec.alias.clone(), reused: false, inputs: inputs.to_string() })
 }
 
@@ -249,21 +283,15 @@ async fn write_metadata(dir: &Path, spec: &ImageSpec, inputs: &str) -> Result<()
 async fn import_dir(
     lxd: &Client,
     dir: &Path,
-    progress: &(dyn Fn(BuildStage) + Send + Sync),
+    alias: &str,
+    events: &dyn Observer<ImageEvent>,
 ) -> Result<String, ImageError> {
-    let mut tar = tokio::process::Command::new("tar")
+    let (tar, stdout) = HostCommand::new("tar")
         .arg("--numeric-owner")
         .arg("-C")
         .arg(dir)
         .args(["-cf", "-", "metadata.yaml", "rootfs"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io("starting tar"))?;
-    let stdout = tar
-        .stdout
-        .take()
-        .ok_or_else(|| ImageError::Io { context: "tar stdout".into(), source: std::io::Error::other("no pipe") })?;
+        .spawn_stdout()?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let reporter = std::sync::Arc::new(move |sent: u64| {
         let _ = tx.send(sent);
@@ -277,19 +305,12 @@ async fn import_dir(
             Some(sent) = rx.recv() => {
                 if sent - last_reported >= 16 * 1024 * 1024 {
                     last_reported = sent;
-                    progress(BuildStage::Importing(sent));
+                    events.event(ImageEvent { alias: alias.to_string(), stage: BuildStage::Importing(sent) });
                 }
             }
         }
     };
-    let status = tar.wait().await.map_err(io("waiting for tar"))?;
-    if !status.success() {
-        return Err(ImageError::Run(RunError::Failed {
-            command: "tar -cf - metadata.yaml rootfs".into(),
-            code: status.code(),
-            stderr: String::new(),
-        }));
-    }
+    tar.finish().await?;
     Ok(fingerprint)
 }
 

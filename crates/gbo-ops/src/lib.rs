@@ -5,6 +5,7 @@
 pub mod brother;
 pub mod dns;
 pub mod doctor;
+pub mod events;
 pub mod fail2ban;
 pub mod firewall;
 pub mod hostfs;

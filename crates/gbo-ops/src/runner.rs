@@ -176,6 +176,76 @@ impl HostCommand {
     }
 }
 
+/// A host command running in the background whose stdout the caller streams; its stderr is drained as it comes
+/// (a command never blocks on a full stderr pipe) and its tail reported when it fails.
+#[derive(Debug)]
+pub struct Streaming {
+    child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<String>,
+    command: String,
+}
+
+/// How much of a streaming command's stderr is kept for its error message.
+const STDERR_TAIL: usize = 16 * 1024;
+
+impl HostCommand {
+    /// Start the command with its stdout piped to the caller (see [`Streaming`]).
+    pub fn spawn_stdout(&self) -> Result<(Streaming, tokio::process::ChildStdout), RunError> {
+        if !self.program.contains('/') && which(&self.program).is_none() {
+            return Err(RunError::Missing { program: self.program.clone(), hint: self.install_hint.clone() });
+        }
+        tracing::debug!(command = %self.display(), "starting host command");
+        let mut command = tokio::process::Command::new(&self.program);
+        command.args(&self.args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+        command.stderr(std::process::Stdio::piped()).kill_on_drop(true);
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        for k in &self.env_remove {
+            command.env_remove(k);
+        }
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let spawn_error = |source| RunError::Spawn { command: self.display(), source };
+        let mut child = command.spawn().map_err(spawn_error)?;
+        let missing = || spawn_error(std::io::Error::other("no pipe"));
+        let stdout = child.stdout.take().ok_or_else(missing)?;
+        let mut stderr = child.stderr.take().ok_or_else(missing)?;
+        let drain = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut tail: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_TAIL {
+                    tail.drain(..tail.len() - STDERR_TAIL);
+                }
+            }
+            String::from_utf8_lossy(&tail).into_owned()
+        });
+        Ok((Streaming { child, stderr: drain, command: self.display() }, stdout))
+    }
+}
+
+impl Streaming {
+    /// Wait for the command to end; an error naming it with the tail of its stderr when it failed.
+    pub async fn finish(mut self) -> Result<(), RunError> {
+        let status =
+            self.child.wait().await.map_err(|source| RunError::Spawn { command: self.command.clone(), source })?;
+        let stderr = self.stderr.await.unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        let tail: String =
+            stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        Err(RunError::Failed { command: self.command, code: status.code(), stderr: tail })
+    }
+}
+
 /// Find a program on PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

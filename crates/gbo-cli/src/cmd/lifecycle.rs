@@ -10,6 +10,7 @@ use gbo_components::{Role, TenantFile, TenantName};
 use gbo_ops::install::{self, InstallError, InstallRequest};
 use lxd_client::{ExecRequest, InstanceName, StateAction};
 
+use crate::output::progress::{Lines, Style};
 use crate::output::{lxd, print_json, print_table, Format, Outcome};
 
 /// The lifecycle commands (flattened into the top level).
@@ -305,30 +306,11 @@ async fn image(command: ImageCommand) -> anyhow::Result<Outcome> {
             let lxd = lxd()?;
             let spec = install::setup::image_spec(&roles, &alias, force);
             std::fs::create_dir_all(&spec.work_dir).with_context(|| format!("creating {}", spec.work_dir.display()))?;
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_draw_target(if std::io::stderr().is_terminal() {
-                indicatif::ProgressDrawTarget::stderr()
-            } else {
-                indicatif::ProgressDrawTarget::hidden()
-            });
-            bar.enable_steady_tick(Duration::from_millis(120));
-            let progress = |stage: gbo_ops::image::BuildStage| {
-                let text = match stage {
-                    gbo_ops::image::BuildStage::Reused => "an image with the same inputs exists: reused".to_string(),
-                    gbo_ops::image::BuildStage::Bootstrapping => "debootstrap (about a minute)".to_string(),
-                    gbo_ops::image::BuildStage::Customising => "fixing uids, masking vendor units".to_string(),
-                    gbo_ops::image::BuildStage::Importing(n) => {
-                        format!("importing into LXD: {} MiB", n / (1024 * 1024))
-                    }
-                    gbo_ops::image::BuildStage::Done => "done".to_string(),
-                };
-                bar.set_message(text.clone());
-                if !std::io::stderr().is_terminal() {
-                    eprintln!("image {alias}: {text}");
-                }
-            };
-            let built = gbo_ops::image::build_image(&lxd, &spec, &progress).await?;
-            bar.finish_and_clear();
+            let lines = Lines::new(Style::for_output(Format::Table));
+            let events = |event: gbo_ops::image::ImageEvent| lines.show(&event);
+            let built = gbo_ops::image::build_image(&lxd, &spec, &events).await;
+            lines.close();
+            let built = built?;
             println!(
                 "image {} -> {} ({}; roles {})",
                 built.alias,
@@ -489,9 +471,9 @@ async fn install_cmd(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome
             }
         }
     }
-    let lines = ComponentLines::new(std::io::stderr().is_terminal());
-    let progress = |p: install::Progress| lines.show(p);
-    let result = install::install(&lxd, &request, &progress).await;
+    let lines = Lines::new(Style::for_output(args.output));
+    let events = |event: gbo_ops::events::InstallEvent| lines.show(&event);
+    let result = install::install(&lxd, &request, &events).await;
     lines.close();
     let report = result.map_err(engine_error)?;
     if args.output == Format::Json {
@@ -521,70 +503,6 @@ async fn install_cmd(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome
         );
     }
     Ok(Outcome::Ok)
-}
-
-/// `gbo install`'s progress: on a terminal, one line per component (spinner, container, elapsed time, current
-/// step; finished lines show the outcome and health); otherwise one plain log line per event.
-struct ComponentLines {
-    multi: Option<indicatif::MultiProgress>,
-    bars: std::sync::Mutex<BTreeMap<String, indicatif::ProgressBar>>,
-}
-
-impl ComponentLines {
-    fn new(terminal: bool) -> Self {
-        let multi =
-            terminal.then(|| indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()));
-        Self { multi, bars: std::sync::Mutex::new(BTreeMap::new()) }
-    }
-
-    fn style(template: &str) -> indicatif::ProgressStyle {
-        indicatif::ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
-    }
-
-    fn show(&self, p: install::Progress) {
-        let Some(multi) = &self.multi else {
-            eprintln!("[{}] {}", p.instance, p.message);
-            return;
-        };
-        let Ok(mut bars) = self.bars.lock() else { return };
-        let bar = bars
-            .entry(p.instance.clone())
-            .or_insert_with(|| {
-                let bar = multi.add(indicatif::ProgressBar::new_spinner());
-                bar.set_style(Self::style("{spinner:.cyan} {prefix:<28} {elapsed:>4} {wide_msg}"));
-                bar.set_prefix(p.instance.clone());
-                bar.enable_steady_tick(Duration::from_millis(120));
-                bar
-            })
-            .clone();
-        if bar.is_finished() {
-            return;
-        }
-        match p.finished() {
-            None => bar.set_message(p.message),
-            Some(outcome) => {
-                let template = match outcome {
-                    install::Finished::Healthy => "{prefix:.green} {elapsed:>4} {wide_msg}",
-                    install::Finished::Unhealthy => "{prefix:.yellow} {elapsed:>4} {wide_msg}",
-                    install::Finished::Failed => "{prefix:.red} {elapsed:>4} {wide_msg}",
-                };
-                let mark = if outcome == install::Finished::Healthy { "✓" } else { "✗" };
-                bar.set_style(Self::style(template));
-                bar.set_prefix(format!("{mark} {:<28}", p.instance));
-                bar.finish_with_message(p.message);
-            }
-        }
-    }
-
-    /// Stop the lines that never finished (the install stopped early).
-    fn close(&self) {
-        if let Ok(bars) = self.bars.lock() {
-            for bar in bars.values().filter(|b| !b.is_finished()) {
-                bar.abandon_with_message("stopped");
-            }
-        }
-    }
 }
 
 /// A role or a container name of `tenant`.

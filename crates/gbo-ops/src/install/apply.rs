@@ -1,10 +1,11 @@
 //! Applying one component's plan. Every step is idempotent, so a run killed at any point is completed by the next
 //! one (which plans again from live state).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use gbo_components::{InitPhase, Secrets};
+use gbo_components::{InitPhase, Role, Secrets};
 use lxd_client::{Client, CreateInstance, ExecRequest, FileOptions, InstanceName, StateAction};
 
 use super::artifact::{self, ArtifactPolicy};
@@ -12,19 +13,128 @@ use super::error::InstallError;
 use super::fault::{self, Edge};
 use super::observe;
 use super::plan::{self, host_id, idmap_base, Action, Desired, Step, KEY_ARTIFACTS, KEY_OWED};
+use super::{health, ComponentResult, InstallReport, InstallRequest, PlannedInstall};
+use crate::events::{InstallEvent, InstallEventKind, Observer};
 use crate::{hostfs, inventory};
 
-/// Progress of one component, for the CLI's one line per component.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    /// Instance name.
-    pub instance: String,
-    /// What is happening (a step's description, `healthy`, ...).
-    pub message: String,
+/// Apply a plan made with `for_apply = true`.
+pub async fn apply_planned(
+    lxd: &Client,
+    request: &InstallRequest,
+    planned: &PlannedInstall,
+    events: &dyn Observer<InstallEvent>,
+) -> Result<InstallReport, InstallError> {
+    let ctx =
+        ApplyContext { lxd, artifacts: &request.artifacts, events, secrets: &planned.secrets, image: &planned.image };
+    for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
+        events.event(InstallEvent::new(&desired.instance, InstallEventKind::Planned { steps: component.steps.len() }));
+    }
+    let mut done: BTreeMap<Role, tokio::sync::watch::Sender<Option<bool>>> = BTreeMap::new();
+    let mut receivers: BTreeMap<Role, tokio::sync::watch::Receiver<Option<bool>>> = BTreeMap::new();
+    for d in &planned.desired {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        done.insert(d.role, tx);
+        receivers.insert(d.role, rx);
+    }
+    let tasks = planned.desired.iter().zip(planned.components.iter()).map(|(desired, component)| {
+        let ctx = &ctx;
+        let receivers = &receivers;
+        let done = &done;
+        async move {
+            let result = async {
+                let on: Vec<String> = desired
+                    .spec
+                    .dependencies
+                    .iter()
+                    .filter(|d| receivers.contains_key(*d))
+                    .map(|d| d.as_str().to_string())
+                    .collect();
+                if !on.is_empty() {
+                    ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Waiting { on }));
+                }
+                for dep in desired.spec.dependencies.iter() {
+                    if let Some(rx) = receivers.get(dep) {
+                        let mut rx = rx.clone();
+                        let ok = loop {
+                            if let Some(ok) = *rx.borrow() {
+                                break ok;
+                            }
+                            if rx.changed().await.is_err() {
+                                break false;
+                            }
+                        };
+                        if !ok {
+                            return Err(InstallError::DependencyFailed {
+                                role: desired.role.to_string(),
+                                dependency: dep.to_string(),
+                            });
+                        }
+                    }
+                }
+                if !component.steps.is_empty() {
+                    apply_component(ctx, desired, &component.steps).await?;
+                }
+                let health = match health::target_of(desired, &planned.allocations) {
+                    Some(target) => {
+                        health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout)
+                            .await
+                    }
+                    None => health::unit_health(ctx.lxd, desired).await,
+                };
+                let detail = health.detail.clone();
+                let kind = if health.healthy {
+                    InstallEventKind::Healthy { detail }
+                } else {
+                    InstallEventKind::Unhealthy { detail }
+                };
+                ctx.events.event(InstallEvent::new(&desired.instance, kind));
+                if !health.healthy {
+                    return Err(InstallError::Unhealthy {
+                        instance: desired.instance.clone(),
+                        waited_secs: request.health_timeout.as_secs(),
+                        reason: health.detail,
+                    });
+                }
+                Ok(ComponentResult {
+                    role: desired.role,
+                    instance: desired.instance.clone(),
+                    steps: component.steps.len(),
+                    health,
+                })
+            }
+            .await;
+            if let Err(e) = &result {
+                ctx.events
+                    .event(InstallEvent::new(&desired.instance, InstallEventKind::Failed { error: e.to_string() }));
+            }
+            if let Some(tx) = done.get(&desired.role) {
+                let _ = tx.send(Some(result.is_ok()));
+            }
+            result
+        }
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    let mut components = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(c) => components.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.len() == 1 {
+        return Err(errors.remove(0));
+    }
+    if !errors.is_empty() {
+        return Err(InstallError::Several(errors));
+    }
+    Ok(InstallReport {
+        tenant: planned.tenant.to_string(),
+        stack_dir: planned.stack_dir.clone(),
+        components,
+        skipped: planned.skipped.iter().map(|(r, why)| (r.to_string(), why.clone())).collect(),
+    })
 }
-
-/// A progress sink.
-pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
 
 /// Shared inputs of apply.
 pub struct ApplyContext<'a> {
@@ -32,8 +142,8 @@ pub struct ApplyContext<'a> {
     pub lxd: &'a Client,
     /// Artifact policy.
     pub artifacts: &'a ArtifactPolicy,
-    /// Progress sink.
-    pub progress: ProgressFn<'a>,
+    /// Where the components' events go.
+    pub events: &'a dyn Observer<InstallEvent>,
     /// Secrets (for nothing but health checks; files already hold what they need).
     pub secrets: &'a Secrets,
     /// The image new containers are created from (a local alias or another server's pull source).
@@ -163,7 +273,9 @@ fn boundary(edge: Edge, desired: &Desired, step: &Step) -> Result<(), InstallErr
 /// is checked by the caller).
 pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &[Step]) -> Result<(), InstallError> {
     let name = instance_name(desired)?;
-    let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
+    let say = |description: String| {
+        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+    };
     let mut config_changes: Vec<&Step> = Vec::new();
     let mut provision_now: Vec<Step> = Vec::new();
     let mut must_provision = false;
@@ -325,7 +437,9 @@ async fn flush_config(
     if changes.is_empty() {
         return Ok(());
     }
-    let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
+    let say = |description: String| {
+        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+    };
     for step in changes.iter() {
         say(step.describe());
     }
@@ -368,7 +482,9 @@ async fn run_provision(
     steps: &[Step],
     probe: &plan::Probe,
 ) -> Result<(), InstallError> {
-    let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
+    let say = |description: String| {
+        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+    };
     let lxd = ctx.lxd;
     // An image gbo did not build gets the fixed-uid users and the role's packages first (see `packages`).
     super::packages::ensure(ctx, desired, name).await?;

@@ -5,7 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use gbo_components::{HealthCheck, Secrets};
+use std::collections::BTreeMap;
+
+use gbo_components::{HealthCheck, Role, Secrets};
+use lxd_client::Client;
+
+use super::plan::Desired;
+use super::ports::Allocation;
+use crate::inventory::ManagedInstance;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -206,4 +213,41 @@ pub async fn wait_healthy(check: &HealthCheck, target: &Target, secrets: &Secret
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(500));
     }
+}
+
+/// The health target of a spec: the published port of its health check's container port.
+pub(super) fn target_of(desired: &Desired, allocations: &BTreeMap<(Role, String), Allocation>) -> Option<Target> {
+    let port = desired.spec.health.port()?;
+    let spec_port =
+        desired.spec.ports.iter().find(|p| p.container_port == port && p.protocol == gbo_components::Protocol::Tcp)?;
+    let a = allocations.get(&(desired.role, spec_port.name.to_string()))?;
+    Some(Target { address: a.address, port: a.port })
+}
+
+/// Health of a component without a published probe port: its unit is active (websocket exec, read-only).
+pub(super) async fn unit_health(lxd: &Client, desired: &Desired) -> Health {
+    let unit = match &desired.spec.health {
+        HealthCheck::UnitActive { unit, .. } => unit.to_string(),
+        _ => desired.role.unit_name(),
+    };
+    let Ok(name) = lxd_client::InstanceName::new(desired.instance.clone()) else {
+        return Health { healthy: false, detail: "invalid instance name".into() };
+    };
+    let request =
+        lxd_client::ExecRequest::new(["systemctl", "is-active", unit.as_str()]).timeout(Duration::from_secs(30));
+    match lxd.exec(&name, &request).await {
+        Ok(out) if out.success() => Health { healthy: true, detail: format!("{unit} is active") },
+        Ok(out) => Health { healthy: false, detail: format!("{unit} is {}", out.stdout_text().trim()) },
+        Err(e) => Health { healthy: false, detail: format!("systemctl is-active {unit}: {e}") },
+    }
+}
+
+/// The health check and target of an observed instance, from the catalogue and its published ports.
+pub fn health_of(m: &ManagedInstance) -> Option<(HealthCheck, Target)> {
+    let role: Role = m.role.parse().ok()?;
+    let check = super::status::health_check(role)?;
+    let port = check.port()?;
+    let published = m.ports.iter().find(|p| p.container_port == port && p.protocol == "tcp")?;
+    let address = published.host_address.parse().ok()?;
+    Some((check, Target { address, port: published.host_port }))
 }

@@ -14,10 +14,11 @@ use gbo_components::users::{debian_packaged_roles, role_packages, GBUSER, SERVIC
 use gbo_components::Role;
 use lxd_client::{ExecRequest, Instance, InstanceName};
 
-use super::apply::{ApplyContext, Progress};
+use super::apply::ApplyContext;
 use super::error::InstallError;
 use super::observe;
 use super::plan::Desired;
+use crate::events::{InstallEvent, InstallEventKind};
 use crate::inventory;
 
 /// The instance key LXD fills from the image's `gbo.roles` property.
@@ -52,7 +53,7 @@ pub fn has_nic(instance: &Instance) -> bool {
 
 /// The command that builds an offline image with every Debian-packaged role.
 pub fn offline_image_fix() -> String {
-    super::build_fix(&debian_packaged_roles(), super::DEFAULT_IMAGE)
+    super::image_source::build_fix(&debian_packaged_roles(), super::DEFAULT_IMAGE)
 }
 
 /// Creates the fixed-uid users and groups (refusing ids taken by other accounts), the `/opt/gbo` skeleton, and
@@ -115,7 +116,9 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
     let lxd = ctx.lxd;
     let instance = lxd.instance(name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
     let never_provisioned = !instance.config.contains_key(inventory::KEY_PROVISIONED_HASH);
-    let say = |message: String| (ctx.progress)(Progress { instance: desired.instance.clone(), message });
+    let say = |description: String| {
+        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+    };
     match image_fit(&instance, desired.role) {
         ImageFit::Ready => Ok(()),
         ImageFit::Lacks(has) => {
@@ -126,7 +129,7 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
                 alias: desired.image.clone(),
                 roles: desired.role.as_str().to_string(),
                 has: if has.is_empty() { "no gbo roles".into() } else { has.join(",") },
-                fix: super::build_fix(&wanted, &desired.image),
+                fix: super::image_source::build_fix(&wanted, &desired.image),
                 removed,
             })
         }

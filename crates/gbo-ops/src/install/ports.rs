@@ -8,7 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use gbo_components::{Exposure, Protocol, Role};
 
+use gbo_components::TenantName;
+use lxd_client::Client;
+
 use super::error::InstallError;
+use crate::inventory::{self, ManagedInstance};
 
 /// First port of the allocator's range.
 pub const RANGE_START: u16 = 20000;
@@ -323,3 +327,38 @@ mod tests {
 #[cfg(test)]
 #[path = "ports_properties.rs"]
 mod properties;
+
+/// Ports published by other gbo tenants' instances.
+pub(super) async fn taken_ports(
+    lxd: &Client,
+    tenant: &TenantName,
+) -> Result<BTreeMap<(gbo_components::Protocol, u16), String>, InstallError> {
+    let tenants = inventory::managed_tenants(lxd).await.map_err(InstallError::lxd("listing instances"))?;
+    let mut taken = BTreeMap::new();
+    for (name, instances) in tenants {
+        if name == tenant.as_str() {
+            continue;
+        }
+        for m in instances {
+            for p in &m.ports {
+                let protocol =
+                    if p.protocol == "udp" { gbo_components::Protocol::Udp } else { gbo_components::Protocol::Tcp };
+                taken.insert((protocol, p.host_port), m.name.clone());
+            }
+        }
+    }
+    Ok(taken)
+}
+
+pub(super) fn existing_ports(instances: &[ManagedInstance]) -> BTreeMap<(Role, String), u16> {
+    let mut out = BTreeMap::new();
+    for m in instances {
+        let Ok(role) = m.role.parse::<Role>() else { continue };
+        for p in &m.ports {
+            if let Some(port_name) = p.device.strip_prefix("gbo-port-") {
+                out.insert((role, port_name.to_string()), p.host_port);
+            }
+        }
+    }
+    out
+}

@@ -1,5 +1,7 @@
 //! Terminal output shared by every command: logging to stderr, error printing, tables and JSON on stdout, and the
-//! outcome-to-exit-code mapping.
+//! outcome-to-exit-code mapping; `progress` renders the events of long operations.
+
+pub mod progress;
 
 use std::io::IsTerminal;
 
