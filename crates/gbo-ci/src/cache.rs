@@ -11,6 +11,7 @@ use std::time::UNIX_EPOCH;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::event::Observer;
 use crate::size::ByteSize;
 
 /// Where the caches are.
@@ -30,6 +31,42 @@ impl CacheLocations {
         let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"));
         Self { sccache_dir, registry_dir: cargo_home.join("registry") }
     }
+
+    /// The directories given, the defaults for the others (from the environment and `$HOME`, else `/root`).
+    pub fn with(sccache_dir: Option<PathBuf>, registry_dir: Option<PathBuf>) -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        let defaults = Self::from_env(&home);
+        Self {
+            sccache_dir: sccache_dir.unwrap_or(defaults.sccache_dir),
+            registry_dir: registry_dir.unwrap_or(defaults.registry_dir),
+        }
+    }
+}
+
+/// Progress a prune reports while it runs; the CLI renders it on stderr.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CacheEvent {
+    /// A cache directory does not exist: nothing to prune there.
+    Missing {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The caches were scanned.
+    Scanned {
+        /// Removable units found.
+        units: usize,
+        /// Bytes they hold together.
+        bytes: u64,
+    },
+    /// The oldest units are being removed (never on a dry run).
+    Removing {
+        /// How many.
+        units: usize,
+        /// Bytes they hold together.
+        bytes: u64,
+    },
 }
 
 /// One removable unit of cache.
@@ -91,17 +128,34 @@ pub fn scan(locations: &CacheLocations) -> Result<(Vec<CacheEntry>, Vec<PathBuf>
 }
 
 /// Remove the oldest units until the total is at most `max`.
-pub fn prune(locations: &CacheLocations, max: ByteSize, dry_run: bool) -> Result<PruneReport> {
+pub fn prune(
+    locations: &CacheLocations,
+    max: ByteSize,
+    dry_run: bool,
+    observer: &mut dyn Observer<CacheEvent>,
+) -> Result<PruneReport> {
     let (mut entries, missing) = scan(locations)?;
+    for path in &missing {
+        observer.on_event(&CacheEvent::Missing { path: path.clone() });
+    }
     entries.sort_by(|a, b| a.mtime.cmp(&b.mtime).then_with(|| a.path.cmp(&b.path)));
     let before: u64 = entries.iter().map(|entry| entry.bytes).sum();
+    observer.on_event(&CacheEvent::Scanned { units: entries.len(), bytes: before });
+    // The oldest units, until what is left fits.
     let mut total = before;
-    let mut removed = Vec::new();
-    for entry in entries {
-        if total <= max.0 {
-            break;
-        }
-        if !dry_run {
+    let removed: Vec<CacheEntry> = entries
+        .into_iter()
+        .take_while(|entry| {
+            let over = total > max.0;
+            if over {
+                total -= entry.bytes;
+            }
+            over
+        })
+        .collect();
+    if !dry_run && !removed.is_empty() {
+        observer.on_event(&CacheEvent::Removing { units: removed.len(), bytes: before - total });
+        for entry in &removed {
             let result = if entry.path.is_dir() {
                 std::fs::remove_dir_all(&entry.path)
             } else {
@@ -113,8 +167,6 @@ pub fn prune(locations: &CacheLocations, max: ByteSize, dry_run: bool) -> Result
                 Err(error) => return Err(Error::io("removing", &entry.path, error)),
             }
         }
-        total -= entry.bytes;
-        removed.push(entry);
     }
     Ok(PruneReport { max_bytes: max.0, before_bytes: before, after_bytes: total, dry_run, removed, missing })
 }

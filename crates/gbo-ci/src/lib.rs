@@ -8,12 +8,15 @@
 //! - [`push`]: push a submodule to both remotes, update and push the root repository, confirm every remote.
 //! - [`cache`]: prune the runner's sccache and cargo registry caches, install the daily timer.
 //! - [`runs`]: list recent workflow runs through the Forgejo API.
+//! - [`event`]: the one shape of progress: each long operation reports typed events to an [`event::Observer`].
 //!
-//! The library never prints and never exits; the `gbo-ci` binary renders its results and maps errors to exit codes.
+//! The library never prints and never exits; the `gbo-ci` binary renders its events and results and maps errors to
+//! exit codes.
 
 pub mod cache;
 pub mod deploy;
 pub mod error;
+pub mod event;
 pub mod names;
 pub mod push;
 pub mod remote_dir;

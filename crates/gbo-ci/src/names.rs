@@ -1,12 +1,16 @@
-//! Validated values used at the command-line boundary: remote paths, Unix user names, health URLs.
+//! Validated values used at the command-line boundary: remote paths, Unix user names, health URLs, systemd units.
+//! Each serialises as the text it was parsed from.
 
 use std::fmt;
 use std::str::FromStr;
 
+use serde::Serialize;
+
 use crate::error::Error;
 
 /// An absolute path on the remote host naming a file (not ending in `/`, no NUL or newline).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct RemotePath(String);
 
 impl RemotePath {
@@ -55,7 +59,8 @@ impl fmt::Display for RemotePath {
 }
 
 /// A Unix user name as `useradd` accepts it: `[a-z_][a-z0-9_-]*`, at most 32 characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
 pub struct UnixUser(String);
 
 impl UnixUser {
@@ -167,6 +172,50 @@ impl fmt::Display for HealthUrl {
     }
 }
 
+impl Serialize for HealthUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.raw)
+    }
+}
+
+/// A systemd service name as `--unit` accepts it: `name.service`, the name of letters, digits and `-_.@:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct SystemdUnit(String);
+
+impl SystemdUnit {
+    /// The unit name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SystemdUnit {
+    type Err = Error;
+
+    fn from_str(value: &str) -> Result<Self, Error> {
+        validate_unit(value)?;
+        Ok(SystemdUnit(value.to_string()))
+    }
+}
+
+impl fmt::Display for SystemdUnit {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+fn validate_unit(unit: &str) -> Result<(), Error> {
+    let ok = unit.ends_with(".service")
+        && unit.len() > ".service".len()
+        && unit.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("--unit", unit, "a systemd service name such as system.service"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +255,13 @@ mod tests {
             let error = bad.parse::<HealthUrl>().unwrap_err().to_string();
             assert!(error.contains("health URL"), "{error}");
         }
+    }
+
+    #[test]
+    fn unit_names_are_validated() {
+        assert!(validate_unit("system.service").is_ok());
+        assert!(validate_unit("getty@tty1.service").is_ok());
+        assert!(validate_unit("system").is_err());
+        assert!(validate_unit("a;b.service").is_err());
     }
 }

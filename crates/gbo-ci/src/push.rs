@@ -5,11 +5,13 @@
 //! Every precondition is checked before the first push: clean trees, and no remote branch that has commits the local
 //! one lacks (diverged). Git runs through its CLI, so the user's credentials, hooks and config apply.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::event::Observer;
 
 /// What to push.
 #[derive(Debug, Clone)]
@@ -28,11 +30,63 @@ pub struct PushOptions {
     pub message: Option<String>,
 }
 
+/// Which of the two repositories; `"submodule"` or `"root"` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Repository {
+    /// The submodule.
+    Submodule,
+    /// The root repository.
+    Root,
+}
+
+impl Repository {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Repository::Submodule => "submodule",
+            Repository::Root => "root",
+        }
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.pad(self.as_str())
+    }
+}
+
+/// Progress a push reports while it runs; the CLI renders it on stderr.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PushEvent {
+    /// Both trees are clean and no remote branch has commits the local one lacks; the pushes start.
+    Checked {
+        /// The submodule path.
+        submodule: String,
+        /// The submodule commit to push.
+        commit: String,
+    },
+    /// The branch was pushed to a remote.
+    Pushed {
+        /// Which repository.
+        repository: Repository,
+        /// The remote.
+        remote: String,
+    },
+    /// The root's submodule pointer was committed.
+    PointerCommitted {
+        /// The new root commit.
+        commit: String,
+    },
+}
+
 /// One remote branch confirmed after the push.
 #[derive(Debug, Clone, Serialize)]
 pub struct Confirmed {
     /// `submodule` or `root`.
-    pub repository: String,
+    pub repository: Repository,
     /// Remote name.
     pub remote: String,
     /// Commit the remote branch now points at.
@@ -125,7 +179,7 @@ fn dirty_lines(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Push the submodule and the root as described in the module docs.
-pub fn push(options: &PushOptions) -> Result<PushReport> {
+pub fn push(options: &PushOptions, observer: &mut dyn Observer<PushEvent>) -> Result<PushReport> {
     if options.submodule_remotes.is_empty() || options.root_remotes.is_empty() {
         return Err(Error::invalid("remotes", "(none)", "at least one submodule remote and one root remote"));
     }
@@ -175,9 +229,12 @@ pub fn push(options: &PushOptions) -> Result<PushReport> {
         check_not_diverged(root, "root repository", remote, &options.branch, &root_head)?;
     }
 
+    observer.on_event(&PushEvent::Checked { submodule: submodule_path.to_string(), commit: commit.clone() });
+
     let refspec = format!("HEAD:refs/heads/{}", options.branch);
     for remote in &options.submodule_remotes {
         git(&submodule_dir, &["push", "--quiet", remote, &refspec])?;
+        observer.on_event(&PushEvent::Pushed { repository: Repository::Submodule, remote: remote.clone() });
     }
 
     git(root, &["add", "--", submodule_path])?;
@@ -195,16 +252,20 @@ pub fn push(options: &PushOptions) -> Result<PushReport> {
         git(root, &["commit", "--quiet", "-m", &message, "--", submodule_path])?;
     }
     let root_commit = git(root, &["rev-parse", "HEAD"])?;
+    if root_committed {
+        observer.on_event(&PushEvent::PointerCommitted { commit: root_commit.clone() });
+    }
     for remote in &options.root_remotes {
         git(root, &["push", "--quiet", remote, &refspec])?;
+        observer.on_event(&PushEvent::Pushed { repository: Repository::Root, remote: remote.clone() });
     }
 
     let mut confirmed = Vec::new();
     let targets = options
         .submodule_remotes
         .iter()
-        .map(|remote| ("submodule", submodule_dir.as_path(), remote, &commit))
-        .chain(options.root_remotes.iter().map(|remote| ("root", root.as_path(), remote, &root_commit)));
+        .map(|remote| (Repository::Submodule, submodule_dir.as_path(), remote, &commit))
+        .chain(options.root_remotes.iter().map(|remote| (Repository::Root, root.as_path(), remote, &root_commit)));
     for (repository, dir, remote, expected) in targets {
         let actual = remote_head(dir, remote, &options.branch)?.unwrap_or_default();
         if actual != *expected {
@@ -217,7 +278,7 @@ pub fn push(options: &PushOptions) -> Result<PushReport> {
                 ),
             });
         }
-        confirmed.push(Confirmed { repository: repository.into(), remote: remote.clone(), commit: actual });
+        confirmed.push(Confirmed { repository, remote: remote.clone(), commit: actual });
     }
     Ok(PushReport {
         submodule: submodule_path.to_string(),

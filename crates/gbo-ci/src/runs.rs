@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::event::Observer;
 use crate::ssh::Secret;
 
 /// What to list.
@@ -139,8 +140,20 @@ pub struct RunsReport {
     pub total_count: i64,
 }
 
+/// Progress a listing reports; the CLI renders it on stderr.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RunsEvent {
+    /// The request is being sent (the URL carries no secret).
+    Requesting {
+        /// The request URL.
+        url: String,
+    },
+}
+
 /// Fetch the runs.
-pub async fn list_runs(query: &RunsQuery) -> Result<RunsReport> {
+pub async fn list_runs(query: &RunsQuery, observer: &mut dyn Observer<RunsEvent>) -> Result<RunsReport> {
     let url = query.url();
     let http = |message: String| Error::Http { url: url.clone(), message };
     let mut builder = reqwest::Client::builder()
@@ -154,6 +167,7 @@ pub async fn list_runs(query: &RunsQuery) -> Result<RunsReport> {
         }
     }
     let client = builder.build().map_err(|error| http(error.to_string()))?;
+    observer.on_event(&RunsEvent::Requesting { url: url.clone() });
     let mut request = client.get(&url).header("Accept", "application/json");
     if let Some(token) = &query.token {
         request = request.header("Authorization", format!("token {}", token.expose()));

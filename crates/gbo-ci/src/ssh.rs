@@ -246,13 +246,7 @@ impl Remote {
         let mut channel =
             self.session.channel_session().map_err(|error| Error::ssh("opening a session channel", error))?;
         channel.exec(command).map_err(|error| Error::ssh("starting a remote command", error))?;
-        let mut stdout = String::new();
-        channel.read_to_string(&mut stdout).map_err(|error| Error::ssh_io("reading remote output", error))?;
-        let mut stderr = String::new();
-        channel.stderr().read_to_string(&mut stderr).map_err(|error| Error::ssh_io("reading remote errors", error))?;
-        channel.wait_close().map_err(|error| Error::ssh("closing a remote command", error))?;
-        let status = channel.exit_status().map_err(|error| Error::ssh("reading an exit status", error))?;
-        Ok(ExecOutput { status, stdout, stderr })
+        finish(channel)
     }
 
     /// [`Remote::exec`] with the session's blocking calls bounded by `timeout` instead of the usual minute: for
@@ -265,14 +259,24 @@ impl Remote {
     pub fn run(&self, what: &str, command: &str) -> Result<String> {
         let output = self.exec(command)?;
         if output.status != 0 {
-            return Err(Error::RemoteCommand {
-                host: self.label.clone(),
-                command: what.to_string(),
-                status: output.status,
-                stderr: output.stderr.trim().to_string(),
-            });
+            return Err(self.failed(what, &output));
         }
         Ok(output.stdout)
+    }
+
+    /// The error of a remote command `what` that ended with `output`'s (non-zero) status.
+    pub fn failed(&self, what: impl Into<String>, output: &ExecOutput) -> Error {
+        Error::RemoteCommand {
+            host: self.label.clone(),
+            command: what.into(),
+            status: output.status,
+            stderr: output.stderr.trim().to_string(),
+        }
+    }
+
+    /// The error that this host is not in a state the operation can start from (`message` says what to do).
+    pub fn refused(&self, message: impl Into<String>) -> Error {
+        Error::RemotePrecondition { host: self.label.clone(), message: message.into() }
     }
 
     /// Run `command` with `input` streamed to its stdin in chunks; `on_progress` gets the bytes sent so far.
@@ -297,13 +301,7 @@ impl Remote {
             on_progress(sent);
         }
         channel.send_eof().map_err(|error| Error::ssh("finishing the upload", error))?;
-        let mut stdout = String::new();
-        channel.read_to_string(&mut stdout).map_err(|error| Error::ssh_io("reading remote output", error))?;
-        let mut stderr = String::new();
-        channel.stderr().read_to_string(&mut stderr).map_err(|error| Error::ssh_io("reading remote errors", error))?;
-        channel.wait_close().map_err(|error| Error::ssh("closing a remote command", error))?;
-        let status = channel.exit_status().map_err(|error| Error::ssh("reading an exit status", error))?;
-        Ok(ExecOutput { status, stdout, stderr })
+        finish(channel)
     }
 
     /// Start `command` and keep it running after this call returns: the remote process lives until the returned
@@ -350,6 +348,17 @@ impl Remote {
 }
 
 /// Run `f` with the session's blocking calls bounded by `timeout`, then put the default bound back.
+/// Read a started command's output to the end and wait for its exit status.
+fn finish(mut channel: ssh2::Channel) -> Result<ExecOutput> {
+    let mut stdout = String::new();
+    channel.read_to_string(&mut stdout).map_err(|error| Error::ssh_io("reading remote output", error))?;
+    let mut stderr = String::new();
+    channel.stderr().read_to_string(&mut stderr).map_err(|error| Error::ssh_io("reading remote errors", error))?;
+    channel.wait_close().map_err(|error| Error::ssh("closing a remote command", error))?;
+    let status = channel.exit_status().map_err(|error| Error::ssh("reading an exit status", error))?;
+    Ok(ExecOutput { status, stdout, stderr })
+}
+
 fn with_timeout<T>(session: &Session, timeout: Duration, f: impl FnOnce() -> T) -> T {
     session.set_timeout(u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1));
     let result = f();

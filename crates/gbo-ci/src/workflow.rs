@@ -375,8 +375,17 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
     Ok(())
 }
 
+/// The result of `workflow check` (`--output json` prints this shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// The workflow files read.
+    pub checked: Vec<PathBuf>,
+    /// What was found in them; empty when all is well.
+    pub findings: Vec<Finding>,
+}
+
 /// Lint every workflow under `paths`.
-pub fn check_paths(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Finding>)> {
+pub fn check_paths(paths: &[PathBuf]) -> Result<CheckReport> {
     let mut checked = Vec::new();
     let mut findings = Vec::new();
     for path in paths {
@@ -386,7 +395,7 @@ pub fn check_paths(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Finding>)> {
             checked.push(file);
         }
     }
-    Ok((checked, findings))
+    Ok(CheckReport { checked, findings })
 }
 
 #[cfg(test)]

@@ -47,13 +47,11 @@ impl Stage {
     }
 
     fn build(&self, name: &str, health: u16, version: &str) -> PathBuf {
-        let path = self.sshd.path("build").join(name);
-        make_botserver(&path, health, version, 0);
-        path
+        self.sshd.build(name, health, version)
     }
 
     fn health_url(&self) -> String {
-        format!("http://127.0.0.1:{}/api/health", self.port)
+        health_url(self.port)
     }
 
     fn deploy(&self, binary: &Path, extra: &[&str]) -> std::process::Output {
@@ -62,43 +60,17 @@ impl Stage {
 
     /// `gbo-ci deploy` of `binary` to this stage (health deadline 15 s unless `extra` sets one), not started.
     fn deploy_command(&self, binary: &Path, extra: &[&str]) -> std::process::Command {
-        let mut command = self.sshd.gbo_ci();
-        command
-            .arg("deploy")
-            .args(self.sshd.connect_args())
-            .arg("--binary")
-            .arg(binary)
-            .arg("--dest")
-            .arg(&self.dest)
-            .args(["--owner", "nobody", "--health", &self.health_url()])
-            .args(extra);
-        if !extra.contains(&"--health-timeout") {
-            command.args(["--health-timeout", "15"]);
-        }
-        command
+        self.sshd.deploy_command(binary, &self.dest, &self.health_url(), extra)
     }
 
     /// `gbo-ci rollback` of this stage's target with `extra` flags, run to completion.
     fn rollback(&self, extra: &[&str]) -> std::process::Output {
-        self.sshd
-            .gbo_ci()
-            .arg("rollback")
-            .args(self.sshd.connect_args())
-            .arg("--dest")
-            .arg(&self.dest)
-            .args(extra)
-            .output()
-            .unwrap()
+        self.sshd.rollback_command(&self.dest, extra).output().unwrap()
     }
 
     /// The bin directory's entries (the deploy lock is not among them: it lives in /run/lock/gbo-ci).
     fn bin_dir_listing(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.dest.parent().unwrap())
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+        listing(self.dest.parent().unwrap())
     }
 }
 
@@ -362,19 +334,8 @@ fn checksum_mismatch_stops_before_the_swap() {
     let old_sha = sha256(&stage.dest);
     let before = stage.bin_dir_listing();
     let new = stage.build("botserver", 200, "v2");
-    let options = gbo_ci::deploy::DeployOptions {
-        binary: new,
-        dest: stage.dest.display().to_string().parse().unwrap(),
-        owner: "nobody".parse().unwrap(),
-        health: stage.health_url().parse().unwrap(),
-        keep: 5,
-        start: Default::default(),
-        unit: None,
-        health_timeout: std::time::Duration::from_secs(10),
-        stop_timeout: std::time::Duration::from_secs(5),
-        restart_timeout: std::time::Duration::from_secs(65),
-        lock_wait: std::time::Duration::from_secs(10),
-    };
+    let options =
+        gbo_ci::deploy::DeployOptions { health_timeout: std::time::Duration::from_secs(10), ..stage.options(&new) };
     let error = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut Corrupter).unwrap_err();
     assert!(matches!(error, gbo_ci::Error::ChecksumMismatch { .. }), "{error}");
     assert!(error.to_string().contains("was not touched"), "{error}");
@@ -589,21 +550,7 @@ fn keys_from_an_agent_and_from_the_environment_authenticate() {
         format!("{}{}", String::from_utf8_lossy(&with_env.stdout), String::from_utf8_lossy(&with_env.stderr));
     assert!(!all_output.contains("PRIVATE KEY"), "the key is never printed");
 
-    let socket = sshd.path("agent.sock");
-    let mut agent = std::process::Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !socket.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let added =
-        std::process::Command::new("ssh-add").arg(&sshd.client_key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
-    assert!(added.status.success(), "{}", describe(&added));
+    let (mut agent, socket) = sshd.agent();
     let with_agent = verify(sshd.gbo_ci().env("SSH_AUTH_SOCK", &socket));
     let _ = agent.kill();
     let _ = agent.wait();
@@ -613,43 +560,37 @@ fn keys_from_an_agent_and_from_the_environment_authenticate() {
 impl Stage {
     /// Library options for a deploy of `binary` to this stage.
     fn options(&self, binary: &Path) -> gbo_ci::deploy::DeployOptions {
-        gbo_ci::deploy::DeployOptions {
-            binary: binary.to_path_buf(),
-            dest: self.dest.display().to_string().parse().unwrap(),
-            owner: "nobody".parse().unwrap(),
-            health: self.health_url().parse().unwrap(),
-            keep: 5,
-            start: Default::default(),
-            unit: None,
-            health_timeout: std::time::Duration::from_secs(15),
-            stop_timeout: std::time::Duration::from_secs(5),
-            restart_timeout: std::time::Duration::from_secs(65),
-            lock_wait: std::time::Duration::from_secs(10),
-        }
+        deploy_options(binary, &self.dest, &self.health_url(), 5)
     }
 }
 
-/// Takes the working directory away while the new release is started, and gives it back for the rollback: a start
-/// command that fails (the start by hand cannot `cd`).
-struct StartBreaker {
-    cwd: PathBuf,
+/// Breaks the start of the new release at the first restart (`break_start`), and mends it when the deploy rolls
+/// back (`mend`).
+struct AtFirstRestart<B: FnMut(), M: FnMut()> {
+    break_start: B,
+    mend: M,
     restarts: usize,
     rolled_back: bool,
 }
 
-impl gbo_ci::deploy::DeployObserver for StartBreaker {
+impl<B: FnMut(), M: FnMut()> AtFirstRestart<B, M> {
+    fn new(break_start: B, mend: M) -> Self {
+        Self { break_start, mend, restarts: 0, rolled_back: false }
+    }
+}
+
+impl<B: FnMut(), M: FnMut()> gbo_ci::deploy::DeployObserver for AtFirstRestart<B, M> {
     fn on_event(&mut self, event: &gbo_ci::deploy::DeployEvent) {
         match event {
             gbo_ci::deploy::DeployEvent::Restarting { .. } => {
                 self.restarts += 1;
                 if self.restarts == 1 {
-                    std::fs::remove_dir(&self.cwd).unwrap();
+                    (self.break_start)();
                 }
             }
             gbo_ci::deploy::DeployEvent::RollingBack { .. } => {
                 self.rolled_back = true;
-                std::fs::create_dir(&self.cwd).unwrap();
-                std::fs::set_permissions(&self.cwd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+                (self.mend)();
             }
             _ => {}
         }
@@ -664,7 +605,15 @@ fn a_start_command_that_fails_is_rolled_back() {
     let v2 = stage.build("botserver", 200, "v2");
     let mut options = stage.options(&v2);
     options.start.cwd = Some(cwd.display().to_string().parse().unwrap());
-    let mut breaker = StartBreaker { cwd: cwd.clone(), restarts: 0, rolled_back: false };
+    // The working directory goes away while the new release is started (the start by hand cannot `cd`), and comes
+    // back for the rollback.
+    let mut breaker = AtFirstRestart::new(
+        || std::fs::remove_dir(&cwd).unwrap(),
+        || {
+            std::fs::create_dir(&cwd).unwrap();
+            std::fs::set_permissions(&cwd, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        },
+    );
     let result = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut breaker);
     let error = result.expect_err("the deploy fails");
     eprintln!("failed as expected: {error}");
@@ -673,36 +622,6 @@ fn a_start_command_that_fails_is_rolled_back() {
     assert!(message.contains("restart") && message.contains("healthy again"), "{message}");
     assert_eq!(sha256(&stage.dest), old_sha, "the previous release is back");
     assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v1".into())), "and serves");
-}
-
-/// Makes the start of the new release hang (its log becomes a FIFO nobody reads, so opening it blocks), and puts
-/// the log back for the rollback; afterwards it unblocks the hung opener.
-struct StartHanger {
-    log: PathBuf,
-    restarts: usize,
-    rolled_back: bool,
-}
-
-impl gbo_ci::deploy::DeployObserver for StartHanger {
-    fn on_event(&mut self, event: &gbo_ci::deploy::DeployEvent) {
-        match event {
-            gbo_ci::deploy::DeployEvent::Restarting { .. } => {
-                self.restarts += 1;
-                if self.restarts == 1 {
-                    std::fs::rename(&self.log, self.log.with_extension("saved")).unwrap();
-                    let made = std::process::Command::new("mkfifo").arg(&self.log).status().unwrap();
-                    assert!(made.success());
-                    give_to_service_user(&self.log);
-                }
-            }
-            gbo_ci::deploy::DeployEvent::RollingBack { .. } => {
-                self.rolled_back = true;
-                std::fs::rename(&self.log, self.log.with_extension("fifo")).unwrap();
-                std::fs::rename(self.log.with_extension("saved"), &self.log).unwrap();
-            }
-            _ => {}
-        }
-    }
 }
 
 #[test]
@@ -714,7 +633,21 @@ fn a_restart_that_hangs_is_cut_off_and_rolled_back() {
     let mut options = stage.options(&v2);
     options.stop_timeout = std::time::Duration::from_secs(2);
     options.restart_timeout = std::time::Duration::from_secs(6);
-    let mut hanger = StartHanger { log: stage.log.clone(), restarts: 0, rolled_back: false };
+    // The start of the new release hangs (its log becomes a FIFO nobody reads, so opening it blocks); the log is put
+    // back for the rollback, and afterwards the hung opener is unblocked.
+    let log = &stage.log;
+    let mut hanger = AtFirstRestart::new(
+        || {
+            std::fs::rename(log, log.with_extension("saved")).unwrap();
+            let made = std::process::Command::new("mkfifo").arg(log).status().unwrap();
+            assert!(made.success());
+            give_to_service_user(log);
+        },
+        || {
+            std::fs::rename(log, log.with_extension("fifo")).unwrap();
+            std::fs::rename(log.with_extension("saved"), log).unwrap();
+        },
+    );
     let started = std::time::Instant::now();
     let result = gbo_ci::deploy::deploy(&stage.sshd.connect_options(), &options, &mut hanger);
     let elapsed = started.elapsed();

@@ -121,58 +121,25 @@ impl LinkStage {
     }
 
     fn build(&self, name: &str, health: u16, version: &str) -> PathBuf {
-        let path = self.sshd.path("build").join(name);
-        make_botserver(&path, health, version, 0);
-        path
+        self.sshd.build(name, health, version)
     }
 
     fn health_url(&self) -> String {
-        format!("http://127.0.0.1:{}/api/health", self.port)
+        health_url(self.port)
     }
 
     fn deploy(&self, binary: &Path, extra: &[&str]) -> Output {
-        self.sshd
-            .gbo_ci()
-            .arg("deploy")
-            .args(self.sshd.connect_args())
-            .arg("--binary")
-            .arg(binary)
-            .arg("--dest")
-            .arg(&self.dest)
-            .args(["--owner", "nobody", "--health", &self.health_url(), "--health-timeout", "15"])
-            .args(extra)
-            .output()
-            .unwrap()
+        self.sshd.deploy_command(binary, &self.dest, &self.health_url(), extra).output().unwrap()
     }
 
     fn rollback(&self, extra: &[&str]) -> Output {
-        self.sshd
-            .gbo_ci()
-            .arg("rollback")
-            .args(self.sshd.connect_args())
-            .arg("--dest")
-            .arg(&self.dest)
-            .args(["--health", &self.health_url(), "--health-timeout", "15"])
-            .args(extra)
-            .output()
-            .unwrap()
+        let health = ["--health", &self.health_url(), "--health-timeout", "15"];
+        self.sshd.rollback_command(&self.dest, &health).args(extra).output().unwrap()
     }
 
     /// Library options for a deploy of `binary` to this stage.
     fn options(&self, binary: &Path, keep: usize) -> gbo_ci::deploy::DeployOptions {
-        gbo_ci::deploy::DeployOptions {
-            binary: binary.to_path_buf(),
-            dest: self.dest.display().to_string().parse().unwrap(),
-            owner: "nobody".parse().unwrap(),
-            health: self.health_url().parse().unwrap(),
-            keep,
-            start: Default::default(),
-            unit: None,
-            health_timeout: std::time::Duration::from_secs(15),
-            stop_timeout: std::time::Duration::from_secs(5),
-            restart_timeout: std::time::Duration::from_secs(65),
-            lock_wait: std::time::Duration::from_secs(10),
-        }
+        deploy_options(binary, &self.dest, &self.health_url(), keep)
     }
 
     fn serving(&self) -> Option<(u16, String)> {
@@ -180,12 +147,7 @@ impl LinkStage {
     }
 
     fn bin_listing(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.bin)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+        listing(&self.bin)
     }
 }
 

@@ -42,27 +42,7 @@ impl Target {
 
     /// A real ssh-agent holding the client key: what a fallback would authenticate with.
     fn agent(&self) -> (Child, PathBuf) {
-        require("ssh-agent");
-        require("ssh-add");
-        let socket = self.sshd.path("agent.sock");
-        let agent = std::process::Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !socket.exists() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let added = std::process::Command::new("ssh-add")
-            .arg(&self.sshd.client_key)
-            .env("SSH_AUTH_SOCK", &socket)
-            .output()
-            .unwrap();
-        assert!(added.status.success(), "{}", describe(&added));
-        (agent, socket)
+        self.sshd.agent()
     }
 }
 

@@ -1,25 +1,20 @@
 //! `push` against real bare git repositories, `cache prune`/`install-timer` on real directories, `workflow
 //! render`/`check` on real files, and `runs` against a local HTTP stand-in for Forgejo.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+use common::describe;
+
 fn gbo_ci() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gbo-ci"));
     command.env_remove("FORGEJO_TOKEN").env_remove("FORGEJO_URL");
     command
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 // ---------------------------------------------------------------- git
@@ -233,6 +228,54 @@ fn cache_prune_removes_the_oldest_units_first() {
     assert!(sccache.join("c/d/new").exists());
     assert!(!registry.join("src/index.crates.io-abc/serde-1.0.0").exists());
     assert!(registry.join("index/index.crates.io-abc/config.json").exists());
+}
+
+#[test]
+fn progress_is_a_line_per_event_or_json_lines_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let sccache = dir.path().join("sccache");
+    file_with_age(&sccache.join("a/old"), 4000, 30);
+    file_with_age(&sccache.join("b/new"), 4000, 1);
+    let missing = dir.path().join("no-registry");
+    let run = |output: &str| {
+        let output = gbo_ci()
+            .args(["--output", output, "cache", "prune", "--max-size", "5000", "--sccache-dir"])
+            .arg(&sccache)
+            .arg("--registry-dir")
+            .arg(&missing)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", describe(&output));
+        output
+    };
+
+    // Text: a plain line per event after the time since the start; the result on stdout.
+    let text = run("text");
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "missing, scanned, removing: {stderr}");
+    assert!(lines.iter().all(|line| line.starts_with('[') && line.contains("s] ")), "{stderr}");
+    assert!(lines[0].ends_with(&format!("{}: not there, nothing to prune", missing.display())), "{stderr}");
+    assert!(lines[1].ends_with("scanned 2 unit(s), 7.8 KiB"), "{stderr}");
+    assert!(lines[2].ends_with("removing the oldest 1 unit(s) (3.9 KiB)"), "{stderr}");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("removed "), "the result stays on stdout");
+
+    // JSON: stdout is still the one report document, stderr one JSON object per event.
+    file_with_age(&sccache.join("a/old"), 4000, 30);
+    let json = run("json");
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["after_bytes"], 4000, "{report}");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stderr)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|event| event["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["missing", "scanned", "removing"]);
+    assert_eq!(events[0]["path"], missing.display().to_string().as_str());
+    assert_eq!((events[1]["units"].as_u64(), events[1]["bytes"].as_u64()), (Some(2), Some(8000)));
+    assert_eq!((events[2]["units"].as_u64(), events[2]["bytes"].as_u64()), (Some(1), Some(4000)));
+    assert!(events.iter().all(|event| event["elapsed_ms"].is_u64() && event["message"].is_string()), "{events:?}");
+    assert_eq!(events[1]["message"], "scanned 2 unit(s), 7.8 KiB");
 }
 
 #[test]

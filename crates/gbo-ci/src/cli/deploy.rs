@@ -1,13 +1,13 @@
-//! `deploy`, `rollback`, `verify`: arguments, progress rendering and results.
+//! `deploy`, `rollback`, `verify`: arguments and results (progress is rendered by [`super::events`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use gbo_ci::deploy::{DeployEvent, DeployObserver, DeployOptions, RollbackOptions, StartOptions};
-use gbo_ci::names::{HealthUrl, RemotePath, UnixUser};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use gbo_ci::deploy::{DeployOptions, RollbackOptions, StartOptions};
+use gbo_ci::names::{HealthUrl, RemotePath, SystemdUnit, UnixUser};
 
+use super::events::{pid_list, Events};
 use super::{print_json, ConnectArgs, Output, FINDINGS};
 
 #[derive(Debug, Args)]
@@ -34,17 +34,8 @@ pub struct DeployArgs {
     /// Seconds to wait for the health URL to answer 2xx before rolling back.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     health_timeout: u64,
-    /// Seconds a stopped process may take to exit before SIGKILL.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    stop_timeout: u64,
-    /// Seconds the restart (stop and start, or systemctl restart) may take before it counts as failed and is rolled
-    /// back; longer than --stop-timeout. Default: --stop-timeout plus 60.
-    #[arg(long, value_name = "SECS")]
-    restart_timeout: Option<u64>,
-    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a root-only
-    /// lock, /run/lock/gbo-ci/<hash of the path>.lock). 0 fails at once.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
-    lock_wait: u64,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Check everything and print what the deploy would do (release kept, unit or processes restarted, how the
     /// binary would be started, releases pruned) without changing anything on the remote.
     #[arg(long)]
@@ -65,7 +56,35 @@ pub struct StartArgs {
     log: Option<RemotePath>,
     /// Restart through this systemd unit instead of detecting which unit owns the process.
     #[arg(long, value_name = "UNIT")]
-    unit: Option<String>,
+    unit: Option<SystemdUnit>,
+}
+
+/// The stop, restart and lock limits that deploy and rollback share.
+#[derive(Debug, Args)]
+pub struct TimingArgs {
+    /// Seconds a stopped process may take to exit before SIGKILL.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    stop_timeout: u64,
+    /// Seconds the restart (stop and start, or systemctl restart) may take before it counts as failed and is rolled
+    /// back; longer than --stop-timeout. Default: --stop-timeout plus 60.
+    #[arg(long, value_name = "SECS")]
+    restart_timeout: Option<u64>,
+    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a root-only
+    /// lock, /run/lock/gbo-ci/<hash of the path>.lock). 0 fails at once.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    lock_wait: u64,
+}
+
+impl TimingArgs {
+    /// `(stop timeout, restart timeout, lock wait)`; the restart timeout defaults from the stop timeout.
+    fn durations(&self) -> (Duration, Duration, Duration) {
+        let stop = Duration::from_secs(self.stop_timeout);
+        let restart = self
+            .restart_timeout
+            .map(Duration::from_secs)
+            .unwrap_or_else(|| gbo_ci::deploy::default_restart_timeout(stop));
+        (stop, restart, Duration::from_secs(self.lock_wait))
+    }
 }
 
 impl StartArgs {
@@ -96,17 +115,8 @@ pub struct RollbackArgs {
     /// Seconds to wait for the health URL.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     health_timeout: u64,
-    /// Seconds a stopped process may take to exit before SIGKILL.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
-    stop_timeout: u64,
-    /// Seconds the restart (stop and start, or systemctl restart) may take before it counts as failed and is rolled
-    /// back; longer than --stop-timeout. Default: --stop-timeout plus 60.
-    #[arg(long, value_name = "SECS")]
-    restart_timeout: Option<u64>,
-    /// Seconds to wait while another deploy or rollback of the same target runs (they take turns through a root-only
-    /// lock, /run/lock/gbo-ci/<hash of the path>.lock). 0 fails at once.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
-    lock_wait: u64,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Check everything and print what the rollback would do (release restored, unit or processes restarted)
     /// without changing anything on the remote.
     #[arg(long)]
@@ -125,81 +135,8 @@ pub struct VerifyArgs {
     dest: RemotePath,
 }
 
-/// Renders deploy events on stderr: an upload bar and one line per step.
-struct Progress {
-    bar: Option<ProgressBar>,
-    started: std::time::Instant,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self { bar: None, started: std::time::Instant::now() }
-    }
-}
-
-impl DeployObserver for Progress {
-    fn on_event(&mut self, event: &DeployEvent) {
-        if !matches!(event, DeployEvent::UploadProgress { .. }) {
-            eprint!("[{:6.2}s] ", self.started.elapsed().as_secs_f64());
-        }
-        match event {
-            DeployEvent::Connected { target, recorded_host_key } => {
-                eprintln!("connected to {target}");
-                if let Some(path) = recorded_host_key {
-                    eprintln!("first contact: recorded the host key in {}", path.display());
-                }
-            }
-            DeployEvent::WaitingForLock { lock, holder } => {
-                eprintln!("another deploy of this target is running ({holder}); waiting for {lock}")
-            }
-            DeployEvent::Locked { lock } => eprintln!("locked {lock}"),
-            DeployEvent::UploadStarted { temp_path, total } => {
-                eprintln!("uploading to {temp_path}");
-                let bar = ProgressBar::with_draw_target(Some(*total), ProgressDrawTarget::stderr());
-                if let Ok(style) =
-                    ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                {
-                    bar.set_style(style);
-                }
-                self.bar = Some(bar);
-            }
-            DeployEvent::UploadProgress { sent, .. } => {
-                if let Some(bar) = &self.bar {
-                    bar.set_position(*sent);
-                }
-            }
-            DeployEvent::Uploaded { .. } => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
-                }
-                eprintln!("uploaded and synced; checking SHA-256 on the remote");
-            }
-            DeployEvent::ChecksumVerified { sha256 } => eprintln!("checksum ok ({sha256})"),
-            DeployEvent::Swapped { previous_release: Some(release) } => {
-                eprintln!("swapped in atomically; previous binary kept as {release}")
-            }
-            DeployEvent::Swapped { previous_release: None } => eprintln!("swapped in atomically"),
-            DeployEvent::Restarting { method } => eprintln!("restarting ({method})"),
-            DeployEvent::WaitingForHealth { url } => eprintln!("waiting for {url}"),
-            DeployEvent::Healthy { downtime: Some(downtime) } => {
-                eprintln!("healthy after {:.0} ms of downtime", downtime.as_secs_f64() * 1000.0)
-            }
-            DeployEvent::Healthy { downtime: None } => eprintln!("healthy"),
-            DeployEvent::RollingBack { reason } => eprintln!("{reason}; rolling back"),
-            _ => {}
-        }
-    }
-}
-
-/// `--restart-timeout`, or its default from `--stop-timeout`.
-fn restart_timeout(stop_timeout: u64, restart_timeout: Option<u64>) -> Duration {
-    match restart_timeout {
-        Some(secs) => Duration::from_secs(secs),
-        None => gbo_ci::deploy::default_restart_timeout(Duration::from_secs(stop_timeout)),
-    }
-}
-
 pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
+    let (stop_timeout, restart_timeout, lock_wait) = args.timing.durations();
     let options = DeployOptions {
         binary: args.binary,
         dest: args.dest,
@@ -209,18 +146,19 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
         start: args.start.options(),
         unit: args.start.unit.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
-        stop_timeout: Duration::from_secs(args.stop_timeout),
-        restart_timeout: restart_timeout(args.stop_timeout, args.restart_timeout),
-        lock_wait: Duration::from_secs(args.lock_wait),
+        stop_timeout,
+        restart_timeout,
+        lock_wait,
     };
+    let mut events = Events::new(output);
     if args.dry_run {
         return print_plan(
-            &gbo_ci::deploy::plan_deploy(&args.connect.options(), &options, &mut Progress::new())?,
+            &gbo_ci::deploy::plan_deploy(&args.connect.options(), &options, &mut events)?,
             &options,
             output,
         );
     }
-    let report = gbo_ci::deploy::deploy(&args.connect.options(), &options, &mut Progress::new())?;
+    let report = gbo_ci::deploy::deploy(&args.connect.options(), &options, &mut events)?;
     match output {
         Output::Json => print_json(&report)?,
         Output::Text => {
@@ -231,10 +169,9 @@ pub fn deploy(args: DeployArgs, output: Output) -> anyhow::Result<u8> {
             match &report.unit {
                 Some(unit) => println!("restart       systemd unit {unit}"),
                 None if report.stopped_pids.is_empty() => println!("restart       started (nothing was running)"),
-                None => println!(
-                    "restart       stopped pid {} and started the new binary",
-                    report.stopped_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
-                ),
+                None => {
+                    println!("restart       stopped pid {} and started the new binary", pid_list(&report.stopped_pids))
+                }
             }
             match report.downtime_ms {
                 Some(ms) => println!("downtime      {ms} ms (old process stopped -> health OK)"),
@@ -268,7 +205,7 @@ fn print_plan(plan: &gbo_ci::deploy::DeployPlan, options: &DeployOptions, output
                 println!("note          {} is already this binary; a deploy would only restart it", plan.dest);
             }
             println!("keep          {}", plan.previous_release.as_deref().unwrap_or("(nothing: first deploy)"));
-            print_restart(&plan.unit, &plan.stop_pids, plan.start.as_ref(), &plan.dest);
+            print_restart(&plan.unit, &plan.stop_pids, plan.start.as_ref(), plan.dest.as_str());
             println!("health        {}", plan.health);
             if !plan.prune_releases.is_empty() {
                 println!("would prune   {}", plan.prune_releases.join(", "));
@@ -283,10 +220,7 @@ fn print_restart(unit: &Option<String>, stop_pids: &[u32], start: Option<&gbo_ci
     match unit {
         Some(unit) => println!("restart       systemctl restart {unit}"),
         None if stop_pids.is_empty() => println!("restart       nothing runs; the binary would be started"),
-        None => println!(
-            "restart       stop pid {}, then start the binary",
-            stop_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
-        ),
+        None => println!("restart       stop pid {}, then start the binary", pid_list(stop_pids)),
     }
     if let Some(start) = start {
         println!("start         as {} in {}: {} {}", start.owner, start.cwd, dest, start.args.join(" "));
@@ -294,7 +228,13 @@ fn print_restart(unit: &Option<String>, stop_pids: &[u32], start: Option<&gbo_ci
     }
 }
 
+/// The releases left after a rollback.
+fn print_remaining(releases: &[String]) {
+    println!("remaining     {}", if releases.is_empty() { "(none)".to_string() } else { releases.join(", ") });
+}
+
 pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
+    let (stop_timeout, restart_timeout, lock_wait) = args.timing.durations();
     let options = RollbackOptions {
         dest: args.dest,
         owner: args.owner,
@@ -302,31 +242,25 @@ pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
         start: args.start.options(),
         unit: args.start.unit.clone(),
         health_timeout: Duration::from_secs(args.health_timeout),
-        stop_timeout: Duration::from_secs(args.stop_timeout),
-        restart_timeout: restart_timeout(args.stop_timeout, args.restart_timeout),
-        lock_wait: Duration::from_secs(args.lock_wait),
+        stop_timeout,
+        restart_timeout,
+        lock_wait,
     };
+    let mut events = Events::new(output);
     if args.dry_run {
-        let plan = gbo_ci::deploy::plan_rollback(&args.connect.options(), &options, &mut Progress::new())?;
+        let plan = gbo_ci::deploy::plan_rollback(&args.connect.options(), &options, &mut events)?;
         match output {
             Output::Json => print_json(&plan)?,
             Output::Text => {
                 println!("dry run: nothing was changed on {}", plan.host);
                 println!("would restore {} over {} (sha256 {})", plan.restore_release, plan.dest, plan.sha256);
-                print_restart(&plan.unit, &plan.stop_pids, plan.start.as_ref(), &plan.dest);
-                println!(
-                    "remaining     {}",
-                    if plan.remaining_releases.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        plan.remaining_releases.join(", ")
-                    }
-                );
+                print_restart(&plan.unit, &plan.stop_pids, plan.start.as_ref(), plan.dest.as_str());
+                print_remaining(&plan.remaining_releases);
             }
         }
         return Ok(0);
     }
-    let report = gbo_ci::deploy::rollback(&args.connect.options(), &options, &mut Progress::new())?;
+    let report = gbo_ci::deploy::rollback(&args.connect.options(), &options, &mut events)?;
     match output {
         Output::Json => print_json(&report)?,
         Output::Text => {
@@ -338,14 +272,7 @@ pub fn rollback(args: RollbackArgs, output: Output) -> anyhow::Result<u8> {
                 Some(false) => println!("health        FAILED"),
                 None => println!("health        not checked (no --health)"),
             }
-            println!(
-                "remaining     {}",
-                if report.remaining_releases.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    report.remaining_releases.join(", ")
-                }
-            );
+            print_remaining(&report.remaining_releases);
         }
     }
     if report.healthy == Some(false) {

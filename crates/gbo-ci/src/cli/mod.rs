@@ -1,6 +1,7 @@
 //! Argument parsing and rendering for the `gbo-ci` binary. Only this module prints.
 
 mod deploy;
+mod events;
 mod upkeep;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ use gbo_ci::size::ByteSize;
 use gbo_ci::ssh::Secret;
 use gbo_ci::workflow::RenderSettings;
 
+use super::events::Events;
 use super::{print_json, Output, FINDINGS};
 
 #[derive(Debug, Subcommand)]
@@ -171,17 +172,21 @@ pub fn workflow(command: WorkflowCommand, output: Output) -> anyhow::Result<u8> 
             Ok(0)
         }
         WorkflowCommand::Check(args) => {
-            let (checked, findings) = gbo_ci::workflow::check_paths(&args.paths)?;
+            let report = gbo_ci::workflow::check_paths(&args.paths)?;
             match output {
-                Output::Json => print_json(&serde_json::json!({ "checked": checked, "findings": findings }))?,
+                Output::Json => print_json(&report)?,
                 Output::Text => {
-                    for finding in &findings {
+                    for finding in &report.findings {
                         println!("{}:{}: [{}] {}", finding.file.display(), finding.line, finding.rule, finding.message);
                     }
-                    eprintln!("checked {} workflow file(s), {} finding(s)", checked.len(), findings.len());
+                    eprintln!(
+                        "checked {} workflow file(s), {} finding(s)",
+                        report.checked.len(),
+                        report.findings.len()
+                    );
                 }
             }
-            Ok(if findings.is_empty() { 0 } else { FINDINGS })
+            Ok(if report.findings.is_empty() { 0 } else { FINDINGS })
         }
     }
 }
@@ -195,7 +200,7 @@ pub fn push(args: PushArgs, output: Output) -> anyhow::Result<u8> {
         root_remotes: args.root_remotes,
         message: args.message,
     };
-    let report = gbo_ci::push::push(&options)?;
+    let report = gbo_ci::push::push(&options, &mut Events::new(output))?;
     match output {
         Output::Json => print_json(&report)?,
         Output::Text => {
@@ -214,31 +219,17 @@ pub fn push(args: PushArgs, output: Output) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn locations(dirs: &CacheDirArgs) -> CacheLocations {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-    let mut locations = CacheLocations::from_env(&home);
-    if let Some(dir) = &dirs.sccache_dir {
-        locations.sccache_dir = dir.clone();
-    }
-    if let Some(dir) = &dirs.registry_dir {
-        locations.registry_dir = dir.clone();
-    }
-    locations
-}
-
 pub fn cache(command: CacheCommand, output: Output) -> anyhow::Result<u8> {
     match command {
         CacheCommand::Prune(args) => {
-            let report = gbo_ci::cache::prune(&locations(&args.dirs), args.max_size, args.dry_run)?;
+            let locations = CacheLocations::with(args.dirs.sccache_dir, args.dirs.registry_dir);
+            let report = gbo_ci::cache::prune(&locations, args.max_size, args.dry_run, &mut Events::new(output))?;
             match output {
                 Output::Json => print_json(&report)?,
                 Output::Text => {
                     let verb = if report.dry_run { "would remove" } else { "removed" };
                     for entry in &report.removed {
                         println!("{verb} {} ({})", entry.path.display(), ByteSize(entry.bytes));
-                    }
-                    for path in &report.missing {
-                        eprintln!("{}: not there, nothing to prune", path.display());
                     }
                     println!(
                         "{} -> {} (limit {}), {} {} entries",
@@ -293,7 +284,7 @@ pub fn runs(args: RunsArgs, output: Output) -> anyhow::Result<u8> {
     let token = std::env::var("FORGEJO_TOKEN").ok().filter(|token| !token.is_empty()).map(Secret::new);
     let query = gbo_ci::runs::RunsQuery::new(&args.url, &args.repo, args.limit, token)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let report = runtime.block_on(gbo_ci::runs::list_runs(&query))?;
+    let report = runtime.block_on(gbo_ci::runs::list_runs(&query, &mut Events::new(output)))?;
     match output {
         Output::Json => print_json(&report)?,
         Output::Text => {

@@ -164,6 +164,92 @@ impl Sshd {
         options.home = self.dir.path().to_path_buf();
         options
     }
+
+    /// A build of the botserver in this fixture's `build/` directory.
+    pub fn build(&self, name: &str, health: u16, version: &str) -> PathBuf {
+        let path = self.mkdir("build").join(name);
+        make_botserver(&path, health, version, 0);
+        path
+    }
+
+    /// `gbo-ci deploy` of `binary` to `dest` as `nobody`, polling `health` (deadline 15 s unless `extra` sets one),
+    /// not started.
+    pub fn deploy_command(&self, binary: &Path, dest: &Path, health: &str, extra: &[&str]) -> Command {
+        let mut command = self.gbo_ci();
+        command
+            .arg("deploy")
+            .args(self.connect_args())
+            .arg("--binary")
+            .arg(binary)
+            .arg("--dest")
+            .arg(dest)
+            .args(["--owner", "nobody", "--health", health])
+            .args(extra);
+        if !extra.contains(&"--health-timeout") {
+            command.args(["--health-timeout", "15"]);
+        }
+        command
+    }
+
+    /// `gbo-ci rollback` of `dest` with `extra` flags, not started.
+    pub fn rollback_command(&self, dest: &Path, extra: &[&str]) -> Command {
+        let mut command = self.gbo_ci();
+        command.arg("rollback").args(self.connect_args()).arg("--dest").arg(dest).args(extra);
+        command
+    }
+
+    /// A real ssh-agent holding the client key, and its socket.
+    pub fn agent(&self) -> (Child, PathBuf) {
+        require("ssh-agent");
+        require("ssh-add");
+        let socket = self.path("agent.sock");
+        let agent = Command::new("ssh-agent").arg("-D").arg("-a").arg(&socket).stdout(Stdio::null()).spawn().unwrap();
+        // The socket file appears when the agent binds it, a moment before it listens: wait until `ssh-add -l`
+        // reaches it (exit 2 is "cannot connect").
+        let listening = || {
+            let list = Command::new("ssh-add").arg("-l").env("SSH_AUTH_SOCK", &socket).output().unwrap();
+            list.status.code() != Some(2)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(socket.exists() && listening()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let added = Command::new("ssh-add").arg(&self.client_key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
+        assert!(added.status.success(), "{}", describe(&added));
+        (agent, socket)
+    }
+}
+
+/// The health URL of a botserver on `port`.
+pub fn health_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/api/health")
+}
+
+/// The names in a directory, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Library options for a deploy of `binary` to `dest` as `nobody`, keeping `keep` releases.
+pub fn deploy_options(binary: &Path, dest: &Path, health: &str, keep: usize) -> gbo_ci::deploy::DeployOptions {
+    gbo_ci::deploy::DeployOptions {
+        binary: binary.to_path_buf(),
+        dest: dest.display().to_string().parse().unwrap(),
+        owner: "nobody".parse().unwrap(),
+        health: health.parse().unwrap(),
+        keep,
+        start: Default::default(),
+        unit: None,
+        health_timeout: Duration::from_secs(15),
+        stop_timeout: Duration::from_secs(5),
+        restart_timeout: Duration::from_secs(65),
+        lock_wait: Duration::from_secs(10),
+    }
 }
 
 fn wait_for_banner(port: u16, child: &mut Child) -> bool {
