@@ -207,7 +207,7 @@ async fn build_test_image(lxd: &Client) -> anyhow::Result<gbo_ops::image::BuiltI
     let spec = test_image_spec();
     // One build at a time on this machine, even if two runs start together.
     std::fs::create_dir_all(&spec.work_dir)?;
-    let events = |event: gbo_ops::image::ImageEvent| eprintln!("test image: {event}");
+    let events = |event: &gbo_ops::image::ImageEvent| eprintln!("test image: {event}");
     Ok(gbo_ops::image::build_image(lxd, &spec, &events).await?)
 }
 

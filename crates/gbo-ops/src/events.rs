@@ -9,14 +9,15 @@
 
 use std::fmt;
 
-/// Where a long operation reports what it does. Any `Fn(E) + Sync` closure is one.
+/// Where a long operation reports what it does. Any `Fn(&E) + Sync` closure is one. (gbo-ci, which depends on no
+/// other gbo crate, has the same shape for its sequential operations: `gbo_ci::event::Observer`.)
 pub trait Observer<E>: Sync {
     /// One event.
-    fn event(&self, event: E);
+    fn event(&self, event: &E);
 }
 
-impl<E, F: Fn(E) + Sync> Observer<E> for F {
-    fn event(&self, event: E) {
+impl<E, F: Fn(&E) + Sync> Observer<E> for F {
+    fn event(&self, event: &E) {
         self(event)
     }
 }
@@ -26,7 +27,7 @@ impl<E, F: Fn(E) + Sync> Observer<E> for F {
 pub struct Ignore;
 
 impl<E> Observer<E> for Ignore {
-    fn event(&self, _event: E) {}
+    fn event(&self, _event: &E) {}
 }
 
 /// How a subject of a long operation ended.
@@ -147,9 +148,9 @@ mod tests {
         assert_eq!(InstallEvent::new("x", InstallEventKind::Planned { steps: 3 }).to_string(), "3 step(s) planned");
         assert_eq!(InstallEvent::new("x", InstallEventKind::Planned { steps: 3 }).finished(), None);
         let seen = std::sync::Mutex::new(Vec::new());
-        let observer = |e: InstallEvent| seen.lock().expect("lock").push(e);
-        Observer::event(&observer, healthy.clone());
-        Ignore.event(healthy.clone());
+        let observer = |e: &InstallEvent| seen.lock().expect("lock").push(e.clone());
+        Observer::event(&observer, &healthy);
+        Ignore.event(&healthy);
         assert_eq!(seen.lock().expect("lock").len(), 1);
     }
 }

@@ -209,7 +209,7 @@ pub async fn build_image(
     if !spec.force {
         if let Some(existing) = find_image(lxd, &inputs).await? {
             lxd.set_image_alias(&spec.alias, &existing.fingerprint, "gbo image").await?;
-            events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Reused });
+            events.event(&ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Reused });
             return Ok(BuiltImage {
                 fingerprint: existing.fingerprint,
                 alias: spec.alias.clone(),
@@ -239,7 +239,7 @@ async fn build_in(
     events: &dyn Observer<ImageEvent>,
 ) -> Result<BuiltImage, ImageError> {
     let rootfs = dir.join("rootfs");
-    events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Bootstrapping });
+    events.event(&ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Bootstrapping });
     HostCommand::new("debootstrap")
         .arg("--variant=minbase")
         .arg(format!("--include={}", spec.all_packages().join(",")))
@@ -249,7 +249,7 @@ async fn build_in(
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run_with_retries(3, Duration::from_secs(5))
         .await?;
-    events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Customising });
+    events.event(&ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Customising });
     let rootfs_clone = rootfs.clone();
     let users = spec.users.clone();
     tokio::task::spawn_blocking(move || customise(&rootfs_clone, &users)).await.map_err(|e| ImageError::Io {
@@ -259,7 +259,7 @@ async fn build_in(
     write_metadata(dir, spec, inputs).await?;
     let fingerprint = import_dir(lxd, dir, &spec.alias, events).await?;
     lxd.set_image_alias(&spec.alias, &fingerprint, "gbo image").await?;
-    events.event(ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Done });
+    events.event(&ImageEvent { alias: spec.alias.clone(), stage: BuildStage::Done });
     Ok(BuiltImage { fingerprint, alias: spec.alias.clone(), reused: false, inputs: inputs.to_string() })
 }
 
@@ -305,7 +305,7 @@ async fn import_dir(
             Some(sent) = rx.recv() => {
                 if sent - last_reported >= 16 * 1024 * 1024 {
                     last_reported = sent;
-                    events.event(ImageEvent { alias: alias.to_string(), stage: BuildStage::Importing(sent) });
+                    events.event(&ImageEvent { alias: alias.to_string(), stage: BuildStage::Importing(sent) });
                 }
             }
         }

@@ -307,7 +307,7 @@ async fn image(command: ImageCommand) -> anyhow::Result<Outcome> {
             let spec = install::setup::image_spec(&roles, &alias, force);
             std::fs::create_dir_all(&spec.work_dir).with_context(|| format!("creating {}", spec.work_dir.display()))?;
             let lines = Lines::new(Style::for_output(Format::Table));
-            let events = |event: gbo_ops::image::ImageEvent| lines.show(&event);
+            let events = |event: &gbo_ops::image::ImageEvent| lines.show(event);
             let built = gbo_ops::image::build_image(&lxd, &spec, &events).await;
             lines.close();
             let built = built?;
@@ -472,7 +472,7 @@ async fn install_cmd(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome
         }
     }
     let lines = Lines::new(Style::for_output(args.output));
-    let events = |event: gbo_ops::events::InstallEvent| lines.show(&event);
+    let events = |event: &gbo_ops::events::InstallEvent| lines.show(event);
     let result = install::install(&lxd, &request, &events).await;
     lines.close();
     let report = result.map_err(engine_error)?;

@@ -27,7 +27,7 @@ pub async fn apply_planned(
     let ctx =
         ApplyContext { lxd, artifacts: &request.artifacts, events, secrets: &planned.secrets, image: &planned.image };
     for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
-        events.event(InstallEvent::new(&desired.instance, InstallEventKind::Planned { steps: component.steps.len() }));
+        events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Planned { steps: component.steps.len() }));
     }
     let mut done: BTreeMap<Role, tokio::sync::watch::Sender<Option<bool>>> = BTreeMap::new();
     let mut receivers: BTreeMap<Role, tokio::sync::watch::Receiver<Option<bool>>> = BTreeMap::new();
@@ -50,7 +50,7 @@ pub async fn apply_planned(
                     .map(|d| d.as_str().to_string())
                     .collect();
                 if !on.is_empty() {
-                    ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Waiting { on }));
+                    ctx.events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Waiting { on }));
                 }
                 for dep in desired.spec.dependencies.iter() {
                     if let Some(rx) = receivers.get(dep) {
@@ -87,7 +87,7 @@ pub async fn apply_planned(
                 } else {
                     InstallEventKind::Unhealthy { detail }
                 };
-                ctx.events.event(InstallEvent::new(&desired.instance, kind));
+                ctx.events.event(&InstallEvent::new(&desired.instance, kind));
                 if !health.healthy {
                     return Err(InstallError::Unhealthy {
                         instance: desired.instance.clone(),
@@ -105,7 +105,7 @@ pub async fn apply_planned(
             .await;
             if let Err(e) = &result {
                 ctx.events
-                    .event(InstallEvent::new(&desired.instance, InstallEventKind::Failed { error: e.to_string() }));
+                    .event(&InstallEvent::new(&desired.instance, InstallEventKind::Failed { error: e.to_string() }));
             }
             if let Some(tx) = done.get(&desired.role) {
                 let _ = tx.send(Some(result.is_ok()));
@@ -274,7 +274,7 @@ fn boundary(edge: Edge, desired: &Desired, step: &Step) -> Result<(), InstallErr
 pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &[Step]) -> Result<(), InstallError> {
     let name = instance_name(desired)?;
     let say = |description: String| {
-        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+        ctx.events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
     };
     let mut config_changes: Vec<&Step> = Vec::new();
     let mut provision_now: Vec<Step> = Vec::new();
@@ -438,7 +438,7 @@ async fn flush_config(
         return Ok(());
     }
     let say = |description: String| {
-        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+        ctx.events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
     };
     for step in changes.iter() {
         say(step.describe());
@@ -483,7 +483,7 @@ async fn run_provision(
     probe: &plan::Probe,
 ) -> Result<(), InstallError> {
     let say = |description: String| {
-        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+        ctx.events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
     };
     let lxd = ctx.lxd;
     // An image gbo did not build gets the fixed-uid users and the role's packages first (see `packages`).

@@ -117,7 +117,7 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
     let instance = lxd.instance(name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
     let never_provisioned = !instance.config.contains_key(inventory::KEY_PROVISIONED_HASH);
     let say = |description: String| {
-        ctx.events.event(InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
+        ctx.events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
     };
     match image_fit(&instance, desired.role) {
         ImageFit::Ready => Ok(()),
