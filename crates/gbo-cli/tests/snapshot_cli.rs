@@ -104,3 +104,17 @@ async fn unknown_targets_json_list_and_schedules() {
     );
     assert!(cron.contains("snapshot prune") && cron.contains("--keep-last 3 --keep-daily 7 --keep-weekly 0"), "{cron}");
 }
+
+/// Issue 13: `gbo snapshot list` with nothing named lists the `default` tenant's snapshots (the help says the
+/// default tenant is `default`); it used to fail with "name a CONTAINER or give --tenant T".
+#[tokio::test(flavor = "multi_thread")]
+async fn list_with_nothing_named_lists_the_default_tenant() {
+    let _lxd = gbo_tests::lxd().await;
+    let (code, stdout, stderr) = gbo(&["snapshot", "list", "--output", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let rows = listed.as_array().expect("a list");
+    assert!(rows.iter().all(|s| s["container"].as_str().is_some_and(|c| c.starts_with("default-"))), "{stdout}");
+    let (_, _, with_tenant) = gbo(&["snapshot", "list", "--tenant", "default", "--output", "json"]);
+    assert!(!with_tenant.contains("name a CONTAINER"), "{with_tenant}");
+}

@@ -98,6 +98,41 @@ pub fn missing_dependencies(roles: &[Role]) -> Vec<(Role, Role)> {
     roles.iter().flat_map(|r| r.dependencies().iter().filter(|d| !roles.contains(d)).map(move |d| (*r, *d))).collect()
 }
 
+/// LXD's start priority of a role's container after a host reboot (higher starts first): what a role depends on
+/// starts before it (tables and cache before system), and the roles that face the network (proxy, dns, email,
+/// webmail) start last, once what they front is up.
+pub fn boot_priority(role: Role) -> u32 {
+    fn depth(role: Role) -> u32 {
+        role.dependencies().iter().map(|d| depth(*d) + 1).max().unwrap_or(0)
+    }
+    match role {
+        // The front door opens last of all.
+        Role::Proxy => 5,
+        Role::Dns | Role::Email | Role::Webmail => 15u32.saturating_sub(3 * depth(role)).max(6),
+        _ => 50u32.saturating_sub(10 * depth(role)).max(20),
+    }
+}
+
+/// How long LXD waits for a role's container to stop cleanly when the host shuts down: PostgreSQL flushes and
+/// checkpoints, so the tables role gets two minutes (LXD's default is 30 s); every other role one.
+pub fn shutdown_timeout_secs(role: Role) -> u32 {
+    if role == Role::Tables {
+        120
+    } else {
+        60
+    }
+}
+
+/// The `boot.*` keys of a role's container: started with the host, in [`boot_priority`] order, stopped within
+/// [`shutdown_timeout_secs`].
+pub fn boot_config(role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("boot.autostart".to_owned(), "true".to_owned()),
+        ("boot.autostart.priority".to_owned(), boot_priority(role).to_string()),
+        ("boot.host_shutdown_timeout".to_owned(), shutdown_timeout_secs(role).to_string()),
+    ])
+}
+
 /// Topological order of `roles` in waves: every role's dependencies (those among `roles`) are in earlier waves,
 /// and roles within a wave are independent (install them concurrently). Each wave is in canonical order.
 pub fn install_order(roles: &[Role]) -> Vec<Vec<Role>> {
@@ -790,6 +825,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
     // container's own uids, so that reason is gone. Privileged only when the tenant file asks.
     let privileged = role == Role::System && tenant.system.privileged;
     let mut lxd_config: BTreeMap<String, String> = limits.lxd_config();
+    lxd_config.extend(boot_config(role));
     if privileged {
         lxd_config.insert("security.privileged".to_owned(), "true".to_owned());
     }

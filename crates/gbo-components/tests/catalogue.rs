@@ -384,3 +384,20 @@ fn systemd_units_have_no_shell_syntax() {
         }
     }
 }
+
+#[test]
+fn containers_start_with_the_host_in_dependency_order_and_the_proxy_last() {
+    use gbo_components::catalogue::{boot_config, boot_priority, shutdown_timeout_secs};
+    for role in Role::ALL {
+        for dependency in role.dependencies() {
+            assert!(boot_priority(*dependency) > boot_priority(role), "{dependency} must start before {role}");
+        }
+        let config = boot_config(role);
+        assert_eq!(config["boot.autostart"], "true");
+        assert_eq!(config["boot.autostart.priority"], boot_priority(role).to_string());
+    }
+    assert!(boot_priority(Role::Tables) > boot_priority(Role::System));
+    assert!(boot_priority(Role::Cache) > boot_priority(Role::System));
+    assert!(Role::ALL.iter().all(|r| *r == Role::Proxy || boot_priority(*r) >= boot_priority(Role::Proxy)));
+    assert!(shutdown_timeout_secs(Role::Tables) >= 120, "PostgreSQL needs time to stop cleanly");
+}

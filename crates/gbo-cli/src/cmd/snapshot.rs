@@ -29,7 +29,7 @@ pub enum Command {
     },
     /// List snapshots: name, taken at, expires, size where known, and what each covers.
     List {
-        /// A container (or use --tenant).
+        /// A container (or use --tenant; with neither, the `default` tenant).
         container: Option<String>,
         /// Every container of this tenant.
         #[arg(long, conflicts_with = "container")]
@@ -135,6 +135,11 @@ async fn targets(
     }
 }
 
+/// Whether `error` says a tenant has no containers (listing it shows nothing; it is no error).
+fn is_empty_tenant(error: &anyhow::Error) -> bool {
+    matches!(error.downcast_ref::<snapshot::SnapshotError>(), Some(snapshot::SnapshotError::EmptyTenant { .. }))
+}
+
 /// Run a `gbo snapshot` subcommand.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
@@ -170,7 +175,15 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::List { container, tenant, output } => {
             let lxd = output::lxd()?;
-            let containers = targets(&lxd, container.as_deref(), tenant.as_deref()).await?;
+            // Nothing named: the default tenant, as everywhere else.
+            let tenant = match (&container, tenant) {
+                (None, None) => Some(gbo_components::TenantName::DEFAULT.to_string()),
+                (_, tenant) => tenant,
+            };
+            let containers = match targets(&lxd, container.as_deref(), tenant.as_deref()).await {
+                Err(e) if container.is_none() && is_empty_tenant(&e) => Vec::new(),
+                other => other?,
+            };
             let mut infos = Vec::new();
             for c in &containers {
                 infos.extend(snapshot::list(&lxd, c).await?);

@@ -14,7 +14,14 @@ use sha2::{Digest, Sha256};
 use crate::inventory::{self, DEVICE_PREFIX};
 
 /// Config keys gbo manages besides `user.gbo.*`: a difference is drift, an extra one is removed.
-pub const MANAGED_CONFIG_KEYS: &[&str] = &["limits.cpu", "limits.memory", PRIVILEGED];
+pub const MANAGED_CONFIG_KEYS: &[&str] = &[
+    "limits.cpu",
+    "limits.memory",
+    PRIVILEGED,
+    "boot.autostart",
+    "boot.autostart.priority",
+    "boot.host_shutdown_timeout",
+];
 
 /// `security.privileged`: changing it on an existing instance is a [`Action::Remap`], never a plain config step.
 pub const PRIVILEGED: &str = "security.privileged";
