@@ -31,6 +31,10 @@ pub const KEY_CATALOGUE: &str = "user.gbo.catalogue";
 pub const KEY_SPEC_HASH: &str = "user.gbo.spec-hash";
 /// Hash of what was last provisioned successfully (files, packages, init steps).
 pub const KEY_PROVISIONED_HASH: &str = "user.gbo.provisioned-hash";
+/// The host ports gbo allocated to the instance, `name=address:port` comma separated (`redis=127.0.0.1:26379`):
+/// recorded beside the proxy devices, so that a device removed by hand is re-added with its own port (`gbo doctor
+/// --fix`, `gbo install`) instead of a newly allocated one.
+pub const KEY_PORTS: &str = "user.gbo.ports";
 /// Prefix of every device gbo adds.
 pub const DEVICE_PREFIX: &str = "gbo-";
 
@@ -82,6 +86,39 @@ pub struct ManagedInstance {
     pub ports: Vec<PublishedPort>,
     /// The raw instance.
     pub instance: Instance,
+}
+
+/// One host port recorded under [`KEY_PORTS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedPort {
+    /// The port's name in the catalogue (`postgres`, `redis`, `http`).
+    pub name: String,
+    /// Host address.
+    pub address: std::net::IpAddr,
+    /// Host port.
+    pub port: u16,
+}
+
+/// The ports recorded on an instance; entries that do not parse are left out (the devices stay the authority).
+pub fn recorded_ports(config: &BTreeMap<String, String>) -> Vec<RecordedPort> {
+    let Some(value) = config.get(KEY_PORTS) else { return Vec::new() };
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (name, socket) = entry.split_once('=')?;
+            let socket: std::net::SocketAddr = socket.parse().ok()?;
+            Some(RecordedPort { name: name.to_string(), address: socket.ip(), port: socket.port() })
+        })
+        .collect()
+}
+
+/// The [`KEY_PORTS`] value for `ports`.
+pub fn format_ports(ports: &[RecordedPort]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("{}={}", p.name, std::net::SocketAddr::new(p.address, p.port)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Read gbo's view of one instance.

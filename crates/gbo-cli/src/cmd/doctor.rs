@@ -21,7 +21,8 @@ pub struct Args {
     /// defaults): for example whether the system container may be privileged (`[system] privileged = true`).
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Apply the safe fixes (loopback rule, fail2ban jails, botui's BOTSERVER_URL, botserver's owner), then check
+    /// Apply the safe fixes (loopback rule, fail2ban jails, botui's BOTSERVER_URL, botserver's owner, a removed proxy
+    /// device re-added from its recorded port), then check
     /// again.
     #[arg(long)]
     pub fix: bool,

@@ -142,6 +142,7 @@ pub async fn run(lxd: &Client, tenant: &str, options: &DoctorOptions) -> Result<
     let mut checks = Vec::new();
     checks.extend(system_privileged(&ctx));
     checks.extend(proxy_devices(&ctx));
+    checks.extend(recorded_port_devices(&ctx).await);
     checks.extend(alm_ci_mounts(&ctx));
     checks.extend(loopback_first(&ctx).await?);
     checks.extend(cache(&ctx, production).await?);
@@ -235,6 +236,66 @@ fn proxy_devices(ctx: &Ctx<'_>) -> Vec<Check> {
             Check::new("proxy-devices", &m.name, Verdict::Fail, format!("no proxy device forwards port {}", missing.join(", ")))
                 .fix(format!("lxc config device add {} gbo-port-<port> proxy listen=tcp:<address>:<port> connect=tcp:127.0.0.1:<port> (never remove these)", m.name))
         };
+        out.push(check);
+    }
+    out
+}
+
+/// Every port gbo published for a container it manages still has its proxy device (removing one is the seed's
+/// "never remove the proxy devices" incident). `--fix` re-adds a missing one from the port recorded on the
+/// container (`user.gbo.ports`): the same address and host port, no restart needed.
+async fn recorded_port_devices(ctx: &Ctx<'_>) -> Vec<Check> {
+    let mut out = Vec::new();
+    for m in ctx.instances.iter().filter(|m| m.managed) {
+        let Ok(role) = m.role.parse::<gbo_components::Role>() else { continue };
+        let recorded = crate::inventory::recorded_ports(&m.instance.config);
+        if recorded.is_empty() {
+            continue;
+        }
+        let missing: Vec<&crate::inventory::RecordedPort> =
+            recorded.iter().filter(|p| !m.instance.devices.contains_key(&format!("gbo-port-{}", p.name))).collect();
+        let describe = |ports: &[&crate::inventory::RecordedPort]| {
+            ports.iter().map(|p| format!("{} ({}:{})", p.name, p.address, p.port)).collect::<Vec<_>>().join(", ")
+        };
+        if missing.is_empty() {
+            let all: Vec<&crate::inventory::RecordedPort> = recorded.iter().collect();
+            out.push(Check::new("port-devices", &m.name, Verdict::Pass, format!("published: {}", describe(&all))));
+            continue;
+        }
+        let mut check = Check::new(
+            "port-devices",
+            &m.name,
+            Verdict::Fail,
+            format!("the proxy device of {} is missing (removed by hand?)", describe(&missing)),
+        )
+        .fix(format!("gbo doctor --fix re-adds it from the port recorded on {} (or gbo install)", m.name));
+        if ctx.options.fix {
+            let mut devices = Vec::new();
+            for p in &missing {
+                if let Ok(Some(device)) =
+                    crate::install::desired::published_port_device(role, &p.name, p.address, p.port)
+                {
+                    devices.push(device);
+                }
+            }
+            let added = match name_of(m) {
+                Ok(name) => ctx
+                    .lxd
+                    .update_instance(&name, |put| {
+                        for (device, config) in &devices {
+                            put.devices.entry(device.clone()).or_insert_with(|| config.clone());
+                        }
+                    })
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if added && devices.len() == missing.len() {
+                check.verdict = Verdict::Pass;
+                check.evidence = format!("re-added the proxy device of {}", describe(&missing));
+                check.fixed = true;
+            }
+        }
         out.push(check);
     }
     out

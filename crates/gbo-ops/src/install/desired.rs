@@ -44,6 +44,24 @@ pub(super) fn address(protocol: gbo_components::Protocol, ip: std::net::IpAddr, 
     }
 }
 
+/// The proxy device that publishes `role`'s port `name` on the host at `address:port` (`gbo-port-<name>`, connecting
+/// to the port inside the container), or `None` when the role has no such port.
+pub fn published_port_device(
+    role: Role,
+    name: &str,
+    address_ip: std::net::IpAddr,
+    port: u16,
+) -> Result<Option<(String, DeviceConfig)>, InstallError> {
+    let Some(spec) = gbo_components::ports(role).into_iter().find(|p| p.name == name) else { return Ok(None) };
+    let device = format!("gbo-port-{name}");
+    let proxy = ProxyDevice::new(
+        address(spec.protocol, address_ip, port),
+        address(spec.protocol, std::net::IpAddr::from([127, 0, 0, 1]), spec.container_port),
+    );
+    let config = proxy_config(&device, proxy)?;
+    Ok(Some((device, config)))
+}
+
 /// Build the desired state of every role to install.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn desired_states(
@@ -94,14 +112,16 @@ pub(super) fn desired_states(
             );
             host_dirs.push(HostDir { path: host, uid: mount.owner.uid, gid: mount.owner.gid });
         }
+        let mut recorded = Vec::new();
         for port in &spec.ports {
             let Some(a) = allocations.get(&(role, port.name.to_string())) else { continue };
-            let name = format!("gbo-port-{}", port.name);
-            let proxy = ProxyDevice::new(
-                address(port.protocol, a.address, a.port),
-                address(port.protocol, std::net::IpAddr::from([127, 0, 0, 1]), port.container_port),
-            );
-            devices.insert(name.clone(), proxy_config(&name, proxy)?);
+            recorded.push(inventory::RecordedPort { name: port.name.to_string(), address: a.address, port: a.port });
+            if let Some((name, config)) = published_port_device(role, port.name, a.address, a.port)? {
+                devices.insert(name, config);
+            }
+        }
+        if !recorded.is_empty() {
+            config.insert(inventory::KEY_PORTS.to_string(), inventory::format_ports(&recorded));
         }
         for wire in &spec.wires {
             let target_port = gbo_components::ports(wire.role).into_iter().find(|p| p.name == wire.port_name);

@@ -7,7 +7,7 @@
 
 pub mod apply;
 pub mod artifact;
-mod desired;
+pub mod desired;
 pub mod error;
 mod fault;
 pub mod health;

@@ -354,6 +354,10 @@ pub(super) fn existing_ports(instances: &[ManagedInstance]) -> BTreeMap<(Role, S
     let mut out = BTreeMap::new();
     for m in instances {
         let Ok(role) = m.role.parse::<Role>() else { continue };
+        // What the instance recorded first: a device removed by hand keeps its port.
+        for p in inventory::recorded_ports(&m.instance.config) {
+            out.insert((role, p.name), p.port);
+        }
         for p in &m.ports {
             if let Some(port_name) = p.device.strip_prefix("gbo-port-") {
                 out.insert((role, port_name.to_string()), p.host_port);
