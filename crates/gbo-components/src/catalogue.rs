@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::Result;
 use crate::names::{instance_name, Role};
 use crate::render::systemd::{ServiceType, Unit};
-use crate::render::{self, botserver, caddy, coredns, fail2ban, firewall, forgejo, misc, postgres, redis};
+use crate::render::{self, botserver, caddy, coredns, fail2ban, firewall, forgejo, logs, misc, postgres, redis};
 use crate::secrets::{self, required_secrets};
 use crate::spec::{
     ComponentSpec, Exposure, HealthCheck, InitPhase, InitStep, Install, Mount, MountKind, PortSpec, Protocol,
@@ -812,6 +812,28 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 HealthCheck::Http { port: botserver::BOTSERVER_PORT, path: "/api/health", expect: StatusRange::OK };
         }
     }
+
+    // Every container: a capped journal, and the log files under /opt/gbo/logs kept under their cap.
+    parts.files.push(render::root_file(
+        logs::JOURNALD_CONF_PATH,
+        logs::journald_conf(),
+        0o644,
+        &["systemd-journald.service"],
+    ));
+    parts.files.push(render::root_file(logs::LOGCAP_PATH, logs::logcap_script(), 0o755, &[]));
+    parts.files.push(render::root_file(
+        &format!("{}/{}", logs::AUX_UNIT_DIR, logs::LOGCAP_SERVICE),
+        logs::logcap_service(),
+        0o644,
+        &[],
+    ));
+    parts.files.push(render::root_file(
+        &format!("{}/{}", logs::AUX_UNIT_DIR, logs::LOGCAP_TIMER),
+        logs::logcap_timer(),
+        0o644,
+        &[logs::LOGCAP_TIMER],
+    ));
+    parts.units.push(logs::LOGCAP_TIMER.to_string());
 
     let mut install = Vec::new();
     let packages = role_packages(role);

@@ -108,7 +108,11 @@ fn llama_servers_read_their_api_key_from_a_0600_file() {
     let file = files[0];
     assert!(file.secret && file.mode == 0o600 && file.uid == 1000, "{file:?}");
     assert_eq!(file.content.trim_end(), key);
-    let units: Vec<_> = llm.files.iter().filter(|f| f.path.ends_with(".service")).collect();
+    let units: Vec<_> = llm
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("/etc/systemd/system/") && f.path.ends_with(".service"))
+        .collect();
     assert_eq!(units.len(), 2);
     for unit in units {
         assert!(unit.content.contains(&format!("--api-key-file {}", file.path)), "{}", unit.content);

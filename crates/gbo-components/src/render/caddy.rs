@@ -41,7 +41,10 @@ pub fn caddyfile(tenant: &str, sites: &[Site], tls_internal: bool) -> String {
 
 (gbo_access_log) {{
 	log {{
-		output file {ACCESS_LOG}
+		output file {ACCESS_LOG} {{
+			roll_size 10MiB
+			roll_keep 5
+		}}
 		format json
 	}}
 }}

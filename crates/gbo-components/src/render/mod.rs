@@ -7,6 +7,7 @@ pub mod coredns;
 pub mod fail2ban;
 pub mod firewall;
 pub mod forgejo;
+pub mod logs;
 pub mod misc;
 pub mod postgres;
 pub mod redis;

@@ -525,7 +525,7 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
             };
             steps.push(Step::new(action, reason));
             restarts.extend(file.restarts.iter().cloned());
-            if file.path.starts_with("/etc/systemd/") {
+            if file.path.starts_with("/etc/systemd/") || file.path.starts_with("/usr/local/lib/systemd/") {
                 reload = true;
             }
         }
@@ -594,6 +594,19 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
                 "owed by an interrupted run (its inputs changed)",
             ));
         }
+    }
+    // Units of the image that a rendered file configures (systemd-journald): restarted when their file changed, or
+    // when an interrupted run owes it.
+    let mut system_units: Vec<String> = restarts
+        .iter()
+        .cloned()
+        .chain(owed.iter().filter(|o| o.ends_with(".service") && **o != OWED_RELOAD).map(|o| o.to_string()))
+        .filter(|u| !desired.spec.units.contains(u))
+        .collect();
+    system_units.sort();
+    system_units.dedup();
+    for unit in system_units {
+        steps.push(Step::new(Action::RestartUnit { unit }, "its configuration changed"));
     }
     for init in desired.spec.init.iter().filter(|i| i.phase == InitPhase::AfterStart) {
         if !probe.creates.get(&init.creates).copied().unwrap_or(false) {
