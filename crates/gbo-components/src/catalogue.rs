@@ -822,13 +822,13 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
     ));
     parts.files.push(render::root_file(logs::LOGCAP_PATH, logs::logcap_script(), 0o755, &[]));
     parts.files.push(render::root_file(
-        &format!("{}/{}", logs::AUX_UNIT_DIR, logs::LOGCAP_SERVICE),
+        format!("{}/{}", logs::AUX_UNIT_DIR, logs::LOGCAP_SERVICE),
         logs::logcap_service(),
         0o644,
         &[],
     ));
     parts.files.push(render::root_file(
-        &format!("{}/{}", logs::AUX_UNIT_DIR, logs::LOGCAP_TIMER),
+        format!("{}/{}", logs::AUX_UNIT_DIR, logs::LOGCAP_TIMER),
         logs::logcap_timer(),
         0o644,
         &[logs::LOGCAP_TIMER],
