@@ -1,5 +1,7 @@
-//! `cargo xtask lxd-cluster up|down`: a real three-member LXD cluster on loopback addresses, beside the main daemon
-//! (which it never touches), for the tests of remotes, placement and moves.
+//! `cargo xtask lxd-cluster up|down`: a real three-member LXD cluster on loopback addresses and a standalone fourth
+//! daemon ("another host", [`SOLO`]), beside the main daemon (which it never touches), for the tests of remotes,
+//! placement, moves, restores on another host and reboots. `up` also adds the `lxc` remotes [`CLUSTER_REMOTE`] and
+//! [`SOLO_REMOTE`] to the default `lxc` configuration, trusted with a token as an operator would.
 //!
 //! Each member is its own daemon with its own `LXD_DIR` under [`BASE`], listening on `127.0.0.{2,3,4}:8443`, with
 //! its own btrfs loop pool (`default`, member-specific size) and the test image imported once (images are shared
@@ -18,6 +20,20 @@ pub const BASE: &str = "/var/lib/gbo-cluster";
 
 /// The members: name and HTTPS address.
 pub const MEMBERS: [(&str, &str); 3] = [("m1", "127.0.0.2:8443"), ("m2", "127.0.0.3:8443"), ("m3", "127.0.0.4:8443")];
+
+/// A fourth, standalone daemon (not clustered): "another host" for remotes, backups restored elsewhere and
+/// reboots, beside the main daemon and the cluster.
+pub const SOLO: (&str, &str) = ("solo", "127.0.0.5:8443");
+
+/// The `lxc` remotes `up` adds to the default `lxc` configuration, trusted by a token (as an operator would).
+pub const CLUSTER_REMOTE: &str = "gbot-cluster";
+/// The standalone daemon's remote.
+pub const SOLO_REMOTE: &str = "gbot-solo";
+
+/// Every daemon of the rig.
+fn daemons() -> impl Iterator<Item = (&'static str, &'static str)> {
+    MEMBERS.into_iter().chain(std::iter::once(SOLO))
+}
 
 /// Size of each member's btrfs loop pool.
 const POOL_SIZE: &str = "6GiB";
@@ -109,19 +125,64 @@ fn clustered(member: &str) -> bool {
 pub async fn up() -> anyhow::Result<()> {
     let start = Instant::now();
     // Start every member that is not running first: a formed cluster needs a quorum before any member answers.
-    for (name, _) in MEMBERS {
+    for (name, _) in daemons() {
         if !answers(name) {
             start_daemon(name)?;
         }
     }
-    for (name, _) in MEMBERS {
+    for (name, _) in daemons() {
         wait_ready(name, Duration::from_secs(120))?;
     }
     eprintln!("lxd-cluster: daemons ready ({:.1} s)", start.elapsed().as_secs_f64());
     form()?;
     eprintln!("lxd-cluster: members {:?} online ({:.1} s)", members_online(), start.elapsed().as_secs_f64());
-    import_test_image().await?;
+    solo()?;
+    import_test_image(MEMBERS[0].0).await?;
+    import_test_image(SOLO.0).await?;
     eprintln!("lxd-cluster: test image ready ({:.1} s)", start.elapsed().as_secs_f64());
+    remote(CLUSTER_REMOTE, MEMBERS[0])?;
+    remote(SOLO_REMOTE, SOLO)?;
+    eprintln!("lxd-cluster: lxc remotes {CLUSTER_REMOTE} and {SOLO_REMOTE} ({:.1} s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The standalone daemon: HTTPS on its address, its own btrfs pool, a root disk.
+fn solo() -> anyhow::Result<()> {
+    let (name, address) = SOLO;
+    let current = lxc(name, &["config", "get", "core.https_address"]).read()?;
+    if current.trim() != address {
+        lxc(name, &["config", "set", "core.https_address", address]).run()?;
+    }
+    let pools = lxc(name, &["storage", "list", "--format", "csv"]).read()?;
+    if !pools.lines().any(|l| l.starts_with("default,")) {
+        let size = format!("size={POOL_SIZE}");
+        lxc(name, &["storage", "create", "default", "btrfs", &size]).run().context("creating solo's pool")?;
+    }
+    let profile = lxc(name, &["profile", "device", "list", "default"]).read()?;
+    if !profile.lines().any(|l| l.trim() == "root") {
+        lxc(name, &["profile", "device", "add", "default", "root", "disk", "path=/", "pool=default"]).run()?;
+    }
+    Ok(())
+}
+
+/// Add `remote` (pointing at `daemon`) to the default `lxc` configuration with a trust token from the daemon, as
+/// `lxc remote add NAME TOKEN` does for an operator; an existing remote of that name is replaced.
+fn remote(remote: &str, (daemon, address): (&str, &str)) -> anyhow::Result<()> {
+    let listed = duct::cmd!("lxc", "remote", "list", "--format", "csv").read().unwrap_or_default();
+    if listed.lines().any(|l| l.starts_with(&format!("{remote},")) && l.contains(address)) {
+        let works = duct::cmd!("lxc", "info", format!("{remote}:")).stdout_null().stderr_null().unchecked().run();
+        if works.map(|o| o.status.success()).unwrap_or(false) {
+            return Ok(());
+        }
+    }
+    let _ = duct::cmd!("lxc", "remote", "remove", remote).stdout_null().stderr_null().unchecked().run();
+    let client = format!("gbot-client-{remote}");
+    let _ = lxc(daemon, &["config", "trust", "remove", &client]).stdout_null().stderr_null().unchecked().run();
+    let token = lxc(daemon, &["config", "trust", "add", "--name", &client, "--quiet"]).read()?;
+    duct::cmd!("lxc", "remote", "add", remote, token.trim(), "--accept-certificate")
+        .stdout_null()
+        .run()
+        .with_context(|| format!("adding the lxc remote {remote} ({address})"))?;
     Ok(())
 }
 
@@ -168,13 +229,13 @@ fn form() -> anyhow::Result<()> {
 }
 
 /// The test image of the main daemon, imported once into the cluster (re-imported when the main one was rebuilt).
-async fn import_test_image() -> anyhow::Result<()> {
+async fn import_test_image(daemon: &str) -> anyhow::Result<()> {
     let alias = crate::lxd_up::TEST_IMAGE_ALIAS;
     let main = lxd_client::Client::local()?;
     let image = main.image_by_alias(alias).await?.with_context(|| {
         format!("the main daemon has no {alias}: run `cargo xtask lxd-up` first (the cluster gets a copy of it)")
     })?;
-    let have = lxc("m1", &["image", "list", "--format", "csv", "-c", "f", &image.fingerprint[..12]]).read()?;
+    let have = lxc(daemon, &["image", "list", "--format", "csv", "-c", "f", &image.fingerprint[..12]]).read()?;
     if !have.trim().is_empty() {
         return Ok(());
     }
@@ -188,8 +249,8 @@ async fn import_test_image() -> anyhow::Result<()> {
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("image")))
         .context("the exported image is missing")?;
     let file_s = file.display().to_string();
-    let _ = lxc("m1", &["image", "alias", "delete", alias]).stdout_null().stderr_null().unchecked().run();
-    lxc("m1", &["image", "import", &file_s, "--alias", alias])
+    let _ = lxc(daemon, &["image", "alias", "delete", alias]).stdout_null().stderr_null().unchecked().run();
+    lxc(daemon, &["image", "import", &file_s, "--alias", alias])
         .stdout_null()
         .run()
         .context("importing the test image")?;
@@ -198,7 +259,10 @@ async fn import_test_image() -> anyhow::Result<()> {
 
 /// `down`: stop every member by its own `LXD_DIR` and remove the state.
 pub fn down() -> anyhow::Result<()> {
-    for (name, _) in MEMBERS {
+    for remote in [CLUSTER_REMOTE, SOLO_REMOTE] {
+        let _ = duct::cmd!("lxc", "remote", "remove", remote).stdout_null().stderr_null().unchecked().run();
+    }
+    for (name, _) in daemons() {
         if answers(name) {
             // Instances are stopped by the daemon on shutdown; tests leave none behind.
             let _ = duct::cmd!("lxd", "shutdown", "--timeout", "60").env("LXD_DIR", member_dir(name)).unchecked().run();
@@ -206,7 +270,7 @@ pub fn down() -> anyhow::Result<()> {
     }
     if Path::new(BASE).exists() {
         // The pools' loop files and btrfs mounts go with the state.
-        for (name, _) in MEMBERS {
+        for (name, _) in daemons() {
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
             let dir = member_dir(name).display().to_string();
             for line in mounts.lines().rev() {
@@ -225,7 +289,7 @@ pub fn down() -> anyhow::Result<()> {
 
 /// `status`.
 pub fn status() -> anyhow::Result<()> {
-    for (name, address) in MEMBERS {
+    for (name, address) in daemons() {
         println!("{name} {address} {}", if answers(name) { "answers" } else { "down" });
     }
     println!("online: {:?}", members_online());
@@ -234,12 +298,15 @@ pub fn status() -> anyhow::Result<()> {
 
 /// Remove the instances tests left on the cluster (names `gbot-*`), when it is up.
 pub fn clean() {
-    if !answers("m1") {
-        return;
-    }
-    let names = lxc("m1", &["list", "--format", "csv", "-c", "n"]).stderr_null().unchecked().read().unwrap_or_default();
-    for name in names.lines().filter(|n| n.starts_with(crate::lxd_up::TEST_PREFIX)) {
-        let _ = lxc("m1", &["delete", "--force", name]).stdout_null().stderr_null().unchecked().run();
-        eprintln!("clean: removed leftover cluster instance {name}");
+    for daemon in [MEMBERS[0].0, SOLO.0] {
+        if !answers(daemon) {
+            continue;
+        }
+        let names =
+            lxc(daemon, &["list", "--format", "csv", "-c", "n"]).stderr_null().unchecked().read().unwrap_or_default();
+        for name in names.lines().filter(|n| n.starts_with(crate::lxd_up::TEST_PREFIX)) {
+            let _ = lxc(daemon, &["delete", "--force", name]).stdout_null().stderr_null().unchecked().run();
+            eprintln!("clean: removed leftover instance {name} on {daemon}");
+        }
     }
 }
