@@ -50,6 +50,22 @@ pub trait Subject: fmt::Display + serde::Serialize {
     fn finished(&self) -> Option<Outcome>;
 }
 
+/// A byte count as events show it: `512 B`, `1.5 KiB`, `3.2 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// What happens to one component during `gbo install`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InstallEvent {
@@ -152,5 +168,14 @@ mod tests {
         Observer::event(&observer, &healthy);
         Ignore.event(&healthy);
         assert_eq!(seen.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16777216.0 TiB");
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use gbo_ops::events::Ignore;
 use gbo_ops::migrate::{self, ContainerServer, Endpoint, HostServer, MigrateError, MigrateOptions};
 use gbo_tests::TestContainer;
 use lxd_client::ExecRequest;
@@ -240,6 +241,155 @@ async fn container_endpoint(c: &TestContainer) -> Endpoint {
     }
 }
 
+/// The spans named `copy` opened during a migration, each with the name of its parent span.
+#[derive(Clone, Default)]
+struct CopySpans(std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>);
+
+impl<S> tracing_subscriber::Layer<S> for CopySpans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == "copy" {
+            let parent = ctx.span(id).and_then(|s| s.parent()).map(|p| p.name().to_string());
+            self.0.lock().expect("lock").push(parent);
+        }
+    }
+}
+
+/// Each table is copied in a span of its own, under the migration's. A span guard (`span.enter()`) held across an
+/// `.await` left a table's span entered while the other tables' copies ran on the same task, so their spans (and
+/// every log line in them) nested in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_table_is_copied_in_a_span_of_its_own() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spans = CopySpans::default();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let source = HostCluster::start();
+    seed_host(&source);
+    let c = container_cluster("migspan").await;
+    let options = MigrateOptions::new("botserver");
+    assert_eq!(options.jobs, 2, "two tables at a time");
+    migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c).await, &options, None, None, &Ignore)
+        .await
+        .expect("migrate");
+    let parents = spans.0.lock().expect("lock").clone();
+    assert_eq!(parents.len(), 3, "one span per table: {parents:?}");
+    assert!(parents.iter().all(|p| p.as_deref() != Some("copy")), "a table's span inside another's: {parents:?}");
+    assert!(parents.iter().all(|p| p.as_deref() == Some("migrate")), "under the migration's span: {parents:?}");
+}
+
+/// Progress is typed: the library sends each phase of the database and each table's copy and verification to an
+/// observer, a table's bytes a few times a second at most; `gbo migrate --output json` renders the same events as JSON
+/// lines on stderr, with the report alone on stdout.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_is_typed_events_rendered_as_json_lines_by_the_cli() {
+    use gbo_ops::migrate::{MigrateEvent, MigrateEventKind, Phase};
+    let source = HostCluster::start();
+    seed_host(&source);
+    let c = container_cluster("migevents").await;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let observer = |e: &MigrateEvent| seen.lock().expect("lock").push(e.clone());
+    let started = std::time::Instant::now();
+    let report = migrate::migrate(
+        &Endpoint::Host(source.server()),
+        &container_endpoint(&c).await,
+        &MigrateOptions::new("botserver"),
+        None,
+        None,
+        &observer,
+    )
+    .await
+    .expect("local to container");
+    let elapsed = started.elapsed();
+    let events = seen.into_inner().expect("lock");
+    let phases: Vec<(Phase, bool)> = events
+        .iter()
+        .filter(|e| e.subject == "botserver")
+        .filter_map(|e| match e.kind {
+            MigrateEventKind::PhaseStarted { phase } => Some((phase, true)),
+            MigrateEventKind::PhaseDone { phase, .. } => Some((phase, false)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(Phase, bool)> = [Phase::Prepare, Phase::Schema, Phase::Copy, Phase::PostData, Phase::Verify]
+        .into_iter()
+        .flat_map(|p| [(p, true), (p, false)])
+        .collect();
+    assert_eq!(phases, expected);
+    let names: Vec<&str> = report.phases.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["prepare", "schema", "copy", "post-data", "verify"]);
+    let mut copied = 0;
+    for table in &report.tables {
+        let kinds: Vec<&MigrateEventKind> =
+            events.iter().filter(|e| e.subject == table.table).map(|e| &e.kind).collect();
+        let copying = kinds.iter().filter(|k| matches!(k, MigrateEventKind::Copying { .. })).count();
+        let most = 1 + (elapsed.as_millis() / migrate::PROGRESS_EVERY.as_millis()) as usize;
+        assert!(copying <= most, "{}: {copying} bytes events in {elapsed:?}", table.table);
+        let milestones: Vec<&&MigrateEventKind> =
+            kinds.iter().filter(|k| !matches!(k, MigrateEventKind::Copying { .. })).collect();
+        match milestones.as_slice() {
+            [MigrateEventKind::CopyStarted, MigrateEventKind::Copied { bytes, rows }, MigrateEventKind::Verified { rows: verified }] =>
+            {
+                assert_eq!((*rows, *verified), (table.rows, table.rows), "{}", table.table);
+                copied += bytes;
+            }
+            other => panic!("{}: {other:?}", table.table),
+        }
+    }
+    assert_eq!(copied, report.bytes, "the report counts the bytes the events saw");
+    let last: Vec<&MigrateEventKind> = events.iter().rev().take(2).map(|e| &e.kind).collect();
+    assert!(
+        matches!(
+            last.as_slice(),
+            [MigrateEventKind::Done { tables: 3, bytes, .. }, MigrateEventKind::PhaseDone { phase: Phase::Verify, .. }]
+                if *bytes == report.bytes
+        ),
+        "{last:?}"
+    );
+    assert!(events.iter().any(|e| e.kind == MigrateEventKind::AppRoleChecked { role: "gbuser".into(), problems: 0 }));
+
+    // Back to a fresh host cluster through the CLI, with --output json.
+    let back = HostCluster::start();
+    let cli = tokio::task::spawn_blocking({
+        let (name, port) = (c.name.to_string(), back.port);
+        move || {
+            Command::new(gbo_tests::gbo_bin())
+                .args(["migrate", "container-to-local", "--container", &name, "--output", "json", "--host"])
+                .arg(format!("postgresql://gbot@127.0.0.1:{port}"))
+                .env("PGPASSWORD", PASSWORD)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("running gbo")
+        }
+    })
+    .await
+    .expect("gbo thread");
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("the report alone on stdout");
+    assert_eq!(report["tables"].as_array().map(Vec::len), Some(3), "{report}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{stderr}")))
+        .collect();
+    let verified: Vec<&str> =
+        lines.iter().filter(|l| l["event"] == "verified").filter_map(|l| l["subject"].as_str()).collect();
+    assert_eq!(verified.len(), 3, "{stderr}");
+    for table in ["public.accounts", "public.empty_table", "public.users"] {
+        assert!(verified.contains(&table), "{table}: {stderr}");
+    }
+    let done = lines.last().expect("events");
+    assert_eq!((done["subject"].as_str(), done["event"].as_str()), (Some("botserver"), Some("done")), "{stderr}");
+    assert_eq!(done["bytes"], report["bytes"]);
+    assert!(!stderr.contains(PASSWORD), "the password is not echoed");
+}
+
 /// Break a target: every database created from template1 gets a trigger that changes one value of one row of
 /// `accounts` while COPY loads it (same row count).
 const BREAK_TEMPLATE: &str = "
@@ -269,8 +419,9 @@ async fn host_to_container_and_back_verified_with_owners_and_sequences() {
     let mut options = MigrateOptions::new("botserver");
     options.jobs = 3;
     let host = Endpoint::Host(source.server());
-    let report =
-        migrate::migrate(&host, &container_endpoint(&c).await, &options, None, None).await.expect("local to container");
+    let report = migrate::migrate(&host, &container_endpoint(&c).await, &options, None, None, &Ignore)
+        .await
+        .expect("local to container");
     let tables: Vec<(&str, u64)> = report.tables.iter().map(|t| (t.table.as_str(), t.rows)).collect();
     assert_eq!(tables, [("public.accounts", 6000), ("public.empty_table", 0), ("public.users", 3000)]);
     assert_eq!(report.sequences.get("public.users_id_seq").map(String::as_str), Some("4242 t"));
@@ -288,15 +439,17 @@ async fn host_to_container_and_back_verified_with_owners_and_sequences() {
     assert_eq!(checksum_host(&source), before, "the source is unchanged");
 
     // A second run refuses the non-empty target.
-    let err =
-        migrate::migrate(&host, &container_endpoint(&c).await, &options, None, None).await.expect_err("non-empty");
+    let err = migrate::migrate(&host, &container_endpoint(&c).await, &options, None, None, &Ignore)
+        .await
+        .expect_err("non-empty");
     assert!(matches!(&err, MigrateError::TargetNotEmpty { contents, .. } if contents.relations == 3), "{err}");
 
     // Back to a fresh host cluster.
     let back = HostCluster::start();
-    let report = migrate::migrate(&container_endpoint(&c).await, &Endpoint::Host(back.server()), &options, None, None)
-        .await
-        .expect("container to local");
+    let report =
+        migrate::migrate(&container_endpoint(&c).await, &Endpoint::Host(back.server()), &options, None, None, &Ignore)
+            .await
+            .expect("container to local");
     assert_eq!(report.tables.len(), 3);
     assert_eq!(checksum_host(&back), before);
     // The nextval above advanced the container's sequence; the migration carries that value over.
@@ -316,6 +469,7 @@ async fn a_target_that_differs_in_one_value_fails_verification_and_names_the_tab
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect_err("broken target");
@@ -337,7 +491,7 @@ async fn a_target_that_differs_in_one_value_fails_verification_and_names_the_tab
     seed_host(&good);
     let good_src = Endpoint::Host(good.server());
     let c2 = container_cluster("migsrc").await;
-    migrate::migrate(&good_src, &container_endpoint(&c2).await, &MigrateOptions::new("botserver"), None, None)
+    migrate::migrate(&good_src, &container_endpoint(&c2).await, &MigrateOptions::new("botserver"), None, None, &Ignore)
         .await
         .expect("seed the container");
     let err = migrate::migrate(
@@ -346,6 +500,7 @@ async fn a_target_that_differs_in_one_value_fails_verification_and_names_the_tab
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect_err("broken host target");
@@ -373,10 +528,16 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
     container_psql(&c, "botserver", "CREATE TABLE old_stuff (x int); INSERT INTO old_stuff VALUES (1);").await;
     let mut options = MigrateOptions::new("botserver");
     options.replace = true;
-    let report =
-        migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c).await, &options, None, None)
-            .await
-            .expect("replace");
+    let report = migrate::migrate(
+        &Endpoint::Host(source.server()),
+        &container_endpoint(&c).await,
+        &options,
+        None,
+        None,
+        &Ignore,
+    )
+    .await
+    .expect("replace");
     let backup = report.replaced_backup.expect("a snapshot first");
     assert!(backup.starts_with(&format!("snapshot {}/before-migrate-", c.name)), "{backup}");
     assert_eq!(
@@ -391,10 +552,16 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
     let unreachable = Endpoint::Host(
         HostServer::from_libpq(Some(&format!("host=127.0.0.1 port={closed} user=gbot"))).expect("conninfo"),
     );
-    let err =
-        migrate::migrate(&unreachable, &container_endpoint(&c).await, &MigrateOptions::new("botserver"), None, None)
-            .await
-            .expect_err("unreachable");
+    let err = migrate::migrate(
+        &unreachable,
+        &container_endpoint(&c).await,
+        &MigrateOptions::new("botserver"),
+        None,
+        None,
+        &Ignore,
+    )
+    .await
+    .expect_err("unreachable");
     assert!(err.to_string().contains(&format!("cannot connect to PostgreSQL at gbot@127.0.0.1:{closed}")), "{err}");
     let err = migrate::migrate(
         &Endpoint::Host(source.server()),
@@ -402,6 +569,7 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
         &MigrateOptions::new("nosuchdb"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect_err("missing db");
@@ -409,9 +577,10 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
     let wrong = Endpoint::Host(
         HostServer::from_libpq(Some(&format!("postgresql://gbot:wrong@127.0.0.1:{}", source.port))).expect("conninfo"),
     );
-    let err = migrate::migrate(&wrong, &container_endpoint(&c).await, &MigrateOptions::new("botserver"), None, None)
-        .await
-        .expect_err("wrong password");
+    let err =
+        migrate::migrate(&wrong, &container_endpoint(&c).await, &MigrateOptions::new("botserver"), None, None, &Ignore)
+            .await
+            .expect_err("wrong password");
     assert!(err.to_string().contains("password authentication failed"), "{err}");
     assert!(!err.to_string().contains("wrong"), "the password is not echoed: {err}");
 }
@@ -457,7 +626,7 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
     let mut options = MigrateOptions::new("botserver");
     options.backup_dir = backup_dir.clone();
     let target = Endpoint::Host(host.server());
-    let err = migrate::migrate(&container_endpoint(&c).await, &target, &options, None, None)
+    let err = migrate::migrate(&container_endpoint(&c).await, &target, &options, None, None, &Ignore)
         .await
         .expect_err("non-empty host target");
     assert!(matches!(&err, MigrateError::TargetNotEmpty { contents, .. } if contents.relations == 2), "{err:?}");
@@ -524,7 +693,7 @@ async fn container_to_host_replace_backs_up_the_host_database_first() {
     // With replace: the backup is written first, then the data is replaced and verified.
     options.replace = true;
     options.jobs = 3;
-    let report = migrate::migrate(&container_endpoint(&c).await, &target, &options, None, None)
+    let report = migrate::migrate(&container_endpoint(&c).await, &target, &options, None, None, &Ignore)
         .await
         .expect("replace the host database");
     let files: Vec<PathBuf> =
@@ -606,9 +775,16 @@ async fn partitions_travel_and_keep_sql_writes_a_restorable_private_script() {
     std::fs::write(&kept, "precious").expect("write");
     let mut options = MigrateOptions::new("botserver");
     options.keep_sql = Some(kept.clone());
-    let err = migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c).await, &options, None, None)
-        .await
-        .expect_err("exists");
+    let err = migrate::migrate(
+        &Endpoint::Host(source.server()),
+        &container_endpoint(&c).await,
+        &options,
+        None,
+        None,
+        &Ignore,
+    )
+    .await
+    .expect_err("exists");
     assert!(matches!(err, MigrateError::KeepSql { .. }) && err.to_string().contains("exists"), "{err}");
     assert_eq!(std::fs::read_to_string(&kept).expect("read"), "precious");
     assert_eq!(
@@ -618,10 +794,16 @@ async fn partitions_travel_and_keep_sql_writes_a_restorable_private_script() {
     );
     std::fs::remove_file(&kept).expect("rm");
 
-    let report =
-        migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c).await, &options, None, None)
-            .await
-            .expect("migrate");
+    let report = migrate::migrate(
+        &Endpoint::Host(source.server()),
+        &container_endpoint(&c).await,
+        &options,
+        None,
+        None,
+        &Ignore,
+    )
+    .await
+    .expect("migrate");
     let tables: Vec<&str> = report.tables.iter().map(|t| t.table.as_str()).collect();
     assert_eq!(
         tables,
@@ -809,6 +991,7 @@ async fn local_to_container_gives_every_object_to_the_app_role_and_the_app_can_u
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect("local to container");
@@ -839,6 +1022,7 @@ async fn container_to_local_gives_every_object_to_the_app_role_and_the_app_can_u
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect("container to local");
@@ -900,6 +1084,7 @@ async fn container_to_local_never_runs_what_the_containers_programs_print() {
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await;
     assert!(!planted.exists(), "the host's server ran a program the container's pg_dump asked for");
@@ -944,6 +1129,7 @@ INSERT INTO public.trap VALUES (1);
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await;
     assert!(!planted.exists(), "the container's function ran a program on the host");
@@ -1008,6 +1194,7 @@ line\" TO \"Weird Role\"\"; DROP TABLE x; --\";
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect("local to container");
@@ -1022,6 +1209,7 @@ line\" TO \"Weird Role\"\"; DROP TABLE x; --\";
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect("container to local");
@@ -1070,6 +1258,7 @@ async fn a_target_holding_only_a_function_a_type_or_a_large_object_is_not_empty(
             &MigrateOptions::new("botserver"),
             None,
             None,
+            &Ignore,
         )
         .await
         .expect_err(what);
@@ -1117,6 +1306,7 @@ async fn an_unreadable_emptiness_answer_is_an_error_and_changes_nothing() {
             &MigrateOptions::new("botserver"),
             None,
             None,
+            &Ignore,
         )
         .await;
         let (ok, rows, err) = container_psql_as(&c, "postgres", "botserver", "SELECT count(*) FROM precious;").await;
@@ -1274,6 +1464,7 @@ async fn sslmode_is_honoured_with_tls_through_openssl() {
         &MigrateOptions::new("botserver"),
         None,
         None,
+        &Ignore,
     )
     .await
     .expect("migration over TLS");
@@ -1316,10 +1507,16 @@ async fn keep_owners_keeps_the_source_owners_as_plain_roles() {
     container_psql(&c, "postgres", "CREATE ROLE gbuser LOGIN;").await;
     let mut options = MigrateOptions::new("botserver");
     options.keep_owners = true;
-    let report =
-        migrate::migrate(&Endpoint::Host(source.server()), &container_endpoint(&c).await, &options, None, None)
-            .await
-            .expect("local to container, owners kept");
+    let report = migrate::migrate(
+        &Endpoint::Host(source.server()),
+        &container_endpoint(&c).await,
+        &options,
+        None,
+        None,
+        &Ignore,
+    )
+    .await
+    .expect("local to container, owners kept");
     assert_eq!(report.created_roles, ["gbot", "legacy_owner"]);
     assert_eq!(container_psql(&c, "botserver", OWNERS).await, "gbot,legacy_owner");
     assert_eq!(
@@ -1384,18 +1581,20 @@ async fn container_to_local_keep_owners_never_gives_objects_to_existing_host_rol
     let host = HostCluster::start();
     host.psql("postgres", "CREATE ROLE postgres NOLOGIN");
     host.psql("postgres", "CREATE ROLE gbuser LOGIN PASSWORD 'app-password-2'");
-    let err = migrate::migrate(&container_endpoint(&c).await, &Endpoint::Host(host.server()), &options, None, None)
-        .await
-        .expect_err("an existing host role");
+    let err =
+        migrate::migrate(&container_endpoint(&c).await, &Endpoint::Host(host.server()), &options, None, None, &Ignore)
+            .await
+            .expect_err("an existing host role");
     assert!(matches!(&err, MigrateError::ForeignOwners { roles, .. } if roles == &["postgres".to_string()]), "{err}");
     assert!(err.to_string().contains("`postgres`"), "{err}");
     assert_eq!(host.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'botserver'"), "0");
 
     let fresh = HostCluster::start();
     fresh.psql("postgres", "CREATE ROLE gbuser LOGIN PASSWORD 'app-password-2'");
-    let report = migrate::migrate(&container_endpoint(&c).await, &Endpoint::Host(fresh.server()), &options, None, None)
-        .await
-        .expect("container to local, owners kept");
+    let report =
+        migrate::migrate(&container_endpoint(&c).await, &Endpoint::Host(fresh.server()), &options, None, None, &Ignore)
+            .await
+            .expect("container to local, owners kept");
     assert_eq!(report.created_roles, ["postgres"]);
     assert_eq!(fresh.psql("botserver", OWNERS), "postgres");
     assert_eq!(

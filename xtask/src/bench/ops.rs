@@ -176,7 +176,7 @@ async fn bench_migration(lxd: &lxd_client::Client, md: &mut String) -> anyhow::R
         let mut options = MigrateOptions::new("botserver");
         options.jobs = 2;
         let gbo_start = Instant::now();
-        let report = migrate::migrate(&source, &target, &options, None, None).await?;
+        let report = migrate::migrate(&source, &target, &options, None, None, &gbo_ops::events::Ignore).await?;
         let gbo = gbo_start.elapsed();
         let speedup = ratio(seed, gbo);
         md.push_str(&format!("### Migration of a generated {} MiB database (host PostgreSQL 15 → container PostgreSQL 15)\n\n", size / (1 << 20)));

@@ -2,11 +2,11 @@
 //! streamed and verified (row counts, content checksums, sequences) before success is declared.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use gbo_ops::migrate::{self, ContainerServer, Endpoint, HostServer, MigrateOptions};
+use gbo_ops::events::human_bytes;
+use gbo_ops::migrate::{self, ContainerServer, Direction, HostServer, MigrateEvent, MigrateOptions};
 
+use crate::output::progress::{Lines, Style};
 use crate::output::{self, Format, Outcome};
 
 /// `gbo migrate` subcommands.
@@ -61,58 +61,30 @@ pub struct Args {
     output: Format,
 }
 
-/// Run a `gbo migrate` subcommand.
+/// Run a `gbo migrate` subcommand: progress as it goes on stderr (JSON lines with `--output json`), the report at
+/// the end.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
-    let (args, to_container) = match command {
-        Command::LocalToContainer(a) => (a, true),
-        Command::ContainerToLocal(a) => (a, false),
+    let (args, direction) = match command {
+        Command::LocalToContainer(a) => (a, Direction::LocalToContainer),
+        Command::ContainerToLocal(a) => (a, Direction::ContainerToLocal),
     };
-    // Before anything else: the name reaches connection strings, argv and backup file names.
-    migrate::validate_database(&args.database)?;
-    if args.jobs == 0 || args.jobs > 64 {
-        anyhow::bail!("invalid --jobs {}: use a number from 1 to 64", args.jobs);
-    }
-    let host = HostServer::from_libpq(args.host.as_deref())?;
-    let lxd = output::lxd()?;
-    let container_name = match &args.container {
-        Some(c) => c.clone(),
-        None => {
-            let tenant = gbo_components::TenantName::new(&args.tenant)
-                .map_err(|e| anyhow::anyhow!("invalid --tenant `{}`: {e}", args.tenant))?;
-            gbo_components::instance_name(&tenant, gbo_components::Role::Tables)
-        }
-    };
-    let managed = gbo_ops::snapshot::container(&lxd, &container_name).await?;
-    let instance = lxd_client::InstanceName::new(container_name.as_str()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut container = ContainerServer::new(lxd.clone(), instance, args.container_port);
-    // Where its PostgreSQL is published on the host (the tables role's proxy device): a source container is read
-    // only through it.
-    if let Some(port) = managed.ports.iter().find(|p| p.protocol == "tcp" && p.container_port == args.container_port) {
-        container = container.published(&port.host_address, port.host_port);
-    }
-    let container = Endpoint::Container(container);
-    let host = Endpoint::Host(host);
-    let (source, target) = if to_container { (&host, &container) } else { (&container, &host) };
     let mut options = MigrateOptions::new(args.database.clone());
     options.jobs = args.jobs;
     options.replace = args.replace;
     options.keep_owners = args.keep_owners;
     options.backup_dir = args.backup_dir.clone();
     options.keep_sql = args.keep_sql.clone();
-    let progress = options.progress.clone();
-    let ticker = tokio::spawn(async move {
-        let mut last = 0;
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let now = progress.load(Ordering::Relaxed);
-            if now != last {
-                eprintln!("copied {} ({}/s)", human(now), human((now - last) / 2));
-                last = now;
-            }
-        }
-    });
-    let result = migrate::migrate(source, target, &options, Some(&managed), Some(&lxd)).await;
-    ticker.abort();
+    // Before anything else: the name reaches connection strings, argv and backup file names.
+    options.check()?;
+    let host = HostServer::from_libpq(args.host.as_deref())?;
+    let lxd = output::lxd()?;
+    let (container, managed) =
+        ContainerServer::of_tenant(&lxd, &args.tenant, args.container.as_deref(), args.container_port).await?;
+    let (source, target) = direction.ends(host, container);
+    let lines = Lines::new(Style::for_output(args.output));
+    let events = |event: &MigrateEvent| lines.show(event);
+    let result = migrate::migrate(&source, &target, &options, Some(&managed), Some(&lxd), &events).await;
+    lines.close();
     let report = result?;
     match args.output {
         Format::Json => output::print_json(&report)?,
@@ -145,7 +117,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 report.target,
                 report.tables.len(),
                 report.sequences.len(),
-                human(report.bytes),
+                human_bytes(report.bytes),
                 report.seconds,
                 printable(&report.owner),
                 printable(&report.app_role)
@@ -158,19 +130,4 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
 /// A name as it may be shown on a terminal: control characters escaped.
 fn printable(name: &str) -> String {
     name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use gbo_ops::events::human_bytes;
 use gbo_ops::snapshot::schedule;
 use gbo_ops::zfs::{self, Zfs};
 
@@ -97,7 +98,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                             }
                             vec![
                                 r.snapshot.full_name.clone(),
-                                human(r.snapshot.used),
+                                human_bytes(r.snapshot.used),
                                 created(r.snapshot.creation),
                                 flags.join(", "),
                             ]
@@ -177,7 +178,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                     println!(
                         "{verb} {} snapshot(s), {} ({}), {} zfs call(s); kept {} snapshot(s) in {} dataset(s)",
                         report.destroyed.len(),
-                        human(report.reclaim_bytes),
+                        human_bytes(report.reclaim_bytes),
                         report.reclaim_source,
                         report.zfs_calls,
                         report.kept.values().sum::<usize>(),
@@ -215,19 +216,4 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
 
 fn created(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix).map(gbo_ops::snapshot::rfc3339).unwrap_or_else(|_| unix.to_string())
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
