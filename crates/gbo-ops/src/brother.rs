@@ -12,6 +12,7 @@
 //! - The socket listens under `/var/lib/gbo/` by default: a systemd container mounts a fresh `/tmp` at boot, so
 //!   the seed's `/tmp/lxd.sock` disappears after the first restart. The seed's path stays available.
 
+use gbo_components::TenantName;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -124,12 +125,12 @@ fn check_options(options: &BrotherOptions) -> Result<Vec<String>, BrotherError> 
     Ok(warnings)
 }
 
-async fn system_container(lxd: &Client, tenant: &str) -> Result<InstanceName, BrotherError> {
+async fn system_container(lxd: &Client, tenant: &TenantName) -> Result<InstanceName, BrotherError> {
     let instances = inventory::tenant_instances(lxd, tenant).await?;
-    let system = instances.into_iter().find(|m| m.role == "system").ok_or_else(|| {
+    let system = instances.into_iter().find(|m| m.role == Some(gbo_components::Role::System)).ok_or_else(|| {
         BrotherError::BadInput(format!("tenant {tenant:?} has no system container (`{tenant}-system`)"))
     })?;
-    Ok(InstanceName::new(system.name.as_str())?)
+    Ok(system.name.clone())
 }
 
 /// The warning [`enable`] always gives.
@@ -140,7 +141,11 @@ pub fn host_root_warning(instance: &str) -> String {
 }
 
 /// Give the tenant's system container the host's LXD socket (see the module documentation: host-root equivalent).
-pub async fn enable(lxd: &Client, tenant: &str, options: &BrotherOptions) -> Result<BrotherReport, BrotherError> {
+pub async fn enable(
+    lxd: &Client,
+    tenant: &TenantName,
+    options: &BrotherOptions,
+) -> Result<BrotherReport, BrotherError> {
     let mut warnings = check_options(options)?;
     let instance = system_container(lxd, tenant).await?;
     warnings.insert(0, host_root_warning(instance.as_str()));
@@ -193,7 +198,7 @@ pub async fn enable(lxd: &Client, tenant: &str, options: &BrotherOptions) -> Res
 }
 
 /// Remove the device from the profile and detach the profile from the system container (when it is not `default`).
-pub async fn disable(lxd: &Client, tenant: &str, profile: &str) -> Result<bool, BrotherError> {
+pub async fn disable(lxd: &Client, tenant: &TenantName, profile: &str) -> Result<bool, BrotherError> {
     let instance = system_container(lxd, tenant).await?;
     let mut changed = false;
     if profile != "default" {

@@ -7,6 +7,7 @@
 //! No CoreDNS binary is installable here: the rendering is snapshot-tested, the SIGHUP path runs against a real
 //! process standing in for it.
 
+use gbo_components::TenantName;
 use lxd_client::{Client, FileOptions, InstanceName};
 
 use crate::doctor::inside;
@@ -164,7 +165,7 @@ pub struct DnsReport {
 }
 
 /// Render and install the Corefile and missing zone files in the tenant's dns container; SIGHUP CoreDNS.
-pub async fn apply(lxd: &Client, tenant: &str, zones: &[String], port: u16) -> Result<DnsReport, DnsError> {
+pub async fn apply(lxd: &Client, tenant: &TenantName, zones: &[String], port: u16) -> Result<DnsReport, DnsError> {
     if zones.is_empty() {
         return Err(DnsError::BadInput("no zone given (--zone example.com)".into()));
     }
@@ -177,9 +178,9 @@ pub async fn apply(lxd: &Client, tenant: &str, zones: &[String], port: u16) -> R
     let instances = inventory::tenant_instances(lxd, tenant).await?;
     let dns = instances
         .iter()
-        .find(|m| m.role == "dns")
+        .find(|m| m.role == Some(gbo_components::Role::Dns))
         .ok_or_else(|| DnsError::BadInput(format!("tenant {tenant:?} has no dns container (`{tenant}-dns`)")))?;
-    let instance = InstanceName::new(dns.name.as_str())?;
+    let instance = dns.name.clone();
     let mut report = DnsReport { instance: instance.to_string(), ..Default::default() };
     for zone in &zones {
         let path = zone_file_path(zone);

@@ -10,6 +10,7 @@
 //! Known limit: behind an LXD proxy device without `proxy_protocol`, every client appears as 127.0.0.1, which
 //! fail2ban never bans (`ignoreself`).
 
+use gbo_components::TenantName;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -121,11 +122,11 @@ pub fn role_jail(role: &str) -> Option<&'static str> {
 /// Install the jails in the tenant's proxy and email containers (and on the host with `host`).
 pub async fn apply(
     lxd: &Client,
-    tenant: &str,
+    tenant: &TenantName,
     options: &Fail2banOptions,
 ) -> Result<Vec<Fail2banTarget>, Fail2banError> {
     let instances = inventory::tenant_instances(lxd, tenant).await?;
-    let targets: Vec<_> = instances.iter().filter(|m| role_jail(&m.role).is_some()).collect();
+    let targets: Vec<_> = instances.iter().filter(|m| role_jail(&m.role_label()).is_some()).collect();
     if targets.is_empty() && !options.host {
         return Err(Fail2banError::BadInput(format!(
             "tenant {tenant:?} has no proxy or email container, and --host was not given: nothing to do"
@@ -136,8 +137,8 @@ pub async fn apply(
         if !m.instance.is_running() {
             return Err(Fail2banError::BadInput(format!("{} is {}, not running", m.name, m.instance.status)));
         }
-        let name = InstanceName::new(m.name.as_str())?;
-        out.push(apply_container(lxd, &name, &m.role, options.dry_run).await?);
+        let name = m.name.clone();
+        out.push(apply_container(lxd, &name, &m.role_label(), options.dry_run).await?);
     }
     if options.host {
         out.push(apply_host(&options.host_root, options.dry_run)?);

@@ -7,6 +7,7 @@
 //! only when asked (`--host`): a wrong DROP can cut a machine off. With a host root other than `/`, nothing runs:
 //! the rules file under that root is merged the same way, for a look or a test.
 
+use gbo_components::TenantName;
 use std::path::{Path, PathBuf};
 
 use lxd_client::{Client, FileOptions, InstanceName};
@@ -359,11 +360,11 @@ pub async fn apply_container(
 /// Converge the tenant's system container, and the host with `options.host`.
 pub async fn apply(
     lxd: &Client,
-    tenant: &str,
+    tenant: &TenantName,
     options: &FirewallOptions,
 ) -> Result<Vec<FirewallReport>, FirewallError> {
     let instances = inventory::tenant_instances(lxd, tenant).await?;
-    let system = instances.iter().find(|m| m.role == "system");
+    let system = instances.iter().find(|m| m.role == Some(gbo_components::Role::System));
     if system.is_none() && !options.host {
         return Err(FirewallError::BadInput(format!(
             "tenant {tenant:?} has no system container (`{tenant}-system`), and --host was not given: nothing to do"
@@ -374,7 +375,7 @@ pub async fn apply(
         if !m.instance.is_running() {
             return Err(FirewallError::BadInput(format!("{} is {}, not running", m.name, m.instance.status)));
         }
-        let name = InstanceName::new(m.name.as_str())?;
+        let name = m.name.clone();
         out.push(apply_container(lxd, &name, options).await?);
     }
     if options.host {

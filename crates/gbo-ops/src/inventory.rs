@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use lxd_client::{Client, Instance, ProxyBind, ProxyDevice};
+use gbo_components::{Protocol, Role, TenantName};
+use lxd_client::{Client, Instance, InstanceName, ProxyBind, ProxyDevice};
 
 /// `user.gbo.managed = "true"` on every instance gbo created.
 pub const KEY_MANAGED: &str = "user.gbo.managed";
@@ -44,7 +45,7 @@ pub struct PublishedPort {
     /// Device name (`gbo-port-postgres`).
     pub device: String,
     /// `tcp` or `udp`.
-    pub protocol: String,
+    pub protocol: Protocol,
     /// Host address it listens on.
     pub host_address: String,
     /// Host port.
@@ -68,11 +69,11 @@ pub struct Mount {
 #[derive(Debug, Clone)]
 pub struct ManagedInstance {
     /// Instance name.
-    pub name: String,
+    pub name: InstanceName,
     /// Tenant (from `user.gbo.tenant`, or parsed from the name for containers gbo did not create).
-    pub tenant: String,
-    /// Role name.
-    pub role: String,
+    pub tenant: TenantName,
+    /// Role (`None`: a `{tenant}-{suffix}` container whose suffix is no role of the catalogue).
+    pub role: Option<Role>,
     /// Whether gbo manages it (`user.gbo.managed`: it created it, or took it over).
     pub managed: bool,
     /// Whether gbo did not create it: no `user.gbo.managed` yet (a seed stack built by hand), or taken over and
@@ -121,13 +122,17 @@ pub fn format_ports(ports: &[RecordedPort]) -> String {
         .join(",")
 }
 
-/// Read gbo's view of one instance.
-pub fn describe(instance: &Instance) -> ManagedInstance {
+/// Read gbo's view of one instance: `None` for an instance that is neither gbo's nor named `{tenant}-{suffix}` with a
+/// valid tenant name (it belongs to no tenant).
+pub fn describe(instance: &Instance) -> Option<ManagedInstance> {
     let config = &instance.config;
     let (tenant, role) = match (config.get(KEY_TENANT), config.get(KEY_ROLE)) {
         (Some(t), Some(r)) => (t.clone(), r.clone()),
         _ => split_name(&instance.name),
     };
+    let name = InstanceName::new(instance.name.as_str()).ok()?;
+    let tenant = TenantName::new(&tenant).ok()?;
+    let role = role.parse::<Role>().ok();
     let mut mounts = Vec::new();
     let mut ports = Vec::new();
     for (device, dev) in &instance.expanded_devices {
@@ -148,7 +153,11 @@ pub fn describe(instance: &Instance) -> ManagedInstance {
                     if proxy.bind == ProxyBind::Host && proxy.listen.port != 0 {
                         ports.push(PublishedPort {
                             device: device.clone(),
-                            protocol: format!("{:?}", proxy.listen.protocol).to_ascii_lowercase(),
+                            protocol: if proxy.listen.protocol == lxd_client::ProxyProtocol::Udp {
+                                Protocol::Udp
+                            } else {
+                                Protocol::Tcp
+                            },
                             host_address: proxy.listen.address.clone(),
                             host_port: proxy.listen.port,
                             container_port: proxy.connect.port,
@@ -162,8 +171,8 @@ pub fn describe(instance: &Instance) -> ManagedInstance {
     mounts.sort_by(|a, b| a.device.cmp(&b.device));
     ports.sort_by(|a, b| (a.host_port, &a.protocol).cmp(&(b.host_port, &b.protocol)));
     let managed = config.get(KEY_MANAGED).map(String::as_str) == Some("true");
-    ManagedInstance {
-        name: instance.name.clone(),
+    Some(ManagedInstance {
+        name,
         tenant,
         role,
         managed,
@@ -172,6 +181,16 @@ pub fn describe(instance: &Instance) -> ManagedInstance {
         mounts,
         ports,
         instance: instance.clone(),
+    })
+}
+
+impl ManagedInstance {
+    /// The role's name, or the name's suffix when it is no role of the catalogue (for tables and JSON).
+    pub fn role_label(&self) -> String {
+        match self.role {
+            Some(role) => role.as_str().to_string(),
+            None => split_name(self.name.as_str()).1,
+        }
     }
 }
 
@@ -193,18 +212,18 @@ pub fn split_name(name: &str) -> (String, String) {
 }
 
 /// Every instance of a tenant: those gbo marked, plus those named `{tenant}-<role>` (hand-built layouts).
-pub async fn tenant_instances(lxd: &Client, tenant: &str) -> Result<Vec<ManagedInstance>, lxd_client::Error> {
+pub async fn tenant_instances(lxd: &Client, tenant: &TenantName) -> Result<Vec<ManagedInstance>, lxd_client::Error> {
     let mut out: Vec<ManagedInstance> =
-        lxd.instances().await?.iter().map(describe).filter(|m| m.tenant == tenant).collect();
+        lxd.instances().await?.iter().filter_map(describe).filter(|m| &m.tenant == tenant).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
 /// All tenants gbo manages on this daemon, with their instances.
-pub async fn managed_tenants(lxd: &Client) -> Result<BTreeMap<String, Vec<ManagedInstance>>, lxd_client::Error> {
-    let mut map: BTreeMap<String, Vec<ManagedInstance>> = BTreeMap::new();
+pub async fn managed_tenants(lxd: &Client) -> Result<BTreeMap<TenantName, Vec<ManagedInstance>>, lxd_client::Error> {
+    let mut map: BTreeMap<TenantName, Vec<ManagedInstance>> = BTreeMap::new();
     for instance in lxd.instances().await? {
-        let m = describe(&instance);
+        let Some(m) = describe(&instance) else { continue };
         if m.managed {
             map.entry(m.tenant.clone()).or_default().push(m);
         }
@@ -213,7 +232,7 @@ pub async fn managed_tenants(lxd: &Client) -> Result<BTreeMap<String, Vec<Manage
 }
 
 /// The stack dir of a tenant, as recorded on any of its instances.
-pub async fn tenant_stack_dir(lxd: &Client, tenant: &str) -> Result<Option<PathBuf>, lxd_client::Error> {
+pub async fn tenant_stack_dir(lxd: &Client, tenant: &TenantName) -> Result<Option<PathBuf>, lxd_client::Error> {
     Ok(tenant_instances(lxd, tenant).await?.into_iter().find_map(|m| m.stack_dir))
 }
 
@@ -232,11 +251,13 @@ mod tests {
     #[test]
     fn instances_gbo_did_not_create_are_adopted() {
         let seed = Instance { name: "acme-system".into(), ..Default::default() };
-        assert!(describe(&seed).adopted && !describe(&seed).managed);
+        let described = describe(&seed).expect("a seed container");
+        assert!(described.adopted && !described.managed);
         let mut taken = seed.clone();
         taken.config.insert(KEY_MANAGED.into(), "true".into());
         taken.config.insert(KEY_ADOPTED.into(), "true".into());
-        assert!(describe(&taken).adopted && describe(&taken).managed);
+        let described = describe(&taken).expect("a taken-over container");
+        assert!(described.adopted && described.managed);
     }
 
     #[test]
@@ -265,16 +286,16 @@ mod tests {
         instance.expanded_devices.insert("gbo-data".into(), disk);
         instance.expanded_devices.insert("gbo-port-postgres".into(), port);
         instance.expanded_devices.insert("gbo-wire-cache-6379".into(), wire);
-        let m = describe(&instance);
+        let m = describe(&instance).expect("gbo's container");
         assert!(m.managed && !m.adopted);
-        assert_eq!((m.tenant.as_str(), m.role.as_str()), ("acme", "tables"));
+        assert_eq!((m.tenant.as_str(), m.role.map(|r| r.as_str())), ("acme", Some("tables")));
         assert_eq!(m.stack_dir, Some(PathBuf::from("/srv/stack")));
         assert_eq!(m.mounts.len(), 1);
         assert_eq!(
             m.ports,
             vec![PublishedPort {
                 device: "gbo-port-postgres".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 host_address: "127.0.0.1".into(),
                 host_port: 15432,
                 container_port: 5432

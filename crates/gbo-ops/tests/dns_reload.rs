@@ -41,8 +41,8 @@ async fn sighup_goes_to_the_coredns_pid_and_the_corefile_has_the_acl() {
     assert!(
         matches!(dns::apply(&lxd, &tenant.name, &["bad_zone..test".into()], 53).await, Err(DnsError::BadInput(m)) if m.contains("bad_zone..test"))
     );
-    let other = gbo_tests::unique_name("nodns");
+    let other = gbo_components::TenantName::new(&gbo_tests::unique_name("nodns")).expect("a tenant name");
     assert!(
-        matches!(dns::apply(&lxd, &other, &["example.test".into()], 53).await, Err(DnsError::BadInput(m)) if m.contains(&other))
+        matches!(dns::apply(&lxd, &other, &["example.test".into()], 53).await, Err(DnsError::BadInput(m)) if m.contains(other.as_str()))
     );
 }

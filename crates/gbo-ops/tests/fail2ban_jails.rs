@@ -108,7 +108,7 @@ async fn the_flood_filter_matches_4xx_of_real_caddy_logs_and_the_jails_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_without_proxy_or_email_is_bad_input() {
     let lxd = gbo_tests::lxd().await;
-    let tenant = gbo_tests::unique_name("nof2b");
+    let tenant = gbo_components::TenantName::new(&gbo_tests::unique_name("nof2b")).expect("a tenant name");
     let err = fail2ban::apply(&lxd, &tenant, &Fail2banOptions::default()).await.expect_err("nothing to do");
-    assert!(matches!(&err, fail2ban::Fail2banError::BadInput(m) if m.contains(&tenant)), "{err}");
+    assert!(matches!(&err, fail2ban::Fail2banError::BadInput(m) if m.contains(tenant.as_str())), "{err}");
 }

@@ -73,7 +73,7 @@ async fn the_host_path_renders_into_a_root_directory_and_checks_ufw() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_without_a_system_container_is_bad_input() {
     let lxd = gbo_tests::lxd().await;
-    let tenant = gbo_tests::unique_name("nofw");
+    let tenant = gbo_components::TenantName::new(&gbo_tests::unique_name("nofw")).expect("a tenant name");
     let err = firewall::apply(&lxd, &tenant, &FirewallOptions::default()).await.expect_err("nothing to do");
-    assert!(matches!(&err, firewall::FirewallError::BadInput(m) if m.contains(&tenant)), "{err}");
+    assert!(matches!(&err, firewall::FirewallError::BadInput(m) if m.contains(tenant.as_str())), "{err}");
 }

@@ -166,9 +166,9 @@ async fn reload_and_prune_dead_domains() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_without_a_proxy_container_is_bad_input() {
     let lxd = gbo_tests::lxd().await;
-    let tenant = gbo_tests::unique_name("noproxy");
+    let tenant = gbo_components::TenantName::new(&gbo_tests::unique_name("noproxy")).expect("a tenant name");
     match ProxyTarget::find(&lxd, &tenant).await {
-        Err(ProxyError::BadInput(m)) => assert!(m.contains(&tenant) && m.contains("no proxy container"), "{m}"),
+        Err(ProxyError::BadInput(m)) => assert!(m.contains(tenant.as_str()) && m.contains("no proxy container"), "{m}"),
         other => panic!("{other:?}"),
     }
 }

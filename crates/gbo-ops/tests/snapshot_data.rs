@@ -186,7 +186,8 @@ async fn tenant_snapshot_is_parallel_and_prune_keeps_tiers() {
     let t2 = tenant.clone();
     let b =
         TestContainer::create_with("snaptb", false, move |r| r.config(KEY_TENANT, t2).config(KEY_ROLE, "cache")).await;
-    let containers = snapshot::tenant_containers(&lxd, &tenant).await.expect("tenant");
+    let tenant_name = gbo_components::TenantName::new(&tenant).expect("a tenant name");
+    let containers = snapshot::tenant_containers(&lxd, &tenant_name).await.expect("tenant");
     assert_eq!(containers.len(), 2);
     let name = snapshot::snapshot_name("nightly").expect("name");
     let results = snapshot::create_many(&lxd, &containers, &name, &CreateOptions::default()).await;

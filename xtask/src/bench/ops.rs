@@ -232,7 +232,7 @@ async fn bench_snapshots(lxd: &lxd_client::Client, md: &mut String) -> anyhow::R
         let mut gbo_samples = Samples::default();
         let mut lxc_samples = Samples::default();
         for round in 0..3 {
-            let containers = gbo_ops::snapshot::tenant_containers(lxd, &tenant).await?;
+            let containers = gbo_ops::snapshot::tenant_containers(lxd, &gbo_components::TenantName::new(&tenant)?).await?;
             let snap = gbo_ops::snapshot::snapshot_name(&format!("bench-gbo-{round}"))?;
             gbo_samples
                 .time(|| async {

@@ -18,7 +18,7 @@ pub enum Command {
     Enable {
         /// Tenant.
         #[arg(long, default_value = "default")]
-        tenant: String,
+        tenant: gbo_components::TenantName,
         /// The profile carrying the device.
         #[arg(long, default_value = brother::DEFAULT_PROFILE)]
         profile: String,
@@ -39,7 +39,7 @@ pub enum Command {
     Disable {
         /// Tenant.
         #[arg(long, default_value = "default")]
-        tenant: String,
+        tenant: gbo_components::TenantName,
         /// The profile carrying the device.
         #[arg(long, default_value = brother::DEFAULT_PROFILE)]
         profile: String,

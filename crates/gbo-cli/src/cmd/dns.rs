@@ -12,7 +12,7 @@ pub enum Command {
     Apply {
         /// Tenant.
         #[arg(long, default_value = "default")]
-        tenant: String,
+        tenant: gbo_components::TenantName,
         /// A zone served (repeat or comma-separate).
         #[arg(long, value_delimiter = ',', required = true)]
         zone: Vec<String>,

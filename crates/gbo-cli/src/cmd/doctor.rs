@@ -16,7 +16,7 @@ use crate::output::{print_json, print_table, Format, Outcome};
 pub struct Args {
     /// Tenant to check (default: the tenant file's, else `default`).
     #[arg(long)]
-    pub tenant: Option<String>,
+    pub tenant: Option<gbo_components::TenantName>,
     /// The tenant file the containers are checked against (default: ./gbo.toml when it exists, else the
     /// defaults): for example whether the system container may be privileged (`[system] privileged = true`).
     #[arg(long)]
@@ -63,7 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     };
     let tenant = match &args.tenant {
         Some(t) => t.clone(),
-        None => tenant_file.tenant.to_string(),
+        None => tenant_file.tenant.clone(),
     };
     let lxd = crate::output::lxd()?;
     let options =

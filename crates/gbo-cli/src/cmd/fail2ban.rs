@@ -14,7 +14,7 @@ pub enum Command {
     Apply {
         /// Tenant.
         #[arg(long, default_value = "default")]
-        tenant: String,
+        tenant: gbo_components::TenantName,
         /// Also install the host's sshd jail (changes the host).
         #[arg(long)]
         host: bool,
@@ -65,7 +65,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
 
 /// With --host alone (no LXD needed) the host part still runs when LXD is absent or the tenant has no containers.
 /// A daemon named explicitly (`LXD_SOCKET`, `LXD_DIR`) that cannot be used is an error all the same.
-async fn tenant_has_containers(tenant: &str) -> anyhow::Result<bool> {
+async fn tenant_has_containers(tenant: &gbo_components::TenantName) -> anyhow::Result<bool> {
     let explicit = lxd_client::Flavor::Lxd
         .socket_variables()
         .iter()

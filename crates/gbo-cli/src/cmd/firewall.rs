@@ -14,7 +14,7 @@ pub enum Command {
     Apply {
         /// Tenant.
         #[arg(long, default_value = "default")]
-        tenant: String,
+        tenant: gbo_components::TenantName,
         /// TCP ports dropped from outside (repeat or comma-separate).
         #[arg(long, value_delimiter = ',', default_values_t = vec![6379u16])]
         drop_port: Vec<u16>,

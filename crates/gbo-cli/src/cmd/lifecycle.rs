@@ -620,19 +620,16 @@ async fn state(args: TargetArgs, action: StateAction) -> anyhow::Result<Outcome>
     let lxd = lxd()?;
     let names: Vec<InstanceName> = if args.targets.is_empty() {
         let Some(tenant) = &tenant else { bail!("name a container, or --tenant T [ROLE...]") };
-        gbo_ops::inventory::tenant_instances(&lxd, tenant.as_str())
-            .await?
-            .into_iter()
-            .map(|m| InstanceName::new(m.name).map_err(anyhow::Error::from))
-            .collect::<anyhow::Result<_>>()?
+        gbo_ops::inventory::tenant_instances(&lxd, tenant).await?.into_iter().map(|m| m.name).collect()
     } else {
         args.targets
             .iter()
             .map(|t| resolve_target(t, tenant.as_ref()).and_then(|(tn, r)| instance(&tn, r)))
             .collect::<anyhow::Result<_>>()?
     };
-    let tenants: Vec<String> = names.iter().map(|n| gbo_ops::inventory::split_name(n.as_str()).0).collect();
-    let _locks = crate::output::lock_tenants(&lxd, tenants.iter().map(String::as_str)).await?;
+    let tenants: Vec<TenantName> =
+        names.iter().filter_map(|n| TenantName::new(&gbo_ops::inventory::split_name(n.as_str()).0).ok()).collect();
+    let _locks = crate::output::lock_tenants(&lxd, &tenants).await?;
     let results = futures_util_join(names.iter().map(|n| install::apply::set_state(&lxd, n, action))).await;
     for (name, result) in names.iter().zip(results) {
         let changed = result.map_err(engine_error)?;
@@ -743,8 +740,9 @@ async fn limits(container: String, cpu: Option<u32>, memory: Option<String>) -> 
     }
     let name = InstanceName::new(container)?;
     let lxd = lxd()?;
-    let tenant = gbo_ops::inventory::split_name(name.as_str()).0;
-    let _locks = crate::output::lock_tenants(&lxd, [tenant.as_str()]).await?;
+    let tenants: Vec<TenantName> =
+        TenantName::new(&gbo_ops::inventory::split_name(name.as_str()).0).ok().into_iter().collect();
+    let _locks = crate::output::lock_tenants(&lxd, &tenants).await?;
     let changed = lxd
         .update_instance(&name, |put| {
             if let Some(c) = cpu {

@@ -47,7 +47,7 @@ pub enum Command {
 pub struct Common {
     /// Tenant whose proxy container is changed.
     #[arg(long, default_value = "default")]
-    tenant: String,
+    tenant: gbo_components::TenantName,
     /// Check and print what would happen; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -81,7 +81,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("cannot read the new Caddyfile {}", file.display()))?;
             let lxd = crate::output::lxd()?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
-            let _locks = crate::output::lock_tenants(&lxd, [common.tenant.as_str()]).await?;
+            let _locks = crate::output::lock_tenants(&lxd, [&common.tenant]).await?;
             let options = ApplyOptions { allow_removal, ..common.options() };
             let report = proxy::apply(&lxd, &target, &text, &options)
                 .await
@@ -91,7 +91,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Reload { common } => {
             let lxd = crate::output::lxd()?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
-            let _locks = crate::output::lock_tenants(&lxd, [common.tenant.as_str()]).await?;
+            let _locks = crate::output::lock_tenants(&lxd, [&common.tenant]).await?;
             let report = proxy::reload(&lxd, &target, &common.options()).await?;
             print_report(&report, common.output)?;
         }
@@ -109,7 +109,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             };
             let lxd = crate::output::lxd()?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
-            let _locks = crate::output::lock_tenants(&lxd, [common.tenant.as_str()]).await?;
+            let _locks = crate::output::lock_tenants(&lxd, [&common.tenant]).await?;
             let report = proxy::prune_dead_domains(&lxd, &target, resolver.as_ref(), &common.options()).await?;
             match common.output {
                 Format::Json => print_json(&report)?,

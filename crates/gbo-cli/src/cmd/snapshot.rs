@@ -129,7 +129,7 @@ async fn targets(
 ) -> anyhow::Result<Vec<ManagedInstance>> {
     match (container, tenant) {
         (Some(c), None) => Ok(vec![snapshot::container(lxd, c).await?]),
-        (None, Some(t)) => Ok(snapshot::tenant_containers(lxd, t).await?),
+        (None, Some(t)) => Ok(snapshot::tenant_containers(lxd, &gbo_components::TenantName::new(t)?).await?),
         (Some(_), Some(_)) => anyhow::bail!("give either a CONTAINER or --tenant, not both"),
         (None, None) => anyhow::bail!("name a CONTAINER or give --tenant T"),
     }
@@ -157,7 +157,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let name = snapshot::snapshot_name(&name)?;
             let lxd = output::lxd()?;
             let containers = targets(&lxd, container.as_deref(), tenant.as_deref()).await?;
-            let _locks = output::lock_tenants(&lxd, containers.iter().map(|c| c.tenant.as_str())).await?;
+            let _locks = output::lock_tenants(&lxd, containers.iter().map(|c| &c.tenant)).await?;
             let results = snapshot::create_many(&lxd, &containers, &name, &snapshot::CreateOptions { expires }).await;
             let mut infos = Vec::new();
             let mut failures = Vec::new();
@@ -197,7 +197,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             })?;
             let lxd = output::lxd()?;
             let c = snapshot::container(&lxd, &container).await?;
-            let _locks = output::lock_tenants(&lxd, [c.tenant.as_str()]).await?;
+            let _locks = output::lock_tenants(&lxd, [&c.tenant]).await?;
             let report = snapshot::restore(&lxd, &c, &name, !no_safety).await?;
             if let Some(safety) = &report.safety_snapshot {
                 eprintln!("safety snapshot taken first: {}/{safety} (restore it to undo)", report.container);
@@ -218,7 +218,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("invalid snapshot name `{name}`"))?;
             let lxd = output::lxd()?;
             let c = snapshot::container(&lxd, &container).await?;
-            let _locks = output::lock_tenants(&lxd, [c.tenant.as_str()]).await?;
+            let _locks = output::lock_tenants(&lxd, [&c.tenant]).await?;
             snapshot::delete(&lxd, &c, &name).await?;
             println!("deleted {container}/{name}");
             Ok(Outcome::Ok)
@@ -230,7 +230,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let _locks = if dry_run {
                 Vec::new()
             } else {
-                output::lock_tenants(&lxd, containers.iter().map(|c| c.tenant.as_str())).await?
+                output::lock_tenants(&lxd, containers.iter().map(|c| &c.tenant)).await?
             };
             let mut reports = Vec::new();
             for c in &containers {

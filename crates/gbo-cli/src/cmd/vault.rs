@@ -34,7 +34,7 @@ pub enum Command {
 pub struct Target {
     /// Tenant whose Vault to reach through its proxy port (when neither --addr nor VAULT_ADDR is set).
     #[arg(long, default_value = "default")]
-    tenant: String,
+    tenant: gbo_components::TenantName,
     /// Vault's address (default: VAULT_ADDR, then the tenant's proxy port).
     #[arg(long)]
     addr: Option<String>,
@@ -46,7 +46,7 @@ pub struct Target {
     tls_skip_verify: bool,
 }
 
-async fn stack_dir(tenant: &str) -> anyhow::Result<Option<PathBuf>> {
+async fn stack_dir(tenant: &gbo_components::TenantName) -> anyhow::Result<Option<PathBuf>> {
     let lxd = output::lxd()?;
     Ok(gbo_ops::inventory::tenant_stack_dir(&lxd, tenant).await?)
 }
@@ -60,7 +60,7 @@ async fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
             let instances = gbo_ops::inventory::tenant_instances(&lxd, &target.tenant).await?;
             let port = instances
                 .iter()
-                .filter(|m| m.role == "vault")
+                .filter(|m| m.role == Some(gbo_components::Role::Vault))
                 .flat_map(|m| m.ports.iter())
                 .find(|p| p.container_port == 8200)
                 .ok_or_else(|| {

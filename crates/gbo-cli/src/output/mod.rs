@@ -101,9 +101,9 @@ pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// tenant at once. A tenant with no recorded stack dir has no host data to protect and no lock.
 pub async fn lock_tenants<'a>(
     lxd: &lxd_client::Client,
-    tenants: impl IntoIterator<Item = &'a str>,
+    tenants: impl IntoIterator<Item = &'a gbo_components::TenantName>,
 ) -> anyhow::Result<Vec<gbo_ops::install::lock::TenantLock>> {
-    let mut names: Vec<&str> = tenants.into_iter().collect();
+    let mut names: Vec<&gbo_components::TenantName> = tenants.into_iter().collect();
     names.sort_unstable();
     names.dedup();
     let mut locks = Vec::new();

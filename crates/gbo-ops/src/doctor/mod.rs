@@ -5,6 +5,7 @@
 
 pub mod inside;
 
+use gbo_components::TenantName;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +56,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(id: &'static str, target: &str, verdict: Verdict, evidence: impl Into<String>) -> Self {
+    fn new(id: &'static str, target: impl std::fmt::Display, verdict: Verdict, evidence: impl Into<String>) -> Self {
         Self { id, target: target.to_string(), verdict, evidence: evidence.into(), fix: None, fixed: false }
     }
 
@@ -120,7 +121,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn role(&self, role: &str) -> Option<&ManagedInstance> {
-        self.instances.iter().find(|m| m.role == role && m.instance.is_running())
+        self.instances.iter().find(|m| m.role_label() == role && m.instance.is_running())
     }
 }
 
@@ -129,7 +130,7 @@ fn name_of(m: &ManagedInstance) -> Result<InstanceName, lxd_client::Error> {
 }
 
 /// Run every check on a tenant.
-pub async fn run(lxd: &Client, tenant: &str, options: &DoctorOptions) -> Result<DoctorReport, DoctorError> {
+pub async fn run(lxd: &Client, tenant: &TenantName, options: &DoctorOptions) -> Result<DoctorReport, DoctorError> {
     let instances = inventory::tenant_instances(lxd, tenant).await?;
     if instances.is_empty() {
         return Err(DoctorError::BadInput(format!("no container belongs to tenant {tenant:?} (looked for `user.gbo.tenant={tenant}` and names `{tenant}-<role>`)")));
@@ -157,7 +158,7 @@ pub async fn run(lxd: &Client, tenant: &str, options: &DoctorOptions) -> Result<
     Ok(DoctorReport {
         tenant: tenant.to_string(),
         layout: if production { "production".into() } else { "per-role".into() },
-        containers: ctx.instances.iter().map(|m| (m.name.clone(), m.role.clone())).collect(),
+        containers: ctx.instances.iter().map(|m| (m.name.to_string(), m.role_label())).collect(),
         checks,
     })
 }
@@ -167,7 +168,7 @@ pub async fn run(lxd: &Client, tenant: &str, options: &DoctorOptions) -> Result<
 /// container gbo did not create (an adopted seed stack) keeps its own flag: a privileged one is a warning, not a
 /// failure.
 fn system_privileged(ctx: &Ctx<'_>) -> Vec<Check> {
-    let Some(m) = ctx.instances.iter().find(|m| m.role == "system") else {
+    let Some(m) = ctx.instances.iter().find(|m| m.role == Some(gbo_components::Role::System)) else {
         return vec![Check::new("system-privileged", "-", Verdict::Skip, "no system container")];
     };
     let privileged = m.instance.expanded_config.get("security.privileged").is_some_and(|v| v == "true");
@@ -215,7 +216,7 @@ fn system_privileged(ctx: &Ctx<'_>) -> Vec<Check> {
 fn proxy_devices(ctx: &Ctx<'_>) -> Vec<Check> {
     let mut out = Vec::new();
     for (role, ports) in PUBLIC_PORTS {
-        let Some(m) = ctx.instances.iter().find(|m| m.role == *role) else { continue };
+        let Some(m) = ctx.instances.iter().find(|m| m.role_label() == *role) else { continue };
         let connected: Vec<u16> = m
             .instance
             .expanded_devices
@@ -247,7 +248,7 @@ fn proxy_devices(ctx: &Ctx<'_>) -> Vec<Check> {
 async fn recorded_port_devices(ctx: &Ctx<'_>) -> Vec<Check> {
     let mut out = Vec::new();
     for m in ctx.instances.iter().filter(|m| m.managed) {
-        let Ok(role) = m.role.parse::<gbo_components::Role>() else { continue };
+        let Some(role) = m.role else { continue };
         let recorded = crate::inventory::recorded_ports(&m.instance.config);
         if recorded.is_empty() {
             continue;
@@ -302,7 +303,7 @@ async fn recorded_port_devices(ctx: &Ctx<'_>) -> Vec<Check> {
 }
 
 fn alm_ci_mounts(ctx: &Ctx<'_>) -> Vec<Check> {
-    let Some(m) = ctx.instances.iter().find(|m| m.role == "alm-ci") else { return Vec::new() };
+    let Some(m) = ctx.instances.iter().find(|m| m.role == Some(gbo_components::Role::AlmCi)) else { return Vec::new() };
     if m.mounts.is_empty() {
         return vec![Check::new("alm-ci-mounts", &m.name, Verdict::Pass, "no host disk mounts")];
     }
@@ -417,7 +418,7 @@ const CACHE_ANSWER_LIMIT: usize = 256;
 /// ask: through the cache's published port on the host when it has one, else on the container's loopback (the
 /// seed's layout, Valkey inside `-system`), with no client that could log in on its own.
 async fn cache_auth(ctx: &Ctx<'_>, m: &ManagedInstance) -> Result<Check, lxd_client::Error> {
-    let published = m.ports.iter().find(|p| p.container_port == 6379 && p.protocol == "tcp");
+    let published = m.ports.iter().find(|p| p.container_port == 6379 && p.protocol == gbo_components::Protocol::Tcp);
     let (answer, place) = match published {
         Some(p) => {
             let address: std::net::IpAddr = p.host_address.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));

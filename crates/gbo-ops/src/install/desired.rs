@@ -92,7 +92,7 @@ pub(super) fn desired_states(
         config.insert(inventory::KEY_SPEC_HASH.to_string(), spec.spec_hash());
         config.extend(spec.lxd_config.clone());
         // An instance gbo did not create (a seed stack) is taken over as it is: it keeps its own privileged flag.
-        if let Some(existing) = scope.instances.iter().find(|m| m.name == spec.instance && m.adopted) {
+        if let Some(existing) = scope.instances.iter().find(|m| m.name.as_str() == spec.instance && m.adopted) {
             config.insert(inventory::KEY_ADOPTED.to_string(), "true".to_string());
             match existing.instance.config.get(plan::PRIVILEGED) {
                 Some(value) => config.insert(plan::PRIVILEGED.to_string(), value.clone()),

@@ -244,10 +244,10 @@ pub(super) async fn unit_health(lxd: &Client, desired: &Desired) -> Health {
 
 /// The health check and target of an observed instance, from the catalogue and its published ports.
 pub fn health_of(m: &ManagedInstance) -> Option<(HealthCheck, Target)> {
-    let role: Role = m.role.parse().ok()?;
+    let role: Role = m.role?;
     let check = super::status::health_check(role)?;
     let port = check.port()?;
-    let published = m.ports.iter().find(|p| p.container_port == port && p.protocol == "tcp")?;
+    let published = m.ports.iter().find(|p| p.container_port == port && p.protocol == gbo_components::Protocol::Tcp)?;
     let address = published.host_address.parse().ok()?;
     Some((check, Target { address, port: published.host_port }))
 }

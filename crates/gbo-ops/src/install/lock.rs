@@ -37,14 +37,14 @@ const LOCK_FILE: &str = ".gbo.lock";
 /// there is no host data of the tenant to protect.
 pub async fn acquire_recorded(
     lxd: &lxd_client::Client,
-    tenant: &str,
+    tenant: &gbo_components::TenantName,
     wait: Duration,
 ) -> Result<Option<TenantLock>, InstallError> {
     let dir = crate::inventory::tenant_stack_dir(lxd, tenant)
         .await
         .map_err(InstallError::lxd(format!("finding the stack dir of tenant {tenant}")))?;
     match dir {
-        Some(dir) if dir.is_dir() => Ok(Some(acquire(&dir, tenant, wait).await?)),
+        Some(dir) if dir.is_dir() => Ok(Some(acquire(&dir, tenant.as_str(), wait).await?)),
         _ => Ok(None),
     }
 }

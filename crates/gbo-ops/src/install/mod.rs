@@ -330,7 +330,7 @@ async fn plan_with(
     };
     let desired = desired_states(&scope, request, &image, &secrets, &allocations, &artifacts)?;
     for d in &desired {
-        if scope.instances.iter().any(|m| m.name == d.instance && m.adopted) {
+        if scope.instances.iter().any(|m| m.name.as_str() == d.instance && m.adopted) {
             let kept = d.config.get(plan::PRIVILEGED).is_some_and(|v| v == "true");
             if kept != d.spec.privileged {
                 scope.notes.push(format!(
@@ -340,7 +340,7 @@ async fn plan_with(
             }
         }
     }
-    let installed_system = scope.instances.iter().find(|m| m.managed && m.role == Role::System.as_str()).cloned();
+    let installed_system = scope.instances.iter().find(|m| m.managed && m.role == Some(Role::System)).cloned();
     let reconverge_system = match installed_system {
         Some(instance)
             if extra.is_empty()

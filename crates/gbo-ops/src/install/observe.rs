@@ -194,7 +194,7 @@ pub fn describe_owner(base: Option<u32>, uid: u32) -> String {
 
 /// Group the tenant's instances by name.
 pub fn by_name(instances: &[crate::inventory::ManagedInstance]) -> BTreeMap<String, Instance> {
-    instances.iter().map(|m| (m.name.clone(), m.instance.clone())).collect()
+    instances.iter().map(|m| (m.name.to_string(), m.instance.clone())).collect()
 }
 
 #[cfg(test)]

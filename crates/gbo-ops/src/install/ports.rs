@@ -336,14 +336,12 @@ pub(super) async fn taken_ports(
     let tenants = inventory::managed_tenants(lxd).await.map_err(InstallError::lxd("listing instances"))?;
     let mut taken = BTreeMap::new();
     for (name, instances) in tenants {
-        if name == tenant.as_str() {
+        if &name == tenant {
             continue;
         }
         for m in instances {
             for p in &m.ports {
-                let protocol =
-                    if p.protocol == "udp" { gbo_components::Protocol::Udp } else { gbo_components::Protocol::Tcp };
-                taken.insert((protocol, p.host_port), m.name.clone());
+                taken.insert((p.protocol, p.host_port), m.name.to_string());
             }
         }
     }
@@ -353,7 +351,7 @@ pub(super) async fn taken_ports(
 pub(super) fn existing_ports(instances: &[ManagedInstance]) -> BTreeMap<(Role, String), u16> {
     let mut out = BTreeMap::new();
     for m in instances {
-        let Ok(role) = m.role.parse::<Role>() else { continue };
+        let Some(role) = m.role else { continue };
         // What the instance recorded first: a device removed by hand keeps its port.
         for p in inventory::recorded_ports(&m.instance.config) {
             out.insert((role, p.name), p.port);

@@ -72,10 +72,10 @@ pub(super) async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]
         .await
         .map_err(InstallError::lxd("listing instances"))?
         .iter()
-        .map(inventory::describe)
+        .filter_map(inventory::describe)
         .collect();
     let claims = tenancy::Claims::of(&everything);
-    let mut instances: Vec<ManagedInstance> = everything.into_iter().filter(|m| m.tenant == tenant.as_str()).collect();
+    let mut instances: Vec<ManagedInstance> = everything.into_iter().filter(|m| m.tenant == tenant).collect();
     instances.sort_by(|a, b| a.name.cmp(&b.name));
     let recorded = instances.iter().find_map(|m| m.stack_dir.clone());
     let stack_dir = match (&request.stack_dir, &recorded) {
@@ -108,8 +108,7 @@ pub(super) async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]
         }
     }
     requested.dedup();
-    let installed: Vec<Role> =
-        instances.iter().filter(|m| m.managed).filter_map(|m| m.role.parse::<Role>().ok()).collect();
+    let installed: Vec<Role> = instances.iter().filter(|m| m.managed).filter_map(|m| m.role).collect();
     let mut notes = Vec::new();
     let with_deps = gbo_components::with_dependencies(&requested);
     for role in &with_deps {

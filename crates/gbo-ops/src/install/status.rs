@@ -75,18 +75,15 @@ pub fn health_check(role: Role) -> Option<HealthCheck> {
 
 /// Status of every instance of a tenant (`roles` empty: all).
 pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) -> Result<TenantStatus, InstallError> {
-    let instances =
-        inventory::tenant_instances(lxd, tenant.as_str()).await.map_err(InstallError::lxd("listing instances"))?;
+    let instances = inventory::tenant_instances(lxd, tenant).await.map_err(InstallError::lxd("listing instances"))?;
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
     let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
     let secrets = match &stack_dir {
         Some(dir) => secrets::read_existing(dir, &specs).unwrap_or_default(),
         None => gbo_components::Secrets::new(),
     };
-    let selected: Vec<_> = instances
-        .into_iter()
-        .filter(|m| roles.is_empty() || m.role.parse::<Role>().map(|r| roles.contains(&r)).unwrap_or(false))
-        .collect();
+    let selected: Vec<_> =
+        instances.into_iter().filter(|m| roles.is_empty() || m.role.is_some_and(|r| roles.contains(&r))).collect();
     let components = futures_util::future::join_all(selected.iter().map(|m| {
         let secrets = &secrets;
         async move {
@@ -106,9 +103,9 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
                 .or_else(|| m.instance.config.get("volatile.base_image").map(|f| f.chars().take(12).collect()))
                 .unwrap_or_default();
             ComponentStatus {
-                container: m.name.clone(),
-                tenant: m.tenant.clone(),
-                role: m.role.clone(),
+                container: m.name.to_string(),
+                tenant: m.tenant.to_string(),
+                role: m.role_label(),
                 managed: m.managed,
                 state: m.instance.status.clone(),
                 image,

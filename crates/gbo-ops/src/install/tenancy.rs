@@ -63,8 +63,8 @@ impl Claims {
         let mut out = Vec::new();
         for m in instances {
             let claim = |path: &Path, kind| Claim {
-                tenant: m.tenant.clone(),
-                instance: m.name.clone(),
+                tenant: m.tenant.to_string(),
+                instance: m.name.to_string(),
                 path: path.to_path_buf(),
                 kind,
             };
@@ -128,13 +128,13 @@ impl Claims {
 mod tests {
     use super::*;
     use crate::inventory::Mount;
-    use lxd_client::Instance;
+    use lxd_client::{Instance, InstanceName};
 
     fn container(tenant: &str, role: &str, stack: &str) -> ManagedInstance {
         ManagedInstance {
-            name: format!("{tenant}-{role}"),
-            tenant: tenant.into(),
-            role: role.into(),
+            name: InstanceName::new(format!("{tenant}-{role}")).expect("a valid name"),
+            tenant: gbo_components::TenantName::new(tenant).expect("a tenant name"),
+            role: role.parse().ok(),
             managed: true,
             adopted: false,
             stack_dir: Some(PathBuf::from(stack)),

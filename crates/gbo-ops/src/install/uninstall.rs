@@ -37,22 +37,22 @@ pub async fn uninstall(
     purge: bool,
     lock_wait: Duration,
 ) -> Result<Vec<Uninstalled>, InstallError> {
-    let _lock = lock::acquire_recorded(lxd, tenant.as_str(), lock_wait).await?;
+    let _lock = lock::acquire_recorded(lxd, tenant, lock_wait).await?;
     let everything: Vec<ManagedInstance> = lxd
         .instances()
         .await
         .map_err(InstallError::lxd("listing instances"))?
         .iter()
-        .map(inventory::describe)
+        .filter_map(inventory::describe)
         .collect();
     let claims = tenancy::Claims::of(&everything);
-    let instances: Vec<&ManagedInstance> = everything.iter().filter(|m| m.tenant == tenant.as_str()).collect();
+    let instances: Vec<&ManagedInstance> = everything.iter().filter(|m| &m.tenant == tenant).collect();
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
     // What each role's purge removes: decided (and refused) before anything is deleted.
     let mut plans = Vec::new();
     for role in roles {
         let name = instance_name(tenant, *role);
-        let found = instances.iter().find(|m| m.name == name).copied();
+        let found = instances.iter().find(|m| m.name.as_str() == name).copied();
         let role_stack = found.and_then(|m| m.stack_dir.clone()).or_else(|| stack_dir.clone());
         let role_dir = role_stack.as_ref().map(|s| s.join(role.container_suffix()));
         let mut dirs: Vec<PathBuf> = match found {

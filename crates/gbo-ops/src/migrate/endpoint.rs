@@ -394,7 +394,9 @@ impl ContainerServer {
         let managed = crate::snapshot::container(lxd, &name).await.map_err(MigrateError::TablesContainer)?;
         let instance = InstanceName::new(name.as_str()).map_err(|e| MigrateError::Container(e.to_string()))?;
         let mut server = Self::new(lxd.clone(), instance, port);
-        if let Some(published) = managed.ports.iter().find(|p| p.protocol == "tcp" && p.container_port == port) {
+        if let Some(published) =
+            managed.ports.iter().find(|p| p.protocol == gbo_components::Protocol::Tcp && p.container_port == port)
+        {
             server = server.published(&published.host_address, published.host_port);
         }
         Ok((server, managed))

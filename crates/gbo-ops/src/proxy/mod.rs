@@ -7,6 +7,7 @@
 pub mod caddyfile;
 pub mod resolve;
 
+use gbo_components::TenantName;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -89,9 +90,9 @@ pub struct ProxyTarget {
 
 impl ProxyTarget {
     /// Find the tenant's proxy container (`user.gbo.role=proxy`, or named `{tenant}-proxy`); it must be running.
-    pub async fn find(lxd: &Client, tenant: &str) -> Result<Self, ProxyError> {
+    pub async fn find(lxd: &Client, tenant: &TenantName) -> Result<Self, ProxyError> {
         let instances = inventory::tenant_instances(lxd, tenant).await?;
-        let Some(proxy) = instances.into_iter().find(|m| m.role == "proxy") else {
+        let Some(proxy) = instances.into_iter().find(|m| m.role == Some(gbo_components::Role::Proxy)) else {
             return Err(ProxyError::BadInput(format!(
                 "tenant {tenant:?} has no proxy container (looked for `user.gbo.role=proxy` or a container named `{tenant}-proxy`)"
             )));
@@ -316,7 +317,7 @@ async fn backup(lxd: &Client, target: &ProxyTarget) -> Result<String, ProxyError
 
 /// Where a site is probed.
 fn probe_endpoint(ports: &[PublishedPort], container_port: u16) -> Option<SocketAddr> {
-    let p = ports.iter().find(|p| p.protocol == "tcp" && p.container_port == container_port)?;
+    let p = ports.iter().find(|p| p.protocol == gbo_components::Protocol::Tcp && p.container_port == container_port)?;
     let ip: IpAddr = p.host_address.parse().ok()?;
     let ip = match ip {
         IpAddr::V4(v4) if v4.is_unspecified() || v4.is_loopback() => {
@@ -649,7 +650,7 @@ mod tests {
     fn probe_endpoints_stay_on_loopback() {
         let port = |addr: &str, c: u16| PublishedPort {
             device: "d".into(),
-            protocol: "tcp".into(),
+            protocol: gbo_components::Protocol::Tcp,
             host_address: addr.into(),
             host_port: 8080,
             container_port: c,

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod retention;
 pub mod schedule;
 
+use gbo_components::TenantName;
 use std::path::PathBuf;
 
 use lxd_client::{Client, InstanceName, SnapshotName, StateAction};
@@ -36,6 +37,14 @@ pub enum SnapshotError {
     /// No such container.
     #[error("container `{name}` does not exist (see `lxc list`)")]
     UnknownContainer {
+        /// The name given.
+        name: String,
+    },
+    /// The container belongs to no tenant (gbo's containers are named `{tenant}-{role}`).
+    #[error(
+        "container `{name}` belongs to no tenant: gbo works on `{{tenant}}-{{role}}` containers (see `gbo status`)"
+    )]
+    NoTenant {
         /// The name given.
         name: String,
     },
@@ -192,11 +201,11 @@ pub async fn container(lxd: &Client, name: &str) -> Result<ManagedInstance, Snap
     let unknown = || SnapshotError::UnknownContainer { name: name.to_string() };
     let instance_name = InstanceName::new(name).map_err(|_| unknown())?;
     let instance = lxd.instance_opt(&instance_name).await?.ok_or_else(unknown)?;
-    Ok(inventory::describe(&instance))
+    inventory::describe(&instance).ok_or_else(|| SnapshotError::NoTenant { name: name.to_string() })
 }
 
 /// Every container of a tenant; a tenant without any is an error.
-pub async fn tenant_containers(lxd: &Client, tenant: &str) -> Result<Vec<ManagedInstance>, SnapshotError> {
+pub async fn tenant_containers(lxd: &Client, tenant: &TenantName) -> Result<Vec<ManagedInstance>, SnapshotError> {
     let found = inventory::tenant_instances(lxd, tenant).await?;
     if found.is_empty() {
         return Err(SnapshotError::EmptyTenant { tenant: tenant.to_string() });
@@ -208,12 +217,12 @@ pub async fn tenant_containers(lxd: &Client, tenant: &str) -> Result<Vec<Managed
 pub fn store_dir(container: &ManagedInstance) -> PathBuf {
     let root =
         container.stack_dir.as_ref().map(|d| d.join(".snapshots")).unwrap_or_else(|| PathBuf::from(FALLBACK_STORE));
-    root.join(&container.name)
+    root.join(container.name.as_str())
 }
 
 fn lxd_name(container: &ManagedInstance) -> Result<InstanceName, SnapshotError> {
     InstanceName::new(container.name.as_str())
-        .map_err(|_| SnapshotError::UnknownContainer { name: container.name.clone() })
+        .map_err(|_| SnapshotError::UnknownContainer { name: container.name.to_string() })
 }
 
 /// Read a snapshot's manifest, if it has one.
@@ -234,7 +243,7 @@ pub async fn create(
     let span = tracing::info_span!("snapshot_create", container = %container.name, snapshot = %name);
     let _enter = span.enter();
     if lxd.snapshots(&instance).await?.iter().any(|s| s.name == name.as_str()) {
-        return Err(SnapshotError::Exists { container: container.name.clone(), snapshot: name.to_string() });
+        return Err(SnapshotError::Exists { container: container.name.to_string(), snapshot: name.to_string() });
     }
     let store = store_dir(container).join(name.as_str());
     for mount in &container.mounts {
@@ -293,7 +302,7 @@ pub async fn create(
         }
     };
     let manifest = Manifest {
-        container: container.name.clone(),
+        container: container.name.to_string(),
         snapshot: name.to_string(),
         taken_at: rfc3339(now),
         frozen: freeze,
@@ -306,7 +315,7 @@ pub async fn create(
         store_dir.write_file(std::path::Path::new(MANIFEST), text.as_bytes(), 0o600, None, 0o700)?;
     }
     Ok(SnapshotInfo {
-        container: container.name.clone(),
+        container: container.name.to_string(),
         name: name.to_string(),
         taken_at: manifest.taken_at,
         expires_at,
@@ -341,7 +350,7 @@ pub async fn list(lxd: &Client, container: &ManagedInstance) -> Result<Vec<Snaps
             let manifest = read_manifest(container, &s.name);
             let data = manifest.map(|m| m.data).unwrap_or_default();
             SnapshotInfo {
-                container: container.name.clone(),
+                container: container.name.to_string(),
                 covers: covers_label(!data.is_empty()),
                 expires_at: s.expiry().map(str::to_string),
                 size: s.size,
@@ -382,7 +391,7 @@ pub async fn restore(
     let snaps = lxd.snapshots(&instance).await?;
     if !snaps.iter().any(|s| s.name == snapshot.as_str()) {
         return Err(SnapshotError::UnknownSnapshot {
-            container: container.name.clone(),
+            container: container.name.to_string(),
             snapshot: snapshot.to_string(),
         });
     }
@@ -410,7 +419,7 @@ pub async fn restore(
     let mut data_restored = Vec::new();
     let failed = |step: String, cause: SnapshotError, restored: &[PathBuf]| {
         SnapshotError::RestoreFailed(Box::new(RestoreFailure {
-            container: container.name.clone(),
+            container: container.name.to_string(),
             snapshot: snapshot.to_string(),
             step,
             cause,
@@ -438,7 +447,7 @@ pub async fn restore(
         set_state_checked(lxd, &instance, StateAction::Start, "running").await?;
     }
     Ok(RestoreReport {
-        container: container.name.clone(),
+        container: container.name.to_string(),
         snapshot: snapshot.to_string(),
         safety_snapshot,
         data_restored,
@@ -487,7 +496,7 @@ pub async fn delete(lxd: &Client, container: &ManagedInstance, snapshot: &Snapsh
     let manifest = read_manifest(container, snapshot.as_str());
     if !exists && manifest.is_none() {
         return Err(SnapshotError::UnknownSnapshot {
-            container: container.name.clone(),
+            container: container.name.to_string(),
             snapshot: snapshot.to_string(),
         });
     }
@@ -565,7 +574,7 @@ pub async fn prune(
         }
     }
     Ok(PruneReport {
-        container: container.name.clone(),
+        container: container.name.to_string(),
         verdicts,
         applied: !dry_run,
         orphaned_data_removed: if dry_run { Vec::new() } else { orphans },

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lxd_client::{Client, InstanceName};
+use lxd_client::Client;
 
 use super::{RetentionPolicy, SnapshotError, Span};
 use crate::inventory::ManagedInstance;
@@ -205,8 +205,7 @@ pub async fn set_lxd_native(
     expires: Option<Span>,
 ) -> Result<(), SnapshotError> {
     for container in containers {
-        let name = InstanceName::new(container.name.as_str())
-            .map_err(|_| SnapshotError::UnknownContainer { name: container.name.clone() })?;
+        let name = container.name.clone();
         let mut config = serde_json::Map::new();
         config.insert("snapshots.schedule".into(), every.cron().into());
         config.insert("snapshots.pattern".into(), "auto-%d".into());

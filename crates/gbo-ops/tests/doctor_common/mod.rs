@@ -13,7 +13,7 @@ use lxd_client::{
 /// A tenant made of hand-built containers, deleted on drop.
 pub struct Tenant {
     /// Tenant name (`gbot-<tag>-<pid>-<n>`).
-    pub name: String,
+    pub name: gbo_components::TenantName,
     /// The client.
     pub lxd: Client,
     containers: Vec<InstanceName>,
@@ -24,7 +24,9 @@ impl Tenant {
     pub async fn new(tag: &str) -> Self {
         let lxd = gbo_tests::lxd().await;
         gbo_tests::require_test_image(&lxd).await;
-        Self { name: gbo_tests::unique_name(tag), lxd, containers: Vec::new() }
+        let name =
+            gbo_components::TenantName::new(&gbo_tests::unique_name(tag)).expect("unique names are tenant names");
+        Self { name, lxd, containers: Vec::new() }
     }
 
     /// `{tenant}-{role}` as an instance name.
