@@ -15,7 +15,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lxd_client::{Client, DeviceName, FileOptions, Flavor, InstanceName, Profile, ProxyAddress, ProxyDevice};
+use lxd_client::{
+    Client, DeviceName, FileOptions, Flavor, InstanceName, ObjectName, Profile, ProxyAddress, ProxyDevice,
+};
 
 use crate::doctor::inside;
 use crate::inventory;
@@ -177,7 +179,7 @@ pub async fn enable(lxd: &Client, tenant: &str, options: &BrotherOptions) -> Res
         report.changed = true;
     }
     let device = DeviceName::new(DEVICE)?;
-    report.changed |= lxd.add_profile_device(&options.profile, &device, config).await?;
+    report.changed |= lxd.add_profile_device(&ObjectName::new(options.profile.as_str())?, &device, config).await?;
     let profile = options.profile.clone();
     report.changed |= lxd
         .update_instance(&instance, |put| {
@@ -201,7 +203,7 @@ pub async fn disable(lxd: &Client, tenant: &str, profile: &str) -> Result<bool, 
         changed |= lxd.update_instance(&instance, |put| put.profiles.retain(|x| *x != p)).await?;
     }
     if lxd.profiles().await?.iter().any(|x| x.name == profile) {
-        changed |= lxd.remove_profile_device(profile, &DeviceName::new(DEVICE)?).await?;
+        changed |= lxd.remove_profile_device(&ObjectName::new(profile)?, &DeviceName::new(DEVICE)?).await?;
     }
     Ok(changed)
 }

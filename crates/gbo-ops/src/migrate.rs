@@ -162,7 +162,7 @@ pub enum MigrateError {
         message: String,
     },
     /// LXD failed.
-    #[error("LXD: {0}")]
+    #[error(transparent)]
     Lxd(#[from] lxd_client::Error),
     /// A host tool failed.
     #[error(transparent)]
@@ -934,8 +934,8 @@ impl ContainerServer {
     /// Run SQL (from stdin, never argv) and return its unaligned, tab-separated rows.
     async fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, MigrateError> {
         let argv = self.psql_argv(database, &["-A", "-t", "-F", "\t", "-f", "-"]);
-        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600));
-        let out = self.lxd.exec_with_stdin(&self.instance, &req, sql.as_bytes()).await?;
+        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600)).stdin_bytes(sql.to_string());
+        let out = self.lxd.exec_output(&self.instance, &req).await?;
         if !out.success() {
             let err = out.stderr_text();
             if err.contains("does not exist") && err.contains("database") {
@@ -957,8 +957,8 @@ impl ContainerServer {
 
     async fn script(&self, database: &str, sql: &str) -> Result<(), MigrateError> {
         let argv = self.psql_argv(database, &["--single-transaction", "-f", "-"]);
-        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600));
-        let out = self.lxd.exec_with_stdin(&self.instance, &req, sql.as_bytes()).await?;
+        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600)).stdin_bytes(sql.to_string());
+        let out = self.lxd.exec_output(&self.instance, &req).await?;
         if !out.success() {
             return Err(MigrateError::Sql { side: self.describe(), message: out.stderr_text().trim().to_string() });
         }
@@ -1688,10 +1688,9 @@ pub async fn digest_table(side: &Endpoint, database: &str, table: &str) -> Resul
             let sql = format!("{STREAM_SESSION}\nCOPY {table} TO STDOUT;\n");
             let out = c
                 .lxd
-                .exec_with_stdin(
+                .exec_output(
                     &c.instance,
-                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)),
-                    sql.as_bytes(),
+                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)).stdin_bytes(sql),
                 )
                 .await?;
             if !out.success() {
@@ -1831,13 +1830,9 @@ async fn copy_unit(
             let mut stderr = Vec::new();
             let code = c
                 .lxd
-                .exec_io(
-                    &c.instance,
-                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)),
-                    Some(&mut reader),
-                    tokio::io::sink(),
-                    &mut stderr,
-                )
+                .exec(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)).stdin_piped())
+                .await?
+                .relay(Some(&mut reader), tokio::io::sink(), &mut stderr)
                 .await?;
             if code != 0 {
                 return Err(failed(String::from_utf8_lossy(&stderr).trim().to_string()));

@@ -140,7 +140,7 @@ pub async fn run() -> anyhow::Result<String> {
         cli_exec.time(|| async { lxc(&["exec", target.as_str(), "--", "true"]) }).await?;
         our_exec
             .time(|| async {
-                let out = lxd.exec(&target, &request).await?;
+                let out = lxd.exec_output(&target, &request).await?;
                 anyhow::ensure!(out.exit_code == 0, "exit {}", out.exit_code);
                 Ok(())
             })
@@ -192,7 +192,7 @@ pub async fn run() -> anyhow::Result<String> {
             .await?;
         our_big_rss_growth = our_big_rss_growth.max(peak_rss_kib().saturating_sub(before));
         // Keep the container's disk small between rounds (not timed).
-        let _ = lxd.exec(&target, &ExecRequest::new(["sh", "-c", "rm -rf /root/cli-* /root/ours-*"])).await?;
+        let _ = lxd.exec_output(&target, &ExecRequest::new(["sh", "-c", "rm -rf /root/cli-* /root/ours-*"])).await?;
     }
     let _ = std::fs::remove_dir_all(&work);
 

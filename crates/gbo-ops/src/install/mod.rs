@@ -482,7 +482,9 @@ async fn check_image(
             }
         }
         Provenance::Foreign if !packaged.is_empty() => {
-            let profile = lxd.profile("default").await.map_err(InstallError::lxd("reading the default profile"))?;
+            let default_profile = lxd_client::ObjectName::new("default").map_err(InstallError::lxd("profile name"))?;
+            let profile =
+                lxd.profile(&default_profile).await.map_err(InstallError::lxd("reading the default profile"))?;
             let nic = profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("nic"));
             if !nic && image.server.is_some() {
                 return Err(InstallError::NoNetwork {
@@ -918,9 +920,10 @@ pub async fn install(
     // A run killed mid-request leaves its operation (a create, a start) running in the daemon: let it finish
     // before observing, so the plan starts from settled state instead of failing with "instance is busy".
     for component in &preview.components {
-        lxd.wait_instance_idle(&component.instance, std::time::Duration::from_secs(300))
-            .await
-            .map_err(InstallError::lxd(format!("waiting for running operations on {}", component.instance)))?;
+        let context = format!("waiting for running operations on {}", component.instance);
+        let name =
+            lxd_client::InstanceName::new(component.instance.as_str()).map_err(InstallError::lxd(context.clone()))?;
+        lxd.wait_instance_idle(&name, std::time::Duration::from_secs(300)).await.map_err(InstallError::lxd(context))?;
     }
     let planned = plan(lxd, request, true).await?;
     apply_planned(lxd, request, &planned, progress).await
@@ -1027,7 +1030,10 @@ pub async fn apply_planned(
             }
             .await;
             if let Err(e) = &result {
-                (ctx.progress)(Progress { instance: desired.instance.clone(), message: format!("{FAILED}{e}") });
+                (ctx.progress)(Progress {
+                    instance: desired.instance.clone(),
+                    message: format!("{FAILED}{}", error::with_causes(e)),
+                });
             }
             if let Some(tx) = done.get(&desired.role) {
                 let _ = tx.send(Some(result.is_ok()));
@@ -1103,7 +1109,7 @@ async fn unit_health(lxd: &Client, desired: &Desired) -> health::Health {
     };
     let request =
         lxd_client::ExecRequest::new(["systemctl", "is-active", unit.as_str()]).timeout(Duration::from_secs(30));
-    match lxd.exec(&name, &request).await {
+    match lxd.exec_output(&name, &request).await {
         Ok(out) if out.success() => health::Health { healthy: true, detail: format!("{unit} is active") },
         Ok(out) => health::Health { healthy: false, detail: format!("{unit} is {}", out.stdout_text().trim()) },
         Err(e) => health::Health { healthy: false, detail: format!("systemctl is-active {unit}: {e}") },
