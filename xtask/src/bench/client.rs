@@ -99,6 +99,7 @@ fn verdict(target: &str, baseline: Duration, ours: Duration, needed: f64, why_mi
 
 /// Run the benchmark and return its markdown section.
 pub async fn run() -> anyhow::Result<String> {
+    let load_at_start = load_average();
     let lxd = Client::local().context("connect to LXD (run `cargo xtask lxd-up`)")?;
     let lxd_client::Endpoint::Unix(socket) = lxd.endpoint().clone() else {
         anyhow::bail!("the client benchmark runs on the local unix socket");
@@ -281,6 +282,12 @@ pub async fn run() -> anyhow::Result<String> {
     cleanup.remove_all();
 
     // Report.
+    writeln!(
+        md,
+        "Load average over the last minute: {load_at_start} at the start, {} at the end (2 CPUs shared with other \
+         work: single samples are noisy, medians and same-run ratios much less).\n",
+        load_average()
+    )?;
     writeln!(md, "| Task | `lxc` median | daemon floor median | lxd-client median | lxc / ours | ours / floor |")?;
     writeln!(md, "|---|---|---|---|---|---|")?;
     let mut row = |task: String, cli: Duration, floor: Option<Duration>, ours: Duration| {
@@ -415,6 +422,14 @@ pub async fn run() -> anyhow::Result<String> {
         writeln!(md, "- {label}: {}", samples.raw_ms())?;
     }
     Ok(md)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), as text.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn write_big_file(path: &PathBuf, mib: u64) -> anyhow::Result<()> {
