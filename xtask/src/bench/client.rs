@@ -112,9 +112,9 @@ pub async fn run() -> anyhow::Result<String> {
     md.push_str(&stamp());
     writeln!(
         md,
-        "\nSame daemon, one run, interleaved (each round runs the CLI, then the daemon's floor where there is one, then \
-         the client). One `Client` is reused, as a program using the library would; every CLI call is a new `lxc` \
-         process. The floor is the leanest request sequence any client can send, spoken with raw hyper and \
+        "\nSame daemon, one run, interleaved (each round runs the CLI, then the daemon's floor where there is one and \
+         the client, taking turns at going first). One `Client` is reused, as a program using the library would; \
+         every CLI call is a new `lxc` process. The floor is the leanest request sequence any client can send, spoken with raw hyper and \
          tokio-tungstenite over the unix socket (`xtask/src/bench/floor.rs`): for (a) one `GET \
          /1.0/instances?recursion=2`; for (b) `POST exec`, the control socket then the three data sockets, both \
          outputs read to their end while `/wait` gives the exit code. The machine is shared (2 CPUs, other engineers' \
@@ -137,22 +137,27 @@ pub async fn run() -> anyhow::Result<String> {
     eprintln!("bench client: (a) list");
     let (mut cli_list, mut full_list, mut light_list) = (Samples::default(), Samples::default(), Samples::default());
     let mut floor_list = Samples::default();
-    for _ in 0..LIST_ROUNDS {
+    for round in 0..LIST_ROUNDS {
         cli_list.time(|| async { lxc(&["list", "--format", "csv"]) }).await?;
-        floor_list
-            .time(|| async {
-                let listed = floor.list_full().await?;
-                anyhow::ensure!(listed >= LIST_INSTANCES, "listed {listed} instances");
-                Ok(())
-            })
-            .await?;
-        full_list
-            .time(|| async {
-                let all = lxd.instances_full().await?;
-                anyhow::ensure!(all.len() >= LIST_INSTANCES, "listed {} instances", all.len());
-                Ok(())
-            })
-            .await?;
+        for floor_turn in turns(round) {
+            if floor_turn {
+                floor_list
+                    .time(|| async {
+                        let listed = floor.list_full().await?;
+                        anyhow::ensure!(listed >= LIST_INSTANCES, "listed {listed} instances");
+                        Ok(())
+                    })
+                    .await?;
+            } else {
+                full_list
+                    .time(|| async {
+                        let all = lxd.instances_full().await?;
+                        anyhow::ensure!(all.len() >= LIST_INSTANCES, "listed {} instances", all.len());
+                        Ok(())
+                    })
+                    .await?;
+            }
+        }
         light_list
             .time(|| async {
                 let all = lxd.instances().await?;
@@ -162,26 +167,31 @@ pub async fn run() -> anyhow::Result<String> {
             .await?;
     }
 
-    // (b) 100 sequential exec of `true`, alternating one CLI call and one client call.
+    // (b) 100 sequential exec of `true`: one CLI call, then the floor and the client taking turns at going first.
     eprintln!("bench client: (b) exec");
     let (mut cli_exec, mut our_exec, mut floor_exec) = (Samples::default(), Samples::default(), Samples::default());
     let request = ExecRequest::new(["true"]);
-    for _ in 0..EXECS {
+    for round in 0..EXECS {
         cli_exec.time(|| async { lxc(&["exec", target.as_str(), "--", "true"]) }).await?;
-        floor_exec
-            .time(|| async {
-                let code = floor.exec(target.as_str(), &["true"]).await?;
-                anyhow::ensure!(code == 0, "exit {code}");
-                Ok(())
-            })
-            .await?;
-        our_exec
-            .time(|| async {
-                let out = lxd.exec_output(&target, &request).await?;
-                anyhow::ensure!(out.exit_code == 0, "exit {}", out.exit_code);
-                Ok(())
-            })
-            .await?;
+        for floor_turn in turns(round) {
+            if floor_turn {
+                floor_exec
+                    .time(|| async {
+                        let code = floor.exec(target.as_str(), &["true"]).await?;
+                        anyhow::ensure!(code == 0, "exit {code}");
+                        Ok(())
+                    })
+                    .await?;
+            } else {
+                our_exec
+                    .time(|| async {
+                        let out = lxd.exec_output(&target, &request).await?;
+                        anyhow::ensure!(out.exit_code == 0, "exit {}", out.exit_code);
+                        Ok(())
+                    })
+                    .await?;
+            }
+        }
     }
     let cli_exec_total: Duration = cli_exec.durations.iter().sum();
     let our_exec_total: Duration = our_exec.durations.iter().sum();
@@ -422,6 +432,16 @@ pub async fn run() -> anyhow::Result<String> {
         writeln!(md, "- {label}: {}", samples.raw_ms())?;
     }
     Ok(md)
+}
+
+/// Whether the floor goes first (`true`) or second in a round: they take turns, so neither always follows the
+/// `lxc` process of the same round.
+fn turns(round: usize) -> [bool; 2] {
+    if round % 2 == 0 {
+        [true, false]
+    } else {
+        [false, true]
+    }
 }
 
 /// The 1-minute load average (`/proc/loadavg`), as text.
