@@ -868,14 +868,15 @@ impl Driver {
         let err_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let out_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
         let in_ws = sockets.pop().ok_or_else(|| ws_missing(&op))?;
+        // Only the pumps hold the output's senders: the stream ends when both outputs have.
+        let (stdout_sender, stderr_sender) = (output.clone(), output);
         let io = async {
             let ((input, out), errors) = tokio::join!(
-                async { tokio::join!(pump_in(in_ws, stdin), pump_out(out_ws, ExecChunk::Stdout, output.clone())) },
-                pump_out(err_ws, ExecChunk::Stderr, output.clone())
+                async { tokio::join!(pump_in(in_ws, stdin), pump_out(out_ws, ExecChunk::Stdout, stdout_sender)) },
+                pump_out(err_ws, ExecChunk::Stderr, stderr_sender)
             );
             out.and(errors).and(input)
         };
-        // Only the pumps hold the output's senders: the stream ends when both outputs have.
         let finished = client.supervise(&op, timeout, control, commands, io).await?;
         Ok(exit_code(&finished))
     }
