@@ -437,7 +437,7 @@ pub async fn run() -> anyhow::Result<String> {
 /// Whether the floor goes first (`true`) or second in a round: they take turns, so neither always follows the
 /// `lxc` process of the same round.
 fn turns(round: usize) -> [bool; 2] {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         [true, false]
     } else {
         [false, true]
