@@ -96,7 +96,7 @@ impl TestContainer {
         loop {
             let req = lxd_client::ExecRequest::new(["systemctl", "is-system-running", "--wait"])
                 .timeout(Duration::from_secs(30));
-            if let Ok(out) = self.lxd.exec(&self.name, &req).await {
+            if let Ok(out) = self.lxd.exec_output(&self.name, &req).await {
                 let state = out.stdout_text();
                 if state.contains("running") || state.contains("degraded") {
                     return;

@@ -210,13 +210,17 @@ async fn a_plain_image_without_network_fails_naming_the_fix_and_leaves_no_contai
     // A plain image: the test image without Redis and without any gbo property.
     let source = TestContainer::create("imgbare", true).await;
     let purge = ExecRequest::new(["dpkg", "--purge", "redis-server"]).env("DEBIAN_FRONTEND", "noninteractive");
-    let out = client.exec(&source.name, &purge).await.expect("exec dpkg");
+    let out = client.exec_output(&source.name, &purge).await.expect("exec dpkg");
     assert!(out.success(), "dpkg --purge redis-server: {}", out.stderr_text());
-    client.ensure_stopped(&source.name, 30).await.expect("stopping the source container");
+    client
+        .ensure_stopped(&source.name, std::time::Duration::from_secs(30))
+        .await
+        .expect("stopping the source container");
     let image =
         PublishedImage::publish(&client, &source, &[("description", "gbot plain Debian without redis".into())]).await;
     drop(source);
-    let profile = client.profile("default").await.expect("default profile");
+    let profile =
+        client.profile(&lxd_client::ObjectName::new("default").expect("profile name")).await.expect("default profile");
     assert!(
         !profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("nic")),
         "test containers get no network: the default profile must have no nic"
@@ -252,9 +256,12 @@ async fn a_plain_image_that_has_the_packages_installs_offline_and_gets_the_fixed
     require_test_image(&client).await;
     // A plain local image: the test image without any gbo property and without the gbuser account.
     let source = TestContainer::create("imgplain", true).await;
-    let out = client.exec(&source.name, &ExecRequest::new(["userdel", "gbuser"])).await.expect("exec userdel");
+    let out = client.exec_output(&source.name, &ExecRequest::new(["userdel", "gbuser"])).await.expect("exec userdel");
     assert!(out.success(), "userdel gbuser: {}", out.stderr_text());
-    client.ensure_stopped(&source.name, 30).await.expect("stopping the source container");
+    client
+        .ensure_stopped(&source.name, std::time::Duration::from_secs(30))
+        .await
+        .expect("stopping the source container");
     let image =
         PublishedImage::publish(&client, &source, &[("description", "gbot plain Debian with redis".into())]).await;
     drop(source);
@@ -275,7 +282,7 @@ async fn a_plain_image_that_has_the_packages_installs_offline_and_gets_the_fixed
     assert_eq!(run.code, 0, "the packages are there: no network needed:\n{}", run.all());
     assert!(!run.stderr.contains("apt-get"), "nothing to install:\n{}", run.stderr);
     let cache = lxd_client::InstanceName::new(tenant.container("cache")).expect("name");
-    let out = client.exec(&cache, &ExecRequest::new(["getent", "passwd", "gbuser"])).await.expect("exec getent");
+    let out = client.exec_output(&cache, &ExecRequest::new(["getent", "passwd", "gbuser"])).await.expect("exec getent");
     assert_eq!(
         out.stdout_text().trim(),
         "gbuser:x:1000:1000:gbo service user:/opt/gbo:/bin/bash",
@@ -289,7 +296,8 @@ async fn a_plain_image_that_has_the_packages_installs_offline_and_gets_the_fixed
 async fn missing_images_and_unknown_remotes_are_bad_input() {
     let client = lxd().await;
     require_test_image(&client).await;
-    let profile = client.profile("default").await.expect("default profile");
+    let profile =
+        client.profile(&lxd_client::ObjectName::new("default").expect("profile name")).await.expect("default profile");
     assert!(
         !profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("nic")),
         "test containers get no network: the default profile must have no nic (else the fallback case would pull from the internet)"

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gbo_components::Role;
-use lxd_client::{Client, DeviceName, DiskDevice};
+use lxd_client::{Client, DeviceName, DiskDevice, ObjectName};
 
 /// The alias of the image the test suite uses.
 pub const TEST_IMAGE_ALIAS: &str = "gbo-test/debian-12";
@@ -132,6 +132,7 @@ pub async fn ensure_daemon() -> anyhow::Result<()> {
 }
 
 async fn ensure_storage(lxd: &Client, size: &str) -> anyhow::Result<()> {
+    let default = ObjectName::new("default")?;
     let pools = lxd.storage_pools().await?;
     let pool = if let Some(existing) = pools.iter().find(|p| p.name == "default") {
         existing.name.clone()
@@ -142,24 +143,24 @@ async fn ensure_storage(lxd: &Client, size: &str) -> anyhow::Result<()> {
         } else {
             ("dir", BTreeMap::new())
         };
-        match lxd.create_storage_pool("default", driver, config).await {
+        match lxd.create_storage_pool(&default, driver, config).await {
             Ok(()) => {}
             Err(e) if driver == "btrfs" => {
                 eprintln!("btrfs pool failed ({e}); falling back to dir");
-                lxd.create_storage_pool("default", "dir", BTreeMap::new()).await?;
+                lxd.create_storage_pool(&default, "dir", BTreeMap::new()).await?;
             }
             Err(e) => return Err(e.into()),
         }
         "default".to_string()
     };
-    let profile = lxd.profile("default").await?;
+    let profile = lxd.profile(&default).await?;
     if !profile
         .devices
         .values()
         .any(|d| d.get("type").map(String::as_str) == Some("disk") && d.get("path").map(String::as_str) == Some("/"))
     {
         let root = DeviceName::new("root")?;
-        lxd.add_profile_device("default", &root, DiskDevice::root(pool).to_config(&root)?).await?;
+        lxd.add_profile_device(&default, &root, DiskDevice::root(pool).to_config(&root)?).await?;
     }
     Ok(())
 }
@@ -238,7 +239,9 @@ pub async fn clean() -> anyhow::Result<()> {
     }
     for profile in lxd.profiles().await? {
         if profile.name.starts_with(TEST_PREFIX) {
-            let _ = lxd.delete_profile(&profile.name).await;
+            if let Ok(name) = ObjectName::new(profile.name.as_str()) {
+                let _ = lxd.delete_profile(&name).await;
+            }
         }
     }
     for image in lxd.images().await? {

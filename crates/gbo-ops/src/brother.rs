@@ -16,7 +16,9 @@ use gbo_components::TenantName;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lxd_client::{Client, DeviceName, FileOptions, Flavor, InstanceName, Profile, ProxyAddress, ProxyDevice};
+use lxd_client::{
+    Client, DeviceName, FileOptions, Flavor, InstanceName, ObjectName, Profile, ProxyAddress, ProxyDevice,
+};
 
 use crate::doctor::inside;
 use crate::inventory;
@@ -182,7 +184,7 @@ pub async fn enable(
         report.changed = true;
     }
     let device = DeviceName::new(DEVICE)?;
-    report.changed |= lxd.add_profile_device(&options.profile, &device, config).await?;
+    report.changed |= lxd.add_profile_device(&ObjectName::new(options.profile.as_str())?, &device, config).await?;
     let profile = options.profile.clone();
     report.changed |= lxd
         .update_instance(&instance, |put| {
@@ -206,7 +208,7 @@ pub async fn disable(lxd: &Client, tenant: &TenantName, profile: &str) -> Result
         changed |= lxd.update_instance(&instance, |put| put.profiles.retain(|x| *x != p)).await?;
     }
     if lxd.profiles().await?.iter().any(|x| x.name == profile) {
-        changed |= lxd.remove_profile_device(profile, &DeviceName::new(DEVICE)?).await?;
+        changed |= lxd.remove_profile_device(&ObjectName::new(profile)?, &DeviceName::new(DEVICE)?).await?;
     }
     Ok(changed)
 }

@@ -296,7 +296,8 @@ async fn import_dir(
     let reporter = std::sync::Arc::new(move |sent: u64| {
         let _ = tx.send(sent);
     });
-    let import = lxd.import_image(stdout, false, Some(reporter));
+    let options = lxd_client::ImageImportOptions::new().progress(reporter);
+    let import = lxd.import_image(stdout, &options);
     tokio::pin!(import);
     let mut last_reported = 0u64;
     let fingerprint = loop {

@@ -57,7 +57,7 @@ async fn the_host_api_answers_inside_the_system_container_also_after_a_restart()
     assert!(!brother::enable(&lxd, &tenant.name, &options).await.expect("again").changed, "idempotent");
 
     // After a restart (systemd mounts a fresh /tmp; /var/lib survives).
-    lxd.set_state(&system, lxd_client::StateAction::Restart, 30, false).await.expect("restart");
+    lxd.set_state(&system, &lxd_client::StateChange::new(lxd_client::StateAction::Restart)).await.expect("restart");
     wait_for_systemd(&lxd, &system).await;
     assert!(brother::socket_present(&lxd, &system, "/var/lib/gbo/lxd.sock", std::time::Duration::from_secs(10))
         .await
@@ -66,7 +66,8 @@ async fn the_host_api_answers_inside_the_system_container_also_after_a_restart()
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
 
     // The default profile is refused without the explicit flag, and left untouched.
-    let before = lxd.profile("default").await.expect("default profile");
+    let before =
+        lxd.profile(&lxd_client::ObjectName::new("default").expect("profile name")).await.expect("default profile");
     let refused =
         brother::enable(&lxd, &tenant.name, &BrotherOptions { profile: "default".into(), ..BrotherOptions::default() })
             .await;
@@ -74,7 +75,13 @@ async fn the_host_api_answers_inside_the_system_container_also_after_a_restart()
         matches!(refused, Err(BrotherError::BadInput(ref m)) if m.contains("--allow-default-profile")),
         "{refused:?}"
     );
-    assert_eq!(lxd.profile("default").await.expect("default profile").devices, before.devices);
+    assert_eq!(
+        lxd.profile(&lxd_client::ObjectName::new("default").expect("profile name"))
+            .await
+            .expect("default profile")
+            .devices,
+        before.devices
+    );
 
     assert!(brother::disable(&lxd, &tenant.name, &profile.0).await.expect("disable"));
     assert!(

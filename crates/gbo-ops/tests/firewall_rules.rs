@@ -47,7 +47,7 @@ async fn loopback_first_drop_from_outside_persisted_idempotently_and_after_resta
     assert_eq!(read(&lxd, &system, "/etc/iptables/rules.v4").await, saved);
 
     // After a restart the boot unit restores them.
-    lxd.set_state(&system, lxd_client::StateAction::Restart, 30, false).await.expect("restart");
+    lxd.set_state(&system, &lxd_client::StateChange::new(lxd_client::StateAction::Restart)).await.expect("restart");
     wait_for_systemd(&lxd, &system).await;
     let after = firewall::container_input_rules(&lxd, &system).await.expect("rules");
     assert_eq!(after.first().map(String::as_str), Some(LOOPBACK_RULE), "{after:?}");

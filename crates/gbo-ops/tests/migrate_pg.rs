@@ -151,7 +151,7 @@ async fn container_cluster(tag: &str) -> TestContainer {
     );
     let out = c
         .lxd
-        .exec(&c.name, &ExecRequest::new(["sh", "-c", &script]).timeout(Duration::from_secs(120)))
+        .exec_output(&c.name, &ExecRequest::new(["sh", "-c", &script]).timeout(Duration::from_secs(120)))
         .await
         .expect("exec");
     assert!(out.success(), "container PostgreSQL: {}{}", out.stdout_text(), out.stderr_text());
@@ -184,7 +184,7 @@ async fn container_psql(c: &TestContainer, db: &str, sql: &str) -> String {
         "-f",
         "-",
     ];
-    let out = c.lxd.exec_with_stdin(&c.name, &ExecRequest::new(argv), sql.as_bytes()).await.expect("exec");
+    let out = c.lxd.exec_output(&c.name, &ExecRequest::new(argv).stdin_bytes(sql.to_string())).await.expect("exec");
     assert!(out.success(), "{sql}: {}", out.stderr_text());
     out.stdout_text().trim().to_string()
 }
@@ -522,7 +522,7 @@ async fn replace_snapshots_the_container_first_and_bad_input_is_refused() {
          runuser -u postgres -- {PG_BIN}/initdb -D /opt/gbo/data/pgdata --auth-local=peer >/dev/null; \
          runuser -u postgres -- {PG_BIN}/pg_ctl -D /opt/gbo/data/pgdata -l /opt/gbo/data/pg.log -w -t 60 -o \"-k /var/run/postgresql -c listen_addresses=''\" start >/dev/null"
     );
-    let out = c.lxd.exec(&c.name, &ExecRequest::new(["sh", "-c", &script])).await.expect("exec");
+    let out = c.lxd.exec_output(&c.name, &ExecRequest::new(["sh", "-c", &script])).await.expect("exec");
     assert!(out.success(), "{}", out.stderr_text());
     container_psql(&c, "postgres", "CREATE DATABASE botserver;").await;
     container_psql(&c, "botserver", "CREATE TABLE old_stuff (x int); INSERT INTO old_stuff VALUES (1);").await;
@@ -897,7 +897,7 @@ async fn container_psql_as(c: &TestContainer, user: &str, db: &str, sql: &str) -
         "/var/run/postgresql",
     ];
     let argv: Vec<&str> = argv.into_iter().chain(["-d", db, "-f", "-"]).collect();
-    let out = c.lxd.exec_with_stdin(&c.name, &ExecRequest::new(argv), sql.as_bytes()).await.expect("exec");
+    let out = c.lxd.exec_output(&c.name, &ExecRequest::new(argv).stdin_bytes(sql.to_string())).await.expect("exec");
     (out.success(), out.stdout_text().trim().to_string(), out.stderr_text().trim().to_string())
 }
 
@@ -1064,14 +1064,14 @@ async fn container_to_local_never_runs_what_the_containers_programs_print() {
     );
     let out = c
         .lxd
-        .exec_with_stdin(
+        .exec_output(
             &c.name,
             &ExecRequest::new([
                 "sh",
                 "-c",
                 "rm -f /usr/bin/pg_dump && cat > /usr/bin/pg_dump && chmod 755 /usr/bin/pg_dump",
-            ]),
-            fake.as_bytes(),
+            ])
+            .stdin_bytes(fake.clone()),
         )
         .await
         .expect("exec");
@@ -1288,14 +1288,14 @@ async fn an_unreadable_emptiness_answer_is_an_error_and_changes_nothing() {
         );
         let out = c
             .lxd
-            .exec_with_stdin(
+            .exec_output(
                 &c.name,
                 &ExecRequest::new([
                     "sh",
                     "-c",
                     "rm -f /usr/bin/psql && cat > /usr/bin/psql && chmod 755 /usr/bin/psql",
-                ]),
-                wrapper.as_bytes(),
+                ])
+                .stdin_bytes(wrapper.clone()),
             )
             .await
             .expect("exec");

@@ -45,7 +45,7 @@ async fn container_with_data(tag: &str, stack: &Path, tenant: Option<&str>, star
 
 async fn write_inside(c: &TestContainer, file: &str, text: &str) {
     let req = ExecRequest::new(["sh", "-c", &format!("printf %s '{text}' > /opt/gbo/data/{file} && sync")]);
-    let out = c.lxd.exec(&c.name, &req).await.expect("exec");
+    let out = c.lxd.exec_output(&c.name, &req).await.expect("exec");
     assert!(out.success(), "{}", out.stderr_text());
 }
 
@@ -97,7 +97,7 @@ async fn round_trip(stack: &Path, expected_method: &str) {
     assert_eq!(std::fs::read_to_string(data.join("state.txt")).expect("read"), "before");
     assert!(!data.join("new.txt").exists(), "a write made after the snapshot survived the restore");
     // Inside the container too, and the data is still owned by the container's root.
-    let out = c.lxd.exec(&c.name, &ExecRequest::new(["cat", "/opt/gbo/data/state.txt"])).await.expect("exec");
+    let out = c.lxd.exec_output(&c.name, &ExecRequest::new(["cat", "/opt/gbo/data/state.txt"])).await.expect("exec");
     assert_eq!(out.stdout_text(), "before");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&data).expect("meta").uid(), ROOT_UID);
@@ -386,7 +386,7 @@ async fn a_restore_that_cannot_finish_names_the_safety_snapshot_and_leaves_data_
     // The advice works: the safety snapshot brings the state from before back.
     let safety = snapshot::snapshot_name(safety).expect("name");
     snapshot::restore(&lxd, &managed, &safety, false).await.expect("restore safety");
-    lxd.set_state(&c.name, lxd_client::StateAction::Start, 60, false).await.expect("start");
-    let out = c.lxd.exec(&c.name, &ExecRequest::new(["cat", "/opt/gbo/data/state.txt"])).await.expect("exec");
+    lxd.set_state(&c.name, &lxd_client::StateChange::new(lxd_client::StateAction::Start)).await.expect("start");
+    let out = c.lxd.exec_output(&c.name, &ExecRequest::new(["cat", "/opt/gbo/data/state.txt"])).await.expect("exec");
     assert_eq!(out.stdout_text(), "after");
 }

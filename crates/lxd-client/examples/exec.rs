@@ -12,10 +12,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: exec <instance> <command> [args...]".into());
     }
     let lxd = Client::local()?;
-    // Collected here for brevity; `exec_io` streams outputs of any size into writers instead.
-    let out = lxd.exec(&instance, &ExecRequest::new(command)).await?;
-    use std::io::Write;
-    std::io::stdout().write_all(&out.stdout)?;
-    std::io::stderr().write_all(&out.stderr)?;
-    std::process::exit(out.exit_code);
+    // Streamed as it comes, with this process's stdin piped in; `exec_output` collects short outputs instead.
+    let session = lxd.exec(&instance, &ExecRequest::new(command).stdin_piped()).await?;
+    let code = session.relay(Some(tokio::io::stdin()), tokio::io::stdout(), tokio::io::stderr()).await?;
+    std::process::exit(code);
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncRead;
 use crate::client::{encode, Client, Request};
 use crate::error::{Error, Result};
 use crate::instances::{instance_path, LIFECYCLE_TIMEOUT};
-use crate::names::InstanceName;
+use crate::names::{BackupName, InstanceName};
 
 /// How long backup creation and import may take by default.
 pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -32,35 +32,74 @@ pub struct Backup {
     pub optimized_storage: bool,
 }
 
-fn backup_path(instance: &InstanceName, backup: &str) -> String {
-    format!("{}/backups/{}", instance_path(instance), encode(backup))
+/// How to make a backup ([`Client::create_backup`]). Build with [`BackupOptions::new`] and the setters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// Leave the instance's snapshots out (default: they are included).
+    pub instance_only: bool,
+    /// In the storage driver's own format (faster, but restorable only on a pool of the same driver).
+    pub optimized_storage: bool,
+    /// When the daemon deletes the backup by itself (RFC 3339), if ever.
+    pub expires_at: Option<String>,
 }
 
-fn check_backup_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
-        return Err(Error::InvalidName {
-            kind: "backup",
-            value: name.to_string(),
-            rule: "backup names are not empty and have no `/` or spaces",
-        });
+impl BackupOptions {
+    /// Snapshots included, portable format, no expiry.
+    pub fn new() -> Self {
+        Self::default()
     }
-    Ok(())
+
+    /// Leave the snapshots out (`true`) or include them.
+    pub fn instance_only(mut self, instance_only: bool) -> Self {
+        self.instance_only = instance_only;
+        self
+    }
+
+    /// Use the storage driver's own format.
+    pub fn optimized_storage(mut self, optimized: bool) -> Self {
+        self.optimized_storage = optimized;
+        self
+    }
+
+    /// Expire at `rfc3339` (e.g. `2030-01-31T00:00:00Z`).
+    pub fn expires_at(mut self, rfc3339: impl Into<String>) -> Self {
+        self.expires_at = Some(rfc3339.into());
+        self
+    }
+}
+
+fn backup_path(instance: &InstanceName, backup: &BackupName) -> String {
+    format!("{}/backups/{}", instance_path(instance), encode(backup.as_str()))
 }
 
 impl Client {
-    /// Create a backup named `name` (snapshots included unless `instance_only`), optionally expiring at
-    /// `expires_at` (RFC 3339), and wait for it.
+    /// Create a backup named `name` and wait for it (at most [`BACKUP_TIMEOUT`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use lxd_client::{BackupName, BackupOptions, InstanceName};
+    /// let instance = InstanceName::new("default-tables")?;
+    /// let name = BackupName::new("nightly")?;
+    /// lxd.create_backup(&instance, &name, &BackupOptions::new().instance_only(true)).await?;
+    /// let mut file = tokio::fs::File::create("/var/backups/default-tables.tar.gz").await?;
+    /// lxd.export_backup_to(&instance, &name, &mut file).await?;
+    /// lxd.delete_backup(&instance, &name).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_backup(
         &self,
         instance: &InstanceName,
-        name: &str,
-        instance_only: bool,
-        expires_at: Option<&str>,
+        name: &BackupName,
+        options: &BackupOptions,
     ) -> Result<()> {
-        check_backup_name(name)?;
-        let mut body = serde_json::json!({ "name": name, "instance_only": instance_only, "optimized_storage": false });
-        if let Some(expires_at) = expires_at {
-            body["expires_at"] = serde_json::Value::String(expires_at.to_string());
+        let mut body = serde_json::json!({
+            "name": name,
+            "instance_only": options.instance_only,
+            "optimized_storage": options.optimized_storage,
+        });
+        if let Some(expires_at) = &options.expires_at {
+            body["expires_at"] = serde_json::Value::String(expires_at.clone());
         }
         let req = Request::new(Method::POST, format!("{}/backups", instance_path(instance))).json(&body)?;
         self.run_operation(req, BACKUP_TIMEOUT).await?;
@@ -74,8 +113,11 @@ impl Client {
     }
 
     /// Stream a backup's tarball (`GET .../backups/<name>/export`): nothing is held in memory.
-    pub async fn export_backup(&self, instance: &InstanceName, name: &str) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
-        check_backup_name(name)?;
+    pub async fn export_backup(
+        &self,
+        instance: &InstanceName,
+        name: &BackupName,
+    ) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
         let path = format!("{}/export", backup_path(instance, name));
         let response = self.send_raw(Request::new(Method::GET, path.clone()).timeout(BACKUP_TIMEOUT)).await?;
         let status = response.status();
@@ -92,7 +134,7 @@ impl Client {
     pub async fn export_backup_to<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         instance: &InstanceName,
-        name: &str,
+        name: &BackupName,
         out: &mut W,
     ) -> Result<u64> {
         let mut reader = self.export_backup(instance, name).await?;
@@ -102,8 +144,7 @@ impl Client {
     }
 
     /// Delete a backup.
-    pub async fn delete_backup(&self, instance: &InstanceName, name: &str) -> Result<()> {
-        check_backup_name(name)?;
+    pub async fn delete_backup(&self, instance: &InstanceName, name: &BackupName) -> Result<()> {
         self.run_operation(Request::new(Method::DELETE, backup_path(instance, name)), LIFECYCLE_TIMEOUT).await?;
         Ok(())
     }

@@ -34,16 +34,16 @@ pub const DEFAULT_COLLECT_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// How much the client reads into memory from the daemon (and so from a container or a remote) before it stops
 /// with [`Error::TooLarge`] naming the limit and what was being read. Streaming calls are not limited: pushes and
-/// [`Client::pull`]/[`Client::pull_to`], [`Client::exec_io`] and the other streaming exec calls, image and backup
-/// transfers. Set with [`Client::with_read_limits`].
+/// [`Client::pull`]/[`Client::pull_to`], an [`crate::ExecSession`]'s output stream and
+/// [`crate::ExecSession::relay`], image and backup transfers. Set with [`Client::with_read_limits`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadLimits {
     /// Every answer body read whole: JSON envelopes and operation waits, error bodies, directory listings, symlink
     /// targets. Default [`DEFAULT_BODY_LIMIT`].
     pub body: u64,
-    /// Data collected whole: each of stdout and stderr of [`Client::exec`], [`Client::exec_with_stdin`] and
-    /// [`Client::exec_recorded`], a file read by [`Client::read_file`], an instance log. Default
-    /// [`DEFAULT_COLLECT_LIMIT`].
+    /// Data collected whole: each of stdout and stderr of [`Client::exec_output`] (and
+    /// [`crate::ExecSession::output`]) and [`Client::exec_recorded`], a file read by [`Client::read_file`], an
+    /// instance log. Default [`DEFAULT_COLLECT_LIMIT`].
     pub collected: u64,
 }
 
@@ -89,30 +89,21 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The envelope every LXD answer comes in.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Envelope {
+/// The envelope every LXD answer comes in. Private: callers get decoded values and typed errors, never envelopes.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Envelope {
     /// `sync`, `async` or `error`.
     #[serde(rename = "type")]
-    pub kind: String,
-    /// Textual status.
-    #[serde(default)]
-    pub status: String,
-    /// Status code (200 sync success, 100 async created).
-    #[serde(default)]
-    pub status_code: i64,
-    /// For async answers: the operation URL.
-    #[serde(default)]
-    pub operation: String,
+    pub(crate) kind: String,
     /// For errors: the code.
     #[serde(default)]
-    pub error_code: u16,
+    pub(crate) error_code: u16,
     /// For errors: the message.
     #[serde(default)]
-    pub error: String,
+    pub(crate) error: String,
     /// The payload.
     #[serde(default)]
-    pub metadata: serde_json::Value,
+    pub(crate) metadata: serde_json::Value,
 }
 
 /// A decoded answer: the envelope plus what the headers said.
@@ -207,6 +198,17 @@ pub(crate) fn full(data: impl Into<Bytes>) -> Body {
 impl Client {
     /// Connect to the local daemon: the socket `LXD_SOCKET` (else `LXD_DIR`) names, and only that one when set;
     /// with neither set (or set empty), the snap path, then the Debian one. See [`crate::discover_socket_in`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> lxd_client::Result<()> {
+    /// let lxd = lxd_client::Client::local()?; // nothing is connected yet
+    /// let server = lxd.server().await?;
+    /// println!("LXD {} at {}", server.environment.server_version, lxd.endpoint().describe());
+    /// for instance in lxd.instances().await? {
+    ///     println!("{} {}", instance.name, instance.status);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn local() -> Result<Self> {
         let path = discover_socket(Flavor::Lxd)?;
         Self::new(Endpoint::Unix(path), Flavor::Lxd)
@@ -256,8 +258,8 @@ impl Client {
     }
 
     /// A copy that works in `project`.
-    pub fn project(&self, project: impl Into<String>) -> Self {
-        Self { project: Some(project.into()), ..self.clone() }
+    pub fn project(&self, project: &crate::names::ObjectName) -> Self {
+        Self { project: Some(project.to_string()), ..self.clone() }
     }
 
     /// A copy that sends creations to a cluster member (`target=`).

@@ -52,8 +52,8 @@ pub enum Error {
         /// The socket path.
         path: PathBuf,
     },
-    /// Connecting to the daemon failed.
-    #[error("cannot connect to LXD at {endpoint}: {source}")]
+    /// Connecting to the daemon failed; the cause is the [`std::error::Error::source`].
+    #[error("cannot connect to LXD at {endpoint}")]
     Connect {
         /// The unix socket path or HTTPS address.
         endpoint: String,
@@ -196,6 +196,31 @@ pub enum Error {
         /// The rule it breaks.
         rule: &'static str,
     },
+    /// An exec request without a command; rejected before any request.
+    #[error("exec in {instance}: the command is empty (an exec needs at least the program to run)")]
+    EmptyCommand {
+        /// The instance the command was meant for.
+        instance: String,
+    },
+    /// A path that must be a regular file (to be read whole or copied out) is something else.
+    #[error("{path} in {instance} is a {found}, not a regular file")]
+    NotAFile {
+        /// The instance.
+        instance: String,
+        /// The path inside it.
+        path: String,
+        /// What it is instead (`directory`, `symlink`).
+        found: &'static str,
+    },
+    /// A request whose options do not go together (recorded exec with stdin, output taken twice, ...); rejected
+    /// before anything is sent.
+    #[error("{what}: {reason}")]
+    InvalidRequest {
+        /// The call and its object (`exec of `psql` in default-tables`).
+        what: String,
+        /// What does not go together, and what to do instead.
+        reason: String,
+    },
     /// A device definition is invalid; rejected before any request.
     #[error("invalid device {device:?}: {message}")]
     InvalidDevice {
@@ -212,8 +237,9 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
-    /// Local I/O (reading a file to push, writing a pulled file, ...).
-    #[error("{context}: {source}")]
+    /// Local I/O (reading a file to push, writing a pulled file, ...); the cause is the
+    /// [`std::error::Error::source`].
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -248,6 +274,17 @@ impl Error {
     /// A request or operation timed out.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. } | Error::OperationTimeout { .. })
+    }
+
+    /// The daemon refused to act because another operation holds the instance ("Instance is busy running a
+    /// "stop" operation"). Deletes and state changes wait for such operations and try again by themselves.
+    pub fn is_instance_busy(&self) -> bool {
+        match self {
+            Error::Api { message, .. } | Error::Conflict { message, .. } | Error::OperationFailed { message, .. } => {
+                message.contains("is busy running a")
+            }
+            _ => false,
+        }
     }
 
     /// The daemon could not be reached at all.

@@ -54,6 +54,17 @@ pub(crate) fn decode(
 impl Client {
     /// Subscribe to events of the given types (`lifecycle`, `operation`, `logging`). The subscription is live when
     /// this returns, so events of requests sent afterwards are not missed.
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client) -> lxd_client::Result<()> {
+    /// use futures_util::StreamExt;
+    /// let events = lxd.events(&["lifecycle"]).await?;
+    /// futures_util::pin_mut!(events);
+    /// while let Some(event) = events.next().await {
+    ///     println!("{:?}", event?.action());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn events(&self, types: &[&str]) -> Result<impl Stream<Item = Result<Event>>> {
         let mut req = Request::new(Method::GET, "/1.0/events");
         if !types.is_empty() {

@@ -88,6 +88,15 @@ pub(crate) fn file_metadata(headers: &http::HeaderMap, prefix: &str) -> (u32, u3
     (uid, gid, mode, kind)
 }
 
+fn not_a_file(name: &InstanceName, path: &str, content: &FileContent) -> Error {
+    let found = match content {
+        FileContent::Directory(_) => "directory",
+        FileContent::Symlink(_) => "symlink",
+        FileContent::File(_) => "file",
+    };
+    Error::NotAFile { instance: name.to_string(), path: path.to_string(), found }
+}
+
 fn files_request(method: Method, name: &InstanceName, path: &str) -> Result<Request> {
     if !path.starts_with('/') {
         return Err(Error::InvalidName {
@@ -112,6 +121,17 @@ impl Client {
 
     /// Write a file from a reader (streamed: any size, bounded memory). The parent directory must exist
     /// (see [`Client::mkdir_all`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use lxd_client::{FileOptions, InstanceName};
+    /// let name = InstanceName::new("default-proxy")?;
+    /// lxd.mkdir_all(&name, "/etc/caddy", FileOptions::root(0o755)).await?;
+    /// let file = tokio::fs::File::open("Caddyfile").await?;
+    /// lxd.push_file(&name, "/etc/caddy/Caddyfile", file, FileOptions::owned(0, 0, 0o644)).await?;
+    /// assert!(!lxd.read_file(&name, "/etc/caddy/Caddyfile").await?.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub async fn push_file<R>(&self, name: &InstanceName, path: &str, content: R, options: FileOptions) -> Result<()>
     where
         R: AsyncRead + Send + 'static,
@@ -229,7 +249,7 @@ impl Client {
                 }
                 Ok(out)
             }
-            _ => Err(Error::InvalidName { kind: "file path", value: path.into(), rule: "not a regular file" }),
+            other => Err(not_a_file(name, path, &other)),
         }
     }
 
@@ -244,7 +264,7 @@ impl Client {
             FileContent::File(mut reader) => {
                 tokio::io::copy(&mut reader, out).await.map_err(|e| Error::io(format!("copying {path}"), e))
             }
-            _ => Err(Error::InvalidName { kind: "file path", value: path.into(), rule: "not a regular file" }),
+            other => Err(not_a_file(name, path, &other)),
         }
     }
 

@@ -52,6 +52,44 @@ pub struct ImageAlias {
 /// A progress callback: bytes sent so far.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// How to import an image ([`Client::import_image`]).
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct ImageImportOptions {
+    /// Serve it to untrusted clients (other daemons pulling it).
+    pub public: bool,
+    /// Told the bytes sent so far as the tarball streams.
+    pub progress: Option<Progress>,
+}
+
+impl ImageImportOptions {
+    /// Private, no progress reports.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Make it public (`true`) or private.
+    pub fn public(mut self, public: bool) -> Self {
+        self.public = public;
+        self
+    }
+
+    /// Report the bytes sent so far to `progress`.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+impl std::fmt::Debug for ImageImportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageImportOptions")
+            .field("public", &self.public)
+            .field("progress", &self.progress.as_ref().map(|_| "<callback>"))
+            .finish()
+    }
+}
+
 struct CountingReader<R> {
     inner: R,
     sent: u64,
@@ -108,12 +146,23 @@ impl Client {
 
     /// Import a unified image tarball (`metadata.yaml` + `rootfs/`) from a reader, streamed, reporting bytes sent.
     /// Returns the fingerprint. An identical image already present is not an error: its fingerprint is returned.
-    pub async fn import_image<R>(&self, tarball: R, public: bool, progress: Option<Progress>) -> Result<String>
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use lxd_client::ImageImportOptions;
+    /// let tarball = tokio::fs::File::open("image.tar.gz").await?;
+    /// let fingerprint = lxd.import_image(tarball, &ImageImportOptions::new()).await?;
+    /// lxd.set_image_alias("gbo/debian-12", &fingerprint, "built by gbo").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn import_image<R>(&self, tarball: R, options: &ImageImportOptions) -> Result<String>
     where
         R: AsyncRead + Send + Unpin + 'static,
     {
+        let public = options.public;
         let hasher = Arc::new(std::sync::Mutex::new(openssl::sha::Sha256::new()));
-        let reader = CountingReader { inner: tarball, sent: 0, progress, hasher: hasher.clone() };
+        let reader =
+            CountingReader { inner: tarball, sent: 0, progress: options.progress.clone(), hasher: hasher.clone() };
         let mut req = Request::new(Method::POST, "/1.0/images")
             .stream(reader, "application/octet-stream")
             .timeout(Duration::from_secs(3600));

@@ -12,8 +12,12 @@ use crate::devices::DeviceConfig;
 use crate::error::{Error, Result};
 use crate::names::{DeviceName, InstanceName};
 
-/// How long lifecycle operations (create, start, stop, delete) may take by default.
+/// How long lifecycle operations (create, start, stop, delete) may take by default, and how long a delete or state
+/// change waits for another operation that holds the instance.
 pub const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The pause before trying again when the instance is busy and no operation on it can be seen.
+const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// An instance as `GET /1.0/instances/<name>` (or `recursion=1`/`2` lists) returns it.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -21,8 +25,8 @@ pub const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Instance {
     /// Name.
     pub name: String,
-    /// `Running`, `Stopped`, `Frozen`, `Error`.
-    pub status: String,
+    /// Running, stopped, frozen, ...
+    pub status: InstanceStatus,
     /// Numeric status (103 running, 102 stopped).
     pub status_code: i64,
     /// `container` or `virtual-machine`.
@@ -61,7 +65,7 @@ pub struct Instance {
 impl Instance {
     /// Running.
     pub fn is_running(&self) -> bool {
-        self.status == "Running"
+        self.status == InstanceStatus::Running
     }
 
     /// The writable part, for a full-replace update.
@@ -97,12 +101,98 @@ pub struct InstancePut {
     pub description: String,
 }
 
+/// The status of an instance, as LXD reports it (`Running`, `Stopped`, ...).
+///
+/// Compares with LXD's own text (`status == "Running"`) as well as with the variants. A status this crate does not
+/// name is kept as [`InstanceStatus::Other`] with LXD's text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InstanceStatus {
+    /// Running.
+    Running,
+    /// Stopped.
+    Stopped,
+    /// Frozen (its processes paused).
+    Frozen,
+    /// In error (LXD could not read its state).
+    Error,
+    /// Another status (`Starting`, `Stopping`, `Ready`, ...): LXD's text, empty when the answer had none.
+    Other(String),
+}
+
+impl InstanceStatus {
+    /// LXD's text for it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            InstanceStatus::Running => "Running",
+            InstanceStatus::Stopped => "Stopped",
+            InstanceStatus::Frozen => "Frozen",
+            InstanceStatus::Error => "Error",
+            InstanceStatus::Other(text) => text,
+        }
+    }
+
+    /// Read LXD's text (case-insensitive for the named statuses).
+    pub fn parse(text: &str) -> Self {
+        match text.to_ascii_lowercase().as_str() {
+            "running" => InstanceStatus::Running,
+            "stopped" => InstanceStatus::Stopped,
+            "frozen" => InstanceStatus::Frozen,
+            "error" => InstanceStatus::Error,
+            _ => InstanceStatus::Other(text.to_string()),
+        }
+    }
+}
+
+impl Default for InstanceStatus {
+    /// An empty status: what a hand-built [`Instance`] starts with.
+    fn default() -> Self {
+        InstanceStatus::Other(String::new())
+    }
+}
+
+impl std::fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for InstanceStatus {
+    fn from(text: &str) -> Self {
+        Self::parse(text)
+    }
+}
+
+impl PartialEq<str> for InstanceStatus {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for InstanceStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for InstanceStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        Ok(Self::parse(&String::deserialize(deserializer)?))
+    }
+}
+
 /// `GET /1.0/instances/<name>/state`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct InstanceState {
-    /// Status text.
-    pub status: String,
+    /// Status.
+    pub status: InstanceStatus,
     /// Status code.
     pub status_code: i64,
     /// Init process pid (0 when stopped).
@@ -375,7 +465,7 @@ impl CreateInstance {
     }
 }
 
-/// A state change (`PUT /1.0/instances/<n>/state`).
+/// What a state change does (`PUT /1.0/instances/<n>/state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateAction {
     /// Start.
@@ -391,7 +481,8 @@ pub enum StateAction {
 }
 
 impl StateAction {
-    fn as_str(self) -> &'static str {
+    /// LXD's word for it (`start`, `stop`, ...).
+    pub fn as_str(self) -> &'static str {
         match self {
             StateAction::Start => "start",
             StateAction::Stop => "stop",
@@ -399,6 +490,54 @@ impl StateAction {
             StateAction::Freeze => "freeze",
             StateAction::Unfreeze => "unfreeze",
         }
+    }
+}
+
+/// The default [`StateChange::timeout`]: how long a stop or restart waits for a clean shutdown.
+pub const STATE_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A state change for [`Client::set_state`]: what to do, how long a stop or restart waits for the instance to shut
+/// down cleanly, and whether to force it.
+///
+/// ```
+/// use std::time::Duration;
+/// use lxd_client::{StateAction, StateChange};
+/// let stop = StateChange::new(StateAction::Stop).timeout(Duration::from_secs(10)).force(true);
+/// assert_eq!((stop.action, stop.timeout, stop.force), (StateAction::Stop, Duration::from_secs(10), true));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateChange {
+    /// What to do.
+    pub action: StateAction,
+    /// How long a stop or restart waits for a clean shutdown (the daemon counts whole seconds: rounded up).
+    pub timeout: Duration,
+    /// Kill instead of a clean shutdown (stop, restart).
+    pub force: bool,
+}
+
+impl StateChange {
+    /// `action`, not forced, with [`STATE_CHANGE_TIMEOUT`].
+    pub fn new(action: StateAction) -> Self {
+        Self { action, timeout: STATE_CHANGE_TIMEOUT, force: false }
+    }
+
+    /// Wait at most `timeout` for a clean shutdown.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Force it (`true`): kill rather than shut down cleanly.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// The timeout in the daemon's unit: whole seconds, rounded up.
+    fn timeout_seconds(&self) -> i64 {
+        let seconds = self.timeout.as_secs() + u64::from(self.timeout.subsec_nanos() > 0);
+        i64::try_from(seconds).unwrap_or(i64::MAX)
     }
 }
 
@@ -462,12 +601,24 @@ impl Client {
     ///
     /// Daemons without the `instance_create_start` extension (LXD 5.0.x) silently ignore `start`; there the
     /// instance is created stopped and then started, as `lxc launch` does.
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client) -> lxd_client::Result<()> {
+    /// use lxd_client::{CreateInstance, InstanceName, InstanceSource};
+    /// let name = InstanceName::new("default-cache")?;
+    /// let request = CreateInstance::container(name.clone(), InstanceSource::alias("gbo/debian-12"))
+    ///     .config("user.gbo.role", "cache")
+    ///     .start(true);
+    /// lxd.create_instance(&request).await?;
+    /// assert!(lxd.instance(&name).await?.is_running());
+    /// # Ok(()) }
+    /// ```
     pub async fn create_instance(&self, request: &CreateInstance) -> Result<()> {
         if request.start && !self.has_extension("instance_create_start").await? {
             let stopped = request.clone().start(false);
             let req = Request::new(Method::POST, "/1.0/instances").json(&stopped)?;
             self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
-            return self.set_state(&request.name, StateAction::Start, 30, false).await;
+            return self.set_state(&request.name, &StateChange::new(StateAction::Start)).await;
         }
         let req = Request::new(Method::POST, "/1.0/instances").json(request)?;
         self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
@@ -492,8 +643,18 @@ impl Client {
         Ok(())
     }
 
-    /// Read-modify-write with the ETag: `change` edits the writable fields; retried once on a concurrent change.
+    /// Read-modify-write with the ETag: `change` edits the writable fields; retried on a concurrent change.
     /// Returns whether anything changed (no request is sent when nothing did).
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client, name: &lxd_client::InstanceName) -> lxd_client::Result<()> {
+    /// let changed = lxd
+    ///     .update_instance(name, |put| {
+    ///         put.config.insert("limits.cpu".into(), "2".into());
+    ///     })
+    ///     .await?;
+    /// # let _ = changed; Ok(()) }
+    /// ```
     pub async fn update_instance<F>(&self, name: &InstanceName, mut change: F) -> Result<bool>
     where
         F: FnMut(&mut InstancePut),
@@ -550,12 +711,67 @@ impl Client {
         Ok(())
     }
 
-    /// Change the state and wait. `timeout` is the daemon-side timeout for stop/restart (seconds).
-    pub async fn set_state(&self, name: &InstanceName, action: StateAction, timeout: i64, force: bool) -> Result<()> {
-        let body = serde_json::json!({ "action": action.as_str(), "timeout": timeout, "force": force });
+    /// Change the state and wait for it. When another operation holds the instance (LXD answers "Instance is busy
+    /// running a ... operation"), this waits for it to finish (at most [`LIFECYCLE_TIMEOUT`]) and tries again.
+    ///
+    /// Starting a running instance or stopping a stopped one is an error from the daemon: use
+    /// [`Client::ensure_running`] and [`Client::ensure_stopped`] to be idempotent.
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client) -> lxd_client::Result<()> {
+    /// use std::time::Duration;
+    /// use lxd_client::{InstanceName, StateAction, StateChange};
+    /// let name = InstanceName::new("default-cache")?;
+    /// lxd.set_state(&name, &StateChange::new(StateAction::Restart).timeout(Duration::from_secs(60))).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_state(&self, name: &InstanceName, change: &StateChange) -> Result<()> {
+        self.when_not_busy(name, || self.set_state_once(name, change)).await
+    }
+
+    async fn set_state_once(&self, name: &InstanceName, change: &StateChange) -> Result<()> {
+        let body = serde_json::json!({
+            "action": change.action.as_str(),
+            "timeout": change.timeout_seconds(),
+            "force": change.force,
+        });
         let req = Request::new(Method::PUT, format!("{}/state", instance_path(name))).json(&body)?;
-        self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
+        self.run_operation(req, LIFECYCLE_TIMEOUT.max(change.timeout + Duration::from_secs(60))).await?;
         Ok(())
+    }
+
+    /// Run `attempt`; when the daemon refuses it while another operation holds the instance (LXD says "Instance is
+    /// busy running a ... operation", or judges by a state that operation is about to change: "The instance is
+    /// already running" while it stops), wait for the instance's operations to finish and run it again, within
+    /// [`LIFECYCLE_TIMEOUT`] in all. A refusal with no operation in flight is returned as it is.
+    async fn when_not_busy<T, F, Fut>(&self, name: &InstanceName, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + LIFECYCLE_TIMEOUT;
+        loop {
+            let error = match attempt().await {
+                Err(e @ (Error::OperationFailed { .. } | Error::Api { .. } | Error::Conflict { .. })) => e,
+                other => return other,
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(error);
+            }
+            if self.wait_instance_tasks(name, left).await? {
+                tracing::debug!(instance = %name, %error, "refused while an operation held the instance: trying again");
+                continue;
+            }
+            if !error.is_instance_busy() {
+                return Err(error);
+            }
+            // Busy, with no operation anyone can see: the daemon holds the instance's lock past the end of an
+            // operation (a container's stop hook runs after its stop operation has finished) or for a shutdown
+            // begun inside it. There is nothing to wait on but the lock itself, so try again shortly.
+            tracing::debug!(instance = %name, %error, "instance busy without a visible operation: trying again");
+            tokio::time::sleep(BUSY_RETRY_PAUSE.min(left)).await;
+        }
     }
 
     /// Live state.
@@ -563,45 +779,60 @@ impl Client {
         self.get(&format!("{}/state", instance_path(name))).await
     }
 
-    /// Start unless running. Returns whether it was started.
+    /// Start unless running (unfreeze when frozen). Returns whether it changed anything.
     pub async fn ensure_running(&self, name: &InstanceName) -> Result<bool> {
-        let instance = self.instance(name).await?;
-        match instance.status.as_str() {
-            "Running" => Ok(false),
-            "Frozen" => self.set_state(name, StateAction::Unfreeze, 30, false).await.map(|_| true),
-            _ => self.set_state(name, StateAction::Start, 30, false).await.map(|_| true),
-        }
+        self.when_not_busy(name, || async {
+            let instance = self.instance(name).await?;
+            match instance.status {
+                InstanceStatus::Running => Ok(false),
+                InstanceStatus::Frozen => {
+                    self.set_state_once(name, &StateChange::new(StateAction::Unfreeze)).await.map(|_| true)
+                }
+                _ => self.set_state_once(name, &StateChange::new(StateAction::Start)).await.map(|_| true),
+            }
+        })
+        .await
     }
 
-    /// Stop unless stopped (clean shutdown within `timeout` seconds, then forced). Returns whether it was stopped.
-    pub async fn ensure_stopped(&self, name: &InstanceName, timeout: i64) -> Result<bool> {
-        let instance = self.instance(name).await?;
-        if instance.status == "Stopped" {
-            return Ok(false);
-        }
-        if instance.status == "Frozen" {
-            self.set_state(name, StateAction::Unfreeze, 30, false).await?;
-        }
-        match self.set_state(name, StateAction::Stop, timeout, false).await {
-            Ok(()) => Ok(true),
-            Err(Error::OperationFailed { .. }) => {
-                self.set_state(name, StateAction::Stop, timeout, true).await.map(|_| true)
+    /// Stop unless stopped: a clean shutdown within `timeout`, forced when that fails. Returns whether it stopped
+    /// it.
+    pub async fn ensure_stopped(&self, name: &InstanceName, timeout: Duration) -> Result<bool> {
+        self.when_not_busy(name, || async {
+            let instance = self.instance(name).await?;
+            if instance.status == InstanceStatus::Stopped {
+                return Ok(false);
             }
-            Err(e) => Err(e),
-        }
+            if instance.status == InstanceStatus::Frozen {
+                self.set_state_once(name, &StateChange::new(StateAction::Unfreeze)).await?;
+            }
+            let stop = StateChange::new(StateAction::Stop).timeout(timeout);
+            match self.set_state_once(name, &stop).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_instance_busy() => Err(e),
+                Err(Error::OperationFailed { .. }) => self.set_state_once(name, &stop.force(true)).await.map(|_| true),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// Delete an instance, stopping it first when running (`?force=true` where the daemon has
-    /// `instance_force_delete`; LXD 5.0.2 lacks it, so we stop it ourselves).
+    /// `instance_force_delete`; LXD 5.0.2 lacks it, so it is stopped first). When another operation holds the
+    /// instance (a stop in flight), this waits for it (at most [`LIFECYCLE_TIMEOUT`]) and tries again.
     pub async fn delete_instance(&self, name: &InstanceName) -> Result<()> {
+        self.when_not_busy(name, || self.delete_instance_once(name)).await
+    }
+
+    async fn delete_instance_once(&self, name: &InstanceName) -> Result<()> {
         let instance = self.instance(name).await?;
-        if instance.status != "Stopped" {
+        if instance.status != InstanceStatus::Stopped {
             if self.has_extension("instance_force_delete").await? {
                 let req = Request::new(Method::DELETE, instance_path(name)).query("force", "true");
                 self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
                 return Ok(());
             }
-            self.set_state(name, StateAction::Stop, 0, true).await?;
+            let kill = StateChange::new(StateAction::Stop).timeout(Duration::ZERO).force(true);
+            self.set_state_once(name, &kill).await?;
         }
         self.run_operation(Request::new(Method::DELETE, instance_path(name)), LIFECYCLE_TIMEOUT).await?;
         Ok(())

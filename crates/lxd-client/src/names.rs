@@ -112,6 +112,18 @@ fn check_device(value: &str) -> Result<(), &'static str> {
     }
 }
 
+fn check_backup(value: &str) -> Result<(), &'static str> {
+    const RULE: &str = "backup names are 1-255 characters without `/`, spaces or control characters";
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && !value.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(RULE)
+    }
+}
+
 /// Names of other objects (profiles, pools, volumes, networks, projects, aliases): not empty, no `/`, no spaces.
 fn check_object(value: &str) -> Result<(), &'static str> {
     const RULE: &str = "names are 1-255 characters without `/`, spaces or control characters";
@@ -137,6 +149,10 @@ name_type!(
 name_type!(
     /// A device name: `[A-Za-z0-9/._:-]`, 1-63 characters, not starting with `.`.
     DeviceName, "device", check_device
+);
+name_type!(
+    /// A backup name: no `/`, whitespace or control characters.
+    BackupName, "backup", check_backup
 );
 name_type!(
     /// The name of a profile, storage pool, volume, network, project or image alias.
@@ -165,6 +181,10 @@ mod tests {
         assert!(SnapshotName::new("backup-2024-01-15").is_ok());
         for bad in ["", "a/b", "a b", "a*", "..", "."] {
             assert!(SnapshotName::new(bad).is_err(), "{bad}");
+        }
+        assert!(BackupName::new("b1").is_ok());
+        for bad in ["", "a/b", "a b", "a\nb"] {
+            assert!(BackupName::new(bad).is_err(), "{bad}");
         }
         assert!(DeviceName::new("gbo-port-5432").is_ok());
         assert!(DeviceName::new("eth0:1/x.y").is_ok());

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{decode_envelope, decode_metadata, encode, Client, Request};
 use crate::error::{Error, Result};
+use crate::instances::instance_path;
+use crate::names::InstanceName;
 
 /// An LXD operation (`/1.0/operations/<id>`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -93,6 +95,15 @@ impl Client {
     /// Wait until the operation finishes, at most `timeout`. Success gives the final operation; failure gives
     /// [`Error::OperationFailed`]; running past the timeout gives [`Error::OperationTimeout`] (the operation keeps
     /// running: wait again or [`Client::cancel_operation`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(lxd: &lxd_client::Client, request: &lxd_client::CreateInstance) -> lxd_client::Result<()> {
+    /// use std::time::Duration;
+    /// let operation = lxd.create_instance_operation(request).await?;
+    /// let done = lxd.wait_operation(&operation.id, Duration::from_secs(300)).await?;
+    /// assert!(done.is_success());
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_operation(&self, id: &str, timeout: Duration) -> Result<Operation> {
         let deadline = Instant::now() + timeout;
         let path = format!("/1.0/operations/{}/wait", encode(id));
@@ -122,9 +133,15 @@ impl Client {
     /// is running on `instance`. A client killed mid-request leaves its operation running in the daemon; acting on
     /// the instance meanwhile fails with "Instance is busy running a ... operation". Websocket operations (exec)
     /// are not waited for: they can legitimately run for hours.
-    pub async fn wait_instance_idle(&self, instance: &str, timeout: Duration) -> Result<()> {
+    pub async fn wait_instance_idle(&self, instance: &InstanceName, timeout: Duration) -> Result<()> {
+        self.wait_instance_tasks(instance, timeout).await.map(|_| ())
+    }
+
+    /// [`Client::wait_instance_idle`]; `true` when there was an operation to wait for.
+    pub(crate) async fn wait_instance_tasks(&self, instance: &InstanceName, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
-        let url = format!("/1.0/instances/{instance}");
+        let url = instance_path(instance);
+        let mut waited = false;
         loop {
             let busy: Vec<Operation> = self
                 .operations()
@@ -138,12 +155,13 @@ impl Client {
                         .unwrap_or(false)
                 })
                 .collect();
-            let Some(op) = busy.into_iter().next() else { return Ok(()) };
+            let Some(op) = busy.into_iter().next() else { return Ok(waited) };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::OperationTimeout { id: op.id, after: timeout });
             }
-            tracing::debug!(instance, operation = %op.id, description = %op.description, "waiting for a running operation");
+            tracing::debug!(%instance, operation = %op.id, description = %op.description, "waiting for a running operation");
+            waited = true;
             match self.wait_operation(&op.id, left).await {
                 // Its outcome belongs to whoever started it; we only wait for the instance to be free.
                 Ok(_) | Err(Error::OperationFailed { .. }) | Err(Error::NotFound { .. }) => continue,

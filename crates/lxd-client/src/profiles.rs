@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::{encode, Client, Request};
 use crate::devices::DeviceConfig;
 use crate::error::Result;
-use crate::names::DeviceName;
+use crate::names::{DeviceName, ObjectName};
 
 /// A profile.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -106,12 +106,13 @@ impl Client {
     }
 
     /// One profile.
-    pub async fn profile(&self, name: &str) -> Result<Profile> {
-        self.get(&format!("/1.0/profiles/{}", encode(name))).await
+    pub async fn profile(&self, name: &ObjectName) -> Result<Profile> {
+        self.get(&format!("/1.0/profiles/{}", encode(name.as_str()))).await
     }
 
     /// Create a profile.
     pub async fn create_profile(&self, profile: &Profile) -> Result<()> {
+        ObjectName::new(profile.name.as_str())?;
         let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/profiles").json(profile)?).await?;
         Ok(())
     }
@@ -119,20 +120,26 @@ impl Client {
     /// Replace a profile's config, devices and description.
     pub async fn put_profile(&self, profile: &Profile) -> Result<()> {
         let body = serde_json::json!({ "config": profile.config, "devices": profile.devices, "description": profile.description });
-        let req = Request::new(Method::PUT, format!("/1.0/profiles/{}", encode(&profile.name))).json(&body)?;
+        let name = ObjectName::new(profile.name.as_str())?;
+        let req = Request::new(Method::PUT, format!("/1.0/profiles/{}", encode(name.as_str()))).json(&body)?;
         let _: serde_json::Value = self.sync(req).await?;
         Ok(())
     }
 
     /// Delete a profile.
-    pub async fn delete_profile(&self, name: &str) -> Result<()> {
+    pub async fn delete_profile(&self, name: &ObjectName) -> Result<()> {
         let _: serde_json::Value =
-            self.sync(Request::new(Method::DELETE, format!("/1.0/profiles/{}", encode(name)))).await?;
+            self.sync(Request::new(Method::DELETE, format!("/1.0/profiles/{}", encode(name.as_str())))).await?;
         Ok(())
     }
 
     /// Add (or replace) a device on a profile. Returns whether anything changed.
-    pub async fn add_profile_device(&self, profile: &str, device: &DeviceName, config: DeviceConfig) -> Result<bool> {
+    pub async fn add_profile_device(
+        &self,
+        profile: &ObjectName,
+        device: &DeviceName,
+        config: DeviceConfig,
+    ) -> Result<bool> {
         let mut current = self.profile(profile).await?;
         if current.devices.get(device.as_str()) == Some(&config) {
             return Ok(false);
@@ -143,7 +150,7 @@ impl Client {
     }
 
     /// Remove a device from a profile. Returns whether it was there.
-    pub async fn remove_profile_device(&self, profile: &str, device: &DeviceName) -> Result<bool> {
+    pub async fn remove_profile_device(&self, profile: &ObjectName, device: &DeviceName) -> Result<bool> {
         let mut current = self.profile(profile).await?;
         if current.devices.remove(device.as_str()).is_none() {
             return Ok(false);
@@ -158,38 +165,49 @@ impl Client {
     }
 
     /// One storage pool.
-    pub async fn storage_pool(&self, name: &str) -> Result<StoragePool> {
-        self.get(&format!("/1.0/storage-pools/{}", encode(name))).await
+    pub async fn storage_pool(&self, name: &ObjectName) -> Result<StoragePool> {
+        self.get(&format!("/1.0/storage-pools/{}", encode(name.as_str()))).await
     }
 
     /// Create a storage pool (`driver` `dir`, `btrfs`, `zfs`, ...; config such as `size=8GiB`).
-    pub async fn create_storage_pool(&self, name: &str, driver: &str, config: BTreeMap<String, String>) -> Result<()> {
+    pub async fn create_storage_pool(
+        &self,
+        name: &ObjectName,
+        driver: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<()> {
         let body = serde_json::json!({ "name": name, "driver": driver, "config": config });
         let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/storage-pools").json(&body)?).await?;
         Ok(())
     }
 
     /// Delete a storage pool.
-    pub async fn delete_storage_pool(&self, name: &str) -> Result<()> {
+    pub async fn delete_storage_pool(&self, name: &ObjectName) -> Result<()> {
         let _: serde_json::Value =
-            self.sync(Request::new(Method::DELETE, format!("/1.0/storage-pools/{}", encode(name)))).await?;
+            self.sync(Request::new(Method::DELETE, format!("/1.0/storage-pools/{}", encode(name.as_str())))).await?;
         Ok(())
     }
 
     /// Volumes of a pool.
-    pub async fn storage_volumes(&self, pool: &str) -> Result<Vec<StorageVolume>> {
+    pub async fn storage_volumes(&self, pool: &ObjectName) -> Result<Vec<StorageVolume>> {
         self.sync(
-            Request::new(Method::GET, format!("/1.0/storage-pools/{}/volumes", encode(pool))).query("recursion", "1"),
+            Request::new(Method::GET, format!("/1.0/storage-pools/{}/volumes", encode(pool.as_str())))
+                .query("recursion", "1"),
         )
         .await
     }
 
     /// Create a custom filesystem volume.
-    pub async fn create_storage_volume(&self, pool: &str, name: &str, config: BTreeMap<String, String>) -> Result<()> {
+    pub async fn create_storage_volume(
+        &self,
+        pool: &ObjectName,
+        name: &ObjectName,
+        config: BTreeMap<String, String>,
+    ) -> Result<()> {
         let body =
             serde_json::json!({ "name": name, "type": "custom", "content_type": "filesystem", "config": config });
-        let req =
-            Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool))).json(&body)?;
+        let req = Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool.as_str())))
+            .json(&body)?;
         let answer = self.send(req).await?;
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer("/1.0/storage-pools", answer.envelope)?;
@@ -199,8 +217,8 @@ impl Client {
     }
 
     /// Delete a custom volume.
-    pub async fn delete_storage_volume(&self, pool: &str, name: &str) -> Result<()> {
-        let path = format!("/1.0/storage-pools/{}/volumes/custom/{}", encode(pool), encode(name));
+    pub async fn delete_storage_volume(&self, pool: &ObjectName, name: &ObjectName) -> Result<()> {
+        let path = format!("/1.0/storage-pools/{}/volumes/custom/{}", encode(pool.as_str()), encode(name.as_str()));
         let answer = self.send(Request::new(Method::DELETE, path.clone())).await?;
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer(&path, answer.envelope)?;
@@ -215,21 +233,21 @@ impl Client {
     }
 
     /// One network.
-    pub async fn network(&self, name: &str) -> Result<Network> {
-        self.get(&format!("/1.0/networks/{}", encode(name))).await
+    pub async fn network(&self, name: &ObjectName) -> Result<Network> {
+        self.get(&format!("/1.0/networks/{}", encode(name.as_str()))).await
     }
 
     /// Create a managed network (e.g. a `bridge` with `ipv4.address=none`).
-    pub async fn create_network(&self, name: &str, kind: &str, config: BTreeMap<String, String>) -> Result<()> {
+    pub async fn create_network(&self, name: &ObjectName, kind: &str, config: BTreeMap<String, String>) -> Result<()> {
         let body = serde_json::json!({ "name": name, "type": kind, "config": config });
         let _: serde_json::Value = self.sync(Request::new(Method::POST, "/1.0/networks").json(&body)?).await?;
         Ok(())
     }
 
     /// Delete a network.
-    pub async fn delete_network(&self, name: &str) -> Result<()> {
+    pub async fn delete_network(&self, name: &ObjectName) -> Result<()> {
         let _: serde_json::Value =
-            self.sync(Request::new(Method::DELETE, format!("/1.0/networks/{}", encode(name)))).await?;
+            self.sync(Request::new(Method::DELETE, format!("/1.0/networks/{}", encode(name.as_str())))).await?;
         Ok(())
     }
 
@@ -239,12 +257,12 @@ impl Client {
     }
 
     /// One project.
-    pub async fn project_info(&self, name: &str) -> Result<Project> {
-        self.sync(Request::new(Method::GET, format!("/1.0/projects/{}", encode(name))).unscoped()).await
+    pub async fn project_info(&self, name: &ObjectName) -> Result<Project> {
+        self.sync(Request::new(Method::GET, format!("/1.0/projects/{}", encode(name.as_str()))).unscoped()).await
     }
 
     /// Create a project.
-    pub async fn create_project(&self, name: &str, config: BTreeMap<String, String>) -> Result<()> {
+    pub async fn create_project(&self, name: &ObjectName, config: BTreeMap<String, String>) -> Result<()> {
         let body = serde_json::json!({ "name": name, "config": config });
         let _: serde_json::Value =
             self.sync(Request::new(Method::POST, "/1.0/projects").unscoped().json(&body)?).await?;
@@ -252,9 +270,10 @@ impl Client {
     }
 
     /// Delete a project.
-    pub async fn delete_project(&self, name: &str) -> Result<()> {
-        let _: serde_json::Value =
-            self.sync(Request::new(Method::DELETE, format!("/1.0/projects/{}", encode(name))).unscoped()).await?;
+    pub async fn delete_project(&self, name: &ObjectName) -> Result<()> {
+        let _: serde_json::Value = self
+            .sync(Request::new(Method::DELETE, format!("/1.0/projects/{}", encode(name.as_str()))).unscoped())
+            .await?;
         Ok(())
     }
 }

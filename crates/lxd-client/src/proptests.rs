@@ -280,7 +280,7 @@ proptest! {
     #[test]
     fn typed_answers_decode_or_fail_cleanly(value in json()) {
         decode_as_everything(&value);
-        if let Ok(envelope) = serde_json::from_value::<crate::Envelope>(value.clone()) {
+        if let Ok(envelope) = serde_json::from_value::<crate::client::Envelope>(value.clone()) {
             let _ = operation_from_answer("/p", envelope);
         }
         let op = Operation { metadata: Some(value.clone()), ..Operation::default() };

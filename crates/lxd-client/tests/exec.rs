@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{client, peak_rss_kib, Container, CountingSink};
-use lxd_client::{Error, ExecControl, ExecRequest};
+use futures_util::StreamExt;
+use lxd_client::{Error, ExecChunk, ExecRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -15,36 +16,39 @@ async fn outputs_exit_code_stdin_environment() {
     let lxd = client().await;
     let c = Container::create(&lxd, "exec", true).await;
 
-    let out = lxd.exec(&c.name, &ExecRequest::new(["sh", "-c", "echo out; echo err >&2; exit 3"])).await.expect("exec");
+    let out = lxd
+        .exec_output(&c.name, &ExecRequest::new(["sh", "-c", "echo out; echo err >&2; exit 3"]))
+        .await
+        .expect("exec");
     assert_eq!((out.exit_code, out.stdout_text().as_str(), out.stderr_text().as_str()), (3, "out\n", "err\n"));
     assert!(!out.success());
 
-    let out = lxd.exec_with_stdin(&c.name, &ExecRequest::new(["cat"]), b"hello stdin").await.expect("cat");
+    let out = lxd.exec_output(&c.name, &ExecRequest::new(["cat"]).stdin_bytes(&b"hello stdin"[..])).await.expect("cat");
     assert_eq!(out.stdout, b"hello stdin");
 
     // 1 MiB through stdin and back through a checksum.
     let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let out = lxd.exec_with_stdin(&c.name, &ExecRequest::new(["wc", "-c"]), &data).await.expect("wc");
+    let out = lxd.exec_output(&c.name, &ExecRequest::new(["wc", "-c"]).stdin_bytes(data.clone())).await.expect("wc");
     assert_eq!(out.stdout_text().trim(), data.len().to_string());
 
     let req = ExecRequest::new(["sh", "-c", "echo \"$GBOT_VAR\"; pwd; id -u; id -g"])
         .env("GBOT_VAR", "a value")
         .cwd("/tmp")
         .user(1001, 1001);
-    let out = lxd.exec(&c.name, &req).await.expect("env/cwd/user");
+    let out = lxd.exec_output(&c.name, &req).await.expect("env/cwd/user");
     assert_eq!(out.stdout_text(), "a value\n/tmp\n1001\n1001\n", "stderr: {}", out.stderr_text());
 
     // A command that never reads its stdin, given a lot of it, does not hang.
     let started = Instant::now();
     let out = lxd
-        .exec_with_stdin(&c.name, &ExecRequest::new(["true"]).timeout(Duration::from_secs(30)), &data)
+        .exec_output(&c.name, &ExecRequest::new(["true"]).timeout(Duration::from_secs(30)).stdin_bytes(data.clone()))
         .await
         .expect("true");
     assert_eq!(out.exit_code, 0);
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 
     // A missing program fails the operation itself (LXD 5.0 answers "Command not found"), typed as such.
-    let err = lxd.exec(&c.name, &ExecRequest::new(["/no/such/program"])).await.expect_err("no program");
+    let err = lxd.exec_output(&c.name, &ExecRequest::new(["/no/such/program"])).await.expect_err("no program");
     assert!(matches!(&err, Error::OperationFailed { message, .. } if message.contains("not found")), "{err:?}");
 }
 
@@ -55,7 +59,8 @@ async fn twenty_megabytes_of_output_are_streamed() {
     let before = peak_rss_kib();
     let mut sink = CountingSink::default();
     let req = ExecRequest::new(["head", "-c", "20971520", "/dev/urandom"]);
-    let code = lxd.exec_io(&c.name, &req, None::<tokio::io::Empty>, &mut sink, tokio::io::sink()).await.expect("exec");
+    let session = lxd.exec(&c.name, &req).await.expect("start");
+    let code = session.relay(None::<tokio::io::Empty>, &mut sink, tokio::io::sink()).await.expect("exec");
     assert_eq!(code, 0);
     assert_eq!(sink.bytes, 20 * 1024 * 1024);
     let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
@@ -69,8 +74,9 @@ async fn signals_through_the_control_socket() {
     let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
     let req = ExecRequest::new(["sh", "-c", script]).timeout(Duration::from_secs(60));
     let (mut reader, writer) = tokio::io::duplex(64 * 1024);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let run = lxd.exec_controlled(&c.name, &req, None::<tokio::io::Empty>, writer, tokio::io::sink(), Some(rx));
+    let session = lxd.exec(&c.name, &req).await.expect("start");
+    let tx = session.controller();
+    let run = session.relay(None::<tokio::io::Empty>, writer, tokio::io::sink());
     let drive = async move {
         let mut seen = String::new();
         let mut buf = [0u8; 256];
@@ -80,7 +86,7 @@ async fn signals_through_the_control_socket() {
             assert!(n > 0, "stdout ended before `ready`: {seen}");
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
-        tx.send(ExecControl::Signal(15)).await.expect("send signal");
+        tx.signal(15).await.expect("send signal");
         let mut rest = String::new();
         reader.read_to_string(&mut rest).await.expect("read rest");
         seen + &rest
@@ -104,13 +110,14 @@ async fn interactive_tty_with_resize() {
     .timeout(Duration::from_secs(60));
     let (mut output_reader, output_writer) = tokio::io::duplex(64 * 1024);
     let (input_reader, mut input_writer) = tokio::io::duplex(1024);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let run = lxd.exec_interactive(&c.name, &req, (80, 24), input_reader, output_writer, rx);
+    let session = lxd.exec(&c.name, &req.terminal(80, 24)).await.expect("start");
+    let tx = session.controller();
+    let run = session.relay(Some(input_reader), output_writer, tokio::io::sink());
     let drive = async move {
         let mut seen = String::new();
         let mut buf = [0u8; 1024];
         read_until(&mut output_reader, &mut seen, "24 80").await;
-        tx.send(ExecControl::Resize { width: 100, height: 30 }).await.expect("resize");
+        tx.resize(100, 30).await.expect("resize");
         // The resize travels on another socket: poke the shell until it reports the new size.
         let deadline = Instant::now() + Duration::from_secs(20);
         while !seen.contains("30 100") {
@@ -152,14 +159,15 @@ async fn timeout_kills_the_command_and_returns() {
     let c = Container::create(&lxd, "exec-timeout", true).await;
     let started = Instant::now();
     let req = ExecRequest::new(["sleep", "300"]).timeout(Duration::from_secs(2));
-    let err = lxd.exec(&c.name, &req).await.expect_err("times out");
+    let err = lxd.exec_output(&c.name, &req).await.expect_err("times out");
     assert!(matches!(err, Error::OperationTimeout { .. }), "{err:?}");
     assert!(err.is_timeout());
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     // The command was killed, not left running.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ps = lxd.exec(&c.name, &ExecRequest::new(["sh", "-c", "pgrep -x sleep || true"])).await.expect("pgrep");
+        let ps =
+            lxd.exec_output(&c.name, &ExecRequest::new(["sh", "-c", "pgrep -x sleep || true"])).await.expect("pgrep");
         if ps.stdout.is_empty() {
             break;
         }
@@ -197,9 +205,9 @@ async fn concurrent_short_execs_each_return_their_complete_output() {
                 let expected = format!("line {i}\n");
                 let out = if i % 2 == 0 {
                     let script = format!("echo 'line {i}'; echo 'err {i}' >&2; exit {}", i % 7);
-                    lxd.exec(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await
+                    lxd.exec_output(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await
                 } else {
-                    lxd.exec_with_stdin(
+                    lxd.exec_output(
                         &name,
                         &ExecRequest::new([
                             "sh",
@@ -207,8 +215,8 @@ async fn concurrent_short_execs_each_return_their_complete_output() {
                             "cat; echo \"err $0\" >&2; exit $1",
                             &i.to_string(),
                             &(i % 7).to_string(),
-                        ]),
-                        expected.as_bytes(),
+                        ])
+                        .stdin_bytes(expected.clone()),
                     )
                     .await
                 }
@@ -227,4 +235,42 @@ async fn concurrent_short_execs_each_return_their_complete_output() {
         .await;
     let failures: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     assert!(failures.is_empty(), "{} of {} execs went wrong: {failures:#?}", failures.len(), outcomes.len());
+}
+
+/// The session's own parts: a piped stdin written by hand, the output as a stream, the exit code from `wait`; a
+/// stdin writer still held after the command exited does not hold `wait` back, and an output stream dropped
+/// unread does not block the command.
+#[tokio::test]
+async fn a_session_streams_its_parts_and_never_waits_on_what_the_caller_holds() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "exec-session", true).await;
+
+    let request = ExecRequest::new(["sh", "-c", "read line; echo \"got $line\"; echo done >&2; exit 4"]).stdin_piped();
+    let mut session = lxd.exec(&c.name, &request).await.expect("start");
+    let mut stdin = session.stdin().expect("a piped stdin");
+    let mut output = session.output_stream().expect("the output stream");
+    assert!(session.output_stream().is_none(), "the stream is taken once");
+    stdin.write_all(b"hello\n").await.expect("write stdin");
+    // `stdin` stays held from here on: once the command has exited, that must not hold anything back.
+    let started = Instant::now();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    while let Some(chunk) = output.next().await {
+        match chunk {
+            ExecChunk::Stdout(data) => stdout.extend_from_slice(&data),
+            ExecChunk::Stderr(data) => stderr.extend_from_slice(&data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(session.wait().await.expect("wait"), 4);
+    assert!(started.elapsed() < Duration::from_secs(3), "output and exit code took {:?}", started.elapsed());
+    assert_eq!((stdout.as_slice(), stderr.as_slice()), (&b"got hello\n"[..], &b"done\n"[..]));
+    let err = stdin.write_all(b"late\n").await.expect_err("the command's stdin is closed");
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+
+    // 32 MiB of output nobody reads: dropped, so discarded, and the command runs to its end.
+    let mut session =
+        lxd.exec(&c.name, &ExecRequest::new(["head", "-c", "33554432", "/dev/zero"])).await.expect("start");
+    drop(session.output_stream());
+    let code = tokio::time::timeout(Duration::from_secs(60), session.wait()).await.expect("no hang").expect("wait");
+    assert_eq!(code, 0);
 }

@@ -94,7 +94,7 @@ async fn https_with_client_certificate_and_pinned_server() {
                 let name = c.name.clone();
                 async move {
                     let script = format!("echo 'line {i}'; echo 'err {i}' >&2; exit {}", i % 5);
-                    match trusted.exec(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await {
+                    match trusted.exec_output(&name, &ExecRequest::new(["sh", "-c", script.as_str()])).await {
                         Ok(out)
                             if (out.exit_code, out.stdout_text(), out.stderr_text())
                                 == ((i % 5) as i32, format!("line {i}\n"), format!("err {i}\n")) =>

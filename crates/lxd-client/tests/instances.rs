@@ -4,7 +4,9 @@
 mod common;
 
 use common::{client, instance_name, lxc, lxc_state, Container};
-use lxd_client::{Client, Endpoint, Error, Flavor, InstanceName, StateAction};
+use std::time::Duration;
+
+use lxd_client::{Client, Endpoint, Error, Flavor, InstanceName, StateAction, StateChange};
 
 #[tokio::test]
 async fn server_info_and_extensions() {
@@ -44,7 +46,7 @@ async fn create_without_start_then_state_changes_are_idempotent() {
     let pid_before = lxd.instance_state(&c.name).await.expect("state").pid;
     assert!(pid_before > 0);
 
-    lxd.set_state(&c.name, StateAction::Restart, 30, true).await.expect("restart");
+    lxd.set_state(&c.name, &StateChange::new(StateAction::Restart).force(true)).await.expect("restart");
     let state = lxd.instance_state(&c.name).await.expect("state");
     assert_eq!(state.status, "Running");
     assert_ne!(state.pid, pid_before, "restart gives a new init process");
@@ -59,11 +61,14 @@ async fn create_without_start_then_state_changes_are_idempotent() {
     assert!(lxd.instance_full(&c.name).await.expect("full").state.is_some());
     assert!(lxd.instance_names().await.expect("names").contains(&c.name.to_string()));
 
-    assert!(lxd.ensure_stopped(&c.name, 10).await.expect("stop"));
-    assert!(!lxd.ensure_stopped(&c.name, 10).await.expect("no-op"));
+    assert!(lxd.ensure_stopped(&c.name, Duration::from_secs(10)).await.expect("stop"));
+    assert!(!lxd.ensure_stopped(&c.name, Duration::from_secs(10)).await.expect("no-op"));
     assert_eq!(lxc_state(c.name.as_str()).as_deref(), Some("STOPPED"));
     // Stopping a stopped instance directly is an error from the daemon: that is why ensure_stopped reads first.
-    let err = lxd.set_state(&c.name, StateAction::Stop, 10, false).await.expect_err("already stopped");
+    let err = lxd
+        .set_state(&c.name, &StateChange::new(StateAction::Stop).timeout(Duration::from_secs(10)))
+        .await
+        .expect_err("already stopped");
     assert!(matches!(err, Error::Api { .. } | Error::OperationFailed { .. } | Error::Conflict { .. }), "{err:?}");
 }
 
@@ -140,7 +145,7 @@ async fn missing_instances_are_not_found() {
     let ghost = instance_name("ghost");
     assert!(lxd.instance(&ghost).await.expect_err("absent").is_not_found());
     assert!(lxd.instance_opt(&ghost).await.expect("opt").is_none());
-    assert!(lxd.set_state(&ghost, StateAction::Start, 10, false).await.expect_err("absent").is_not_found());
+    assert!(lxd.set_state(&ghost, &StateChange::new(StateAction::Start)).await.expect_err("absent").is_not_found());
     assert!(lxd.delete_instance(&ghost).await.expect_err("absent").is_not_found());
     assert!(lxd.ensure_running(&ghost).await.expect_err("absent").is_not_found());
     let err = lxd.instance_state(&ghost).await.expect_err("absent");
@@ -162,8 +167,9 @@ async fn bad_input_is_refused_before_any_request() {
         .await
         .expect_err("relative");
     assert!(matches!(err, Error::InvalidName { kind: "file path", .. }), "{err:?}");
-    let err = nowhere.exec(&name, &lxd_client::ExecRequest::new(Vec::<String>::new())).await.expect_err("empty argv");
-    assert!(matches!(err, Error::InvalidName { .. }), "{err:?}");
+    let err =
+        nowhere.exec_output(&name, &lxd_client::ExecRequest::new(Vec::<String>::new())).await.expect_err("empty argv");
+    assert!(matches!(err, Error::EmptyCommand { .. }), "{err:?}");
     let err = "tcp:localhost:80".parse::<lxd_client::ProxyAddress>().expect_err("hostname");
     assert!(err.contains("expected `tcp:"), "{err}");
 
@@ -173,4 +179,63 @@ async fn bad_input_is_refused_before_any_request() {
     let text = err.to_string();
     assert!(text.contains("/nonexistent/gbot/unix.socket") && text.contains("install LXD"), "{text}");
     assert!(err.is_unreachable());
+}
+
+/// Give a running container a service whose stop takes 4 s, so a clean stop of the container stays in flight that
+/// long.
+async fn slow_to_stop(lxd: &Client, name: &InstanceName) {
+    // Until systemd answers on its bus (it prints `offline` before, the state once boot is over), then the unit.
+    let script = "until state=$(systemctl is-system-running --wait 2>/dev/null); \
+                  [ -n \"$state\" ] && [ \"$state\" != offline ]; do sleep 0.1; done; \
+                  printf '[Service]\\nExecStart=/bin/sleep infinity\\nExecStop=/bin/sleep 4\\nTimeoutStopSec=30\\n' \
+                  > /etc/systemd/system/gbot-slow.service && systemctl daemon-reload && systemctl start gbot-slow";
+    let out = lxd.exec_output(name, &lxd_client::ExecRequest::new(["sh", "-c", script])).await.expect("slow unit");
+    assert!(out.success(), "{}", out.stderr_text());
+}
+
+/// Start `lxc <action> <name>` (another client) and return once its operation (`description`) is running on the
+/// instance.
+async fn in_flight(lxd: &Client, action: &str, description: &str, name: &InstanceName) -> tokio::process::Child {
+    let other = tokio::process::Command::new("lxc").args([action, name.as_str()]).spawn().expect("lxc");
+    let url = format!("/1.0/instances/{name}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = lxd.operations().await.expect("operations").into_iter().any(|op| {
+            op.status_code < 200
+                && op.description == description
+                && op.resources.as_ref().is_some_and(|r| r.values().flatten().any(|u| u == &url))
+        });
+        if running {
+            return other;
+        }
+        assert!(std::time::Instant::now() < deadline, "`lxc {action} {name}` never showed as an operation");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A state change or a delete that meets another client's operation in flight waits for it, instead of failing
+/// with "Instance is busy running a stop operation" (seen in `cargo xtask bench client`'s clean-up) or "The
+/// instance is already running" (a start sent while a stop is under way).
+#[tokio::test]
+async fn delete_and_start_wait_for_an_operation_in_flight() {
+    let lxd = client().await;
+
+    let c = Container::create(&lxd, "busy", true).await;
+    slow_to_stop(&lxd, &c.name).await;
+    let mut stop = in_flight(&lxd, "stop", "Stopping instance", &c.name).await;
+    lxd.set_state(&c.name, &StateChange::new(StateAction::Start)).await.expect("start waits for the stop in flight");
+    assert!(stop.wait().await.expect("lxc stop").success(), "the other client's stop went through");
+    assert_eq!(lxc_state(c.name.as_str()).as_deref(), Some("RUNNING"));
+
+    slow_to_stop(&lxd, &c.name).await;
+    let mut stop = in_flight(&lxd, "stop", "Stopping instance", &c.name).await;
+    lxd.delete_instance(&c.name).await.expect("delete waits for the stop in flight");
+    assert!(stop.wait().await.expect("lxc stop").success(), "the other client's stop went through");
+    assert_eq!(lxc_state(c.name.as_str()), None, "deleted");
+
+    let c = Container::create(&lxd, "busy-start", false).await;
+    let mut start = in_flight(&lxd, "start", "Starting instance", &c.name).await;
+    lxd.delete_instance(&c.name).await.expect("delete waits for the start in flight");
+    assert!(start.wait().await.expect("lxc start").success(), "the other client's start went through");
+    assert_eq!(lxc_state(c.name.as_str()), None, "deleted");
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::{client, instance_name, lxc, lxc_status, unique, Cleanup, Container, IMAGE};
 use futures_util::StreamExt;
 use lxd_client::{
-    CreateInstance, DeviceName, DiskDevice, ExecRequest, InstanceSource, Profile, ProxyAddress, ProxyDevice,
-    SnapshotName,
+    BackupName, BackupOptions, CreateInstance, DeviceName, DiskDevice, ExecRequest, ImageImportOptions, InstanceSource,
+    ObjectName, Profile, ProxyAddress, ProxyDevice, SnapshotName,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,7 +55,9 @@ async fn backup_export_import_delete() {
     let lxd = client().await;
     let c = Container::create(&lxd, "backup", false).await;
     lxd.push_bytes(&c.name, "/root/marker", "backed up\n", lxd_client::FileOptions::root(0o600)).await.expect("marker");
-    lxd.create_backup(&c.name, "b1", true, Some(&rfc3339_in(3600))).await.expect("create backup");
+    let b1 = BackupName::new("b1").expect("backup name");
+    let options = BackupOptions::new().instance_only(true).expires_at(rfc3339_in(3600));
+    lxd.create_backup(&c.name, &b1, &options).await.expect("create backup");
     assert_eq!(
         lxd.backups(&c.name).await.expect("list").iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
         vec!["b1"]
@@ -63,10 +65,10 @@ async fn backup_export_import_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("backup.tar.gz");
     let mut file = tokio::fs::File::create(&path).await.expect("create");
-    let bytes = lxd.export_backup_to(&c.name, "b1", &mut file).await.expect("export");
+    let bytes = lxd.export_backup_to(&c.name, &b1, &mut file).await.expect("export");
     file.flush().await.expect("flush");
     assert!(bytes > 1_000_000, "exported {bytes} bytes");
-    lxd.delete_backup(&c.name, "b1").await.expect("delete backup");
+    lxd.delete_backup(&c.name, &b1).await.expect("delete backup");
     assert!(lxd.backups(&c.name).await.expect("list").is_empty());
 
     let restored = Container::guard(instance_name("restored"));
@@ -104,13 +106,15 @@ async fn image_import_alias_delete() {
     let progress: lxd_client::Progress =
         std::sync::Arc::new(move |n| progress_sent.store(n, std::sync::atomic::Ordering::Relaxed));
     let file = tokio::fs::File::open(&tar).await.expect("open");
-    let fingerprint = lxd.import_image(file, false, Some(progress)).await.expect("import");
+    let fingerprint = lxd.import_image(file, &ImageImportOptions::new().progress(progress)).await.expect("import");
     let _cleanup = Cleanup::lxc(["image", "delete", fingerprint.as_str()]);
     assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), std::fs::metadata(&tar).expect("size").len());
     assert_eq!(lxd.image(&fingerprint).await.expect("image").properties.get("description"), Some(&tag));
     // Importing the same tarball again gives the same fingerprint, not an error.
-    let again =
-        lxd.import_image(tokio::fs::File::open(&tar).await.expect("open"), false, None).await.expect("re-import");
+    let again = lxd
+        .import_image(tokio::fs::File::open(&tar).await.expect("open"), &ImageImportOptions::new())
+        .await
+        .expect("re-import");
     assert_eq!(again, fingerprint);
 
     let alias = format!("{tag}/alias");
@@ -146,7 +150,7 @@ async fn proxy_and_disk_devices_on_instances() {
         "-c",
         "cd /etc && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &",
     ]);
-    assert_eq!(lxd.exec(&c.name, &serve).await.expect("start server").exit_code, 0);
+    assert_eq!(lxd.exec_output(&c.name, &serve).await.expect("start server").exit_code, 0);
 
     let port = free_port();
     let device = DeviceName::new("gbot-web").expect("device");
@@ -172,10 +176,10 @@ async fn proxy_and_disk_devices_on_instances() {
     let disk = DeviceName::new("gbot-data").expect("device");
     let config = DiskDevice::new(host.path().to_string_lossy(), "/mnt/gbot").to_config(&disk).expect("valid");
     lxd.add_instance_device(&c.name, &disk, config).await.expect("add disk");
-    let out = lxd.exec(&c.name, &ExecRequest::new(["cat", "/mnt/gbot/shared.txt"])).await.expect("cat");
+    let out = lxd.exec_output(&c.name, &ExecRequest::new(["cat", "/mnt/gbot/shared.txt"])).await.expect("cat");
     assert_eq!(out.stdout_text(), "from the host\n");
     lxd.remove_instance_device(&c.name, &disk).await.expect("remove disk");
-    let out = lxd.exec(&c.name, &ExecRequest::new(["test", "-e", "/mnt/gbot/shared.txt"])).await.expect("test");
+    let out = lxd.exec_output(&c.name, &ExecRequest::new(["test", "-e", "/mnt/gbot/shared.txt"])).await.expect("test");
     assert_ne!(out.exit_code, 0, "unmounted");
 }
 
@@ -196,45 +200,52 @@ async fn profiles_and_their_devices() {
         .is_conflict());
     assert!(lxd.profiles().await.expect("list").iter().any(|p| p.name == name));
 
+    let profile = ObjectName::new(name.as_str()).expect("profile name");
     let device = DeviceName::new("gbot-tmp").expect("device");
     let disk = DiskDevice::new("/tmp", "/mnt/host-tmp").to_config(&device).expect("valid");
-    assert!(lxd.add_profile_device(&name, &device, disk.clone()).await.expect("add"));
-    assert!(!lxd.add_profile_device(&name, &device, disk).await.expect("again"), "idempotent");
+    assert!(lxd.add_profile_device(&profile, &device, disk.clone()).await.expect("add"));
+    assert!(!lxd.add_profile_device(&profile, &device, disk).await.expect("again"), "idempotent");
     assert!(lxc(&["profile", "show", name.as_str()]).contains("/mnt/host-tmp"));
-    assert!(lxd.remove_profile_device(&name, &device).await.expect("remove"));
-    assert!(!lxd.remove_profile_device(&name, &device).await.expect("remove again"));
-    assert_eq!(lxd.profile(&name).await.expect("get").config.get("user.gbot.owner").map(String::as_str), Some("tests"));
-    lxd.delete_profile(&name).await.expect("delete");
-    assert!(lxd.profile(&name).await.expect_err("gone").is_not_found());
+    assert!(lxd.remove_profile_device(&profile, &device).await.expect("remove"));
+    assert!(!lxd.remove_profile_device(&profile, &device).await.expect("remove again"));
+    assert_eq!(
+        lxd.profile(&profile).await.expect("get").config.get("user.gbot.owner").map(String::as_str),
+        Some("tests")
+    );
+    lxd.delete_profile(&profile).await.expect("delete");
+    assert!(lxd.profile(&profile).await.expect_err("gone").is_not_found());
 }
 
 #[tokio::test]
 async fn storage_projects_networks() {
     let lxd = client().await;
+    let default = ObjectName::new("default").expect("pool name");
     let pools = lxd.storage_pools().await.expect("pools");
     assert!(pools.iter().any(|p| p.name == "default"), "{pools:?}");
-    assert!(!lxd.storage_pool("default").await.expect("pool").driver.is_empty());
+    assert!(!lxd.storage_pool(&default).await.expect("pool").driver.is_empty());
 
     let volume = unique("vol");
     let _vol_cleanup = Cleanup::lxc(["storage", "volume", "delete", "default", volume.as_str()]);
-    lxd.create_storage_volume("default", &volume, BTreeMap::new()).await.expect("create volume");
+    let volume_name = ObjectName::new(volume.as_str()).expect("volume name");
+    lxd.create_storage_volume(&default, &volume_name, BTreeMap::new()).await.expect("create volume");
     assert!(lxd
-        .storage_volumes("default")
+        .storage_volumes(&default)
         .await
         .expect("volumes")
         .iter()
         .any(|v| v.name == volume && v.kind == "custom"));
-    lxd.delete_storage_volume("default", &volume).await.expect("delete volume");
-    assert!(!lxd.storage_volumes("default").await.expect("volumes").iter().any(|v| v.name == volume));
+    lxd.delete_storage_volume(&default, &volume_name).await.expect("delete volume");
+    assert!(!lxd.storage_volumes(&default).await.expect("volumes").iter().any(|v| v.name == volume));
 
     let project = unique("proj");
     let _proj_cleanup = Cleanup::lxc(["project", "delete", project.as_str()]);
-    lxd.create_project(&project, BTreeMap::new()).await.expect("create project");
+    let project_name = ObjectName::new(project.as_str()).expect("project name");
+    lxd.create_project(&project_name, BTreeMap::new()).await.expect("create project");
     assert!(lxd.projects().await.expect("projects").iter().any(|p| p.name == project));
-    assert!(lxd.project(project.as_str()).instances().await.expect("instances in project").is_empty());
-    assert_eq!(lxd.project_info(&project).await.expect("get").name, project);
-    lxd.delete_project(&project).await.expect("delete project");
-    assert!(lxd.project_info(&project).await.expect_err("gone").is_not_found());
+    assert!(lxd.project(&project_name).instances().await.expect("instances in project").is_empty());
+    assert_eq!(lxd.project_info(&project_name).await.expect("get").name, project);
+    lxd.delete_project(&project_name).await.expect("delete project");
+    assert!(lxd.project_info(&project_name).await.expect_err("gone").is_not_found());
 
     // Interface names are at most 15 characters.
     let bridge = format!("gbot{}", std::process::id() % 10_000_000);
@@ -242,13 +253,14 @@ async fn storage_projects_networks() {
     let mut config = BTreeMap::new();
     config.insert("ipv4.address".to_string(), "none".to_string());
     config.insert("ipv6.address".to_string(), "none".to_string());
-    match lxd.create_network(&bridge, "bridge", config).await {
+    let bridge_name = ObjectName::new(bridge.as_str()).expect("network name");
+    match lxd.create_network(&bridge_name, "bridge", config).await {
         Ok(()) => {
-            let network = lxd.network(&bridge).await.expect("get");
+            let network = lxd.network(&bridge_name).await.expect("get");
             assert!(network.managed && network.kind == "bridge");
             assert!(lxd.networks().await.expect("list").iter().any(|n| n.name == bridge));
-            lxd.delete_network(&bridge).await.expect("delete");
-            assert!(lxd.network(&bridge).await.expect_err("gone").is_not_found());
+            lxd.delete_network(&bridge_name).await.expect("delete");
+            assert!(lxd.network(&bridge_name).await.expect_err("gone").is_not_found());
         }
         Err(e) => {
             // The `lxc` CLI must be refused the same way: then this is the daemon's rule, not our bug.

@@ -17,25 +17,23 @@ async fn collected_exec_output_over_the_default_limit_is_an_error() {
     let lxd = client().await;
     let c = Container::create(&lxd, "limit-exec", true).await;
     let over = (DEFAULT_COLLECTED + 1).to_string();
-    let result = lxd.exec(&c.name, &ExecRequest::new(["head", "-c", over.as_str(), "/dev/zero"])).await;
+    let result = lxd.exec_output(&c.name, &ExecRequest::new(["head", "-c", over.as_str(), "/dev/zero"])).await;
     let err = result.map(|out| format!("Ok with {} bytes of stdout", out.stdout.len())).expect_err("over the limit");
     let message = err.to_string();
     assert!(message.contains("64 MiB") && message.contains("stdout") && message.contains(c.name.as_str()), "{message}");
 
     // Exactly at the limit is fine, and the streaming call is not limited at all.
     let at = DEFAULT_COLLECTED.to_string();
-    let out = lxd.exec(&c.name, &ExecRequest::new(["head", "-c", at.as_str(), "/dev/zero"])).await.expect("at limit");
+    let out =
+        lxd.exec_output(&c.name, &ExecRequest::new(["head", "-c", at.as_str(), "/dev/zero"])).await.expect("at limit");
     assert_eq!(out.stdout.len() as u64, DEFAULT_COLLECTED);
     let mut sink = CountingSink::default();
     let mut stderr = Vec::new();
     let code = lxd
-        .exec_io(
-            &c.name,
-            &ExecRequest::new(["head", "-c", over.as_str(), "/dev/zero"]),
-            None::<&[u8]>,
-            &mut sink,
-            &mut stderr,
-        )
+        .exec(&c.name, &ExecRequest::new(["head", "-c", over.as_str(), "/dev/zero"]))
+        .await
+        .expect("started")
+        .relay(None::<&[u8]>, &mut sink, &mut stderr)
         .await
         .expect("streamed");
     assert_eq!((code, sink.bytes), (0, DEFAULT_COLLECTED + 1));
@@ -46,8 +44,10 @@ async fn a_file_read_whole_over_the_default_limit_is_an_error() {
     let lxd = client().await;
     let c = Container::create(&lxd, "limit-file", true).await;
     let over = (DEFAULT_COLLECTED + 1).to_string();
-    let made =
-        lxd.exec(&c.name, &ExecRequest::new(["truncate", "-s", over.as_str(), "/root/big"])).await.expect("truncate");
+    let made = lxd
+        .exec_output(&c.name, &ExecRequest::new(["truncate", "-s", over.as_str(), "/root/big"]))
+        .await
+        .expect("truncate");
     assert!(made.success(), "{}", made.stderr_text());
     let result = lxd.read_file(&c.name, "/root/big").await;
     let err = result.map(|data| format!("Ok with {} bytes", data.len())).expect_err("over the limit");
@@ -69,13 +69,13 @@ async fn lowered_limits_bound_every_read_and_name_it() {
 
     // A command that never stops writing: stopped at the limit, not at its deadline, and killed.
     let started = Instant::now();
-    let err = low.exec(&c.name, &ExecRequest::new(["yes"])).await.expect_err("endless output");
+    let err = low.exec_output(&c.name, &ExecRequest::new(["yes"])).await.expect_err("endless output");
     assert!(err.is_too_large(), "{err:?}");
     assert!(err.to_string().contains("stdout of `yes`") && err.to_string().contains("1 MiB"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = lxd.exec(&c.name, &ExecRequest::new(["pgrep", "-x", "yes"])).await.expect("pgrep");
+        let left = lxd.exec_output(&c.name, &ExecRequest::new(["pgrep", "-x", "yes"])).await.expect("pgrep");
         if left.exit_code == 1 {
             break;
         }
@@ -85,11 +85,14 @@ async fn lowered_limits_bound_every_read_and_name_it() {
 
     // stderr is bounded the same way, with stdin given too.
     let script = "cat >/dev/null; head -c 1048577 /dev/zero >&2";
-    let err = low.exec_with_stdin(&c.name, &ExecRequest::new(["sh", "-c", script]), b"in").await.expect_err("stderr");
+    let err = low
+        .exec_output(&c.name, &ExecRequest::new(["sh", "-c", script]).stdin_bytes(&b"in"[..]))
+        .await
+        .expect_err("stderr");
     assert!(err.to_string().contains("stderr of `sh`"), "{err}");
     // Exactly the limit on both is fine.
     let script = "head -c 1048576 /dev/zero; head -c 1048576 /dev/zero >&2";
-    let out = low.exec(&c.name, &ExecRequest::new(["sh", "-c", script])).await.expect("at the limit");
+    let out = low.exec_output(&c.name, &ExecRequest::new(["sh", "-c", script])).await.expect("at the limit");
     assert_eq!((out.stdout.len() as u64, out.stderr.len() as u64), (MIB, MIB));
 
     // Recorded mode: the log over the limit is an error, and deleted all the same.
@@ -103,8 +106,10 @@ async fn lowered_limits_bound_every_read_and_name_it() {
 
     // A file read whole: one byte over is an error, the limit itself is fine.
     for (path, size) in [("/root/over", MIB + 1), ("/root/at", MIB)] {
-        let made =
-            lxd.exec(&c.name, &ExecRequest::new(["truncate", "-s", &size.to_string(), path])).await.expect("truncate");
+        let made = lxd
+            .exec_output(&c.name, &ExecRequest::new(["truncate", "-s", &size.to_string(), path]))
+            .await
+            .expect("truncate");
         assert!(made.success(), "{}", made.stderr_text());
     }
     let err = low.read_file(&c.name, "/root/over").await.expect_err("file over the limit");
@@ -121,7 +126,10 @@ async fn lowered_limits_bound_every_read_and_name_it() {
     let err = small.server_fresh().await.expect_err("GET /1.0 is more than 1 KiB");
     assert!(err.to_string().contains("the answer to GET /1.0") && err.to_string().contains("1 KiB"), "{err}");
     let listing = lxd
-        .exec(&c.name, &ExecRequest::new(["sh", "-c", "mkdir /root/many && cd /root/many && touch $(seq 1 400)"]))
+        .exec_output(
+            &c.name,
+            &ExecRequest::new(["sh", "-c", "mkdir /root/many && cd /root/many && touch $(seq 1 400)"]),
+        )
         .await
         .expect("many files");
     assert!(listing.success(), "{}", listing.stderr_text());

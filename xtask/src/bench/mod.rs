@@ -3,6 +3,7 @@
 
 pub mod ci;
 pub mod client;
+pub mod floor;
 pub mod install;
 pub mod ops;
 pub mod report;

@@ -56,7 +56,7 @@ async fn container(
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let out = lxd
-            .exec(
+            .exec_output(
                 &name,
                 &ExecRequest::new(["systemctl", "is-system-running", "--wait"]).timeout(Duration::from_secs(60)),
             )
@@ -72,7 +72,7 @@ async fn container(
 }
 
 async fn exec_ok(lxd: &lxd_client::Client, name: &InstanceName, script: &str) -> anyhow::Result<String> {
-    let out = lxd.exec(name, &ExecRequest::new(["sh", "-c", script]).timeout(Duration::from_secs(3600))).await?;
+    let out = lxd.exec_output(name, &ExecRequest::new(["sh", "-c", script]).timeout(Duration::from_secs(3600))).await?;
     if !out.success() {
         bail!("{script}: {}", out.stderr_text());
     }

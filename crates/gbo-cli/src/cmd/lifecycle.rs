@@ -586,7 +586,7 @@ async fn status(targets: Vec<String>, tenant: Option<String>, output: Format) ->
             .map(|c| {
                 vec![
                     c.container.clone(),
-                    c.state.clone(),
+                    c.state.to_string(),
                     c.image.clone(),
                     c.ports
                         .iter()
@@ -660,11 +660,12 @@ async fn exec(container: String, command: Vec<String>) -> anyhow::Result<Outcome
     let request = ExecRequest::new(command).timeout(Duration::from_secs(24 * 3600));
     let code = if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         let _raw = RawTerminal::enter();
-        let (_tx, rx) = tokio::sync::mpsc::channel(1);
-        let size = terminal_size();
-        lxd.exec_interactive(&name, &request, size, tokio::io::stdin(), tokio::io::stdout(), rx).await?
+        let (width, height) = terminal_size();
+        let session = lxd.exec(&name, &request.terminal(width, height)).await?;
+        session.relay(Some(tokio::io::stdin()), tokio::io::stdout(), tokio::io::sink()).await?
     } else {
-        lxd.exec_io(&name, &request, Some(tokio::io::stdin()), tokio::io::stdout(), tokio::io::stderr()).await?
+        let session = lxd.exec(&name, &request.stdin_piped()).await?;
+        session.relay(Some(tokio::io::stdin()), tokio::io::stdout(), tokio::io::stderr()).await?
     };
     if code != 0 {
         std::process::exit(code.clamp(1, 255));
@@ -719,7 +720,8 @@ async fn logs(container: String, follow: bool, lines: u32) -> anyhow::Result<Out
         command.push("-f".into());
     }
     let request = ExecRequest::new(command).timeout(Duration::from_secs(if follow { 7 * 24 * 3600 } else { 120 }));
-    let code = lxd.exec_io(&name, &request, None::<tokio::io::Empty>, tokio::io::stdout(), tokio::io::stderr()).await?;
+    let session = lxd.exec(&name, &request).await?;
+    let code = session.relay(None::<tokio::io::Empty>, tokio::io::stdout(), tokio::io::stderr()).await?;
     if code != 0 {
         bail!("journalctl exited with {code}");
     }

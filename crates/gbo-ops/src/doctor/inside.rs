@@ -19,7 +19,7 @@ pub async fn exec(lxd: &Client, name: &InstanceName, req: &ExecRequest) -> Resul
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match lxd.exec(name, req).await {
+        match lxd.exec_output(name, req).await {
             Err(lxd_client::Error::Websocket { message, .. }) if attempt < 3 && message.contains("handshake") => {
                 tracing::warn!(instance = %name, %message, "exec websocket handshake failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;

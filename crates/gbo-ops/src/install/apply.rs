@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gbo_components::{InitPhase, Role, Secrets};
-use lxd_client::{Client, CreateInstance, ExecRequest, FileOptions, InstanceName, StateAction};
+use lxd_client::{Client, CreateInstance, ExecRequest, FileOptions, InstanceName, StateAction, StateChange};
 
 use super::artifact::{self, ArtifactPolicy};
 use super::error::InstallError;
@@ -104,8 +104,10 @@ pub async fn apply_planned(
             }
             .await;
             if let Err(e) = &result {
-                ctx.events
-                    .event(&InstallEvent::new(&desired.instance, InstallEventKind::Failed { error: e.to_string() }));
+                ctx.events.event(&InstallEvent::new(
+                    &desired.instance,
+                    InstallEventKind::Failed { error: super::error::with_causes(e) },
+                ));
             }
             if let Some(tx) = done.get(&desired.role) {
                 let _ = tx.send(Some(result.is_ok()));
@@ -157,7 +159,8 @@ fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
 
 async fn exec_checked(lxd: &Client, name: &InstanceName, request: ExecRequest) -> Result<String, InstallError> {
     let command = request.command.join(" ");
-    let output = lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
+    let output =
+        lxd.exec_output(name, &request).await.map_err(InstallError::lxd(format!("exec `{command}` in {name}")))?;
     checked(name, command, output)
 }
 
@@ -199,7 +202,7 @@ pub async fn wait_for_systemd(lxd: &Client, name: &InstanceName) -> Result<(), I
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let request = ExecRequest::new(["systemctl", "is-system-running", "--wait"]).timeout(Duration::from_secs(60));
-        if let Ok(out) = lxd.exec(name, &request).await {
+        if let Ok(out) = lxd.exec_output(name, &request).await {
             let state = out.stdout_text();
             if state.contains("running") || state.contains("degraded") {
                 return Ok(());
@@ -379,7 +382,10 @@ async fn stop_for_remap(ctx: &ApplyContext<'_>, name: &InstanceName) -> Result<b
     if !instance.is_running() {
         return Ok(false);
     }
-    ctx.lxd.ensure_stopped(name, 60).await.map_err(InstallError::lxd(format!("stopping {name} to remap its data")))?;
+    ctx.lxd
+        .ensure_stopped(name, Duration::from_secs(60))
+        .await
+        .map_err(InstallError::lxd(format!("stopping {name} to remap its data")))?;
     Ok(true)
 }
 
@@ -610,7 +616,9 @@ pub async fn set_state(lxd: &Client, name: &InstanceName, action: StateAction) -
     let context = format!("{action:?} {name}");
     match action {
         StateAction::Start => lxd.ensure_running(name).await.map_err(InstallError::lxd(context)),
-        StateAction::Stop => lxd.ensure_stopped(name, 30).await.map_err(InstallError::lxd(context)),
-        other => lxd.set_state(name, other, 30, false).await.map(|_| true).map_err(InstallError::lxd(context)),
+        StateAction::Stop => {
+            lxd.ensure_stopped(name, Duration::from_secs(30)).await.map_err(InstallError::lxd(context))
+        }
+        other => lxd.set_state(name, &StateChange::new(other)).await.map(|_| true).map_err(InstallError::lxd(context)),
     }
 }

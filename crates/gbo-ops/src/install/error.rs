@@ -11,8 +11,8 @@ pub enum InstallError {
     /// The catalogue refused the input (a name, the tenant file, a secret).
     #[error(transparent)]
     Catalogue(#[from] gbo_components::Error),
-    /// LXD refused a request or could not be reached.
-    #[error("LXD: {context}: {source}")]
+    /// LXD refused a request or could not be reached (the cause is the source, printed once by an error chain).
+    #[error("LXD: {context}")]
     Lxd {
         /// What was being done (names the instance).
         context: String,
@@ -20,8 +20,8 @@ pub enum InstallError {
         #[source]
         source: lxd_client::Error,
     },
-    /// Host file work failed.
-    #[error("{context}: {source}")]
+    /// Host file work failed (the cause is the source).
+    #[error("{context}")]
     Io {
         /// What was being done (names the path).
         context: String,
@@ -182,11 +182,23 @@ pub enum InstallError {
         dependency: String,
     },
     /// Several components failed.
-    #[error("{} component(s) failed:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    #[error("{} component(s) failed:\n{}", .0.len(), .0.iter().map(|e| format!("  - {}", with_causes(e))).collect::<Vec<_>>().join("\n"))]
     Several(Vec<InstallError>),
     /// Something the user asked for does not make sense here.
     #[error("{0}")]
     BadInput(String),
+}
+
+/// An error and its causes on one line (`what: why: root cause`), for where errors are flattened into text.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 impl InstallError {

@@ -235,7 +235,7 @@ pub(super) async fn unit_health(lxd: &Client, desired: &Desired) -> Health {
     };
     let request =
         lxd_client::ExecRequest::new(["systemctl", "is-active", unit.as_str()]).timeout(Duration::from_secs(30));
-    match lxd.exec(&name, &request).await {
+    match lxd.exec_output(&name, &request).await {
         Ok(out) if out.success() => Health { healthy: true, detail: format!("{unit} is active") },
         Ok(out) => Health { healthy: false, detail: format!("{unit} is {}", out.stdout_text().trim()) },
         Err(e) => Health { healthy: false, detail: format!("systemctl is-active {unit}: {e}") },

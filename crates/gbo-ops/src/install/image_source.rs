@@ -191,7 +191,9 @@ pub(super) async fn check_image(
             }
         }
         Provenance::Foreign if !packaged.is_empty() => {
-            let profile = lxd.profile("default").await.map_err(InstallError::lxd("reading the default profile"))?;
+            let default_profile = lxd_client::ObjectName::new("default").map_err(InstallError::lxd("profile name"))?;
+            let profile =
+                lxd.profile(&default_profile).await.map_err(InstallError::lxd("reading the default profile"))?;
             let nic = profile.devices.values().any(|d| d.get("type").map(String::as_str) == Some("nic"));
             if !nic && image.server.is_some() {
                 return Err(InstallError::NoNetwork {

@@ -409,9 +409,10 @@ pub async fn install(
     // A run killed mid-request leaves its operation (a create, a start) running in the daemon: let it finish
     // before observing, so the plan starts from settled state instead of failing with "instance is busy".
     for component in &preview.components {
-        lxd.wait_instance_idle(&component.instance, std::time::Duration::from_secs(300))
-            .await
-            .map_err(InstallError::lxd(format!("waiting for running operations on {}", component.instance)))?;
+        let context = format!("waiting for running operations on {}", component.instance);
+        let name =
+            lxd_client::InstanceName::new(component.instance.as_str()).map_err(InstallError::lxd(context.clone()))?;
+        lxd.wait_instance_idle(&name, std::time::Duration::from_secs(300)).await.map_err(InstallError::lxd(context))?;
     }
     let planned = plan(lxd, request, true).await?;
     apply::apply_planned(lxd, request, &planned, events).await

@@ -114,7 +114,7 @@ pub async fn probe(lxd: &Client, desired: &Desired) -> Result<Probe, InstallErro
         argv.push(format!("u:{unit}"));
     }
     let request = ExecRequest::new(argv).timeout(Duration::from_secs(60));
-    let output = lxd.exec(&name, &request).await.map_err(InstallError::lxd(format!("probing {name}")))?;
+    let output = lxd.exec_output(&name, &request).await.map_err(InstallError::lxd(format!("probing {name}")))?;
     if !output.success() {
         return Err(InstallError::Command {
             instance: desired.instance.clone(),

@@ -143,7 +143,7 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
                 .env("GBO_OWNER", format!("{}:{}", GBUSER.uid, GBUSER.gid))
                 .timeout(Duration::from_secs(120));
             let output = lxd
-                .exec(name, &request)
+                .exec_output(name, &request)
                 .await
                 .map_err(InstallError::lxd(format!("creating the service users in {name}")))?;
             let listing = super::apply::checked(name, "sh -c <fixed-uid users>".into(), output)?;
@@ -169,8 +169,10 @@ pub async fn ensure(ctx: &ApplyContext<'_>, desired: &Desired, name: &InstanceNa
                 .env("GBO_MASK", crate::image::MASKED_UNITS.join(" "))
                 .env("GBO_DISABLE", crate::image::DISABLED_UNITS.join(" "))
                 .timeout(Duration::from_secs(1800));
-            let output =
-                lxd.exec(name, &request).await.map_err(InstallError::lxd(format!("apt-get install in {name}")))?;
+            let output = lxd
+                .exec_output(name, &request)
+                .await
+                .map_err(InstallError::lxd(format!("apt-get install in {name}")))?;
             if !output.success() {
                 let removed = remove_if_never_provisioned(ctx, name, never_provisioned).await?;
                 return Err(InstallError::Packages {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use gbo_components::Role;
-use lxd_client::{Client, DeviceName, DiskDevice};
+use lxd_client::{Client, DeviceName, DiskDevice, ObjectName};
 
 use super::error::InstallError;
 use crate::image::{FixedUser, ImageSpec};
@@ -46,14 +46,17 @@ pub async fn setup(lxd: &Client, options: &SetupOptions) -> Result<SetupReport, 
             if driver == "btrfs" {
                 config.insert("size".to_string(), "16GiB".to_string());
             }
-            lxd.create_storage_pool(&pool_name, driver, config)
+            let pool_object =
+                ObjectName::new(pool_name.as_str()).map_err(InstallError::lxd(format!("storage pool {pool_name}")))?;
+            lxd.create_storage_pool(&pool_object, driver, config)
                 .await
                 .map_err(InstallError::lxd(format!("creating storage pool {pool_name}")))?;
             lines.push(format!("created storage pool {pool_name} ({driver})"));
             pool_name
         }
     };
-    let profile = lxd.profile("default").await.map_err(InstallError::lxd("reading the default profile"))?;
+    let default_profile = ObjectName::new("default").map_err(InstallError::lxd("profile name default"))?;
+    let profile = lxd.profile(&default_profile).await.map_err(InstallError::lxd("reading the default profile"))?;
     if profile
         .devices
         .values()
@@ -63,7 +66,7 @@ pub async fn setup(lxd: &Client, options: &SetupOptions) -> Result<SetupReport, 
     } else {
         let name = DeviceName::new("root").map_err(InstallError::lxd("device name root"))?;
         let config = DiskDevice::root(pool.clone()).to_config(&name).map_err(InstallError::lxd("root disk"))?;
-        lxd.add_profile_device("default", &name, config)
+        lxd.add_profile_device(&default_profile, &name, config)
             .await
             .map_err(InstallError::lxd("adding the root disk to the default profile"))?;
         lines.push(format!("added root disk on pool {pool} to the default profile"));
@@ -73,7 +76,8 @@ pub async fn setup(lxd: &Client, options: &SetupOptions) -> Result<SetupReport, 
         if networks.iter().any(|n| n.name == "lxdbr0") {
             lines.push("network lxdbr0 exists".to_string());
         } else {
-            lxd.create_network("lxdbr0", "bridge", BTreeMap::new())
+            let bridge = ObjectName::new("lxdbr0").map_err(InstallError::lxd("network name lxdbr0"))?;
+            lxd.create_network(&bridge, "bridge", BTreeMap::new())
                 .await
                 .map_err(InstallError::lxd("creating network lxdbr0"))?;
             lines.push("created network lxdbr0".to_string());

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use gbo_components::{HealthCheck, Role, TenantFile, TenantName};
-use lxd_client::Client;
+use lxd_client::{Client, InstanceStatus};
 
 use super::error::InstallError;
 use super::health::{self, Health};
@@ -22,8 +22,8 @@ pub struct ComponentStatus {
     pub role: String,
     /// Whether gbo created it.
     pub managed: bool,
-    /// LXD status (`Running`, `Stopped`, ...).
-    pub state: String,
+    /// LXD status (`Running`, `Stopped`, ...; JSON: LXD's text).
+    pub state: InstanceStatus,
     /// Image description (or base image fingerprint).
     pub image: String,
     /// Host ports.
@@ -48,7 +48,7 @@ pub struct TenantStatus {
 impl TenantStatus {
     /// Whether every component runs and is healthy.
     pub fn all_healthy(&self) -> bool {
-        self.components.iter().all(|c| c.state == "Running" && c.health.as_ref().is_none_or_healthy())
+        self.components.iter().all(|c| c.state == InstanceStatus::Running && c.health.as_ref().is_none_or_healthy())
     }
 }
 

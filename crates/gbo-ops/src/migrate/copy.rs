@@ -333,13 +333,9 @@ pub(super) async fn copy_unit(
             let mut stderr = Vec::new();
             let code = c
                 .lxd
-                .exec_io(
-                    &c.instance,
-                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)),
-                    Some(&mut stream),
-                    tokio::io::sink(),
-                    &mut stderr,
-                )
+                .exec(&c.instance, &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)).stdin_piped())
+                .await?
+                .relay(Some(&mut stream), tokio::io::sink(), &mut stderr)
                 .await?;
             if code != 0 {
                 return Err(failed(String::from_utf8_lossy(&stderr).trim().to_string()));

@@ -433,8 +433,8 @@ impl ContainerServer {
     /// Run SQL (from stdin, never argv) and return its unaligned, tab-separated rows.
     pub(super) async fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, MigrateError> {
         let argv = self.psql_argv(database, &["-A", "-t", "-F", "\t", "-f", "-"]);
-        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600));
-        let out = self.lxd.exec_with_stdin(&self.instance, &req, sql.as_bytes()).await?;
+        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600)).stdin_bytes(sql.to_string());
+        let out = self.lxd.exec_output(&self.instance, &req).await?;
         if !out.success() {
             let err = out.stderr_text();
             if err.contains("does not exist") && err.contains("database") {
@@ -457,8 +457,8 @@ impl ContainerServer {
     /// Run a script (from stdin) in one transaction.
     pub(super) async fn script(&self, database: &str, sql: &str) -> Result<(), MigrateError> {
         let argv = self.psql_argv(database, &["--single-transaction", "-f", "-"]);
-        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600));
-        let out = self.lxd.exec_with_stdin(&self.instance, &req, sql.as_bytes()).await?;
+        let req = ExecRequest::new(argv).timeout(Duration::from_secs(3600)).stdin_bytes(sql.to_string());
+        let out = self.lxd.exec_output(&self.instance, &req).await?;
         if !out.success() {
             return Err(MigrateError::Sql { side: self.describe(), message: out.stderr_text().trim().to_string() });
         }

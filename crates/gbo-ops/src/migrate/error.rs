@@ -131,7 +131,7 @@ pub enum MigrateError {
         message: String,
     },
     /// LXD failed.
-    #[error("LXD: {0}")]
+    #[error(transparent)]
     Lxd(#[from] lxd_client::Error),
     /// A host tool failed.
     #[error(transparent)]

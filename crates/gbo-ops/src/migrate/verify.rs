@@ -138,10 +138,9 @@ pub async fn digest_table(side: &Endpoint, database: &str, table: &str) -> Resul
             let sql = format!("{STREAM_SESSION}\nCOPY {table} TO STDOUT;\n");
             let out = c
                 .lxd
-                .exec_with_stdin(
+                .exec_output(
                     &c.instance,
-                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)),
-                    sql.as_bytes(),
+                    &ExecRequest::new(argv).timeout(Duration::from_secs(6 * 3600)).stdin_bytes(sql),
                 )
                 .await?;
             if !out.success() {

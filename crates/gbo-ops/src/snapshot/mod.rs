@@ -14,8 +14,9 @@ pub mod schedule;
 
 use gbo_components::TenantName;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use lxd_client::{Client, InstanceName, SnapshotName, StateAction};
+use lxd_client::{Client, InstanceName, InstanceStatus, SnapshotName, StateAction, StateChange};
 use time::OffsetDateTime;
 
 use crate::inventory::{self, ManagedInstance};
@@ -80,7 +81,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Retention(#[from] retention::EmptyPolicy),
     /// LXD refused or failed.
-    #[error("LXD: {0}")]
+    #[error(transparent)]
     Lxd(#[from] lxd_client::Error),
     /// A host tool failed.
     #[error(transparent)]
@@ -260,10 +261,10 @@ pub async fn create(
     }
     let now = OffsetDateTime::now_utc();
     let expires_at = options.expires.map(|span| rfc3339(now + span.as_time()));
-    let running = lxd.instance(&instance).await?.status.eq_ignore_ascii_case("running");
+    let running = lxd.instance(&instance).await?.is_running();
     let freeze = running && !strategies.is_empty();
     if freeze {
-        lxd.set_state(&instance, StateAction::Freeze, 30, false).await?;
+        lxd.set_state(&instance, &StateChange::new(StateAction::Freeze)).await?;
     }
     let tag = format!("{}@{}", container.name, name);
     let captured = async {
@@ -290,7 +291,7 @@ pub async fn create(
     .await;
     if freeze {
         // Thaw whatever happened above; a container left frozen is worse than a failed snapshot.
-        if let Err(e) = lxd.set_state(&instance, StateAction::Unfreeze, 30, false).await {
+        if let Err(e) = lxd.set_state(&instance, &StateChange::new(StateAction::Unfreeze)).await {
             tracing::error!(error = %e, "could not unfreeze the container");
         }
     }
@@ -410,11 +411,11 @@ pub async fn restore(
     } else {
         None
     };
-    let running = lxd.instance(&instance).await?.status.eq_ignore_ascii_case("running");
+    let running = lxd.instance(&instance).await?.is_running();
     if running {
         // Forced: the root filesystem and the captured data are about to be replaced (the safety snapshot holds
         // the current state), so a slow clean shutdown buys nothing.
-        set_state_checked(lxd, &instance, StateAction::Stop, "stopped").await?;
+        set_state_checked(lxd, &instance, StateAction::Stop, InstanceStatus::Stopped).await?;
     }
     let mut data_restored = Vec::new();
     let failed = |step: String, cause: SnapshotError, restored: &[PathBuf]| {
@@ -444,7 +445,7 @@ pub async fn restore(
         return Err(failed("restoring the container's root filesystem".into(), e.into(), &data_restored));
     }
     if running {
-        set_state_checked(lxd, &instance, StateAction::Start, "running").await?;
+        set_state_checked(lxd, &instance, StateAction::Start, InstanceStatus::Running).await?;
     }
     Ok(RestoreReport {
         container: container.name.to_string(),
@@ -587,14 +588,14 @@ async fn set_state_checked(
     lxd: &Client,
     instance: &InstanceName,
     action: StateAction,
-    wanted: &str,
+    wanted: InstanceStatus,
 ) -> Result<(), SnapshotError> {
     let force = action == StateAction::Stop;
-    match lxd.set_state(instance, action, 60, force).await {
+    match lxd.set_state(instance, &StateChange::new(action).timeout(Duration::from_secs(60)).force(force)).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let status = lxd.instance(instance).await?.status;
-            if status.eq_ignore_ascii_case(wanted) {
+            if status == wanted {
                 tracing::debug!(error = %e, "state change reported an error but the instance is {wanted}");
                 Ok(())
             } else {

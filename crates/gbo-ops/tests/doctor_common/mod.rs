@@ -78,7 +78,7 @@ pub async fn wait_for_systemd(lxd: &Client, name: &InstanceName) {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let req = ExecRequest::new(["systemctl", "is-system-running", "--wait"]).timeout(Duration::from_secs(60));
-        if let Ok(out) = lxd.exec(name, &req).await {
+        if let Ok(out) = lxd.exec_output(name, &req).await {
             let state = out.stdout_text();
             if state.contains("running") || state.contains("degraded") {
                 return;
@@ -92,7 +92,7 @@ pub async fn wait_for_systemd(lxd: &Client, name: &InstanceName) {
 /// Run a shell script inside as root.
 pub async fn sh(lxd: &Client, name: &InstanceName, script: &str) -> ExecOutput {
     let req = ExecRequest::new(["bash", "-c", script]).timeout(Duration::from_secs(120));
-    match tokio::time::timeout(Duration::from_secs(150), lxd.exec(name, &req)).await {
+    match tokio::time::timeout(Duration::from_secs(150), lxd.exec_output(name, &req)).await {
         Ok(result) => result.unwrap_or_else(|e| panic!("exec of `{script}` in {name}: {e}")),
         Err(_) => panic!("exec of `{script}` in {name} hung for 150 s"),
     }
