@@ -31,7 +31,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match runtime.block_on(cmd::run(cli.command)) {
+    let result = runtime.block_on(cmd::run(cli.command));
+    // Without waiting for blocking tasks: `gbo exec` relays stdin from a blocking read that only ends at EOF, and a
+    // finished command must not wait for its caller to close stdin.
+    runtime.shutdown_background();
+    match result {
         Ok(outcome) => outcome.into(),
         Err(error) => {
             output::print_error(&error);
