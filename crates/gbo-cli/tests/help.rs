@@ -62,3 +62,21 @@ fn every_command_s_help_is_snapshotted() {
     }
     assert!(seen > 40, "only {seen} help texts were found: the walk of `Commands:` sections broke");
 }
+
+/// A reader that goes away (`gbo components | head -1`) ends gbo quietly with exit 0: it used to panic on the broken
+/// pipe ("failed printing to stdout").
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gbo"))
+        .args(["components", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gbo runs");
+    // The reading end is closed before gbo writes anything: its first write meets a broken pipe.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("gbo ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}

@@ -133,6 +133,43 @@ pub fn boot_config(role: Role) -> BTreeMap<String, String> {
     ])
 }
 
+/// One role of the catalogue as `gbo components` lists it (`--output json`: this shape).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoleSummary {
+    /// The role.
+    pub role: &'static str,
+    /// Its container's name pattern (`{tenant}-tables`).
+    pub container: String,
+    /// Its software: the pinned artifacts, or `debian: <packages>`.
+    pub software: String,
+    /// Its ports inside the container (`5432/tcp`).
+    pub ports: Vec<String>,
+    /// The roles it depends on.
+    pub dependencies: Vec<&'static str>,
+    /// Its Debian packages.
+    pub debian_packages: &'static [&'static str],
+}
+
+/// The summary of `role`.
+pub fn summary(role: Role) -> RoleSummary {
+    let ports = ports(role).iter().map(|p| format!("{}/{}", p.container_port, p.protocol.as_str())).collect();
+    let debian_packages = role_packages(role);
+    let artifacts = crate::artifacts::pinned_artifacts(role);
+    let software = if artifacts.is_empty() {
+        format!("debian: {}", debian_packages.join(" "))
+    } else {
+        artifacts.iter().map(|a| format!("{} {}", a.name, a.version)).collect::<Vec<_>>().join(", ")
+    };
+    RoleSummary {
+        role: role.as_str(),
+        container: format!("{{tenant}}-{}", role.container_suffix()),
+        software,
+        ports,
+        dependencies: role.dependencies().iter().map(|r| r.as_str()).collect(),
+        debian_packages,
+    }
+}
+
 /// Topological order of `roles` in waves: every role's dependencies (those among `roles`) are in earlier waves,
 /// and roles within a wave are independent (install them concurrently). Each wave is in canonical order.
 pub fn install_order(roles: &[Role]) -> Vec<Vec<Role>> {

@@ -494,6 +494,40 @@ pub fn parse_roles(value: &str) -> Vec<String> {
     value.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
+/// An image gbo built, as `gbo image list` shows it (`--output json`: this shape).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GboImage {
+    /// Fingerprint.
+    pub fingerprint: String,
+    /// Aliases.
+    pub aliases: Vec<String>,
+    /// Roles whose packages it carries (its `gbo.roles` property).
+    pub roles: Vec<String>,
+    /// Size in bytes.
+    pub size: i64,
+    /// When it was imported.
+    pub uploaded_at: String,
+}
+
+/// The images gbo built (those with a `gbo.roles` property).
+pub async fn gbo_images(lxd: &Client) -> Result<Vec<GboImage>, lxd_client::Error> {
+    Ok(lxd
+        .images()
+        .await?
+        .into_iter()
+        .filter_map(|i| {
+            let roles = parse_roles(i.properties.get(ROLES_PROPERTY)?);
+            Some(GboImage {
+                fingerprint: i.fingerprint,
+                aliases: i.aliases.into_iter().map(|a| a.name).collect(),
+                roles,
+                size: i.size,
+                uploaded_at: i.uploaded_at,
+            })
+        })
+        .collect())
+}
+
 /// Roles baked into an image, from its `gbo.roles` property.
 pub fn image_roles(image: &lxd_client::Image) -> BTreeSet<String> {
     image.properties.get(ROLES_PROPERTY).map(|r| parse_roles(r).into_iter().collect()).unwrap_or_default()

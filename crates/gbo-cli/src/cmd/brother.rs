@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use gbo_ops::brother::{self, BrotherOptions};
 
+use crate::output::outln;
 use crate::output::{print_json, Format, Outcome};
 
 /// `gbo brother` subcommands.
@@ -59,15 +60,15 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             match output {
                 Format::Json => print_json(&report)?,
                 Format::Table => {
-                    println!(
+                    outln!(
                         "{}: {} on profile {} ({})",
                         report.instance,
                         brother::DEVICE,
                         report.profile,
                         if report.changed { "changed" } else { "unchanged" }
                     );
-                    println!("{} -> host {}", report.socket_path, report.host_socket);
-                    println!("point botserver at it: {}", report.lxd_socket_env);
+                    outln!("{} -> host {}", report.socket_path, report.host_socket);
+                    outln!("point botserver at it: {}", report.lxd_socket_env);
                 }
             }
             Ok(Outcome::Ok)
@@ -75,7 +76,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Disable { tenant, profile } => {
             let lxd = crate::output::lxd()?;
             let changed = brother::disable(&lxd, &tenant, &profile).await?;
-            println!("{}", if changed { "brother mode disabled" } else { "brother mode was not enabled" });
+            outln!("{}", if changed { "brother mode disabled" } else { "brother mode was not enabled" });
             Ok(Outcome::Ok)
         }
     }

@@ -2,6 +2,7 @@
 
 use gbo_ops::dns;
 
+use crate::output::outln;
 use crate::output::{print_json, Format, Outcome};
 
 /// `gbo dns` subcommands.
@@ -34,7 +35,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             match output {
                 Format::Json => print_json(&report)?,
                 Format::Table => {
-                    println!(
+                    outln!(
                         "{}: {}",
                         report.instance,
                         if report.changed.is_empty() {
@@ -44,8 +45,8 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         }
                     );
                     match report.reloaded_pid {
-                        Some(pid) => println!("SIGHUP sent to pid {pid} ({})", report.pid_source),
-                        None => println!("{}", report.pid_source),
+                        Some(pid) => outln!("SIGHUP sent to pid {pid} ({})", report.pid_source),
+                        None => outln!("{}", report.pid_source),
                     }
                 }
             }

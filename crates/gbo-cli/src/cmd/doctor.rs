@@ -9,6 +9,7 @@ use anyhow::Context;
 use gbo_ops::doctor::{self, DoctorOptions, Verdict};
 use gbo_ops::proxy::resolve::{Resolver, StaticResolver, SystemResolver};
 
+use crate::output::outln;
 use crate::output::{print_json, print_table, Format, Outcome};
 
 /// Options of `gbo doctor`.
@@ -72,7 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     match args.output {
         Format::Json => print_json(&report)?,
         Format::Table => {
-            println!("tenant {}: {} layout ({} containers)", report.tenant, report.layout, report.containers.len());
+            outln!("tenant {}: {} layout ({} containers)", report.tenant, report.layout, report.containers.len());
             let rows: Vec<Vec<String>> = report
                 .checks
                 .iter()

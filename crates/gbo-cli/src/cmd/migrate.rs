@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use gbo_ops::events::human_bytes;
 use gbo_ops::migrate::{self, ContainerServer, Direction, HostServer, MigrateEvent, MigrateOptions};
 
+use crate::output::outln;
 use crate::output::progress::{Lines, Style};
 use crate::output::{self, Format, Outcome};
 
@@ -110,7 +111,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 rows.push(vec![lo.table.clone(), lo.rows.to_string(), "ok".into()]);
             }
             output::print_table(&["TABLE", "ROWS", "VERIFIED"], &rows);
-            println!(
+            outln!(
                 "migrated {} from {} to {}: {} tables, {} sequences, {} streamed in {:.1} s; counts, checksums and sequences match; owned by {}; `{}` read and wrote every table",
                 report.database,
                 report.source,

@@ -1,14 +1,16 @@
 //! Every `gbo` command. Each area owns one module with its clap arguments and a `run` function; this file only
 //! lists them.
 
-use crate::output::Outcome;
+use crate::output::{Format, Outcome};
 
 mod brother;
+mod container;
 mod dns;
 mod doctor;
 mod fail2ban;
 mod firewall;
-mod lifecycle;
+mod image;
+mod install;
 mod migrate;
 mod proxy;
 mod snapshot;
@@ -18,8 +20,97 @@ mod zfs;
 /// The commands.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    #[command(flatten)]
-    Lifecycle(lifecycle::Command),
+    /// Detect the LXD socket and initialise a storage pool and the default profile's root disk if missing.
+    Setup {
+        /// Also create a bridge (lxdbr0) for hosts whose containers should reach the network.
+        #[arg(long)]
+        network: bool,
+    },
+    /// Build or list gbo images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List the catalogue's roles: container, software, ports, dependencies.
+    Components {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show what `install` would change, with the reason for each step (changes nothing).
+    Plan(install::InstallArgs),
+    /// Install (converge) a tenant's components: plan, apply in dependency order, verify health.
+    Install {
+        #[command(flatten)]
+        args: install::InstallArgs,
+        /// Print the plan and stop without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete components' containers; host data stays unless --purge.
+    Uninstall {
+        /// Roles (or container names) to remove.
+        #[arg(required = true)]
+        roles: Vec<String>,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Also delete the host data: the directories recorded on the tenant's own containers, never one that
+        /// another tenant uses.
+        #[arg(long)]
+        purge: bool,
+        /// Do not ask before purging (required without a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Seconds to wait for another gbo run on the tenant to finish.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        lock_wait: u64,
+    },
+    /// Containers, state, image, ports, mounts and live health of a tenant. Exit 1 when something is unhealthy.
+    Status {
+        /// Roles or container names (default: all of the tenant's).
+        targets: Vec<String>,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Output format (JSON shape in docs/json-output.md).
+        #[arg(long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Start containers (a container name, or --tenant T [ROLE...]).
+    Start(container::TargetArgs),
+    /// Stop containers.
+    Stop(container::TargetArgs),
+    /// Restart containers.
+    Restart(container::TargetArgs),
+    /// Run a command in a container (interactive when stdin is a terminal): `gbo exec default-tables -- psql`.
+    Exec {
+        /// Container name.
+        container: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The journal of a container's role unit (`journalctl -u <role>`).
+    Logs {
+        /// Container name.
+        container: String,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines.
+        #[arg(short = 'n', long, default_value_t = 200)]
+        lines: u32,
+    },
+    /// Set LXD limits on a container (also settable per role in gbo.toml under [limits.ROLE]).
+    Limits {
+        /// Container name.
+        container: String,
+        /// CPUs (limits.cpu).
+        #[arg(long)]
+        cpu: Option<u32>,
+        /// Memory (limits.memory), e.g. 4GB.
+        #[arg(long)]
+        memory: Option<String>,
+    },
     /// Container and host-data snapshots: create, list, restore, delete, prune, schedule.
     #[command(subcommand)]
     Snapshot(snapshot::Command),
@@ -61,7 +152,21 @@ pub enum Command {
 /// Run one command.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Lifecycle(c) => lifecycle::run(c).await,
+        Command::Setup { network } => install::setup(network).await,
+        Command::Image(c) => image::run(c).await,
+        Command::Components { output } => install::components(output),
+        Command::Plan(args) => install::plan(args).await,
+        Command::Install { args, dry_run } => install::install(args, dry_run).await,
+        Command::Uninstall { roles, tenant, purge, yes, lock_wait } => {
+            install::uninstall(roles, tenant, purge, yes, std::time::Duration::from_secs(lock_wait)).await
+        }
+        Command::Status { targets, tenant, output } => install::status(targets, tenant, output).await,
+        Command::Start(t) => container::state(t, lxd_client::StateAction::Start).await,
+        Command::Stop(t) => container::state(t, lxd_client::StateAction::Stop).await,
+        Command::Restart(t) => container::state(t, lxd_client::StateAction::Restart).await,
+        Command::Exec { container, command } => container::exec(container, command).await,
+        Command::Logs { container, follow, lines } => container::logs(container, follow, lines).await,
+        Command::Limits { container, cpu, memory } => container::limits(container, cpu, memory).await,
         Command::Snapshot(c) => snapshot::run(c).await,
         Command::Migrate(c) => migrate::run(c).await,
         Command::Zfs(c) => zfs::run(c).await,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use gbo_ops::proxy::resolve::{Resolver, StaticResolver, SystemResolver, Verdict};
 use gbo_ops::proxy::{self, ApplyOptions, ApplyReport, ProxyTarget};
 
+use crate::output::outln;
 use crate::output::{print_json, print_table, Format, Outcome};
 
 /// `gbo proxy` subcommands.
@@ -174,15 +175,15 @@ fn print_summary(report: &ApplyReport) {
     } else {
         format!("{} ({})", report.action, report.config)
     };
-    println!("{}: {what}", report.instance);
-    println!("sites: {} before, {} after", report.sites_before.len(), report.sites_after.len());
+    outln!("{}: {what}", report.instance);
+    outln!("sites: {} before, {} after", report.sites_before.len(), report.sites_after.len());
     if !report.added.is_empty() {
-        println!("added: {}", report.added.join(", "));
+        outln!("added: {}", report.added.join(", "));
     }
     if !report.removed.is_empty() {
-        println!("removed: {}", report.removed.join(", "));
+        outln!("removed: {}", report.removed.join(", "));
     }
     if let Some(backup) = &report.backup {
-        println!("backup: {backup}");
+        outln!("backup: {backup}");
     }
 }

@@ -6,6 +6,7 @@ use anyhow::Context;
 use gbo_ops::inventory::ManagedInstance;
 use gbo_ops::snapshot::{self, schedule, RetentionPolicy, Span};
 
+use crate::output::outln;
 use crate::output::{self, Format, Outcome};
 
 /// `gbo snapshot` subcommands.
@@ -210,7 +211,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                     report.data_restored.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
                 )
             };
-            println!("restored {}/{}: {data}", report.container, report.snapshot);
+            outln!("restored {}/{}: {data}", report.container, report.snapshot);
             Ok(Outcome::Ok)
         }
         Command::Delete { container, name } => {
@@ -220,7 +221,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let c = snapshot::container(&lxd, &container).await?;
             let _locks = output::lock_tenants(&lxd, [&c.tenant]).await?;
             snapshot::delete(&lxd, &c, &name).await?;
-            println!("deleted {container}/{name}");
+            outln!("deleted {container}/{name}");
             Ok(Outcome::Ok)
         }
         Command::Prune { container, tenant, keep, dry_run, output } => {
@@ -279,7 +280,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 }
                 schedule::set_lxd_native(&lxd, &containers, every, expires).await?;
                 let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-                println!(
+                outln!(
                     "LXD will snapshot {} {} (expiry {}). These snapshots cover the container only, not its host data; use `gbo snapshot schedule` without --lxd-native for data-inclusive snapshots.",
                     names.join(", "),
                     every.cron(),
@@ -297,10 +298,10 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let kind = schedule::TimerKind::detect();
             let written = schedule::install(&job, kind, &root)?;
             for path in &written {
-                println!("wrote {}", path.display());
+                outln!("wrote {}", path.display());
             }
             if kind == schedule::TimerKind::Systemd {
-                println!("enable it with: systemctl daemon-reload && systemctl enable --now {}.timer", job.name);
+                outln!("enable it with: systemctl daemon-reload && systemctl enable --now {}.timer", job.name);
             }
             Ok(Outcome::Ok)
         }

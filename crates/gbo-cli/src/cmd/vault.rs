@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use gbo_ops::vault::{self, Endpoint, UnsealOutcome};
 
+use crate::output::outln;
 use crate::output::{self, Format, Outcome};
 
 /// `gbo vault` subcommands.
@@ -142,7 +143,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let endpoint = endpoint(&target).await?;
             match vault::unseal(&endpoint, &keys).await? {
                 UnsealOutcome::AlreadyUnsealed => {
-                    println!("Vault at {} is already unsealed; nothing sent", endpoint.addr)
+                    outln!("Vault at {} is already unsealed; nothing sent", endpoint.addr)
                 }
                 UnsealOutcome::Unsealed {
                     keys_submitted,
@@ -163,7 +164,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                             rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
                         );
                     }
-                    println!("Vault at {} is unsealed ({keys_submitted} distinct key(s) submitted; sys/health {health_code} {})", endpoint.addr, vault::health_meaning(health_code));
+                    outln!("Vault at {} is unsealed ({keys_submitted} distinct key(s) submitted; sys/health {health_code} {})", endpoint.addr, vault::health_meaning(health_code));
                 }
             }
             Ok(Outcome::Ok)

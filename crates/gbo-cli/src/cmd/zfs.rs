@@ -7,6 +7,7 @@ use gbo_ops::events::human_bytes;
 use gbo_ops::snapshot::schedule;
 use gbo_ops::zfs::{self, Zfs};
 
+use crate::output::outln;
 use crate::output::{self, Format, Outcome};
 
 /// `gbo zfs` subcommands.
@@ -105,7 +106,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         })
                         .collect();
                     output::print_table(&["SNAPSHOT", "USED", "CREATED", "NOTE"], &rows);
-                    println!();
+                    outln!();
                     let pools: Vec<Vec<String>> = usage
                         .pools
                         .iter()
@@ -121,7 +122,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let today = time::OffsetDateTime::now_utc().date();
             let taken = tokio::task::spawn_blocking(move || Zfs::detect()?.snapshot_daily(&selected, today)).await??;
             for t in taken {
-                println!("took {t}");
+                outln!("took {t}");
             }
             Ok(Outcome::Ok)
         }
@@ -148,7 +149,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 }
                 match output {
                     Format::Json => eprint!("{text}"),
-                    Format::Table => print!("{text}"),
+                    Format::Table => crate::output::write_stdout(&text),
                 }
             }
             let report = tokio::task::spawn_blocking(move || zfs.execute(&plan, dry_run)).await?;
@@ -158,24 +159,24 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                     let verb = if dry_run { "would destroy" } else { "destroyed" };
                     // The ones gbo did not make first.
                     for d in &report.destroyed_unowned {
-                        println!("{verb}, not made by gbo (--all-unowned): {d}");
+                        outln!("{verb}, not made by gbo (--all-unowned): {d}");
                     }
                     for d in report.destroyed.iter().filter(|d| !report.destroyed_unowned.contains(d)) {
-                        println!("{verb} {d}");
+                        outln!("{verb} {d}");
                     }
                     for f in &report.failures {
-                        println!("could not destroy {}: {}", f.snapshot, f.reason);
+                        outln!("could not destroy {}: {}", f.snapshot, f.reason);
                     }
                     for k in &report.kept_unowned {
-                        println!("kept, not made by gbo (--all-unowned to include): {k}");
+                        outln!("kept, not made by gbo (--all-unowned to include): {k}");
                     }
                     if report.kept_lxd + report.kept_captures > 0 {
-                        println!(
+                        outln!(
                             "never destroyed here: {} of LXD's (use lxc or gbo snapshot), {} data capture(s) of gbo snapshot",
                             report.kept_lxd, report.kept_captures
                         );
                     }
-                    println!(
+                    outln!(
                         "{verb} {} snapshot(s), {} ({}), {} zfs call(s); kept {} snapshot(s) in {} dataset(s)",
                         report.destroyed.len(),
                         human_bytes(report.reclaim_bytes),
@@ -204,10 +205,10 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let job = zfs::daily_job(&gbo, &selected, keep_days, min_keep);
             let kind = schedule::TimerKind::detect();
             for path in schedule::install(&job, kind, &root)? {
-                println!("wrote {}", path.display());
+                outln!("wrote {}", path.display());
             }
             if kind == schedule::TimerKind::Systemd {
-                println!("enable it with: systemctl daemon-reload && systemctl enable --now {}.timer", job.name);
+                outln!("enable it with: systemctl daemon-reload && systemctl enable --now {}.timer", job.name);
             }
             Ok(Outcome::Ok)
         }

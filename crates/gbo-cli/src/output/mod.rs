@@ -3,6 +3,29 @@
 
 pub mod progress;
 
+/// `println!` for results: a reader that went away (`gbo status | head`) ends the command quietly, with exit 0, as
+/// for other Unix tools, instead of a panic on the broken pipe.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// Write `text` to stdout (see [`outln`]).
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
 use std::io::IsTerminal;
 
 use serde::Serialize;
@@ -79,7 +102,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{:<width$}  ", cell, width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -89,7 +112,7 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// Print a value as pretty JSON.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod fault;
 pub mod health;
 pub mod idmap;
 pub mod image_source;
+pub mod limits;
 pub mod lock;
 pub mod observe;
 pub mod packages;

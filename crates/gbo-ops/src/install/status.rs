@@ -73,6 +73,24 @@ pub fn health_check(role: Role) -> Option<HealthCheck> {
     gbo_components::component(role, &ctx).ok().map(|s| s.health)
 }
 
+/// The journal of a role's unit inside its container, as the seed reads it (`journalctl -u <role>`): the last
+/// `lines` lines, following with `follow`.
+pub fn journal_request(role: Role, lines: u32, follow: bool) -> lxd_client::ExecRequest {
+    let mut command = vec![
+        "journalctl".to_string(),
+        "--no-pager".into(),
+        "-u".into(),
+        role.unit_name(),
+        "-n".into(),
+        lines.to_string(),
+    ];
+    if follow {
+        command.push("-f".into());
+    }
+    let limit = if follow { 7 * 24 * 3600 } else { 120 };
+    lxd_client::ExecRequest::new(command).timeout(std::time::Duration::from_secs(limit))
+}
+
 /// Status of every instance of a tenant (`roles` empty: all).
 pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) -> Result<TenantStatus, InstallError> {
     let instances = inventory::tenant_instances(lxd, tenant).await.map_err(InstallError::lxd("listing instances"))?;
