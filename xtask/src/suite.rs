@@ -58,6 +58,9 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
     phases.done("install packages");
     crate::lxd_up::run(crate::lxd_up::Args { no_image: false, pool_size: "24GiB".into() }).await?;
     phases.done("lxd-up and test image");
+    // The cluster and standalone daemons beside the main one (the cluster, backup and storage tests use them).
+    crate::cluster::up().await?;
+    phases.done("lxd-cluster up");
     crate::lxd_up::clean().await?;
     crate::cluster::clean();
     phases.done("clean leftovers");
