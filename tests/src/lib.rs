@@ -112,13 +112,27 @@ impl TestContainer {
 
 impl Drop for TestContainer {
     fn drop(&mut self) {
-        // Drop cannot await; the `lxc` CLI is the independent peer and always present with LXD.
-        let _ = std::process::Command::new("lxc")
-            .args(["delete", "--force", self.name.as_str()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        delete_instance(self.name.as_str());
     }
+}
+
+/// An instance a test created some other way (`lxc launch`, `gbo install`), deleted when dropped (even on panic).
+pub struct InstanceGuard(pub String);
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        delete_instance(&self.0);
+    }
+}
+
+/// Delete `name` with `lxc delete --force`, ignoring the outcome: the one clean-up every guard uses (Drop cannot
+/// await; the `lxc` CLI is the independent peer and always present with LXD).
+pub fn delete_instance(name: &str) {
+    let _ = std::process::Command::new("lxc")
+        .args(["delete", "--force", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; tests never assume a seed port is free).
@@ -161,9 +175,9 @@ pub fn gbo_bin() -> std::path::PathBuf {
     .clone()
 }
 
-/// What a `gbo` run printed and how it exited.
+/// What a program run printed and how it exited (`gbo`, `lxc`, ...).
 #[derive(Debug)]
-pub struct GboRun {
+pub struct Run {
     /// Exit code (-1 when killed by a signal).
     pub code: i32,
     /// stdout.
@@ -172,29 +186,76 @@ pub struct GboRun {
     pub stderr: String,
 }
 
-impl GboRun {
+impl Run {
+    fn of(out: std::process::Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// stdout and stderr together, for greps.
     pub fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
     }
-}
 
-/// Run `gbo` with `args` (blocking: call it from `spawn_blocking` or plain tests).
-pub fn gbo(args: &[&str]) -> GboRun {
-    let out = std::process::Command::new(gbo_bin())
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("running gbo");
-    GboRun {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    /// Exit code, stdout and stderr.
+    pub fn parts(self) -> (i32, String, String) {
+        (self.code, self.stdout, self.stderr)
+    }
+
+    /// Exit code and stderr.
+    pub fn code_stderr(self) -> (i32, String) {
+        (self.code, self.stderr)
+    }
+
+    /// Exit code and stdout followed by stderr.
+    pub fn code_output(self) -> (i32, String) {
+        (self.code, format!("{}{}", self.stdout, self.stderr))
+    }
+
+    /// Success and stdout followed by stderr.
+    pub fn ok_output(self) -> (bool, String) {
+        (self.code == 0, format!("{}{}", self.stdout, self.stderr))
     }
 }
 
+/// Run `gbo` with `args` (blocking: call it from `spawn_blocking` or plain tests).
+pub fn gbo(args: &[&str]) -> Run {
+    gbo_env(args, &[])
+}
+
+/// Run `gbo` with `args` and extra environment variables; stdin is empty.
+pub fn gbo_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = std::process::Command::new(gbo_bin());
+    command.args(args).stdin(std::process::Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Run::of(command.output().expect("running gbo"))
+}
+
+/// Run the `lxc` CLI (the independent peer of every test) with `args`, whatever its exit.
+pub fn lxc(args: &[&str]) -> Run {
+    Run::of(
+        std::process::Command::new("lxc")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("the lxc CLI is needed (cargo xtask lxd-up)"),
+    )
+}
+
+/// Run the `lxc` CLI and require success: its stdout, trimmed (a failure panics with its stderr).
+pub fn lxc_ok(args: &[&str]) -> String {
+    let run = lxc(args);
+    assert_eq!(run.code, 0, "lxc {args:?}: {}", run.stderr);
+    run.stdout.trim().to_string()
+}
+
 /// Run `gbo` on a blocking thread from async tests.
-pub async fn gbo_async(args: Vec<String>) -> GboRun {
+pub async fn gbo_async(args: Vec<String>) -> Run {
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         gbo(&refs)
@@ -226,6 +287,21 @@ impl TestTenant {
         self.stack.path().display().to_string()
     }
 
+    /// `gbo COMMAND --tenant T --image TEST_IMAGE --stack-dir S ROLES...`: the argv of a command on this tenant.
+    pub fn args(&self, command: &str, roles: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> =
+            vec![command.into(), "--tenant".into(), self.name.clone(), "--image".into(), TEST_IMAGE.into()];
+        args.extend(["--stack-dir".into(), self.stack_dir()]);
+        args.extend(roles.iter().map(|r| r.to_string()));
+        args
+    }
+
+    /// Run `gbo install` of `roles` for this tenant, from the test image, into its stack dir (blocking).
+    pub fn install(&self, roles: &[&str]) -> Run {
+        let args = self.args("install", roles);
+        gbo(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// The container of `role` (`<tenant>-<suffix>`).
     pub fn container(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.name)
@@ -246,11 +322,7 @@ impl Drop for TestTenant {
         let prefix = format!("{}-", self.name);
         for name in String::from_utf8_lossy(&out.stdout).lines() {
             if name.starts_with(&prefix) {
-                let _ = std::process::Command::new("lxc")
-                    .args(["delete", "--force", name])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status();
+                delete_instance(name);
             }
         }
     }

@@ -4,25 +4,19 @@
 
 use gbo_tests::{gbo, lxd, require_test_image, TestTenant, TEST_IMAGE};
 
-fn lxc(args: &[&str]) -> String {
-    let out = std::process::Command::new("lxc").args(args).output().expect("lxc");
-    assert!(out.status.success(), "lxc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_proxy_device_is_re_added_with_its_own_port() {
     let client = lxd().await;
     require_test_image(&client).await;
     let t = TestTenant::new();
-    let stack = t.stack_dir();
-    let installed = gbo(&["install", "--tenant", &t.name, "--image", TEST_IMAGE, "--stack-dir", &stack, "cache"]);
+    let installed = t.install(&["cache"]);
     assert_eq!(installed.code, 0, "{}", installed.all());
     let cache = t.container("cache");
-    let listen = lxc(&["config", "device", "get", &cache, "gbo-port-redis", "listen"]);
-    let pid_before = lxc(&["exec", &cache, "--", "systemctl", "show", "-p", "MainPID", "--value", "cache.service"]);
+    let listen = gbo_tests::lxc_ok(&["config", "device", "get", &cache, "gbo-port-redis", "listen"]);
+    let pid_before =
+        gbo_tests::lxc_ok(&["exec", &cache, "--", "systemctl", "show", "-p", "MainPID", "--value", "cache.service"]);
 
-    lxc(&["config", "device", "remove", &cache, "gbo-port-redis"]);
+    gbo_tests::lxc_ok(&["config", "device", "remove", &cache, "gbo-port-redis"]);
     let found = gbo(&["doctor", "--tenant", &t.name, "--output", "json"]);
     assert_eq!(found.code, 1, "{}", found.all());
     let report: serde_json::Value = serde_json::from_str(&found.stdout).expect("json");
@@ -46,17 +40,22 @@ async fn a_removed_proxy_device_is_re_added_with_its_own_port() {
         .cloned()
         .expect("the check");
     assert_eq!((check["verdict"].as_str(), check["fixed"].as_bool()), (Some("pass"), Some(true)), "{check}");
-    assert_eq!(lxc(&["config", "device", "get", &cache, "gbo-port-redis", "listen"]), listen, "not its own port");
-    let pid_after = lxc(&["exec", &cache, "--", "systemctl", "show", "-p", "MainPID", "--value", "cache.service"]);
+    assert_eq!(
+        gbo_tests::lxc_ok(&["config", "device", "get", &cache, "gbo-port-redis", "listen"]),
+        listen,
+        "not its own port"
+    );
+    let pid_after =
+        gbo_tests::lxc_ok(&["exec", &cache, "--", "systemctl", "show", "-p", "MainPID", "--value", "cache.service"]);
     assert_eq!(pid_after, pid_before, "the service was restarted");
     let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "nothing answers on {listen}");
 
     // install also re-adds it with the recorded port, and then has nothing to do.
-    lxc(&["config", "device", "remove", &cache, "gbo-port-redis"]);
+    gbo_tests::lxc_ok(&["config", "device", "remove", &cache, "gbo-port-redis"]);
     let again = gbo(&["install", "--tenant", &t.name, "--image", TEST_IMAGE, "cache"]);
     assert_eq!(again.code, 0, "{}", again.all());
-    assert_eq!(lxc(&["config", "device", "get", &cache, "gbo-port-redis", "listen"]), listen);
+    assert_eq!(gbo_tests::lxc_ok(&["config", "device", "get", &cache, "gbo-port-redis", "listen"]), listen);
     let plan = gbo(&["plan", "--tenant", &t.name, "--image", TEST_IMAGE, "cache"]);
     assert!(plan.stdout.contains("Nothing to do"), "{}", plan.all());
 }

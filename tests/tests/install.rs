@@ -6,20 +6,6 @@ use std::time::Duration;
 use gbo_ops::install::status::TenantStatus;
 use gbo_tests::{events_for, gbo, gbo_async, lxd, require_test_image, EventRecorder, TestTenant, TEST_IMAGE};
 
-fn install_args(t: &TestTenant, roles: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "install".into(),
-        "--tenant".into(),
-        t.name.clone(),
-        "--image".into(),
-        TEST_IMAGE.into(),
-        "--stack-dir".into(),
-        t.stack_dir(),
-    ];
-    args.extend(roles.iter().map(|r| r.to_string()));
-    args
-}
-
 fn secret(t: &TestTenant, name: &str) -> String {
     std::fs::read_to_string(t.stack.path().join(".secrets").join(name)).expect("secret file").trim().to_string()
 }
@@ -65,14 +51,6 @@ async fn redis_ping(port: u16, password: &str) -> String {
     lines.get(1).cloned().unwrap_or_default()
 }
 
-fn lxc(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new("lxc").args(args).output().expect("lxc");
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 const READ_ONLY_ACTIONS: &[&str] = &["instance-exec", "instance-file-retrieved", "instance-log-retrieved"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -82,7 +60,7 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     let t = TestTenant::new();
 
     // First install.
-    let first = gbo_async(install_args(&t, &["tables", "cache", "proxy"])).await;
+    let first = gbo_async(t.args("install", &["tables", "cache", "proxy"])).await;
     assert_eq!(first.code, 0, "first install failed:\n{}", first.all());
     for c in ["tables", "cache", "proxy"] {
         assert!(first.stdout.contains(&t.container(c)), "{}", first.stdout);
@@ -121,7 +99,7 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     assert!(page.starts_with("HTTP/1.1 2") || page.starts_with("HTTP/1.0 2"), "{page}");
 
     // The seed's commands inside.
-    let (code, out) = lxc(&[
+    let (code, out) = gbo_tests::lxc(&[
         "exec",
         &t.container("tables"),
         "--",
@@ -131,11 +109,14 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
         "botserver",
         "-tAc",
         "SELECT v FROM keep_me",
-    ]);
+    ])
+    .code_output();
     assert_eq!((code, out.trim()), (0, "survives"), "psql -U gbuser botserver as root (pg_ident)");
-    let (code, out) = lxc(&["exec", &t.container("tables"), "--", "journalctl", "-u", "tables", "--no-pager"]);
+    let (code, out) =
+        gbo_tests::lxc(&["exec", &t.container("tables"), "--", "journalctl", "-u", "tables", "--no-pager"])
+            .code_output();
     assert!(code == 0 && out.contains("PostgreSQL"), "journalctl -u tables: {out}");
-    let (code, out) = lxc(&["exec", &t.container("cache"), "--", "valkey-cli", "ping"]);
+    let (code, out) = gbo_tests::lxc(&["exec", &t.container("cache"), "--", "valkey-cli", "ping"]).code_output();
     assert_eq!((code, out.trim()), (0, "PONG"));
     // Data sits on the host, owned through the idmap.
     assert!(t.stack.path().join("tables/data/pgdata/PG_VERSION").is_file());
@@ -146,7 +127,7 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     assert!(plan.code == 0 && plan.stdout.contains("Nothing to do"), "{}", plan.all());
     let recorder = EventRecorder::start(&client).await;
     let started = std::time::Instant::now();
-    let second = gbo_async(install_args(&t, &["tables", "cache", "proxy"])).await;
+    let second = gbo_async(t.args("install", &["tables", "cache", "proxy"])).await;
     let rerun = started.elapsed();
     let events = recorder.stop().await;
     assert_eq!(second.code, 0, "{}", second.all());
@@ -171,24 +152,26 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
             assert!(!text.contains(value), "a secret leaked into {what}");
         }
     }
-    let (_, journal) = lxc(&["exec", &t.container("tables"), "--", "journalctl", "--no-pager"]);
+    let (_, journal) =
+        gbo_tests::lxc(&["exec", &t.container("tables"), "--", "journalctl", "--no-pager"]).code_output();
     assert!(!journal.contains(&password), "a secret leaked into the journal");
 
     // Drift: a device removed by hand and a file edited by hand are named by plan and repaired by install.
-    let (code, out) = lxc(&["config", "device", "remove", &t.container("cache"), "gbo-port-redis"]);
+    let (code, out) =
+        gbo_tests::lxc(&["config", "device", "remove", &t.container("cache"), "gbo-port-redis"]).code_output();
     assert_eq!(code, 0, "{out}");
     std::fs::write(t.stack.path().join("cache/conf/redis.conf"), "# edited by hand\n").expect("edit");
     let plan = gbo(&["plan", "--tenant", &t.name, "--image", TEST_IMAGE, "cache"]);
     assert!(plan.stdout.contains("+ device gbo-port-redis"), "{}", plan.all());
     assert!(plan.stdout.contains("/opt/gbo/conf/redis.conf"), "{}", plan.all());
-    let repair = gbo_async(install_args(&t, &["cache"])).await;
+    let repair = gbo_async(t.args("install", &["cache"])).await;
     assert_eq!(repair.code, 0, "{}", repair.all());
     let (_, status) = status_json(&t);
     assert_eq!(host_port(&status, &t.container("cache"), 6379), cache_port, "the port is kept");
     assert_eq!(redis_ping(cache_port, &cache_password).await.trim_end(), "+PONG");
 
     // A stopped service is reported unhealthy (exit 1).
-    let (code, _) = lxc(&["exec", &t.container("cache"), "--", "systemctl", "stop", "cache"]);
+    let (code, _) = gbo_tests::lxc(&["exec", &t.container("cache"), "--", "systemctl", "stop", "cache"]).code_output();
     assert_eq!(code, 0);
     let (code, status) = status_json(&t);
     assert_eq!(code, 1);
@@ -196,9 +179,9 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     assert!(cache.health.as_ref().is_some_and(|h| !h.healthy), "{cache:?}");
 
     // Delete the container by hand, reinstall: the data is found again.
-    let (code, out) = lxc(&["delete", "--force", &t.container("tables")]);
+    let (code, out) = gbo_tests::lxc(&["delete", "--force", &t.container("tables")]).code_output();
     assert_eq!(code, 0, "{out}");
-    let again = gbo_async(install_args(&t, &["tables", "cache"])).await;
+    let again = gbo_async(t.args("install", &["tables", "cache"])).await;
     assert_eq!(again.code, 0, "{}", again.all());
     let db = pg(pg_port, &password).await;
     let row = db.query_one("SELECT v FROM keep_me", &[]).await.expect("table survived");
@@ -210,6 +193,6 @@ async fn tables_cache_proxy_install_converge_repair_and_keep_data() {
     assert_eq!(un.code, 0, "{}", un.all());
     assert!(un.stdout.contains("host data kept"), "{}", un.stdout);
     assert!(t.stack.path().join("proxy/conf").is_dir());
-    let (code, _) = lxc(&["info", &t.container("proxy")]);
+    let (code, _) = gbo_tests::lxc(&["info", &t.container("proxy")]).code_output();
     assert_ne!(code, 0, "the proxy container is gone");
 }

@@ -10,20 +10,6 @@ use std::time::Duration;
 use gbo_ops::install::status::TenantStatus;
 use gbo_tests::{events_for, gbo, gbo_async, lxd, require_test_image, EventRecorder, TestTenant, TEST_IMAGE};
 
-fn install_args(t: &TestTenant, roles: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "install".into(),
-        "--tenant".into(),
-        t.name.clone(),
-        "--image".into(),
-        TEST_IMAGE.into(),
-        "--stack-dir".into(),
-        t.stack_dir(),
-    ];
-    args.extend(roles.iter().map(|r| r.to_string()));
-    args
-}
-
 fn secret_path(t: &TestTenant, name: &str) -> std::path::PathBuf {
     t.stack.path().join(".secrets").join(name)
 }
@@ -74,14 +60,6 @@ async fn redis(port: u16, commands: &[&[&str]]) -> Vec<String> {
         .expect("talking to the cache")
 }
 
-fn lxc(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new("lxc").args(args).output().expect("lxc");
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 fn doctor(t: &TestTenant) -> (i32, serde_json::Value) {
     let run = gbo(&["doctor", "--tenant", &t.name, "--output", "json"]);
     let report = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("doctor JSON: {e}\n{}", run.all()));
@@ -103,7 +81,7 @@ async fn the_cache_refuses_anonymous_clients_and_an_old_tenant_gets_its_password
     let cache = t.container("cache");
 
     let recorder = EventRecorder::start(&client).await;
-    let first = gbo_async(install_args(&t, &["cache"])).await;
+    let first = gbo_async(t.args("install", &["cache"])).await;
     let events = recorder.stop().await;
     assert_eq!(first.code, 0, "install failed:\n{}", first.all());
 
@@ -123,13 +101,16 @@ async fn the_cache_refuses_anonymous_clients_and_an_old_tenant_gets_its_password
     assert_eq!(redis(port, &[&["AUTH", &password], &["PING"]]).await, ["+OK", "+PONG"]);
 
     // Inside: the seed's habit works for root, from the 0600 file; another user is refused.
-    let (code, out) = lxc(&["exec", &cache, "--", "valkey-cli", "ping"]);
+    let (code, out) = gbo_tests::lxc(&["exec", &cache, "--", "valkey-cli", "ping"]).code_output();
     assert_eq!((code, out.trim()), (0, "PONG"), "valkey-cli ping as root");
-    let (_, out) = lxc(&["exec", &cache, "--user", "1000", "--group", "1000", "--", "valkey-cli", "ping"]);
+    let (_, out) = gbo_tests::lxc(&["exec", &cache, "--user", "1000", "--group", "1000", "--", "valkey-cli", "ping"])
+        .code_output();
     assert!(out.contains("NOAUTH"), "gbuser cannot read the password file: {out}");
-    let (_, out) = lxc(&["exec", &cache, "--", "stat", "-c", "%a %U %G", "/etc/gbo/cache-auth.conf"]);
+    let (_, out) =
+        gbo_tests::lxc(&["exec", &cache, "--", "stat", "-c", "%a %U %G", "/etc/gbo/cache-auth.conf"]).code_output();
     assert_eq!(out.trim(), "600 redis redis");
-    let (_, conf) = lxc(&["exec", &cache, "--", "stat", "-c", "%a", "/opt/gbo/conf/redis.conf"]);
+    let (_, conf) =
+        gbo_tests::lxc(&["exec", &cache, "--", "stat", "-c", "%a", "/opt/gbo/conf/redis.conf"]).code_output();
     assert_eq!(conf.trim(), "640", "the main config includes the password file and holds none");
 
     // The password is nowhere else: not in LXD's events (exec argv included), the install's output, the cache's
@@ -141,9 +122,16 @@ async fn the_cache_refuses_anonymous_clients_and_an_old_tenant_gets_its_password
     assert!(execs.iter().all(|e| e.metadata["context"]["command"].is_array()), "exec events carry their argv");
     let log = std::fs::read_to_string(t.stack.path().join("cache/logs/cache.log")).unwrap_or_default();
     assert!(log.contains("Ready to accept connections"), "{log}");
-    let (_, journal) = lxc(&["exec", &cache, "--", "journalctl", "--no-pager"]);
-    let (_, processes) =
-        lxc(&["exec", &cache, "--", "sh", "-c", "cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ | tr '\\0' ' '"]);
+    let (_, journal) = gbo_tests::lxc(&["exec", &cache, "--", "journalctl", "--no-pager"]).code_output();
+    let (_, processes) = gbo_tests::lxc(&[
+        "exec",
+        &cache,
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ | tr '\\0' ' '",
+    ])
+    .code_output();
     let plan = gbo(&["plan", "--tenant", &t.name, "--image", TEST_IMAGE, "cache"]);
     for (what, text) in [
         ("events", event_text.as_str()),
@@ -179,7 +167,8 @@ async fn the_cache_refuses_anonymous_clients_and_an_old_tenant_gets_its_password
     std::fs::write(&conf_path, old).expect("old redis.conf");
     std::fs::remove_file(secret_path(&t, "cache-password")).expect("rm secret");
     let (code, out) =
-        lxc(&["exec", &cache, "--", "sh", "-c", "rm /etc/gbo/cache-auth.conf && systemctl restart cache"]);
+        gbo_tests::lxc(&["exec", &cache, "--", "sh", "-c", "rm /etc/gbo/cache-auth.conf && systemctl restart cache"])
+            .code_output();
     assert_eq!(code, 0, "{out}");
     let mut answer = Vec::new();
     for _ in 0..50 {
@@ -204,7 +193,7 @@ async fn the_cache_refuses_anonymous_clients_and_an_old_tenant_gets_its_password
         "{}",
         plan.all()
     );
-    let again = gbo_async(install_args(&t, &["cache"])).await;
+    let again = gbo_async(t.args("install", &["cache"])).await;
     assert_eq!(again.code, 0, "{}", again.all());
     let new_password = secret(&t, "cache-password");
     assert_ne!(new_password, password, "a new password was generated");

@@ -87,11 +87,6 @@ fn uninstall_purge(t: &TestTenant, roles: &[&str]) {
     }
 }
 
-fn lxc(words: &[&str]) -> (bool, String) {
-    let out = Command::new("lxc").args(words).output().expect("lxc");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
 /// Every component of `roles` runs and passes its live health check (status JSON, exit 0), and a plan of them
 /// has no step.
 fn assert_converged(t: &TestTenant, roles: &[&str], context: &str) {
@@ -374,7 +369,8 @@ fn a_fresh_install_killed_at_any_step_boundary_is_completed_by_the_next_run() {
 
 /// The cache's running value of `parameter` (`CONFIG GET`).
 fn cache_config(t: &TestTenant, parameter: &str) -> String {
-    let (ok, out) = lxc(&["exec", &t.container("cache"), "--", "valkey-cli", "CONFIG", "GET", parameter]);
+    let (ok, out) =
+        gbo_tests::lxc(&["exec", &t.container("cache"), "--", "valkey-cli", "CONFIG", "GET", parameter]).ok_output();
     assert!(ok, "{out}");
     out.lines().nth(1).unwrap_or_default().trim().to_string()
 }
@@ -387,7 +383,7 @@ fn make_drift(t: &TestTenant) -> Vec<String> {
         vec!["config", "device", "remove", cache.as_str(), "gbo-port-redis"],
         vec!["config", "set", cache.as_str(), "limits.cpu", "1"],
     ] {
-        let (ok, out) = lxc(&words);
+        let (ok, out) = gbo_tests::lxc(&words).ok_output();
         assert!(ok, "lxc {words:?}: {out}");
     }
     let conf = t.stack.path().join("cache/conf/redis.conf");
@@ -396,7 +392,7 @@ fn make_drift(t: &TestTenant) -> Vec<String> {
     std::fs::write(&conf, text.replace("appendonly yes", "appendonly no")).expect("edit redis.conf");
     // Each round restarts the cache twice within seconds: clear systemd's start rate limit (5 in 10 s) first.
     for action in ["reset-failed", "restart"] {
-        let (ok, out) = lxc(&["exec", &cache, "--", "systemctl", action, "cache"]);
+        let (ok, out) = gbo_tests::lxc(&["exec", &cache, "--", "systemctl", action, "cache"]).ok_output();
         assert!(ok, "systemctl {action} cache: {out}");
     }
     assert_eq!(cache_config(t, "appendonly"), "no", "the hand-edited config is loaded");
@@ -587,7 +583,7 @@ fn a_run_killed_while_initdb_runs_is_completed_by_the_next() {
     let status = child.wait().expect("wait");
     assert_eq!(status.signal(), Some(9), "{status}");
     // The init step is a daemon task, not tied to the killed client: it goes on.
-    let (running, out) = lxc(&["exec", &t.container("tables"), "--", "pgrep", "-x", "initdb"]);
+    let (running, out) = gbo_tests::lxc(&["exec", &t.container("tables"), "--", "pgrep", "-x", "initdb"]).ok_output();
     assert!(running, "initdb must outlive the killed gbo (LXD kills a websocket exec whose client died): {out}");
     let resumed = gbo_with(&install_args(&t, &["tables"]), &[]);
     assert!(resumed.status.success(), "the run after a kill during initdb must complete:\n{}", resumed.all());

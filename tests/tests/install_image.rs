@@ -11,14 +11,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use gbo_ops::install::status::TenantStatus;
-use gbo_tests::{gbo_bin, lxd, require_test_image, unique_name, GboRun, TestContainer, TestTenant, TEST_IMAGE};
+use gbo_tests::{gbo_bin, lxd, require_test_image, unique_name, Run, TestContainer, TestTenant, TEST_IMAGE};
 use lxd_client::{Client, ExecRequest};
 
 /// The name of the loopback image server in the throw-away `lxc` configuration.
 const REMOTE: &str = "gbot-srv";
 
 /// Run `gbo` with `LXD_CONF` pointing at `lxc_conf` and no image variables from the test's own environment.
-fn gbo_in(lxc_conf: &Path, args: &[String]) -> GboRun {
+fn gbo_in(lxc_conf: &Path, args: &[String]) -> Run {
     let out = Command::new(gbo_bin())
         .args(args)
         .env("LXD_CONF", lxc_conf)
@@ -27,7 +27,7 @@ fn gbo_in(lxc_conf: &Path, args: &[String]) -> GboRun {
         .stdin(Stdio::null())
         .output()
         .expect("running gbo");
-    GboRun {
+    Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -24,7 +24,7 @@ fn base(t: &TestTenant) -> Vec<String> {
     vec!["--tenant".into(), t.name.clone(), "--image".into(), TEST_IMAGE.into(), "--stack-dir".into(), t.stack_dir()]
 }
 
-fn run(args: Vec<String>) -> gbo_tests::GboRun {
+fn run(args: Vec<String>) -> gbo_tests::Run {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     gbo(&refs)
 }

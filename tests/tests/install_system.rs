@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use gbo_components::{Role, TenantFile};
 use gbo_ops::install::artifact::{cache_path, ArtifactPolicy};
-use gbo_tests::{gbo, gbo_async, lxd, require_test_image, TestTenant, TEST_IMAGE};
+use gbo_tests::{gbo, gbo_async, lxd, require_test_image, TestTenant};
 
 /// A stand-in program answering HTTP 200 on `port` (any path), after `before` (shell lines).
 fn stand_in(what: &str, port: u16, before: &str) -> String {
@@ -43,18 +43,8 @@ fn artifact_cache() -> tempfile::TempDir {
 }
 
 fn args(t: &TestTenant, cache: &Path, file: Option<&Path>, command: &str, roles: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        command.into(),
-        "--tenant".into(),
-        t.name.clone(),
-        "--image".into(),
-        TEST_IMAGE.into(),
-        "--stack-dir".into(),
-        t.stack_dir(),
-        "--artifact-cache".into(),
-        cache.display().to_string(),
-        "--allow-unverified".into(),
-    ];
+    let mut args = t.args(command, &[]);
+    args.extend(["--artifact-cache".into(), cache.display().to_string(), "--allow-unverified".into()]);
     if let Some(file) = file {
         args.extend(["--file".to_string(), file.display().to_string()]);
     }
@@ -62,16 +52,8 @@ fn args(t: &TestTenant, cache: &Path, file: Option<&Path>, command: &str, roles:
     args
 }
 
-fn lxc(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new("lxc").args(args).output().expect("lxc");
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
 fn privileged(container: &str) -> String {
-    lxc(&["config", "get", container, "security.privileged"]).1.trim().to_string()
+    gbo_tests::lxc(&["config", "get", container, "security.privileged"]).code_output().1.trim().to_string()
 }
 
 /// The host uid of container uid 0 for `container` (0 when privileged).
@@ -163,7 +145,8 @@ async fn system_is_unprivileged_by_default_privileged_on_request_and_remapped_wi
     // container too, so botserver's CACHE_URL carries the new password.
     let secrets = t.stack.path().join(".secrets");
     std::fs::remove_file(secrets.join("cache-password")).expect("rm secret");
-    let (code, out) = lxc(&["exec", &t.container("cache"), "--", "rm", "/etc/gbo/cache-auth.conf"]);
+    let (code, out) =
+        gbo_tests::lxc(&["exec", &t.container("cache"), "--", "rm", "/etc/gbo/cache-auth.conf"]).code_output();
     assert_eq!(code, 0, "{out}");
     let plan = gbo(&args(&t, cache.path(), None, "plan", &["cache"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(plan.stdout.contains("note: system added"), "{}", plan.all());

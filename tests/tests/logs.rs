@@ -2,15 +2,10 @@
 //! under `/opt/gbo/logs` stay under them, and the service writing its log goes on writing.
 
 use gbo_components::render::logs;
-use gbo_tests::{gbo, lxd, require_test_image, TestTenant, TEST_IMAGE};
+use gbo_tests::{lxd, require_test_image, TestTenant};
 
 fn inside(container: &str, script: &str) -> String {
-    let out = std::process::Command::new("lxc")
-        .args(["exec", container, "--", "sh", "-c", script])
-        .output()
-        .expect("lxc exec");
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    gbo_tests::lxc_ok(&["exec", container, "--", "sh", "-c", script])
 }
 
 fn size(container: &str, path: &str) -> u64 {
@@ -22,8 +17,7 @@ async fn the_journal_and_the_log_files_stay_under_their_caps() {
     let client = lxd().await;
     require_test_image(&client).await;
     let t = TestTenant::new();
-    let stack = t.stack_dir();
-    let installed = gbo(&["install", "--tenant", &t.name, "--image", TEST_IMAGE, "--stack-dir", &stack, "cache"]);
+    let installed = t.install(&["cache"]);
     assert_eq!(installed.code, 0, "{}", installed.all());
     let cache = t.container("cache");
     assert_eq!(inside(&cache, &format!("systemctl is-active {}", logs::LOGCAP_TIMER)), "active");

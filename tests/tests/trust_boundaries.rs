@@ -51,14 +51,6 @@ fn inside(container: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn install(t: &TestTenant, roles: &[&str]) -> gbo_tests::GboRun {
-    let mut args = vec!["install", "--tenant", &t.name, "--image", TEST_IMAGE, "--stack-dir"];
-    let stack = t.stack_dir();
-    args.push(&stack);
-    args.extend_from_slice(roles);
-    gbo(&args)
-}
-
 fn host_file(path: &Path) -> (bool, u32, String) {
     let meta = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (meta.is_file(), meta.mode() & 0o7777, std::fs::read_to_string(path).unwrap_or_default())
@@ -70,7 +62,7 @@ async fn links_planted_in_a_mount_never_make_install_change_a_host_file() {
     require_test_image(&client).await;
     let t = TestTenant::new();
     let sentinel = Sentinel::new();
-    let first = install(&t, &["cache"]);
+    let first = t.install(&["cache"]);
     assert_eq!(first.code, 0, "{}", first.all());
     let cache = t.container("cache");
     let conf = t.stack.path().join("cache/conf/redis.conf");
@@ -85,7 +77,7 @@ async fn links_planted_in_a_mount_never_make_install_change_a_host_file() {
              && echo '# drift' >> /opt/gbo/conf/redis.conf"
         ),
     );
-    let repaired = install(&t, &["cache"]);
+    let repaired = t.install(&["cache"]);
     assert_eq!(repaired.code, 0, "{}", repaired.all());
     sentinel.assert_intact("drift repair with links planted at the temporary names");
     assert_eq!(host_file(&conf), (true, mode, rendered.clone()), "the drift was not repaired");
@@ -94,20 +86,20 @@ async fn links_planted_in_a_mount_never_make_install_change_a_host_file() {
 
     // The file itself replaced by a link to a host file: replaced by the rendered file, the target untouched.
     inside(&cache, &format!("ln -sfn {s} /opt/gbo/conf/redis.conf"));
-    let replaced = install(&t, &["cache"]);
+    let replaced = t.install(&["cache"]);
     assert_eq!(replaced.code, 0, "{}", replaced.all());
     sentinel.assert_intact("drift repair of a file replaced by a symlink");
     assert_eq!(host_file(&conf), (true, mode, rendered.clone()));
 
     // A FIFO at the file's name: never read (it would block), replaced.
     inside(&cache, "rm -f /opt/gbo/conf/redis.conf && mkfifo /opt/gbo/conf/redis.conf");
-    let fifo = install(&t, &["cache"]);
+    let fifo = t.install(&["cache"]);
     assert_eq!(fifo.code, 0, "{}", fifo.all());
     assert_eq!(host_file(&conf), (true, mode, rendered));
 
     // A directory at the file's name: refused, naming it, exit 2.
     inside(&cache, "rm -f /opt/gbo/conf/redis.conf && mkdir /opt/gbo/conf/redis.conf");
-    let refused = install(&t, &["cache"]);
+    let refused = t.install(&["cache"]);
     assert_eq!(refused.code, 2, "{}", refused.all());
     assert!(
         refused.stderr.contains(&conf.display().to_string()) && refused.stderr.contains("a directory"),
@@ -134,7 +126,7 @@ async fn snapshots_copy_and_restore_links_as_links_and_proxy_apply_stays_inside(
     require_test_image(&client).await;
     let t = TestTenant::new();
     let sentinel = Sentinel::new();
-    let first = install(&t, &["proxy"]);
+    let first = t.install(&["proxy"]);
     assert_eq!(first.code, 0, "{}", first.all());
     let proxy = t.container("proxy");
     let s = sentinel.file.display();
@@ -189,7 +181,7 @@ async fn two_tenants_never_share_a_data_directory() {
     let a = TestTenant::new();
     let b = TestTenant::new();
     // The same --stack-dir for two tenants: the second is refused, naming the first, and nothing is created.
-    assert_eq!(install(&a, &["cache"]).code, 0);
+    assert_eq!(a.install(&["cache"]).code, 0);
     let shared = a.stack_dir();
     let refused = gbo(&["install", "--tenant", &b.name, "--image", TEST_IMAGE, "--stack-dir", &shared, "cache"]);
     assert_eq!(refused.code, 2, "{}", refused.all());

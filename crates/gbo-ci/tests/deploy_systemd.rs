@@ -35,23 +35,24 @@ RestartSec=1
 WantedBy=multi-user.target
 ";
 
-/// `lxc ARGS`; its stdout. Fails the test (never skips) when `lxc` fails.
-fn lxc(args: &[&str]) -> String {
-    let output = Command::new("lxc").args(args).output().expect("the lxc CLI is needed (cargo xtask lxd-up)");
-    assert!(output.status.success(), "lxc {args:?}: {}", describe(&output));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// A container deleted on drop.
 struct Container(String);
 
 impl Container {
     fn exec(&self, script: &str) -> String {
-        lxc(&["exec", &self.0, "--mode=non-interactive", "--", "sh", "-c", script])
+        gbo_tests::lxc_ok(&["exec", &self.0, "--mode=non-interactive", "--", "sh", "-c", script])
     }
 
     fn push(&self, local: &Path, remote: &str, mode: &str) {
-        lxc(&["file", "push", "-p", "--mode", mode, &local.display().to_string(), &format!("{}{remote}", self.0)]);
+        gbo_tests::lxc_ok(&[
+            "file",
+            "push",
+            "-p",
+            "--mode",
+            mode,
+            &local.display().to_string(),
+            &format!("{}{remote}", self.0),
+        ]);
     }
 
     fn main_pid(&self) -> u32 {
@@ -61,14 +62,14 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("lxc").args(["delete", "--force", &self.0]).output();
+        gbo_tests::delete_instance(&self.0);
     }
 }
 
 #[test]
 fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_it() {
     let container = Container(format!("gbot-ci-systemd-{}", std::process::id()));
-    lxc(&["launch", IMAGE, &container.0]);
+    gbo_tests::lxc_ok(&["launch", IMAGE, &container.0]);
     // systemd inside comes up in a second or two; "degraded" is fine (no network units can start without a NIC).
     let _ = Command::new("lxc")
         .args(["exec", &container.0, "--", "timeout", "60", "systemctl", "is-system-running", "--wait"])
@@ -90,7 +91,7 @@ fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_
     container.push(&unit, "/etc/systemd/system/system.service", "0644");
     container.exec("systemctl daemon-reload && systemctl enable --now system.service");
     let port = free_port();
-    lxc(&[
+    gbo_tests::lxc_ok(&[
         "config",
         "device",
         "add",

@@ -6,28 +6,7 @@
 
 use std::process::Command;
 
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("lxc").args(["delete", "--force", &self.0]).output();
-    }
-}
-
-fn lxc(args: &[&str]) -> String {
-    let out = Command::new("lxc").args(args).output().expect("lxc runs");
-    assert!(out.status.success(), "lxc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn gbo(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gbo")).args(args).output().expect("gbo runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use gbo_tests::InstanceGuard as Cleanup;
 
 fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     report["checks"]
@@ -45,20 +24,20 @@ async fn a_hand_built_production_tenant_is_diagnosed_and_fixed() {
     let tenant = gbo_tests::unique_name("prod");
     let system = format!("{tenant}-system");
     let _cleanup = Cleanup(system.clone());
-    lxc(&["launch", gbo_tests::TEST_IMAGE, &system, "-c", "security.privileged=true"]);
+    gbo_tests::lxc_ok(&["launch", gbo_tests::TEST_IMAGE, &system, "-c", "security.privileged=true"]);
     let name = lxd_client::InstanceName::new(system.as_str()).expect("name");
     let container = gbo_tests::TestContainer { name, lxd: lxd.clone() };
     container.wait_for_systemd().await;
     std::mem::forget(container); // `_cleanup` deletes it
     let stack = "/opt/gbo/bin/botserver-stack";
-    lxc(&["exec", &system, "--", "bash", "-c", &format!(
+    gbo_tests::lxc_ok(&["exec", &system, "--", "bash", "-c", &format!(
         "set -e; mkdir -p {stack}/bin/cache/bin {stack}/conf/vault; ln -s /usr/bin/redis-cli {stack}/bin/cache/bin/valkey-cli; \
          redis-server --port 6379 --bind 127.0.0.1 --daemonize yes; \
          printf '#!/bin/sh\\nexec sleep infinity\\n' > /opt/gbo/bin/botserver; chmod 755 /opt/gbo/bin/botserver; \
          iptables -A INPUT -p tcp --dport 6379 -j DROP"
     )]);
 
-    let (code, stdout, stderr) = gbo(&["doctor", "--tenant", &tenant, "--output", "json"]);
+    let (code, stdout, stderr) = gbo_tests::gbo(&["doctor", "--tenant", &tenant, "--output", "json"]).parts();
     assert_eq!(code, 1, "problems found: {stdout}{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
     assert_eq!(report["layout"], "production");
@@ -69,7 +48,7 @@ async fn a_hand_built_production_tenant_is_diagnosed_and_fixed() {
     assert_eq!(check(&report, "botserver-owner")["verdict"], "fail");
     assert!(check(&report, "botserver-owner")["evidence"].as_str().unwrap_or("").contains("root"));
 
-    let (code, stdout, _) = gbo(&["doctor", "--tenant", &tenant, "--fix", "--output", "json"]);
+    let (code, stdout, _) = gbo_tests::gbo(&["doctor", "--tenant", &tenant, "--fix", "--output", "json"]).parts();
     let fixed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
     assert_eq!(code, 1, "the cache still answers without a password: {fixed}");
     assert_eq!(check(&fixed, "loopback-first")["fixed"], true);
@@ -92,23 +71,24 @@ async fn a_hand_built_production_tenant_is_diagnosed_and_fixed() {
         .output()
         .expect("lxc exec");
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"), "{out:?}");
-    let (code, stdout, _) = gbo(&["doctor", "--tenant", &tenant, "--output", "json"]);
+    let (code, stdout, _) = gbo_tests::gbo(&["doctor", "--tenant", &tenant, "--output", "json"]).parts();
     let fixed: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
     assert_eq!(code, 0, "{fixed}");
     assert_eq!(check(&fixed, "cache-auth")["verdict"], "pass", "{fixed}");
     assert_eq!(check(&fixed, "cache-ping")["verdict"], "pass", "NOAUTH: reachable: {fixed}");
-    let rules = lxc(&["exec", &system, "--", "iptables", "-S", "INPUT"]);
+    let rules = gbo_tests::lxc_ok(&["exec", &system, "--", "iptables", "-S", "INPUT"]);
     assert!(rules.lines().nth(1).is_some_and(|l| l == "-A INPUT -i lo -j ACCEPT"), "{rules}");
-    assert!(lxc(&["exec", &system, "--", "cat", "/etc/iptables/rules.v4"]).contains("-A INPUT -i lo -j ACCEPT"));
+    assert!(gbo_tests::lxc_ok(&["exec", &system, "--", "cat", "/etc/iptables/rules.v4"])
+        .contains("-A INPUT -i lo -j ACCEPT"));
 
-    let (code, stdout, _) = gbo(&["doctor", "--tenant", &tenant]);
+    let (code, stdout, _) = gbo_tests::gbo(&["doctor", "--tenant", &tenant]).parts();
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("production layout"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn doctor_on_an_unknown_tenant_is_an_error() {
-    let (code, _, stderr) = gbo(&["doctor", "--tenant", &gbo_tests::unique_name("ghost")]);
+    let (code, _, stderr) = gbo_tests::gbo(&["doctor", "--tenant", &gbo_tests::unique_name("ghost")]).parts();
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no container belongs to tenant"), "{stderr}");
 }

@@ -423,9 +423,15 @@ impl HostDir {
             path: self.path.join(rel),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
-        let path = parent.child_path(name);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-        let fd = rustix::fs::openat(&parent.fd, name, flags, Mode::empty()).map_err(|e| match e {
+        parent.open_regular_at(name, flags, 0)
+    }
+
+    /// `openat(name)` in this directory with `flags` (which hold `O_NOFOLLOW`), then a check that what was opened is
+    /// a regular file: a symlink or anything else there is [`HostFsError::Planted`].
+    fn open_regular_at(&self, name: &OsStr, flags: OFlags, mode: u32) -> Result<File> {
+        let path = self.child_path(name);
+        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode)).map_err(|e| match e {
             Errno::LOOP => HostFsError::Planted { path: path.clone(), found: "a symlink", expected: "a regular file" },
             e => io("opening", &path)(e),
         })?;
@@ -529,18 +535,8 @@ impl HostDir {
     /// Open the regular file `name` of this directory for reading and writing, creating it empty with `mode` when
     /// missing (never following a link; anything but a regular file there is [`HostFsError::Planted`]).
     pub fn open_or_create(&self, name: &OsStr, mode: u32) -> Result<File> {
-        let path = self.child_path(name);
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode)).map_err(|e| match e {
-            Errno::LOOP => HostFsError::Planted { path: path.clone(), found: "a symlink", expected: "a regular file" },
-            e => io("opening", &path)(e),
-        })?;
-        let file = File::from(fd);
-        let meta = file.metadata().map_err(std_io("reading", &path))?;
-        if !meta.is_file() {
-            return Err(HostFsError::Planted { path, found: Kind::of(&meta).describe(), expected: "a regular file" });
-        }
-        Ok(file)
+        self.open_regular_at(name, flags, mode)
     }
 
     /// Make sure the regular file at `rel` exists (created empty with `mode` and `owner` when missing; an

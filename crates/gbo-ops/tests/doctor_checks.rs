@@ -49,13 +49,7 @@ async fn per_role_checks_break_report_fix_pass() {
             .start(false);
     let _almci_guard = {
         lxd.create_instance(&request).await.expect("alm-ci created");
-        struct G(String);
-        impl Drop for G {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("lxc").args(["delete", "--force", &self.0]).output();
-            }
-        }
-        G(almci.to_string())
+        gbo_tests::InstanceGuard(almci.to_string())
     };
 
     // Break things.

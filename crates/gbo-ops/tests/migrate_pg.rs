@@ -165,6 +165,14 @@ async fn published_port(c: &TestContainer) -> u16 {
     listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("listen port")
 }
 
+/// Replace the program at `path` inside the container with `script` (a hostile or wrapped tool).
+async fn replace_program(c: &TestContainer, path: &str, script: &str) {
+    let install = format!("rm -f {path} && cat > {path} && chmod 755 {path}");
+    let req = ExecRequest::new(["sh", "-c", install.as_str()]).stdin_bytes(script.to_string());
+    let out = c.lxd.exec_output(&c.name, &req).await.expect("exec");
+    assert!(out.success(), "{}", out.stderr_text());
+}
+
 async fn container_psql(c: &TestContainer, db: &str, sql: &str) -> String {
     let argv = [
         "runuser",
@@ -1062,20 +1070,7 @@ async fn container_to_local_never_runs_what_the_containers_programs_print() {
         "#!/bin/sh\necho \"COPY (SELECT 1) TO PROGRAM 'touch {}';\"\necho \"CREATE TABLE public.planted (x int);\"\n",
         planted.display()
     );
-    let out = c
-        .lxd
-        .exec_output(
-            &c.name,
-            &ExecRequest::new([
-                "sh",
-                "-c",
-                "rm -f /usr/bin/pg_dump && cat > /usr/bin/pg_dump && chmod 755 /usr/bin/pg_dump",
-            ])
-            .stdin_bytes(fake.clone()),
-        )
-        .await
-        .expect("exec");
-    assert!(out.success(), "{}", out.stderr_text());
+    replace_program(&c, "/usr/bin/pg_dump", &fake).await;
     let source_checksum =
         container_psql(&c, "botserver", "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM accounts t;").await;
     let result = migrate::migrate(
@@ -1286,20 +1281,7 @@ async fn an_unreadable_emptiness_answer_is_an_error_and_changes_nothing() {
              if [ $fstdin = 1 ]; then sql=$(cat); if [[ $sql == *pg_depend* ]]; then {answer}; fi; \
              printf '%s' \"$sql\" | exec {PG_BIN}/psql \"$@\"; fi\nexec {PG_BIN}/psql \"$@\"\n"
         );
-        let out = c
-            .lxd
-            .exec_output(
-                &c.name,
-                &ExecRequest::new([
-                    "sh",
-                    "-c",
-                    "rm -f /usr/bin/psql && cat > /usr/bin/psql && chmod 755 /usr/bin/psql",
-                ])
-                .stdin_bytes(wrapper.clone()),
-            )
-            .await
-            .expect("exec");
-        assert!(out.success(), "{}", out.stderr_text());
+        replace_program(&c, "/usr/bin/psql", &wrapper).await;
         let result = migrate::migrate(
             &Endpoint::Host(source.server()),
             &container_endpoint(&c).await,

@@ -240,9 +240,19 @@ pub async fn create(
     name: &SnapshotName,
     options: &CreateOptions,
 ) -> Result<SnapshotInfo, SnapshotError> {
-    let instance = lxd_name(container)?;
     let span = tracing::info_span!("snapshot_create", container = %container.name, snapshot = %name);
-    let _enter = span.enter();
+    // The span is attached to the future (not entered): a guard held across `.await` would leak into whatever task
+    // the executor polls next (create_many runs several of these concurrently).
+    tracing::Instrument::instrument(create_one(lxd, container, name, options), span).await
+}
+
+async fn create_one(
+    lxd: &Client,
+    container: &ManagedInstance,
+    name: &SnapshotName,
+    options: &CreateOptions,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let instance = lxd_name(container)?;
     if lxd.snapshots(&instance).await?.iter().any(|s| s.name == name.as_str()) {
         return Err(SnapshotError::Exists { container: container.name.to_string(), snapshot: name.to_string() });
     }

@@ -56,11 +56,7 @@ impl Tenant {
 impl Drop for Tenant {
     fn drop(&mut self) {
         for name in &self.containers {
-            let _ = std::process::Command::new("lxc")
-                .args(["delete", "--force", name.as_str()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+            gbo_tests::delete_instance(name.as_str());
         }
     }
 }
