@@ -65,10 +65,8 @@ pub fn role_packages(role: Role) -> &'static [&'static str] {
         // fail2ban bans with iptables (Debian's default banaction).
         Role::Proxy => &["caddy", "fail2ban", "iptables"],
         Role::Email => &["fail2ban", "iptables"],
-        // Roundcube is served by Caddy and PHP-FPM: leaner than Apache, and Caddy is in the image already. Its state
-        // lives in the tenant's PostgreSQL (php-pgsql); roundcube-sqlite3 only satisfies roundcube-core's database
-        // dependency without dbconfig-common reaching for a server while the image is built.
-        Role::Webmail => &["roundcube-core", "roundcube-sqlite3", "php-pgsql", "php-fpm", "caddy"],
+        // Roundcube is served by Caddy and PHP-FPM: leaner than Apache, and Caddy is in the image already.
+        Role::Webmail => &["roundcube-core", "roundcube-sqlite3", "php-fpm", "caddy"],
         // Forgejo shells out to git.
         Role::Alm => &["git"],
         // The runner runs jobs on the host executor (no Docker inside the container): jobs need git and a shell, and
