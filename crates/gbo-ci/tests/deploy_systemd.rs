@@ -71,9 +71,21 @@ fn a_unit_owned_botserver_is_restarted_through_its_unit_and_rolled_back_through_
     let container = Container(format!("gbot-ci-systemd-{}", std::process::id()));
     gbo_tests::lxc_ok(&["launch", IMAGE, &container.0]);
     // systemd inside comes up in a second or two; "degraded" is fine (no network units can start without a NIC).
-    let _ = Command::new("lxc")
-        .args(["exec", &container.0, "--", "timeout", "60", "systemctl", "is-system-running", "--wait"])
-        .output();
+    // Right after the launch systemd may not answer yet at all ("Failed to connect to bus": `--wait` returns at once
+    // then), so ask again until it reports a state, for at most 120 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let state = Command::new("lxc")
+            .args(["exec", &container.0, "--", "timeout", "60", "systemctl", "is-system-running", "--wait"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if state.contains("running") || state.contains("degraded") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "systemd in {} did not come up: {state}", container.0);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     container.exec("test -d /run/systemd/system && test -x /usr/bin/python3 && mkdir -p /opt/gbo/bin /opt/gbo/app");
 
     let sshd = Sshd::start_with(&format!(

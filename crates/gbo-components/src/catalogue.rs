@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::Result;
 use crate::names::{instance_name, Role};
 use crate::render::systemd::{ServiceType, Unit};
-use crate::render::{self, botserver, caddy, coredns, fail2ban, firewall, forgejo, logs, misc, postgres, redis};
+use crate::render::{self, botserver, caddy, coredns, fail2ban, firewall, forgejo, logs, misc, postgres, redis, sshd};
 use crate::secrets::{self, required_secrets};
 use crate::spec::{
     ComponentSpec, Exposure, HealthCheck, InitPhase, InitStep, Install, Mount, MountKind, PortSpec, Protocol,
@@ -56,7 +56,12 @@ pub fn ports(role: Role) -> Vec<PortSpec> {
         Role::TableEditor => vec![internal("http", 8080)],
         // Port 80 on the host's loopback would collide with the proxy on all addresses: always allocated.
         Role::Webmail => vec![port("http", 80, Exposure::Internal, None)],
-        Role::System => vec![internal("api", botserver::BOTSERVER_PORT), internal("ui", botserver::BOTUI_PORT)],
+        // sshd (the runner's deploys): on the host's loopback only, always allocated (22 is the host's own).
+        Role::System => vec![
+            internal("api", botserver::BOTSERVER_PORT),
+            internal("ui", botserver::BOTUI_PORT),
+            port("ssh", sshd::SSH_PORT, Exposure::Internal, None),
+        ],
     }
 }
 
@@ -233,7 +238,10 @@ pub fn wires(role: Role, tenant: &TenantFile) -> Vec<Wire> {
                 .flatten()
                 .collect()
         }
-        Role::AlmCi => wire(Role::Alm, "http", true).into_iter().collect(),
+        // The runner deploys to -system over SSH through this wire (seed: no cross-container disk mounts).
+        Role::AlmCi => {
+            [wire(Role::Alm, "http", true), wire(Role::System, "ssh", false)].into_iter().flatten().collect()
+        }
         Role::Proxy => proxy_wires(tenant),
         _ => Vec::new(),
     };
@@ -740,6 +748,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             parts.notes.push(
                 "The runner registers with the alm-runner-secret; registration (the .runner file) is done by gbo-ops.",
             );
+            parts.notes.push("`gbo ci connect` gives the runner its deploy key (made inside -alm-ci), the ssh alias `system` and -system's host key: -system is reached through a wire to its sshd.");
             health = HealthCheck::UnitActive { unit: "alm-ci.service" };
         }
         Role::TableEditor => {
@@ -839,12 +848,25 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             ui.after.push(main.clone());
             ui.wants.push(main.clone());
             parts.unit(&ui);
+            // sshd for the runner's deploys: Debian's ssh.service with gbo's drop-in and a host key made here.
+            parts.files.push(render::root_file(sshd::SSHD_DROP_IN_PATH, sshd::sshd_config(), 0o644, &["ssh.service"]));
+            parts.init.push(InitStep {
+                name: "ssh host key",
+                command: ["/usr/bin/ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", sshd::HOST_KEY_PATH]
+                    .map(str::to_owned)
+                    .to_vec(),
+                creates: sshd::HOST_KEY_PATH.to_owned(),
+                user: "root",
+                phase: InitPhase::BeforeStart,
+            });
+            parts.units.push("ssh.service".to_owned());
             if tenant.system.privileged {
                 parts.notes.push("Privileged because the tenant file asks ([system] privileged = true): root in this container is root on the host.");
             } else {
                 parts.notes.push("Unprivileged: the mounts belong to the container's own uids, so botserver owns /opt/gbo without privileges ([system] privileged = true asks for the seed's privileged mode, in which root inside is root on the host).");
             }
             parts.notes.push("botserver is managed by system.service: deploys restart it through the unit.");
+            parts.notes.push("sshd listens on 127.0.0.1:22 inside, key only, gbuser only; `gbo ci connect` authorises the runner's key (and gbo-ci's root steps through sudo).");
             health =
                 HealthCheck::Http { port: botserver::BOTSERVER_PORT, path: "/api/health", expect: StatusRange::OK };
         }

@@ -41,9 +41,12 @@ pub const GBUSER: ServiceUser =
 pub const WWW_DATA: ServiceUser =
     ServiceUser { name: "www-data", uid: 33, gid: 33, home: "/var/www", shell: "/usr/sbin/nologin" };
 
-/// A service user by name, from [`SERVICE_USERS`] or `www-data`.
+/// `root`, for init steps that only root can run (the system role's SSH host key).
+pub const ROOT: ServiceUser = ServiceUser { name: "root", uid: 0, gid: 0, home: "/root", shell: "/bin/bash" };
+
+/// A service user by name, from [`SERVICE_USERS`], `www-data` or `root`.
 pub fn service_user(name: &str) -> Option<&'static ServiceUser> {
-    SERVICE_USERS.iter().chain(std::iter::once(&WWW_DATA)).find(|u| u.name == name)
+    SERVICE_USERS.iter().chain([&WWW_DATA, &ROOT]).find(|u| u.name == name)
 }
 
 /// Packages in every image, whatever the roles: systemd as init, TLS roots for artifact services, `ip`, `ps`.
@@ -66,10 +69,12 @@ pub fn role_packages(role: Role) -> &'static [&'static str] {
         Role::Webmail => &["roundcube-core", "roundcube-sqlite3", "php-fpm", "caddy"],
         // Forgejo shells out to git.
         Role::Alm => &["git"],
-        // The runner runs jobs on the host executor (no Docker inside the container): jobs need git and a shell.
-        Role::AlmCi => &["git"],
-        // The seed's firewall rules live in the system container.
-        Role::System => &["iptables"],
+        // The runner runs jobs on the host executor (no Docker inside the container): jobs need git and a shell, and
+        // deploy to -system over SSH (`gbo ci connect` makes the runner's key with ssh-keygen).
+        Role::AlmCi => &["git", "openssh-client"],
+        // The seed's firewall rules live in the system container; its sshd takes the runner's deploys (key only,
+        // gbuser, loopback inside), whose root steps go through sudo.
+        Role::System => &["iptables", "openssh-server", "sudo"],
         Role::Drive | Role::Llm | Role::Vault | Role::VectorDb | Role::Dns | Role::TableEditor => &[],
     }
 }

@@ -156,7 +156,8 @@ fn wires_as_in_the_issue() {
     }
     assert_eq!(wired(Role::TableEditor), [(Role::Tables, 5432)]);
     assert_eq!(wired(Role::Webmail), [(Role::Email, 143), (Role::Email, 587), (Role::Email, 4190)]);
-    assert_eq!(wired(Role::AlmCi), [(Role::Alm, 3000)]);
+    // The runner reaches Forgejo, and -system's sshd for its deploys (gbo ci connect).
+    assert_eq!(wired(Role::AlmCi), [(Role::Alm, 3000), (Role::System, 22)]);
     // The proxy sees the roles its domains route to; webmail's port 80 moves to 20080 (Caddy owns 80 there).
     assert_eq!(wired(Role::Proxy), [(Role::System, 5859), (Role::Alm, 3000), (Role::Webmail, 20080)]);
     // Optional wires disappear when the tenant lacks the role.

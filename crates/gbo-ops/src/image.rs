@@ -14,7 +14,7 @@ use crate::events::{Observer, Outcome, Subject};
 use crate::runner::{HostCommand, RunError};
 
 /// Bumped whenever the build recipe below changes, so old images are rebuilt.
-pub const BUILDER_VERSION: &str = "4";
+pub const BUILDER_VERSION: &str = "5";
 
 /// The Debian suite.
 pub const SUITE: &str = "bookworm";
@@ -32,8 +32,9 @@ pub const MASKED_UNITS: &[&str] = &[
 ];
 
 /// Vendor units left installed but not started at boot: the roles that use them enable them with their own
-/// configuration (fail2ban's Debian default sshd jail fails in a container without an sshd log).
-pub const DISABLED_UNITS: &[&str] = &["fail2ban.service"];
+/// configuration (fail2ban's Debian default sshd jail fails in a container without an sshd log; sshd runs only in
+/// `-system`, with gbo's drop-in and a host key made in that container; PHP-FPM only in `-webmail`).
+pub const DISABLED_UNITS: &[&str] = &["fail2ban.service", "ssh.service", "php8.2-fpm.service"];
 
 /// A service user with a fixed uid/gid, so data on host mounts stays readable across image rebuilds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -354,6 +355,15 @@ fn customise(rootfs: &Path, users: &[FixedUser]) -> Result<(), ImageError> {
         std::fs::create_dir_all(&path).map_err(io(format!("creating {sub}")))?;
         if let Some(u) = gbuser {
             std::os::unix::fs::lchown(&path, Some(u.uid), Some(u.gid)).map_err(io(format!("chown {sub}")))?;
+        }
+    }
+    // Each container makes its own SSH host key (the system role's init step): never one shared by every
+    // container of the image.
+    if let Ok(entries) = std::fs::read_dir(rootfs.join("etc/ssh")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
     // Each container gets its own machine id at first boot.

@@ -3,6 +3,7 @@
 //! `lxd-client` and to host tools only through [`runner`].
 
 pub mod brother;
+pub mod ci;
 pub mod dns;
 pub mod doctor;
 pub mod events;

@@ -136,7 +136,11 @@ fn choose_restart(
             // A process in a unit's cgroup is only "owned" by it when the unit runs this binary: a binary started by
             // hand from an SSH session without pam_systemd sits in ssh.service's cgroup, and restarting ssh.service
             // would be wrong.
-            let show = remote.exec(&format!("systemctl show -p MainPID -p ExecStart -- {}", sh_quote(unit)))?;
+            // As root: a user's systemctl needs the D-Bus system bus, which a minimal container has not; root's
+            // talks to systemd's private socket.
+            let show = remote.exec(
+                &state.access(remote).root(&format!("systemctl show -p MainPID -p ExecStart -- {}", sh_quote(unit))),
+            )?;
             let main_pid = show
                 .stdout
                 .lines()

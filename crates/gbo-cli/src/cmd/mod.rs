@@ -4,6 +4,7 @@
 use crate::output::{Format, Outcome};
 
 mod brother;
+mod ci;
 mod container;
 mod dns;
 mod doctor;
@@ -140,6 +141,9 @@ pub enum Command {
     Brother(brother::Command),
     /// Check every rule of the production runbook; --fix applies the safe fixes.
     Doctor(doctor::Args),
+    /// The CI path: connect the runner (-alm-ci) to -system over SSH.
+    #[command(subcommand)]
+    Ci(ci::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     ///
     /// Example: `gbo completions bash > /etc/bash_completion.d/gbo`.
@@ -177,6 +181,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Firewall(c) => firewall::run(c).await,
         Command::Brother(c) => brother::run(c).await,
         Command::Doctor(a) => doctor::run(a).await,
+        Command::Ci(c) => ci::run(c).await,
         Command::Completions { shell } => {
             let mut command = <crate::Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

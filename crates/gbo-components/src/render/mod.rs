@@ -11,6 +11,7 @@ pub mod logs;
 pub mod misc;
 pub mod postgres;
 pub mod redis;
+pub mod sshd;
 pub mod systemd;
 
 use crate::users::ServiceUser;

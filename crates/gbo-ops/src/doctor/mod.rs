@@ -144,7 +144,7 @@ pub async fn run(lxd: &Client, tenant: &TenantName, options: &DoctorOptions) -> 
     checks.extend(system_privileged(&ctx));
     checks.extend(proxy_devices(&ctx));
     checks.extend(recorded_port_devices(&ctx).await);
-    checks.extend(alm_ci_mounts(&ctx));
+    checks.extend(alm_ci_mounts(&ctx).await?);
     checks.extend(loopback_first(&ctx).await?);
     checks.extend(cache(&ctx, production).await?);
     checks.extend(botserver_url(&ctx).await?);
@@ -302,15 +302,113 @@ async fn recorded_port_devices(ctx: &Ctx<'_>) -> Vec<Check> {
     out
 }
 
-fn alm_ci_mounts(ctx: &Ctx<'_>) -> Vec<Check> {
-    let Some(m) = ctx.instances.iter().find(|m| m.role == Some(gbo_components::Role::AlmCi)) else { return Vec::new() };
+/// The seed's rule for the runner: no cross-container disk mounts (deploy over SSH instead). gbo's own mounts of
+/// `-alm-ci` (`gbo-data`, `gbo-conf`, `gbo-logs` on `<stack dir>/alm-ci/<kind>`) are its own data, not a way into
+/// another container; a mount whose host path is, contains or lies inside a path mounted into another container
+/// (of any tenant), or lies in another role's directory of the tenant's stack dir, is what the seed forbids.
+async fn alm_ci_mounts(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
+    let Some(m) = ctx.instances.iter().find(|m| m.role == Some(gbo_components::Role::AlmCi)) else {
+        return Ok(Vec::new());
+    };
     if m.mounts.is_empty() {
-        return vec![Check::new("alm-ci-mounts", &m.name, Verdict::Pass, "no host disk mounts")];
+        return Ok(vec![Check::new("alm-ci-mounts", &m.name, Verdict::Pass, "no host disk mounts")]);
     }
-    let list: Vec<String> =
-        m.mounts.iter().map(|d| format!("{} ({} -> {})", d.device, d.host_path.display(), d.container_path)).collect();
-    vec![Check::new("alm-ci-mounts", &m.name, Verdict::Fail, format!("disk mounts: {}", list.join(", ")))
-        .fix(format!("lxc config device remove {} <device>; deploy over SSH instead, then delete snapshots taken while the mounts were there", m.name))]
+    let others: Vec<ManagedInstance> =
+        ctx.lxd.instances().await?.iter().filter_map(inventory::describe).filter(|o| o.name != m.name).collect();
+    // The tenant's stack dir, as any of its containers records it (a runner gbo did not create records none).
+    let stack = m.stack_dir.clone().or_else(|| ctx.instances.iter().find_map(|i| i.stack_dir.clone()));
+    Ok(vec![judge_alm_ci_mounts(m, stack.as_deref(), &others)])
+}
+
+/// How a mount of `-alm-ci` relates to the other containers.
+#[derive(Debug, PartialEq, Eq)]
+enum AlmCiMount {
+    /// gbo's own mount of the runner's directory.
+    Own,
+    /// Shared with another container (what the seed forbids), with the evidence.
+    Cross(String),
+    /// A host directory no other container mounts.
+    Other,
+}
+
+fn overlaps(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+fn classify_alm_ci_mount(
+    stack: Option<&std::path::Path>,
+    mount: &inventory::Mount,
+    others: &[ManagedInstance],
+) -> AlmCiMount {
+    for other in others {
+        for theirs in &other.mounts {
+            if overlaps(&mount.host_path, &theirs.host_path) {
+                return AlmCiMount::Cross(format!(
+                    "{} ({} -> {}) shares {} with {} ({})",
+                    mount.device,
+                    mount.host_path.display(),
+                    mount.container_path,
+                    theirs.host_path.display(),
+                    other.name,
+                    theirs.container_path
+                ));
+            }
+        }
+    }
+    if let Some(stack) = stack {
+        let own_dir = stack.join(gbo_components::Role::AlmCi.container_suffix());
+        for role in gbo_components::Role::ALL.into_iter().filter(|r| *r != gbo_components::Role::AlmCi) {
+            let theirs = stack.join(role.container_suffix());
+            if overlaps(&mount.host_path, &theirs) {
+                return AlmCiMount::Cross(format!(
+                    "{} ({} -> {}) reaches into {}'s directory {}",
+                    mount.device,
+                    mount.host_path.display(),
+                    mount.container_path,
+                    role,
+                    theirs.display()
+                ));
+            }
+        }
+        let own = gbo_components::MountKind::ALL.into_iter().any(|kind| {
+            mount.device == format!("gbo-{}", kind.as_str())
+                && mount.host_path == own_dir.join(kind.as_str())
+                && mount.container_path == kind.container_path()
+        });
+        if own {
+            return AlmCiMount::Own;
+        }
+    }
+    AlmCiMount::Other
+}
+
+fn judge_alm_ci_mounts(m: &ManagedInstance, stack: Option<&std::path::Path>, others: &[ManagedInstance]) -> Check {
+    let mut cross = Vec::new();
+    let mut own = Vec::new();
+    let mut other = Vec::new();
+    for mount in &m.mounts {
+        match classify_alm_ci_mount(stack, mount, others) {
+            AlmCiMount::Own => own.push(mount.device.clone()),
+            AlmCiMount::Cross(evidence) => cross.push(evidence),
+            AlmCiMount::Other => {
+                other.push(format!("{} ({} -> {})", mount.device, mount.host_path.display(), mount.container_path))
+            }
+        }
+    }
+    if !cross.is_empty() {
+        return Check::new("alm-ci-mounts", &m.name, Verdict::Fail, format!("cross-container disk mounts: {}", cross.join("; ")))
+            .fix(format!("lxc config device remove {} <device>; deploy over SSH instead (gbo ci connect), then delete snapshots taken while the mounts were there", m.name));
+    }
+    let mut evidence = if own.is_empty() {
+        "no cross-container disk mounts".to_string()
+    } else {
+        format!("no cross-container disk mounts (its own: {})", own.join(", "))
+    };
+    if !other.is_empty() {
+        evidence.push_str(&format!("; host mounts no other container shares: {}", other.join(", ")));
+        return Check::new("alm-ci-mounts", &m.name, Verdict::Warn, evidence);
+    }
+    Check::new("alm-ci-mounts", &m.name, Verdict::Pass, evidence)
 }
 
 async fn loopback_first(ctx: &Ctx<'_>) -> Result<Vec<Check>, lxd_client::Error> {
@@ -900,5 +998,60 @@ mod tests {
         assert_eq!(parse_zfs_size("2G"), Some(2.0 * 1024f64.powi(3)));
         assert_eq!(parse_zfs_size("12345"), Some(12345.0));
         assert_eq!(parse_zfs_size("x"), None);
+    }
+
+    fn container(name: &str, stack: &str, disks: &[(&str, &str, &str)]) -> ManagedInstance {
+        let mut instance = lxd_client::Instance { name: name.into(), ..Default::default() };
+        instance.config.insert(inventory::KEY_STACK_DIR.into(), stack.into());
+        for (device, source, path) in disks {
+            let disk = std::collections::BTreeMap::from([
+                ("type".to_string(), "disk".to_string()),
+                ("source".into(), (*source).to_string()),
+                ("path".into(), (*path).to_string()),
+            ]);
+            instance.expanded_devices.insert((*device).to_string(), disk);
+        }
+        inventory::describe(&instance).expect("a tenant's container")
+    }
+
+    #[test]
+    fn gbo_s_own_alm_ci_mounts_pass_and_cross_container_mounts_fail() {
+        let own = [
+            ("gbo-data", "/srv/t/alm-ci/data", "/opt/gbo/data"),
+            ("gbo-conf", "/srv/t/alm-ci/conf", "/opt/gbo/conf"),
+            ("gbo-logs", "/srv/t/alm-ci/logs", "/opt/gbo/logs"),
+        ];
+        let system = container("t-system", "/srv/t", &[("gbo-data", "/srv/t/system/data", "/opt/gbo/data")]);
+        let alm_ci = container("t-alm-ci", "/srv/t", &own);
+        let stack = Some(std::path::Path::new("/srv/t"));
+        let check = judge_alm_ci_mounts(&alm_ci, stack, std::slice::from_ref(&system));
+        assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
+        assert!(check.evidence.contains("its own: gbo-conf, gbo-data, gbo-logs"), "{check:?}");
+
+        // The seed's incident: the runner mounts -system's binaries to copy over them.
+        let mut disks = own.to_vec();
+        disks.push(("bin", "/srv/t/system/data/bin", "/mnt/system-bin"));
+        let crossed =
+            judge_alm_ci_mounts(&container("t-alm-ci", "/srv/t", &disks), stack, std::slice::from_ref(&system));
+        assert_eq!(crossed.verdict, Verdict::Fail, "{crossed:?}");
+        assert!(
+            crossed
+                .evidence
+                .contains("bin (/srv/t/system/data/bin -> /mnt/system-bin) shares /srv/t/system/data with t-system"),
+            "{crossed:?}"
+        );
+        // Another role's directory of the stack dir, even with that container gone.
+        let crossed = judge_alm_ci_mounts(&container("t-alm-ci", "/srv/t", &disks), stack, &[]);
+        assert_eq!(crossed.verdict, Verdict::Fail, "{crossed:?}");
+        // gbo's device names on another container's path are no disguise.
+        let disguised = [("gbo-data", "/srv/t/system/data", "/opt/gbo/data")];
+        let crossed =
+            judge_alm_ci_mounts(&container("t-alm-ci", "/srv/t", &disguised), stack, std::slice::from_ref(&system));
+        assert_eq!(crossed.verdict, Verdict::Fail, "{crossed:?}");
+        // A host directory nobody else mounts: worth a look.
+        let cache = [("cargo", "/var/cache/cargo", "/root/.cargo")];
+        let warned =
+            judge_alm_ci_mounts(&container("t-alm-ci", "/srv/t", &cache), stack, std::slice::from_ref(&system));
+        assert_eq!(warned.verdict, Verdict::Warn, "{warned:?}");
     }
 }
