@@ -45,20 +45,6 @@ fn gbo_ci_bin() -> PathBuf {
     target.join("debug").join("gbo-ci")
 }
 
-fn lxc(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new("lxc").args(args).output().expect("lxc");
-    (
-        out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    )
-}
-
-fn lxc_ok(args: &[&str]) -> String {
-    let (code, out) = lxc(args);
-    assert_eq!(code, 0, "lxc {args:?}: {out}");
-    out
-}
-
 fn doctor_verdict(t: &TestTenant, id: &str) -> (String, String) {
     let run = gbo(&["doctor", "--tenant", &t.name, "--output", "json"]);
     let report: serde_json::Value =
@@ -83,7 +69,7 @@ fn health(port: u16) -> Option<(u16, String)> {
 }
 
 fn main_pid(system: &str) -> String {
-    lxc_ok(&["exec", system, "--", "systemctl", "show", "-p", "MainPID", "--value", "system.service"])
+    gbo_tests::lxc_ok(&["exec", system, "--", "systemctl", "show", "-p", "MainPID", "--value", "system.service"])
         .trim()
         .to_string()
 }
@@ -154,7 +140,7 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
     let install = gbo_async(args).await;
     assert_eq!(install.code, 0, "install failed:\n{}", install.all());
     runner_task.await.expect("runner container");
-    let api_port: u16 = lxc_ok(&["config", "device", "get", &system, "gbo-port-api", "listen"])
+    let api_port: u16 = gbo_tests::lxc_ok(&["config", "device", "get", &system, "gbo-port-api", "listen"])
         .trim()
         .rsplit(':')
         .next()
@@ -163,9 +149,9 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
     assert_eq!(health(api_port), Some((200, "v1".into())), "v1 runs under system.service");
 
     // sshd inside -system: on 127.0.0.1:22 only, key only, gbuser only.
-    let listening = lxc_ok(&["exec", &system, "--", "ss", "-Hltn", "sport = :22"]);
+    let listening = gbo_tests::lxc_ok(&["exec", &system, "--", "ss", "-Hltn", "sport = :22"]);
     assert!(listening.contains("127.0.0.1:22") && listening.lines().count() == 1, "{listening}");
-    let effective = lxc_ok(&["exec", &system, "--", "sshd", "-T"]);
+    let effective = gbo_tests::lxc_ok(&["exec", &system, "--", "sshd", "-T"]);
     for line in
         ["passwordauthentication no", "permitrootlogin no", "allowusers gbuser", "kbdinteractiveauthentication no"]
     {
@@ -178,7 +164,7 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
     assert!(evidence.contains("its own: gbo-conf, gbo-data, gbo-logs"), "{evidence}");
     // The seed's incident: the runner mounts -system's data to copy over it. That is what doctor must flag.
     let system_data = t.stack.path().join("system/data").display().to_string();
-    lxc_ok(&[
+    gbo_tests::lxc_ok(&[
         "config",
         "device",
         "add",
@@ -191,7 +177,7 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
     let (verdict, evidence) = doctor_verdict(&t, "alm-ci-mounts");
     assert_eq!(verdict, "fail", "{evidence}");
     assert!(evidence.contains("system-data") && evidence.contains(&system), "{evidence}");
-    lxc_ok(&["config", "device", "remove", &runner, "system-data"]);
+    gbo_tests::lxc_ok(&["config", "device", "remove", &runner, "system-data"]);
 
     // gbo ci connect: the key is made in -alm-ci and never leaves it; a second run changes nothing.
     let connect = gbo_async(["ci", "connect", "--tenant", &t.name].map(str::to_string).to_vec()).await;
@@ -216,16 +202,16 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
         "{again}"
     );
     assert_eq!(again["changed_files"], serde_json::json!([]), "{again}");
-    let private = lxc_ok(&["exec", &runner, "--", "stat", "-c", "%u %a", "/opt/gbo/.ssh/gbo-system"]);
+    let private = gbo_tests::lxc_ok(&["exec", &runner, "--", "stat", "-c", "%u %a", "/opt/gbo/.ssh/gbo-system"]);
     assert_eq!(private.trim(), "1000 600", "the private key is gbuser's, 0600, inside -alm-ci");
-    let authorised = lxc_ok(&["exec", &system, "--", "cat", "/etc/ssh/gbo_authorized_keys_gbuser"]);
-    let public = lxc_ok(&["exec", &runner, "--", "cat", "/opt/gbo/.ssh/gbo-system.pub"]);
+    let authorised = gbo_tests::lxc_ok(&["exec", &system, "--", "cat", "/etc/ssh/gbo_authorized_keys_gbuser"]);
+    let public = gbo_tests::lxc_ok(&["exec", &runner, "--", "cat", "/opt/gbo/.ssh/gbo-system.pub"]);
     let key = public.split_whitespace().nth(1).expect("the runner's public key");
     assert!(authorised.contains(&format!("ssh-ed25519 {key} ")) && authorised.contains("restrict,"), "{authorised}");
 
     // The workflow's deploy step, run by the runner's user inside -alm-ci against the alias `system`.
     let gbo_ci = gbo_ci.await.expect("building gbo-ci");
-    lxc_ok(&[
+    gbo_tests::lxc_ok(&[
         "file",
         "push",
         "--uid",
@@ -237,10 +223,10 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
         &gbo_ci.display().to_string(),
         &format!("{runner}/usr/local/bin/gbo-ci"),
     ]);
-    lxc_ok(&["exec", &runner, "--user", "1000", "--group", "1000", "--", "mkdir", "-p", "/opt/gbo/work"]);
+    gbo_tests::lxc_ok(&["exec", &runner, "--user", "1000", "--group", "1000", "--", "mkdir", "-p", "/opt/gbo/work"]);
     for (health, version) in [(200, "v2"), (500, "v3")] {
         let build = botserver_build(builds.path(), health, version);
-        lxc_ok(&[
+        gbo_tests::lxc_ok(&[
             "file",
             "push",
             "--uid",
@@ -288,7 +274,7 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
             "--health-timeout",
             "15",
         ];
-        lxc(&command)
+        gbo_tests::lxc(&command).code_output()
     };
     let before = main_pid(&system);
     let (code, out) = deploy("v2");
@@ -297,9 +283,9 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
     assert!(out.contains("restarting (systemd unit system.service)"), "restarted through the unit:\n{out}");
     let after = main_pid(&system);
     assert!(after != before && after != "0", "system.service runs the new build: {before} -> {after}");
-    let releases = lxc_ok(&["exec", &system, "--", "ls", "/opt/gbo/bin"]);
+    let releases = gbo_tests::lxc_ok(&["exec", &system, "--", "ls", "/opt/gbo/bin"]);
     assert!(releases.lines().any(|l| l == "botserver.prev.1"), "v1 kept as a release: {releases}");
-    let owner = lxc_ok(&["exec", &system, "--", "stat", "-c", "%U %a", "/opt/gbo/bin/botserver"]);
+    let owner = gbo_tests::lxc_ok(&["exec", &system, "--", "stat", "-c", "%U %a", "/opt/gbo/bin/botserver"]);
     assert_eq!(owner.trim(), "gbuser 755");
 
     // A broken build (health 500) is rolled back: v2 serves again.
