@@ -74,7 +74,7 @@ pub async fn apply_planned(
                 if !component.steps.is_empty() {
                     apply_component(ctx, desired, &component.steps).await?;
                 }
-                let health = match health::target_of(desired, &planned.allocations) {
+                let health = match health::target_of(ctx.lxd, desired, &planned.allocations) {
                     Some(target) => {
                         health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout)
                             .await
@@ -290,6 +290,12 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                 root.ensure_dir(root.relative(path)?, 0o755, None)?;
                 boundary(Edge::After, desired, step)?;
             }
+            Action::CreateVolume { pool, volume } => {
+                boundary(Edge::Before, desired, step)?;
+                say(step.describe());
+                create_volume(ctx.lxd, pool, volume, &desired.config).await?;
+                boundary(Edge::After, desired, step)?;
+            }
             Action::CreateInstance { image } => {
                 boundary(Edge::Before, desired, step)?;
                 let server = ctx.image.server.as_deref();
@@ -373,6 +379,33 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
         run_provision(ctx, desired, &name, &provision_now, &probe).await
     } else {
         Ok(())
+    }
+}
+
+/// Create a custom volume unless it exists (a run killed after the create finds it, and so does a reinstall:
+/// the data of an uninstalled tenant is kept in its volumes).
+/// The volume is labelled with the tenant and role (`user.gbo.tenant`, `user.gbo.role`), which is what `uninstall
+/// --purge` finds it by once its container is gone.
+async fn create_volume(
+    lxd: &Client,
+    pool: &str,
+    volume: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), InstallError> {
+    let context = || format!("creating volume {volume} on pool {pool}");
+    let pool_name = lxd_client::ObjectName::new(pool).map_err(InstallError::lxd(context()))?;
+    let volume_name = lxd_client::ObjectName::new(volume).map_err(InstallError::lxd(context()))?;
+    if lxd.storage_volume(&pool_name, &volume_name).await.map_err(InstallError::lxd(context()))?.is_some() {
+        return Ok(());
+    }
+    let config: BTreeMap<String, String> = [inventory::KEY_TENANT, inventory::KEY_ROLE]
+        .iter()
+        .filter_map(|k| labels.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    match lxd.create_storage_volume(&pool_name, &volume_name, config).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(InstallError::lxd(context())(e)),
     }
 }
 
@@ -524,6 +557,22 @@ async fn run_provision(
                     host_id(base, placed.file.uid),
                     host_id(base, placed.file.gid),
                 )?;
+            }
+            Action::ChownVolume { path, uid, gid } => {
+                say(step.describe());
+                // Inside the container: the path is resolved there, never on the daemon's host; `-h` changes a
+                // link itself, not what it points to.
+                let request = ExecRequest::new([
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    r#"chown -h "$1:$2" "$3" && chmod 0755 "$3""#.to_string(),
+                    "gbo-chown".to_string(),
+                    uid.to_string(),
+                    gid.to_string(),
+                    path.clone(),
+                ])
+                .timeout(Duration::from_secs(60));
+                exec_checked(lxd, name, request).await?;
             }
             Action::PushFile { path } => {
                 let Some(placed) = desired.files.iter().find(|f| &f.file.path == path) else { continue };

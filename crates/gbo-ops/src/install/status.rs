@@ -106,7 +106,7 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
         let secrets = &secrets;
         async move {
             let health = if m.instance.is_running() {
-                match super::health::health_of(m) {
+                match super::health::health_of(lxd, m) {
                     Some((check, target)) => Some(health::probe(&check, &target, secrets).await),
                     None => None,
                 }
