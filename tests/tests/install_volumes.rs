@@ -88,8 +88,8 @@ fn check(run: &GboRun, what: &str) {
 }
 
 async fn tenant_status(socket: &str, tenant: &str) -> (i32, TenantStatus) {
-    let run = gbo_on(socket, vec!["status".into(), "--tenant".into(), tenant.into(), "--output".into(), "json".into()])
-        .await;
+    let run =
+        gbo_on(socket, vec!["status".into(), "--tenant".into(), tenant.into(), "--output".into(), "json".into()]).await;
     let status: TenantStatus =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()));
     (run.code, status)
@@ -194,7 +194,8 @@ async fn scenario(socket: &str, lxd_dir: &str) {
     client.batch_execute("CREATE TABLE gbot_kept (v int); INSERT INTO gbot_kept VALUES (1);").await.expect("write");
     drop(client);
     assert_eq!(value(port, &password).await, 1);
-    let owner = exec(&lxd, &tables, "stat -c '%a %U' /opt/gbo/conf/pg_hba.conf /etc/gbo/tables-init.sql /opt/gbo/data").await;
+    let owner =
+        exec(&lxd, &tables, "stat -c '%a %U' /opt/gbo/conf/pg_hba.conf /etc/gbo/tables-init.sql /opt/gbo/data").await;
     assert_eq!(owner.lines().collect::<Vec<_>>(), ["640 postgres", "600 postgres", "755 postgres"], "{owner}");
 
     // A snapshot takes the volumes with the instance: its restore rolls the row back.
@@ -224,19 +225,14 @@ async fn scenario(socket: &str, lxd_dir: &str) {
     }
     assert_eq!(restored, 1, "the restore brought the volume's row back");
 
-    // A symlink planted on the conf volume by the container: gbo replaces the link inside the container and
-    // writes nothing through it (not in the container, not on the host).
+    // Symlinks planted on the conf volumes by the containers (kept by the uninstall below, found by the reinstall
+    // in the new containers): gbo replaces each link inside the container and writes nothing through it (not in
+    // the container, not on the host).
     let victim = tempfile::NamedTempFile::new().expect("host file");
     std::fs::write(victim.path(), "host content\n").expect("write");
-    exec(&lxd, &cache, "echo inside > /etc/gbot-target && ln -sf /etc/gbot-target /opt/gbo/conf/redis.conf").await;
+    exec(&lxd, &cache, "echo inside > /opt/gbo/data/target && ln -sf /opt/gbo/data/target /opt/gbo/conf/redis.conf")
+        .await;
     exec(&lxd, &tables, &format!("ln -sf {} /opt/gbo/conf/pg_ident.conf", victim.path().display())).await;
-    check(&gbo_on(socket, install()).await, "install over the planted links");
-    let after = exec(&lxd, &cache, "stat -c '%F %U' /opt/gbo/conf/redis.conf; cat /etc/gbot-target").await;
-    assert_eq!(after.lines().collect::<Vec<_>>(), ["regular file redis", "inside"], "{after}");
-    let after = exec(&lxd, &tables, "stat -c '%F %U' /opt/gbo/conf/pg_ident.conf").await;
-    assert_eq!(after.trim(), "regular file postgres", "{after}");
-    assert_eq!(std::fs::read_to_string(victim.path()).expect("read"), "host content\n");
-    no_role_dirs(t.stack.path());
 
     // Uninstall keeps the volumes; a reinstall finds the row.
     let uninstall = |purge: bool| {
@@ -256,6 +252,11 @@ async fn scenario(socket: &str, lxd_dir: &str) {
     assert_eq!(code, 0, "{status:?}");
     let port = host_port(&status, &tables, 5432);
     assert_eq!(value(port, &password).await, 1, "the row survived uninstall and reinstall");
+    let after = exec(&lxd, &cache, "stat -c '%F %U' /opt/gbo/conf/redis.conf; cat /opt/gbo/data/target").await;
+    assert_eq!(after.lines().collect::<Vec<_>>(), ["regular file redis", "inside"], "{after}");
+    let after = exec(&lxd, &tables, "stat -c '%F %U' /opt/gbo/conf/pg_ident.conf").await;
+    assert_eq!(after.trim(), "regular file postgres", "{after}");
+    assert_eq!(std::fs::read_to_string(victim.path()).expect("read"), "host content\n");
 
     // --purge deletes the volumes (and a second purge, with the containers gone, finds nothing left).
     let run = gbo_on(socket, uninstall(true)).await;
@@ -277,4 +278,14 @@ async fn volumes_on_the_standalone_second_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volumes_on_the_main_daemon() {
     scenario(MAIN_SOCKET, "/var/lib/lxd").await;
+}
+
+#[tokio::test]
+async fn the_default_storage_follows_the_daemon() {
+    use gbo_ops::install::storage::{default_for, StorageMode};
+    let solo = daemon(SOLO_SOCKET).await;
+    assert_eq!(default_for(&solo).await.expect("solo"), StorageMode::Host, "a standalone daemon on a socket");
+    let socket = "/var/lib/gbo-cluster/m1/unix.socket";
+    let member = Client::new(Endpoint::Unix(socket.into()), Flavor::Lxd).expect("client");
+    assert_eq!(default_for(&member).await.expect("m1"), StorageMode::Volumes, "a cluster member");
 }

@@ -278,8 +278,7 @@ impl Client {
 
     /// The snapshots of a custom volume (names without the volume prefix).
     pub async fn volume_snapshots(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeSnapshot>> {
-        let req =
-            Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume))).query("recursion", "1");
+        let req = Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume))).query("recursion", "1");
         let mut out: Vec<VolumeSnapshot> = self.sync(req).await?;
         for snapshot in &mut out {
             if let Some((_, short)) = snapshot.name.rsplit_once('/') {

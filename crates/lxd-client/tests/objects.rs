@@ -325,7 +325,8 @@ async fn custom_volume_snapshots_roll_back_the_volume_only() {
     let device = DeviceName::new("data").expect("device");
     let disk = DiskDevice::volume("default", volume.as_str(), "/mnt/v").to_config(&device).expect("valid");
     assert_eq!((disk["pool"].as_str(), disk["source"].as_str()), ("default", volume.as_str()));
-    let request = CreateInstance::container(c.name.clone(), InstanceSource::alias(IMAGE)).device(&device, disk).start(true);
+    let request =
+        CreateInstance::container(c.name.clone(), InstanceSource::alias(IMAGE)).device(&device, disk).start(true);
     lxd.create_instance(&request).await.expect("create with the volume");
     let write = |text: &'static str| {
         ExecRequest::new(["sh", "-c", "printf %s \"$1\" > /mnt/v/f", "sh", text]).timeout(Duration::from_secs(30))

@@ -306,7 +306,9 @@ pub(super) async fn uninstall(
     let lxd = lxd()?;
     if purge && !yes {
         if !std::io::stdin().is_terminal() {
-            bail!("--purge deletes host data (or the tenant's volumes): pass --yes to confirm when there is no terminal");
+            bail!(
+                "--purge deletes host data (or the tenant's volumes): pass --yes to confirm when there is no terminal"
+            );
         }
         eprint!("Delete the host data of {} too? [y/N] ", targets.join(", "));
         let mut answer = String::new();

@@ -89,7 +89,10 @@ impl tokio::io::AsyncWrite for Relayed {
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(
@@ -121,10 +124,15 @@ impl Via {
         match self {
             Via::Host(addr) => Ok(Box::new(TcpStream::connect(addr).await?)),
             Via::Inside(inside) => {
-                let request =
-                    lxd_client::ExecRequest::new(["bash".to_string(), "-c".into(), RELAY.into(), "gbo-relay".into(), inside.port.to_string()])
-                        .stdin_piped()
-                        .timeout(PROBE_TIMEOUT);
+                let request = lxd_client::ExecRequest::new([
+                    "bash".to_string(),
+                    "-c".into(),
+                    RELAY.into(),
+                    "gbo-relay".into(),
+                    inside.port.to_string(),
+                ])
+                .stdin_piped()
+                .timeout(PROBE_TIMEOUT);
                 let mut session = inside.lxd.exec(&inside.instance, &request).await.map_err(std::io::Error::other)?;
                 let stdin = session.stdin().ok_or_else(|| std::io::Error::other("the relay has no stdin"))?;
                 let output = session.output_stream().ok_or_else(|| std::io::Error::other("the relay has no output"))?;

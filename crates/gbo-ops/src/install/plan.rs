@@ -827,6 +827,45 @@ mod tests {
     }
 
     #[test]
+    fn volumes_are_created_before_the_instance_and_their_mount_points_chowned_inside() {
+        let mut desired = desired_cache();
+        let volume = |kind: &str| VolumeDir {
+            pool: "default".into(),
+            volume: format!("acme-cache-{kind}"),
+            path: format!("/opt/gbo/{kind}"),
+            uid: 1002,
+            gid: 1002,
+        };
+        desired.volumes = vec![volume("data"), volume("conf")];
+        let steps = diff(&desired, &Observed::default());
+        let text: Vec<String> = steps.iter().map(Step::describe).collect();
+        assert_eq!(
+            text[..3],
+            [
+                "+ volume acme-cache-data on pool default",
+                "+ volume acme-cache-conf on pool default",
+                "+ create instance from gbo/debian-12"
+            ],
+            "{text:?}"
+        );
+        // Kept volumes (a reinstall) are not created again.
+        let mut observed = Observed::default();
+        observed.volumes.insert("acme-cache-data".into(), true);
+        observed.volumes.insert("acme-cache-conf".into(), true);
+        assert!(matches!(diff(&desired, &observed)[0].action, Action::CreateInstance { .. }));
+        // Running: a mount point owned by root is chowned, one owned right is left alone.
+        let (mut observed, _) = converged(&desired);
+        observed.volumes.insert("acme-cache-data".into(), true);
+        observed.volumes.insert("acme-cache-conf".into(), true);
+        if let Some(probe) = observed.probe.as_mut() {
+            probe.dirs.insert("/opt/gbo/data".into(), Some((0, 0)));
+            probe.dirs.insert("/opt/gbo/conf".into(), Some((1002, 1002)));
+        }
+        let text: Vec<String> = diff(&desired, &observed).iter().map(Step::describe).collect();
+        assert_eq!(text, ["~ chown volume at /opt/gbo/data to 1002:1002", "~ record provisioned hash"]);
+    }
+
+    #[test]
     fn a_converged_component_plans_nothing_and_drift_is_named() {
         let desired = desired_cache();
         let (observed, _) = converged(&desired);

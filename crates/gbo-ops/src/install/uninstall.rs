@@ -156,8 +156,10 @@ async fn tenant_volumes(lxd: &Client, tenant: &TenantName) -> Result<Vec<(String
     let mut out = Vec::new();
     for pool in lxd.storage_pools().await.map_err(InstallError::lxd("listing storage pools"))? {
         let Ok(name) = lxd_client::ObjectName::new(pool.name.as_str()) else { continue };
-        let volumes =
-            lxd.storage_volumes(&name).await.map_err(InstallError::lxd(format!("listing volumes of pool {}", pool.name)))?;
+        let volumes = lxd
+            .storage_volumes(&name)
+            .await
+            .map_err(InstallError::lxd(format!("listing volumes of pool {}", pool.name)))?;
         for volume in volumes {
             // Snapshots are listed as `volume/snapshot` with the volume's config: they go with their volume.
             if volume.kind != "custom"

@@ -408,11 +408,8 @@ pub async fn list(lxd: &Client, container: &ManagedInstance) -> Result<Vec<Snaps
         .map(|s| {
             let manifest = read_manifest(container, &s.name);
             let data = manifest.map(|m| m.data).unwrap_or_default();
-            let volumes: Vec<String> = volume_snapshots
-                .iter()
-                .filter(|(_, names)| names.contains(&s.name))
-                .map(|(v, _)| v.label())
-                .collect();
+            let volumes: Vec<String> =
+                volume_snapshots.iter().filter(|(_, names)| names.contains(&s.name)).map(|(v, _)| v.label()).collect();
             SnapshotInfo {
                 container: container.name.to_string(),
                 covers: covers_label(!data.is_empty() || !volumes.is_empty()),
