@@ -9,7 +9,7 @@
 //!   through the API (never deleted but by `uninstall --purge`), their mount points are chowned by an exec inside
 //!   the container, files go through LXD's file API with their owner and mode (secrets 0600), health is checked
 //!   from inside the container, and snapshots take the volumes with the instance. The default on a remote daemon
-//!   or a cluster ([`StorageMode::default_for`]).
+//!   or a cluster ([`default_for`]).
 //!
 //! The mode is recorded on each instance ([`KEY_STORAGE`]); a later run that asks for the other one is refused
 //! (the data would stay behind in the old place).
