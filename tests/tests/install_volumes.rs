@@ -73,10 +73,15 @@ impl Drop for Cleanup {
                 lxc(&["delete", "--force", name]);
             }
         }
-        for line in lxc(&["storage", "volume", "list", "default", "--format", "csv", "-c", "tn"]).lines() {
-            if let Some(("custom", name)) = line.split_once(',') {
-                if name.starts_with(&prefix) {
-                    lxc(&["storage", "volume", "delete", "default", name]);
+        for line in lxc(&["storage", "volume", "list", "default", "--format", "csv", "-c", "tnL"]).lines() {
+            let fields: Vec<&str> = line.split(',').collect();
+            if let ["custom", name, location] = fields.as_slice() {
+                if name.starts_with(&prefix) && !name.contains('/') {
+                    if location.is_empty() {
+                        lxc(&["storage", "volume", "delete", "default", name]);
+                    } else {
+                        lxc(&["storage", "volume", "delete", "default", name, "--target", location]);
+                    }
                 }
             }
         }
@@ -185,6 +190,8 @@ async fn scenario(socket: &str, lxd_dir: &str) {
     for component in &status.components {
         let health = component.health.as_ref().expect("probed");
         assert!(health.healthy && health.detail.contains("inside"), "{}: {health:?}", component.container);
+        assert!(component.mounts.is_empty(), "{component:?}");
+        assert_eq!(component.volumes.len(), 3, "{component:?}");
     }
     // The application role writes and reads; its secret 0600, owned by postgres inside.
     let secret = std::fs::read_to_string(t.stack.path().join(".secrets/tables-password")).expect("secret");
@@ -288,4 +295,46 @@ async fn the_default_storage_follows_the_daemon() {
     let socket = "/var/lib/gbo-cluster/m1/unix.socket";
     let member = Client::new(Endpoint::Unix(socket.into()), Flavor::Lxd).expect("client");
     assert_eq!(default_for(&member).await.expect("m1"), StorageMode::Volumes, "a cluster member");
+}
+
+/// On the three-member cluster (per-member btrfs pools) with no `storage` in the tenant file: the default there is
+/// volumes, and each volume is created on the member LXD placed its instance on (a volume on another member cannot
+/// be attached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_by_default_on_a_cluster_follow_their_instance() {
+    let socket = "/var/lib/gbo-cluster/m1/unix.socket";
+    let lxd = Client::new(Endpoint::Unix(socket.into()), Flavor::Lxd).expect("client");
+    lxd.server().await.expect("the cluster is required: `cargo xtask lxd-cluster up`");
+    let t = TestTenant::new();
+    let _cleanup = Cleanup { lxd_dir: "/var/lib/gbo-cluster/m1".into(), tenant: t.name.clone() };
+    let file = t.stack.path().join("gbo.toml");
+    std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"cache\"]\n", t.name)).expect("tenant file");
+    let args: Vec<String> = vec![
+        "install".into(),
+        "--file".into(),
+        file.display().to_string(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        t.stack_dir(),
+    ];
+    check(&gbo_on(socket, args).await, "install on the cluster");
+    no_role_dirs(t.stack.path());
+    let cache = lxd.instance(&InstanceName::new(t.container("cache")).expect("name")).await.expect("instance");
+    assert_eq!(cache.config.get("user.gbo.storage").map(String::as_str), Some("volumes"), "the cluster default");
+    let pool = ObjectName::new("default").expect("pool");
+    for kind in ["data", "conf", "logs"] {
+        let volume = ObjectName::new(format!("{}-cache-{kind}", t.name)).expect("volume");
+        let here = lxd.target(cache.location.clone()).storage_volume(&pool, &volume).await.expect("volume");
+        assert!(here.is_some(), "{volume} is not on {}", cache.location);
+    }
+    let (code, status) = tenant_status(socket, &t.name).await;
+    assert_eq!(code, 0, "{status:?}");
+    let run = gbo_on(
+        socket,
+        vec!["uninstall".into(), "--tenant".into(), t.name.clone(), "cache".into(), "--purge".into(), "--yes".into()],
+    )
+    .await;
+    check(&run, "uninstall --purge on the cluster");
+    assert!(run.stdout.contains("deleted"), "{}", run.all());
 }

@@ -374,6 +374,7 @@ pub(super) async fn status(targets: Vec<String>, tenant: Option<String>, output:
                     c.mounts
                         .iter()
                         .map(|m| format!("{}:{}", m.host_path.display(), m.container_path))
+                        .chain(c.volumes.iter().map(|v| format!("{}:{}", v.label(), v.container_path)))
                         .collect::<Vec<_>>()
                         .join(" "),
                     match &c.health {

@@ -30,6 +30,9 @@ pub struct ComponentStatus {
     pub ports: Vec<PublishedPort>,
     /// Host mounts.
     pub mounts: Vec<Mount>,
+    /// Custom volumes (`storage = "volumes"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<inventory::AttachedVolume>,
     /// Live health (`None` when the role has no probe or no published port).
     pub health: Option<Health>,
 }
@@ -129,6 +132,7 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
                 image,
                 ports: m.ports.clone(),
                 mounts: m.mounts.clone(),
+                volumes: inventory::attached_volumes(&m.instance),
                 health,
             }
         }
