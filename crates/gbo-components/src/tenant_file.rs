@@ -23,6 +23,12 @@
 //! # sha256 = "..."                     # 64 hex characters copied from the vendor's SHA256SUMS; without it
 //! #                                    # the artifact is unverified and refused unless explicitly allowed
 //!
+//! storage = "volumes"                # where each role's data, conf and logs live: "host" (directories under
+//!                                      # stack_dir) or "volumes" (LXD custom volumes <tenant>-<role>-data, ...);
+//!                                      # default: host on a local daemon, volumes on a remote or cluster
+//! pool = "default"                     # the LXD storage pool of the volumes; default: the pool of the default
+//!                                      # profile's root disk
+//!
 //! [system]
 //! privileged = false                   # default; true is the seed's privileged -system: root inside it is
 //!                                      # root on the host
@@ -183,6 +189,44 @@ pub struct SystemSettings {
     pub privileged: bool,
 }
 
+/// Where a tenant's role data, configuration and logs live (`storage = "host" | "volumes"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// Host directories `<stack_dir>/<role>/{data,conf,logs}` mounted as disk devices (the seed's layout).
+    Host,
+    /// LXD custom volumes `<tenant>-<role>-{data,conf,logs}` on the tenant's pool: nothing on the daemon's host
+    /// filesystem is touched by gbo, so it works the same on a remote daemon or a cluster member.
+    Volumes,
+}
+
+impl StorageMode {
+    /// The word used in the tenant file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageMode::Host => "host",
+            StorageMode::Volumes => "volumes",
+        }
+    }
+}
+
+impl fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StorageMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "host" => Ok(StorageMode::Host),
+            "volumes" => Ok(StorageMode::Volumes),
+            other => Err(value_error("storage", other, "expected \"host\" or \"volumes\"")),
+        }
+    }
+}
+
 /// A parsed, validated tenant file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TenantFile {
@@ -207,6 +251,13 @@ pub struct TenantFile {
     pub versions: BTreeMap<Role, VersionPin>,
     /// The system container's settings.
     pub system: SystemSettings,
+    /// Where role data lives; `None` lets the caller choose (host on a local daemon, volumes on a remote or a
+    /// cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageMode>,
+    /// The storage pool of the tenant's volumes; `None`: the pool of the default profile's root disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl TenantFile {
@@ -235,6 +286,8 @@ impl Default for TenantFile {
             limits: BTreeMap::new(),
             versions: BTreeMap::new(),
             system: SystemSettings::default(),
+            storage: None,
+            pool: None,
         }
     }
 }
@@ -257,6 +310,8 @@ struct RawTenantFile {
     #[serde(default)]
     versions: BTreeMap<String, RawVersion>,
     system: Option<RawSystem>,
+    storage: Option<String>,
+    pool: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -472,6 +527,23 @@ impl TenantFile {
                 validate_sha256(&format!("{key}.sha256"), sha)?;
             }
             file.versions.insert(role, VersionPin { version: pin.version, url: pin.url, sha256: pin.sha256 });
+        }
+        if let Some(storage) = raw.storage {
+            file.storage = Some(storage.parse()?);
+        }
+        if let Some(pool) = raw.pool {
+            let ok = !pool.is_empty()
+                && pool.len() <= 63
+                && pool.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && pool.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err(value_error(
+                    "pool",
+                    &pool,
+                    "a storage pool name is 1 to 63 characters of a-z, A-Z, 0-9, '-', '_' or '.', starting with a letter or digit",
+                ));
+            }
+            file.pool = Some(pool);
         }
         if let Some(system) = raw.system {
             file.system.privileged = system.privileged.unwrap_or(false);

@@ -27,6 +27,8 @@ stack_dir = "/srv/gbo"
 public_address = "203.0.113.10"
 domains = ["chat.example.com", "git.example.com"]
 zones = ["example.com"]
+storage = "volumes"
+pool = "default"
 
 [routes]
 "git.example.com" = "alm"
@@ -135,4 +137,20 @@ fn the_system_role_is_unprivileged_unless_the_file_asks() {
     assert!(typo.contains("unknown field `privilged`"), "{typo}");
     let not_bool = error("[system]\nprivileged = \"yes\"\n");
     assert!(not_bool.contains("expected a boolean"), "{not_bool}");
+}
+
+#[test]
+fn storage_and_pool_are_parsed_and_bad_values_named() {
+    use gbo_components::StorageMode;
+    assert_eq!(TenantFile::parse("").unwrap_or_else(|e| panic!("{e}")).storage, None, "the caller chooses");
+    let file = TenantFile::parse("storage = \"volumes\"\npool = \"fast-1\"\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((file.storage, file.pool.as_deref()), (Some(StorageMode::Volumes), Some("fast-1")));
+    let file = TenantFile::parse("storage = \"host\"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.storage, Some(StorageMode::Host));
+    let text = toml::to_string(&file).expect("serializes");
+    assert_eq!(TenantFile::parse(&text).unwrap_or_else(|e| panic!("{e}")), file);
+    let bad = error("storage = \"nfs\"");
+    assert!(bad.contains("storage") && bad.contains("nfs") && bad.contains("\"volumes\""), "{bad}");
+    let bad = error("pool = \"../x\"");
+    assert!(bad.contains("pool") && bad.contains("../x"), "{bad}");
 }

@@ -184,6 +184,53 @@ pub fn describe(instance: &Instance) -> Option<ManagedInstance> {
     })
 }
 
+/// A custom volume attached to an instance by a disk device (`pool` and `source` set, not the root disk).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttachedVolume {
+    /// Device name.
+    pub device: String,
+    /// Storage pool.
+    pub pool: String,
+    /// Volume name.
+    pub volume: String,
+    /// Path inside the container.
+    pub container_path: String,
+}
+
+impl AttachedVolume {
+    /// `pool/volume`, for messages and reports.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.pool, self.volume)
+    }
+}
+
+/// The custom volumes gbo attached to an instance (its `gbo-` disk devices with a pool), sorted by device.
+pub fn attached_volumes(instance: &Instance) -> Vec<AttachedVolume> {
+    let mut out: Vec<AttachedVolume> = instance
+        .expanded_devices
+        .iter()
+        .chain(instance.devices.iter())
+        .filter(|(device, d)| {
+            device.starts_with(DEVICE_PREFIX)
+                && d.get("type").is_some_and(|t| t == "disk")
+                && d.get("path").is_some_and(|p| p != "/")
+        })
+        .filter_map(|(device, d)| {
+            let pool = d.get("pool").filter(|p| !p.is_empty())?;
+            let volume = d.get("source").filter(|v| !v.is_empty() && !v.starts_with('/'))?;
+            Some(AttachedVolume {
+                device: device.clone(),
+                pool: pool.clone(),
+                volume: volume.clone(),
+                container_path: d.get("path").cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.device.cmp(&b.device));
+    out.dedup();
+    out
+}
+
 impl ManagedInstance {
     /// The role's name, or the name's suffix when it is no role of the catalogue (for tables and JSON).
     pub fn role_label(&self) -> String {

@@ -252,6 +252,11 @@ impl DiskDevice {
         Self { source: source.into(), path: path.into(), readonly: false, pool: None, shift: false }
     }
 
+    /// Mount custom volume `volume` of `pool` at `path`.
+    pub fn volume(pool: impl Into<String>, volume: impl Into<String>, path: impl Into<String>) -> Self {
+        Self { source: volume.into(), path: path.into(), readonly: false, pool: Some(pool.into()), shift: false }
+    }
+
     /// The instance's root disk on `pool`.
     pub fn root(pool: impl Into<String>) -> Self {
         Self { source: String::new(), path: "/".into(), readonly: false, pool: Some(pool.into()), shift: false }

@@ -70,7 +70,7 @@ pub use instances::{
 };
 pub use names::{BackupName, DeviceName, InstanceName, ObjectName, SnapshotName};
 pub use operation::Operation;
-pub use profiles::{Network, Profile, Project, StoragePool, StorageVolume};
+pub use profiles::{Network, Profile, Project, StoragePool, StorageVolume, VolumeSnapshot};
 pub use remote::Remote;
 pub use server::{Certificate, Server, ServerEnvironment};
 pub use snapshots::Snapshot;

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{encode, Client, Request};
 use crate::devices::DeviceConfig;
-use crate::error::Result;
-use crate::names::{DeviceName, ObjectName};
+use crate::error::{Error, Result};
+use crate::names::{DeviceName, ObjectName, SnapshotName};
 
 /// A profile.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -62,6 +62,29 @@ pub struct StorageVolume {
     /// Users (URLs).
     #[serde(deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
+}
+
+/// A snapshot of a custom volume.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct VolumeSnapshot {
+    /// Snapshot name (without the volume prefix).
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Configuration at snapshot time.
+    pub config: BTreeMap<String, String>,
+    /// Creation time (RFC 3339; newer daemons).
+    pub created_at: Option<String>,
+    /// Expiry time (RFC 3339; `0001-01-01T00:00:00Z` or absent when none).
+    pub expires_at: Option<String>,
+}
+
+/// How long a volume operation (create, delete, snapshot, restore) may take.
+const VOLUME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn volume_path(pool: &ObjectName, volume: &ObjectName) -> String {
+    format!("/1.0/storage-pools/{}/volumes/custom/{}", encode(pool.as_str()), encode(volume.as_str()))
 }
 
 /// A network.
@@ -223,6 +246,78 @@ impl Client {
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer(&path, answer.envelope)?;
             self.wait_operation(&op.id, std::time::Duration::from_secs(300)).await?;
+        }
+        Ok(())
+    }
+
+    /// One custom volume, or `None` when the pool has no such volume.
+    pub async fn storage_volume(&self, pool: &ObjectName, name: &ObjectName) -> Result<Option<StorageVolume>> {
+        match self.get(&volume_path(pool, name)).await {
+            Ok(volume) => Ok(Some(volume)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Snapshot a custom volume (`expires_at` RFC 3339, or never).
+    pub async fn create_volume_snapshot(
+        &self,
+        pool: &ObjectName,
+        volume: &ObjectName,
+        snapshot: &SnapshotName,
+        expires_at: Option<&str>,
+    ) -> Result<()> {
+        let mut body = serde_json::json!({ "name": snapshot });
+        if let Some(expires_at) = expires_at {
+            body["expires_at"] = serde_json::Value::String(expires_at.to_string());
+        }
+        let req = Request::new(Method::POST, format!("{}/snapshots", volume_path(pool, volume))).json(&body)?;
+        self.run_operation(req, VOLUME_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// The snapshots of a custom volume (names without the volume prefix).
+    pub async fn volume_snapshots(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeSnapshot>> {
+        let req = Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume))).query("recursion", "1");
+        let mut out: Vec<VolumeSnapshot> = self.sync(req).await?;
+        for snapshot in &mut out {
+            if let Some((_, short)) = snapshot.name.rsplit_once('/') {
+                snapshot.name = short.to_string();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete a snapshot of a custom volume.
+    pub async fn delete_volume_snapshot(
+        &self,
+        pool: &ObjectName,
+        volume: &ObjectName,
+        snapshot: &SnapshotName,
+    ) -> Result<()> {
+        let path = format!("{}/snapshots/{}", volume_path(pool, volume), encode(snapshot.as_str()));
+        self.run_operation(Request::new(Method::DELETE, path), VOLUME_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Bring a custom volume back to one of its snapshots (`PUT {"restore": name}`). LXD refuses while a running
+    /// instance uses the volume: stop it first.
+    pub async fn restore_volume_snapshot(
+        &self,
+        pool: &ObjectName,
+        volume: &ObjectName,
+        snapshot: &SnapshotName,
+    ) -> Result<()> {
+        let current = self.storage_volume(pool, volume).await?.ok_or_else(|| Error::NotFound {
+            path: volume_path(pool, volume),
+            message: format!("custom volume {volume} on pool {pool}"),
+        })?;
+        let body = serde_json::json!({ "config": current.config, "restore": snapshot });
+        let req = Request::new(Method::PUT, volume_path(pool, volume)).json(&body)?;
+        let answer = self.send(req).await?;
+        if answer.envelope.kind == "async" {
+            let op = crate::client::operation_from_answer(&volume_path(pool, volume), answer.envelope)?;
+            self.wait_operation(&op.id, VOLUME_TIMEOUT).await?;
         }
         Ok(())
     }

@@ -48,6 +48,8 @@ pub struct ServerEnvironment {
     pub storage: String,
     /// Daemon pid.
     pub server_pid: i64,
+    /// Whether the daemon is a member of a cluster.
+    pub server_clustered: bool,
 }
 
 /// A trusted certificate entry.

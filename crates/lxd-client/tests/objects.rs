@@ -309,3 +309,45 @@ async fn events_and_events_based_wait() {
         Err(e) => assert!(e.is_conflict() || matches!(e, lxd_client::Error::Api { .. }), "{e:?}"),
     }
 }
+
+#[tokio::test]
+async fn custom_volume_snapshots_roll_back_the_volume_only() {
+    let lxd = client().await;
+    let pool = ObjectName::new("default").expect("pool name");
+    let volume = unique("vsnap");
+    let _vol_cleanup = Cleanup::lxc(["storage", "volume", "delete", "default", volume.as_str()]);
+    let volume_name = ObjectName::new(volume.as_str()).expect("volume name");
+    assert!(lxd.storage_volume(&pool, &volume_name).await.expect("get missing").is_none());
+    lxd.create_storage_volume(&pool, &volume_name, BTreeMap::new()).await.expect("create volume");
+    assert_eq!(lxd.storage_volume(&pool, &volume_name).await.expect("get").expect("exists").name, volume);
+
+    let c = Container::guard(instance_name("vsnap"));
+    let device = DeviceName::new("data").expect("device");
+    let disk = DiskDevice::volume("default", volume.as_str(), "/mnt/v").to_config(&device).expect("valid");
+    assert_eq!((disk["pool"].as_str(), disk["source"].as_str()), ("default", volume.as_str()));
+    let request =
+        CreateInstance::container(c.name.clone(), InstanceSource::alias(IMAGE)).device(&device, disk).start(true);
+    lxd.create_instance(&request).await.expect("create with the volume");
+    let write = |text: &'static str| {
+        ExecRequest::new(["sh", "-c", "printf %s \"$1\" > /mnt/v/f", "sh", text]).timeout(Duration::from_secs(30))
+    };
+    assert!(lxd.exec_output(&c.name, &write("one")).await.expect("write").success());
+    let snapshot = SnapshotName::new("s1").expect("name");
+    lxd.create_volume_snapshot(&pool, &volume_name, &snapshot, None).await.expect("volume snapshot");
+    let listed = lxd.volume_snapshots(&pool, &volume_name).await.expect("list");
+    assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s1"]);
+    assert!(lxd.exec_output(&c.name, &write("two")).await.expect("write").success());
+    lxd.ensure_stopped(&c.name, Duration::from_secs(30)).await.expect("stop");
+    lxd.restore_volume_snapshot(&pool, &volume_name, &snapshot).await.expect("restore");
+    lxd.ensure_running(&c.name).await.expect("start");
+    let read = lxd
+        .exec_output(&c.name, &ExecRequest::new(["cat", "/mnt/v/f"]).timeout(Duration::from_secs(30)))
+        .await
+        .expect("read");
+    assert_eq!(read.stdout_text(), "one", "the volume is back at its snapshot");
+    lxd.delete_volume_snapshot(&pool, &volume_name, &snapshot).await.expect("delete snapshot");
+    assert!(lxd.volume_snapshots(&pool, &volume_name).await.expect("list").is_empty());
+    lxd.delete_instance_if_exists(&c.name).await.expect("delete the container");
+    lxd.delete_storage_volume(&pool, &volume_name).await.expect("delete volume");
+    assert!(lxd.storage_volume(&pool, &volume_name).await.expect("get").is_none());
+}

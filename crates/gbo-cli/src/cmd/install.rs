@@ -306,7 +306,9 @@ pub(super) async fn uninstall(
     let lxd = lxd()?;
     if purge && !yes {
         if !std::io::stdin().is_terminal() {
-            bail!("--purge deletes host data: pass --yes to confirm when there is no terminal");
+            bail!(
+                "--purge deletes host data (or the tenant's volumes): pass --yes to confirm when there is no terminal"
+            );
         }
         eprint!("Delete the host data of {} too? [y/N] ", targets.join(", "));
         let mut answer = String::new();
@@ -326,6 +328,12 @@ pub(super) async fn uninstall(
                 (Some(p), _) => outln!("{}: {what}; host data {} removed", u.instance, p.display()),
                 (_, Some(k)) => outln!("{}: {what}; host data kept in {}", u.instance, k.display()),
                 _ => outln!("{}: {what}", u.instance),
+            }
+            if !u.purged_volumes.is_empty() {
+                outln!("{}: volumes {} deleted", u.instance, u.purged_volumes.join(", "));
+            }
+            if !u.kept_volumes.is_empty() {
+                outln!("{}: data kept in volumes {}", u.instance, u.kept_volumes.join(", "));
             }
         }
     }
@@ -366,6 +374,7 @@ pub(super) async fn status(targets: Vec<String>, tenant: Option<String>, output:
                     c.mounts
                         .iter()
                         .map(|m| format!("{}:{}", m.host_path.display(), m.container_path))
+                        .chain(c.volumes.iter().map(|v| format!("{}:{}", v.label(), v.container_path)))
                         .collect::<Vec<_>>()
                         .join(" "),
                     match &c.health {

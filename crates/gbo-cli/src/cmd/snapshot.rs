@@ -203,13 +203,12 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             if let Some(safety) = &report.safety_snapshot {
                 eprintln!("safety snapshot taken first: {}/{safety} (restore it to undo)", report.container);
             }
-            let data = if report.data_restored.is_empty() {
+            let mut parts: Vec<String> = report.data_restored.iter().map(|p| p.display().to_string()).collect();
+            parts.extend(report.volumes_restored.iter().map(|v| format!("volume {v}")));
+            let data = if parts.is_empty() {
                 "container only (this snapshot captured no host data)".to_string()
             } else {
-                format!(
-                    "container and {}",
-                    report.data_restored.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                )
+                format!("container and {}", parts.join(", "))
             };
             outln!("restored {}/{}: {data}", report.container, report.snapshot);
             Ok(Outcome::Ok)
@@ -315,7 +314,7 @@ fn print_infos(infos: &[snapshot::SnapshotInfo], format: Format) -> anyhow::Resu
             let rows: Vec<Vec<String>> = infos
                 .iter()
                 .map(|i| {
-                    let covers = if i.data.is_empty() {
+                    let covers = if i.data.is_empty() && i.volumes.is_empty() {
                         i.covers.clone()
                     } else {
                         format!(
@@ -324,6 +323,7 @@ fn print_infos(infos: &[snapshot::SnapshotInfo], format: Format) -> anyhow::Resu
                             i.data
                                 .iter()
                                 .map(|d| format!("{}:{}", d.host_path.display(), d.method.label()))
+                                .chain(i.volumes.iter().map(|v| format!("volume {v}")))
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         )

@@ -74,7 +74,7 @@ pub async fn apply_planned(
                 if !component.steps.is_empty() {
                     apply_component(ctx, desired, &component.steps).await?;
                 }
-                let health = match health::target_of(desired, &planned.allocations) {
+                let health = match health::target_of(ctx.lxd, desired, &planned.allocations) {
                     Some(target) => {
                         health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout)
                             .await
@@ -280,6 +280,7 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
         ctx.events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Step { description }))
     };
     let mut config_changes: Vec<&Step> = Vec::new();
+    let mut deferred_volumes: Vec<(String, String)> = Vec::new();
     let mut provision_now: Vec<Step> = Vec::new();
     let mut must_provision = false;
     for step in steps {
@@ -290,6 +291,19 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                 root.ensure_dir(root.relative(path)?, 0o755, None)?;
                 boundary(Edge::After, desired, step)?;
             }
+            Action::CreateVolume { pool, volume } => {
+                // On a cluster a volume of a member-local pool must be on the instance's member: an instance
+                // still to create is created first, where LXD places it, and its volumes follow it there.
+                let member = member_for_volumes(ctx.lxd, pool, &name).await?;
+                if member == Some(None) {
+                    deferred_volumes.push((pool.clone(), volume.clone()));
+                    continue;
+                }
+                boundary(Edge::Before, desired, step)?;
+                say(step.describe());
+                create_volume(ctx.lxd, pool, volume, &desired.config, member.flatten().as_deref()).await?;
+                boundary(Edge::After, desired, step)?;
+            }
             Action::CreateInstance { image } => {
                 boundary(Edge::Before, desired, step)?;
                 let server = ctx.image.server.as_deref();
@@ -298,7 +312,15 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                 for (k, v) in &desired.config {
                     request = request.config(k.clone(), v.clone());
                 }
+                let deferred_device = |config: &lxd_client::DeviceConfig| {
+                    deferred_volumes
+                        .iter()
+                        .any(|(pool, volume)| config.get("pool") == Some(pool) && config.get("source") == Some(volume))
+                };
                 for (device, config) in &desired.devices {
+                    if deferred_device(config) {
+                        continue;
+                    }
                     let device = lxd_client::DeviceName::new(device.clone())
                         .map_err(InstallError::lxd(format!("device name {device}")))?;
                     request = request.device(&device, config.clone());
@@ -310,6 +332,24 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                     None => format!("creating {name}"),
                 };
                 ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(context))?;
+                if !deferred_volumes.is_empty() {
+                    let created =
+                        ctx.lxd.instance(&name).await.map_err(InstallError::lxd(format!("reading {name}")))?;
+                    for (pool, volume) in deferred_volumes.drain(..) {
+                        say(format!("+ volume {volume} on pool {pool} (member {})", created.location));
+                        create_volume(ctx.lxd, &pool, &volume, &desired.config, Some(created.location.as_str()))
+                            .await?;
+                    }
+                    let devices = desired.devices.clone();
+                    ctx.lxd
+                        .update_instance(&name, |put| {
+                            for (device, config) in &devices {
+                                put.devices.entry(device.clone()).or_insert_with(|| config.clone());
+                            }
+                        })
+                        .await
+                        .map_err(InstallError::lxd(format!("attaching the volumes of {name}")))?;
+                }
                 boundary(Edge::After, desired, step)?;
             }
             Action::Remap { privileged } => {
@@ -373,6 +413,66 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
         run_provision(ctx, desired, &name, &provision_now, &probe).await
     } else {
         Ok(())
+    }
+}
+
+/// Create a custom volume unless it exists (a run killed after the create finds it, and so does a reinstall:
+/// the data of an uninstalled tenant is kept in its volumes).
+/// The volume is labelled with the tenant and role (`user.gbo.tenant`, `user.gbo.role`), which is what `uninstall
+/// --purge` finds it by once its container is gone.
+async fn create_volume(
+    lxd: &Client,
+    pool: &str,
+    volume: &str,
+    labels: &BTreeMap<String, String>,
+    member: Option<&str>,
+) -> Result<(), InstallError> {
+    let targeted;
+    let lxd = match member {
+        Some(member) => {
+            targeted = lxd.target(member);
+            &targeted
+        }
+        None => lxd,
+    };
+    let context = || format!("creating volume {volume} on pool {pool}");
+    let pool_name = lxd_client::ObjectName::new(pool).map_err(InstallError::lxd(context()))?;
+    let volume_name = lxd_client::ObjectName::new(volume).map_err(InstallError::lxd(context()))?;
+    if lxd.storage_volume(&pool_name, &volume_name).await.map_err(InstallError::lxd(context()))?.is_some() {
+        return Ok(());
+    }
+    let config: BTreeMap<String, String> = [inventory::KEY_TENANT, inventory::KEY_ROLE]
+        .iter()
+        .filter_map(|k| labels.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    match lxd.create_storage_volume(&pool_name, &volume_name, config).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_conflict() => Ok(()),
+        Err(e) => Err(InstallError::lxd(context())(e)),
+    }
+}
+
+/// Where the volumes of `instance` on `pool` go: `None` on a standalone daemon or a pool every member shares
+/// (no target), `Some(Some(member))` on a cluster when the instance exists (its member), `Some(None)` on a cluster
+/// when it does not exist yet (create it first, then its volumes on its member).
+async fn member_for_volumes(
+    lxd: &Client,
+    pool: &str,
+    instance: &InstanceName,
+) -> Result<Option<Option<String>>, InstallError> {
+    let server = lxd.server().await.map_err(InstallError::lxd("reading the server's environment"))?;
+    if !server.environment.server_clustered {
+        return Ok(None);
+    }
+    let pool_name = lxd_client::ObjectName::new(pool).map_err(InstallError::lxd(format!("pool {pool}")))?;
+    let driver = lxd.storage_pool(&pool_name).await.map_err(InstallError::lxd(format!("reading pool {pool}")))?.driver;
+    if matches!(driver.as_str(), "ceph" | "cephfs" | "cephobject") {
+        return Ok(None);
+    }
+    match lxd.instance_opt(instance).await.map_err(InstallError::lxd(format!("reading {instance}")))? {
+        Some(existing) if !existing.location.is_empty() => Ok(Some(Some(existing.location))),
+        Some(_) => Ok(None),
+        None => Ok(Some(None)),
     }
 }
 
@@ -524,6 +624,22 @@ async fn run_provision(
                     host_id(base, placed.file.uid),
                     host_id(base, placed.file.gid),
                 )?;
+            }
+            Action::ChownVolume { path, uid, gid } => {
+                say(step.describe());
+                // Inside the container: the path is resolved there, never on the daemon's host; `-h` changes a
+                // link itself, not what it points to.
+                let request = ExecRequest::new([
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    r#"chown -h "$1:$2" "$3" && chmod 0755 "$3""#.to_string(),
+                    "gbo-chown".to_string(),
+                    uid.to_string(),
+                    gid.to_string(),
+                    path.clone(),
+                ])
+                .timeout(Duration::from_secs(60));
+                exec_checked(lxd, name, request).await?;
             }
             Action::PushFile { path } => {
                 let Some(placed) = desired.files.iter().find(|f| &f.file.path == path) else { continue };

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use gbo_components::{
     component, install_order, required_secrets, HostPorts, RenderContext, Role, SecretSpec, Secrets, CATALOGUE_VERSION,
 };
-use lxd_client::{DeviceConfig, DeviceName, DiskDevice, ProxyAddress, ProxyDevice};
+use lxd_client::{DeviceConfig, DeviceName, ProxyAddress, ProxyDevice};
 
 use super::image_source::ResolvedImage;
-use super::plan::{self, Desired, HostDir, PlacedFile};
+use super::plan::{self, Desired, PlacedFile};
 use super::ports::Allocation;
 use super::scope::TenantScope;
 use super::{InstallError, InstallRequest};
@@ -99,18 +99,17 @@ pub(super) fn desired_states(
                 None => config.remove(plan::PRIVILEGED),
             };
         }
+        if scope.storage.mode() == super::storage::StorageMode::Volumes {
+            config.insert(super::storage::KEY_STORAGE.to_string(), "volumes".to_string());
+        }
         let mut devices = BTreeMap::new();
         let mut host_dirs = Vec::new();
+        let mut volumes = Vec::new();
         for mount in &spec.mounts {
-            let host = scope.stack_dir.join(&mount.host_subdir);
-            let name = format!("gbo-{}", mount.kind.as_str());
-            devices.insert(
-                name.clone(),
-                DiskDevice::new(host.display().to_string(), mount.container_path)
-                    .to_config(&device(&name)?)
-                    .map_err(InstallError::lxd(format!("device {name}")))?,
-            );
-            host_dirs.push(HostDir { path: host, uid: mount.owner.uid, gid: mount.owner.gid });
+            let placed = scope.storage.place(&scope.tenant, role, mount)?;
+            devices.insert(format!("gbo-{}", mount.kind.as_str()), placed.device);
+            host_dirs.extend(placed.host_dir);
+            volumes.extend(placed.volume);
         }
         let mut recorded = Vec::new();
         for port in &spec.ports {
@@ -142,15 +141,7 @@ pub(super) fn desired_states(
         let files = spec
             .files
             .iter()
-            .map(|file| {
-                let host_path = spec.mounts.iter().find_map(|m| {
-                    file.path
-                        .strip_prefix(m.container_path)
-                        .and_then(|rest| rest.strip_prefix('/'))
-                        .map(|rest| scope.stack_dir.join(&m.host_subdir).join(rest))
-                });
-                PlacedFile { file: file.clone(), host_path }
-            })
+            .map(|file| PlacedFile { file: file.clone(), host_path: scope.storage.host_path(&spec.mounts, &file.path) })
             .collect();
         let artifact_entries = artifacts.get(&role).cloned().unwrap_or_default();
         let provisioned_hash = plan::provisioned_hash(&spec, &artifact_entries);
@@ -163,6 +154,7 @@ pub(super) fn desired_states(
             config,
             devices,
             host_dirs,
+            volumes,
             files,
             artifacts: artifact_entries,
             provisioned_hash,

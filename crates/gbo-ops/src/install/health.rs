@@ -1,7 +1,9 @@
-//! Protocol-level health checks, run from the host through the component's published port: PostgreSQL login with
-//! the generated password and `SELECT 1`, Redis `AUTH` with the generated password and `PING`, an HTTP request, a
-//! banner. No exec, so no event carries
-//! anything, and a proxy device that accepts while nothing listens inside is not mistaken for a service.
+//! Protocol-level health checks: PostgreSQL login with the generated password and `SELECT 1`, Redis `AUTH` with the
+//! generated password and `PING`, an HTTP request, a banner. Run from the host through the component's published
+//! port (host storage), or from inside the container (`storage = "volumes"`, where the daemon may be another
+//! machine): the same protocol exchange travels through an exec's stdin and stdout to the service's port on the
+//! container's own loopback ([`Inside`]), so no secret is an argument and the daemon's host is not dialled. A
+//! proxy device that accepts while nothing listens inside is not mistaken for a service.
 
 use std::time::{Duration, Instant};
 
@@ -34,13 +36,115 @@ impl Health {
     }
 }
 
-/// Where to probe: the host address and port publishing the check's container port.
+/// Where to probe: the host address and port publishing the check's container port, or the container itself.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// Address to connect to (an all-addresses listener is probed on 127.0.0.1).
     pub address: std::net::IpAddr,
     /// Host port.
     pub port: u16,
+    /// Probe from inside this container instead of through the host port.
+    pub inside: Option<Inside>,
+}
+
+/// A probe from inside a container: `bash` connects to `127.0.0.1:port` there and relays the connection over
+/// the exec's stdin and stdout.
+#[derive(Debug, Clone)]
+pub struct Inside {
+    /// The daemon.
+    pub lxd: Client,
+    /// The container.
+    pub instance: lxd_client::InstanceName,
+    /// The service's port inside the container.
+    pub port: u16,
+}
+
+/// The relay run inside the container (the port is its only argument; nothing secret is on its command line).
+const RELAY: &str = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 111; cat <&3 & exec cat >&3"#;
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection relayed through an exec; dropping it ends the exec (LXD kills the relay).
+struct Relayed {
+    io: Box<dyn Io>,
+    _session: lxd_client::ExecSession,
+}
+
+impl tokio::io::AsyncRead for Relayed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Relayed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Where a probe connects, for messages.
+#[derive(Debug, Clone)]
+enum Via {
+    Host(std::net::SocketAddr),
+    Inside(Inside),
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Via::Host(addr) => write!(f, "{addr}"),
+            Via::Inside(inside) => write!(f, "127.0.0.1:{} inside {}", inside.port, inside.instance),
+        }
+    }
+}
+
+impl Via {
+    async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
+        match self {
+            Via::Host(addr) => Ok(Box::new(TcpStream::connect(addr).await?)),
+            Via::Inside(inside) => {
+                let request = lxd_client::ExecRequest::new([
+                    "bash".to_string(),
+                    "-c".into(),
+                    RELAY.into(),
+                    "gbo-relay".into(),
+                    inside.port.to_string(),
+                ])
+                .stdin_piped()
+                .timeout(PROBE_TIMEOUT);
+                let mut session = inside.lxd.exec(&inside.instance, &request).await.map_err(std::io::Error::other)?;
+                let stdin = session.stdin().ok_or_else(|| std::io::Error::other("the relay has no stdin"))?;
+                let output = session.output_stream().ok_or_else(|| std::io::Error::other("the relay has no output"))?;
+                use futures_util::StreamExt;
+                let stdout = tokio_util::io::StreamReader::new(output.map(|chunk| match chunk {
+                    lxd_client::ExecChunk::Stdout(bytes) => Ok::<_, std::io::Error>(bytes),
+                    _ => Ok(bytes::Bytes::new()),
+                }));
+                Ok(Box::new(Relayed { io: Box::new(tokio::io::join(stdout, stdin)), _session: session }))
+            }
+        }
+    }
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,28 +152,29 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Run `check` once against `target`.
 pub async fn probe(check: &HealthCheck, target: &Target, secrets: &Secrets) -> Health {
     let address = if target.address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { target.address };
-    let addr = std::net::SocketAddr::new(address, target.port);
-    match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(check, addr, secrets)).await {
+    let addr = match &target.inside {
+        Some(inside) => Via::Inside(inside.clone()),
+        None => Via::Host(std::net::SocketAddr::new(address, target.port)),
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(check, addr.clone(), secrets)).await {
         Ok(h) => h,
         Err(_) => Health::bad(format!("no answer from {addr} within {} s", PROBE_TIMEOUT.as_secs())),
     }
 }
 
-async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &Secrets) -> Health {
+async fn probe_inner(check: &HealthCheck, addr: Via, secrets: &Secrets) -> Health {
     match check {
         HealthCheck::Postgres { user, database, password_secret, .. } => {
             let Some(password) = secrets.get(password_secret) else {
                 return Health::bad(format!("secret {password_secret} is missing"));
             };
             let mut config = tokio_postgres::Config::new();
-            config
-                .host(addr.ip().to_string())
-                .port(addr.port())
-                .user(*user)
-                .password(password)
-                .dbname(*database)
-                .connect_timeout(PROBE_TIMEOUT);
-            match config.connect(tokio_postgres::NoTls).await {
+            config.user(*user).password(password).dbname(*database).connect_timeout(PROBE_TIMEOUT);
+            let stream = match addr.connect().await {
+                Ok(stream) => stream,
+                Err(e) => return Health::bad(format!("connecting to {addr}: {}", redact(&e.to_string(), password))),
+            };
+            match config.connect_raw(stream, tokio_postgres::NoTls).await {
                 Ok((client, connection)) => {
                     let task = tokio::spawn(connection);
                     let result = client.simple_query("SELECT 1").await;
@@ -92,7 +197,7 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
                     "secret {password_secret} is missing (gbo install sets the cache's password)"
                 ));
             };
-            match redis_command(addr, &[&["AUTH", password], &["PING"]]).await {
+            match redis_exchange(&addr, &[&["AUTH", password], &["PING"]]).await {
                 Ok(lines) => match lines.as_slice() {
                     [auth, pong] if auth.starts_with("+OK") && pong.starts_with("+PONG") => {
                         Health::ok(format!("AUTH and PING -> PONG at {addr}"))
@@ -107,7 +212,7 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
         }
         HealthCheck::Http { path, expect, .. } => {
             let result = async {
-                let mut stream = TcpStream::connect(addr).await?;
+                let mut stream = addr.connect().await?;
                 let request = format!(
                     "GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: gbo-health\r\nConnection: close\r\n\r\n"
                 );
@@ -140,7 +245,7 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
         }
         HealthCheck::Banner { prefix, .. } => {
             let result = async {
-                let stream = TcpStream::connect(addr).await?;
+                let stream = addr.connect().await?;
                 let mut reader = tokio::io::BufReader::new(stream);
                 let mut line = String::new();
                 reader.read_line(&mut line).await?;
@@ -153,7 +258,7 @@ async fn probe_inner(check: &HealthCheck, addr: std::net::SocketAddr, secrets: &
                 Err(e) => Health::bad(format!("banner at {addr}: {e}")),
             }
         }
-        HealthCheck::Tcp { .. } => match TcpStream::connect(addr).await {
+        HealthCheck::Tcp { .. } => match addr.connect().await {
             Ok(_) => Health::ok(format!("TCP connect to {addr}")),
             Err(e) => Health::bad(format!("TCP connect to {addr}: {e}")),
         },
@@ -167,7 +272,11 @@ const REDIS_LINE_LIMIT: u64 = 4096;
 /// Send `commands` to the Redis server at `addr` as RESP arrays (binary-safe: the password is never parsed as
 /// syntax) and return the first line of each reply.
 pub async fn redis_command(addr: std::net::SocketAddr, commands: &[&[&str]]) -> std::io::Result<Vec<String>> {
-    let mut stream = TcpStream::connect(addr).await?;
+    redis_exchange(&Via::Host(addr), commands).await
+}
+
+async fn redis_exchange(addr: &Via, commands: &[&[&str]]) -> std::io::Result<Vec<String>> {
+    let mut stream = addr.connect().await?;
     let mut request = Vec::new();
     for command in commands {
         request.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
@@ -216,12 +325,17 @@ pub async fn wait_healthy(check: &HealthCheck, target: &Target, secrets: &Secret
 }
 
 /// The health target of a spec: the published port of its health check's container port.
-pub(super) fn target_of(desired: &Desired, allocations: &BTreeMap<(Role, String), Allocation>) -> Option<Target> {
+pub(super) fn target_of(
+    lxd: &Client,
+    desired: &Desired,
+    allocations: &BTreeMap<(Role, String), Allocation>,
+) -> Option<Target> {
     let port = desired.spec.health.port()?;
     let spec_port =
         desired.spec.ports.iter().find(|p| p.container_port == port && p.protocol == gbo_components::Protocol::Tcp)?;
     let a = allocations.get(&(desired.role, spec_port.name.to_string()))?;
-    Some(Target { address: a.address, port: a.port })
+    let inside = inside_of(lxd, &desired.config, &desired.instance, port);
+    Some(Target { address: a.address, port: a.port, inside })
 }
 
 /// Health of a component without a published probe port: its unit is active (websocket exec, read-only).
@@ -242,12 +356,23 @@ pub(super) async fn unit_health(lxd: &Client, desired: &Desired) -> Health {
     }
 }
 
+/// The in-container probe of an instance whose data lives in custom volumes (`storage = "volumes"`: the daemon
+/// may be another machine, so its published ports are not dialled from here).
+fn inside_of(lxd: &Client, config: &BTreeMap<String, String>, instance: &str, port: u16) -> Option<Inside> {
+    if config.get(super::storage::KEY_STORAGE).map(String::as_str) != Some("volumes") {
+        return None;
+    }
+    let instance = lxd_client::InstanceName::new(instance).ok()?;
+    Some(Inside { lxd: lxd.clone(), instance, port })
+}
+
 /// The health check and target of an observed instance, from the catalogue and its published ports.
-pub fn health_of(m: &ManagedInstance) -> Option<(HealthCheck, Target)> {
+pub fn health_of(lxd: &Client, m: &ManagedInstance) -> Option<(HealthCheck, Target)> {
     let role: Role = m.role?;
     let check = super::status::health_check(role)?;
     let port = check.port()?;
     let published = m.ports.iter().find(|p| p.container_port == port && p.protocol == gbo_components::Protocol::Tcp)?;
     let address = published.host_address.parse().ok()?;
-    Some((check, Target { address, port: published.host_port }))
+    let inside = inside_of(lxd, &m.instance.config, m.name.as_str(), port);
+    Some((check, Target { address, port: published.host_port, inside }))
 }

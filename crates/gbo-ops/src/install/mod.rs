@@ -23,6 +23,7 @@ mod scope;
 pub mod secrets;
 pub mod setup;
 pub mod status;
+pub mod storage;
 pub mod tenancy;
 mod uninstall;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use lxd_client::{Client, ExecRequest, Instance, InstanceName};
+use lxd_client::{Client, ExecRequest, Instance, InstanceName, ObjectName};
 use sha2::{Digest, Sha256};
 
 use super::error::InstallError;
@@ -19,6 +19,8 @@ const PROBE_SCRIPT: &str = r#"for a in "$@"; do
          if [ -L "$p" ]; then echo "L $p"
          elif [ -f "$p" ]; then echo "F $(stat -c '%a %u %g' "$p") $(sha256sum "$p" | cut -d' ' -f1) $p"
          else echo "M $p"; fi;;
+    d:*) p=${a#d:}
+         if [ -d "$p" ] && [ ! -L "$p" ]; then echo "D $(stat -c '%u %g' "$p") $p"; else echo "DM $p"; fi;;
     c:*) p=${a#c:}; if [ -e "$p" ]; then echo "C1 $p"; else echo "C0 $p"; fi;;
     u:*) u=${a#u:}
          s=$(systemctl is-active "$u" 2>/dev/null | head -n1)
@@ -64,7 +66,19 @@ pub fn host_file_state(root: &HostDir, path: &Path, base: u32) -> Result<Option<
 pub async fn observe(lxd: &Client, desired: &Desired, instance: Option<&Instance>) -> Result<Observed, InstallError> {
     let mut observed = Observed { instance: instance.cloned(), ..Default::default() };
     observed.idmap_base = instance.and_then(idmap_base);
-    let root = HostDir::open_root_if_exists(&desired.stack_dir)?;
+    let on_host = !desired.host_dirs.is_empty() || desired.files.iter().any(|f| f.host_path.is_some());
+    let root = if on_host { HostDir::open_root_if_exists(&desired.stack_dir)? } else { None };
+    for volume in &desired.volumes {
+        let pool = ObjectName::new(volume.pool.as_str()).map_err(InstallError::lxd(format!("pool {}", volume.pool)))?;
+        let name =
+            ObjectName::new(volume.volume.as_str()).map_err(InstallError::lxd(format!("volume {}", volume.volume)))?;
+        let exists = lxd
+            .storage_volume(&pool, &name)
+            .await
+            .map_err(InstallError::lxd(format!("reading volume {} on pool {}", volume.volume, volume.pool)))?
+            .is_some();
+        observed.volumes.insert(volume.volume.clone(), exists);
+    }
     for dir in &desired.host_dirs {
         let state = match &root {
             Some(root) => match root.stat(root.relative(&dir.path)?)? {
@@ -106,6 +120,9 @@ pub async fn probe(lxd: &Client, desired: &Desired) -> Result<Probe, InstallErro
     }
     for artifact in artifact_list(&desired.spec) {
         argv.push(format!("f:{}", artifact.install_path));
+    }
+    for volume in &desired.volumes {
+        argv.push(format!("d:{}", volume.path));
     }
     for init in &desired.spec.init {
         argv.push(format!("c:{}", init.creates));
@@ -156,6 +173,16 @@ pub fn parse_probe(text: &str) -> Probe {
                     probe.files.insert(fields[4].to_string(), Some(state));
                 }
             }
+            "D" => {
+                let fields: Vec<&str> = rest.splitn(3, ' ').collect();
+                if let [uid, gid, path] = fields.as_slice() {
+                    let owner = uid.parse().ok().zip(gid.parse().ok());
+                    probe.dirs.insert(path.to_string(), owner);
+                }
+            }
+            "DM" => {
+                probe.dirs.insert(rest.to_string(), None);
+            }
             "C1" => {
                 probe.creates.insert(rest.to_string(), true);
             }
@@ -203,7 +230,7 @@ mod tests {
 
     #[test]
     fn probe_output_is_parsed() {
-        let text = "F 644 0 0 abc /etc/systemd/system/tables.service\nM /etc/gbo/x y\nL /usr/local/bin/valkey-cli\nC1 /opt/gbo/data/pgdata/PG_VERSION\nU active enabled tables.service\nU inactive masked postgresql.service\n";
+        let text = "F 644 0 0 abc /etc/systemd/system/tables.service\nM /etc/gbo/x y\nL /usr/local/bin/valkey-cli\nC1 /opt/gbo/data/pgdata/PG_VERSION\nD 101 102 /opt/gbo/data\nDM /opt/gbo/logs\nU active enabled tables.service\nU inactive masked postgresql.service\n";
         let probe = parse_probe(text);
         assert_eq!(
             probe.files["/etc/systemd/system/tables.service"].as_ref().map(|s| (s.mode, s.sha256.as_str())),
@@ -213,5 +240,6 @@ mod tests {
         assert!(probe.files["/usr/local/bin/valkey-cli"].as_ref().is_some_and(|s| s.symlink));
         assert!(probe.creates["/opt/gbo/data/pgdata/PG_VERSION"]);
         assert_eq!(probe.units["postgresql.service"].enabled, "masked");
+        assert_eq!((probe.dirs["/opt/gbo/data"], probe.dirs["/opt/gbo/logs"]), (Some((101, 102)), None));
     }
 }

@@ -54,6 +54,21 @@ pub struct HostDir {
     pub gid: u32,
 }
 
+/// A custom volume to create and whose mount point to chown (`storage = "volumes"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeDir {
+    /// The pool.
+    pub pool: String,
+    /// The volume (`<tenant>-<role>-<kind>`).
+    pub volume: String,
+    /// Where it is mounted inside the container.
+    pub path: String,
+    /// Owner uid inside the container.
+    pub uid: u32,
+    /// Owner gid inside the container.
+    pub gid: u32,
+}
+
 /// A rendered file and where it lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacedFile {
@@ -81,8 +96,10 @@ pub struct Desired {
     pub config: BTreeMap<String, String>,
     /// gbo's devices (`gbo-*`).
     pub devices: BTreeMap<String, DeviceConfig>,
-    /// Host directories (data, conf, logs).
+    /// Host directories (data, conf, logs) in host mode.
     pub host_dirs: Vec<HostDir>,
+    /// Custom volumes (data, conf, logs) in volumes mode.
+    pub volumes: Vec<VolumeDir>,
     /// Rendered files, placed.
     pub files: Vec<PlacedFile>,
     /// Artifacts as `name@version:sha256` (sha256 of the verified download, or `unverified`).
@@ -124,6 +141,8 @@ pub struct Probe {
     pub units: BTreeMap<String, UnitState>,
     /// Paths whose existence marks init steps done.
     pub creates: BTreeMap<String, bool>,
+    /// Owners (container view) of volume mount points (`None`: missing or not a directory).
+    pub dirs: BTreeMap<String, Option<(u32, u32)>>,
 }
 
 /// What LXD and the host have for one component.
@@ -137,6 +156,8 @@ pub struct Observed {
     pub host_dirs: BTreeMap<PathBuf, Option<(u32, u32)>>,
     /// Host-side files (on mounts), in container terms (uid/gid shifted back by the idmap base).
     pub host_files: BTreeMap<PathBuf, Option<FileState>>,
+    /// Custom volumes by name: whether each exists on its pool.
+    pub volumes: BTreeMap<String, bool>,
     /// The probe, when the container was running.
     pub probe: Option<Probe>,
 }
@@ -149,6 +170,23 @@ pub enum Action {
     CreateHostDir {
         /// Host path.
         path: PathBuf,
+    },
+    /// Create a custom volume (`storage = "volumes"`).
+    CreateVolume {
+        /// Pool.
+        pool: String,
+        /// Volume.
+        volume: String,
+    },
+    /// Give a volume's mount point to the role's service user (an exec of `chown` inside the container, which
+    /// resolves the path there).
+    ChownVolume {
+        /// Mount point inside the container.
+        path: String,
+        /// Owner inside the container.
+        uid: u32,
+        /// Group inside the container.
+        gid: u32,
     },
     /// Create the instance, stopped, with its config and devices.
     CreateInstance {
@@ -278,6 +316,8 @@ impl Step {
     pub fn describe(&self) -> String {
         match &self.action {
             Action::CreateHostDir { path } => format!("+ host dir {}", path.display()),
+            Action::CreateVolume { pool, volume } => format!("+ volume {volume} on pool {pool}"),
+            Action::ChownVolume { path, uid, gid } => format!("~ chown volume at {path} to {uid}:{gid}"),
             Action::CreateInstance { image } => format!("+ create instance from {image}"),
             Action::Remap { privileged: true } => "~ make the instance privileged (stop, remap its data, start)".into(),
             Action::Remap { privileged: false } => {
@@ -373,6 +413,14 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Vec<Step> {
     for dir in &desired.host_dirs {
         if observed.host_dirs.get(&dir.path).copied().flatten().is_none() {
             steps.push(Step::new(Action::CreateHostDir { path: dir.path.clone() }, "missing on the host"));
+        }
+    }
+    for volume in &desired.volumes {
+        if !observed.volumes.get(&volume.volume).copied().unwrap_or(false) {
+            steps.push(Step::new(
+                Action::CreateVolume { pool: volume.pool.clone(), volume: volume.volume.clone() },
+                format!("missing on pool {}", volume.pool),
+            ));
         }
     }
     let Some(instance) = &observed.instance else {
@@ -502,6 +550,18 @@ pub fn provision_steps(desired: &Desired, observed: &Observed, probe: &Probe, in
     let mut restarts: Vec<String> = Vec::new();
     let mut reload = false;
     let owed = owed_entries(&instance.config);
+    for volume in &desired.volumes {
+        match probe.dirs.get(&volume.path).copied().flatten() {
+            Some(have) if have == (volume.uid, volume.gid) => {}
+            have => steps.push(Step::new(
+                Action::ChownVolume { path: volume.path.clone(), uid: volume.uid, gid: volume.gid },
+                match have {
+                    Some((uid, gid)) => format!("owned by {uid}:{gid}"),
+                    None => "not a directory yet".to_string(),
+                },
+            )),
+        }
+    }
     for placed in &desired.files {
         let file = &placed.file;
         let have = match &placed.host_path {
@@ -713,6 +773,7 @@ mod tests {
             config: BTreeMap::from([(inventory::KEY_MANAGED.to_string(), "true".to_string())]),
             devices,
             host_dirs: Vec::new(),
+            volumes: Vec::new(),
             files,
             artifacts: Vec::new(),
             provisioned_hash,
@@ -763,6 +824,45 @@ mod tests {
         assert!(matches!(actions[0], Action::CreateInstance { .. }), "{actions:?}");
         assert!(actions.contains(&&Action::StartInstance));
         assert!(actions.contains(&&Action::Provision));
+    }
+
+    #[test]
+    fn volumes_are_created_before_the_instance_and_their_mount_points_chowned_inside() {
+        let mut desired = desired_cache();
+        let volume = |kind: &str| VolumeDir {
+            pool: "default".into(),
+            volume: format!("acme-cache-{kind}"),
+            path: format!("/opt/gbo/{kind}"),
+            uid: 1002,
+            gid: 1002,
+        };
+        desired.volumes = vec![volume("data"), volume("conf")];
+        let steps = diff(&desired, &Observed::default());
+        let text: Vec<String> = steps.iter().map(Step::describe).collect();
+        assert_eq!(
+            text[..3],
+            [
+                "+ volume acme-cache-data on pool default",
+                "+ volume acme-cache-conf on pool default",
+                "+ create instance from gbo/debian-12"
+            ],
+            "{text:?}"
+        );
+        // Kept volumes (a reinstall) are not created again.
+        let mut observed = Observed::default();
+        observed.volumes.insert("acme-cache-data".into(), true);
+        observed.volumes.insert("acme-cache-conf".into(), true);
+        assert!(matches!(diff(&desired, &observed)[0].action, Action::CreateInstance { .. }));
+        // Running: a mount point owned by root is chowned, one owned right is left alone.
+        let (mut observed, _) = converged(&desired);
+        observed.volumes.insert("acme-cache-data".into(), true);
+        observed.volumes.insert("acme-cache-conf".into(), true);
+        if let Some(probe) = observed.probe.as_mut() {
+            probe.dirs.insert("/opt/gbo/data".into(), Some((0, 0)));
+            probe.dirs.insert("/opt/gbo/conf".into(), Some((1002, 1002)));
+        }
+        let text: Vec<String> = diff(&desired, &observed).iter().map(Step::describe).collect();
+        assert_eq!(text, ["~ chown volume at /opt/gbo/data to 1002:1002", "~ record provisioned hash"]);
     }
 
     #[test]

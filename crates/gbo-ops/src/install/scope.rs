@@ -63,6 +63,7 @@ pub(super) struct TenantScope {
     pub(super) all_roles: Vec<Role>,
     pub(super) instances: Vec<ManagedInstance>,
     pub(super) notes: Vec<String>,
+    pub(super) storage: super::storage::Storage,
 }
 
 pub(super) async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]) -> Result<TenantScope, InstallError> {
@@ -130,5 +131,14 @@ pub(super) async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]
     all.extend(installed.iter().copied());
     let role_dirs: Vec<PathBuf> = all.iter().map(|r| stack_dir.join(r.container_suffix())).collect();
     claims.check(tenant.as_str(), &stack_dir, &role_dirs)?;
-    Ok(TenantScope { tenant, stack_dir, to_install, all_roles: all.into_iter().collect(), instances, notes })
+    let storage = super::storage::Storage::resolve(
+        lxd,
+        &tenant,
+        request.tenant_file.storage,
+        request.tenant_file.pool.as_deref(),
+        &stack_dir,
+        &instances,
+    )
+    .await?;
+    Ok(TenantScope { tenant, stack_dir, to_install, all_roles: all.into_iter().collect(), instances, notes, storage })
 }

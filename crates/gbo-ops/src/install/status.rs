@@ -30,6 +30,9 @@ pub struct ComponentStatus {
     pub ports: Vec<PublishedPort>,
     /// Host mounts.
     pub mounts: Vec<Mount>,
+    /// Custom volumes (`storage = "volumes"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<inventory::AttachedVolume>,
     /// Live health (`None` when the role has no probe or no published port).
     pub health: Option<Health>,
 }
@@ -106,7 +109,7 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
         let secrets = &secrets;
         async move {
             let health = if m.instance.is_running() {
-                match super::health::health_of(m) {
+                match super::health::health_of(lxd, m) {
                     Some((check, target)) => Some(health::probe(&check, &target, secrets).await),
                     None => None,
                 }
@@ -129,6 +132,7 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
                 image,
                 ports: m.ports.clone(),
                 mounts: m.mounts.clone(),
+                volumes: inventory::attached_volumes(&m.instance),
                 health,
             }
         }

@@ -21,6 +21,12 @@ pub struct Uninstalled {
     pub purged: Option<PathBuf>,
     /// Host data kept.
     pub kept: Option<PathBuf>,
+    /// Custom volumes deleted (`--purge`, `storage = "volumes"`), as `pool/volume`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purged_volumes: Vec<String>,
+    /// Custom volumes kept (their data is found again by the next install), as `pool/volume`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_volumes: Vec<String>,
 }
 
 /// Delete the instances of `roles`; with `purge`, also their host directories (secrets are kept: they belong to
@@ -48,6 +54,7 @@ pub async fn uninstall(
     let claims = tenancy::Claims::of(&everything);
     let instances: Vec<&ManagedInstance> = everything.iter().filter(|m| &m.tenant == tenant).collect();
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
+    let labelled = tenant_volumes(lxd, tenant).await?;
     // What each role's purge removes: decided (and refused) before anything is deleted.
     let mut plans = Vec::new();
     for role in roles {
@@ -81,10 +88,29 @@ pub async fn uninstall(
                 }
             }
         }
-        plans.push((name, found.is_some(), role_stack, role_dir, dirs));
+        // Custom volumes: those its container attaches (gbo's devices only), and those labelled with the tenant and
+        // the role (found again after the container is gone).
+        let mut volumes: Vec<(String, String)> = found
+            .map(|m| {
+                m.instance
+                    .devices
+                    .iter()
+                    .filter(|(device, _)| device.starts_with(inventory::DEVICE_PREFIX))
+                    .filter_map(|(_, d)| Some((d.get("pool")?.clone(), d.get("source")?.clone())))
+                    .filter(|(pool, _)| !pool.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (pool, volume, labelled_role) in &labelled {
+            if labelled_role == role.as_str() && !volumes.iter().any(|(p, v)| p == pool && v == volume) {
+                volumes.push((pool.clone(), volume.clone()));
+            }
+        }
+        volumes.sort();
+        plans.push((name, found.is_some(), role_stack, role_dir, dirs, volumes));
     }
     let mut out = Vec::new();
-    for (name, exists, role_stack, role_dir, dirs) in plans {
+    for (name, exists, role_stack, role_dir, dirs, volumes) in plans {
         let mut deleted = false;
         if exists {
             let n = lxd_client::InstanceName::new(name.clone())
@@ -102,7 +128,50 @@ pub async fn uninstall(
             (Some(dir), false) => (None, Some(dir)),
             (None, _) => (None, None),
         };
-        out.push(Uninstalled { instance: name, deleted, purged, kept });
+        let mut purged_volumes = Vec::new();
+        let mut kept_volumes = Vec::new();
+        for (pool, volume) in volumes {
+            if purge {
+                let context = || format!("deleting volume {volume} on pool {pool}");
+                let pool_name = lxd_client::ObjectName::new(pool.as_str()).map_err(InstallError::lxd(context()))?;
+                let volume_name = lxd_client::ObjectName::new(volume.as_str()).map_err(InstallError::lxd(context()))?;
+                match lxd.delete_storage_volume(&pool_name, &volume_name).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(InstallError::lxd(context())(e)),
+                }
+                purged_volumes.push(format!("{pool}/{volume}"));
+            } else {
+                kept_volumes.push(format!("{pool}/{volume}"));
+            }
+        }
+        out.push(Uninstalled { instance: name, deleted, purged, kept, purged_volumes, kept_volumes });
+    }
+    Ok(out)
+}
+
+/// The custom volumes labelled with `tenant` ([`KEY_TENANT`](inventory::KEY_TENANT) in their config, set by
+/// install when it creates them), on every pool: `(pool, volume, role)`.
+async fn tenant_volumes(lxd: &Client, tenant: &TenantName) -> Result<Vec<(String, String, String)>, InstallError> {
+    let mut out = Vec::new();
+    for pool in lxd.storage_pools().await.map_err(InstallError::lxd("listing storage pools"))? {
+        let Ok(name) = lxd_client::ObjectName::new(pool.name.as_str()) else { continue };
+        let volumes = lxd
+            .storage_volumes(&name)
+            .await
+            .map_err(InstallError::lxd(format!("listing volumes of pool {}", pool.name)))?;
+        for volume in volumes {
+            // Snapshots are listed as `volume/snapshot` with the volume's config: they go with their volume.
+            if volume.kind != "custom"
+                || volume.name.contains('/')
+                || volume.config.get(inventory::KEY_TENANT) != Some(&tenant.to_string())
+            {
+                continue;
+            }
+            if let Some(role) = volume.config.get(inventory::KEY_ROLE) {
+                out.push((pool.name.clone(), volume.name.clone(), role.clone()));
+            }
+        }
     }
     Ok(out)
 }

@@ -16,7 +16,7 @@ use gbo_components::TenantName;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lxd_client::{Client, InstanceName, InstanceStatus, SnapshotName, StateAction, StateChange};
+use lxd_client::{Client, InstanceName, InstanceStatus, ObjectName, SnapshotName, StateAction, StateChange};
 use time::OffsetDateTime;
 
 use crate::inventory::{self, ManagedInstance};
@@ -162,6 +162,9 @@ pub struct SnapshotInfo {
     pub covers: String,
     /// The host directories captured, if any.
     pub data: Vec<DataCapture>,
+    /// The custom volumes snapshotted with it (`storage = "volumes"`), as `pool/volume`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 /// Options of [`create`].
@@ -269,10 +272,21 @@ async fn create_one(
         let strategy = tokio::task::spawn_blocking(move || data::strategy_for(&path)).await.map_err(join_error)??;
         strategies.push((mount.clone(), strategy));
     }
+    // Custom volumes (`storage = "volumes"`) are snapshotted by LXD under the same name, in the same freeze.
+    let volumes = crate::inventory::attached_volumes(&container.instance);
+    for volume in &volumes {
+        let (pool, name_of) = volume_names(volume)?;
+        if lxd.volume_snapshots(&pool, &name_of).await?.iter().any(|s| s.name == name.as_str()) {
+            return Err(SnapshotError::Exists {
+                container: format!("{} (volume {})", container.name, volume.label()),
+                snapshot: name.to_string(),
+            });
+        }
+    }
     let now = OffsetDateTime::now_utc();
     let expires_at = options.expires.map(|span| rfc3339(now + span.as_time()));
     let running = lxd.instance(&instance).await?.is_running();
-    let freeze = running && !strategies.is_empty();
+    let freeze = running && (!strategies.is_empty() || !volumes.is_empty());
     if freeze {
         lxd.set_state(&instance, &StateChange::new(StateAction::Freeze)).await?;
     }
@@ -295,7 +309,17 @@ async fn create_one(
                 method,
             });
         }
-        lxd.create_snapshot(&instance, name, expires_at.as_deref()).await?;
+        for (done, volume) in volumes.iter().enumerate() {
+            let (pool, volume_name) = volume_names(volume)?;
+            if let Err(e) = lxd.create_volume_snapshot(&pool, &volume_name, name, expires_at.as_deref()).await {
+                forget_volume_snapshots(lxd, &volumes[..done], name).await;
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = lxd.create_snapshot(&instance, name, expires_at.as_deref()).await {
+            forget_volume_snapshots(lxd, &volumes, name).await;
+            return Err(e.into());
+        }
         Ok::<_, SnapshotError>(captures)
     }
     .await;
@@ -331,9 +355,42 @@ async fn create_one(
         taken_at: manifest.taken_at,
         expires_at,
         size: None,
-        covers: covers_label(!captures.is_empty()),
+        covers: covers_label(!captures.is_empty() || !volumes.is_empty()),
         data: captures,
+        volumes: volumes.iter().map(|v| v.label()).collect(),
     })
+}
+
+fn volume_names(volume: &crate::inventory::AttachedVolume) -> Result<(ObjectName, ObjectName), SnapshotError> {
+    let pool = ObjectName::new(volume.pool.as_str()).map_err(SnapshotError::from)?;
+    let name = ObjectName::new(volume.volume.as_str()).map_err(SnapshotError::from)?;
+    Ok((pool, name))
+}
+
+/// Delete the snapshot `name` of `volumes` after a failed create (best effort: the error that stopped the create
+/// is the one reported).
+async fn forget_volume_snapshots(lxd: &Client, volumes: &[crate::inventory::AttachedVolume], name: &SnapshotName) {
+    for volume in volumes {
+        if let Ok((pool, volume_name)) = volume_names(volume) {
+            if let Err(e) = lxd.delete_volume_snapshot(&pool, &volume_name, name).await {
+                tracing::warn!(error = %e, volume = %volume.label(), "could not remove a volume snapshot");
+            }
+        }
+    }
+}
+
+/// For each attached volume, the names of its snapshots.
+async fn volume_snapshot_names(
+    lxd: &Client,
+    container: &ManagedInstance,
+) -> Result<Vec<(crate::inventory::AttachedVolume, Vec<String>)>, SnapshotError> {
+    let mut out = Vec::new();
+    for volume in crate::inventory::attached_volumes(&container.instance) {
+        let (pool, name) = volume_names(&volume)?;
+        let names = lxd.volume_snapshots(&pool, &name).await?.into_iter().map(|s| s.name).collect();
+        out.push((volume, names));
+    }
+    Ok(out)
 }
 
 /// Snapshot several containers at once under one name (a tenant): one result per container, in order.
@@ -353,6 +410,7 @@ fn covers_label(with_data: bool) -> String {
 /// Every snapshot of a container, oldest first, with what each covers.
 pub async fn list(lxd: &Client, container: &ManagedInstance) -> Result<Vec<SnapshotInfo>, SnapshotError> {
     let instance = lxd_name(container)?;
+    let volume_snapshots = volume_snapshot_names(lxd, container).await?;
     let mut out: Vec<SnapshotInfo> = lxd
         .snapshots(&instance)
         .await?
@@ -360,9 +418,12 @@ pub async fn list(lxd: &Client, container: &ManagedInstance) -> Result<Vec<Snaps
         .map(|s| {
             let manifest = read_manifest(container, &s.name);
             let data = manifest.map(|m| m.data).unwrap_or_default();
+            let volumes: Vec<String> =
+                volume_snapshots.iter().filter(|(_, names)| names.contains(&s.name)).map(|(v, _)| v.label()).collect();
             SnapshotInfo {
                 container: container.name.to_string(),
-                covers: covers_label(!data.is_empty()),
+                covers: covers_label(!data.is_empty() || !volumes.is_empty()),
+                volumes,
                 expires_at: s.expiry().map(str::to_string),
                 size: s.size,
                 taken_at: s.created_at.clone(),
@@ -386,6 +447,9 @@ pub struct RestoreReport {
     pub safety_snapshot: Option<String>,
     /// Host directories brought back.
     pub data_restored: Vec<PathBuf>,
+    /// Custom volumes brought back, as `pool/volume`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes_restored: Vec<String>,
     /// Whether the container was restarted.
     pub restarted: bool,
 }
@@ -407,6 +471,12 @@ pub async fn restore(
         });
     }
     let manifest = read_manifest(container, snapshot.as_str());
+    let volumes: Vec<crate::inventory::AttachedVolume> = volume_snapshot_names(lxd, container)
+        .await?
+        .into_iter()
+        .filter(|(_, names)| names.iter().any(|n| n == snapshot.as_str()))
+        .map(|(v, _)| v)
+        .collect();
     let safety_snapshot = if safety {
         let base = format!("safety-{}", default_name(OffsetDateTime::now_utc()).trim_start_matches("gbo-"));
         let mut candidate = base.clone();
@@ -451,6 +521,19 @@ pub async fn restore(
             data_restored.push(capture.host_path.clone());
         }
     }
+    let mut volumes_restored = Vec::new();
+    for volume in &volumes {
+        let result = match volume_names(volume) {
+            Ok((pool, name)) => lxd.restore_volume_snapshot(&pool, &name, snapshot).await.map_err(SnapshotError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let mut restored: Vec<PathBuf> = data_restored.clone();
+            restored.extend(volumes_restored.iter().map(|v: &String| PathBuf::from(format!("volume {v}"))));
+            return Err(failed(format!("restoring volume {}", volume.label()), e, &restored));
+        }
+        volumes_restored.push(volume.label());
+    }
     if let Err(e) = lxd.restore_snapshot(&instance, snapshot).await {
         return Err(failed("restoring the container's root filesystem".into(), e.into(), &data_restored));
     }
@@ -462,6 +545,7 @@ pub async fn restore(
         snapshot: snapshot.to_string(),
         safety_snapshot,
         data_restored,
+        volumes_restored,
         restarted: running,
     })
 }
@@ -510,6 +594,12 @@ pub async fn delete(lxd: &Client, container: &ManagedInstance, snapshot: &Snapsh
             container: container.name.to_string(),
             snapshot: snapshot.to_string(),
         });
+    }
+    for (volume, names) in volume_snapshot_names(lxd, container).await? {
+        if names.iter().any(|n| n == snapshot.as_str()) {
+            let (pool, name) = volume_names(&volume)?;
+            lxd.delete_volume_snapshot(&pool, &name, snapshot).await?;
+        }
     }
     if exists {
         lxd.delete_snapshot(&instance, snapshot).await?;
