@@ -9,28 +9,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use gbo_ops::install::status::TenantStatus;
-use gbo_tests::{gbo_bin, GboRun, TestTenant, TEST_IMAGE};
+use gbo_tests::{Run, TestTenant, TEST_IMAGE};
 use lxd_client::{Client, Endpoint, ExecRequest, Flavor, InstanceName, ObjectName};
 
 const MAIN_SOCKET: &str = "/var/lib/lxd/unix.socket";
 const SOLO_SOCKET: &str = "/var/lib/gbo-cluster/solo/unix.socket";
 
 /// `gbo` against the daemon of `socket` (an explicit socket is the only one gbo uses).
-async fn gbo_on(socket: &str, args: Vec<String>) -> GboRun {
+async fn gbo_on(socket: &str, args: Vec<String>) -> Run {
     let socket = socket.to_string();
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(gbo_bin())
-            .args(&args)
-            .env("LXD_SOCKET", &socket)
-            .env_remove("LXD_DIR")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("running gbo");
-        GboRun {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // An empty LXD_DIR counts as unset: the explicit socket is the only daemon gbo uses.
+        gbo_tests::gbo_env(&args, &[("LXD_SOCKET", &socket), ("LXD_DIR", "")])
     })
     .await
     .expect("gbo thread")
@@ -88,7 +79,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn check(run: &GboRun, what: &str) {
+fn check(run: &Run, what: &str) {
     assert_eq!(run.code, 0, "{what} failed:\n{}", run.all());
 }
 
