@@ -16,5 +16,6 @@ pub mod migrate;
 pub mod proxy;
 pub mod runner;
 pub mod snapshot;
+pub mod upgrade;
 pub mod vault;
 pub mod zfs;

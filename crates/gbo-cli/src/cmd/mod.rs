@@ -14,6 +14,7 @@ mod install;
 mod migrate;
 mod proxy;
 mod snapshot;
+mod upgrade;
 mod vault;
 mod zfs;
 
@@ -45,6 +46,10 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Rebuild a tenant's containers on a newer image (role by role in dependency order: snapshot with data, new
+    /// container keeping config, devices, ports and data, health check; a failure restores the previous container
+    /// and data and exits 2).
+    Upgrade(upgrade::Args),
     /// Delete components' containers; host data stays unless --purge.
     Uninstall {
         /// Roles (or container names) to remove.
@@ -71,6 +76,10 @@ pub enum Command {
         /// Tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// The local image alias containers are compared with: one running another image is marked for `gbo
+        /// upgrade`.
+        #[arg(long, env = "GBO_DEFAULT_IMAGE", default_value = gbo_ops::install::DEFAULT_IMAGE, value_name = "ALIAS")]
+        image: String,
         /// Output format (JSON shape in docs/json-output.md).
         #[arg(long, value_enum, default_value_t)]
         output: Format,
@@ -157,10 +166,11 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Components { output } => install::components(output),
         Command::Plan(args) => install::plan(args).await,
         Command::Install { args, dry_run } => install::install(args, dry_run).await,
+        Command::Upgrade(args) => upgrade::run(args).await,
         Command::Uninstall { roles, tenant, purge, yes, lock_wait } => {
             install::uninstall(roles, tenant, purge, yes, std::time::Duration::from_secs(lock_wait)).await
         }
-        Command::Status { targets, tenant, output } => install::status(targets, tenant, output).await,
+        Command::Status { targets, tenant, image, output } => install::status(targets, tenant, image, output).await,
         Command::Start(t) => container::state(t, lxd_client::StateAction::Start).await,
         Command::Stop(t) => container::state(t, lxd_client::StateAction::Stop).await,
         Command::Restart(t) => container::state(t, lxd_client::StateAction::Restart).await,

@@ -32,6 +32,10 @@ pub struct ComponentStatus {
     pub mounts: Vec<Mount>,
     /// Live health (`None` when the role has no probe or no published port).
     pub health: Option<Health>,
+    /// Set when the container runs another image than the one its tenant's containers are built from now (the
+    /// alias's current target): what `gbo upgrade` would change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
 }
 
 /// The status of a tenant. Serialised as `gbo status --output json`.
@@ -91,8 +95,25 @@ pub fn journal_request(role: Role, lines: u32, follow: bool) -> lxd_client::Exec
     lxd_client::ExecRequest::new(command).timeout(std::time::Duration::from_secs(limit))
 }
 
-/// Status of every instance of a tenant (`roles` empty: all).
+/// Status of every instance of a tenant (`roles` empty: all), with containers running another image than
+/// [`super::DEFAULT_IMAGE`] pointed out.
 pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) -> Result<TenantStatus, InstallError> {
+    tenant_status_against(lxd, tenant, roles, super::DEFAULT_IMAGE).await
+}
+
+/// Status of every instance of a tenant (`roles` empty: all), with the containers that run another image than the
+/// local alias `image` points at now marked for `gbo upgrade` (none when the alias does not exist).
+pub async fn tenant_status_against(
+    lxd: &Client,
+    tenant: &TenantName,
+    roles: &[Role],
+    alias: &str,
+) -> Result<TenantStatus, InstallError> {
+    let current = lxd
+        .image_by_alias(alias)
+        .await
+        .map_err(InstallError::lxd(format!("reading image {alias}")))?
+        .map(|i| i.fingerprint);
     let instances = inventory::tenant_instances(lxd, tenant).await.map_err(InstallError::lxd("listing instances"))?;
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
     let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
@@ -104,6 +125,7 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
         instances.into_iter().filter(|m| roles.is_empty() || m.role.is_some_and(|r| roles.contains(&r))).collect();
     let components = futures_util::future::join_all(selected.iter().map(|m| {
         let secrets = &secrets;
+        let current = &current;
         async move {
             let health = if m.instance.is_running() {
                 match super::health::health_of(m) {
@@ -130,6 +152,10 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
                 ports: m.ports.clone(),
                 mounts: m.mounts.clone(),
                 health,
+                upgrade: current
+                    .as_deref()
+                    .filter(|_| m.managed)
+                    .and_then(|f| crate::upgrade::behind_note(&m.instance, alias, f)),
             }
         }
     }))
