@@ -349,7 +349,11 @@ fn derive_image(alias: &str) -> anyhow::Result<()> {
     result.map(|_| ())
 }
 
-fn tables_request(tenant: &str, stack: &std::path::Path, image: &str) -> anyhow::Result<gbo_ops::install::InstallRequest> {
+fn tables_request(
+    tenant: &str,
+    stack: &std::path::Path,
+    image: &str,
+) -> anyhow::Result<gbo_ops::install::InstallRequest> {
     let tenant_file = gbo_components::TenantFile {
         tenant: gbo_components::TenantName::new(tenant)?,
         ..gbo_components::TenantFile::default()

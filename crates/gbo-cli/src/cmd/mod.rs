@@ -3,6 +3,7 @@
 
 use crate::output::{Format, Outcome};
 
+mod adopt;
 mod brother;
 mod container;
 mod dns;
@@ -50,6 +51,10 @@ pub enum Command {
     /// container keeping config, devices, ports and data, health check; a failure restores the previous container
     /// and data and exits 2).
     Upgrade(upgrade::Args),
+    /// Take over containers built by hand from the seed (`{tenant}-{role}`, botserver-stack/ mounts, proxy devices):
+    /// record gbo's keys, rename their devices to the catalogue's, show what the next install would change. Never
+    /// recreates a container or moves data.
+    Adopt(adopt::Args),
     /// Delete components' containers; host data stays unless --purge.
     Uninstall {
         /// Roles (or container names) to remove.
@@ -167,6 +172,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Plan(args) => install::plan(args).await,
         Command::Install { args, dry_run } => install::install(args, dry_run).await,
         Command::Upgrade(args) => upgrade::run(args).await,
+        Command::Adopt(args) => adopt::run(args).await,
         Command::Uninstall { roles, tenant, purge, yes, lock_wait } => {
             install::uninstall(roles, tenant, purge, yes, std::time::Duration::from_secs(lock_wait)).await
         }
