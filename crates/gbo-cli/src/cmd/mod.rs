@@ -113,6 +113,16 @@ pub enum Command {
         /// Number of lines.
         #[arg(short = 'n', long, default_value_t = 200)]
         lines: u32,
+        /// A log file under /opt/gbo/logs instead of the unit's journal: `access` (access.log), `error`,
+        /// `postgresql`, or a full name such as access.log.1.
+        #[arg(long, value_name = "NAME")]
+        file: Option<String>,
+    },
+    /// Print a container's console log (what its init wrote; also for a container that will not start), as
+    /// `lxc console --show-log` does.
+    ConsoleLog {
+        /// Container name.
+        container: String,
     },
     /// Set LXD limits on a container (also settable per role in gbo.toml under [limits.ROLE]).
     Limits {
@@ -181,7 +191,8 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Stop(t) => container::state(t, lxd_client::StateAction::Stop).await,
         Command::Restart(t) => container::state(t, lxd_client::StateAction::Restart).await,
         Command::Exec { container, command } => container::exec(container, command).await,
-        Command::Logs { container, follow, lines } => container::logs(container, follow, lines).await,
+        Command::Logs { container, follow, lines, file } => container::logs(container, follow, lines, file).await,
+        Command::ConsoleLog { container } => container::console_log(container).await,
         Command::Limits { container, cpu, memory } => container::limits(container, cpu, memory).await,
         Command::Snapshot(c) => snapshot::run(c).await,
         Command::Migrate(c) => migrate::run(c).await,
