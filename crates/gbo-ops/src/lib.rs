@@ -19,4 +19,5 @@ pub mod runner;
 pub mod snapshot;
 pub mod upgrade;
 pub mod vault;
+pub mod vault_unit;
 pub mod zfs;
