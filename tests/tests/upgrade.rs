@@ -45,9 +45,12 @@ impl Drop for Images {
     }
 }
 
+/// An image to derive: its alias, extra metadata.yaml text, and its templates (path in the container, content).
+type Variant<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 /// Derive images from the test image by changing its metadata only (new fingerprints, same root filesystem):
 /// `(alias, extra metadata.yaml text, templates)` each.
-fn derive_images(variants: &[(&str, &str, &[(&str, &str)])]) -> Images {
+fn derive_images(variants: &[Variant<'_>]) -> Images {
     let images = Images { aliases: variants.iter().map(|(a, _, _)| a.to_string()).collect() };
     let dir = tempfile::Builder::new().prefix("gbot-images-").tempdir_in("/var/tmp").expect("tempdir");
     lxc_ok(&["image", "export", TEST_IMAGE, &dir.path().join("base").display().to_string()]);

@@ -101,10 +101,10 @@ pub enum UpgradeError {
     },
     /// The install engine failed outside a role's swap.
     #[error(transparent)]
-    Install(#[from] InstallError),
+    Install(Box<InstallError>),
     /// A snapshot failed.
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Snapshot(Box<SnapshotError>),
     /// LXD refused or failed.
     #[error("LXD: {context}")]
     Lxd {
@@ -114,6 +114,18 @@ pub enum UpgradeError {
         #[source]
         source: lxd_client::Error,
     },
+}
+
+impl From<InstallError> for UpgradeError {
+    fn from(e: InstallError) -> Self {
+        UpgradeError::Install(Box::new(e))
+    }
+}
+
+impl From<SnapshotError> for UpgradeError {
+    fn from(e: SnapshotError) -> Self {
+        UpgradeError::Snapshot(Box::new(e))
+    }
 }
 
 impl UpgradeError {
@@ -393,7 +405,7 @@ async fn resolve(lxd: &Client, request: &UpgradeRequest) -> Result<Resolved, Upg
     // Roles whose upgrade was interrupted have no visible container of their own when killed mid-swap.
     let mut interrupted: Vec<Role> = Vec::new();
     for i in &everything {
-        if i.config.get(KEY_UPGRADE).is_none() {
+        if !i.config.contains_key(KEY_UPGRADE) {
             continue;
         }
         let (Some(t), Some(r)) = (i.config.get(inventory::KEY_TENANT), i.config.get(inventory::KEY_ROLE)) else {
@@ -506,12 +518,11 @@ pub async fn upgrade(
         let say = |description: String| {
             events.event(&UpgradeEvent { instance: state.name.clone(), kind: UpgradeEventKind::Step { description } })
         };
-        recover(lxd, state, &say).await.map_err(|e| {
+        recover(lxd, state, &say).await.inspect_err(|e| {
             events.event(&UpgradeEvent {
                 instance: state.name.clone(),
                 kind: UpgradeEventKind::Failed { error: e.to_string() },
             });
-            e
         })?;
         let current = lxd
             .instance_opt(&lxd_name(&state.name)?)
