@@ -250,7 +250,7 @@ echo ok"#;
     format!("{as_owner}sh -c {} sh {} {}\n", sh_quote(inner), sh_quote(cwd), sh_quote(log))
 }
 
-/// The size past which the deploy log is cut at a start ([`start`]).
+/// The size past which the deploy log is cut when a deploy starts the new binary.
 pub const LOG_CAP_BYTES: u64 = 16 * 1024 * 1024;
 /// What a cut keeps: the log's last bytes.
 pub const LOG_KEEP_BYTES: u64 = 4 * 1024 * 1024;
