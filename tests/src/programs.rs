@@ -58,6 +58,7 @@ pub const HOST_PROGRAMS: &[HostProgram] = &[
     test("redis-server", "redis-server"),
     test("redis-cli", "redis-tools"),
     test("caddy", "caddy"),
+    test("systemd-analyze", "systemd"),
     test("/usr/sbin/sshd", "openssh-server"),
     test("ssh", "openssh-client"),
     test("scp", "openssh-client"),

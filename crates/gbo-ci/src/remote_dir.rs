@@ -250,20 +250,37 @@ echo ok"#;
     format!("{as_owner}sh -c {} sh {} {}\n", sh_quote(inner), sh_quote(cwd), sh_quote(log))
 }
 
-/// Start `command` (already quoted words) detached as the owner: the owner's own shell enters `cwd`, opens `log` for
-/// appending (so root never opens the log), reports `started` on a private pipe and execs the binary. Exits 4 with
-/// the owner's error when that fails.
+/// The size past which the deploy log is cut when a deploy starts the new binary.
+pub const LOG_CAP_BYTES: u64 = 16 * 1024 * 1024;
+/// What a cut keeps: the log's last bytes.
+pub const LOG_KEEP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Start `command` (already quoted words) detached as the owner: the owner's own shell enters `cwd`, caps `log`
+/// (a regular file past [`LOG_CAP_BYTES`] keeps its last [`LOG_KEEP_BYTES`], moved to its start in place, so the
+/// log never needs a second file or a writable directory), opens it for appending (so root never opens the log),
+/// reports `started` on a private pipe and execs the binary. Exits 4 with the owner's error when that fails.
 pub(crate) fn start(as_owner: &str, cwd: &str, log: &str, command: &str) -> String {
-    let inner = r#"cd -- "$1" || exit 1
+    let inner = format!(
+        r#"cd -- "$1" || exit 1
+if [ -f "$2" ] && [ ! -L "$2" ]; then
+  size=$(wc -c 2>/dev/null <"$2") || size=0
+  if [ "${{size:-0}}" -gt {cap} ]; then
+    dd if="$2" of="$2" bs=65536 iflag=skip_bytes skip=$((size - {keep})) conv=notrunc status=none 2>/dev/null &&
+      truncate -s {keep} -- "$2" 2>/dev/null
+  fi
+fi
 exec >>"$2" || exit 1
 shift 2
 printf 'started\n' >&3
-exec 2>&1 3>&- "$@""#;
+exec 2>&1 3>&- "$@""#,
+        cap = LOG_CAP_BYTES,
+        keep = LOG_KEEP_BYTES
+    );
     format!(
         r#"first=$( {{ setsid -f {as_owner}sh -c {inner} sh {cwd} {log} {command} 3>&1 2>&1 >/dev/null </dev/null; }} | head -n 1 )
 [ "$first" = started ] || {{ printf 'the start as the owner failed: %s\n' "${{first:-no output}}" >&2; exit 4; }}
 "#,
-        inner = sh_quote(inner),
+        inner = sh_quote(&inner),
         cwd = sh_quote(cwd),
         log = sh_quote(log),
     )

@@ -676,3 +676,32 @@ fn a_stop_longer_than_a_minute_is_not_cut_off_by_the_session_timeout() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report["downtime_ms"].as_u64().unwrap() >= 65_000, "the stop waited for SIGKILL: {report}");
 }
+
+#[test]
+fn a_deploy_log_past_its_cap_keeps_its_last_bytes() {
+    let stage = Stage::new();
+    // 17 MiB of old output, the newest line last, written as the service user's file keeps its owner.
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&stage.log).unwrap();
+        let block = vec![b'x'; 1024 * 1024];
+        for _ in 0..17 {
+            file.write_all(&block).unwrap();
+        }
+        file.write_all(b"\nthe newest old line\n").unwrap();
+    }
+    let new = stage.build("botserver", 200, "v2");
+    let output = stage.deploy(&new, &[]);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(http_get(stage.port, "/api/health"), Some((200, "v2".into())));
+    let log = std::fs::read(&stage.log).unwrap();
+    let cap = gbo_ci::remote_dir::LOG_CAP_BYTES as usize;
+    let keep = gbo_ci::remote_dir::LOG_KEEP_BYTES as usize;
+    assert!(log.len() < cap, "the log was not cut: {} bytes", log.len());
+    assert!(log.len() >= keep, "the cut kept too little: {} bytes", log.len());
+    let text = String::from_utf8_lossy(&log);
+    let newest = text.find("the newest old line").expect("the newest old output was lost");
+    let started = text.find("botserver v2 listening").expect("the new process does not log");
+    assert!(newest < started, "{}", &text[text.len().saturating_sub(300)..]);
+    assert_eq!(std::fs::metadata(&stage.log).unwrap().uid(), 65534, "the log changed owner");
+}

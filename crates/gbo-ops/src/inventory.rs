@@ -36,6 +36,11 @@ pub const KEY_PROVISIONED_HASH: &str = "user.gbo.provisioned-hash";
 /// recorded beside the proxy devices, so that a device removed by hand is re-added with its own port (`gbo doctor
 /// --fix`, `gbo install`) instead of a newly allocated one.
 pub const KEY_PORTS: &str = "user.gbo.ports";
+/// An upgrade under way (`gbo upgrade`): on the old container parked beside its replacement (`old <snapshot>`,
+/// `replaced <snapshot>` once the new one was healthy) and on the new one while it is staged (`new`). Such an
+/// instance is nobody's container for every other command ([`describe`] gives `None`): the next `gbo upgrade`
+/// finishes or undoes what it stands for.
+pub const KEY_UPGRADE: &str = "user.gbo.upgrade";
 /// Prefix of every device gbo adds.
 pub const DEVICE_PREFIX: &str = "gbo-";
 
@@ -126,6 +131,9 @@ pub fn format_ports(ports: &[RecordedPort]) -> String {
 /// valid tenant name (it belongs to no tenant).
 pub fn describe(instance: &Instance) -> Option<ManagedInstance> {
     let config = &instance.config;
+    if config.contains_key(KEY_UPGRADE) {
+        return None;
+    }
     let (tenant, role) = match (config.get(KEY_TENANT), config.get(KEY_ROLE)) {
         (Some(t), Some(r)) => (t.clone(), r.clone()),
         _ => split_name(&instance.name),

@@ -2,6 +2,7 @@
 //! Vault unseal, proxy/DNS/firewall/fail2ban operations and doctor checks. Talks to LXD only through
 //! `lxd-client` and to host tools only through [`runner`].
 
+pub mod adopt;
 pub mod brother;
 pub mod ci;
 pub mod dns;
@@ -17,5 +18,7 @@ pub mod migrate;
 pub mod proxy;
 pub mod runner;
 pub mod snapshot;
+pub mod upgrade;
 pub mod vault;
+pub mod vault_unit;
 pub mod zfs;

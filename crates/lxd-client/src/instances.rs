@@ -866,6 +866,14 @@ impl Client {
         self.read_raw(Request::new(Method::GET, path), || format!("log {file} of {name}")).await
     }
 
+    /// The console log of a container (`GET /1.0/instances/<name>/console`, what `lxc console --show-log` prints):
+    /// what its init wrote to the console, kept by LXD also while it is stopped, at most
+    /// [`crate::ReadLimits::collected`].
+    pub async fn console_log(&self, name: &InstanceName) -> Result<Vec<u8>> {
+        let path = format!("{}/console", instance_path(name));
+        self.read_raw(Request::new(Method::GET, path), || format!("the console log of {name}")).await
+    }
+
     /// Fetch a raw (non-JSON) body whole, at most [`crate::ReadLimits::collected`]; `what` names it past the limit.
     pub(crate) async fn read_raw(&self, req: Request, what: impl FnOnce() -> String) -> Result<Vec<u8>> {
         let path = req.path.clone();

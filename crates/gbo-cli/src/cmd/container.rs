@@ -116,17 +116,44 @@ impl Drop for RawTerminal {
     }
 }
 
-pub(super) async fn logs(container: String, follow: bool, lines: u32) -> anyhow::Result<Outcome> {
+pub(super) async fn logs(container: String, follow: bool, lines: u32, file: Option<String>) -> anyhow::Result<Outcome> {
     let (_, role) = gbo_components::try_parse_instance_name(&container)?;
+    let path = file.as_deref().map(install::status::log_file_path).transpose().map_err(engine_error)?;
     let name = InstanceName::new(container)?;
     let lxd = lxd()?;
-    let request = install::status::journal_request(role, lines, follow);
+    let request = match &path {
+        Some(path) => {
+            let files = install::status::log_files(&lxd, &name).await.map_err(engine_error)?;
+            let base = path.rsplit('/').next().unwrap_or(path);
+            if !files.iter().any(|f| f == base) {
+                bail!(
+                    "{name} has no log file {path} (it has: {})",
+                    if files.is_empty() { "none".to_string() } else { files.join(", ") }
+                );
+            }
+            install::status::log_file_request(path, lines, follow)
+        }
+        None => install::status::journal_request(role, lines, follow),
+    };
     let session = lxd.exec(&name, &request).await?;
     let code = session.relay(None::<tokio::io::Empty>, tokio::io::stdout(), tokio::io::stderr()).await?;
     if code != 0 {
-        bail!("journalctl exited with {code}");
+        bail!("{} exited with {code}", if path.is_some() { "tail" } else { "journalctl" });
     }
     Ok(Outcome::Ok)
+}
+
+pub(super) async fn console_log(container: String) -> anyhow::Result<Outcome> {
+    let name = InstanceName::new(container.as_str())?;
+    let lxd = lxd()?;
+    if lxd.instance_opt(&name).await?.is_none() {
+        bail!("container {container:?} does not exist (see `lxc list`)");
+    }
+    let log = lxd.console_log(&name).await?;
+    match std::io::Write::write_all(&mut std::io::stdout(), &log) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(Outcome::Ok),
+    }
 }
 
 pub(super) async fn limits(container: String, cpu: Option<u32>, memory: Option<String>) -> anyhow::Result<Outcome> {

@@ -76,7 +76,7 @@ pub(super) fn parse_roles(values: &[String]) -> anyhow::Result<Vec<Role>> {
     values.iter().map(|v| v.parse::<Role>().map_err(anyhow::Error::from)).collect()
 }
 
-fn load_tenant_file(file: Option<&PathBuf>, tenant: Option<&str>) -> anyhow::Result<TenantFile> {
+pub(super) fn load_tenant_file(file: Option<&PathBuf>, tenant: Option<&str>) -> anyhow::Result<TenantFile> {
     let path = match file {
         Some(p) => Some(p.clone()),
         None => Some(PathBuf::from("gbo.toml")).filter(|p| p.is_file()),
@@ -340,7 +340,12 @@ pub(super) async fn uninstall(
     Ok(Outcome::Ok)
 }
 
-pub(super) async fn status(targets: Vec<String>, tenant: Option<String>, output: Format) -> anyhow::Result<Outcome> {
+pub(super) async fn status(
+    targets: Vec<String>,
+    tenant: Option<String>,
+    image: String,
+    output: Format,
+) -> anyhow::Result<Outcome> {
     let tenant_name = tenant.as_deref().map(parse_tenant).transpose()?;
     let mut roles = Vec::new();
     let mut resolved_tenant = tenant_name.clone();
@@ -351,7 +356,7 @@ pub(super) async fn status(targets: Vec<String>, tenant: Option<String>, output:
     }
     let tenant = resolved_tenant.unwrap_or_default();
     let lxd = lxd()?;
-    let report = install::status::tenant_status(&lxd, &tenant, &roles).await.map_err(engine_error)?;
+    let report = install::status::tenant_status_against(&lxd, &tenant, &roles, &image).await.map_err(engine_error)?;
     if output == Format::Json {
         print_json(&report)?;
     } else {
@@ -386,6 +391,11 @@ pub(super) async fn status(targets: Vec<String>, tenant: Option<String>, output:
             })
             .collect();
         print_table(&["CONTAINER", "STATE", "IMAGE", "PORTS", "MOUNTS", "HEALTH"], &rows);
+        for c in report.components.iter() {
+            if let Some(upgrade) = &c.upgrade {
+                outln!("note: {} {upgrade}", c.container);
+            }
+        }
     }
     Ok(if report.all_healthy() { Outcome::Ok } else { Outcome::Problems })
 }

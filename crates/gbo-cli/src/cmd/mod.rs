@@ -3,6 +3,7 @@
 
 use crate::output::{Format, Outcome};
 
+mod adopt;
 mod brother;
 mod ci;
 mod container;
@@ -15,6 +16,7 @@ mod install;
 mod migrate;
 mod proxy;
 mod snapshot;
+mod upgrade;
 mod vault;
 mod zfs;
 
@@ -46,6 +48,14 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Rebuild a tenant's containers on a newer image (role by role in dependency order: snapshot with data, new
+    /// container keeping config, devices, ports and data, health check; a failure restores the previous container
+    /// and data and exits 2).
+    Upgrade(upgrade::Args),
+    /// Take over containers built by hand from the seed (`{tenant}-{role}`, botserver-stack/ mounts, proxy devices):
+    /// record gbo's keys, rename their devices to the catalogue's, show what the next install would change. Never
+    /// recreates a container or moves data.
+    Adopt(adopt::Args),
     /// Delete components' containers; host data stays unless --purge.
     Uninstall {
         /// Roles (or container names) to remove.
@@ -72,6 +82,10 @@ pub enum Command {
         /// Tenant.
         #[arg(long)]
         tenant: Option<String>,
+        /// The local image alias containers are compared with: one running another image is marked for `gbo
+        /// upgrade`.
+        #[arg(long, env = "GBO_DEFAULT_IMAGE", default_value = gbo_ops::install::DEFAULT_IMAGE, value_name = "ALIAS")]
+        image: String,
         /// Output format (JSON shape in docs/json-output.md).
         #[arg(long, value_enum, default_value_t)]
         output: Format,
@@ -100,6 +114,16 @@ pub enum Command {
         /// Number of lines.
         #[arg(short = 'n', long, default_value_t = 200)]
         lines: u32,
+        /// A log file under /opt/gbo/logs instead of the unit's journal: `access` (access.log), `error`,
+        /// `postgresql`, or a full name such as access.log.1.
+        #[arg(long, value_name = "NAME")]
+        file: Option<String>,
+    },
+    /// Print a container's console log (what its init wrote; also for a container that will not start), as
+    /// `lxc console --show-log` does.
+    ConsoleLog {
+        /// Container name.
+        container: String,
     },
     /// Set LXD limits on a container (also settable per role in gbo.toml under [limits.ROLE]).
     Limits {
@@ -161,15 +185,18 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Components { output } => install::components(output),
         Command::Plan(args) => install::plan(args).await,
         Command::Install { args, dry_run } => install::install(args, dry_run).await,
+        Command::Upgrade(args) => upgrade::run(args).await,
+        Command::Adopt(args) => adopt::run(args).await,
         Command::Uninstall { roles, tenant, purge, yes, lock_wait } => {
             install::uninstall(roles, tenant, purge, yes, std::time::Duration::from_secs(lock_wait)).await
         }
-        Command::Status { targets, tenant, output } => install::status(targets, tenant, output).await,
+        Command::Status { targets, tenant, image, output } => install::status(targets, tenant, image, output).await,
         Command::Start(t) => container::state(t, lxd_client::StateAction::Start).await,
         Command::Stop(t) => container::state(t, lxd_client::StateAction::Stop).await,
         Command::Restart(t) => container::state(t, lxd_client::StateAction::Restart).await,
         Command::Exec { container, command } => container::exec(container, command).await,
-        Command::Logs { container, follow, lines } => container::logs(container, follow, lines).await,
+        Command::Logs { container, follow, lines, file } => container::logs(container, follow, lines, file).await,
+        Command::ConsoleLog { container } => container::console_log(container).await,
         Command::Limits { container, cpu, memory } => container::limits(container, cpu, memory).await,
         Command::Snapshot(c) => snapshot::run(c).await,
         Command::Migrate(c) => migrate::run(c).await,

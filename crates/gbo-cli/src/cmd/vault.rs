@@ -28,6 +28,22 @@ pub enum Command {
         #[arg(long)]
         keys_file: Option<PathBuf>,
     },
+    /// Unseal after every host boot: `--install` writes a host systemd unit that runs `gbo vault unseal` once LXD
+    /// has started (keys read by gbo from their 0600 file; none on a command line).
+    AutoUnseal {
+        /// Write the unit (required: the only action so far).
+        #[arg(long, required = true)]
+        install: bool,
+        /// The tenant whose Vault is unsealed.
+        #[arg(long, default_value = "default")]
+        tenant: gbo_components::TenantName,
+        /// The keys file (mode 0600 or 0400). Default: the tenant's `<stack-dir>/.secrets/vault-init.json`.
+        #[arg(long)]
+        keys_file: Option<PathBuf>,
+        /// Where the unit is written.
+        #[arg(long, default_value = gbo_ops::vault_unit::UNIT_DIR)]
+        unit_dir: PathBuf,
+    },
 }
 
 /// Where Vault is.
@@ -121,6 +137,21 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 }
             }
             Ok(if status.seal.initialized && !status.seal.sealed { Outcome::Ok } else { Outcome::Problems })
+        }
+        Command::AutoUnseal { install: _, tenant, keys_file, unit_dir } => {
+            let keys_file = match keys_file {
+                Some(p) => gbo_ops::install::absolute(&p)?,
+                None => stack_dir(&tenant)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("tenant `{tenant}` records no stack dir; give --keys-file PATH"))?
+                    .join(vault::INIT_FILE),
+            };
+            let gbo = std::env::current_exe()?;
+            let path = gbo_ops::vault_unit::install(&unit_dir, &gbo, &tenant, &keys_file)?;
+            let unit = gbo_ops::vault_unit::unit_name(&tenant);
+            outln!("wrote {}", path.display());
+            outln!("enable it: systemctl daemon-reload && systemctl enable {unit}");
+            Ok(Outcome::Ok)
         }
         Command::Unseal { target, keys_file } => {
             let keys = match keys_file.as_deref() {

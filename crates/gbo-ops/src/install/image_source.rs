@@ -43,6 +43,9 @@ pub struct ResolvedImage {
     pub provenance: Provenance,
     /// Why this image was chosen, when it is the fallback.
     pub note: Option<String>,
+    /// The fingerprint the alias points at (a local image), compared with a container's `volatile.base_image` to
+    /// tell that it runs an older image.
+    pub fingerprint: Option<String>,
 }
 
 /// The command that builds a local image for `roles`: every one of them that has packages (tables, cache and proxy
@@ -77,6 +80,7 @@ pub(super) async fn local_image(lxd: &Client, alias: &str) -> Result<Option<Reso
         source: InstanceSource::alias(alias),
         provenance,
         note: None,
+        fingerprint: Some(image.fingerprint.clone()),
     }))
 }
 
@@ -126,7 +130,14 @@ pub(super) async fn named_image(
     };
     let provenance =
         if source.protocol.as_deref() == Some("simplestreams") { Provenance::Foreign } else { Provenance::Unknown };
-    Ok(ResolvedImage { name: value.to_string(), server: Some(server), source, provenance, note: None })
+    Ok(ResolvedImage {
+        name: value.to_string(),
+        server: Some(server),
+        source,
+        provenance,
+        note: None,
+        fingerprint: None,
+    })
 }
 
 /// The image containers of `request` are created from: `--image`, else the local default alias when it exists,

@@ -373,6 +373,13 @@ async fn plan_with(
         }
         _ => None,
     };
+    if let Some(fingerprint) = &image.fingerprint {
+        for m in scope.instances.iter().filter(|m| m.managed && m.role.is_some_and(|r| scope.to_install.contains(&r))) {
+            if let Some(note) = crate::upgrade::behind_note(&m.instance, &image.name, fingerprint) {
+                scope.notes.push(format!("{} {note}", m.name));
+            }
+        }
+    }
     let instances = observe::by_name(&scope.instances);
     let observed = futures_util::future::try_join_all(
         desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance))),

@@ -35,6 +35,10 @@ pub struct ComponentStatus {
     pub volumes: Vec<inventory::AttachedVolume>,
     /// Live health (`None` when the role has no probe or no published port).
     pub health: Option<Health>,
+    /// Set when the container runs another image than the one its tenant's containers are built from now (the
+    /// alias's current target): what `gbo upgrade` would change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
 }
 
 /// The status of a tenant. Serialised as `gbo status --output json`.
@@ -94,8 +98,72 @@ pub fn journal_request(role: Role, lines: u32, follow: bool) -> lxd_client::Exec
     lxd_client::ExecRequest::new(command).timeout(std::time::Duration::from_secs(limit))
 }
 
-/// Status of every instance of a tenant (`roles` empty: all).
+/// Where every role keeps its log files inside its container (the host's `<stack>/<role>/logs`).
+pub const LOG_DIR: &str = "/opt/gbo/logs";
+
+/// The path of log file `file` of a container: `access` is `/opt/gbo/logs/access.log`, `access.log.1` is itself.
+/// Only a plain file name is accepted (letters, digits, `.`, `_`, `-`; no `/`, not starting with `.`): the path is
+/// resolved inside the container by its own `tail`, never on the host.
+pub fn log_file_path(file: &str) -> Result<String, InstallError> {
+    let ok = !file.is_empty()
+        && file.len() <= 128
+        && !file.starts_with('.')
+        && file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(InstallError::BadInput(format!(
+            "--file {file:?}: give a file name under {LOG_DIR} (letters, digits, '.', '_', '-'; e.g. access, error, postgresql)"
+        )));
+    }
+    Ok(if file.contains('.') { format!("{LOG_DIR}/{file}") } else { format!("{LOG_DIR}/{file}.log") })
+}
+
+/// Follow (or print the end of) a log file under [`LOG_DIR`] inside a container, as the seed does (`tail -f
+/// /opt/gbo/logs/access.log`), with `tail -F` so a rotated file is followed too.
+pub fn log_file_request(path: &str, lines: u32, follow: bool) -> lxd_client::ExecRequest {
+    let mut command = vec!["tail".to_string(), "-n".into(), lines.to_string()];
+    if follow {
+        command.push("-F".into());
+    }
+    command.push("--".into());
+    command.push(path.to_string());
+    let limit = if follow { 7 * 24 * 3600 } else { 120 };
+    lxd_client::ExecRequest::new(command).timeout(std::time::Duration::from_secs(limit))
+}
+
+/// The log files a container has under [`LOG_DIR`] (read through LXD's file API; empty when there is none).
+pub async fn log_files(lxd: &Client, name: &lxd_client::InstanceName) -> Result<Vec<String>, InstallError> {
+    match lxd.pull(name, LOG_DIR).await {
+        Ok(pulled) => Ok(match pulled.content {
+            lxd_client::FileContent::Directory(mut entries) => {
+                entries.sort();
+                entries
+            }
+            _ => Vec::new(),
+        }),
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(InstallError::lxd(format!("listing {LOG_DIR} in {name}"))(e)),
+    }
+}
+
+/// Status of every instance of a tenant (`roles` empty: all), with containers running another image than
+/// [`super::DEFAULT_IMAGE`] pointed out.
 pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) -> Result<TenantStatus, InstallError> {
+    tenant_status_against(lxd, tenant, roles, super::DEFAULT_IMAGE).await
+}
+
+/// Status of every instance of a tenant (`roles` empty: all), with the containers that run another image than the
+/// local alias `image` points at now marked for `gbo upgrade` (none when the alias does not exist).
+pub async fn tenant_status_against(
+    lxd: &Client,
+    tenant: &TenantName,
+    roles: &[Role],
+    alias: &str,
+) -> Result<TenantStatus, InstallError> {
+    let current = lxd
+        .image_by_alias(alias)
+        .await
+        .map_err(InstallError::lxd(format!("reading image {alias}")))?
+        .map(|i| i.fingerprint);
     let instances = inventory::tenant_instances(lxd, tenant).await.map_err(InstallError::lxd("listing instances"))?;
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
     let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
@@ -107,6 +175,7 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
         instances.into_iter().filter(|m| roles.is_empty() || m.role.is_some_and(|r| roles.contains(&r))).collect();
     let components = futures_util::future::join_all(selected.iter().map(|m| {
         let secrets = &secrets;
+        let current = &current;
         async move {
             let health = if m.instance.is_running() {
                 match super::health::health_of(lxd, m) {
@@ -134,6 +203,10 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
                 mounts: m.mounts.clone(),
                 volumes: inventory::attached_volumes(&m.instance),
                 health,
+                upgrade: current
+                    .as_deref()
+                    .filter(|_| m.managed)
+                    .and_then(|f| crate::upgrade::behind_note(&m.instance, alias, f)),
             }
         }
     }))
