@@ -817,7 +817,7 @@ async fn restored_health(lxd: &Client, name: &str, stack_dir: &Path, wait: Durat
     let Ok(target) = InstanceName::new(name) else { return String::new() };
     let Ok(instance) = lxd.instance(&target).await else { return String::new() };
     let Some(managed) = inventory::describe(&instance) else { return String::new() };
-    let Some((check, probe_target)) = install::health::health_of(&managed) else { return String::new() };
+    let Some((check, probe_target)) = install::health::health_of(lxd, &managed) else { return String::new() };
     let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
     let secrets = install::secrets::read_existing(stack_dir, &specs).unwrap_or_default();
     let health = install::health::wait_healthy(&check, &probe_target, &secrets, wait).await;
