@@ -2,6 +2,7 @@
 //! Vault unseal, proxy/DNS/firewall/fail2ban operations and doctor checks. Talks to LXD only through
 //! `lxd-client` and to host tools only through [`runner`].
 
+pub mod backup;
 pub mod brother;
 pub mod dns;
 pub mod doctor;
