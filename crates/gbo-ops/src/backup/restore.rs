@@ -123,9 +123,10 @@ pub fn pick(backups: &[BackupInfo], tenant: &str, id: Option<&str>, repo: &Path)
         })
 }
 
+type Indexed = std::sync::Arc<rustic_core::Repository<rustic_core::IndexedFullStatus>>;
+
 /// Restore the snapshot `id` whole into `dest` (rustic writes there; it is a fresh private directory).
-fn restore_snapshot(access: &RepoAccess, id: &str, dest: &Path) -> Result<(), BackupError> {
-    let repo = access.open()?.to_indexed().map_err(BackupError::repository("reading the repository's index"))?;
+fn restore_snapshot(repo: &Indexed, id: &str, dest: &Path) -> Result<(), BackupError> {
     let fail = || BackupError::repository(format!("restoring snapshot {id}"));
     let node = repo.node_from_snapshot_path(id, |_| true).map_err(fail())?;
     let dest_text = dest.to_str().ok_or_else(|| BackupError::BadInput(format!("{} is not UTF-8", dest.display())))?;
@@ -156,13 +157,26 @@ pub async fn restore(
     events: &dyn Observer<BackupEvent>,
     install_events: &dyn Observer<InstallEvent>,
 ) -> Result<RestoreReport, BackupError> {
-    let backups = list::list(access, Some(tenant.as_str())).await?;
-    let chosen = pick(&backups, tenant.as_str(), options.backup.as_deref(), &access.repo)?;
+    if !access.exists() {
+        return Err(BackupError::NoRepository { repo: access.repo.clone() });
+    }
     let _repo_lock = lock::flock(&access.repo, Mode::Read, Duration::from_secs(60)).await?;
+    // One open (the key derivation is deliberately slow) for the whole restore.
+    let opened = access.clone();
+    let (repo, snaps) = tokio::task::spawn_blocking(move || -> Result<_, BackupError> {
+        let repo = opened.open()?;
+        let snaps = repo.get_all_snapshots().map_err(BackupError::repository("reading the snapshots"))?;
+        let repo = repo.to_indexed().map_err(BackupError::repository("reading the repository's index"))?;
+        Ok((std::sync::Arc::new(repo), snaps))
+    })
+    .await
+    .map_err(join_error)??;
+    let backups = list::group(snaps, Some(tenant.as_str()));
+    let chosen = pick(&backups, tenant.as_str(), options.backup.as_deref(), &access.repo)?;
     let staging = PrivateDir::new(&options.staging_parent, "gbo-restore-")?;
     let meta_id = chosen.snapshots.get(META_ROLE).cloned().unwrap_or_default();
     events.event(&BackupEvent::step("repository", format!("reading backup {}", chosen.backup)));
-    let (a, dest) = (access.clone(), staging.path().join(META_ROLE));
+    let (a, dest) = (repo.clone(), staging.path().join(META_ROLE));
     let id = meta_id.clone();
     tokio::task::spawn_blocking(move || restore_snapshot(&a, &id, &dest)).await.map_err(join_error)??;
     let meta_dir = staging
@@ -276,7 +290,7 @@ pub async fn restore(
         let Some(snapshot) = chosen.snapshots.get(&role_meta.role).cloned() else { continue };
         events.event(&BackupEvent::step(&subject, "restoring its data"));
         let dest = staging.path().join(&role_meta.role);
-        let a = access.clone();
+        let a = repo.clone();
         let d = dest.clone();
         tokio::task::spawn_blocking(move || restore_snapshot(&a, &snapshot, &d)).await.map_err(join_error)??;
         let restored_root =
