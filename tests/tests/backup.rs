@@ -49,6 +49,48 @@ async fn rows(t: &TestTenant) -> Vec<(i32, String)> {
         .collect()
 }
 
+/// `gbo` against another daemon (its unix socket), blocking.
+fn gbo_on(socket: &str, args: &[String]) -> gbo_tests::GboRun {
+    let out = std::process::Command::new(gbo_tests::gbo_bin())
+        .args(args)
+        .env("LXD_SOCKET", socket)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running gbo");
+    gbo_tests::GboRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The second daemon ("another host") of the rig: `cargo xtask lxd-cluster up` starts it.
+const SOLO_DIR: &str = "/var/lib/gbo-cluster/solo";
+
+/// Deletes the tenant's containers on the solo daemon when dropped.
+struct SoloCleanup(Vec<String>);
+
+impl Drop for SoloCleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("lxc")
+                .args(["delete", "--force", name])
+                .env("LXD_DIR", SOLO_DIR)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn container_status(name: &str) -> String {
+    let out = std::process::Command::new("lxc").args(["list", name, "--format", "csv", "-c", "ns"]).output().expect("lxc");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name},")).map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn restic(repo: &Path, password_file: &Path, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(require_program("restic"))
         .arg("-r")
@@ -163,6 +205,49 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     assert!(added * 10 < read, "incremental added {added} bytes of {read} read");
     let after_change = rows(&t).await;
 
+    // SIGKILL in the middle of a backup (while the tables container is frozen and read): the repository stays
+    // valid (restic check), the frozen container is thawed by the next run, which completes.
+    let killed = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut child = std::process::Command::new(gbo_tests::gbo_bin())
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("gbo");
+            let stderr = child.stderr.take().expect("stderr");
+            let mut seen = String::new();
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("-tables] frozen; reading") {
+                    break;
+                }
+            }
+            child.kill().expect("SIGKILL");
+            let status = child.wait().expect("wait");
+            (status.code(), seen)
+        })
+        .await
+        .expect("kill thread")
+    };
+    assert_eq!(killed.0, None, "killed by the signal:\n{}", killed.1);
+    assert!(killed.1.contains("frozen; reading"), "{}", killed.1);
+    let (code, out) = restic(&repo, &password_file, &["check"]);
+    assert_eq!(code, 0, "restic check after the SIGKILL: {out}");
+    let was_frozen = container_status(&t.container("tables")) == "FROZEN";
+    let third = gbo_async(args.clone()).await;
+    assert_eq!(third.code, 0, "the next backup after a SIGKILL:\n{}", third.all());
+    if was_frozen {
+        assert!(third.stderr.contains("thawed"), "{}", third.all());
+    }
+    assert_eq!(container_status(&t.container("tables")), "RUNNING");
+    let (code, out) = restic(&repo, &password_file, &["check"]);
+    assert_eq!(code, 0, "restic check after the next run: {out}");
+
     // Purge the tenant, restore it from the repository on the same host: rows identical.
     let purge = gbo_async(vec![
         "uninstall".into(),
@@ -176,6 +261,47 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     .await;
     assert_eq!(purge.code, 0, "uninstall --purge:\n{}", purge.all());
     assert!(!t.stack.path().join("tables/data/pgdata/PG_VERSION").exists(), "purged");
+
+    // Another host: the rig's standalone daemon, reached by its socket only, into a stack dir of its own.
+    let solo_socket = format!("{SOLO_DIR}/unix.socket");
+    assert!(Path::new(&solo_socket).exists(), "the solo daemon is not up: run `cargo xtask lxd-cluster up`");
+    let _solo = SoloCleanup(vec![t.container("tables"), t.container("cache")]);
+    let solo_stack = tempfile::Builder::new().prefix("gbot-solo-stack-").tempdir().expect("tempdir");
+    let mut on_solo = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone()];
+    on_solo.extend(repo_args(&repo, &password_file));
+    on_solo.extend(["--image".into(), TEST_IMAGE.into(), "--stack-dir".into(), solo_stack.path().display().to_string()]);
+    let run = {
+        let (socket, args) = (solo_socket.clone(), on_solo.clone());
+        tokio::task::spawn_blocking(move || gbo_on(&socket, &args)).await.expect("gbo thread")
+    };
+    assert_eq!(run.code, 0, "restore on the solo daemon:\n{}", run.all());
+    assert!(run.stdout.contains("healthy"), "{}", run.all());
+    let status_args: Vec<String> = vec!["status".into(), "--tenant".into(), t.name.clone(), "--output".into(), "json".into()];
+    let status = {
+        let socket = solo_socket.clone();
+        tokio::task::spawn_blocking(move || gbo_on(&socket, &status_args)).await.expect("gbo thread")
+    };
+    let parsed: TenantStatus = serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}\n{}", status.all()));
+    let solo_port = parsed
+        .components
+        .iter()
+        .find(|c| c.container == t.container("tables"))
+        .and_then(|c| c.ports.iter().find(|p| p.container_port == 5432))
+        .map(|p| p.host_port)
+        .expect("tables on solo publishes 5432");
+    let solo_password = std::fs::read_to_string(solo_stack.path().join(".secrets/tables-password"))
+        .expect("the secrets were restored into the new stack dir");
+    let db = pg(solo_port, solo_password.trim()).await;
+    let on_other_host: Vec<(i32, String)> = db
+        .query("SELECT id, v FROM kept ORDER BY id", &[])
+        .await
+        .expect("select on solo")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    drop(db);
+    assert_eq!(on_other_host, after_change, "the other host's database holds exactly the backed-up rows");
+    drop(_solo);
     let mut restore = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone()];
     restore.extend(repo_args(&repo, &password_file));
     restore.extend(["--image".into(), TEST_IMAGE.into()]);

@@ -55,12 +55,24 @@ pub async fn verify(access: &RepoAccess, read_data: bool) -> Result<VerifyReport
             warnings.push(text);
         }
     }
+    // rustic names a pack by its id, often shortened (`error checking pack 4b1647d7 : ...`): each hex word of 8 or
+    // more digits that starts exactly one pack file's name names that pack.
     let mut damaged = Vec::new();
     for error in &errors {
         for word in error.split(|c: char| !c.is_ascii_hexdigit()) {
-            if word.len() == 64 {
-                let path = PathBuf::from("data").join(&word[..2]).join(word);
-                if access.repo.join(&path).is_file() && !damaged.contains(&path) {
+            if word.len() < 8 || word.len() > 64 {
+                continue;
+            }
+            let dir = access.repo.join("data").join(&word[..2]);
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let found: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(word))
+                .collect();
+            if let [name] = found.as_slice() {
+                let path = PathBuf::from("data").join(&word[..2]).join(name);
+                if !damaged.contains(&path) {
                     damaged.push(path);
                 }
             }
