@@ -236,11 +236,17 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     };
     assert_eq!(killed.0, None, "killed by the signal:\n{}", killed.1);
     assert!(killed.1.contains("frozen; reading"), "{}", killed.1);
+    // The killed run's restic lock is still in locks/: a real restic refuses an exclusive command meanwhile
+    // (gbo's lock works both ways), and the repository is valid (check without taking a lock).
     let (code, out) = restic(&repo, &password_file, &["check"]);
-    assert_eq!(code, 0, "restic check after the SIGKILL: {out}");
+    assert_ne!(code, 0, "restic must see the killed run's lock: {out}");
+    assert!(out.contains("locked"), "{out}");
+    let (code, out) = restic(&repo, &password_file, &["--no-lock", "check"]);
+    assert_eq!(code, 0, "restic check --no-lock after the SIGKILL: {out}");
     let was_frozen = container_status(&t.container("tables")) == "FROZEN";
     let third = gbo_async(args.clone()).await;
     assert_eq!(third.code, 0, "the next backup after a SIGKILL:\n{}", third.all());
+    assert!(third.stderr.contains("removed the stale lock"), "the killed run's lock is cleared:\n{}", third.all());
     if was_frozen {
         assert!(third.stderr.contains("thawed"), "{}", third.all());
     }

@@ -125,7 +125,12 @@ pub async fn create(
     let mut repo_lock = lock::flock(&access.repo, Mode::Append, options.lock_wait).await?;
     let opened = access.clone();
     let (repo, created) = tokio::task::spawn_blocking(move || opened.open_or_init()).await.map_err(join_error)??;
-    repo_lock.add_restic_lock(&access.repo, &repo.key(), Mode::Append)?;
+    for stale in repo_lock.add_restic_lock(&access.repo, &repo.key(), Mode::Append)? {
+        events.event(&BackupEvent::step(
+            "repository",
+            format!("removed the stale lock {} (its process is gone)", stale.display()),
+        ));
+    }
     let repo: Indexed = Arc::new(
         tokio::task::spawn_blocking(move || repo.to_indexed_ids())
             .await

@@ -13,10 +13,13 @@
 //!
 //! Before writing its own, gbo reads the locks already in `locks/`: an exclusive lock (a `restic prune` running)
 //! refuses any gbo run; for a prune any lock refuses. A lock that is stale by restic's rules (older than 30
-//! minutes, or from this host with a pid that is gone) is ignored, never deleted (that is `restic unlock`'s job).
+//! minutes, or from this host with a pid that is gone) is removed, as `restic unlock` does: restic 0.14 itself
+//! refuses an exclusive command while any lock is there, stale or not, so the lock of a gbo killed by SIGKILL is
+//! cleared by the next gbo writer.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -148,18 +151,24 @@ pub async fn flock(repo: &Path, mode: Mode, wait: Duration) -> Result<RepoLock, 
     Ok(RepoLock { file, restic: None })
 }
 
-use std::os::unix::fs::OpenOptionsExt;
-
 impl RepoLock {
     /// With the repository open (its key known), check restic's locks and write ours (writers only).
-    pub fn add_restic_lock(&mut self, repo: &Path, key: &MasterKey, mode: Mode) -> Result<(), BackupError> {
+    /// Returns the stale locks it removed (as `restic unlock` does: older than 30 minutes, or from this host with a
+    /// pid that is gone, such as a gbo or restic killed by SIGKILL).
+    pub fn add_restic_lock(&mut self, repo: &Path, key: &MasterKey, mode: Mode) -> Result<Vec<PathBuf>, BackupError> {
         if mode == Mode::Read {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let cipher = cipher(key);
         let locks = repo.join("locks");
         std::fs::create_dir_all(&locks).map_err(BackupError::io(&locks))?;
+        let mut removed = Vec::new();
         for (file, lock) in read_locks(&locks, &cipher)? {
+            if lock.as_ref().is_some_and(is_stale) {
+                std::fs::remove_file(&file).map_err(BackupError::io(&file))?;
+                removed.push(file);
+                continue;
+            }
             let conflicting = mode == Mode::Exclusive || lock.as_ref().is_none_or(|l| l.exclusive);
             let live = lock.as_ref().is_none_or(|l| !is_stale(l));
             if conflicting && live {
@@ -197,7 +206,7 @@ impl RepoLock {
             }
         });
         self.restic = Some(Refresher { stop, thread: Some(thread) });
-        Ok(())
+        Ok(removed)
     }
 }
 

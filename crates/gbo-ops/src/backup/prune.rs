@@ -122,7 +122,7 @@ pub async fn prune(
     })
     .await
     .map_err(join_error)??;
-    repo_lock.add_restic_lock(&access.repo, &repo.key(), mode)?;
+    let _stale_removed = repo_lock.add_restic_lock(&access.repo, &repo.key(), mode)?;
     let (kept, forgotten) = decide(&snaps, &tenant, &retention)?;
     let ids: Vec<_> = snaps
         .iter()

@@ -11,7 +11,6 @@
 //! container's → started → a second install run converges and reports health. `conf` is rendered again by the
 //! install engine from the catalogue (it is in the backup for the record).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -331,7 +330,6 @@ pub async fn restore(
     let report = install::install(lxd, &request, install_events).await?;
     let health =
         report.components.iter().map(|c| (c.instance.clone(), c.health.healthy, c.health.detail.clone())).collect();
-    let _ = BTreeMap::<String, String>::new();
     Ok(RestoreReport { plan, safety_snapshot, health, applied: true })
 }
 

@@ -10,7 +10,7 @@
 //!
 //! The walk happens while the role is quiesced (the container frozen), so what is listed is what is read.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -254,11 +254,6 @@ impl TreeSource {
     pub fn finish(&mut self) {
         self.entries.sort_by(|a, b| a.path.cmp(&b.path));
     }
-}
-
-/// A name as a path component (for messages).
-pub fn display_name(name: &OsStr) -> String {
-    name.to_string_lossy().into_owned()
 }
 
 /// The virtual path of a mount of a role: `/gbo/<tenant>/<role>/<data|conf|logs|device>`.
