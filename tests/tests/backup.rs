@@ -84,7 +84,8 @@ impl Drop for SoloCleanup {
 }
 
 fn container_status(name: &str) -> String {
-    let out = std::process::Command::new("lxc").args(["list", name, "--format", "csv", "-c", "ns"]).output().expect("lxc");
+    let out =
+        std::process::Command::new("lxc").args(["list", name, "--format", "csv", "-c", "ns"]).output().expect("lxc");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{name},")).map(str::to_string))
@@ -108,12 +109,7 @@ fn restic(repo: &Path, password_file: &Path, args: &[&str]) -> (i32, String) {
 }
 
 fn repo_args(repo: &Path, password_file: &Path) -> Vec<String> {
-    vec![
-        "--repo".into(),
-        repo.display().to_string(),
-        "--password-file".into(),
-        password_file.display().to_string(),
-    ]
+    vec!["--repo".into(), repo.display().to_string(), "--password-file".into(), password_file.display().to_string()]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -172,8 +168,11 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     let (code, out) = restic(&repo, &password_file, &["snapshots", "--json"]);
     assert_eq!(code, 0, "restic snapshots: {out}");
     let snaps: Vec<serde_json::Value> = serde_json::from_str(&out).expect("restic JSON");
-    let tags: Vec<String> =
-        snaps.iter().flat_map(|s| s["tags"].as_array().cloned().unwrap_or_default()).filter_map(|v| v.as_str().map(String::from)).collect();
+    let tags: Vec<String> = snaps
+        .iter()
+        .flat_map(|s| s["tags"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
     for want in ["gbo", &format!("tenant={}", t.name), "role=tables", "role=cache", "role=meta"] {
         assert!(tags.iter().any(|t| t == want), "tag {want} missing from restic's listing: {tags:?}");
     }
@@ -275,14 +274,20 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     let solo_stack = tempfile::Builder::new().prefix("gbot-solo-stack-").tempdir().expect("tempdir");
     let mut on_solo = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone()];
     on_solo.extend(repo_args(&repo, &password_file));
-    on_solo.extend(["--image".into(), TEST_IMAGE.into(), "--stack-dir".into(), solo_stack.path().display().to_string()]);
+    on_solo.extend([
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        solo_stack.path().display().to_string(),
+    ]);
     let run = {
         let (socket, args) = (solo_socket.clone(), on_solo.clone());
         tokio::task::spawn_blocking(move || gbo_on(&socket, &args)).await.expect("gbo thread")
     };
     assert_eq!(run.code, 0, "restore on the solo daemon:\n{}", run.all());
     assert!(run.stdout.contains("healthy"), "{}", run.all());
-    let status_args: Vec<String> = vec!["status".into(), "--tenant".into(), t.name.clone(), "--output".into(), "json".into()];
+    let status_args: Vec<String> =
+        vec!["status".into(), "--tenant".into(), t.name.clone(), "--output".into(), "json".into()];
     let status = {
         let socket = solo_socket.clone();
         tokio::task::spawn_blocking(move || gbo_on(&socket, &status_args)).await.expect("gbo thread")

@@ -113,16 +113,16 @@ pub enum Command {
         /// Keep the newest backup of each of the last N hours.
         #[arg(long)]
         keep_hourly: Option<u32>,
-        /// ... days.
+        /// Keep the newest backup of each of the last N days.
         #[arg(long)]
         keep_daily: Option<u32>,
-        /// ... weeks.
+        /// Keep the newest backup of each of the last N weeks.
         #[arg(long)]
         keep_weekly: Option<u32>,
-        /// ... months.
+        /// Keep the newest backup of each of the last N months.
         #[arg(long)]
         keep_monthly: Option<u32>,
-        /// ... years.
+        /// Keep the newest backup of each of the last N years.
         #[arg(long)]
         keep_yearly: Option<u32>,
         /// Decide and show, change nothing.
@@ -295,7 +295,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                     let rows: Vec<Vec<String>> = report
                         .health
                         .iter()
-                        .map(|(c, ok, d)| vec![c.clone(), if *ok { "healthy".into() } else { "UNHEALTHY".into() }, d.clone()])
+                        .map(|(c, ok, d)| {
+                            vec![c.clone(), if *ok { "healthy".into() } else { "UNHEALTHY".into() }, d.clone()]
+                        })
                         .collect();
                     output::print_table(&["CONTAINER", "HEALTH", "DETAIL"], &rows);
                     if let Some(s) = &report.safety_snapshot {
@@ -327,8 +329,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 monthly: keep_monthly,
                 yearly: keep_yearly,
             };
-            let report =
-                backup::prune(&access, tenant.as_str(), retention, dry_run, Duration::from_secs(60)).await?;
+            let report = backup::prune(&access, tenant.as_str(), retention, dry_run, Duration::from_secs(60)).await?;
             match output {
                 Format::Json => output::print_json(&report)?,
                 Format::Table => {
