@@ -148,10 +148,10 @@ pub enum BackupError {
     HostFs(#[from] crate::hostfs::HostFsError),
     /// Install (used by restore) failed.
     #[error(transparent)]
-    Install(#[from] crate::install::InstallError),
+    Install(Box<crate::install::InstallError>),
     /// A snapshot (restore --replace) failed.
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(Box<crate::snapshot::SnapshotError>),
     /// A host tool failed.
     #[error(transparent)]
     Run(#[from] crate::runner::RunError),
@@ -164,6 +164,18 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<crate::install::InstallError> for BackupError {
+    fn from(e: crate::install::InstallError) -> Self {
+        BackupError::Install(Box::new(e))
+    }
+}
+
+impl From<crate::snapshot::SnapshotError> for BackupError {
+    fn from(e: crate::snapshot::SnapshotError) -> Self {
+        BackupError::Snapshot(Box::new(e))
+    }
 }
 
 impl BackupError {

@@ -64,13 +64,16 @@ pub struct PruneReport {
     pub applied: bool,
 }
 
+/// Backups kept, each with restic's reasons.
+pub type Kept = Vec<(String, Vec<String>)>;
+
 /// Decide which backups of `tenant` stay: restic's rules on the complete backups (their meta snapshots);
 /// incomplete backups (no meta snapshot: a killed run) go.
 pub fn decide(
     snaps: &[SnapshotFile],
     tenant: &str,
     retention: &Retention,
-) -> Result<(Vec<(String, Vec<String>)>, BTreeSet<String>), BackupError> {
+) -> Result<(Kept, BTreeSet<String>), BackupError> {
     let ours: Vec<&SnapshotFile> = snaps
         .iter()
         .filter(|s| s.tags.contains(TAG_GBO) && tag_value(s, "tenant").as_deref() == Some(tenant))
