@@ -13,7 +13,7 @@
 //! - [`source`]: the role directories read through [`crate::hostfs`] (no link followed, links stored as links);
 //! - [`capture`]: consistency per role (PostgreSQL `CHECKPOINT` then freeze, Redis `BGSAVE` then freeze, others
 //!   frozen) with a thaw that always runs;
-//! - [`create`], [`list`], [`verify`], [`restore`], [`prune`], [`schedule`].
+//! - [`mod@create`], [`mod@list`], [`mod@verify`], [`mod@restore`], [`mod@prune`], [`schedule`].
 
 pub mod capture;
 pub mod create;
