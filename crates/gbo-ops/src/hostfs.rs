@@ -415,6 +415,36 @@ impl HostDir {
         rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(io("chmod", &path))
     }
 
+    /// Open the regular file at `rel` for streaming reads (backups): never following a link, never blocking on a
+    /// FIFO; anything but a regular file is [`HostFsError::Planted`].
+    pub fn open_file(&self, rel: &Path) -> Result<File> {
+        self.open_regular(rel)
+    }
+
+    /// The full metadata of the entry `name` of this directory (times included), never following a link; `None`
+    /// when nothing is there.
+    pub fn metadata_of(&self, name: &OsStr) -> Result<Option<std::fs::Metadata>> {
+        let path = self.child_path(name);
+        match rustix::fs::openat(&self.fd, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd).metadata().map_err(std_io("reading", &path))?)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    /// The full metadata of this directory itself (times included).
+    pub fn metadata(&self) -> Result<std::fs::Metadata> {
+        let fd = self.fd.try_clone().map_err(std_io("duplicating", &self.path))?;
+        File::from(fd).metadata().map_err(std_io("reading", &self.path))
+    }
+
+    /// The target of the symlink `name` of this directory (read as text, never followed).
+    pub fn read_link(&self, name: &OsStr) -> Result<OsString> {
+        let path = self.child_path(name);
+        let target = rustix::fs::readlinkat(&self.fd, name, Vec::new()).map_err(io("reading", &path))?;
+        Ok(OsStr::from_bytes(target.as_bytes()).to_os_string())
+    }
+
     /// Open the regular file at `rel` for reading: never following a link, never blocking on a FIFO; anything
     /// but a regular file is [`HostFsError::Planted`].
     fn open_regular(&self, rel: &Path) -> Result<File> {

@@ -3,6 +3,7 @@
 //! `lxd-client` and to host tools only through [`runner`].
 
 pub mod adopt;
+pub mod backup;
 pub mod brother;
 pub mod ci;
 pub mod dns;

@@ -346,7 +346,7 @@ pub async fn unseal(endpoint: &Endpoint, keys: &Keys) -> Result<UnsealOutcome, V
     let mut seen = BTreeSet::new();
     let mut duplicates = 0;
     let mut submitted = 0;
-    let mut rejected = Vec::new();
+    let mut rejected: Vec<usize> = Vec::new();
     let mut last = status;
     for (index, key) in keys.keys.iter().enumerate() {
         let Some(bytes) = key.bytes() else { continue };

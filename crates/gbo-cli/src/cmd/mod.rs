@@ -4,6 +4,7 @@
 use crate::output::{Format, Outcome};
 
 mod adopt;
+mod backup;
 mod brother;
 mod ci;
 mod container;
@@ -139,6 +140,9 @@ pub enum Command {
     /// Container and host-data snapshots: create, list, restore, delete, prune, schedule.
     #[command(subcommand)]
     Snapshot(snapshot::Command),
+    /// Whole-tenant backups in a restic-format repository: create, list, verify, restore, prune, schedule.
+    #[command(subcommand)]
+    Backup(backup::Command),
     /// Move the botserver database between a host PostgreSQL and the tenant's tables container, verified.
     #[command(subcommand)]
     Migrate(migrate::Command),
@@ -199,6 +203,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::ConsoleLog { container } => container::console_log(container).await,
         Command::Limits { container, cpu, memory } => container::limits(container, cpu, memory).await,
         Command::Snapshot(c) => snapshot::run(c).await,
+        Command::Backup(c) => backup::run(c).await,
         Command::Migrate(c) => migrate::run(c).await,
         Command::Zfs(c) => zfs::run(c).await,
         Command::Vault(c) => vault::run(c).await,

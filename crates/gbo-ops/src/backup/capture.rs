@@ -1,0 +1,165 @@
+//! Consistency per role, and the freeze that always thaws.
+//!
+//! - **tables** (PostgreSQL): `CHECKPOINT` (run inside the container as the `postgres` user), then the container is
+//!   frozen while its directories are read. The copy is what a power cut at that instant would leave: PostgreSQL's
+//!   own crash recovery replays the WAL (in the data directory, read in the same frozen instant) on the restored
+//!   cluster, and the checkpoint keeps the WAL to replay short.
+//! - **cache** (Redis/Valkey): `BGSAVE` (through its published port, authenticated with the tenant's secret read
+//!   from `.secrets`), waited for until `LASTSAVE` moves, then frozen: the dump file is a complete snapshot of
+//!   the data set, and the append-only file (when any) is read in the same frozen instant.
+//! - **every other role**: frozen while read (a crash-consistent copy of its files).
+//!
+//! A container that is not running is read as it is (nothing changes it). A freeze is undone by [`thaw`] after
+//! the read whether it succeeded or failed; a gbo killed while a container is frozen leaves it frozen, and the
+//! next `gbo backup create` thaws it first (it says so).
+
+use std::path::Path;
+use std::time::Duration;
+
+use lxd_client::{Client, ExecRequest, InstanceName, InstanceStatus, StateAction, StateChange};
+
+use super::BackupError;
+use crate::hostfs::HostDir;
+use crate::inventory::ManagedInstance;
+
+/// How a role is made consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `CHECKPOINT`, then frozen.
+    PostgresCheckpoint,
+    /// `BGSAVE` waited for, then frozen.
+    RedisBgsave,
+    /// Frozen.
+    Freeze,
+    /// Not running: read as it is.
+    Stopped,
+}
+
+impl Method {
+    /// For messages and the tenant description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Method::PostgresCheckpoint => {
+                "PostgreSQL CHECKPOINT, then the container frozen while read (crash-consistent, WAL included)"
+            }
+            Method::RedisBgsave => "BGSAVE completed, then the container frozen while read",
+            Method::Freeze => "the container frozen while read",
+            Method::Stopped => "the container was stopped: read as it was",
+        }
+    }
+}
+
+/// The method for a container.
+pub fn method_for(instance: &ManagedInstance) -> Method {
+    if instance.instance.status != InstanceStatus::Running && instance.instance.status != InstanceStatus::Frozen {
+        return Method::Stopped;
+    }
+    match instance.role_label().as_str() {
+        "tables" => Method::PostgresCheckpoint,
+        "cache" => Method::RedisBgsave,
+        _ => Method::Freeze,
+    }
+}
+
+fn name_of(instance: &ManagedInstance) -> Result<InstanceName, BackupError> {
+    InstanceName::new(instance.name.as_str()).map_err(|e| BackupError::BadInput(e.to_string()))
+}
+
+/// Thaw a container left frozen (a killed run). Returns whether it was frozen.
+pub async fn thaw_if_frozen(lxd: &Client, instance: &ManagedInstance) -> Result<bool, BackupError> {
+    let name = name_of(instance)?;
+    if lxd.instance(&name).await?.status == InstanceStatus::Frozen {
+        lxd.set_state(&name, &StateChange::new(StateAction::Unfreeze)).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Do what `method` needs before the freeze (checkpoint, bgsave).
+pub async fn prepare(
+    lxd: &Client,
+    instance: &ManagedInstance,
+    method: Method,
+    stack_dir: Option<&Path>,
+) -> Result<(), BackupError> {
+    let fail = |detail: String| BackupError::Quiesce { container: instance.name.to_string(), detail };
+    match method {
+        Method::PostgresCheckpoint => {
+            let request = ExecRequest::new(["runuser", "-u", "postgres", "--", "psql", "-XqAt", "-c", "CHECKPOINT"])
+                .timeout(Duration::from_secs(300));
+            let out = lxd.exec_output(&name_of(instance)?, &request).await?;
+            if !out.success() {
+                // Only the exit code is used: the container's output is never trusted beyond a message.
+                return Err(fail(format!("CHECKPOINT failed (exit {})", out.exit_code)));
+            }
+            Ok(())
+        }
+        Method::RedisBgsave => {
+            let port = instance
+                .ports
+                .iter()
+                .find(|p| p.container_port == 6379)
+                .ok_or_else(|| fail("publishes no port for 6379: cannot ask for BGSAVE".into()))?;
+            let password = stack_dir
+                .map(|dir| -> Result<Option<String>, BackupError> {
+                    let Some(root) = HostDir::open_root_if_exists(dir)? else { return Ok(None) };
+                    let Some(secrets) = root.open_dir(Path::new(".secrets"))? else { return Ok(None) };
+                    Ok(secrets
+                        .read_file(Path::new("cache-password"), 4096)?
+                        .map(|b| String::from_utf8_lossy(&b).trim_end_matches('\n').to_string()))
+                })
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| fail("no cache-password in the stack dir's .secrets".into()))?;
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.host_port));
+            let io = |e: std::io::Error| fail(format!("talking to the cache on {addr}: {e}"));
+            let before = crate::install::health::redis_command(addr, &[&["AUTH", &password], &["LASTSAVE"]])
+                .await
+                .map_err(io)?;
+            if !before.first().is_some_and(|l| l.starts_with("+OK")) {
+                return Err(fail("AUTH refused with the tenant's cache-password".into()));
+            }
+            let last = before.get(1).cloned().unwrap_or_default();
+            let started =
+                crate::install::health::redis_command(addr, &[&["AUTH", &password], &["BGSAVE"]]).await.map_err(io)?;
+            let answer = started.get(1).cloned().unwrap_or_default();
+            if !answer.starts_with('+') {
+                return Err(fail(format!("BGSAVE refused: {}", answer.chars().take(120).collect::<String>())));
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(600);
+            loop {
+                let now = crate::install::health::redis_command(addr, &[&["AUTH", &password], &["LASTSAVE"]])
+                    .await
+                    .map_err(io)?;
+                if now.get(1).is_some_and(|l| *l != last) {
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(fail("BGSAVE did not finish within 600 s".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Method::Freeze | Method::Stopped => Ok(()),
+    }
+}
+
+/// Freeze the container when `method` calls for it. Returns whether it did.
+pub async fn freeze(lxd: &Client, instance: &ManagedInstance, method: Method) -> Result<bool, BackupError> {
+    if method == Method::Stopped {
+        return Ok(false);
+    }
+    let name = name_of(instance)?;
+    if lxd.instance(&name).await?.status == InstanceStatus::Frozen {
+        return Ok(false);
+    }
+    lxd.set_state(&name, &StateChange::new(StateAction::Freeze)).await?;
+    Ok(true)
+}
+
+/// Undo [`freeze`] (always called after the read, whatever happened).
+pub async fn thaw(lxd: &Client, instance: &ManagedInstance) -> Result<(), BackupError> {
+    let name = name_of(instance)?;
+    lxd.set_state(&name, &StateChange::new(StateAction::Unfreeze)).await?;
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `gbo backup restore --tenant T [--as NEW] [--stack-dir DIR] [--replace]`: recreate a tenant from a backup, on
+//! this LXD or another (the one `LXD_SOCKET`/`LXD_DIR` names).
+//!
+//! The walk: read the backup's description (the meta snapshot) → plan (target tenant, stack dir, every recorded
+//! host port kept when free on this host and left to the allocator when taken, refused onto an existing tenant
+//! without `--replace`) → with `--replace`, a gbo snapshot of every existing container first (`pre-restore-<id>`)
+//! → the secrets written back into `<stack>/.secrets` (so the recreated services use the backed-up passwords) →
+//! the containers created by the install engine (the same path as `gbo install`) → each container stopped, its
+//! `data` and `logs` directories replaced by the backup's (restored by rustic into a private staging directory,
+//! then copied through hostfs: links as links), owners shifted from the recorded idmap base to the new
+//! container's → started → a second install run converges and reports health. `conf` is rendered again by the
+//! install engine from the catalogue (it is in the backup for the record).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gbo_components::{Role, TenantFile, TenantName};
+use lxd_client::{Client, InstanceName, StateAction, StateChange};
+use rustic_core::{LocalDestination, LsOptions};
+
+use super::event::{BackupEvent, BackupEventKind};
+use super::list::{self, BackupInfo};
+use super::lock::{self, Mode};
+use super::meta::{self, TenantMeta};
+use super::{join_error, snapshot_path, BackupError, RepoAccess, META_ROLE};
+use crate::events::{InstallEvent, Observer};
+use crate::hostfs::{HostDir, PrivateDir};
+use crate::install::{self, InstallRequest};
+use crate::inventory;
+
+/// Options of [`restore`].
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The backup id (default: the tenant's newest complete backup).
+    pub backup: Option<String>,
+    /// Restore as another tenant.
+    pub as_tenant: Option<TenantName>,
+    /// The stack dir on this host (default: the recorded one, when restoring under the same name).
+    pub stack_dir: Option<PathBuf>,
+    /// Restore over an existing tenant (snapshotted first).
+    pub replace: bool,
+    /// The image (default: install's default).
+    pub image: Option<String>,
+    /// Show the plan and stop.
+    pub dry_run: bool,
+    /// Where rustic restores before the copy into place (a root-owned place).
+    pub staging_parent: PathBuf,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        Self {
+            backup: None,
+            as_tenant: None,
+            stack_dir: None,
+            replace: false,
+            image: None,
+            dry_run: false,
+            staging_parent: std::env::temp_dir(),
+        }
+    }
+}
+
+/// One recorded host port and what the restore does with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PortPlan {
+    /// Role.
+    pub role: String,
+    /// Port name (`gbo-port-<name>`).
+    pub name: String,
+    /// The recorded host port.
+    pub recorded: u16,
+    /// Whether it is kept (free here); otherwise the allocator picks another.
+    pub kept: bool,
+}
+
+/// What a restore will do (shown before anything changes).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestorePlan {
+    /// The backup.
+    pub backup: String,
+    /// When it was taken.
+    pub taken_at: String,
+    /// The tenant backed up.
+    pub from_tenant: String,
+    /// The tenant created.
+    pub tenant: String,
+    /// Its stack dir.
+    pub stack_dir: PathBuf,
+    /// The roles, in the backup's order.
+    pub roles: Vec<String>,
+    /// Ports.
+    pub ports: Vec<PortPlan>,
+    /// Containers of the target tenant that exist (replaced with --replace).
+    pub existing: Vec<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    /// The plan.
+    pub plan: RestorePlan,
+    /// The safety snapshot taken first (with --replace).
+    pub safety_snapshot: Option<String>,
+    /// Health per container after the restore.
+    pub health: Vec<(String, bool, String)>,
+    /// Whether it was only planned.
+    pub applied: bool,
+}
+
+/// The newest complete backup of `tenant`, or the one named.
+pub fn pick(backups: &[BackupInfo], tenant: &str, id: Option<&str>, repo: &Path) -> Result<BackupInfo, BackupError> {
+    backups
+        .iter()
+        .rev()
+        .find(|b| b.tenant == tenant && b.complete && id.is_none_or(|id| b.backup == id))
+        .cloned()
+        .ok_or_else(|| BackupError::NoBackup {
+            tenant: tenant.to_string(),
+            repo: repo.to_path_buf(),
+            id: id.map(str::to_string),
+        })
+}
+
+type Indexed = std::sync::Arc<rustic_core::Repository<rustic_core::IndexedFullStatus>>;
+
+/// Restore the snapshot `id` whole into `dest` (rustic writes there; it is a fresh private directory).
+fn restore_snapshot(repo: &Indexed, id: &str, dest: &Path) -> Result<(), BackupError> {
+    let fail = || BackupError::repository(format!("restoring snapshot {id}"));
+    let node = repo.node_from_snapshot_path(id, |_| true).map_err(fail())?;
+    let dest_text = dest.to_str().ok_or_else(|| BackupError::BadInput(format!("{} is not UTF-8", dest.display())))?;
+    let destination = LocalDestination::new(dest_text, true, !node.is_dir()).map_err(fail())?;
+    let options = rustic_core::RestoreOptions::default().numeric_id(true);
+    let ls = repo.ls(&node, &LsOptions::default()).map_err(fail())?;
+    let plan = repo.prepare_restore(&options, ls, &destination, false).map_err(fail())?;
+    let ls = repo.ls(&node, &LsOptions::default()).map_err(fail())?;
+    repo.restore(plan, &options, ls, &destination).map_err(fail())
+}
+
+fn port_name(device: &str) -> Option<&str> {
+    device.strip_prefix("gbo-port-")
+}
+
+fn port_free(address: &str, port: u16) -> bool {
+    let ip: std::net::IpAddr = address.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    std::net::TcpListener::bind((ip, port)).is_ok()
+}
+
+/// Read the backup's description, plan, and (unless a dry run) restore.
+pub async fn restore(
+    lxd: &Client,
+    access: &RepoAccess,
+    tenant: &TenantName,
+    options: &RestoreOptions,
+    show_plan: &(dyn Fn(&RestorePlan) + Sync),
+    events: &dyn Observer<BackupEvent>,
+    install_events: &dyn Observer<InstallEvent>,
+) -> Result<RestoreReport, BackupError> {
+    if !access.exists() {
+        return Err(BackupError::NoRepository { repo: access.repo.clone() });
+    }
+    let _repo_lock = lock::flock(&access.repo, Mode::Read, Duration::from_secs(60)).await?;
+    // One open (the key derivation is deliberately slow) for the whole restore.
+    let opened = access.clone();
+    let (repo, snaps) = tokio::task::spawn_blocking(move || -> Result<_, BackupError> {
+        let repo = opened.open()?;
+        let snaps = repo.get_all_snapshots().map_err(BackupError::repository("reading the snapshots"))?;
+        let repo = repo.to_indexed().map_err(BackupError::repository("reading the repository's index"))?;
+        Ok((std::sync::Arc::new(repo), snaps))
+    })
+    .await
+    .map_err(join_error)??;
+    let backups = list::group(snaps, Some(tenant.as_str()));
+    let chosen = pick(&backups, tenant.as_str(), options.backup.as_deref(), &access.repo)?;
+    let staging = PrivateDir::new(&options.staging_parent, "gbo-restore-")?;
+    let meta_id = chosen.snapshots.get(META_ROLE).cloned().unwrap_or_default();
+    events.event(&BackupEvent::step("repository", format!("reading backup {}", chosen.backup)));
+    let (a, dest) = (repo.clone(), staging.path().join(META_ROLE));
+    let id = meta_id.clone();
+    tokio::task::spawn_blocking(move || restore_snapshot(&a, &id, &dest)).await.map_err(join_error)??;
+    let meta_dir = staging
+        .path()
+        .join(META_ROLE)
+        .join(snapshot_path(tenant.as_str(), META_ROLE).strip_prefix("/").unwrap_or(Path::new("")));
+    let text = std::fs::read(meta_dir.join(meta::FILE)).map_err(BackupError::io(meta_dir.join(meta::FILE)))?;
+    let described: TenantMeta = serde_json::from_slice(&text)
+        .map_err(|e| BackupError::io(meta_dir.join(meta::FILE))(std::io::Error::other(e)))?;
+
+    // The plan.
+    let target = options.as_tenant.clone().unwrap_or_else(|| tenant.clone());
+    let stack_dir = match (&options.stack_dir, &options.as_tenant) {
+        (Some(dir), _) => install::absolute(dir).map_err(|e| BackupError::BadInput(e.to_string()))?,
+        (None, None) => described.stack_dir.clone().ok_or_else(|| {
+            BackupError::BadInput("the backup records no stack dir: name one with --stack-dir".into())
+        })?,
+        (None, Some(_)) => {
+            return Err(BackupError::BadInput(
+                "--as NEW needs --stack-dir DIR (the backed-up tenant's stack dir belongs to it)".into(),
+            ))
+        }
+    };
+    let existing: Vec<String> =
+        inventory::tenant_instances(lxd, &target).await?.iter().map(|m| m.name.to_string()).collect();
+    let mut ports = Vec::new();
+    for role in &described.roles {
+        for port in &role.ports {
+            let Some(name) = port_name(&port.device) else { continue };
+            let kept = (options.replace && !existing.is_empty() && target == *tenant)
+                || port_free(&port.host_address, port.host_port);
+            ports.push(PortPlan { role: role.role.clone(), name: name.to_string(), recorded: port.host_port, kept });
+        }
+    }
+    let plan = RestorePlan {
+        backup: chosen.backup.clone(),
+        taken_at: described.taken_at.clone(),
+        from_tenant: tenant.to_string(),
+        tenant: target.to_string(),
+        stack_dir: stack_dir.clone(),
+        roles: described.roles.iter().map(|r| r.role.clone()).collect(),
+        ports,
+        existing: existing.clone(),
+    };
+    show_plan(&plan);
+    if !existing.is_empty() && !options.replace {
+        return Err(BackupError::TenantExists { tenant: target.to_string(), containers: existing.join(", ") });
+    }
+    if options.dry_run {
+        return Ok(RestoreReport { plan, safety_snapshot: None, health: Vec::new(), applied: false });
+    }
+    let roles: Vec<Role> = described
+        .roles
+        .iter()
+        .map(|r| {
+            r.role
+                .parse::<Role>()
+                .map_err(|_| BackupError::BadInput(format!("unknown role `{}` in the backup", r.role)))
+        })
+        .collect::<Result<_, _>>()?;
+
+    // --replace: a snapshot of what is there first.
+    let mut safety_snapshot = None;
+    if !existing.is_empty() {
+        let name = format!("pre-restore-{}", chosen.backup.to_ascii_lowercase().replace(['t', 'z'], ""));
+        let name: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect();
+        let snapshot = crate::snapshot::snapshot_name(&name)?;
+        let containers = inventory::tenant_instances(lxd, &target).await?;
+        events.event(&BackupEvent::step("tenant", format!("snapshot {name} of the existing containers first")));
+        for result in crate::snapshot::create_many(lxd, &containers, &snapshot, &Default::default()).await {
+            result?;
+        }
+        safety_snapshot = Some(name);
+    }
+
+    // Secrets back in place before the install renders anything from them.
+    let secrets_src = meta_dir.join(meta::SECRETS);
+    if let Some(source) = HostDir::open_root_if_exists(&secrets_src)? {
+        let stack = HostDir::create_root(&stack_dir, 0o755)?;
+        let target_dir = stack.ensure_dir(Path::new(".secrets"), 0o700, None)?;
+        for name in source.names()? {
+            if let Some(bytes) = source.read_file(Path::new(&name), 64 * 1024)? {
+                target_dir.write_file(Path::new(&name), &bytes, 0o600, None, 0o700)?;
+            }
+        }
+        events.event(&BackupEvent::step("tenant", "secrets restored"));
+    }
+
+    // The containers, through the install engine.
+    let mut tenant_file = match std::fs::read_to_string(meta_dir.join(meta::TENANT_FILE)) {
+        Ok(text) => {
+            TenantFile::parse(&text).map_err(|e| BackupError::BadInput(format!("the backed-up tenant file: {e}")))?
+        }
+        Err(_) => TenantFile::default(),
+    };
+    tenant_file.tenant = target.clone();
+    let mut request = InstallRequest::new(tenant_file, roles.clone());
+    request.stack_dir = Some(stack_dir.clone());
+    request.image = options.image.clone();
+    for p in plan.ports.iter().filter(|p| p.kept) {
+        if let Ok(role) = p.role.parse::<Role>() {
+            request.ports.insert((role, p.name.clone()), p.recorded);
+        }
+    }
+    events.event(&BackupEvent::step("tenant", "creating the containers"));
+    install::install(lxd, &request, install_events).await?;
+
+    // Each role's data back.
+    for role_meta in &described.roles {
+        let subject = role_meta.container.replacen(tenant.as_str(), target.as_str(), 1);
+        let Some(snapshot) = chosen.snapshots.get(&role_meta.role).cloned() else { continue };
+        events.event(&BackupEvent::step(&subject, "restoring its data"));
+        let dest = staging.path().join(&role_meta.role);
+        let a = repo.clone();
+        let d = dest.clone();
+        tokio::task::spawn_blocking(move || restore_snapshot(&a, &snapshot, &d)).await.map_err(join_error)??;
+        let restored_root =
+            dest.join(snapshot_path(tenant.as_str(), &role_meta.role).strip_prefix("/").unwrap_or(Path::new("")));
+        let name = InstanceName::new(subject.as_str()).map_err(|e| BackupError::BadInput(e.to_string()))?;
+        let instance = lxd.instance(&name).await?;
+        let Some(managed) = inventory::describe(&instance) else { continue };
+        let new_base = install::plan::idmap_base(&instance);
+        lxd.set_state(&name, &StateChange::new(StateAction::Stop).force(true).timeout(Duration::from_secs(60))).await?;
+        let mut moved = Vec::new();
+        for mount in managed.mounts.iter().filter(|m| m.device.starts_with(inventory::DEVICE_PREFIX)) {
+            let leaf = super::source::mount_path(Path::new(""), &mount.device);
+            if leaf == Path::new("conf") {
+                continue;
+            }
+            let Some(from) = HostDir::open_root_if_exists(&restored_root.join(&leaf))? else { continue };
+            let Some(to) = super::create::open_mount(Some(&stack_dir), &mount.host_path)? else { continue };
+            to.empty()?;
+            to.copy_from(&from)?;
+            copy_root_attributes(&from, &to)?;
+            moved.push(mount.host_path.clone());
+        }
+        if let (Some(from), Some(to)) = (role_meta.idmap_base, new_base) {
+            let roots = moved.clone();
+            tokio::task::spawn_blocking(move || install::idmap::shift_trees(&roots, from, to))
+                .await
+                .map_err(join_error)??;
+        }
+        lxd.set_state(&name, &StateChange::new(StateAction::Start).timeout(Duration::from_secs(60))).await?;
+        events.event(&BackupEvent::new(
+            &subject,
+            BackupEventKind::Done { detail: format!("data restored ({} directories)", moved.len()) },
+        ));
+    }
+
+    // Converge once more: health as install checks it.
+    events.event(&BackupEvent::step("tenant", "checking health"));
+    let report = install::install(lxd, &request, install_events).await?;
+    let health =
+        report.components.iter().map(|c| (c.instance.clone(), c.health.healthy, c.health.detail.clone())).collect();
+    Ok(RestoreReport { plan, safety_snapshot, health, applied: true })
+}
+
+/// The restored directory's own owner and mode onto the directory it replaced (the copy sets them below it).
+fn copy_root_attributes(from: &HostDir, to: &HostDir) -> Result<(), BackupError> {
+    let entry = from.entry()?;
+    to.chown(crate::hostfs::Owner::new(entry.uid, entry.gid))?;
+    to.chmod(entry.mode)?;
+    Ok(())
+}
