@@ -50,18 +50,9 @@ async fn rows(t: &TestTenant) -> Vec<(i32, String)> {
 }
 
 /// `gbo` against another daemon (its unix socket), blocking.
-fn gbo_on(socket: &str, args: &[String]) -> gbo_tests::GboRun {
-    let out = std::process::Command::new(gbo_tests::gbo_bin())
-        .args(args)
-        .env("LXD_SOCKET", socket)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("running gbo");
-    gbo_tests::GboRun {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+fn gbo_on(socket: &str, args: &[String]) -> gbo_tests::Run {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    gbo_tests::gbo_env(&args, &[("LXD_SOCKET", socket)])
 }
 
 /// The second daemon ("another host") of the rig: `cargo xtask lxd-cluster up` starts it.
