@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod migrate;
 pub mod proxy;
 pub mod runner;
+pub mod site;
 pub mod snapshot;
 pub mod vault;
 pub mod zfs;

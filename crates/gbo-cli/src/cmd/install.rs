@@ -209,7 +209,7 @@ fn plan_json(planned: &install::PlannedInstall) -> serde_json::Value {
 
 pub(super) async fn plan(args: InstallArgs) -> anyhow::Result<Outcome> {
     let request = request(&args)?;
-    let lxd = lxd()?;
+    let lxd = crate::output::lxd_on_host("gbo plan").await?;
     let planned = install::plan(&lxd, &request, false).await.map_err(engine_error)?;
     if args.output == Format::Json {
         print_json(&plan_json(&planned))?;
@@ -221,7 +221,7 @@ pub(super) async fn plan(args: InstallArgs) -> anyhow::Result<Outcome> {
 
 pub(super) async fn install(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome> {
     let request = request(&args)?;
-    let lxd = lxd()?;
+    let lxd = crate::output::lxd_on_host("gbo install").await?;
     if dry_run {
         let planned = install::plan(&lxd, &request, false).await.map_err(engine_error)?;
         if args.output == Format::Json {
@@ -303,7 +303,7 @@ pub(super) async fn uninstall(
     let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
     let resolved: Vec<(TenantName, Role)> =
         targets.iter().map(|t| resolve_target(t, tenant.as_ref())).collect::<anyhow::Result<_>>()?;
-    let lxd = lxd()?;
+    let lxd = if purge { crate::output::lxd_on_host("gbo uninstall --purge").await? } else { lxd()? };
     if purge && !yes {
         if !std::io::stdin().is_terminal() {
             bail!("--purge deletes host data: pass --yes to confirm when there is no terminal");

@@ -151,6 +151,9 @@ pub enum Command {
 
 /// Run one command.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
+    if let (Some(remote), Command::Zfs(_)) = (crate::output::remote_name(), &command) {
+        anyhow::bail!("gbo zfs works on this host's ZFS pool; it has no meaning with --remote {remote}");
+    }
     match command {
         Command::Setup { network } => install::setup(network).await,
         Command::Image(c) => image::run(c).await,
