@@ -23,6 +23,10 @@
 //! # sha256 = "..."                     # 64 hex characters copied from the vendor's SHA256SUMS; without it
 //! #                                    # the artifact is unverified and refused unless explicitly allowed
 //!
+//! [placement]                        # cluster member (or @group) of each role's container; default: LXD's
+//! tables = "m1"                        # scheduler. `gbo install --target` places one run's new containers
+//! proxy = "@edge"
+//!
 //! [system]
 //! privileged = false                   # default; true is the seed's privileged -system: root inside it is
 //!                                      # root on the host
@@ -183,6 +187,60 @@ pub struct SystemSettings {
     pub privileged: bool,
 }
 
+/// Where a role's container is created in a cluster (`[placement]`): a member, or any member of a cluster group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(into = "String")]
+pub enum Placement {
+    /// A member by name (`m1`).
+    Member(String),
+    /// Any member of a cluster group (`@edge`), chosen by LXD.
+    Group(String),
+}
+
+impl Placement {
+    /// Parses `NAME` or `@GROUP`; `key` names the setting in the error. Names are 1-63 characters of letters,
+    /// digits, `-` and `.`, starting with a letter or digit (LXD's member and group names).
+    pub fn parse(key: &str, value: &str) -> Result<Self> {
+        let (group, name) = match value.strip_prefix('@') {
+            Some(rest) => (true, rest),
+            None => (false, value),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            return Err(value_error(
+                key,
+                value,
+                "expected a cluster member name (m1) or @GROUP: 1-63 letters, digits, '-' or '.', starting with a \
+                 letter or digit",
+            ));
+        }
+        Ok(if group { Self::Group(name.to_owned()) } else { Self::Member(name.to_owned()) })
+    }
+
+    /// LXD's `target=` value: `m1` or `@group`.
+    pub fn target(&self) -> String {
+        match self {
+            Self::Member(m) => m.clone(),
+            Self::Group(g) => format!("@{g}"),
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.target())
+    }
+}
+
+impl From<Placement> for String {
+    fn from(p: Placement) -> String {
+        p.target()
+    }
+}
+
 /// A parsed, validated tenant file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TenantFile {
@@ -207,6 +265,9 @@ pub struct TenantFile {
     pub versions: BTreeMap<Role, VersionPin>,
     /// The system container's settings.
     pub system: SystemSettings,
+    /// Cluster placement of each role's container (`[placement]`); roles not listed go where LXD's scheduler puts
+    /// them.
+    pub placement: BTreeMap<Role, Placement>,
 }
 
 impl TenantFile {
@@ -235,6 +296,7 @@ impl Default for TenantFile {
             limits: BTreeMap::new(),
             versions: BTreeMap::new(),
             system: SystemSettings::default(),
+            placement: BTreeMap::new(),
         }
     }
 }
@@ -257,6 +319,8 @@ struct RawTenantFile {
     #[serde(default)]
     versions: BTreeMap<String, RawVersion>,
     system: Option<RawSystem>,
+    #[serde(default)]
+    placement: BTreeMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -475,6 +539,10 @@ impl TenantFile {
         }
         if let Some(system) = raw.system {
             file.system.privileged = system.privileged.unwrap_or(false);
+        }
+        for (name, value) in raw.placement {
+            let role = role_key("placement", &name)?;
+            file.placement.insert(role, Placement::parse(&format!("placement.{name}"), &value)?);
         }
         Ok(file)
     }

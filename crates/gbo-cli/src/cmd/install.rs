@@ -63,6 +63,10 @@ pub struct InstallArgs {
     /// Seconds to wait for another run holding the tenant's lock.
     #[arg(long, default_value_t = 60)]
     lock_wait: u64,
+    /// Cluster member (or @GROUP) of every container this run creates, over the tenant file's [placement]
+    /// (default: LXD's scheduler). An offline or evacuated member is refused.
+    #[arg(long, value_name = "MEMBER|@GROUP")]
+    target: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     output: Format,
@@ -130,6 +134,7 @@ fn request(args: &InstallArgs) -> anyhow::Result<InstallRequest> {
     };
     request.ports = parse_ports(&args.ports)?;
     request.lock_wait = Duration::from_secs(args.lock_wait);
+    request.target = args.target.as_deref().map(|t| gbo_components::Placement::parse("--target", t)).transpose()?;
     Ok(request)
 }
 
@@ -176,11 +181,12 @@ fn print_plan(planned: &install::PlannedInstall) {
         outln!("skipped {role}: {why}");
     }
     for component in &planned.components {
+        let on = component.member.as_deref().map(|m| format!(" on {m}")).unwrap_or_default();
         if component.steps.is_empty() {
-            outln!("  {}: up to date", component.instance);
+            outln!("  {}{on}: up to date", component.instance);
             continue;
         }
-        outln!("  {}: {} step(s)", component.instance, component.steps.len());
+        outln!("  {}{on}: {} step(s)", component.instance, component.steps.len());
         for step in &component.steps {
             outln!("      {:<60} # {}", step.describe(), step.reason);
         }
@@ -350,11 +356,12 @@ pub(super) async fn status(targets: Vec<String>, tenant: Option<String>, output:
         if report.components.is_empty() {
             outln!("tenant {tenant}: no containers");
         }
+        let clustered = report.components.iter().any(|c| c.member.is_some());
         let rows: Vec<Vec<String>> = report
             .components
             .iter()
             .map(|c| {
-                vec![
+                let mut row = vec![
                     c.container.clone(),
                     c.state.to_string(),
                     c.image.clone(),
@@ -373,10 +380,18 @@ pub(super) async fn status(targets: Vec<String>, tenant: Option<String>, output:
                         Some(h) => format!("UNHEALTHY ({})", h.detail),
                         None => "-".into(),
                     },
-                ]
+                ];
+                if clustered {
+                    row.insert(1, c.member.clone().unwrap_or_default());
+                }
+                row
             })
             .collect();
-        print_table(&["CONTAINER", "STATE", "IMAGE", "PORTS", "MOUNTS", "HEALTH"], &rows);
+        let mut headers = vec!["CONTAINER", "STATE", "IMAGE", "PORTS", "MOUNTS", "HEALTH"];
+        if clustered {
+            headers.insert(1, "MEMBER");
+        }
+        print_table(&headers, &rows);
     }
     Ok(if report.all_healthy() { Outcome::Ok } else { Outcome::Problems })
 }
