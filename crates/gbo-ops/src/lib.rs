@@ -13,6 +13,7 @@ pub mod image;
 pub mod install;
 pub mod inventory;
 pub mod migrate;
+pub mod moves;
 pub mod proxy;
 pub mod runner;
 pub mod site;

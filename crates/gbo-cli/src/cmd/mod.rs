@@ -12,6 +12,7 @@ mod firewall;
 mod image;
 mod install;
 mod migrate;
+mod moves;
 mod proxy;
 mod snapshot;
 mod vault;
@@ -111,6 +112,11 @@ pub enum Command {
         #[arg(long)]
         memory: Option<String>,
     },
+    /// Move a tenant's container to another cluster member: snapshot, stop, move, start, health; back to its
+    /// origin on failure. Refused while either member is not online.
+    Move(moves::MoveArgs),
+    /// Move every gbo container off a cluster member (maintenance), dependencies first; the plan is shown first.
+    Evacuate(moves::EvacuateArgs),
     /// Container and host-data snapshots: create, list, restore, delete, prune, schedule.
     #[command(subcommand)]
     Snapshot(snapshot::Command),
@@ -170,6 +176,8 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Exec { container, command } => container::exec(container, command).await,
         Command::Logs { container, follow, lines } => container::logs(container, follow, lines).await,
         Command::Limits { container, cpu, memory } => container::limits(container, cpu, memory).await,
+        Command::Move(a) => moves::run_move(a).await,
+        Command::Evacuate(a) => moves::run_evacuate(a).await,
         Command::Snapshot(c) => snapshot::run(c).await,
         Command::Migrate(c) => migrate::run(c).await,
         Command::Zfs(c) => zfs::run(c).await,
