@@ -218,6 +218,8 @@ pub async fn move_container(
     let started = Instant::now();
     let (site, members) = members(lxd).await?;
     let name = container.name.clone();
+    // Where the listing saw it: a member that is not online cannot even be read (LXD answers 500).
+    check_online(&members, &container.instance.location, "source member")?;
     // Read it again: where it is now.
     let instance = lxd.instance(&name).await.map_err(lxd_error(format!("reading {name}")))?;
     let from = instance.location.clone();
