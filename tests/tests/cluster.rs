@@ -195,9 +195,11 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
     let password = password.trim().to_string();
     let db = pg(pg_port, &password).await;
-    db.batch_execute("CREATE TABLE gbot_keep(v text); INSERT INTO gbot_keep SELECT 'row ' || g FROM generate_series(1, 500) g")
-        .await
-        .expect("write rows");
+    db.batch_execute(
+        "CREATE TABLE gbot_keep(v text); INSERT INTO gbot_keep SELECT 'row ' || g FROM generate_series(1, 500) g",
+    )
+    .await
+    .expect("write rows");
     drop(db);
     let (ok, out) = lxc(&[
         "exec",
@@ -236,8 +238,14 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     assert!(ok, "wire device: {out}");
     let pgpass = t.stack.path().join("pgpass");
     std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{password}\n")).expect("pgpass");
-    let (ok, out) =
-        lxc(&["file", "push", "--mode", "0600", &pgpass.display().to_string(), &format!("{REMOTE}:{client}/root/.pgpass")]);
+    let (ok, out) = lxc(&[
+        "file",
+        "push",
+        "--mode",
+        "0600",
+        &pgpass.display().to_string(),
+        &format!("{REMOTE}:{client}/root/.pgpass"),
+    ]);
     assert!(ok, "push pgpass: {out}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -348,11 +356,7 @@ async fn an_explicit_remote_that_is_down_or_unknown_is_exit_2_naming_it() {
     )
     .expect("config.yml");
     let run = |args: &[&str]| {
-        std::process::Command::new(gbo_tests::gbo_bin())
-            .args(args)
-            .env("LXD_CONF", conf.path())
-            .output()
-            .expect("gbo")
+        std::process::Command::new(gbo_tests::gbo_bin()).args(args).env("LXD_CONF", conf.path()).output().expect("gbo")
     };
     for args in [&["--remote", "gbot-down", "status"][..], &["--remote", "gbot-nowhere", "status"][..]] {
         let out = run(args);

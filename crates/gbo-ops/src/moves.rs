@@ -240,7 +240,9 @@ pub async fn move_container(
             "{name} has host mounts and member {to} may be another machine: it needs storage = \"volumes\""
         )));
     }
-    let say = |description: String| events.event(&MoveEvent { instance: name.to_string(), kind: MoveEventKind::Step { description } });
+    let say = |description: String| {
+        events.event(&MoveEvent { instance: name.to_string(), kind: MoveEventKind::Step { description } })
+    };
     let snapshot_label = format!("gbo-move-{}", time::OffsetDateTime::now_utc().unix_timestamp());
     let snapshot = crate::snapshot::snapshot_name(&snapshot_label)
         .map_err(|source| MoveError::Snapshot { container: name.to_string(), source })?;

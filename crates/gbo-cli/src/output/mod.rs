@@ -176,7 +176,10 @@ pub async fn connect(remote: Option<&str>, project: Option<&str>) -> anyhow::Res
         let name = lxd_client::ObjectName::new(project)
             .map_err(|e| anyhow::anyhow!("--project {project:?} is not a project name: {e}"))?;
         client.project_info(&name).await.map_err(|e| {
-            anyhow::anyhow!("--project {project}: project `{project}` cannot be used on {}: {e}", client.endpoint().describe())
+            anyhow::anyhow!(
+                "--project {project}: project `{project}` cannot be used on {}: {e}",
+                client.endpoint().describe()
+            )
         })?;
         client = client.project(&name);
     }

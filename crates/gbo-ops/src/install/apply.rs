@@ -24,15 +24,14 @@ pub async fn apply_planned(
     planned: &PlannedInstall,
     events: &dyn Observer<InstallEvent>,
 ) -> Result<InstallReport, InstallError> {
-    let ctx =
-        ApplyContext {
-            lxd,
-            artifacts: &request.artifacts,
-            events,
-            secrets: &planned.secrets,
-            image: &planned.image,
-            targets: &planned.placements.targets,
-        };
+    let ctx = ApplyContext {
+        lxd,
+        artifacts: &request.artifacts,
+        events,
+        secrets: &planned.secrets,
+        image: &planned.image,
+        targets: &planned.placements.targets,
+    };
     for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
         events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Planned { steps: component.steps.len() }));
     }

@@ -248,7 +248,9 @@ pub async fn unit_inside(lxd: &Client, name: &lxd_client::InstanceName, unit: &s
     let request = lxd_client::ExecRequest::new(["systemctl", "is-active", unit]).timeout(Duration::from_secs(30));
     match lxd.exec_output(name, &request).await {
         Ok(out) if out.success() => Health { healthy: true, detail: format!("{unit} is active (checked inside)") },
-        Ok(out) => Health { healthy: false, detail: format!("{unit} is {} (checked inside)", out.stdout_text().trim()) },
+        Ok(out) => {
+            Health { healthy: false, detail: format!("{unit} is {} (checked inside)", out.stdout_text().trim()) }
+        }
         Err(e) => Health { healthy: false, detail: format!("systemctl is-active {unit} inside: {e}") },
     }
 }

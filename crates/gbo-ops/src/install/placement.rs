@@ -79,9 +79,7 @@ pub(super) async fn resolve(
             if let Some(p) = chosen {
                 let differs = match p {
                     Placement::Member(m) => m != &location,
-                    Placement::Group(g) => {
-                        !members.iter().any(|m| m.server_name == location && m.groups.contains(g))
-                    }
+                    Placement::Group(g) => !members.iter().any(|m| m.server_name == location && m.groups.contains(g)),
                 };
                 if differs {
                     notes.push(format!(
