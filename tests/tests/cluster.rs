@@ -284,6 +284,17 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     assert_eq!(rows, 500, "every row is there after the move");
     drop(db);
 
+    // Evacuating m3 is planned first (dry run: other tests' containers may live there too).
+    let evacuation = gbo_remote(&["evacuate", "m3", "--dry-run"]).await;
+    assert_eq!(evacuation.code, 0, "{}", evacuation.all());
+    assert!(
+        evacuation.stdout.contains(&format!("{proxy} -> m1")) || evacuation.stdout.contains(&format!("{proxy} -> m2")),
+        "{}",
+        evacuation.stdout
+    );
+    assert!(evacuation.stdout.contains("--dry-run: nothing was changed."), "{}", evacuation.stdout);
+    assert_eq!(location(&proxy), "m3");
+
     // One member goes away: m3 (the proxy's).
     let mut down = MemberDown::shut_down("m3");
     wait_member("m3", "OFFLINE", Duration::from_secs(90)).await;

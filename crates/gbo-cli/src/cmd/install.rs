@@ -63,7 +63,7 @@ pub struct InstallArgs {
     /// Seconds to wait for another run holding the tenant's lock.
     #[arg(long, default_value_t = 60)]
     lock_wait: u64,
-    /// Cluster member (or @GROUP) of every container this run creates, over the tenant file's [placement]
+    /// Cluster member (or @GROUP) of every container this run creates, over the tenant file's `[placement]`
     /// (default: LXD's scheduler). An offline or evacuated member is refused.
     #[arg(long, value_name = "MEMBER|@GROUP")]
     target: Option<String>,
