@@ -55,7 +55,7 @@ enum Command {
     },
     /// Run a benchmark and rewrite its section of docs/benchmarks.md.
     Bench {
-        /// Which benchmark: client, install, ops or ci.
+        /// Which benchmark: client, install, ops, ci or cluster.
         which: bench::Which,
     },
 }

@@ -17,6 +17,14 @@ struct Cli {
     /// More logs on stderr (-v debug, -vv trace). `RUST_LOG` works too.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// The LXD daemon or cluster to work on: a remote of the `lxc` CLI (`lxc remote list`; its client
+    /// certificate and pinned server certificate are used). Default: the local daemon's socket (`LXD_SOCKET`,
+    /// `LXD_DIR`). A remote that is unknown or does not answer is an error naming it, never a fallback.
+    #[arg(long, global = true, env = "GBO_REMOTE", value_name = "NAME")]
+    remote: Option<String>,
+    /// The LXD project to work in (default: the daemon's `default` project).
+    #[arg(long, global = true, env = "GBO_PROJECT", value_name = "PROJECT")]
+    project: Option<String>,
     #[command(subcommand)]
     command: cmd::Command,
 }
@@ -31,7 +39,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(cmd::run(cli.command));
+    let result = runtime.block_on(async {
+        output::connect(cli.remote.as_deref(), cli.project.as_deref()).await?;
+        cmd::run(cli.command).await
+    });
     // Without waiting for blocking tasks: `gbo exec` relays stdin from a blocking read that only ends at EOF, and a
     // finished command must not wait for its caller to close stdin.
     runtime.shutdown_background();

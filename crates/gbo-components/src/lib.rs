@@ -67,7 +67,7 @@ pub use spec::{
     Artifact, ArtifactKind, ComponentSpec, Exposure, HealthCheck, HostPorts, InitPhase, InitStep, Install, Mount,
     MountKind, PortSpec, Protocol, RenderContext, RenderedFile, StatusRange, Wire,
 };
-pub use tenant_file::{DomainName, Limits, StorageMode, SystemSettings, TenantFile, VersionPin};
+pub use tenant_file::{DomainName, Limits, Placement, StorageMode, SystemSettings, TenantFile, VersionPin};
 pub use users::{image_packages, ServiceUser, BASE_PACKAGES, SERVICE_USERS};
 
 /// The catalogue's version, recorded on every instance gbo creates (`user.gbo.catalogue-version`): bump it when a

@@ -9,6 +9,11 @@
 //! public_address = "203.0.113.10"      # where proxy, email and dns listen; default: all addresses
 //! domains = ["chat.example.com", "git.example.com"]   # one Caddy site each
 //! zones = ["example.com"]              # zones served by the dns role
+//! storage = "volumes"                  # where each role's data, conf and logs live: "host" (directories under
+//!                                      # stack_dir) or "volumes" (LXD custom volumes <tenant>-<role>-data, ...);
+//!                                      # default: host on a local daemon, volumes on a remote or cluster
+//! pool = "default"                     # the LXD storage pool of the volumes; default: the pool of the default
+//!                                      # profile's root disk
 //!
 //! [routes]                             # which role a domain goes to; default: system (botui)
 //! "git.example.com" = "alm"
@@ -23,11 +28,9 @@
 //! # sha256 = "..."                     # 64 hex characters copied from the vendor's SHA256SUMS; without it
 //! #                                    # the artifact is unverified and refused unless explicitly allowed
 //!
-//! storage = "volumes"                # where each role's data, conf and logs live: "host" (directories under
-//!                                      # stack_dir) or "volumes" (LXD custom volumes <tenant>-<role>-data, ...);
-//!                                      # default: host on a local daemon, volumes on a remote or cluster
-//! pool = "default"                     # the LXD storage pool of the volumes; default: the pool of the default
-//!                                      # profile's root disk
+//! [placement]                          # cluster member (or @group) of each role's container; default: LXD's
+//! tables = "m1"                        # scheduler. `gbo install --target` places one run's new containers
+//! proxy = "@edge"
 //!
 //! [system]
 //! privileged = false                   # default; true is the seed's privileged -system: root inside it is
@@ -227,6 +230,60 @@ impl std::str::FromStr for StorageMode {
     }
 }
 
+/// Where a role's container is created in a cluster (`[placement]`): a member, or any member of a cluster group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(into = "String")]
+pub enum Placement {
+    /// A member by name (`m1`).
+    Member(String),
+    /// Any member of a cluster group (`@edge`), chosen by LXD.
+    Group(String),
+}
+
+impl Placement {
+    /// Parses `NAME` or `@GROUP`; `key` names the setting in the error. Names are 1-63 characters of letters,
+    /// digits, `-` and `.`, starting with a letter or digit (LXD's member and group names).
+    pub fn parse(key: &str, value: &str) -> Result<Self> {
+        let (group, name) = match value.strip_prefix('@') {
+            Some(rest) => (true, rest),
+            None => (false, value),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            return Err(value_error(
+                key,
+                value,
+                "expected a cluster member name (m1) or @GROUP: 1-63 letters, digits, '-' or '.', starting with a \
+                 letter or digit",
+            ));
+        }
+        Ok(if group { Self::Group(name.to_owned()) } else { Self::Member(name.to_owned()) })
+    }
+
+    /// LXD's `target=` value: `m1` or `@group`.
+    pub fn target(&self) -> String {
+        match self {
+            Self::Member(m) => m.clone(),
+            Self::Group(g) => format!("@{g}"),
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.target())
+    }
+}
+
+impl From<Placement> for String {
+    fn from(p: Placement) -> String {
+        p.target()
+    }
+}
+
 /// A parsed, validated tenant file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TenantFile {
@@ -258,6 +315,9 @@ pub struct TenantFile {
     /// The storage pool of the tenant's volumes; `None`: the pool of the default profile's root disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Cluster placement of each role's container (`[placement]`); roles not listed go where LXD's scheduler puts
+    /// them.
+    pub placement: BTreeMap<Role, Placement>,
 }
 
 impl TenantFile {
@@ -288,6 +348,7 @@ impl Default for TenantFile {
             system: SystemSettings::default(),
             storage: None,
             pool: None,
+            placement: BTreeMap::new(),
         }
     }
 }
@@ -312,6 +373,8 @@ struct RawTenantFile {
     system: Option<RawSystem>,
     storage: Option<String>,
     pool: Option<String>,
+    #[serde(default)]
+    placement: BTreeMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -547,6 +610,10 @@ impl TenantFile {
         }
         if let Some(system) = raw.system {
             file.system.privileged = system.privileged.unwrap_or(false);
+        }
+        for (name, value) in raw.placement {
+            let role = role_key("placement", &name)?;
+            file.placement.insert(role, Placement::parse(&format!("placement.{name}"), &value)?);
         }
         Ok(file)
     }

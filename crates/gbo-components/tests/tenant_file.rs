@@ -154,3 +154,17 @@ fn storage_and_pool_are_parsed_and_bad_values_named() {
     let bad = error("pool = \"../x\"");
     assert!(bad.contains("pool") && bad.contains("../x"), "{bad}");
 }
+
+#[test]
+fn placement_names_a_member_or_a_group_per_role() {
+    let file = TenantFile::parse("[placement]\ntables = \"m1\"\nproxy = \"@edge\"\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(file.placement.get(&Role::Tables), Some(&gbo_components::Placement::Member("m1".into())));
+    assert_eq!(file.placement.get(&Role::Proxy).map(|p| p.target()), Some("@edge".to_string()));
+    assert!(TenantFile::parse("").unwrap_or_else(|e| panic!("{e}")).placement.is_empty());
+    let bad = error("[placement]\ntables = \"m 1\"\n");
+    assert!(bad.contains("placement.tables") && bad.contains("cluster member name"), "{bad}");
+    let empty_group = error("[placement]\ntables = \"@\"\n");
+    assert!(empty_group.contains("placement.tables"), "{empty_group}");
+    let not_a_role = error("[placement]\ntabels = \"m1\"\n");
+    assert!(not_a_role.contains("placement.tabels"), "{not_a_role}");
+}

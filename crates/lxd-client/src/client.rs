@@ -267,6 +267,16 @@ impl Client {
         Self { target: Some(member.into()), ..self.clone() }
     }
 
+    /// A copy without a `target=` (for requests that name their member themselves).
+    pub(crate) fn untargeted(&self) -> Self {
+        Self { target: None, ..self.clone() }
+    }
+
+    /// The cluster member creations are sent to, if set.
+    pub fn current_target(&self) -> Option<&str> {
+        self.target.as_deref()
+    }
+
     /// A copy with another per-request timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self { timeout, ..self.clone() }

@@ -33,33 +33,53 @@ pub struct Instance {
     #[serde(rename = "type")]
     pub kind: String,
     /// Architecture.
+    #[serde(deserialize_with = "null_as_default")]
     pub architecture: String,
     /// Local configuration keys (including the server's `volatile.*` and `image.*`).
+    #[serde(deserialize_with = "null_as_default")]
     pub config: BTreeMap<String, String>,
     /// Local devices.
+    #[serde(deserialize_with = "null_as_default")]
     pub devices: BTreeMap<String, DeviceConfig>,
     /// Configuration including profiles.
+    #[serde(deserialize_with = "null_as_default")]
     pub expanded_config: BTreeMap<String, String>,
     /// Devices including profiles.
+    #[serde(deserialize_with = "null_as_default")]
     pub expanded_devices: BTreeMap<String, DeviceConfig>,
     /// Profiles applied, in order.
+    #[serde(deserialize_with = "null_as_default")]
     pub profiles: Vec<String>,
     /// Deleted when stopped.
     pub ephemeral: bool,
     /// Stateful.
     pub stateful: bool,
     /// Description.
+    #[serde(deserialize_with = "null_as_default")]
     pub description: String,
     /// Creation time (RFC 3339).
+    #[serde(deserialize_with = "null_as_default")]
     pub created_at: String,
     /// Last start (RFC 3339).
+    #[serde(deserialize_with = "null_as_default")]
     pub last_used_at: String,
     /// Cluster member.
+    #[serde(deserialize_with = "null_as_default")]
     pub location: String,
     /// Project.
+    #[serde(deserialize_with = "null_as_default")]
     pub project: String,
     /// Live state, filled by `recursion=2` lists and [`Client::instance_full`].
     pub state: Option<InstanceState>,
+}
+
+/// A field LXD may send as `null` (an instance on an offline cluster member comes with null maps): its default.
+fn null_as_default<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl Instance {
@@ -918,5 +938,18 @@ mod tests {
         assert_eq!(json["certificate"], "PEM");
         assert!(InstanceSource::from_lxc_remote(dir.path(), "odd", "a").expect_err("oci").to_string().contains("oci"));
         assert_eq!(InstanceSource::from_lxc_remote(dir.path(), "nope", "a").expect("unknown"), None);
+    }
+}
+
+#[cfg(test)]
+mod null_fields {
+    #[test]
+    fn an_instance_on_an_offline_member_with_null_maps_decodes() {
+        // As LXD 5.0 lists an instance whose member is offline.
+        let json = r#"{"name":"a","status":"Error","config":null,"devices":null,"expanded_config":null,
+            "expanded_devices":null,"profiles":null,"location":"m3","architecture":null}"#;
+        let i: super::Instance = serde_json::from_str(json).expect("decodes");
+        assert_eq!(i.location, "m3");
+        assert!(i.config.is_empty() && i.profiles.is_empty());
     }
 }

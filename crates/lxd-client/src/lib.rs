@@ -36,6 +36,7 @@
 
 mod backups;
 mod client;
+mod cluster;
 mod devices;
 mod error;
 mod events;
@@ -55,6 +56,7 @@ mod transport;
 
 pub use backups::{Backup, BackupOptions, BACKUP_TIMEOUT};
 pub use client::{Client, ReadLimits, DEFAULT_BODY_LIMIT, DEFAULT_COLLECT_LIMIT, DEFAULT_TIMEOUT};
+pub use cluster::{ClusterInfo, ClusterMember};
 pub use devices::{DeviceConfig, DiskDevice, ProxyAddress, ProxyBind, ProxyDevice, ProxyProtocol};
 pub use error::{Error, Result};
 pub use events::Event;

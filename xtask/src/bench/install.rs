@@ -14,11 +14,11 @@ const IMAGE: &str = "gbo-test/debian-12";
 const ROUNDS: usize = 3;
 const ROLES: [Role; 3] = [Role::Tables, Role::Cache, Role::Proxy];
 
-fn gbo_bin() -> PathBuf {
+pub(super) fn gbo_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/gbo")
 }
 
-fn lxc(args: &[&str]) -> anyhow::Result<String> {
+pub(super) fn lxc(args: &[&str]) -> anyhow::Result<String> {
     let out =
         std::process::Command::new("lxc").args(args).output().with_context(|| format!("lxc {}", args.join(" ")))?;
     if !out.status.success() {
@@ -36,7 +36,7 @@ fn delete_tenant(tenant: &str) {
 }
 
 /// Run gbo and return (duration, peak RSS in KiB from `/proc/<pid>/status` VmHWM).
-fn run_gbo(args: &[String]) -> anyhow::Result<(Duration, u64)> {
+pub(super) fn run_gbo(args: &[String]) -> anyhow::Result<(Duration, u64)> {
     let start = Instant::now();
     let mut child = std::process::Command::new(gbo_bin())
         .args(args)
@@ -89,6 +89,18 @@ fn gbo_install_args(tenant: &str, stack: &Path, roles: &[Role]) -> Vec<String> {
 
 /// The baseline: what an operator's shell script does with the `lxc` CLI, one step after another.
 fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> {
+    lxc_script_on(tenant, stack, base_port, "", &[])
+}
+
+/// [`lxc_script`] on remote `prefix` (`""` for the local daemon, else `REMOTE:`), each role's container created on
+/// its member in `targets` (`lxc init --target`).
+pub(super) fn lxc_script_on(
+    tenant: &str,
+    stack: &Path,
+    base_port: u16,
+    prefix: &str,
+    targets: &[(Role, &str)],
+) -> anyhow::Result<()> {
     let tenant_name = TenantName::new(tenant)?;
     let mut tenant_file = TenantFile { tenant: tenant_name, roles: ROLES.to_vec(), ..TenantFile::default() };
     tenant_file.stack_dir = Some(stack.display().to_string());
@@ -105,8 +117,12 @@ fn lxc_script(tenant: &str, stack: &Path, base_port: u16) -> anyhow::Result<()> 
     let ctx = RenderContext { tenant: &tenant_file, secrets: &secrets, host_ports: &host_ports };
     for role in ROLES {
         let spec = component(role, &ctx)?;
-        let name = spec.instance.clone();
-        lxc(&["init", IMAGE, &name])?;
+        let name = format!("{prefix}{}", spec.instance);
+        let image = format!("{prefix}{IMAGE}");
+        match targets.iter().find(|(r, _)| *r == role) {
+            Some((_, member)) => lxc(&["init", &image, &name, "--target", member])?,
+            None => lxc(&["init", &image, &name])?,
+        };
         let config = lxc(&["config", "get", &name, "volatile.idmap.next"])?;
         let base: u32 = serde_json::from_str::<serde_json::Value>(config.trim())
             .ok()

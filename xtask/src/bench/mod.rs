@@ -3,6 +3,7 @@
 
 pub mod ci;
 pub mod client;
+pub mod cluster;
 pub mod floor;
 pub mod install;
 pub mod ops;
@@ -19,6 +20,8 @@ pub enum Which {
     Ops,
     /// `gbo-ci deploy` versus the runbook's ssh/scp sequence.
     Ci,
+    /// gbo install by placement and gbo move on the three-member cluster versus `lxc --target` and `lxc move`.
+    Cluster,
 }
 
 /// Run one benchmark and write its report section.
@@ -28,6 +31,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Install => ("install", install::run().await?),
         Which::Ops => ("ops", ops::run().await?),
         Which::Ci => ("ci", ci::run().await?),
+        Which::Cluster => ("cluster", cluster::run().await?),
     };
     if matches!(which, Which::Ops) && ops::only().is_some() {
         println!("{markdown}");

@@ -51,7 +51,7 @@ pub enum Command {
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Enable { tenant, profile, socket_path, host_socket, allow_default_profile, output } => {
-            let lxd = crate::output::lxd()?;
+            let lxd = crate::output::lxd_on_host("gbo brother").await?;
             let options = BrotherOptions { profile, socket_path, host_socket, allow_default_profile };
             let report = brother::enable(&lxd, &tenant, &options).await?;
             for w in &report.warnings {
@@ -74,7 +74,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::Disable { tenant, profile } => {
-            let lxd = crate::output::lxd()?;
+            let lxd = crate::output::lxd_on_host("gbo brother").await?;
             let changed = brother::disable(&lxd, &tenant, &profile).await?;
             outln!("{}", if changed { "brother mode disabled" } else { "brother mode was not enabled" });
             Ok(Outcome::Ok)

@@ -30,7 +30,7 @@ pub enum Command {
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Apply { tenant, zone, port, output } => {
-            let lxd = crate::output::lxd()?;
+            let lxd = crate::output::lxd_on_host("gbo dns").await?;
             let report = dns::apply(&lxd, &tenant, &zone, port).await?;
             match output {
                 Format::Json => print_json(&report)?,

@@ -66,7 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         Some(t) => t.clone(),
         None => tenant_file.tenant.clone(),
     };
-    let lxd = crate::output::lxd()?;
+    let lxd = crate::output::lxd_on_host("gbo doctor").await?;
     let options =
         DoctorOptions { fix: args.fix, tenant_file, resolver, zfs_snapshot_percent: args.zfs_snapshot_percent };
     let report = doctor::run(&lxd, &tenant, &options).await?;

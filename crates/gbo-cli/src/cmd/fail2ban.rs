@@ -36,7 +36,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Apply { tenant, host, root, dry_run, output } => {
             let options = Fail2banOptions { host, host_root: root, dry_run };
             let report = if !host || tenant_has_containers(&tenant).await? {
-                let lxd = crate::output::lxd()?;
+                let lxd = crate::output::lxd_on_host("gbo fail2ban").await?;
                 fail2ban::apply(&lxd, &tenant, &options).await?
             } else {
                 vec![fail2ban::apply_host(&options.host_root, dry_run)?]
@@ -71,7 +71,7 @@ async fn tenant_has_containers(tenant: &gbo_components::TenantName) -> anyhow::R
         .iter()
         .any(|variable| std::env::var_os(variable).is_some_and(|value| !value.is_empty()));
     let found = async {
-        let lxd = crate::output::lxd()?;
+        let lxd = crate::output::lxd_on_host("gbo fail2ban").await?;
         Ok::<_, anyhow::Error>(!gbo_ops::inventory::tenant_instances(&lxd, tenant).await?.is_empty())
     };
     match found.await {

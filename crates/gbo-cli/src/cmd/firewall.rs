@@ -38,7 +38,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Apply { tenant, drop_port, host, root, dry_run, output } => {
             let options = FirewallOptions { dropped_ports: drop_port, host, host_root: root, dry_run };
-            let lxd = crate::output::lxd()?;
+            let lxd = crate::output::lxd_on_host("gbo firewall").await?;
             let report = firewall::apply(&lxd, &tenant, &options).await?;
             let mut warned = false;
             match output {

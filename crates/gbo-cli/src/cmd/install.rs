@@ -63,6 +63,10 @@ pub struct InstallArgs {
     /// Seconds to wait for another run holding the tenant's lock.
     #[arg(long, default_value_t = 60)]
     lock_wait: u64,
+    /// Cluster member (or @GROUP) of every container this run creates, over the tenant file's `[placement]`
+    /// (default: LXD's scheduler). An offline or evacuated member is refused.
+    #[arg(long, value_name = "MEMBER|@GROUP")]
+    target: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     output: Format,
@@ -130,6 +134,7 @@ fn request(args: &InstallArgs) -> anyhow::Result<InstallRequest> {
     };
     request.ports = parse_ports(&args.ports)?;
     request.lock_wait = Duration::from_secs(args.lock_wait);
+    request.target = args.target.as_deref().map(|t| gbo_components::Placement::parse("--target", t)).transpose()?;
     Ok(request)
 }
 
@@ -176,11 +181,12 @@ fn print_plan(planned: &install::PlannedInstall) {
         outln!("skipped {role}: {why}");
     }
     for component in &planned.components {
+        let on = component.member.as_deref().map(|m| format!(" on {m}")).unwrap_or_default();
         if component.steps.is_empty() {
-            outln!("  {}: up to date", component.instance);
+            outln!("  {}{on}: up to date", component.instance);
             continue;
         }
-        outln!("  {}: {} step(s)", component.instance, component.steps.len());
+        outln!("  {}{on}: {} step(s)", component.instance, component.steps.len());
         for step in &component.steps {
             outln!("      {:<60} # {}", step.describe(), step.reason);
         }
@@ -209,7 +215,7 @@ fn plan_json(planned: &install::PlannedInstall) -> serde_json::Value {
 
 pub(super) async fn plan(args: InstallArgs) -> anyhow::Result<Outcome> {
     let request = request(&args)?;
-    let lxd = lxd()?;
+    let lxd = crate::output::lxd_on_host("gbo plan").await?;
     let planned = install::plan(&lxd, &request, false).await.map_err(engine_error)?;
     if args.output == Format::Json {
         print_json(&plan_json(&planned))?;
@@ -221,7 +227,7 @@ pub(super) async fn plan(args: InstallArgs) -> anyhow::Result<Outcome> {
 
 pub(super) async fn install(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome> {
     let request = request(&args)?;
-    let lxd = lxd()?;
+    let lxd = crate::output::lxd_on_host("gbo install").await?;
     if dry_run {
         let planned = install::plan(&lxd, &request, false).await.map_err(engine_error)?;
         if args.output == Format::Json {
@@ -303,7 +309,7 @@ pub(super) async fn uninstall(
     let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
     let resolved: Vec<(TenantName, Role)> =
         targets.iter().map(|t| resolve_target(t, tenant.as_ref())).collect::<anyhow::Result<_>>()?;
-    let lxd = lxd()?;
+    let lxd = if purge { crate::output::lxd_on_host("gbo uninstall --purge").await? } else { lxd()? };
     if purge && !yes {
         if !std::io::stdin().is_terminal() {
             bail!(
@@ -363,11 +369,12 @@ pub(super) async fn status(
         if report.components.is_empty() {
             outln!("tenant {tenant}: no containers");
         }
+        let clustered = report.components.iter().any(|c| c.member.is_some());
         let rows: Vec<Vec<String>> = report
             .components
             .iter()
             .map(|c| {
-                vec![
+                let mut row = vec![
                     c.container.clone(),
                     c.state.to_string(),
                     c.image.clone(),
@@ -387,10 +394,18 @@ pub(super) async fn status(
                         Some(h) => format!("UNHEALTHY ({})", h.detail),
                         None => "-".into(),
                     },
-                ]
+                ];
+                if clustered {
+                    row.insert(1, c.member.clone().unwrap_or_default());
+                }
+                row
             })
             .collect();
-        print_table(&["CONTAINER", "STATE", "IMAGE", "PORTS", "MOUNTS", "HEALTH"], &rows);
+        let mut headers = vec!["CONTAINER", "STATE", "IMAGE", "PORTS", "MOUNTS", "HEALTH"];
+        if clustered {
+            headers.insert(1, "MEMBER");
+        }
+        print_table(&headers, &rows);
         for c in report.components.iter() {
             if let Some(upgrade) = &c.upgrade {
                 outln!("note: {} {upgrade}", c.container);

@@ -78,7 +78,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     // Before anything else: the name reaches connection strings, argv and backup file names.
     options.check()?;
     let host = HostServer::from_libpq(args.host.as_deref())?;
-    let lxd = output::lxd()?;
+    let lxd = output::lxd_on_host("gbo migrate").await?;
     let (container, managed) =
         ContainerServer::of_tenant(&lxd, &args.tenant, args.container.as_deref(), args.container_port).await?;
     let (source, target) = direction.ends(host, container);

@@ -15,6 +15,7 @@ mod firewall;
 mod image;
 mod install;
 mod migrate;
+mod moves;
 mod proxy;
 mod snapshot;
 mod upgrade;
@@ -137,6 +138,11 @@ pub enum Command {
         #[arg(long)]
         memory: Option<String>,
     },
+    /// Move a tenant's container to another cluster member: snapshot, stop, move, start, health; back to its
+    /// origin on failure. Refused while either member is not online.
+    Move(moves::MoveArgs),
+    /// Move every gbo container off a cluster member (maintenance), dependencies first; the plan is shown first.
+    Evacuate(moves::EvacuateArgs),
     /// Container and host-data snapshots: create, list, restore, delete, prune, schedule.
     #[command(subcommand)]
     Snapshot(snapshot::Command),
@@ -183,6 +189,9 @@ pub enum Command {
 
 /// Run one command.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
+    if let (Some(remote), Command::Zfs(_)) = (crate::output::remote_name(), &command) {
+        anyhow::bail!("gbo zfs works on this host's ZFS pool; it has no meaning with --remote {remote}");
+    }
     match command {
         Command::Setup { network } => install::setup(network).await,
         Command::Image(c) => image::run(c).await,
@@ -202,6 +211,8 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Logs { container, follow, lines, file } => container::logs(container, follow, lines, file).await,
         Command::ConsoleLog { container } => container::console_log(container).await,
         Command::Limits { container, cpu, memory } => container::limits(container, cpu, memory).await,
+        Command::Move(a) => moves::run_move(a).await,
+        Command::Evacuate(a) => moves::run_evacuate(a).await,
         Command::Snapshot(c) => snapshot::run(c).await,
         Command::Backup(c) => backup::run(c).await,
         Command::Migrate(c) => migrate::run(c).await,

@@ -80,7 +80,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Apply { file, common, allow_removal } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read the new Caddyfile {}", file.display()))?;
-            let lxd = crate::output::lxd()?;
+            let lxd = crate::output::lxd_on_host("gbo proxy").await?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
             let _locks = crate::output::lock_tenants(&lxd, [&common.tenant]).await?;
             let options = ApplyOptions { allow_removal, ..common.options() };
@@ -90,7 +90,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             print_report(&report, common.output)?;
         }
         Command::Reload { common } => {
-            let lxd = crate::output::lxd()?;
+            let lxd = crate::output::lxd_on_host("gbo proxy").await?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
             let _locks = crate::output::lock_tenants(&lxd, [&common.tenant]).await?;
             let report = proxy::reload(&lxd, &target, &common.options()).await?;
@@ -108,7 +108,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 }
                 None => Box::new(SystemResolver { timeout: Duration::from_secs(resolve_timeout.max(1)) }),
             };
-            let lxd = crate::output::lxd()?;
+            let lxd = crate::output::lxd_on_host("gbo proxy").await?;
             let target = ProxyTarget::find(&lxd, &common.tenant).await?;
             let _locks = crate::output::lock_tenants(&lxd, [&common.tenant]).await?;
             let report = proxy::prune_dead_domains(&lxd, &target, resolver.as_ref(), &common.options()).await?;

@@ -156,7 +156,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             };
             let name = name.unwrap_or_else(|| snapshot::default_name(time::OffsetDateTime::now_utc()));
             let name = snapshot::snapshot_name(&name)?;
-            let lxd = output::lxd()?;
+            let lxd = output::lxd_on_host("gbo snapshot").await?;
             let containers = targets(&lxd, container.as_deref(), tenant.as_deref()).await?;
             let _locks = output::lock_tenants(&lxd, containers.iter().map(|c| &c.tenant)).await?;
             let results = snapshot::create_many(&lxd, &containers, &name, &snapshot::CreateOptions { expires }).await;
@@ -175,7 +175,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::List { container, tenant, output } => {
-            let lxd = output::lxd()?;
+            let lxd = output::lxd_on_host("gbo snapshot").await?;
             // Nothing named: the default tenant, as everywhere else.
             let tenant = match (&container, tenant) {
                 (None, None) => Some(gbo_components::TenantName::DEFAULT.to_string()),
@@ -196,7 +196,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             let name = snapshot::snapshot_name(&name).or_else(|_| {
                 lxd_client::SnapshotName::new(name.as_str()).with_context(|| format!("invalid snapshot name `{name}`"))
             })?;
-            let lxd = output::lxd()?;
+            let lxd = output::lxd_on_host("gbo snapshot").await?;
             let c = snapshot::container(&lxd, &container).await?;
             let _locks = output::lock_tenants(&lxd, [&c.tenant]).await?;
             let report = snapshot::restore(&lxd, &c, &name, !no_safety).await?;
@@ -216,7 +216,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Delete { container, name } => {
             let name = lxd_client::SnapshotName::new(name.as_str())
                 .with_context(|| format!("invalid snapshot name `{name}`"))?;
-            let lxd = output::lxd()?;
+            let lxd = output::lxd_on_host("gbo snapshot").await?;
             let c = snapshot::container(&lxd, &container).await?;
             let _locks = output::lock_tenants(&lxd, [&c.tenant]).await?;
             snapshot::delete(&lxd, &c, &name).await?;
@@ -225,7 +225,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Prune { container, tenant, keep, dry_run, output } => {
             keep.policy().validate()?;
-            let lxd = output::lxd()?;
+            let lxd = output::lxd_on_host("gbo snapshot").await?;
             let containers = targets(&lxd, container.as_deref(), tenant.as_deref()).await?;
             let _locks = if dry_run {
                 Vec::new()
@@ -271,7 +271,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             if keep.given() {
                 keep.policy().validate()?;
             }
-            let lxd = output::lxd()?;
+            let lxd = output::lxd_on_host("gbo snapshot").await?;
             let containers = targets(&lxd, container.as_deref(), tenant.as_deref()).await?;
             if lxd_native {
                 if keep.given() {

@@ -64,7 +64,7 @@ pub struct Target {
 }
 
 async fn stack_dir(tenant: &gbo_components::TenantName) -> anyhow::Result<Option<PathBuf>> {
-    let lxd = output::lxd()?;
+    let lxd = output::lxd_on_host("gbo vault").await?;
     Ok(gbo_ops::inventory::tenant_stack_dir(&lxd, tenant).await?)
 }
 
@@ -73,7 +73,7 @@ async fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
     let addr = match target.addr.clone().or_else(|| env("VAULT_ADDR")) {
         Some(a) => a,
         None => {
-            let lxd = output::lxd()?;
+            let lxd = output::lxd_on_host("gbo vault").await?;
             let instances = gbo_ops::inventory::tenant_instances(&lxd, &target.tenant).await?;
             let port = instances
                 .iter()

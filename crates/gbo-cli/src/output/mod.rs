@@ -139,5 +139,70 @@ pub async fn lock_tenants<'a>(
 }
 
 pub fn lxd() -> anyhow::Result<lxd_client::Client> {
+    if let Some(connection) = CONNECTION.get() {
+        return Ok(connection.client.clone());
+    }
     lxd_client::Client::local().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The daemon chosen by `--remote`/`--project`, when one was.
+struct Connection {
+    remote: Option<String>,
+    client: lxd_client::Client,
+}
+
+static CONNECTION: std::sync::OnceLock<Connection> = std::sync::OnceLock::new();
+
+/// Choose the daemon for this run: remote `remote` of the `lxc` CLI (checked now: unknown or unreachable is an
+/// error naming it), else the local socket; in `project` when given. Without either, nothing is done (the local
+/// socket is found when a command needs it).
+pub async fn connect(remote: Option<&str>, project: Option<&str>) -> anyhow::Result<()> {
+    if remote.is_none() && project.is_none() {
+        return Ok(());
+    }
+    let mut client = match remote {
+        Some(name) => {
+            let client = lxd_client::Client::from_lxc_remote(name)
+                .map_err(|e| anyhow::anyhow!("--remote {name}: cannot use remote `{name}`: {e}"))?;
+            client
+                .server()
+                .await
+                .map_err(|e| anyhow::anyhow!("--remote {name}: remote `{name}` cannot be reached: {e}"))?;
+            client
+        }
+        None => lxd()?,
+    };
+    if let Some(project) = project {
+        let name = lxd_client::ObjectName::new(project)
+            .map_err(|e| anyhow::anyhow!("--project {project:?} is not a project name: {e}"))?;
+        client.project_info(&name).await.map_err(|e| {
+            anyhow::anyhow!(
+                "--project {project}: project `{project}` cannot be used on {}: {e}",
+                client.endpoint().describe()
+            )
+        })?;
+        client = client.project(&name);
+    }
+    let _ = CONNECTION.set(Connection { remote: remote.map(str::to_string), client });
+    Ok(())
+}
+
+/// The remote named with `--remote`, if any.
+pub fn remote_name() -> Option<&'static str> {
+    CONNECTION.get().and_then(|c| c.remote.as_deref())
+}
+
+/// Where the daemon is ([`gbo_ops::site::Site`]).
+pub async fn site(lxd: &lxd_client::Client) -> anyhow::Result<gbo_ops::site::Site> {
+    gbo_ops::site::Site::observe(lxd, remote_name())
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the cluster state of {}: {e}", lxd.endpoint().describe()))
+}
+
+/// The daemon, for a command that works on this host's directories or through 127.0.0.1: refused (naming
+/// `command`) when the daemon's containers may run on another machine.
+pub async fn lxd_on_host(command: &str) -> anyhow::Result<lxd_client::Client> {
+    let lxd = lxd()?;
+    site(&lxd).await?.require_host(command).map_err(anyhow::Error::msg)?;
+    Ok(lxd)
 }

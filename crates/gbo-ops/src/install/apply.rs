@@ -24,8 +24,14 @@ pub async fn apply_planned(
     planned: &PlannedInstall,
     events: &dyn Observer<InstallEvent>,
 ) -> Result<InstallReport, InstallError> {
-    let ctx =
-        ApplyContext { lxd, artifacts: &request.artifacts, events, secrets: &planned.secrets, image: &planned.image };
+    let ctx = ApplyContext {
+        lxd,
+        artifacts: &request.artifacts,
+        events,
+        secrets: &planned.secrets,
+        image: &planned.image,
+        targets: &planned.placements.targets,
+    };
     for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
         events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Planned { steps: component.steps.len() }));
     }
@@ -150,6 +156,8 @@ pub struct ApplyContext<'a> {
     pub secrets: &'a Secrets,
     /// The image new containers are created from (a local alias or another server's pull source).
     pub image: &'a super::ResolvedImage,
+    /// The cluster member (`target=`) of each container to create, by instance name; absent: LXD's scheduler.
+    pub targets: &'a BTreeMap<String, String>,
 }
 
 fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
@@ -331,7 +339,11 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                     ),
                     None => format!("creating {name}"),
                 };
-                ctx.lxd.create_instance(&request).await.map_err(InstallError::lxd(context))?;
+                let lxd = match ctx.targets.get(&desired.instance) {
+                    Some(target) => ctx.lxd.target(target.clone()),
+                    None => ctx.lxd.clone(),
+                };
+                lxd.create_instance(&request).await.map_err(InstallError::lxd(context))?;
                 if !deferred_volumes.is_empty() {
                     let created =
                         ctx.lxd.instance(&name).await.map_err(InstallError::lxd(format!("reading {name}")))?;

@@ -366,6 +366,19 @@ fn inside_of(lxd: &Client, config: &BTreeMap<String, String>, instance: &str, po
     Some(Inside { lxd: lxd.clone(), instance, port })
 }
 
+/// Health checked from inside a container: `unit` is active (a non-recorded exec, read-only). Used where the
+/// published ports are not this machine's (a remote daemon, members on other machines).
+pub async fn unit_inside(lxd: &Client, name: &lxd_client::InstanceName, unit: &str) -> Health {
+    let request = lxd_client::ExecRequest::new(["systemctl", "is-active", unit]).timeout(Duration::from_secs(30));
+    match lxd.exec_output(name, &request).await {
+        Ok(out) if out.success() => Health { healthy: true, detail: format!("{unit} is active (checked inside)") },
+        Ok(out) => {
+            Health { healthy: false, detail: format!("{unit} is {} (checked inside)", out.stdout_text().trim()) }
+        }
+        Err(e) => Health { healthy: false, detail: format!("systemctl is-active {unit} inside: {e}") },
+    }
+}
+
 /// The health check and target of an observed instance, from the catalogue and its published ports.
 pub fn health_of(lxd: &Client, m: &ManagedInstance) -> Option<(HealthCheck, Target)> {
     let role: Role = m.role?;

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod lock;
 pub mod observe;
 pub mod packages;
+pub mod placement;
 pub mod plan;
 pub mod ports;
 mod scope;
@@ -78,6 +79,9 @@ pub struct InstallRequest {
     pub lock_wait: Duration,
     /// How long to wait for a component to become healthy.
     pub health_timeout: Duration,
+    /// `--target`: the cluster member (or `@group`) of every container this run creates, over the tenant file's
+    /// `[placement]`.
+    pub target: Option<gbo_components::Placement>,
 }
 
 impl InstallRequest {
@@ -96,6 +100,7 @@ impl InstallRequest {
             ports: BTreeMap::new(),
             lock_wait: Duration::from_secs(60),
             health_timeout: Duration::from_secs(90),
+            target: None,
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct PlannedInstall {
     image: ResolvedImage,
     /// Why the system role must be converged with this run although it was not asked for (see [`plan`]).
     reconverge_system: Option<String>,
+    /// Where each component is or goes in a cluster.
+    pub placements: placement::Placements,
 }
 
 impl PlannedInstall {
@@ -385,10 +392,25 @@ async fn plan_with(
         desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance))),
     )
     .await?;
+    let wanted: Vec<(String, Role)> = desired.iter().map(|d| (d.instance.clone(), d.role)).collect();
+    let placements = placement::resolve(
+        lxd,
+        request.target.as_ref(),
+        &request.tenant_file.placement,
+        &wanted,
+        &scope.instances,
+        &mut scope.notes,
+    )
+    .await?;
     let components = desired
         .iter()
         .zip(observed.iter())
-        .map(|(d, o)| ComponentPlan { role: d.role, instance: d.instance.clone(), steps: plan::diff(d, o) })
+        .map(|(d, o)| ComponentPlan {
+            role: d.role,
+            instance: d.instance.clone(),
+            member: placements.shown.get(&d.instance).cloned(),
+            steps: plan::diff(d, o),
+        })
         .collect();
     Ok(PlannedInstall {
         tenant: scope.tenant,
@@ -402,6 +424,7 @@ async fn plan_with(
         allocations,
         image,
         reconverge_system,
+        placements,
     })
 }
 

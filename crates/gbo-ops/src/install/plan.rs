@@ -354,6 +354,9 @@ pub struct ComponentPlan {
     pub role: Role,
     /// Instance.
     pub instance: String,
+    /// The cluster member it is on (or goes to: a member, `@group`, or LXD's scheduler); absent off a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     /// Steps in order; empty when converged.
     pub steps: Vec<Step>,
 }

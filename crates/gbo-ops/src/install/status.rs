@@ -39,6 +39,9 @@ pub struct ComponentStatus {
     /// alias's current target): what `gbo upgrade` would change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<String>,
+    /// The cluster member it is on (absent off a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// The status of a tenant. Serialised as `gbo status --output json`.
@@ -153,6 +156,11 @@ pub async fn tenant_status(lxd: &Client, tenant: &TenantName, roles: &[Role]) ->
 
 /// Status of every instance of a tenant (`roles` empty: all), with the containers that run another image than the
 /// local alias `image` points at now marked for `gbo upgrade` (none when the alias does not exist).
+///
+/// In a cluster, a container on a member that is not online is reported `Unknown`, its health naming the member
+/// (nothing about it can be known until the member is back). When the daemon's containers are not on this machine
+/// ([`crate::site::Site::shares_host`]), health is checked from inside each container (its unit is active), since
+/// the published ports listen on the members' own addresses and the secrets live there.
 pub async fn tenant_status_against(
     lxd: &Client,
     tenant: &TenantName,
@@ -164,26 +172,47 @@ pub async fn tenant_status_against(
         .await
         .map_err(InstallError::lxd(format!("reading image {alias}")))?
         .map(|i| i.fingerprint);
+    let site = crate::site::Site::observe(lxd, None).await.map_err(InstallError::lxd("reading the cluster state"))?;
+    let from_host = site.shares_host();
     let instances = inventory::tenant_instances(lxd, tenant).await.map_err(InstallError::lxd("listing instances"))?;
     let stack_dir = instances.iter().find_map(|m| m.stack_dir.clone());
     let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
     let secrets = match &stack_dir {
-        Some(dir) => secrets::read_existing(dir, &specs).unwrap_or_default(),
-        None => gbo_components::Secrets::new(),
+        Some(dir) if from_host => secrets::read_existing(dir, &specs).unwrap_or_default(),
+        _ => gbo_components::Secrets::new(),
     };
     let selected: Vec<_> =
         instances.into_iter().filter(|m| roles.is_empty() || m.role.is_some_and(|r| roles.contains(&r))).collect();
     let components = futures_util::future::join_all(selected.iter().map(|m| {
         let secrets = &secrets;
         let current = &current;
+        let site = &site;
         async move {
-            let health = if m.instance.is_running() {
+            let member = site.clustered.then(|| m.instance.location.clone());
+            let away = site.member(&m.instance.location).filter(|member| !member.is_online());
+            let mut state = m.instance.status.clone();
+            let health = if let Some(away) = away {
+                state = InstanceStatus::parse("Unknown");
+                Some(Health {
+                    healthy: false,
+                    detail: format!(
+                        "unknown: member {} is {} ({}); LXD reports {}",
+                        away.server_name, away.status, away.message, m.instance.status
+                    ),
+                })
+            } else if !m.instance.is_running() {
+                Some(Health { healthy: false, detail: format!("container is {}", m.instance.status) })
+            } else if !from_host {
+                let role = m.role;
+                match role {
+                    Some(role) => Some(health::unit_inside(lxd, &m.name, &role.unit_name()).await),
+                    None => None,
+                }
+            } else {
                 match super::health::health_of(lxd, m) {
                     Some((check, target)) => Some(health::probe(&check, &target, secrets).await),
                     None => None,
                 }
-            } else {
-                Some(Health { healthy: false, detail: format!("container is {}", m.instance.status) })
             };
             let image = m
                 .instance
@@ -197,7 +226,7 @@ pub async fn tenant_status_against(
                 tenant: m.tenant.to_string(),
                 role: m.role_label(),
                 managed: m.managed,
-                state: m.instance.status.clone(),
+                state,
                 image,
                 ports: m.ports.clone(),
                 mounts: m.mounts.clone(),
@@ -207,6 +236,7 @@ pub async fn tenant_status_against(
                     .as_deref()
                     .filter(|_| m.managed)
                     .and_then(|f| crate::upgrade::behind_note(&m.instance, alias, f)),
+                member,
             }
         }
     }))

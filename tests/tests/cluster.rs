@@ -1,0 +1,385 @@
+//! gbo on the real three-member LXD cluster of `cargo xtask lxd-cluster up` (members m1..m3 on 127.0.0.2-4, lxc
+//! remote `gbot-cluster`), and remotes that cannot be used.
+//!
+//! What these tests rely on: every member runs on this machine (that is how the rig is built), so the tenant's host
+//! directories (storage mode `host`) are the same directories on every member, and a proxy device listening on
+//! 127.0.0.1 on any member listens in this machine's network namespace. gbo knows this from the members' loopback
+//! addresses (`gbo_ops::site`); members elsewhere would need storage = "volumes".
+//!
+//! One test shares one tenant across its steps (install by placement, the seed's commands through `lxc`, the app
+//! database from a container on another member, a move with data intact, one member shut down and brought back):
+//! installing it is the slow part.
+
+use std::time::{Duration, Instant};
+
+use gbo_ops::install::status::TenantStatus;
+use gbo_tests::programs::require_program;
+use gbo_tests::{gbo_async, Run, TestTenant, TEST_IMAGE};
+
+const REMOTE: &str = "gbot-cluster";
+const BASE: &str = "/var/lib/gbo-cluster";
+
+async fn gbo_remote(args: &[&str]) -> Run {
+    let mut all = vec!["--remote".to_string(), REMOTE.to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    gbo_async(all).await
+}
+
+/// The member each `<prefix>*` instance is on, per `lxc list` on the cluster remote.
+fn locations(prefix: &str) -> Vec<(String, String)> {
+    let (ok, out) = gbo_tests::lxc(&["list", &format!("{REMOTE}:"), "--format", "csv", "-c", "nL"]).ok_output();
+    assert!(ok, "lxc list {REMOTE}: {out}");
+    out.lines()
+        .filter_map(|l| l.split_once(','))
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(n, l)| (n.to_string(), l.to_string()))
+        .collect()
+}
+
+fn location(instance: &str) -> String {
+    locations(instance)
+        .into_iter()
+        .find(|(n, _)| n == instance)
+        .map(|(_, l)| l)
+        .unwrap_or_else(|| panic!("{instance} is not in the cluster"))
+}
+
+fn member_status(member: &str) -> String {
+    let (_, out) = gbo_tests::lxc(&["cluster", "list", &format!("{REMOTE}:"), "--format", "csv"]).ok_output();
+    out.lines()
+        .find(|l| l.starts_with(&format!("{member},")))
+        .map(|l| l.split(',').find(|f| ["ONLINE", "OFFLINE", "EVACUATED"].contains(f)).unwrap_or("?").to_string())
+        .unwrap_or_default()
+}
+
+async fn wait_member(member: &str, wanted: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = tokio::task::spawn_blocking({
+            let member = member.to_string();
+            move || member_status(&member)
+        })
+        .await
+        .expect("thread");
+        if status == wanted {
+            return;
+        }
+        assert!(Instant::now() < deadline, "member {member} is {status}, not {wanted}, after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Starts member `member`'s daemon again, the way `cargo xtask lxd-cluster up` starts it.
+fn start_member(member: &str) {
+    let dir = format!("{BASE}/{member}");
+    let log = format!("/var/log/gbo/cluster-{member}.log");
+    let status = std::process::Command::new(require_program("setsid"))
+        .args(["--fork", "lxd", "--group", "root", "--logfile", &log])
+        .env("LXD_DIR", &dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("starting lxd");
+    assert!(status.success(), "starting member {member}");
+    let ready = std::process::Command::new(require_program("lxd"))
+        .args(["waitready", "--timeout", "120"])
+        .env("LXD_DIR", &dir)
+        .status()
+        .expect("lxd waitready");
+    assert!(ready.success(), "member {member} did not become ready");
+}
+
+/// A member shut down by the test: its daemon is started again when the guard drops, also when the test fails (the
+/// rig is shared; the member must come back).
+struct MemberDown {
+    member: &'static str,
+    restarted: bool,
+}
+
+impl MemberDown {
+    fn shut_down(member: &'static str) -> Self {
+        let guard = Self { member, restarted: false };
+        let status = std::process::Command::new(require_program("lxd"))
+            .args(["shutdown", "--timeout", "60"])
+            .env("LXD_DIR", format!("{BASE}/{member}"))
+            .status()
+            .expect("lxd shutdown");
+        assert!(status.success(), "lxd shutdown of member {member}");
+        guard
+    }
+
+    fn restart(&mut self) {
+        self.restarted = true;
+        start_member(self.member);
+    }
+}
+
+impl Drop for MemberDown {
+    fn drop(&mut self) {
+        if !self.restarted {
+            start_member(self.member);
+        }
+    }
+}
+
+fn status_of(run: &Run) -> TenantStatus {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()))
+}
+
+async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("gbuser")
+        .password(password)
+        .dbname("botserver")
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("login as gbuser");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
+    let t = TestTenant::new();
+    let _remote_cleanup = RemoteTenantCleanup(t.name.clone());
+    let file = t.stack.path().join("gbo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "tenant = \"{}\"\nroles = [\"tables\", \"cache\", \"proxy\"]\n\n[placement]\ntables = \"m1\"\ncache = \"m2\"\nproxy = \"m3\"\n",
+            t.name
+        ),
+    )
+    .expect("tenant file");
+    let file_s = file.display().to_string();
+    let stack = t.stack.path().join("stack").display().to_string();
+    // plan shows each container's member before anything exists.
+    let plan = gbo_remote(&["plan", "--file", &file_s, "--image", TEST_IMAGE, "--stack-dir", &stack]).await;
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.stdout.contains(&format!("{}-tables on m1", t.name)), "{}", plan.stdout);
+    assert!(plan.stdout.contains(&format!("{}-proxy on m3", t.name)), "{}", plan.stdout);
+
+    let install = gbo_remote(&["install", "--file", &file_s, "--image", TEST_IMAGE, "--stack-dir", &stack]).await;
+    assert_eq!(install.code, 0, "install across members: {}", install.all());
+    let tables = t.container("tables");
+    let proxy = t.container("proxy");
+    // The seed's own commands, through lxc on the cluster remote, see the placement.
+    assert_eq!(location(&tables), "m1");
+    assert_eq!(location(&t.container("cache")), "m2");
+    assert_eq!(location(&proxy), "m3");
+    let status = gbo_remote(&["status", "--tenant", &t.name, "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.all());
+    let report = status_of(&status);
+    let member = |c: &str| report.components.iter().find(|x| x.container == c).and_then(|x| x.member.clone());
+    assert_eq!(member(&tables).as_deref(), Some("m1"), "{report:?}");
+    assert_eq!(member(&proxy).as_deref(), Some("m3"), "{report:?}");
+    let pg_port = report
+        .components
+        .iter()
+        .find(|c| c.container == tables)
+        .and_then(|c| c.ports.iter().find(|p| p.container_port == 5432))
+        .map(|p| p.host_port)
+        .expect("tables publishes 5432");
+
+    // The app's database, with the generated password: write through the published port.
+    let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
+    let password = password.trim().to_string();
+    let db = pg(pg_port, &password).await;
+    db.batch_execute(
+        "CREATE TABLE gbot_keep(v text); INSERT INTO gbot_keep SELECT 'row ' || g FROM generate_series(1, 500) g",
+    )
+    .await
+    .expect("write rows");
+    drop(db);
+    let (ok, out) = gbo_tests::lxc(&[
+        "exec",
+        &format!("{REMOTE}:{tables}"),
+        "--cwd",
+        "/tmp",
+        "--",
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-d",
+        "botserver",
+        "-tAc",
+        "SELECT count(*) FROM gbot_keep",
+    ])
+    .ok_output();
+    assert!(ok && out.trim() == "500", "seed's psql through lxc exec: {out}");
+
+    // From a container on another member (m2), wired the way gbo wires a dependency (a proxy device with
+    // bind=instance: tables at 127.0.0.1:5432 inside), with the password in a 0600 file.
+    let client = format!("{}-client", t.name);
+    let (ok, out) =
+        gbo_tests::lxc(&["launch", TEST_IMAGE, &format!("{REMOTE}:{client}"), "--target", "m2"]).ok_output();
+    assert!(ok, "launch client on m2: {out}");
+    let (ok, out) = gbo_tests::lxc(&[
+        "config",
+        "device",
+        "add",
+        &format!("{REMOTE}:{client}"),
+        "gbo-wire-tables-5432",
+        "proxy",
+        "listen=tcp:127.0.0.1:5432",
+        &format!("connect=tcp:127.0.0.1:{pg_port}"),
+        "bind=instance",
+    ])
+    .ok_output();
+    assert!(ok, "wire device: {out}");
+    let pgpass = t.stack.path().join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{password}\n")).expect("pgpass");
+    let (ok, out) = gbo_tests::lxc(&[
+        "file",
+        "push",
+        "--mode",
+        "0600",
+        &pgpass.display().to_string(),
+        &format!("{REMOTE}:{client}/root/.pgpass"),
+    ])
+    .ok_output();
+    assert!(ok, "push pgpass: {out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = gbo_tests::lxc(&[
+            "exec",
+            &format!("{REMOTE}:{client}"),
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "gbuser",
+            "-d",
+            "botserver",
+            "-tAc",
+            "SELECT count(*) FROM gbot_keep",
+        ])
+        .ok_output();
+        if ok && out.trim() == "500" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the app database from m2: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(location(&client), "m2");
+
+    // Move tables m1 -> m2: snapshot first, data intact, healthy.
+    let moved = gbo_remote(&["move", "--tenant", &t.name, "tables", "--to", "m2", "--output", "json"]).await;
+    assert_eq!(moved.code, 0, "move: {}", moved.all());
+    assert_eq!(location(&tables), "m2");
+    let moves: serde_json::Value = serde_json::from_str(&moved.stdout).expect("move JSON");
+    assert_eq!(moves[0]["from"], "m1");
+    assert!(moves[0]["snapshot"].as_str().is_some_and(|s| s.starts_with("gbo-move-")), "{moves}");
+    assert_eq!(moves[0]["health"]["healthy"], true, "{moves}");
+    let db = pg(pg_port, &password).await;
+    let rows: i64 = db.query_one("SELECT count(*) FROM gbot_keep", &[]).await.expect("count").get(0);
+    assert_eq!(rows, 500, "every row is there after the move");
+    drop(db);
+
+    // Evacuating m3 is planned first (dry run: other tests' containers may live there too).
+    let evacuation = gbo_remote(&["evacuate", "m3", "--dry-run"]).await;
+    assert_eq!(evacuation.code, 0, "{}", evacuation.all());
+    assert!(
+        evacuation.stdout.contains(&format!("{proxy} -> m1")) || evacuation.stdout.contains(&format!("{proxy} -> m2")),
+        "{}",
+        evacuation.stdout
+    );
+    assert!(evacuation.stdout.contains("--dry-run: nothing was changed."), "{}", evacuation.stdout);
+    assert_eq!(location(&proxy), "m3");
+
+    // One member goes away: m3 (the proxy's).
+    let mut down = MemberDown::shut_down("m3");
+    wait_member("m3", "OFFLINE", Duration::from_secs(90)).await;
+    let status = gbo_remote(&["status", "--tenant", &t.name, "--output", "json"]).await;
+    assert_eq!(status.code, 1, "a container on an offline member is a problem: {}", status.all());
+    let report = status_of(&status);
+    let p = report.components.iter().find(|c| c.container == proxy).expect("proxy listed");
+    assert_eq!(p.state.as_str(), "Unknown", "{p:?}");
+    let detail = p.health.as_ref().map(|h| h.detail.clone()).unwrap_or_default();
+    assert!(detail.contains("member m3") && detail.contains("Offline"), "{detail}");
+    let table = gbo_remote(&["status", "--tenant", &t.name]).await;
+    assert!(table.stdout.contains("MEMBER") && table.stdout.contains("m3"), "{}", table.stdout);
+    // Moving away from it is refused, naming it; nothing changes.
+    let refused = gbo_remote(&["move", "--tenant", &t.name, "proxy", "--to", "m1"]).await;
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    assert!(refused.stderr.contains("source member m3 is Offline"), "{}", refused.stderr);
+    // Nothing is placed on it either.
+    let other = TestTenant::new();
+    let placed = gbo_remote(&[
+        "plan",
+        "--tenant",
+        &other.name,
+        "--image",
+        TEST_IMAGE,
+        "--stack-dir",
+        &other.stack_dir(),
+        "--target",
+        "m3",
+        "cache",
+    ])
+    .await;
+    assert_eq!(placed.code, 2, "{}", placed.all());
+    assert!(placed.stderr.contains("member m3 is Offline"), "{}", placed.stderr);
+
+    down.restart();
+    wait_member("m3", "ONLINE", Duration::from_secs(120)).await;
+    // Back: the proxy is on m3 and known again, and the data is where it was.
+    let status = gbo_remote(&["status", "--tenant", &t.name, "--output", "json"]).await;
+    let report = status_of(&status);
+    let p = report.components.iter().find(|c| c.container == proxy).expect("proxy listed");
+    assert_ne!(p.state.as_str(), "Unknown", "{p:?}");
+    assert_eq!(p.member.as_deref(), Some("m3"));
+    let db = pg(pg_port, &password).await;
+    let rows: i64 = db.query_one("SELECT count(*) FROM gbot_keep", &[]).await.expect("count").get(0);
+    assert_eq!(rows, 500);
+}
+
+/// Deletes the tenant's instances on the cluster (`lxc delete --force` through the remote) when dropped.
+struct RemoteTenantCleanup(String);
+
+impl Drop for RemoteTenantCleanup {
+    fn drop(&mut self) {
+        for (name, _) in locations(&format!("{}-", self.0)) {
+            let _ = gbo_tests::lxc(&["delete", "--force", &format!("{REMOTE}:{name}")]).ok_output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_explicit_remote_that_is_down_or_unknown_is_exit_2_naming_it() {
+    // A copy of the lxc configuration with one more remote where nothing listens (127.0.0.9 is loopback).
+    let conf = tempfile::tempdir().expect("tempdir");
+    let home = std::env::var("HOME").expect("HOME");
+    for f in ["client.crt", "client.key"] {
+        std::fs::copy(format!("{home}/.config/lxc/{f}"), conf.path().join(f)).expect("client certificate");
+    }
+    std::fs::write(
+        conf.path().join("config.yml"),
+        "remotes:\n  gbot-down:\n    addr: https://127.0.0.9:8443\n    protocol: lxd\n",
+    )
+    .expect("config.yml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(gbo_tests::gbo_bin()).args(args).env("LXD_CONF", conf.path()).output().expect("gbo")
+    };
+    for args in [&["--remote", "gbot-down", "status"][..], &["--remote", "gbot-nowhere", "status"][..]] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(&format!("remote `{}`", args[1])), "{args:?}: {stderr}");
+    }
+    // GBO_REMOTE names it as well as the flag.
+    let out = std::process::Command::new(gbo_tests::gbo_bin())
+        .args(["status"])
+        .env("LXD_CONF", conf.path())
+        .env("GBO_REMOTE", "gbot-down")
+        .output()
+        .expect("gbo");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gbot-down"));
+}
