@@ -25,6 +25,7 @@ pub mod setup;
 pub mod status;
 pub mod tenancy;
 mod uninstall;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -216,6 +217,11 @@ async fn plan_with(
                 if let Some(reason) = artifact::unavailable_reason(&request.artifacts, &a) {
                     unavailable.push((*role, reason));
                 }
+                if request.artifacts.allow_unverified {
+                    if let Some(gap) = verify::verification_gap(&request.artifacts, &a) {
+                        scope.notes.push(format!("not verified (--allow-unverified): {gap}"));
+                    }
+                }
                 artifacts.entry(*role).or_default().push(format!(
                     "{}@{}:{}",
                     a.name,
@@ -405,6 +411,13 @@ pub async fn install(
 ) -> Result<InstallReport, InstallError> {
     // Validate and check everything that needs no change first (bad input leaves the host untouched).
     let preview = plan(lxd, request, false).await?;
+    // Every artifact is downloaded and verified before anything is created: a refused artifact leaves no
+    // container and no host directory behind.
+    for role in &preview.roles {
+        for artifact in gbo_components::artifacts::artifacts(*role, &request.tenant_file) {
+            artifact::fetch_verified(&request.artifacts, &artifact).await?;
+        }
+    }
     hostfs::HostDir::create_root(&preview.stack_dir, 0o755)?;
     let _lock = lock::acquire(&preview.stack_dir, preview.tenant.as_str(), request.lock_wait).await?;
     // A run killed mid-request leaves its operation (a create, a start) running in the daemon: let it finish
