@@ -566,3 +566,40 @@ async fn gbo_install_takes_a_signed_artifact_from_a_mirror_and_refuses_each_faul
         .expect("lxc exec");
     assert!(String::from_utf8_lossy(&installed.stdout).starts_with(&sha256(&body)), "the verified file is installed");
 }
+
+/// Issue 14 item 5: `gbo install` with no arguments installs the default set (tables, drive, cache); when drive's
+/// artifact cannot be fetched (here: its mirror is a loopback port nobody listens on, as a host without network
+/// would fail), it names the role, why, and the offline ways, exits 2, and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gbo_install_without_arguments_names_the_roles_it_cannot_fetch_and_the_offline_way() {
+    let client = lxd().await;
+    require_test_image(&client).await;
+    let key = MinisignKey::new();
+    let closed = gbo_tests::free_port();
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("gbo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[versions.drive]\nversion = \"RELEASE.2024-10-13T13-34-11Z\"\nurl = \"http://127.0.0.1:{closed}/server/minio/release/linux-amd64/archive/minio.RELEASE.2024-10-13T13-34-11Z\"\n\n[trust.mirror]\nminisign = \"{}\"\n",
+            key.public()
+        ),
+    )
+    .expect("gbo.toml");
+    let t = TestTenant::new();
+    let stack = t.stack.path().join("stack");
+    let mut args = install_args(&t, &stack, &work.path().join("cache"), &file);
+    args.pop(); // no roles: the default set
+    args.push("--download".into());
+    let run = gbo_async(args).await;
+    assert_eq!(run.code, 2, "{}", run.all());
+    let text = run.all();
+    assert!(
+        text.contains("cannot install drive") && text.contains("Offline:") && text.contains("--artifact-cache"),
+        "{text}"
+    );
+    for role in ["tables", "drive", "cache"] {
+        assert!(!container_exists(&t.container(role)), "{role} was created");
+    }
+    assert!(!stack.exists(), "the stack dir was created");
+}

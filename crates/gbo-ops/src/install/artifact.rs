@@ -107,6 +107,21 @@ fn artifact_error(artifact: &Artifact, reason: impl Into<String>) -> InstallErro
     InstallError::Artifact { name: artifact.name.to_string(), version: artifact.version.clone(), reason: reason.into() }
 }
 
+fn download_error(artifact: &Artifact, reason: impl Into<String>) -> InstallError {
+    InstallError::Download { name: artifact.name.to_string(), version: artifact.version.clone(), reason: reason.into() }
+}
+
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
 /// Hex SHA-256 of a file.
 pub async fn file_sha256(path: &Path) -> Result<String, InstallError> {
     let path = path.to_path_buf();
@@ -170,9 +185,9 @@ pub async fn fetch_verified(
         .get(&artifact.url)
         .send()
         .await
-        .map_err(|e| artifact_error(artifact, format!("GET {}: {e}", artifact.url)))?;
+        .map_err(|e| download_error(artifact, format!("GET {}: {}", artifact.url, with_sources(&e))))?;
     if !response.status().is_success() {
-        return Err(artifact_error(artifact, format!("GET {} answered {}", artifact.url, response.status())));
+        return Err(download_error(artifact, format!("GET {} answered {}", artifact.url, response.status())));
     }
     let expected_len = response.content_length();
     let mut file = tokio::fs::File::from_std(cache.create_new(std::ffi::OsStr::new(&partial_name), 0o600)?);

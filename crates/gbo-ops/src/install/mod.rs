@@ -413,10 +413,24 @@ pub async fn install(
     let preview = plan(lxd, request, false).await?;
     // Every artifact is downloaded and verified before anything is created: a refused artifact leaves no
     // container and no host directory behind.
+    // A role whose artifact cannot be downloaded (no network) is named with the others and the offline ways.
+    let mut unreachable: Vec<(Role, String)> = Vec::new();
     for role in &preview.roles {
         for artifact in gbo_components::artifacts::artifacts(*role, &request.tenant_file) {
-            artifact::fetch_verified(&request.artifacts, &artifact).await?;
+            match artifact::fetch_verified(&request.artifacts, &artifact).await {
+                Ok(_) => {}
+                Err(e @ InstallError::Download { .. }) => unreachable.push((*role, e.to_string())),
+                Err(e) => return Err(e),
+            }
         }
+    }
+    if !unreachable.is_empty() {
+        let mut roles: Vec<String> = unreachable.iter().map(|(r, _)| r.to_string()).collect();
+        roles.dedup();
+        return Err(InstallError::Unavailable {
+            roles,
+            details: unreachable.iter().map(|(r, why)| format!("  {r}: {why}")).collect(),
+        });
     }
     hostfs::HostDir::create_root(&preview.stack_dir, 0o755)?;
     let _lock = lock::acquire(&preview.stack_dir, preview.tenant.as_str(), request.lock_wait).await?;
