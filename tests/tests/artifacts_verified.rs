@@ -603,3 +603,56 @@ async fn gbo_install_without_arguments_names_the_roles_it_cannot_fetch_and_the_o
     }
     assert!(!stack.exists(), "the stack dir was created");
 }
+
+/// Vault end to end (issue 14 items 1 and 3): `gbo install vault` takes the zip from a mirror laid out like
+/// releases.hashicorp.com (SHA256SUMS signed with an OpenPGP key added under `[trust]`), and gbo reaches the
+/// installed Vault with no flags: `gbo vault status` and doctor's vault check, over plain http on the host's
+/// loopback through the container's published port. The Vault inside is a stand-in (no Vault binary can be
+/// fetched here): Caddy's `respond` (from the test image) answering every path with an initialised, unsealed
+/// seal status, as a real Vault answers `sys/seal-status` after `gbo vault init` and `unseal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vault_installed_from_a_signed_mirror_is_reached_by_gbo_vault_and_doctor_without_flags() {
+    let client = lxd().await;
+    require_test_image(&client).await;
+    let mirror = Mirror::start().await;
+    let pgp = PgpKey::new("gbo test mirror <mirror@gbo.invalid>");
+    let (version, dir, name) = ("1.15.4", "/vault/1.15.4", "vault_1.15.4_linux_amd64.zip");
+    let standin = "#!/bin/sh\n# gbo test stand-in for Vault: no Vault binary can be installed here.\nexec /usr/bin/caddy respond --listen 127.0.0.1:8200 '{\"type\":\"shamir\",\"initialized\":true,\"sealed\":false,\"standby\":false,\"t\":3,\"n\":5,\"progress\":0,\"version\":\"1.15.4-standin\"}'\n";
+    let body = zip_with("vault", standin.as_bytes());
+    let sums = format!("{}  {name}\n", sha256(&body));
+    mirror.put(&format!("{dir}/{name}"), Served::Whole(body.clone()));
+    mirror.put(&format!("{dir}/vault_{version}_SHA256SUMS"), Served::Whole(sums.clone().into_bytes()));
+    mirror.put(&format!("{dir}/vault_{version}_SHA256SUMS.sig"), Served::Whole(pgp.sign(sums.as_bytes(), false)));
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("gbo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[versions.vault]\nversion = \"{version}\"\nurl = \"{}\"\n\n[trust.mirror]\nopenpgp = {}\nroles = [\"vault\"]\n",
+            mirror.url(&format!("{dir}/{name}")),
+            toml_string(&pgp.public())
+        ),
+    )
+    .expect("gbo.toml");
+    let t = TestTenant::new();
+    let stack = t.stack.path().join("stack");
+    let mut args = install_args(&t, &stack, &work.path().join("cache"), &file);
+    args.pop();
+    args.push("vault".into());
+    let run = gbo_async(args).await;
+    assert_eq!(run.code, 0, "install failed:\n{}", run.all());
+
+    let status = gbo_async(vec!["vault".into(), "status".into(), "--tenant".into(), t.name.clone()]).await;
+    assert_eq!(status.code, 0, "{}", status.all());
+    assert!(status.stdout.contains("http://127.0.0.1:"), "{}", status.all());
+
+    let doctor =
+        gbo_async(vec!["doctor".into(), "--tenant".into(), t.name.clone(), "--output".into(), "json".into()]).await;
+    let report: serde_json::Value =
+        serde_json::from_str(&doctor.stdout).unwrap_or_else(|e| panic!("doctor JSON: {e}\n{}", doctor.all()));
+    let check = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "vault-unsealed"))
+        .unwrap_or_else(|| panic!("no vault-unsealed check in {report}"));
+    assert_eq!(check["verdict"], "pass", "{check}");
+}
