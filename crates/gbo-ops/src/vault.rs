@@ -4,7 +4,7 @@
 //! created before the request so the keys always have a place to go; the seed's `vault operator init
 //! -format=json` shape), never printing them; it refuses a Vault that is initialised already, and an existing
 //! file. gbo's own Vault listens on plain http on loopback (the container's 127.0.0.1, published on the host's
-//! 127.0.0.1 by an LXD proxy device): see `docs/operations.md` for why not TLS.
+//! 127.0.0.1 by an LXD proxy device): see `docs/operations.md` (Vault) for why not TLS.
 //!
 //! Keys come from a file that only its owner may read (mode 0600 or 0400), in either `init.json` shape (the API's
 //! `{keys, keys_base64, root_token}` or `vault operator init -format=json`'s `{unseal_keys_b64, unseal_keys_hex,
