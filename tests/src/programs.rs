@@ -78,6 +78,8 @@ pub const HOST_PROGRAMS: &[HostProgram] = &[
     test("pkill", "procps"),
     test("/usr/bin/time", "time"),
     test("sha256sum", "coreutils"),
+    test("minisign", "minisign"),
+    test("gpg", "gpg"),
     test("stty", "coreutils"),
     test("mkfifo", "coreutils"),
     test("restic", "restic"),

@@ -82,7 +82,12 @@ async fn the_runner_deploys_to_system_over_ssh_with_health_check_and_rollback() 
     let t = TestTenant::new();
     let builds = tempfile::Builder::new().prefix("gbot-builds-").tempdir().expect("tempdir");
     let cache = tempfile::Builder::new().prefix("gbot-artifacts-").tempdir().expect("tempdir");
-    let policy = ArtifactPolicy { cache_dir: cache.path().to_path_buf(), download: false, allow_unverified: true };
+    let policy = ArtifactPolicy {
+        cache_dir: cache.path().to_path_buf(),
+        download: false,
+        allow_unverified: true,
+        trust: Default::default(),
+    };
     let v1 = botserver_build(builds.path(), 200, "v1");
     for role in [Role::Drive, Role::System] {
         for artifact in gbo_components::artifacts::artifacts(role, &TenantFile::default()) {

@@ -194,7 +194,12 @@ async fn artifacts_are_downloaded_verified_and_cached() {
     let expected = artifact::file_sha256(&binary).await.expect("hash");
     let (port, server) = serve_file(binary.clone()).await;
     let cache = tempfile::tempdir().expect("tempdir");
-    let policy = ArtifactPolicy { cache_dir: cache.path().to_path_buf(), download: false, allow_unverified: false };
+    let policy = ArtifactPolicy {
+        cache_dir: cache.path().to_path_buf(),
+        download: false,
+        allow_unverified: false,
+        trust: Vec::new(),
+    };
     let mut good = Artifact {
         name: "minio",
         version: "test".into(),
@@ -202,6 +207,8 @@ async fn artifacts_are_downloaded_verified_and_cached() {
         sha256: Some(expected.clone()),
         unpack: ArtifactKind::SingleBinary,
         install_path: "/opt/gbo/bin/minio",
+        verification: gbo_components::Verification::NONE,
+        role: gbo_components::Role::Drive,
     };
     let path = artifact::fetch(&policy, &good).await.expect("download and verify");
     assert_eq!(artifact::file_sha256(&path).await.expect("hash"), expected);

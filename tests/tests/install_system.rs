@@ -26,7 +26,12 @@ fn stand_in(what: &str, port: u16, before: &str) -> String {
 /// An artifact cache holding stand-ins for the drive and system roles' artifacts.
 fn artifact_cache() -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix("gbot-artifacts-").tempdir().expect("tempdir");
-    let policy = ArtifactPolicy { cache_dir: dir.path().to_path_buf(), download: false, allow_unverified: true };
+    let policy = ArtifactPolicy {
+        cache_dir: dir.path().to_path_buf(),
+        download: false,
+        allow_unverified: true,
+        trust: Vec::new(),
+    };
     let tenant = TenantFile::default();
     let scripts = [
         ("minio", stand_in("MinIO", 9000, "")),

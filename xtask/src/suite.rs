@@ -90,15 +90,38 @@ pub async fn test(args: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the main job installs `gbo` and `gbo-ci` (on root's and every user's PATH).
+pub const INSTALL_DIR: &str = "/usr/local/bin";
+
+/// Copy `binary` into `dir` under its own name, replacing an older one atomically (a copy beside it, renamed over
+/// it), so a `gbo` running from there meanwhile keeps its old file.
+fn install_binary(binary: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = binary.file_name().context("binary name")?;
+    let staged = dir.join(format!(".{}.new-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::copy(binary, &staged).with_context(|| format!("copying {} to {}", binary.display(), staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&staged, dir.join(name)).with_context(|| format!("installing {}", dir.join(name).display()))?;
+    Ok(())
+}
+
 /// The main job.
 pub async fn up(tenant: String) -> anyhow::Result<()> {
     let mut phases = Phases::new();
     crate::lxd_up::apt_install(&programs::packages(Need::Lxd))?;
     crate::lxd_up::ensure_daemon().await?;
     phases.done("lxd");
-    duct::cmd!("cargo", "build", "-q", "-p", "gbo-cli").run().context("building gbo")?;
-    let gbo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/gbo");
-    phases.done("build gbo");
+    // Release builds of both CLIs, installed where a new user's shell finds them (the README's "Using gbo").
+    duct::cmd!("cargo", "build", "-q", "--release", "--locked", "-p", "gbo-cli", "-p", "gbo-ci")
+        .run()
+        .context("building gbo and gbo-ci")?;
+    let release = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    for name in ["gbo", "gbo-ci"] {
+        install_binary(&release.join(name), std::path::Path::new(INSTALL_DIR))?;
+    }
+    let gbo = std::path::Path::new(INSTALL_DIR).join("gbo");
+    phases.done("build and install gbo, gbo-ci");
     duct::cmd!(&gbo, "setup").run().context("gbo setup")?;
     duct::cmd!(&gbo, "image", "build", "--components", "tables,cache,proxy").run().context("gbo image build")?;
     phases.done("image");

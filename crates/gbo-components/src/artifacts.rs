@@ -1,11 +1,15 @@
-//! Pinned upstream release artifacts (linux amd64).
+//! Pinned upstream release artifacts (linux amd64), and how each vendor lets a download be checked.
 //!
-//! A SHA-256 is given only where it was quoted from the vendor's public release material, with the source named
-//! next to it. Every other pin is `None`: unverified, refused by the installer unless the user passes the explicit
-//! flag. Never put a guessed or placeholder checksum here: that would be worse than none.
+//! A download is verified at download time the way its vendor publishes: the vendor's checksum file beside it and,
+//! where the vendor signs, the signature checked with the vendor's key that gbo ships ([`crate::trust`]) or a key
+//! the tenant file adds under `[trust]` (a private mirror). A SHA-256 is compiled in only where it was quoted
+//! from the vendor's public release material, with the source named next to it; every other pin is `None`. An
+//! artifact that is neither signed by a trusted key nor pinned is unverified, refused by the installer unless the
+//! user passes the explicit flag. Never put a guessed or placeholder checksum or key here: that would be worse
+//! than none. `docs/artifacts.md` lists, per role, where each vendor publishes and what gbo trusts.
 
 use crate::names::Role;
-use crate::spec::{Artifact, ArtifactKind};
+use crate::spec::{Artifact, ArtifactKind, SignatureRule, SignatureScheme, Signed, Verification};
 use crate::tenant_file::TenantFile;
 
 /// The version of an artifact known only by a "latest" URL: it cannot be verified and changes under our feet,
@@ -34,7 +38,24 @@ pub struct Pin {
     pub unpack: ArtifactKind,
     /// Where it goes inside the container.
     pub install_path: &'static str,
+    /// How the vendor lets a download be checked.
+    pub verification: Verification,
 }
+
+/// A checksum file `<file>.sha256` (one `sha256sum` line) beside the download, unsigned.
+const SHA256_BESIDE: Verification = Verification { sums: Some("{file}.sha256"), signature: None };
+
+/// Forgejo's layout: `<file>.sha256` and an armored OpenPGP signature of the download, `<file>.asc`, by the
+/// Forgejo release key (known to gbo by fingerprint only).
+const FORGEJO_LAYOUT: Verification = Verification {
+    sums: Some("{file}.sha256"),
+    signature: Some(SignatureRule {
+        scheme: SignatureScheme::OpenPgp,
+        covers: Signed::Download,
+        file: "{file}.asc",
+        vendor_key: Some("forgejo"),
+    }),
+};
 
 /// MinIO server: a single static binary.
 pub const MINIO: Pin = Pin {
@@ -44,6 +65,16 @@ pub const MINIO: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/minio",
+    // dl.min.io publishes `<binary>.sha256sum` and `<binary>.minisig` beside every binary.
+    verification: Verification {
+        sums: Some("{file}.sha256sum"),
+        signature: Some(SignatureRule {
+            scheme: SignatureScheme::Minisign,
+            covers: Signed::Download,
+            file: "{file}.minisig",
+            vendor_key: Some("minio"),
+        }),
+    },
 };
 
 /// HashiCorp Vault 1.15.4: a zip holding the `vault` binary.
@@ -54,6 +85,16 @@ pub const VAULT: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::ZipMember { member: "vault" },
     install_path: "/opt/gbo/bin/vault",
+    // releases.hashicorp.com publishes `vault_<v>_SHA256SUMS` and its detached signature `.sig`.
+    verification: Verification {
+        sums: Some("vault_{version}_SHA256SUMS"),
+        signature: Some(SignatureRule {
+            scheme: SignatureScheme::OpenPgp,
+            covers: Signed::Sums,
+            file: "vault_{version}_SHA256SUMS.sig",
+            vendor_key: Some("hashicorp"),
+        }),
+    },
 };
 
 /// Qdrant: a tar.gz holding the `qdrant` binary.
@@ -64,6 +105,8 @@ pub const QDRANT: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::TarGzMember { member: "qdrant" },
     install_path: "/opt/gbo/bin/qdrant",
+    // No checksum file or signature of Qdrant's release assets could be established from public sources.
+    verification: Verification::NONE,
 };
 
 /// CoreDNS 1.11.1: a tgz holding the `coredns` binary.
@@ -74,6 +117,8 @@ pub const COREDNS: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::TarGzMember { member: "coredns" },
     install_path: "/opt/gbo/bin/coredns",
+    // CoreDNS publishes `<asset>.sha256` beside each release asset, unsigned.
+    verification: SHA256_BESIDE,
 };
 
 /// Stalwart mail server 0.10.7: a tar.gz holding `stalwart-mail`.
@@ -84,6 +129,8 @@ pub const STALWART: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::TarGzMember { member: "stalwart-mail" },
     install_path: "/opt/gbo/bin/stalwart-mail",
+    // No checksum file or signature of Stalwart's release assets could be established from public sources.
+    verification: Verification::NONE,
 };
 
 /// Forgejo: a single binary.
@@ -94,6 +141,7 @@ pub const FORGEJO: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/forgejo",
+    verification: FORGEJO_LAYOUT,
 };
 
 /// Forgejo runner 6.3.1: a single binary.
@@ -104,6 +152,7 @@ pub const FORGEJO_RUNNER: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/forgejo-runner",
+    verification: FORGEJO_LAYOUT,
 };
 
 /// NocoDB: a single self-contained binary.
@@ -114,6 +163,7 @@ pub const NOCODB: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/nocodb",
+    verification: Verification::NONE,
 };
 
 /// llama.cpp b7345: a zip whose `build/bin/` holds `llama-server` and the shared libraries it loads from its own
@@ -125,10 +175,13 @@ pub const LLAMA_CPP: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::ZipDirectory { prefix: "build/bin/" },
     install_path: "/opt/gbo/bin/llama.cpp",
+    // llama.cpp's release assets carry no checksum file or signature.
+    verification: Verification::NONE,
 };
 
-/// botserver: a single binary. The project only documents its "latest" release URL, so this is not a pin: an
-/// operator pins it with `[versions.system]` (version and url) in the tenant file.
+/// botserver: a single binary. The project publishes no versioned release (its CI builds and deploys from
+/// source), only a "latest" URL, so this is not a pin and gbo never downloads it: an operator pins a build with
+/// `[versions.system]` (version, url and sha256) in the tenant file, or deploys it with `gbo-ci deploy`.
 pub const BOTSERVER: Pin = Pin {
     name: "botserver",
     version: UNPINNED,
@@ -136,6 +189,7 @@ pub const BOTSERVER: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/botserver",
+    verification: Verification::NONE,
 };
 
 /// botui: a single binary; like botserver, only a "latest" URL is known.
@@ -146,6 +200,7 @@ pub const BOTUI: Pin = Pin {
     sha256: None,
     unpack: ArtifactKind::SingleBinary,
     install_path: "/opt/gbo/bin/botui",
+    verification: Verification::NONE,
 };
 
 /// The compiled-in pins of `role` (empty for roles installed from Debian packages).
@@ -182,6 +237,8 @@ pub fn artifacts(role: Role, tenant: &TenantFile) -> Vec<Artifact> {
                 sha256: pin.sha256.map(str::to_owned),
                 unpack: pin.unpack.clone(),
                 install_path: pin.install_path,
+                verification: pin.verification,
+                role,
             };
             if let (0, Some(over)) = (index, tenant.versions.get(&role)) {
                 if over.version != pin.version || over.url.is_some() || over.sha256.is_some() {

@@ -153,6 +153,38 @@ pub struct RoleSummary {
     pub dependencies: Vec<&'static str>,
     /// Its Debian packages.
     pub debian_packages: &'static [&'static str],
+    /// How its software gets into the container.
+    pub install: String,
+    /// How gbo verifies that software.
+    pub verified: String,
+}
+
+/// How gbo verifies a pinned artifact, in a few words (`gbo components`; `docs/artifacts.md` has the detail).
+pub fn verification_summary(pin: &crate::artifacts::Pin) -> String {
+    if pin.version == crate::artifacts::UNPINNED {
+        return "unverified: no versioned release (pin url+sha256 in [versions])".to_owned();
+    }
+    let sums = if pin.verification.sums.is_some() { " + vendor sums" } else { "" };
+    let pinned = if pin.sha256.is_some() { " + sha256 pin" } else { "" };
+    match pin.verification.signature {
+        Some(rule) => {
+            let covers = match rule.covers {
+                crate::spec::Signed::Download => "binary",
+                crate::spec::Signed::Sums => "sums",
+            };
+            let id = rule.vendor_key.unwrap_or("vendor");
+            if rule.vendor_key.and_then(crate::trust::vendor_key).is_some() {
+                format!("{} signature of {covers}, key {id}{sums}{pinned}", rule.scheme.as_str())
+            } else if pin.sha256.is_some() {
+                format!("sha256 pin{sums} ({} key {id} not shipped)", rule.scheme.as_str())
+            } else {
+                format!("unverified: {} key {id} not shipped (add under [trust]){sums}", rule.scheme.as_str())
+            }
+        }
+        None if pin.sha256.is_some() => format!("sha256 pin{sums}"),
+        None if pin.verification.sums.is_some() => "unverified: unsigned vendor sums only".to_owned(),
+        None => "unverified: vendor publishes no sums or signature".to_owned(),
+    }
 }
 
 /// The summary of `role`.
@@ -165,7 +197,14 @@ pub fn summary(role: Role) -> RoleSummary {
     } else {
         artifacts.iter().map(|a| format!("{} {}", a.name, a.version)).collect::<Vec<_>>().join(", ")
     };
+    let (install, verified) = if artifacts.is_empty() {
+        ("debian packages (image)".to_owned(), "apt: Debian archive signatures".to_owned())
+    } else {
+        ("artifact download".to_owned(), artifacts.iter().map(verification_summary).collect::<Vec<_>>().join(" | "))
+    };
     RoleSummary {
+        install,
+        verified,
         role: role.as_str(),
         container: format!("{{tenant}}-{}", role.container_suffix()),
         software,

@@ -54,6 +54,7 @@ pub mod render;
 pub mod secrets;
 pub mod spec;
 pub mod tenant_file;
+pub mod trust;
 pub mod users;
 
 pub use catalogue::{
@@ -65,9 +66,10 @@ pub use render::caddy as caddyfile;
 pub use secrets::{required_secrets, SecretCharset, SecretSpec, Secrets};
 pub use spec::{
     Artifact, ArtifactKind, ComponentSpec, Exposure, HealthCheck, HostPorts, InitPhase, InitStep, Install, Mount,
-    MountKind, PortSpec, Protocol, RenderContext, RenderedFile, StatusRange, Wire,
+    MountKind, PortSpec, Protocol, RenderContext, RenderedFile, SignatureRule, SignatureScheme, Signed, StatusRange,
+    Verification, Wire,
 };
-pub use tenant_file::{DomainName, Limits, Placement, StorageMode, SystemSettings, TenantFile, VersionPin};
+pub use tenant_file::{DomainName, Limits, Placement, StorageMode, SystemSettings, TenantFile, TrustEntry, VersionPin};
 pub use users::{image_packages, ServiceUser, BASE_PACKAGES, SERVICE_USERS};
 
 /// The catalogue's version, recorded on every instance gbo creates (`user.gbo.catalogue-version`): bump it when a

@@ -84,6 +84,10 @@ pub struct Artifact {
     pub unpack: ArtifactKind,
     /// Where the binary (or directory, for [`ArtifactKind::ZipDirectory`]) goes inside the container.
     pub install_path: &'static str,
+    /// How the vendor lets the download be checked: its checksum file and signature, beside the download.
+    pub verification: Verification,
+    /// The role the artifact belongs to (a `[trust]` key can be limited to roles).
+    pub role: crate::names::Role,
 }
 
 impl Artifact {
@@ -91,6 +95,79 @@ impl Artifact {
     pub fn is_verified(&self) -> bool {
         self.sha256.is_some()
     }
+
+    /// The file name of the download (the last segment of its URL).
+    pub fn file_name(&self) -> &str {
+        let path = self.url.split(['?', '#']).next().unwrap_or_default();
+        path.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// The URL of a file the vendor publishes beside the download: `template` with `{file}` (the download's file
+    /// name) and `{version}` substituted, in the download's directory.
+    pub fn beside(&self, template: &str) -> String {
+        let path = self.url.split(['?', '#']).next().unwrap_or_default();
+        let dir = path.rsplit_once('/').map_or(path, |(dir, _)| dir);
+        format!("{dir}/{}", template.replace("{file}", self.file_name()).replace("{version}", &self.version))
+    }
+}
+
+/// How a vendor publishes what checks its downloads: a checksum file and a signature, beside the download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Verification {
+    /// The checksum file (`sha256sum` lines, `HASH  NAME`), as a template for [`Artifact::beside`]; `None` when
+    /// the vendor publishes none.
+    pub sums: Option<&'static str>,
+    /// The signature the vendor publishes; `None` when it signs nothing.
+    pub signature: Option<SignatureRule>,
+}
+
+impl Verification {
+    /// The vendor publishes neither a checksum file nor a signature.
+    pub const NONE: Verification = Verification { sums: None, signature: None };
+}
+
+/// Where a vendor's signature is and what it signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SignatureRule {
+    /// The signature format.
+    pub scheme: SignatureScheme,
+    /// What the signature covers.
+    pub covers: Signed,
+    /// The signature file, as a template for [`Artifact::beside`].
+    pub file: &'static str,
+    /// The vendor key gbo ships for it ([`crate::trust::vendor_key`]); `None` when gbo knows the vendor's key
+    /// only by its fingerprint (a `[trust]` entry must then supply the key).
+    pub vendor_key: Option<&'static str>,
+}
+
+/// A signature format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureScheme {
+    /// Minisign (Ed25519), `.minisig`.
+    Minisign,
+    /// OpenPGP detached signature, binary or armored.
+    OpenPgp,
+}
+
+impl SignatureScheme {
+    /// Its name in messages and the tenant file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureScheme::Minisign => "minisign",
+            SignatureScheme::OpenPgp => "openpgp",
+        }
+    }
+}
+
+/// What a vendor's signature covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signed {
+    /// The download itself.
+    Download,
+    /// The checksum file, which names the download's SHA-256.
+    Sums,
 }
 
 /// The shape of an artifact download.

@@ -25,8 +25,12 @@
 //! [versions.vault]                     # override a pinned artifact
 //! version = "1.15.4"
 //! url = "http://127.0.0.1:8000/vault_1.15.4_linux_amd64.zip"   # https://, or http:// on loopback
-//! # sha256 = "..."                     # 64 hex characters copied from the vendor's SHA256SUMS; without it
-//! #                                    # the artifact is unverified and refused unless explicitly allowed
+//! # sha256 = "..."                     # 64 hex characters copied from the vendor's SHA256SUMS; the
+//! #                                    # vendor's checksum file and signature are checked as for the pin
+//!
+//! [trust.mirror]                       # a key trusted beside the vendors' (a private mirror's)
+//! minisign = "RW..."                   # or openpgp = """-----BEGIN PGP PUBLIC KEY BLOCK-----..."""
+//! roles = ["drive"]                    # default: every artifact role
 //!
 //! [placement]                          # cluster member (or @group) of each role's container; default: LXD's
 //! tables = "m1"                        # scheduler. `gbo install --target` places one run's new containers
@@ -183,6 +187,53 @@ pub struct VersionPin {
     pub sha256: Option<String>,
 }
 
+/// A key the tenant trusts for artifact signatures (`[trust.<name>]`), e.g. a private mirror's: exactly one of
+/// `minisign` (a minisign public key, base64) or `openpgp` (an armored OpenPGP public key block); `roles` limits
+/// it to some roles (default: every artifact role).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrustEntry {
+    /// The entry's name (the table key).
+    pub name: String,
+    /// The format.
+    pub scheme: crate::spec::SignatureScheme,
+    /// The key text.
+    pub key: String,
+    /// The roles it is trusted for; empty = all.
+    pub roles: Vec<Role>,
+}
+
+impl TrustEntry {
+    /// Whether the key is trusted for `role`.
+    pub fn applies_to(&self, role: Role) -> bool {
+        self.roles.is_empty() || self.roles.contains(&role)
+    }
+}
+
+/// `[trust]` as the tenant file writes it: a table of entries by name.
+fn serialize_trust<S: serde::Serializer>(trust: &[TrustEntry], serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        minisign: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        openpgp: Option<&'a str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        roles: Vec<&'static str>,
+    }
+    let mut map = serializer.serialize_map(Some(trust.len()))?;
+    for t in trust {
+        let key = t.key.as_str();
+        let entry = Entry {
+            minisign: (t.scheme == crate::spec::SignatureScheme::Minisign).then_some(key),
+            openpgp: (t.scheme == crate::spec::SignatureScheme::OpenPgp).then_some(key),
+            roles: t.roles.iter().map(|r| r.as_str()).collect(),
+        };
+        map.serialize_entry(&t.name, &entry)?;
+    }
+    map.end()
+}
+
 /// Settings of the system container (`[system]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SystemSettings {
@@ -306,6 +357,9 @@ pub struct TenantFile {
     pub limits: BTreeMap<Role, Limits>,
     /// Per-role artifact overrides.
     pub versions: BTreeMap<Role, VersionPin>,
+    /// Keys trusted for artifact signatures beside the vendors' (`[trust.<name>]`).
+    #[serde(serialize_with = "serialize_trust")]
+    pub trust: Vec<TrustEntry>,
     /// The system container's settings.
     pub system: SystemSettings,
     /// Where role data lives; `None` lets the caller choose (host on a local daemon, volumes on a remote or a
@@ -345,6 +399,7 @@ impl Default for TenantFile {
             zones: Vec::new(),
             limits: BTreeMap::new(),
             versions: BTreeMap::new(),
+            trust: Vec::new(),
             system: SystemSettings::default(),
             storage: None,
             pool: None,
@@ -370,11 +425,22 @@ struct RawTenantFile {
     limits: BTreeMap<String, RawLimits>,
     #[serde(default)]
     versions: BTreeMap<String, RawVersion>,
+    #[serde(default)]
+    trust: BTreeMap<String, RawTrust>,
     system: Option<RawSystem>,
     storage: Option<String>,
     pool: Option<String>,
     #[serde(default)]
     placement: BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    minisign: Option<String>,
+    openpgp: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -607,6 +673,53 @@ impl TenantFile {
                 ));
             }
             file.pool = Some(pool);
+        }
+        for (name, entry) in raw.trust {
+            let key = format!("trust.{name}");
+            let (scheme, text) = match (entry.minisign, entry.openpgp) {
+                (Some(k), None) => {
+                    let k = k.trim().to_owned();
+                    if !(k.len() == 56
+                        && k.starts_with("RW")
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
+                    {
+                        return Err(value_error(
+                            format!("{key}.minisign"),
+                            &k,
+                            "a minisign public key is the 56-character base64 line starting with RW (the second line of minisign.pub)",
+                        ));
+                    }
+                    (crate::spec::SignatureScheme::Minisign, k)
+                }
+                (None, Some(k)) => {
+                    if !k.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----") {
+                        return Err(value_error(
+                            format!("{key}.openpgp"),
+                            k.lines().next().unwrap_or_default(),
+                            "an OpenPGP key is an armored public key block (-----BEGIN PGP PUBLIC KEY BLOCK-----)",
+                        ));
+                    }
+                    (crate::spec::SignatureScheme::OpenPgp, k)
+                }
+                _ => return Err(value_error(
+                    &key,
+                    &name,
+                    "give exactly one of minisign = \"RW...\" or openpgp = \"-----BEGIN PGP PUBLIC KEY BLOCK-----...\"",
+                )),
+            };
+            let mut roles = Vec::new();
+            for role in &entry.roles {
+                let role = role_key(&format!("{key}.roles"), role)?;
+                if crate::artifacts::pinned_artifacts(role).is_empty() {
+                    return Err(value_error(
+                        format!("{key}.roles"),
+                        role.as_str(),
+                        "this role is installed from Debian packages in the image; it has no artifact to sign",
+                    ));
+                }
+                roles.push(role);
+            }
+            file.trust.push(TrustEntry { name, scheme, key: text, roles });
         }
         if let Some(system) = raw.system {
             file.system.privileged = system.privileged.unwrap_or(false);

@@ -48,9 +48,31 @@ version = "RELEASE.2025-01-01T00-00-00Z"
 url = "http://127.0.0.1:8000/minio"
 # The SHA-256 of an empty file: a real digest, used here only as test data.
 sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+[trust.mirror]
+minisign = "RWTx5Zr1tiHQLwG9keckT0c45M3AGeHD6IvimQHpyRywVWGbP1aVSGav"
+roles = ["drive"]
 "#;
     let file = TenantFile::parse(text).unwrap_or_else(|e| panic!("{e}"));
     insta::assert_debug_snapshot!("tenant_file_example", file);
+}
+
+#[test]
+fn trust_entries_are_checked() {
+    let bad = [
+        ("[trust.m]\nminisign = \"nope\"\n", "trust.m.minisign"),
+        ("[trust.m]\nopenpgp = \"nope\"\n", "trust.m.openpgp"),
+        ("[trust.m]\nroles = [\"drive\"]\n", "exactly one of"),
+        (
+            "[trust.m]\nminisign = \"RWTx5Zr1tiHQLwG9keckT0c45M3AGeHD6IvimQHpyRywVWGbP1aVSGav\"\nroles = [\"tables\"]\n",
+            "no artifact to sign",
+        ),
+        ("[trust.m]\nminisign = \"RWTx5Zr1tiHQLwG9keckT0c45M3AGeHD6IvimQHpyRywVWGbP1aVSGav\"\nroles = [\"nope\"]\n", "not a role"),
+    ];
+    for (text, expected) in bad {
+        let err = TenantFile::parse(text).expect_err(text).to_string();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
 }
 
 #[test]

@@ -1,4 +1,10 @@
-//! Vault seal status and unsealing from `init.json`, over verified TLS.
+//! Vault initialisation, seal status and unsealing from `init.json`.
+//!
+//! `init` runs `sys/init` once and writes the keys straight into `<stack-dir>/.secrets/vault-init.json` (mode 0600,
+//! created before the request so the keys always have a place to go; the seed's `vault operator init
+//! -format=json` shape), never printing them; it refuses a Vault that is initialised already, and an existing
+//! file. gbo's own Vault listens on plain http on loopback (the container's 127.0.0.1, published on the host's
+//! 127.0.0.1 by an LXD proxy device): see `docs/operations.md` (Vault) for why not TLS.
 //!
 //! Keys come from a file that only its owner may read (mode 0600 or 0400), in either `init.json` shape (the API's
 //! `{keys, keys_base64, root_token}` or `vault operator init -format=json`'s `{unseal_keys_b64, unseal_keys_hex,
@@ -65,8 +71,36 @@ pub enum VaultError {
         /// Why.
         reason: String,
     },
+    /// Vault is initialised already: init refuses.
+    #[error(
+        "Vault at {addr} is initialised already: nothing was changed (its keys are wherever its first init put them)"
+    )]
+    AlreadyInitialized {
+        /// Address.
+        addr: String,
+    },
+    /// The init file exists: init never overwrites keys.
+    #[error("{} exists already: nothing was changed (gbo never overwrites unseal keys; move it away only if it holds no live keys)", path.display())]
+    InitFileExists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Bad shares or threshold.
+    #[error("{0}")]
+    BadInput(String),
+    /// Writing the init file failed.
+    #[error("{context}")]
+    Write {
+        /// What failed.
+        context: String,
+        /// Cause.
+        #[source]
+        source: crate::hostfs::HostFsError,
+    },
     /// Vault is not initialised.
-    #[error("Vault at {addr} is not initialised; gbo never initialises it (run `vault operator init` and keep init.json safe)")]
+    #[error(
+        "Vault at {addr} is not initialised: run `gbo vault init` first (it writes the keys to the tenant's init.json)"
+    )]
     NotInitialized {
         /// Address.
         addr: String,
@@ -383,6 +417,112 @@ pub async fn unseal(endpoint: &Endpoint, keys: &Keys) -> Result<UnsealOutcome, V
         }
     }
     Err(VaultError::StillSealed { submitted, threshold: last.t, progress: last.progress, rejected })
+}
+
+/// What `init` did (never the keys).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InitOutcome {
+    /// Where the keys and root token were written (0600).
+    pub path: PathBuf,
+    /// Key shares.
+    pub shares: u64,
+    /// Keys needed to unseal.
+    pub threshold: u64,
+}
+
+/// Initialise Vault with `shares` key shares of which `threshold` unseal it, writing the keys into
+/// `secrets_dir/vault-init.json` (0600) in the shape of `vault operator init -format=json`. Refuses an initialised
+/// Vault and an existing file; the file is created (empty) before Vault is asked, and removed if Vault refuses.
+pub async fn init(
+    endpoint: &Endpoint,
+    shares: u64,
+    threshold: u64,
+    secrets_dir: &Path,
+) -> Result<InitOutcome, VaultError> {
+    if !(1..=255).contains(&shares) || !(1..=shares).contains(&threshold) || (shares > 1 && threshold < 2) {
+        return Err(VaultError::BadInput(format!(
+            "--shares {shares} --threshold {threshold}: shares must be 1 to 255 and threshold 1 to shares (at least 2 when there are several shares)"
+        )));
+    }
+    let client = endpoint.client()?;
+    let status = seal_status(endpoint, &client).await?;
+    if status.initialized {
+        return Err(VaultError::AlreadyInitialized { addr: endpoint.addr.clone() });
+    }
+    let name = std::path::Path::new(INIT_FILE).file_name().unwrap_or_default().to_os_string();
+    let path = secrets_dir.join(&name);
+    let write_err = |context: String| move |source| VaultError::Write { context, source };
+    let dir = crate::hostfs::HostDir::create_root(secrets_dir, 0o700)
+        .map_err(write_err(format!("opening {}", secrets_dir.display())))?;
+    if dir.stat(std::path::Path::new(&name)).map_err(write_err(format!("checking {}", path.display())))?.is_some() {
+        return Err(VaultError::InitFileExists { path });
+    }
+    let mut file = dir.create_new(&name, 0o600).map_err(write_err(format!("creating {}", path.display())))?;
+    let http = |e: reqwest::Error| VaultError::Http { addr: endpoint.addr.clone(), message: error_chain(&e) };
+    let answer = async {
+        let response = client
+            .put(endpoint.url("sys/init"))
+            .json(&serde_json::json!({ "secret_shares": shares, "secret_threshold": threshold }))
+            .send()
+            .await
+            .map_err(http)?;
+        let code = response.status();
+        if code == reqwest::StatusCode::BAD_REQUEST && seal_status(endpoint, &client).await?.initialized {
+            return Err(VaultError::AlreadyInitialized { addr: endpoint.addr.clone() });
+        }
+        if !code.is_success() {
+            return Err(VaultError::Http { addr: endpoint.addr.clone(), message: format!("sys/init answered {code}") });
+        }
+        response.json::<serde_json::Value>().await.map_err(http)
+    }
+    .await;
+    let body = match answer {
+        Ok(body) => body,
+        Err(e) => {
+            drop(file);
+            let _ = dir.remove(std::path::Path::new(&name));
+            return Err(e);
+        }
+    };
+    let list = |key: &str| body.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let (hex_keys, b64_keys) = (list("keys"), list("keys_base64"));
+    let document = serde_json::json!({
+        "unseal_keys_b64": b64_keys,
+        "unseal_keys_hex": hex_keys,
+        "unseal_shares": shares,
+        "unseal_threshold": threshold,
+        "recovery_keys_b64": [],
+        "recovery_keys_hex": [],
+        "recovery_keys_shares": 0,
+        "recovery_keys_threshold": 0,
+        "root_token": body.get("root_token").cloned().unwrap_or_default(),
+    });
+    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
+    text.push('\n');
+    {
+        use std::io::Write;
+        let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            return Err(VaultError::Http {
+                addr: endpoint.addr.clone(),
+                message: format!(
+                    "Vault is initialised but writing its keys to {} failed ({e}); the keys are lost: re-create the vault container's data and init again",
+                    path.display()
+                ),
+            });
+        }
+    }
+    if hex_keys.len() as u64 != shares || b64_keys.len() as u64 != shares {
+        return Err(VaultError::Http {
+            addr: endpoint.addr.clone(),
+            message: format!(
+                "sys/init returned {} key(s) for {shares} share(s); what it returned is in {}",
+                b64_keys.len(),
+                path.display()
+            ),
+        });
+    }
+    Ok(InitOutcome { path, shares, threshold })
 }
 
 /// PUT sys/unseal. Ok(status), or Err(()) when Vault rejected the key (400).

@@ -115,3 +115,72 @@ async fn refuses_loose_files_uninitialised_vaults_and_unverified_tls() {
         .expect("status");
     assert_eq!((s.health_code, s.health.as_str()), (429, "unsealed, standby"));
 }
+
+/// Issue 14 item 3: from first start to unsealed, over plain http on loopback as gbo's Vault listens: `gbo vault
+/// init` writes the seed's init.json shape 0600 and prints no key; `gbo vault unseal` and `status` take it from
+/// there; a second init refuses (exit 2) and leaves the file as it was.
+#[tokio::test]
+async fn init_writes_the_keys_0600_never_printed_and_the_whole_path_unseals() {
+    let v = StandInVault::start(StandInVault::uninitialised(), false).await;
+    assert!(v.addr.starts_with("http://127.0.0.1:"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secrets = dir.path().join(".secrets");
+    let gbo = |args: &[&str]| {
+        let mut all = vec!["vault".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(["--addr".to_string(), v.addr.clone()]);
+        gbo_tests::gbo_async(all)
+    };
+    // Uninitialised: status says so (exit 1), unseal refuses.
+    let status = gbo(&["status"]).await;
+    assert_eq!(status.code, 1, "{}", status.all());
+
+    let init = gbo(&["init", "--secrets-dir", secrets.to_str().expect("utf8")]).await;
+    assert_eq!(init.code, 0, "{}", init.all());
+    let path = secrets.join("vault-init.json");
+    let mode = std::fs::metadata(&path).expect("init.json").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&path).expect("read");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let state = v.snapshot();
+    assert_eq!(doc["unseal_keys_hex"], serde_json::json!(state.shares), "the keys Vault returned");
+    assert_eq!((doc["unseal_shares"].as_u64(), doc["unseal_threshold"].as_u64()), (Some(5), Some(3)));
+    assert_eq!(doc["unseal_keys_b64"].as_array().map(Vec::len), Some(5));
+    assert_eq!(doc["root_token"], "hvs.standin-root");
+    for key in state.shares.iter().chain(
+        doc["unseal_keys_b64"]
+            .as_array()
+            .expect("b64")
+            .iter()
+            .filter_map(|k| k.as_str())
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        assert!(!init.all().contains(key.as_str()), "a key was printed");
+    }
+    assert!(!init.all().contains("hvs.standin-root"), "the root token was printed");
+
+    // The whole path: unseal from the file init wrote, then status is healthy.
+    let unseal = gbo(&["unseal", "--keys-file", path.to_str().expect("utf8")]).await;
+    assert_eq!(unseal.code, 0, "{}", unseal.all());
+    assert!(!v.snapshot().sealed);
+    let status = gbo(&["status"]).await;
+    assert_eq!(status.code, 0, "{}", status.all());
+
+    // Initialised: a second init refuses and the keys stay.
+    let again = gbo(&["init", "--secrets-dir", secrets.to_str().expect("utf8")]).await;
+    assert_eq!(again.code, 2, "{}", again.all());
+    assert!(again.all().contains("initialised already"), "{}", again.all());
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+    // A file already there is never overwritten, even for a fresh Vault.
+    let fresh = StandInVault::start(StandInVault::uninitialised(), false).await;
+    let endpoint = Endpoint { addr: fresh.addr.clone(), ca_cert: None, insecure_skip_verify: false };
+    let err = vault::init(&endpoint, 5, 3, &secrets).await.expect_err("file exists");
+    assert!(err.to_string().contains("exists already"), "{err}");
+    assert!(!fresh.snapshot().initialized, "nothing was sent");
+    // Bad input changes nothing.
+    let err = vault::init(&endpoint, 3, 5, dir.path()).await.expect_err("threshold above shares");
+    assert!(err.to_string().contains("--threshold 5"), "{err}");
+    assert!(!fresh.snapshot().requests.iter().any(|r| r.1 == "/v1/sys/init"));
+}

@@ -51,7 +51,8 @@ pub struct InstallArgs {
     /// Allow downloading artifacts from their upstream URLs (gbo never reaches the internet otherwise).
     #[arg(long)]
     download: bool,
-    /// Accept artifacts without a SHA-256 pin.
+    /// Accept artifacts gbo has no means to verify (no vendor signature with a key gbo trusts and no SHA-256 pin);
+    /// the plan names each. A published signature or checksum that does not match is refused all the same.
     #[arg(long)]
     allow_unverified: bool,
     /// Artifact cache directory.
@@ -131,6 +132,7 @@ fn request(args: &InstallArgs) -> anyhow::Result<InstallRequest> {
         cache_dir: args.artifact_cache.clone(),
         download: args.download,
         allow_unverified: args.allow_unverified,
+        trust: request.tenant_file.trust.clone(),
     };
     request.ports = parse_ports(&args.ports)?;
     request.lock_wait = Duration::from_secs(args.lock_wait);
@@ -164,10 +166,18 @@ pub(super) fn components(output: Format) -> anyhow::Result<Outcome> {
             .iter()
             .map(|s| {
                 let deps: Vec<String> = s.dependencies.iter().map(|d| d.to_string()).collect();
-                vec![s.role.to_string(), s.container.clone(), s.software.clone(), list(&s.ports), list(&deps)]
+                vec![
+                    s.role.to_string(),
+                    s.container.clone(),
+                    s.software.clone(),
+                    list(&s.ports),
+                    list(&deps),
+                    s.install.clone(),
+                    s.verified.clone(),
+                ]
             })
             .collect();
-        print_table(&["ROLE", "CONTAINER", "SOFTWARE", "PORTS", "AFTER"], &rows);
+        print_table(&["ROLE", "CONTAINER", "SOFTWARE", "PORTS", "AFTER", "INSTALL", "VERIFIED"], &rows);
     }
     Ok(Outcome::Ok)
 }

@@ -1,4 +1,5 @@
-//! `gbo vault`: seal status and unsealing, over verified TLS. Keys are never printed.
+//! `gbo vault`: initialisation, seal status and unsealing. Keys are never printed. gbo's own Vault is reached with
+//! no flags on plain http on the host's loopback, through its container's published port.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -11,6 +12,22 @@ use crate::output::{self, Format, Outcome};
 /// `gbo vault` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
+    /// Initialise Vault (sys/init) and write its unseal keys and root token to the tenant's
+    /// `<stack-dir>/.secrets/vault-init.json` (mode 0600; never printed). Refuses a Vault that is initialised and an
+    /// existing file.
+    Init {
+        #[command(flatten)]
+        target: Target,
+        /// Key shares.
+        #[arg(long, default_value_t = 5)]
+        shares: u64,
+        /// Shares needed to unseal.
+        #[arg(long, default_value_t = 3)]
+        threshold: u64,
+        /// Directory to write vault-init.json into (default: the tenant's `<stack-dir>/.secrets`).
+        #[arg(long)]
+        secrets_dir: Option<PathBuf>,
+    },
     /// Seal status and health (exit 1 when sealed or not initialised).
     Status {
         #[command(flatten)]
@@ -75,19 +92,22 @@ async fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
         None => {
             let lxd = output::lxd_on_host("gbo vault").await?;
             let instances = gbo_ops::inventory::tenant_instances(&lxd, &target.tenant).await?;
-            let port = instances
-                .iter()
-                .filter(|m| m.role == Some(gbo_components::Role::Vault))
-                .flat_map(|m| m.ports.iter())
-                .find(|p| p.container_port == 8200)
-                .ok_or_else(|| {
+            let vault = instances.iter().find(|m| m.role == Some(gbo_components::Role::Vault));
+            let port =
+                vault.iter().flat_map(|m| m.ports.iter()).find(|p| p.container_port == 8200).ok_or_else(|| {
                     anyhow::anyhow!(
                         "tenant `{}` has no Vault container with a published port 8200; give --addr or set VAULT_ADDR",
                         target.tenant
                     )
                 })?;
+            // The host port is held by LXD's proxy device only while the container runs: never send keys to a
+            // port another process may have taken meanwhile.
+            if let Some(m) = vault.filter(|m| !m.instance.is_running()) {
+                anyhow::bail!("{} is not running: start it first (gbo start {})", m.name, m.name);
+            }
+            // gbo's Vault listens on plain http on loopback (docs/operations.md says why).
             format!(
-                "https://{}:{}",
+                "http://{}:{}",
                 if port.host_address.is_empty() || port.host_address == "0.0.0.0" {
                     "127.0.0.1"
                 } else {
@@ -114,6 +134,28 @@ async fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
 /// Run a `gbo vault` subcommand.
 pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
+        Command::Init { target, shares, threshold, secrets_dir } => {
+            let dir = match secrets_dir {
+                Some(dir) => dir,
+                None => {
+                    let stack = stack_dir(&target.tenant).await?.ok_or_else(|| {
+                        anyhow::anyhow!("tenant `{}` records no stack dir; give --secrets-dir DIR", target.tenant)
+                    })?;
+                    stack.join(vault::INIT_FILE).parent().map(PathBuf::from).unwrap_or(stack)
+                }
+            };
+            let endpoint = endpoint(&target).await?;
+            let done = vault::init(&endpoint, shares, threshold, &dir).await?;
+            outln!(
+                "Vault at {} is initialised: {} key share(s), {} unseal it; the keys and root token are in {} (0600, not printed). Next: gbo vault unseal --tenant {}",
+                endpoint.addr,
+                done.shares,
+                done.threshold,
+                done.path.display(),
+                target.tenant
+            );
+            Ok(Outcome::Ok)
+        }
         Command::Status { target, output } => {
             let endpoint = endpoint(&target).await?;
             let status = vault::status(&endpoint).await?;

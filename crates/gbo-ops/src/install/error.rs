@@ -98,7 +98,7 @@ pub enum InstallError {
         removed: String,
     },
     /// Some requested roles need artifacts that cannot be obtained here; nothing was changed.
-    #[error("cannot install {}: nothing was changed; pass --skip-unavailable to install the others\n{}", .roles.join(", "), .details.join("\n"))]
+    #[error("cannot install {}: nothing was changed; pass --skip-unavailable to install the others\n{}\nOffline: put the artifacts into the artifact cache (--artifact-cache; they are verified there as on download) or serve them from a loopback mirror ([versions.<role>] url, [trust] key); docs/artifacts.md lists each vendor's files", .roles.join(", "), .details.join("\n"))]
     Unavailable {
         /// The roles.
         roles: Vec<String>,
@@ -161,6 +161,16 @@ pub enum InstallError {
         /// Seconds waited.
         waited_secs: u64,
         /// The last probe's answer.
+        reason: String,
+    },
+    /// An artifact could not be downloaded (no network, the server refused): nothing about its integrity is known.
+    #[error("artifact {name} {version}: {reason}")]
+    Download {
+        /// Artifact name.
+        name: String,
+        /// Version.
+        version: String,
+        /// What went wrong.
         reason: String,
     },
     /// An artifact failed to download or verify.

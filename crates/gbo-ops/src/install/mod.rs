@@ -27,6 +27,7 @@ pub mod status;
 pub mod storage;
 pub mod tenancy;
 mod uninstall;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -223,6 +224,11 @@ async fn plan_with(
             for a in gbo_components::artifacts::artifacts(*role, &probe_file) {
                 if let Some(reason) = artifact::unavailable_reason(&request.artifacts, &a) {
                     unavailable.push((*role, reason));
+                }
+                if request.artifacts.allow_unverified {
+                    if let Some(gap) = verify::verification_gap(&request.artifacts, &a) {
+                        scope.notes.push(format!("not verified (--allow-unverified): {gap}"));
+                    }
                 }
                 artifacts.entry(*role).or_default().push(format!(
                     "{}@{}:{}",
@@ -436,6 +442,27 @@ pub async fn install(
 ) -> Result<InstallReport, InstallError> {
     // Validate and check everything that needs no change first (bad input leaves the host untouched).
     let preview = plan(lxd, request, false).await?;
+    // Every artifact is downloaded and verified before anything is created: a refused artifact leaves no
+    // container and no host directory behind.
+    // A role whose artifact cannot be downloaded (no network) is named with the others and the offline ways.
+    let mut unreachable: Vec<(Role, String)> = Vec::new();
+    for role in &preview.roles {
+        for artifact in gbo_components::artifacts::artifacts(*role, &request.tenant_file) {
+            match artifact::fetch_verified(&request.artifacts, &artifact).await {
+                Ok(_) => {}
+                Err(e @ InstallError::Download { .. }) => unreachable.push((*role, e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if !unreachable.is_empty() {
+        let mut roles: Vec<String> = unreachable.iter().map(|(r, _)| r.to_string()).collect();
+        roles.dedup();
+        return Err(InstallError::Unavailable {
+            roles,
+            details: unreachable.iter().map(|(r, why)| format!("  {r}: {why}")).collect(),
+        });
+    }
     hostfs::HostDir::create_root(&preview.stack_dir, 0o755)?;
     let _lock = lock::acquire(&preview.stack_dir, preview.tenant.as_str(), request.lock_wait).await?;
     // A run killed mid-request leaves its operation (a create, a start) running in the daemon: let it finish

@@ -1,5 +1,5 @@
 //! A **stand-in for HashiCorp Vault** (Vault cannot be installed here), written from Vault's API documentation
-//! (`sys/seal-status`, `sys/unseal`, `sys/health`) and sharing no types with gbo: a tiny HTTP/1.1 server on
+//! (`sys/init`, `sys/seal-status`, `sys/unseal`, `sys/health`) and sharing no types with gbo: a tiny HTTP/1.1 server on
 //! 127.0.0.1, plain or TLS (a test CA made with the `openssl` command), with Shamir-like seal semantics: a threshold
 //! of distinct shares, progress, duplicate shares silently ignored, `reset`, a 400 for a key that is not a share,
 //! health codes 200/429/501/503. It records every request body so tests can check what was sent.
@@ -126,6 +126,30 @@ fn handle(state: &Mutex<State>, method: &str, path: &str, body: &str) -> (u16, V
                 code,
                 json!({ "initialized": s.initialized, "sealed": s.sealed, "standby": s.standby, "version": "1.15.6-standin" }),
             )
+        }
+        ("PUT" | "POST", "/v1/sys/init") => {
+            if s.initialized {
+                return (400, json!({ "errors": ["Vault is already initialized"] }));
+            }
+            let Ok(req) = serde_json::from_str::<Value>(body) else {
+                return (400, json!({ "errors": ["failed to parse JSON input"] }));
+            };
+            let shares = req.get("secret_shares").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let threshold = req.get("secret_threshold").and_then(Value::as_u64).unwrap_or(0) as usize;
+            if shares == 0 || threshold == 0 || threshold > shares {
+                return (400, json!({ "errors": ["invalid seal configuration"] }));
+            }
+            // Fresh shares, different from make_shares' (so a test cannot pass on keys it already knew).
+            let fresh: Vec<String> = (0..shares)
+                .map(|i| (0..32).map(|j| format!("{:02x}", (i * 53 + j * 7 + 91) % 256)).collect())
+                .collect();
+            s.initialized = true;
+            s.sealed = true;
+            s.threshold = threshold;
+            s.shares = fresh.clone();
+            s.progress.clear();
+            let b64: Vec<String> = fresh.iter().map(|h| to_base64(&hex::decode(h).expect("hex"))).collect();
+            (200, json!({ "keys": fresh, "keys_base64": b64, "root_token": "hvs.standin-root" }))
         }
         ("PUT" | "POST", "/v1/sys/unseal") => {
             let Ok(req) = serde_json::from_str::<Value>(body) else {
@@ -316,6 +340,19 @@ impl StandInVault {
             sealed: true,
             threshold,
             shares: shares.to_vec(),
+            progress: BTreeSet::new(),
+            standby: false,
+            requests: Vec::new(),
+        }
+    }
+
+    /// A Vault that was never initialised (as gbo installs it).
+    pub fn uninitialised() -> State {
+        State {
+            initialized: false,
+            sealed: true,
+            threshold: 0,
+            shares: Vec::new(),
             progress: BTreeSet::new(),
             standby: false,
             requests: Vec::new(),
