@@ -146,10 +146,13 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     let t = TestTenant::new();
     let _remote_cleanup = RemoteTenantCleanup(t.name.clone());
     let file = t.stack.path().join("gbo.toml");
+    // Host storage on purpose: every member runs on this machine, so the stack dir is the same directory on each,
+    // and the move below is of a container whose data stays put (a cluster's default is volumes; those are
+    // covered by install_volumes.rs).
     std::fs::write(
         &file,
         format!(
-            "tenant = \"{}\"\nroles = [\"tables\", \"cache\", \"proxy\"]\n\n[placement]\ntables = \"m1\"\ncache = \"m2\"\nproxy = \"m3\"\n",
+            "tenant = \"{}\"\nroles = [\"tables\", \"cache\", \"proxy\"]\nstorage = \"host\"\n\n[placement]\ntables = \"m1\"\ncache = \"m2\"\nproxy = \"m3\"\n",
             t.name
         ),
     )
