@@ -299,7 +299,9 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     let t = TestTenant::new();
     let _cleanup = Cleanup { lxd_dir: "/var/lib/gbo-cluster/m1".into(), tenant: t.name.clone() };
     let file = t.stack.path().join("gbo.toml");
-    std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"cache\"]\n", t.name)).expect("tenant file");
+    // The proxy too: its HTTP probe inside the container needs the relay to end when Caddy closes the connection
+    // (it timed out before, so a cluster install of a proxy failed its health check).
+    std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"cache\", \"proxy\"]\n", t.name)).expect("tenant file");
     let args: Vec<String> = vec![
         "install".into(),
         "--file".into(),
@@ -323,7 +325,15 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     assert_eq!(code, 0, "{status:?}");
     let run = gbo_on(
         socket,
-        vec!["uninstall".into(), "--tenant".into(), t.name.clone(), "cache".into(), "--purge".into(), "--yes".into()],
+        vec![
+            "uninstall".into(),
+            "--tenant".into(),
+            t.name.clone(),
+            "cache".into(),
+            "proxy".into(),
+            "--purge".into(),
+            "--yes".into(),
+        ],
     )
     .await;
     check(&run, "uninstall --purge on the cluster");

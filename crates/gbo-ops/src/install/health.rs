@@ -60,7 +60,10 @@ pub struct Inside {
 }
 
 /// The relay run inside the container (the port is its only argument; nothing secret is on its command line).
-const RELAY: &str = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 111; cat <&3 & exec cat >&3"#;
+/// The command LXD waits for copies the service's answer to stdout, so the exec (and the probe's read) ends when
+/// the service closes the connection (an HTTP/1.0 answer); our stdin is copied by a background `cat` through a
+/// saved descriptor (a background job's own stdin is /dev/null in a non-interactive shell).
+const RELAY: &str = r#"exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 111; exec 4<&0; cat <&4 >&3 2>/dev/null & exec cat <&3"#;
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
