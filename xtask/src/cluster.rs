@@ -221,11 +221,28 @@ fn form() -> anyhow::Result<()> {
             .run()
             .with_context(|| format!("joining {name} to the cluster"))?;
     }
-    let online = members_online();
-    if online.len() != MEMBERS.len() {
-        anyhow::bail!("the cluster has {} of {} members online: {online:?}", online.len(), MEMBERS.len());
+    wait_online(Duration::from_secs(120))
+}
+
+/// Wait until every member is listed ONLINE. Members restarted together (a machine that rebooted, a CI machine
+/// started from this disk) answer `waitready` before their first heartbeats: until then the cluster lists them
+/// OFFLINE with "No heartbeat for ..." (seen failing CI after 10 s).
+fn wait_online(limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let online = members_online();
+        if online.len() == MEMBERS.len() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the cluster has {} of {} members online after {limit:?}: {online:?} (see /var/log/gbo/cluster-*.log)",
+                online.len(),
+                MEMBERS.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
-    Ok(())
 }
 
 /// The test image of the main daemon, imported once into the cluster (re-imported when the main one was rebuilt).
