@@ -13,6 +13,8 @@ use super::report::{ms, ratio, stamp, Samples};
 const IMAGE: &str = "gbo-test/debian-12";
 const ROUNDS: usize = 3;
 const ROLES: [Role; 3] = [Role::Tables, Role::Cache, Role::Proxy];
+/// The cache's password in the hand-written script (a fixed benchmark value, never a real secret).
+const BENCH_CACHE_PASSWORD: &str = "BenchCachePassword0123456789abcdefghijkl";
 
 pub(super) fn gbo_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/gbo")
@@ -106,6 +108,7 @@ pub(super) fn lxc_script_on(
     tenant_file.stack_dir = Some(stack.display().to_string());
     let mut secrets = Secrets::new();
     secrets.insert("tables-password", "BenchPassword0123456789abcdefghi");
+    secrets.insert("cache-password", BENCH_CACHE_PASSWORD);
     let mut host_ports = HostPorts::default();
     let mut next = base_port;
     for role in ROLES {
@@ -195,12 +198,17 @@ pub(super) fn lxc_script_on(
             lxc(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
         // Health, as an operator would check it: the service answers inside.
+        // The cache asks for its password (requirepass): given in the environment, as an operator's script would.
+        let auth = format!("REDISCLI_AUTH={BENCH_CACHE_PASSWORD}");
         let check: &[&str] = match role {
             Role::Tables => &["pg_isready", "-h", "127.0.0.1"],
-            Role::Cache => &["redis-cli", "ping"],
+            Role::Cache => &["--env", &auth, "--", "sh", "-c", "test \"$(redis-cli ping)\" = PONG"],
             _ => &["systemctl", "is-active", "proxy.service"],
         };
-        let mut argv = vec!["exec", &name, "--"];
+        let mut argv = vec!["exec", &name];
+        if !check.starts_with(&["--env"]) {
+            argv.push("--");
+        }
         argv.extend_from_slice(check);
         let deadline = Instant::now() + Duration::from_secs(60);
         while lxc(&argv).is_err() {
