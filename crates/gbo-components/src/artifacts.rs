@@ -319,7 +319,8 @@ mod tests {
         assert_eq!(artifact.url, "https://releases.hashicorp.com/vault/1.16.0/vault_1.16.0_linux_amd64.zip");
         assert_eq!(artifact.sha256, None);
         // The tenant file's own URL (a mirror) has its version replaced; the same version keeps the pin whole.
-        let text = "[versions.drive]\nversion = \"A1\"\nurl = \"http://127.0.0.1:9/x/minio.A1\"\nsha256 = \"".to_owned()
+        let text = "[versions.drive]\nversion = \"A1\"\nurl = \"http://127.0.0.1:9/x/minio.A1\"\nsha256 = \""
+            .to_owned()
             + &"a".repeat(64)
             + "\"\n";
         let mirror = TenantFile::parse(&text).expect("tenant file");

@@ -153,9 +153,9 @@ pub fn with_versions(request: &mut UpgradeRequest, values: &[String]) -> Result<
                 + &artifact_roles_text()
                 + ")")
         })?;
-        let role: Role = role.parse().map_err(|_| {
-            bad(format!("{role:?} is not a role; roles with an artifact: {}", artifact_roles_text()))
-        })?;
+        let role: Role = role
+            .parse()
+            .map_err(|_| bad(format!("{role:?} is not a role; roles with an artifact: {}", artifact_roles_text())))?;
         let pin = gbo_components::artifacts::pin_with_version(&file, role, version).map_err(bad)?;
         file.versions.insert(role, pin);
         if !request.roles.is_empty() && !request.roles.contains(&role) {

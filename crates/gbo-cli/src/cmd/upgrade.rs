@@ -30,7 +30,7 @@ pub struct Args {
     /// Set an artifact role's version for this upgrade: ROLE=VERSION (e.g. vault=1.15.5), repeatable. The URL is the
     /// tenant file's [versions.ROLE] url, else the pinned one, with the version replaced; the vendor's checksum file
     /// and signature are checked before anything changes. Record it under [versions.ROLE] in the tenant file, or
-    /// the next `gbo install` puts the pinned version back.
+    /// the next `gbo install` puts the tenant file's version back.
     #[arg(long = "version", value_name = "ROLE=VERSION")]
     versions: Vec<String>,
     /// Allow downloading artifacts from their upstream URLs (gbo never reaches the internet otherwise).
