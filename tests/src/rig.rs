@@ -144,7 +144,12 @@ impl SoloLease {
             match tried {
                 Ok(()) => return Self { _held: file },
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    assert!(Instant::now() < deadline, "{} held by another test process for {:?}", Self::PATH, Self::WAIT);
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} held by another test process for {:?}",
+                        Self::PATH,
+                        Self::WAIT
+                    );
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(std::fs::TryLockError::Error(e)) => panic!("locking {}: {e}", Self::PATH),

@@ -677,7 +677,10 @@ async fn gbo_upgrade_version_replaces_a_verified_artifact_and_refuses_bad_values
         )
         .into_bytes();
         mirror.put(&format!("{dir}/{name}"), Served::Whole(body.clone()));
-        mirror.put(&format!("{dir}/{name}.sha256sum"), Served::Whole(format!("{}  {name}\n", sha256(&body)).into_bytes()));
+        mirror.put(
+            &format!("{dir}/{name}.sha256sum"),
+            Served::Whole(format!("{}  {name}\n", sha256(&body)).into_bytes()),
+        );
         if signed {
             mirror.put(&format!("{dir}/{name}.minisig"), Served::Whole(key.sign(&body)));
         }
