@@ -8,8 +8,9 @@
 //! Start order: LXD starts autostart instances one at a time, highest `boot.autostart.priority` first. The signal
 //! is the start time the host kernel records for each container's init process (`/proc/<pid>/stat`, field 22, in
 //! clock ticks since boot; the pid from the instance state): the proxy (priority 5) must start after tables and
-//! cache (50 each, so their mutual order is LXD's choice). Without priorities LXD starts them in name order,
-//! `cache`, `proxy`, `tables`, so the check fails if the priorities are lost.
+//! cache (50 each, so their mutual order is LXD's choice). LXD 5.0 sorts by priority, highest first, then by name
+//! (`instanceAutostartList`), and starts one after another: without priorities it would start `cache`, `proxy`,
+//! `tables`, so the check fails if the priorities are lost.
 //!
 //! This is the only test allowed to stop solo. Other tests use solo too (backup restores, storage volumes): the
 //! shutdown window is kept short (it is printed), it is taken under the exclusive [`SoloLease`] (tests of the suite
