@@ -5,6 +5,7 @@
 //! remove leftovers of killed runs and parallel tests never collide.
 
 pub mod programs;
+pub mod rig;
 pub mod zfs_fuse;
 
 use std::sync::atomic::{AtomicU32, Ordering};

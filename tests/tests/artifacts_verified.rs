@@ -656,3 +656,128 @@ async fn a_vault_installed_from_a_signed_mirror_is_reached_by_gbo_vault_and_doct
         .unwrap_or_else(|| panic!("no vault-unsealed check in {report}"));
     assert_eq!(check["verdict"], "pass", "{check}");
 }
+
+/// Issue 13 item 1: `gbo upgrade --version drive=VERSION` against the real daemon, with MinIO stand-ins (as above)
+/// of three versions on the loopback mirror, signed by a `[trust]` key except the third. Bad values exit 2 naming
+/// the value and what is allowed; the plan shows the version change; an unsigned version is refused before anything
+/// changes; a signed one replaces the artifact (the container rebuilt on the same image, health checked) and the
+/// same upgrade's plan is empty afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gbo_upgrade_version_replaces_a_verified_artifact_and_refuses_bad_values_changing_nothing() {
+    let client = lxd().await;
+    require_test_image(&client).await;
+    let mirror = Mirror::start().await;
+    let key = MinisignKey::new();
+    let dir = "/server/minio/release/linux-amd64/archive";
+    let (a, b, c) = ("RELEASE.2024-10-13T13-34-11Z", "RELEASE.2024-11-07T00-52-20Z", "RELEASE.2024-12-18T13-15-44Z");
+    let serve = |version: &str, signed: bool| -> Vec<u8> {
+        let name = format!("minio.{version}");
+        let body = format!(
+            "#!/bin/sh\n# gbo test stand-in for MinIO {version}: no MinIO binary can be installed here.\nexec /usr/bin/caddy respond --listen 127.0.0.1:9000 ok\n"
+        )
+        .into_bytes();
+        mirror.put(&format!("{dir}/{name}"), Served::Whole(body.clone()));
+        mirror.put(
+            &format!("{dir}/{name}.sha256sum"),
+            Served::Whole(format!("{}  {name}\n", sha256(&body)).into_bytes()),
+        );
+        if signed {
+            mirror.put(&format!("{dir}/{name}.minisig"), Served::Whole(key.sign(&body)));
+        }
+        body
+    };
+    let body_a = serve(a, true);
+    let body_b = serve(b, true);
+    serve(c, false);
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("gbo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[versions.drive]\nversion = \"{a}\"\nurl = \"{}\"\n\n[trust.mirror]\nminisign = \"{}\"\nroles = [\"drive\"]\n",
+            mirror.url(&format!("{dir}/minio.{a}")),
+            key.public()
+        ),
+    )
+    .expect("gbo.toml");
+    let t = TestTenant::new();
+    let stack = t.stack.path().join("stack");
+    let cache = work.path().join("cache");
+    let run = gbo_async(install_args(&t, &stack, &cache, &file)).await;
+    assert_eq!(run.code, 0, "install failed:\n{}", run.all());
+    let drive = t.container("drive");
+    let lxc_out = |args: &[&str]| {
+        let out = std::process::Command::new("lxc").args(args).output().expect("lxc");
+        assert!(out.status.success(), "lxc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // What must not change on a refusal: the container's image, its artifact record, the file it runs, its
+    // snapshots, and the tenant's containers.
+    let observed = || {
+        (
+            lxc_out(&["config", "get", &drive, "volatile.base_image"]),
+            lxc_out(&["config", "get", &drive, "user.gbo.artifacts"]),
+            lxc_out(&["exec", &drive, "--", "sha256sum", "/opt/gbo/bin/minio"]),
+            lxc_out(&["query", &format!("/1.0/instances/{drive}/snapshots")]),
+            lxc_out(&["list", &t.name, "--format", "csv", "-c", "n"]),
+        )
+    };
+    let before = observed();
+    assert!(before.1.contains(&format!("minio@{a}")), "{before:?}");
+    assert!(before.2.starts_with(&sha256(&body_a)), "{before:?}");
+    let upgrade = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "upgrade",
+            "--tenant",
+            &t.name,
+            "--image",
+            TEST_IMAGE,
+            "--file",
+            &file.display().to_string(),
+            "--artifact-cache",
+            &cache.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        gbo_async(args)
+    };
+
+    for (value, allowed) in [
+        ("tables=16", "no artifact"),
+        ("nosuch=1", "roles with an artifact"),
+        ("drive", "ROLE=VERSION"),
+        ("drive=a/b", "letters, digits"),
+        ("drive=", "letters, digits"),
+    ] {
+        let run = upgrade(&["--version", value]).await;
+        assert_eq!(run.code, 2, "--version {value}:\n{}", run.all());
+        assert!(run.stderr.contains(&format!("{value:?}")) && run.stderr.contains(allowed), "{value}: {}", run.all());
+    }
+    assert_eq!(observed(), before, "a refused value changed something");
+
+    let version_b = format!("drive={b}");
+    let dry = upgrade(&["--version", &version_b, "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(dry.stdout.contains(&format!("minio {a} -> {b}")), "{}", dry.all());
+    let plain = upgrade(&["--dry-run"]).await;
+    assert!(plain.stdout.contains("Nothing to do"), "without --version nothing changes:\n{}", plain.all());
+
+    // A version whose signature the mirror does not have: refused before anything changes.
+    let unsigned = upgrade(&["--version", &format!("drive={c}")]).await;
+    assert_eq!(unsigned.code, 2, "{}", unsigned.all());
+    assert!(unsigned.all().contains("is missing"), "{}", unsigned.all());
+    assert_eq!(observed(), before, "a refused artifact changed something");
+
+    let done = upgrade(&["--version", &version_b, "--health-timeout", "60"]).await;
+    assert_eq!(done.code, 0, "{}", done.all());
+    assert!(done.stdout.contains("[versions.drive]"), "the note on recording it: {}", done.all());
+    let after = observed();
+    assert!(after.1.contains(&format!("minio@{b}")), "{after:?}");
+    assert!(after.2.starts_with(&sha256(&body_b)), "the new version's verified file runs: {after:?}");
+    assert_eq!(after.0, before.0, "rebuilt on the same image");
+    assert_eq!(after.4, before.4, "temporary containers left");
+    let again = upgrade(&["--version", &version_b, "--dry-run"]).await;
+    assert!(again.stdout.contains("Nothing to do"), "{}", again.all());
+}

@@ -270,6 +270,8 @@ async fn scenario(socket: &str, lxd_dir: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volumes_on_the_standalone_second_daemon() {
+    // solo stays up while this runs (the reboot test stops it only under the exclusive lease).
+    let _solo = gbo_tests::rig::SoloLease::shared();
     scenario(SOLO_SOCKET, "/var/lib/gbo-cluster/solo").await;
 }
 
@@ -281,6 +283,7 @@ async fn volumes_on_the_main_daemon() {
 #[tokio::test]
 async fn the_default_storage_follows_the_daemon() {
     use gbo_ops::install::storage::{default_for, StorageMode};
+    let _solo = gbo_tests::rig::SoloLease::shared();
     let solo = daemon(SOLO_SOCKET).await;
     assert_eq!(default_for(&solo).await.expect("solo"), StorageMode::Host, "a standalone daemon on a socket");
     let socket = "/var/lib/gbo-cluster/m1/unix.socket";

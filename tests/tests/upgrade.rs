@@ -2,7 +2,8 @@
 //! and a template that marks its containers) and a broken one (a template that replaces the tables unit's command
 //! by a sleep, so PostgreSQL never answers and the health check fails).
 //!
-//! One tenant goes through: install on the test image with data; an upgrade to the broken image, rolled back (exit
+//! One tenant goes through: install on the test image with data; an upgrade refused because the data directory is of
+//! another PostgreSQL major than the new image serves (nothing changed); an upgrade to the broken image, rolled back (exit
 //! 2 naming the role, the failed check and the kept snapshot; the old container serves the same data); an upgrade to
 //! the rebuilt image killed with SIGKILL once the old container is parked; the next run converges (data intact, the
 //! container runs the new image, plan and upgrade plan empty, status no longer points at an upgrade).
@@ -112,7 +113,7 @@ fn containers_of(tenant: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_rolls_back_a_broken_image_and_converges_after_a_kill() {
+async fn upgrade_refuses_a_postgres_major_change_rolls_back_a_broken_image_and_converges_after_a_kill() {
     let client = lxd().await;
     require_test_image(&client).await;
     let good = unique_name("img-new");
@@ -173,6 +174,35 @@ async fn upgrade_rolls_back_a_broken_image_and_converges_after_a_kill() {
     assert!(plan.stdout.contains("older than"), "{}", plan.all());
     let dry = gbo(&["upgrade", "--tenant", &t.name, "--image", &good, "--dry-run"]);
     assert!(dry.code == 0 && dry.stdout.contains("rebuild from"), "{}", dry.all());
+
+    // A PostgreSQL major-version change is refused before anything changes, with the procedure. The real detection
+    // reads the data directory's PG_VERSION on the host and the majors under /usr/lib/postgresql in the staged
+    // container of the new image: a data directory written by PostgreSQL 14 (its PG_VERSION says so) meets an
+    // image that carries 15 only. Container, image and rows stay as they were; no snapshot, no temporary container.
+    let pg_version = t.stack.path().join("tables/data/pgdata/PG_VERSION");
+    let real_version = std::fs::read_to_string(&pg_version).expect("PG_VERSION");
+    assert_eq!(real_version.trim(), gbo_components::render::postgres::PG_MAJOR.to_string(), "the test image's major");
+    std::fs::write(&pg_version, "14\n").expect("writing PG_VERSION");
+    let refused = gbo(&["upgrade", "--tenant", &t.name, "--image", &good, "tables"]);
+    let pg_version_after = std::fs::read_to_string(&pg_version).expect("PG_VERSION");
+    std::fs::write(&pg_version, &real_version).expect("restoring PG_VERSION");
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    let text = refused.all();
+    assert!(
+        text.contains("PostgreSQL 14")
+            && text.contains(&format!("serves PostgreSQL {}", gbo_components::render::postgres::PG_MAJOR))
+            && text.contains("Procedure")
+            && text.contains("gbo migrate"),
+        "{text}"
+    );
+    assert_eq!(pg_version_after, "14\n", "the data directory was touched");
+    assert_eq!(lxc_ok(&["config", "get", &tables, "volatile.base_image"]), old_fp, "the container was replaced");
+    let state: serde_json::Value =
+        serde_json::from_str(&lxc_ok(&["query", &format!("/1.0/instances/{tables}/state")])).expect("state");
+    assert_eq!(state["status"], "Running", "{state}");
+    assert_eq!(lxc_ok(&["query", &format!("/1.0/instances/{tables}/snapshots")]), "[]", "a snapshot was taken");
+    assert_eq!(containers_of(&t.name), vec![tables.clone()], "temporary containers left");
+    assert_eq!(rows(&tables), (0, "a\nb".to_string()));
 
     // A broken image: rolled back, exit 2 naming the role, the check and the snapshot; same data served.
     let failed = gbo(&["upgrade", "--tenant", &t.name, "--image", &broken, "--health-timeout", "15", "tables"]);

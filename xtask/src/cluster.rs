@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 /// Where the members' `LXD_DIR`s live.
-pub const BASE: &str = "/var/lib/gbo-cluster";
+pub const BASE: &str = gbo_tests::rig::BASE;
 
 /// The members: name and HTTPS address.
 pub const MEMBERS: [(&str, &str); 3] = [("m1", "127.0.0.2:8443"), ("m2", "127.0.0.3:8443"), ("m3", "127.0.0.4:8443")];
@@ -59,49 +59,16 @@ fn lxc(member: &str, args: &[&str]) -> duct::Expression {
 }
 
 fn answers(member: &str) -> bool {
-    duct::cmd!("lxd", "waitready", "--timeout", "2")
-        .env("LXD_DIR", member_dir(member))
-        .stdout_null()
-        .stderr_null()
-        .unchecked()
-        .run()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    gbo_tests::rig::answers(member)
 }
 
+/// Start a member's daemon (shared with the reboot test, which starts `solo` again the same way).
 fn start_daemon(member: &str) -> anyhow::Result<()> {
-    let dir = member_dir(member);
-    std::fs::create_dir_all(&dir)?;
-    // LXD needs to traverse its own directory as other users (its forked helpers).
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-    std::fs::set_permissions(BASE, std::fs::Permissions::from_mode(0o711))?;
-    std::fs::create_dir_all("/var/log/gbo")?;
-    let log = format!("/var/log/gbo/cluster-{member}.log");
-    let stderr =
-        std::fs::OpenOptions::new().create(true).append(true).open(format!("/var/log/gbo/cluster-{member}.stderr"))?;
-    duct::cmd!("setsid", "--fork", "lxd", "--group", "root", "--logfile", &log)
-        .env("LXD_DIR", &dir)
-        .stdin_null()
-        .stdout_null()
-        .stderr_file(stderr)
-        .run()
-        .with_context(|| format!("starting member {member}"))?;
-    Ok(())
+    gbo_tests::rig::start_daemon(member)
 }
 
 fn wait_ready(member: &str, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if answers(member) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    anyhow::bail!(
-        "cluster member {member} (LXD_DIR={}) did not become ready in {limit:?}",
-        member_dir(member).display()
-    )
+    gbo_tests::rig::wait_ready(member, limit)
 }
 
 /// The members the cluster lists, from any member that answers.

@@ -10,7 +10,7 @@
 
 use crate::names::Role;
 use crate::spec::{Artifact, ArtifactKind, SignatureRule, SignatureScheme, Signed, Verification};
-use crate::tenant_file::TenantFile;
+use crate::tenant_file::{TenantFile, VersionPin};
 
 /// The version of an artifact known only by a "latest" URL: it cannot be verified and changes under our feet,
 /// so a version override must give its own URL.
@@ -220,6 +220,58 @@ pub fn pinned_artifacts(role: Role) -> &'static [Pin] {
     }
 }
 
+/// The roles that have an artifact (a pinned release gbo downloads), in catalogue order.
+pub fn artifact_roles() -> Vec<Role> {
+    Role::ALL.into_iter().filter(|r| !pinned_artifacts(*r).is_empty()).collect()
+}
+
+/// The `[versions.<role>]` pin of `tenant` with its version set to `version`, for one run (`gbo upgrade --version
+/// ROLE=VERSION`): the URL is the tenant file's `[versions.<role>]` URL with its version replaced when it holds it,
+/// else the compiled-in URL with the version substituted as for a tenant file override ([`version_in_url`]); the
+/// checksum is never carried over to another version (the vendor's checksum file and signature are checked as for
+/// any override). The same version as the tenant file's keeps its pin whole. Errors say what is allowed.
+pub fn pin_with_version(tenant: &TenantFile, role: Role, version: &str) -> Result<VersionPin, String> {
+    let Some(pin) = pinned_artifacts(role).first() else {
+        let roles: Vec<&str> = artifact_roles().iter().map(|r| r.as_str()).collect();
+        return Err(format!(
+            "{role} has no artifact: it is installed from Debian packages in the image (`gbo upgrade --image` \
+             upgrades it); roles with an artifact: {}",
+            roles.join(", ")
+        ));
+    };
+    let valid = !version.is_empty()
+        && version.len() <= 128
+        && version != UNPINNED
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '~'));
+    if !valid {
+        return Err(format!(
+            "{version:?} is not a version: letters, digits and . - _ + ~ (at most 128), and not {UNPINNED:?}"
+        ));
+    }
+    let current = tenant.versions.get(&role);
+    if let Some(current) = current.filter(|c| c.version == version) {
+        return Ok(current.clone());
+    }
+    let url = match current.and_then(|c| c.url.as_ref().map(|u| (u, &c.version))) {
+        Some((url, old)) if !old.is_empty() && url.contains(old.as_str()) => Some(url.replace(old.as_str(), version)),
+        Some((url, _)) => {
+            return Err(format!(
+                "the tenant file's [versions.{role}] url {url} holds no version to replace: give the new version's \
+                 url (and sha256) under [versions.{role}]"
+            ))
+        }
+        None if version_in_url(pin) => None,
+        None => {
+            return Err(format!(
+                "the pinned URL of {role} ({}) holds no version to substitute: give the version's url (and sha256) \
+                 under [versions.{role}] in the tenant file",
+                pin.url
+            ))
+        }
+    };
+    Ok(VersionPin { version: version.to_owned(), url, sha256: None })
+}
+
 /// The artifacts of `role` for `tenant`: the compiled-in pins, with the tenant file's `[versions.<role>]`
 /// override applied to the first (main) artifact. An override that changes the version without giving a URL
 /// substitutes the version in the pinned URL; an override never inherits the pinned checksum (a new version has a
@@ -250,4 +302,45 @@ pub fn artifacts(role: Role, tenant: &TenantFile) -> Vec<Artifact> {
             artifact
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_for_one_run_substitutes_the_url_and_drops_the_checksum() {
+        let file = TenantFile::default();
+        let pin = pin_with_version(&file, Role::Vault, "1.16.0").expect("vault has a versioned URL");
+        assert_eq!(pin, VersionPin { version: "1.16.0".into(), url: None, sha256: None });
+        let mut over = file.clone();
+        over.versions.insert(Role::Vault, pin);
+        let artifact = &artifacts(Role::Vault, &over)[0];
+        assert_eq!(artifact.url, "https://releases.hashicorp.com/vault/1.16.0/vault_1.16.0_linux_amd64.zip");
+        assert_eq!(artifact.sha256, None);
+        // The tenant file's own URL (a mirror) has its version replaced; the same version keeps the pin whole.
+        let text = "[versions.drive]\nversion = \"A1\"\nurl = \"http://127.0.0.1:9/x/minio.A1\"\nsha256 = \""
+            .to_owned()
+            + &"a".repeat(64)
+            + "\"\n";
+        let mirror = TenantFile::parse(&text).expect("tenant file");
+        let pin = pin_with_version(&mirror, Role::Drive, "B2").expect("mirror url holds its version");
+        assert_eq!(pin.url.as_deref(), Some("http://127.0.0.1:9/x/minio.B2"));
+        assert_eq!(pin.sha256, None);
+        assert_eq!(pin_with_version(&mirror, Role::Drive, "A1").expect("same"), mirror.versions[&Role::Drive]);
+    }
+
+    #[test]
+    fn a_version_for_one_run_is_refused_with_what_is_allowed() {
+        let file = TenantFile::default();
+        let err = pin_with_version(&file, Role::Tables, "16").expect_err("tables has no artifact");
+        assert!(err.contains("no artifact") && err.contains("drive"), "{err}");
+        for bad in ["", "1 2", "a/b", "latest", "v1;rm"] {
+            let err = pin_with_version(&file, Role::Vault, bad).expect_err(bad);
+            assert!(err.contains("letters, digits"), "{bad}: {err}");
+        }
+        // MinIO's pinned URL holds its version only inside the file name: a new one needs a URL.
+        let err = pin_with_version(&file, Role::Drive, "RELEASE.2025-01-01T00-00-00Z").expect_err("no substitution");
+        assert!(err.contains("[versions.drive]"), "{err}");
+    }
 }

@@ -140,6 +140,62 @@ impl UpgradeError {
     }
 }
 
+/// Set the version of artifact roles for this upgrade (`--version ROLE=VERSION`, each value as given): the install
+/// request's tenant file gets `[versions.<role>]` with that version
+/// ([`gbo_components::artifacts::pin_with_version`]). Bad input names the value and what is allowed; nothing is
+/// changed (the request is only changed when every value is good).
+pub fn with_versions(request: &mut UpgradeRequest, values: &[String]) -> Result<(), UpgradeError> {
+    let mut file = request.install.tenant_file.clone();
+    for value in values {
+        let bad = |why: String| UpgradeError::BadInput(format!("--version {value:?}: {why}"));
+        let (role, version) = value.split_once('=').ok_or_else(|| {
+            bad("expected ROLE=VERSION, for example vault=1.15.5 (roles with an artifact: ".to_string()
+                + &artifact_roles_text()
+                + ")")
+        })?;
+        let role: Role = role
+            .parse()
+            .map_err(|_| bad(format!("{role:?} is not a role; roles with an artifact: {}", artifact_roles_text())))?;
+        let pin = gbo_components::artifacts::pin_with_version(&file, role, version).map_err(bad)?;
+        file.versions.insert(role, pin);
+        if !request.roles.is_empty() && !request.roles.contains(&role) {
+            request.roles.push(role);
+        }
+        if !request.version_roles.contains(&role) {
+            request.version_roles.push(role);
+        }
+    }
+    request.install.tenant_file = file;
+    Ok(())
+}
+
+fn artifact_roles_text() -> String {
+    gbo_components::artifacts::artifact_roles().iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// The artifact versions `instance` runs (`name@version`, from its `user.gbo.artifacts` record) that differ from
+/// what `tenant` pins for `role`, as `name OLD -> NEW` (`none` when not recorded).
+fn artifact_changes(instance: &Instance, role: Role, tenant: &gbo_components::TenantFile) -> Vec<String> {
+    let recorded: Vec<(&str, &str)> = instance
+        .config
+        .get(install::plan::KEY_ARTIFACTS)
+        .map(|s| {
+            s.split(',')
+                .filter_map(|e| e.split_once('@'))
+                .map(|(name, rest)| (name, rest.split_once(':').map_or(rest, |(v, _)| v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    gbo_components::artifacts::artifacts(role, tenant)
+        .into_iter()
+        .filter_map(|a| {
+            let running = recorded.iter().find(|(n, _)| *n == a.name).map(|(_, v)| *v);
+            (running != Some(a.version.as_str()))
+                .then(|| format!("{} {} -> {}", a.name, running.unwrap_or("none"), a.version))
+        })
+        .collect()
+}
+
 /// What to upgrade.
 #[derive(Debug, Clone)]
 pub struct UpgradeRequest {
@@ -148,6 +204,8 @@ pub struct UpgradeRequest {
     pub install: InstallRequest,
     /// Roles to upgrade (empty: every installed role of the tenant).
     pub roles: Vec<Role>,
+    /// Roles whose artifact version this run sets ([`with_versions`]): each must be installed.
+    pub version_roles: Vec<Role>,
 }
 
 /// What the upgrade will do to one role.
@@ -156,10 +214,13 @@ pub struct UpgradeRequest {
 pub enum RoleAction {
     /// It runs the image already.
     UpToDate,
-    /// It is rebuilt on the image.
+    /// It is rebuilt on the image (the same image when only an artifact version changes).
     Rebuild {
         /// The fingerprint it runs (`unknown` when LXD recorded none).
         from: String,
+        /// Artifact versions that change (`name OLD -> NEW`); empty when only the image changes.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        artifacts: Vec<String>,
     },
 }
 
@@ -417,6 +478,13 @@ async fn resolve(lxd: &Client, request: &UpgradeRequest) -> Result<Resolved, Upg
             }
         }
     }
+    for role in &request.version_roles {
+        if !installed.contains(role) && !interrupted.contains(role) {
+            return Err(UpgradeError::BadInput(format!(
+                "--version {role}=...: {role} is not installed for tenant {tenant}; `gbo install` installs it"
+            )));
+        }
+    }
     let wanted: Vec<Role> = if request.roles.is_empty() {
         let mut all = installed.clone();
         all.extend(interrupted.iter().copied());
@@ -464,27 +532,28 @@ async fn resolve(lxd: &Client, request: &UpgradeRequest) -> Result<Resolved, Upg
     Ok(Resolved { tenant, stack_dir, alias, fingerprint: image.fingerprint, states })
 }
 
-fn action_of(state: &RoleState, fingerprint: &str) -> RoleAction {
+fn action_of(state: &RoleState, fingerprint: &str, tenant: &gbo_components::TenantFile) -> RoleAction {
     // A swap that is undone brings the old container back: it is rebuilt again.
     let running = if state.old.as_ref().is_some_and(|o| !matches!(mark_of(o), Some(Mark::Old { replaced: true, .. }))) {
         state.old.as_ref()
     } else {
         state.current.as_ref()
     };
+    let artifacts = running.map(|i| artifact_changes(i, state.role, tenant)).unwrap_or_default();
     match running.and_then(base_image) {
-        Some(f) if f == fingerprint => RoleAction::UpToDate,
-        Some(f) => RoleAction::Rebuild { from: f.to_string() },
-        None => RoleAction::Rebuild { from: "unknown".to_string() },
+        Some(f) if f == fingerprint && artifacts.is_empty() => RoleAction::UpToDate,
+        Some(f) => RoleAction::Rebuild { from: f.to_string(), artifacts },
+        None => RoleAction::Rebuild { from: "unknown".to_string(), artifacts },
     }
 }
 
 /// The plan: what each role would undergo (changes nothing).
 pub async fn plan(lxd: &Client, request: &UpgradeRequest) -> Result<UpgradePlan, UpgradeError> {
     let resolved = resolve(lxd, request).await?;
-    Ok(plan_of(&resolved))
+    Ok(plan_of(&resolved, &request.install.tenant_file))
 }
 
-fn plan_of(resolved: &Resolved) -> UpgradePlan {
+fn plan_of(resolved: &Resolved, tenant: &gbo_components::TenantFile) -> UpgradePlan {
     UpgradePlan {
         tenant: resolved.tenant.to_string(),
         image: resolved.alias.clone(),
@@ -495,7 +564,7 @@ fn plan_of(resolved: &Resolved) -> UpgradePlan {
             .map(|s| RolePlan {
                 role: s.role,
                 instance: s.name.clone(),
-                action: action_of(s, &resolved.fingerprint),
+                action: action_of(s, &resolved.fingerprint, tenant),
                 interrupted: s.interrupted(),
             })
             .collect(),
@@ -513,6 +582,16 @@ pub async fn upgrade(
     let _lock = install::lock::acquire(&first.stack_dir, first.tenant.as_str(), request.install.lock_wait).await?;
     // Read again under the lock: another run may have moved things.
     let resolved = resolve(lxd, request).await?;
+    // Every artifact of a role to rebuild is downloaded and verified before anything changes (a new version's
+    // vendor checksum file and signature, as `gbo install` checks them).
+    for state in &resolved.states {
+        if action_of(state, &resolved.fingerprint, &request.install.tenant_file) == RoleAction::UpToDate {
+            continue;
+        }
+        for artifact in gbo_components::artifacts::artifacts(state.role, &request.install.tenant_file) {
+            install::artifact::fetch(&request.install.artifacts, &artifact).await?;
+        }
+    }
     let mut results = Vec::new();
     for state in &resolved.states {
         let say = |description: String| {
@@ -534,7 +613,9 @@ pub async fn upgrade(
                 state.name, state.role
             )));
         };
-        if base_image(&current) == Some(resolved.fingerprint.as_str()) {
+        if base_image(&current) == Some(resolved.fingerprint.as_str())
+            && artifact_changes(&current, state.role, &request.install.tenant_file).is_empty()
+        {
             events.event(&UpgradeEvent { instance: state.name.clone(), kind: UpgradeEventKind::UpToDate });
             results.push(RoleResult {
                 role: state.role,

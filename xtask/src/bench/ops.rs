@@ -383,7 +383,7 @@ async fn bench_upgrade(lxd: &lxd_client::Client, md: &mut String) -> anyhow::Res
             sh(&format!("lxc exec {t}-tables -- psql -U gbuser botserver -qc \"CREATE TABLE kept AS SELECT g, md5(g::text) AS v FROM generate_series(1, 100000) g\""))?;
         }
         // gbo upgrade.
-        let mut upgrade = gbo_ops::upgrade::UpgradeRequest { install: a.clone(), roles: vec![] };
+        let mut upgrade = gbo_ops::upgrade::UpgradeRequest { install: a.clone(), roles: vec![], version_roles: vec![] };
         upgrade.install.image = Some(new_image.clone());
         upgrade.install.stack_dir = None;
         let started = Instant::now();

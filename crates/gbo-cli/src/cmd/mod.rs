@@ -53,6 +53,7 @@ pub enum Command {
     /// Rebuild a tenant's containers on a newer image (role by role in dependency order: snapshot with data, new
     /// container keeping config, devices, ports and data, health check; a failure restores the previous container
     /// and data and exits 2).
+    #[command(disable_version_flag = true)]
     Upgrade(upgrade::Args),
     /// Take over containers built by hand from the seed (`{tenant}-{role}`, botserver-stack/ mounts, proxy devices):
     /// record gbo's keys, rename their devices to the catalogue's, show what the next install would change. Never

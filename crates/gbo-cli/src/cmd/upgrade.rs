@@ -27,6 +27,21 @@ pub struct Args {
     /// The local image used when --image is not given.
     #[arg(long, env = "GBO_DEFAULT_IMAGE", default_value = install::DEFAULT_IMAGE, value_name = "ALIAS")]
     default_image: String,
+    /// Set an artifact role's version for this upgrade: ROLE=VERSION (e.g. vault=1.15.5), repeatable. The URL is the
+    /// tenant file's [versions.ROLE] url, else the pinned one, with the version replaced; the vendor's checksum file
+    /// and signature are checked before anything changes. Record it under [versions.ROLE] in the tenant file, or
+    /// the next `gbo install` puts the tenant file's version back.
+    #[arg(long = "version", value_name = "ROLE=VERSION")]
+    versions: Vec<String>,
+    /// Allow downloading artifacts from their upstream URLs (gbo never reaches the internet otherwise).
+    #[arg(long)]
+    download: bool,
+    /// Accept artifacts gbo has no means to verify (see `gbo install --allow-unverified`).
+    #[arg(long)]
+    allow_unverified: bool,
+    /// Artifact cache directory.
+    #[arg(long, default_value = install::artifact::DEFAULT_CACHE_DIR)]
+    artifact_cache: PathBuf,
     /// Seconds a rebuilt container may take to become healthy before it is rolled back.
     #[arg(long, default_value_t = 90)]
     health_timeout: u64,
@@ -54,10 +69,17 @@ fn print_plan(plan: &upgrade::UpgradePlan) {
         }
         match &role.action {
             RoleAction::UpToDate => outln!("  {}: up to date", role.instance),
-            RoleAction::Rebuild { from } => outln!(
-                "  {}: rebuild from {} (snapshot with data, new container, health check, rollback on failure)",
+            RoleAction::Rebuild { from, artifacts } if from == &plan.fingerprint => outln!(
+                "  {}: {} (rebuilt on the same image: snapshot with data, new container, health check, rollback on \
+                 failure)",
                 role.instance,
-                from.get(..12).unwrap_or(from)
+                artifacts.join(", ")
+            ),
+            RoleAction::Rebuild { from, artifacts } => outln!(
+                "  {}: rebuild from {}{} (snapshot with data, new container, health check, rollback on failure)",
+                role.instance,
+                from.get(..12).unwrap_or(from),
+                if artifacts.is_empty() { String::new() } else { format!(", {}", artifacts.join(", ")) }
             ),
         }
     }
@@ -75,7 +97,14 @@ pub(super) async fn run(args: Args) -> anyhow::Result<Outcome> {
     install.default_image = args.default_image.clone();
     install.health_timeout = Duration::from_secs(args.health_timeout);
     install.lock_wait = Duration::from_secs(args.lock_wait);
-    let request = UpgradeRequest { install, roles };
+    install.artifacts = install::ArtifactPolicy {
+        cache_dir: args.artifact_cache.clone(),
+        download: args.download,
+        allow_unverified: args.allow_unverified,
+        trust: install.tenant_file.trust.clone(),
+    };
+    let mut request = UpgradeRequest { install, roles, version_roles: Vec::new() };
+    upgrade::with_versions(&mut request, &args.versions).map_err(anyhow::Error::new)?;
     let lxd = lxd()?;
     if args.dry_run {
         let plan = upgrade::plan(&lxd, &request).await.map_err(anyhow::Error::new)?;
@@ -109,6 +138,16 @@ pub(super) async fn run(args: Args) -> anyhow::Result<Outcome> {
             .collect();
         print_table(&["CONTAINER", "RESULT", "DOWNTIME", "HEALTH"], &rows);
         outln!("tenant {} runs {}", report.tenant, report.image);
+        for role in &request.version_roles {
+            if let Some(pin) = request.install.tenant_file.versions.get(role) {
+                outln!(
+                    "note: {role} runs version {} by --version: record it under [versions.{role}] in the tenant file \
+                     (version = \"{}\"), or the next `gbo install` puts the tenant file's version back",
+                    pin.version,
+                    pin.version
+                );
+            }
+        }
     }
     Ok(Outcome::Ok)
 }

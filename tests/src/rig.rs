@@ -1,0 +1,169 @@
+//! The daemons of the test rig beside the main one (`cargo xtask lxd-cluster up`: members `m1`..`m3` and the
+//! standalone `solo`, each with its own `LXD_DIR` under [`BASE`]): starting one the way the rig does, waiting for it,
+//! stopping it the way a host shutdown does, and the lease that keeps the one test allowed to stop `solo` (the
+//! reboot test) from doing so while another test uses it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::Run;
+
+/// Where the rig's daemons keep their `LXD_DIR`s.
+pub const BASE: &str = "/var/lib/gbo-cluster";
+
+/// The standalone daemon ("another host").
+pub const SOLO: &str = "solo";
+
+/// The standalone daemon's unix socket (gbo uses it through `LXD_SOCKET`).
+pub const SOLO_SOCKET: &str = "/var/lib/gbo-cluster/solo/unix.socket";
+
+/// A rig daemon's `LXD_DIR`.
+pub fn member_dir(name: &str) -> PathBuf {
+    Path::new(BASE).join(name)
+}
+
+/// Start the daemon `name` (its `LXD_DIR` under [`BASE`]) detached in a session of its own, logging to
+/// `/var/log/gbo/cluster-<name>.log` (stderr beside it): how `lxd-cluster up` starts a member, and how a host's init
+/// starts LXD after a reboot. Returns once it is forked; [`wait_ready`] waits for it.
+pub fn start_daemon(name: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = member_dir(name);
+    std::fs::create_dir_all(&dir)?;
+    // LXD needs to traverse its own directory as other users (its forked helpers).
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::set_permissions(BASE, std::fs::Permissions::from_mode(0o711))?;
+    std::fs::create_dir_all("/var/log/gbo")?;
+    let log = format!("/var/log/gbo/cluster-{name}.log");
+    let stderr =
+        std::fs::OpenOptions::new().create(true).append(true).open(format!("/var/log/gbo/cluster-{name}.stderr"))?;
+    duct::cmd!("setsid", "--fork", "lxd", "--group", "root", "--logfile", &log)
+        .env("LXD_DIR", &dir)
+        .stdin_null()
+        .stdout_null()
+        .stderr_file(stderr)
+        .run()
+        .with_context(|| format!("starting the rig daemon {name}"))?;
+    Ok(())
+}
+
+/// Whether the daemon `name` answers (`lxd waitready` within 2 s).
+pub fn answers(name: &str) -> bool {
+    duct::cmd!("lxd", "waitready", "--timeout", "2")
+        .env("LXD_DIR", member_dir(name))
+        .stdout_null()
+        .stderr_null()
+        .unchecked()
+        .run()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Wait until the daemon `name` answers, at most `limit`.
+pub fn wait_ready(name: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if answers(name) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("rig daemon {name} (LXD_DIR={}) did not become ready in {limit:?}", member_dir(name).display())
+}
+
+/// `lxd shutdown` of the daemon `name`: what a host shutdown does, every instance stopped within its
+/// `boot.host_shutdown_timeout`, then the daemon exits. Waits at most `limit`.
+pub fn shutdown_daemon(name: &str, limit: Duration) -> anyhow::Result<()> {
+    let out = duct::cmd!("lxd", "shutdown", "--timeout", limit.as_secs().to_string())
+        .env("LXD_DIR", member_dir(name))
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .with_context(|| format!("lxd shutdown of {name}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "lxd shutdown of {name} (LXD_DIR={}): {}",
+        member_dir(name).display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The `lxc` CLI against the daemon `name` (by its `LXD_DIR`), whatever its exit.
+pub fn lxc_on(name: &str, args: &[&str]) -> Run {
+    Run::of(
+        std::process::Command::new("lxc")
+            .args(args)
+            .env("LXD_DIR", member_dir(name))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("the lxc CLI is needed (cargo xtask lxd-up)"),
+    )
+}
+
+/// Started again (and waited for) when dropped unless it answers: whatever a test that stops a rig daemon does
+/// (panics included), the daemon is left running for the other tests.
+pub struct RestartOnDrop(pub &'static str);
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        if answers(self.0) {
+            return;
+        }
+        if let Err(e) = start_daemon(self.0).and_then(|()| wait_ready(self.0, Duration::from_secs(120))) {
+            eprintln!("restarting the rig daemon {} failed: {e:#}", self.0);
+        }
+    }
+}
+
+/// A lease on `solo` across test processes (a `flock` on `/run/gbo-test-solo.lock`, dropped by the kernel when
+/// its holder dies): tests that use solo hold it shared for as long as they use it; the reboot test holds it
+/// exclusively while the daemon is down, so it never stops solo under another test of the suite.
+pub struct SoloLease {
+    /// Held, never read: the lease lasts as long as the open file.
+    _held: std::fs::File,
+}
+
+impl SoloLease {
+    const PATH: &'static str = "/run/gbo-test-solo.lock";
+    const WAIT: Duration = Duration::from_secs(600);
+
+    fn take(exclusive: bool) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(Self::PATH)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", Self::PATH));
+        let deadline = Instant::now() + Self::WAIT;
+        loop {
+            let tried = if exclusive { file.try_lock() } else { file.try_lock_shared() };
+            match tried {
+                Ok(()) => return Self { _held: file },
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} held by another test process for {:?}",
+                        Self::PATH,
+                        Self::WAIT
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(std::fs::TryLockError::Error(e)) => panic!("locking {}: {e}", Self::PATH),
+            }
+        }
+    }
+
+    /// Use solo: it stays up while this is held (blocking; call it before the first request to solo).
+    pub fn shared() -> Self {
+        Self::take(false)
+    }
+
+    /// Stop solo: no other test of the suite uses it while this is held (blocking).
+    pub fn exclusive() -> Self {
+        Self::take(true)
+    }
+}
