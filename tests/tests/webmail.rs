@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use gbo_ops::install::status::TenantStatus;
 use gbo_tests::programs::require_program;
-use gbo_tests::{free_port, gbo, lxc_ok, TestContainer, TestTenant};
+use gbo_tests::{free_port, gbo, gbo_async, lxc_ok, TestContainer, TestTenant};
 
 fn secret(t: &TestTenant, name: &str) -> String {
     std::fs::read_to_string(t.stack.path().join(".secrets").join(name)).expect("secret file").trim().to_string()
@@ -82,23 +82,10 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
     let curl = require_program("curl");
     let started = std::time::Instant::now();
 
-    // The mail server: Dovecot and Postfix from Debian, a mailbox user whose password reaches chpasswd on stdin.
-    let peer = TestContainer::create("mailpeer", true).await;
+    // The mail server's container, started, its IMAP and SMTP published on loopback (which holds the ports).
+    let peer = TestContainer::create("mailpeer", false).await;
     let peer_name = peer.name.to_string();
-    let mail_password = format!("gbot{}x{}", std::process::id(), started.elapsed().as_nanos());
-    lxc_ok(&["exec", &peer_name, "--", "useradd", "-m", "-s", "/usr/sbin/nologin", "gbotmail"]);
-    let mut chpasswd = Command::new("lxc")
-        .args(["exec", &peer_name, "--", "chpasswd"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("lxc exec chpasswd");
-    {
-        use std::io::Write;
-        let mut stdin = chpasswd.stdin.take().expect("stdin");
-        writeln!(stdin, "gbotmail:{mail_password}").expect("password to chpasswd");
-    }
-    assert!(chpasswd.wait().expect("chpasswd").success(), "chpasswd in {peer_name}");
-    lxc_ok(&["exec", &peer_name, "--", "systemctl", "start", "dovecot.service", "postfix.service"]);
+    lxc_ok(&["start", &peer_name]);
     let (imap, smtp) = (free_port(), free_port());
     for (device, port, inside) in [("imap", imap, 143), ("smtp", smtp, 25)] {
         lxc_ok(&[
@@ -113,7 +100,8 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
         ]);
     }
 
-    // The tenant: tables, proxy and webmail, its mail server named in the tenant file (no email role).
+    // The tenant: tables, proxy and webmail, its mail server named in the tenant file (no email role). The install
+    // runs while the mail server is set up: webmail's health check does not need it.
     let t = TestTenant::new();
     let site = "webmail.localhost";
     let file = t.stack.path().join("gbo.toml");
@@ -128,7 +116,27 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
     .expect("tenant file");
     let mut args = t.args("install", &[]);
     args.extend(["--file".to_string(), file.display().to_string()]);
-    let run = gbo(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let install = tokio::spawn(gbo_async(args));
+
+    // Dovecot and Postfix from Debian, a mailbox user whose password reaches chpasswd on stdin.
+    peer.wait_for_systemd().await;
+    let mail_password = format!("gbot{}x{}", std::process::id(), started.elapsed().as_nanos());
+    lxc_ok(&["exec", &peer_name, "--", "useradd", "-m", "-s", "/usr/sbin/nologin", "gbotmail"]);
+    let mut chpasswd = Command::new("lxc")
+        .args(["exec", &peer_name, "--", "chpasswd"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("lxc exec chpasswd");
+    {
+        use std::io::Write;
+        let mut stdin = chpasswd.stdin.take().expect("stdin");
+        writeln!(stdin, "gbotmail:{mail_password}").expect("password to chpasswd");
+    }
+    assert!(chpasswd.wait().expect("chpasswd").success(), "chpasswd in {peer_name}");
+    lxc_ok(&["exec", &peer_name, "--", "systemctl", "start", "dovecot.service", "postfix.service"]);
+
+    let run = install.await.expect("install task");
+    eprintln!("installed in {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(run.code, 0, "install tables, proxy and webmail: {}", run.all());
     assert!(!t.stack.path().join("email").exists(), "no email role was installed: {}", run.all());
     let status = tenant_status(&t);
@@ -145,8 +153,13 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
         config.host("127.0.0.1").port(pg_port).user(user).password(password).dbname(db);
         async move { config.connect(tokio_postgres::NoTls).await }
     };
-    let (pg, connection) =
-        connect("roundcube", secret(&t, "webmail-db-password"), "roundcube").await.expect("login as roundcube");
+    let db_password = secret(&t, "webmail-db-password");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(t.stack.path().join(".secrets/webmail-db-password")).expect("secret file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "Roundcube's database password is stored 0600");
+    assert!(db_password.len() >= 32 && !run.all().contains(&db_password), "never printed");
+    let (pg, connection) = connect("roundcube", db_password, "roundcube").await.expect("login as roundcube");
     tokio::spawn(connection);
     let owned: Vec<(String, String)> = pg
         .query("SELECT tablename::text, tableowner::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])

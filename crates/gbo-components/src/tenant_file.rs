@@ -260,8 +260,9 @@ pub struct MailServer {
 /// Settings of the webmail container (`[webmail]`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WebmailSettings {
-    /// The mail server webmail reads and sends through; `None`: the tenant's email role.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The mail server webmail reads and sends through; `None`: the tenant's email role. Written as the
+    /// `imap` and `smtp` keys of `[webmail]`, as it is read.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub mail_server: Option<MailServer>,
 }
 

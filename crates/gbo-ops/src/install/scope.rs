@@ -114,8 +114,7 @@ pub(super) async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]
     let with_deps = gbo_components::catalogue::with_tenant_dependencies(&requested, &request.tenant_file);
     for role in &with_deps {
         if !requested.contains(role) && !installed.contains(role) {
-            notes.push(
-                format!(
+            notes.push(format!(
                     "{role} added: a dependency of {}",
                     requested
                         .iter()
@@ -124,8 +123,7 @@ pub(super) async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]
                         .map(|r| r.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                ),
-            );
+                ));
         }
     }
     let mut to_install: Vec<Role> =
