@@ -114,9 +114,19 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
         ),
     )
     .expect("tenant file");
-    let mut args = t.args("install", &[]);
-    args.extend(["--file".to_string(), file.display().to_string()]);
-    let install = tokio::spawn(gbo_async(args));
+    // Tables and proxy first, webmail in a second run: the installed -tables is converged then to make Roundcube's
+    // role and database.
+    let install_args = |roles: &[&str]| {
+        let mut args = t.args("install", roles);
+        args.extend(["--file".to_string(), file.display().to_string()]);
+        args
+    };
+    let (first, second) = (install_args(&["tables", "proxy"]), install_args(&[]));
+    let install = tokio::spawn(async move {
+        let first = gbo_async(first).await;
+        assert_eq!(first.code, 0, "install tables and proxy: {}", first.all());
+        gbo_async(second).await
+    });
 
     // Dovecot and Postfix from Debian, a mailbox user whose password reaches chpasswd on stdin.
     peer.wait_for_systemd().await;
@@ -136,6 +146,11 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
     lxc_ok(&["exec", &peer_name, "--", "systemctl", "start", "dovecot.service", "postfix.service"]);
 
     let run = install.await.expect("install task");
+    assert!(
+        run.all().contains(&format!("[{}] > init: create webmail's role and database", t.container("tables"))),
+        "the installed tables is converged for webmail: {}",
+        run.all()
+    );
     eprintln!("installed in {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(run.code, 0, "install tables, proxy and webmail: {}", run.all());
     assert!(!t.stack.path().join("email").exists(), "no email role was installed: {}", run.all());
@@ -239,4 +254,30 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
     let health = after.components.iter().find(|c| c.role == "webmail").and_then(|c| c.health.clone());
     assert!(health.as_ref().is_some_and(|h| !h.healthy), "webmail is unhealthy without PHP: {health:?}");
     eprintln!("webmail end to end: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_bad_webmail_mail_server_is_refused_with_exit_2_and_nothing_created() {
+    let t = TestTenant::new();
+    let file = t.stack.path().join("gbo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "tenant = \"{}\"\nroles = [\"tables\", \"webmail\"]\n\n[webmail]\nimap = \"mail.example.com:143\"\nsmtp = \"127.0.0.1:25\"\n",
+            t.name
+        ),
+    )
+    .expect("tenant file");
+    let mut args = t.args("install", &[]);
+    args.extend(["--file".to_string(), file.display().to_string()]);
+    let run = gbo(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("webmail.imap = \"mail.example.com:143\": an IP address and a port from 1 to 65535"),
+        "names the key, the value and what is allowed: {}",
+        run.stderr
+    );
+    let listed = lxc_ok(&["list", "--format", "csv", "-c", "n", &format!("^{}-", t.name)]);
+    assert!(listed.trim().is_empty(), "no container: {listed}");
+    assert!(!t.stack.path().join("tables").exists() && !t.stack.path().join(".secrets").exists(), "nothing on disk");
 }
