@@ -83,6 +83,8 @@ pub const HOST_PROGRAMS: &[HostProgram] = &[
     test("stty", "coreutils"),
     test("mkfifo", "coreutils"),
     test("restic", "restic"),
+    // The webmail test's browser (cookies, the proxy's CA) and SMTP client.
+    test("curl", "curl"),
 ];
 
 /// The Debian packages of everything `need` covers (each once, in list order). [`Need::Tests`] includes the

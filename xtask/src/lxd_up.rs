@@ -23,7 +23,11 @@ pub const HTTPS_ADDRESS: &str = "127.0.0.1:8443";
 pub const DEBUG_ADDRESS: &str = "127.0.0.1:8444";
 
 /// Roles baked into the test image.
-pub const TEST_IMAGE_ROLES: &[Role] = &[Role::Tables, Role::Cache, Role::Proxy, Role::System];
+pub const TEST_IMAGE_ROLES: &[Role] = &[Role::Tables, Role::Cache, Role::Proxy, Role::System, Role::Webmail];
+
+/// Debian packages the test image carries beyond its roles': Dovecot (IMAP) and Postfix (SMTP), the real mail
+/// server that stands in for the email role (Stalwart, an unverifiable artifact) in the webmail test.
+pub const TEST_IMAGE_EXTRA_PACKAGES: &[&str] = &["dovecot-imapd", "postfix"];
 
 /// Prefix of every resource the test suite creates (removed by `clean`).
 pub const TEST_PREFIX: &str = "gbot-";
@@ -187,7 +191,11 @@ pub fn test_image_spec() -> gbo_ops::image::ImageSpec {
     gbo_ops::image::ImageSpec {
         alias: TEST_IMAGE_ALIAS.to_string(),
         roles: TEST_IMAGE_ROLES.iter().map(|r| r.as_str().to_string()).collect(),
-        packages: gbo_components::image_packages(TEST_IMAGE_ROLES).into_iter().map(str::to_string).collect(),
+        packages: gbo_components::image_packages(TEST_IMAGE_ROLES)
+            .into_iter()
+            .chain(TEST_IMAGE_EXTRA_PACKAGES.iter().copied())
+            .map(str::to_string)
+            .collect(),
         users: gbo_components::SERVICE_USERS
             .iter()
             .map(|u| gbo_ops::image::FixedUser {

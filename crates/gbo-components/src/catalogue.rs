@@ -86,12 +86,27 @@ fn port_of(role: Role, name: &str) -> Option<u16> {
 
 /// Every role `roles` needs, dependencies included, in canonical order.
 pub fn with_dependencies(roles: &[Role]) -> Vec<Role> {
+    with_tenant_dependencies(roles, &TenantFile::default())
+}
+
+/// The dependencies of `role` for `tenant`: [`Role::dependencies`], without the email role for webmail when the
+/// tenant file names a mail server of its own (`[webmail]`).
+pub fn tenant_dependencies(role: Role, tenant: &TenantFile) -> Vec<Role> {
+    role.dependencies()
+        .iter()
+        .copied()
+        .filter(|d| !(role == Role::Webmail && *d == Role::Email && tenant.webmail.mail_server.is_some()))
+        .collect()
+}
+
+/// Every role `roles` needs for `tenant`, dependencies included ([`tenant_dependencies`]), in canonical order.
+pub fn with_tenant_dependencies(roles: &[Role], tenant: &TenantFile) -> Vec<Role> {
     let mut set: BTreeSet<Role> = roles.iter().copied().collect();
     let mut stack: Vec<Role> = roles.to_vec();
     while let Some(role) = stack.pop() {
-        for dep in role.dependencies() {
-            if set.insert(*dep) {
-                stack.push(*dep);
+        for dep in tenant_dependencies(role, tenant) {
+            if set.insert(dep) {
+                stack.push(dep);
             }
         }
     }
@@ -255,7 +270,7 @@ pub fn service_user_of(role: Role) -> &'static ServiceUser {
 pub fn wires(role: Role, tenant: &TenantFile) -> Vec<Wire> {
     let roles = &tenant.roles;
     let wire = |target: Role, port_name: &'static str, required: bool| {
-        port_of(target, port_name).map(|p| Wire { role: target, port_name, local_port: p, required })
+        port_of(target, port_name).map(|p| Wire { role: target, port_name, local_port: p, required, external: None })
     };
     let mut out: Vec<Wire> = match role {
         Role::System => [
@@ -271,12 +286,34 @@ pub fn wires(role: Role, tenant: &TenantFile) -> Vec<Wire> {
         .flatten()
         .collect(),
         Role::TableEditor => wire(Role::Tables, "postgres", true).into_iter().collect(),
-        Role::Webmail => {
-            [wire(Role::Email, "imap", true), wire(Role::Email, "submission", true), wire(Role::Email, "sieve", true)]
-                .into_iter()
-                .flatten()
-                .collect()
-        }
+        Role::Webmail => match tenant.webmail.mail_server {
+            // A mail server of the tenant's own: its addresses, on the ports gbo's email role would have.
+            Some(server) => [
+                (Role::Tables, "postgres", None),
+                (Role::Email, "imap", Some(server.imap)),
+                (Role::Email, "submission", Some(server.smtp)),
+            ]
+            .into_iter()
+            .filter_map(|(target, port_name, external)| {
+                port_of(target, port_name).map(|p| Wire {
+                    role: target,
+                    port_name,
+                    local_port: p,
+                    required: true,
+                    external,
+                })
+            })
+            .collect(),
+            None => [
+                wire(Role::Tables, "postgres", true),
+                wire(Role::Email, "imap", true),
+                wire(Role::Email, "submission", true),
+                wire(Role::Email, "sieve", true),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        },
         // The runner deploys to -system over SSH through this wire (seed: no cross-container disk mounts).
         Role::AlmCi => {
             [wire(Role::Alm, "http", true), wire(Role::System, "ssh", false)].into_iter().flatten().collect()
@@ -308,7 +345,7 @@ fn proxy_wires(tenant: &TenantFile) -> Vec<Wire> {
             local = local.saturating_add(20000);
         }
         used.push(local);
-        out.push(Wire { role: *role, port_name: name, local_port: local, required: true });
+        out.push(Wire { role: *role, port_name: name, local_port: local, required: true, external: None });
     }
     out
 }
@@ -445,6 +482,33 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 user: "postgres",
                 phase: InitPhase::AfterStart,
             });
+            if roles.contains(&Role::Webmail) {
+                // Roundcube keeps its state here: its own role and database, made before webmail's schema step.
+                let webmail = secrets.require(&secrets::WEBMAIL_DB_PASSWORD, role)?;
+                parts.files.push(secret_file(
+                    "/etc/gbo/webmail-db.sql",
+                    postgres::webmail_db_sql(webmail),
+                    postgres,
+                    &[],
+                ));
+                parts.init.push(InitStep {
+                    name: "create webmail's role and database",
+                    command: [
+                        "/usr/bin/psql",
+                        "-X",
+                        "--no-password",
+                        "-d",
+                        "postgres",
+                        "-f",
+                        "/etc/gbo/webmail-db.sql",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                    creates: postgres::WEBMAIL_DB_MARKER.to_owned(),
+                    user: "postgres",
+                    phase: InitPhase::AfterStart,
+                });
+            }
             parts
                 .notes
                 .push("Debian's own postgresql.service is masked: tables.service runs the cluster on the data mount.");
@@ -803,18 +867,22 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
         Role::Webmail => {
             let p = port_of(role, "http").unwrap_or(80);
             let key = secrets.require(&secrets::WEBMAIL_DES_KEY, role)?;
+            let db_password = secrets.require(&secrets::WEBMAIL_DB_PASSWORD, role)?;
             let www = service_user("www-data").unwrap_or(user);
-            let imap = port_of(Role::Email, "imap").unwrap_or(143);
-            let smtp = port_of(Role::Email, "submission").unwrap_or(587);
-            let sieve = port_of(Role::Email, "sieve").unwrap_or(4190);
-            let mut config = render::file(
-                misc::ROUNDCUBE_CONFIG_PATH,
-                misc::roundcube_config(key, imap, smtp, sieve),
-                0o640,
-                www,
-                &["php8.2-fpm.service"],
-                true,
-            );
+            let wired = |name: &str, default: u16| {
+                tenant.webmail.mail_server.map_or_else(|| port_of(Role::Email, name).unwrap_or(default), |_| default)
+            };
+            let sieve = tenant.webmail.mail_server.is_none().then(|| wired("sieve", 4190));
+            let config = misc::RoundcubeConfig {
+                des_key: key,
+                db_password,
+                db_port: port_of(Role::Tables, "postgres").unwrap_or(5432),
+                imap_port: wired("imap", 143),
+                smtp_port: wired("submission", 587),
+                sieve_port: sieve,
+            };
+            let mut config =
+                render::file(misc::ROUNDCUBE_CONFIG_PATH, config.render(), 0o640, www, &["php8.2-fpm.service"], true);
             config.uid = 0;
             parts.files.push(config);
             parts.files.push(conf_file(misc::WEBMAIL_CADDYFILE_PATH, misc::webmail_caddyfile(p), www, &[main_unit]));
@@ -833,17 +901,32 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
             unit.bind_low_ports = true;
             parts.units.push("php8.2-fpm.service".to_owned());
             parts.unit(&unit);
+            // Roundcube's schema through its own library, reading the DSN from its config (no secret on a command
+            // line), into the database the tables role made for it.
+            parts.files.push(conf_file(misc::ROUNDCUBE_SCHEMA_SCRIPT_PATH, misc::roundcube_schema_script(), www, &[]));
             parts.init.push(InitStep {
-                name: "roundcube database",
-                command: ["/usr/share/roundcube/bin/initdb.sh", "--dir=/usr/share/roundcube/SQL"]
-                    .map(str::to_owned)
-                    .to_vec(),
-                creates: misc::ROUNDCUBE_DB.to_owned(),
+                name: "roundcube schema",
+                command: vec!["/usr/bin/php".to_owned(), misc::ROUNDCUBE_SCHEMA_SCRIPT_PATH.to_owned()],
+                creates: misc::ROUNDCUBE_SCHEMA_MARKER.to_owned(),
                 user: "www-data",
                 phase: InitPhase::BeforeStart,
             });
             parts.notes.push("Debian's caddy.service is masked; Roundcube is served by webmail.service.");
-            health = HealthCheck::Http { port: p, path: "/", expect: StatusRange::SUCCESS_OR_REDIRECT };
+            parts
+                .notes
+                .push("Roundcube's state lives in the tenant's PostgreSQL: database and role roundcube in -tables.");
+            if tenant.webmail.mail_server.is_some() {
+                parts
+                    .notes
+                    .push("Mail is read and sent through the tenant file's [webmail] server, not the email role.");
+            }
+            // Roundcube's login page, rendered by PHP with its session in PostgreSQL: the form's user field.
+            health = HealthCheck::HttpPage {
+                port: p,
+                path: "/?_task=login",
+                expect: StatusRange::OK,
+                contains: misc::ROUNDCUBE_LOGIN_MARKER,
+            };
         }
         Role::System => {
             let env = botserver::SystemEnv {

@@ -69,7 +69,10 @@ pub use spec::{
     MountKind, PortSpec, Protocol, RenderContext, RenderedFile, SignatureRule, SignatureScheme, Signed, StatusRange,
     Verification, Wire,
 };
-pub use tenant_file::{DomainName, Limits, Placement, StorageMode, SystemSettings, TenantFile, TrustEntry, VersionPin};
+pub use tenant_file::{
+    DomainName, Limits, MailServer, Placement, StorageMode, SystemSettings, TenantFile, TrustEntry, VersionPin,
+    WebmailSettings,
+};
 pub use users::{image_packages, ServiceUser, BASE_PACKAGES, SERVICE_USERS};
 
 /// The catalogue's version, recorded on every instance gbo creates (`user.gbo.catalogue-version`): bump it when a

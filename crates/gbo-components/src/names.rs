@@ -193,11 +193,13 @@ impl Role {
         format!("{}.service", self.container_suffix())
     }
 
-    /// The roles that must be installed and healthy before this one starts.
+    /// The roles that must be installed and healthy before this one starts. Webmail keeps its state in the
+    /// tables role and reads mail from the email role, unless the tenant file names another mail server
+    /// ([`crate::catalogue::tenant_dependencies`]).
     pub const fn dependencies(self) -> &'static [Role] {
         match self {
             Role::AlmCi => &[Role::Alm],
-            Role::Webmail => &[Role::Email],
+            Role::Webmail => &[Role::Tables, Role::Email],
             Role::TableEditor => &[Role::Tables],
             Role::System => &[Role::Tables, Role::Cache, Role::Drive],
             _ => &[],

@@ -134,6 +134,14 @@ pub const WEBMAIL_DES_KEY: SecretSpec = SecretSpec {
     charset: SecretCharset::Alphanumeric,
     purpose: "Roundcube des_key (session encryption), exactly 24 characters",
 };
+/// The password of Roundcube's own PostgreSQL role (`roundcube`) in the tenant's `-tables` (webmail; tables
+/// creates the role with it). Alphanumeric, so it sits in Roundcube's DSN without escaping.
+pub const WEBMAIL_DB_PASSWORD: SecretSpec = SecretSpec {
+    name: "webmail-db-password",
+    length: 32,
+    charset: SecretCharset::Alphanumeric,
+    purpose: "password of Roundcube's PostgreSQL role roundcube in -tables",
+};
 
 /// The cache's password (`requirepass`; cache, system): every host user reaches the cache's published port on
 /// 127.0.0.1, so loopback is no protection.
@@ -169,6 +177,7 @@ pub const ALL_SECRETS: &[SecretSpec] = &[
     ALM_RUNNER_SECRET,
     TABLE_EDITOR_JWT_SECRET,
     WEBMAIL_DES_KEY,
+    WEBMAIL_DB_PASSWORD,
     CACHE_PASSWORD,
     VECTOR_DB_API_KEY,
     LLM_API_KEY,
@@ -185,7 +194,7 @@ pub fn required_secrets(role: Role) -> &'static [SecretSpec] {
         Role::Alm => &[ALM_SECRET_KEY, ALM_INTERNAL_TOKEN, ALM_RUNNER_SECRET],
         Role::AlmCi => &[ALM_RUNNER_SECRET],
         Role::TableEditor => &[TABLE_EDITOR_JWT_SECRET],
-        Role::Webmail => &[WEBMAIL_DES_KEY],
+        Role::Webmail => &[WEBMAIL_DES_KEY, WEBMAIL_DB_PASSWORD],
         Role::System => &[TABLES_PASSWORD, DRIVE_ACCESS_KEY, DRIVE_SECRET_KEY, CACHE_PASSWORD],
         Role::Cache => &[CACHE_PASSWORD],
         Role::VectorDb => &[VECTOR_DB_API_KEY],

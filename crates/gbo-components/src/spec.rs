@@ -307,6 +307,10 @@ pub struct Wire {
     pub local_port: u16,
     /// Whether the wire is needed: `false` for optional services (wired only when the tenant has the role).
     pub required: bool,
+    /// An address outside gbo to connect to instead of the role's published port (webmail's `[webmail]` mail
+    /// server); `None`: the target role's port on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<std::net::SocketAddr>,
 }
 
 /// A file rendered into the container.
@@ -440,6 +444,18 @@ pub enum HealthCheck {
         /// Accepted statuses.
         expect: StatusRange,
     },
+    /// `GET path` with `Host: localhost`, expect a status in `expect` and a page (at most 256 KiB read) that
+    /// contains `contains`: the application itself answered, not only its web server.
+    HttpPage {
+        /// Container port.
+        port: u16,
+        /// Path and query.
+        path: &'static str,
+        /// Accepted statuses.
+        expect: StatusRange,
+        /// Text the page must contain.
+        contains: &'static str,
+    },
     /// Read the server's greeting and expect it to start with `prefix` (SMTP: `220`).
     Banner {
         /// Container port.
@@ -467,6 +483,7 @@ impl HealthCheck {
             HealthCheck::Postgres { port, .. }
             | HealthCheck::RedisPing { port, .. }
             | HealthCheck::Http { port, .. }
+            | HealthCheck::HttpPage { port, .. }
             | HealthCheck::Banner { port, .. }
             | HealthCheck::Tcp { port } => Some(*port),
             HealthCheck::UnitActive { .. } => None,

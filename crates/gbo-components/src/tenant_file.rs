@@ -36,6 +36,10 @@
 //! tables = "m1"                        # scheduler. `gbo install --target` places one run's new containers
 //! proxy = "@edge"
 //!
+//! [webmail]                           # an existing mail server for webmail instead of gbo's email role
+//! imap = "192.0.2.25:143"              # IP:port of its IMAP and SMTP submission listeners (both, or neither);
+//! smtp = "192.0.2.25:587"              # webmail then does not need the email role
+//!
 //! [system]
 //! privileged = false                   # default; true is the seed's privileged -system: root inside it is
 //!                                      # root on the host
@@ -46,7 +50,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::error::{Error, Result};
 use crate::names::{Role, TenantName};
@@ -243,6 +247,25 @@ pub struct SystemSettings {
     pub privileged: bool,
 }
 
+/// A mail server outside gbo that webmail uses instead of the email role (`[webmail]`): the host reaches both
+/// addresses, and webmail's container sees them on its own loopback through proxy devices (no NIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MailServer {
+    /// Its IMAP listener.
+    pub imap: SocketAddr,
+    /// Its SMTP submission listener.
+    pub smtp: SocketAddr,
+}
+
+/// Settings of the webmail container (`[webmail]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WebmailSettings {
+    /// The mail server webmail reads and sends through; `None`: the tenant's email role. Written as the
+    /// `imap` and `smtp` keys of `[webmail]`, as it is read.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub mail_server: Option<MailServer>,
+}
+
 /// Where a tenant's role data, configuration and logs live (`storage = "host" | "volumes"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -362,6 +385,8 @@ pub struct TenantFile {
     pub trust: Vec<TrustEntry>,
     /// The system container's settings.
     pub system: SystemSettings,
+    /// The webmail container's settings.
+    pub webmail: WebmailSettings,
     /// Where role data lives; `None` lets the caller choose (host on a local daemon, volumes on a remote or a
     /// cluster).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -401,6 +426,7 @@ impl Default for TenantFile {
             versions: BTreeMap::new(),
             trust: Vec::new(),
             system: SystemSettings::default(),
+            webmail: WebmailSettings::default(),
             storage: None,
             pool: None,
             placement: BTreeMap::new(),
@@ -428,6 +454,7 @@ struct RawTenantFile {
     #[serde(default)]
     trust: BTreeMap<String, RawTrust>,
     system: Option<RawSystem>,
+    webmail: Option<RawWebmail>,
     storage: Option<String>,
     pool: Option<String>,
     #[serde(default)]
@@ -447,6 +474,25 @@ struct RawTrust {
 #[serde(deny_unknown_fields)]
 struct RawSystem {
     privileged: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebmail {
+    imap: Option<String>,
+    smtp: Option<String>,
+}
+
+/// A mail server's listener: an IP address and a port other than 0 (`127.0.0.1:143`, `[::1]:143`).
+fn mail_address(key: &str, value: &str) -> Result<SocketAddr> {
+    match value.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(addr),
+        _ => Err(value_error(
+            key,
+            value,
+            "an IP address and a port from 1 to 65535 (e.g. 192.0.2.25:143, or [2001:db8::25]:143 for IPv6)",
+        )),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -723,6 +769,29 @@ impl TenantFile {
         }
         if let Some(system) = raw.system {
             file.system.privileged = system.privileged.unwrap_or(false);
+        }
+        if let Some(webmail) = raw.webmail {
+            file.webmail.mail_server = match (webmail.imap, webmail.smtp) {
+                (Some(imap), Some(smtp)) => Some(MailServer {
+                    imap: mail_address("webmail.imap", &imap)?,
+                    smtp: mail_address("webmail.smtp", &smtp)?,
+                }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(value_error(
+                        "webmail.smtp",
+                        "(missing)",
+                        "give smtp = \"IP:port\" beside imap, or neither",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(value_error(
+                        "webmail.imap",
+                        "(missing)",
+                        "give imap = \"IP:port\" beside smtp, or neither",
+                    ))
+                }
+            };
         }
         for (name, value) in raw.placement {
             let role = role_key("placement", &name)?;

@@ -65,8 +65,10 @@ pub fn role_packages(role: Role) -> &'static [&'static str] {
         // fail2ban bans with iptables (Debian's default banaction).
         Role::Proxy => &["caddy", "fail2ban", "iptables"],
         Role::Email => &["fail2ban", "iptables"],
-        // Roundcube is served by Caddy and PHP-FPM: leaner than Apache, and Caddy is in the image already.
-        Role::Webmail => &["roundcube-core", "roundcube-sqlite3", "php-fpm", "caddy"],
+        // Roundcube is served by Caddy and PHP-FPM: leaner than Apache, and Caddy is in the image already. Its state
+        // lives in the tenant's PostgreSQL (roundcube-pgsql: PHP's pgsql driver and psql); gbo creates the database
+        // itself, so dbconfig-no-thanks keeps dbconfig-common from configuring one at package install.
+        Role::Webmail => &["roundcube-core", "roundcube-pgsql", "dbconfig-no-thanks", "php-fpm", "caddy"],
         // Forgejo shells out to git.
         Role::Alm => &["git"],
         // The runner runs jobs on the host executor (no Docker inside the container): jobs need git and a shell, and

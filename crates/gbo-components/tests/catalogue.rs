@@ -21,7 +21,20 @@ fn specs() -> Vec<gbo_components::ComponentSpec> {
 #[test]
 fn dependencies_as_in_the_issue() {
     assert_eq!(Role::AlmCi.dependencies(), [Role::Alm]);
-    assert_eq!(Role::Webmail.dependencies(), [Role::Email]);
+    assert_eq!(Role::Webmail.dependencies(), [Role::Tables, Role::Email]);
+    // A tenant file naming its own mail server frees webmail from the email role (it keeps its state in tables).
+    let own_mail =
+        TenantFile::parse("roles = [\"webmail\"]\n[webmail]\nimap = \"127.0.0.1:1143\"\nsmtp = \"127.0.0.1:1025\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(gbo_components::catalogue::tenant_dependencies(Role::Webmail, &own_mail), [Role::Tables]);
+    assert_eq!(
+        gbo_components::catalogue::with_tenant_dependencies(&[Role::Webmail], &own_mail),
+        [Role::Tables, Role::Webmail]
+    );
+    assert_eq!(
+        gbo_components::catalogue::tenant_dependencies(Role::Webmail, &TenantFile::default()),
+        [Role::Tables, Role::Email]
+    );
     assert_eq!(Role::TableEditor.dependencies(), [Role::Tables]);
     assert_eq!(Role::System.dependencies(), [Role::Tables, Role::Cache, Role::Drive]);
     assert!(Role::Tables.dependencies().is_empty());
@@ -64,7 +77,10 @@ fn install_order_is_topological() {
 #[test]
 fn dependency_closure() {
     assert_eq!(with_dependencies(&[Role::System]), [Role::Tables, Role::Drive, Role::Cache, Role::System]);
-    assert_eq!(with_dependencies(&[Role::AlmCi, Role::Webmail]), [Role::Email, Role::Alm, Role::AlmCi, Role::Webmail]);
+    assert_eq!(
+        with_dependencies(&[Role::AlmCi, Role::Webmail]),
+        [Role::Tables, Role::Email, Role::Alm, Role::AlmCi, Role::Webmail]
+    );
     assert_eq!(
         missing_dependencies(&[Role::System, Role::Tables]),
         [(Role::System, Role::Cache), (Role::System, Role::Drive)]
@@ -155,7 +171,27 @@ fn wires_as_in_the_issue() {
         assert!(system.contains(&expected), "system sees {expected:?}");
     }
     assert_eq!(wired(Role::TableEditor), [(Role::Tables, 5432)]);
-    assert_eq!(wired(Role::Webmail), [(Role::Email, 143), (Role::Email, 587), (Role::Email, 4190)]);
+    assert_eq!(
+        wired(Role::Webmail),
+        [(Role::Tables, 5432), (Role::Email, 143), (Role::Email, 587), (Role::Email, 4190)]
+    );
+    // With the tenant file's own mail server, webmail's IMAP and SMTP wires lead there (no Sieve).
+    let own_mail = TenantFile::parse(
+        "roles = [\"tables\", \"webmail\"]\n[webmail]\nimap = \"127.0.0.1:1143\"\nsmtp = \"127.0.0.1:1025\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let external: Vec<(Role, u16, Option<String>)> = gbo_components::wires(Role::Webmail, &own_mail)
+        .into_iter()
+        .map(|w| (w.role, w.local_port, w.external.map(|a| a.to_string())))
+        .collect();
+    assert_eq!(
+        external,
+        [
+            (Role::Tables, 5432, None),
+            (Role::Email, 143, Some("127.0.0.1:1143".to_string())),
+            (Role::Email, 587, Some("127.0.0.1:1025".to_string()))
+        ]
+    );
     // The runner reaches Forgejo, and -system's sshd for its deploys (gbo ci connect).
     assert_eq!(wired(Role::AlmCi), [(Role::Alm, 3000), (Role::System, 22)]);
     // The proxy sees the roles its domains route to; webmail's port 80 moves to 20080 (Caddy owns 80 there).

@@ -87,71 +87,87 @@ fn tenant_table() -> impl Strategy<Value = toml::Table> {
             0..3,
         ),
         proptest::option::of(mostly(Just(None), ("[a-z_]{1,10}", any::<i64>()).prop_map(Some))),
+        proptest::option::of((
+            proptest::option::of(mostly(any::<std::net::SocketAddr>().prop_map(|a| a.to_string()), "\\PC{0,12}")),
+            proptest::option::of(mostly(any::<std::net::SocketAddr>().prop_map(|a| a.to_string()), "\\PC{0,12}")),
+        )),
     )
-        .prop_map(move |(tenant, roles, stack_dir, address, domains, routes, zones, limits, versions, extra)| {
-            use toml::Value;
-            let mut t = toml::Table::new();
-            let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
-            if let Some(v) = tenant {
-                t.insert("tenant".into(), Value::String(v));
-            }
-            if let Some(v) = roles {
-                t.insert("roles".into(), strings(v));
-            }
-            if let Some(v) = stack_dir {
-                t.insert("stack_dir".into(), Value::String(v));
-            }
-            if let Some(v) = address {
-                t.insert("public_address".into(), Value::String(v));
-            }
-            let domains: Vec<String> = domains.into_iter().collect();
-            if !domains.is_empty() {
-                t.insert("domains".into(), strings(domains.clone()));
-                if !routes.is_empty() {
-                    let routes: toml::Table = routes
-                        .into_iter()
-                        .map(|(i, r)| (domains[i.index(domains.len())].clone(), Value::String(r)))
-                        .collect();
-                    t.insert("routes".into(), Value::Table(routes));
+        .prop_map(
+            move |(tenant, roles, stack_dir, address, domains, routes, zones, limits, versions, extra, webmail)| {
+                use toml::Value;
+                let mut t = toml::Table::new();
+                let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+                if let Some(v) = tenant {
+                    t.insert("tenant".into(), Value::String(v));
                 }
-            }
-            if !zones.is_empty() {
-                t.insert("zones".into(), strings(zones.into_iter().collect()));
-            }
-            if !limits.is_empty() {
-                let mut l = toml::Table::new();
-                for (role, (cpu, memory)) in limits {
-                    let mut entry = toml::Table::new();
-                    if let Some(cpu) = cpu {
-                        entry.insert("cpu".into(), Value::Integer(cpu));
-                    }
-                    if let Some(memory) = memory {
-                        entry.insert("memory".into(), Value::String(memory));
-                    }
-                    l.insert(role, Value::Table(entry));
+                if let Some(v) = roles {
+                    t.insert("roles".into(), strings(v));
                 }
-                t.insert("limits".into(), Value::Table(l));
-            }
-            if !versions.is_empty() {
-                let mut v = toml::Table::new();
-                for (role, (version, url, sha)) in versions {
-                    let mut entry = toml::Table::new();
-                    entry.insert("version".into(), Value::String(version));
-                    if let Some(url) = url {
-                        entry.insert("url".into(), Value::String(url));
-                    }
-                    if let Some(sha) = sha {
-                        entry.insert("sha256".into(), Value::String(sha));
-                    }
-                    v.insert(role, Value::Table(entry));
+                if let Some(v) = stack_dir {
+                    t.insert("stack_dir".into(), Value::String(v));
                 }
-                t.insert("versions".into(), Value::Table(v));
-            }
-            if let Some(Some((key, value))) = extra {
-                t.insert(key, Value::Integer(value));
-            }
-            t
-        })
+                if let Some(v) = address {
+                    t.insert("public_address".into(), Value::String(v));
+                }
+                let domains: Vec<String> = domains.into_iter().collect();
+                if !domains.is_empty() {
+                    t.insert("domains".into(), strings(domains.clone()));
+                    if !routes.is_empty() {
+                        let routes: toml::Table = routes
+                            .into_iter()
+                            .map(|(i, r)| (domains[i.index(domains.len())].clone(), Value::String(r)))
+                            .collect();
+                        t.insert("routes".into(), Value::Table(routes));
+                    }
+                }
+                if !zones.is_empty() {
+                    t.insert("zones".into(), strings(zones.into_iter().collect()));
+                }
+                if !limits.is_empty() {
+                    let mut l = toml::Table::new();
+                    for (role, (cpu, memory)) in limits {
+                        let mut entry = toml::Table::new();
+                        if let Some(cpu) = cpu {
+                            entry.insert("cpu".into(), Value::Integer(cpu));
+                        }
+                        if let Some(memory) = memory {
+                            entry.insert("memory".into(), Value::String(memory));
+                        }
+                        l.insert(role, Value::Table(entry));
+                    }
+                    t.insert("limits".into(), Value::Table(l));
+                }
+                if !versions.is_empty() {
+                    let mut v = toml::Table::new();
+                    for (role, (version, url, sha)) in versions {
+                        let mut entry = toml::Table::new();
+                        entry.insert("version".into(), Value::String(version));
+                        if let Some(url) = url {
+                            entry.insert("url".into(), Value::String(url));
+                        }
+                        if let Some(sha) = sha {
+                            entry.insert("sha256".into(), Value::String(sha));
+                        }
+                        v.insert(role, Value::Table(entry));
+                    }
+                    t.insert("versions".into(), Value::Table(v));
+                }
+                if let Some((imap, smtp)) = webmail {
+                    let mut w = toml::Table::new();
+                    if let Some(imap) = imap {
+                        w.insert("imap".into(), Value::String(imap));
+                    }
+                    if let Some(smtp) = smtp {
+                        w.insert("smtp".into(), Value::String(smtp));
+                    }
+                    t.insert("webmail".into(), Value::Table(w));
+                }
+                if let Some(Some((key, value))) = extra {
+                    t.insert(key, Value::Integer(value));
+                }
+                t
+            },
+        )
 }
 
 /// Checks what a parsed tenant file promises, and that writing it out and reading it back gives the same file.

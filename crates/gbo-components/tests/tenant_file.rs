@@ -52,6 +52,10 @@ sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 [trust.mirror]
 minisign = "RWTx5Zr1tiHQLwG9keckT0c45M3AGeHD6IvimQHpyRywVWGbP1aVSGav"
 roles = ["drive"]
+
+[webmail]
+imap = "192.0.2.25:143"
+smtp = "[2001:db8::25]:587"
 "#;
     let file = TenantFile::parse(text).unwrap_or_else(|e| panic!("{e}"));
     insta::assert_debug_snapshot!("tenant_file_example", file);
@@ -115,6 +119,12 @@ fn bad_values_name_key_value_and_rule() {
         ("[versions.vault]\nversion = \"1.15.4\"\nurl = \"ftp://example.com/vault.zip\"", "invalid tenant file: versions.vault.url = \"ftp://example.com/vault.zip\": the URL must start with https:// (or http:// on a loopback host)"),
         ("[versions.vault]\nversion = \"1.15.4\"\nsha256 = \"ABC\"", "invalid tenant file: versions.vault.sha256 = \"ABC\": a SHA-256 is 64 lower-case hexadecimal characters"),
         ("[versions.system]\nversion = \"6.1.0\"", "invalid tenant file: versions.system.url = \"\": the pinned URL of this role holds no version to substitute; give the url of this version"),
+        ("[webmail]\nimap = \"mail.example.com:143\"\nsmtp = \"192.0.2.25:587\"", "invalid tenant file: webmail.imap = \"mail.example.com:143\": an IP address and a port from 1 to 65535 (e.g. 192.0.2.25:143, or [2001:db8::25]:143 for IPv6)"),
+        ("[webmail]\nimap = \"192.0.2.25:143\"\nsmtp = \"192.0.2.25\"", "invalid tenant file: webmail.smtp = \"192.0.2.25\": an IP address and a port from 1 to 65535 (e.g. 192.0.2.25:143, or [2001:db8::25]:143 for IPv6)"),
+        ("[webmail]\nimap = \"192.0.2.25:0\"\nsmtp = \"192.0.2.25:587\"", "invalid tenant file: webmail.imap = \"192.0.2.25:0\": an IP address and a port from 1 to 65535 (e.g. 192.0.2.25:143, or [2001:db8::25]:143 for IPv6)"),
+        ("[webmail]\nimap = \"192.0.2.25:143\"", "invalid tenant file: webmail.smtp = \"(missing)\": give smtp = \"IP:port\" beside imap, or neither"),
+        ("[webmail]\nsmtp = \"192.0.2.25:587\"", "invalid tenant file: webmail.imap = \"(missing)\": give imap = \"IP:port\" beside smtp, or neither"),
+        ("[webmail]\nimap = \"192.0.2.25:143\"\npop3 = \"192.0.2.25:110\"", "invalid tenant file: TOML parse error at line 3, column 1\n  |\n3 | pop3 = \"192.0.2.25:110\"\n  | ^^^^\nunknown field `pop3`, expected `imap` or `smtp`"),
         ("[versions.vault]\nversion = \"a b\"", "invalid tenant file: versions.vault.version = \"a b\": must be non-empty, without spaces or '/'"),
     ];
     for (text, expected) in cases {

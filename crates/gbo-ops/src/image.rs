@@ -33,8 +33,10 @@ pub const MASKED_UNITS: &[&str] = &[
 
 /// Vendor units left installed but not started at boot: the roles that use them enable them with their own
 /// configuration (fail2ban's Debian default sshd jail fails in a container without an sshd log; sshd runs only in
-/// `-system`, with gbo's drop-in and a host key made in that container; PHP-FPM only in `-webmail`).
-pub const DISABLED_UNITS: &[&str] = &["fail2ban.service", "ssh.service", "php8.2-fpm.service"];
+/// `-system`, with gbo's drop-in and a host key made in that container; PHP-FPM only in `-webmail`; Dovecot and
+/// Postfix, which only the test image carries for its stand-in mail server, only where a test starts them).
+pub const DISABLED_UNITS: &[&str] =
+    &["fail2ban.service", "ssh.service", "php8.2-fpm.service", "dovecot.service", "postfix.service"];
 
 /// A service user with a fixed uid/gid, so data on host mounts stays readable across image rebuilds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -155,30 +155,82 @@ NC_TOOL_DIR=/opt/gbo/data
     )
 }
 
-/// Roundcube's configuration (des_key: secret), readable by PHP (`www-data`).
+/// Roundcube's configuration (des_key and database password: secret), readable by PHP (`www-data`).
 pub const ROUNDCUBE_CONFIG_PATH: &str = "/etc/roundcube/config.inc.php";
-/// Roundcube's SQLite database, created by the init step.
-pub const ROUNDCUBE_DB: &str = "/opt/gbo/data/roundcube.db";
+/// Left on webmail's data mount once Roundcube's schema is in its database.
+pub const ROUNDCUBE_SCHEMA_MARKER: &str = "/opt/gbo/data/.gbo-roundcube-schema";
+/// A piece of Roundcube's login page (the id of its user field): what webmail's health check looks for.
+pub const ROUNDCUBE_LOGIN_MARKER: &str = "id=\"rcmloginuser\"";
 
-/// Roundcube's `config.inc.php`: SQLite on the data mount, IMAP/SMTP/Sieve of the email role on loopback wires.
-pub fn roundcube_config(des_key: &str, imap_port: u16, smtp_port: u16, sieve_port: u16) -> String {
-    format!(
-        "<?php
+/// What Roundcube's `config.inc.php` holds: secrets and the loopback ports of its wires (the tenant's tables,
+/// and the email role or the tenant file's mail server).
+#[derive(Debug, Clone, Copy)]
+pub struct RoundcubeConfig<'a> {
+    /// `des_key` (secret).
+    pub des_key: &'a str,
+    /// The password of the `roundcube` PostgreSQL role (secret, alphanumeric).
+    pub db_password: &'a str,
+    /// PostgreSQL's wire port.
+    pub db_port: u16,
+    /// IMAP's wire port.
+    pub imap_port: u16,
+    /// SMTP submission's wire port.
+    pub smtp_port: u16,
+    /// ManageSieve's wire port, when the mail server is gbo's email role.
+    pub sieve_port: Option<u16>,
+}
+
+impl RoundcubeConfig<'_> {
+    /// Roundcube's `config.inc.php`: PostgreSQL in the tenant's tables, IMAP/SMTP (and Sieve) on loopback wires
+    /// (`127.0.0.1`, never `localhost`, which may resolve to `::1` where no wire listens).
+    pub fn render(&self) -> String {
+        let RoundcubeConfig { des_key, db_password, db_port, imap_port, smtp_port, sieve_port } = *self;
+        let db_user = super::postgres::WEBMAIL_USER;
+        let db_name = super::postgres::WEBMAIL_DATABASE;
+        let sieve = sieve_port.map(|p| format!("$config['managesieve_host'] = '127.0.0.1:{p}';\n")).unwrap_or_default();
+        format!(
+            "<?php
 // Rendered by gbo; holds secrets. Local changes are reported as drift and replaced on the next install.
 $config = [];
-$config['db_dsnw'] = 'sqlite:///{ROUNDCUBE_DB}?mode=0640';
-$config['imap_host'] = 'localhost:{imap_port}';
-$config['smtp_host'] = 'localhost:{smtp_port}';
+$config['db_dsnw'] = 'pgsql://{db_user}:{db_password}@127.0.0.1:{db_port}/{db_name}';
+$config['imap_host'] = '127.0.0.1:{imap_port}';
+$config['smtp_host'] = '127.0.0.1:{smtp_port}';
 $config['smtp_user'] = '%u';
 $config['smtp_pass'] = '%p';
-$config['managesieve_host'] = 'localhost:{sieve_port}';
-$config['support_url'] = '';
+{sieve}$config['support_url'] = '';
 $config['product_name'] = 'Webmail';
 $config['des_key'] = '{des_key}';
 $config['plugins'] = [];
 $config['log_dir'] = '/opt/gbo/logs/';
 $config['temp_dir'] = '/var/lib/roundcube/temp/';
 $config['enable_installer'] = false;
+"
+        )
+    }
+}
+
+/// Webmail's schema script, run by PHP as `www-data` (Debian ships no `initdb.sh`).
+pub const ROUNDCUBE_SCHEMA_SCRIPT_PATH: &str = "/opt/gbo/conf/roundcube-schema.php";
+
+/// The schema script: through Roundcube's own library (which reads the DSN from its config file, so no secret is
+/// on a command line), create the schema in an empty database, or bring an existing one up to this Roundcube's
+/// version; then leave [`ROUNDCUBE_SCHEMA_MARKER`]. Any error ends it with a non-zero status.
+pub fn roundcube_schema_script() -> String {
+    format!(
+        "<?php
+// Rendered by gbo: Roundcube's schema in its PostgreSQL database (the tenant's tables).
+define('INSTALL_PATH', '/var/lib/roundcube/');
+require_once INSTALL_PATH . 'program/include/clisetup.php';
+$db = rcmail_utils::db();
+if (!in_array($db->table_name('system'), (array) $db->list_tables())) {{
+    rcmail_utils::db_init('/usr/share/roundcube/SQL');
+}} else {{
+    rcmail_utils::db_update('/usr/share/roundcube/SQL', 'roundcube', null, ['errors' => true]);
+}}
+if (!touch('{ROUNDCUBE_SCHEMA_MARKER}')) {{
+    fwrite(STDERR, \"cannot create {ROUNDCUBE_SCHEMA_MARKER}\\n\");
+    exit(1);
+}}
 "
     )
 }

@@ -17,6 +17,12 @@ pub const APP_DATABASE: &str = "botserver";
 pub const IDENT_MAP: &str = "gbo";
 /// The marker the init SQL leaves behind once it ran.
 pub const INIT_MARKER: &str = "/opt/gbo/data/.gbo-tables-initialised";
+/// Roundcube's PostgreSQL role (webmail's state lives in the tenant's tables).
+pub const WEBMAIL_USER: &str = "roundcube";
+/// Roundcube's database, owned by [`WEBMAIL_USER`].
+pub const WEBMAIL_DATABASE: &str = "roundcube";
+/// Left by [`webmail_db_sql`] once webmail's role and database exist.
+pub const WEBMAIL_DB_MARKER: &str = "/opt/gbo/data/.gbo-webmail-db-created";
 
 /// `postgresql.conf`: loopback only, data under the data mount, logs to stderr (the journal of `tables.service`).
 pub fn postgresql_conf(port: u16) -> String {
@@ -94,6 +100,30 @@ $gbo$;
 SELECT 'CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}'
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{APP_DATABASE}') \\gexec
 \\! touch {INIT_MARKER}
+"
+    )
+}
+
+/// The SQL that creates (or re-passwords) Roundcube's login role [`WEBMAIL_USER`] and its database
+/// [`WEBMAIL_DATABASE`] owned by it, closed to every other role, then leaves [`WEBMAIL_DB_MARKER`]. Idempotent. Holds
+/// the password: a secret file, run with `psql -f` as postgres.
+pub fn webmail_db_sql(password: &str) -> String {
+    format!(
+        "-- Rendered by gbo; holds a secret. Run once with psql -f as postgres.
+\\set ON_ERROR_STOP on
+DO $gbo$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WEBMAIL_USER}') THEN
+    CREATE ROLE {WEBMAIL_USER} LOGIN PASSWORD '{password}';
+  ELSE
+    ALTER ROLE {WEBMAIL_USER} LOGIN PASSWORD '{password}';
+  END IF;
+END
+$gbo$;
+SELECT 'CREATE DATABASE {WEBMAIL_DATABASE} OWNER {WEBMAIL_USER}'
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '{WEBMAIL_DATABASE}') \\gexec
+REVOKE ALL ON DATABASE {WEBMAIL_DATABASE} FROM PUBLIC;
+\\! touch {WEBMAIL_DB_MARKER}
 "
     )
 }

@@ -253,7 +253,7 @@ async fn push_file(
     }
     let options = FileOptions::owned(file.uid, file.gid, file.mode);
     let bytes = bytes_of(&file.content);
-    match lxd.push_bytes(name, &file.path, bytes.clone(), options).await {
+    match push_bytes_retrying(lxd, name, &file.path, &bytes, options).await {
         Ok(()) => Ok(()),
         Err(e) if e.is_not_found() => {
             if let Some((parent, _)) = file.path.rsplit_once('/') {
@@ -263,11 +263,34 @@ async fn push_file(
                         .map_err(InstallError::lxd(format!("creating {parent} in {name}")))?;
                 }
             }
-            lxd.push_bytes(name, &file.path, bytes, options)
+            push_bytes_retrying(lxd, name, &file.path, &bytes, options)
                 .await
                 .map_err(InstallError::lxd(format!("pushing {} into {name}", file.path)))
         }
         Err(e) => Err(InstallError::lxd(format!("pushing {} into {name}", file.path))(e)),
+    }
+}
+
+/// Push a whole file, again when LXD's file helper inside the container went away under the request: LXD 5.0.2
+/// serves the file API of a running container through a `forkfile` process that exits when idle, and a request
+/// that reaches it as it exits fails with "forkfile.sock: ... connection reset by peer" (seen converging a
+/// running `-tables` in the webmail test). The push replaces the whole file, so sending it again is safe.
+async fn push_bytes_retrying(
+    lxd: &Client,
+    name: &InstanceName,
+    path: &str,
+    bytes: &[u8],
+    options: FileOptions,
+) -> Result<(), lxd_client::Error> {
+    let mut attempt = 1;
+    loop {
+        match lxd.push_bytes(name, path, bytes.to_vec(), options).await {
+            Err(e) if attempt < 3 && e.to_string().contains("forkfile") => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
     }
 }
 

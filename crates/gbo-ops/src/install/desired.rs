@@ -123,17 +123,24 @@ pub(super) fn desired_states(
             config.insert(inventory::KEY_PORTS.to_string(), inventory::format_ports(&recorded));
         }
         for wire in &spec.wires {
-            let target_port = gbo_components::ports(wire.role).into_iter().find(|p| p.name == wire.port_name);
-            let (Some(target), Some(a)) = (target_port, allocations.get(&(wire.role, wire.port_name.to_string())))
-            else {
+            let Some(target) = gbo_components::ports(wire.role).into_iter().find(|p| p.name == wire.port_name) else {
                 continue;
             };
+            // A server outside gbo (the tenant file's `[webmail]`) is reached at its own address; a role of the
+            // tenant at its published port.
+            let (connect_ip, connect_port) =
+                match (wire.external, allocations.get(&(wire.role, wire.port_name.to_string()))) {
+                    (Some(external), _) => (external.ip(), external.port()),
+                    (None, Some(a)) => (
+                        if a.address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { a.address },
+                        a.port,
+                    ),
+                    (None, None) => continue,
+                };
             let name = format!("gbo-wire-{}-{}", wire.role.container_suffix(), wire.local_port);
-            let connect_ip =
-                if a.address.is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { a.address };
             let proxy = ProxyDevice::new(
                 address(target.protocol, std::net::IpAddr::from([127, 0, 0, 1]), wire.local_port),
-                address(target.protocol, connect_ip, a.port),
+                address(target.protocol, connect_ip, connect_port),
             )
             .bind_instance();
             devices.insert(name.clone(), proxy_config(&name, proxy)?);

@@ -213,7 +213,12 @@ async fn probe_inner(check: &HealthCheck, addr: Via, secrets: &Secrets) -> Healt
                 Err(e) => Health::bad(format!("PING at {addr}: {}", redact(&e.to_string(), password))),
             }
         }
-        HealthCheck::Http { path, expect, .. } => {
+        HealthCheck::Http { path, expect, .. } | HealthCheck::HttpPage { path, expect, .. } => {
+            let contains = match check {
+                HealthCheck::HttpPage { contains, .. } => Some(*contains),
+                _ => None,
+            };
+            let limit = if contains.is_some() { HTTP_PAGE_LIMIT } else { 4096 };
             let result = async {
                 let mut stream = addr.connect().await?;
                 let request = format!(
@@ -221,7 +226,7 @@ async fn probe_inner(check: &HealthCheck, addr: Via, secrets: &Secrets) -> Healt
                 );
                 stream.write_all(request.as_bytes()).await?;
                 let mut buf = Vec::new();
-                let mut limited = stream.take(4096);
+                let mut limited = stream.take(limit);
                 limited.read_to_end(&mut buf).await?;
                 Ok::<_, std::io::Error>(buf)
             }
@@ -235,7 +240,13 @@ async fn probe_inner(check: &HealthCheck, addr: Via, secrets: &Secrets) -> Healt
                         .and_then(|l| l.split_whitespace().nth(1))
                         .and_then(|s| s.parse::<u16>().ok());
                     match status {
-                        Some(code) if expect.contains(code) => Health::ok(format!("GET {path} -> {code} at {addr}")),
+                        Some(code) if expect.contains(code) => match contains {
+                            Some(wanted) if !text.contains(wanted) => {
+                                Health::bad(format!("GET {path} -> {code} at {addr}, but the page lacks {wanted:?}"))
+                            }
+                            Some(wanted) => Health::ok(format!("GET {path} -> {code} with {wanted:?} at {addr}")),
+                            None => Health::ok(format!("GET {path} -> {code} at {addr}")),
+                        },
                         Some(code) => Health::bad(format!(
                             "GET {path} -> {code} at {addr} (expected {}-{})",
                             expect.min, expect.max
@@ -268,6 +279,9 @@ async fn probe_inner(check: &HealthCheck, addr: Via, secrets: &Secrets) -> Healt
         other => Health::bad(format!("unsupported health check {other:?}")),
     }
 }
+
+/// Most of a page read by an [`HealthCheck::HttpPage`] probe.
+const HTTP_PAGE_LIMIT: u64 = 256 * 1024;
 
 /// Longest reply line read from a Redis server (a status or error line; bounded so a hostile answer cannot grow).
 const REDIS_LINE_LIMIT: u64 = 4096;

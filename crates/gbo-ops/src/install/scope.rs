@@ -111,22 +111,30 @@ pub(super) async fn scope(lxd: &Client, request: &InstallRequest, extra: &[Role]
     requested.dedup();
     let installed: Vec<Role> = instances.iter().filter(|m| m.managed).filter_map(|m| m.role).collect();
     let mut notes = Vec::new();
-    let with_deps = gbo_components::with_dependencies(&requested);
+    let with_deps = gbo_components::catalogue::with_tenant_dependencies(&requested, &request.tenant_file);
     for role in &with_deps {
         if !requested.contains(role) && !installed.contains(role) {
             notes.push(format!(
-                "{role} added: a dependency of {}",
-                requested
-                    .iter()
-                    .filter(|r| r.dependencies().contains(role))
-                    .map(|r| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+                    "{role} added: a dependency of {}",
+                    requested
+                        .iter()
+                        .filter(|r| gbo_components::catalogue::tenant_dependencies(**r, &request.tenant_file)
+                            .contains(role))
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
         }
     }
-    let to_install: Vec<Role> =
+    let mut to_install: Vec<Role> =
         with_deps.into_iter().filter(|r| requested.contains(r) || !installed.contains(r)).collect();
+    // Webmail's database and role are made by the tables role (its spec lists them once the tenant has webmail):
+    // an installed tables container converges with it.
+    if to_install.contains(&Role::Webmail) && !to_install.contains(&Role::Tables) {
+        notes.push("tables converged: it creates webmail's database and role".to_string());
+        to_install.push(Role::Tables);
+        to_install.sort();
+    }
     let mut all: BTreeSet<Role> = to_install.iter().copied().collect();
     all.extend(installed.iter().copied());
     let role_dirs: Vec<PathBuf> = all.iter().map(|r| stack_dir.join(r.container_suffix())).collect();
