@@ -198,6 +198,9 @@ impl Fixture {
         // The first release, running as `nobody` from its absolute path, as a hand-run botserver.
         fixture.build(&fixture.dest, "v0")?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&fixture.log)?;
+        // The release runs as nobody and reopens its log on every start (gbo-ci checks that it can): nobody owns it,
+        // as on a botserver host.
+        std::os::unix::fs::chown(&fixture.log, Some(65534), Some(65534))?;
         Command::new(&fixture.dest)
             .arg(&fixture.script)
             .arg(fixture.port.to_string())
@@ -329,10 +332,13 @@ pub async fn run() -> anyhow::Result<String> {
                     .args(["--dest", &dest, "--owner", "nobody", "--health", &health, "--keep", "2"])
                     .env("HOME", fixture.dir.path())
                     .env_remove("SSH_AUTH_SOCK")
-                    .stderr(Stdio::null())
                     .output()?;
                 if !output.status.success() {
-                    bail!("gbo-ci deploy failed: {}", String::from_utf8_lossy(&output.stdout));
+                    bail!(
+                        "gbo-ci deploy failed: {}{}",
+                        String::from_utf8_lossy(&output.stdout),
+                        String::from_utf8_lossy(&output.stderr)
+                    );
                 }
                 fixture.wait_version(&version, Duration::from_secs(30))?;
                 Ok(serde_json::from_slice(&output.stdout)?)
