@@ -27,7 +27,11 @@ fn delete_tenant(tenant: &str) {
 
 fn tenant_file(dir: &Path, tenant: &str) -> anyhow::Result<String> {
     let path = dir.join("gbo.toml");
-    let mut text = format!("tenant = \"{tenant}\"\nroles = [\"tables\", \"cache\", \"proxy\"]\n\n[placement]\n");
+    // Host storage: the members share this machine, and gbo moves containers whose data is in host directories
+    // (a cluster's default, volumes on member-local pools, is refused by `gbo move`: the volumes would stay behind).
+    let mut text = format!(
+        "tenant = \"{tenant}\"\nroles = [\"tables\", \"cache\", \"proxy\"]\nstorage = \"host\"\n\n[placement]\n"
+    );
     for (role, member) in PLACEMENT {
         text.push_str(&format!("{role} = \"{member}\"\n"));
     }
