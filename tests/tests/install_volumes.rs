@@ -323,6 +323,22 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     }
     let (code, status) = tenant_status(socket, &t.name).await;
     assert_eq!(code, 0, "{status:?}");
+    // gbo move does not move volumes: refused up front (LXD would refuse the instance, whose volumes stay behind),
+    // the container still where it was and running.
+    let to = if cache.location == "m1" { "m2" } else { "m1" };
+    let run = gbo_on(
+        socket,
+        vec!["move".into(), "--tenant".into(), t.name.clone(), "cache".into(), "--to".into(), to.into()],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("does not move volumes yet") && run.stderr.contains("nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    let after = lxd.instance(&InstanceName::new(t.container("cache")).expect("name")).await.expect("instance");
+    assert!(after.location == cache.location && after.is_running(), "{} {:?}", after.location, after.status);
     let run = gbo_on(
         socket,
         vec![
