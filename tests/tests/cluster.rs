@@ -386,3 +386,150 @@ async fn an_explicit_remote_that_is_down_or_unknown_is_exit_2_naming_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("gbot-down"));
 }
+
+/// An LXD project on the cluster for one test (images and profiles from the default project), deleted with its
+/// instances when dropped, also when the test fails. `gbo evacuate` empties a member of every gbo container it can
+/// see: in its own project, the test sees only its own tenant and leaves other tests' containers alone.
+struct TestProject(String);
+
+impl TestProject {
+    fn create() -> Self {
+        let name = gbo_tests::unique_name("gbot-ev");
+        gbo_tests::lxc_ok(&[
+            "project",
+            "create",
+            &format!("{REMOTE}:{name}"),
+            "-c",
+            "features.images=false",
+            "-c",
+            "features.profiles=false",
+        ]);
+        Self(name)
+    }
+
+    fn locations(&self, prefix: &str) -> Vec<(String, String)> {
+        let (ok, out) =
+            gbo_tests::lxc(&["list", &format!("{REMOTE}:"), "--project", &self.0, "--format", "csv", "-c", "nL"])
+                .ok_output();
+        assert!(ok, "lxc list --project {}: {out}", self.0);
+        out.lines()
+            .filter_map(|l| l.split_once(','))
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, l)| (n.to_string(), l.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for TestProject {
+    fn drop(&mut self) {
+        for (name, _) in self.locations("") {
+            let _ =
+                gbo_tests::lxc(&["delete", "--force", &format!("{REMOTE}:{name}"), "--project", &self.0]).ok_output();
+        }
+        let _ = gbo_tests::lxc(&["project", "delete", &format!("{REMOTE}:{}", self.0)]).ok_output();
+    }
+}
+
+/// `gbo evacuate m1` of a tenant placed on m1 (tables and cache, host storage: the members share this machine's
+/// directories, so the containers can move): the dry run lists both moves and changes nothing; the evacuation
+/// moves both off m1, dependencies first, healthy after, every row intact. gbo's evacuation moves containers only
+/// (it does not mark the member evacuated in LXD), so m1 stays online and takes placements again at once: checked,
+/// so other tests are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evacuate_moves_a_placed_tenant_off_a_member() {
+    let project = TestProject::create();
+    let t = TestTenant::new();
+    let file = t.stack.path().join("gbo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "tenant = \"{}\"\nroles = [\"tables\", \"cache\"]\nstorage = \"host\"\n\n[placement]\ntables = \"m1\"\ncache = \"m1\"\n",
+            t.name
+        ),
+    )
+    .expect("tenant file");
+    let file_s = file.display().to_string();
+    let stack = t.stack.path().join("stack").display().to_string();
+    let gbo_p = |args: &[&str]| {
+        let mut all = vec!["--project".to_string(), project.0.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            gbo_remote(&refs).await
+        }
+    };
+    let install = gbo_p(&["install", "--file", &file_s, "--image", TEST_IMAGE, "--stack-dir", &stack]).await;
+    assert_eq!(install.code, 0, "install on m1: {}", install.all());
+    let (tables, cache) = (t.container("tables"), t.container("cache"));
+    let on = |c: &str| {
+        project.locations(c).into_iter().find(|(n, _)| n == c).map(|(_, l)| l).unwrap_or_else(|| panic!("{c} is gone"))
+    };
+    assert_eq!((on(&tables), on(&cache)), ("m1".to_string(), "m1".to_string()));
+    let status = gbo_p(&["status", "--tenant", &t.name, "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.all());
+    let pg_port = status_of(&status)
+        .components
+        .iter()
+        .find(|c| c.container == tables)
+        .and_then(|c| c.ports.iter().find(|p| p.container_port == 5432))
+        .map(|p| p.host_port)
+        .expect("tables publishes 5432");
+    let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
+    let password = password.trim().to_string();
+    let db = pg(pg_port, &password).await;
+    db.batch_execute("CREATE TABLE gbot_keep(v int); INSERT INTO gbot_keep SELECT generate_series(1, 300)")
+        .await
+        .expect("write rows");
+    drop(db);
+
+    // The dry run: the plan, dependencies first (tables before cache), nothing moved.
+    let dry = gbo_p(&["evacuate", "m1", "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    let line = |c: &str| dry.stdout.lines().position(|l| l.trim_start().starts_with(&format!("{c} -> m")));
+    let (t_line, c_line) = (line(&tables), line(&cache));
+    assert!(t_line.is_some() && c_line.is_some() && t_line < c_line, "{}", dry.stdout);
+    assert!(dry.stdout.contains("Plan: 2 move(s) off m1"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("--dry-run: nothing was changed."), "{}", dry.stdout);
+    assert_eq!((on(&tables), on(&cache)), ("m1".to_string(), "m1".to_string()));
+
+    // The evacuation.
+    let run = gbo_p(&["evacuate", "m1", "--output", "json"]).await;
+    assert_eq!(run.code, 0, "evacuate m1: {}", run.all());
+    let moved: serde_json::Value = serde_json::from_str(&run.stdout).expect("evacuate JSON");
+    assert_eq!(moved.as_array().map(Vec::len), Some(2), "{moved}");
+    for m in moved.as_array().expect("moves") {
+        assert_eq!(m["from"], "m1", "{m}");
+        assert_ne!(m["to"], "m1", "{m}");
+        assert!(m["snapshot"].as_str().is_some_and(|s| s.starts_with("gbo-move-")), "{m}");
+        assert_eq!(m["health"]["healthy"], true, "{m}");
+    }
+    assert_ne!(on(&tables), "m1");
+    assert_ne!(on(&cache), "m1");
+    let status = gbo_p(&["status", "--tenant", &t.name, "--output", "json"]).await;
+    assert_eq!(status.code, 0, "healthy after the evacuation: {}", status.all());
+    let db = pg(pg_port, &password).await;
+    let sum: i64 = db.query_one("SELECT sum(v) FROM gbot_keep", &[]).await.expect("read").get(0);
+    assert_eq!(sum, 45150, "every row is there after the evacuation");
+    drop(db);
+    let again = gbo_p(&["evacuate", "m1", "--dry-run"]).await;
+    assert!(again.stdout.contains("m1: no gbo container to move"), "{}", again.all());
+
+    // m1 was never taken out of the cluster: online, and placements on it are accepted again.
+    assert_eq!(member_status("m1"), "ONLINE");
+    let other = TestTenant::new();
+    let plan = gbo_p(&[
+        "plan",
+        "--tenant",
+        &other.name,
+        "--image",
+        TEST_IMAGE,
+        "--stack-dir",
+        &other.stack_dir(),
+        "--target",
+        "m1",
+        "cache",
+    ])
+    .await;
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.stdout.contains(&format!("{}-cache on m1", other.name)), "{}", plan.stdout);
+}

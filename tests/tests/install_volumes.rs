@@ -326,6 +326,22 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     }
     let (code, status) = tenant_status(socket, &t.name).await;
     assert_eq!(code, 0, "{status:?}");
+    // gbo move does not move volumes: refused up front (LXD would refuse the instance, whose volumes stay behind),
+    // the container still where it was and running.
+    let to = if cache.location == "m1" { "m2" } else { "m1" };
+    let run = gbo_on(
+        socket,
+        vec!["move".into(), "--tenant".into(), t.name.clone(), "cache".into(), "--to".into(), to.into()],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("does not move volumes yet") && run.stderr.contains("nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    let after = lxd.instance(&InstanceName::new(t.container("cache")).expect("name")).await.expect("instance");
+    assert!(after.location == cache.location && after.is_running(), "{} {:?}", after.location, after.status);
     let run = gbo_on(
         socket,
         vec![
@@ -341,4 +357,189 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     .await;
     check(&run, "uninstall --purge on the cluster");
     assert!(run.stdout.contains("deleted"), "{}", run.all());
+}
+
+/// `gbo --remote NAME` with `storage = "volumes"`: plan and install through the lxc remote (HTTPS, the client
+/// certificate and the pinned server certificate), health green from inside, the application role's rows read and
+/// written the seed's way (`lxc exec REMOTE:...`, the password in a 0600 file pushed through LXD), plan empty
+/// afterwards, and uninstall keeping the volumes. Nothing of a volumes tenant needs the daemon's host, so the
+/// site check must not refuse it (host storage through a remote on another machine stays refused: see
+/// `gbo_ops::site`'s tests, since no daemon off this machine can be reached here).
+async fn through_remote(remote: &str, lxd_dir: &str) {
+    let t = TestTenant::new();
+    let _cleanup = Cleanup { lxd_dir: lxd_dir.to_string(), tenant: t.name.clone() };
+    let file = t.stack.path().join("gbo.toml");
+    std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"tables\", \"cache\"]\nstorage = \"volumes\"\n", t.name))
+        .expect("tenant file");
+    let stack = t.stack.path().join("stack").display().to_string();
+    let gbo_r = |verb: &str, more: &[&str]| {
+        let mut args: Vec<String> = vec!["--remote".into(), remote.into(), verb.into()];
+        args.extend(more.iter().map(|s| s.to_string()));
+        if matches!(verb, "plan" | "install") {
+            args.extend(
+                ["--file", &file.display().to_string(), "--image", TEST_IMAGE, "--stack-dir", &stack]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+        }
+        gbo_tests::gbo_async(args)
+    };
+    let plan = gbo_r("plan", &[]).await;
+    check(&plan, &format!("plan through --remote {remote}"));
+    assert!(plan.stdout.contains(&t.container("tables")) && plan.stdout.contains("step(s)"), "{}", plan.all());
+    check(&gbo_r("install", &[]).await, &format!("install through --remote {remote}"));
+    no_role_dirs(Path::new(&stack));
+    let status = gbo_r("status", &["--tenant", &t.name, "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.all());
+    let status: TenantStatus = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(status.components.len(), 2, "{status:?}");
+    for component in &status.components {
+        let health = component.health.as_ref().expect("probed");
+        assert!(health.healthy && health.detail.contains("inside"), "{}: {health:?}", component.container);
+        assert_eq!(component.volumes.len(), 3, "{component:?}");
+    }
+
+    // The seed's way: psql inside the container through `lxc exec` on the remote, as the application role with
+    // its generated password in a 0600 ~/.pgpass pushed through LXD (never on a command line).
+    let tables = format!("{remote}:{}", t.container("tables"));
+    let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
+    let pgpass = t.stack.path().join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{}\n", password.trim())).expect("pgpass");
+    gbo_tests::lxc_ok(&[
+        "file",
+        "push",
+        "--mode",
+        "0600",
+        &pgpass.display().to_string(),
+        &format!("{tables}/root/.pgpass"),
+    ]);
+    let psql = |sql: &str| {
+        gbo_tests::lxc(&[
+            "exec",
+            &tables,
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "gbuser",
+            "-d",
+            "botserver",
+            "-tAc",
+            sql,
+        ])
+    };
+    let run = psql("CREATE TABLE gbot_kept (v int); INSERT INTO gbot_kept SELECT generate_series(1, 100)");
+    assert_eq!(run.code, 0, "write as gbuser: {}", run.all());
+    let run = psql("SELECT sum(v) FROM gbot_kept");
+    assert_eq!((run.code, run.stdout.trim()), (0, "5050"), "read as gbuser: {}", run.all());
+
+    let again = gbo_r("plan", &[]).await;
+    check(&again, "plan after the install");
+    assert!(again.stdout.contains("Nothing to do"), "plan is not empty after the install: {}", again.all());
+
+    let run = gbo_r("uninstall", &["--tenant", &t.name, "tables", "cache"]).await;
+    check(&run, "uninstall");
+    assert!(run.stdout.contains("data kept in volumes"), "{}", run.all());
+    let volumes =
+        gbo_tests::lxc_ok(&["storage", "volume", "list", &format!("{remote}:default"), "--format", "csv", "-c", "n"]);
+    for role in ["tables", "cache"] {
+        for kind in ["data", "conf", "logs"] {
+            let volume = format!("{}-{role}-{kind}", t.name);
+            assert!(volumes.lines().any(|l| l == volume), "{volume} was not kept: {volumes}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_through_the_solo_remote() {
+    let _solo = gbo_tests::rig::SoloLease::shared();
+    through_remote("gbot-solo", "/var/lib/gbo-cluster/solo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_through_the_cluster_remote() {
+    through_remote("gbot-cluster", "/var/lib/gbo-cluster/m1").await;
+}
+
+/// A daemon gbo must count as another machine, reached for real: the standalone daemon `solo` through a copy of
+/// the lxc configuration whose remote `gbot-far` addresses it as `[::ffff:127.0.0.5]` (an IPv4-mapped IPv6
+/// address, which `gbo_ops::site` does not take for loopback; the traffic still stays on loopback) with the
+/// server certificate pinned for gbot-solo. Host storage is refused there (exit 2, naming the command, the remote
+/// and the way out); `storage = "volumes"` plans, installs healthy, plans empty and uninstalls keeping its volumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_through_a_remote_on_another_machine_and_host_refused() {
+    let _solo = gbo_tests::rig::SoloLease::shared();
+    let conf = tempfile::tempdir().expect("tempdir");
+    let home = std::env::var("HOME").expect("HOME");
+    for f in ["client.crt", "client.key"] {
+        std::fs::copy(format!("{home}/.config/lxc/{f}"), conf.path().join(f)).expect("client certificate");
+    }
+    std::fs::create_dir(conf.path().join("servercerts")).expect("servercerts");
+    std::fs::copy(
+        format!("{home}/.config/lxc/servercerts/gbot-solo.crt"),
+        conf.path().join("servercerts/gbot-far.crt"),
+    )
+    .expect("solo's pinned certificate (`cargo xtask lxd-cluster up` adds remote gbot-solo)");
+    std::fs::write(
+        conf.path().join("config.yml"),
+        "remotes:\n  gbot-far:\n    addr: https://[::ffff:127.0.0.5]:8443\n    protocol: lxd\n",
+    )
+    .expect("config.yml");
+    let t = TestTenant::new();
+    let _cleanup = Cleanup { lxd_dir: "/var/lib/gbo-cluster/solo".into(), tenant: t.name.clone() };
+    let stack = t.stack.path().join("stack").display().to_string();
+    let file = t.stack.path().join("gbo.toml");
+    let conf_dir = conf.path().display().to_string();
+    let far = |verb: &str, more: &[&str]| {
+        let mut args: Vec<String> = vec!["--remote".into(), "gbot-far".into(), verb.into()];
+        args.extend(more.iter().map(|s| s.to_string()));
+        if matches!(verb, "plan" | "install") {
+            args.extend(
+                ["--file", &file.display().to_string(), "--image", TEST_IMAGE, "--stack-dir", &stack]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+        }
+        let conf_dir = conf_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            gbo_tests::gbo_env(&args, &[("LXD_CONF", &conf_dir)])
+        })
+    };
+    let tenant_file = |mode: &str| {
+        std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"cache\"]\nstorage = \"{mode}\"\n", t.name))
+            .expect("tenant file")
+    };
+    tenant_file("host");
+    for verb in ["plan", "install"] {
+        let run = far(verb, &[]).await.expect("gbo");
+        assert_eq!(run.code, 2, "host storage on another machine: {}", run.all());
+        assert!(
+            run.stderr.contains(&format!("gbo {verb} cannot run against remote `gbot-far`"))
+                && run.stderr.contains("another machine")
+                && run.stderr.contains("storage = \"volumes\""),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(gbo_tests::lxc_ok(&["list", "gbot-solo:", "--format", "csv", "-c", "n"])
+        .lines()
+        .all(|n| !n.starts_with(&t.name)));
+
+    tenant_file("volumes");
+    let run = far("plan", &[]).await.expect("gbo");
+    check(&run, "plan of a volumes tenant on another machine");
+    check(&far("install", &[]).await.expect("gbo"), "install of a volumes tenant on another machine");
+    no_role_dirs(Path::new(&stack));
+    let run = far("status", &["--tenant", &t.name, "--output", "json"]).await.expect("gbo");
+    assert_eq!(run.code, 0, "{}", run.all());
+    let status: TenantStatus = serde_json::from_str(&run.stdout).expect("status JSON");
+    let health = status.components[0].health.as_ref().expect("probed");
+    assert!(health.healthy && health.detail.contains("inside"), "{health:?}");
+    let run = far("plan", &[]).await.expect("gbo");
+    assert!(run.code == 0 && run.stdout.contains("Nothing to do"), "{}", run.all());
+    let run = far("uninstall", &["--tenant", &t.name, "cache"]).await.expect("gbo");
+    check(&run, "uninstall");
+    assert!(run.stdout.contains("data kept in volumes"), "{}", run.all());
 }

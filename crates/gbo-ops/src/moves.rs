@@ -240,6 +240,7 @@ pub async fn move_container(
             "{name} has host mounts and member {to} may be another machine: it needs storage = \"volumes\""
         )));
     }
+    refuse_local_volumes(lxd, container, &from).await?;
     let say = |description: String| {
         events.event(&MoveEvent { instance: name.to_string(), kind: MoveEventKind::Step { description } })
     };
@@ -297,6 +298,37 @@ pub async fn move_container(
             Err(MoveError::Failed { container: name.to_string(), to: to.to_string(), reason, rollback })
         }
     }
+}
+
+/// Refuse (nothing changed) a container whose gbo volumes (`storage = "volumes"`) are on a member-local pool: LXD
+/// moves the instance only, and refuses it while a volume it uses stays on the origin ("Failed loading custom
+/// volume"). Volumes on a remote pool (Ceph) are every member's and move with nothing to do.
+async fn refuse_local_volumes(lxd: &Client, container: &ManagedInstance, from: &str) -> Result<(), MoveError> {
+    let mut local = Vec::new();
+    for (device, config) in &container.instance.devices {
+        let (Some(pool), Some(source)) = (config.get("pool"), config.get("source")) else { continue };
+        if !device.starts_with(crate::inventory::DEVICE_PREFIX)
+            || config.get("type").map(String::as_str) != Some("disk")
+        {
+            continue;
+        }
+        let name = lxd_client::ObjectName::new(pool.as_str())
+            .map_err(|e| MoveError::Refused(format!("{}: pool {pool:?} of device {device}: {e}", container.name)))?;
+        let driver = lxd.storage_pool(&name).await.map_err(lxd_error(format!("reading pool {pool}")))?.driver;
+        if !matches!(driver.as_str(), "ceph" | "cephfs") {
+            local.push(format!("{pool}/{source}"));
+        }
+    }
+    if local.is_empty() {
+        return Ok(());
+    }
+    Err(MoveError::Refused(format!(
+        "{} keeps its data in custom volumes on member {from} ({}; storage = \"volumes\" on a member-local pool): \
+         gbo move does not move volumes yet, and LXD refuses to move an instance whose volumes stay behind; \
+         nothing was changed",
+        container.name,
+        local.join(", ")
+    )))
 }
 
 /// Put `name` back on `origin` (stopped first), started again when it ran.

@@ -80,6 +80,16 @@ impl Site {
         ))
     }
 
+    /// `Ok` when a command on a tenant whose storage mode is `mode` can run against this daemon: always for
+    /// `volumes` (nothing of it is on the daemon's host: volumes, files and health all go through the API), and
+    /// for `host` only when [`Site::require_host`] allows it.
+    pub fn require_host_for(&self, command: &str, mode: gbo_components::StorageMode) -> Result<(), String> {
+        match mode {
+            gbo_components::StorageMode::Volumes => Ok(()),
+            gbo_components::StorageMode::Host => self.require_host(command),
+        }
+    }
+
     /// The member named `name`.
     pub fn member(&self, name: &str) -> Option<&ClusterMember> {
         self.members.iter().find(|m| m.server_name == name)
@@ -113,5 +123,11 @@ mod tests {
         assert!(err.contains("gbo snapshot") && err.contains("far") && err.contains("volumes"), "{err}");
         let remote = Site { label: "remote `x`".into(), local_endpoint: false, ..Default::default() };
         assert!(remote.require_host("gbo install").expect_err("remote").contains("remote `x`"));
+        // A tenant in volumes needs nothing on the daemon's host: any daemon will do; host mode is refused there,
+        // naming the command, the remote and the way out.
+        use gbo_components::StorageMode;
+        assert!(remote.require_host_for("gbo install", StorageMode::Volumes).is_ok());
+        let err = remote.require_host_for("gbo install", StorageMode::Host).expect_err("host mode elsewhere");
+        assert!(err.contains("gbo install") && err.contains("remote `x`") && err.contains("volumes"), "{err}");
     }
 }

@@ -27,7 +27,11 @@ fn delete_tenant(tenant: &str) {
 
 fn tenant_file(dir: &Path, tenant: &str) -> anyhow::Result<String> {
     let path = dir.join("gbo.toml");
-    let mut text = format!("tenant = \"{tenant}\"\nroles = [\"tables\", \"cache\", \"proxy\"]\n\n[placement]\n");
+    // Host storage: the members share this machine, and gbo moves containers whose data is in host directories
+    // (a cluster's default, volumes on member-local pools, is refused by `gbo move`: the volumes would stay behind).
+    let mut text = format!(
+        "tenant = \"{tenant}\"\nroles = [\"tables\", \"cache\", \"proxy\"]\nstorage = \"host\"\n\n[placement]\n"
+    );
     for (role, member) in PLACEMENT {
         text.push_str(&format!("{role} = \"{member}\"\n"));
     }
@@ -83,6 +87,7 @@ pub async fn run() -> anyhow::Result<String> {
     duct::cmd!("cargo", "build", "-q", "--release", "-p", "gbo-cli").run().context("building gbo (release)")?;
     crate::cluster::up().await?;
     let mib: u64 = std::env::var("GBO_BENCH_MOVE_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let load_before = load_average();
     let pid = std::process::id();
     let mut gbo_samples = Samples::default();
     let mut lxc_samples = Samples::default();
@@ -134,6 +139,11 @@ pub async fn run() -> anyhow::Result<String> {
         "\nCluster of `cargo xtask lxd-cluster up` (m1..m3, one machine), image `{IMAGE}`, {ROUNDS} rounds; tables on m1, \
          cache on m2, proxy on m3.\n\n"
     ));
+    md.push_str(&format!(
+        "Machine load (1-minute average, `/proc/loadavg`) {load_before} at the start, {} at the end: the machine is \
+         shared, both sides ran in the same rounds under the same load.\n\n",
+        load_average()
+    ));
     md.push_str("| measure | median | samples (ms) | target | met |\n|---|---|---|---|---|\n");
     md.push_str(&format!(
         "| `gbo --remote gbot-cluster install` (placement) | {} | {} | | |\n",
@@ -165,4 +175,12 @@ pub async fn run() -> anyhow::Result<String> {
          protocol health check after the start. LXD's own move copies only the container's root volume.\n",
     );
     Ok(md)
+}
+
+/// The 1-minute load average of the machine.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }

@@ -225,7 +225,8 @@ fn plan_json(planned: &install::PlannedInstall) -> serde_json::Value {
 
 pub(super) async fn plan(args: InstallArgs) -> anyhow::Result<Outcome> {
     let request = request(&args)?;
-    let lxd = crate::output::lxd_on_host("gbo plan").await?;
+    let lxd =
+        crate::output::lxd_for_storage("gbo plan", &request.tenant_file.tenant, request.tenant_file.storage).await?;
     let planned = install::plan(&lxd, &request, false).await.map_err(engine_error)?;
     if args.output == Format::Json {
         print_json(&plan_json(&planned))?;
@@ -237,7 +238,8 @@ pub(super) async fn plan(args: InstallArgs) -> anyhow::Result<Outcome> {
 
 pub(super) async fn install(args: InstallArgs, dry_run: bool) -> anyhow::Result<Outcome> {
     let request = request(&args)?;
-    let lxd = crate::output::lxd_on_host("gbo install").await?;
+    let lxd =
+        crate::output::lxd_for_storage("gbo install", &request.tenant_file.tenant, request.tenant_file.storage).await?;
     if dry_run {
         let planned = install::plan(&lxd, &request, false).await.map_err(engine_error)?;
         if args.output == Format::Json {
@@ -319,7 +321,14 @@ pub(super) async fn uninstall(
     let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
     let resolved: Vec<(TenantName, Role)> =
         targets.iter().map(|t| resolve_target(t, tenant.as_ref())).collect::<anyhow::Result<_>>()?;
-    let lxd = if purge { crate::output::lxd_on_host("gbo uninstall --purge").await? } else { lxd()? };
+    let lxd = lxd()?;
+    if purge {
+        // Purging host directories needs the daemon's host; purging volumes goes through the API alone.
+        let tenants: std::collections::BTreeSet<&TenantName> = resolved.iter().map(|(t, _)| t).collect();
+        for t in tenants {
+            crate::output::lxd_for_storage("gbo uninstall --purge", t, None).await?;
+        }
+    }
     if purge && !yes {
         if !std::io::stdin().is_terminal() {
             bail!(

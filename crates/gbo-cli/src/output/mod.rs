@@ -199,6 +199,21 @@ pub async fn site(lxd: &lxd_client::Client) -> anyhow::Result<gbo_ops::site::Sit
         .map_err(|e| anyhow::anyhow!("reading the cluster state of {}: {e}", lxd.endpoint().describe()))
 }
 
+/// The daemon, for a command on one tenant's containers: refused (naming `command`, the daemon and why) only when
+/// the tenant's storage mode is `host` ([`gbo_ops::install::storage::mode_for_run`]) and the daemon's containers
+/// may run on another machine. `storage = "volumes"` needs nothing on the daemon's host, so it works through any
+/// remote.
+pub async fn lxd_for_storage(
+    command: &str,
+    tenant: &gbo_components::TenantName,
+    asked: Option<gbo_components::StorageMode>,
+) -> anyhow::Result<lxd_client::Client> {
+    let lxd = lxd()?;
+    let mode = gbo_ops::install::storage::mode_for_run(&lxd, tenant, asked).await.map_err(anyhow::Error::new)?;
+    site(&lxd).await?.require_host_for(command, mode).map_err(anyhow::Error::msg)?;
+    Ok(lxd)
+}
+
 /// The daemon, for a command that works on this host's directories or through 127.0.0.1: refused (naming
 /// `command`) when the daemon's containers may run on another machine.
 pub async fn lxd_on_host(command: &str) -> anyhow::Result<lxd_client::Client> {

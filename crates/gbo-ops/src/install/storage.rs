@@ -43,6 +43,27 @@ pub async fn default_for(lxd: &Client) -> Result<StorageMode, InstallError> {
     Ok(if server.environment.server_clustered { StorageMode::Volumes } else { StorageMode::Host })
 }
 
+/// The storage mode a run for `tenant` uses, as [`Storage::resolve`] picks it (without its checks): `asked` (the
+/// tenant file's `storage`), else the mode its instances record, else the daemon's [`default_for`]. Commands that
+/// work on this host's directories call this first to know whether they need the daemon's host at all
+/// (`storage = "volumes"` needs nothing there, so it works through any remote).
+pub async fn mode_for_run(
+    lxd: &Client,
+    tenant: &TenantName,
+    asked: Option<StorageMode>,
+) -> Result<StorageMode, InstallError> {
+    if let Some(asked) = asked {
+        return Ok(asked);
+    }
+    let instances = crate::inventory::tenant_instances(lxd, tenant)
+        .await
+        .map_err(InstallError::lxd(format!("listing the instances of tenant {tenant}")))?;
+    match instances.iter().filter(|m| m.managed).map(recorded_mode).next() {
+        Some(recorded) => Ok(recorded),
+        None => default_for(lxd).await,
+    }
+}
+
 /// The custom volume holding `role`'s mount of `kind` for `tenant`: `<tenant>-<role>-<kind>`.
 pub fn volume_name(tenant: &TenantName, role: Role, kind: &str) -> String {
     format!("{}-{kind}", gbo_components::instance_name(tenant, role))
