@@ -45,8 +45,6 @@ pub fn parse_prune(text: &str) -> Result<Retention, BackupError> {
         None => vec![w],
     });
     while let Some(flag) = words.next() {
-        let value = words.next().ok_or_else(|| bad(format!("{flag} needs a number")))?;
-        let n: u32 = value.parse().map_err(|_| bad(format!("`{value}` is not a number")))?;
         let slot = match flag {
             "--keep-last" => &mut retention.last,
             "--keep-hourly" => &mut retention.hourly,
@@ -54,8 +52,10 @@ pub fn parse_prune(text: &str) -> Result<Retention, BackupError> {
             "--keep-weekly" => &mut retention.weekly,
             "--keep-monthly" => &mut retention.monthly,
             "--keep-yearly" => &mut retention.yearly,
-            other => return Err(bad(format!("unknown option `{other}`"))),
+            other => return Err(bad(format!("unknown option `{}`", other.escape_debug()))),
         };
+        let value = words.next().ok_or_else(|| bad(format!("{flag} needs a number")))?;
+        let n: u32 = value.parse().map_err(|_| bad(format!("`{}` is not a number", value.escape_debug())))?;
         *slot = Some(n);
     }
     if retention.is_empty() {
