@@ -434,7 +434,7 @@ pub async fn table_checks(side: &Endpoint, database: &str) -> Result<Vec<TableCh
 
 /// Compare what `database` holds on a side with `recorded` (from [`table_checks`]): every recorded table is there
 /// with the same row count and checksum. With `app`, that role must also read and write every table and use every
-/// sequence, as the migration's last check does ([`app_access`], rolled back). Returns the differences, by table.
+/// sequence, as the migration's last check does (`app_access`, rolled back). Returns the differences, by table.
 pub async fn check_recorded(
     side: &ContainerServer,
     database: &str,
