@@ -99,6 +99,57 @@ fn restic(repo: &Path, password_file: &Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+async fn list_backups(repo: &Path, password_file: &Path) -> Vec<serde_json::Value> {
+    let mut args = vec!["backup".into(), "list".into(), "--output".into(), "json".into()];
+    args.extend(repo_args(repo, password_file));
+    let run = gbo_async(args).await;
+    assert_eq!(run.code, 0, "backup list:\n{}", run.all());
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{}", run.all()))
+}
+
+/// The words of a unit's command line as systemd splits them (double quotes, `\\` and `\"` escapes, `%%`).
+fn unit_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut escaped, mut any) = (Vec::new(), String::new(), false, false, false);
+    for c in line.replace("%%", "%").chars() {
+        match c {
+            _ if escaped => {
+                word.push(c);
+                escaped = false
+            }
+            '\\' => escaped = true,
+            '"' => {
+                quoted = !quoted;
+                any = true
+            }
+            ' ' if !quoted => {
+                if any || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                any = false
+            }
+            _ => word.push(c),
+        }
+    }
+    if any || !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Every file below `dir`, with its size.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(format!("{} {}", path.display(), entry.metadata().map(|m| m.len()).unwrap_or(0)));
+        }
+    }
+    out
+}
+
 fn repo_args(repo: &Path, password_file: &Path) -> Vec<String> {
     vec!["--repo".into(), repo.display().to_string(), "--password-file".into(), password_file.display().to_string()]
 }
@@ -277,6 +328,11 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     };
     assert_eq!(run.code, 0, "restore on the solo daemon:\n{}", run.all());
     assert!(run.stdout.contains("healthy"), "{}", run.all());
+    assert!(
+        run.stdout.contains("tables hold exactly the rows the backup recorded"),
+        "the row check ran:\n{}",
+        run.all()
+    );
     let status_args: Vec<String> =
         vec!["status".into(), "--tenant".into(), t.name.clone(), "--output".into(), "json".into()];
     let status = {
@@ -311,10 +367,145 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     assert_eq!(run.code, 0, "restore:\n{}", run.all());
     assert!(run.stderr.contains("restore plan"), "the plan is shown first:\n{}", run.all());
     assert_eq!(rows(&t).await, after_change, "the restored database holds exactly the backed-up rows");
+    assert!(
+        run.stdout.contains("tables hold exactly the rows the backup recorded"),
+        "the row check ran:\n{}",
+        run.all()
+    );
     // A second restore onto the existing tenant is refused without --replace (exit 2, nothing changed).
     let run = gbo_async(restore).await;
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.stderr.contains("--replace"), "{}", run.all());
+
+    // A repository whose snapshots were mixed up (the real restic re-tags the first backup's tables snapshot as the
+    // newest backup's, so the newest backup's record (taken after 50 rows changed) meets older data): the restore
+    // recreates the tenant, then its row check fails with exit 2, naming the table.
+    let backups = list_backups(&repo, &password_file).await;
+    let complete: Vec<&serde_json::Value> = backups.iter().filter(|b| b["complete"] == true).collect();
+    assert_eq!(complete.len(), 3, "three complete backups: {backups:?}");
+    let (oldest, newest) = (complete[0], complete[2]);
+    let id = |b: &serde_json::Value| b["backup"].as_str().expect("backup id").to_string();
+    let tables_snap = |b: &serde_json::Value| b["snapshots"]["tables"].as_str().expect("tables snapshot").to_string();
+    for (snap, from, to) in
+        [(tables_snap(newest), id(newest), "gbot-set-aside".to_string()), (tables_snap(oldest), id(oldest), id(newest))]
+    {
+        let (code, out) = restic(
+            &repo,
+            &password_file,
+            &["tag", "--remove", &format!("backup={from}"), "--add", &format!("backup={to}"), &snap],
+        );
+        assert_eq!(code, 0, "restic tag: {out}");
+    }
+    let mut replace = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone(), "--replace".into()];
+    replace.extend(["--backup".into(), id(newest)]);
+    replace.extend(repo_args(&repo, &password_file));
+    replace.extend(["--image".into(), TEST_IMAGE.into()]);
+    let run = gbo_async(replace).await;
+    assert_eq!(run.code, 2, "a restore whose rows differ from the record fails:\n{}", run.all());
+    assert!(run.stderr.contains("does not match backup"), "{}", run.all());
+    assert!(run.stderr.contains("botserver: \"public\".\"kept\""), "the table is named:\n{}", run.all());
+    assert!(run.stderr.contains("different content checksum"), "{}", run.all());
+
+    // schedule: the units it writes, checked by systemd-analyze; their commands, run as systemd would, back up
+    // (ExecStart) and prune (ExecStartPost). This host's systemd is not PID 1 (`systemctl is-system-running`:
+    // offline), so the timer itself cannot fire here.
+    let units = work.path().join("units");
+    let mut schedule = vec!["backup".into(), "schedule".into(), "--tenant".into(), t.name.clone()];
+    schedule.extend(repo_args(&repo, &password_file));
+    let bad = [schedule.clone(), vec!["--prune=--keep-last 2\nExecStartPre=/bin/true".into()]].concat();
+    let run = gbo_async(bad).await;
+    assert_eq!(run.code, 2, "a --prune that would add a line to the unit is refused:\n{}", run.all());
+    assert!(run.stderr.contains("invalid --prune"), "{}", run.all());
+    schedule.extend([
+        "--on-calendar".into(),
+        "*-*-* 03:00".into(),
+        "--prune".into(),
+        "--keep-last 2".into(),
+        "--unit-dir".into(),
+        units.display().to_string(),
+    ]);
+    let run = gbo_async(schedule).await;
+    assert_eq!(run.code, 0, "schedule:\n{}", run.all());
+    let unit = format!("gbo-backup-{}", t.name);
+    let service = std::fs::read_to_string(units.join(format!("{unit}.service"))).expect("service written");
+    let timer = std::fs::read_to_string(units.join(format!("{unit}.timer"))).expect("timer written");
+    assert!(timer.contains("OnCalendar=*-*-* 03:00\n"), "{timer}");
+    let out = std::process::Command::new(require_program("systemd-analyze"))
+        .arg("verify")
+        .arg(units.join(format!("{unit}.timer")))
+        .arg(units.join(format!("{unit}.service")))
+        .output()
+        .expect("systemd-analyze");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "systemd-analyze verify: {said}");
+    let command = |key: &str| -> Vec<String> {
+        let line = service.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {service}"));
+        unit_words(line)
+    };
+    let (start, post) = (command("ExecStart="), command("ExecStartPost="));
+    let this_gbo = std::fs::canonicalize(gbo_tests::gbo_bin()).expect("gbo path");
+    assert_eq!(Path::new(&start[0]), this_gbo, "the unit runs this gbo");
+    let before = list_backups(&repo, &password_file).await.len();
+    let ran = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&start[0]).args(&start[1..]).current_dir("/").output().expect("ExecStart")
+    })
+    .await
+    .expect("thread");
+    assert!(ran.status.success(), "the unit's ExecStart: {}", String::from_utf8_lossy(&ran.stderr));
+    let listed = list_backups(&repo, &password_file).await;
+    assert_eq!(listed.len(), before + 1, "the unit's command stored a backup: {listed:?}");
+    let scheduled = id(listed.last().expect("newest"));
+
+    // prune: --dry-run changes nothing; the unit's ExecStartPost (--keep-last 2) keeps the two newest backups
+    // (the mixed-up one and the scheduled one), forgets the rest (the interrupted one and the set-aside tables
+    // snapshot included), and the real restic agrees: its listing holds only the kept backups, check passes.
+    let files = |dir: &Path| -> Vec<String> {
+        let mut all = Vec::new();
+        for sub in ["data", "snapshots", "index"] {
+            for entry in walk(&dir.join(sub)) {
+                all.push(entry);
+            }
+        }
+        all.sort();
+        all
+    };
+    let repo_files = files(&repo);
+    let mut dry = vec!["backup".into(), "prune".into(), "--tenant".into(), t.name.clone()];
+    dry.extend(repo_args(&repo, &password_file));
+    dry.extend(["--keep-last".into(), "2".into(), "--dry-run".into(), "--output".into(), "json".into()]);
+    let run = gbo_async(dry).await;
+    assert_eq!(run.code, 0, "prune --dry-run:\n{}", run.all());
+    let decided: serde_json::Value = serde_json::from_str(&run.stdout).expect("prune JSON");
+    let kept: Vec<String> =
+        decided["kept"].as_array().expect("kept").iter().map(|k| k[0].as_str().expect("id").to_string()).collect();
+    let mut kept = kept;
+    kept.sort();
+    let mut want = vec![scheduled.clone(), id(newest)];
+    want.sort();
+    assert_eq!(kept, want, "{decided}");
+    assert!(decided["forgotten"].as_array().expect("forgotten").len() >= 3, "{decided}");
+    assert_eq!(files(&repo), repo_files, "--dry-run changed the repository");
+    let pruned = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&post[0]).args(&post[1..]).current_dir("/").output().expect("ExecStartPost")
+    })
+    .await
+    .expect("thread");
+    assert!(pruned.status.success(), "the unit's ExecStartPost: {}", String::from_utf8_lossy(&pruned.stderr));
+    let (code, out) = restic(&repo, &password_file, &["snapshots", "--json"]);
+    assert_eq!(code, 0, "restic snapshots: {out}");
+    let snaps: Vec<serde_json::Value> = serde_json::from_str(&out).expect("restic JSON");
+    let mut left: Vec<String> = snaps
+        .iter()
+        .filter_map(|s| {
+            s["tags"].as_array()?.iter().filter_map(|v| v.as_str()?.strip_prefix("backup=").map(String::from)).next()
+        })
+        .collect();
+    left.sort();
+    left.dedup();
+    assert_eq!(left, want, "restic lists only the kept backups: {out}");
+    assert_eq!(snaps.len(), 6, "three snapshots (tables, cache, meta) per kept backup: {out}");
+    let (code, out) = restic(&repo, &password_file, &["check"]);
+    assert_eq!(code, 0, "restic check after prune: {out}");
 
     // verify: sound, then a damaged pack is named (exit 1).
     let mut verify = vec!["backup".into(), "verify".into()];

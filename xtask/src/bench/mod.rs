@@ -1,6 +1,7 @@
 //! Benchmarks run side by side with the `lxc` CLI or the runbook's own commands; each rewrites its own section of
 //! `docs/benchmarks.md` (between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`).
 
+pub mod backup;
 pub mod ci;
 pub mod client;
 pub mod cluster;
@@ -20,6 +21,8 @@ pub enum Which {
     Ops,
     /// `gbo-ci deploy` versus the runbook's ssh/scp sequence.
     Ci,
+    /// `gbo backup create` versus `restic backup` and the runbook's `pg_dump` + `tar`, first and incremental run.
+    Backup,
     /// gbo install by placement and gbo move on the three-member cluster versus `lxc --target` and `lxc move`.
     Cluster,
 }
@@ -32,6 +35,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Ops => ("ops", ops::run().await?),
         Which::Ci => ("ci", ci::run().await?),
         Which::Cluster => ("cluster", cluster::run().await?),
+        Which::Backup => ("backup", backup::run().await?),
     };
     if matches!(which, Which::Ops) && ops::only().is_some() {
         println!("{markdown}");

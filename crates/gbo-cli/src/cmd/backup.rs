@@ -143,7 +143,7 @@ pub enum Command {
         #[arg(long, default_value = "daily")]
         on_calendar: String,
         /// Prune after each backup with these options, e.g. "--keep-daily 7 --keep-weekly 4".
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         prune: Option<String>,
         /// Where the unit files go.
         #[arg(long, default_value = "/etc/systemd/system")]
@@ -303,6 +303,12 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                     if let Some(s) = &report.safety_snapshot {
                         outln!("the replaced containers are in snapshot {s}");
                     }
+                    if report.checked_tables > 0 {
+                        outln!(
+                            "{} tables hold exactly the rows the backup recorded; the application role reads and writes them",
+                            report.checked_tables
+                        );
+                    }
                     outln!("tenant {} restored from backup {}", report.plan.tenant, report.plan.backup);
                 }
             }
@@ -349,15 +355,23 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::Schedule { tenant, repo, on_calendar, prune, unit_dir } => {
+            backup::schedule::check_calendar(&on_calendar)?;
+            let prune = prune.as_deref().map(backup::schedule::parse_prune).transpose()?;
             let access = repo.access()?;
             let gbo = std::env::current_exe()?;
+            // The unit runs from `/`: relative paths are made absolute here.
+            let (repo_dir, password_file) =
+                (std::path::absolute(&access.repo)?, std::path::absolute(&access.password_file)?);
+            for (what, path) in [("--repo", &repo_dir), ("--password-file", &password_file), ("gbo", &gbo)] {
+                backup::schedule::check_path(what, path)?;
+            }
             let (service, timer) = backup::schedule::render(
                 &gbo,
                 tenant.as_str(),
-                &access.repo,
-                &access.password_file,
+                &repo_dir,
+                &password_file,
                 &on_calendar,
-                prune.as_deref(),
+                prune.as_ref(),
             );
             let name = backup::schedule::unit_name(tenant.as_str());
             let dir = gbo_ops::hostfs::HostDir::create_root(&unit_dir, 0o755)?;

@@ -12,6 +12,7 @@ use super::capture::{self, Method};
 use super::event::{BackupEvent, BackupEventKind};
 use super::lock::{self, Mode};
 use super::meta::{self, RoleMeta, TenantMeta};
+use super::rows;
 use super::source::{mount_path, TreeSource};
 use super::{join_error, snapshot_path, BackupError, RepoAccess, META_ROLE, TAG_GBO};
 use crate::events::Observer;
@@ -250,19 +251,40 @@ async fn backup_role(
         Method::RedisBgsave => events.event(&BackupEvent::step(subject, "BGSAVE")),
         _ => {}
     }
-    capture::prepare(lxd, instance, method, stack_dir).await?;
-    let frozen = capture::freeze(lxd, instance, method).await?;
-    if frozen {
-        events.event(&BackupEvent::step(subject, "frozen; reading"));
-    }
-    let result = read_role(repo, tenant, instance, &role, backup, stack_dir).await;
-    if frozen {
-        // Whatever happened above: a container left frozen is worse than a failed backup.
-        if let Err(e) = capture::thaw(lxd, instance).await {
-            tracing::error!(container = %instance.name, error = %e, "could not thaw the container");
-            return Err(e);
+    // PostgreSQL: every table locked IN SHARE MODE (writers wait) and its rows recorded, the locks held through the
+    // freeze, so the record is what the copy holds.
+    let locks = if method == Method::PostgresCheckpoint {
+        events.event(&BackupEvent::step(subject, "locking the tables (writers wait) and recording their rows"));
+        let name = lxd_client::InstanceName::new(subject).map_err(|e| BackupError::BadInput(e.to_string()))?;
+        let (locks, records) = rows::lock_and_record(lxd, &name).await?;
+        let tables: usize = records.iter().map(|r| r.tables.len()).sum();
+        events.event(&BackupEvent::step(subject, format!("{tables} tables recorded")));
+        role_meta.databases = records;
+        Some(locks)
+    } else {
+        None
+    };
+    let captured = async {
+        capture::prepare(lxd, instance, method, stack_dir).await?;
+        let frozen = capture::freeze(lxd, instance, method).await?;
+        if frozen {
+            events.event(&BackupEvent::step(subject, "frozen; reading"));
         }
+        let result = read_role(repo, tenant, instance, &role, backup, stack_dir).await;
+        if frozen {
+            // Whatever happened above: a container left frozen is worse than a failed backup.
+            if let Err(e) = capture::thaw(lxd, instance).await {
+                tracing::error!(container = %instance.name, error = %e, "could not thaw the container");
+                return Err(e);
+            }
+        }
+        result
     }
+    .await;
+    if let Some(locks) = locks {
+        locks.release().await;
+    }
+    let result = captured;
     let (snapshot, (files, bytes, added)) = result?;
     role_meta.snapshot = Some(snapshot.clone());
     Ok((

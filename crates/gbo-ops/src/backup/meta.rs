@@ -57,6 +57,10 @@ pub struct RoleMeta {
     pub consistency: String,
     /// The role's restic snapshot id.
     pub snapshot: Option<String>,
+    /// The tables role's PostgreSQL data as recorded at backup time, checked after a restore (empty for other
+    /// roles, a stopped container, and backups written before gbo recorded it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<super::rows::DatabaseRecord>,
 }
 
 impl RoleMeta {
@@ -86,6 +90,7 @@ impl RoleMeta {
             mounts: instance.mounts.clone(),
             consistency: String::new(),
             snapshot: None,
+            databases: Vec::new(),
         }
     }
 

@@ -13,6 +13,8 @@
 //! - [`source`]: the role directories read through [`crate::hostfs`] (no link followed, links stored as links);
 //! - [`capture`]: consistency per role (PostgreSQL `CHECKPOINT` then freeze, Redis `BGSAVE` then freeze, others
 //!   frozen) with a thaw that always runs;
+//! - [`rows`]: the tables' row counts and checksums recorded under a share lock held through the freeze, and the
+//!   check of a restored database against them (the migration's own verification);
 //! - [`mod@create`], [`mod@list`], [`mod@verify`], [`mod@restore`], [`mod@prune`], [`schedule`].
 
 pub mod capture;
@@ -24,6 +26,7 @@ pub mod meta;
 pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod rows;
 pub mod schedule;
 pub mod source;
 pub mod verify;
@@ -130,6 +133,16 @@ pub enum BackupError {
         container: String,
         /// What failed.
         detail: String,
+    },
+    /// The restored PostgreSQL data differs from what the backup recorded (or the application role cannot use it).
+    #[error("the restored data of {container} does not match backup {backup}: {}; the restored tenant is left in place for inspection", differences.iter().map(|d| format!("{}: {}", d.object, d.what)).collect::<Vec<_>>().join("; "))]
+    RowsDiffer {
+        /// The restored tables container.
+        container: String,
+        /// The backup.
+        backup: String,
+        /// What differs, by table.
+        differences: Vec<crate::migrate::Difference>,
     },
     /// The repository library failed.
     #[error("{context}")]

@@ -8,7 +8,9 @@
 //! the containers created by the install engine (the same path as `gbo install`) → each container stopped, its
 //! `data` and `logs` directories replaced by the backup's (restored by rustic into a private staging directory,
 //! then copied through hostfs: links as links), owners shifted from the recorded idmap base to the new
-//! container's → started → a second install run converges and reports health. `conf` is rendered again by the
+//! container's → started → a second install run converges and reports health → the restored PostgreSQL data is
+//! compared with what the backup recorded ([`super::rows`]: every table's rows and checksum, the application role's
+//! access), a difference failing the restore with the table named. `conf` is rendered again by the
 //! install engine from the catalogue (it is in the backup for the record).
 
 use std::path::{Path, PathBuf};
@@ -104,6 +106,8 @@ pub struct RestoreReport {
     pub safety_snapshot: Option<String>,
     /// Health per container after the restore.
     pub health: Vec<(String, bool, String)>,
+    /// Tables found holding the rows the backup recorded (with the application role's access checked).
+    pub checked_tables: usize,
     /// Whether it was only planned.
     pub applied: bool,
 }
@@ -225,7 +229,13 @@ pub async fn restore(
         return Err(BackupError::TenantExists { tenant: target.to_string(), containers: existing.join(", ") });
     }
     if options.dry_run {
-        return Ok(RestoreReport { plan, safety_snapshot: None, health: Vec::new(), applied: false });
+        return Ok(RestoreReport {
+            plan,
+            safety_snapshot: None,
+            health: Vec::new(),
+            checked_tables: 0,
+            applied: false,
+        });
     }
     let roles: Vec<Role> = described
         .roles
@@ -330,7 +340,32 @@ pub async fn restore(
     let report = install::install(lxd, &request, install_events).await?;
     let health =
         report.components.iter().map(|c| (c.instance.clone(), c.health.healthy, c.health.detail.clone())).collect();
-    Ok(RestoreReport { plan, safety_snapshot, health, applied: true })
+
+    // The restored PostgreSQL data as its consumer uses it: every table the backup recorded, with its rows and
+    // checksum, and the application role reading and writing every table.
+    let mut checked_tables = 0;
+    for role_meta in described.roles.iter().filter(|r| !r.databases.is_empty()) {
+        let subject = role_meta.container.replacen(tenant.as_str(), target.as_str(), 1);
+        let name = InstanceName::new(subject.as_str()).map_err(|e| BackupError::BadInput(e.to_string()))?;
+        let tables: usize = role_meta.databases.iter().map(|d| d.tables.len()).sum();
+        events.event(&BackupEvent::step(&subject, format!("checking {tables} tables against the backup's record")));
+        let differences = super::rows::check(lxd, &name, &role_meta.databases).await?;
+        if !differences.is_empty() {
+            events.event(&BackupEvent::new(
+                &subject,
+                BackupEventKind::Failed { error: format!("{} table(s) differ from the backup", differences.len()) },
+            ));
+            return Err(BackupError::RowsDiffer { container: subject, backup: chosen.backup.clone(), differences });
+        }
+        events.event(&BackupEvent::new(
+            &subject,
+            BackupEventKind::Done {
+                detail: format!("{tables} tables hold the recorded rows; the application role reads and writes them"),
+            },
+        ));
+        checked_tables += tables;
+    }
+    Ok(RestoreReport { plan, safety_snapshot, health, checked_tables, applied: true })
 }
 
 /// The restored directory's own owner and mode onto the directory it replaced (the copy sets them below it).

@@ -11,7 +11,7 @@ use lxd_client::ExecRequest;
 
 use super::contents::not_extension_member;
 use super::copy::{Digester, Seq, StreamDigest, Unit, LARGE_OBJECTS, STREAM_SESSION};
-use super::endpoint::Endpoint;
+use super::endpoint::{ContainerServer, Endpoint};
 use super::error::{Difference, MigrateError};
 use super::event::{MigrateEvent, MigrateEventKind};
 use super::session::Restore;
@@ -19,7 +19,7 @@ use super::sql::{count, db_message, quote_ident, quote_literal, unhex, unreadabl
 use crate::events::Observer;
 
 /// A table's identity and verification data.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableCheck {
     /// `schema.table`, quoted as SQL needs.
     pub table: String,
@@ -413,4 +413,105 @@ pub(super) async fn foreign_owned(
             _ => Err(unreadable(&side, "the owners", std::slice::from_ref(row))),
         })
         .collect()
+}
+
+/// The row count and order-independent checksum ([`check_table`]) of every table of `database` on a side, by name
+/// (`schema.table`, quoted), in name order. Names travel hex-encoded and are quoted on the host. What a backup
+/// records of a database, for [`check_recorded`] to compare after a restore.
+pub async fn table_checks(side: &Endpoint, database: &str) -> Result<Vec<TableCheck>, MigrateError> {
+    let mut names: Vec<String> = relations(side, database, 'r')
+        .await?
+        .iter()
+        .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+        .collect();
+    names.sort();
+    let mut checks = Vec::with_capacity(names.len());
+    for name in &names {
+        checks.push(check_table(side, database, name).await?);
+    }
+    Ok(checks)
+}
+
+/// Compare what `database` holds on a side with `recorded` (from [`table_checks`]): every recorded table is there
+/// with the same row count and checksum. With `app`, that role must also read and write every table and use every
+/// sequence, as the migration's last check does (`app_access`, rolled back). Returns the differences, by table.
+pub async fn check_recorded(
+    side: &ContainerServer,
+    database: &str,
+    recorded: &[TableCheck],
+    app: Option<&str>,
+) -> Result<Vec<Difference>, MigrateError> {
+    let endpoint = Endpoint::Container(side.clone());
+    let present: BTreeSet<String> = relations(&endpoint, database, 'r')
+        .await?
+        .iter()
+        .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+        .collect();
+    let mut differences = Vec::new();
+    let mut units = Vec::new();
+    for want in recorded {
+        if !present.contains(&want.table) {
+            differences.push(Difference { object: want.table.clone(), what: "missing after the restore".into() });
+            continue;
+        }
+        let got = check_table(&endpoint, database, &want.table).await?;
+        if got.rows != want.rows {
+            differences.push(Difference {
+                object: want.table.clone(),
+                what: format!("{} rows recorded at backup time, {} restored", want.rows, got.rows),
+            });
+        } else if got.checksum != want.checksum {
+            differences.push(Difference {
+                object: want.table.clone(),
+                what: format!("{} rows as recorded, but a different content checksum", got.rows),
+            });
+        }
+        units.push(Unit {
+            name: want.table.clone(),
+            ident: Some((String::new(), String::new())),
+            source: want.table.clone(),
+        });
+    }
+    if let Some(app) = app {
+        let sequences: Vec<Seq> = relations(&endpoint, database, 'S')
+            .await?
+            .into_iter()
+            .map(|(s, n)| Seq {
+                quoted: format!("{}.{}", quote_ident(&s), quote_ident(&n)),
+                ident: (s, n),
+                last: 0,
+                called: false,
+            })
+            .collect();
+        let restore = Restore::Container { server: side.clone(), role: None };
+        differences.extend(app_access(&restore, database, app, &units, &sequences).await?);
+    }
+    differences.sort_by(|a, b| a.object.cmp(&b.object));
+    Ok(differences)
+}
+
+/// The databases of a side that hold data a backup records: every database that accepts connections, templates
+/// aside, whose name passes [`super::validate_database`]. Names travel hex-encoded.
+pub async fn databases(side: &Endpoint) -> Result<Vec<String>, MigrateError> {
+    let name = side.describe();
+    let rows = side
+        .query(
+            "postgres",
+            "SELECT encode(convert_to(datname::text, 'UTF8'), 'hex') FROM pg_catalog.pg_database \
+             WHERE datallowconn AND NOT datistemplate ORDER BY 1;",
+        )
+        .await?;
+    let mut out = Vec::new();
+    for row in &rows {
+        match row.as_slice() {
+            [hex] => {
+                let db = unhex(&name, hex)?;
+                if super::validate_database(&db).is_ok() {
+                    out.push(db);
+                }
+            }
+            _ => return Err(unreadable(&name, "the list of databases", std::slice::from_ref(row))),
+        }
+    }
+    Ok(out)
 }
