@@ -312,6 +312,8 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     // Another host: the rig's standalone daemon, reached by its socket only, into a stack dir of its own.
     let solo_socket = format!("{SOLO_DIR}/unix.socket");
     assert!(Path::new(&solo_socket).exists(), "the solo daemon is not up: run `cargo xtask lxd-cluster up`");
+    // solo stays up while the tenant is restored there (the reboot test stops it only under the exclusive lease).
+    let lease = gbo_tests::rig::SoloLease::shared();
     let _solo = SoloCleanup(vec![t.container("tables"), t.container("cache")]);
     let solo_stack = tempfile::Builder::new().prefix("gbot-solo-stack-").tempdir().expect("tempdir");
     let mut on_solo = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone()];
@@ -360,6 +362,7 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     drop(db);
     assert_eq!(on_other_host, after_change, "the other host's database holds exactly the backed-up rows");
     drop(_solo);
+    drop(lease);
     let mut restore = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone()];
     restore.extend(repo_args(&repo, &password_file));
     restore.extend(["--image".into(), TEST_IMAGE.into()]);
