@@ -371,3 +371,31 @@ pub fn events_for<'a>(events: &'a [lxd_client::Event], prefix: &str) -> Vec<&'a 
         })
         .collect()
 }
+
+/// A session on a tenant's PostgreSQL as the application does it: `gbuser` with the generated password, database
+/// `botserver`, on the host port the tables container publishes.
+pub async fn app_db(port: u16, password: &str) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user("gbuser")
+        .password(password)
+        .dbname("botserver")
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) =
+        config.connect(tokio_postgres::NoTls).await.expect("login as gbuser with the generated password");
+    tokio::spawn(connection);
+    client
+}
+
+/// The host port `gbo status` reports for `container`'s port `container_port` (panics naming both when none).
+pub fn host_port(status: &gbo_ops::install::status::TenantStatus, container: &str, container_port: u16) -> u16 {
+    status
+        .components
+        .iter()
+        .find(|c| c.container == container)
+        .and_then(|c| c.ports.iter().find(|p| p.container_port == container_port))
+        .map(|p| p.host_port)
+        .unwrap_or_else(|| panic!("{container} publishes no port for {container_port}: {status:?}"))
+}

@@ -2,8 +2,8 @@
 //! repository, checked by the real `restic` 0.14, then purged and restored with its rows. One tenant is shared
 //! through the whole scenario to keep the wall time low.
 
+use gbo_tests::app_db as pg;
 use std::path::Path;
-use std::time::Duration;
 
 use gbo_ops::install::status::TenantStatus;
 use gbo_tests::programs::require_program;
@@ -23,20 +23,6 @@ fn pg_port(t: &TestTenant) -> u16 {
         .and_then(|c| c.ports.iter().find(|p| p.container_port == 5432))
         .map(|p| p.host_port)
         .expect("tables publishes 5432")
-}
-
-async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("gbuser")
-        .password(password)
-        .dbname("botserver")
-        .connect_timeout(Duration::from_secs(10));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("login as gbuser");
-    tokio::spawn(connection);
-    client
 }
 
 async fn rows(t: &TestTenant) -> Vec<(i32, String)> {

@@ -10,6 +10,7 @@
 //! database from a container on another member, a move with data intact, one member shut down and brought back):
 //! installing it is the slow part.
 
+use gbo_tests::app_db as pg;
 use std::time::{Duration, Instant};
 
 use gbo_ops::install::status::TenantStatus;
@@ -125,20 +126,6 @@ impl Drop for MemberDown {
 
 fn status_of(run: &Run) -> TenantStatus {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()))
-}
-
-async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("gbuser")
-        .password(password)
-        .dbname("botserver")
-        .connect_timeout(Duration::from_secs(10));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("login as gbuser");
-    tokio::spawn(connection);
-    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

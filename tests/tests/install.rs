@@ -1,7 +1,7 @@
 //! End to end: `gbo install` of tables, cache and proxy from the baked test image, against the real LXD daemon
 //! and the real PostgreSQL, Redis and Caddy inside the containers.
 
-use std::time::Duration;
+use gbo_tests::{app_db as pg, host_port};
 
 use gbo_ops::install::status::TenantStatus;
 use gbo_tests::{events_for, gbo, gbo_async, lxd, require_test_image, EventRecorder, TestTenant, TEST_IMAGE};
@@ -15,31 +15,6 @@ fn status_json(t: &TestTenant) -> (i32, TenantStatus) {
     let status: TenantStatus =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()));
     (run.code, status)
-}
-
-fn host_port(status: &TenantStatus, container: &str, container_port: u16) -> u16 {
-    status
-        .components
-        .iter()
-        .find(|c| c.container == container)
-        .and_then(|c| c.ports.iter().find(|p| p.container_port == container_port))
-        .map(|p| p.host_port)
-        .unwrap_or_else(|| panic!("{container} publishes no port for {container_port}: {status:?}"))
-}
-
-async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("gbuser")
-        .password(password)
-        .dbname("botserver")
-        .connect_timeout(Duration::from_secs(10));
-    let (client, connection) =
-        config.connect(tokio_postgres::NoTls).await.expect("login as gbuser with the generated password");
-    tokio::spawn(connection);
-    client
 }
 
 /// `AUTH` with the cache's generated password, then `PING`: the answer to the PING.

@@ -5,6 +5,7 @@
 //! row back; a symlink the container plants on its conf volume does not make gbo write through it; uninstall keeps
 //! the volumes and a reinstall finds the rows; `uninstall --purge` deletes the volumes.
 
+use gbo_tests::{app_db as pg, host_port};
 use std::path::Path;
 use std::time::Duration;
 
@@ -89,31 +90,6 @@ async fn tenant_status(socket: &str, tenant: &str) -> (i32, TenantStatus) {
     let status: TenantStatus =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()));
     (run.code, status)
-}
-
-fn host_port(status: &TenantStatus, container: &str, container_port: u16) -> u16 {
-    status
-        .components
-        .iter()
-        .find(|c| c.container == container)
-        .and_then(|c| c.ports.iter().find(|p| p.container_port == container_port))
-        .map(|p| p.host_port)
-        .unwrap_or_else(|| panic!("{container} publishes no port for {container_port}: {status:?}"))
-}
-
-async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("gbuser")
-        .password(password)
-        .dbname("botserver")
-        .connect_timeout(Duration::from_secs(10));
-    let (client, connection) =
-        config.connect(tokio_postgres::NoTls).await.expect("login as gbuser with the generated password");
-    tokio::spawn(connection);
-    client
 }
 
 async fn value(port: u16, password: &str) -> i32 {

@@ -18,6 +18,7 @@
 //! still leaves it running and answering. Other instances on solo are stopped and started again by their own
 //! autostart state during the window, as on a real reboot.
 
+use gbo_tests::app_db as pg;
 use std::time::{Duration, Instant};
 
 use gbo_ops::install::status::TenantStatus;
@@ -72,20 +73,6 @@ fn init_start(name: &str) -> (u32, u64) {
 async fn status(tenant: &str) -> (i32, Option<TenantStatus>, String) {
     let run = gbo_solo(vec!["status".into(), "--tenant".into(), tenant.into(), "--output".into(), "json".into()]).await;
     (run.code, serde_json::from_str(&run.stdout).ok(), run.all())
-}
-
-async fn pg(port: u16, password: &str) -> tokio_postgres::Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("gbuser")
-        .password(password)
-        .dbname("botserver")
-        .connect_timeout(Duration::from_secs(10));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("login as gbuser");
-    tokio::spawn(connection);
-    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 //! points webmail at it; its container publishes IMAP and SMTP on the host's loopback through proxy devices (no
 //! NIC), as gbo publishes a role's ports, and webmail's wires reach those ports as they reach gbo's email role.
 
+use gbo_tests::host_port;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -22,16 +23,6 @@ fn secret(t: &TestTenant, name: &str) -> String {
 fn tenant_status(t: &TestTenant) -> TenantStatus {
     let run = gbo(&["status", "--tenant", &t.name, "--output", "json"]);
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status JSON does not parse: {e}\n{}", run.all()))
-}
-
-fn host_port(status: &TenantStatus, container: &str, container_port: u16) -> u16 {
-    status
-        .components
-        .iter()
-        .find(|c| c.container == container)
-        .and_then(|c| c.ports.iter().find(|p| p.container_port == container_port))
-        .map(|p| p.host_port)
-        .unwrap_or_else(|| panic!("{container} publishes no port for {container_port}: {status:?}"))
 }
 
 /// The text between `start` and the next `end` in `text`.
