@@ -221,6 +221,16 @@ pub(super) fn lxc_script_on(
     Ok(())
 }
 
+/// The first of ten consecutive ports from `from` that nothing listens on (a proxy device of a container deleted a
+/// moment ago can still hold its port; seen as "bind: address already in use" on the script's first start).
+fn free_run(from: u16) -> anyhow::Result<u16> {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    (from..from.saturating_add(5000))
+        .step_by(10)
+        .find(|&base| (base..base + 10).all(free))
+        .with_context(|| format!("no ten free ports on 127.0.0.1 from {from}"))
+}
+
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir =
         std::env::temp_dir().join(format!("gbot-bench-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()));
@@ -253,7 +263,8 @@ pub async fn run() -> anyhow::Result<String> {
         let stack = tempfile_dir()?;
         let tenant = format!("gbot-bl{pid}-{round}");
         let start = Instant::now();
-        let result = tokio::task::block_in_place(|| lxc_script(&tenant, &stack, 41000 + (round as u16) * 10));
+        let base = free_run(41000 + (round as u16) * 10)?;
+        let result = tokio::task::block_in_place(|| lxc_script(&tenant, &stack, base));
         lxc_samples.durations.push(start.elapsed());
         delete_tenant(&tenant);
         let _ = std::fs::remove_dir_all(&stack);
