@@ -57,28 +57,7 @@ fn sql_error(instance: &InstanceName, what: &str) -> impl FnOnce(migrate::Migrat
 }
 
 fn psql(database: &str) -> Vec<String> {
-    [
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "/var/run/postgresql",
-        "-p",
-        &PG_PORT.to_string(),
-        "-d",
-        database,
-        "-f",
-        "-",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    migrate::psql_as_postgres(PG_PORT, database, &["-f", "-"])
 }
 
 /// Lock every table of `database` in a session held open; returns once the locks are held.

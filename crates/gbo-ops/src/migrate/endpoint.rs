@@ -409,25 +409,7 @@ impl ContainerServer {
 
     /// `psql` as `postgres` on the local socket, on `database`, with `extra` arguments.
     pub(super) fn psql_argv(&self, database: &str, extra: &[&str]) -> Vec<String> {
-        let mut argv: Vec<String> = [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "/var/run/postgresql",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        argv.extend(["-p".to_string(), self.port.to_string(), "-d".to_string(), database.to_string()]);
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        argv
+        psql_as_postgres(self.port, database, extra)
     }
 
     /// Run SQL (from stdin, never argv) and return its unaligned, tab-separated rows.
@@ -500,6 +482,18 @@ impl Endpoint {
             .ok_or_else(|| unreadable(&self.describe(), "SHOW server_version_num", &rows))?;
         Ok(num / 10000)
     }
+}
+
+/// `psql` as `postgres` inside a tables container, on its local socket at `port`, on `database`, stopping at the
+/// first error, with `extra` arguments (SQL goes on stdin or in a file, never in this argv when it holds a secret).
+pub(crate) fn psql_as_postgres(port: u16, database: &str, extra: &[&str]) -> Vec<String> {
+    let port = port.to_string();
+    ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "/var/run/postgresql", "-p"]
+        .into_iter()
+        .chain([port.as_str(), "-d", database])
+        .chain(extra.iter().copied())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]

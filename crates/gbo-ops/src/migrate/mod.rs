@@ -63,6 +63,7 @@ mod verify;
 
 pub use contents::contents;
 pub use copy::StreamDigest;
+pub(crate) use endpoint::psql_as_postgres;
 pub use endpoint::{newest_pg_tool, ContainerServer, Endpoint, HostServer};
 pub use error::{Contents, Difference, MigrateError, MAX_JOBS, MAX_NAME_BYTES};
 pub use event::{MigrateEvent, MigrateEventKind, Phase, PROGRESS_EVERY};
