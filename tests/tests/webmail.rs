@@ -244,6 +244,34 @@ async fn webmail_logs_in_through_the_proxy_and_lists_a_message_delivered_over_sm
     let after = tenant_status(&t);
     let health = after.components.iter().find(|c| c.role == "webmail").and_then(|c| c.health.clone());
     assert!(health.as_ref().is_some_and(|h| !h.healthy), "webmail is unhealthy without PHP: {health:?}");
+
+    // Uninstalling webmail with --purge removes its state in tables too (before, database and role roundcube
+    // stayed behind); a later install of webmail makes them again and is healthy.
+    let tables = t.container("tables");
+    let roundcube_left = || {
+        let sql = "SELECT (SELECT count(*) FROM pg_database WHERE datname = 'roundcube') \
+                   + (SELECT count(*) FROM pg_roles WHERE rolname = 'roundcube')";
+        let out = gbo_tests::lxc(&[
+            "exec", &tables, "--cwd", "/tmp", "--", "runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-c", sql,
+        ])
+        .code_output();
+        assert_eq!(out.0, 0, "psql in {tables}: {out:?}");
+        out.1.trim().to_string()
+    };
+    assert_eq!(roundcube_left(), "2", "database and role roundcube exist before the purge");
+    let purge = gbo(&["uninstall", "--tenant", &t.name, "webmail", "--purge", "--yes"]);
+    assert_eq!(purge.code, 0, "uninstall webmail --purge: {}", purge.all());
+    assert!(
+        purge.all().contains(&format!("database and role roundcube in {tables} removed")),
+        "the purge says what it removed in tables: {}",
+        purge.all()
+    );
+    assert_eq!(roundcube_left(), "0", "database and role roundcube are gone after the purge");
+    let again = gbo(&install_args(&["webmail"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(again.code, 0, "webmail installed again: {}", again.all());
+    assert_eq!(roundcube_left(), "2", "installing webmail again makes its database and role: {}", again.all());
+    let health = tenant_status(&t).components.into_iter().find(|c| c.role == "webmail").and_then(|c| c.health);
+    assert!(health.as_ref().is_some_and(|h| h.healthy), "webmail healthy after the reinstall: {health:?}");
     eprintln!("webmail end to end: {:.1} s", started.elapsed().as_secs_f64());
 }
 

@@ -486,7 +486,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                 // Roundcube keeps its state here: its own role and database, made before webmail's schema step.
                 let webmail = secrets.require(&secrets::WEBMAIL_DB_PASSWORD, role)?;
                 parts.files.push(secret_file(
-                    "/etc/gbo/webmail-db.sql",
+                    postgres::WEBMAIL_DB_SQL_PATH,
                     postgres::webmail_db_sql(webmail),
                     postgres,
                     &[],
@@ -500,7 +500,7 @@ pub fn component(role: Role, ctx: &RenderContext<'_>) -> Result<ComponentSpec> {
                         "-d",
                         "postgres",
                         "-f",
-                        "/etc/gbo/webmail-db.sql",
+                        postgres::WEBMAIL_DB_SQL_PATH,
                     ]
                     .map(str::to_owned)
                     .to_vec(),

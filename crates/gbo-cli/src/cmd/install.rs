@@ -360,6 +360,12 @@ pub(super) async fn uninstall(
             if !u.kept_volumes.is_empty() {
                 outln!("{}: data kept in volumes {}", u.instance, u.kept_volumes.join(", "));
             }
+            for elsewhere in &u.purged_elsewhere {
+                outln!("{}: {elsewhere} removed", u.instance);
+            }
+            for elsewhere in &u.kept_elsewhere {
+                outln!("{}: {elsewhere} kept", u.instance);
+            }
         }
     }
     Ok(Outcome::Ok)

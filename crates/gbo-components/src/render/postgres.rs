@@ -104,6 +104,22 @@ SELECT 'CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}'
     )
 }
 
+/// The SQL that removes what [`webmail_db_sql`] made (`uninstall webmail --purge`): Roundcube's database (its
+/// sessions ended first), its role, the marker and the rendered file that holds the role's password, so a later
+/// install of webmail creates them again. Idempotent; no secret. Run with `psql -f -` as postgres.
+pub fn webmail_db_drop_sql() -> String {
+    format!(
+        "\\set ON_ERROR_STOP on
+DROP DATABASE IF EXISTS {WEBMAIL_DATABASE} WITH (FORCE);
+DROP ROLE IF EXISTS {WEBMAIL_USER};
+\\! rm -f {WEBMAIL_DB_MARKER} {WEBMAIL_DB_SQL_PATH}
+"
+    )
+}
+
+/// Where tables keeps [`webmail_db_sql`] (a secret file, 0600 postgres).
+pub const WEBMAIL_DB_SQL_PATH: &str = "/etc/gbo/webmail-db.sql";
+
 /// The SQL that creates (or re-passwords) Roundcube's login role [`WEBMAIL_USER`] and its database
 /// [`WEBMAIL_DATABASE`] owned by it, closed to every other role, then leaves [`WEBMAIL_DB_MARKER`]. Idempotent. Holds
 /// the password: a secret file, run with `psql -f` as postgres.

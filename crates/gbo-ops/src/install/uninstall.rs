@@ -27,6 +27,14 @@ pub struct Uninstalled {
     /// Custom volumes kept (their data is found again by the next install), as `pool/volume`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_volumes: Vec<String>,
+    /// State the role keeps in another of the tenant's containers, removed (`--purge`): webmail's database and role
+    /// `roundcube` in `-tables`, as `database roundcube in acme-tables`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purged_elsewhere: Vec<String>,
+    /// State the role keeps in another container, kept: without `--purge`, or when that container does not run
+    /// (then the reason is named).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_elsewhere: Vec<String>,
 }
 
 /// Delete the instances of `roles`; with `purge`, also their host directories (secrets are kept: they belong to
@@ -145,9 +153,54 @@ pub async fn uninstall(
                 kept_volumes.push(format!("{pool}/{volume}"));
             }
         }
-        out.push(Uninstalled { instance: name, deleted, purged, kept, purged_volumes, kept_volumes });
+        out.push(Uninstalled {
+            instance: name,
+            deleted,
+            purged,
+            kept,
+            purged_volumes,
+            kept_volumes,
+            purged_elsewhere: Vec::new(),
+            kept_elsewhere: Vec::new(),
+        });
+    }
+    // Webmail keeps its state in the tenant's PostgreSQL (database and role `roundcube`): a purge removes it there
+    // too, unless tables goes in the same run (its data goes with it).
+    if roles.contains(&Role::Webmail) && !roles.contains(&Role::Tables) {
+        let webmail = instance_name(tenant, Role::Webmail);
+        let tables = instances.iter().find(|m| m.role == Some(Role::Tables)).map(|m| &m.instance);
+        let what = |t: &str| format!("database and role {} in {t}", gbo_components::render::postgres::WEBMAIL_DATABASE);
+        if let Some(entry) = out.iter_mut().find(|u| u.instance == webmail) {
+            match tables {
+                Some(t) if purge && t.is_running() => {
+                    drop_webmail_database(lxd, &t.name).await?;
+                    entry.purged_elsewhere.push(what(&t.name));
+                }
+                Some(t) if purge => entry.kept_elsewhere.push(format!("{} ({} is not running)", what(&t.name), t.name)),
+                Some(t) => entry.kept_elsewhere.push(what(&t.name)),
+                None => {}
+            }
+        }
     }
     Ok(out)
+}
+
+/// Drop Roundcube's database (ending its sessions) and role in `tables`, and the marker and password file its
+/// creation left, so the next install of webmail creates them again.
+async fn drop_webmail_database(lxd: &Client, tables: &str) -> Result<(), InstallError> {
+    let context = || format!("dropping webmail's database in {tables}");
+    let name = lxd_client::InstanceName::new(tables).map_err(InstallError::lxd(context()))?;
+    let port = gbo_components::ports(Role::Tables)
+        .into_iter()
+        .find(|p| p.name == "postgres")
+        .map_or(5432, |p| p.container_port);
+    let argv = crate::migrate::psql_as_postgres(port, "postgres", &["-f", "-"]);
+    let request = lxd_client::ExecRequest::new(argv)
+        .stdin_bytes(gbo_components::render::postgres::webmail_db_drop_sql())
+        .timeout(Duration::from_secs(120));
+    let output = lxd.exec_output(&name, &request).await.map_err(InstallError::lxd(context()))?;
+    super::apply::checked(&name, "psql (drop database roundcube)".into(), output)?;
+    Ok(())
 }
 
 /// The custom volumes labelled with `tenant` ([`KEY_TENANT`](inventory::KEY_TENANT) in their config, set by
