@@ -22,27 +22,14 @@ fn delete_tenant(tenant: &str) {
     let _ = lxc(&["delete", "--force", &format!("{tenant}-tables")]);
 }
 
-fn psql(container: &str, sql: &str) -> anyhow::Result<()> {
-    lxc(&[
-        "exec",
-        container,
-        "--cwd",
-        "/tmp",
-        "--",
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-d",
-        "botserver",
-        "-c",
-        sql,
-    ])?;
-    Ok(())
+/// Run `sql` as postgres on `botserver` inside `container`; its unaligned output.
+fn psql(container: &str, sql: &str) -> anyhow::Result<String> {
+    let argv =
+        ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "botserver"];
+    let mut args = vec!["exec", container, "--cwd", "/tmp", "--"];
+    args.extend(argv);
+    args.extend(["-c", sql]);
+    lxc(&args)
 }
 
 /// Bytes of every file below `dir`.
@@ -59,27 +46,9 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// Rows of the benchmark's table, read as postgres inside the container (an error while PostgreSQL is not up).
+/// Rows of the benchmark's table (an error while PostgreSQL is not up).
 fn count_rows(container: &str) -> anyhow::Result<u64> {
-    let out = lxc(&[
-        "exec",
-        container,
-        "--cwd",
-        "/tmp",
-        "--",
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        "psql",
-        "-X",
-        "-At",
-        "-d",
-        "botserver",
-        "-c",
-        "SELECT count(*) FROM gbot_bench",
-    ])?;
-    out.trim().parse().context("row count")
+    psql(container, "SELECT count(*) FROM gbot_bench")?.trim().parse().context("row count")
 }
 
 fn run_tool(program: &str, args: &[&str]) -> anyhow::Result<()> {
