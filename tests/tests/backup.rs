@@ -619,6 +619,17 @@ async fn backup_of_a_volumes_tenant_holds_its_volumes_and_restores_through_a_rem
         "the tables role's backup read only {read} bytes: its volumes are missing\n{}",
         first.all()
     );
+    // Byte progress: the tables container's events count the bytes read up to the total listed.
+    let progress: Vec<serde_json::Value> = first
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "progress" && e["subject"] == t.container("tables"))
+        .collect();
+    let last =
+        progress.last().unwrap_or_else(|| panic!("no progress event for the tables container:\n{}", first.all()));
+    assert_eq!(last["bytes"], last["total"], "the last progress event counts every byte listed: {last}");
+    assert_eq!(last["bytes"].as_u64(), Some(read), "{last}");
     let (code, out) = restic(&repo, &password_file, &["ls", "latest", "--tag", "role=tables"]);
     assert_eq!(code, 0, "restic ls: {out}");
     for kind in ["data", "conf", "logs"] {

@@ -412,7 +412,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Store `source` as a snapshot at `root` with `tags`: its id and (files, bytes read, bytes added). While it
 /// runs, `progress` (a subject and the observer) gets a [`BackupEventKind::Progress`] every [`PROGRESS_EVERY`]
-/// with the bytes read of the bytes listed.
+/// with the bytes read of the bytes listed, and once more when it ends.
 async fn archive(
     repo: &Indexed,
     source: TreeSource,
@@ -426,13 +426,17 @@ async fn archive(
     tokio::pin!(work);
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.tick().await;
+    let report = |bytes: u64| {
+        events.event(&BackupEvent::new(subject, BackupEventKind::Progress { bytes, total: Some(total) }));
+    };
     loop {
         tokio::select! {
-            done = &mut work => return done,
-            _ = tick.tick() => events.event(&BackupEvent::new(
-                subject,
-                BackupEventKind::Progress { bytes: read.load(std::sync::atomic::Ordering::Relaxed), total: Some(total) },
-            )),
+            done = &mut work => {
+                // The last count (all of it, when the archive succeeded).
+                report(read.load(std::sync::atomic::Ordering::Relaxed));
+                return done;
+            }
+            _ = tick.tick() => report(read.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 }
