@@ -238,6 +238,7 @@ fn create_repo_dir(repo: &Path) -> Result<(), BackupError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(repo).map_err(BackupError::io(repo))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn backup_role(
     lxd: &Client,
     repo: &Indexed,
