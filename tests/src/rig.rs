@@ -167,3 +167,67 @@ impl SoloLease {
         Self::take(true)
     }
 }
+
+/// Deletes a tenant's containers and custom volumes (`<tenant>-*`) on the daemon of `lxd_dir` when dropped, so a
+/// failed test leaves nothing there (`/var/lib/lxd` for the main daemon, [`member_dir`] for the rig's).
+pub struct TenantCleanup {
+    /// The daemon's `LXD_DIR`.
+    pub lxd_dir: PathBuf,
+    /// The tenant.
+    pub tenant: String,
+}
+
+impl Drop for TenantCleanup {
+    fn drop(&mut self) {
+        let lxc = |args: &[&str]| {
+            std::process::Command::new("lxc")
+                .args(args)
+                .env("LXD_DIR", &self.lxd_dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let prefix = format!("{}-", self.tenant);
+        for name in lxc(&["list", "--format", "csv", "-c", "n"]).lines() {
+            if name.starts_with(&prefix) {
+                lxc(&["delete", "--force", name]);
+            }
+        }
+        let pools = lxc(&["storage", "list", "--format", "csv"]);
+        for pool in pools.lines().filter_map(|l| l.split(',').next()) {
+            for line in lxc(&["storage", "volume", "list", pool, "--format", "csv", "-c", "tn"]).lines() {
+                if let Some(name) = line.strip_prefix("custom,") {
+                    if name.starts_with(&prefix) && !name.contains('/') {
+                        lxc(&["storage", "volume", "delete", pool, name]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An lxc configuration (for `LXD_CONF`) whose remote `gbot-far` is the standalone daemon addressed as
+/// `[::ffff:127.0.0.5]`: an IPv4-mapped IPv6 address that `gbo_ops::site` does not take for loopback, so gbo
+/// counts it as another machine (the traffic still stays on loopback). Uses root's client certificate and solo's
+/// pinned server certificate (`cargo xtask lxd-cluster up` adds remote `gbot-solo`).
+pub fn far_remote_conf() -> tempfile::TempDir {
+    let conf = tempfile::Builder::new().prefix("gbot-lxc-conf-").tempdir().expect("tempdir");
+    let home = std::env::var("HOME").expect("HOME");
+    for f in ["client.crt", "client.key"] {
+        std::fs::copy(format!("{home}/.config/lxc/{f}"), conf.path().join(f)).expect("client certificate");
+    }
+    std::fs::create_dir(conf.path().join("servercerts")).expect("servercerts");
+    std::fs::copy(
+        format!("{home}/.config/lxc/servercerts/gbot-solo.crt"),
+        conf.path().join("servercerts/gbot-far.crt"),
+    )
+    .expect("solo's pinned certificate (`cargo xtask lxd-cluster up` adds remote gbot-solo)");
+    std::fs::write(
+        conf.path().join("config.yml"),
+        "remotes:\n  gbot-far:\n    addr: https://[::ffff:127.0.0.5]:8443\n    protocol: lxd\n",
+    )
+    .expect("config.yml");
+    conf
+}

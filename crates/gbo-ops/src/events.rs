@@ -48,6 +48,10 @@ pub trait Subject: fmt::Display + serde::Serialize {
     fn subject(&self) -> &str;
     /// How the subject ended, when this event ends it.
     fn finished(&self) -> Option<Outcome>;
+    /// Bytes done and, when known, the total, when this event reports them (a terminal draws a bar).
+    fn progress(&self) -> Option<(u64, Option<u64>)> {
+        None
+    }
 }
 
 /// A byte count as events show it: `512 B`, `1.5 KiB`, `3.2 GiB`.

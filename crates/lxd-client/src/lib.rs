@@ -54,7 +54,7 @@ mod server;
 mod snapshots;
 mod transport;
 
-pub use backups::{Backup, BackupOptions, BACKUP_TIMEOUT};
+pub use backups::{Backup, BackupOptions, VolumeBackup, BACKUP_TIMEOUT};
 pub use client::{Client, ReadLimits, DEFAULT_BODY_LIMIT, DEFAULT_COLLECT_LIMIT, DEFAULT_TIMEOUT};
 pub use cluster::{ClusterInfo, ClusterMember};
 pub use devices::{DeviceConfig, DiskDevice, ProxyAddress, ProxyBind, ProxyDevice, ProxyProtocol};

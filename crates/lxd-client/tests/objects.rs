@@ -351,3 +351,61 @@ async fn custom_volume_snapshots_roll_back_the_volume_only() {
     lxd.delete_storage_volume(&pool, &volume_name).await.expect("delete volume");
     assert!(lxd.storage_volume(&pool, &volume_name).await.expect("get").is_none());
 }
+
+#[tokio::test]
+async fn custom_volume_backup_export_import_delete() {
+    let lxd = client().await;
+    let pool = ObjectName::new("default").expect("pool name");
+    let volume = unique("vbak");
+    let copy = unique("vbak-copy");
+    let _vol_cleanup = Cleanup::lxc(["storage", "volume", "delete", "default", volume.as_str()]);
+    let _copy_cleanup = Cleanup::lxc(["storage", "volume", "delete", "default", copy.as_str()]);
+    let volume_name = ObjectName::new(volume.as_str()).expect("volume name");
+    let copy_name = ObjectName::new(copy.as_str()).expect("volume name");
+    lxd.create_storage_volume(&pool, &volume_name, BTreeMap::new()).await.expect("create volume");
+    let c = Container::guard(instance_name("vbak"));
+    let device = DeviceName::new("data").expect("device");
+    let disk = DiskDevice::volume("default", volume.as_str(), "/mnt/v").to_config(&device).expect("valid");
+    let request =
+        CreateInstance::container(c.name.clone(), InstanceSource::alias(IMAGE)).device(&device, disk).start(true);
+    lxd.create_instance(&request).await.expect("create with the volume");
+    let write =
+        ExecRequest::new(["sh", "-c", "printf 'backed up in a volume' > /mnt/v/f"]).timeout(Duration::from_secs(30));
+    assert!(lxd.exec_output(&c.name, &write).await.expect("write").success());
+
+    let b1 = BackupName::new("b1").expect("backup name");
+    let options = BackupOptions::new().instance_only(true).compression("none").expires_at(rfc3339_in(3600));
+    lxd.create_volume_backup(&pool, &volume_name, &b1, &options).await.expect("create volume backup");
+    let listed = lxd.volume_backups(&pool, &volume_name).await.expect("list");
+    assert_eq!(listed.iter().map(|b| (b.name.as_str(), b.volume_only)).collect::<Vec<_>>(), [("b1", true)]);
+    let mut tarball = Vec::new();
+    let bytes = lxd.export_volume_backup_to(&pool, &volume_name, &b1, &mut tarball).await.expect("export");
+    assert_eq!(bytes as usize, tarball.len());
+    // `compression_algorithm: none`: a plain tar (the `ustar` magic at 257), the file's bytes in it as they are.
+    assert_eq!(&tarball[257..262], b"ustar", "a plain tar");
+    assert!(tarball.windows(21).any(|w| w == b"backed up in a volume"), "the file's content is in the tarball");
+    lxd.delete_volume_backup(&pool, &volume_name, &b1).await.expect("delete backup");
+    assert!(lxd.volume_backups(&pool, &volume_name).await.expect("list").is_empty());
+
+    lxd.import_volume_backup(&pool, std::io::Cursor::new(tarball), &copy_name).await.expect("import");
+    assert!(lxd.storage_volume(&pool, &copy_name).await.expect("get").is_some());
+    lxc(&[
+        "config",
+        "device",
+        "add",
+        c.name.as_str(),
+        "copy",
+        "disk",
+        "pool=default",
+        &format!("source={copy}"),
+        "path=/mnt/w",
+    ]);
+    let read = lxd
+        .exec_output(&c.name, &ExecRequest::new(["cat", "/mnt/w/f"]).timeout(Duration::from_secs(30)))
+        .await
+        .expect("read");
+    assert_eq!(read.stdout_text(), "backed up in a volume", "the imported volume holds the file");
+    lxd.delete_instance_if_exists(&c.name).await.expect("delete the container");
+    lxd.delete_storage_volume(&pool, &copy_name).await.expect("delete the copy");
+    lxd.delete_storage_volume(&pool, &volume_name).await.expect("delete volume");
+}

@@ -71,7 +71,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
-    /// Recreate a tenant from a backup on this LXD (or the one LXD_SOCKET names): the plan first.
+    /// Recreate a tenant from a backup on this LXD (or the one --remote or LXD_SOCKET names): the plan first.
     Restore {
         /// The tenant backed up.
         #[arg(long, value_parser = super::install::parse_tenant)]
@@ -156,10 +156,15 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Create { tenant, repo, file, lock_wait, output } => {
             let access = repo.access()?;
-            let lxd = output::lxd()?;
+            // Host storage is read from this host's directories: refused through a remote on another machine.
+            let lxd = output::lxd_for_storage("gbo backup create", &tenant, None).await?;
             let lines = Lines::new(Style::for_output(output));
             let events = |e: &BackupEvent| lines.show(e);
-            let options = backup::CreateOptions { tenant_file: file, lock_wait: Duration::from_secs(lock_wait) };
+            let options = backup::CreateOptions {
+                tenant_file: file,
+                lock_wait: Duration::from_secs(lock_wait),
+                ..Default::default()
+            };
             let result = backup::create(&lxd, &tenant, &access, &options, &events).await;
             lines.close();
             let report = result?;
@@ -245,6 +250,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Restore { tenant, repo, backup: id, as_tenant, stack_dir, replace, image, dry_run, output } => {
             let access = repo.access()?;
             let lxd = output::lxd()?;
+            // A host-storage backup needs the daemon's containers on this machine; the library refuses it (exit 2,
+            // naming the remote) once it has read which mode the backup is.
+            let host_refused = output::site(&lxd).await?.require_host("gbo backup restore").err();
             let options = backup::RestoreOptions {
                 backup: id,
                 as_tenant,
@@ -252,6 +260,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 replace,
                 image,
                 dry_run,
+                host_refused,
                 ..Default::default()
             };
             let show_plan = |plan: &backup::restore::RestorePlan| {

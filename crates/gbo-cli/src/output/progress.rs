@@ -83,7 +83,25 @@ impl Lines {
             return;
         }
         match event.finished() {
-            None => bar.set_message(event.to_string()),
+            None => match event.progress() {
+                // Bytes with a known total: a bar (back to the spinner at the next step).
+                Some((done, Some(total))) if total > 0 => {
+                    if bar.length() != Some(total) {
+                        bar.set_style(style(
+                            "{spinner:.cyan} {prefix:<28} {elapsed:>4} [{bar:30.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        ));
+                        bar.set_length(total);
+                    }
+                    bar.set_position(done.min(total));
+                }
+                _ => {
+                    if bar.length().is_some() {
+                        bar.set_style(style("{spinner:.cyan} {prefix:<28} {elapsed:>4} {wide_msg}"));
+                        bar.unset_length();
+                    }
+                    bar.set_message(event.to_string())
+                }
+            },
             Some(outcome) => {
                 let (template, mark) = match outcome {
                     Outcome::Succeeded => ("{prefix:.green} {elapsed:>4} {wide_msg}", "✓"),

@@ -14,9 +14,10 @@ use super::lock::{self, Mode};
 use super::meta::{self, RoleMeta, TenantMeta};
 use super::rows;
 use super::source::{mount_path, TreeSource};
+use super::volumes;
 use super::{join_error, snapshot_path, BackupError, RepoAccess, META_ROLE, TAG_GBO};
 use crate::events::Observer;
-use crate::hostfs::HostDir;
+use crate::hostfs::{HostDir, PrivateDir};
 use crate::inventory::{self, ManagedInstance};
 
 /// Options of [`create`].
@@ -26,11 +27,14 @@ pub struct CreateOptions {
     pub tenant_file: Option<PathBuf>,
     /// How long to wait for another run on the repository.
     pub lock_wait: Duration,
+    /// Where a volumes-mode tenant's volume tarballs are exported before they are stored (a private directory
+    /// is made there for each role and removed after it).
+    pub staging_parent: PathBuf,
 }
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        Self { tenant_file: None, lock_wait: Duration::from_secs(60) }
+        Self { tenant_file: None, lock_wait: Duration::from_secs(60), staging_parent: std::env::temp_dir() }
     }
 }
 
@@ -162,7 +166,9 @@ pub async fn create(
     let mut role_metas = Vec::new();
     for instance in &instances {
         let subject = instance.name.to_string();
-        match backup_role(lxd, &repo, tenant, instance, &backup, stack_dir.as_deref(), events).await {
+        match backup_role(lxd, &repo, tenant, instance, &backup, stack_dir.as_deref(), &options.staging_parent, events)
+            .await
+        {
             Ok((report, role_meta)) => {
                 events.event(&BackupEvent::new(
                     subject,
@@ -209,7 +215,7 @@ pub async fn create(
         }
     }
     source.finish();
-    let (meta_snapshot, stats) = archive(&repo, source, &tags(tenant.as_str(), META_ROLE, &backup), root).await?;
+    let (meta_snapshot, stats) = archive(&repo, source, &tags(tenant.as_str(), META_ROLE, &backup), root, None).await?;
     events.event(&BackupEvent::new(
         "tenant",
         BackupEventKind::Stored { snapshot: meta_snapshot.clone(), files: stats.0, bytes: stats.1, added: stats.2 },
@@ -232,6 +238,7 @@ fn create_repo_dir(repo: &Path) -> Result<(), BackupError> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(repo).map_err(BackupError::io(repo))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn backup_role(
     lxd: &Client,
     repo: &Indexed,
@@ -239,6 +246,7 @@ async fn backup_role(
     instance: &ManagedInstance,
     backup: &str,
     stack_dir: Option<&Path>,
+    staging_parent: &Path,
     events: &dyn Observer<BackupEvent>,
 ) -> Result<(RoleReport, RoleMeta), BackupError> {
     let subject = instance.name.as_str();
@@ -264,21 +272,51 @@ async fn backup_role(
     } else {
         None
     };
+    // Volumes mode: LXD backs the volumes up while the role is quiesced; they are exported after the thaw.
+    let volumes = role_meta.volumes.clone();
+    let lxd_backup = volumes::lxd_backup_name(backup)?;
     let captured = async {
         capture::prepare(lxd, instance, method, stack_dir).await?;
         let frozen = capture::freeze(lxd, instance, method).await?;
         if frozen {
             events.event(&BackupEvent::step(subject, "frozen; reading"));
         }
-        let result = read_role(repo, tenant, instance, &role, backup, stack_dir).await;
+        let result = if volumes.is_empty() {
+            read_role(repo, tenant, instance, &role, backup, stack_dir, events).await.map(Some)
+        } else {
+            events.event(&BackupEvent::step(subject, format!("LXD backs up {} volume(s)", volumes.len())));
+            volumes::take(lxd, &volumes, &lxd_backup).await.map(|()| None)
+        };
         if frozen {
             // Whatever happened above: a container left frozen is worse than a failed backup.
             if let Err(e) = capture::thaw(lxd, instance).await {
                 tracing::error!(container = %instance.name, error = %e, "could not thaw the container");
+                if result.as_ref().is_ok_and(Option::is_none) {
+                    volumes::drop_backups(lxd, &volumes, &lxd_backup).await;
+                }
                 return Err(e);
             }
         }
-        result
+        match result? {
+            Some(read) => Ok(read),
+            None => {
+                events.event(&BackupEvent::step(subject, "thawed; exporting the volumes"));
+                let read = read_volumes(
+                    lxd,
+                    repo,
+                    tenant,
+                    &role,
+                    backup,
+                    &volumes,
+                    &lxd_backup,
+                    staging_parent,
+                    (subject, events),
+                )
+                .await;
+                volumes::drop_backups(lxd, &volumes, &lxd_backup).await;
+                read
+            }
+        }
     }
     .await;
     if let Some(locks) = locks {
@@ -320,6 +358,7 @@ async fn read_role(
     role: &str,
     backup: &str,
     stack_dir: Option<&Path>,
+    events: &dyn Observer<BackupEvent>,
 ) -> Result<(String, (u64, u64, u64)), BackupError> {
     let root = snapshot_path(tenant.as_str(), role);
     let mounts: Vec<_> =
@@ -337,11 +376,73 @@ async fn read_role(
     })
     .await
     .map_err(join_error)??;
-    archive(repo, source, &tags(tenant.as_str(), role, backup), root).await
+    archive(repo, source, &tags(tenant.as_str(), role, backup), root, Some((instance.name.as_str(), events))).await
 }
 
-/// Store `source` as a snapshot at `root` with `tags`: its id and (files, bytes read, bytes added).
+/// Export the LXD backups of a role's volumes into a private staging directory and store them as
+/// `/gbo/<tenant>/<role>/volumes/<kind>.tar`.
+#[allow(clippy::too_many_arguments)]
+async fn read_volumes(
+    lxd: &Client,
+    repo: &Indexed,
+    tenant: &TenantName,
+    role: &str,
+    backup: &str,
+    volumes: &[meta::VolumeMeta],
+    lxd_backup: &lxd_client::BackupName,
+    staging_parent: &Path,
+    (subject, events): (&str, &dyn Observer<BackupEvent>),
+) -> Result<(String, (u64, u64, u64)), BackupError> {
+    let staging = PrivateDir::new(staging_parent, "gbo-backup-")?;
+    let files = volumes::export(lxd, volumes, lxd_backup, staging.path()).await?;
+    let root = snapshot_path(tenant.as_str(), role);
+    let mut source = TreeSource::new();
+    source.add_dir(&root.join("volumes"), 0o700);
+    for (volume, file) in &files {
+        let at = root.join("volumes").join(format!("{}.tar", volume.kind()));
+        source.add_private_file(&at, file).map_err(BackupError::io(file))?;
+    }
+    source.finish();
+    let stored = archive(repo, source, &tags(tenant.as_str(), role, backup), root, Some((subject, events))).await;
+    drop(staging);
+    stored
+}
+
+/// How often a running archive reports the bytes read.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Store `source` as a snapshot at `root` with `tags`: its id and (files, bytes read, bytes added). While it
+/// runs, `progress` (a subject and the observer) gets a [`BackupEventKind::Progress`] every [`PROGRESS_EVERY`]
+/// with the bytes read of the bytes listed, and once more when it ends.
 async fn archive(
+    repo: &Indexed,
+    source: TreeSource,
+    tags: &str,
+    root: PathBuf,
+    progress: Option<(&str, &dyn Observer<BackupEvent>)>,
+) -> Result<(String, (u64, u64, u64)), BackupError> {
+    let (read, total) = (source.read_counter(), source.bytes());
+    let work = archive_blocking(repo, source, tags, root);
+    let Some((subject, events)) = progress else { return work.await };
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let report = |bytes: u64| {
+        events.event(&BackupEvent::new(subject, BackupEventKind::Progress { bytes, total: Some(total) }));
+    };
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                // The last count (all of it, when the archive succeeded).
+                report(read.load(std::sync::atomic::Ordering::Relaxed));
+                return done;
+            }
+            _ = tick.tick() => report(read.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+}
+
+async fn archive_blocking(
     repo: &Indexed,
     source: TreeSource,
     tags: &str,

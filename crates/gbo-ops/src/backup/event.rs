@@ -106,6 +106,13 @@ impl Subject for BackupEvent {
             _ => None,
         }
     }
+
+    fn progress(&self) -> Option<(u64, Option<u64>)> {
+        match &self.kind {
+            BackupEventKind::Progress { bytes, total } => Some((*bytes, *total)),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -123,5 +130,8 @@ mod tests {
         let json = serde_json::to_value(&stored).expect("json");
         assert_eq!((json["subject"].as_str(), json["event"].as_str()), (Some("a-tables"), Some("stored")));
         assert_eq!(BackupEvent::step("repository", "locking").finished(), None);
+        let read = BackupEvent::new("a-tables", BackupEventKind::Progress { bytes: 1024, total: Some(4096) });
+        assert_eq!(read.to_string(), "read 1.0 KiB of 4.0 KiB");
+        assert_eq!((read.finished(), read.progress()), (None, Some((1024, Some(4096)))));
     }
 }

@@ -11,6 +11,7 @@
 //!   cache dir;
 //! - [`lock`]: writers never overlap: a `flock` in the repository plus a restic lock file in `locks/`;
 //! - [`source`]: the role directories read through [`crate::hostfs`] (no link followed, links stored as links);
+//! - [`volumes`]: `storage = "volumes"` tenants: their custom volumes through LXD's volume backup export/import;
 //! - [`capture`]: consistency per role (PostgreSQL `CHECKPOINT` then freeze, Redis `BGSAVE` then freeze, others
 //!   frozen) with a thaw that always runs;
 //! - [`rows`]: the tables' row counts and checksums recorded under a share lock held through the freeze, and the
@@ -30,6 +31,7 @@ pub mod rows;
 pub mod schedule;
 pub mod source;
 pub mod verify;
+pub mod volumes;
 
 use std::path::PathBuf;
 

@@ -47,6 +47,10 @@ pub struct RestoreOptions {
     pub dry_run: bool,
     /// Where rustic restores before the copy into place (a root-owned place).
     pub staging_parent: PathBuf,
+    /// Why this daemon cannot take a host-storage tenant (its containers run on another machine), when it cannot:
+    /// a backup of a host-storage tenant is then refused with this message before anything changes. Backups of
+    /// `storage = "volumes"` tenants need nothing of the daemon's host.
+    pub host_refused: Option<String>,
 }
 
 impl Default for RestoreOptions {
@@ -59,6 +63,7 @@ impl Default for RestoreOptions {
             image: None,
             dry_run: false,
             staging_parent: std::env::temp_dir(),
+            host_refused: None,
         }
     }
 }
@@ -190,6 +195,15 @@ pub async fn restore(
     let described: TenantMeta = serde_json::from_slice(&text)
         .map_err(|e| BackupError::io(meta_dir.join(meta::FILE))(std::io::Error::other(e)))?;
 
+    // Volumes mode: the backup holds LXD volume tarballs, restored through the API; host mode needs this host.
+    let volumes_mode = described.roles.iter().any(|r| !r.volumes.is_empty());
+    if let (false, Some(why)) = (volumes_mode, &options.host_refused) {
+        return Err(BackupError::BadInput(format!(
+            "backup {} of tenant {tenant} keeps its data in host directories: {why}",
+            chosen.backup
+        )));
+    }
+
     // The plan.
     let target = options.as_tenant.clone().unwrap_or_else(|| tenant.clone());
     let stack_dir = match (&options.stack_dir, &options.as_tenant) {
@@ -227,6 +241,13 @@ pub async fn restore(
     show_plan(&plan);
     if !existing.is_empty() && !options.replace {
         return Err(BackupError::TenantExists { tenant: target.to_string(), containers: existing.join(", ") });
+    }
+    if volumes_mode && !existing.is_empty() {
+        return Err(BackupError::BadInput(format!(
+            "tenant `{target}` exists on this LXD ({}); restoring a volumes-mode backup over it is not supported: \
+             uninstall it with --purge first, or restore --as NEW",
+            existing.join(", ")
+        )));
     }
     if options.dry_run {
         return Ok(RestoreReport {
@@ -282,6 +303,48 @@ pub async fn restore(
         Err(_) => TenantFile::default(),
     };
     tenant_file.tenant = target.clone();
+    if volumes_mode {
+        tenant_file.storage = Some(gbo_components::StorageMode::Volumes);
+        let pool = match install::storage::Storage::resolve(
+            lxd,
+            &target,
+            Some(gbo_components::StorageMode::Volumes),
+            tenant_file.pool.as_deref(),
+            &stack_dir,
+            &[],
+        )
+        .await?
+        {
+            install::storage::Storage::Volumes { pool } => pool,
+            install::storage::Storage::Host { .. } => unreachable!("volumes asked"),
+        };
+        // The volumes first: the install engine attaches the volumes that exist.
+        for (role_meta, role) in described.roles.iter().zip(&roles) {
+            if role_meta.volumes.is_empty() {
+                continue;
+            }
+            let Some(snapshot) = chosen.snapshots.get(&role_meta.role).cloned() else { continue };
+            let subject = role_meta.container.replacen(tenant.as_str(), target.as_str(), 1);
+            events.event(&BackupEvent::step(&subject, "restoring its volumes"));
+            let dest = staging.path().join(&role_meta.role);
+            let (a, d) = (repo.clone(), dest.clone());
+            tokio::task::spawn_blocking(move || restore_snapshot(&a, &snapshot, &d)).await.map_err(join_error)??;
+            let restored_root =
+                dest.join(snapshot_path(tenant.as_str(), &role_meta.role).strip_prefix("/").unwrap_or(Path::new("")));
+            for volume in &role_meta.volumes {
+                let file = restored_root.join("volumes").join(format!("{}.tar", volume.kind()));
+                let name = install::storage::volume_name(&target, *role, volume.kind());
+                super::volumes::import(lxd, &pool, &name, &file).await?;
+                std::fs::remove_file(&file).map_err(BackupError::io(&file))?;
+            }
+            events.event(&BackupEvent::new(
+                &subject,
+                BackupEventKind::Done {
+                    detail: format!("{} volume(s) imported on pool {pool}", role_meta.volumes.len()),
+                },
+            ));
+        }
+    }
     let mut request = InstallRequest::new(tenant_file, roles.clone());
     request.stack_dir = Some(stack_dir.clone());
     request.image = options.image.clone();
@@ -296,6 +359,9 @@ pub async fn restore(
     // Each role's data back.
     for role_meta in &described.roles {
         let subject = role_meta.container.replacen(tenant.as_str(), target.as_str(), 1);
+        if !role_meta.volumes.is_empty() {
+            continue;
+        }
         let Some(snapshot) = chosen.snapshots.get(&role_meta.role).cloned() else { continue };
         events.event(&BackupEvent::step(&subject, "restoring its data"));
         let dest = staging.path().join(&role_meta.role);

@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustic_core::repofile::{Metadata, Node, NodeType};
@@ -35,6 +36,8 @@ pub enum Content {
     },
     /// Bytes held in memory.
     Bytes(Arc<Vec<u8>>),
+    /// A file gbo wrote itself in a private (0700) directory of its own (a volume's exported tarball).
+    Private(PathBuf),
 }
 
 impl ReadSourceOpen for Content {
@@ -43,6 +46,13 @@ impl ReadSourceOpen for Content {
     fn open(self) -> RusticResult<Self::Reader> {
         match self {
             Content::Bytes(bytes) => Ok(Box::new(std::io::Cursor::new(bytes.as_ref().clone()))),
+            Content::Private(path) => {
+                let file = std::fs::File::open(&path).map_err(|e| {
+                    RusticError::with_source(ErrorKind::InputOutput, "Failed to open `{path}` for reading.", e)
+                        .attach_context("path", path.display().to_string())
+                })?;
+                Ok(Box::new(file))
+            }
             Content::File { dir, name, ino } => {
                 let path = dir.path().join(&name);
                 let fail = |e: HostFsError| {
@@ -70,18 +80,59 @@ impl ReadSourceOpen for Content {
 pub struct TreeSource {
     entries: Vec<ReadSourceEntry<Content>>,
     size: u64,
+    read: Arc<AtomicU64>,
+}
+
+/// A [`Content`] whose reader counts the bytes rustic reads from it into its source's counter
+/// ([`TreeSource::read_counter`]): the bytes-done side of the progress events.
+#[derive(Debug, Clone)]
+pub struct Counted {
+    content: Content,
+    counter: Arc<AtomicU64>,
+}
+
+struct CountingReader {
+    inner: Box<dyn Read + Send>,
+    counter: Arc<AtomicU64>,
+}
+
+impl Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl ReadSourceOpen for Counted {
+    type Reader = Box<dyn Read + Send>;
+
+    fn open(self) -> RusticResult<Self::Reader> {
+        let inner = self.content.open()?;
+        Ok(Box::new(CountingReader { inner, counter: self.counter }))
+    }
 }
 
 impl ReadSource for TreeSource {
-    type Open = Content;
-    type Iter = std::vec::IntoIter<RusticResult<ReadSourceEntry<Content>>>;
+    type Open = Counted;
+    type Iter = std::vec::IntoIter<RusticResult<ReadSourceEntry<Counted>>>;
 
     fn size(&self) -> RusticResult<Option<u64>> {
         Ok(Some(self.size))
     }
 
     fn entries(&self) -> Self::Iter {
-        self.entries.iter().cloned().map(Ok).collect::<Vec<_>>().into_iter()
+        self.entries
+            .iter()
+            .map(|e| {
+                Ok(ReadSourceEntry {
+                    path: e.path.clone(),
+                    node: e.node.clone(),
+                    open: e.open.clone().map(|content| Counted { content, counter: self.read.clone() }),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 }
 
@@ -183,6 +234,25 @@ impl TreeSource {
         });
     }
 
+    /// The file `file` that gbo wrote in a private directory of its own, stored at `path` (mode 0600, owned by us).
+    pub fn add_private_file(&mut self, path: &Path, file: &Path) -> std::io::Result<()> {
+        let name = path.file_name().unwrap_or_default().to_os_string();
+        let m = std::fs::symlink_metadata(file)?;
+        if !m.is_file() {
+            return Err(std::io::Error::other(format!("{} is not a regular file", file.display())));
+        }
+        let mut meta = metadata(&m);
+        meta.mode = Some(go_mode(0o100600));
+        self.size += m.len();
+        let node = Node::new_node(&name, NodeType::File, meta);
+        self.entries.push(ReadSourceEntry {
+            path: path.to_path_buf(),
+            node,
+            open: Some(Content::Private(file.to_path_buf())),
+        });
+        Ok(())
+    }
+
     /// The host directory `dir` stored at `path` (the directory itself with its owner, mode and times, then
     /// everything below it), walked through hostfs.
     pub fn add_tree(&mut self, path: &Path, dir: HostDir) -> Result<(), HostFsError> {
@@ -233,6 +303,11 @@ impl TreeSource {
             }
         }
         Ok(())
+    }
+
+    /// The bytes rustic has read so far from this source's files (shared: read it while the archive runs).
+    pub fn read_counter(&self) -> Arc<AtomicU64> {
+        self.read.clone()
     }
 
     /// Bytes of regular files listed.
