@@ -594,7 +594,7 @@ async fn a_dependency_on_another_member_is_wired_through_its_members_address() {
     std::fs::write(
         &file,
         format!(
-            "tenant = \"{}\"\nroles = [\"tables\", \"table_editor\"]\nstorage = \"host\"\n\n[placement]\ntables = \"m1\"\ntable_editor = \"m2\"\n",
+            "tenant = \"{}\"\nroles = [\"tables\", \"table-editor\"]\nstorage = \"host\"\n\n[placement]\ntables = \"m1\"\ntable-editor = \"m2\"\n",
             t.name
         ),
     )
@@ -657,7 +657,7 @@ async fn a_dependency_on_another_member_is_wired_through_its_members_address() {
     assert_eq!(rows_through_wire(&editor).await, "42");
 
     // A later run converges to the same devices.
-    let again = run("plan", &[]).await;
+    let again = run("plan", &["--allow-unverified"]).await;
     assert_eq!(again.code, 0, "{}", again.all());
     assert!(again.stdout.contains("Nothing to do"), "{}", again.stdout);
 
@@ -668,6 +668,6 @@ async fn a_dependency_on_another_member_is_wired_through_its_members_address() {
     assert_eq!(device_get(&tables, "gbo-port-postgres", "listen"), format!("tcp:127.0.0.4:{pg_port}"));
     assert_eq!(device_get(&editor, "gbo-wire-tables-5432", "connect"), format!("tcp:127.0.0.4:{pg_port}"));
     assert_eq!(rows_through_wire(&editor).await, "42");
-    let again = run("plan", &[]).await;
+    let again = run("plan", &["--allow-unverified"]).await;
     assert!(again.stdout.contains("Nothing to do"), "after the move: {}", again.stdout);
 }

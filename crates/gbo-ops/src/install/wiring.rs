@@ -28,10 +28,7 @@ pub const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// The address of each member: the host part of its `url`, when it is an IP address.
 pub fn member_addresses(members: &[ClusterMember]) -> BTreeMap<String, IpAddr> {
-    members
-        .iter()
-        .filter_map(|m| Some((m.server_name.clone(), m.host()?.parse::<IpAddr>().ok()?)))
-        .collect()
+    members.iter().filter_map(|m| Some((m.server_name.clone(), m.host()?.parse::<IpAddr>().ok()?))).collect()
 }
 
 /// The address of `member`, or an error naming it and why it has none.
@@ -314,8 +311,8 @@ mod tests {
         assert_eq!(allocations[&(Role::Cache, "redis".into())].address, LOOPBACK);
         // A member without an IP address in its url is named.
         locations.insert(Role::Tables, "far".to_string());
-        let err = place_addresses(&mut allocations, &requests, &cross, &locations, &members, false)
-            .expect_err("no address");
+        let err =
+            place_addresses(&mut allocations, &requests, &cross, &locations, &members, false).expect_err("no address");
         assert!(err.to_string().contains("member far"), "{err}");
     }
 }
