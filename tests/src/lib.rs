@@ -382,7 +382,7 @@ pub async fn app_db(port: u16, password: &str) -> tokio_postgres::Client {
 pub async fn app_db_at(address: std::net::IpAddr, port: u16, password: &str) -> tokio_postgres::Client {
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&address.to_string())
+        .host(address.to_string())
         .port(port)
         .user("gbuser")
         .password(password)
