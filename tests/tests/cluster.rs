@@ -160,6 +160,9 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     assert_eq!(location(&tables), "m1");
     assert_eq!(location(&t.container("cache")), "m2");
     assert_eq!(location(&proxy), "m3");
+    // A tenant without public_address: its public ports listen on their member's address (m3: 127.0.0.4).
+    let https = device_get(&proxy, "gbo-port-https", "listen");
+    assert!(https.starts_with("tcp:127.0.0.4:"), "the proxy's https on m3's address: {https}");
     let status = gbo_remote(&["status", "--tenant", &t.name, "--output", "json"]).await;
     assert_eq!(status.code, 0, "{}", status.all());
     let report = status_of(&status);

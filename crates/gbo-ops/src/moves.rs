@@ -3,7 +3,8 @@
 //!
 //! A move is: check both members are online (a container on an offline member cannot be read, so it is refused,
 //! naming the member), snapshot (container and host data, through [`crate::snapshot`]), stop, move (LXD copies the
-//! root volume and its snapshots to the target member's pool), start, health. If anything after the stop fails, the
+//! root volume and its snapshots to the target member's pool), rewire (its ports follow it to its new member's
+//! address and its dependents' wires are re-pointed: [`crate::install::wiring::rewire`]), start, health. If anything after the stop fails, the
 //! container goes back to its origin and is started again there; the error says what failed and how the rollback
 //! went.
 //!
