@@ -671,6 +671,28 @@ async fn a_dependency_on_another_member_is_wired_through_its_members_address() {
     assert_eq!(device_get(&tables, "gbo-port-postgres", "listen"), format!("tcp:127.0.0.4:{pg_port}"));
     assert_eq!(device_get(&editor, "gbo-wire-tables-5432", "connect"), format!("tcp:127.0.0.4:{pg_port}"));
     assert_eq!(rows_through_wire(&editor).await, "42");
+
+    // The dependency created again where LXD's scheduler puts it (no placement for it now): its member is known
+    // only after the create, and the dependent's wire is re-pointed before it starts (its data is kept on the host).
+    let removed = gbo_remote(&["uninstall", "--tenant", &t.name, "tables"]).await;
+    assert_eq!(removed.code, 0, "{}", removed.all());
+    std::fs::write(
+        &file,
+        format!("tenant = \"{}\"\nroles = [\"tables\", \"table-editor\"]\nstorage = \"host\"\n\n[placement]\ntable-editor = \"m2\"\n", t.name),
+    )
+    .expect("tenant file");
+    let reinstall = run("install", &["--allow-unverified"]).await;
+    assert_eq!(reinstall.code, 0, "{}", reinstall.all());
+    let (listen, connect) =
+        (device_get(&tables, "gbo-port-postgres", "listen"), device_get(&editor, "gbo-wire-tables-5432", "connect"));
+    let expected = match location(&tables).as_str() {
+        "m2" => "127.0.0.1",
+        "m1" => "127.0.0.2",
+        _ => "127.0.0.4",
+    };
+    assert!(listen.starts_with(&format!("tcp:{expected}:")), "tables on {}: {listen}", location(&tables));
+    assert_eq!(connect, listen, "the wire connects where tables listens");
+    assert_eq!(rows_through_wire(&editor).await, "42");
     let again = run("plan", &["--allow-unverified"]).await;
-    assert!(again.stdout.contains("Nothing to do"), "after the move: {}", again.stdout);
+    assert!(again.stdout.contains("Nothing to do"), "after the move and the reinstall: {}", again.stdout);
 }

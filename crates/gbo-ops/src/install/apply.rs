@@ -416,16 +416,7 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                 }
                 // Where LXD put it decides where its dependencies listen and where its wires connect (before it
                 // starts): a dependency on another member is reached at that member's address.
-                {
-                    let _rewiring = ctx.rewire_lock.lock().await;
-                    let mode = super::wiring::RewireMode::Widen { public_on_member: ctx.public_on_member };
-                    for r in super::wiring::rewire(ctx.lxd, ctx.tenant, mode).await? {
-                        ctx.events.event(&InstallEvent::new(
-                            &r.instance,
-                            InstallEventKind::Step { description: format!("~ device {} -> {}", r.device, r.value) },
-                        ));
-                    }
-                }
+                rewire_widen(ctx).await?;
                 boundary(Edge::After, desired, step)?;
             }
             Action::Remap { privileged } => {
@@ -654,6 +645,28 @@ async fn flush_config(
         .await
         .map_err(InstallError::lxd(format!("updating {name}")))?;
     fault::boundary(Edge::After, &desired.instance, batch)?;
+    // The plan's wires and ports were computed before this run created anything: a create placed by LXD's
+    // scheduler may have moved a port onto its member's address since. Rewiring again puts them where they belong.
+    let wiring = |name: &str| name.starts_with("gbo-wire-") || name.starts_with("gbo-port-");
+    if steps
+        .iter()
+        .any(|s| matches!(&s.action, Action::AddDevice { name } | Action::ReplaceDevice { name } if wiring(name)))
+    {
+        rewire_widen(ctx).await?;
+    }
+    Ok(())
+}
+
+/// [`super::wiring::rewire`] in [`super::wiring::RewireMode::Widen`], one at a time, each change an event.
+async fn rewire_widen(ctx: &ApplyContext<'_>) -> Result<(), InstallError> {
+    let _rewiring = ctx.rewire_lock.lock().await;
+    let mode = super::wiring::RewireMode::Widen { public_on_member: ctx.public_on_member };
+    for r in super::wiring::rewire(ctx.lxd, ctx.tenant, mode).await? {
+        ctx.events.event(&InstallEvent::new(
+            &r.instance,
+            InstallEventKind::Step { description: format!("~ device {} -> {}", r.device, r.value) },
+        ));
+    }
     Ok(())
 }
 

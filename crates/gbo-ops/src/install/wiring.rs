@@ -162,6 +162,7 @@ pub async fn rewire(lxd: &Client, tenant: &TenantName, mode: RewireMode) -> Resu
     }
     let is_default = tenant.as_str() == TenantName::DEFAULT;
     let mut listen_changes: BTreeMap<(usize, String), ProxyAddress> = BTreeMap::new();
+    let mut final_listen: BTreeMap<(usize, String), IpAddr> = BTreeMap::new();
     let mut wire_changes: BTreeMap<(usize, String), (ProxyAddress, ProxyAddress)> = BTreeMap::new();
     for (key, (role, name, listen)) in &ports {
         let (i, _) = key;
@@ -193,6 +194,7 @@ pub async fn rewire(lxd: &Client, tenant: &TenantName, mode: RewireMode) -> Resu
             }
             _ => current.unwrap_or(LOOPBACK),
         };
+        final_listen.insert(key.clone(), listen_ip);
         let connect_ip = if listen_ip.is_unspecified() { LOOPBACK } else { listen_ip };
         for (j, device) in from {
             let Some(proxy) = lxd_client::ProxyDevice::from_config(&instances[j].instance.devices[&device]) else {
@@ -211,7 +213,16 @@ pub async fn rewire(lxd: &Client, tenant: &TenantName, mode: RewireMode) -> Resu
             listen_changes.iter().filter(|((j, _), _)| *j == i).map(|((_, d), a)| (d, a)).collect();
         let connects: Vec<(&String, &ProxyAddress)> =
             wire_changes.iter().filter(|((j, _), _)| *j == i).map(|((_, d), (_, a))| (d, a)).collect();
-        if listens.is_empty() && connects.is_empty() {
+        // `user.gbo.ports` records where each port listens: brought in line with the devices.
+        let port_names: BTreeMap<String, IpAddr> = final_listen
+            .iter()
+            .filter(|((j, _), _)| *j == i)
+            .filter_map(|((_, d), ip)| Some((d.strip_prefix("gbo-port-")?.to_string(), *ip)))
+            .collect();
+        let recorded_differs = inventory::recorded_ports(&m.instance.config)
+            .iter()
+            .any(|p| port_names.get(&p.name).is_some_and(|ip| *ip != p.address));
+        if listens.is_empty() && connects.is_empty() && !recorded_differs {
             continue;
         }
         let set = |devices: &mut BTreeMap<String, DeviceConfig>, device: &str, key: &str, value: &ProxyAddress| {
@@ -219,10 +230,6 @@ pub async fn rewire(lxd: &Client, tenant: &TenantName, mode: RewireMode) -> Resu
                 config.insert(key.to_string(), value.to_string());
             }
         };
-        let port_names: BTreeMap<String, IpAddr> = listens
-            .iter()
-            .filter_map(|(d, a)| Some((d.strip_prefix("gbo-port-")?.to_string(), parse_ip(a)?)))
-            .collect();
         lxd.update_instance(&m.name, |put| {
             for (device, address) in &listens {
                 set(&mut put.devices, device, "listen", address);
