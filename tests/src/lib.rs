@@ -375,9 +375,14 @@ pub fn events_for<'a>(events: &'a [lxd_client::Event], prefix: &str) -> Vec<&'a 
 /// A session on a tenant's PostgreSQL as the application does it: `gbuser` with the generated password, database
 /// `botserver`, on the host port the tables container publishes.
 pub async fn app_db(port: u16, password: &str) -> tokio_postgres::Client {
+    app_db_at(std::net::IpAddr::from([127, 0, 0, 1]), port, password).await
+}
+
+/// [`app_db`] at a published port on `address` (a cluster member's address: a port wired from another member).
+pub async fn app_db_at(address: std::net::IpAddr, port: u16, password: &str) -> tokio_postgres::Client {
     let mut config = tokio_postgres::Config::new();
     config
-        .host("127.0.0.1")
+        .host(address.to_string())
         .port(port)
         .user("gbuser")
         .password(password)

@@ -160,6 +160,9 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     assert_eq!(location(&tables), "m1");
     assert_eq!(location(&t.container("cache")), "m2");
     assert_eq!(location(&proxy), "m3");
+    // A tenant without public_address: its public ports listen on their member's address (m3: 127.0.0.4).
+    let https = device_get(&proxy, "gbo-port-https", "listen");
+    assert!(https.starts_with("tcp:127.0.0.4:"), "the proxy's https on m3's address: {https}");
     let status = gbo_remote(&["status", "--tenant", &t.name, "--output", "json"]).await;
     assert_eq!(status.code, 0, "{}", status.all());
     let report = status_of(&status);
@@ -519,4 +522,177 @@ async fn evacuate_moves_a_placed_tenant_off_a_member() {
     .await;
     assert_eq!(plan.code, 0, "{}", plan.all());
     assert!(plan.stdout.contains(&format!("{}-cache on m1", other.name)), "{}", plan.stdout);
+}
+
+/// An artifact cache holding a stand-in for NocoDB (the table-editor role's artifact): no NocoDB binary can be
+/// installed here, so Caddy's `respond` (in the test image) answers its health endpoint on 8080.
+fn nocodb_stand_in() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("gbot-artifacts-").tempdir().expect("tempdir");
+    let policy = gbo_ops::install::artifact::ArtifactPolicy {
+        cache_dir: dir.path().to_path_buf(),
+        download: false,
+        allow_unverified: true,
+        trust: Vec::new(),
+    };
+    for artifact in gbo_components::artifacts::artifacts(gbo_components::Role::TableEditor, &Default::default()) {
+        std::fs::write(
+            gbo_ops::install::artifact::cache_path(&policy, &artifact),
+            "#!/bin/sh\n# gbo test stand-in for NocoDB: no NocoDB binary can be installed here.\nexec /usr/bin/caddy respond --listen 127.0.0.1:8080 ok\n",
+        )
+        .expect("stand-in");
+    }
+    dir
+}
+
+/// The value of `key` of device `device` of `instance` on the cluster.
+fn device_get(instance: &str, device: &str, key: &str) -> String {
+    let (ok, out) =
+        gbo_tests::lxc(&["config", "device", "get", &format!("{REMOTE}:{instance}"), device, key]).ok_output();
+    assert!(ok, "lxc config device get {instance} {device} {key}: {out}");
+    out.trim().to_string()
+}
+
+/// The app's database (`botserver`, role `gbuser`) from inside `instance`, at 127.0.0.1:5432 there (its wire), with
+/// the password in a 0600 `.pgpass` pushed into it: the count of `gbot_keep`'s rows.
+async fn rows_through_wire(instance: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = gbo_tests::lxc(&[
+            "exec",
+            &format!("{REMOTE}:{instance}"),
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5432",
+            "-U",
+            "gbuser",
+            "-d",
+            "botserver",
+            "-tAc",
+            "SELECT count(*) FROM gbot_keep",
+        ])
+        .ok_output();
+        if ok {
+            return out.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "psql through the wire inside {instance}: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Issue 11 item 3: tables placed on m1 and table-editor (which wires to tables' PostgreSQL) on m2. The dependency's
+/// published port listens on m1's address (127.0.0.2), not on 127.0.0.1, and the dependent's wire connects there;
+/// the application role reaches PostgreSQL through the wire from inside the dependent; a second plan is empty. A
+/// `gbo move` of tables to m3 re-points the wire to 127.0.0.4 before tables starts there, and the data is reached
+/// again. (On main before this change the wire pointed at 127.0.0.1, which only works while the members share one
+/// machine's loopback.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dependency_on_another_member_is_wired_through_its_members_address() {
+    let t = TestTenant::new();
+    let _remote_cleanup = RemoteTenantCleanup(t.name.clone());
+    let artifacts = nocodb_stand_in();
+    let file = t.stack.path().join("gbo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "tenant = \"{}\"\nroles = [\"tables\", \"table-editor\"]\nstorage = \"host\"\n\n[placement]\ntables = \"m1\"\ntable-editor = \"m2\"\n",
+            t.name
+        ),
+    )
+    .expect("tenant file");
+    let file_s = file.display().to_string();
+    let stack = t.stack.path().join("stack").display().to_string();
+    let cache_s = artifacts.path().display().to_string();
+    let common = ["--file", &file_s, "--image", TEST_IMAGE, "--stack-dir", &stack, "--artifact-cache", &cache_s];
+    let run = |command: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![command];
+        args.extend(common);
+        args.extend(extra);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            gbo_remote(&refs).await
+        }
+    };
+    let install = run("install", &["--allow-unverified"]).await;
+    assert_eq!(install.code, 0, "install across members: {}", install.all());
+    let (tables, editor) = (t.container("tables"), t.container("table-editor"));
+    assert_eq!((location(&tables), location(&editor)), ("m1".to_string(), "m2".to_string()));
+    let status = gbo_remote(&["status", "--tenant", &t.name, "--output", "json"]).await;
+    assert_eq!(status.code, 0, "{}", status.all());
+    let pg_port = status_of(&status)
+        .components
+        .iter()
+        .find(|c| c.container == tables)
+        .and_then(|c| c.ports.iter().find(|p| p.container_port == 5432))
+        .map(|p| p.host_port)
+        .expect("tables publishes 5432");
+
+    // The dependent's wire connects to m1's address, where tables' port listens, and not on 127.0.0.1.
+    assert_eq!(device_get(&editor, "gbo-wire-tables-5432", "connect"), format!("tcp:127.0.0.2:{pg_port}"));
+    assert_eq!(device_get(&editor, "gbo-wire-tables-5432", "bind"), "instance");
+    assert_eq!(device_get(&tables, "gbo-port-postgres", "listen"), format!("tcp:127.0.0.2:{pg_port}"));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", pg_port)).is_err(),
+        "nothing listens on 127.0.0.1:{pg_port} any more"
+    );
+
+    // The application role, from inside the dependent, through its wire.
+    let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
+    let password = password.trim().to_string();
+    let db = gbo_tests::app_db_at(std::net::IpAddr::from([127, 0, 0, 2]), pg_port, &password).await;
+    db.batch_execute("CREATE TABLE gbot_keep(v int); INSERT INTO gbot_keep SELECT generate_series(1, 42)")
+        .await
+        .expect("write rows");
+    drop(db);
+    let pgpass = t.stack.path().join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{password}\n")).expect("pgpass");
+    gbo_tests::lxc_ok(&[
+        "file",
+        "push",
+        "--mode",
+        "0600",
+        &pgpass.display().to_string(),
+        &format!("{REMOTE}:{editor}/root/.pgpass"),
+    ]);
+    assert_eq!(rows_through_wire(&editor).await, "42");
+
+    // A later run converges to the same devices.
+    let again = run("plan", &["--allow-unverified"]).await;
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(again.stdout.contains("Nothing to do"), "{}", again.stdout);
+
+    // Moving the dependency re-points its dependent: tables on m3 listens on 127.0.0.4, the wire follows.
+    let moved = gbo_remote(&["move", "--tenant", &t.name, "tables", "--to", "m3"]).await;
+    assert_eq!(moved.code, 0, "move: {}", moved.all());
+    assert_eq!(location(&tables), "m3");
+    assert_eq!(device_get(&tables, "gbo-port-postgres", "listen"), format!("tcp:127.0.0.4:{pg_port}"));
+    assert_eq!(device_get(&editor, "gbo-wire-tables-5432", "connect"), format!("tcp:127.0.0.4:{pg_port}"));
+    assert_eq!(rows_through_wire(&editor).await, "42");
+
+    // The dependency created again where LXD's scheduler puts it (no placement for it now): its member is known
+    // only after the create, and the dependent's wire is re-pointed before it starts (its data is kept on the host).
+    let removed = gbo_remote(&["uninstall", "--tenant", &t.name, "tables"]).await;
+    assert_eq!(removed.code, 0, "{}", removed.all());
+    std::fs::write(
+        &file,
+        format!("tenant = \"{}\"\nroles = [\"tables\", \"table-editor\"]\nstorage = \"host\"\n\n[placement]\ntable-editor = \"m2\"\n", t.name),
+    )
+    .expect("tenant file");
+    let reinstall = run("install", &["--allow-unverified"]).await;
+    assert_eq!(reinstall.code, 0, "{}", reinstall.all());
+    let (listen, connect) =
+        (device_get(&tables, "gbo-port-postgres", "listen"), device_get(&editor, "gbo-wire-tables-5432", "connect"));
+    let expected = match location(&tables).as_str() {
+        "m2" => "127.0.0.1",
+        "m1" => "127.0.0.2",
+        _ => "127.0.0.4",
+    };
+    assert!(listen.starts_with(&format!("tcp:{expected}:")), "tables on {}: {listen}", location(&tables));
+    assert_eq!(connect, listen, "the wire connects where tables listens");
+    assert_eq!(rows_through_wire(&editor).await, "42");
+    let again = run("plan", &["--allow-unverified"]).await;
+    assert!(again.stdout.contains("Nothing to do"), "after the move and the reinstall: {}", again.stdout);
 }

@@ -3,7 +3,8 @@
 //!
 //! A move is: check both members are online (a container on an offline member cannot be read, so it is refused,
 //! naming the member), snapshot (container and host data, through [`crate::snapshot`]), stop, move (LXD copies the
-//! root volume and its snapshots to the target member's pool), start, health. If anything after the stop fails, the
+//! root volume and its snapshots to the target member's pool), rewire (its ports follow it to its new member's
+//! address and its dependents' wires are re-pointed: [`crate::install::wiring::rewire`]), start, health. If anything after the stop fails, the
 //! container goes back to its origin and is started again there; the error says what failed and how the rollback
 //! went.
 //!
@@ -257,11 +258,19 @@ pub async fn move_container(
     let attempt = async {
         say(format!("move {from} -> {to}"));
         lxd.move_instance_to_member(&name, to).await.map_err(|e| format!("LXD move: {e}"))?;
+        // Before it starts on `to`: its published ports follow it to its new member's address (or back to
+        // loopback), and the wires of its dependents and its own wires connect where their targets listen now.
+        for r in rewire(lxd, &container.tenant).await.map_err(|e| format!("rewiring after the move: {e}"))? {
+            say(format!("rewire {} {} -> {}", r.instance, r.device, r.value));
+        }
         if was_running {
             say("start".to_string());
             lxd.ensure_running(&name).await.map_err(|e| format!("start on {to}: {e}"))?;
             say("health".to_string());
-            let health = health_after(lxd, &site, container).await;
+            // Read again: its ports may listen elsewhere now.
+            let now = lxd.instance(&name).await.map_err(|e| format!("reading {name} on {to}: {e}"))?;
+            let moved = inventory::describe(&now).unwrap_or_else(|| container.clone());
+            let health = health_after(lxd, &site, &moved).await;
             if let Some(h) = &health {
                 if !h.healthy {
                     return Err(format!("unhealthy on {to}: {}", h.detail));
@@ -290,7 +299,7 @@ pub async fn move_container(
             })
         }
         Err(reason) => {
-            let rollback = rollback(lxd, &name, &from, was_running).await;
+            let rollback = rollback(lxd, &name, &from, was_running, &container.tenant).await;
             events.event(&MoveEvent {
                 instance: name.to_string(),
                 kind: MoveEventKind::Failed { reason: format!("{reason}; rollback: {rollback}") },
@@ -331,8 +340,15 @@ async fn refuse_local_volumes(lxd: &Client, container: &ManagedInstance, from: &
     )))
 }
 
+/// [`crate::install::wiring::rewire`] of the whole tenant, as after a move.
+async fn rewire(lxd: &Client, tenant: &TenantName) -> Result<Vec<crate::install::wiring::Rewired>, String> {
+    crate::install::wiring::rewire(lxd, tenant, crate::install::wiring::RewireMode::Full)
+        .await
+        .map_err(|e| crate::install::error::with_causes(&e))
+}
+
 /// Put `name` back on `origin` (stopped first), started again when it ran.
-async fn rollback(lxd: &Client, name: &InstanceName, origin: &str, was_running: bool) -> String {
+async fn rollback(lxd: &Client, name: &InstanceName, origin: &str, was_running: bool, tenant: &TenantName) -> String {
     let mut done = Vec::new();
     let location = match lxd.instance(name).await {
         Ok(i) => i.location,
@@ -346,6 +362,11 @@ async fn rollback(lxd: &Client, name: &InstanceName, origin: &str, was_running: 
             return format!("could not move it back from {location} to {origin} ({e})");
         }
         done.push(format!("moved back to {origin}"));
+        match rewire(lxd, tenant).await {
+            Ok(changed) if !changed.is_empty() => done.push(format!("rewired ({} devices)", changed.len())),
+            Ok(_) => {}
+            Err(e) => done.push(format!("could not rewire the tenant ({e}); `gbo install` does")),
+        }
     } else {
         done.push(format!("still on {origin}"));
     }

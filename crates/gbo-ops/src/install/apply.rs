@@ -24,6 +24,7 @@ pub async fn apply_planned(
     planned: &PlannedInstall,
     events: &dyn Observer<InstallEvent>,
 ) -> Result<InstallReport, InstallError> {
+    let rewire_lock = tokio::sync::Mutex::new(());
     let ctx = ApplyContext {
         lxd,
         artifacts: &request.artifacts,
@@ -31,6 +32,10 @@ pub async fn apply_planned(
         secrets: &planned.secrets,
         image: &planned.image,
         targets: &planned.placements.targets,
+        tenant: &planned.tenant,
+        rewire_lock: &rewire_lock,
+        public_on_member: planned.tenant.as_str() != gbo_components::TenantName::DEFAULT
+            && request.tenant_file.public_address.is_none(),
     };
     for (desired, component) in planned.desired.iter().zip(planned.components.iter()) {
         events.event(&InstallEvent::new(&desired.instance, InstallEventKind::Planned { steps: component.steps.len() }));
@@ -81,7 +86,11 @@ pub async fn apply_planned(
                     apply_component(ctx, desired, &component.steps).await?;
                 }
                 let health = match health::target_of(ctx.lxd, desired, &planned.allocations) {
-                    Some(target) => {
+                    Some(mut target) => {
+                        // A rewire after a create may have moved the port onto its member's address.
+                        if let Some(address) = live_address(ctx.lxd, desired, target.port).await {
+                            target.address = address;
+                        }
                         health::wait_healthy(&desired.spec.health, &target, &planned.secrets, request.health_timeout)
                             .await
                     }
@@ -144,6 +153,19 @@ pub async fn apply_planned(
     })
 }
 
+/// The address the instance's published port `port` listens on now (its proxy device), when it can be read.
+async fn live_address(lxd: &Client, desired: &Desired, port: u16) -> Option<std::net::IpAddr> {
+    let name = InstanceName::new(desired.instance.clone()).ok()?;
+    let instance = lxd.instance(&name).await.ok()?;
+    instance
+        .devices
+        .iter()
+        .filter(|(device, _)| device.starts_with("gbo-port-"))
+        .filter_map(|(_, config)| lxd_client::ProxyDevice::from_config(config))
+        .find(|proxy| proxy.listen.port == port)
+        .and_then(|proxy| proxy.listen.address.trim_start_matches('[').trim_end_matches(']').parse().ok())
+}
+
 /// Shared inputs of apply.
 pub struct ApplyContext<'a> {
     /// The daemon.
@@ -158,6 +180,13 @@ pub struct ApplyContext<'a> {
     pub image: &'a super::ResolvedImage,
     /// The cluster member (`target=`) of each container to create, by instance name; absent: LXD's scheduler.
     pub targets: &'a BTreeMap<String, String>,
+    /// The tenant (whose wiring a new container may change: see `wiring`).
+    pub tenant: &'a gbo_components::TenantName,
+    /// Held while the tenant is rewired after a create, so concurrent creates rewire one at a time.
+    pub rewire_lock: &'a tokio::sync::Mutex<()>,
+    /// Whether public ports listen on their member's address on a cluster (no `public_address`, not the default
+    /// tenant).
+    pub public_on_member: bool,
 }
 
 fn instance_name(desired: &Desired) -> Result<InstanceName, InstallError> {
@@ -385,6 +414,9 @@ pub async fn apply_component(ctx: &ApplyContext<'_>, desired: &Desired, steps: &
                         .await
                         .map_err(InstallError::lxd(format!("attaching the volumes of {name}")))?;
                 }
+                // Where LXD put it decides where its dependencies listen and where its wires connect (before it
+                // starts): a dependency on another member is reached at that member's address.
+                rewire_widen(ctx).await?;
                 boundary(Edge::After, desired, step)?;
             }
             Action::Remap { privileged } => {
@@ -613,6 +645,28 @@ async fn flush_config(
         .await
         .map_err(InstallError::lxd(format!("updating {name}")))?;
     fault::boundary(Edge::After, &desired.instance, batch)?;
+    // The plan's wires and ports were computed before this run created anything: a create placed by LXD's
+    // scheduler may have moved a port onto its member's address since. Rewiring again puts them where they belong.
+    let wiring = |name: &str| name.starts_with("gbo-wire-") || name.starts_with("gbo-port-");
+    if steps
+        .iter()
+        .any(|s| matches!(&s.action, Action::AddDevice { name } | Action::ReplaceDevice { name } if wiring(name)))
+    {
+        rewire_widen(ctx).await?;
+    }
+    Ok(())
+}
+
+/// [`super::wiring::rewire`] in [`super::wiring::RewireMode::Widen`], one at a time, each change an event.
+async fn rewire_widen(ctx: &ApplyContext<'_>) -> Result<(), InstallError> {
+    let _rewiring = ctx.rewire_lock.lock().await;
+    let mode = super::wiring::RewireMode::Widen { public_on_member: ctx.public_on_member };
+    for r in super::wiring::rewire(ctx.lxd, ctx.tenant, mode).await? {
+        ctx.events.event(&InstallEvent::new(
+            &r.instance,
+            InstallEventKind::Step { description: format!("~ device {} -> {}", r.device, r.value) },
+        ));
+    }
     Ok(())
 }
 

@@ -28,12 +28,13 @@ pub mod storage;
 pub mod tenancy;
 mod uninstall;
 pub mod verify;
+pub mod wiring;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gbo_components::{Role, Secrets, TenantFile, TenantName};
+use gbo_components::{install_order, Role, Secrets, TenantFile, TenantName};
 use lxd_client::Client;
 
 pub use apply::apply_planned;
@@ -311,7 +312,23 @@ async fn plan_with(
         overrides: request.ports.clone(),
     };
     let is_default = scope.tenant.as_str() == TenantName::DEFAULT;
-    let allocations = ports::allocate(
+    // Where each container is or goes (a cluster), before the ports: a port wired from another member listens on
+    // its member's address (see `wiring`).
+    let wanted: Vec<(String, Role)> = install_order(&scope.to_install)
+        .into_iter()
+        .flatten()
+        .map(|r| (gbo_components::instance_name(&scope.tenant, r), r))
+        .collect();
+    let placements = placement::resolve(
+        lxd,
+        request.target.as_ref(),
+        &request.tenant_file.placement,
+        &wanted,
+        &scope.instances,
+        &mut scope.notes,
+    )
+    .await?;
+    let mut allocations = ports::allocate(
         scope.tenant.as_str(),
         is_default,
         request.tenant_file.public_address,
@@ -326,9 +343,27 @@ async fn plan_with(
             .iter()
             .any(|r| gbo_components::ports(*r).iter().any(|p| p.exposure == gbo_components::Exposure::Public))
     {
-        scope
-            .notes
-            .push(format!("tenant {} has no public_address: its public ports listen on 127.0.0.1 only", scope.tenant));
+        scope.notes.push(if placements.members.is_empty() {
+            format!("tenant {} has no public_address: its public ports listen on 127.0.0.1 only", scope.tenant)
+        } else {
+            format!("tenant {} has no public_address: its public ports listen on their member's address", scope.tenant)
+        });
+    }
+    if !placements.members.is_empty() {
+        let locations = wiring_locations(&scope, &placements);
+        let mut all_file = request.tenant_file.clone();
+        all_file.roles = scope.all_roles.clone();
+        let wires: BTreeMap<Role, Vec<gbo_components::Wire>> =
+            scope.all_roles.iter().map(|r| (*r, gbo_components::wires(*r, &all_file))).collect();
+        let cross = wiring::cross_member_ports(&wires, &locations);
+        wiring::place_addresses(
+            &mut allocations,
+            &requests,
+            &cross,
+            &locations,
+            &wiring::member_addresses(&placements.members),
+            !is_default && request.tenant_file.public_address.is_none(),
+        )?;
     }
     // Secrets.
     let specs = all_secret_specs(&scope.all_roles);
@@ -398,16 +433,6 @@ async fn plan_with(
         desired.iter().map(|d| observe::observe(lxd, d, instances.get(&d.instance))),
     )
     .await?;
-    let wanted: Vec<(String, Role)> = desired.iter().map(|d| (d.instance.clone(), d.role)).collect();
-    let placements = placement::resolve(
-        lxd,
-        request.target.as_ref(),
-        &request.tenant_file.placement,
-        &wanted,
-        &scope.instances,
-        &mut scope.notes,
-    )
-    .await?;
     let components = desired
         .iter()
         .zip(observed.iter())
@@ -432,6 +457,26 @@ async fn plan_with(
         reconverge_system,
         placements,
     })
+}
+
+/// The member each of the tenant's roles is on (existing containers) or goes to (a placement on one member); roles
+/// placed by LXD's scheduler or on a group are left out until they exist.
+fn wiring_locations(scope: &scope::TenantScope, placements: &placement::Placements) -> BTreeMap<Role, String> {
+    let mut out = BTreeMap::new();
+    for role in &scope.all_roles {
+        let instance = gbo_components::instance_name(&scope.tenant, *role);
+        let existing = scope.instances.iter().find(|m| m.name.as_str() == instance).map(|m| &m.instance.location);
+        match (existing, placements.targets.get(&instance)) {
+            (Some(location), _) if !location.is_empty() => {
+                out.insert(*role, location.clone());
+            }
+            (None, Some(target)) if !target.starts_with('@') => {
+                out.insert(*role, target.clone());
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Install: lock the tenant, plan, apply concurrently in dependency order, verify health.

@@ -18,6 +18,8 @@ pub struct Placements {
     pub targets: BTreeMap<String, String>,
     /// The member shown for each instance: its location when it exists, the placement when it does not.
     pub shown: BTreeMap<String, String>,
+    /// The cluster's members (empty off a cluster).
+    pub members: Vec<ClusterMember>,
 }
 
 /// Why `placement` cannot take a new container, from the members' state; `None` when it can.
@@ -71,7 +73,7 @@ pub(super) async fn resolve(
         return Ok(Placements::default());
     }
     let members = lxd.cluster_members().await.map_err(InstallError::lxd("listing the cluster's members"))?;
-    let mut out = Placements::default();
+    let mut out = Placements { members: members.clone(), ..Placements::default() };
     for (instance, role) in wanted {
         let chosen = target.or_else(|| placement.get(role));
         if let Some(existing) = instances.iter().find(|m| m.name.as_str() == instance) {
