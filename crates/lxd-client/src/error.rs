@@ -276,6 +276,18 @@ impl Error {
         matches!(self, Error::Timeout { .. } | Error::OperationTimeout { .. })
     }
 
+    /// The daemon refused an update because a concurrent update of the same instance held it and has finished
+    /// meanwhile (LXD 5.0: "A matching non-reusable operation has now succeeded"): what was read before is stale,
+    /// like a failed ETag precondition; read again and retry.
+    pub fn is_superseded(&self) -> bool {
+        match self {
+            Error::Api { message, .. } | Error::Conflict { message, .. } | Error::OperationFailed { message, .. } => {
+                message.contains("non-reusable operation has now succeeded")
+            }
+            _ => false,
+        }
+    }
+
     /// The daemon refused to act because another operation holds the instance ("Instance is busy running a
     /// "stop" operation"). Deletes and state changes wait for such operations and try again by themselves.
     pub fn is_instance_busy(&self) -> bool {

@@ -16,6 +16,8 @@ use crate::names::{DeviceName, InstanceName};
 /// change waits for another operation that holds the instance.
 pub const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// How many times [`Client::update_instance`] reads and writes before a concurrent writer's change is an error.
+const UPDATE_ATTEMPTS: u32 = 20;
 /// The pause before trying again when the instance is busy and no operation on it can be seen.
 const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
@@ -663,7 +665,8 @@ impl Client {
         Ok(())
     }
 
-    /// Read-modify-write with the ETag: `change` edits the writable fields; retried on a concurrent change.
+    /// Read-modify-write with the ETag: `change` edits the writable fields; retried (up to 20 times) when a
+    /// concurrent writer changed the instance first (a stale ETag, or LXD refusing a write that met a concurrent update).
     /// Returns whether anything changed (no request is sent when nothing did).
     ///
     /// ```no_run
@@ -679,7 +682,7 @@ impl Client {
     where
         F: FnMut(&mut InstancePut),
     {
-        for attempt in 0..3 {
+        for attempt in 0..UPDATE_ATTEMPTS {
             let (instance, etag) = self.instance_with_etag(name).await?;
             let before = instance.to_put();
             let mut after = before.clone();
@@ -688,7 +691,12 @@ impl Client {
                 return Ok(false);
             }
             match self.put_instance(name, &after, etag.as_deref()).await {
-                Err(e) if e.is_precondition_failed() && attempt < 2 => continue,
+                // Another writer got there first: read its result and apply the change to it, after a pause that
+                // grows a little with each attempt so that writers in step fall out of it.
+                Err(e) if (e.is_precondition_failed() || e.is_superseded()) && attempt + 1 < UPDATE_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(10 * (u64::from(attempt) + 1))).await;
+                    continue;
+                }
                 other => return other.map(|_| true),
             }
         }

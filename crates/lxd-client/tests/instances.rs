@@ -119,6 +119,33 @@ async fn update_keeps_volatile_keys_and_honours_etags() {
     assert_eq!(lxc(&["config", "get", c.name.as_str(), "user.gbot.tier"]).trim(), "1", "PATCH keeps other keys");
 }
 
+/// Concurrent read-modify-writes of one instance (install's rewire beside its own device writes) all land: a write
+/// that meets a newer ETag, or that LXD refuses because a concurrent update holds the instance ("A matching
+/// non-reusable operation has now succeeded"), reads again and retries. Before, the fourth concurrent writer and the
+/// refused one failed.
+#[tokio::test]
+async fn concurrent_updates_of_one_instance_all_land() {
+    let lxd = client().await;
+    let c = Container::create(&lxd, "concurrent", false).await;
+    let writers = (0..8).map(|i| {
+        let lxd = lxd.clone();
+        let name = c.name.clone();
+        tokio::spawn(async move {
+            lxd.update_instance(&name, |put| {
+                put.config.insert(format!("user.gbot.writer{i}"), i.to_string());
+            })
+            .await
+        })
+    });
+    for (i, writer) in futures_util::future::join_all(writers).await.into_iter().enumerate() {
+        assert!(writer.expect("task").expect("update"), "writer {i} changed the instance");
+    }
+    let after = lxd.instance(&c.name).await.expect("get");
+    for i in 0..8 {
+        assert_eq!(after.config.get(&format!("user.gbot.writer{i}")), Some(&i.to_string()), "writer {i}'s key kept");
+    }
+}
+
 #[tokio::test]
 async fn rename_and_delete_running() {
     let lxd = client().await;
