@@ -101,12 +101,14 @@ fn measure_all(tenant: &str, dir: &Path, mib_size: u64) -> anyhow::Result<Result
     run_gbo(&strings(&["install", "--tenant", tenant, "--image", IMAGE, "--stack-dir", &stack_text, "tables"]))
         .context("gbo install")?;
     let rows = mib_size * 1000;
-    // The application's table, owned by its role as if the application had made it (gbo's restore checks that the
+    // Rows of random hex (about 2:1 compressible, like real text), so sizes are not a compressor's best case. The
+    // application's table, owned by its role as if the application had made it (gbo's restore checks that the
     // application role can use every table it restores).
     psql(
         &container,
         &format!(
-            "CREATE TABLE gbot_bench AS SELECT g, repeat(md5(g::text), 32) AS pad FROM generate_series(1, {rows}) g; \
+            "CREATE TABLE gbot_bench AS SELECT g, (SELECT string_agg(md5(random()::text || g || i), '') \
+             FROM generate_series(1, 32) i) AS pad FROM generate_series(1, {rows}) g; \
              ALTER TABLE gbot_bench OWNER TO gbuser"
         ),
     )?;
