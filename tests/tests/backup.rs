@@ -717,3 +717,186 @@ async fn backup_of_a_volumes_tenant_holds_its_volumes_and_restores_through_a_rem
         .collect();
     assert_eq!(on_solo, after_change, "the other daemon's database holds exactly the backed-up rows");
 }
+
+/// `rows` of a tenant's `kept` table read with the real `psql` as the application role (`gbuser`, its password
+/// in a 0600 `.pgpass` file named by `PGPASSFILE`, never on the command line).
+fn psql_rows(port: u16, password: &str, dir: &Path) -> Vec<(i32, String)> {
+    let pgpass = dir.join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:{port}:botserver:gbuser:{password}\n")).expect("pgpass");
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let out = std::process::Command::new(require_program("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "gbuser", "-d", "botserver", "-w", "-At", "-F"])
+        .arg("|")
+        .args(["-c", "SELECT id, v FROM kept ORDER BY id"])
+        .env("PGPASSFILE", &pgpass)
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql as gbuser: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (id, v) = l.split_once('|').unwrap_or_else(|| panic!("psql line {l:?}"));
+            (id.parse().expect("id"), v.to_string())
+        })
+        .collect()
+}
+
+/// `restore --replace` over an existing `storage = "volumes"` tenant: `--dry-run` changes nothing; the restore
+/// snapshots the containers and their volumes first (`pre-restore-<id>`), replaces each volume's content with the
+/// backup's and passes its row check; `psql` as gbuser reads exactly the backed-up rows, health passes, the next
+/// plan is empty and no temporary volume is left. The safety snapshot holds what was replaced: restoring it brings
+/// the changed rows back. A restore that fails after the volumes were replaced (the row check, here against a
+/// mixed-up repository) puts the old content back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing_lost() {
+    let client = lxd().await;
+    require_test_image(&client).await;
+    require_program("restic");
+    require_program("psql");
+    let t = TestTenant::new();
+    let _main = gbo_tests::rig::TenantCleanup { lxd_dir: "/var/lib/lxd".into(), tenant: t.name.clone() };
+    let work = tempfile::Builder::new().prefix("gbot-backup-").tempdir().expect("tempdir");
+    let repo = work.path().join("repo");
+    let password_file = work.path().join("password");
+    std::fs::write(&password_file, "replace over volumes\n").expect("password");
+    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let file = work.path().join("gbo.toml");
+    std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"tables\"]\nstorage = \"volumes\"\n", t.name))
+        .expect("tenant file");
+    let file_s = file.display().to_string();
+    let install = gbo_async(vec![
+        "install".into(),
+        "--file".into(),
+        file_s.clone(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        t.stack_dir(),
+    ])
+    .await;
+    assert_eq!(install.code, 0, "install with storage = volumes:\n{}", install.all());
+    let password = secret(&t, "tables-password");
+    let db = pg(pg_port(&t), &password).await;
+    db.batch_execute(
+        "CREATE TABLE kept (id int primary key, v text); \
+         INSERT INTO kept SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
+    )
+    .await
+    .expect("rows as the application role");
+    drop(db);
+    let backed_up = rows(&t).await;
+    let mut create = vec!["backup".into(), "create".into(), "--tenant".into(), t.name.clone()];
+    create.extend(repo_args(&repo, &password_file));
+    let first = gbo_async(create.clone()).await;
+    assert_eq!(first.code, 0, "backup create:\n{}", first.all());
+    let backups = list_backups(&repo, &password_file).await;
+    let id = |b: &serde_json::Value| b["backup"].as_str().expect("backup id").to_string();
+    let first_id = id(backups.last().expect("the backup"));
+
+    // The data changes after the backup: rows deleted, others added.
+    let db = pg(pg_port(&t), &password).await;
+    db.batch_execute(
+        "DELETE FROM kept WHERE id <= 100; INSERT INTO kept SELECT g, 'new' FROM generate_series(5001, 5050) g",
+    )
+    .await
+    .expect("change");
+    drop(db);
+    let changed = rows(&t).await;
+    assert_ne!(changed, backed_up);
+
+    let mut restore = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone()];
+    restore.extend(repo_args(&repo, &password_file));
+    restore.extend(["--image".into(), TEST_IMAGE.into(), "--replace".into()]);
+    let snapshots =
+        |container: &str| -> String { gbo_tests::lxc_ok(&["query", &format!("/1.0/instances/{container}/snapshots")]) };
+    let tables = t.container("tables");
+
+    // --dry-run: the plan, nothing changed.
+    let run = gbo_async([restore.clone(), vec!["--dry-run".into()]].concat()).await;
+    assert_eq!(run.code, 0, "restore --replace --dry-run:\n{}", run.all());
+    assert!(run.stdout.contains("dry run: nothing changed"), "{}", run.all());
+    assert!(
+        run.stderr.contains("snapshotted, then replaced"),
+        "the plan names the replaced containers:\n{}",
+        run.all()
+    );
+    assert_eq!(rows(&t).await, changed, "--dry-run changed the data");
+    assert!(!snapshots(&tables).contains("pre-restore"), "--dry-run took a snapshot: {}", snapshots(&tables));
+
+    let run = gbo_async(restore.clone()).await;
+    assert_eq!(run.code, 0, "restore --replace over a volumes-mode tenant:\n{}", run.all());
+    assert!(run.stdout.contains("healthy"), "{}", run.all());
+    assert!(
+        run.stdout.contains("tables hold exactly the rows the backup recorded"),
+        "the row check ran:\n{}",
+        run.all()
+    );
+    assert_eq!(psql_rows(pg_port(&t), &password, work.path()), backed_up, "psql as gbuser reads the backed-up rows");
+
+    // The safety snapshot: the instance and each of its three volumes.
+    let safety = format!("pre-restore-{}", first_id.to_ascii_lowercase().replace(['t', 'z'], ""));
+    assert!(run.stdout.contains(&safety), "the safety snapshot is named:\n{}", run.all());
+    assert!(snapshots(&tables).contains(&safety), "instance snapshot {safety}: {}", snapshots(&tables));
+    for kind in ["data", "conf", "logs"] {
+        let volume = format!("{tables}-{kind}");
+        let snaps =
+            gbo_tests::lxc_ok(&["query", &format!("/1.0/storage-pools/default/volumes/custom/{volume}/snapshots")]);
+        assert!(snaps.contains(&format!("{volume}/snapshots/{safety}")), "volume snapshot {volume}/{safety}: {snaps}");
+    }
+    let volumes = gbo_tests::lxc_ok(&["storage", "volume", "list", "default", "--format", "csv", "-c", "n"]);
+    let ours: Vec<&str> = volumes.lines().filter(|v| v.starts_with(&format!("{}-", t.name))).collect();
+    assert_eq!(ours.len(), 3, "only the tenant's three volumes are left (no temporary one): {ours:?}");
+    let plan = gbo_async(vec![
+        "plan".into(),
+        "--file".into(),
+        file_s.clone(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        t.stack_dir(),
+    ])
+    .await;
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.stdout.contains("Nothing to do"), "the plan after the restore is not empty:\n{}", plan.all());
+
+    // Nothing lost: the safety snapshot holds the data the restore replaced.
+    let back =
+        gbo_async(vec!["snapshot".into(), "restore".into(), tables.clone(), safety.clone(), "--no-safety".into()])
+            .await;
+    assert_eq!(back.code, 0, "gbo snapshot restore {safety}:\n{}", back.all());
+    assert_eq!(rows(&t).await, changed, "the safety snapshot holds the rows from before the restore");
+
+    // A restore that fails after the volumes were replaced puts the old content back: a second backup (of the
+    // changed rows) whose tables snapshot is swapped for the first backup's by the real restic, so its record
+    // (the changed rows) meets the first backup's data and the row check fails.
+    let second = gbo_async(create.clone()).await;
+    assert_eq!(second.code, 0, "second backup:\n{}", second.all());
+    let backups = list_backups(&repo, &password_file).await;
+    let complete: Vec<&serde_json::Value> = backups.iter().filter(|b| b["complete"] == true).collect();
+    assert_eq!(complete.len(), 2, "{backups:?}");
+    let (older, newer) = (complete[0], complete[1]);
+    let tables_snap = |b: &serde_json::Value| b["snapshots"]["tables"].as_str().expect("tables snapshot").to_string();
+    for (snap, from, to) in
+        [(tables_snap(newer), id(newer), "gbot-set-aside".to_string()), (tables_snap(older), id(older), id(newer))]
+    {
+        let (code, out) = restic(
+            &repo,
+            &password_file,
+            &["tag", "--remove", &format!("backup={from}"), "--add", &format!("backup={to}"), &snap],
+        );
+        assert_eq!(code, 0, "restic tag: {out}");
+    }
+    let db = pg(pg_port(&t), &password).await;
+    db.batch_execute("DELETE FROM kept WHERE id > 5040").await.expect("a last change");
+    drop(db);
+    let current = rows(&t).await;
+    let run = gbo_async([restore.clone(), vec!["--backup".into(), id(newer)]].concat()).await;
+    assert_eq!(run.code, 2, "a restore whose rows differ from the record fails:\n{}", run.all());
+    assert!(run.stderr.contains("different content checksum"), "{}", run.all());
+    assert!(run.stderr.contains("put back"), "the failure says the old content was put back:\n{}", run.all());
+    assert_eq!(container_status(&tables), "RUNNING");
+    assert_eq!(rows(&t).await, current, "the failed restore put the tenant's own rows back");
+    let volumes = gbo_tests::lxc_ok(&["storage", "volume", "list", "default", "--format", "csv", "-c", "n"]);
+    let ours: Vec<&str> = volumes.lines().filter(|v| v.starts_with(&format!("{}-", t.name))).collect();
+    assert_eq!(ours.len(), 3, "no temporary volume is left after the failure: {ours:?}");
+}
