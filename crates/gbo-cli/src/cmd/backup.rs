@@ -287,6 +287,18 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         if replace { "snapshotted, then replaced" } else { "refused without --replace" }
                     );
                 }
+                for v in &plan.volumes {
+                    match (v.replaced, replace) {
+                        (false, _) => eprintln!("  volume {}/{}: created from the backup", v.pool, v.volume),
+                        (true, true) => eprintln!(
+                            "  volume {}/{}: snapshotted, then its content replaced by the backup's",
+                            v.pool, v.volume
+                        ),
+                        (true, false) => {
+                            eprintln!("  volume {}/{}: exists (refused without --replace)", v.pool, v.volume)
+                        }
+                    }
+                }
             };
             let lines = Lines::new(Style::for_output(output));
             let events = |e: &BackupEvent| lines.show(e);
@@ -310,7 +322,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         .collect();
                     output::print_table(&["CONTAINER", "HEALTH", "DETAIL"], &rows);
                     if let Some(s) = &report.safety_snapshot {
-                        outln!("the replaced containers are in snapshot {s}");
+                        outln!(
+                            "what was replaced is in snapshot {s} of each container (and of its volumes): `gbo snapshot restore CONTAINER {s}` brings it back, `gbo snapshot delete CONTAINER {s}` drops it"
+                        );
                     }
                     if report.checked_tables > 0 {
                         outln!(
