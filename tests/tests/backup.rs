@@ -716,6 +716,117 @@ async fn backup_of_a_volumes_tenant_holds_its_volumes_and_restores_through_a_rem
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(on_solo, after_change, "the other daemon's database holds exactly the backed-up rows");
+
+    // A chosen cluster member: `--remote gbot-cluster ... --target m2` imports the volumes on m2 (the rig's pools
+    // are member-local) and creates the container there (m2: the cluster tests stop m3 and evacuate m1).
+    let _cluster = ClusterCleanup(t.name.clone());
+    let cluster_stack = tempfile::Builder::new().prefix("gbot-cluster-stack-").tempdir().expect("tempdir");
+    let mut restore: Vec<String> = vec![
+        "--remote".into(),
+        CLUSTER.into(),
+        "backup".into(),
+        "restore".into(),
+        "--tenant".into(),
+        t.name.clone(),
+        "--target".into(),
+        "m2".into(),
+    ];
+    restore.extend(repo_args(&repo, &password_file));
+    restore.extend([
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        cluster_stack.path().display().to_string(),
+    ]);
+    // A member that is not in the cluster is refused before anything changes, naming it.
+    let nowhere: Vec<String> = restore.iter().map(|a| if a == "m2" { "m9".to_string() } else { a.clone() }).collect();
+    let run = gbo_async(nowhere).await;
+    assert_eq!(run.code, 2, "--target m9:\n{}", run.all());
+    assert!(run.stderr.contains("member m9 is not in the cluster"), "{}", run.all());
+    assert!(cluster_volumes(&t.name).is_empty(), "nothing was imported for a refused member");
+    let run = gbo_async(restore).await;
+    assert_eq!(run.code, 0, "restore through --remote {CLUSTER} --target m2:\n{}", run.all());
+    assert!(run.stderr.contains("on member m2: created from the backup"), "the plan names the member:\n{}", run.all());
+    assert!(
+        run.stdout.contains("tables hold exactly the rows the backup recorded"),
+        "the row check ran:\n{}",
+        run.all()
+    );
+    let listed = gbo_tests::lxc_ok(&["list", &format!("{CLUSTER}:"), "--format", "csv", "-c", "nL"]);
+    assert!(listed.lines().any(|l| l == format!("{},m2", t.container("tables"))), "tables on m2: {listed}");
+    let volumes = cluster_volumes(&t.name);
+    assert_eq!(volumes.len(), 3, "three volumes: {volumes:?}");
+    assert!(volumes.iter().all(|(_, member)| member == "m2"), "the volumes are on m2: {volumes:?}");
+    let status = gbo_async(vec![
+        "--remote".into(),
+        CLUSTER.into(),
+        "status".into(),
+        "--tenant".into(),
+        t.name.clone(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await;
+    let parsed: TenantStatus = serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}\n{}", status.all()));
+    let published = parsed
+        .components
+        .iter()
+        .find(|c| c.container == t.container("tables"))
+        .and_then(|c| c.ports.iter().find(|p| p.container_port == 5432))
+        .cloned()
+        .unwrap_or_else(|| panic!("tables publishes 5432: {parsed:?}"));
+    let address: std::net::IpAddr = published.host_address.parse().expect("a listen address");
+    let password = std::fs::read_to_string(cluster_stack.path().join(".secrets/tables-password")).expect("secrets");
+    let db = gbo_tests::app_db_at(address, published.host_port, password.trim()).await;
+    let on_m2: Vec<(i32, String)> = db
+        .query("SELECT id, v FROM kept ORDER BY id", &[])
+        .await
+        .expect("select on m2")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(on_m2, after_change, "the database on m2 holds exactly the backed-up rows");
+}
+
+/// The rig's cluster remote.
+const CLUSTER: &str = "gbot-cluster";
+
+/// The tenant's custom volumes on the cluster's `default` pool, with the member each is on.
+fn cluster_volumes(tenant: &str) -> Vec<(String, String)> {
+    let (_, listed) =
+        gbo_tests::lxc(&["storage", "volume", "list", &format!("{CLUSTER}:default"), "--format", "csv", "-c", "tnL"])
+            .ok_output();
+    listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("custom,"))
+        .filter_map(|l| l.split_once(','))
+        .filter(|(name, _)| name.starts_with(&format!("{tenant}-")) && !name.contains('/'))
+        .map(|(name, member)| (name.to_string(), member.to_string()))
+        .collect()
+}
+
+/// Deletes the tenant's containers and custom volumes on the cluster when dropped: each volume on its own member
+/// (`--target`), also when the test fails.
+struct ClusterCleanup(String);
+
+impl Drop for ClusterCleanup {
+    fn drop(&mut self) {
+        let listed = gbo_tests::lxc(&["list", &format!("{CLUSTER}:"), "--format", "csv", "-c", "n"]).all();
+        for name in listed.lines().filter(|n| n.starts_with(&format!("{}-", self.0))) {
+            let _ = gbo_tests::lxc(&["delete", "--force", &format!("{CLUSTER}:{name}")]);
+        }
+        for (volume, member) in cluster_volumes(&self.0) {
+            let _ = gbo_tests::lxc(&[
+                "storage",
+                "volume",
+                "delete",
+                &format!("{CLUSTER}:default"),
+                &volume,
+                "--target",
+                &member,
+            ]);
+        }
+    }
 }
 
 /// Wait (at most 60 s) until the tenant's PostgreSQL accepts the application role again (after a restart it
@@ -838,6 +949,11 @@ async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing
     let snapshots =
         |container: &str| -> String { gbo_tests::lxc_ok(&["query", &format!("/1.0/instances/{container}/snapshots")]) };
     let tables = t.container("tables");
+
+    // --target off a cluster: refused, naming it, before anything changes.
+    let run = gbo_async([restore.clone(), vec!["--target".into(), "m2".into()]].concat()).await;
+    assert_eq!(run.code, 2, "--target on the main daemon:\n{}", run.all());
+    assert!(run.stderr.contains("--target m2") && run.stderr.contains("is not a cluster"), "{}", run.all());
 
     // --dry-run: the plan, nothing changed.
     let run = gbo_async([restore.clone(), vec!["--dry-run".into()]].concat()).await;

@@ -3,8 +3,8 @@
 //!
 //! The walk: read the backup's description (the meta snapshot) → plan (target tenant, stack dir, every recorded
 //! host port kept when free on this host and left to the allocator when taken, refused onto an existing tenant
-//! without `--replace`) → with `--replace`, a gbo snapshot of every existing container first (`pre-restore-<id>`)
-//! → the secrets written back into `<stack>/.secrets` (so the recreated services use the backed-up passwords) →
+//! without `--replace`) → with `--replace`, a gbo snapshot of every existing container first (`pre-restore-<id>`,
+//! with its custom volumes) → the secrets written back into `<stack>/.secrets` (so the recreated services use the backed-up passwords) →
 //! the containers created by the install engine (the same path as `gbo install`) → each container stopped, its
 //! `data` and `logs` directories replaced by the backup's (restored by rustic into a private staging directory,
 //! then copied through hostfs: links as links), owners shifted from the recorded idmap base to the new
@@ -12,7 +12,13 @@
 //! compared with what the backup recorded ([`super::rows`]: every table's rows and checksum, the application role's
 //! access), a difference failing the restore with the table named. `conf` is rendered again by the
 //! install engine from the catalogue (it is in the backup for the record).
+//!
+//! A `storage = "volumes"` backup restored `--replace` over its tenant: each backed-up volume imported beside the
+//! real one, the containers using them stopped, each real volume's content replaced by the imported one's
+//! ([`super::volumes::replace_content`]: the volume and its snapshots stay), then install, health and the row
+//! check; a failure from the replacement on puts the tenant back from the safety snapshot (`put_back`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,6 +51,9 @@ pub struct RestoreOptions {
     pub image: Option<String>,
     /// Show the plan and stop.
     pub dry_run: bool,
+    /// The cluster member the containers and their volumes go to (default: the tenant file's `[placement]`, else
+    /// the member gbo talks to); an error off a cluster.
+    pub target: Option<String>,
     /// Where rustic restores before the copy into place (a root-owned place).
     pub staging_parent: PathBuf,
     /// Why this daemon cannot take a host-storage tenant (its containers run on another machine), when it cannot:
@@ -62,6 +71,7 @@ impl Default for RestoreOptions {
             replace: false,
             image: None,
             dry_run: false,
+            target: None,
             staging_parent: std::env::temp_dir(),
             host_refused: None,
         }
@@ -167,6 +177,9 @@ pub struct VolumePlan {
     pub volume: String,
     /// Whether it exists: its content is replaced (with `--replace`, after the safety snapshot), else it is created.
     pub replaced: bool,
+    /// The cluster member it is on or imported on (`None` off a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// The old secrets of a tenant, put back when a `--replace` restore is undone.
@@ -279,15 +292,25 @@ pub async fn restore(
     } else {
         None
     };
+    let members = if volumes_mode || options.target.is_some() {
+        members_for(lxd, options.target.as_deref(), &tenant_file, &target, &roles, &existing_instances).await?
+    } else {
+        BTreeMap::new()
+    };
     let mut volumes = Vec::new();
     if let Some(install::storage::Storage::Volumes { pool }) = &storage {
         for (role_meta, role) in described.roles.iter().zip(&roles) {
             for volume in &role_meta.volumes {
                 let name = install::storage::volume_name(&target, *role, volume.kind());
                 let replaced = super::volumes::exists(lxd, pool, &name).await?;
-                volumes.push(VolumePlan { pool: pool.clone(), volume: name, replaced });
+                let member = members.get(role).cloned();
+                volumes.push(VolumePlan { pool: pool.clone(), volume: name, replaced, member });
             }
         }
+    }
+    // Each container goes where its volumes are imported.
+    for (role, member) in &members {
+        tenant_file.placement.insert(*role, gbo_components::Placement::Member(member.clone()));
     }
     let plan = RestorePlan {
         backup: chosen.backup.clone(),
@@ -386,11 +409,12 @@ pub async fn restore(
             for volume in &role_meta.volumes {
                 let file = restored_root.join("volumes").join(format!("{}.tar", volume.kind()));
                 let name = install::storage::volume_name(&target, *role, volume.kind());
+                let on = on_member(lxd, members.get(role));
                 let imported = match volumes.iter().find(|v| v.volume == name && v.replaced) {
-                    Some(planned) => super::volumes::import_staged(lxd, pool, &name, &file)
+                    Some(planned) => super::volumes::import_staged(&on, pool, &name, &file)
                         .await
                         .map(|temp| staged.push((planned.clone(), temp))),
-                    None => super::volumes::import(lxd, pool, &name, &file).await,
+                    None => super::volumes::import(&on, pool, &name, &file).await,
                 };
                 if let Err(e) = imported {
                     for (v, temp) in &staged {
@@ -440,7 +464,13 @@ pub async fn restore(
     let applied = async {
         for (volume, temp) in &staged {
             events.event(&BackupEvent::step("tenant", format!("replacing the content of volume {}", volume.volume)));
-            super::volumes::replace_content(lxd, &volume.pool, &volume.volume, temp).await?;
+            super::volumes::replace_content(
+                &on_member(lxd, volume.member.as_ref()),
+                &volume.pool,
+                &volume.volume,
+                temp,
+            )
+            .await?;
         }
         events.event(&BackupEvent::step("tenant", "creating the containers"));
         install::install(lxd, &request, install_events).await?;
@@ -521,6 +551,74 @@ pub async fn restore(
         }
         Err(cause) => Err(cause),
     }
+}
+
+/// The client whose creations (`POST`) go to `member` (`target=`), or `lxd` itself off a cluster.
+fn on_member(lxd: &Client, member: Option<&String>) -> Client {
+    match member {
+        Some(member) => lxd.target(member.clone()),
+        None => lxd.clone(),
+    }
+}
+
+/// On a cluster, the member each role's container and volumes go to: where its container is (an existing tenant:
+/// `--target` naming another member is refused, `gbo move` moves containers), else `--target`, else the tenant
+/// file's `[placement]` (a group: its first online member), else the member gbo talks to (so a container lands
+/// where its member-local volumes were imported). Empty off a cluster (`--target` there is refused), and every
+/// member named is checked to be in the cluster and online.
+async fn members_for(
+    lxd: &Client,
+    target: Option<&str>,
+    tenant_file: &TenantFile,
+    tenant: &TenantName,
+    roles: &[Role],
+    existing: &[ManagedInstance],
+) -> Result<BTreeMap<Role, String>, BackupError> {
+    let info = lxd.cluster().await?;
+    if !info.enabled {
+        return match target {
+            Some(t) => Err(BackupError::BadInput(format!(
+                "--target {t}: {} is not a cluster; placement needs one",
+                lxd.endpoint().describe()
+            ))),
+            None => Ok(BTreeMap::new()),
+        };
+    }
+    let all = lxd.cluster_members().await?;
+    if let Some(t) = target {
+        if let Some(why) = install::placement::refusal(&gbo_components::Placement::Member(t.to_string()), &all) {
+            return Err(BackupError::BadInput(format!("--target {t}: {why}")));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for role in roles {
+        let instance = gbo_components::instance_name(tenant, *role);
+        let located = existing.iter().find(|m| m.name.as_str() == instance).map(|m| m.instance.location.clone());
+        let member = match (located, target) {
+            (Some(at), Some(t)) if !at.is_empty() && at != t => {
+                return Err(BackupError::BadInput(format!(
+                    "--target {t}: {instance} exists on member {at}; a restore over it stays there (`gbo move` \
+                     moves it first), or leave --target out"
+                )))
+            }
+            (Some(at), _) if !at.is_empty() => at,
+            (_, Some(t)) => t.to_string(),
+            _ => match tenant_file.placement.get(role) {
+                Some(gbo_components::Placement::Member(m)) => m.clone(),
+                Some(gbo_components::Placement::Group(g)) => all
+                    .iter()
+                    .find(|m| m.groups.contains(g) && m.is_online())
+                    .map(|m| m.server_name.clone())
+                    .ok_or_else(|| BackupError::BadInput(format!("cluster group {g} has no online member")))?,
+                None => info.server_name.clone(),
+            },
+        };
+        if let Some(why) = install::placement::refusal(&gbo_components::Placement::Member(member.clone()), &all) {
+            return Err(BackupError::BadInput(format!("{instance}: {why}")));
+        }
+        out.insert(*role, member);
+    }
+    Ok(out)
 }
 
 /// Each host-storage role's data back: the container stopped, its `data` and `logs` directories replaced by the

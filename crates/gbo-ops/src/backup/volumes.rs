@@ -10,7 +10,9 @@
 //!   files of the next backup: a small change adds little.
 //! - **Restore**: each tarball is imported as a new volume `<tenant>-<role>-<kind>` on the target's pool (`POST
 //!   .../volumes/custom` octet-stream, `X-LXD-name`) before the install engine creates the containers, which
-//!   attach the volumes that exist. LXD shifts the files to the new container's idmap itself.
+//!   attach the volumes that exist. LXD shifts the files to the new container's idmap itself. Over an existing
+//!   tenant (`--replace`, after the safety snapshot): imported beside the real volume ([`import_staged`]), then
+//!   the real volume's content replaced by it ([`replace_content`]) while its containers are stopped.
 
 use std::path::{Path, PathBuf};
 
@@ -87,7 +89,7 @@ pub async fn import(lxd: &Client, pool: &str, volume: &str, file: &Path) -> Resu
     if lxd.storage_volume(&pool_name, &name).await?.is_some() {
         return Err(BackupError::BadInput(format!(
             "custom volume {volume} exists on pool {pool} of this LXD (an uninstall without --purge keeps it): \
-             delete it, or restore --as NEW"
+             add --replace, delete it, or restore --as NEW"
         )));
     }
     let tarball = tokio::fs::File::open(file).await.map_err(BackupError::io(file))?;
