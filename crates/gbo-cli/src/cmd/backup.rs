@@ -94,8 +94,8 @@ pub enum Command {
         /// Image for the containers (default: install's default).
         #[arg(long)]
         image: Option<String>,
-        /// The cluster member the containers and their volumes go to (default: the backed-up tenant file's
-        /// [placement], else the member gbo talks to).
+        /// The cluster member the containers and their volumes go to (default: the placement in the backed-up
+        /// tenant file, else the member gbo talks to).
         #[arg(long, value_name = "MEMBER")]
         target: Option<String>,
         /// Show the plan and stop.
