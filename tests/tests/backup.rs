@@ -716,4 +716,327 @@ async fn backup_of_a_volumes_tenant_holds_its_volumes_and_restores_through_a_rem
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(on_solo, after_change, "the other daemon's database holds exactly the backed-up rows");
+
+    // A chosen cluster member: `--remote gbot-cluster ... --target m2` imports the volumes on m2 (the rig's pools
+    // are member-local) and creates the container there (m2: the cluster tests stop m3 and evacuate m1).
+    let _cluster = ClusterCleanup(t.name.clone());
+    let cluster_stack = tempfile::Builder::new().prefix("gbot-cluster-stack-").tempdir().expect("tempdir");
+    let mut restore: Vec<String> = vec![
+        "--remote".into(),
+        CLUSTER.into(),
+        "backup".into(),
+        "restore".into(),
+        "--tenant".into(),
+        t.name.clone(),
+        "--target".into(),
+        "m2".into(),
+    ];
+    restore.extend(repo_args(&repo, &password_file));
+    restore.extend([
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        cluster_stack.path().display().to_string(),
+    ]);
+    // A member that is not in the cluster is refused before anything changes, naming it.
+    let nowhere: Vec<String> = restore.iter().map(|a| if a == "m2" { "m9".to_string() } else { a.clone() }).collect();
+    let run = gbo_async(nowhere).await;
+    assert_eq!(run.code, 2, "--target m9:\n{}", run.all());
+    assert!(run.stderr.contains("member m9 is not in the cluster"), "{}", run.all());
+    assert!(cluster_volumes(&t.name).is_empty(), "nothing was imported for a refused member");
+    let run = gbo_async(restore).await;
+    assert_eq!(run.code, 0, "restore through --remote {CLUSTER} --target m2:\n{}", run.all());
+    assert!(run.stderr.contains("on member m2: created from the backup"), "the plan names the member:\n{}", run.all());
+    assert!(
+        run.stdout.contains("tables hold exactly the rows the backup recorded"),
+        "the row check ran:\n{}",
+        run.all()
+    );
+    let listed = gbo_tests::lxc_ok(&["list", &format!("{CLUSTER}:"), "--format", "csv", "-c", "nL"]);
+    assert!(listed.lines().any(|l| l == format!("{},m2", t.container("tables"))), "tables on m2: {listed}");
+    let volumes = cluster_volumes(&t.name);
+    assert_eq!(volumes.len(), 3, "three volumes: {volumes:?}");
+    assert!(volumes.iter().all(|(_, member)| member == "m2"), "the volumes are on m2: {volumes:?}");
+    let status = gbo_async(vec![
+        "--remote".into(),
+        CLUSTER.into(),
+        "status".into(),
+        "--tenant".into(),
+        t.name.clone(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await;
+    let parsed: TenantStatus = serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}\n{}", status.all()));
+    let published = parsed
+        .components
+        .iter()
+        .find(|c| c.container == t.container("tables"))
+        .and_then(|c| c.ports.iter().find(|p| p.container_port == 5432))
+        .cloned()
+        .unwrap_or_else(|| panic!("tables publishes 5432: {parsed:?}"));
+    let address: std::net::IpAddr = published.host_address.parse().expect("a listen address");
+    let password = std::fs::read_to_string(cluster_stack.path().join(".secrets/tables-password")).expect("secrets");
+    let db = gbo_tests::app_db_at(address, published.host_port, password.trim()).await;
+    let on_m2: Vec<(i32, String)> = db
+        .query("SELECT id, v FROM kept ORDER BY id", &[])
+        .await
+        .expect("select on m2")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(on_m2, after_change, "the database on m2 holds exactly the backed-up rows");
+}
+
+/// The rig's cluster remote.
+const CLUSTER: &str = "gbot-cluster";
+
+/// The tenant's custom volumes on the cluster's `default` pool, with the member each is on.
+fn cluster_volumes(tenant: &str) -> Vec<(String, String)> {
+    let (_, listed) =
+        gbo_tests::lxc(&["storage", "volume", "list", &format!("{CLUSTER}:default"), "--format", "csv", "-c", "tnL"])
+            .ok_output();
+    listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("custom,"))
+        .filter_map(|l| l.split_once(','))
+        .filter(|(name, _)| name.starts_with(&format!("{tenant}-")) && !name.contains('/'))
+        .map(|(name, member)| (name.to_string(), member.to_string()))
+        .collect()
+}
+
+/// Deletes the tenant's containers and custom volumes on the cluster when dropped: each volume on its own member
+/// (`--target`), also when the test fails.
+struct ClusterCleanup(String);
+
+impl Drop for ClusterCleanup {
+    fn drop(&mut self) {
+        let listed = gbo_tests::lxc(&["list", &format!("{CLUSTER}:"), "--format", "csv", "-c", "n"]).all();
+        for name in listed.lines().filter(|n| n.starts_with(&format!("{}-", self.0))) {
+            let _ = gbo_tests::lxc(&["delete", "--force", &format!("{CLUSTER}:{name}")]);
+        }
+        for (volume, member) in cluster_volumes(&self.0) {
+            let _ = gbo_tests::lxc(&[
+                "storage",
+                "volume",
+                "delete",
+                &format!("{CLUSTER}:default"),
+                &volume,
+                "--target",
+                &member,
+            ]);
+        }
+    }
+}
+
+/// Wait (at most 60 s) until the tenant's PostgreSQL accepts the application role again (after a restart it
+/// replays its WAL first and refuses connections meanwhile).
+async fn wait_for_tables(t: &TestTenant) {
+    let (port, password) = (pg_port(t), secret(t, "tables-password"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("gbuser").password(password.as_str()).dbname("botserver");
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok(_) => return,
+            Err(e) if std::time::Instant::now() > deadline => panic!("PostgreSQL of {} is not back: {e}", t.name),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// The custom volumes of a tenant on the main daemon's `default` pool (no snapshots), checked to be three.
+fn custom_volumes(tenant: &str) -> Vec<String> {
+    let listed = gbo_tests::lxc_ok(&["storage", "volume", "list", "default", "--format", "csv", "-c", "tn"]);
+    let ours: Vec<String> = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("custom,"))
+        .filter(|v| v.starts_with(&format!("{tenant}-")) && !v.contains('/'))
+        .map(String::from)
+        .collect();
+    assert_eq!(ours.len(), 3, "the tenant's volumes: {ours:?}");
+    ours
+}
+
+/// `rows` of a tenant's `kept` table read with the real `psql` as the application role (`gbuser`, its password
+/// in a 0600 `.pgpass` file named by `PGPASSFILE`, never on the command line).
+fn psql_rows(port: u16, password: &str, dir: &Path) -> Vec<(i32, String)> {
+    let pgpass = dir.join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:{port}:botserver:gbuser:{password}\n")).expect("pgpass");
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let out = std::process::Command::new(require_program("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "gbuser", "-d", "botserver", "-w", "-At", "-F"])
+        .arg("|")
+        .args(["-c", "SELECT id, v FROM kept ORDER BY id"])
+        .env("PGPASSFILE", &pgpass)
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql as gbuser: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (id, v) = l.split_once('|').unwrap_or_else(|| panic!("psql line {l:?}"));
+            (id.parse().expect("id"), v.to_string())
+        })
+        .collect()
+}
+
+/// `restore --replace` over an existing `storage = "volumes"` tenant: `--dry-run` changes nothing; the restore
+/// snapshots the containers and their volumes first (`pre-restore-<id>`), replaces each volume's content with the
+/// backup's and passes its row check; `psql` as gbuser reads exactly the backed-up rows, health passes, the next
+/// plan is empty and no temporary volume is left. A restore that fails after the volumes were replaced (the row
+/// check, here against a mixed-up repository) puts the tenant back from its safety snapshot: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing_lost() {
+    let client = lxd().await;
+    require_test_image(&client).await;
+    require_program("restic");
+    require_program("psql");
+    let t = TestTenant::new();
+    let _main = gbo_tests::rig::TenantCleanup { lxd_dir: "/var/lib/lxd".into(), tenant: t.name.clone() };
+    let work = tempfile::Builder::new().prefix("gbot-backup-").tempdir().expect("tempdir");
+    let repo = work.path().join("repo");
+    let password_file = work.path().join("password");
+    std::fs::write(&password_file, "replace over volumes\n").expect("password");
+    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let file = work.path().join("gbo.toml");
+    std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"tables\"]\nstorage = \"volumes\"\n", t.name))
+        .expect("tenant file");
+    let file_s = file.display().to_string();
+    let install = gbo_async(vec![
+        "install".into(),
+        "--file".into(),
+        file_s.clone(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        t.stack_dir(),
+    ])
+    .await;
+    assert_eq!(install.code, 0, "install with storage = volumes:\n{}", install.all());
+    let password = secret(&t, "tables-password");
+    let db = pg(pg_port(&t), &password).await;
+    db.batch_execute(
+        "CREATE TABLE kept (id int primary key, v text); \
+         INSERT INTO kept SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
+    )
+    .await
+    .expect("rows as the application role");
+    drop(db);
+    let backed_up = rows(&t).await;
+    let mut create = vec!["backup".into(), "create".into(), "--tenant".into(), t.name.clone()];
+    create.extend(repo_args(&repo, &password_file));
+    let first = gbo_async(create.clone()).await;
+    assert_eq!(first.code, 0, "backup create:\n{}", first.all());
+    let backups = list_backups(&repo, &password_file).await;
+    let id = |b: &serde_json::Value| b["backup"].as_str().expect("backup id").to_string();
+    let first_id = id(backups.last().expect("the backup"));
+
+    // The data changes after the backup: rows deleted, others added.
+    let db = pg(pg_port(&t), &password).await;
+    db.batch_execute(
+        "DELETE FROM kept WHERE id <= 100; INSERT INTO kept SELECT g, 'new' FROM generate_series(5001, 5050) g",
+    )
+    .await
+    .expect("change");
+    drop(db);
+    let changed = rows(&t).await;
+    assert_ne!(changed, backed_up);
+
+    let mut restore = vec!["backup".into(), "restore".into(), "--tenant".into(), t.name.clone()];
+    restore.extend(repo_args(&repo, &password_file));
+    restore.extend(["--image".into(), TEST_IMAGE.into(), "--replace".into()]);
+    let snapshots =
+        |container: &str| -> String { gbo_tests::lxc_ok(&["query", &format!("/1.0/instances/{container}/snapshots")]) };
+    let tables = t.container("tables");
+
+    // --target off a cluster: refused, naming it, before anything changes.
+    let run = gbo_async([restore.clone(), vec!["--target".into(), "m2".into()]].concat()).await;
+    assert_eq!(run.code, 2, "--target on the main daemon:\n{}", run.all());
+    assert!(run.stderr.contains("--target m2") && run.stderr.contains("is not a cluster"), "{}", run.all());
+
+    // --dry-run: the plan, nothing changed.
+    let run = gbo_async([restore.clone(), vec!["--dry-run".into()]].concat()).await;
+    assert_eq!(run.code, 0, "restore --replace --dry-run:\n{}", run.all());
+    assert!(run.stdout.contains("dry run: nothing changed"), "{}", run.all());
+    assert!(
+        run.stderr.contains("snapshotted, then replaced"),
+        "the plan names the replaced containers:\n{}",
+        run.all()
+    );
+    assert_eq!(rows(&t).await, changed, "--dry-run changed the data");
+    assert!(!snapshots(&tables).contains("pre-restore"), "--dry-run took a snapshot: {}", snapshots(&tables));
+
+    let run = gbo_async(restore.clone()).await;
+    assert_eq!(run.code, 0, "restore --replace over a volumes-mode tenant:\n{}", run.all());
+    assert!(run.stdout.contains("healthy"), "{}", run.all());
+    assert!(
+        run.stdout.contains("tables hold exactly the rows the backup recorded"),
+        "the row check ran:\n{}",
+        run.all()
+    );
+    assert_eq!(psql_rows(pg_port(&t), &password, work.path()), backed_up, "psql as gbuser reads the backed-up rows");
+
+    // The safety snapshot: the instance and each of its three volumes.
+    let safety = format!("pre-restore-{}", first_id.to_ascii_lowercase().replace(['t', 'z'], ""));
+    assert!(run.stdout.contains(&safety), "the safety snapshot is named:\n{}", run.all());
+    assert!(snapshots(&tables).contains(&safety), "instance snapshot {safety}: {}", snapshots(&tables));
+    for kind in ["data", "conf", "logs"] {
+        let volume = format!("{tables}-{kind}");
+        let snaps =
+            gbo_tests::lxc_ok(&["query", &format!("/1.0/storage-pools/default/volumes/custom/{volume}/snapshots")]);
+        assert!(snaps.contains(&format!("{volume}/snapshots/{safety}")), "volume snapshot {volume}/{safety}: {snaps}");
+    }
+    assert_eq!(custom_volumes(&t.name).len(), 3, "only the tenant's three volumes are left (no temporary one)");
+    let plan = gbo_async(vec![
+        "plan".into(),
+        "--file".into(),
+        file_s.clone(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        t.stack_dir(),
+    ])
+    .await;
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.stdout.contains("Nothing to do"), "the plan after the restore is not empty:\n{}", plan.all());
+
+    // A restore that fails after the volumes were replaced puts the old content back (nothing lost: the safety
+    // snapshot holds it): a second backup (of fewer rows) whose tables snapshot is swapped for the first backup's
+    // by the real restic, so its record meets the first backup's data and the row check fails after the volumes
+    // were replaced.
+    let db = pg(pg_port(&t), &password).await;
+    db.batch_execute("DELETE FROM kept WHERE id > 1990").await.expect("change");
+    drop(db);
+    let second = gbo_async(create.clone()).await;
+    assert_eq!(second.code, 0, "second backup:\n{}", second.all());
+    let backups = list_backups(&repo, &password_file).await;
+    let complete: Vec<&serde_json::Value> = backups.iter().filter(|b| b["complete"] == true).collect();
+    assert_eq!(complete.len(), 2, "{backups:?}");
+    let (older, newer) = (complete[0], complete[1]);
+    let tables_snap = |b: &serde_json::Value| b["snapshots"]["tables"].as_str().expect("tables snapshot").to_string();
+    for (snap, from, to) in
+        [(tables_snap(newer), id(newer), "gbot-set-aside".to_string()), (tables_snap(older), id(older), id(newer))]
+    {
+        let (code, out) = restic(
+            &repo,
+            &password_file,
+            &["tag", "--remove", &format!("backup={from}"), "--add", &format!("backup={to}"), &snap],
+        );
+        assert_eq!(code, 0, "restic tag: {out}");
+    }
+    let db = pg(pg_port(&t), &password).await;
+    db.batch_execute("DELETE FROM kept WHERE id <= 10; INSERT INTO kept VALUES (7000, 'after')")
+        .await
+        .expect("a last change");
+    drop(db);
+    let current = rows(&t).await;
+    let run = gbo_async([restore.clone(), vec!["--backup".into(), id(newer)]].concat()).await;
+    assert_eq!(run.code, 2, "a restore whose rows differ from the record fails:\n{}", run.all());
+    assert!(run.stderr.contains("botserver: \"public\".\"kept\""), "the table is named:\n{}", run.all());
+    assert!(run.stderr.contains("put back"), "the failure says the old content was put back:\n{}", run.all());
+    assert_eq!(container_status(&tables), "RUNNING");
+    wait_for_tables(&t).await;
+    assert_eq!(rows(&t).await, current, "the failed restore put the tenant's own rows back");
+    assert_eq!(custom_volumes(&t.name).len(), 3, "no temporary volume is left after the failure");
 }

@@ -57,6 +57,8 @@ pub struct StorageVolume {
     pub kind: String,
     /// Configuration.
     pub config: BTreeMap<String, String>,
+    /// Description.
+    pub description: String,
     /// `filesystem` or `block`.
     pub content_type: String,
     /// Users (URLs).
@@ -319,6 +321,51 @@ impl Client {
             let op = crate::client::operation_from_answer(&volume_path(pool, volume), answer.envelope)?;
             self.wait_operation(&op.id, VOLUME_TIMEOUT).await?;
         }
+        Ok(())
+    }
+
+    /// Replace the content of the custom volume `target` with the content of `source`, both on `pool` (`POST
+    /// .../volumes/custom` with a `copy` source, `refresh` and `volume_only`): afterwards `target` holds exactly
+    /// `source`'s files (files only in `target` are gone) and keeps its name, its configuration and its own
+    /// snapshots (without `volume_only` LXD would drop the snapshots `source` lacks). Stop the instances using
+    /// `target` first: its files change under them.
+    pub async fn refresh_storage_volume(
+        &self,
+        pool: &ObjectName,
+        target: &ObjectName,
+        source: &ObjectName,
+    ) -> Result<()> {
+        self.require_extension("custom_volume_refresh", "upgrade LXD to refresh a custom volume from another").await?;
+        let body = serde_json::json!({
+            "name": target,
+            "type": "custom",
+            "content_type": "filesystem",
+            "source": { "type": "copy", "pool": pool, "name": source, "volume_only": true, "refresh": true },
+        });
+        let req = Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool.as_str())))
+            .json(&body)?;
+        let answer = self.send(req).await?;
+        if answer.envelope.kind == "async" {
+            let op = crate::client::operation_from_answer("/1.0/storage-pools", answer.envelope)?;
+            self.wait_operation(&op.id, VOLUME_TIMEOUT).await?;
+        }
+        Ok(())
+    }
+
+    /// Replace a custom volume's configuration (`PUT`, its description kept). LXD accepts its own `volatile.*`
+    /// keys here (`volatile.idmap.last` tells it which idmap the files are written in).
+    pub async fn update_storage_volume_config(
+        &self,
+        pool: &ObjectName,
+        volume: &ObjectName,
+        config: BTreeMap<String, String>,
+    ) -> Result<()> {
+        let current = self.storage_volume(pool, volume).await?.ok_or_else(|| Error::NotFound {
+            path: volume_path(pool, volume),
+            message: format!("custom volume {volume} on pool {pool}"),
+        })?;
+        let body = serde_json::json!({ "config": config, "description": current.description });
+        let _: serde_json::Value = self.sync(Request::new(Method::PUT, volume_path(pool, volume)).json(&body)?).await?;
         Ok(())
     }
 

@@ -353,6 +353,59 @@ async fn custom_volume_snapshots_roll_back_the_volume_only() {
 }
 
 #[tokio::test]
+async fn custom_volume_refresh_replaces_the_content_and_keeps_the_snapshots() {
+    let lxd = client().await;
+    let pool = ObjectName::new("default").expect("pool name");
+    let (target, source) = (unique("vref-t"), unique("vref-s"));
+    let _target_cleanup = Cleanup::lxc(["storage", "volume", "delete", "default", target.as_str()]);
+    let _source_cleanup = Cleanup::lxc(["storage", "volume", "delete", "default", source.as_str()]);
+    let (target_name, source_name) =
+        (ObjectName::new(target.as_str()).expect("volume name"), ObjectName::new(source.as_str()).expect("name"));
+    for name in [&target_name, &source_name] {
+        lxd.create_storage_volume(&pool, name, BTreeMap::new()).await.expect("create volume");
+    }
+    let c = Container::guard(instance_name("vref"));
+    let (t_device, s_device) = (DeviceName::new("t").expect("device"), DeviceName::new("s").expect("device"));
+    let request = CreateInstance::container(c.name.clone(), InstanceSource::alias(IMAGE))
+        .device(&t_device, DiskDevice::volume("default", target.as_str(), "/mnt/t").to_config(&t_device).expect("t"))
+        .device(&s_device, DiskDevice::volume("default", source.as_str(), "/mnt/s").to_config(&s_device).expect("s"))
+        .start(true);
+    lxd.create_instance(&request).await.expect("create with both volumes");
+    let sh = |script: &'static str| ExecRequest::new(["sh", "-c", script]).timeout(Duration::from_secs(30));
+    let wrote = lxd
+        .exec_output(&c.name, &sh("echo old > /mnt/t/f && echo gone > /mnt/t/only-old && echo new > /mnt/s/f"))
+        .await
+        .expect("write");
+    assert!(wrote.success(), "{}", wrote.stderr_text());
+    let snapshot = SnapshotName::new("before").expect("name");
+    lxd.create_volume_snapshot(&pool, &target_name, &snapshot, None).await.expect("volume snapshot");
+    lxd.ensure_stopped(&c.name, Duration::from_secs(30)).await.expect("stop");
+
+    lxd.refresh_storage_volume(&pool, &target_name, &source_name).await.expect("refresh");
+    // The configuration is the target's own; a key set through update_storage_volume_config stays.
+    let mut config = lxd.storage_volume(&pool, &target_name).await.expect("get").expect("exists").config;
+    config.insert("user.gbot.refreshed".into(), "yes".into());
+    lxd.update_storage_volume_config(&pool, &target_name, config).await.expect("update config");
+    let after = lxd.storage_volume(&pool, &target_name).await.expect("get").expect("exists");
+    assert_eq!(after.config.get("user.gbot.refreshed").map(String::as_str), Some("yes"), "{after:?}");
+    let snapshots = lxd.volume_snapshots(&pool, &target_name).await.expect("list");
+    assert_eq!(snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["before"], "the snapshot is kept");
+    lxd.ensure_running(&c.name).await.expect("start");
+    let read = lxd.exec_output(&c.name, &sh("cat /mnt/t/f; ls /mnt/t")).await.expect("read");
+    assert_eq!(read.stdout_text(), "new\nf\n", "the target holds exactly the source's files");
+
+    lxd.ensure_stopped(&c.name, Duration::from_secs(30)).await.expect("stop");
+    lxd.restore_volume_snapshot(&pool, &target_name, &snapshot).await.expect("restore the kept snapshot");
+    lxd.ensure_running(&c.name).await.expect("start");
+    let read = lxd.exec_output(&c.name, &sh("cat /mnt/t/f /mnt/t/only-old")).await.expect("read");
+    assert_eq!(read.stdout_text(), "old\ngone\n", "the snapshot taken before the refresh brings the old files back");
+    lxd.delete_instance_if_exists(&c.name).await.expect("delete the container");
+    for name in [&target_name, &source_name] {
+        lxd.delete_storage_volume(&pool, name).await.expect("delete volume");
+    }
+}
+
+#[tokio::test]
 async fn custom_volume_backup_export_import_delete() {
     let lxd = client().await;
     let pool = ObjectName::new("default").expect("pool name");

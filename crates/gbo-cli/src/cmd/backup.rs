@@ -87,12 +87,17 @@ pub enum Command {
         /// Stack dir on this host (default: the recorded one).
         #[arg(long)]
         stack_dir: Option<PathBuf>,
-        /// Restore over the existing tenant (its containers are snapshotted first).
+        /// Restore over the existing tenant (its containers and their volumes are snapshotted first; undone from
+        /// that snapshot when a volumes-mode restore fails).
         #[arg(long)]
         replace: bool,
         /// Image for the containers (default: install's default).
         #[arg(long)]
         image: Option<String>,
+        /// The cluster member the containers and their volumes go to (default: the placement in the backed-up
+        /// tenant file, else the member gbo talks to).
+        #[arg(long, value_name = "MEMBER")]
+        target: Option<String>,
         /// Show the plan and stop.
         #[arg(long)]
         dry_run: bool,
@@ -247,7 +252,18 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
             }
             Ok(if report.ok() { Outcome::Ok } else { Outcome::Problems })
         }
-        Command::Restore { tenant, repo, backup: id, as_tenant, stack_dir, replace, image, dry_run, output } => {
+        Command::Restore {
+            tenant,
+            repo,
+            backup: id,
+            as_tenant,
+            stack_dir,
+            replace,
+            image,
+            target,
+            dry_run,
+            output,
+        } => {
             let access = repo.access()?;
             let lxd = output::lxd()?;
             // A host-storage backup needs the daemon's containers on this machine; the library refuses it (exit 2,
@@ -260,6 +276,7 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                 replace,
                 image,
                 dry_run,
+                target,
                 host_refused,
                 ..Default::default()
             };
@@ -287,6 +304,19 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         if replace { "snapshotted, then replaced" } else { "refused without --replace" }
                     );
                 }
+                for v in &plan.volumes {
+                    let on = v.member.as_ref().map(|m| format!(" on member {m}")).unwrap_or_default();
+                    match (v.replaced, replace) {
+                        (false, _) => eprintln!("  volume {}/{}{on}: created from the backup", v.pool, v.volume),
+                        (true, true) => eprintln!(
+                            "  volume {}/{}{on}: snapshotted, then its content replaced by the backup's",
+                            v.pool, v.volume
+                        ),
+                        (true, false) => {
+                            eprintln!("  volume {}/{}{on}: exists (refused without --replace)", v.pool, v.volume)
+                        }
+                    }
+                }
             };
             let lines = Lines::new(Style::for_output(output));
             let events = |e: &BackupEvent| lines.show(e);
@@ -310,7 +340,9 @@ pub async fn run(command: Command) -> anyhow::Result<Outcome> {
                         .collect();
                     output::print_table(&["CONTAINER", "HEALTH", "DETAIL"], &rows);
                     if let Some(s) = &report.safety_snapshot {
-                        outln!("the replaced containers are in snapshot {s}");
+                        outln!(
+                            "what was replaced is in snapshot {s} of each container (and of its volumes): `gbo snapshot restore CONTAINER {s}` brings it back, `gbo snapshot delete CONTAINER {s}` drops it"
+                        );
                     }
                     if report.checked_tables > 0 {
                         outln!(

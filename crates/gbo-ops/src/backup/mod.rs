@@ -137,7 +137,7 @@ pub enum BackupError {
         detail: String,
     },
     /// The restored PostgreSQL data differs from what the backup recorded (or the application role cannot use it).
-    #[error("the restored data of {container} does not match backup {backup}: {}; the restored tenant is left in place for inspection", differences.iter().map(|d| format!("{}: {}", d.object, d.what)).collect::<Vec<_>>().join("; "))]
+    #[error("the restored data of {container} does not match backup {backup}: {}{}", differences.iter().map(|d| format!("{}: {}", d.object, d.what)).collect::<Vec<_>>().join("; "), if *left_in_place { "; the restored tenant is left in place for inspection" } else { "" })]
     RowsDiffer {
         /// The restored tables container.
         container: String,
@@ -145,6 +145,38 @@ pub enum BackupError {
         backup: String,
         /// What differs, by table.
         differences: Vec<crate::migrate::Difference>,
+        /// Whether the restored tenant stays as restored (a `--replace` over volumes is undone instead).
+        left_in_place: bool,
+    },
+    /// A restore over a tenant (`--replace` of a volumes-mode backup) left a component unhealthy.
+    #[error("after the restore over tenant `{tenant}`, not healthy: {detail}")]
+    Unhealthy {
+        /// Tenant.
+        tenant: String,
+        /// The unhealthy components and why.
+        detail: String,
+    },
+    /// A `--replace` restore over volumes failed after it changed things, and the tenant was put back.
+    #[error("{cause}; the restore was undone: tenant `{tenant}` was put back from snapshot {snapshot} (its containers, volumes and secrets as they were before)")]
+    ReplaceUndone {
+        /// Tenant.
+        tenant: String,
+        /// The safety snapshot it was put back from.
+        snapshot: String,
+        /// Why the restore failed.
+        cause: Box<BackupError>,
+    },
+    /// A `--replace` restore over volumes failed, and putting the tenant back failed too.
+    #[error("{cause}; putting tenant `{tenant}` back from snapshot {snapshot} failed too: {undo}; `gbo snapshot restore CONTAINER {snapshot} --no-safety` brings each of its containers and their volumes back")]
+    ReplaceUndoFailed {
+        /// Tenant.
+        tenant: String,
+        /// The safety snapshot.
+        snapshot: String,
+        /// Why the restore failed.
+        cause: Box<BackupError>,
+        /// Why putting it back failed.
+        undo: Box<BackupError>,
     },
     /// The repository library failed.
     #[error("{context}")]
