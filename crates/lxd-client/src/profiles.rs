@@ -62,6 +62,9 @@ pub struct StorageVolume {
     /// Users (URLs).
     #[serde(deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
+    /// The cluster member it is on (a pool local to each member), empty on a standalone daemon or a pool every
+    /// member shares.
+    pub location: String,
 }
 
 /// A snapshot of a custom volume.
@@ -230,6 +233,7 @@ impl Client {
         let body =
             serde_json::json!({ "name": name, "type": "custom", "content_type": "filesystem", "config": config });
         let req = Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool.as_str())))
+            .on_member()
             .json(&body)?;
         let answer = self.send(req).await?;
         if answer.envelope.kind == "async" {
@@ -242,7 +246,7 @@ impl Client {
     /// Delete a custom volume.
     pub async fn delete_storage_volume(&self, pool: &ObjectName, name: &ObjectName) -> Result<()> {
         let path = format!("/1.0/storage-pools/{}/volumes/custom/{}", encode(pool.as_str()), encode(name.as_str()));
-        let answer = self.send(Request::new(Method::DELETE, path.clone())).await?;
+        let answer = self.send(Request::new(Method::DELETE, path.clone()).on_member()).await?;
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer(&path, answer.envelope)?;
             self.wait_operation(&op.id, std::time::Duration::from_secs(300)).await?;
@@ -252,7 +256,7 @@ impl Client {
 
     /// One custom volume, or `None` when the pool has no such volume.
     pub async fn storage_volume(&self, pool: &ObjectName, name: &ObjectName) -> Result<Option<StorageVolume>> {
-        match self.get(&volume_path(pool, name)).await {
+        match self.sync(Request::new(Method::GET, volume_path(pool, name)).on_member()).await {
             Ok(volume) => Ok(Some(volume)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -271,14 +275,17 @@ impl Client {
         if let Some(expires_at) = expires_at {
             body["expires_at"] = serde_json::Value::String(expires_at.to_string());
         }
-        let req = Request::new(Method::POST, format!("{}/snapshots", volume_path(pool, volume))).json(&body)?;
+        let req =
+            Request::new(Method::POST, format!("{}/snapshots", volume_path(pool, volume))).on_member().json(&body)?;
         self.run_operation(req, VOLUME_TIMEOUT).await?;
         Ok(())
     }
 
     /// The snapshots of a custom volume (names without the volume prefix).
     pub async fn volume_snapshots(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeSnapshot>> {
-        let req = Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume))).query("recursion", "1");
+        let req = Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume)))
+            .on_member()
+            .query("recursion", "1");
         let mut out: Vec<VolumeSnapshot> = self.sync(req).await?;
         for snapshot in &mut out {
             if let Some((_, short)) = snapshot.name.rsplit_once('/') {
@@ -296,7 +303,7 @@ impl Client {
         snapshot: &SnapshotName,
     ) -> Result<()> {
         let path = format!("{}/snapshots/{}", volume_path(pool, volume), encode(snapshot.as_str()));
-        self.run_operation(Request::new(Method::DELETE, path), VOLUME_TIMEOUT).await?;
+        self.run_operation(Request::new(Method::DELETE, path).on_member(), VOLUME_TIMEOUT).await?;
         Ok(())
     }
 
@@ -313,7 +320,7 @@ impl Client {
             message: format!("custom volume {volume} on pool {pool}"),
         })?;
         let body = serde_json::json!({ "config": current.config, "restore": snapshot });
-        let req = Request::new(Method::PUT, volume_path(pool, volume)).json(&body)?;
+        let req = Request::new(Method::PUT, volume_path(pool, volume)).on_member().json(&body)?;
         let answer = self.send(req).await?;
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer(&volume_path(pool, volume), answer.envelope)?;
