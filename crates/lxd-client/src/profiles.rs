@@ -282,7 +282,16 @@ impl Client {
     }
 
     /// The snapshots of a custom volume (names without the volume prefix).
+    ///
+    /// On a cluster, LXD 5.0 answers `GET .../volumes/custom/<v>/snapshots` from the member that receives it, with
+    /// that member's snapshots only, whatever `target=` says: for a volume on another member it answers an empty
+    /// list (and for a name on two members, the receiving member's). So there the snapshots are found in the pool's
+    /// volume list, which covers every member (`<v>/<snapshot>` rows with their `location`), on the volume's member
+    /// (this handle's target, else where LXD says the volume is), then each is read by name (LXD forwards those).
     pub async fn volume_snapshots(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeSnapshot>> {
+        if self.server().await?.environment.server_clustered {
+            return self.volume_snapshots_on_cluster(pool, volume).await;
+        }
         let req = Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume)))
             .on_member()
             .query("recursion", "1");
@@ -291,6 +300,42 @@ impl Client {
             if let Some((_, short)) = snapshot.name.rsplit_once('/') {
                 snapshot.name = short.to_string();
             }
+        }
+        Ok(out)
+    }
+
+    async fn volume_snapshots_on_cluster(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeSnapshot>> {
+        let location = match self.current_target() {
+            Some(member) => member.to_string(),
+            None => match self.storage_volume(pool, volume).await? {
+                Some(found) => found.location,
+                None => {
+                    return Err(Error::NotFound {
+                        path: volume_path(pool, volume),
+                        message: format!("custom volume {volume} on pool {pool}"),
+                    })
+                }
+            },
+        };
+        let listed: Vec<StorageVolume> = self
+            .sync(
+                Request::new(Method::GET, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool.as_str())))
+                    .query("recursion", "1"),
+            )
+            .await?;
+        let prefix = format!("{volume}/");
+        let mut out = Vec::new();
+        for row in listed {
+            let Some(short) = row.name.strip_prefix(&prefix) else { continue };
+            // A pool every member shares (Ceph) has no location: its volumes are everyone's.
+            if !row.location.is_empty() && !location.is_empty() && row.location != location {
+                continue;
+            }
+            let name = SnapshotName::new(short)?;
+            let path = format!("{}/snapshots/{}", volume_path(pool, volume), encode(name.as_str()));
+            let mut snapshot: VolumeSnapshot = self.sync(Request::new(Method::GET, path).on_member()).await?;
+            snapshot.name = short.to_string();
+            out.push(snapshot);
         }
         Ok(out)
     }

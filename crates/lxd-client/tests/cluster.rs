@@ -77,8 +77,13 @@ async fn a_volume_of_one_name_on_two_members_is_addressed_by_target_and_copied_b
     let on_m2 = m2.storage_volume(&pool, &volume).await.expect("read on m2").expect("on m2");
     assert_eq!(on_m2.location, "m2");
     assert_eq!(on_m2.config.get("user.gbot").map(String::as_str), Some("moved"), "config travels: {:?}", on_m2.config);
-    let snapshots = m2.volume_snapshots(&pool, &volume).await.expect("snapshots on m2");
-    assert_eq!(snapshots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s1"]);
+    // A snapshot on m2's copy only: each member's list is its own (LXD 5.0 answers the snapshot list from the
+    // member the request reaches, m1 here, whatever `target=` says).
+    let later = SnapshotName::new("s2").expect("snapshot name");
+    m2.create_volume_snapshot(&pool, &volume, &later, None).await.expect("snapshot on m2");
+    let names = |list: Vec<lxd_client::VolumeSnapshot>| list.into_iter().map(|s| s.name).collect::<Vec<_>>();
+    assert_eq!(names(m2.volume_snapshots(&pool, &volume).await.expect("snapshots on m2")), ["s1", "s2"]);
+    assert_eq!(names(m1.volume_snapshots(&pool, &volume).await.expect("snapshots on m1")), ["s1"]);
     assert_eq!(m1.storage_volume(&pool, &volume).await.expect("read on m1").expect("on m1").location, "m1");
     // Untargeted, LXD cannot tell which one is meant.
     let ambiguous = lxd.storage_volume(&pool, &volume).await.expect_err("two members have it");
@@ -87,5 +92,7 @@ async fn a_volume_of_one_name_on_two_members_is_addressed_by_target_and_copied_b
     m1.delete_storage_volume(&pool, &volume).await.expect("delete on m1");
     assert!(m1.storage_volume(&pool, &volume).await.expect("read on m1").is_none(), "gone from m1");
     assert_eq!(lxd.storage_volume(&pool, &volume).await.expect("read").expect("on m2").location, "m2");
+    // Untargeted, through m1, of the volume now only on m2: its snapshots, not an empty list.
+    assert_eq!(names(lxd.volume_snapshots(&pool, &volume).await.expect("snapshots")), ["s1", "s2"]);
     m2.delete_storage_volume(&pool, &volume).await.expect("delete on m2");
 }
