@@ -571,7 +571,8 @@ async fn evacuate_moves_a_placed_tenant_off_a_member() {
 /// move's data snapshot travelled with them and `gbo snapshot list` shows it. `gbo evacuate m1` then moves cache
 /// and its volumes off m1 the same way; status is healthy and the next plan (placement updated) is empty. Before
 /// this change the move was refused: "keeps its data in custom volumes on member m1 (...): gbo move does not move
-/// volumes yet".
+/// volumes yet". First a move that fails after the instance moved (`GBO_FAULT_MOVE=moved`) is rolled back with
+/// nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn move_and_evacuate_take_member_local_volumes_along() {
     let project = TestProject::create();
@@ -648,6 +649,31 @@ async fn move_and_evacuate_take_member_local_volumes_along() {
     };
     let run = psql("CREATE TABLE gbot_kept (v int); INSERT INTO gbot_kept SELECT generate_series(1, 200)");
     assert_eq!(run.code, 0, "write as gbuser: {}", run.all());
+
+    // A move that fails after LXD moved the instance (injected: GBO_FAULT_MOVE=moved) is rolled back: the
+    // instance is on m1 again and running, the copies on m2 are deleted, the origin's volumes were never touched.
+    let args: Vec<String> =
+        ["--remote", REMOTE, "--project", &project.0, "move", "--tenant", &t.name, "tables", "--to", "m2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let failed = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        gbo_tests::gbo_env(&refs, &[("GBO_FAULT_MOVE", "moved")])
+    })
+    .await
+    .expect("gbo thread");
+    assert_eq!(failed.code, 2, "{}", failed.all());
+    assert!(
+        failed.stderr.contains("rollback: moved back to m1")
+            && failed.stderr.contains("deleted its 3 volume copies on m2"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(on(&tables), "m1");
+    expect_on("tables", "m1");
+    let run = psql("SELECT sum(v) FROM gbot_kept");
+    assert_eq!((run.code, run.stdout.trim()), (0, "20100"), "read as gbuser after the rollback: {}", run.all());
 
     // The move takes the volumes along.
     let moved = gbo_p(&["move", "--tenant", &t.name, "tables", "--to", "m2", "--output", "json"]).await;

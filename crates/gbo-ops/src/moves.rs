@@ -302,13 +302,18 @@ pub async fn move_container(
     say("stop".to_string());
     lxd.ensure_stopped(&name, Duration::from_secs(120)).await.map_err(lxd_error(format!("stopping {name}")))?;
     let mut copied_bytes = 0u64;
+    // The copies this move made on `to` (a failure deletes these, and only these).
+    let mut imported: Vec<LocalVolume> = Vec::new();
     let attempt = async {
         for volume in &volumes {
             say(format!("copy {} {from} -> {to} (volume backup, snapshots included)", volume.label()));
             copied_bytes += copy_volume(lxd, volume, &from, to, &backup, &name, events).await?;
+            imported.push(volume.clone());
         }
+        fault("copied")?;
         say(format!("move {from} -> {to}"));
         lxd.move_instance_to_member(&name, to).await.map_err(|e| format!("LXD move: {e}"))?;
+        fault("moved")?;
         // Before it starts on `to`: its published ports follow it to its new member's address (or back to
         // loopback), and the wires of its dependents and its own wires connect where their targets listen now.
         for r in rewire(lxd, &container.tenant).await.map_err(|e| format!("rewiring after the move: {e}"))? {
@@ -367,7 +372,7 @@ pub async fn move_container(
             })
         }
         Err(reason) => {
-            let copies = Copies { volumes: &volumes, on: to };
+            let copies = Copies { volumes: &imported, on: to };
             let rollback = rollback(lxd, &name, &from, was_running, &container.tenant, &copies).await;
             events.event(&MoveEvent {
                 instance: name.to_string(),
@@ -555,15 +560,26 @@ async fn copy_volume(
     copied
 }
 
-/// The copies a failed move may have made on member `on` (all of them are this move's: [`check_volumes`] found
-/// none of these names there before).
+/// Test hook: `GBO_FAULT_MOVE=copied` (after the volume copies) or `GBO_FAULT_MOVE=moved` (after LXD moved the
+/// instance, before it starts) makes the move fail there with an error, so its rollback runs on the real daemon.
+/// Unset, nothing happens.
+pub const ENV_FAULT: &str = "GBO_FAULT_MOVE";
+
+fn fault(stage: &str) -> Result<(), String> {
+    match std::env::var(ENV_FAULT) {
+        Ok(value) if value == stage => Err(format!("{ENV_FAULT}={stage}: failure injected for a test")),
+        _ => Ok(()),
+    }
+}
+
+/// The copies a failed move made on member `on`.
 struct Copies<'a> {
     volumes: &'a [LocalVolume],
     on: &'a str,
 }
 
 impl Copies<'_> {
-    /// Delete the copies that exist; says what was done.
+    /// Delete the copies (those still there); says what was done.
     async fn delete(&self, lxd: &Client) -> Option<String> {
         let target = lxd.target(self.on);
         let (mut deleted, mut failed) = (0, Vec::new());
@@ -579,7 +595,7 @@ impl Copies<'_> {
         }
         match (deleted, failed.is_empty()) {
             (0, true) => None,
-            (n, true) => Some(format!("deleted the {n} volume copie(s) on {}", self.on)),
+            (n, true) => Some(format!("deleted its {n} volume cop{} on {}", if n == 1 { "y" } else { "ies" }, self.on)),
             (_, false) => Some(format!(
                 "could not delete the volume copies on {}: {} (delete them with `lxc storage volume delete POOL NAME --target {}`)",
                 self.on,
