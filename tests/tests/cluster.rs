@@ -672,7 +672,15 @@ async fn move_and_evacuate_take_member_local_volumes_along() {
     );
     assert_eq!(on(&tables), "m1");
     expect_on("tables", "m1");
-    let run = psql("SELECT sum(v) FROM gbot_kept");
+    // The rollback starts the container and does not wait for PostgreSQL: read once it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let run = psql("SELECT sum(v) FROM gbot_kept");
+        if run.code == 0 || Instant::now() >= deadline {
+            break run;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert_eq!((run.code, run.stdout.trim()), (0, "20100"), "read as gbuser after the rollback: {}", run.all());
 
     // The move takes the volumes along.
