@@ -294,7 +294,10 @@ pub async fn move_container(
         .map_err(|e| MoveError::Refused(format!("backup name {snapshot_label}: {e}")))?;
     let snapshot = crate::snapshot::snapshot_name(&snapshot_label)
         .map_err(|source| MoveError::Snapshot { container: name.to_string(), source })?;
-    say(format!("snapshot {snapshot} (container and host data)"));
+    say(format!(
+        "snapshot {snapshot} (container and {})",
+        if container.mounts.is_empty() { "its data" } else { "host data" }
+    ));
     crate::snapshot::create(lxd, container, &snapshot, &crate::snapshot::CreateOptions::default())
         .await
         .map_err(|source| MoveError::Snapshot { container: name.to_string(), source })?;
@@ -429,7 +432,7 @@ async fn local_volumes(lxd: &Client, container: &ManagedInstance) -> Result<Vec<
             local.push(LocalVolume { pool, volume, driver });
         }
     }
-    local.sort_by(|a, b| a.label().cmp(&b.label()));
+    local.sort_by_key(LocalVolume::label);
     Ok(local)
 }
 
