@@ -408,6 +408,31 @@ impl TestProject {
             .map(|(n, l)| (n.to_string(), l.to_string()))
             .collect()
     }
+
+    /// The custom volumes `<prefix>*` of the project on pool `default`, with the member each is on (a name on two
+    /// members is listed twice).
+    fn volumes(&self, prefix: &str) -> Vec<(String, String)> {
+        let (ok, out) = gbo_tests::lxc(&[
+            "storage",
+            "volume",
+            "list",
+            &format!("{REMOTE}:default"),
+            "--project",
+            &self.0,
+            "--format",
+            "csv",
+            "-c",
+            "tnL",
+        ])
+        .ok_output();
+        assert!(ok, "lxc storage volume list --project {}: {out}", self.0);
+        out.lines()
+            .filter_map(|l| l.strip_prefix("custom,"))
+            .filter_map(|l| l.split_once(','))
+            .filter(|(n, _)| n.starts_with(prefix) && !n.contains('/'))
+            .map(|(n, l)| (n.to_string(), l.to_string()))
+            .collect()
+    }
 }
 
 impl Drop for TestProject {
@@ -415,6 +440,21 @@ impl Drop for TestProject {
         for (name, _) in self.locations("") {
             let _ =
                 gbo_tests::lxc(&["delete", "--force", &format!("{REMOTE}:{name}"), "--project", &self.0]).ok_output();
+        }
+        // Custom volumes, each on its member (one name may be on several members while a move copies it).
+        for (volume, member) in self.volumes("") {
+            let _ = gbo_tests::lxc(&[
+                "storage",
+                "volume",
+                "delete",
+                &format!("{REMOTE}:default"),
+                &volume,
+                "--project",
+                &self.0,
+                "--target",
+                &member,
+            ])
+            .ok_output();
         }
         let _ = gbo_tests::lxc(&["project", "delete", &format!("{REMOTE}:{}", self.0)]).ok_output();
     }
@@ -522,6 +562,176 @@ async fn evacuate_moves_a_placed_tenant_off_a_member() {
     .await;
     assert_eq!(plan.code, 0, "{}", plan.all());
     assert!(plan.stdout.contains(&format!("{}-cache on m1", other.name)), "{}", plan.stdout);
+}
+
+/// Issue 11 item 4 with `storage = "volumes"` (the cluster default; the rig's pool is btrfs, local to each member):
+/// tables and cache placed on m1, rows written as the application role (`psql` inside tables through `lxc exec`).
+/// `gbo move` of tables to m2 moves its volumes with it (exported on m1 through LXD's volume backup API, imported on
+/// m2 under the same names): the rows are read again as gbuser, the three volumes are on m2 and gone from m1, the
+/// move's data snapshot travelled with them and `gbo snapshot list` shows it. `gbo evacuate m1` then moves cache
+/// and its volumes off m1 the same way; status is healthy and the next plan (placement updated) is empty. Before
+/// this change the move was refused: "keeps its data in custom volumes on member m1 (...): gbo move does not move
+/// volumes yet". First a move that fails after the instance moved (`GBO_FAULT_MOVE=moved`) is rolled back with
+/// nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_and_evacuate_take_member_local_volumes_along() {
+    let project = TestProject::create();
+    let t = TestTenant::new();
+    let file = t.stack.path().join("gbo.toml");
+    let tenant_file = |tables: &str, cache: &str| {
+        format!(
+            "tenant = \"{}\"\nroles = [\"tables\", \"cache\"]\nstorage = \"volumes\"\n\n[placement]\ntables = \"{tables}\"\ncache = \"{cache}\"\n",
+            t.name
+        )
+    };
+    std::fs::write(&file, tenant_file("m1", "m1")).expect("tenant file");
+    let file_s = file.display().to_string();
+    let stack = t.stack.path().join("stack").display().to_string();
+    let gbo_p = |args: &[&str]| {
+        let mut all = vec!["--project".to_string(), project.0.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            gbo_remote(&refs).await
+        }
+    };
+    let install = gbo_p(&["install", "--file", &file_s, "--image", TEST_IMAGE, "--stack-dir", &stack]).await;
+    assert_eq!(install.code, 0, "install on m1: {}", install.all());
+    let (tables, cache) = (t.container("tables"), t.container("cache"));
+    let on = |c: &str| {
+        project.locations(c).into_iter().find(|(n, _)| n == c).map(|(_, l)| l).unwrap_or_else(|| panic!("{c} is gone"))
+    };
+    let volumes_of = |role: &str| {
+        let mut v = project.volumes(&format!("{}-{role}-", t.name));
+        v.sort();
+        v
+    };
+    let expect_on = |role: &str, member: &str| {
+        let expected: Vec<(String, String)> =
+            ["conf", "data", "logs"].iter().map(|k| (format!("{}-{role}-{k}", t.name), member.to_string())).collect();
+        assert_eq!(volumes_of(role), expected, "the volumes of {role} are on {member} only");
+    };
+    assert_eq!((on(&tables), on(&cache)), ("m1".to_string(), "m1".to_string()));
+    expect_on("tables", "m1");
+
+    // Rows written as the application role, the seed's way: psql inside tables, the password in a 0600 ~/.pgpass.
+    let remote_tables = format!("{REMOTE}:{tables}");
+    let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
+    let pgpass = t.stack.path().join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{}\n", password.trim())).expect("pgpass");
+    gbo_tests::lxc_ok(&[
+        "file",
+        "push",
+        "--project",
+        &project.0,
+        "--mode",
+        "0600",
+        &pgpass.display().to_string(),
+        &format!("{remote_tables}/root/.pgpass"),
+    ]);
+    let psql = |sql: &str| {
+        gbo_tests::lxc(&[
+            "exec",
+            "--project",
+            &project.0,
+            &remote_tables,
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "gbuser",
+            "-d",
+            "botserver",
+            "-tAc",
+            sql,
+        ])
+    };
+    let run = psql("CREATE TABLE gbot_kept (v int); INSERT INTO gbot_kept SELECT generate_series(1, 200)");
+    assert_eq!(run.code, 0, "write as gbuser: {}", run.all());
+
+    // A move that fails after LXD moved the instance (injected: GBO_FAULT_MOVE=moved) is rolled back: the
+    // instance is on m1 again and running, the copies on m2 are deleted, the origin's volumes were never touched.
+    let args: Vec<String> =
+        ["--remote", REMOTE, "--project", &project.0, "move", "--tenant", &t.name, "tables", "--to", "m2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let failed = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        gbo_tests::gbo_env(&refs, &[("GBO_FAULT_MOVE", "moved")])
+    })
+    .await
+    .expect("gbo thread");
+    assert_eq!(failed.code, 2, "{}", failed.all());
+    assert!(
+        failed.stderr.contains("rollback: moved back to m1")
+            && failed.stderr.contains("deleted its 3 volume copies on m2"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(on(&tables), "m1");
+    expect_on("tables", "m1");
+    // The rollback starts the container and does not wait for PostgreSQL: read once it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let run = psql("SELECT sum(v) FROM gbot_kept");
+        if run.code == 0 || Instant::now() >= deadline {
+            break run;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!((run.code, run.stdout.trim()), (0, "20100"), "read as gbuser after the rollback: {}", run.all());
+
+    // The move takes the volumes along.
+    let moved = gbo_p(&["move", "--tenant", &t.name, "tables", "--to", "m2", "--output", "json"]).await;
+    assert_eq!(moved.code, 0, "move of a volumes container: {}", moved.all());
+    let result: serde_json::Value = serde_json::from_str(&moved.stdout).expect("move JSON");
+    let snapshot = result[0]["snapshot"].as_str().expect("snapshot").to_string();
+    assert_eq!(result[0]["volumes"].as_array().map(Vec::len), Some(3), "{result}");
+    assert_eq!(result[0]["health"]["healthy"], true, "{result}");
+    assert!(moved.stderr.contains("copy default/") && moved.stderr.contains("m1 -> m2"), "{}", moved.stderr);
+    assert_eq!(on(&tables), "m2");
+    expect_on("tables", "m2");
+    let run = psql("SELECT sum(v) FROM gbot_kept");
+    assert_eq!((run.code, run.stdout.trim()), (0, "20100"), "read as gbuser after the move: {}", run.all());
+    // The move's data snapshot came along with the volumes (and the instance's with the instance).
+    let listed = gbo_tests::lxc_ok(&[
+        "storage",
+        "volume",
+        "list",
+        &format!("{REMOTE}:default"),
+        "--project",
+        &project.0,
+        "--format",
+        "csv",
+        "-c",
+        "tnL",
+    ]);
+    let row = format!("custom (snapshot),{}-tables-data/{snapshot},m2", t.name);
+    assert!(listed.lines().any(|l| l == row), "volume snapshot {snapshot} on m2: {listed}");
+    let list = gbo_p(&["snapshot", "list", &tables]).await;
+    assert_eq!(list.code, 0, "{}", list.all());
+    assert!(list.stdout.contains(&snapshot) && list.stdout.contains("container+data"), "{}", list.stdout);
+
+    // Evacuating m1 moves cache and its volumes the same way.
+    let run = gbo_p(&["evacuate", "m1", "--output", "json"]).await;
+    assert_eq!(run.code, 0, "evacuate m1: {}", run.all());
+    let evacuated: serde_json::Value = serde_json::from_str(&run.stdout).expect("evacuate JSON");
+    assert_eq!(evacuated.as_array().map(Vec::len), Some(1), "{evacuated}");
+    let cache_on = on(&cache);
+    assert_ne!(cache_on, "m1");
+    expect_on("cache", &cache_on);
+    let status = gbo_p(&["status", "--tenant", &t.name, "--output", "json"]).await;
+    assert_eq!(status.code, 0, "healthy after the moves: {}", status.all());
+    let run = psql("SELECT sum(v) FROM gbot_kept");
+    assert_eq!((run.code, run.stdout.trim()), (0, "20100"), "read as gbuser after the evacuation: {}", run.all());
+
+    // With the placement where the containers are now, a later run has nothing to do.
+    std::fs::write(&file, tenant_file("m2", &cache_on)).expect("tenant file");
+    let plan = gbo_p(&["plan", "--file", &file_s, "--image", TEST_IMAGE, "--stack-dir", &stack]).await;
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.stdout.contains("Nothing to do"), "{}", plan.all());
 }
 
 /// An artifact cache holding a stand-in for NocoDB (the table-editor role's artifact): no NocoDB binary can be

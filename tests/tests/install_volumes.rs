@@ -302,9 +302,12 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     }
     let (code, status) = tenant_status(socket, &t.name).await;
     assert_eq!(code, 0, "{status:?}");
-    // gbo move does not move volumes: refused up front (LXD would refuse the instance, whose volumes stay behind),
-    // the container still where it was and running.
+    // gbo move copies the volumes to the destination under the same names, and never overwrites one that is
+    // there already (a leftover): refused up front naming it, the container still where it was and running, and
+    // the stray volume untouched.
     let to = if cache.location == "m1" { "m2" } else { "m1" };
+    let stray = ObjectName::new(format!("{}-cache-data", t.name)).expect("volume");
+    lxd.target(to).create_storage_volume(&pool, &stray, Default::default()).await.expect("stray volume");
     let run = gbo_on(
         socket,
         vec!["move".into(), "--tenant".into(), t.name.clone(), "cache".into(), "--to".into(), to.into()],
@@ -312,12 +315,15 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     .await;
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(
-        run.stderr.contains("does not move volumes yet") && run.stderr.contains("nothing was changed"),
+        run.stderr.contains(&format!("default/{stray} already exists on member {to}"))
+            && run.stderr.contains("nothing was changed"),
         "{}",
         run.stderr
     );
     let after = lxd.instance(&InstanceName::new(t.container("cache")).expect("name")).await.expect("instance");
     assert!(after.location == cache.location && after.is_running(), "{} {:?}", after.location, after.status);
+    assert!(lxd.target(to).storage_volume(&pool, &stray).await.expect("stray").is_some(), "the stray is untouched");
+    lxd.target(to).delete_storage_volume(&pool, &stray).await.expect("delete the stray volume");
     let run = gbo_on(
         socket,
         vec![

@@ -140,7 +140,7 @@ impl Client {
         instance: &InstanceName,
         name: &BackupName,
     ) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
-        self.stream_get(format!("{}/export", backup_path(instance, name))).await
+        self.stream_get(Request::new(Method::GET, format!("{}/export", backup_path(instance, name)))).await
     }
 
     /// Export a backup into a writer; returns the bytes written.
@@ -236,7 +236,9 @@ impl Client {
                 .await?;
         }
         let body = options.body(name.as_str(), "volume_only");
-        let req = Request::new(Method::POST, format!("{}/backups", custom_volume_path(pool, volume))).json(&body)?;
+        let req = Request::new(Method::POST, format!("{}/backups", custom_volume_path(pool, volume)))
+            .on_member()
+            .json(&body)?;
         self.run_operation(req, BACKUP_TIMEOUT).await?;
         Ok(())
     }
@@ -244,7 +246,9 @@ impl Client {
     /// Backups of a custom volume.
     pub async fn volume_backups(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeBackup>> {
         self.sync(
-            Request::new(Method::GET, format!("{}/backups", custom_volume_path(pool, volume))).query("recursion", "1"),
+            Request::new(Method::GET, format!("{}/backups", custom_volume_path(pool, volume)))
+                .on_member()
+                .query("recursion", "1"),
         )
         .await
     }
@@ -257,7 +261,7 @@ impl Client {
         name: &BackupName,
     ) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
         let path = format!("{}/export", volume_backup_path(pool, volume, name));
-        self.stream_get(path).await
+        self.stream_get(Request::new(Method::GET, path).on_member()).await
     }
 
     /// Export a custom volume backup into a writer; returns the bytes written.
@@ -276,8 +280,8 @@ impl Client {
 
     /// Delete a custom volume backup.
     pub async fn delete_volume_backup(&self, pool: &ObjectName, volume: &ObjectName, name: &BackupName) -> Result<()> {
-        self.run_operation(Request::new(Method::DELETE, volume_backup_path(pool, volume, name)), LIFECYCLE_TIMEOUT)
-            .await?;
+        let req = Request::new(Method::DELETE, volume_backup_path(pool, volume, name)).on_member();
+        self.run_operation(req, LIFECYCLE_TIMEOUT).await?;
         Ok(())
     }
 
@@ -290,6 +294,7 @@ impl Client {
     {
         self.require_extension("custom_volume_backup", "upgrade LXD to restore custom volumes").await?;
         let req = Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool.as_str())))
+            .on_member()
             .stream(tarball, "application/octet-stream")
             .timeout(BACKUP_TIMEOUT)
             .header(&format!("{}name", self.flavor().header_prefix()), name.as_str())?;
@@ -297,8 +302,9 @@ impl Client {
         Ok(())
     }
 
-    async fn stream_get(&self, path: String) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
-        let response = self.send_raw(Request::new(Method::GET, path.clone()).timeout(BACKUP_TIMEOUT)).await?;
+    async fn stream_get(&self, req: Request) -> Result<Pin<Box<dyn AsyncRead + Send>>> {
+        let path = req.path.clone();
+        let response = self.send_raw(req.timeout(BACKUP_TIMEOUT)).await?;
         let status = response.status();
         if !status.is_success() {
             return Err(self.failure(response, "GET", &path).await);

@@ -130,6 +130,9 @@ pub(crate) struct Request {
     pub(crate) timeout: Option<Duration>,
     /// Add `project=` (true for project-scoped endpoints).
     pub(crate) scoped: bool,
+    /// Add the client's `target=` whatever the method (endpoints of objects that live on one member, such as custom
+    /// volumes on a member-local pool); otherwise it goes on `POST` only (creations).
+    pub(crate) on_member: bool,
 }
 
 impl Request {
@@ -142,6 +145,7 @@ impl Request {
             body: None,
             timeout: None,
             scoped: true,
+            on_member: false,
         }
     }
 
@@ -187,6 +191,12 @@ impl Request {
 
     pub(crate) fn unscoped(mut self) -> Self {
         self.scoped = false;
+        self
+    }
+
+    /// Send the client's `target=` with this request whatever its method (see [`Request::on_member`]).
+    pub(crate) fn on_member(mut self) -> Self {
+        self.on_member = true;
         self
     }
 }
@@ -262,7 +272,9 @@ impl Client {
         Self { project: Some(project.to_string()), ..self.clone() }
     }
 
-    /// A copy that sends creations to a cluster member (`target=`).
+    /// A copy that sends creations to a cluster member (`target=` on every `POST`), and every request on a custom
+    /// volume or its snapshots and backups (read, change, delete, export, import) to that member too: on a pool
+    /// local to each member, one volume name may exist on several members, and `target=` says which one.
     pub fn target(&self, member: impl Into<String>) -> Self {
         Self { target: Some(member.into()), ..self.clone() }
     }
@@ -342,7 +354,7 @@ impl Client {
             if let Some(project) = &self.project {
                 query.push(("project".into(), project.clone()));
             }
-            if req.method == Method::POST {
+            if req.method == Method::POST || req.on_member {
                 if let Some(target) = &self.target {
                     query.push(("target".into(), target.clone()));
                 }

@@ -64,6 +64,9 @@ pub struct StorageVolume {
     /// Users (URLs).
     #[serde(deserialize_with = "crate::client::null_as_default")]
     pub used_by: Vec<String>,
+    /// The cluster member it is on (a pool local to each member), empty on a standalone daemon or a pool every
+    /// member shares.
+    pub location: String,
 }
 
 /// A snapshot of a custom volume.
@@ -232,6 +235,7 @@ impl Client {
         let body =
             serde_json::json!({ "name": name, "type": "custom", "content_type": "filesystem", "config": config });
         let req = Request::new(Method::POST, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool.as_str())))
+            .on_member()
             .json(&body)?;
         let answer = self.send(req).await?;
         if answer.envelope.kind == "async" {
@@ -244,7 +248,7 @@ impl Client {
     /// Delete a custom volume.
     pub async fn delete_storage_volume(&self, pool: &ObjectName, name: &ObjectName) -> Result<()> {
         let path = format!("/1.0/storage-pools/{}/volumes/custom/{}", encode(pool.as_str()), encode(name.as_str()));
-        let answer = self.send(Request::new(Method::DELETE, path.clone())).await?;
+        let answer = self.send(Request::new(Method::DELETE, path.clone()).on_member()).await?;
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer(&path, answer.envelope)?;
             self.wait_operation(&op.id, std::time::Duration::from_secs(300)).await?;
@@ -254,7 +258,7 @@ impl Client {
 
     /// One custom volume, or `None` when the pool has no such volume.
     pub async fn storage_volume(&self, pool: &ObjectName, name: &ObjectName) -> Result<Option<StorageVolume>> {
-        match self.get(&volume_path(pool, name)).await {
+        match self.sync(Request::new(Method::GET, volume_path(pool, name)).on_member()).await {
             Ok(volume) => Ok(Some(volume)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -273,19 +277,67 @@ impl Client {
         if let Some(expires_at) = expires_at {
             body["expires_at"] = serde_json::Value::String(expires_at.to_string());
         }
-        let req = Request::new(Method::POST, format!("{}/snapshots", volume_path(pool, volume))).json(&body)?;
+        let req =
+            Request::new(Method::POST, format!("{}/snapshots", volume_path(pool, volume))).on_member().json(&body)?;
         self.run_operation(req, VOLUME_TIMEOUT).await?;
         Ok(())
     }
 
     /// The snapshots of a custom volume (names without the volume prefix).
+    ///
+    /// On a cluster, LXD 5.0 answers `GET .../volumes/custom/<v>/snapshots` from the member that receives it, with
+    /// that member's snapshots only, whatever `target=` says: for a volume on another member it answers an empty
+    /// list (and for a name on two members, the receiving member's). So there the snapshots are found in the pool's
+    /// volume list, which covers every member (`<v>/<snapshot>` rows with their `location`), on the volume's member
+    /// (this handle's target, else where LXD says the volume is), then each is read by name (LXD forwards those).
     pub async fn volume_snapshots(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeSnapshot>> {
-        let req = Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume))).query("recursion", "1");
+        if self.server().await?.environment.server_clustered {
+            return self.volume_snapshots_on_cluster(pool, volume).await;
+        }
+        let req = Request::new(Method::GET, format!("{}/snapshots", volume_path(pool, volume)))
+            .on_member()
+            .query("recursion", "1");
         let mut out: Vec<VolumeSnapshot> = self.sync(req).await?;
         for snapshot in &mut out {
             if let Some((_, short)) = snapshot.name.rsplit_once('/') {
                 snapshot.name = short.to_string();
             }
+        }
+        Ok(out)
+    }
+
+    async fn volume_snapshots_on_cluster(&self, pool: &ObjectName, volume: &ObjectName) -> Result<Vec<VolumeSnapshot>> {
+        let location = match self.current_target() {
+            Some(member) => member.to_string(),
+            None => match self.storage_volume(pool, volume).await? {
+                Some(found) => found.location,
+                None => {
+                    return Err(Error::NotFound {
+                        path: volume_path(pool, volume),
+                        message: format!("custom volume {volume} on pool {pool}"),
+                    })
+                }
+            },
+        };
+        let listed: Vec<StorageVolume> = self
+            .sync(
+                Request::new(Method::GET, format!("/1.0/storage-pools/{}/volumes/custom", encode(pool.as_str())))
+                    .query("recursion", "1"),
+            )
+            .await?;
+        let prefix = format!("{volume}/");
+        let mut out = Vec::new();
+        for row in listed {
+            let Some(short) = row.name.strip_prefix(&prefix) else { continue };
+            // A pool every member shares (Ceph) has no location: its volumes are everyone's.
+            if !row.location.is_empty() && !location.is_empty() && row.location != location {
+                continue;
+            }
+            let name = SnapshotName::new(short)?;
+            let path = format!("{}/snapshots/{}", volume_path(pool, volume), encode(name.as_str()));
+            let mut snapshot: VolumeSnapshot = self.sync(Request::new(Method::GET, path).on_member()).await?;
+            snapshot.name = short.to_string();
+            out.push(snapshot);
         }
         Ok(out)
     }
@@ -298,7 +350,7 @@ impl Client {
         snapshot: &SnapshotName,
     ) -> Result<()> {
         let path = format!("{}/snapshots/{}", volume_path(pool, volume), encode(snapshot.as_str()));
-        self.run_operation(Request::new(Method::DELETE, path), VOLUME_TIMEOUT).await?;
+        self.run_operation(Request::new(Method::DELETE, path).on_member(), VOLUME_TIMEOUT).await?;
         Ok(())
     }
 
@@ -315,7 +367,7 @@ impl Client {
             message: format!("custom volume {volume} on pool {pool}"),
         })?;
         let body = serde_json::json!({ "config": current.config, "restore": snapshot });
-        let req = Request::new(Method::PUT, volume_path(pool, volume)).json(&body)?;
+        let req = Request::new(Method::PUT, volume_path(pool, volume)).on_member().json(&body)?;
         let answer = self.send(req).await?;
         if answer.envelope.kind == "async" {
             let op = crate::client::operation_from_answer(&volume_path(pool, volume), answer.envelope)?;

@@ -60,6 +60,19 @@ fn print_moved(moved: &[moves::Moved], output: Format) -> anyhow::Result<()> {
         })
         .collect();
     print_table(&["CONTAINER", "FROM", "TO", "SNAPSHOT", "HEALTH", "TIME"], &rows);
+    for m in moved {
+        if !m.volumes.is_empty() {
+            outln!(
+                "{}: volumes moved with it: {} ({})",
+                m.container,
+                m.volumes.join(", "),
+                gbo_ops::events::human_bytes(m.copied_bytes)
+            );
+        }
+        for note in &m.notes {
+            outln!("{}: note: {note}", m.container);
+        }
+    }
     Ok(())
 }
 
