@@ -168,8 +168,8 @@ impl SoloLease {
     }
 }
 
-/// Deletes a tenant's containers and custom volumes (`<tenant>-*`) on the daemon of `lxd_dir` when dropped, so a
-/// failed test leaves nothing there (`/var/lib/lxd` for the main daemon, [`member_dir`] for the rig's).
+/// Deletes a tenant's containers and custom volumes (`<tenant>-*`, on a cluster each on its member) on the daemon of
+/// `lxd_dir` when dropped, so a failed test leaves nothing there (`/var/lib/lxd` for the main daemon, [`member_dir`] for the rig's).
 pub struct TenantCleanup {
     /// The daemon's `LXD_DIR`.
     pub lxd_dir: PathBuf,
@@ -195,12 +195,20 @@ impl Drop for TenantCleanup {
                 lxc(&["delete", "--force", name]);
             }
         }
+        // On a cluster each volume of a member-local pool is deleted on its own member (`--target`); a standalone
+        // daemon has no location column.
+        let clustered = !lxc(&["cluster", "list", "--format", "csv"]).trim().is_empty();
         let pools = lxc(&["storage", "list", "--format", "csv"]);
         for pool in pools.lines().filter_map(|l| l.split(',').next()) {
-            for line in lxc(&["storage", "volume", "list", pool, "--format", "csv", "-c", "tn"]).lines() {
-                if let Some(name) = line.strip_prefix("custom,") {
-                    if name.starts_with(&prefix) && !name.contains('/') {
+            let columns = if clustered { "tnL" } else { "tn" };
+            for line in lxc(&["storage", "volume", "list", pool, "--format", "csv", "-c", columns]).lines() {
+                let Some(rest) = line.strip_prefix("custom,") else { continue };
+                let (name, member) = rest.split_once(',').unwrap_or((rest, ""));
+                if name.starts_with(&prefix) && !name.contains('/') {
+                    if member.is_empty() {
                         lxc(&["storage", "volume", "delete", pool, name]);
+                    } else {
+                        lxc(&["storage", "volume", "delete", pool, name, "--target", member]);
                     }
                 }
             }

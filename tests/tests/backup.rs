@@ -719,7 +719,7 @@ async fn backup_of_a_volumes_tenant_holds_its_volumes_and_restores_through_a_rem
 
     // A chosen cluster member: `--remote gbot-cluster ... --target m2` imports the volumes on m2 (the rig's pools
     // are member-local) and creates the container there (m2: the cluster tests stop m3 and evacuate m1).
-    let _cluster = ClusterCleanup(t.name.clone());
+    let _cluster = gbo_tests::rig::TenantCleanup { lxd_dir: gbo_tests::rig::member_dir("m1"), tenant: t.name.clone() };
     let cluster_stack = tempfile::Builder::new().prefix("gbot-cluster-stack-").tempdir().expect("tempdir");
     let mut restore: Vec<String> = vec![
         "--remote".into(),
@@ -803,30 +803,6 @@ fn cluster_volumes(tenant: &str) -> Vec<(String, String)> {
         .filter(|(name, _)| name.starts_with(&format!("{tenant}-")) && !name.contains('/'))
         .map(|(name, member)| (name.to_string(), member.to_string()))
         .collect()
-}
-
-/// Deletes the tenant's containers and custom volumes on the cluster when dropped: each volume on its own member
-/// (`--target`), also when the test fails.
-struct ClusterCleanup(String);
-
-impl Drop for ClusterCleanup {
-    fn drop(&mut self) {
-        let listed = gbo_tests::lxc(&["list", &format!("{CLUSTER}:"), "--format", "csv", "-c", "n"]).all();
-        for name in listed.lines().filter(|n| n.starts_with(&format!("{}-", self.0))) {
-            let _ = gbo_tests::lxc(&["delete", "--force", &format!("{CLUSTER}:{name}")]);
-        }
-        for (volume, member) in cluster_volumes(&self.0) {
-            let _ = gbo_tests::lxc(&[
-                "storage",
-                "volume",
-                "delete",
-                &format!("{CLUSTER}:default"),
-                &volume,
-                "--target",
-                &member,
-            ]);
-        }
-    }
 }
 
 /// Wait (at most 60 s) until the tenant's PostgreSQL accepts the application role again (after a restart it

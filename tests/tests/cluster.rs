@@ -11,6 +11,7 @@
 //! installing it is the slow part.
 
 use gbo_tests::app_db as pg;
+use gbo_tests::rig::TenantCleanup;
 use std::time::{Duration, Instant};
 
 use gbo_ops::install::status::TenantStatus;
@@ -131,7 +132,7 @@ fn status_of(run: &Run) -> TenantStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     let t = TestTenant::new();
-    let _remote_cleanup = RemoteTenantCleanup(t.name.clone());
+    let _remote_cleanup = TenantCleanup { lxd_dir: gbo_tests::rig::member_dir("m1"), tenant: t.name.clone() };
     let file = t.stack.path().join("gbo.toml");
     // Host storage on purpose: every member runs on this machine, so the stack dir is the same directory on each,
     // and the move below is of a container whose data stays put (a cluster's default is volumes; those are
@@ -331,17 +332,6 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     let db = pg(pg_port, &password).await;
     let rows: i64 = db.query_one("SELECT count(*) FROM gbot_keep", &[]).await.expect("count").get(0);
     assert_eq!(rows, 500);
-}
-
-/// Deletes the tenant's instances on the cluster (`lxc delete --force` through the remote) when dropped.
-struct RemoteTenantCleanup(String);
-
-impl Drop for RemoteTenantCleanup {
-    fn drop(&mut self) {
-        for (name, _) in locations(&format!("{}-", self.0)) {
-            let _ = gbo_tests::lxc(&["delete", "--force", &format!("{REMOTE}:{name}")]).ok_output();
-        }
-    }
 }
 
 #[tokio::test]
@@ -801,7 +791,7 @@ async fn rows_through_wire(instance: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dependency_on_another_member_is_wired_through_its_members_address() {
     let t = TestTenant::new();
-    let _remote_cleanup = RemoteTenantCleanup(t.name.clone());
+    let _remote_cleanup = TenantCleanup { lxd_dir: gbo_tests::rig::member_dir("m1"), tenant: t.name.clone() };
     let artifacts = nocodb_stand_in();
     let file = t.stack.path().join("gbo.toml");
     std::fs::write(

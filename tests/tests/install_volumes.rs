@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gbo_ops::install::status::TenantStatus;
+use gbo_tests::rig::TenantCleanup;
 use gbo_tests::{Run, TestTenant, TEST_IMAGE};
 use lxd_client::{Client, Endpoint, ExecRequest, Flavor, InstanceName, ObjectName};
 
@@ -39,45 +40,6 @@ async fn daemon(socket: &str) -> Client {
         other => panic!("the test image {TEST_IMAGE} is missing on {socket}: {other:?}"),
     }
     client
-}
-
-/// Deletes the tenant's containers and volumes on one daemon when dropped (a failed test leaves nothing).
-struct Cleanup {
-    lxd_dir: String,
-    tenant: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let lxc = |args: &[&str]| {
-            std::process::Command::new("lxc")
-                .args(args)
-                .env("LXD_DIR", &self.lxd_dir)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default()
-        };
-        let prefix = format!("{}-", self.tenant);
-        for name in lxc(&["list", "--format", "csv", "-c", "n"]).lines() {
-            if name.starts_with(&prefix) {
-                lxc(&["delete", "--force", name]);
-            }
-        }
-        for line in lxc(&["storage", "volume", "list", "default", "--format", "csv", "-c", "tnL"]).lines() {
-            let fields: Vec<&str> = line.split(',').collect();
-            if let ["custom", name, location] = fields.as_slice() {
-                if name.starts_with(&prefix) && !name.contains('/') {
-                    if location.is_empty() {
-                        lxc(&["storage", "volume", "delete", "default", name]);
-                    } else {
-                        lxc(&["storage", "volume", "delete", "default", name, "--target", location]);
-                    }
-                }
-            }
-        }
-    }
 }
 
 fn check(run: &Run, what: &str) {
@@ -121,7 +83,7 @@ fn no_role_dirs(stack: &Path) {
 async fn scenario(socket: &str, lxd_dir: &str) {
     let lxd = daemon(socket).await;
     let t = TestTenant::new();
-    let _cleanup = Cleanup { lxd_dir: lxd_dir.to_string(), tenant: t.name.clone() };
+    let _cleanup = TenantCleanup { lxd_dir: lxd_dir.into(), tenant: t.name.clone() };
     let file = t.stack.path().join("gbo.toml");
     std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"tables\", \"cache\"]\nstorage = \"volumes\"\n", t.name))
         .expect("tenant file");
@@ -276,7 +238,7 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
     let lxd = Client::new(Endpoint::Unix(socket.into()), Flavor::Lxd).expect("client");
     lxd.server().await.expect("the cluster is required: `cargo xtask lxd-cluster up`");
     let t = TestTenant::new();
-    let _cleanup = Cleanup { lxd_dir: "/var/lib/gbo-cluster/m1".into(), tenant: t.name.clone() };
+    let _cleanup = TenantCleanup { lxd_dir: gbo_tests::rig::member_dir("m1"), tenant: t.name.clone() };
     let file = t.stack.path().join("gbo.toml");
     // The proxy too: its HTTP probe inside the container needs the relay to end when Caddy closes the connection
     // (it timed out before, so a cluster install of a proxy failed its health check).
@@ -349,7 +311,7 @@ async fn volumes_by_default_on_a_cluster_follow_their_instance() {
 /// `gbo_ops::site`'s tests, since no daemon off this machine can be reached here).
 async fn through_remote(remote: &str, lxd_dir: &str) {
     let t = TestTenant::new();
-    let _cleanup = Cleanup { lxd_dir: lxd_dir.to_string(), tenant: t.name.clone() };
+    let _cleanup = TenantCleanup { lxd_dir: lxd_dir.into(), tenant: t.name.clone() };
     let file = t.stack.path().join("gbo.toml");
     std::fs::write(&file, format!("tenant = \"{}\"\nroles = [\"tables\", \"cache\"]\nstorage = \"volumes\"\n", t.name))
         .expect("tenant file");
@@ -469,7 +431,7 @@ async fn volumes_through_a_remote_on_another_machine_and_host_refused() {
     )
     .expect("config.yml");
     let t = TestTenant::new();
-    let _cleanup = Cleanup { lxd_dir: "/var/lib/gbo-cluster/solo".into(), tenant: t.name.clone() };
+    let _cleanup = TenantCleanup { lxd_dir: gbo_tests::rig::member_dir("solo"), tenant: t.name.clone() };
     let stack = t.stack.path().join("stack").display().to_string();
     let file = t.stack.path().join("gbo.toml");
     let conf_dir = conf.path().display().to_string();
