@@ -1299,6 +1299,68 @@ async fn an_unreadable_emptiness_answer_is_an_error_and_changes_nothing() {
     }
 }
 
+/// The formula earlier releases ran for a table's checksum, verbatim: backups made by them keep its value in their
+/// description, and a restore compares a restored table with it.
+const EARLIER_TABLE_CHECK: &str = "SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint::numeric), 0) || ':' || coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint::numeric), 0) FROM (SELECT md5(t::text) AS h FROM {table} AS t) AS rows;";
+
+/// A table's checksum (what a backup records, a restore and `gbo migrate` compare) is the value earlier releases
+/// computed, on every kind of value, on an empty table and through PostgreSQL's parallel partial aggregation; and
+/// each row's text and md5 are computed once, not once per sum (the second backup's time is mostly this query).
+#[tokio::test(flavor = "multi_thread")]
+async fn table_checksums_are_what_earlier_backups_recorded_computed_once_per_row() {
+    // Every scan parallel, however small, so the partial sums are combined as on a large table.
+    let h = HostCluster::start_with(|data| {
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("conf");
+        use std::io::Write as _;
+        writeln!(
+            conf,
+            "parallel_setup_cost = 0\nparallel_tuple_cost = 0\nmin_parallel_table_scan_size = 0\nmax_parallel_workers_per_gather = 2"
+        )
+        .expect("conf");
+    });
+    h.psql(
+        "postgres",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok'); \
+         CREATE TABLE mixed (id bigint, name text, price numeric(12,4), at timestamptz, span interval, \
+           tags text[], doc jsonb, raw bytea, f double precision, m mood, ok boolean); \
+         INSERT INTO mixed SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE 'n' || g || E'\\t\"q\" ,()' END, g / 3.0, \
+           timestamptz '2026-03-29 01:30:00+00' + g * interval '37 minutes', g * interval '1 day 3 hours', \
+           ARRAY['a', NULL, 'b' || g], jsonb_build_object('k', g, 'v', ARRAY[g, -g]), decode(md5(g::text), 'hex'), \
+           1.0 / g, CASE WHEN g % 2 = 0 THEN 'sad'::mood ELSE 'ok' END, g % 3 = 0 FROM generate_series(1, 5000) g; \
+         INSERT INTO mixed VALUES (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL); \
+         CREATE TABLE empty (id int); \
+         CREATE TABLE \"Odd \"\"name\" AS SELECT g FROM generate_series(1, 300) g",
+    );
+    let endpoint = Endpoint::Host(h.server());
+    // The session settings a check runs with (so values print the same way), then the earlier formula.
+    let settings = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; \
+                    SET extra_float_digits = 3; SET bytea_output = 'hex'; SET synchronize_seqscans = off;";
+    for (table, rows) in [("public.mixed", 5001), ("public.empty", 0), ("public.\"Odd \"\"name\"", 300)] {
+        let check = migrate::check_table(&endpoint, "postgres", table).await.expect("check_table");
+        let out = h.psql("postgres", &format!("{settings} {}", EARLIER_TABLE_CHECK.replace("{table}", table)));
+        let earlier = out.lines().last().expect("a result line");
+        assert_eq!(format!("{}|{}", check.rows, check.checksum), earlier, "{table}");
+        assert_eq!(check.rows, rows, "{table}");
+    }
+    let plan = h.psql("postgres", &format!("EXPLAIN (VERBOSE) {}", migrate::table_check_sql("public.mixed")));
+    assert!(plan.contains("Partial Aggregate"), "the check ran in parallel: {plan}");
+    // Where the row's md5 is computed: one plan node below the aggregate, once (the aggregates only refer to it).
+    let computing: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Output:") && l.contains("md5((t.*)::text)") && !l.contains("sum("))
+        .collect();
+    assert_eq!(computing.len(), 1, "{plan}");
+    assert_eq!(computing[0].matches("md5(").count(), 1, "{plan}");
+    let earlier_plan =
+        h.psql("postgres", &format!("EXPLAIN (VERBOSE) {}", EARLIER_TABLE_CHECK.replace("{table}", "public.mixed")));
+    assert!(
+        !earlier_plan
+            .lines()
+            .any(|l| l.trim_start().starts_with("Output:") && l.contains("md5((t.*)::text)") && !l.contains("sum(")),
+        "the earlier formula computes the md5 inside each sum: {earlier_plan}"
+    );
+}
+
 /// `--database` values that are not a plain database name are refused by `gbo migrate` before anything happens:
 /// exit 2, the value and what is allowed in the message, no backup directory created.
 #[test]

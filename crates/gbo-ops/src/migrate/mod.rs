@@ -69,7 +69,7 @@ pub use error::{Contents, Difference, MigrateError, MAX_JOBS, MAX_NAME_BYTES};
 pub use event::{MigrateEvent, MigrateEventKind, Phase, PROGRESS_EVERY};
 pub use sql::{quote_ident, quote_literal};
 pub use tls::SslMode;
-pub use verify::{check_recorded, check_table, databases, digest_table, table_checks, TableCheck};
+pub use verify::{check_recorded, check_table, databases, digest_table, table_check_sql, table_checks, TableCheck};
 
 use crate::events::Observer;
 use crate::inventory::ManagedInstance;
