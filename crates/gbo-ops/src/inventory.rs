@@ -210,6 +210,11 @@ impl AttachedVolume {
     pub fn label(&self) -> String {
         format!("{}/{}", self.pool, self.volume)
     }
+
+    /// `data`, `conf`, `logs`: the device name without gbo's prefix.
+    pub fn kind(&self) -> &str {
+        self.device.strip_prefix(DEVICE_PREFIX).unwrap_or(&self.device)
+    }
 }
 
 /// The custom volumes gbo attached to an instance (its `gbo-` disk devices with a pool), sorted by device.

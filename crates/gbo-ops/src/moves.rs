@@ -225,30 +225,6 @@ fn check_online(members: &[ClusterMember], name: &str, what: &str) -> Result<(),
     }
 }
 
-/// The health of a container after a move: its probe through the published port when the members are on this
-/// machine, else its unit from inside.
-async fn health_after(lxd: &Client, site: &Site, container: &ManagedInstance) -> Option<Health> {
-    let role = container.role?;
-    if site.shares_host() {
-        if let Some((check, target)) = health::health_of(lxd, container) {
-            let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
-            let secrets = match &container.stack_dir {
-                Some(dir) => crate::install::secrets::read_existing(dir, &specs).unwrap_or_default(),
-                None => gbo_components::Secrets::new(),
-            };
-            return Some(health::wait_healthy(&check, &target, &secrets, HEALTH_TIMEOUT).await);
-        }
-    }
-    let deadline = Instant::now() + HEALTH_TIMEOUT;
-    loop {
-        let h = health::unit_inside(lxd, &container.name, &role.unit_name()).await;
-        if h.healthy || Instant::now() >= deadline {
-            return Some(h);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Move `container` to member `to`: snapshot, stop, move, start, health; back to its origin on failure.
 pub async fn move_container(
     lxd: &Client,
@@ -329,7 +305,7 @@ pub async fn move_container(
             // Read again: its ports may listen elsewhere now.
             let now = lxd.instance(&name).await.map_err(|e| format!("reading {name} on {to}: {e}"))?;
             let moved = inventory::describe(&now).unwrap_or_else(|| container.clone());
-            let health = health_after(lxd, &site, &moved).await;
+            let health = health::wait_container(lxd, &site, &moved, HEALTH_TIMEOUT).await;
             if let Some(h) = &health {
                 if !h.healthy {
                     return Err(format!("unhealthy on {to}: {}", h.detail));
@@ -415,18 +391,19 @@ impl LocalVolume {
 /// The gbo volumes of `container` that live on a member-local pool (none on Ceph: every member has those).
 async fn local_volumes(lxd: &Client, container: &ManagedInstance) -> Result<Vec<LocalVolume>, MoveError> {
     let mut local = Vec::new();
-    for (device, config) in &container.instance.devices {
-        let (Some(pool), Some(source)) = (config.get("pool"), config.get("source")) else { continue };
-        if !device.starts_with(crate::inventory::DEVICE_PREFIX)
-            || config.get("type").map(String::as_str) != Some("disk")
-        {
-            continue;
-        }
+    for attached in crate::inventory::attached_volumes(&container.instance) {
         let bad = |e: lxd_client::Error| {
-            MoveError::Refused(format!("{}: volume {pool}/{source} of device {device}: {e}", container.name))
+            MoveError::Refused(format!(
+                "{}: volume {} of device {}: {e}",
+                container.name,
+                attached.label(),
+                attached.device
+            ))
         };
-        let (pool, volume) =
-            (ObjectName::new(pool.as_str()).map_err(bad)?, ObjectName::new(source.as_str()).map_err(bad)?);
+        let (pool, volume) = (
+            ObjectName::new(attached.pool.as_str()).map_err(bad)?,
+            ObjectName::new(attached.volume.as_str()).map_err(bad)?,
+        );
         let driver = lxd.storage_pool(&pool).await.map_err(lxd_error(format!("reading pool {pool}")))?.driver;
         if !matches!(driver.as_str(), "ceph" | "cephfs") {
             local.push(LocalVolume { pool, volume, driver });

@@ -129,7 +129,8 @@ pub async fn create(
     create_repo_dir(&access.repo)?;
     let mut repo_lock = lock::flock(&access.repo, Mode::Append, options.lock_wait).await?;
     let opened = access.clone();
-    let chunker = super::repo::chunker_for(instances.iter().any(|m| !meta::VolumeMeta::of(m).is_empty()));
+    let chunker =
+        super::repo::chunker_for(instances.iter().any(|m| !inventory::attached_volumes(&m.instance).is_empty()));
     let (repo, created) =
         tokio::task::spawn_blocking(move || opened.open_or_init(chunker)).await.map_err(join_error)??;
     for stale in repo_lock.add_restic_lock(&access.repo, &repo.key(), Mode::Append)? {

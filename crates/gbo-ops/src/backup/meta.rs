@@ -67,46 +67,9 @@ pub struct RoleMeta {
     pub volumes: Vec<VolumeMeta>,
 }
 
-/// One custom volume of a role, as backed up.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VolumeMeta {
-    /// The disk device attaching it (`gbo-data`, ...).
-    pub device: String,
-    /// The pool it was on.
-    pub pool: String,
-    /// Its name (`<tenant>-<role>-<kind>`).
-    pub volume: String,
-    /// Where it is mounted in the container.
-    pub container_path: String,
-}
-
-impl VolumeMeta {
-    /// `data`, `conf`, `logs`: the device name without gbo's prefix.
-    pub fn kind(&self) -> &str {
-        self.device.strip_prefix(inventory::DEVICE_PREFIX).unwrap_or(&self.device)
-    }
-
-    /// The volumes gbo attached to `instance` (its `gbo-*` disk devices with a pool and a volume source).
-    pub fn of(instance: &ManagedInstance) -> Vec<VolumeMeta> {
-        instance
-            .instance
-            .devices
-            .iter()
-            .filter(|(name, d)| {
-                name.starts_with(inventory::DEVICE_PREFIX) && d.get("type").is_some_and(|t| t == "disk")
-            })
-            .filter_map(|(name, d)| {
-                let (pool, source) = (d.get("pool")?, d.get("source")?);
-                (!source.starts_with('/')).then(|| VolumeMeta {
-                    device: name.clone(),
-                    pool: pool.clone(),
-                    volume: source.clone(),
-                    container_path: d.get("path").cloned().unwrap_or_default(),
-                })
-            })
-            .collect()
-    }
-}
+/// One custom volume of a role, as backed up (the device attaching it, its pool and name, where it is mounted):
+/// the inventory's description, serialised as it is.
+pub type VolumeMeta = inventory::AttachedVolume;
 
 impl RoleMeta {
     /// The description of `instance`.
@@ -136,7 +99,7 @@ impl RoleMeta {
             consistency: String::new(),
             snapshot: None,
             databases: Vec::new(),
-            volumes: VolumeMeta::of(instance),
+            volumes: inventory::attached_volumes(lxd),
         }
     }
 

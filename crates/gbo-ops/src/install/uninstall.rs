@@ -99,15 +99,7 @@ pub async fn uninstall(
         // Custom volumes: those its container attaches (gbo's devices only), and those labelled with the tenant and
         // the role (found again after the container is gone).
         let mut volumes: Vec<(String, String)> = found
-            .map(|m| {
-                m.instance
-                    .devices
-                    .iter()
-                    .filter(|(device, _)| device.starts_with(inventory::DEVICE_PREFIX))
-                    .filter_map(|(_, d)| Some((d.get("pool")?.clone(), d.get("source")?.clone())))
-                    .filter(|(pool, _)| !pool.is_empty())
-                    .collect()
-            })
+            .map(|m| inventory::attached_volumes(&m.instance).into_iter().map(|v| (v.pool, v.volume)).collect())
             .unwrap_or_default();
         for (pool, volume, labelled_role) in &labelled {
             if labelled_role == role.as_str() && !volumes.iter().any(|(p, v)| p == pool && v == volume) {
