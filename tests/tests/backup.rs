@@ -1011,6 +1011,11 @@ async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing
     assert_eq!(run.code, 2, "a restore whose rows differ from the record fails:\n{}", run.all());
     assert!(run.stderr.contains("botserver: \"public\".\"kept\""), "the table is named:\n{}", run.all());
     assert!(run.stderr.contains("put back"), "the failure says the old content was put back:\n{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("healthy again: {tables}")),
+        "the undo waited for the put-back container's health check:\n{}",
+        run.all()
+    );
     assert_eq!(container_status(&tables), "RUNNING");
     wait_for_tables(&t).await;
     assert_eq!(rows(&t).await, current, "the failed restore put the tenant's own rows back");

@@ -157,12 +157,14 @@ pub enum BackupError {
         detail: String,
     },
     /// A `--replace` restore over volumes failed after it changed things, and the tenant was put back.
-    #[error("{cause}; the restore was undone: tenant `{tenant}` was put back from snapshot {snapshot} (its containers, volumes and secrets as they were before)")]
+    #[error("{cause}; the restore was undone: tenant `{tenant}` was put back from snapshot {snapshot} (its containers, volumes and secrets as they were before); {health}")]
     ReplaceUndone {
         /// Tenant.
         tenant: String,
         /// The safety snapshot it was put back from.
         snapshot: String,
+        /// The put-back containers' health (`healthy again: ...`, or the ones that are not yet and why).
+        health: String,
         /// Why the restore failed.
         cause: Box<BackupError>,
     },

@@ -539,7 +539,14 @@ pub async fn restore(
             let replaced: Vec<VolumePlan> = staged.iter().map(|(v, _)| v.clone()).collect();
             match put_back(lxd, &target, &snapshot, &replaced, &was_running, &saved_secrets, &stack_dir).await {
                 Ok(()) => {
-                    Err(BackupError::ReplaceUndone { tenant: target.to_string(), snapshot, cause: Box::new(cause) })
+                    events.event(&BackupEvent::step("tenant", "put back; waiting for its containers' health"));
+                    let health = health_after_undo(lxd, &target, &was_running).await;
+                    Err(BackupError::ReplaceUndone {
+                        tenant: target.to_string(),
+                        snapshot,
+                        health,
+                        cause: Box::new(cause),
+                    })
                 }
                 Err(undo) => Err(BackupError::ReplaceUndoFailed {
                     tenant: target.to_string(),
@@ -720,6 +727,37 @@ async fn put_back(
         lxd.ensure_running(instance).await?;
     }
     Ok(())
+}
+
+/// How long a put-back container may take to answer its health check again.
+const UNDO_HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// After an undo, the containers that ran before answer their health checks again (as `gbo status` checks them):
+/// `healthy again: a, b`, or which are not and why.
+async fn health_after_undo(lxd: &Client, target: &TenantName, was_running: &[InstanceName]) -> String {
+    let (site, containers) =
+        match (crate::site::Site::observe(lxd, None).await, inventory::tenant_instances(lxd, target).await) {
+            (Ok(site), Ok(containers)) => (site, containers),
+            (Err(e), _) => return format!("its health could not be checked: {e}"),
+            (_, Err(e)) => return format!("its health could not be checked: {e}"),
+        };
+    let (mut healthy, mut not) = (Vec::new(), Vec::new());
+    for container in containers.iter().filter(|c| was_running.iter().any(|r| r.as_str() == c.name.as_str())) {
+        match install::health::wait_container(lxd, &site, container, UNDO_HEALTH_TIMEOUT).await {
+            Some(h) if h.healthy => healthy.push(container.name.to_string()),
+            Some(h) => not.push(format!("{}: {}", container.name, h.detail)),
+            None => healthy.push(format!("{} (running; no health check)", container.name)),
+        }
+    }
+    match (healthy.is_empty(), not.is_empty()) {
+        (_, false) => format!(
+            "not healthy after {} s: {} (`gbo status --tenant {target}` shows it again)",
+            UNDO_HEALTH_TIMEOUT.as_secs(),
+            not.join("; ")
+        ),
+        (false, true) => format!("healthy again: {}", healthy.join(", ")),
+        (true, true) => "none of its containers ran before the restore".to_string(),
+    }
 }
 
 /// The restored directory's own owner and mode onto the directory it replaced (the copy sets them below it).

@@ -406,3 +406,33 @@ pub fn health_of(lxd: &Client, m: &ManagedInstance) -> Option<(HealthCheck, Targ
     let inside = inside_of(lxd, &m.instance.config, m.name.as_str(), port);
     Some((check, Target { address, port: published.host_port, inside }))
 }
+
+/// Wait up to `timeout` for a gbo container to answer its role's health check: through its published port (the
+/// secrets read from its stack dir) when the daemon's containers run on this machine, else its unit from inside.
+/// `None` for a container of no known role.
+pub async fn wait_container(
+    lxd: &Client,
+    site: &crate::site::Site,
+    container: &ManagedInstance,
+    timeout: Duration,
+) -> Option<Health> {
+    let role = container.role?;
+    if site.shares_host() {
+        if let Some((check, target)) = health_of(lxd, container) {
+            let specs: Vec<_> = gbo_components::secrets::ALL_SECRETS.to_vec();
+            let secrets = match &container.stack_dir {
+                Some(dir) => crate::install::secrets::read_existing(dir, &specs).unwrap_or_default(),
+                None => Secrets::new(),
+            };
+            return Some(wait_healthy(&check, &target, &secrets, timeout).await);
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let h = unit_inside(lxd, &container.name, &role.unit_name()).await;
+        if h.healthy || Instant::now() >= deadline {
+            return Some(h);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
