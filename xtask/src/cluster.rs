@@ -280,7 +280,8 @@ pub fn status() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Remove the instances tests left on the cluster (names `gbot-*`), when it is up.
+/// Remove the instances tests left on the cluster and the standalone daemon (names `gbot-*`), then their custom
+/// volumes that nothing uses any more (each deleted on the member that holds it), when the daemons are up.
 pub fn clean() {
     for daemon in [MEMBERS[0].0, SOLO.0] {
         if !answers(daemon) {
@@ -292,5 +293,46 @@ pub fn clean() {
             let _ = lxc(daemon, &["delete", "--force", name]).stdout_null().stderr_null().unchecked().run();
             eprintln!("clean: removed leftover instance {name} on {daemon}");
         }
+        for (pool, volume, member) in leftover_volumes(daemon) {
+            let mut args = vec!["storage", "volume", "delete", pool.as_str(), volume.as_str()];
+            if !member.is_empty() {
+                args.extend(["--target", member.as_str()]);
+            }
+            match lxc(daemon, &args).stdout_null().stderr_capture().unchecked().run() {
+                Ok(out) if out.status.success() => {
+                    eprintln!(
+                        "clean: removed leftover volume {pool}/{volume} on {}",
+                        if member.is_empty() { daemon } else { &member }
+                    )
+                }
+                Ok(out) => eprintln!(
+                    "clean: could not remove volume {pool}/{volume}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => eprintln!("clean: could not remove volume {pool}/{volume}: {e}"),
+            }
+        }
     }
+}
+
+/// The custom volumes named `gbot-*` that no instance uses, on every pool a daemon sees: (pool, volume, member; the
+/// member empty off a cluster).
+fn leftover_volumes(daemon: &str) -> Vec<(String, String, String)> {
+    let read = |args: &[&str]| -> Vec<serde_json::Value> {
+        let text = lxc(daemon, args).stderr_null().unchecked().read().unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    };
+    let field = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or_default().to_string();
+    let mut out = Vec::new();
+    for pool in read(&["storage", "list", "--format", "json"]) {
+        let pool = field(&pool, "name");
+        for volume in read(&["storage", "volume", "list", pool.as_str(), "--format", "json"]) {
+            let unused = volume.get("used_by").and_then(|u| u.as_array()).is_none_or(|u| u.is_empty());
+            let name = field(&volume, "name");
+            if field(&volume, "type") == "custom" && name.starts_with(crate::lxd_up::TEST_PREFIX) && unused {
+                out.push((pool.clone(), name, field(&volume, "location")));
+            }
+        }
+    }
+    out
 }

@@ -245,6 +245,19 @@ pub async fn clean() -> anyhow::Result<()> {
             }
         }
     }
+    // Custom volumes of test tenants that nothing uses any more (their instances are gone).
+    for pool in lxd.storage_pools().await? {
+        let Ok(pool) = ObjectName::new(pool.name.as_str()) else { continue };
+        for volume in lxd.storage_volumes(&pool).await? {
+            if volume.kind == "custom" && volume.name.starts_with(TEST_PREFIX) && volume.used_by.is_empty() {
+                let Ok(name) = ObjectName::new(volume.name.as_str()) else { continue };
+                match lxd.delete_storage_volume(&pool, &name).await {
+                    Ok(()) => eprintln!("clean: removed leftover volume {pool}/{name}"),
+                    Err(e) => eprintln!("clean: could not remove volume {pool}/{name}: {e}"),
+                }
+            }
+        }
+    }
     for profile in lxd.profiles().await? {
         if profile.name.starts_with(TEST_PREFIX) {
             if let Ok(name) = ObjectName::new(profile.name.as_str()) {
