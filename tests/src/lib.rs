@@ -255,6 +255,45 @@ pub fn lxc_ok(args: &[&str]) -> String {
     run.stdout.trim().to_string()
 }
 
+/// The seed's way to reach the app database from inside a container: the application role's password in a 0600
+/// `/root/.pgpass` pushed into `instance` (`remote:name`, in `project` when given), never on a command line.
+pub fn push_pgpass(dir: &std::path::Path, instance: &str, project: Option<&str>, password: &str) {
+    let pgpass = dir.join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{}\n", password.trim())).expect("pgpass");
+    let (from, to) = (pgpass.display().to_string(), format!("{instance}/root/.pgpass"));
+    let mut args = vec!["file", "push"];
+    if let Some(project) = project {
+        args.extend(["--project", project]);
+    }
+    args.extend(["--mode", "0600", from.as_str(), to.as_str()]);
+    lxc_ok(&args);
+}
+
+/// `psql` as the application role inside `instance` (`remote:name`, in `project` when given), to 127.0.0.1:5432
+/// there, the password from the `.pgpass` [`push_pgpass`] put there.
+pub fn psql_as_app(instance: &str, project: Option<&str>, sql: &str) -> Run {
+    let mut args = vec!["exec"];
+    if let Some(project) = project {
+        args.extend(["--project", project]);
+    }
+    args.extend([
+        instance,
+        "--",
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "5432",
+        "-U",
+        "gbuser",
+        "-d",
+        "botserver",
+        "-tAc",
+        sql,
+    ]);
+    lxc(&args)
+}
+
 /// Run `gbo` on a blocking thread from async tests.
 pub async fn gbo_async(args: Vec<String>) -> Run {
     tokio::task::spawn_blocking(move || {

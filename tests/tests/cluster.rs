@@ -226,10 +226,11 @@ async fn tenant_placed_across_members_moves_and_survives_a_member_going_away() {
     ])
     .ok_output();
     assert!(ok, "wire device: {out}");
-    push_pgpass(t.stack.path(), &format!("{REMOTE}:{client}"), None, &password);
+    gbo_tests::push_pgpass(t.stack.path(), &format!("{REMOTE}:{client}"), None, &password);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (ok, out) = psql_as_app(&format!("{REMOTE}:{client}"), None, "SELECT count(*) FROM gbot_keep").ok_output();
+        let (ok, out) =
+            gbo_tests::psql_as_app(&format!("{REMOTE}:{client}"), None, "SELECT count(*) FROM gbot_keep").ok_output();
         if ok && out.trim() == "500" {
             break;
         }
@@ -582,8 +583,8 @@ async fn move_and_evacuate_take_member_local_volumes_along() {
     // Rows written as the application role, the seed's way: psql inside tables, the password in a 0600 ~/.pgpass.
     let remote_tables = format!("{REMOTE}:{tables}");
     let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
-    push_pgpass(t.stack.path(), &remote_tables, Some(&project.0), &password);
-    let psql = |sql: &str| psql_as_app(&remote_tables, Some(&project.0), sql);
+    gbo_tests::push_pgpass(t.stack.path(), &remote_tables, Some(&project.0), &password);
+    let psql = |sql: &str| gbo_tests::psql_as_app(&remote_tables, Some(&project.0), sql);
     let run = psql("CREATE TABLE gbot_kept (v int); INSERT INTO gbot_kept SELECT generate_series(1, 200)");
     assert_eq!(run.code, 0, "write as gbuser: {}", run.all());
 
@@ -699,52 +700,13 @@ fn device_get(instance: &str, device: &str, key: &str) -> String {
     out.trim().to_string()
 }
 
-/// The seed's way to reach the app database from inside a container: the application role's password in a 0600
-/// `/root/.pgpass` pushed into `instance` (`remote:name`, in `project` when given), never on a command line.
-fn push_pgpass(dir: &std::path::Path, instance: &str, project: Option<&str>, password: &str) {
-    let pgpass = dir.join("pgpass");
-    std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{}\n", password.trim())).expect("pgpass");
-    let (from, to) = (pgpass.display().to_string(), format!("{instance}/root/.pgpass"));
-    let mut args = vec!["file", "push"];
-    if let Some(project) = project {
-        args.extend(["--project", project]);
-    }
-    args.extend(["--mode", "0600", from.as_str(), to.as_str()]);
-    gbo_tests::lxc_ok(&args);
-}
-
-/// `psql` as the application role inside `instance` (`remote:name`, in `project` when given), to 127.0.0.1:5432
-/// there, the password from the `.pgpass` [`push_pgpass`] put there.
-fn psql_as_app(instance: &str, project: Option<&str>, sql: &str) -> gbo_tests::Run {
-    let mut args = vec!["exec"];
-    if let Some(project) = project {
-        args.extend(["--project", project]);
-    }
-    args.extend([
-        instance,
-        "--",
-        "psql",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        "5432",
-        "-U",
-        "gbuser",
-        "-d",
-        "botserver",
-        "-tAc",
-        sql,
-    ]);
-    gbo_tests::lxc(&args)
-}
-
 /// The app's database (`botserver`, role `gbuser`) from inside `instance`, at 127.0.0.1:5432 there (its wire), with
 /// the password in a 0600 `.pgpass` pushed into it: the count of `gbot_keep`'s rows.
 async fn rows_through_wire(instance: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (ok, out) =
-            psql_as_app(&format!("{REMOTE}:{instance}"), None, "SELECT count(*) FROM gbot_keep").ok_output();
+            gbo_tests::psql_as_app(&format!("{REMOTE}:{instance}"), None, "SELECT count(*) FROM gbot_keep").ok_output();
         if ok {
             return out.trim().to_string();
         }
@@ -818,7 +780,7 @@ async fn a_dependency_on_another_member_is_wired_through_its_members_address() {
         .await
         .expect("write rows");
     drop(db);
-    push_pgpass(t.stack.path(), &format!("{REMOTE}:{editor}"), None, &password);
+    gbo_tests::push_pgpass(t.stack.path(), &format!("{REMOTE}:{editor}"), None, &password);
     assert_eq!(rows_through_wire(&editor).await, "42");
 
     // A later run converges to the same devices.

@@ -347,32 +347,8 @@ async fn through_remote(remote: &str, lxd_dir: &str) {
     // its generated password in a 0600 ~/.pgpass pushed through LXD (never on a command line).
     let tables = format!("{remote}:{}", t.container("tables"));
     let password = std::fs::read_to_string(format!("{stack}/.secrets/tables-password")).expect("secret");
-    let pgpass = t.stack.path().join("pgpass");
-    std::fs::write(&pgpass, format!("127.0.0.1:5432:botserver:gbuser:{}\n", password.trim())).expect("pgpass");
-    gbo_tests::lxc_ok(&[
-        "file",
-        "push",
-        "--mode",
-        "0600",
-        &pgpass.display().to_string(),
-        &format!("{tables}/root/.pgpass"),
-    ]);
-    let psql = |sql: &str| {
-        gbo_tests::lxc(&[
-            "exec",
-            &tables,
-            "--",
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "gbuser",
-            "-d",
-            "botserver",
-            "-tAc",
-            sql,
-        ])
-    };
+    gbo_tests::push_pgpass(t.stack.path(), &tables, None, &password);
+    let psql = |sql: &str| gbo_tests::psql_as_app(&tables, None, sql);
     let run = psql("CREATE TABLE gbot_kept (v int); INSERT INTO gbot_kept SELECT generate_series(1, 100)");
     assert_eq!(run.code, 0, "write as gbuser: {}", run.all());
     let run = psql("SELECT sum(v) FROM gbot_kept");
