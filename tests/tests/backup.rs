@@ -984,8 +984,34 @@ async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing
     let db = pg(pg_port(&t), &password).await;
     db.batch_execute("DELETE FROM kept WHERE id > 1990").await.expect("change");
     drop(db);
+    // The second backup also holds a cache role, which the tenant no longer has when the restore runs: the restore
+    // creates it (container and volumes), and its undo must delete them again.
+    let with_cache = work.path().join("with-cache.toml");
+    std::fs::write(
+        &with_cache,
+        format!("tenant = \"{}\"\nroles = [\"tables\", \"cache\"]\nstorage = \"volumes\"\n", t.name),
+    )
+    .expect("tenant file");
+    let install = gbo_async(vec![
+        "install".into(),
+        "--file".into(),
+        with_cache.display().to_string(),
+        "--image".into(),
+        TEST_IMAGE.into(),
+        "--stack-dir".into(),
+        t.stack_dir(),
+    ])
+    .await;
+    assert_eq!(install.code, 0, "install cache:\n{}", install.all());
     let second = gbo_async(create.clone()).await;
     assert_eq!(second.code, 0, "second backup:\n{}", second.all());
+    let cache = t.container("cache");
+    let removed = gbo_async(
+        ["uninstall", "--tenant", t.name.as_str(), "cache", "--purge", "--yes"].iter().map(|s| s.to_string()).collect(),
+    )
+    .await;
+    assert_eq!(removed.code, 0, "uninstall cache:\n{}", removed.all());
+    assert_eq!(custom_volumes(&t.name).len(), 3, "cache's volumes are gone before the restore");
     let backups = list_backups(&repo, &password_file).await;
     let complete: Vec<&serde_json::Value> = backups.iter().filter(|b| b["complete"] == true).collect();
     assert_eq!(complete.len(), 2, "{backups:?}");
@@ -1019,5 +1045,12 @@ async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing
     assert_eq!(container_status(&tables), "RUNNING");
     wait_for_tables(&t).await;
     assert_eq!(rows(&t).await, current, "the failed restore put the tenant's own rows back");
-    assert_eq!(custom_volumes(&t.name).len(), 3, "no temporary volume is left after the failure");
+    assert!(run.stderr.contains(&cache), "the restore created {cache} before it failed:\n{}", run.all());
+    let (present, out) = gbo_tests::lxc(&["info", &cache]).ok_output();
+    assert!(!present, "the undo deleted the container the restore created: {out}");
+    assert_eq!(
+        custom_volumes(&t.name).len(),
+        3,
+        "no temporary volume, and none of the volumes the restore created for cache, is left after the failure"
+    );
 }

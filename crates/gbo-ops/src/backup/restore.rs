@@ -390,6 +390,8 @@ pub async fn restore(
 
     // The containers, through the install engine.
     let mut staged: Vec<(VolumePlan, String)> = Vec::new();
+    // Volumes this restore created (roles the tenant did not have): an undo deletes them. (pool, volume, member)
+    let mut created_volumes: Vec<(String, String, Option<String>)> = Vec::new();
     if let Some(install::storage::Storage::Volumes { pool }) = &storage {
         tenant_file.storage = Some(gbo_components::StorageMode::Volumes);
         // The volumes first: the install engine attaches the volumes that exist. A volume that exists (--replace)
@@ -414,7 +416,9 @@ pub async fn restore(
                     Some(planned) => super::volumes::import_staged(&on, pool, &name, &file)
                         .await
                         .map(|temp| staged.push((planned.clone(), temp))),
-                    None => super::volumes::import(&on, pool, &name, &file).await,
+                    None => super::volumes::import(&on, pool, &name, &file).await.map(|()| {
+                        created_volumes.push((pool.to_string(), name.to_string(), members.get(role).cloned()))
+                    }),
                 };
                 if let Err(e) = imported {
                     for (v, temp) in &staged {
@@ -537,7 +541,9 @@ pub async fn restore(
                 super::volumes::remove_if_exists(lxd, &volume.pool, temp).await;
             }
             let replaced: Vec<VolumePlan> = staged.iter().map(|(v, _)| v.clone()).collect();
-            match put_back(lxd, &target, &snapshot, &replaced, &was_running, &saved_secrets, &stack_dir).await {
+            let created = Created { containers_before: &existing, volumes: &created_volumes };
+            match put_back(lxd, &target, &snapshot, &replaced, &created, &was_running, &saved_secrets, &stack_dir).await
+            {
                 Ok(()) => {
                     events.event(&BackupEvent::step("tenant", "put back; waiting for its containers' health"));
                     let health = health_after_undo(lxd, &target, &was_running).await;
@@ -688,14 +694,25 @@ async fn restore_host_data(
     Ok(())
 }
 
-/// Undo a `--replace` restore over volumes: every container of the tenant that has the safety snapshot back to it
-/// (its root filesystem and its volumes, through `gbo snapshot restore`'s own code), any replaced volume no
-/// container uses back to its snapshot, the old secrets back, and the containers that ran before started.
+/// What a `--replace` restore created that the tenant did not have before (an undo deletes it).
+struct Created<'a> {
+    /// The tenant's containers before the restore: any other is the restore's.
+    containers_before: &'a [String],
+    /// The volumes it imported for roles the tenant did not have: (pool, volume, member).
+    volumes: &'a [(String, String, Option<String>)],
+}
+
+/// Undo a `--replace` restore over volumes: the containers and volumes it created for roles the tenant did not
+/// have deleted; every container of the tenant that has the safety snapshot back to it (its root filesystem and
+/// its volumes, through `gbo snapshot restore`'s own code), any replaced volume no container uses back to its
+/// snapshot, the old secrets back, and the containers that ran before started.
+#[allow(clippy::too_many_arguments)]
 async fn put_back(
     lxd: &Client,
     target: &TenantName,
     snapshot: &str,
     replaced: &[VolumePlan],
+    created: &Created<'_>,
     was_running: &[InstanceName],
     saved_secrets: &SavedSecrets,
     stack_dir: &Path,
@@ -704,6 +721,10 @@ async fn put_back(
     let mut restored_volumes = Vec::new();
     for container in inventory::tenant_instances(lxd, target).await? {
         let instance = InstanceName::new(container.name.as_str()).map_err(|e| BackupError::BadInput(e.to_string()))?;
+        if !created.containers_before.iter().any(|c| c.as_str() == container.name.as_str()) {
+            lxd.delete_instance_if_exists(&instance).await?;
+            continue;
+        }
         if !lxd.snapshots(&instance).await?.iter().any(|s| s.name == snapshot) {
             continue;
         }
@@ -716,6 +737,13 @@ async fn put_back(
         }
         let (pool, vol) = (ObjectName::new(volume.pool.as_str())?, ObjectName::new(volume.volume.as_str())?);
         lxd.restore_volume_snapshot(&pool, &vol, &name).await?;
+    }
+    for (pool, volume, member) in created.volumes {
+        let (pool, volume) = (ObjectName::new(pool.as_str())?, ObjectName::new(volume.as_str())?);
+        let on = on_member(lxd, member.as_ref());
+        if on.storage_volume(&pool, &volume).await?.is_some() {
+            on.delete_storage_volume(&pool, &volume).await?;
+        }
     }
     if !saved_secrets.is_empty() {
         let dir = HostDir::open_root(&stack_dir.join(".secrets"))?;
