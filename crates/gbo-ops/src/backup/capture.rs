@@ -5,8 +5,9 @@
 //!   own crash recovery replays the WAL (in the data directory, read in the same frozen instant) on the restored
 //!   cluster, and the checkpoint keeps the WAL to replay short.
 //! - **cache** (Redis/Valkey): `BGSAVE` (through its published port, authenticated with the tenant's secret read
-//!   from `.secrets`), waited for until `LASTSAVE` moves, then frozen: the dump file is a complete snapshot of
-//!   the data set, and the append-only file (when any) is read in the same frozen instant.
+//!   from `.secrets`), waited for until `INFO persistence` shows it finished (a save that did not end `ok` fails
+//!   the backup), then frozen: the dump file is a complete snapshot of the data set, and the append-only file
+//!   (when any) is read in the same frozen instant.
 //! - **every other role**: frozen while read (a crash-consistent copy of its files).
 //!
 //! A container that is not running is read as it is (nothing changes it). A freeze is undone by [`thaw`] after
@@ -112,35 +113,74 @@ pub async fn prepare(
                 .flatten()
                 .ok_or_else(|| fail("no cache-password in the stack dir's .secrets".into()))?;
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.host_port));
-            let io = |e: std::io::Error| fail(format!("talking to the cache on {addr}: {e}"));
-            let before = crate::install::health::redis_command(addr, &[&["AUTH", &password], &["LASTSAVE"]])
-                .await
-                .map_err(io)?;
-            if !before.first().is_some_and(|l| l.starts_with("+OK")) {
-                return Err(fail("AUTH refused with the tenant's cache-password".into()));
-            }
-            let last = before.get(1).cloned().unwrap_or_default();
-            let started =
-                crate::install::health::redis_command(addr, &[&["AUTH", &password], &["BGSAVE"]]).await.map_err(io)?;
-            let answer = started.get(1).cloned().unwrap_or_default();
-            if !answer.starts_with('+') {
-                return Err(fail(format!("BGSAVE refused: {}", answer.chars().take(120).collect::<String>())));
-            }
-            let deadline = std::time::Instant::now() + Duration::from_secs(600);
-            loop {
-                let now = crate::install::health::redis_command(addr, &[&["AUTH", &password], &["LASTSAVE"]])
-                    .await
-                    .map_err(io)?;
-                if now.get(1).is_some_and(|l| *l != last) {
-                    return Ok(());
-                }
-                if std::time::Instant::now() > deadline {
-                    return Err(fail("BGSAVE did not finish within 600 s".into()));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            redis_bgsave(addr, &password, BGSAVE_TIMEOUT).await.map_err(fail)
         }
         Method::Freeze | Method::Stopped => Ok(()),
+    }
+}
+
+/// How long a `BGSAVE` may take.
+const BGSAVE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `BGSAVE` on the Redis server at `addr` (authenticated with `password`), waited for until it has finished,
+/// at most `within`. The error is a message for [`BackupError::Quiesce`].
+///
+/// Finished is read from `INFO persistence`: `rdb_bgsave_in_progress` is 1 from the moment `BGSAVE` answers until
+/// the server has collected the child, and then `rdb_last_bgsave_status` says how it ended. (`LASTSAVE` counts
+/// whole seconds: a save within the same second as the one before it does not move it.) A save or append-only
+/// rewrite already running (one of the server's own rules) is waited for, then ours is started.
+pub async fn redis_bgsave(addr: std::net::SocketAddr, password: &str, within: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let late = || format!("BGSAVE did not finish within {} s", within.as_secs());
+    let ask = |command: &'static [&'static str]| async move {
+        let auth: [&str; 2] = ["AUTH", password];
+        let commands: [&[&str]; 2] = [&auth, command];
+        let replies =
+            match tokio::time::timeout_at(deadline, crate::install::health::redis_command(addr, &commands)).await {
+                Err(_) => return Err(late()),
+                Ok(Err(e)) => return Err(format!("talking to the cache on {addr}: {e}")),
+                Ok(Ok(replies)) => replies,
+            };
+        if !replies.first().is_some_and(|l| l.starts_with("+OK")) {
+            return Err("AUTH refused with the tenant's cache-password".to_string());
+        }
+        Ok(replies.get(1).cloned().unwrap_or_default())
+    };
+    // A field's value, cut to a short word: the server's answer is never trusted beyond a message.
+    let info = |reply: &str, field: &str| -> Option<String> {
+        reply.lines().find_map(|l| {
+            let value = l.strip_prefix(field)?.strip_prefix(':')?;
+            Some(value.chars().filter(char::is_ascii_alphanumeric).take(40).collect())
+        })
+    };
+    let mut ours = false;
+    loop {
+        if !ours {
+            let answer = ask(&["BGSAVE"]).await?;
+            if answer.starts_with('+') {
+                ours = true;
+            } else if !answer.contains("in progress") {
+                return Err(format!("BGSAVE refused: {}", answer.trim_end().chars().take(120).collect::<String>()));
+            }
+        }
+        let persistence = ask(&["INFO", "persistence"]).await?;
+        match info(&persistence, "rdb_bgsave_in_progress").as_deref() {
+            Some("0") if ours => {
+                return match info(&persistence, "rdb_last_bgsave_status").as_deref() {
+                    Some("ok") => Ok(()),
+                    status => Err(format!(
+                        "BGSAVE failed (rdb_last_bgsave_status: {}); the cache's log says why",
+                        status.unwrap_or("missing")
+                    )),
+                };
+            }
+            Some(_) => {}
+            None => return Err("the cache's INFO has no rdb_bgsave_in_progress".to_string()),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(late());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

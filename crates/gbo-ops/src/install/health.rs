@@ -286,8 +286,12 @@ const HTTP_PAGE_LIMIT: u64 = 256 * 1024;
 /// Longest reply line read from a Redis server (a status or error line; bounded so a hostile answer cannot grow).
 const REDIS_LINE_LIMIT: u64 = 4096;
 
+/// Longest bulk reply read from a Redis server (`INFO persistence` is about 1 KiB).
+const REDIS_BULK_LIMIT: usize = 64 * 1024;
+
 /// Send `commands` to the Redis server at `addr` as RESP arrays (binary-safe: the password is never parsed as
-/// syntax) and return the first line of each reply.
+/// syntax) and return each reply: its first line, and for a bulk string (`$<n>`, as `INFO` answers) that line
+/// followed by its payload.
 pub async fn redis_command(addr: std::net::SocketAddr, commands: &[&[&str]]) -> std::io::Result<Vec<String>> {
     redis_exchange(&Via::Host(addr), commands).await
 }
@@ -311,6 +315,15 @@ async fn redis_exchange(addr: &Via, commands: &[&[&str]]) -> std::io::Result<Vec
         (&mut reader).take(REDIS_LINE_LIMIT).read_line(&mut line).await?;
         if line.is_empty() {
             break;
+        }
+        if let Some(len) = line.strip_prefix('$').and_then(|n| n.trim_end().parse::<usize>().ok()) {
+            if len > REDIS_BULK_LIMIT {
+                return Err(std::io::Error::other(format!("a reply of {len} bytes (at most {REDIS_BULK_LIMIT} read)")));
+            }
+            let mut payload = vec![0; len + 2];
+            reader.read_exact(&mut payload).await?;
+            payload.truncate(len);
+            line.push_str(&String::from_utf8_lossy(&payload));
         }
         lines.push(line);
     }
