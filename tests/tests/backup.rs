@@ -1012,6 +1012,10 @@ async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing
     .await;
     assert_eq!(removed.code, 0, "uninstall cache:\n{}", removed.all());
     assert_eq!(custom_volumes(&t.name).len(), 3, "cache's volumes are gone before the restore");
+    // Uninstall keeps a role's secret (it belongs to the tenant); removed here, the tenant is one that never had
+    // cache, and the restore's cache-password is one it adds.
+    let cache_secret = t.stack.path().join(".secrets/cache-password");
+    std::fs::remove_file(&cache_secret).expect("the cache secret uninstall kept");
     let backups = list_backups(&repo, &password_file).await;
     let complete: Vec<&serde_json::Value> = backups.iter().filter(|b| b["complete"] == true).collect();
     assert_eq!(complete.len(), 2, "{backups:?}");
@@ -1048,6 +1052,12 @@ async fn restore_replace_over_a_volumes_tenant_snapshots_first_and_keeps_nothing
     assert!(run.stderr.contains(&cache), "the restore created {cache} before it failed:\n{}", run.all());
     let (present, out) = gbo_tests::lxc(&["info", &cache]).ok_output();
     assert!(!present, "the undo deleted the container the restore created: {out}");
+    assert!(
+        !cache_secret.exists(),
+        "the undo removed the secret the restore added for the role the tenant did not have: {}",
+        cache_secret.display()
+    );
+    assert_eq!(secret(&t, "tables-password"), password, "the undo left the tenant's own secrets as they were");
     assert_eq!(
         custom_volumes(&t.name).len(),
         3,

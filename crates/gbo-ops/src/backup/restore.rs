@@ -182,8 +182,13 @@ pub struct VolumePlan {
     pub member: Option<String>,
 }
 
-/// The old secrets of a tenant, put back when a `--replace` restore is undone.
-type SavedSecrets = Vec<(std::ffi::OsString, Vec<u8>)>;
+/// The tenant's secrets before a `--replace` restore wrote the backed-up ones, for its undo: the files that were
+/// there (put back as they were) and the names the restore added (removed again).
+#[derive(Default)]
+struct SavedSecrets {
+    before: Vec<(std::ffi::OsString, Vec<u8>)>,
+    added: Vec<std::ffi::OsString>,
+}
 
 /// Read the backup's description, plan, and (unless a dry run) restore.
 pub async fn restore(
@@ -368,7 +373,7 @@ pub async fn restore(
 
     // Secrets back in place before the install renders anything from them (the old ones kept in memory to be
     // put back if a --replace over volumes is undone).
-    let mut saved_secrets: SavedSecrets = Vec::new();
+    let mut saved_secrets = SavedSecrets::default();
     let secrets_src = meta_dir.join(meta::SECRETS);
     if let Some(source) = HostDir::open_root_if_exists(&secrets_src)? {
         let stack = HostDir::create_root(&stack_dir, 0o755)?;
@@ -376,12 +381,15 @@ pub async fn restore(
         if !replaced.is_empty() {
             for name in target_dir.names()? {
                 if let Some(bytes) = target_dir.read_file(Path::new(&name), 64 * 1024)? {
-                    saved_secrets.push((name, bytes));
+                    saved_secrets.before.push((name, bytes));
                 }
             }
         }
         for name in source.names()? {
             if let Some(bytes) = source.read_file(Path::new(&name), 64 * 1024)? {
+                if !replaced.is_empty() && !saved_secrets.before.iter().any(|(old, _)| *old == name) {
+                    saved_secrets.added.push(name.clone());
+                }
                 target_dir.write_file(Path::new(&name), &bytes, 0o600, None, 0o700)?;
             }
         }
@@ -705,7 +713,8 @@ struct Created<'a> {
 /// Undo a `--replace` restore over volumes: the containers and volumes it created for roles the tenant did not
 /// have deleted; every container of the tenant that has the safety snapshot back to it (its root filesystem and
 /// its volumes, through `gbo snapshot restore`'s own code), any replaced volume no container uses back to its
-/// snapshot, the old secrets back, and the containers that ran before started.
+/// snapshot, the old secrets back (and the ones the restore added removed), and the containers that ran before
+/// started.
 #[allow(clippy::too_many_arguments)]
 async fn put_back(
     lxd: &Client,
@@ -745,10 +754,13 @@ async fn put_back(
             on.delete_storage_volume(&pool, &volume).await?;
         }
     }
-    if !saved_secrets.is_empty() {
+    if !saved_secrets.before.is_empty() || !saved_secrets.added.is_empty() {
         let dir = HostDir::open_root(&stack_dir.join(".secrets"))?;
-        for (file, bytes) in saved_secrets {
+        for (file, bytes) in &saved_secrets.before {
             dir.write_file(Path::new(file), bytes, 0o600, None, 0o700)?;
+        }
+        for file in &saved_secrets.added {
+            dir.remove(Path::new(file))?;
         }
     }
     for instance in was_running {
