@@ -136,6 +136,82 @@ fn walk(dir: &Path) -> Vec<String> {
     out
 }
 
+/// A process of this host on a container's published port while the container runs and its proxy device is
+/// still configured (as when the device's `forkproxy` has died and someone else bound the port): the `forkproxy`
+/// killed, a listener in its place that counts connections and answers each like a cache refusing the password;
+/// [`PortHolder::give_back`] closes it and re-adds the device, which starts a new `forkproxy`.
+struct PortHolder {
+    container: String,
+    device: String,
+    config: serde_json::Map<String, serde_json::Value>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl PortHolder {
+    fn take_over(container: &str) -> Self {
+        let instance: serde_json::Value =
+            serde_json::from_str(&gbo_tests::lxc_ok(&["query", &format!("/1.0/instances/{container}")])).expect("json");
+        let (device, config) = instance["devices"]
+            .as_object()
+            .and_then(|d| d.iter().find(|(_, c)| c["type"] == "proxy"))
+            .map(|(n, c)| (n.clone(), c.as_object().cloned().unwrap_or_default()))
+            .unwrap_or_else(|| panic!("{container} has no proxy device: {instance}"));
+        let listen = config["listen"].as_str().expect("listen").to_string();
+        let port: u16 = listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("listen port");
+        let mut killed = 0;
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.contains(&b"forkproxy".as_slice()) && args.contains(&listen.as_bytes()) {
+                let pid = entry.file_name().to_string_lossy().to_string();
+                assert!(std::process::Command::new("kill").args(["-9", &pid]).status().expect("kill").success());
+                killed += 1;
+            }
+        }
+        assert_eq!(killed, 1, "one forkproxy listens on {listen}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => break listener,
+                Err(e) if std::time::Instant::now() > deadline => panic!("bind 127.0.0.1:{port}: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        };
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut connections = 0;
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        connections += 1;
+                        let _ = std::io::Write::write_all(&mut stream, b"-WRONGPASS not the cache\r\n");
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+            connections
+        });
+        Self { container: container.to_string(), device, config, stop, thread }
+    }
+
+    /// Connections seen; the listener closed and the proxy device back (a new `forkproxy`).
+    fn give_back(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let connections = self.thread.join().expect("listener thread");
+        gbo_tests::lxc_ok(&["config", "device", "remove", &self.container, &self.device]);
+        let mut args = vec!["config".to_string(), "device".into(), "add".into(), self.container, self.device];
+        args.push("proxy".into());
+        for (key, value) in self.config.iter().filter(|(k, _)| k.as_str() != "type") {
+            args.push(format!("{key}={}", value.as_str().unwrap_or_default()));
+        }
+        gbo_tests::lxc_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        connections
+    }
+}
+
 fn repo_args(repo: &Path, password_file: &Path) -> Vec<String> {
     vec!["--repo".into(), repo.display().to_string(), "--password-file".into(), password_file.display().to_string()]
 }
@@ -176,11 +252,18 @@ async fn backup_is_restic_compatible_survives_purge_and_verify_names_a_damaged_p
     let before = rows(&t).await;
     assert_eq!(before.len(), 5000);
 
-    // First backup (creates the repository).
+    // First backup (creates the repository). The cache's BGSAVE goes to the port inside its container, never to
+    // the published port on this host: here another process holds that port (the device's forkproxy gone),
+    // answering like a cache that refuses, and must see no connection (and so never the cache's password).
+    let cache = t.container("cache");
+    let holder = PortHolder::take_over(&cache);
     let mut args = vec!["backup".into(), "create".into(), "--tenant".into(), t.name.clone()];
     args.extend(repo_args(&repo, &password_file));
     let first = gbo_async(args.clone()).await;
+    let connections = holder.give_back();
     assert_eq!(first.code, 0, "backup create:\n{}", first.all());
+    assert!(first.stderr.contains("BGSAVE"), "the cache was saved with BGSAVE:\n{}", first.all());
+    assert_eq!(connections, 0, "the backup connected to the cache's host port (whatever holds it gets the password)");
 
     // Host storage restored through a remote on another machine (the rig's solo daemon addressed so that gbo counts
     // it as another machine): refused before anything changes, exit 2 naming the remote.

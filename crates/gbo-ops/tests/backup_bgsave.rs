@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gbo_ops::backup::capture::redis_bgsave;
+use gbo_ops::install::health::Via;
 
 const PASSWORD: &str = "gbot-bgsave-Pw-7731";
 
@@ -88,7 +89,7 @@ async fn a_bgsave_in_the_same_second_as_the_last_save_is_seen_to_finish() {
         // usually ends within the same second.
         assert_eq!(redis.request(&["SAVE"]).as_deref(), Some("+OK\r\n"), "SAVE");
         let started = Instant::now();
-        let result = redis_bgsave(redis.addr, PASSWORD, Duration::from_secs(8)).await;
+        let result = redis_bgsave(&Via::Host(redis.addr), PASSWORD, Duration::from_secs(8)).await;
         assert!(result.is_ok(), "round {round}: {result:?}");
         assert!(started.elapsed() < Duration::from_secs(4), "round {round}: took {:?}", started.elapsed());
     }
@@ -98,7 +99,7 @@ async fn a_bgsave_in_the_same_second_as_the_last_save_is_seen_to_finish() {
 #[tokio::test]
 async fn a_failed_bgsave_is_reported_at_once_and_a_wrong_password_is_named() {
     let redis = Redis::start();
-    let wrong = redis_bgsave(redis.addr, "not-the-password", Duration::from_secs(8)).await;
+    let wrong = redis_bgsave(&Via::Host(redis.addr), "not-the-password", Duration::from_secs(8)).await;
     let message = wrong.expect_err("a wrong password is refused");
     assert!(message.contains("AUTH refused"), "{message}");
     assert!(!message.contains("not-the-password"), "the password is never in a message: {message}");
@@ -106,7 +107,7 @@ async fn a_failed_bgsave_is_reported_at_once_and_a_wrong_password_is_named() {
     // The data directory gone: the child process cannot write its dump.
     std::fs::remove_dir_all(redis.dir.path().join("data")).expect("remove the data dir");
     let started = Instant::now();
-    let failed = redis_bgsave(redis.addr, PASSWORD, Duration::from_secs(20)).await;
+    let failed = redis_bgsave(&Via::Host(redis.addr), PASSWORD, Duration::from_secs(20)).await;
     let message = failed.expect_err("a BGSAVE that cannot write fails the capture");
     assert!(started.elapsed() < Duration::from_secs(10), "not waited out: {:?} ({message})", started.elapsed());
     assert!(message.contains("BGSAVE failed"), "{message}");

@@ -4,8 +4,8 @@
 //!   frozen while its directories are read. The copy is what a power cut at that instant would leave: PostgreSQL's
 //!   own crash recovery replays the WAL (in the data directory, read in the same frozen instant) on the restored
 //!   cluster, and the checkpoint keeps the WAL to replay short.
-//! - **cache** (Redis/Valkey): `BGSAVE` (through its published port, authenticated with the tenant's secret read
-//!   from `.secrets`), waited for until `INFO persistence` shows it finished (a save that did not end `ok` fails
+//! - **cache** (Redis/Valkey): `BGSAVE` (on the port inside the container, through an exec relay, never the
+//!   published port on this host; authenticated with the tenant's secret read from `.secrets`), waited for until `INFO persistence` shows it finished (a save that did not end `ok` fails
 //!   the backup), then frozen: the dump file is a complete snapshot of the data set, and the append-only file
 //!   (when any) is read in the same frozen instant.
 //! - **every other role**: frozen while read (a crash-consistent copy of its files).
@@ -21,6 +21,7 @@ use lxd_client::{Client, ExecRequest, InstanceName, InstanceStatus, StateAction,
 
 use super::BackupError;
 use crate::hostfs::HostDir;
+use crate::install::health::{redis_exchange, Inside, Via};
 use crate::inventory::ManagedInstance;
 
 /// How a role is made consistent.
@@ -96,11 +97,6 @@ pub async fn prepare(
             Ok(())
         }
         Method::RedisBgsave => {
-            let port = instance
-                .ports
-                .iter()
-                .find(|p| p.container_port == 6379)
-                .ok_or_else(|| fail("publishes no port for 6379: cannot ask for BGSAVE".into()))?;
             let password = stack_dir
                 .map(|dir| -> Result<Option<String>, BackupError> {
                     let Some(root) = HostDir::open_root_if_exists(dir)? else { return Ok(None) };
@@ -112,8 +108,14 @@ pub async fn prepare(
                 .transpose()?
                 .flatten()
                 .ok_or_else(|| fail("no cache-password in the stack dir's .secrets".into()))?;
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.host_port));
-            redis_bgsave(addr, &password, BGSAVE_TIMEOUT).await.map_err(fail)
+            // Inside the container, never through the published port: whatever holds that port on this host is
+            // not trusted with the password, and through a remote the container is on another machine.
+            let port = gbo_components::catalogue::ports(gbo_components::Role::Cache)
+                .into_iter()
+                .find(|p| p.name == "redis")
+                .map_or(6379, |p| p.container_port);
+            let via = Via::Inside(Inside { lxd: lxd.clone(), instance: name_of(instance)?, port });
+            redis_bgsave(&via, &password, BGSAVE_TIMEOUT).await.map_err(fail)
         }
         Method::Freeze | Method::Stopped => Ok(()),
     }
@@ -122,25 +124,24 @@ pub async fn prepare(
 /// How long a `BGSAVE` may take.
 const BGSAVE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// `BGSAVE` on the Redis server at `addr` (authenticated with `password`), waited for until it has finished,
+/// `BGSAVE` on the Redis server at `via` (authenticated with `password`), waited for until it has finished,
 /// at most `within`. The error is a message for [`BackupError::Quiesce`].
 ///
 /// Finished is read from `INFO persistence`: `rdb_bgsave_in_progress` is 1 from the moment `BGSAVE` answers until
 /// the server has collected the child, and then `rdb_last_bgsave_status` says how it ended. (`LASTSAVE` counts
 /// whole seconds: a save within the same second as the one before it does not move it.) A save or append-only
 /// rewrite already running (one of the server's own rules) is waited for, then ours is started.
-pub async fn redis_bgsave(addr: std::net::SocketAddr, password: &str, within: Duration) -> Result<(), String> {
+pub async fn redis_bgsave(via: &Via, password: &str, within: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + within;
     let late = || format!("BGSAVE did not finish within {} s", within.as_secs());
     let ask = |command: &'static [&'static str]| async move {
         let auth: [&str; 2] = ["AUTH", password];
         let commands: [&[&str]; 2] = [&auth, command];
-        let replies =
-            match tokio::time::timeout_at(deadline, crate::install::health::redis_command(addr, &commands)).await {
-                Err(_) => return Err(late()),
-                Ok(Err(e)) => return Err(format!("talking to the cache on {addr}: {e}")),
-                Ok(Ok(replies)) => replies,
-            };
+        let replies = match tokio::time::timeout_at(deadline, redis_exchange(via, &commands)).await {
+            Err(_) => return Err(late()),
+            Ok(Err(e)) => return Err(format!("talking to the cache at {via}: {e}")),
+            Ok(Ok(replies)) => replies,
+        };
         if !replies.first().is_some_and(|l| l.starts_with("+OK")) {
             return Err("AUTH refused with the tenant's cache-password".to_string());
         }

@@ -106,10 +106,13 @@ impl tokio::io::AsyncWrite for Relayed {
     }
 }
 
-/// Where a probe connects, for messages.
+/// Where a probe connects (shown in messages as the address, or the port inside the container).
 #[derive(Debug, Clone)]
-enum Via {
+pub enum Via {
+    /// A TCP address on this machine (a published port).
     Host(std::net::SocketAddr),
+    /// A port inside a container, reached through an exec relay: no host port is trusted, and it works through
+    /// a remote whose containers run on another machine.
     Inside(Inside),
 }
 
@@ -296,7 +299,8 @@ pub async fn redis_command(addr: std::net::SocketAddr, commands: &[&[&str]]) -> 
     redis_exchange(&Via::Host(addr), commands).await
 }
 
-async fn redis_exchange(addr: &Via, commands: &[&[&str]]) -> std::io::Result<Vec<String>> {
+/// [`redis_command`] through `via` (a published port, or the port inside the container).
+pub async fn redis_exchange(addr: &Via, commands: &[&[&str]]) -> std::io::Result<Vec<String>> {
     let mut stream = addr.connect().await?;
     let mut request = Vec::new();
     for command in commands {
