@@ -6,13 +6,12 @@
 //! 600 s deadline (the suite's `--replace` test hung that way once). And a `BGSAVE` that fails (its directory gone)
 //! must be reported at once, naming the failure, not waited for.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gbo_ops::backup::capture::redis_bgsave;
-use gbo_ops::install::health::Via;
+use gbo_ops::install::health::{redis_command, Via};
 
 const PASSWORD: &str = "gbot-bgsave-Pw-7731";
 
@@ -30,7 +29,7 @@ impl Drop for Redis {
 }
 
 impl Redis {
-    fn start() -> Self {
+    async fn start() -> Self {
         let program = gbo_tests::programs::require_program("redis-server");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = gbo_tests::free_port();
@@ -53,41 +52,28 @@ impl Redis {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let redis = Self { child, addr, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while redis.request(&["PING"]).is_none() {
+        while redis.request(&["PING"]).await.is_none() {
             assert!(Instant::now() < deadline, "redis-server did not answer on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         redis
     }
 
     /// `AUTH` then `command`; the reply's first line.
-    fn request(&self, command: &[&str]) -> Option<String> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let mut wire = Vec::new();
-        for args in [&["AUTH", PASSWORD][..], command] {
-            wire.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-            for arg in args {
-                wire.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-            }
-        }
-        stream.write_all(&wire).ok()?;
-        let mut reader = BufReader::new(stream);
-        let (mut auth, mut reply) = (String::new(), String::new());
-        reader.read_line(&mut auth).ok()?;
-        reader.read_line(&mut reply).ok()?;
-        Some(reply)
+    async fn request(&self, command: &[&str]) -> Option<String> {
+        let replies = redis_command(self.addr, &[&["AUTH", PASSWORD], command]).await.ok()?;
+        replies.get(1).cloned()
     }
 }
 
 #[tokio::test]
 async fn a_bgsave_in_the_same_second_as_the_last_save_is_seen_to_finish() {
-    let redis = Redis::start();
-    assert_eq!(redis.request(&["SET", "k", "v"]).as_deref(), Some("+OK\r\n"));
+    let redis = Redis::start().await;
+    assert_eq!(redis.request(&["SET", "k", "v"]).await.as_deref(), Some("+OK\r\n"));
     for round in 0..3 {
         // A synchronous save, so LASTSAVE is this second; the BGSAVE right after it (a few keys: milliseconds)
         // usually ends within the same second.
-        assert_eq!(redis.request(&["SAVE"]).as_deref(), Some("+OK\r\n"), "SAVE");
+        assert_eq!(redis.request(&["SAVE"]).await.as_deref(), Some("+OK\r\n"), "SAVE");
         let started = Instant::now();
         let result = redis_bgsave(&Via::Host(redis.addr), PASSWORD, Duration::from_secs(8)).await;
         assert!(result.is_ok(), "round {round}: {result:?}");
@@ -98,7 +84,7 @@ async fn a_bgsave_in_the_same_second_as_the_last_save_is_seen_to_finish() {
 
 #[tokio::test]
 async fn a_failed_bgsave_is_reported_at_once_and_a_wrong_password_is_named() {
-    let redis = Redis::start();
+    let redis = Redis::start().await;
     let wrong = redis_bgsave(&Via::Host(redis.addr), "not-the-password", Duration::from_secs(8)).await;
     let message = wrong.expect_err("a wrong password is refused");
     assert!(message.contains("AUTH refused"), "{message}");

@@ -5,9 +5,10 @@
 //!   own crash recovery replays the WAL (in the data directory, read in the same frozen instant) on the restored
 //!   cluster, and the checkpoint keeps the WAL to replay short.
 //! - **cache** (Redis/Valkey): `BGSAVE` (on the port inside the container, through an exec relay, never the
-//!   published port on this host; authenticated with the tenant's secret read from `.secrets`), waited for until `INFO persistence` shows it finished (a save that did not end `ok` fails
-//!   the backup), then frozen: the dump file is a complete snapshot of the data set, and the append-only file
-//!   (when any) is read in the same frozen instant.
+//!   published port on this host; authenticated with the tenant's secret read from `.secrets`), waited for until
+//!   `INFO persistence` shows it finished (a save that did not end `ok` fails the backup), then frozen: the dump
+//!   file is a complete snapshot of the data set, and the append-only file (when any) is read in the same frozen
+//!   instant.
 //! - **every other role**: frozen while read (a crash-consistent copy of its files).
 //!
 //! A container that is not running is read as it is (nothing changes it). A freeze is undone by [`thaw`] after
@@ -20,7 +21,6 @@ use std::time::Duration;
 use lxd_client::{Client, ExecRequest, InstanceName, InstanceStatus, StateAction, StateChange};
 
 use super::BackupError;
-use crate::hostfs::HostDir;
 use crate::install::health::{redis_exchange, Inside, Via};
 use crate::inventory::ManagedInstance;
 
@@ -97,16 +97,13 @@ pub async fn prepare(
             Ok(())
         }
         Method::RedisBgsave => {
-            let password = stack_dir
-                .map(|dir| -> Result<Option<String>, BackupError> {
-                    let Some(root) = HostDir::open_root_if_exists(dir)? else { return Ok(None) };
-                    let Some(secrets) = root.open_dir(Path::new(".secrets"))? else { return Ok(None) };
-                    Ok(secrets
-                        .read_file(Path::new("cache-password"), 4096)?
-                        .map(|b| String::from_utf8_lossy(&b).trim_end_matches('\n').to_string()))
-                })
-                .transpose()?
-                .flatten()
+            let cache_password = gbo_components::secrets::CACHE_PASSWORD;
+            let secrets = match stack_dir {
+                Some(dir) => crate::install::secrets::read_existing(dir, &[cache_password])?,
+                None => gbo_components::Secrets::new(),
+            };
+            let password = secrets
+                .get(cache_password.name)
                 .ok_or_else(|| fail("no cache-password in the stack dir's .secrets".into()))?;
             // Inside the container, never through the published port: whatever holds that port on this host is
             // not trusted with the password, and through a remote the container is on another machine.
@@ -115,7 +112,7 @@ pub async fn prepare(
                 .find(|p| p.name == "redis")
                 .map_or(6379, |p| p.container_port);
             let via = Via::Inside(Inside { lxd: lxd.clone(), instance: name_of(instance)?, port });
-            redis_bgsave(&via, &password, BGSAVE_TIMEOUT).await.map_err(fail)
+            redis_bgsave(&via, password, BGSAVE_TIMEOUT).await.map_err(fail)
         }
         Method::Freeze | Method::Stopped => Ok(()),
     }

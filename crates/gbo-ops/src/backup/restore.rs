@@ -182,13 +182,8 @@ pub struct VolumePlan {
     pub member: Option<String>,
 }
 
-/// The tenant's secrets before a `--replace` restore wrote the backed-up ones, for its undo: the files that were
-/// there (put back as they were) and the names the restore added (removed again).
-#[derive(Default)]
-struct SavedSecrets {
-    before: Vec<(std::ffi::OsString, Vec<u8>)>,
-    added: Vec<std::ffi::OsString>,
-}
+/// The old secrets of a tenant, put back when a `--replace` restore is undone.
+type SavedSecrets = Vec<(std::ffi::OsString, Vec<u8>)>;
 
 /// Read the backup's description, plan, and (unless a dry run) restore.
 pub async fn restore(
@@ -373,7 +368,9 @@ pub async fn restore(
 
     // Secrets back in place before the install renders anything from them (the old ones kept in memory to be
     // put back if a --replace over volumes is undone).
-    let mut saved_secrets = SavedSecrets::default();
+    let mut saved_secrets: SavedSecrets = Vec::new();
+    // Secret files the restore adds (a role the tenant did not have): an undo removes them.
+    let mut added_secrets: Vec<std::ffi::OsString> = Vec::new();
     let secrets_src = meta_dir.join(meta::SECRETS);
     if let Some(source) = HostDir::open_root_if_exists(&secrets_src)? {
         let stack = HostDir::create_root(&stack_dir, 0o755)?;
@@ -381,14 +378,14 @@ pub async fn restore(
         if !replaced.is_empty() {
             for name in target_dir.names()? {
                 if let Some(bytes) = target_dir.read_file(Path::new(&name), 64 * 1024)? {
-                    saved_secrets.before.push((name, bytes));
+                    saved_secrets.push((name, bytes));
                 }
             }
         }
         for name in source.names()? {
             if let Some(bytes) = source.read_file(Path::new(&name), 64 * 1024)? {
-                if !replaced.is_empty() && !saved_secrets.before.iter().any(|(old, _)| *old == name) {
-                    saved_secrets.added.push(name.clone());
+                if !replaced.is_empty() && !saved_secrets.iter().any(|(old, _)| *old == name) {
+                    added_secrets.push(name.clone());
                 }
                 target_dir.write_file(Path::new(&name), &bytes, 0o600, None, 0o700)?;
             }
@@ -549,7 +546,7 @@ pub async fn restore(
                 super::volumes::remove_if_exists(lxd, &volume.pool, temp).await;
             }
             let replaced: Vec<VolumePlan> = staged.iter().map(|(v, _)| v.clone()).collect();
-            let created = Created { containers_before: &existing, volumes: &created_volumes };
+            let created = Created { containers_before: &existing, volumes: &created_volumes, secrets: &added_secrets };
             match put_back(lxd, &target, &snapshot, &replaced, &created, &was_running, &saved_secrets, &stack_dir).await
             {
                 Ok(()) => {
@@ -708,13 +705,14 @@ struct Created<'a> {
     containers_before: &'a [String],
     /// The volumes it imported for roles the tenant did not have: (pool, volume, member).
     volumes: &'a [(String, String, Option<String>)],
+    /// The secret files it wrote that the tenant did not have.
+    secrets: &'a [std::ffi::OsString],
 }
 
-/// Undo a `--replace` restore over volumes: the containers and volumes it created for roles the tenant did not
-/// have deleted; every container of the tenant that has the safety snapshot back to it (its root filesystem and
-/// its volumes, through `gbo snapshot restore`'s own code), any replaced volume no container uses back to its
-/// snapshot, the old secrets back (and the ones the restore added removed), and the containers that ran before
-/// started.
+/// Undo a `--replace` restore over volumes: the containers, volumes and secret files it created for roles the
+/// tenant did not have deleted; every container of the tenant that has the safety snapshot back to it (its root
+/// filesystem and its volumes, through `gbo snapshot restore`'s own code), any replaced volume no container uses
+/// back to its snapshot, the old secrets back, and the containers that ran before started.
 #[allow(clippy::too_many_arguments)]
 async fn put_back(
     lxd: &Client,
@@ -754,12 +752,12 @@ async fn put_back(
             on.delete_storage_volume(&pool, &volume).await?;
         }
     }
-    if !saved_secrets.before.is_empty() || !saved_secrets.added.is_empty() {
+    if !saved_secrets.is_empty() || !created.secrets.is_empty() {
         let dir = HostDir::open_root(&stack_dir.join(".secrets"))?;
-        for (file, bytes) in &saved_secrets.before {
+        for (file, bytes) in saved_secrets {
             dir.write_file(Path::new(file), bytes, 0o600, None, 0o700)?;
         }
-        for file in &saved_secrets.added {
+        for file in created.secrets {
             dir.remove(Path::new(file))?;
         }
     }
